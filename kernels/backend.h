@@ -1,0 +1,140 @@
+// The compute interface the transformer forward is written against. Two implementations:
+// `cpu/` (fp32 arithmetic, batch-invariant) and `cuda/` (later). Every pointer an op takes is
+// memory of that backend (host memory for the CPU backend, device memory for CUDA) unless
+// the parameter says "host"; per-step index data (ids, positions, page tables) always comes as
+// host arrays in the op's params, and a device backend uploads it once per step.
+//
+// Thread-safety: a Backend is driven by one thread (the engine thread); implementations may
+// use their own worker threads inside an op.
+#ifndef GLIMPSE_KERNELS_BACKEND_H_
+#define GLIMPSE_KERNELS_BACKEND_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace glimpse::kernels {
+
+// Storage type of a weight tensor, as stored in the model file.
+enum class WeightType { kF32, kF16, kBF16, kQ8_0 };
+
+// A row-major weight matrix W[rows][cols] as it lies in the model file (host memory).
+// For y = W x, rows = output features, cols = input features. Q8_0 rows are blocks of
+// 32 elements: an fp16 scale followed by 32 int8 values (34 bytes).
+struct MatrixView {
+  WeightType type = WeightType::kF32;
+  const void* data = nullptr;  // Not owned.
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+// A weight matrix in the backend's preferred layout and memory. Opaque to callers.
+class PackedMatrix {
+ public:
+  virtual ~PackedMatrix() = default;
+  virtual int64_t rows() const = 0;
+  virtual int64_t cols() const = 0;
+  virtual size_t num_bytes() const = 0;
+};
+
+// Layout of one layer's paged KV storage, shared by the forward pass and the attention op:
+//
+//   k[block][slot][kv_head][head_dim]   fp32 on CPU; `block` indexes the pool,
+//   v[block][slot][kv_head][head_dim]   `slot` is the position within the block.
+struct KvLayerView {
+  float* k = nullptr;
+  float* v = nullptr;
+  int32_t block_size = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+};
+
+// Page tables in CSR form (FlashInfer's convention), host memory, int32:
+//   the blocks of sequence s are kv_indices[kv_indptr[s] .. kv_indptr[s+1]);
+//   its last block holds kv_last_page_len[s] valid slots.
+// Queries: the tokens of sequence s are rows query_start[s] .. query_start[s+1] of q, at
+// consecutive positions ending at the sequence's last cached position (causal attention:
+// a query at position p sees keys 0..p).
+struct PagedAttentionParams {
+  const float* q = nullptr;  // [num_tokens][num_heads][head_dim]
+  float* out = nullptr;      // [num_tokens][num_heads][head_dim]
+  KvLayerView kv;
+  int32_t num_seqs = 0;
+  int32_t num_heads = 0;
+  const int32_t* query_start = nullptr;       // host, [num_seqs + 1]
+  const int32_t* positions = nullptr;         // host, [num_tokens]
+  const int32_t* kv_indptr = nullptr;         // host, [num_seqs + 1]
+  const int32_t* kv_indices = nullptr;        // host, [kv_indptr[num_seqs]]
+  const int32_t* kv_last_page_len = nullptr;  // host, [num_seqs]
+  float scale = 1.0f;                         // Applied to q·k before the softmax.
+};
+
+// Writes the new tokens' keys and values into their KV slots.
+struct KvStoreParams {
+  const float* k = nullptr;  // [num_tokens][num_kv_heads][head_dim]
+  const float* v = nullptr;  // [num_tokens][num_kv_heads][head_dim]
+  KvLayerView kv;
+  int32_t num_tokens = 0;
+  const int32_t* slots = nullptr;  // host, [num_tokens]: block * block_size + slot
+};
+
+enum class RopeStyle {
+  kNormal,  // llama.cpp "normal": rotates adjacent pairs (x[2i], x[2i+1]).
+  kNeox,    // llama.cpp "NeoX": rotates (x[i], x[i + rot_dim/2]).
+};
+
+struct RopeParams {
+  float* x = nullptr;  // [num_tokens][num_heads][head_dim], rotated in place
+  int32_t num_tokens = 0;
+  int32_t num_heads = 0;
+  int32_t head_dim = 0;
+  int32_t rot_dim = 0;  // Leading dims of each head that rotate (== head_dim for Llama).
+  const int32_t* positions = nullptr;  // host, [num_tokens]
+  float freq_base = 10000.0f;
+  RopeStyle style = RopeStyle::kNormal;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // Memory of this backend, 64-byte aligned. Free with Free().
+  virtual void* Allocate(size_t num_bytes) = 0;
+  virtual void Free(void* ptr) = 0;
+  // Copies between host and backend memory.
+  virtual void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) = 0;
+  virtual void CopyToHost(void* host_dst, const void* src, size_t num_bytes) = 0;
+
+  // Repacks a weight matrix into this backend's layout. InvalidArgument for shapes the
+  // layout cannot hold (e.g. Q8_0 columns not a multiple of 32).
+  virtual absl::StatusOr<std::unique_ptr<PackedMatrix>> PackMatrix(const MatrixView& w) = 0;
+
+  // y[m][n] = sum_k x[m][k] * W[n][k] for m < num_rows. x: [num_rows][W.cols] fp32,
+  // y: [num_rows][W.rows] fp32.
+  virtual void MatMul(const float* x, int64_t num_rows, const PackedMatrix& w, float* y) = 0;
+
+  // out[i][:] = row ids[i] of `table` widened to fp32. ids: host, [num_ids].
+  virtual void EmbeddingLookup(const MatrixView& table, const int32_t* ids, int64_t num_ids,
+                               float* out) = 0;
+  // out[m][:] = x[m][:] / sqrt(mean(x[m]^2) + eps) * weight[:]. weight: fp32 [dim].
+  virtual void RmsNorm(const float* x, const float* weight, int64_t num_rows, int64_t dim,
+                       float eps, float* out) = 0;
+  virtual void Rope(const RopeParams& params) = 0;
+  virtual void StoreKv(const KvStoreParams& params) = 0;
+  virtual void PagedAttention(const PagedAttentionParams& params) = 0;
+  // out[i] = silu(gate[i]) * up[i] for i < n.
+  virtual void SiluMul(const float* gate, const float* up, int64_t n, float* out) = 0;
+  // x[i] += y[i] for i < n.
+  virtual void AddInPlace(float* x, const float* y, int64_t n) = 0;
+  // out[i][:] = x[rows[i]][:]. rows: host, [num_rows].
+  virtual void GatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
+                          float* out) = 0;
+};
+
+}  // namespace glimpse::kernels
+
+#endif  // GLIMPSE_KERNELS_BACKEND_H_

@@ -1,0 +1,51 @@
+// The CPU implementation of kernels::Backend: fp32 arithmetic over weights kept in their
+// stored type, every op batch-invariant (see matmul.h and attention.h), data-parallel over a
+// private ThreadPool.
+//
+// Ownership: owns its thread pool; PackedMatrix objects it returns own their packed copies.
+// Thread-safety: one driving thread at a time (the Backend contract).
+#ifndef GLIMPSE_KERNELS_CPU_CPU_BACKEND_H_
+#define GLIMPSE_KERNELS_CPU_CPU_BACKEND_H_
+
+#include <memory>
+#include <string>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace glimpse::kernels::cpu {
+
+class CpuBackend final : public Backend {
+ public:
+  // num_threads <= 0 picks DefaultNumThreads().
+  explicit CpuBackend(int num_threads = 0);
+
+  std::string name() const override;
+  int num_threads() const { return pool_.num_threads(); }
+
+  void* Allocate(size_t num_bytes) override;
+  void Free(void* ptr) override;
+  void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) override;
+  void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override;
+
+  absl::StatusOr<std::unique_ptr<PackedMatrix>> PackMatrix(const MatrixView& w) override;
+  void MatMul(const float* x, int64_t num_rows, const PackedMatrix& w, float* y) override;
+  void EmbeddingLookup(const MatrixView& table, const int32_t* ids, int64_t num_ids,
+                       float* out) override;
+  void RmsNorm(const float* x, const float* weight, int64_t num_rows, int64_t dim, float eps,
+               float* out) override;
+  void Rope(const RopeParams& params) override;
+  void StoreKv(const KvStoreParams& params) override;
+  void PagedAttention(const PagedAttentionParams& params) override;
+  void SiluMul(const float* gate, const float* up, int64_t n, float* out) override;
+  void AddInPlace(float* x, const float* y, int64_t n) override;
+  void GatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
+                  float* out) override;
+
+ private:
+  ThreadPool pool_;
+};
+
+}  // namespace glimpse::kernels::cpu
+
+#endif  // GLIMPSE_KERNELS_CPU_CPU_BACKEND_H_

@@ -1,0 +1,46 @@
+// The KV tensors of a paged cache: for every layer, key and value blocks in backend memory,
+// laid out as kernels::KvLayerView describes ([block][slot][kv_head][head_dim], fp32 on the
+// CPU). Storage only: which block belongs to whom is kvcache::BlockPool's business.
+//
+// Ownership: owns its buffers (freed through the backend). Thread-safety: used by the
+// engine thread only.
+#ifndef GLIMPSE_MODEL_KV_CACHE_STORAGE_H_
+#define GLIMPSE_MODEL_KV_CACHE_STORAGE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "model/llama_config.h"
+
+namespace glimpse::model {
+
+class KvCacheStorage {
+ public:
+  // `backend` is not owned and must outlive this object.
+  KvCacheStorage(kernels::Backend& backend, const LlamaConfig& config, int32_t num_blocks,
+                 int32_t block_size);
+  ~KvCacheStorage();
+  KvCacheStorage(const KvCacheStorage&) = delete;
+  KvCacheStorage& operator=(const KvCacheStorage&) = delete;
+
+  int32_t num_blocks() const { return num_blocks_; }
+  int32_t block_size() const { return block_size_; }
+  kernels::KvLayerView layer(int32_t i) const { return layers_[i]; }
+  size_t num_bytes() const { return num_bytes_; }
+
+  // Bytes one block takes over all layers (keys and values); for sizing a pool from a budget.
+  static size_t BytesPerBlock(const LlamaConfig& config, int32_t block_size);
+
+ private:
+  kernels::Backend& backend_;
+  int32_t num_blocks_;
+  int32_t block_size_;
+  size_t num_bytes_ = 0;
+  std::vector<kernels::KvLayerView> layers_;
+};
+
+}  // namespace glimpse::model
+
+#endif  // GLIMPSE_MODEL_KV_CACHE_STORAGE_H_

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages that glimpse's offline Bazel build needs. Idempotent: when
+# everything is already installed it only runs `dpkg -s` and exits (no apt-get, no network).
+#
+#   tools/install_deps.sh            install what is missing
+#   tools/install_deps.sh --check    only report what is missing (exit 1 if anything is)
+#
+# Not installed here: the CUDA toolkit (nvcc). It is optional; the CPU backend and all tests
+# build without it.
+set -euo pipefail
+
+PACKAGES=(
+  # Toolchain and build system. bazel-bootstrap is Bazel 4.2.3 and pulls in a JDK.
+  build-essential
+  git
+  ca-certificates
+  bazel-bootstrap
+  bazel-platforms
+  # Libraries wrapped by //third_party/system.
+  libabsl-dev
+  libspdlog-dev
+  libfmt-dev
+  libgtest-dev
+  libgmock-dev
+  nlohmann-json3-dev
+  libprotobuf-dev
+  libgrpc++-dev
+  # Code generators used by //third_party/proto:cc_grpc.bzl.
+  protobuf-compiler
+  protobuf-compiler-grpc
+)
+
+is_installed() {
+  dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed$'
+}
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  is_installed "$pkg" || missing+=("$pkg")
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "install_deps: all ${#PACKAGES[@]} packages present."
+  exit 0
+fi
+
+echo "install_deps: missing: ${missing[*]}"
+if [[ "${1:-}" == "--check" ]]; then
+  exit 1
+fi
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+  if ! command -v sudo >/dev/null; then
+    echo "install_deps: not root and no sudo; install the packages above as root." >&2
+    exit 1
+  fi
+  SUDO=(sudo)
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+  apt-get install -y --no-install-recommends "${missing[@]}"
+echo "install_deps: done."
