@@ -1,0 +1,376 @@
+#include "model/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "common/check.h"
+#include "model/sampling_params.h"
+
+namespace glimpse::model {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr float kPosInf = std::numeric_limits<float>::infinity();
+
+// First size of the incremental top-p sort; it doubles until the nucleus is covered.
+constexpr size_t kTopPFirstChunk = 64;
+
+// Per-thread scratch space, reused across calls and across Samplers so that a Sampler holds no
+// O(vocab) buffers (hundreds of sequences × 128k vocab would otherwise cost hundreds of MB).
+// Each buffer is used by one function at a time; see the comments where they are used.
+struct Scratch {
+  std::vector<float> logits;     // [vocab] fp32: processed logits (ProcessedProbabilities).
+  std::vector<int32_t> ids;      // candidate token ids (ProcessedProbabilities, ResultForToken).
+  std::vector<int32_t> pending;  // sorted copy of pending tokens (ApplyBiasAndPenalties).
+  std::vector<float> probs;      // [vocab] fp32: Sample()'s distribution.
+  std::vector<std::pair<float, int32_t>> heap;  // (logit, id), at most top_k (SelectTopK).
+};
+
+Scratch& ThreadScratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+
+float NanToNegInf(float x) { return std::isnan(x) ? kNegInf : x; }
+
+// Index of the largest value, the lowest index among ties; NaN is never chosen; 0 if there is
+// no value above -inf.
+[[gnu::noinline]] int32_t ArgMax(std::span<const float> values) {
+  int32_t best = 0;
+  float best_value = kNegInf;
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (values[i] > best_value) {  // False for NaN.
+      best_value = values[i];
+      best = static_cast<int32_t>(i);
+    }
+  }
+  return best;
+}
+
+// The largest value, NaN ignored; -inf if there is none. Kept out of line: inlined into
+// ResultForToken, GCC 12 keeps the running maximum in memory and the loop runs 3x slower.
+[[gnu::noinline]] float MaxIgnoringNan(std::span<const float> values) {
+  float max = kNegInf;
+  for (float x : values) {
+    if (x > max) max = x;  // False for NaN.
+  }
+  return max;
+}
+
+// Writes to `ids` (in no particular order) the `k` ids with the highest values, ties to lower ids,
+// skipping -inf. One pass with a size-k heap whose front is the least likely entry kept: for
+// k << V nearly every element fails one predictable comparison, so this is O(V + k log k · log V)
+// in practice, several times faster than nth_element over all ids.
+void SelectTopK(std::span<const float> values, size_t k,
+                std::vector<std::pair<float, int32_t>>* heap, std::vector<int32_t>* ids) {
+  auto more_likely = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  heap->clear();
+  for (size_t i = 0; i < values.size(); ++i) {
+    const float v = values[i];
+    if (v == kNegInf) continue;
+    if (heap->size() < k) {
+      heap->emplace_back(v, static_cast<int32_t>(i));
+      std::push_heap(heap->begin(), heap->end(), more_likely);
+    } else if (v > heap->front().first) {
+      // Ids arrive in increasing order, so on equal values the kept entry (lower id) wins.
+      std::pop_heap(heap->begin(), heap->end(), more_likely);
+      heap->back() = {v, static_cast<int32_t>(i)};
+      std::push_heap(heap->begin(), heap->end(), more_likely);
+    }
+  }
+  ids->clear();
+  for (const auto& entry : *heap) ids->push_back(entry.second);
+}
+
+// Sums in token-id order so that the result does not depend on any algorithm's element order.
+double SumInIdOrder(std::span<const float> values) {
+  double total = 0.0;
+  for (float v : values) total += v;
+  return total;
+}
+
+}  // namespace
+
+Sampler::Sampler(const SamplingParams& params, int32_t vocab_size, uint64_t default_seed)
+    : params_(params),
+      vocab_size_(vocab_size),
+      is_greedy_(params.temperature < kGreedyTemperatureEpsilon),
+      tracks_prompt_(params.repetition_penalty != 1.0f),
+      tracks_output_(params.repetition_penalty != 1.0f || params.presence_penalty != 0.0f ||
+                     params.frequency_penalty != 0.0f),
+      rng_(params.seed.value_or(default_seed)) {
+  CHECK(ValidateSamplingParams(params, vocab_size).ok());
+}
+
+void Sampler::AddPromptTokens(std::span<const int32_t> tokens) {
+  for (int32_t token : tokens) CHECK(token >= 0 && token < vocab_size_);
+  if (!tracks_prompt_) return;
+  prompt_tokens_.insert(tokens.begin(), tokens.end());
+}
+
+void Sampler::Accept(int32_t token) {
+  CHECK(token >= 0 && token < vocab_size_);
+  if (!tracks_output_) return;
+  ++output_counts_[token];
+}
+
+void Sampler::ApplyBiasAndPenalties(std::span<const int32_t> pending_tokens,
+                                    std::span<float> logits) const {
+  for (const auto& [token, bias] : params_.logit_bias) {
+    // A ban is absolute, also over a +inf logit (where inf + -inf would be NaN).
+    logits[token] = bias == kNegInf ? kNegInf : logits[token] + bias;
+  }
+  if (!tracks_output_) return;
+
+  const float repetition = params_.repetition_penalty;
+  const float presence = params_.presence_penalty;
+  const float frequency = params_.frequency_penalty;
+  // `count` = generated occurrences (accepted + pending). Each token is penalised exactly once,
+  // so the iteration order of the hash containers below does not matter.
+  auto penalize = [&](int32_t token, bool in_prompt, int32_t count) {
+    float& l = logits[token];
+    if (repetition != 1.0f && (in_prompt || count > 0)) {
+      l = l > 0.0f ? l / repetition : l * repetition;
+    }
+    if (count > 0) {
+      l -= frequency * static_cast<float>(count);
+      l -= presence;
+    }
+  };
+
+  std::vector<int32_t>& pending = ThreadScratch().pending;
+  pending.assign(pending_tokens.begin(), pending_tokens.end());
+  std::sort(pending.begin(), pending.end());
+  auto pending_count = [&pending](int32_t token) {
+    auto [lo, hi] = std::equal_range(pending.begin(), pending.end(), token);
+    return static_cast<int32_t>(hi - lo);
+  };
+
+  // 1. Tokens already generated (plus their pending occurrences).
+  for (const auto& [token, count] : output_counts_) {
+    penalize(token, prompt_tokens_.contains(token), count + pending_count(token));
+  }
+  // 2. Tokens generated only on the pending path.
+  for (size_t i = 0; i < pending.size();) {
+    const int32_t token = pending[i];
+    size_t j = i;
+    while (j < pending.size() && pending[j] == token) ++j;
+    CHECK(token >= 0 && token < vocab_size_);
+    if (!output_counts_.contains(token)) {
+      penalize(token, prompt_tokens_.contains(token), static_cast<int32_t>(j - i));
+    }
+    i = j;
+  }
+  // 3. Tokens seen only in the prompt (repetition penalty alone).
+  for (int32_t token : prompt_tokens_) {
+    if (!output_counts_.contains(token) &&
+        !std::binary_search(pending.begin(), pending.end(), token)) {
+      penalize(token, /*in_prompt=*/true, /*count=*/0);
+    }
+  }
+}
+
+void Sampler::ProcessedLogits(std::span<const float> logits,
+                              std::span<const int32_t> pending_tokens,
+                              std::vector<float>* processed) const {
+  CHECK(logits.size() == static_cast<size_t>(vocab_size_));
+  processed->resize(logits.size());
+  std::transform(logits.begin(), logits.end(), processed->begin(), NanToNegInf);
+  ApplyBiasAndPenalties(pending_tokens, *processed);
+}
+
+void Sampler::ProcessedProbabilities(std::span<const float> logits,
+                                     std::vector<float>* probs) const {
+  ProcessedProbabilities(logits, /*pending_tokens=*/{}, probs);
+}
+
+void Sampler::ProcessedProbabilities(std::span<const float> logits,
+                                     std::span<const int32_t> pending_tokens,
+                                     std::vector<float>* probs) const {
+  CHECK(probs != nullptr);
+  Scratch& scratch = ThreadScratch();
+  std::vector<float>& z = scratch.logits;
+  ProcessedLogits(logits, pending_tokens, &z);
+
+  probs->assign(logits.size(), 0.0f);
+  std::vector<float>& p = *probs;
+  if (is_greedy_) {
+    p[ArgMax(z)] = 1.0f;
+    return;
+  }
+
+  // Step 4 first (it commutes with temperature, which is monotone): the candidates are the top_k
+  // tokens, or every token when top-k is off; never a token at -inf.
+  std::vector<int32_t>& ids = scratch.ids;
+  const size_t top_k = static_cast<size_t>(params_.top_k);
+  if (top_k > 0 && top_k < logits.size()) {
+    SelectTopK(z, top_k, &scratch.heap, &ids);
+  } else {
+    ids.clear();
+    for (int32_t i = 0; i < vocab_size_; ++i) {
+      if (z[i] != kNegInf) ids.push_back(i);
+    }
+  }
+  if (ids.empty()) {  // Everything banned: the documented degenerate one-hot.
+    p[0] = 1.0f;
+    return;
+  }
+  // A strict total order, most likely first: the sorts below give the same sequence on every
+  // standard library.
+  auto more_likely = [&z](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); };
+
+  // Step 3: temperature, as unnormalised weights w = exp((z - z_max) / T) in (0, 1]; the most
+  // likely token has weight exactly 1.
+  float z_max = kNegInf;
+  for (int32_t id : ids) z_max = std::max(z_max, z[id]);
+  const float temperature = params_.temperature;
+  for (int32_t id : ids) {
+    p[id] = z_max == kPosInf ? (z[id] == kPosInf ? 1.0f : 0.0f)
+                             : std::exp((z[id] - z_max) / temperature);
+  }
+
+  // Step 5: top-p. Sort the candidates most-likely-first only as far as the nucleus reaches:
+  // select and sort a chunk, and double it until the cumulative mass reaches top_p.
+  if (params_.top_p < 1.0f) {
+    const double threshold = static_cast<double>(params_.top_p) * SumInIdOrder(p);
+    const size_t n = ids.size();
+    size_t keep = n;
+    double cumulative = 0.0;
+    for (size_t begin = 0, end = std::min(n, kTopPFirstChunk); begin < n;
+         begin = end, end = std::min(n, 2 * end)) {
+      if (end < n) std::nth_element(ids.begin() + begin, ids.begin() + end, ids.end(), more_likely);
+      std::sort(ids.begin() + begin, ids.begin() + end, more_likely);
+      for (size_t i = begin; i < end; ++i) {
+        cumulative += p[ids[i]];
+        if (cumulative >= threshold) {
+          keep = i + 1;
+          break;
+        }
+      }
+      if (keep < n) break;
+    }
+    for (size_t i = keep; i < n; ++i) p[ids[i]] = 0.0f;
+    ids.resize(keep);
+  }
+
+  // Step 6: min-p. p_i < min_p * p_max  ⇔  w_i < min_p, since w_max = 1 and both share the sum.
+  if (params_.min_p > 0.0f) {
+    for (int32_t id : ids) {
+      if (p[id] < params_.min_p) p[id] = 0.0f;
+    }
+  }
+
+  // Renormalise (the sum is >= 1: the most likely token always survives with weight 1).
+  const double total = SumInIdOrder(p);
+  for (int32_t id : ids) p[id] = static_cast<float>(p[id] / total);
+}
+
+double Sampler::NextUniform() {
+  // 53 random bits → a double in [0, 1) with uniform spacing 2^-53; portable, unlike
+  // std::uniform_real_distribution whose algorithm is implementation-defined.
+  return static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+}
+
+int32_t Sampler::SampleFromProbabilities(std::span<const float> probs) {
+  CHECK(probs.size() == static_cast<size_t>(vocab_size_));
+  double total = 0.0;
+  int32_t last_positive = -1;
+  for (int32_t i = 0; i < vocab_size_; ++i) {
+    if (probs[i] > 0.0f) {  // False for NaN.
+      total += probs[i];
+      last_positive = i;
+    }
+  }
+  CHECK(total > 0.0 && std::isfinite(total));
+  // Inverse CDF over ids in increasing order; strict `<` never lands on a zero-mass token.
+  const double target = NextUniform() * total;
+  double cumulative = 0.0;
+  for (int32_t i = 0; i < vocab_size_; ++i) {
+    if (probs[i] > 0.0f) {
+      cumulative += probs[i];
+      if (target < cumulative) return i;
+    }
+  }
+  return last_positive;  // Only if target * total rounded up to total.
+}
+
+Sampler::SampleResult Sampler::ResultForToken(std::span<const float> logits, int32_t token) const {
+  CHECK(logits.size() == static_cast<size_t>(vocab_size_));
+  CHECK(token >= 0 && token < vocab_size_);
+
+  // log-softmax of the raw row (NaN as -inf), accumulated in double in id order.
+  const float max_logit = MaxIgnoringNan(logits);
+  double log_normalizer = 0.0;  // Meaningful for finite max_logit only.
+  int32_t num_pos_inf = 0;
+  if (max_logit == kPosInf) {
+    for (float x : logits) num_pos_inf += x == kPosInf ? 1 : 0;
+  } else if (max_logit != kNegInf) {
+    const float shift = max_logit;
+    double sum = 0.0;
+    for (float x : logits) {
+      if (x > kNegInf) sum += std::exp(x - shift);  // Skips -inf and NaN.
+    }
+    log_normalizer = static_cast<double>(max_logit) + std::log(sum);
+  }
+  auto logprob_of = [&](int32_t id) -> float {
+    const float x = NanToNegInf(logits[id]);
+    if (max_logit == kNegInf) return kNegInf;  // No distribution at all (model bug).
+    if (max_logit == kPosInf) {
+      return x == kPosInf ? static_cast<float>(-std::log(static_cast<double>(num_pos_inf)))
+                          : kNegInf;
+    }
+    return static_cast<float>(static_cast<double>(x) - log_normalizer);
+  };
+
+  SampleResult result;
+  result.token = token;
+  result.logprob = logprob_of(token);
+  const size_t num_top = std::min(static_cast<size_t>(params_.num_logprobs), logits.size());
+  if (num_top > 0) {
+    std::vector<int32_t>& ids = ThreadScratch().ids;
+    ids.resize(logits.size());
+    std::iota(ids.begin(), ids.end(), 0);
+    auto more_likely = [&logits](int32_t a, int32_t b) {
+      const float la = NanToNegInf(logits[a]);
+      const float lb = NanToNegInf(logits[b]);
+      return la > lb || (la == lb && a < b);
+    };
+    std::partial_sort(ids.begin(), ids.begin() + num_top, ids.end(), more_likely);
+    result.top_logprobs.reserve(num_top);
+    for (size_t i = 0; i < num_top; ++i) {
+      result.top_logprobs.emplace_back(ids[i], logprob_of(ids[i]));
+    }
+  }
+  return result;
+}
+
+Sampler::SampleResult Sampler::Sample(std::span<const float> logits) {
+  if (is_greedy_) {
+    // Shortcut with the same outcome as drawing from the one-hot distribution, including the one
+    // RNG draw, but without three more passes over the vocabulary.
+    int32_t token;
+    if (params_.logit_bias.empty() && !tracks_output_) {
+      token = ArgMax(logits);  // Nothing to process; ArgMax ignores NaN by itself.
+    } else {
+      std::vector<float>& z = ThreadScratch().logits;
+      ProcessedLogits(logits, /*pending_tokens=*/{}, &z);
+      token = ArgMax(z);
+    }
+    NextUniform();
+    return ResultForToken(logits, token);
+  }
+  std::vector<float>& probs = ThreadScratch().probs;
+  ProcessedProbabilities(logits, &probs);
+  return ResultForToken(logits, SampleFromProbabilities(probs));
+}
+
+}  // namespace glimpse::model

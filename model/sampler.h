@@ -1,0 +1,138 @@
+// Token sampler: turns one row of model logits into the next token of one sequence.
+//
+// Processing order (fixed; the speculative verifier relies on it, see
+// reference/algorithms.md §1.1 — its target distribution p is exactly ProcessedProbabilities):
+//
+//   raw logits (fp32, [vocab_size])
+//     1. logit_bias          l[t] += bias[t]            (-inf bans t)
+//     2. penalties           repetition (prompt + output tokens, multiplicative), then
+//                            frequency and presence (output tokens only, additive)
+//     3. temperature         l / T; T < kGreedyTemperatureEpsilon ⇒ greedy (steps 4–6 skipped,
+//                            the distribution is a one-hot at the argmax, ties → lowest id)
+//     4. top-k               keep the k highest (ties → lower id), exactly min(k, #finite) tokens
+//     5. top-p               keep the smallest prefix of the survivors, most likely first, whose
+//                            cumulative probability >= top_p (at least one token)
+//     6. min-p               drop tokens with p < min_p * p_max
+//     7. renormalise, draw   inverse CDF over token ids in increasing order
+//
+// NaN logits are treated as -inf. If every token ends up at -inf (e.g. all banned), the
+// distribution degenerates to a one-hot at token 0 (the greedy tie rule on an all -inf row).
+//
+// Logprobs are those of the RAW model logits (log-softmax of the unprocessed row, vLLM's default),
+// so they describe the model, not the sampling knobs.
+//
+// Reproducibility: the RNG is std::mt19937_64 (bit-exact by the C++ standard) with our own
+// conversion to a double in [0, 1); every sum runs in a fixed order over token ids, and every
+// selection uses a total order (value, then id). The same seed and the same logits sequence give
+// the same tokens with any standard library (libm's expf/log are the only outside arithmetic).
+//
+// Cost per call at vocabulary V: O(V) for greedy (two passes plus one expf pass for the logprob)
+// and for top-k (one heap pass, then work on k tokens); top-p without top-k sorts incrementally,
+// only as far as the nucleus reaches (worst case a full sort). Measured at V = 128k on one
+// loaded x86 core: greedy ≈ 0.6 ms, top-k 50 + top-p ≈ 1 ms, plain ≈ 1.6 ms, a flat top-p 0.9
+// nucleus of ~15k tokens ≈ 2.4 ms. Scratch buffers are thread_local, so memory per Sampler is
+// O(#distinct history tokens), not O(V).
+#ifndef GLIMPSE_MODEL_SAMPLER_H_
+#define GLIMPSE_MODEL_SAMPLER_H_
+
+#include <cstdint>
+#include <random>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "model/sampling_params.h"
+
+namespace glimpse::model {
+
+// One Sampler per sequence. It owns the sequence's RNG and the token history that the penalties
+// need (prompt token set, per-token counts of generated tokens). Not thread-safe: the engine thread
+// owns it. Sampling never records the token by itself; the caller calls Accept() for each token it
+// commits, so that speculative verification can draw and reject without changing the history.
+class Sampler {
+ public:
+  struct SampleResult {
+    int32_t token = 0;
+    // log-softmax of the raw logits at `token`.
+    float logprob = 0.0f;
+    // The params.num_logprobs most likely tokens under the raw logits, as (token id, logprob),
+    // sorted by logprob descending, ties by lower id. Empty when num_logprobs == 0.
+    std::vector<std::pair<int32_t, float>> top_logprobs;
+  };
+
+  // `params` must pass ValidateSamplingParams(params, vocab_size) (CHECKed). The RNG is seeded with
+  // params.seed if set, else with `default_seed` (the engine's per-request seed).
+  Sampler(const SamplingParams& params, int32_t vocab_size, uint64_t default_seed);
+
+  Sampler(const Sampler&) = delete;
+  Sampler& operator=(const Sampler&) = delete;
+
+  // Records prompt tokens for the repetition penalty. May be called more than once (chunks).
+  // Ids must be in [0, vocab_size) (CHECKed).
+  void AddPromptTokens(std::span<const int32_t> tokens);
+
+  // Records one committed generated token (for all three penalties). Id CHECKed as above.
+  void Accept(int32_t token);
+
+  // Draws the next token from ProcessedProbabilities(logits) with this sampler's RNG and returns
+  // it with its raw logprobs. Does NOT call Accept(). Exactly equivalent to
+  // ResultForToken(logits, SampleFromProbabilities(ProcessedProbabilities(logits))), including
+  // the RNG consumption (one draw per call, also when greedy).
+  // `logits`: fp32, [vocab_size], one row of the model output.
+  SampleResult Sample(std::span<const float> logits);
+
+  // Fills `probs` ([vocab_size] fp32, resized) with the final sampling distribution after steps
+  // 1–6 above, renormalised to sum to 1; a one-hot at the argmax when greedy.
+  void ProcessedProbabilities(std::span<const float> logits, std::vector<float>* probs) const;
+
+  // As above, with `pending_tokens` counted as generated after the accepted history (for the
+  // penalties) without being accepted: the verifier's distribution at a draft-tree node whose path
+  // from the last committed token is `pending_tokens`.
+  void ProcessedProbabilities(std::span<const float> logits,
+                              std::span<const int32_t> pending_tokens,
+                              std::vector<float>* probs) const;
+
+  // Draws a token id with probability probs[i] / sum(probs), using this sampler's RNG (one draw).
+  // `probs`: [vocab_size]; need not be normalised (e.g. a verifier residual); entries <= 0 or NaN
+  // are never drawn; the sum of the positive entries must be > 0 (CHECKed).
+  int32_t SampleFromProbabilities(std::span<const float> probs);
+
+  // The next uniform double in [0, 1) from this sampler's RNG (for the verifier's accept test).
+  double NextUniform();
+
+  // Raw-logit logprobs for `token` (and the top num_logprobs tokens), as Sample() returns them.
+  // Lets the verifier report logprobs of draft tokens it accepted without calling Sample().
+  SampleResult ResultForToken(std::span<const float> logits, int32_t token) const;
+
+  bool is_greedy() const { return is_greedy_; }
+  const SamplingParams& params() const { return params_; }
+  int32_t vocab_size() const { return vocab_size_; }
+
+ private:
+  // Steps 1–2: `processed` ([vocab_size], resized) = raw logits with NaN → -inf, biased and
+  // penalised (with `pending_tokens` counted as generated).
+  void ProcessedLogits(std::span<const float> logits, std::span<const int32_t> pending_tokens,
+                       std::vector<float>* processed) const;
+
+  // Steps 1–2 in place on `logits` ([vocab_size], NaN already mapped to -inf).
+  void ApplyBiasAndPenalties(std::span<const int32_t> pending_tokens,
+                             std::span<float> logits) const;
+
+  const SamplingParams params_;
+  const int32_t vocab_size_;
+  const bool is_greedy_;
+  // Whether any history-dependent penalty is on; when not, no history is stored.
+  const bool tracks_prompt_;  // repetition_penalty != 1.
+  const bool tracks_output_;  // any of the three penalties on.
+  std::mt19937_64 rng_;
+  // Distinct prompt token ids (only if tracks_prompt_).
+  absl::flat_hash_set<int32_t> prompt_tokens_;
+  // Generated token id → number of times accepted (only if tracks_output_).
+  absl::flat_hash_map<int32_t, int32_t> output_counts_;
+};
+
+}  // namespace glimpse::model
+
+#endif  // GLIMPSE_MODEL_SAMPLER_H_

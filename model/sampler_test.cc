@@ -1,0 +1,634 @@
+#include "model/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model/sampling_params.h"
+
+namespace glimpse::model {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// softmax in double, as the hand reference.
+std::vector<double> Softmax(const std::vector<double>& logits) {
+  const double max = *std::max_element(logits.begin(), logits.end());
+  std::vector<double> p(logits.size());
+  double sum = 0.0;
+  for (size_t i = 0; i < logits.size(); ++i) sum += p[i] = std::exp(logits[i] - max);
+  for (double& x : p) x /= sum;
+  return p;
+}
+
+std::vector<float> LogitsOfProbs(const std::vector<double>& probs) {
+  std::vector<float> logits;
+  for (double p : probs) logits.push_back(static_cast<float>(std::log(p)));
+  return logits;
+}
+
+// Deterministic pseudo-random logits in [0, scale), independent of <random> distributions.
+std::vector<float> RandomLogits(int32_t vocab_size, uint64_t seed, float scale) {
+  std::mt19937_64 rng(seed);
+  std::vector<float> logits(vocab_size);
+  for (float& l : logits) l = static_cast<float>((rng() >> 11) * 0x1.0p-53) * scale;
+  return logits;
+}
+
+std::vector<float> Processed(const Sampler& sampler, const std::vector<float>& logits) {
+  std::vector<float> probs;
+  sampler.ProcessedProbabilities(logits, &probs);
+  return probs;
+}
+
+// Expects probs == expected (a dense distribution) within an absolute tolerance.
+void ExpectProbsNear(const std::vector<float>& probs, const std::vector<double>& expected,
+                     double tolerance = 1e-6) {
+  ASSERT_EQ(probs.size(), expected.size());
+  for (size_t i = 0; i < probs.size(); ++i) {
+    EXPECT_NEAR(probs[i], expected[i], tolerance) << "token " << i;
+  }
+}
+
+SamplingParams Greedy() {
+  SamplingParams params;
+  params.temperature = 0.0f;
+  return params;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Greedy and temperature.
+
+TEST(SamplerTest, GreedyPicksArgmaxAndProcessedProbabilitiesIsOneHot) {
+  Sampler sampler(Greedy(), 4, /*default_seed=*/1);
+  const std::vector<float> logits = {0.1f, 2.5f, -1.0f, 2.4f};
+  EXPECT_EQ(sampler.Sample(logits).token, 1);
+  EXPECT_THAT(Processed(sampler, logits), ElementsAre(0.0f, 1.0f, 0.0f, 0.0f));
+}
+
+TEST(SamplerTest, GreedyBreaksTiesTowardLowestId) {
+  const std::vector<float> logits = {1.0f, 3.0f, 0.0f, 3.0f, 3.0f};
+  for (uint64_t seed = 0; seed < 50; ++seed) {
+    Sampler sampler(Greedy(), 5, seed);
+    EXPECT_EQ(sampler.Sample(logits).token, 1);
+  }
+}
+
+TEST(SamplerTest, TemperatureBelowEpsilonIsGreedy) {
+  SamplingParams params;
+  params.temperature = kGreedyTemperatureEpsilon / 2;
+  Sampler sampler(params, 3, 1);
+  EXPECT_TRUE(sampler.is_greedy());
+  EXPECT_THAT(Processed(sampler, {1.0f, 1.0001f, 0.0f}), ElementsAre(0.0f, 1.0f, 0.0f));
+}
+
+TEST(SamplerTest, SmallTemperatureApproachesArgmax) {
+  SamplingParams params;
+  params.temperature = 0.01f;
+  Sampler sampler(params, 3, 1);
+  EXPECT_FALSE(sampler.is_greedy());
+  const std::vector<float> probs = Processed(sampler, {1.0f, 1.2f, 0.5f});
+  EXPECT_GT(probs[1], 1.0f - 1e-6f);
+  for (uint64_t i = 0; i < 1000; ++i) EXPECT_EQ(sampler.Sample({{1.0f, 1.2f, 0.5f}}).token, 1);
+}
+
+TEST(SamplerTest, TemperatureScalesLogitsBeforeSoftmax) {
+  const std::vector<float> logits = {1.0f, 2.0f, 0.5f, -1.0f};
+  for (float temperature : {0.5f, 1.0f, 2.0f}) {
+    SamplingParams params;
+    params.temperature = temperature;
+    Sampler sampler(params, 4, 1);
+    std::vector<double> scaled;
+    for (float l : logits) scaled.push_back(l / static_cast<double>(temperature));
+    ExpectProbsNear(Processed(sampler, logits), Softmax(scaled));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// top-k, top-p, min-p.
+
+TEST(SamplerTest, TopKOneEqualsGreedy) {
+  for (uint64_t trial = 0; trial < 20; ++trial) {
+    std::vector<float> logits = RandomLogits(1000, trial, 5.0f);
+    if (trial % 2 == 0) logits[700] = logits[300] = 6.0f;  // A tie at the top: id 300 wins.
+    SamplingParams params;
+    params.top_k = 1;
+    Sampler top1(params, 1000, /*default_seed=*/trial);
+    Sampler greedy(Greedy(), 1000, /*default_seed=*/trial);
+    const int32_t expected = greedy.Sample(logits).token;
+    if (trial % 2 == 0) {
+      EXPECT_EQ(expected, 300);
+    }
+    EXPECT_EQ(top1.Sample(logits).token, expected);
+  }
+}
+
+TEST(SamplerTest, TopKNeverSamplesOutsideTopK) {
+  const std::vector<float> logits = RandomLogits(50, 7, 3.0f);
+  std::vector<int32_t> order(50);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+  const std::set<int32_t> top5(order.begin(), order.begin() + 5);
+
+  SamplingParams params;
+  params.top_k = 5;
+  Sampler sampler(params, 50, 42);
+  std::set<int32_t> seen;
+  for (int i = 0; i < 20000; ++i) {
+    const int32_t token = sampler.Sample(logits).token;
+    ASSERT_TRUE(top5.contains(token)) << token;
+    seen.insert(token);
+  }
+  EXPECT_EQ(seen, top5);  // The support is the whole top-5, not less.
+
+  // And the processed distribution is the softmax restricted to the top-5.
+  const std::vector<float> probs = Processed(sampler, logits);
+  double top5_mass = 0.0;
+  for (int32_t id : top5) top5_mass += std::exp(static_cast<double>(logits[id]));
+  for (int32_t id = 0; id < 50; ++id) {
+    const double expected = top5.contains(id) ? std::exp(logits[id]) / top5_mass : 0.0;
+    EXPECT_NEAR(probs[id], expected, 1e-6) << id;
+  }
+}
+
+TEST(SamplerTest, TopKBreaksTiesTowardLowerIds) {
+  SamplingParams params;
+  params.top_k = 2;
+  Sampler sampler(params, 5, 1);
+  const std::vector<float> probs = Processed(sampler, {1.0f, 2.0f, 2.0f, 2.0f, 0.0f});
+  ExpectProbsNear(probs, {0.0, 0.5, 0.5, 0.0, 0.0});
+}
+
+TEST(SamplerTest, TopKMatchesFullSortReferenceWithManyTies) {
+  constexpr int32_t kVocab = 5000;
+  std::mt19937_64 rng(5);
+  std::vector<float> logits(kVocab);
+  for (float& l : logits) l = static_cast<float>(rng() % 20);  // ~250 tokens per value.
+  std::vector<int32_t> order(kVocab);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  for (int32_t top_k : {1, 100, 333, 4999}) {
+    SCOPED_TRACE(top_k);
+    SamplingParams params;
+    params.top_k = top_k;
+    const std::vector<float> probs = Processed(Sampler(params, kVocab, 1), logits);
+    const std::set<int32_t> expected(order.begin(), order.begin() + top_k);
+    std::set<int32_t> support;
+    for (int32_t id = 0; id < kVocab; ++id) {
+      if (probs[id] > 0.0f) support.insert(id);
+    }
+    EXPECT_EQ(support, expected);
+  }
+}
+
+TEST(SamplerTest, TopPKeepsSmallestNucleus) {
+  // Ids deliberately not in probability order.
+  const std::vector<float> logits = LogitsOfProbs({0.05, 0.5, 0.15, 0.3});
+  struct Case {
+    float top_p;
+    std::vector<double> expected;
+  };
+  const std::vector<Case> cases = {
+      {0.01f, {0.0, 1.0, 0.0, 0.0}},
+      {0.5f, {0.0, 1.0, 0.0, 0.0}},  // 0.5 >= 0.5 after one token (rounding-safe: 0.5 is exact).
+      {0.75f, {0.0, 0.625, 0.0, 0.375}},
+      {0.9f, {0.0, 0.5 / 0.95, 0.15 / 0.95, 0.3 / 0.95}},
+      {1.0f, {0.05, 0.5, 0.15, 0.3}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.top_p);
+    SamplingParams params;
+    params.top_p = c.top_p;
+    Sampler sampler(params, 4, 1);
+    ExpectProbsNear(Processed(sampler, logits), c.expected);
+  }
+}
+
+TEST(SamplerTest, TopPRunsOnTheTopKRenormalisedDistribution) {
+  // After top-k=2: {0.4, 0.3} → {0.571, 0.429}; top_p=0.5 then keeps only token 0. Applied to the
+  // unrestricted distribution, top_p=0.5 would keep tokens 0 and 1.
+  SamplingParams params;
+  params.top_k = 2;
+  params.top_p = 0.5f;
+  Sampler sampler(params, 4, 1);
+  ExpectProbsNear(Processed(sampler, LogitsOfProbs({0.4, 0.3, 0.2, 0.1})), {1.0, 0.0, 0.0, 0.0});
+}
+
+TEST(SamplerTest, TopPOnLargeVocabMatchesFullSortReference) {
+  constexpr int32_t kVocab = 128000;
+  const std::vector<float> logits = RandomLogits(kVocab, 3, 12.0f);
+  // Reference: full sort, cumulative sum in double.
+  std::vector<int32_t> order(kVocab);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  std::vector<double> weights(kVocab);
+  double total = 0.0;
+  for (int32_t i = 0; i < kVocab; ++i) total += weights[i] = std::exp(logits[i] - logits[order[0]]);
+
+  for (float top_p : {0.3f, 0.9f, 0.999f}) {
+    SCOPED_TRACE(top_p);
+    size_t nucleus = 0;
+    double cumulative = 0.0;
+    while (cumulative < top_p * total) cumulative += weights[order[nucleus++]];
+    ASSERT_GT(nucleus, 64u);  // Exercises the incremental sort beyond its first chunk.
+
+    SamplingParams params;
+    params.top_p = top_p;
+    Sampler sampler(params, kVocab, 1);
+    const std::vector<float> probs = Processed(sampler, logits);
+    const std::set<int32_t> kept(order.begin(), order.begin() + nucleus);
+    for (int32_t id = 0; id < kVocab; ++id) {
+      if (kept.contains(id)) {
+        ASSERT_NEAR(probs[id], weights[id] / cumulative, 1e-9) << id;
+        ASSERT_GT(probs[id], 0.0f) << id;
+      } else {
+        ASSERT_EQ(probs[id], 0.0f) << id;
+      }
+    }
+  }
+}
+
+TEST(SamplerTest, MinPDropsTokensBelowFractionOfMax) {
+  const std::vector<float> logits = LogitsOfProbs({0.5, 0.3, 0.15, 0.05});
+  SamplingParams params;
+  params.min_p = 0.35f;  // Threshold 0.175: keeps 0.5 and 0.3.
+  ExpectProbsNear(Processed(Sampler(params, 4, 1), logits), {0.625, 0.375, 0.0, 0.0});
+  params.min_p = 0.25f;  // Threshold 0.125: keeps 0.15 too.
+  ExpectProbsNear(Processed(Sampler(params, 4, 1), logits),
+                  {0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0});
+  params.min_p = 1.0f;  // Only the maximum.
+  ExpectProbsNear(Processed(Sampler(params, 4, 1), logits), {1.0, 0.0, 0.0, 0.0});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Penalties and bias.
+
+TEST(SamplerTest, RepetitionPenaltyDividesPositiveAndMultipliesNegativeLogits) {
+  SamplingParams params;
+  params.repetition_penalty = 2.0f;
+  Sampler sampler(params, 5, 1);
+  sampler.AddPromptTokens(std::vector<int32_t>{0, 0});
+  sampler.Accept(1);
+  sampler.Accept(0);  // In prompt and output: still penalised once.
+  const std::vector<float> logits = {2.0f, -1.0f, 0.5f, 1.0f, 0.0f};
+  ExpectProbsNear(Processed(sampler, logits), Softmax({1.0, -2.0, 0.5, 1.0, 0.0}));
+}
+
+TEST(SamplerTest, PresencePenaltyAppliesOncePerGeneratedTokenAndIgnoresPrompt) {
+  SamplingParams params;
+  params.presence_penalty = 0.5f;
+  Sampler sampler(params, 4, 1);
+  sampler.AddPromptTokens(std::vector<int32_t>{2});
+  sampler.Accept(0);
+  sampler.Accept(0);
+  sampler.Accept(1);
+  const std::vector<float> logits = {1.0f, 0.8f, 0.3f, 0.0f};
+  ExpectProbsNear(Processed(sampler, logits), Softmax({0.5, 0.3, 0.3, 0.0}));
+}
+
+TEST(SamplerTest, FrequencyPenaltyScalesWithCount) {
+  SamplingParams params;
+  params.frequency_penalty = 0.3f;
+  Sampler sampler(params, 4, 1);
+  sampler.AddPromptTokens(std::vector<int32_t>{2, 2, 2});
+  for (int32_t token : {0, 0, 0, 1}) sampler.Accept(token);
+  const std::vector<float> logits = {1.0f, 0.8f, 0.3f, 0.0f};
+  ExpectProbsNear(Processed(sampler, logits), Softmax({0.1, 0.5, 0.3, 0.0}));
+}
+
+TEST(SamplerTest, NegativePenaltiesEncourageRepetition) {
+  SamplingParams params;
+  params.presence_penalty = -1.0f;
+  params.frequency_penalty = -0.5f;
+  Sampler sampler(params, 3, 1);
+  sampler.Accept(2);
+  sampler.Accept(2);
+  ExpectProbsNear(Processed(sampler, {1.0f, 0.0f, 0.0f}), Softmax({1.0, 0.0, 2.0}));
+}
+
+TEST(SamplerTest, LogitBiasIsAppliedBeforeRepetitionPenalty) {
+  SamplingParams params;
+  params.repetition_penalty = 2.0f;
+  params.logit_bias = {{0, 1.0f}};
+  Sampler sampler(params, 2, 1);
+  sampler.Accept(0);
+  // (1 + 1) / 2 = 1; penalty first would give 1 / 2 + 1 = 1.5.
+  ExpectProbsNear(Processed(sampler, {1.0f, 0.0f}), Softmax({1.0, 0.0}));
+}
+
+TEST(SamplerTest, PendingTokensArePenalisedLikeAcceptedOnesWithoutBeingRecorded) {
+  SamplingParams params;
+  params.repetition_penalty = 1.5f;
+  params.presence_penalty = 0.2f;
+  params.frequency_penalty = 0.1f;
+  params.temperature = 0.7f;
+  const std::vector<float> logits = RandomLogits(30, 11, 4.0f);
+  const std::vector<int32_t> prompt = {3, 4, 5};
+  const std::vector<int32_t> committed = {5, 6};
+  const std::vector<int32_t> pending = {6, 7, 7, 3};
+
+  Sampler speculating(params, 30, 1);
+  Sampler committed_all(params, 30, 1);
+  speculating.AddPromptTokens(prompt);
+  committed_all.AddPromptTokens(prompt);
+  for (int32_t t : committed) speculating.Accept(t);
+  for (int32_t t : committed) committed_all.Accept(t);
+  const std::vector<float> before = Processed(speculating, logits);
+  for (int32_t t : pending) committed_all.Accept(t);
+
+  std::vector<float> with_pending;
+  speculating.ProcessedProbabilities(logits, pending, &with_pending);
+  const std::vector<float> expected = Processed(committed_all, logits);
+  std::vector<double> expected_d(expected.begin(), expected.end());
+  ExpectProbsNear(with_pending, expected_d, 0.0);  // Same arithmetic: bitwise equal.
+  EXPECT_NE(with_pending, before);
+  EXPECT_EQ(Processed(speculating, logits), before);  // Pending tokens were not recorded.
+}
+
+TEST(SamplerTest, LogitBiasMinusInfBansTheArgmax) {
+  const std::vector<float> logits = {0.0f, 5.0f, 4.0f};
+  SamplingParams params;
+  params.logit_bias = {{1, -kInf}};
+  Sampler sampler(params, 3, 9);
+  EXPECT_EQ(Processed(sampler, logits)[1], 0.0f);
+  for (int i = 0; i < 10000; ++i) ASSERT_NE(sampler.Sample(logits).token, 1);
+
+  SamplingParams greedy = Greedy();
+  greedy.logit_bias = {{1, -kInf}};
+  EXPECT_EQ(Sampler(greedy, 3, 9).Sample(logits).token, 2);
+}
+
+TEST(SamplerTest, LargePositiveLogitBiasForcesToken) {
+  const std::vector<float> logits = {0.0f, 5.0f, 4.0f};
+  SamplingParams params;
+  params.logit_bias = {{0, 100.0f}};
+  Sampler sampler(params, 3, 9);
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(sampler.Sample(logits).token, 0);
+}
+
+TEST(SamplerTest, AllTokensBannedDegeneratesToTokenZero) {
+  SamplingParams params;
+  params.logit_bias = {{0, -kInf}, {1, -kInf}};
+  Sampler sampler(params, 2, 1);
+  EXPECT_THAT(Processed(sampler, {1.0f, 2.0f}), ElementsAre(1.0f, 0.0f));
+}
+
+TEST(SamplerTest, NanLogitsAreNeverSampled) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  Sampler sampler(SamplingParams(), 3, 1);
+  const std::vector<float> logits = {nan, 0.0f, 0.0f};
+  ExpectProbsNear(Processed(sampler, logits), {0.0, 0.5, 0.5});
+  EXPECT_EQ(Sampler(Greedy(), 3, 1).Sample(logits).token, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RNG and distribution.
+
+std::vector<int32_t> SampleSequence(const SamplingParams& params, uint64_t default_seed) {
+  Sampler sampler(params, 100, default_seed);
+  std::vector<int32_t> tokens;
+  for (uint64_t step = 0; step < 200; ++step) {
+    tokens.push_back(sampler.Sample(RandomLogits(100, step, 4.0f)).token);
+    sampler.Accept(tokens.back());
+  }
+  return tokens;
+}
+
+TEST(SamplerTest, SameSeedReproducesAndDifferentSeedsDiffer) {
+  SamplingParams params;
+  params.top_p = 0.95f;
+  params.frequency_penalty = 0.1f;
+  EXPECT_EQ(SampleSequence(params, 1), SampleSequence(params, 1));
+  EXPECT_NE(SampleSequence(params, 1), SampleSequence(params, 2));
+  params.seed = 77;  // An explicit seed overrides the engine's default seed...
+  EXPECT_EQ(SampleSequence(params, 1), SampleSequence(params, 2));
+  const std::vector<int32_t> seed_77 = SampleSequence(params, 1);
+  params.seed = 78;  // ...and is what decides the draws.
+  EXPECT_NE(SampleSequence(params, 1), seed_77);
+}
+
+TEST(SamplerTest, SeededDrawsArePinned) {
+  // mt19937_64 is bit-exact by the standard and the [0, 1) conversion and the inverse CDF are ours,
+  // so these values must never change between platforms, compilers or library versions.
+  Sampler sampler(SamplingParams(), 4, /*default_seed=*/5489);
+  EXPECT_EQ(sampler.NextUniform(), static_cast<double>(14514284786278117030ull >> 11) * 0x1.0p-53);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 16; ++i) {
+    tokens.push_back(sampler.SampleFromProbabilities(std::vector<float>{0.1f, 0.2f, 0.3f, 0.4f}));
+  }
+  // Cross-checked against an independent Python implementation of mt19937_64.
+  EXPECT_THAT(tokens, ElementsAre(1, 3, 3, 0, 2, 1, 0, 2, 2, 1, 2, 1, 2, 2, 3, 2));
+}
+
+TEST(SamplerTest, EmpiricalFrequenciesMatchProcessedProbabilities) {
+  SamplingParams params;
+  params.temperature = 0.8f;
+  params.top_k = 8;
+  params.top_p = 0.95f;
+  params.presence_penalty = 0.4f;
+  params.seed = 12345;
+  constexpr int32_t kVocab = 10;
+  Sampler sampler(params, kVocab, 0);
+  sampler.Accept(9);
+  const std::vector<float> logits = {1.0f, 0.2f, 2.0f, 1.5f, -0.5f, 0.7f, 1.1f, 0.0f, -2.0f, 2.1f};
+  const std::vector<float> probs = Processed(sampler, logits);
+
+  constexpr int kDraws = 100000;
+  std::vector<int> counts(kVocab, 0);
+  for (int i = 0; i < kDraws; ++i) ++counts[sampler.Sample(logits).token];
+  double chi_square = 0.0;
+  int support = 0;
+  for (int32_t id = 0; id < kVocab; ++id) {
+    if (probs[id] == 0.0f) {
+      EXPECT_EQ(counts[id], 0) << id;
+      continue;
+    }
+    ++support;
+    const double expected = kDraws * static_cast<double>(probs[id]);
+    chi_square += (counts[id] - expected) * (counts[id] - expected) / expected;
+    EXPECT_NEAR(counts[id] / static_cast<double>(kDraws), probs[id], 0.005) << id;
+  }
+  ASSERT_GE(support, 4);
+  ASSERT_LE(support, 8);
+  // 99.99th percentile of chi-square with 7 degrees of freedom is 29.88 (support - 1 <= 7).
+  EXPECT_LT(chi_square, 29.88);
+}
+
+TEST(SamplerTest, SampleEqualsDrawingFromProcessedProbabilities) {
+  SamplingParams params;
+  params.temperature = 1.3f;
+  params.top_k = 40;
+  params.top_p = 0.9f;
+  params.min_p = 0.01f;
+  params.repetition_penalty = 1.2f;
+  SamplingParams greedy = params;
+  greedy.temperature = 0.0f;
+  for (const SamplingParams& p : {params, greedy}) {
+    SCOPED_TRACE(p.temperature);
+    Sampler direct(p, 500, 3);
+    Sampler composed(p, 500, 3);
+    std::vector<float> probs;
+    for (uint64_t step = 0; step < 300; ++step) {
+      const std::vector<float> logits = RandomLogits(500, step, 8.0f);
+      const int32_t token = direct.Sample(logits).token;
+      composed.ProcessedProbabilities(logits, &probs);
+      ASSERT_EQ(composed.SampleFromProbabilities(probs), token) << step;
+      direct.Accept(token);
+      composed.Accept(token);
+    }
+    EXPECT_EQ(direct.NextUniform(), composed.NextUniform());  // Same RNG consumption.
+  }
+}
+
+TEST(SamplerTest, SampleFromProbabilitiesTakesUnnormalisedWeightsAndSkipsZeros) {
+  Sampler sampler(SamplingParams(), 4, 5);
+  const std::vector<float> weights = {0.0f, 2.0f, 0.0f, 6.0f};
+  int count_3 = 0;
+  constexpr int kDraws = 40000;
+  for (int i = 0; i < kDraws; ++i) {
+    const int32_t token = sampler.SampleFromProbabilities(weights);
+    ASSERT_TRUE(token == 1 || token == 3) << token;
+    count_3 += token == 3;
+  }
+  EXPECT_NEAR(count_3 / static_cast<double>(kDraws), 0.75, 0.01);
+}
+
+TEST(SamplerTest, ProcessedProbabilitiesSumToOne) {
+  SamplingParams params;
+  params.temperature = 0.9f;
+  params.top_p = 0.8f;
+  params.min_p = 0.05f;
+  Sampler sampler(params, 2000, 1);
+  for (uint64_t seed = 0; seed < 10; ++seed) {
+    const std::vector<float> probs = Processed(sampler, RandomLogits(2000, seed, 10.0f));
+    EXPECT_NEAR(std::accumulate(probs.begin(), probs.end(), 0.0), 1.0, 1e-6);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logprobs.
+
+TEST(SamplerTest, LogprobsAreRawLogSoftmaxSortedWithTiesByLowerId) {
+  const std::vector<float> logits = {1.0f, 2.0f, 3.0f, 3.0f, 0.0f};
+  SamplingParams params = Greedy();
+  params.num_logprobs = 3;
+  params.logit_bias = {{4, 10.0f}};  // Forces token 4; logprobs must still be the raw ones.
+  params.repetition_penalty = 1.5f;
+  Sampler sampler(params, 5, 1);
+  sampler.AddPromptTokens(std::vector<int32_t>{2});
+
+  const double lse = std::log(std::exp(1.0) + std::exp(2.0) + 2 * std::exp(3.0) + std::exp(0.0));
+  const Sampler::SampleResult result = sampler.Sample(logits);
+  EXPECT_EQ(result.token, 4);
+  EXPECT_NEAR(result.logprob, 0.0 - lse, 1e-6);
+  ASSERT_EQ(result.top_logprobs.size(), 3u);
+  EXPECT_EQ(result.top_logprobs[0].first, 2);
+  EXPECT_EQ(result.top_logprobs[1].first, 3);
+  EXPECT_EQ(result.top_logprobs[2].first, 1);
+  EXPECT_NEAR(result.top_logprobs[0].second, 3.0 - lse, 1e-6);
+  EXPECT_NEAR(result.top_logprobs[1].second, 3.0 - lse, 1e-6);
+  EXPECT_NEAR(result.top_logprobs[2].second, 2.0 - lse, 1e-6);
+}
+
+TEST(SamplerTest, NoTopLogprobsWhenNumLogprobsIsZero) {
+  Sampler sampler(Greedy(), 3, 1);
+  const Sampler::SampleResult result = sampler.Sample({{0.0f, 0.0f, std::log(2.0f)}});
+  EXPECT_EQ(result.token, 2);
+  EXPECT_NEAR(result.logprob, std::log(0.5), 1e-6);
+  EXPECT_TRUE(result.top_logprobs.empty());
+}
+
+TEST(SamplerTest, ResultForTokenReportsLogprobsOfAnyToken) {
+  SamplingParams params;
+  params.num_logprobs = 1;
+  Sampler sampler(params, 2, 1);
+  const Sampler::SampleResult result = sampler.ResultForToken({{0.0f, std::log(3.0f)}}, 0);
+  EXPECT_EQ(result.token, 0);
+  EXPECT_NEAR(result.logprob, std::log(0.25), 1e-6);
+  ASSERT_EQ(result.top_logprobs.size(), 1u);
+  EXPECT_EQ(result.top_logprobs[0].first, 1);
+  EXPECT_NEAR(result.top_logprobs[0].second, std::log(0.75), 1e-6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+TEST(ValidateSamplingParamsTest, AcceptsDefaultsAndBoundaries) {
+  EXPECT_TRUE(ValidateSamplingParams(SamplingParams(), 10).ok());
+  SamplingParams params;
+  params.temperature = 0.0f;
+  params.top_k = 1000;  // Larger than the vocabulary: means off.
+  params.top_p = 1.0f;
+  params.min_p = 1.0f;
+  params.repetition_penalty = 0.5f;
+  params.presence_penalty = -2.0f;
+  params.frequency_penalty = 2.0f;
+  params.logit_bias = {{0, -kInf}, {9, 100.0f}, {5, -100.0f}};
+  params.num_logprobs = kMaxNumLogprobs;
+  EXPECT_TRUE(ValidateSamplingParams(params, 10).ok());
+  params.temperature = kMaxTemperature;
+  EXPECT_TRUE(ValidateSamplingParams(params, 10).ok());
+}
+
+TEST(ValidateSamplingParamsTest, RejectsEachBadFieldNamingIt) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  struct Case {
+    std::string field;
+    std::function<void(SamplingParams&)> mutate;
+  };
+  const std::vector<Case> cases = {
+      {"temperature", [](SamplingParams& p) { p.temperature = -0.1f; }},
+      {"temperature", [](SamplingParams& p) { p.temperature = 101.0f; }},
+      {"temperature", [nan](SamplingParams& p) { p.temperature = nan; }},
+      {"top_k", [](SamplingParams& p) { p.top_k = -1; }},
+      {"top_p", [](SamplingParams& p) { p.top_p = 0.0f; }},
+      {"top_p", [](SamplingParams& p) { p.top_p = 1.01f; }},
+      {"min_p", [](SamplingParams& p) { p.min_p = -0.01f; }},
+      {"min_p", [](SamplingParams& p) { p.min_p = 1.5f; }},
+      {"repetition_penalty", [](SamplingParams& p) { p.repetition_penalty = 0.0f; }},
+      {"repetition_penalty", [](SamplingParams& p) { p.repetition_penalty = kInf; }},
+      {"presence_penalty", [](SamplingParams& p) { p.presence_penalty = 2.5f; }},
+      {"presence_penalty", [nan](SamplingParams& p) { p.presence_penalty = nan; }},
+      {"frequency_penalty", [](SamplingParams& p) { p.frequency_penalty = -2.5f; }},
+      {"logit_bias", [](SamplingParams& p) { p.logit_bias = {{10, 1.0f}}; }},
+      {"logit_bias", [](SamplingParams& p) { p.logit_bias = {{-1, 1.0f}}; }},
+      {"logit_bias", [](SamplingParams& p) { p.logit_bias = {{3, 100.5f}}; }},
+      {"logit_bias", [](SamplingParams& p) { p.logit_bias = {{3, kInf}}; }},
+      {"logit_bias", [nan](SamplingParams& p) { p.logit_bias = {{3, nan}}; }},
+      {"logit_bias", [](SamplingParams& p) { p.logit_bias = {{3, 1.0f}, {3, 2.0f}}; }},
+      {"num_logprobs", [](SamplingParams& p) { p.num_logprobs = -1; }},
+      {"num_logprobs", [](SamplingParams& p) { p.num_logprobs = kMaxNumLogprobs + 1; }},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(i);
+    SamplingParams params;
+    cases[i].mutate(params);
+    const absl::Status status = ValidateSamplingParams(params, 10);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(status.message()), HasSubstr(cases[i].field));
+  }
+}
+
+TEST(ValidateSamplingParamsTest, NonPositiveVocabSizeIsAnInternalError) {
+  EXPECT_EQ(ValidateSamplingParams(SamplingParams(), 0).code(), absl::StatusCode::kInternal);
+}
+
+}  // namespace
+}  // namespace glimpse::model

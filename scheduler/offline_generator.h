@@ -1,0 +1,87 @@
+// Runs a fixed set of generation requests to completion with plain (non-speculative)
+// decoding, batching all of them step by step: the engine behind `glimpse generate`,
+// `glimpse bench` and the model-level tests. The serving scheduler (issue #3) replaces its
+// policy with continuous batching, admission and preemption; the step mechanics are the same
+// (StepBatch in, logits out, one counter of computed tokens per sequence).
+//
+// Policy: prefill first. Each step packs prompt chunks (at most `prefill_chunk_tokens` per
+// sequence, at most `max_step_tokens` in all) while any prompt is unfinished; afterwards every
+// running sequence decodes one token per step.
+//
+// Ownership: borrows the model, KV storage, block pool and tokenizer (all must outlive it).
+// Thread-safety: one thread.
+#ifndef GLIMPSE_SCHEDULER_OFFLINE_GENERATOR_H_
+#define GLIMPSE_SCHEDULER_OFFLINE_GENERATOR_H_
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kvcache/block_pool.h"
+#include "model/kv_cache_storage.h"
+#include "model/llama_model.h"
+#include "model/sampler.h"
+#include "model/sampling_params.h"
+
+namespace glimpse::scheduler {
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt_tokens;  // Including BOS if the model wants one.
+  int32_t max_tokens = 16;
+  model::SamplingParams sampling;
+  // Token ids that end generation (EOS); ignored when ignore_eos.
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+};
+
+enum class FinishReason { kLength, kStopToken };
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;
+  std::vector<model::Sampler::SampleResult> samples;  // One per token: logprobs.
+  FinishReason finish_reason = FinishReason::kLength;
+};
+
+struct OfflineGeneratorOptions {
+  int32_t prefill_chunk_tokens = 512;  // Per sequence per step; >= 1.
+  int32_t max_step_tokens = 2048;      // Per step, all sequences; >= 1.
+  uint64_t seed = 0;                   // Default seed for requests without one.
+};
+
+// Work and time counters, cumulative over Run() calls.
+struct GenerationCounters {
+  int64_t num_steps = 0;
+  int64_t num_prefill_tokens = 0;  // Prompt tokens run through the model.
+  int64_t num_decode_tokens = 0;   // Generated tokens run through the model.
+  double prefill_seconds = 0;      // Steps that ran prompt tokens.
+  double decode_seconds = 0;       // Steps that ran only decode tokens.
+};
+
+class OfflineGenerator {
+ public:
+  using TokenCallback =
+      std::function<void(size_t request_index, const model::Sampler::SampleResult& sample)>;
+
+  OfflineGenerator(model::LlamaModel& model, model::KvCacheStorage& kv,
+                   kvcache::BlockPool& blocks, OfflineGeneratorOptions options);
+
+  // Generates for every request; on_token (optional) sees each token as it is sampled.
+  // InvalidArgument for bad requests (empty prompt, prompt + max_tokens over the context,
+  // bad sampling values); ResourceExhausted if the KV pool cannot hold the batch.
+  absl::StatusOr<std::vector<GenerationResult>> Run(const std::vector<GenerationRequest>& requests,
+                                                    const TokenCallback& on_token = nullptr);
+
+  const GenerationCounters& counters() const { return counters_; }
+
+ private:
+  model::LlamaModel& model_;
+  model::KvCacheStorage& kv_;
+  kvcache::BlockPool& blocks_;
+  OfflineGeneratorOptions options_;
+  GenerationCounters counters_;
+};
+
+}  // namespace glimpse::scheduler
+
+#endif  // GLIMPSE_SCHEDULER_OFFLINE_GENERATOR_H_
