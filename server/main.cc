@@ -1,0 +1,54 @@
+// The one `glimpse` binary: dispatches to a subcommand. Flags are absl flags shared by all
+// subcommands (each flag's help says which subcommands read it).
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "server/generate_command.h"
+#include "server/make_model_command.h"
+#include "server/tokenize_command.h"
+#include "tools/bench/bench.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "glimpse — a high-throughput LLM inference server.\n"
+    "\n"
+    "Usage: glimpse <command> [--flag=value ...]\n"
+    "\n"
+    "Commands:\n"
+    "  generate    Generate a continuation of --prompt with --model and stream it to stdout.\n"
+    "  tokenize    Print the token ids and pieces of --prompt.\n"
+    "  make-model  Write a GGUF with random weights in a real model's shape (--shape, --out).\n"
+    "  bench       Measure prefill and decode throughput (llama-bench style).\n"
+    "\n"
+    "Examples:\n"
+    "  glimpse generate --prompt='def add(a, b):' --max_tokens=32\n"
+    "  glimpse tokenize --prompt='hello world'\n"
+    "  glimpse make-model --shape=small-110m --out=/tmp/small.gguf --type=f16\n"
+    "  glimpse bench --threads=2\n"
+    "\n"
+    "Run 'glimpse --help' for every flag.";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() != 2) {
+    std::fprintf(stderr, "%s\n\n%s\n",
+                 positional.size() < 2 ? "glimpse: no command given."
+                                       : "glimpse: give exactly one command.",
+                 kUsage);
+    return 2;
+  }
+  const std::string command = positional[1];
+  if (command == "generate") return glimpse::server::RunGenerateCommand();
+  if (command == "tokenize") return glimpse::server::RunTokenizeCommand();
+  if (command == "make-model") return glimpse::server::RunMakeModelCommand();
+  if (command == "bench") return glimpse::tools::RunBenchCommand();
+  std::fprintf(stderr, "glimpse: unknown command '%s'.\n\n%s\n", command.c_str(), kUsage);
+  return 2;
+}

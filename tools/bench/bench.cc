@@ -1,0 +1,210 @@
+#include "tools/bench/bench.h"
+
+#include <sys/stat.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "kvcache/block_pool.h"
+#include "model/kv_cache_storage.h"
+#include "nlohmann/json.hpp"
+#include "scheduler/offline_generator.h"
+#include "server/common_flags.h"
+#include "server/loaded_model.h"
+#include "tools/make_model/make_model.h"
+
+ABSL_FLAG(std::string, bench_model, "",
+          "bench: GGUF model to measure; empty makes (once, under $TMPDIR) a synthetic "
+          "small-110m F16 model, the shape of ../shared/reference/peer_numbers.md.");
+ABSL_FLAG(int32_t, prompt_tokens, 512, "bench: prompt length per sequence.");
+ABSL_FLAG(int32_t, gen_tokens, 128, "bench: tokens generated per sequence after the prompt.");
+ABSL_FLAG(std::string, batch_sizes, "1,8,32", "bench: comma-separated batch sizes to measure.");
+ABSL_FLAG(int32_t, repetitions, 2, "bench: runs per batch size (mean and spread reported).");
+ABSL_FLAG(std::string, json_out, "", "bench: also write the results as JSON to this file.");
+
+namespace glimpse::tools {
+namespace {
+
+struct Sample {
+  double prefill_tok_s = 0;
+  double decode_tok_s = 0;
+  int64_t steps = 0;
+  int64_t prefill_tokens = 0;
+  int64_t decode_tokens = 0;
+};
+
+struct Stats {
+  double mean = 0;
+  double stdev = 0;
+};
+
+Stats Summarize(const std::vector<double>& v) {
+  Stats s;
+  for (double x : v) s.mean += x;
+  s.mean /= static_cast<double>(v.size());
+  for (double x : v) s.stdev += (x - s.mean) * (x - s.mean);
+  s.stdev = v.size() > 1 ? std::sqrt(s.stdev / static_cast<double>(v.size() - 1)) : 0.0;
+  return s;
+}
+
+absl::StatusOr<std::string> DefaultBenchModel() {
+  const char* tmp = std::getenv("TMPDIR");
+  const std::string path =
+      absl::StrCat(tmp != nullptr ? tmp : "/tmp", "/glimpse-bench-small-110m-f16.gguf");
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) return path;
+  std::fprintf(stderr, "bench: writing synthetic small-110m F16 model to %s\n", path.c_str());
+  MakeModelOptions options;
+  options.shape = "small-110m";
+  options.out_path = path;
+  options.type = model::GgmlType::kF16;
+  if (absl::Status s = MakeModel(options); !s.ok()) return s;
+  return path;
+}
+
+absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32_t prompt_len,
+                               int32_t gen_len, uint32_t seed) {
+  const model::LlamaConfig& config = loaded.model->config();
+  const int32_t block_size = 16;
+  const int32_t blocks_per_seq = (prompt_len + gen_len + block_size - 1) / block_size;
+  model::KvCacheStorage kv(*loaded.backend, config, batch * blocks_per_seq, block_size);
+  kvcache::BlockPool pool(batch * blocks_per_seq);
+  std::mt19937 rng(seed);
+  // Ordinary tokens only (ids 0-2 are <unk>, <s>, </s> in the bundled vocabulary).
+  std::uniform_int_distribution<int32_t> token(3, config.vocab_size - 1);
+  std::vector<scheduler::GenerationRequest> requests(batch);
+  for (auto& r : requests) {
+    r.prompt_tokens.resize(prompt_len);
+    for (int32_t& t : r.prompt_tokens) t = token(rng);
+    r.max_tokens = gen_len;
+    r.sampling.temperature = 0.0f;
+    r.ignore_eos = true;
+  }
+  scheduler::OfflineGeneratorOptions options;
+  options.prefill_chunk_tokens = 512;
+  options.max_step_tokens = 512;  // As llama-bench's default micro-batch.
+  scheduler::OfflineGenerator generator(*loaded.model, kv, pool, options);
+  auto results = generator.Run(requests);
+  if (!results.ok()) return results.status();
+  const auto& c = generator.counters();
+  Sample s;
+  s.prefill_tok_s = c.num_prefill_tokens / c.prefill_seconds;
+  s.decode_tok_s = c.num_decode_tokens / c.decode_seconds;
+  s.steps = c.num_steps;
+  s.prefill_tokens = c.num_prefill_tokens;
+  s.decode_tokens = c.num_decode_tokens;
+  return s;
+}
+
+}  // namespace
+
+int RunBenchCommand() {
+  std::string path = absl::GetFlag(FLAGS_bench_model);
+  if (path.empty()) {
+    auto made = DefaultBenchModel();
+    if (!made.ok()) {
+      std::fprintf(stderr, "glimpse bench: %s\n", std::string(made.status().message()).c_str());
+      return 1;
+    }
+    path = *made;
+  }
+  std::vector<int32_t> batch_sizes;
+  for (const std::string& b : std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_batch_sizes), ','))) {
+    int32_t n;
+    if (!absl::SimpleAtoi(b, &n) || n < 1 || n > 4096) {
+      std::fprintf(stderr, "glimpse bench: --batch_sizes: '%s' is not a batch size in 1..4096\n",
+                   b.c_str());
+      return 2;
+    }
+    batch_sizes.push_back(n);
+  }
+  const int32_t prompt_len = absl::GetFlag(FLAGS_prompt_tokens);
+  const int32_t gen_len = absl::GetFlag(FLAGS_gen_tokens);
+  const int32_t reps = std::max(1, absl::GetFlag(FLAGS_repetitions));
+  if (prompt_len < 1 || gen_len < 2) {
+    std::fprintf(stderr, "glimpse bench: need --prompt_tokens >= 1 and --gen_tokens >= 2\n");
+    return 2;
+  }
+  auto loaded = server::LoadedModel::Load(path, absl::GetFlag(FLAGS_threads));
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "glimpse bench: %s\n", std::string(loaded.status().message()).c_str());
+    return 1;
+  }
+  const model::LlamaConfig& config = loaded->model->config();
+  if (prompt_len + gen_len > config.context_length) {
+    std::fprintf(stderr, "glimpse bench: prompt + generated tokens (%d) exceed the context (%d)\n",
+                 prompt_len + gen_len, config.context_length);
+    return 2;
+  }
+  std::printf("model: %s (%s, dim %d, %d layers, vocab %d), packed weights %.1f MiB\n",
+              path.c_str(), config.name.c_str(), config.dim, config.num_layers, config.vocab_size,
+              loaded->model->weight_bytes() / 1048576.0);
+  std::printf("backend: %s\n", loaded->backend->name().c_str());
+  // Warm-up: page in the weights and size the workspaces.
+  if (auto warm = RunOnce(*loaded, 1, std::min(prompt_len, 64), 2, 99); !warm.ok()) {
+    std::fprintf(stderr, "glimpse bench: %s\n", std::string(warm.status().message()).c_str());
+    return 1;
+  }
+
+  nlohmann::json json;
+  json["model"] = path;
+  json["backend"] = loaded->backend->name();
+  json["prompt_tokens"] = prompt_len;
+  json["gen_tokens"] = gen_len;
+  json["weight_bytes"] = loaded->model->weight_bytes();
+  std::printf("\n| batch | prefill tok/s (pp%d) | decode tok/s (tg%d) | steps | decode GB/s of weights |\n",
+              prompt_len, gen_len);
+  std::printf("|---:|---:|---:|---:|---:|\n");
+  for (int32_t batch : batch_sizes) {
+    std::vector<double> pp, tg;
+    Sample last;
+    for (int32_t r = 0; r < reps; ++r) {
+      auto s = RunOnce(*loaded, batch, prompt_len, gen_len, 1000 + r);
+      if (!s.ok()) {
+        std::fprintf(stderr, "glimpse bench: batch %d: %s\n", batch,
+                     std::string(s.status().message()).c_str());
+        return 1;
+      }
+      pp.push_back(s->prefill_tok_s);
+      tg.push_back(s->decode_tok_s);
+      last = *s;
+    }
+    const Stats p = Summarize(pp), t = Summarize(tg);
+    // One decode step streams the weights once for the whole batch.
+    const double gbps = t.mean / batch * loaded->model->weight_bytes() / 1e9;
+    std::printf("| %d | %.1f ± %.1f | %.1f ± %.1f | %lld | %.1f |\n", batch, p.mean, p.stdev,
+                t.mean, t.stdev, static_cast<long long>(last.steps), gbps);
+    std::fflush(stdout);
+    json["results"].push_back({{"batch", batch},
+                               {"prefill_tok_s", p.mean},
+                               {"prefill_tok_s_stdev", p.stdev},
+                               {"decode_tok_s", t.mean},
+                               {"decode_tok_s_stdev", t.stdev},
+                               {"steps", last.steps},
+                               {"prefill_tokens", last.prefill_tokens},
+                               {"decode_tokens", last.decode_tokens},
+                               {"repetitions", reps}});
+  }
+  const std::string json_out = absl::GetFlag(FLAGS_json_out);
+  if (!json_out.empty()) {
+    std::ofstream out(json_out);
+    out << json.dump(2) << "\n";
+    if (!out) {
+      std::fprintf(stderr, "glimpse bench: cannot write %s\n", json_out.c_str());
+      return 1;
+    }
+  }
+  std::printf("\n%s\n", json.dump().c_str());
+  return 0;
+}
+
+}  // namespace glimpse::tools
