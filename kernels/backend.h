@@ -40,10 +40,9 @@ class PackedMatrix {
   virtual size_t num_bytes() const = 0;
 };
 
-// Layout of one layer's paged KV storage, shared by the forward pass and the attention op:
-//
-//   k[block][slot][kv_head][head_dim]   fp32 on CPU; `block` indexes the pool,
-//   v[block][slot][kv_head][head_dim]   `slot` is the position within the block.
+// One layer's paged KV storage: `k` and `v` each hold num_blocks * block_size * num_kv_heads
+// * head_dim elements in a layout private to the backend (the CPU's is in
+// kernels/cpu/kv_layout.h). Only StoreKv and PagedAttention look inside.
 struct KvLayerView {
   float* k = nullptr;
   float* v = nullptr;

@@ -2,13 +2,14 @@
 // kernels/backend.h for the CSR page-table layout.
 //
 // Numerics: for one query row and one head, scores are s_j = scale * (q · k_j) with the dot
-// product in a fixed lane order, then a max-subtracted softmax summed left to right, then
+// product one fma chain over head_dim (d = 0, 1, ...), then a max-subtracted softmax summed in a fixed order (SoftmaxNumerators), then
 // out = (sum_j p_j v_j) / sum_j p_j accumulated left to right per element. Nothing depends on
 // the block size, the batch, or which thread runs the row: batch-invariant.
 #ifndef GLIMPSE_KERNELS_CPU_ATTENTION_H_
 #define GLIMPSE_KERNELS_CPU_ATTENTION_H_
 
 #include "kernels/backend.h"
+#include "kernels/cpu/kv_layout.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace glimpse::kernels::cpu {

@@ -17,20 +17,26 @@ struct PagedSeq {
 };
 
 PagedSeq Scatter(const std::vector<float>& k, const std::vector<float>& v, int32_t ctx,
-                 int32_t row, int32_t block_size, uint32_t seed) {
+                 int32_t kv_heads, int32_t hd, int32_t block_size, uint32_t seed) {
   const int32_t num_pages = (ctx + block_size - 1) / block_size;
   const int32_t pool_blocks = num_pages + 3;
   PagedSeq s;
-  s.k.assign(static_cast<size_t>(pool_blocks) * block_size * row, NAN);
+  s.k.assign(static_cast<size_t>(pool_blocks) * block_size * kv_heads * hd, NAN);
   s.v.assign(s.k.size(), NAN);
   std::vector<int32_t> ids(pool_blocks);
   std::iota(ids.begin(), ids.end(), 0);
   std::shuffle(ids.begin(), ids.end(), std::mt19937(seed));
   s.blocks.assign(ids.begin(), ids.begin() + num_pages);
+  const KvLayerView view{s.k.data(), s.v.data(), block_size, kv_heads, hd};
   for (int32_t j = 0; j < ctx; ++j) {
-    const int64_t slot = static_cast<int64_t>(s.blocks[j / block_size]) * block_size + j % block_size;
-    std::memcpy(&s.k[slot * row], &k[j * row], row * 4);
-    std::memcpy(&s.v[slot * row], &v[j * row], row * 4);
+    const int32_t block = s.blocks[j / block_size];
+    const int32_t slot = j % block_size;
+    for (int32_t h = 0; h < kv_heads; ++h) {
+      for (int32_t d = 0; d < hd; ++d) {
+        KeyTile(view, block, h)[d * block_size + slot] = k[(j * kv_heads + h) * hd + d];
+        ValueTile(view, block, h)[slot * hd + d] = v[(j * kv_heads + h) * hd + d];
+      }
+    }
   }
   return s;
 }
@@ -48,7 +54,7 @@ std::vector<float> RunPaged(const std::vector<float>& q, const std::vector<float
                             const std::vector<float>& v, int32_t ctx, int32_t num_queries,
                             int32_t heads, int32_t kv_heads, int32_t hd, int32_t block_size,
                             int threads) {
-  PagedSeq s = Scatter(k, v, ctx, kv_heads * hd, block_size, 99);
+  PagedSeq s = Scatter(k, v, ctx, kv_heads, hd, block_size, 99);
   std::vector<float> out(static_cast<size_t>(num_queries) * heads * hd);
   std::vector<int32_t> positions(num_queries);
   for (int32_t i = 0; i < num_queries; ++i) positions[i] = ctx - num_queries + i;
@@ -100,6 +106,20 @@ TEST(PagedAttentionTest, BitwiseIdenticalForAnyBlockSizeAndThreadCount) {
       EXPECT_EQ(std::memcmp(got.data(), base.data(), got.size() * 4), 0)
           << "block size " << bs << " threads " << threads;
     }
+  }
+}
+
+TEST(PagedAttentionTest, LargeGroupsAndKnownHeadDimsMatchReference) {
+  // head_dim 64 and 128 take the register-accumulator path; a group of 6 is split in two.
+  for (int32_t hd : {64, 128}) {
+    const int32_t heads = 12, kv_heads = 2, ctx = 35;
+    auto q = Random(heads * hd, 10);
+    auto k = Random(ctx * kv_heads * hd, 11);
+    auto v = Random(ctx * kv_heads * hd, 12);
+    auto got = RunPaged(q, k, v, ctx, 1, heads, kv_heads, hd, 16, 2);
+    std::vector<float> want(heads * hd);
+    AttentionReference(q.data(), k.data(), v.data(), ctx, heads, kv_heads, hd, 0.125f, want.data());
+    for (int32_t j = 0; j < heads * hd; ++j) EXPECT_NEAR(got[j], want[j], 2e-5) << hd << " " << j;
   }
 }
 

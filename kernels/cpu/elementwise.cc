@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/kv_layout.h"
 #include "kernels/cpu/simd_math.h"
 
 namespace glimpse::kernels::cpu {
@@ -63,11 +64,18 @@ void AddInPlace(float* x, const float* y, int64_t n) {
 }
 
 void StoreKv(const KvStoreParams& p) {
-  const int64_t row = static_cast<int64_t>(p.kv.num_kv_heads) * p.kv.head_dim;
+  const int32_t hd = p.kv.head_dim;
+  const int32_t bs = p.kv.block_size;
   for (int32_t t = 0; t < p.num_tokens; ++t) {
-    const int64_t slot = p.slots[t];
-    std::memcpy(p.kv.k + slot * row, p.k + t * row, row * sizeof(float));
-    std::memcpy(p.kv.v + slot * row, p.v + t * row, row * sizeof(float));
+    const int64_t block = p.slots[t] / bs;
+    const int32_t slot = static_cast<int32_t>(p.slots[t] % bs);
+    for (int32_t h = 0; h < p.kv.num_kv_heads; ++h) {
+      const float* k = p.k + (static_cast<int64_t>(t) * p.kv.num_kv_heads + h) * hd;
+      const float* v = p.v + (static_cast<int64_t>(t) * p.kv.num_kv_heads + h) * hd;
+      float* key_tile = KeyTile(p.kv, block, h);
+      for (int32_t d = 0; d < hd; ++d) key_tile[static_cast<int64_t>(d) * bs + slot] = k[d];
+      std::memcpy(ValueTile(p.kv, block, h) + static_cast<int64_t>(slot) * hd, v, hd * sizeof(float));
+    }
   }
 }
 
