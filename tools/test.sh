@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every test: install what is missing, build everything (benchmarks included, so they cannot
+# rot), run all tests, then run the parser and tokenizer tests again under AddressSanitizer +
+# UndefinedBehaviorSanitizer. Ends with one line "N passed, N failed" counting test cases.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+tools/install_deps.sh || exit 1
+
+# Targets that take untrusted input or index raw memory, rerun under the sanitizers.
+SANITIZED=(
+  //common:all
+  //kvcache:all
+  //model:gguf_test
+  //model:gguf_writer_test
+  //model:tokenizer_test
+  //model:detokenizer_test
+  //model:sampler_test
+  //kernels/cpu:all
+)
+
+passed=0
+failed=0
+status=0
+# Adds the test cases recorded in the test.xml files of the given targets to the totals.
+count_cases() {
+  local xml cases failures
+  while IFS= read -r xml; do
+    cases=$(grep -o '<testcase ' "$xml" | wc -l)
+    failures=$(grep -c '<failure' "$xml" || true)
+    passed=$((passed + cases - failures))
+    failed=$((failed + failures))
+  done < <(find -L bazel-testlogs/ -name test.xml 2>/dev/null)
+}
+
+bazel build //... || status=1
+if [[ $status -eq 0 ]]; then
+  bazel test //... || status=1
+  count_cases
+  if [[ $status -eq 0 ]]; then
+    # Remove the logs so that only the sanitized runs are counted below.
+    rm -rf "$(readlink -f bazel-testlogs)"
+    bazel test --config=asan "${SANITIZED[@]}" || status=1
+    count_cases
+  fi
+fi
+if [[ $status -ne 0 && $failed -eq 0 ]]; then
+  failed=1  # A build failure or crash that left no test.xml still counts as a failure.
+fi
+echo "${passed} passed, ${failed} failed"
+exit $status
