@@ -14,6 +14,8 @@ PACKAGES=(
   build-essential
   git
   ca-certificates
+  # tests/cli_test.sh reads the JSON reference files with Python.
+  python3
   bazel-bootstrap
   bazel-platforms
   # Libraries wrapped by //third_party/system.
