@@ -42,7 +42,9 @@ class PackedMatrix {
 
 // One layer's paged KV storage: `k` and `v` each hold num_blocks * block_size * num_kv_heads
 // * head_dim elements in a layout private to the backend (the CPU's is in
-// kernels/cpu/kv_layout.h). Only StoreKv and PagedAttention look inside.
+// kernels/cpu/kv_layout.h). Only StoreKv and PagedAttention look inside, but every layout
+// keeps the block index outermost: block b is the contiguous range [b*S, (b+1)*S) of each
+// tensor, S = block_size * num_kv_heads * head_dim, so blocks can be copied and swapped whole.
 struct KvLayerView {
   float* k = nullptr;
   float* v = nullptr;

@@ -1,5 +1,7 @@
 #include "model/kv_cache_storage.h"
 
+#include <vector>
+
 namespace glimpse::model {
 
 size_t KvCacheStorage::BytesPerBlock(const LlamaConfig& config, int32_t block_size) {
@@ -9,6 +11,8 @@ size_t KvCacheStorage::BytesPerBlock(const LlamaConfig& config, int32_t block_si
 KvCacheStorage::KvCacheStorage(kernels::Backend& backend, const LlamaConfig& config,
                                int32_t num_blocks, int32_t block_size)
     : backend_(backend), num_blocks_(num_blocks), block_size_(block_size) {
+  // Every backend keeps a block's KV contiguous within a layer's k and v tensors.
+  block_floats_ = static_cast<size_t>(block_size) * config.kv_dim();
   const size_t per_tensor =
       static_cast<size_t>(num_blocks) * block_size * config.kv_dim() * sizeof(float);
   for (int32_t i = 0; i < config.num_layers; ++i) {
@@ -27,6 +31,42 @@ KvCacheStorage::~KvCacheStorage() {
   for (const kernels::KvLayerView& view : layers_) {
     backend_.Free(view.k);
     backend_.Free(view.v);
+  }
+}
+
+void KvCacheStorage::CopyBlock(int32_t src, int32_t dst) {
+  std::vector<float> staging(block_floats_);
+  const size_t bytes = block_floats_ * sizeof(float);
+  for (const kernels::KvLayerView& view : layers_) {
+    for (float* tensor : {view.k, view.v}) {
+      backend_.CopyToHost(staging.data(), tensor + src * block_floats_, bytes);
+      backend_.CopyToBackend(tensor + dst * block_floats_, staging.data(), bytes);
+    }
+  }
+}
+
+void KvCacheStorage::SwapOutBlock(int32_t device_block, int32_t host_block) {
+  const size_t per_block = layers_.size() * 2 * block_floats_;
+  if (host_.empty()) host_.resize(static_cast<size_t>(num_host_blocks_) * per_block);
+  float* dst = host_.data() + host_block * per_block;
+  const size_t bytes = block_floats_ * sizeof(float);
+  for (const kernels::KvLayerView& view : layers_) {
+    for (float* tensor : {view.k, view.v}) {
+      backend_.CopyToHost(dst, tensor + device_block * block_floats_, bytes);
+      dst += block_floats_;
+    }
+  }
+}
+
+void KvCacheStorage::SwapInBlock(int32_t host_block, int32_t device_block) {
+  const size_t per_block = layers_.size() * 2 * block_floats_;
+  const float* src = host_.data() + host_block * per_block;
+  const size_t bytes = block_floats_ * sizeof(float);
+  for (const kernels::KvLayerView& view : layers_) {
+    for (float* tensor : {view.k, view.v}) {
+      backend_.CopyToBackend(tensor + device_block * block_floats_, src, bytes);
+      src += block_floats_;
+    }
   }
 }
 

@@ -33,12 +33,25 @@ class KvCacheStorage {
   // Bytes one block takes over all layers (keys and values); for sizing a pool from a budget.
   static size_t BytesPerBlock(const LlamaConfig& config, int32_t block_size);
 
+  // Copies block `src`'s keys and values (every layer, every slot) into block `dst`.
+  void CopyBlock(int32_t src, int32_t dst);
+
+  // Host swap space: `num_host_blocks` blocks in host memory (allocated on first use). Blocks
+  // move whole, every layer; ids index the host space. Used for swap preemption.
+  void SetNumHostBlocks(int32_t num_host_blocks) { num_host_blocks_ = num_host_blocks; }
+  void SwapOutBlock(int32_t device_block, int32_t host_block);
+  void SwapInBlock(int32_t host_block, int32_t device_block);
+
  private:
   kernels::Backend& backend_;
   int32_t num_blocks_;
   int32_t block_size_;
   size_t num_bytes_ = 0;
   std::vector<kernels::KvLayerView> layers_;
+  size_t block_floats_ = 0;  // Floats of one block in one layer's k (or v) tensor.
+  int32_t num_host_blocks_ = 0;
+  // Host swap space: [num_host_blocks][num_layers][k then v][block_floats].
+  std::vector<float> host_;
 };
 
 }  // namespace glimpse::model

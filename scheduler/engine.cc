@@ -1,0 +1,538 @@
+#include "scheduler/engine.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/check.h"
+#include "model/sampling_params.h"
+#include "model/step_batch.h"
+#include "scheduler/output_text.h"
+
+namespace glimpse::scheduler {
+namespace {
+
+int64_t MicrosBetween(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(b - a).count();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::LlamaModel& model,
+                                                       const model::Tokenizer& tokenizer,
+                                                       const EngineOptions& options) {
+  if (options.num_kv_blocks < 1 || options.block_size < 1 || options.block_size > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the KV cache needs at least one block and a block size in 1..1024 (got ",
+        options.num_kv_blocks, " blocks of ", options.block_size, ")"));
+  }
+  if (options.scheduler.preemption_mode == PreemptionMode::kSwap && options.num_host_blocks < 1) {
+    return absl::InvalidArgumentError("swap preemption needs host swap space (num_host_blocks > 0)");
+  }
+  return std::unique_ptr<Engine>(new Engine(model, tokenizer, options));
+}
+
+Engine::Engine(model::LlamaModel& model, const model::Tokenizer& tokenizer,
+               const EngineOptions& options)
+    : model_(model), tokenizer_(tokenizer), options_(options) {
+  kv_storage_ = std::make_unique<model::KvCacheStorage>(model.backend(), model.config(),
+                                                        options.num_kv_blocks, options.block_size);
+  kv_storage_->SetNumHostBlocks(options.num_host_blocks);
+  kvcache::KvCacheManagerOptions kv_options;
+  kv_options.num_blocks = options.num_kv_blocks;
+  kv_options.block_size = options.block_size;
+  kv_options.num_host_blocks = options.num_host_blocks;
+  kv_manager_ = std::make_unique<kvcache::KvCacheManager>(kv_options);
+  scheduler_ = std::make_unique<Scheduler>(*kv_manager_, options.scheduler);
+  absl::MutexLock lock(&mu_);
+  load_.kv_blocks_total = options.num_kv_blocks;
+}
+
+Engine::~Engine() { Stop(); }
+
+void Engine::Start() {
+  CHECK(!thread_.joinable());
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void Engine::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+  // The thread is gone: fail whatever is left, including requests never admitted.
+  for (auto& [id, request] : requests_) {
+    RequestOutput out;
+    out.done = true;
+    out.status = absl::UnavailableError("the server is shutting down");
+    request->stream->Push(std::move(out));
+  }
+  requests_.clear();
+  absl::MutexLock lock(&mu_);
+  for (auto& stream : inbox_streams_) {
+    RequestOutput out;
+    out.done = true;
+    out.status = absl::UnavailableError("the server is shutting down");
+    stream->Push(std::move(out));
+  }
+  inbox_.clear();
+  inbox_streams_.clear();
+  in_flight_ids_.clear();
+}
+
+absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
+  const model::LlamaConfig& config = model_.config();
+  const int64_t prompt = static_cast<int64_t>(request.prompt_tokens.size());
+  if (prompt == 0) return absl::InvalidArgumentError("the prompt is empty");
+  for (int32_t t : request.prompt_tokens) {
+    if (t < 0 || t >= config.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt token id ", t, " is outside the vocabulary of ", config.vocab_size));
+    }
+  }
+  if (request.n < 1 || request.n > 16) {
+    return absl::InvalidArgumentError(absl::StrCat("n must be in 1..16, got ", request.n));
+  }
+  if (request.stopping.max_tokens < 1) {
+    return absl::InvalidArgumentError("max_tokens must be at least 1");
+  }
+  if (prompt + request.stopping.max_tokens > config.context_length) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "context_length_exceeded: the prompt has ", prompt, " tokens and max_tokens is ",
+        request.stopping.max_tokens, ", but the model's context is ", config.context_length,
+        " tokens"));
+  }
+  const int64_t pool_tokens = static_cast<int64_t>(options_.num_kv_blocks) * options_.block_size;
+  if (prompt + 1 > pool_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "context_length_exceeded: the prompt has ", prompt,
+        " tokens but the whole KV cache holds ", pool_tokens, " tokens"));
+  }
+  if (request.stopping.min_tokens < 0 ||
+      request.stopping.min_tokens > request.stopping.max_tokens) {
+    return absl::InvalidArgumentError("min_tokens must be in 0..max_tokens");
+  }
+  if (absl::Status s = model::ValidateSamplingParams(request.sampling, config.vocab_size);
+      !s.ok()) {
+    return s;
+  }
+  auto stream = std::make_shared<RequestStream>(request.request_id);
+  absl::MutexLock lock(&mu_);
+  if (stop_ || draining_.load()) {
+    return absl::UnavailableError("the server is draining or shutting down; retry elsewhere");
+  }
+  if (in_flight_ids_.contains(request.request_id)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("request id '", request.request_id, "' is already in flight"));
+  }
+  if (num_waiting_requests_ >= options_.max_waiting_requests) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the waiting queue is full (", options_.max_waiting_requests, " requests); retry later"));
+  }
+  ++num_waiting_requests_;
+  in_flight_ids_.insert(request.request_id);
+  inbox_.push_back(std::move(request));
+  inbox_streams_.push_back(stream);
+  return stream;
+}
+
+bool Engine::Abort(const std::string& request_id) {
+  absl::MutexLock lock(&mu_);
+  if (!in_flight_ids_.contains(request_id)) return false;
+  abort_inbox_.push_back(request_id);
+  return true;
+}
+
+EngineLoad Engine::GetLoad() const {
+  absl::MutexLock lock(&mu_);
+  EngineLoad load = load_;
+  load.num_waiting += static_cast<int32_t>(inbox_.size());
+  return load;
+}
+
+void Engine::StartDrain() { draining_.store(true); }
+
+bool Engine::WaitIdle(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithTimeout(
+      absl::Condition(
+          +[](Engine* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) { return e->in_flight_ids_.empty(); },
+          this),
+      timeout);
+}
+
+void Engine::Loop() {
+  std::vector<EngineRequest> requests;
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  std::vector<std::string> aborts;
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      // Sleep only when there is nothing to run; poll the inbox between steps otherwise.
+      if (requests_.empty()) {
+        mu_.Await(absl::Condition(
+            +[](Engine* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) {
+              return e->stop_ || !e->inbox_.empty() || !e->abort_inbox_.empty();
+            },
+            this));
+      }
+      if (stop_) return;
+      requests.swap(inbox_);
+      streams.swap(inbox_streams_);
+      aborts.swap(abort_inbox_);
+    }
+    AdmitInbox(requests, streams, aborts);
+    CheckCancellations(Clock::now());
+    ReleaseFinished();
+    if (!requests_.empty()) Step();
+    ReleaseFinished();
+    PublishLoad();
+  }
+}
+
+void Engine::AdmitInbox(std::vector<EngineRequest>& requests,
+                        std::vector<std::shared_ptr<RequestStream>>& streams,
+                        std::vector<std::string>& aborts) {
+  const Clock::time_point now = Clock::now();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto request = std::make_unique<Request>();
+    request->spec = std::move(requests[i]);
+    request->stream = std::move(streams[i]);
+    request->arrival_order = next_arrival_++;
+    request->arrival_time = now;
+    auto seq = std::make_unique<Sequence>();
+    seq->request = request.get();
+    seq->index = 0;
+    seq->key = next_key_++;
+    seq->tokens = request->spec.prompt_tokens;
+    seq->num_prompt_tokens = static_cast<int32_t>(seq->tokens.size());
+    Sequence* raw = seq.get();
+    request->sequences.push_back(std::move(seq));
+    scheduler_->AddWaiting(raw);
+    const std::string id = request->spec.request_id;
+    {
+      absl::MutexLock lock(&mu_);
+      load_.num_prompt_tokens += static_cast<int64_t>(request->spec.prompt_tokens.size());
+    }
+    requests_[id] = std::move(request);
+  }
+  requests.clear();
+  streams.clear();
+  for (const std::string& id : aborts) {
+    auto it = requests_.find(id);
+    if (it == requests_.end() || it->second->finished()) continue;
+    FinishRequest(it->second.get(), FinishReason::kAbort, "aborted by request", absl::OkStatus());
+  }
+  aborts.clear();
+}
+
+void Engine::CheckCancellations(Clock::time_point now) {
+  for (auto& [id, request] : requests_) {
+    Request* r = request.get();
+    if (r->finished()) continue;
+    const SchedulingOptions& s = r->spec.scheduling;
+    if (r->stream->cancelled()) {
+      FinishRequest(r, FinishReason::kAbort, "the client cancelled the request",
+                    absl::CancelledError("the client cancelled the request"));
+    } else if (s.deadline.has_value() && now >= *s.deadline) {
+      FinishRequest(r, FinishReason::kAbort, "deadline exceeded",
+                    absl::DeadlineExceededError("the request's deadline passed before it finished"));
+    } else if (s.timeout.has_value() && now - r->arrival_time >= *s.timeout) {
+      FinishRequest(r, FinishReason::kTimeout,
+                    absl::StrCat("the request's timeout of ", s.timeout->count(), " ms passed"),
+                    absl::OkStatus());
+    }
+  }
+}
+
+void Engine::ExecuteCopies(const std::vector<KvCopy>& copies) {
+  for (const KvCopy& c : copies) {
+    switch (c.kind) {
+      case KvCopy::Kind::kDeviceToDevice: kv_storage_->CopyBlock(c.src, c.dst); break;
+      case KvCopy::Kind::kDeviceToHost: kv_storage_->SwapOutBlock(c.src, c.dst); break;
+      case KvCopy::Kind::kHostToDevice: kv_storage_->SwapInBlock(c.src, c.dst); break;
+    }
+  }
+}
+
+void Engine::Step() {
+  const Clock::time_point now = Clock::now();
+  SchedulerOutput plan = scheduler_->Schedule(now);
+  if (plan.scheduled.empty()) {
+    // Nothing could run: a sequence has outgrown the whole KV pool (the last one preempted,
+    // or, with nothing running, any waiting one too long for the pool). End it rather than
+    // spin; the client gets its partial output with finish reason "length".
+    const int64_t pool_tokens = static_cast<int64_t>(options_.num_kv_blocks) * options_.block_size;
+    Sequence* stuck = plan.preempted.empty() ? nullptr : plan.preempted.back();
+    for (auto it = requests_.begin(); stuck == nullptr && it != requests_.end(); ++it) {
+      for (auto& seq : it->second->sequences) {
+        if (seq->state == SequenceState::kWaiting &&
+            static_cast<int64_t>(seq->tokens.size()) >= pool_tokens) {
+          stuck = seq.get();
+          break;
+        }
+      }
+    }
+    if (stuck != nullptr) {
+      FinishSequence(stuck, FinishReason::kLength, "the KV cache cannot hold this sequence");
+      EmitOutputs({stuck->request});
+    }
+    return;
+  }
+  ExecuteCopies(plan.copies);
+
+  model::StepBatch batch;
+  std::vector<Sequence*> logits_owner;
+  int32_t num_decoding = 0;
+  for (const ScheduledSequence& s : plan.scheduled) {
+    Sequence* seq = s.seq;
+    if (!seq->request->scheduled_once) {
+      seq->request->scheduled_once = true;
+      seq->request->first_scheduled_time = now;
+    }
+    if (s.num_tokens == 1 && !seq->is_prefilling()) ++num_decoding;
+    batch.AddSequence(std::span<const int32_t>(seq->tokens).subspan(seq->num_computed_tokens, s.num_tokens),
+                      seq->num_computed_tokens, kv_manager_->BlockTable(seq->key),
+                      options_.block_size, s.wants_logits);
+    if (s.wants_logits) logits_owner.push_back(seq);
+  }
+  const int32_t vocab = model_.config().vocab_size;
+  logits_.resize(logits_owner.size() * static_cast<size_t>(vocab));
+  absl::Status status = model_.Forward(batch, *kv_storage_, logits_.data());
+  CHECK(status.ok());  // The scheduler builds valid batches; anything else is a bug.
+  scheduler_->OnStepComputed(plan);
+  {
+    // Counted before any output of this step is visible, so a client that saw its output
+    // also sees the work that produced it.
+    absl::MutexLock lock(&mu_);
+    ++load_.num_steps;
+    load_.num_forward_tokens += plan.num_tokens;
+    load_.num_preemptions += static_cast<int64_t>(plan.preempted.size());
+    if (num_decoding > 0) {
+      ++load_.num_decode_steps;
+      load_.sum_decode_batch += num_decoding;
+      load_.max_decode_batch = std::max(load_.max_decode_batch, num_decoding);
+    }
+    PublishLoadLocked();
+  }
+
+  std::vector<Request*> touched;
+  const Clock::time_point after = Clock::now();
+  for (size_t i = 0; i < logits_owner.size(); ++i) {
+    Sequence* seq = logits_owner[i];
+    SampleAndUpdate(seq, std::span<const float>(logits_.data() + i * vocab, vocab), after);
+    touched.push_back(seq->request);
+  }
+  std::sort(touched.begin(), touched.end());
+  touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+  EmitOutputs(touched);
+
+}
+
+Sequence* Engine::ForkChild(Request* request, int32_t index) {
+  Sequence* parent = request->sequences[0].get();
+  auto child = std::make_unique<Sequence>();
+  child->request = request;
+  child->index = index;
+  child->key = next_key_++;
+  child->tokens.assign(parent->tokens.begin(), parent->tokens.begin() + parent->num_prompt_tokens);
+  child->num_prompt_tokens = parent->num_prompt_tokens;
+  child->num_cached_tokens = parent->num_cached_tokens;
+  Sequence* raw = child.get();
+  request->sequences.push_back(std::move(child));
+  scheduler_->AddForked(parent, raw);
+  return raw;
+}
+
+void Engine::SampleAndUpdate(Sequence* seq, std::span<const float> logits, Clock::time_point now) {
+  Request* request = seq->request;
+  const EngineRequest& spec = request->spec;
+  if (seq->sampler == nullptr) {
+    // First token of sequence 0: set up every sequence's sampler; forks share the prompt.
+    const uint64_t base_seed =
+        spec.sampling.seed.value_or(options_.seed + static_cast<uint64_t>(request->arrival_order));
+    std::vector<Sequence*> seqs = {seq};
+    for (int32_t i = 1; i < spec.n; ++i) seqs.push_back(ForkChild(request, i));
+    for (Sequence* s : seqs) {
+      model::SamplingParams params = spec.sampling;
+      params.seed = base_seed + static_cast<uint64_t>(s->index);
+      params.num_logprobs = std::max(0, spec.output.num_logprobs);
+      s->sampler = std::make_unique<model::Sampler>(params, model_.config().vocab_size, base_seed);
+      s->sampler->AddPromptTokens(std::span<const int32_t>(s->tokens).first(s->num_prompt_tokens));
+      OutputTextOptions text_options;
+      text_options.stop_strings = spec.stopping.stop_strings;
+      text_options.stop_token_ids = spec.stopping.stop_token_ids;
+      text_options.ignore_eos = spec.stopping.ignore_eos;
+      text_options.include_stop_in_output = spec.stopping.include_stop_in_output;
+      text_options.skip_special_tokens = spec.output.skip_special_tokens;
+      text_options.min_tokens = spec.stopping.min_tokens;
+      s->output_text = std::make_unique<OutputText>(tokenizer_, std::move(text_options));
+    }
+    if (!request->got_first_token) {
+      request->got_first_token = true;
+      request->first_token_time = now;
+    }
+    for (Sequence* s : seqs) AppendToken(s, s->sampler->Sample(logits));
+    return;
+  }
+  AppendToken(seq, seq->sampler->Sample(logits));
+}
+
+void Engine::AppendToken(Sequence* seq, const model::Sampler::SampleResult& sample) {
+  seq->sampler->Accept(sample.token);
+  seq->tokens.push_back(sample.token);
+  {
+    absl::MutexLock lock(&mu_);
+    ++load_.num_generation_tokens;
+  }
+  SequenceDelta& delta = seq->pending;
+  delta.index = seq->index;
+  delta.token_ids.push_back(sample.token);
+  if (seq->request->spec.output.num_logprobs >= 0) {
+    delta.logprobs.push_back({sample.token, sample.logprob, sample.top_logprobs});
+  }
+  AppendResult text = seq->output_text->Append(sample.token);
+  if (seq->request->spec.output.detokenize) delta.text += text.text;
+  if (text.stop.stopped()) {
+    StopMatch& m = delta.matched_stop;
+    switch (text.stop.kind) {
+      case StopDecision::Kind::kNone: break;
+      case StopDecision::Kind::kEos: m.kind = StopMatch::Kind::kEosToken; break;
+      case StopDecision::Kind::kStopToken: m.kind = StopMatch::Kind::kStopToken; break;
+      case StopDecision::Kind::kStopString: m.kind = StopMatch::Kind::kStopString; break;
+    }
+    m.token_id = text.stop.token;
+    m.stop_string = text.stop.stop_string;
+    FinishSequence(seq, FinishReason::kStop, "");
+  } else if (seq->num_generated() >= seq->request->spec.stopping.max_tokens) {
+    FinishSequence(seq, FinishReason::kLength, "");
+  }
+}
+
+void Engine::FinishSequence(Sequence* seq, FinishReason reason, std::string message) {
+  if (seq->state == SequenceState::kFinished) return;
+  scheduler_->Remove(seq);
+  Request* request = seq->request;
+  SequenceDelta& delta = seq->pending;
+  delta.index = seq->index;
+  if (seq->output_text != nullptr && reason != FinishReason::kStop &&
+      request->spec.output.detokenize) {
+    delta.text += seq->output_text->Finish();
+  }
+  delta.finished = true;
+  delta.finish_reason = reason;
+  delta.message = std::move(message);
+  delta.usage.prompt_tokens = seq->num_prompt_tokens;
+  delta.usage.completion_tokens = std::max(0, seq->num_generated());
+  delta.usage.cached_tokens = seq->num_cached_tokens;
+  const Clock::time_point now = Clock::now();
+  GenerationStats& stats = delta.stats;
+  if (request->scheduled_once) {
+    stats.queue_time_us = MicrosBetween(request->arrival_time, request->first_scheduled_time);
+  }
+  if (request->got_first_token) {
+    stats.ttft_us = MicrosBetween(request->arrival_time, request->first_token_time);
+  }
+  stats.e2e_us = MicrosBetween(request->arrival_time, now);
+  stats.num_preemptions = seq->num_preemptions;
+  stats.peak_kv_blocks = seq->peak_blocks;
+  ++request->num_finished;
+}
+
+void Engine::FinishRequest(Request* request, FinishReason reason, const std::string& message,
+                           absl::Status status) {
+  // Sequences 1..n-1 may not exist yet (the prompt was not finished): create their slots so
+  // that every index gets its completion.
+  while (static_cast<int32_t>(request->sequences.size()) < request->spec.n) {
+    auto seq = std::make_unique<Sequence>();
+    seq->request = request;
+    seq->index = static_cast<int32_t>(request->sequences.size());
+    seq->key = next_key_++;
+    seq->num_prompt_tokens = static_cast<int32_t>(request->spec.prompt_tokens.size());
+    seq->tokens = request->spec.prompt_tokens;
+    request->sequences.push_back(std::move(seq));
+  }
+  for (auto& seq : request->sequences) FinishSequence(seq.get(), reason, message);
+  if (!status.ok()) {
+    // The client will not read the partial output: end the stream with the error.
+    RequestOutput out;
+    out.done = true;
+    out.status = std::move(status);
+    PushOutput(request, std::move(out));
+    return;
+  }
+  EmitOutputs({request});
+}
+
+void Engine::EmitOutputs(const std::vector<Request*>& touched) {
+  for (Request* request : touched) {
+    RequestOutput out;
+    const OutputOptions& o = request->spec.output;
+    if (!request->prompt_info_sent && request->got_first_token) {
+      request->prompt_info_sent = true;
+      PromptInfo info;
+      if (o.return_prompt_token_ids) info.token_ids = request->spec.prompt_tokens;
+      info.prompt_tokens = static_cast<int32_t>(request->spec.prompt_tokens.size());
+      info.cached_tokens = request->sequences[0]->num_cached_tokens;
+      if (request->scheduled_once) {
+        info.queue_time_us = MicrosBetween(request->arrival_time, request->first_scheduled_time);
+      }
+      out.prompt = std::move(info);
+    }
+    for (auto& seq : request->sequences) {
+      SequenceDelta& d = seq->pending;
+      const bool has_news = !d.token_ids.empty() || !d.text.empty() || d.finished;
+      if (seq->completion_sent || !has_news || (o.final_only && !d.finished)) continue;
+      seq->completion_sent = d.finished;
+      out.deltas.push_back(std::move(d));
+      d = SequenceDelta();
+      d.index = seq->index;
+    }
+    out.done = request->finished();
+    if (out.prompt.has_value() || !out.deltas.empty() || out.done) {
+      PushOutput(request, std::move(out));
+    }
+  }
+}
+
+void Engine::PushOutput(Request* request, RequestOutput output) {
+  if (output.done) {
+    // Before the client can see the end: the id is free again and the load snapshot shows
+    // the request's blocks released.
+    absl::MutexLock lock(&mu_);
+    in_flight_ids_.erase(request->spec.request_id);
+    PublishLoadLocked();
+  }
+  request->stream->Push(std::move(output));
+}
+
+void Engine::ReleaseFinished() {
+  for (auto it = requests_.begin(); it != requests_.end();) {
+    auto current = it++;
+    if (current->second->finished()) requests_.erase(current);
+  }
+}
+
+void Engine::PublishLoad() {
+  absl::MutexLock lock(&mu_);
+  PublishLoadLocked();
+}
+
+void Engine::PublishLoadLocked() {
+  int32_t waiting_requests = 0;
+  for (auto& [id, request] : requests_) {
+    if (!request->scheduled_once && !request->finished()) ++waiting_requests;
+  }
+  load_.num_running = scheduler_->num_running();
+  load_.num_waiting = scheduler_->num_waiting();
+  load_.num_swapped = scheduler_->num_swapped();
+  load_.num_requests = static_cast<int32_t>(in_flight_ids_.size());
+  load_.kv_blocks_used = kv_manager_->num_used_blocks();
+  const kvcache::PrefixCacheStats& stats = kv_manager_->prefix_cache_stats();
+  load_.prefix_cache_queried_tokens = stats.queried_tokens;
+  load_.prefix_cache_hit_tokens = stats.hit_tokens;
+  num_waiting_requests_ = waiting_requests + static_cast<int32_t>(inbox_.size());
+}
+
+}  // namespace glimpse::scheduler

@@ -1,0 +1,146 @@
+// The serving engine: one thread runs Schedule → Execute → Update over a continuously
+// changing batch, and front-end threads reach it through Submit/Abort (a locked inbox) and
+// per-request RequestStreams. Owns the KV cache (storage and block bookkeeping), the
+// scheduler, and every in-flight request.
+//
+// Status codes of Submit follow DESIGN.md: INVALID_ARGUMENT for bad requests (including a
+// prompt longer than the context or than the whole KV pool), ALREADY_EXISTS for a duplicate
+// in-flight request id, RESOURCE_EXHAUSTED when the waiting queue is full, UNAVAILABLE when
+// draining or stopped.
+//
+// Thread-safety: Submit, Abort, GetLoad, StartDrain, WaitIdle and Stop are safe from any
+// thread; everything else runs on the engine thread.
+#ifndef GLIMPSE_SCHEDULER_ENGINE_H_
+#define GLIMPSE_SCHEDULER_ENGINE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "kvcache/kv_cache_manager.h"
+#include "model/kv_cache_storage.h"
+#include "model/llama_model.h"
+#include "model/tokenizer.h"
+#include "scheduler/request.h"
+#include "scheduler/request_stream.h"
+#include "scheduler/scheduler.h"
+#include "scheduler/sequence.h"
+
+namespace glimpse::scheduler {
+
+struct EngineOptions {
+  SchedulerOptions scheduler;
+  int32_t num_kv_blocks = 1024;
+  int32_t block_size = 16;
+  int32_t num_host_blocks = 0;  // Swap space for PreemptionMode::kSwap.
+  int32_t max_waiting_requests = 256;
+  uint64_t seed = 0;  // Default sampling seed base for requests without one.
+};
+
+// A consistent-enough snapshot of the engine's state and cumulative work counters.
+struct EngineLoad {
+  int32_t num_running = 0;   // Sequences holding KV and scheduled each step.
+  int32_t num_waiting = 0;   // Sequences waiting for admission (incl. not yet seen).
+  int32_t num_swapped = 0;
+  int32_t num_requests = 0;  // In-flight requests.
+  int32_t kv_blocks_used = 0;
+  int32_t kv_blocks_total = 0;
+  int64_t num_steps = 0;
+  int64_t num_forward_tokens = 0;
+  int64_t num_prompt_tokens = 0;      // Prompt tokens of admitted requests.
+  int64_t num_generation_tokens = 0;  // Tokens sampled.
+  int64_t num_preemptions = 0;
+  int64_t prefix_cache_queried_tokens = 0;
+  int64_t prefix_cache_hit_tokens = 0;
+  int64_t num_decode_steps = 0;        // Steps that decoded at least one sequence.
+  int64_t sum_decode_batch = 0;        // Sequences decoding, summed over those steps.
+  int32_t max_decode_batch = 0;
+};
+
+class Engine {
+ public:
+  // `model` and `tokenizer` are not owned and must outlive the engine.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(model::LlamaModel& model,
+                                                       const model::Tokenizer& tokenizer,
+                                                       const EngineOptions& options);
+  ~Engine();  // Stop()s.
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  void Start();
+  absl::StatusOr<std::shared_ptr<RequestStream>> Submit(EngineRequest request);
+  // Finishes the request with FinishReason kAbort (status OK). Unknown or finished ids are
+  // ignored; returns whether the id was in flight.
+  bool Abort(const std::string& request_id);
+  EngineLoad GetLoad() const;
+  // New requests are refused with UNAVAILABLE from now on; in-flight ones continue.
+  void StartDrain();
+  bool draining() const { return draining_.load(); }
+  // Waits until no request is in flight; false on timeout.
+  bool WaitIdle(absl::Duration timeout);
+  // Stops the engine thread; requests still in flight end with UNAVAILABLE.
+  void Stop();
+
+  const EngineOptions& options() const { return options_; }
+  const model::LlamaConfig& model_config() const { return model_.config(); }
+
+ private:
+  Engine(model::LlamaModel& model, const model::Tokenizer& tokenizer, const EngineOptions& options);
+  void Loop();
+  void AdmitInbox(std::vector<EngineRequest>& requests,
+                  std::vector<std::shared_ptr<RequestStream>>& streams,
+                  std::vector<std::string>& aborts);
+  void CheckCancellations(Clock::time_point now);
+  void Step();
+  void ExecuteCopies(const std::vector<KvCopy>& copies);
+  void SampleAndUpdate(Sequence* seq, std::span<const float> logits, Clock::time_point now);
+  Sequence* ForkChild(Request* request, int32_t index);
+  void AppendToken(Sequence* seq, const model::Sampler::SampleResult& sample);
+  void FinishSequence(Sequence* seq, FinishReason reason, std::string message);
+  void FinishRequest(Request* request, FinishReason reason, const std::string& message,
+                     absl::Status status);
+  void EmitOutputs(const std::vector<Request*>& touched);
+  void PushOutput(Request* request, RequestOutput output);
+  void ReleaseFinished();
+  void PublishLoad();
+  void PublishLoadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  model::LlamaModel& model_;
+  const model::Tokenizer& tokenizer_;
+  const EngineOptions options_;
+  std::unique_ptr<model::KvCacheStorage> kv_storage_;
+  std::unique_ptr<kvcache::KvCacheManager> kv_manager_;
+  std::unique_ptr<Scheduler> scheduler_;
+
+  // Engine-thread state.
+  absl::flat_hash_map<std::string, std::unique_ptr<Request>> requests_;
+  int64_t next_arrival_ = 0;
+  kvcache::RequestKey next_key_ = 1;
+  std::vector<float> logits_;
+
+  // Shared with front-end threads.
+  mutable absl::Mutex mu_;
+  std::vector<EngineRequest> inbox_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<RequestStream>> inbox_streams_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> abort_inbox_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> in_flight_ids_ ABSL_GUARDED_BY(mu_);
+  int32_t num_waiting_requests_ ABSL_GUARDED_BY(mu_) = 0;  // Submitted, not yet admitted to run.
+  EngineLoad load_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<bool> draining_{false};
+  std::thread thread_;
+};
+
+}  // namespace glimpse::scheduler
+
+#endif  // GLIMPSE_SCHEDULER_ENGINE_H_

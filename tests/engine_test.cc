@@ -1,0 +1,287 @@
+// The serving engine on the bundled model, driven through its thread-safe API as the gRPC
+// service drives it: concurrency and batching, prefix caching, cancellation, deadlines,
+// preemption (recompute and swap), admission control and n > 1. Greedy outputs are checked
+// against llama.cpp's references, an independent implementation.
+#include "scheduler/engine.h"
+
+#include <chrono>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "model/gguf.h"
+#include "model/llama_model.h"
+#include "model/tokenizer.h"
+#include "nlohmann/json.hpp"
+
+namespace glimpse::scheduler {
+namespace {
+
+struct Reference {
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> tokens;
+};
+
+std::vector<Reference> LoadReferences() {
+  std::ifstream in("tests/data/refs/greedy_short.jsonl");
+  std::vector<Reference> refs;
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    refs.push_back({j["prompt_tokens"].get<std::vector<int32_t>>(),
+                    j["tokens"].get<std::vector<int32_t>>()});
+  }
+  return refs;
+}
+
+// Everything a stream produced.
+struct Collected {
+  std::vector<std::vector<int32_t>> tokens;  // per index
+  std::vector<std::string> text;
+  std::vector<FinishReason> finish;
+  std::vector<Usage> usage;
+  absl::Status status;
+  int num_messages = 0;
+};
+
+Collected Drain(RequestStream& stream, int n) {
+  Collected c;
+  c.tokens.resize(n);
+  c.text.resize(n);
+  c.finish.resize(n, FinishReason::kAbort);
+  c.usage.resize(n);
+  while (true) {
+    RequestOutput out = stream.Next();
+    ++c.num_messages;
+    for (const SequenceDelta& d : out.deltas) {
+      c.tokens[d.index].insert(c.tokens[d.index].end(), d.token_ids.begin(), d.token_ids.end());
+      c.text[d.index] += d.text;
+      if (d.finished) {
+        c.finish[d.index] = d.finish_reason;
+        c.usage[d.index] = d.usage;
+      }
+    }
+    if (out.done) {
+      c.status = out.status;
+      return c;
+    }
+  }
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto file = model::GgufFile::Open("models/tinycode-4m-f16.gguf");
+    ASSERT_TRUE(file.ok()) << file.status();
+    file_ = std::move(*file);
+    backend_ = std::make_unique<kernels::cpu::CpuBackend>(2);
+    auto m = model::LlamaModel::Load(*file_, *backend_);
+    ASSERT_TRUE(m.ok()) << m.status();
+    model_ = std::move(*m);
+    auto t = model::Tokenizer::FromGguf(*file_);
+    ASSERT_TRUE(t.ok()) << t.status();
+    tokenizer_ = std::move(*t);
+  }
+
+  std::unique_ptr<Engine> MakeEngine(EngineOptions options) {
+    auto engine = Engine::Create(*model_, *tokenizer_, options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    (*engine)->Start();
+    return std::move(*engine);
+  }
+
+  static EngineRequest Greedy(const std::string& id, const std::vector<int32_t>& prompt,
+                              int32_t max_tokens) {
+    EngineRequest r;
+    r.request_id = id;
+    r.prompt_tokens = prompt;
+    r.sampling.temperature = 0.0f;
+    r.stopping.max_tokens = max_tokens;
+    r.stopping.ignore_eos = true;
+    return r;
+  }
+
+  std::unique_ptr<model::GgufFile> file_;
+  std::unique_ptr<kernels::cpu::CpuBackend> backend_;
+  std::unique_ptr<model::LlamaModel> model_;
+  std::unique_ptr<model::Tokenizer> tokenizer_;
+};
+
+TEST_F(EngineTest, ConcurrentGreedyStreamsMatchLlamaCppAndBatchDecodes) {
+  const std::vector<Reference> refs = LoadReferences();
+  ASSERT_GE(refs.size(), 32u);
+  EngineOptions options;
+  options.num_kv_blocks = 1024;
+  options.scheduler.max_step_tokens = 512;
+  auto engine = MakeEngine(options);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 32; ++i) {
+    auto s = engine->Submit(Greedy("r" + std::to_string(i), refs[i].prompt,
+                                   static_cast<int32_t>(refs[i].tokens.size())));
+    ASSERT_TRUE(s.ok()) << s.status();
+    streams.push_back(*s);
+  }
+  for (int i = 0; i < 32; ++i) {
+    Collected c = Drain(*streams[i], 1);
+    ASSERT_TRUE(c.status.ok()) << c.status;
+    EXPECT_EQ(c.tokens[0], refs[i].tokens) << "request " << i;
+    EXPECT_EQ(c.finish[0], FinishReason::kLength);
+    EXPECT_EQ(c.usage[0].completion_tokens, static_cast<int32_t>(refs[i].tokens.size()));
+    EXPECT_GT(c.num_messages, 10) << "tokens must stream, not arrive at the end";
+  }
+  ASSERT_TRUE(engine->WaitIdle(absl::Seconds(10)));
+  const EngineLoad load = engine->GetLoad();
+  const double mean_batch = static_cast<double>(load.sum_decode_batch) / load.num_decode_steps;
+  EXPECT_GE(mean_batch, 16.0);
+  EXPECT_EQ(load.max_decode_batch, 32);
+  EXPECT_EQ(load.kv_blocks_used, 0);
+}
+
+TEST_F(EngineTest, SharedPrefixComputesOnlyUncachedTokensAndKeepsOutput) {
+  const std::vector<Reference> refs = LoadReferences();
+  // A long shared prefix (the first prompt) followed by two different endings.
+  std::vector<int32_t> a = refs[1].prompt;
+  std::vector<int32_t> b = refs[1].prompt;
+  a.insert(a.end(), refs[2].prompt.begin() + 1, refs[2].prompt.begin() + 20);
+  b.insert(b.end(), refs[3].prompt.begin() + 1, refs[3].prompt.begin() + 20);
+
+  auto run = [&](bool prefix_caching, int64_t* b_forward_tokens) {
+    EngineOptions options;
+    options.scheduler.enable_prefix_caching = prefix_caching;
+    auto engine = MakeEngine(options);
+    Collected ca = Drain(**engine->Submit(Greedy("a", a, 16)), 1);
+    const int64_t before = engine->GetLoad().num_forward_tokens;
+    Collected cb = Drain(**engine->Submit(Greedy("b", b, 16)), 1);
+    *b_forward_tokens = engine->GetLoad().num_forward_tokens - before;
+    EXPECT_TRUE(ca.status.ok() && cb.status.ok());
+    return cb;
+  };
+  int64_t cached_work = 0, uncached_work = 0;
+  Collected with_cache = run(true, &cached_work);
+  Collected without_cache = run(false, &uncached_work);
+  EXPECT_EQ(with_cache.tokens[0], without_cache.tokens[0]);
+  // Without the cache b computes its whole prompt plus 15 decode tokens; with it, only what
+  // lies past the last full shared block.
+  EXPECT_EQ(uncached_work, static_cast<int64_t>(b.size()) + 15);
+  const int64_t shared_blocks = static_cast<int64_t>(refs[1].prompt.size()) / 16;
+  EXPECT_EQ(cached_work, static_cast<int64_t>(b.size()) - shared_blocks * 16 + 15);
+  EXPECT_EQ(with_cache.usage[0].cached_tokens, shared_blocks * 16);
+}
+
+TEST_F(EngineTest, CancelAndDeadlineFreeBlocksWithinAStep) {
+  const std::vector<Reference> refs = LoadReferences();
+  EngineOptions options;
+  options.scheduler.enable_prefix_caching = false;
+  auto engine = MakeEngine(options);
+  auto stream = *engine->Submit(Greedy("cancel-me", refs[0].prompt, 400));
+  RequestOutput first = stream->Next();  // Generation has started.
+  EXPECT_FALSE(first.done);
+  EXPECT_GT(engine->GetLoad().kv_blocks_used, 0);
+  stream->Cancel();
+  Collected c = Drain(*stream, 1);
+  EXPECT_EQ(c.status.code(), absl::StatusCode::kCancelled);
+  ASSERT_TRUE(engine->WaitIdle(absl::Seconds(5)));
+  EXPECT_EQ(engine->GetLoad().kv_blocks_used, 0);
+
+  EngineRequest late = Greedy("deadline", refs[0].prompt, 400);
+  late.scheduling.deadline = Clock::now() + std::chrono::milliseconds(30);
+  Collected d = Drain(**engine->Submit(late), 1);
+  EXPECT_EQ(d.status.code(), absl::StatusCode::kDeadlineExceeded);
+  ASSERT_TRUE(engine->WaitIdle(absl::Seconds(5)));
+  EXPECT_EQ(engine->GetLoad().kv_blocks_used, 0);
+
+  EngineRequest soft = Greedy("timeout", refs[0].prompt, 400);
+  soft.scheduling.timeout = std::chrono::milliseconds(30);
+  Collected t = Drain(**engine->Submit(soft), 1);
+  EXPECT_TRUE(t.status.ok());
+  EXPECT_EQ(t.finish[0], FinishReason::kTimeout);
+  EXPECT_LT(t.tokens[0].size(), 400u);
+
+  auto to_abort = *engine->Submit(Greedy("abort-me", refs[0].prompt, 400));
+  to_abort->Next();
+  EXPECT_TRUE(engine->Abort("abort-me"));
+  Collected ab = Drain(*to_abort, 1);
+  EXPECT_TRUE(ab.status.ok());
+  EXPECT_EQ(ab.finish[0], FinishReason::kAbort);
+  EXPECT_FALSE(engine->Abort("abort-me"));
+}
+
+class PreemptionTest : public EngineTest, public ::testing::WithParamInterface<PreemptionMode> {};
+
+TEST_P(PreemptionTest, TinyKvPoolPreemptsAndOutputsStayIdentical) {
+  const std::vector<Reference> refs = LoadReferences();
+  EngineOptions options;
+  // 8 concurrent sequences of ~150-250 tokens need ~100 blocks; give them 40.
+  options.num_kv_blocks = 40;
+  options.num_host_blocks = 200;
+  options.scheduler.preemption_mode = GetParam();
+  auto engine = MakeEngine(options);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 8; ++i) {
+    streams.push_back(*engine->Submit(
+        Greedy("p" + std::to_string(i), refs[i].prompt, static_cast<int32_t>(refs[i].tokens.size()))));
+  }
+  for (int i = 0; i < 8; ++i) {
+    Collected c = Drain(*streams[i], 1);
+    ASSERT_TRUE(c.status.ok()) << c.status;
+    EXPECT_EQ(c.tokens[0], refs[i].tokens) << "request " << i;
+  }
+  EXPECT_GT(engine->GetLoad().num_preemptions, 0);
+  ASSERT_TRUE(engine->WaitIdle(absl::Seconds(5)));
+  EXPECT_EQ(engine->GetLoad().kv_blocks_used, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, PreemptionTest,
+                         ::testing::Values(PreemptionMode::kRecompute, PreemptionMode::kSwap));
+
+TEST_F(EngineTest, FullQueueIsResourceExhaustedAndBadRequestsAreInvalid) {
+  const std::vector<Reference> refs = LoadReferences();
+  EngineOptions options;
+  options.max_waiting_requests = 2;
+  auto engine = Engine::Create(*model_, *tokenizer_, options);
+  ASSERT_TRUE(engine.ok());
+  // Not started: nothing leaves the queue.
+  ASSERT_TRUE((*engine)->Submit(Greedy("q1", refs[0].prompt, 4)).ok());
+  ASSERT_TRUE((*engine)->Submit(Greedy("q2", refs[0].prompt, 4)).ok());
+  EXPECT_EQ((*engine)->Submit(Greedy("q3", refs[0].prompt, 4)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ((*engine)->Submit(Greedy("q1", refs[0].prompt, 4)).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ((*engine)->Submit(Greedy("empty", {}, 4)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto too_long = (*engine)->Submit(Greedy("long", refs[0].prompt, 1000));
+  EXPECT_EQ(too_long.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(too_long.status().message()).find("context_length_exceeded"),
+            std::string::npos);
+  (*engine)->StartDrain();
+  EXPECT_EQ((*engine)->Submit(Greedy("q4", refs[0].prompt, 4)).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST_F(EngineTest, MultipleCompletionsShareThePromptAndStopStringsCut) {
+  const std::vector<Reference> refs = LoadReferences();
+  auto engine = MakeEngine(EngineOptions());
+  // n = 3 greedy: every completion equals llama.cpp's single greedy continuation.
+  EngineRequest r = Greedy("n3", refs[4].prompt, static_cast<int32_t>(refs[4].tokens.size()));
+  r.n = 3;
+  Collected c = Drain(**engine->Submit(r), 3);
+  ASSERT_TRUE(c.status.ok());
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(c.tokens[i], refs[4].tokens) << "index " << i;
+
+  // A stop string taken from the middle of the reference text ends generation there.
+  const std::string full = tokenizer_->Decode(refs[0].tokens, true);
+  const std::string stop = full.substr(full.size() / 2, 6);
+  EngineRequest s = Greedy("stop", refs[0].prompt, static_cast<int32_t>(refs[0].tokens.size()));
+  s.stopping.stop_strings = {stop};
+  Collected cs = Drain(**engine->Submit(s), 1);
+  EXPECT_EQ(cs.finish[0], FinishReason::kStop);
+  EXPECT_EQ(cs.text[0].find(stop), std::string::npos);
+  EXPECT_LT(cs.tokens[0].size(), refs[0].tokens.size());
+}
+
+}  // namespace
+}  // namespace glimpse::scheduler
