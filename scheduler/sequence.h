@@ -15,12 +15,12 @@
 
 #include "kvcache/kv_cache_manager.h"
 #include "model/sampler.h"
+#include "scheduler/output_text.h"
 #include "scheduler/request.h"
 #include "scheduler/request_stream.h"
 
 namespace glimpse::scheduler {
 
-class OutputText;
 struct Request;
 
 enum class SequenceState {
