@@ -16,6 +16,9 @@ SANITIZED=(
   //model:detokenizer_test
   //model:sampler_test
   //kernels/cpu:all
+  //scheduler:scheduler_test
+  //scheduler:request_stream_test
+  //scheduler:output_text_test
 )
 
 passed=0
