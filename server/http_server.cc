@@ -38,9 +38,12 @@ int RemainingMs(Clock::time_point deadline) {
   return static_cast<int>(std::min<int64_t>(ms, INT32_MAX));
 }
 
-std::string ErrnoMessage(int err) { return std::error_code(err, std::generic_category()).message(); }
+std::string ErrnoMessage(int err) {
+  return std::error_code(err, std::generic_category()).message();
+}
 
 const char* ReasonPhrase(int status) {
+  // clang-format off
   switch (status) {
     case 100: return "Continue";
     case 200: return "OK";
@@ -73,11 +76,13 @@ const char* ReasonPhrase(int status) {
     case 505: return "HTTP Version Not Supported";
     default: return "Unknown";
   }
+  // clang-format on
 }
 
 // RFC 9110 token characters (method and header names).
 bool IsTokenChar(char c) {
   if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  // clang-format off
   switch (c) {
     case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+': case '-':
     case '.': case '^': case '_': case '`': case '|': case '~':
@@ -85,6 +90,7 @@ bool IsTokenChar(char c) {
     default:
       return false;
   }
+  // clang-format on
 }
 
 bool IsToken(std::string_view s) {
@@ -207,12 +213,12 @@ void LingeringClose(int fd, int wake_fd) {
 // A complete response with Connection: close, for errors the server answers itself.
 std::string ErrorResponseBytes(int status, std::string_view message,
                                std::string_view extra_headers = "") {
-  const std::string body = absl::StrCat(status, " ", ReasonPhrase(status), ": ",
-                                        std::string(message), "\n");
-  return absl::StrCat("HTTP/1.1 ", status, " ", ReasonPhrase(status),
-                      "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ",
-                      body.size(), "\r\n", std::string(extra_headers),
-                      "Connection: close\r\n\r\n", body);
+  const std::string body =
+      absl::StrCat(status, " ", ReasonPhrase(status), ": ", std::string(message), "\n");
+  return absl::StrCat(
+      "HTTP/1.1 ", status, " ", ReasonPhrase(status),
+      "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ", body.size(), "\r\n",
+      std::string(extra_headers), "Connection: close\r\n\r\n", body);
 }
 
 // ---- Request parsing -----------------------------------------------------------------------
@@ -230,8 +236,8 @@ size_t FindHeaderEnd(const std::string& buf) {
 // RFC 9112 §2.2: ignore empty lines before a request line.
 void StripLeadingEmptyLines(std::string& buf) {
   size_t i = 0;
-  while (i < buf.size() && (buf[i] == '\n' || (buf[i] == '\r' && i + 1 < buf.size() &&
-                                                buf[i + 1] == '\n'))) {
+  while (i < buf.size() &&
+         (buf[i] == '\n' || (buf[i] == '\r' && i + 1 < buf.size() && buf[i + 1] == '\n'))) {
     i += buf[i] == '\r' ? 2 : 1;
   }
   buf.erase(0, i);
@@ -266,8 +272,7 @@ std::optional<Failure> ParseRequestLine(std::string_view line, HttpRequest& requ
     }
     return Failure{400, "malformed HTTP version in request line"};
   }
-  if (target.empty() || !IsValidFieldValue(target) ||
-      target.find('\t') != std::string_view::npos) {
+  if (target.empty() || !IsValidFieldValue(target) || target.find('\t') != std::string_view::npos) {
     return Failure{400, "malformed request target"};
   }
   // Absolute form (proxies send it): keep only the path and query.
@@ -285,7 +290,8 @@ std::optional<Failure> ParseRequestLine(std::string_view line, HttpRequest& requ
   const size_t question = target.find('?');
   request.method = std::string(method);
   request.path = std::string(target.substr(0, question));
-  request.query = question == std::string_view::npos ? "" : std::string(target.substr(question + 1));
+  request.query =
+      question == std::string_view::npos ? "" : std::string(target.substr(question + 1));
   request.version = std::string(version);
   return std::nullopt;
 }
@@ -440,9 +446,10 @@ absl::Status HttpResponseWriter::SendHead(int status, const HttpHeaders& headers
   std::string head = absl::StrCat("HTTP/1.1 ", status, " ", ReasonPhrase(status), "\r\n");
   for (const auto& [name, value] : headers) {
     if (!IsToken(name) || !IsValidFieldValue(value)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "response header '", name, "' has an invalid name or a control character (CR/LF) in "
-          "its value; sanitize it before sending"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("response header '", name,
+                       "' has an invalid name or a control character (CR/LF) in "
+                       "its value; sanitize it before sending"));
     }
     if (EqualsIgnoreAsciiCase(name, "Connection")) {
       if (ListHasToken(value, "close")) keep_alive_ = false;
@@ -484,10 +491,9 @@ absl::Status HttpResponseWriter::SendBytes(std::string_view data, bool abort_on_
       return absl::UnavailableError("the HTTP server is shutting down; stop this response");
     case IoResult::kTimeout:
       state_ = State::kFailed;
-      return absl::CancelledError(
-          absl::StrCat("the client did not read the response for ",
-                       absl::FormatDuration(options_.write_timeout),
-                       "; stop producing output for this request"));
+      return absl::CancelledError(absl::StrCat("the client did not read the response for ",
+                                               absl::FormatDuration(options_.write_timeout),
+                                               "; stop producing output for this request"));
     case IoResult::kClosed:
       state_ = State::kFailed;
       return absl::CancelledError(
@@ -589,8 +595,9 @@ bool HttpResponseWriter::CompleteAfterHandler() {
   }
   switch (state) {
     case State::kIdle: {
-      HttpResponse response = HttpResponse::Text(500, "500 Internal Server Error: the handler "
-                                                      "sent no response\n");
+      HttpResponse response = HttpResponse::Text(500,
+                                                 "500 Internal Server Error: the handler "
+                                                 "sent no response\n");
       response.headers.Add("Connection", "close");
       (void)Send(response);
       return false;
@@ -629,8 +636,8 @@ absl::Status HttpServer::AddRoute(Route route) {
   if (!route.handler) return absl::InvalidArgumentError("route handler is empty");
   for (const Route& r : routes_) {
     if (r.method == route.method && r.path == route.path && r.prefix == route.prefix) {
-      return absl::AlreadyExistsError(absl::StrCat(route.method, " ", route.path,
-                                                   " is already registered; register it once"));
+      return absl::AlreadyExistsError(
+          absl::StrCat(route.method, " ", route.path, " is already registered; register it once"));
     }
   }
   routes_.push_back(std::move(route));
@@ -639,11 +646,11 @@ absl::Status HttpServer::AddRoute(Route route) {
 
 absl::Status HttpServer::Handle(std::string method, std::string path, HttpHandler handler) {
   if (!handler) return absl::InvalidArgumentError("route handler is empty");
-  return AddRoute(Route{std::move(method), std::move(path), /*prefix=*/false,
-                        [handler = std::move(handler)](const HttpRequest& request,
-                                                       HttpResponseWriter& writer) {
-                          (void)writer.Send(handler(request));
-                        }});
+  return AddRoute(
+      Route{std::move(method), std::move(path), /*prefix=*/false,
+            [handler = std::move(handler)](const HttpRequest& request, HttpResponseWriter& writer) {
+              (void)writer.Send(handler(request));
+            }});
 }
 
 absl::Status HttpServer::HandleStreaming(std::string method, std::string path,
@@ -684,8 +691,8 @@ absl::Status HttpServer::Start() {
   }
   std::string last_error = "no addresses";
   for (addrinfo* ai = addresses; ai != nullptr && listen_fd_ < 0; ai = ai->ai_next) {
-    const int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                          ai->ai_protocol);
+    const int fd =
+        socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
     if (fd < 0) {
       last_error = ErrnoMessage(errno);
       continue;
@@ -701,9 +708,9 @@ absl::Status HttpServer::Start() {
   }
   freeaddrinfo(addresses);
   if (listen_fd_ < 0) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot listen on ", options_.host, ":", options_.port, ": ", last_error,
-        "; choose another port or stop the process using it"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options_.host, ":", options_.port, ": ", last_error,
+                     "; choose another port or stop the process using it"));
   }
   sockaddr_storage bound = {};
   socklen_t bound_len = sizeof(bound);
@@ -732,7 +739,7 @@ void HttpServer::ReapFinishedConnections() {
     absl::MutexLock lock(&mu_);
     for (auto it = connections_.begin(); it != connections_.end();) {
       auto next = std::next(it);
-      if ((*it)->done) finished.splice(finished.end(), connections_, it);
+      if ((*it)->done.load()) finished.splice(finished.end(), connections_, it);
       it = next;
     }
   }
@@ -768,16 +775,22 @@ void HttpServer::AcceptLoop() {
     absl::MutexLock lock(&mu_);
     if (connections_.size() >= static_cast<size_t>(options_.max_connections)) {
       // Best effort, never blocking the acceptor: the reply fits in the socket buffer.
-      const std::string reply = ErrorResponseBytes(
-          503, "too many connections; retry shortly", "Retry-After: 1\r\n");
+      const std::string reply =
+          ErrorResponseBytes(503, "too many connections; retry shortly", "Retry-After: 1\r\n");
       (void)send(fd, reply.data(), reply.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
       shutdown(fd, SHUT_WR);
       char drain[4096];
       while (recv(fd, drain, sizeof(drain), MSG_DONTWAIT) > 0) {
       }
       close(fd);
-      spdlog::warn("HTTP server: rejected a connection, {} already open",
-                   options_.max_connections);
+      // Logged at 1, 2, 4, 8, ... rejections so that a flood cannot flood the log.
+      ++num_rejected_;
+      if ((num_rejected_ & (num_rejected_ - 1)) == 0) {
+        spdlog::warn(
+            "HTTP server: {} connection(s) rejected so far with 503; {} already open "
+            "(raise max_connections if this is normal load)",
+            num_rejected_, options_.max_connections);
+      }
       continue;
     }
     connections_.push_back(std::make_unique<Connection>());
@@ -836,17 +849,23 @@ void HttpServer::ServeConnection(Connection* connection) {
   std::string buf;  // Bytes received but not yet consumed (may hold pipelined requests).
   bool peer_closed = false;
   std::optional<Failure> failure;
-  while (!stopping_.load()) {
+  // A new connection gets header_timeout from accept() to its first complete header block, so
+  // that silent connections cannot hold the connection slots for a whole idle_timeout.
+  const Clock::time_point first_deadline = DeadlineAfter(options_.header_timeout);
+  for (bool first_request = true; !stopping_.load(); first_request = false) {
     // 1. Wait for the next request, unless a pipelined one is already here.
     if (buf.empty()) {
-      const IoResult r = ReadMore(fd, wake_read_fd_, buf, DeadlineAfter(options_.idle_timeout));
+      const IoResult r =
+          ReadMore(fd, wake_read_fd_, buf,
+                   first_request ? first_deadline : DeadlineAfter(options_.idle_timeout));
       if (r != IoResult::kOk) {
         peer_closed = r == IoResult::kClosed;
         break;
       }
     }
     // 2. The header block, within header_timeout of its first byte.
-    const Clock::time_point header_deadline = DeadlineAfter(options_.header_timeout);
+    const Clock::time_point header_deadline =
+        first_request ? first_deadline : DeadlineAfter(options_.header_timeout);
     size_t head_end = std::string::npos;
     for (;;) {
       StripLeadingEmptyLines(buf);
@@ -861,8 +880,8 @@ void HttpServer::ServeConnection(Connection* connection) {
     }
     if (failure) break;
     if (head_end == std::string::npos || head_end > options_.max_header_bytes) {
-      failure = Failure{431, absl::StrCat("request headers exceed ", options_.max_header_bytes,
-                                          " bytes")};
+      failure = Failure{
+          431, absl::StrCat("request headers exceed ", options_.max_header_bytes, " bytes")};
       break;
     }
     HttpRequest request;
@@ -982,7 +1001,7 @@ void HttpServer::ServeConnection(Connection* connection) {
   if (!peer_closed) LingeringClose(fd, wake_read_fd_);
   close(fd);
   absl::MutexLock lock(&mu_);
-  connection->done = true;
+  connection->done.store(true);
 }
 
 void HttpServer::Shutdown() {

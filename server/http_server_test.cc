@@ -177,18 +177,19 @@ class HttpServerTest : public ::testing::Test {
                                return HttpResponse::Text(200, "hello");
                              })
                     .ok());
-    ASSERT_TRUE(server_
-                    ->Handle("POST", "/echo",
-                             [](const HttpRequest& request) {
-                               HttpResponse r = HttpResponse::Text(
-                                   200, absl::StrCat(request.method, " ", request.path, "?",
-                                                     request.query, " [",
-                                                     request.headers.Get("x-test").value_or("-"),
-                                                     "] ", request.body));
-                               r.headers.Add("X-Body-Size", std::to_string(request.body.size()));
-                               return r;
-                             })
-                    .ok());
+    ASSERT_TRUE(
+        server_
+            ->Handle("POST", "/echo",
+                     [](const HttpRequest& request) {
+                       HttpResponse r = HttpResponse::Text(
+                           200,
+                           absl::StrCat(request.method, " ", request.path, "?", request.query, " [",
+                                        std::string(request.headers.Get("x-test").value_or("-")),
+                                        "] ", request.body));
+                       r.headers.Add("X-Body-Size", std::to_string(request.body.size()));
+                       return r;
+                     })
+            .ok());
     for (auto& [method, path, handler] : extra_streaming_routes_) {
       ASSERT_TRUE(server_->HandleStreaming(method, path, handler).ok());
     }
@@ -251,9 +252,9 @@ TEST_F(HttpServerTest, PostBodyQueryAndCaseInsensitiveHeadersReachTheHandler) {
 TEST_F(HttpServerTest, ChunkedRequestBodyIsDecoded) {
   StartServer();
   RawClient client(server_->port());
-  ASSERT_TRUE(client.Send(
-      "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-      "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"));
+  ASSERT_TRUE(
+      client.Send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"));
   std::optional<RawClient::Response> r = client.ReadResponse();
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->body, "POST /echo? [-] hello world");
@@ -302,9 +303,9 @@ TEST_F(HttpServerTest, OversizedBodyGets413) {
   {
     // A chunked body is cut off once it passes the limit.
     RawClient client(server_->port());
-    ASSERT_TRUE(client.Send(absl::StrCat(
-        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", "400\r\n",
-        std::string(1024, 'x'), "\r\n1\r\ny\r\n0\r\n\r\n")));
+    ASSERT_TRUE(client.Send(
+        absl::StrCat("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                     "400\r\n", std::string(1024, 'x'), "\r\n1\r\ny\r\n0\r\n\r\n")));
     std::optional<RawClient::Response> r = client.ReadResponse();
     ASSERT_TRUE(r.has_value());
     EXPECT_EQ(r->status, 413);
@@ -521,6 +522,16 @@ TEST_F(HttpServerTest, SlowHeadersGet408) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
 }
 
+TEST_F(HttpServerTest, SilentNewConnectionIsClosedAfterHeaderTimeout) {
+  HttpServerOptions options = LoopbackOptions();
+  options.header_timeout = absl::Milliseconds(200);
+  StartServer(options);
+  RawClient client(server_->port());
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(client.AtEof());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+}
+
 TEST_F(HttpServerTest, IdleKeepAliveConnectionIsClosedAfterIdleTimeout) {
   HttpServerOptions options = LoopbackOptions();
   options.idle_timeout = absl::Milliseconds(100);
@@ -566,7 +577,9 @@ TEST_F(HttpServerTest, GarbageInputNeverCrashesTheServer) {
       {"GET / HTTP/1.1\r\nNoColonHere\r\n\r\n", 400},
       {"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", 400},
       {"GET / HTTP/1.1\r\n folded: x\r\n\r\n", 400},
-      {"GET / HTTP/1.1\r\nX: a\x01" "b\r\n\r\n", 400},
+      {"GET / HTTP/1.1\r\nX: a\x01"
+       "b\r\n\r\n",
+       400},
       {std::string("GET /\0 HTTP/1.1\r\n\r\n", 20), 400},
       {"GET relative HTTP/1.1\r\n\r\n", 400},
       {"GET / HTTP/2.0\r\n\r\n", 505},
@@ -580,7 +593,7 @@ TEST_F(HttpServerTest, GarbageInputNeverCrashesTheServer) {
       {"POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
       {"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
       {"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n", 400},
-      {"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400},  // A TLS hello.
+      {std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 15), 400},  // TLS.
   };
   for (const auto& [request, status] : cases) {
     RawClient client(server_->port());

@@ -49,8 +49,8 @@ absl::Status NormalizeBounds(std::vector<double>& bounds) {
     }
     if (i > 0 && !(bounds[i - 1] < bounds[i])) {
       return absl::InvalidArgumentError(
-          absl::StrCat("histogram bucket bounds must be strictly increasing, but bound ", i,
-                       " (", FormatMetricValue(bounds[i]), ") <= bound ", i - 1, " (",
+          absl::StrCat("histogram bucket bounds must be strictly increasing, but bound ", i, " (",
+                       FormatMetricValue(bounds[i]), ") <= bound ", i - 1, " (",
                        FormatMetricValue(bounds[i - 1]), "); sort and deduplicate them"));
     }
   }
@@ -106,8 +106,7 @@ double Counter::Value() const {
 
 void Gauge::SetMax(double v) {
   double current = value_.load(std::memory_order_relaxed);
-  while (v > current &&
-         !value_.compare_exchange_weak(current, v, std::memory_order_relaxed)) {
+  while (v > current && !value_.compare_exchange_weak(current, v, std::memory_order_relaxed)) {
   }
 }
 
@@ -125,10 +124,10 @@ void Histogram::Observe(double v) {
   // First bound >= v, i.e. the bucket with v <= le; past the end is +Inf. NaN compares false
   // with everything, so it is sent to +Inf explicitly.
   const size_t bucket =
-      std::isnan(v) ? upper_bounds_.size()
-                    : static_cast<size_t>(
-                          std::lower_bound(upper_bounds_.begin(), upper_bounds_.end(), v) -
-                          upper_bounds_.begin());
+      std::isnan(v)
+          ? upper_bounds_.size()
+          : static_cast<size_t>(std::lower_bound(upper_bounds_.begin(), upper_bounds_.end(), v) -
+                                upper_bounds_.begin());
   buckets_[bucket].fetch_add(1, std::memory_order_relaxed);
   sum_.fetch_add(v, std::memory_order_relaxed);
 }
@@ -378,8 +377,7 @@ std::string MetricsRegistry::RenderText() const {
                 i < h.upper_bounds().size() ? FormatMetricValue(h.upper_bounds()[i]) : "+Inf";
             AppendSample(out, bucket_name, series->labels, &le, std::to_string(cumulative));
           }
-          AppendSample(out, family->name + "_sum", series->labels, nullptr,
-                       FormatMetricValue(sum));
+          AppendSample(out, family->name + "_sum", series->labels, nullptr, FormatMetricValue(sum));
           AppendSample(out, family->name + "_count", series->labels, nullptr,
                        std::to_string(cumulative));
           break;
@@ -397,28 +395,28 @@ namespace {
 // Bucket bounds, seconds; vLLM's, with finer low ends for fast local models.
 const std::vector<double>& TtftBuckets() {
   static const auto* const kBuckets = new std::vector<double>{
-      0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25, 0.5,   0.75,
+      0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25,  0.5,   0.75,
       1.0,   2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
   return *kBuckets;
 }
 
 const std::vector<double>& InterTokenBuckets() {
-  static const auto* const kBuckets = new std::vector<double>{
-      0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,  0.15, 0.2,  0.3, 0.4,
-      0.5,   0.75,  1.0,  2.5,   5.0,  7.5,   10.0, 20.0, 40.0, 80.0};
+  static const auto* const kBuckets =
+      new std::vector<double>{0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,  0.15, 0.2,  0.3, 0.4,
+                              0.5,   0.75,  1.0,  2.5,   5.0,  7.5,   10.0, 20.0, 40.0, 80.0};
   return *kBuckets;
 }
 
 const std::vector<double>& RequestLatencyBuckets() {
   static const auto* const kBuckets = new std::vector<double>{
-      0.3,  0.5,  0.8,  1.0,  1.5,  2.0,  2.5,   5.0,   10.0,  15.0,  20.0,
+      0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,   5.0,   10.0,   15.0,  20.0,
       30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
   return *kBuckets;
 }
 
 const std::vector<double>& QueueTimeBuckets() {
   static const auto* const kBuckets = new std::vector<double>{
-      0.001, 0.005, 0.01, 0.025, 0.05, 0.1,   0.25,  0.5,   1.0,    2.5,   5.0,
+      0.001, 0.005, 0.01, 0.025, 0.05,  0.1,   0.25,  0.5,   1.0,    2.5,   5.0,
       10.0,  20.0,  30.0, 60.0,  120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
   return *kBuckets;
 }
@@ -476,9 +474,8 @@ absl::StatusOr<EngineMetrics> CreateEngineMetrics(MetricsRegistry& registry,
   ASSIGN_OR_RETURN(m.prompt_tokens,
                    registry.AddCounter("glimpse_prompt_tokens_total",
                                        "Prompt tokens of admitted requests.", labels));
-  ASSIGN_OR_RETURN(m.generation_tokens,
-                   registry.AddCounter("glimpse_generation_tokens_total",
-                                       "Output tokens generated.", labels));
+  ASSIGN_OR_RETURN(m.generation_tokens, registry.AddCounter("glimpse_generation_tokens_total",
+                                                            "Output tokens generated.", labels));
   ASSIGN_OR_RETURN(m.prefix_cache_queries,
                    registry.AddCounter("glimpse_prefix_cache_queries_total",
                                        "Prompt tokens looked up in the prefix cache.", labels));
@@ -495,10 +492,9 @@ absl::StatusOr<EngineMetrics> CreateEngineMetrics(MetricsRegistry& registry,
                                        labels));
   ASSIGN_OR_RETURN(m.engine_steps, registry.AddCounter("glimpse_engine_steps_total",
                                                        "Engine steps executed.", labels));
-  ASSIGN_OR_RETURN(m.decode_batch_size,
-                   registry.AddHistogram("glimpse_decode_batch_size",
-                                         "Sequences decoded per engine step.", BatchSizeBuckets(),
-                                         labels));
+  ASSIGN_OR_RETURN(m.decode_batch_size, registry.AddHistogram("glimpse_decode_batch_size",
+                                                              "Sequences decoded per engine step.",
+                                                              BatchSizeBuckets(), labels));
   ASSIGN_OR_RETURN(m.decode_batch_size_mean,
                    registry.AddGauge("glimpse_decode_batch_size_mean",
                                      "Mean sequences per decode step since start.", labels));

@@ -318,25 +318,23 @@ TEST(EngineMetricsTest, RegistersDesignNamesWithTypesAndLabels) {
         "glimpse_decode_batch_size"}) {
     EXPECT_TRUE(has_type(name, "histogram")) << name;
   }
-  for (const char* name :
-       {"glimpse_num_requests_running", "glimpse_num_requests_waiting",
-        "glimpse_kv_cache_usage_ratio", "glimpse_decode_batch_size_mean",
-        "glimpse_decode_batch_size_max"}) {
+  for (const char* name : {"glimpse_num_requests_running", "glimpse_num_requests_waiting",
+                           "glimpse_kv_cache_usage_ratio", "glimpse_decode_batch_size_mean",
+                           "glimpse_decode_batch_size_max"}) {
     EXPECT_TRUE(has_type(name, "gauge")) << name;
   }
-  for (const char* name :
-       {"glimpse_prompt_tokens_total", "glimpse_generation_tokens_total",
-        "glimpse_prefix_cache_queries_total", "glimpse_prefix_cache_hits_total",
-        "glimpse_num_preemptions_total", "glimpse_forward_tokens_total",
-        "glimpse_engine_steps_total", "glimpse_spec_draft_tokens_total",
-        "glimpse_spec_accepted_tokens_total"}) {
+  for (const char* name : {"glimpse_prompt_tokens_total", "glimpse_generation_tokens_total",
+                           "glimpse_prefix_cache_queries_total", "glimpse_prefix_cache_hits_total",
+                           "glimpse_num_preemptions_total", "glimpse_forward_tokens_total",
+                           "glimpse_engine_steps_total", "glimpse_spec_draft_tokens_total",
+                           "glimpse_spec_accepted_tokens_total"}) {
     EXPECT_TRUE(has_type(name, "counter")) << name;
   }
   EXPECT_THAT(text, HasSubstr("\nglimpse_prompt_tokens_total{model_name=\"m\"} 7\n"));
   EXPECT_THAT(text, HasSubstr("\nglimpse_kv_cache_usage_ratio{model_name=\"m\"} 0.5\n"));
-  EXPECT_THAT(text, HasSubstr(
-                        "\nglimpse_time_to_first_token_seconds_bucket{model_name=\"m\",le=\"0.04\"} "
-                        "1\n"));
+  EXPECT_THAT(
+      text, HasSubstr("\nglimpse_time_to_first_token_seconds_bucket{model_name=\"m\",le=\"0.04\"} "
+                      "1\n"));
   for (const Sample& s : ParseSamples(text)) {
     EXPECT_EQ(s.labels.at("model_name"), "m") << s.name;
   }
