@@ -12,11 +12,10 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kernels/cpu/cpu_backend.h"
-#include "model/gguf.h"
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "server/loaded_model.h"
 
 namespace glimpse::scheduler {
 namespace {
@@ -75,16 +74,11 @@ Collected Drain(RequestStream& stream, int n) {
 class EngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto file = model::GgufFile::Open("models/tinycode-4m-f16.gguf");
-    ASSERT_TRUE(file.ok()) << file.status();
-    file_ = std::move(*file);
-    backend_ = std::make_unique<kernels::cpu::CpuBackend>(2);
-    auto m = model::LlamaModel::Load(*file_, *backend_);
-    ASSERT_TRUE(m.ok()) << m.status();
-    model_ = std::move(*m);
-    auto t = model::Tokenizer::FromGguf(*file_);
-    ASSERT_TRUE(t.ok()) << t.status();
-    tokenizer_ = std::move(*t);
+    auto loaded = server::LoadedModel::Load("models/tinycode-4m-f16.gguf", /*num_threads=*/2);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    loaded_ = std::move(*loaded);
+    model_ = loaded_.model.get();
+    tokenizer_ = loaded_.tokenizer.get();
   }
 
   std::unique_ptr<Engine> MakeEngine(EngineOptions options) {
@@ -105,10 +99,9 @@ class EngineTest : public ::testing::Test {
     return r;
   }
 
-  std::unique_ptr<model::GgufFile> file_;
-  std::unique_ptr<kernels::cpu::CpuBackend> backend_;
-  std::unique_ptr<model::LlamaModel> model_;
-  std::unique_ptr<model::Tokenizer> tokenizer_;
+  server::LoadedModel loaded_;
+  model::LlamaModel* model_ = nullptr;        // Owned by loaded_.
+  model::Tokenizer* tokenizer_ = nullptr;     // Owned by loaded_.
 };
 
 TEST_F(EngineTest, ConcurrentGreedyStreamsMatchLlamaCppAndBatchDecodes) {

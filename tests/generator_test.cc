@@ -5,13 +5,12 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "kvcache/block_pool.h"
-#include "model/gguf.h"
 #include "model/kv_cache_storage.h"
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
 #include "scheduler/offline_generator.h"
+#include "server/loaded_model.h"
 
 namespace glimpse::scheduler {
 namespace {
@@ -19,16 +18,11 @@ namespace {
 class GeneratorTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto file = model::GgufFile::Open("models/tinycode-4m-f16.gguf");
-    ASSERT_TRUE(file.ok()) << file.status();
-    file_ = std::move(*file);
-    backend_ = std::make_unique<kernels::cpu::CpuBackend>(2);
-    auto m = model::LlamaModel::Load(*file_, *backend_);
-    ASSERT_TRUE(m.ok()) << m.status();
-    model_ = std::move(*m);
-    auto t = model::Tokenizer::FromGguf(*file_);
-    ASSERT_TRUE(t.ok()) << t.status();
-    tokenizer_ = std::move(*t);
+    auto loaded = server::LoadedModel::Load("models/tinycode-4m-f16.gguf", /*num_threads=*/2);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    loaded_ = std::move(*loaded);
+    model_ = loaded_.model.get();
+    tokenizer_ = loaded_.tokenizer.get();
   }
 
   GenerationRequest Request(const std::string& text, int32_t max_tokens, float temperature,
@@ -45,7 +39,7 @@ class GeneratorTest : public ::testing::Test {
 
   absl::StatusOr<std::vector<GenerationResult>> Run(const std::vector<GenerationRequest>& reqs,
                                                     int32_t num_blocks, int32_t chunk = 512) {
-    model::KvCacheStorage kv(*backend_, model_->config(), num_blocks, 16);
+    model::KvCacheStorage kv(*loaded_.backend, model_->config(), num_blocks, 16);
     kvcache::BlockPool pool(num_blocks);
     OfflineGeneratorOptions options;
     options.prefill_chunk_tokens = chunk;
@@ -55,10 +49,9 @@ class GeneratorTest : public ::testing::Test {
     return results;
   }
 
-  std::unique_ptr<model::GgufFile> file_;
-  std::unique_ptr<kernels::cpu::CpuBackend> backend_;
-  std::unique_ptr<model::LlamaModel> model_;
-  std::unique_ptr<model::Tokenizer> tokenizer_;
+  server::LoadedModel loaded_;
+  model::LlamaModel* model_ = nullptr;        // Owned by loaded_.
+  model::Tokenizer* tokenizer_ = nullptr;     // Owned by loaded_.
 };
 
 TEST_F(GeneratorTest, SeededSamplingIsReproducibleAndIndependentOfTheBatch) {
