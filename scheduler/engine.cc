@@ -290,6 +290,10 @@ void Engine::Step() {
     if (!seq->request->scheduled_once) {
       seq->request->scheduled_once = true;
       seq->request->first_scheduled_time = now;
+      if (options_.observer != nullptr) {
+        options_.observer->OnRequestScheduled(
+            std::chrono::duration<double>(now - seq->request->arrival_time).count());
+      }
     }
     if (s.num_tokens == 1 && !seq->is_prefilling()) ++num_decoding;
     batch.AddSequence(std::span<const int32_t>(seq->tokens).subspan(seq->num_computed_tokens, s.num_tokens),
@@ -315,6 +319,10 @@ void Engine::Step() {
       load_.max_decode_batch = std::max(load_.max_decode_batch, num_decoding);
     }
     PublishLoadLocked();
+  }
+  if (options_.observer != nullptr) {
+    options_.observer->OnStep(plan.num_tokens, num_decoding,
+                              static_cast<int32_t>(plan.preempted.size()));
   }
 
   std::vector<Request*> touched;
@@ -372,10 +380,22 @@ void Engine::SampleAndUpdate(Sequence* seq, std::span<const float> logits, Clock
     if (!request->got_first_token) {
       request->got_first_token = true;
       request->first_token_time = now;
+      if (options_.observer != nullptr) {
+        options_.observer->OnFirstToken(
+            std::chrono::duration<double>(now - request->arrival_time).count());
+      }
     }
-    for (Sequence* s : seqs) AppendToken(s, s->sampler->Sample(logits));
+    for (Sequence* s : seqs) {
+      s->last_token_time = now;
+      AppendToken(s, s->sampler->Sample(logits));
+    }
     return;
   }
+  if (options_.observer != nullptr) {
+    options_.observer->OnInterTokenLatency(
+        std::chrono::duration<double>(now - seq->last_token_time).count());
+  }
+  seq->last_token_time = now;
   AppendToken(seq, seq->sampler->Sample(logits));
 }
 
@@ -438,6 +458,13 @@ void Engine::FinishSequence(Sequence* seq, FinishReason reason, std::string mess
   stats.num_preemptions = seq->num_preemptions;
   stats.peak_kv_blocks = seq->peak_blocks;
   ++request->num_finished;
+  if (request->finished() && options_.observer != nullptr) {
+    int32_t generated = 0;
+    for (const auto& s : request->sequences) generated += std::max(0, s->num_generated());
+    options_.observer->OnRequestFinished(
+        std::chrono::duration<double>(now - request->arrival_time).count(),
+        static_cast<int32_t>(request->spec.prompt_tokens.size()), generated);
+  }
 }
 
 void Engine::FinishRequest(Request* request, FinishReason reason, const std::string& message,

@@ -31,6 +31,7 @@
 #include "model/kv_cache_storage.h"
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
+#include "scheduler/engine_observer.h"
 #include "scheduler/request.h"
 #include "scheduler/request_stream.h"
 #include "scheduler/scheduler.h"
@@ -45,6 +46,8 @@ struct EngineOptions {
   int32_t num_host_blocks = 0;  // Swap space for PreemptionMode::kSwap.
   int32_t max_waiting_requests = 256;
   uint64_t seed = 0;  // Default sampling seed base for requests without one.
+  // Not owned; must outlive the engine. Null: no per-event reporting.
+  EngineObserver* observer = nullptr;
 };
 
 // A consistent-enough snapshot of the engine's state and cumulative work counters.

@@ -41,6 +41,7 @@ struct Sequence {
   int32_t num_cached_tokens = 0;    // Prompt tokens that came from the prefix cache.
   int32_t num_preemptions = 0;
   int32_t peak_blocks = 0;
+  Clock::time_point last_token_time;  // For inter-token latency.
   std::unique_ptr<model::Sampler> sampler;
   std::unique_ptr<OutputText> output_text;
   // Output not yet sent to the client; its completion is sent once (completion_sent).

@@ -4,6 +4,7 @@
 // against llama.cpp's references, an independent implementation.
 #include "scheduler/engine.h"
 
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <memory>
@@ -201,6 +202,58 @@ TEST_F(EngineTest, CancelAndDeadlineFreeBlocksWithinAStep) {
   EXPECT_TRUE(ab.status.ok());
   EXPECT_EQ(ab.finish[0], FinishReason::kAbort);
   EXPECT_FALSE(engine->Abort("abort-me"));
+}
+
+// Counts the engine's observer calls.
+class CountingObserver : public EngineObserver {
+ public:
+  void OnRequestScheduled(double) override { ++scheduled; }
+  void OnFirstToken(double ttft) override {
+    ++first_tokens;
+    EXPECT_GE(ttft, 0.0);
+  }
+  void OnInterTokenLatency(double) override { ++inter_tokens; }
+  void OnRequestFinished(double, int32_t prompt, int32_t generated) override {
+    ++finished;
+    prompt_tokens += prompt;
+    generated_tokens += generated;
+  }
+  void OnStep(int32_t num_tokens, int32_t, int32_t) override {
+    ++steps;
+    step_tokens += num_tokens;
+  }
+  std::atomic<int> scheduled{0}, first_tokens{0}, inter_tokens{0}, finished{0}, steps{0};
+  std::atomic<int64_t> prompt_tokens{0}, generated_tokens{0}, step_tokens{0};
+};
+
+TEST_F(EngineTest, ObserverSeesEveryRequestTokenAndStep) {
+  const std::vector<Reference> refs = LoadReferences();
+  CountingObserver observer;
+  EngineOptions options;
+  options.observer = &observer;
+  auto engine = MakeEngine(options);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  int64_t prompt_total = 0;
+  for (int i = 0; i < 4; ++i) {
+    streams.push_back(*engine->Submit(Greedy("o" + std::to_string(i), refs[i].prompt, 10)));
+    prompt_total += static_cast<int64_t>(refs[i].prompt.size());
+  }
+  EngineRequest two = Greedy("two", refs[5].prompt, 6);
+  two.n = 2;
+  streams.push_back(*engine->Submit(two));
+  prompt_total += static_cast<int64_t>(refs[5].prompt.size());
+  for (auto& s : streams) Drain(*s, 2);
+  ASSERT_TRUE(engine->WaitIdle(absl::Seconds(5)));
+  EXPECT_EQ(observer.scheduled.load(), 5);
+  EXPECT_EQ(observer.first_tokens.load(), 5);
+  EXPECT_EQ(observer.finished.load(), 5);
+  EXPECT_EQ(observer.prompt_tokens.load(), prompt_total);
+  EXPECT_EQ(observer.generated_tokens.load(), 4 * 10 + 2 * 6);
+  // Every token but each sequence's first has an inter-token latency.
+  EXPECT_EQ(observer.inter_tokens.load(), 4 * 9 + 2 * 5);
+  const EngineLoad load = engine->GetLoad();
+  EXPECT_EQ(observer.steps.load(), load.num_steps);
+  EXPECT_EQ(observer.step_tokens.load(), load.num_forward_tokens);
 }
 
 class PreemptionTest : public EngineTest, public ::testing::WithParamInterface<PreemptionMode> {};
