@@ -8,8 +8,10 @@
 #include "absl/flags/usage.h"
 #include "server/generate_command.h"
 #include "server/make_model_command.h"
+#include "server/serve_command.h"
 #include "server/tokenize_command.h"
 #include "tools/bench/bench.h"
+#include "tools/loadgen/loadgen.h"
 
 namespace {
 
@@ -19,12 +21,15 @@ constexpr char kUsage[] =
     "Usage: glimpse <command> [--flag=value ...]\n"
     "\n"
     "Commands:\n"
+    "  serve       Serve --model over gRPC (glimpse.v1.Engine) on --host:--port until SIGTERM.\n"
     "  generate    Generate a continuation of --prompt with --model and stream it to stdout.\n"
     "  tokenize    Print the token ids and pieces of --prompt.\n"
     "  make-model  Write a GGUF with random weights in a real model's shape (--shape, --out).\n"
     "  bench       Measure prefill and decode throughput (llama-bench style).\n"
+    "  loadgen     Drive a running server at several concurrencies; report tok/s, TTFT, TPOT.\n"
     "\n"
     "Examples:\n"
+    "  glimpse serve --port=50051 --max_num_seqs=64\n"
     "  glimpse generate --prompt='def add(a, b):' --max_tokens=32\n"
     "  glimpse tokenize --prompt='hello world'\n"
     "  glimpse make-model --shape=small-110m --out=/tmp/small.gguf --type=f16\n"
@@ -45,10 +50,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string command = positional[1];
+  if (command == "serve") return glimpse::server::RunServeCommand();
   if (command == "generate") return glimpse::server::RunGenerateCommand();
   if (command == "tokenize") return glimpse::server::RunTokenizeCommand();
   if (command == "make-model") return glimpse::server::RunMakeModelCommand();
   if (command == "bench") return glimpse::tools::RunBenchCommand();
+  if (command == "loadgen") return glimpse::tools::RunLoadgenCommand();
   std::fprintf(stderr, "glimpse: unknown command '%s'.\n\n%s\n", command.c_str(), kUsage);
   return 2;
 }

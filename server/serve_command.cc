@@ -1,0 +1,357 @@
+#include "server/serve_command.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "absl/flags/declare.h"
+#include "absl/flags/flag.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "model/kv_cache_storage.h"
+#include "scheduler/engine.h"
+#include "server/common_flags.h"
+#include "server/grpc_service.h"
+#include "server/health.h"
+#include "server/http_server.h"
+#include "server/loaded_model.h"
+#include "server/engine_metrics_observer.h"
+#include "server/metrics.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+// Defined with `glimpse generate` (server/generate_command.cc); serve reads it too.
+ABSL_DECLARE_FLAG(int32_t, block_size);
+
+ABSL_FLAG(int32_t, port, 50051,
+          "serve: TCP port of the gRPC server; 0 picks a free port (the line 'glimpse serve: "
+          "listening on HOST:PORT' on stdout says which).");
+ABSL_FLAG(std::string, host, "127.0.0.1",
+          "serve: address to listen on. The default accepts local clients only; use 0.0.0.0 "
+          "(or ::) to serve other machines, e.g. in a container.");
+ABSL_FLAG(std::string, served_model_name, "",
+          "serve: the model name clients send (GenerateRequest.model); empty: the --model file "
+          "name without its directory and .gguf suffix.");
+ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{1} << 30,
+          "serve: memory for the KV cache pool in bytes. Capped at what --max_num_seqs "
+          "full-context sequences can use. Ignored when --kv_cache_fraction is set.");
+ABSL_FLAG(double, kv_cache_fraction, 0.0,
+          "serve: if > 0, size the KV cache pool as this fraction (0, 0.9] of physical memory "
+          "instead of --kv_cache_bytes.");
+ABSL_FLAG(int32_t, max_num_seqs, 64, "serve: most sequences running in one engine step.");
+ABSL_FLAG(int32_t, max_num_batched_tokens, 512,
+          "serve: token budget of one engine step (decode tokens plus prefill chunks).");
+ABSL_FLAG(int32_t, max_waiting_requests, 256,
+          "serve: bound of the waiting queue; requests beyond it get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(std::string, preemption_mode, "recompute",
+          "serve: what happens to a preempted sequence's KV when blocks run out: 'recompute' "
+          "(free it, recompute later) or 'swap' (copy it to host memory, see "
+          "--swap_space_bytes).");
+ABSL_FLAG(int64_t, swap_space_bytes, int64_t{1} << 30,
+          "serve: host memory for swapped-out KV blocks with --preemption_mode=swap.");
+ABSL_FLAG(bool, enable_prefix_caching, true,
+          "serve: reuse the KV of shared prompt prefixes across requests.");
+ABSL_FLAG(int32_t, drain_timeout_seconds, 30,
+          "serve: on SIGTERM/SIGINT, how long in-flight requests may run before they are "
+          "aborted and the server exits.");
+ABSL_FLAG(int32_t, metrics_port, 0,
+          "serve: if > 0, serve Prometheus metrics on http://HOST:PORT/metrics (0 = off).");
+
+namespace glimpse::server {
+namespace {
+
+// The validated serve flags.
+struct ServeConfig {
+  std::string model_path;
+  std::string host;
+  int32_t port = 0;
+  std::string served_model_name;
+  scheduler::EngineOptions engine;
+  int64_t kv_budget_bytes = 0;
+  int64_t swap_bytes = 0;
+  absl::Duration drain_timeout;
+  std::string preemption_mode;
+};
+
+absl::StatusOr<ServeConfig> ConfigFromFlags() {
+  ServeConfig c;
+  c.model_path = absl::GetFlag(FLAGS_model);
+  c.host = absl::GetFlag(FLAGS_host);
+  c.port = absl::GetFlag(FLAGS_port);
+  if (c.port < 0 || c.port > 65535) return absl::InvalidArgumentError("--port must be in 0..65535");
+  c.served_model_name = absl::GetFlag(FLAGS_served_model_name);
+  if (c.served_model_name.empty()) {
+    c.served_model_name = c.model_path.substr(c.model_path.find_last_of('/') + 1);
+    const std::string suffix = ".gguf";
+    if (c.served_model_name.size() > suffix.size() &&
+        c.served_model_name.compare(c.served_model_name.size() - suffix.size(), suffix.size(),
+                                    suffix) == 0) {
+      c.served_model_name.resize(c.served_model_name.size() - suffix.size());
+    }
+  }
+  c.engine.block_size = absl::GetFlag(FLAGS_block_size);
+  if (c.engine.block_size < 1 || c.engine.block_size > 1024) {
+    return absl::InvalidArgumentError("--block_size must be in 1..1024");
+  }
+  scheduler::SchedulerOptions& s = c.engine.scheduler;
+  s.max_running_sequences = absl::GetFlag(FLAGS_max_num_seqs);
+  s.max_step_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
+  s.prefill_chunk_tokens = s.max_step_tokens;
+  s.enable_prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
+  if (s.max_running_sequences < 1) return absl::InvalidArgumentError("--max_num_seqs must be >= 1");
+  if (s.max_step_tokens < 1) return absl::InvalidArgumentError("--max_num_batched_tokens must be >= 1");
+  c.engine.max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests);
+  if (c.engine.max_waiting_requests < 1) {
+    return absl::InvalidArgumentError("--max_waiting_requests must be >= 1");
+  }
+  c.preemption_mode = absl::GetFlag(FLAGS_preemption_mode);
+  if (c.preemption_mode == "swap") {
+    s.preemption_mode = scheduler::PreemptionMode::kSwap;
+  } else if (c.preemption_mode != "recompute") {
+    return absl::InvalidArgumentError("--preemption_mode must be 'recompute' or 'swap'");
+  }
+  const double fraction = absl::GetFlag(FLAGS_kv_cache_fraction);
+  if (fraction < 0 || fraction > 0.9) {
+    return absl::InvalidArgumentError("--kv_cache_fraction must be in [0, 0.9]");
+  }
+  c.kv_budget_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
+  if (fraction > 0) {
+    c.kv_budget_bytes = static_cast<int64_t>(
+        fraction * static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE));
+  }
+  if (c.kv_budget_bytes < 1) return absl::InvalidArgumentError("--kv_cache_bytes must be > 0");
+  c.swap_bytes = absl::GetFlag(FLAGS_swap_space_bytes);
+  if (c.swap_bytes < 0) return absl::InvalidArgumentError("--swap_space_bytes must be >= 0");
+  const int32_t drain = absl::GetFlag(FLAGS_drain_timeout_seconds);
+  if (drain < 0) return absl::InvalidArgumentError("--drain_timeout_seconds must be >= 0");
+  c.drain_timeout = absl::Seconds(drain);
+  return c;
+}
+
+// Sizes the KV pools from the byte budgets: never more blocks than max_num_seqs sequences of
+// the full context can use.
+absl::Status SizeKvPools(const model::LlamaConfig& model_config, ServeConfig& c) {
+  const int64_t bytes_per_block = static_cast<int64_t>(
+      model::KvCacheStorage::BytesPerBlock(model_config, c.engine.block_size));
+  const int64_t blocks_per_seq =
+      (model_config.context_length + c.engine.block_size - 1) / c.engine.block_size;
+  const int64_t useful = blocks_per_seq * c.engine.scheduler.max_running_sequences;
+  const int64_t blocks = std::min(c.kv_budget_bytes / bytes_per_block, useful);
+  if (blocks < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the KV cache budget of ", c.kv_budget_bytes, " bytes is less than one block (",
+        bytes_per_block, " bytes)"));
+  }
+  c.engine.num_kv_blocks = static_cast<int32_t>(std::min<int64_t>(blocks, 1 << 30));
+  if (c.engine.scheduler.preemption_mode == scheduler::PreemptionMode::kSwap) {
+    const int64_t host = std::min(c.swap_bytes / bytes_per_block, useful);
+    if (host < 1) return absl::InvalidArgumentError("--swap_space_bytes holds no KV block");
+    c.engine.num_host_blocks = static_cast<int32_t>(host);
+  }
+  return absl::OkStatus();
+}
+
+std::string CpuModelName() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(std::min(line.size(), colon + 2));
+    }
+  }
+  return "cpu";
+}
+
+EngineServiceOptions ServiceOptions(const ServeConfig& c, const LoadedModel& loaded,
+                                    size_t kv_bytes) {
+  EngineServiceOptions o;
+  o.served_model_name = c.served_model_name;
+  o.model_path = c.model_path;
+  if (auto arch = loaded.file->GetString("general.architecture"); arch.ok()) o.model_type = *arch;
+  if (const model::GgufTensor* t = loaded.file->FindTensor("blk.0.attn_q.weight")) {
+    o.weights_dtype = std::string(model::GgmlTypeName(t->type));
+    std::transform(o.weights_dtype.begin(), o.weights_dtype.end(), o.weights_dtype.begin(),
+                   [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  }
+  if (auto tmpl = loaded.file->GetString("tokenizer.chat_template"); tmpl.ok()) {
+    o.chat_template = *tmpl;
+  }
+  // Backend::name() may add detail ("cpu (2 threads)"); the API wants "cpu" or "cuda".
+  o.backend = loaded.backend->name().substr(0, loaded.backend->name().find(' '));
+  o.device = CpuModelName();
+  o.preemption_mode = c.preemption_mode;
+  o.kv_cache_bytes = kv_bytes;
+  return o;
+}
+
+// The engine's Prometheus metrics, fed by an EngineMetricsObserver (events, on the engine
+// thread) and refreshed from Engine::GetLoad() at scrape time (state gauges), and served at
+// `/metrics` on --host:--metrics_port when that port is set.
+struct MetricsEndpoint {
+  MetricsRegistry registry;
+  EngineMetrics metrics;
+  std::unique_ptr<EngineMetricsObserver> observer;
+  std::unique_ptr<HttpServer> http;
+};
+
+absl::StatusOr<std::unique_ptr<MetricsEndpoint>> CreateMetrics(const ServeConfig& c) {
+  auto endpoint = std::make_unique<MetricsEndpoint>();
+  absl::StatusOr<EngineMetrics> metrics =
+      CreateEngineMetrics(endpoint->registry, {{"model_name", c.served_model_name}});
+  if (!metrics.ok()) return metrics.status();
+  endpoint->metrics = *metrics;
+  endpoint->observer = std::make_unique<EngineMetricsObserver>(endpoint->metrics);
+  return endpoint;
+}
+
+absl::Status ServeMetrics(const ServeConfig& c, const scheduler::Engine& engine,
+                          MetricsEndpoint& endpoint) {
+  const int32_t port = absl::GetFlag(FLAGS_metrics_port);
+  if (port <= 0) return absl::OkStatus();
+  HttpServerOptions options;
+  options.host = c.host;
+  options.port = port;
+  endpoint.http = std::make_unique<HttpServer>(options);
+  MetricsEndpoint* e = &endpoint;
+  absl::Status s = e->http->Handle("GET", "/metrics", [e, &engine](const HttpRequest&) {
+    e->observer->RefreshFromLoad(engine.GetLoad());
+    return HttpResponse::Text(200, e->registry.RenderText(), MetricsRegistry::kContentType);
+  });
+  if (s.ok()) s = e->http->Start();
+  if (!s.ok()) return s;
+  spdlog::info("metrics on http://{}:{}/metrics", c.host, e->http->port());
+  return absl::OkStatus();
+}
+
+// Waits for SIGTERM/SIGINT (blocked in every thread, see RunServeCommand).
+int WaitForShutdownSignal() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  int signal = 0;
+  while (sigwait(&set, &signal) != 0) {
+  }
+  return signal;
+}
+
+// SIGTERM handling: stop taking work, let in-flight requests finish (up to the timeout),
+// abort the rest, then stop the gRPC server and the engine.
+void Drain(const ServeConfig& c, ServerLifecycle& lifecycle, scheduler::Engine& engine,
+           EngineService& service, grpc::Server& server) {
+  lifecycle.Set(glimpse::v1::HEALTH_STATE_DRAINING);
+  engine.StartDrain();
+  spdlog::info("draining: {} request(s) in flight, timeout {}s", service.num_active_calls(),
+               absl::ToInt64Seconds(c.drain_timeout));
+  if (!engine.WaitIdle(c.drain_timeout)) {
+    const int aborted = service.AbortAll();
+    spdlog::warn("drain timeout: aborted {} request(s)", aborted);
+    engine.WaitIdle(absl::Seconds(5));
+  }
+  // Let the last writes of finished calls reach their clients.
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while (service.num_active_calls() > 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(10));
+  server.Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  engine.Stop();
+}
+
+}  // namespace
+
+int RunServeCommand() {
+  // Block the shutdown signals before any thread exists (the backend's pool, gRPC's, the
+  // engine's), so that every thread inherits the mask and only sigwait() sees them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  spdlog::set_default_logger(spdlog::stderr_color_mt("glimpse"));
+
+  absl::StatusOr<ServeConfig> config = ConfigFromFlags();
+  if (!config.ok()) {
+    std::fprintf(stderr, "glimpse serve: %s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  ServerLifecycle lifecycle;  // STARTING until the engine runs.
+  absl::StatusOr<LoadedModel> loaded =
+      LoadedModel::Load(config->model_path, absl::GetFlag(FLAGS_threads));
+  if (!loaded.ok()) {
+    spdlog::error("cannot load the model: {}", std::string(loaded.status().message()));
+    return 1;
+  }
+  const model::LlamaConfig& model_config = loaded->model->config();
+  if (absl::Status s = SizeKvPools(model_config, *config); !s.ok()) {
+    std::fprintf(stderr, "glimpse serve: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  absl::StatusOr<std::unique_ptr<MetricsEndpoint>> metrics = CreateMetrics(*config);
+  if (!metrics.ok()) {
+    spdlog::error("cannot create the metrics: {}", std::string(metrics.status().message()));
+    return 1;
+  }
+  config->engine.observer = (*metrics)->observer.get();
+  auto engine = scheduler::Engine::Create(*loaded->model, *loaded->tokenizer, config->engine);
+  if (!engine.ok()) {
+    spdlog::error("cannot create the engine: {}", std::string(engine.status().message()));
+    return 2;
+  }
+  const size_t kv_bytes =
+      model::KvCacheStorage::BytesPerBlock(model_config, config->engine.block_size) *
+      static_cast<size_t>(config->engine.num_kv_blocks);
+  spdlog::info("model {} ('{}'): {} layers, context {}, vocab {}; KV cache {} blocks of {} "
+               "tokens ({:.1f} MiB), host swap {} blocks",
+               config->model_path, config->served_model_name, model_config.num_layers,
+               model_config.context_length, model_config.vocab_size, config->engine.num_kv_blocks,
+               config->engine.block_size, static_cast<double>(kv_bytes) / (1 << 20),
+               config->engine.num_host_blocks);
+  (*engine)->Start();
+
+  if (absl::Status s = ServeMetrics(*config, **engine, **metrics); !s.ok()) {
+    spdlog::error("cannot serve metrics: {}", std::string(s.message()));
+    return 1;
+  }
+  EngineServiceOptions service_options = ServiceOptions(*config, *loaded, kv_bytes);
+  EngineService service(**engine, *loaded->tokenizer, lifecycle, std::move(service_options));
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  const bool ipv6 = config->host.find(':') != std::string::npos;
+  const std::string address = ipv6 ? absl::StrCat("[", config->host, "]:", config->port)
+                                   : absl::StrCat(config->host, ":", config->port);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound_port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || bound_port == 0) {
+    spdlog::error("cannot listen on {}", address);
+    return 1;
+  }
+  lifecycle.AttachGrpcHealth(server->GetHealthCheckService());
+  lifecycle.Set(glimpse::v1::HEALTH_STATE_READY);
+  const std::string bound = ipv6 ? absl::StrCat("[", config->host, "]:", bound_port)
+                                 : absl::StrCat(config->host, ":", bound_port);
+  std::printf("glimpse serve: listening on %s\n", bound.c_str());
+  std::fflush(stdout);
+  spdlog::info("serving glimpse.v1.Engine on {} ({} backend)", bound, loaded->backend->name());
+
+  const int signal = WaitForShutdownSignal();
+  spdlog::info("received {}; shutting down", signal == SIGTERM ? "SIGTERM" : "SIGINT");
+  Drain(*config, lifecycle, **engine, service, *server);
+  if ((*metrics)->http != nullptr) (*metrics)->http->Shutdown();
+  spdlog::info("shut down cleanly");
+  return 0;
+}
+
+}  // namespace glimpse::server

@@ -1,0 +1,470 @@
+// End to end: starts the real `glimpse serve` binary on a loopback port and talks to it with a
+// real gRPC client (the generated glimpse.v1 stub, and a generic stub for grpc.health.v1).
+// Greedy outputs are checked against llama.cpp's references (tests/data/refs).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "proto/glimpse/v1/engine.grpc.pb.h"
+#include "proto/glimpse/v1/engine.pb.h"
+
+namespace glimpse {
+namespace {
+
+namespace v1 = ::glimpse::v1;
+using Clock = std::chrono::steady_clock;
+
+struct Reference {
+  std::string prompt;
+  std::vector<uint32_t> prompt_tokens;
+  std::vector<uint32_t> tokens;
+  std::string text;
+};
+
+const std::vector<Reference>& References() {
+  static const auto* refs = [] {
+    auto* out = new std::vector<Reference>;
+    std::ifstream in("tests/data/refs/greedy_short.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line);
+      out->push_back({j["prompt"].get<std::string>(),
+                      j["prompt_tokens"].get<std::vector<uint32_t>>(),
+                      j["tokens"].get<std::vector<uint32_t>>(), j["text"].get<std::string>()});
+    }
+    return out;
+  }();
+  return *refs;
+}
+
+// A free loopback TCP port (bound and released; good enough for a test).
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// One `glimpse serve` child process. Killed (SIGKILL) on destruction if still running.
+class ServerProcess {
+ public:
+  ~ServerProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (stdout_fd_ >= 0) close(stdout_fd_);
+  }
+
+  // Starts the server and waits (up to 60 s) for its "listening on" line.
+  ::testing::AssertionResult Start(const std::vector<std::string>& extra_flags) {
+    int fds[2];
+    if (pipe(fds) != 0) return ::testing::AssertionFailure() << "pipe failed";
+    std::vector<std::string> args = {"server/glimpse", "serve", "--port=0", "--threads=2",
+                                     "--model=models/tinycode-4m-f16.gguf"};
+    args.insert(args.end(), extra_flags.begin(), extra_flags.end());
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(fds[1], STDOUT_FILENO);
+      close(fds[0]);
+      close(fds[1]);
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    close(fds[1]);
+    stdout_fd_ = fds[0];
+    std::string out;
+    const auto until = Clock::now() + std::chrono::seconds(60);
+    const std::string marker = "glimpse serve: listening on 127.0.0.1:";
+    while (Clock::now() < until) {
+      pollfd p{stdout_fd_, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      char buf[256];
+      const ssize_t n = read(stdout_fd_, buf, sizeof(buf));
+      if (n <= 0) return ::testing::AssertionFailure() << "server exited early: " << out;
+      out.append(buf, static_cast<size_t>(n));
+      const size_t at = out.find(marker);
+      if (at != std::string::npos && out.find('\n', at) != std::string::npos) {
+        port_ = std::stoi(out.substr(at + marker.size()));
+        channel_ = grpc::CreateChannel(absl_address(), grpc::InsecureChannelCredentials());
+        stub_ = v1::Engine::NewStub(channel_);
+        return ::testing::AssertionSuccess();
+      }
+    }
+    return ::testing::AssertionFailure() << "no 'listening on' line: " << out;
+  }
+
+  void Signal(int sig) const { kill(pid_, sig); }
+
+  // The exit code, or -1 if the process has not exited within `timeout`.
+  int WaitExit(std::chrono::milliseconds timeout) {
+    const auto until = Clock::now() + timeout;
+    while (Clock::now() < until) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return -1;
+  }
+
+  std::string absl_address() const { return "127.0.0.1:" + std::to_string(port_); }
+  v1::Engine::Stub& stub() { return *stub_; }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+
+ private:
+  pid_t pid_ = -1;
+  int stdout_fd_ = -1;
+  int port_ = 0;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Engine::Stub> stub_;
+};
+
+// Everything one Generate call returned.
+struct StreamResult {
+  std::vector<uint32_t> tokens;  // Index 0.
+  std::string text;
+  std::optional<v1::GenerateResponse::PromptInfo> prompt;
+  std::vector<v1::GenerateResponse::Complete> completes;
+  int num_chunks = 0;
+  grpc::Status status;
+};
+
+// Runs a Generate call to the end; with `cancel_after` > 0 the client cancels after that many
+// messages.
+StreamResult Generate(v1::Engine::Stub& stub, const v1::GenerateRequest& request,
+                      std::optional<std::chrono::milliseconds> deadline = std::nullopt,
+                      int cancel_after = 0) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       deadline.value_or(std::chrono::milliseconds(60000)));
+  StreamResult r;
+  auto reader = stub.Generate(&context, request);
+  v1::GenerateResponse m;
+  int num_messages = 0;
+  while (reader->Read(&m)) {
+    if (m.has_prompt()) r.prompt = m.prompt();
+    if (m.has_chunk() && m.chunk().index() == 0) {
+      ++r.num_chunks;
+      r.tokens.insert(r.tokens.end(), m.chunk().token_ids().begin(), m.chunk().token_ids().end());
+      r.text += m.chunk().text();
+    }
+    if (m.has_complete()) r.completes.push_back(m.complete());
+    if (++num_messages == cancel_after) context.TryCancel();
+  }
+  r.status = reader->Finish();
+  return r;
+}
+
+v1::GenerateRequest Greedy(const std::vector<uint32_t>& prompt, uint32_t max_tokens) {
+  v1::GenerateRequest r;
+  r.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
+  r.mutable_sampling()->set_temperature(0);
+  r.mutable_stopping()->set_max_tokens(max_tokens);
+  r.mutable_stopping()->set_ignore_eos(true);
+  return r;
+}
+
+// grpc.health.v1.Health/Check through a generic stub (Debian ships no health.proto stubs):
+// HealthCheckRequest{service = 1: string}, HealthCheckResponse{status = 1: enum}.
+// Returns 1 SERVING, 2 NOT_SERVING, -1 on an RPC error.
+int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::string& service) {
+  grpc::GenericStub stub(channel);
+  std::string bytes = "\x0a" + std::string(1, static_cast<char>(service.size())) + service;
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer request(&slice, 1), response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                 &response, [&done](grpc::Status s) { done.set_value(s); });
+  if (!done.get_future().get().ok()) return -1;
+  grpc::Slice out;
+  if (!response.DumpToSingleSlice(&out).ok()) return -1;
+  const std::string body(reinterpret_cast<const char*>(out.begin()), out.size());
+  return body.size() == 2 && body[0] == 0x08 ? body[1] : 0;
+}
+
+v1::SchedulerLoad Loads(v1::Engine::Stub& stub) {
+  grpc::ClientContext context;
+  v1::GetLoadsRequest request;
+  request.add_include("all");
+  v1::GetLoadsResponse response;
+  EXPECT_TRUE(stub.GetLoads(&context, request, &response).ok());
+  return response.loads_size() > 0 ? response.loads(0) : v1::SchedulerLoad();
+}
+
+// Polls until the KV blocks in use drop to 0 (idle), up to 2 s.
+bool BlocksReturnToIdle(v1::Engine::Stub& stub) {
+  const auto until = Clock::now() + std::chrono::seconds(2);
+  while (Clock::now() < until) {
+    if (Loads(stub).kv().used_blocks() == 0) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+// `GET path` over HTTP/1.0 on 127.0.0.1:port; the whole response, or "" on error.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string request = "GET " + path + " HTTP/1.0\r\n\r\n";
+    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      char buf[4096];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
+    }
+  }
+  close(fd);
+  return out;
+}
+
+// The value of the first sample of `name` in a Prometheus text body, or -1.
+double MetricValue(const std::string& body, const std::string& name) {
+  size_t at = 0;
+  while ((at = body.find(name, at)) != std::string::npos) {
+    const bool line_start = at == 0 || body[at - 1] == '\n';
+    const char next = at + name.size() < body.size() ? body[at + name.size()] : '\0';
+    if (line_start && (next == '{' || next == ' ')) {
+      const size_t end = body.find('\n', at);
+      const std::string line = body.substr(at, end == std::string::npos ? end : end - at);
+      return std::stod(line.substr(line.find_last_of(' ') + 1));
+    }
+    at += name.size();
+  }
+  return -1;
+}
+
+class GrpcE2eTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    server_ = new ServerProcess;
+    ASSERT_TRUE(server_->Start({}));
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  v1::Engine::Stub& stub() { return server_->stub(); }
+
+  static ServerProcess* server_;
+};
+
+ServerProcess* GrpcE2eTest::server_ = nullptr;
+
+TEST_F(GrpcE2eTest, GreedyTokenIdsStreamTheReferenceTokens) {
+  const Reference& ref = References()[0];
+  StreamResult r = Generate(stub(), Greedy(ref.prompt_tokens, ref.tokens.size()));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.tokens, ref.tokens);
+  EXPECT_GT(r.num_chunks, 10) << "tokens must stream";
+  EXPECT_EQ(r.text, "") << "token-id input is not detokenized by default";
+  EXPECT_FALSE(r.prompt.has_value());
+  ASSERT_EQ(r.completes.size(), 1u);
+  EXPECT_EQ(r.completes[0].finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(r.completes[0].usage().completion_tokens(), ref.tokens.size());
+  EXPECT_EQ(r.completes[0].usage().prompt_tokens(), ref.prompt_tokens.size());
+}
+
+TEST_F(GrpcE2eTest, TextInputStreamsPromptInfoAndTheReferenceText) {
+  const Reference& ref = References()[1];
+  v1::GenerateRequest request = Greedy({}, ref.tokens.size());
+  request.set_text(ref.prompt);
+  request.set_request_id("text-input");
+  request.mutable_output()->set_return_prompt_token_ids(true);
+  StreamResult r = Generate(stub(), request);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  ASSERT_TRUE(r.prompt.has_value());
+  EXPECT_EQ(std::vector<uint32_t>(r.prompt->token_ids().begin(), r.prompt->token_ids().end()),
+            ref.prompt_tokens);
+  EXPECT_EQ(r.prompt->prompt_tokens(), ref.prompt_tokens.size());
+  EXPECT_EQ(r.tokens, ref.tokens);
+  EXPECT_EQ(r.text, ref.text);
+}
+
+TEST_F(GrpcE2eTest, TokenizeAndDetokenizeRoundTrip) {
+  const Reference& ref = References()[2];
+  grpc::ClientContext c1;
+  v1::TokenizeRequest tokenize;
+  tokenize.set_text(ref.prompt);
+  v1::TokenizeResponse ids;
+  ASSERT_TRUE(stub().Tokenize(&c1, tokenize, &ids).ok());
+  EXPECT_EQ(std::vector<uint32_t>(ids.token_ids().begin(), ids.token_ids().end()),
+            ref.prompt_tokens);
+  EXPECT_EQ(ids.count(), ref.prompt_tokens.size());
+  // Without BOS the round trip is exact (Detokenize drops the SPM dummy-prefix space; after a
+  // leading BOS llama.cpp keeps it, and so do we).
+  grpc::ClientContext c2;
+  tokenize.set_add_special_tokens(false);
+  ASSERT_TRUE(stub().Tokenize(&c2, tokenize, &ids).ok());
+  EXPECT_EQ(ids.count() + 1, ref.prompt_tokens.size());
+  grpc::ClientContext c4;
+  v1::DetokenizeRequest detokenize;
+  detokenize.mutable_token_ids()->CopyFrom(ids.token_ids());
+  v1::DetokenizeResponse text;
+  ASSERT_TRUE(stub().Detokenize(&c4, detokenize, &text).ok());
+  EXPECT_EQ(text.text(), ref.prompt);
+
+  grpc::ClientContext c3;
+  v1::TokenizeRequest chat;
+  auto* message = chat.mutable_chat()->add_messages();
+  message->set_role("user");
+  message->set_content("hi");
+  grpc::Status s = stub().Tokenize(&c3, chat, &ids);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("chat template"), std::string::npos) << s.error_message();
+}
+
+TEST_F(GrpcE2eTest, BadRequestsGetTheDocumentedStatus) {
+  v1::GenerateRequest empty;
+  empty.set_text("");
+  EXPECT_EQ(Generate(stub(), empty).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  v1::GenerateRequest other = Greedy(References()[0].prompt_tokens, 4);
+  other.set_model("no-such-model");
+  EXPECT_EQ(Generate(stub(), other).status.error_code(), grpc::StatusCode::NOT_FOUND);
+
+  StreamResult too_long = Generate(stub(), Greedy(std::vector<uint32_t>(600, 300), 4));
+  EXPECT_EQ(too_long.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(too_long.status.error_message().find("context_length_exceeded"), std::string::npos)
+      << too_long.status.error_message();
+}
+
+TEST_F(GrpcE2eTest, CancelledStreamFreesItsBlocks) {
+  const Reference& ref = References()[0];
+  StreamResult r = Generate(stub(), Greedy(ref.prompt_tokens, 400), std::nullopt,
+                            /*cancel_after=*/3);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_LT(r.tokens.size(), 400u);
+  EXPECT_TRUE(BlocksReturnToIdle(stub()));
+}
+
+TEST_F(GrpcE2eTest, DeadlineEndsTheCallAndFreesItsBlocks) {
+  const Reference& ref = References()[0];
+  StreamResult r =
+      Generate(stub(), Greedy(ref.prompt_tokens, 440), std::chrono::milliseconds(40));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_LT(r.tokens.size(), 440u);
+  EXPECT_TRUE(BlocksReturnToIdle(stub()));
+}
+
+TEST_F(GrpcE2eTest, HealthServicesReportServing) {
+  EXPECT_EQ(HealthStatus(server_->channel(), ""), 1);
+  EXPECT_EQ(HealthStatus(server_->channel(), "glimpse.v1.Engine"), 1);
+  grpc::ClientContext context;
+  v1::HealthCheckResponse health;
+  ASSERT_TRUE(stub().HealthCheck(&context, v1::HealthCheckRequest(), &health).ok());
+  EXPECT_TRUE(health.healthy());
+  EXPECT_EQ(health.state(), v1::HEALTH_STATE_READY);
+  grpc::ClientContext c2;
+  v1::GetModelInfoResponse info;
+  ASSERT_TRUE(stub().GetModelInfo(&c2, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.served_model_name(), "tinycode-4m-f16");
+  EXPECT_EQ(info.max_context_length(), 512u);
+}
+
+// A fresh server, so that the decode-batch figures cover only these 32 streams.
+TEST(GrpcE2eConcurrencyTest, ThirtyTwoConcurrentStreamsMatchAloneAndBatch) {
+  ServerProcess server;
+  const int metrics_port = FreePort();
+  ASSERT_TRUE(server.Start({"--metrics_port=" + std::to_string(metrics_port)}));
+  const std::vector<Reference>& refs = References();
+  ASSERT_GE(refs.size(), 32u);
+  std::vector<StreamResult> results(32);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 32; ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = Generate(server.stub(), Greedy(refs[i].prompt_tokens, refs[i].tokens.size()));
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < 32; ++i) {
+    ASSERT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
+    EXPECT_EQ(results[i].tokens, refs[i].tokens) << "stream " << i;
+  }
+  const std::string metrics = HttpGet(metrics_port, "/metrics");
+  const double mean = MetricValue(metrics, "glimpse_decode_batch_size_mean");
+  EXPECT_GE(mean, 16.0) << metrics;
+  EXPECT_GT(MetricValue(metrics, "glimpse_generation_tokens_total"), 32 * 47);
+  EXPECT_GT(MetricValue(metrics, "glimpse_time_to_first_token_seconds_count"), 31);
+}
+
+// SIGTERM while streams run: health flips to NOT_SERVING, new requests get UNAVAILABLE, the
+// running streams finish, and the process exits 0.
+TEST(GrpcE2eDrainTest, SigtermDrainsThenExitsZero) {
+  ServerProcess server;
+  ASSERT_TRUE(server.Start({"--drain_timeout_seconds=30"}));
+  const std::vector<Reference>& refs = References();
+  constexpr int kStreams = 8;
+  // Up to the context limit, so that the streams outlast the checks below (~1 s on 2 cores).
+  auto max_tokens = [&](int i) {
+    return static_cast<uint32_t>(512 - refs[i].prompt_tokens.size());
+  };
+  std::vector<StreamResult> results(kStreams);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = Generate(server.stub(), Greedy(refs[i].prompt_tokens, max_tokens(i)));
+    });
+  }
+  // Wait until the streams are generating.
+  const auto until = Clock::now() + std::chrono::seconds(10);
+  while (Loads(server.stub()).num_running_reqs() < kStreams / 2 && Clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  server.Signal(SIGTERM);
+  int health = 1;
+  const auto health_until = Clock::now() + std::chrono::seconds(2);
+  while (health == 1 && Clock::now() < health_until) health = HealthStatus(server.channel(), "");
+  EXPECT_EQ(health, 2) << "grpc.health.v1 must say NOT_SERVING while draining";
+  grpc::ClientContext context;
+  v1::HealthCheckResponse state;
+  ASSERT_TRUE(server.stub().HealthCheck(&context, v1::HealthCheckRequest(), &state).ok());
+  EXPECT_EQ(state.state(), v1::HEALTH_STATE_DRAINING);
+  EXPECT_EQ(Generate(server.stub(), Greedy(refs[0].prompt_tokens, 4)).status.error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_TRUE(results[i].status.ok()) << results[i].status.error_message();
+    ASSERT_EQ(results[i].completes.size(), 1u);
+    EXPECT_EQ(results[i].completes[0].finish_reason(), v1::FINISH_REASON_LENGTH);
+    EXPECT_EQ(results[i].tokens.size(), max_tokens(i));
+  }
+  EXPECT_EQ(server.WaitExit(std::chrono::seconds(20)), 0);
+}
+
+}  // namespace
+}  // namespace glimpse
