@@ -422,6 +422,92 @@ TEST(GrpcE2eConcurrencyTest, ThirtyTwoConcurrentStreamsMatchAloneAndBatch) {
   EXPECT_GT(MetricValue(metrics, "glimpse_time_to_first_token_seconds_count"), 31);
 }
 
+// A second request sharing a long prefix with the first computes only its uncached tokens
+// (the forward-token counter says so), and its output equals a run that bypasses the cache.
+TEST(GrpcE2ePrefixCacheTest, SharedPrefixComputesOnlyUncachedTokens) {
+  ServerProcess server;
+  const int metrics_port = FreePort();
+  ASSERT_TRUE(server.Start({"--metrics_port=" + std::to_string(metrics_port)}));
+  const std::vector<Reference>& refs = References();
+  std::vector<uint32_t> a = refs[1].prompt_tokens, b = refs[1].prompt_tokens;
+  a.insert(a.end(), refs[2].prompt_tokens.begin() + 1, refs[2].prompt_tokens.begin() + 20);
+  b.insert(b.end(), refs[3].prompt_tokens.begin() + 1, refs[3].prompt_tokens.begin() + 20);
+  auto forward_tokens = [&] {
+    return MetricValue(HttpGet(metrics_port, "/metrics"), "glimpse_forward_tokens_total");
+  };
+  ASSERT_TRUE(Generate(server.stub(), Greedy(a, 16)).status.ok());
+  const double before = forward_tokens();
+  StreamResult cached = Generate(server.stub(), Greedy(b, 16));
+  const double cached_work = forward_tokens() - before;
+  v1::GenerateRequest bypass = Greedy(b, 16);
+  bypass.mutable_kv()->set_bypass_prefix_cache(true);
+  const double before_bypass = forward_tokens();
+  StreamResult uncached = Generate(server.stub(), bypass);
+  const double uncached_work = forward_tokens() - before_bypass;
+  ASSERT_TRUE(cached.status.ok() && uncached.status.ok());
+  EXPECT_EQ(cached.tokens, uncached.tokens);
+  const int shared_tokens = static_cast<int>(refs[1].prompt_tokens.size()) / 16 * 16;
+  EXPECT_EQ(uncached_work, static_cast<double>(b.size() + 15));
+  EXPECT_EQ(cached_work, static_cast<double>(b.size() - shared_tokens + 15));
+  ASSERT_EQ(cached.completes.size(), 1u);
+  EXPECT_EQ(cached.completes[0].usage().cached_tokens(), static_cast<uint32_t>(shared_tokens));
+}
+
+// A KV pool far too small for 8 concurrent sequences forces preemption; every output stays
+// what llama.cpp produced, in recompute and in swap mode.
+TEST(GrpcE2ePreemptionTest, TinyKvPoolPreemptsInBothModesAndOutputsStayIdentical) {
+  const std::vector<Reference>& refs = References();
+  // The bundled model's KV block: 6 layers x (K + V) x 16 slots x 64 floats x 4 bytes.
+  const int64_t block_bytes = 6 * 2 * 16 * 64 * 4;
+  for (const std::string mode : {"recompute", "swap"}) {
+    ServerProcess server;
+    const int metrics_port = FreePort();
+    ASSERT_TRUE(server.Start({"--metrics_port=" + std::to_string(metrics_port),
+                              "--kv_cache_bytes=" + std::to_string(40 * block_bytes),
+                              "--preemption_mode=" + mode,
+                              "--swap_space_bytes=" + std::to_string(200 * block_bytes)}));
+    std::vector<StreamResult> results(8);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 8; ++i) {
+      threads.emplace_back([&, i] {
+        results[i] = Generate(server.stub(), Greedy(refs[i].prompt_tokens, refs[i].tokens.size()));
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (int i = 0; i < 8; ++i) {
+      ASSERT_TRUE(results[i].status.ok()) << mode << " " << results[i].status.error_message();
+      EXPECT_EQ(results[i].tokens, refs[i].tokens) << mode << " stream " << i;
+    }
+    const std::string metrics = HttpGet(metrics_port, "/metrics");
+    EXPECT_GT(MetricValue(metrics, "glimpse_num_preemptions_total"), 0) << mode;
+    EXPECT_TRUE(BlocksReturnToIdle(server.stub())) << mode;
+  }
+}
+
+// With one running sequence and one waiting slot, a burst of requests overflows the queue:
+// the overflow gets RESOURCE_EXHAUSTED, the rest complete.
+TEST(GrpcE2eAdmissionTest, FullQueueAnswersResourceExhausted) {
+  ServerProcess server;
+  ASSERT_TRUE(server.Start({"--max_num_seqs=1", "--max_waiting_requests=1"}));
+  const std::vector<Reference>& refs = References();
+  std::vector<StreamResult> results(6);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 6; ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = Generate(server.stub(), Greedy(refs[i].prompt_tokens, 200));
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  int exhausted = 0, ok = 0;
+  for (const StreamResult& r : results) {
+    if (r.status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) ++exhausted;
+    if (r.status.ok()) ++ok;
+  }
+  EXPECT_GE(exhausted, 1);
+  EXPECT_GE(ok, 1);
+  EXPECT_EQ(exhausted + ok, 6);
+}
+
 // SIGTERM while streams run: health flips to NOT_SERVING, new requests get UNAVAILABLE, the
 // running streams finish, and the process exits 0.
 TEST(GrpcE2eDrainTest, SigtermDrainsThenExitsZero) {
