@@ -137,10 +137,10 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest requ
   return stream;
 }
 
-bool Engine::Abort(const std::string& request_id) {
+bool Engine::Abort(const std::string& request_id, std::string reason) {
   absl::MutexLock lock(&mu_);
   if (!in_flight_ids_.contains(request_id)) return false;
-  abort_inbox_.push_back(request_id);
+  abort_inbox_.push_back({request_id, std::move(reason)});
   return true;
 }
 
@@ -165,7 +165,7 @@ bool Engine::WaitIdle(absl::Duration timeout) {
 void Engine::Loop() {
   std::vector<EngineRequest> requests;
   std::vector<std::shared_ptr<RequestStream>> streams;
-  std::vector<std::string> aborts;
+  std::vector<AbortOrder> aborts;
   while (true) {
     {
       absl::MutexLock lock(&mu_);
@@ -193,7 +193,7 @@ void Engine::Loop() {
 
 void Engine::AdmitInbox(std::vector<EngineRequest>& requests,
                         std::vector<std::shared_ptr<RequestStream>>& streams,
-                        std::vector<std::string>& aborts) {
+                        std::vector<AbortOrder>& aborts) {
   const Clock::time_point now = Clock::now();
   for (size_t i = 0; i < requests.size(); ++i) {
     auto request = std::make_unique<Request>();
@@ -219,10 +219,10 @@ void Engine::AdmitInbox(std::vector<EngineRequest>& requests,
   }
   requests.clear();
   streams.clear();
-  for (const std::string& id : aborts) {
-    auto it = requests_.find(id);
+  for (const AbortOrder& order : aborts) {
+    auto it = requests_.find(order.request_id);
     if (it == requests_.end() || it->second->finished()) continue;
-    FinishRequest(it->second.get(), FinishReason::kAbort, "aborted by request", absl::OkStatus());
+    FinishRequest(it->second.get(), FinishReason::kAbort, order.reason, absl::OkStatus());
   }
   aborts.clear();
 }
@@ -548,9 +548,15 @@ void Engine::PublishLoad() {
 
 void Engine::PublishLoadLocked() {
   int32_t waiting_requests = 0;
+  int64_t waiting_tokens = 0;
   for (auto& [id, request] : requests_) {
     if (!request->scheduled_once && !request->finished()) ++waiting_requests;
+    for (const auto& seq : request->sequences) {
+      if (seq->state == SequenceState::kWaiting) waiting_tokens += seq->num_uncomputed();
+    }
   }
+  load_.num_waiting_tokens = waiting_tokens;
+  load_.kv_blocks_cached_free = kv_manager_->num_cached_free_blocks();
   load_.num_running = scheduler_->num_running();
   load_.num_waiting = scheduler_->num_waiting();
   load_.num_swapped = scheduler_->num_swapped();

@@ -58,6 +58,10 @@ struct EngineLoad {
   int32_t num_requests = 0;  // In-flight requests.
   int32_t kv_blocks_used = 0;
   int32_t kv_blocks_total = 0;
+  int32_t kv_blocks_cached_free = 0;  // Free blocks still holding a reusable cached prefix.
+  // Tokens waiting sequences still have to compute (prompt, or everything after a recompute
+  // preemption), before any prefix-cache hit: what a router's least-load policy weighs.
+  int64_t num_waiting_tokens = 0;
   int64_t num_steps = 0;
   int64_t num_forward_tokens = 0;
   int64_t num_prompt_tokens = 0;      // Prompt tokens of admitted requests.
@@ -82,9 +86,9 @@ class Engine {
 
   void Start();
   absl::StatusOr<std::shared_ptr<RequestStream>> Submit(EngineRequest request);
-  // Finishes the request with FinishReason kAbort (status OK). Unknown or finished ids are
-  // ignored; returns whether the id was in flight.
-  bool Abort(const std::string& request_id);
+  // Finishes the request with FinishReason kAbort (status OK) and `reason` as the completion's
+  // message. Unknown or finished ids are ignored; returns whether the id was in flight.
+  bool Abort(const std::string& request_id, std::string reason = "aborted by request");
   EngineLoad GetLoad() const;
   // New requests are refused with UNAVAILABLE from now on; in-flight ones continue.
   void StartDrain();
@@ -100,9 +104,13 @@ class Engine {
  private:
   Engine(model::LlamaModel& model, const model::Tokenizer& tokenizer, const EngineOptions& options);
   void Loop();
+  struct AbortOrder {
+    std::string request_id;
+    std::string reason;
+  };
   void AdmitInbox(std::vector<EngineRequest>& requests,
                   std::vector<std::shared_ptr<RequestStream>>& streams,
-                  std::vector<std::string>& aborts);
+                  std::vector<AbortOrder>& aborts);
   void CheckCancellations(Clock::time_point now);
   void Step();
   void ExecuteCopies(const std::vector<KvCopy>& copies);
@@ -135,7 +143,7 @@ class Engine {
   mutable absl::Mutex mu_;
   std::vector<EngineRequest> inbox_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<RequestStream>> inbox_streams_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::string> abort_inbox_ ABSL_GUARDED_BY(mu_);
+  std::vector<AbortOrder> abort_inbox_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<std::string> in_flight_ids_ ABSL_GUARDED_BY(mu_);
   int32_t num_waiting_requests_ ABSL_GUARDED_BY(mu_) = 0;  // Submitted, not yet admitted to run.
   EngineLoad load_ ABSL_GUARDED_BY(mu_);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <utility>
 
@@ -341,8 +342,7 @@ grpc::ServerUnaryReactor* EngineService::Abort(grpc::CallbackServerContext* cont
     ids.assign(request->request_ids().begin(), request->request_ids().end());
   }
   for (const std::string& id : ids) {
-    // TODO(#3): pass `reason` to the engine so that it becomes Complete.message.
-    if (engine_.Abort(id)) {
+    if (engine_.Abort(id, request->reason().empty() ? "aborted by request" : request->reason())) {
       response->add_aborted(id);
     } else {
       response->add_not_found(id);
@@ -507,10 +507,13 @@ grpc::ServerUnaryReactor* EngineService::GetLoads(grpc::CallbackServerContext* c
                                o.scheduler.max_running_sequences
                          : 0.0);
   l->set_max_running_requests(o.scheduler.max_running_sequences);
+  l->set_num_waiting_uncached_tokens(static_cast<int32_t>(
+      std::min<int64_t>(load.num_waiting_tokens, std::numeric_limits<int32_t>::max())));
   if (spec) l->mutable_speculation();  // No speculation yet: all zero.
   if (kv) {
     l->mutable_kv()->set_used_blocks(static_cast<uint32_t>(load.kv_blocks_used));
     l->mutable_kv()->set_total_blocks(static_cast<uint32_t>(load.kv_blocks_total));
+    l->mutable_kv()->set_cached_free_blocks(static_cast<uint32_t>(load.kv_blocks_cached_free));
   }
   if (queues) {
     l->mutable_queues()->set_waiting(static_cast<uint32_t>(load.num_waiting));

@@ -197,10 +197,22 @@ TEST_F(EngineTest, CancelAndDeadlineFreeBlocksWithinAStep) {
 
   auto to_abort = *engine->Submit(Greedy("abort-me", refs[0].prompt, 400));
   to_abort->Next();
-  EXPECT_TRUE(engine->Abort("abort-me"));
-  Collected ab = Drain(*to_abort, 1);
-  EXPECT_TRUE(ab.status.ok());
-  EXPECT_EQ(ab.finish[0], FinishReason::kAbort);
+  EXPECT_TRUE(engine->Abort("abort-me", "operator said so"));
+  std::string message;
+  while (true) {
+    RequestOutput out = to_abort->Next();
+    for (const SequenceDelta& d : out.deltas) {
+      if (d.finished) {
+        EXPECT_EQ(d.finish_reason, FinishReason::kAbort);
+        message = d.message;
+      }
+    }
+    if (out.done) {
+      EXPECT_TRUE(out.status.ok());
+      break;
+    }
+  }
+  EXPECT_EQ(message, "operator said so");
   EXPECT_FALSE(engine->Abort("abort-me"));
 }
 
