@@ -396,6 +396,51 @@ TEST_F(GrpcE2eTest, HealthServicesReportServing) {
   EXPECT_EQ(info.max_context_length(), 512u);
 }
 
+// What grpcurl does first: ServerReflectionInfo with list_services. Debian ships no
+// reflection stubs, so the request is hand-encoded: ServerReflectionRequest field 7
+// (list_services, a string) = "" is the two bytes 0x3a 0x00. The response lists service
+// names as plain strings, which is all this checks.
+TEST_F(GrpcE2eTest, ServerReflectionListsTheEngineAndHealthServices) {
+  grpc::GenericStub stub(server_->channel());
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  auto call = stub.PrepareCall(
+      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  auto wait = [&cq](intptr_t want) {
+    void* tag = nullptr;
+    bool ok = false;
+    EXPECT_TRUE(cq.Next(&tag, &ok));
+    EXPECT_EQ(reinterpret_cast<intptr_t>(tag), want);
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(wait(1));
+  const std::string request("\x3a\x00", 2);
+  grpc::Slice slice(request);
+  grpc::ByteBuffer buffer(&slice, 1);
+  call->Write(buffer, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(wait(2));
+  call->WritesDone(reinterpret_cast<void*>(3));
+  ASSERT_TRUE(wait(3));
+  grpc::ByteBuffer response;
+  call->Read(&response, reinterpret_cast<void*>(4));
+  ASSERT_TRUE(wait(4)) << "no reflection response: is server reflection enabled?";
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  wait(5);
+  cq.Shutdown();
+  void* tag;
+  bool ok;
+  while (cq.Next(&tag, &ok)) {
+  }
+  grpc::Slice out;
+  ASSERT_TRUE(response.DumpToSingleSlice(&out).ok());
+  const std::string body(reinterpret_cast<const char*>(out.begin()), out.size());
+  EXPECT_NE(body.find("glimpse.v1.Engine"), std::string::npos);
+  EXPECT_NE(body.find("grpc.health.v1.Health"), std::string::npos);
+}
+
 // A fresh server, so that the decode-batch figures cover only these 32 streams.
 TEST(GrpcE2eConcurrencyTest, ThirtyTwoConcurrentStreamsMatchAloneAndBatch) {
   ServerProcess server;
