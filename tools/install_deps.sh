@@ -25,6 +25,7 @@ PACKAGES=(
   libgtest-dev
   libgmock-dev
   nlohmann-json3-dev
+  libboost-dev
   libprotobuf-dev
   libgrpc++-dev
   # Code generators used by //third_party/proto:cc_grpc.bzl.
