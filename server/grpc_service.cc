@@ -6,9 +6,11 @@
 #include <memory>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "model/chat_template.h"
 #include "spdlog/spdlog.h"
 
 namespace glimpse::server {
@@ -265,29 +267,50 @@ int EngineService::num_active_calls() const {
   return static_cast<int>(active_.size());
 }
 
+// Renders chat messages with the model's chat template (or the request's), then tokenizes the
+// result with special-token parsing. BOS is added per the model's metadata unless the
+// rendered text already starts with it (templates that write bos_token themselves).
+grpc::ServerUnaryReactor* EngineService::TokenizeChat(grpc::CallbackServerContext* context,
+                                                     const v1::TokenizeRequest* request,
+                                                     v1::TokenizeResponse* response) {
+  const v1::ChatInput& chat = request->chat();
+  if (chat.messages().empty()) {
+    return FinishUnary(context, absl::InvalidArgumentError(
+                                    "chat.messages: at least one message is required"));
+  }
+  std::vector<model::ChatMessage> messages;
+  for (const v1::ChatMessage& m : chat.messages()) messages.push_back({m.role(), m.content()});
+  const std::string bos = tokenizer_.bos_id() >= 0 ? tokenizer_.piece(tokenizer_.bos_id()) : "";
+  const std::string eos = tokenizer_.eos_id() >= 0 ? tokenizer_.piece(tokenizer_.eos_id()) : "";
+  const model::ChatTemplate chat_template = model::ChatTemplate::FromText(
+      chat.has_chat_template() ? chat.chat_template() : options_.chat_template, bos, eos);
+  absl::StatusOr<std::string> rendered = chat_template.Render(
+      messages, chat.has_add_generation_prompt() ? chat.add_generation_prompt() : true);
+  if (!rendered.ok()) return FinishUnary(context, rendered.status());
+  const bool starts_with_bos = !bos.empty() && absl::StartsWith(*rendered, bos);
+  const bool add_special =
+      (request->has_add_special_tokens() ? request->add_special_tokens() : true) && !starts_with_bos;
+  const std::vector<int32_t> ids = tokenizer_.Encode(*rendered, add_special, /*parse_special=*/true);
+  response->mutable_token_ids()->Add(ids.begin(), ids.end());
+  if (request->return_pieces()) {
+    for (int32_t id : ids) {
+      response->add_pieces(SanitizeUtf8(tokenizer_.TokenToPiece(id, /*render_special=*/true)));
+    }
+  }
+  response->set_count(static_cast<uint32_t>(ids.size()));
+  response->set_max_context_length(static_cast<uint32_t>(served_.context_length));
+  response->set_rendered_prompt(*std::move(rendered));
+  return FinishUnary(context, absl::OkStatus());
+}
+
 grpc::ServerUnaryReactor* EngineService::Tokenize(grpc::CallbackServerContext* context,
                                                  const v1::TokenizeRequest* request,
                                                  v1::TokenizeResponse* response) {
   switch (request->input_case()) {
     case v1::TokenizeRequest::kText:
       break;
-    case v1::TokenizeRequest::kChat: {
-      if (request->chat().messages().empty()) {
-        return FinishUnary(context, absl::InvalidArgumentError(
-                                        "chat.messages: at least one message is required"));
-      }
-      const bool has_template =
-          request->chat().has_chat_template() ? !request->chat().chat_template().empty()
-                                              : !options_.chat_template.empty();
-      if (!has_template) {
-        return FinishUnary(context, absl::InvalidArgumentError(
-            "chat: the served model has no chat template (GGUF tokenizer.chat_template) and "
-            "the request gives none in chat.chat_template"));
-      }
-      // TODO(#3): render Jinja chat templates (needs a template engine).
-      return FinishUnary(context, absl::UnimplementedError(
-                                      "chat: rendering chat templates is not supported yet"));
-    }
+    case v1::TokenizeRequest::kChat:
+      return TokenizeChat(context, request, response);
     case v1::TokenizeRequest::INPUT_NOT_SET:
       return FinishUnary(context, absl::InvalidArgumentError(
                                       "input: exactly one of text or chat is required"));

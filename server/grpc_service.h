@@ -91,6 +91,10 @@ class EngineService final : public glimpse::v1::Engine::CallbackService {
 
  private:
   friend class GenerateReactor;
+  grpc::ServerUnaryReactor* TokenizeChat(grpc::CallbackServerContext* context,
+                                         const v1::TokenizeRequest* request,
+                                         v1::TokenizeResponse* response);
+
   // The reactor of a finished call forgets its request id.
   void Forget(const std::string& request_id);
   // Recent output tokens per second, from the engine's cumulative counter.

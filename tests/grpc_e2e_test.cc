@@ -338,14 +338,30 @@ TEST_F(GrpcE2eTest, TokenizeAndDetokenizeRoundTrip) {
   ASSERT_TRUE(stub().Detokenize(&c4, detokenize, &text).ok());
   EXPECT_EQ(text.text(), ref.prompt);
 
+  // The bundled model has no chat template: the documented default (ChatML) renders it.
   grpc::ClientContext c3;
   v1::TokenizeRequest chat;
   auto* message = chat.mutable_chat()->add_messages();
   message->set_role("user");
   message->set_content("hi");
-  grpc::Status s = stub().Tokenize(&c3, chat, &ids);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(s.error_message().find("chat template"), std::string::npos) << s.error_message();
+  v1::TokenizeResponse chat_ids;
+  ASSERT_TRUE(stub().Tokenize(&c3, chat, &chat_ids).ok());
+  EXPECT_EQ(chat_ids.rendered_prompt(), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_GT(chat_ids.count(), 5u);
+  // A request-supplied Llama 3 template is recognised and rendered natively.
+  grpc::ClientContext c5;
+  chat.mutable_chat()->set_chat_template(
+      "{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>"
+      "{% endfor %}");
+  ASSERT_TRUE(stub().Tokenize(&c5, chat, &chat_ids).ok());
+  EXPECT_NE(chat_ids.rendered_prompt().find("<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"),
+            std::string::npos)
+      << chat_ids.rendered_prompt();
+  // Role-order violations are INVALID_ARGUMENT.
+  grpc::ClientContext c6;
+  v1::TokenizeRequest bad;
+  bad.mutable_chat()->add_messages()->set_role("narrator");
+  EXPECT_EQ(stub().Tokenize(&c6, bad, &chat_ids).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(GrpcE2eTest, BadRequestsGetTheDocumentedStatus) {
