@@ -140,9 +140,12 @@ class AsyncHttpSession : public std::enable_shared_from_this<AsyncHttpSession> {
   bool first_request_ = true;
 };
 
+// Holds its session alive (a strong reference) until the response ended or the connection
+// closed, so a handler may answer long after the read that produced the request finished;
+// then it lets go, breaking the session <-> responder cycle.
 class AsyncHttpSession::ResponderImpl : public Responder {
  public:
-  explicit ResponderImpl(std::weak_ptr<AsyncHttpSession> session) : session_(std::move(session)) {}
+  explicit ResponderImpl(std::shared_ptr<AsyncHttpSession> session) : session_(std::move(session)) {}
 
   void Send(HttpResponse response) override {
     if (auto s = Live()) s->Post([r = std::move(response)](AsyncHttpSession& x) mutable { x.SendResponse(std::move(r)); });
@@ -169,28 +172,36 @@ class AsyncHttpSession::ResponderImpl : public Responder {
     on_close_ = std::move(callback);
   }
 
-  // Session side: the connection ended before the response did.
+  // Session side (strand): the connection ended before the response did.
   void MarkClosed() {
     std::function<void()> callback;
+    std::shared_ptr<AsyncHttpSession> release;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (closed_.exchange(true)) return;
       callback = std::move(on_close_);
+      release = std::move(session_);
     }
     if (callback) callback();
   }
-  // Session side: the response is complete; later calls are ignored.
-  void MarkDone() { done_.store(true); }
+  // Session side (strand): the response is complete; later calls are ignored.
+  void MarkDone() {
+    std::shared_ptr<AsyncHttpSession> release;
+    std::lock_guard<std::mutex> lock(mu_);
+    done_.store(true);
+    release = std::move(session_);
+  }
 
  private:
-  std::shared_ptr<AsyncHttpSession> Live() const {
+  std::shared_ptr<AsyncHttpSession> Live() {
+    std::lock_guard<std::mutex> lock(mu_);
     if (closed_.load() || done_.load()) return nullptr;
-    return session_.lock();
+    return session_;
   }
-  std::weak_ptr<AsyncHttpSession> session_;
   std::atomic<bool> closed_{false};
   std::atomic<bool> done_{false};
   std::mutex mu_;
+  std::shared_ptr<AsyncHttpSession> session_;  // Guarded by mu_; null once done or closed.
   std::function<void()> on_close_;
 };
 
@@ -233,7 +244,9 @@ void AsyncHttpSession::OnRead(beast::error_code ec) {
   keep_alive_ = msg.keep_alive() && !server_.impl_->stopping.load();
   response_started_ = false;
   response_done_ = false;
-  responder_ = std::make_shared<ResponderImpl>(weak_from_this());
+  responder_ = std::make_shared<ResponderImpl>(shared_from_this());
+  // A client that leaves while its request is handled (or streamed) is noticed at once.
+  WatchForClose();
   server_.Dispatch(std::move(request), responder_);
 }
 
@@ -244,7 +257,7 @@ void AsyncHttpSession::Reject(int status, std::string message) {
   response.headers.Add("Content-Type", "application/json");
   response.body = absl::StrCat("{\"error\":{\"message\":\"", message,
                                "\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":null}}");
-  responder_ = std::make_shared<ResponderImpl>(weak_from_this());
+  responder_ = std::make_shared<ResponderImpl>(shared_from_this());
   SendResponse(std::move(response));
 }
 
@@ -264,7 +277,6 @@ void AsyncHttpSession::BeginStream(int status, HttpHeaders headers) {
   std::string bytes = Head(status, headers, keep_alive_);
   bytes += "Transfer-Encoding: chunked\r\n\r\n";
   Enqueue(std::move(bytes));
-  WatchForClose();
 }
 
 void AsyncHttpSession::WriteChunk(std::string data) {

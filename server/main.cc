@@ -6,6 +6,7 @@
 
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "server/gateway_command.h"
 #include "server/generate_command.h"
 #include "server/make_model_command.h"
 #include "server/serve_command.h"
@@ -22,6 +23,8 @@ constexpr char kUsage[] =
     "\n"
     "Commands:\n"
     "  serve       Serve --model over gRPC (glimpse.v1.Engine) on --host:--port until SIGTERM.\n"
+    "  gateway     OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions) in front\n"
+    "              of one or more `serve` replicas (--backends=host:port,...).\n"
     "  generate    Generate a continuation of --prompt with --model and stream it to stdout.\n"
     "  tokenize    Print the token ids and pieces of --prompt.\n"
     "  make-model  Write a GGUF with random weights in a real model's shape (--shape, --out).\n"
@@ -51,6 +54,7 @@ int main(int argc, char** argv) {
   }
   const std::string command = positional[1];
   if (command == "serve") return glimpse::server::RunServeCommand();
+  if (command == "gateway") return glimpse::server::RunGatewayCommand();
   if (command == "generate") return glimpse::server::RunGenerateCommand();
   if (command == "tokenize") return glimpse::server::RunTokenizeCommand();
   if (command == "make-model") return glimpse::server::RunMakeModelCommand();

@@ -27,6 +27,7 @@
 #include "server/http_server.h"
 #include "server/loaded_model.h"
 #include "server/engine_metrics_observer.h"
+#include "server/gateway_command.h"
 #include "server/metrics.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -65,6 +66,9 @@ ABSL_FLAG(bool, enable_prefix_caching, true,
 ABSL_FLAG(int32_t, drain_timeout_seconds, 30,
           "serve: on SIGTERM/SIGINT, how long in-flight requests may run before they are "
           "aborted and the server exits.");
+ABSL_FLAG(int32_t, http_port, 0,
+          "serve: if > 0, also run the OpenAI-compatible HTTP gateway in-process on "
+          "http://HOST:PORT/v1 (0 = off); see `glimpse gateway` for its flags.");
 ABSL_FLAG(int32_t, metrics_port, 0,
           "serve: if > 0, serve Prometheus metrics on http://HOST:PORT/metrics (0 = off).");
 
@@ -346,9 +350,27 @@ int RunServeCommand() {
   std::fflush(stdout);
   spdlog::info("serving glimpse.v1.Engine on {} ({} backend)", bound, loaded->backend->name());
 
+  std::unique_ptr<Gateway> gateway;
+  if (absl::GetFlag(FLAGS_http_port) > 0) {
+    absl::StatusOr<GatewayOptions> gateway_options =
+        GatewayOptionsFromFlags({bound}, config->host, absl::GetFlag(FLAGS_http_port));
+    if (!gateway_options.ok()) {
+      spdlog::error("cannot start the HTTP gateway: {}", std::string(gateway_options.status().message()));
+      return 2;
+    }
+    gateway = std::make_unique<Gateway>(*std::move(gateway_options));
+    if (absl::Status s = gateway->Start(absl::Seconds(10)); !s.ok()) {
+      spdlog::error("cannot start the HTTP gateway: {}", std::string(s.message()));
+      return 1;
+    }
+    std::printf("glimpse serve: OpenAI API on http://%s:%d/v1\n", config->host.c_str(), gateway->port());
+    std::fflush(stdout);
+  }
+
   const int signal = WaitForShutdownSignal();
   spdlog::info("received {}; shutting down", signal == SIGTERM ? "SIGTERM" : "SIGINT");
   Drain(*config, lifecycle, **engine, service, *server);
+  if (gateway != nullptr) gateway->Shutdown();
   if ((*metrics)->http != nullptr) (*metrics)->http->Shutdown();
   spdlog::info("shut down cleanly");
   return 0;
