@@ -6,6 +6,7 @@
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <array>
 #include <chrono>
 #include <deque>
 #include <mutex>
@@ -123,6 +124,8 @@ class AsyncHttpSession : public std::enable_shared_from_this<AsyncHttpSession> {
   void Flush();
   void OnWrite(beast::error_code ec);
   void WatchForClose();
+  void GracefulClose();
+  void DrainInput();
   void Close();
 
   beast::tcp_stream stream_;
@@ -138,6 +141,7 @@ class AsyncHttpSession : public std::enable_shared_from_this<AsyncHttpSession> {
   bool response_done_ = false;
   bool closed_ = false;
   bool first_request_ = true;
+  std::array<char, 4096> drain_buffer_;
 };
 
 // Holds its session alive (a strong reference) until the response ended or the connection
@@ -316,8 +320,26 @@ void AsyncHttpSession::OnWrite(beast::error_code ec) {
   if (keep_alive_ && !server_.impl_->stopping.load()) {
     ReadRequest();
   } else {
-    Close();
+    GracefulClose();
   }
+}
+
+// Ends the connection after a response without keep-alive: stop sending, then read and
+// discard what the client still sends (for up to a second) before closing, so that a client
+// still writing (an oversized body, say) gets to read our answer instead of a reset.
+void AsyncHttpSession::GracefulClose() {
+  beast::error_code ignored;
+  stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  stream_.expires_after(std::chrono::seconds(1));
+  DrainInput();
+}
+
+void AsyncHttpSession::DrainInput() {
+  stream_.async_read_some(net::buffer(drain_buffer_),
+                          [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                            if (ec) return self->Close();
+                            self->DrainInput();
+                          });
 }
 
 // While streaming, a readable socket that holds no data means the client hung up.

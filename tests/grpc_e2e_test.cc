@@ -25,6 +25,7 @@
 #include "nlohmann/json.hpp"
 #include "proto/glimpse/v1/engine.grpc.pb.h"
 #include "proto/glimpse/v1/engine.pb.h"
+#include "tests/child_process.h"
 
 namespace glimpse {
 namespace {
@@ -55,95 +56,29 @@ const std::vector<Reference>& References() {
   return *refs;
 }
 
-// A free loopback TCP port (bound and released; good enough for a test).
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
+using glimpse::testing::FreePort;
 
-// One `glimpse serve` child process. Killed (SIGKILL) on destruction if still running.
+// One `glimpse serve` child process with a gRPC stub to it.
 class ServerProcess {
  public:
-  ~ServerProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (stdout_fd_ >= 0) close(stdout_fd_);
-  }
-
-  // Starts the server and waits (up to 60 s) for its "listening on" line.
   ::testing::AssertionResult Start(const std::vector<std::string>& extra_flags) {
-    int fds[2];
-    if (pipe(fds) != 0) return ::testing::AssertionFailure() << "pipe failed";
     std::vector<std::string> args = {"server/glimpse", "serve", "--port=0", "--threads=2",
                                      "--model=models/tinycode-4m-f16.gguf"};
     args.insert(args.end(), extra_flags.begin(), extra_flags.end());
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(fds[1], STDOUT_FILENO);
-      close(fds[0]);
-      close(fds[1]);
-      std::vector<char*> argv;
-      for (std::string& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(fds[1]);
-    stdout_fd_ = fds[0];
-    std::string out;
-    const auto until = Clock::now() + std::chrono::seconds(60);
-    const std::string marker = "glimpse serve: listening on 127.0.0.1:";
-    while (Clock::now() < until) {
-      pollfd p{stdout_fd_, POLLIN, 0};
-      if (poll(&p, 1, 100) <= 0) continue;
-      char buf[256];
-      const ssize_t n = read(stdout_fd_, buf, sizeof(buf));
-      if (n <= 0) return ::testing::AssertionFailure() << "server exited early: " << out;
-      out.append(buf, static_cast<size_t>(n));
-      const size_t at = out.find(marker);
-      if (at != std::string::npos && out.find('\n', at) != std::string::npos) {
-        port_ = std::stoi(out.substr(at + marker.size()));
-        channel_ = grpc::CreateChannel(absl_address(), grpc::InsecureChannelCredentials());
-        stub_ = v1::Engine::NewStub(channel_);
-        return ::testing::AssertionSuccess();
-      }
-    }
-    return ::testing::AssertionFailure() << "no 'listening on' line: " << out;
+    ::testing::AssertionResult started = process_.Start(args, "glimpse serve: listening on ");
+    if (!started) return started;
+    channel_ = grpc::CreateChannel(absl_address(), grpc::InsecureChannelCredentials());
+    stub_ = v1::Engine::NewStub(channel_);
+    return ::testing::AssertionSuccess();
   }
-
-  void Signal(int sig) const { kill(pid_, sig); }
-
-  // The exit code, or -1 if the process has not exited within `timeout`.
-  int WaitExit(std::chrono::milliseconds timeout) {
-    const auto until = Clock::now() + timeout;
-    while (Clock::now() < until) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return -1;
-  }
-
-  std::string absl_address() const { return "127.0.0.1:" + std::to_string(port_); }
+  void Signal(int sig) const { process_.Signal(sig); }
+  int WaitExit(std::chrono::milliseconds timeout) { return process_.WaitExit(timeout); }
+  std::string absl_address() const { return "127.0.0.1:" + std::to_string(process_.port()); }
   v1::Engine::Stub& stub() { return *stub_; }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
 
  private:
-  pid_t pid_ = -1;
-  int stdout_fd_ = -1;
-  int port_ = 0;
+  glimpse::testing::ChildProcess process_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Engine::Stub> stub_;
 };

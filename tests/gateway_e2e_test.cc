@@ -1,0 +1,296 @@
+// The OpenAI-compatible gateway end to end: real `glimpse serve` replicas and a real
+// `glimpse gateway` process on loopback ports, driven with plain HTTP/1.1 clients (raw
+// sockets). Outputs are checked against llama.cpp's references; errors against OpenAI's shape.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/child_process.h"
+
+namespace glimpse {
+namespace {
+
+using glimpse::testing::ChildProcess;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+struct Reference {
+  std::vector<int> prompt_tokens;
+  std::vector<int> tokens;
+  std::string text;
+};
+
+std::vector<Reference> References() {
+  std::ifstream in("tests/data/refs/greedy_short.jsonl");
+  std::vector<Reference> refs;
+  std::string line;
+  while (std::getline(in, line)) {
+    json j = json::parse(line);
+    refs.push_back({j["prompt_tokens"].get<std::vector<int>>(), j["tokens"].get<std::vector<int>>(),
+                    j["text"].get<std::string>()});
+  }
+  return refs;
+}
+
+struct HttpResult {
+  int status = 0;
+  std::string headers;
+  std::string body;  // De-chunked.
+};
+
+int Connect(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+std::string Dechunk(const std::string& raw) {
+  std::string out;
+  size_t at = 0;
+  while (at < raw.size()) {
+    const size_t eol = raw.find("\r\n", at);
+    if (eol == std::string::npos) break;
+    const size_t size = std::stoul(raw.substr(at, eol - at), nullptr, 16);
+    if (size == 0) break;
+    out += raw.substr(eol + 2, size);
+    at = eol + 2 + size + 2;
+  }
+  return out;
+}
+
+// One request on a fresh connection ("Connection: close"); reads until the server closes.
+HttpResult Http(int port, const std::string& method, const std::string& path,
+                const std::string& body = "", const std::string& extra_headers = "") {
+  HttpResult r;
+  const int fd = Connect(port);
+  if (fd < 0) return r;
+  const std::string request = method + " " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" +
+                              extra_headers + "Content-Length: " + std::to_string(body.size()) +
+                              "\r\n\r\n" + body;
+  size_t off = 0;
+  while (off < request.size()) {
+    // MSG_NOSIGNAL: a server that answers early (413) and closes must not kill the test.
+    const ssize_t n = send(fd, request.data() + off, request.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) break;
+    off += static_cast<size_t>(n);
+  }
+  std::string raw;
+  char buf[8192];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) raw.append(buf, static_cast<size_t>(n));
+  close(fd);
+  const size_t head_end = raw.find("\r\n\r\n");
+  if (head_end == std::string::npos) return r;
+  r.headers = raw.substr(0, head_end);
+  r.status = std::stoi(raw.substr(9, 3));
+  const std::string body_raw = raw.substr(head_end + 4);
+  r.body = r.headers.find("Transfer-Encoding: chunked") != std::string::npos ? Dechunk(body_raw)
+                                                                             : body_raw;
+  return r;
+}
+
+// The `data:` payloads of an SSE body.
+std::vector<std::string> Events(const std::string& body) {
+  std::vector<std::string> events;
+  size_t at = 0;
+  while ((at = body.find("data: ", at)) != std::string::npos) {
+    const size_t end = body.find("\n\n", at);
+    events.push_back(body.substr(at + 6, end - at - 6));
+    at = end;
+  }
+  return events;
+}
+
+double Metric(const std::string& text, const std::string& name_with_labels) {
+  const size_t at = text.find("\n" + name_with_labels + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + name_with_labels.size() + 2));
+}
+
+class GatewayE2eTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    replica_ = new ChildProcess;
+    replica_metrics_ = testing::FreePort();
+    ASSERT_TRUE(replica_->Start({"server/glimpse", "serve", "--port=0", "--threads=2",
+                                 "--model=models/tinycode-4m-f16.gguf",
+                                 "--metrics_port=" + std::to_string(replica_metrics_)},
+                                "glimpse serve: listening on "));
+    gateway_ = new ChildProcess;
+    ASSERT_TRUE(gateway_->Start({"server/glimpse", "gateway", "--port=0",
+                                 "--backends=127.0.0.1:" + std::to_string(replica_->port())},
+                                "glimpse gateway: listening on "));
+  }
+  static void TearDownTestSuite() {
+    delete gateway_;
+    delete replica_;
+  }
+  static int port() { return gateway_->port(); }
+
+  static ChildProcess* replica_;
+  static ChildProcess* gateway_;
+  static int replica_metrics_;
+};
+
+ChildProcess* GatewayE2eTest::replica_ = nullptr;
+ChildProcess* GatewayE2eTest::gateway_ = nullptr;
+int GatewayE2eTest::replica_metrics_ = 0;
+
+TEST_F(GatewayE2eTest, CompletionReproducesLlamaCppAndReportsUsage) {
+  const Reference ref = References()[0];
+  json req = {{"prompt", ref.prompt_tokens}, {"max_tokens", ref.tokens.size()},
+              {"temperature", 0}, {"ignore_eos", true}};
+  HttpResult r = Http(port(), "POST", "/v1/completions", req.dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  json body = json::parse(r.body);
+  EXPECT_EQ(body["object"], "text_completion");
+  EXPECT_EQ(body["choices"][0]["text"], ref.text);
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(body["usage"]["completion_tokens"], ref.tokens.size());
+  EXPECT_EQ(body["usage"]["prompt_tokens"], ref.prompt_tokens.size());
+}
+
+TEST_F(GatewayE2eTest, StreamingChatFollowsOpenAisEventShape) {
+  json req = {{"messages", {{{"role", "user"}, {"content", "def f(x):"}}}},
+              {"max_tokens", 8}, {"temperature", 0}, {"stream", true}, {"n", 2},
+              {"stream_options", {{"include_usage", true}}}};
+  HttpResult r = Http(port(), "POST", "/v1/chat/completions", req.dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_NE(r.headers.find("text/event-stream"), std::string::npos);
+  std::vector<std::string> events = Events(r.body);
+  ASSERT_GE(events.size(), 4u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::vector<bool> saw_role(2, false), finished(2, false);
+  std::vector<std::string> text(2);
+  for (size_t i = 0; i + 2 < events.size(); ++i) {
+    json e = json::parse(events[i]);
+    EXPECT_EQ(e["object"], "chat.completion.chunk");
+    for (const json& c : e["choices"]) {
+      const int index = c["index"].get<int>();
+      ASSERT_LT(index, 2);
+      EXPECT_FALSE(finished[index]) << "chunk after finish_reason";
+      if (c["delta"].contains("role")) saw_role[index] = true;
+      if (c["delta"].contains("content")) text[index] += c["delta"]["content"].get<std::string>();
+      if (!c["finish_reason"].is_null()) finished[index] = true;
+    }
+  }
+  json usage = json::parse(events[events.size() - 2]);
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 16);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_TRUE(saw_role[i]);
+    EXPECT_TRUE(finished[i]);
+  }
+  EXPECT_EQ(text[0], text[1]) << "greedy choices agree";
+  EXPECT_FALSE(text[0].empty());
+}
+
+TEST_F(GatewayE2eTest, ErrorsUseOpenAisShapeAndStatus) {
+  HttpResult bad_type = Http(port(), "POST", "/v1/completions", R"({"prompt":"x","max_tokens":"a"})");
+  EXPECT_EQ(bad_type.status, 400);
+  json e = json::parse(bad_type.body);
+  EXPECT_EQ(e["error"]["param"], "max_tokens");
+  EXPECT_EQ(e["error"]["type"], "invalid_request_error");
+  EXPECT_EQ(Http(port(), "POST", "/v1/completions", "{not json").status, 400);
+  EXPECT_EQ(Http(port(), "POST", "/v1/completions", R"({"prompt":"x","model":"nope"})").status, 404);
+  HttpResult too_long = Http(port(), "POST", "/v1/completions",
+                             json({{"prompt", std::vector<int>(600, 100)}, {"max_tokens", 4}}).dump());
+  EXPECT_EQ(too_long.status, 400);
+  EXPECT_NE(too_long.body.find("context_length_exceeded"), std::string::npos) << too_long.body;
+  EXPECT_EQ(Http(port(), "POST", "/v1/completions", std::string(17 << 20, 'x')).status, 413);
+  EXPECT_EQ(Http(port(), "GET", "/nope").status, 404);
+  HttpResult models = Http(port(), "GET", "/v1/models");
+  ASSERT_EQ(models.status, 200);
+  EXPECT_EQ(json::parse(models.body)["data"][0]["id"], "tinycode-4m-f16");
+  EXPECT_EQ(Http(port(), "GET", "/health").status, 200);
+}
+
+TEST_F(GatewayE2eTest, DisconnectMidStreamFreesTheRequestOnTheReplica) {
+  const Reference ref = References()[1];
+  json req = {{"prompt", ref.prompt_tokens}, {"max_tokens", 300}, {"ignore_eos", true},
+              {"temperature", 0}, {"stream", true}};
+  const int fd = Connect(port());
+  const std::string body = req.dump();
+  const std::string request = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                              std::to_string(body.size()) + "\r\n\r\n" + body;
+  ASSERT_EQ(write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
+  char buf[4096];
+  ASSERT_GT(read(fd, buf, sizeof(buf)), 0);  // Streaming has begun.
+  close(fd);
+  const auto until = Clock::now() + std::chrono::seconds(1);
+  double running = -1;
+  while (Clock::now() < until) {
+    running = Metric(Http(replica_metrics_, "GET", "/metrics").body,
+                     "glimpse_num_requests_running{model_name=\"tinycode-4m-f16\"}");
+    if (running == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(running, 0) << "the replica still runs the abandoned request";
+}
+
+// Two replicas: prompts sharing a long prefix stick to one replica; a killed replica's share
+// moves to the other.
+TEST(GatewayRoutingTest, PrefixAffinityAndFailover) {
+  ChildProcess a, b, gateway;
+  const std::vector<std::string> serve = {"server/glimpse", "serve", "--port=0", "--threads=1",
+                                          "--model=models/tinycode-4m-f16.gguf"};
+  ASSERT_TRUE(a.Start(serve, "glimpse serve: listening on "));
+  ASSERT_TRUE(b.Start(serve, "glimpse serve: listening on "));
+  ASSERT_TRUE(gateway.Start({"server/glimpse", "gateway", "--port=0",
+                             "--backends=127.0.0.1:" + std::to_string(a.port()) + ",127.0.0.1:" +
+                                 std::to_string(b.port())},
+                            "glimpse gateway: listening on "));
+  const std::vector<Reference> refs = References();
+  // A 300-token prefix from two reference prompts, then different suffixes.
+  std::vector<int> prefix = refs[0].prompt_tokens;
+  prefix.insert(prefix.end(), refs[1].prompt_tokens.begin() + 1, refs[1].prompt_tokens.end());
+  prefix.insert(prefix.end(), refs[2].prompt_tokens.begin() + 1, refs[2].prompt_tokens.end());
+  ASSERT_GE(prefix.size(), 300u);
+  prefix.resize(300);
+  const auto sent_to = [&](const ChildProcess& replica) {
+    return Metric(Http(gateway.port(), "GET", "/metrics").body,
+                  "glimpse_gateway_backend_requests_total{backend=\"127.0.0.1:" +
+                      std::to_string(replica.port()) + "\"}");
+  };
+  const double a_before = sent_to(a), b_before = sent_to(b);
+  for (int i = 0; i < 6; ++i) {
+    std::vector<int> prompt = prefix;
+    prompt.push_back(100 + i);
+    prompt.push_back(200 + i);
+    json req = {{"prompt", prompt}, {"max_tokens", 2}, {"temperature", 0}};
+    ASSERT_EQ(Http(gateway.port(), "POST", "/v1/completions", req.dump()).status, 200);
+  }
+  const double to_a = sent_to(a) - a_before, to_b = sent_to(b) - b_before;
+  EXPECT_TRUE((to_a == 6 && to_b == 0) || (to_a == 0 && to_b == 6)) << to_a << " / " << to_b;
+
+  // Kill the replica that had them: new requests go to the survivor.
+  ChildProcess& busy = to_a == 6 ? a : b;
+  busy.Signal(SIGKILL);
+  busy.WaitExit(std::chrono::seconds(5));
+  for (int i = 0; i < 4; ++i) {
+    json req = {{"prompt", prefix}, {"max_tokens", 2}, {"temperature", 0}};
+    EXPECT_EQ(Http(gateway.port(), "POST", "/v1/completions", req.dump()).status, 200) << i;
+  }
+}
+
+}  // namespace
+}  // namespace glimpse
