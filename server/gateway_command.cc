@@ -1,6 +1,7 @@
 #include "server/gateway_command.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <cstdio>
 
@@ -55,7 +56,18 @@ absl::StatusOr<GatewayOptions> GatewayOptionsFromFlags(std::vector<std::string> 
   return o;
 }
 
+// Thousands of client connections, each with its file descriptor: lift the soft limit to
+// the hard one.
+void RaiseFileLimit() {
+  rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
 int RunGatewayCommand() {
+  RaiseFileLimit();
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);

@@ -16,6 +16,9 @@ namespace glimpse::server {
 absl::StatusOr<GatewayOptions> GatewayOptionsFromFlags(std::vector<std::string> backends,
                                                        const std::string& host, int port);
 
+// Raises this process's open-file limit to its hard limit (many concurrent connections).
+void RaiseFileLimit();
+
 // Reads its flags (see --help); returns the process exit code.
 int RunGatewayCommand();
 

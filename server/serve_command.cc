@@ -352,6 +352,7 @@ int RunServeCommand() {
 
   std::unique_ptr<Gateway> gateway;
   if (absl::GetFlag(FLAGS_http_port) > 0) {
+    RaiseFileLimit();
     absl::StatusOr<GatewayOptions> gateway_options =
         GatewayOptionsFromFlags({bound}, config->host, absl::GetFlag(FLAGS_http_port));
     if (!gateway_options.ok()) {
