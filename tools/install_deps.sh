@@ -41,6 +41,11 @@ missing=()
 for pkg in "${PACKAGES[@]}"; do
   is_installed "$pkg" || missing+=("$pkg")
 done
+# Node.js and npm run the OpenAI SDK tests; a Node.js installed outside Debian's packages
+# (as on the project's build machines) is fine.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  missing+=(nodejs npm)
+fi
 
 if [[ ${#missing[@]} -eq 0 ]]; then
   echo "install_deps: all ${#PACKAGES[@]} packages present."

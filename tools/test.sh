@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test: install what is missing, build everything (benchmarks included, so they cannot
 # rot), run all tests, then run the parser and tokenizer tests again under AddressSanitizer +
-# UndefinedBehaviorSanitizer. Ends with one line "N passed, N failed" counting test cases.
+# UndefinedBehaviorSanitizer, then the OpenAI Node SDK tests against a real gateway. Ends with
+# one line "N passed, N failed" counting test cases.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 tools/install_deps.sh || exit 1
@@ -45,6 +46,21 @@ if [[ $status -eq 0 ]]; then
     bazel test --config=asan "${SANITIZED[@]}" || status=1
     count_cases
   fi
+fi
+# The official OpenAI Node SDK against a real gateway (outside Bazel: the SDK comes from npm).
+if [[ $status -eq 0 ]]; then
+  sdk_log=$(mktemp)
+  tools/openai_sdk_test.sh 2>&1 | tee "$sdk_log"
+  sdk_status=${PIPESTATUS[0]}
+  sdk_pass=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$sdk_log" | tail -1)
+  sdk_fail=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$sdk_log" | tail -1)
+  passed=$((passed + ${sdk_pass:-0}))
+  failed=$((failed + ${sdk_fail:-0}))
+  if [[ $sdk_status -ne 0 ]]; then
+    status=1
+    [[ ${sdk_fail:-0} -eq 0 ]] && failed=$((failed + 1))
+  fi
+  rm -f "$sdk_log"
 fi
 if [[ $status -ne 0 && $failed -eq 0 ]]; then
   failed=1  # A build failure or crash that left no test.xml still counts as a failure.
