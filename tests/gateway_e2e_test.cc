@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <memory>
@@ -245,6 +246,42 @@ TEST_F(GatewayE2eTest, DisconnectMidStreamFreesTheRequestOnTheReplica) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_EQ(running, 0) << "the replica still runs the abandoned request";
+}
+
+// 429 when the replica's queue is full; 503 (and /health 503) when no replica is healthy.
+TEST(GatewayOverloadTest, FullQueueIs429AndNoHealthyReplicaIs503) {
+  ChildProcess replica, gateway;
+  ASSERT_TRUE(replica.Start({"server/glimpse", "serve", "--port=0", "--threads=2",
+                             "--model=models/tinycode-4m-f16.gguf", "--max_num_seqs=1",
+                             "--max_waiting_requests=1"},
+                            "glimpse serve: listening on "));
+  ASSERT_TRUE(gateway.Start({"server/glimpse", "gateway", "--port=0",
+                             "--backends=127.0.0.1:" + std::to_string(replica.port())},
+                            "glimpse gateway: listening on "));
+  const Reference ref = References()[0];
+  json req = {{"prompt", ref.prompt_tokens}, {"max_tokens", 200}, {"ignore_eos", true},
+              {"temperature", 0}};
+  std::vector<int> statuses(6);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 6; ++i) {
+    clients.emplace_back([&, i] { statuses[i] = Http(gateway.port(), "POST", "/v1/completions", req.dump()).status; });
+  }
+  for (std::thread& t : clients) t.join();
+  EXPECT_GE(std::count(statuses.begin(), statuses.end(), 429), 1);
+  EXPECT_GE(std::count(statuses.begin(), statuses.end(), 200), 1);
+  EXPECT_EQ(std::count(statuses.begin(), statuses.end(), 429) +
+                std::count(statuses.begin(), statuses.end(), 200),
+            6);
+
+  replica.Signal(SIGKILL);
+  replica.WaitExit(std::chrono::seconds(5));
+  EXPECT_EQ(Http(gateway.port(), "POST", "/v1/completions", req.dump()).status, 503);
+  const auto until = Clock::now() + std::chrono::seconds(5);
+  int health = 0;
+  while (Clock::now() < until && (health = Http(gateway.port(), "GET", "/health").status) != 503) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(health, 503);
 }
 
 // Two replicas: prompts sharing a long prefix stick to one replica; a killed replica's share
