@@ -284,6 +284,27 @@ TEST(GatewayOverloadTest, FullQueueIs429AndNoHealthyReplicaIs503) {
   EXPECT_EQ(health, 503);
 }
 
+// Membership from DNS: "localhost:PORT" resolves to the replica (and possibly ::1, where
+// nothing listens: that address stays unhealthy and gets no requests).
+TEST(GatewayDnsTest, ReplicasResolvedFromADnsNameServeRequests) {
+  ChildProcess replica, gateway;
+  ASSERT_TRUE(replica.Start({"server/glimpse", "serve", "--port=0", "--threads=1",
+                             "--model=models/tinycode-4m-f16.gguf"},
+                            "glimpse serve: listening on "));
+  ASSERT_TRUE(gateway.Start({"server/glimpse", "gateway", "--port=0",
+                             "--backends_dns=localhost:" + std::to_string(replica.port())},
+                            "glimpse gateway: listening on "));
+  for (int i = 0; i < 3; ++i) {
+    json req = {{"prompt", "def f(x):"}, {"max_tokens", 3}, {"temperature", 0}};
+    EXPECT_EQ(Http(gateway.port(), "POST", "/v1/completions", req.dump()).status, 200);
+  }
+  const std::string metrics = Http(gateway.port(), "GET", "/metrics").body;
+  EXPECT_NE(metrics.find("glimpse_gateway_backend_healthy{backend=\"127.0.0.1:" +
+                         std::to_string(replica.port()) + "\"} 1"),
+            std::string::npos)
+      << metrics;
+}
+
 // Two replicas: prompts sharing a long prefix stick to one replica; a killed replica's share
 // moves to the other.
 TEST(GatewayRoutingTest, PrefixAffinityAndFailover) {
