@@ -97,12 +97,9 @@ class AsyncHttpSession : public std::enable_shared_from_this<AsyncHttpSession> {
   void Start() {
     net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->ReadRequest(); });
   }
-  // Called by Shutdown with the server's session lock held. A session whose last owner is
-  // already gone (its destructor waits for that lock) is skipped.
+  // Called by Shutdown (which holds a reference) to close the connection on its strand.
   void CloseFromServer() {
-    std::shared_ptr<AsyncHttpSession> self = weak_from_this().lock();
-    if (self == nullptr) return;
-    net::post(stream_.get_executor(), [self] { self->Close(); });
+    net::post(stream_.get_executor(), [self = shared_from_this()] { self->Close(); });
   }
   // Responder entry points: hop onto the strand.
   void Post(std::function<void(AsyncHttpSession&)> fn) {
@@ -445,10 +442,18 @@ void AsyncHttpServer::Shutdown() {
     beast::error_code ignored;
     impl_->acceptor.close(ignored);
   });
+  // Take references under the lock, but close (and drop them) outside it: a session's
+  // destructor takes the same lock, and the last reference may be the one dropped here.
+  std::vector<std::shared_ptr<AsyncHttpSession>> live;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    for (AsyncHttpSession* s : impl_->sessions) s->CloseFromServer();
+    for (AsyncHttpSession* s : impl_->sessions) {
+      // A session whose last owner is gone (its destructor waits for this lock) is skipped.
+      if (std::shared_ptr<AsyncHttpSession> p = s->weak_from_this().lock()) live.push_back(std::move(p));
+    }
   }
+  for (const auto& session : live) session->CloseFromServer();
+  live.clear();
   impl_->work.reset();
   // Sessions close on their strands; give them a moment, then stop whatever is left.
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
