@@ -52,7 +52,7 @@ nlohmann::json RunLoadgen(const std::string& url) {
   const char* tmp = std::getenv("TEST_TMPDIR");
   const std::string json_path = std::string(tmp != nullptr ? tmp : "/tmp") + "/loadgen.json";
   const std::string command = "server/glimpse loadgen --url=" + url +
-                              " --concurrency=3 --requests=9 --max_tokens=20 --ignore_eos"
+                              " --concurrency=3 --requests=9 --max_tokens=20 --ignore_eos --warmup_requests=0"
                               " --json=" + json_path + " > /dev/null 2>&1";
   if (std::system(command.c_str()) != 0) return nullptr;
   std::ifstream in(json_path);

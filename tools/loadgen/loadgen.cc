@@ -26,6 +26,7 @@
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
 #include "proto/glimpse/v1/engine.grpc.pb.h"
+#include "tools/loadgen/arrivals.h"
 #include "tools/loadgen/sse_parser.h"
 #include "tools/loadgen/stats.h"
 
@@ -42,6 +43,14 @@ ABSL_FLAG(int32_t, requests, 0,
 ABSL_FLAG(std::string, prompts, "tests/data/refs/greedy_short.jsonl",
           "loadgen: JSONL file whose lines hold \"prompt_tokens\" arrays; used round-robin.");
 ABSL_FLAG(std::string, json, "", "loadgen: also write every level's results as JSON here.");
+ABSL_FLAG(std::string, rate, "",
+          "loadgen: comma-separated request rates (requests/s) for open-loop runs with Poisson "
+          "arrivals; when set, levels are rates instead of --concurrency (which then caps the "
+          "requests in flight).");
+ABSL_FLAG(double, burstiness, 1.0,
+          "loadgen: gamma shape of the arrival gaps with --rate: 1 is Poisson, < 1 burstier.");
+ABSL_FLAG(int32_t, warmup_requests, 2,
+          "loadgen: requests sent one at a time before each run and left out of its figures.");
 ABSL_FLAG(bool, allow_remote, false,
           "loadgen: allow a target that is not on this machine (loopback only by default).");
 
@@ -251,40 +260,86 @@ int RunLoadgenCommand() {
     }
     stub = glimpse::v1::Engine::NewStub(channel);
   }
+  auto run_one = [&](int32_t i) {
+    const std::vector<int32_t>& prompt = prompts[static_cast<size_t>(i) % prompts.size()];
+    return target->grpc ? RunGrpc(*stub, prompt, max_tokens, ignore_eos)
+                        : RunHttp(*target, prompt, max_tokens, ignore_eos);
+  };
+  std::vector<double> rates;
+  for (const std::string& s : std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_rate), ',', absl::SkipEmpty()))) {
+    double r;
+    if (!absl::SimpleAtod(s, &r) || !(r > 0)) {
+      std::fprintf(stderr, "glimpse loadgen: --rate: '%s' is not a positive rate\n", s.c_str());
+      return 2;
+    }
+    rates.push_back(r);
+  }
+  if (!(absl::GetFlag(FLAGS_burstiness) > 0)) {
+    std::fprintf(stderr, "glimpse loadgen: --burstiness must be > 0\n");
+    return 2;
+  }
   nlohmann::json json;
   json["url"] = absl::GetFlag(FLAGS_url);
   json["max_tokens"] = max_tokens;
   json["ignore_eos"] = ignore_eos;
-  std::printf("| concurrency | requests | output tok/s | TTFT p50/p90/p99 ms | TPOT p50/p90/p99 ms | ITL p50 ms | errors |\n");
+  const bool open_loop = !rates.empty();
+  std::printf("| %s | requests | output tok/s | TTFT p50/p90/p99 ms | TPOT p50/p90/p99 ms | ITL p50 ms | errors |\n",
+              open_loop ? "rate req/s" : "concurrency");
   std::printf("|---:|---:|---:|---:|---:|---:|---:|\n");
-  for (int32_t level : levels) {
+  const size_t num_levels = open_loop ? rates.size() : levels.size();
+  for (size_t level = 0; level < num_levels; ++level) {
+    const int32_t concurrency = open_loop ? levels.back() : levels[level];
     int32_t total = absl::GetFlag(FLAGS_requests);
-    if (total <= 0) total = std::max(32, 4 * level);
-    std::atomic<int32_t> next{0};
+    if (total <= 0) total = std::max(32, 4 * concurrency);
+    for (int32_t w = 0; w < absl::GetFlag(FLAGS_warmup_requests); ++w) run_one(w);
     std::mutex mu;
     std::vector<RequestRecord> records;
     const double start = Now();
-    std::vector<std::thread> clients;
-    for (int32_t c = 0; c < level; ++c) {
-      clients.emplace_back([&] {
-        for (int32_t i = next++; i < total; i = next++) {
-          const std::vector<int32_t>& prompt = prompts[static_cast<size_t>(i) % prompts.size()];
-          RequestRecord r = target->grpc ? RunGrpc(*stub, prompt, max_tokens, ignore_eos)
-                                         : RunHttp(*target, prompt, max_tokens, ignore_eos);
+    if (open_loop) {
+      // Open loop: requests leave on the arrival schedule, each on its own thread, with at
+      // most `concurrency` in flight (later arrivals wait for a slot, as vLLM's max_concurrency).
+      loadgen::ArrivalSchedule schedule(rates[level], absl::GetFlag(FLAGS_burstiness), 1234 + level);
+      std::atomic<int32_t> in_flight{0};
+      std::vector<std::thread> requests;
+      double next = Now();
+      for (int32_t i = 0; i < total; ++i) {
+        next += schedule.NextGapSeconds();
+        while (Now() < next || in_flight.load() >= concurrency) {
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
+        ++in_flight;
+        requests.emplace_back([&, i] {
+          RequestRecord r = run_one(i);
+          --in_flight;
           std::lock_guard<std::mutex> lock(mu);
           records.push_back(std::move(r));
-        }
-      });
+        });
+      }
+      for (std::thread& t : requests) t.join();
+    } else {
+      std::atomic<int32_t> next{0};
+      std::vector<std::thread> clients;
+      for (int32_t c = 0; c < concurrency; ++c) {
+        clients.emplace_back([&] {
+          for (int32_t i = next++; i < total; i = next++) {
+            RequestRecord r = run_one(i);
+            std::lock_guard<std::mutex> lock(mu);
+            records.push_back(std::move(r));
+          }
+        });
+      }
+      for (std::thread& t : clients) t.join();
     }
-    for (std::thread& t : clients) t.join();
     const loadgen::Summary s = loadgen::Summarize(records, Now() - start, loadgen::SloOptions());
-    std::printf("| %d | %d | %.1f | %.0f / %.0f / %.0f | %.1f / %.1f / %.1f | %.1f | %lld |\n",
-                level, total, s.output_tok_s, s.ttft.p50_ms, s.ttft.p90_ms, s.ttft.p99_ms,
+    const std::string label = open_loop ? absl::StrCat(rates[level]) : absl::StrCat(concurrency);
+    std::printf("| %s | %d | %.1f | %.0f / %.0f / %.0f | %.1f / %.1f / %.1f | %.1f | %lld |\n",
+                label.c_str(), total, s.output_tok_s, s.ttft.p50_ms, s.ttft.p90_ms, s.ttft.p99_ms,
                 s.tpot.p50_ms, s.tpot.p90_ms, s.tpot.p99_ms, s.itl.p50_ms,
                 static_cast<long long>(s.requests_failed));
     std::fflush(stdout);
     nlohmann::json level_json = loadgen::ToJson(s);
-    level_json["concurrency"] = level;
+    level_json["concurrency"] = concurrency;
+    if (open_loop) level_json["rate"] = rates[level];
     json["levels"].push_back(level_json);
   }
   // The last level's figures also sit at the top level (a single-level run reads naturally).
