@@ -26,6 +26,7 @@
 #include "proto/glimpse/v1/engine.grpc.pb.h"
 #include "proto/glimpse/v1/engine.pb.h"
 #include "tests/child_process.h"
+#include "tests/http_client.h"
 
 namespace glimpse {
 namespace {
@@ -167,24 +168,9 @@ bool BlocksReturnToIdle(v1::Engine::Stub& stub) {
   return false;
 }
 
-// `GET path` over HTTP/1.0 on 127.0.0.1:port; the whole response, or "" on error.
+// The body of `GET path` on 127.0.0.1:port, or "" on error.
 std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request = "GET " + path + " HTTP/1.0\r\n\r\n";
-    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
-      char buf[4096];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(fd);
-  return out;
+  return glimpse::testing::Http(port, "GET", path).body;
 }
 
 // The value of the first sample of `name` in a Prometheus text body, or -1.
