@@ -148,6 +148,7 @@ EngineLoad Engine::GetLoad() const {
   absl::MutexLock lock(&mu_);
   EngineLoad load = load_;
   load.num_waiting += static_cast<int32_t>(inbox_.size());
+  load.num_generation_tokens = num_generation_tokens_.load(std::memory_order_relaxed);
   return load;
 }
 
@@ -402,10 +403,8 @@ void Engine::SampleAndUpdate(Sequence* seq, std::span<const float> logits, Clock
 void Engine::AppendToken(Sequence* seq, const model::Sampler::SampleResult& sample) {
   seq->sampler->Accept(sample.token);
   seq->tokens.push_back(sample.token);
-  {
-    absl::MutexLock lock(&mu_);
-    ++load_.num_generation_tokens;
-  }
+  // Per token: a relaxed atomic rather than the load lock.
+  num_generation_tokens_.fetch_add(1, std::memory_order_relaxed);
   SequenceDelta& delta = seq->pending;
   delta.index = seq->index;
   delta.token_ids.push_back(sample.token);

@@ -149,6 +149,8 @@ class Engine {
   EngineLoad load_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> draining_{false};
+  // Tokens sampled (EngineLoad::num_generation_tokens), counted on the per-token path.
+  std::atomic<int64_t> num_generation_tokens_{0};
   std::thread thread_;
 };
 
