@@ -1,10 +1,11 @@
-// `glimpse loadgen`: a closed-loop load generator for a running `glimpse serve`. For each
-// concurrency level it keeps that many streaming Generate calls in flight (each client thread
-// sends its next request as soon as the previous one ends) and reports aggregate output
-// tokens per second and TTFT / TPOT / end-to-end latency percentiles, as a table and JSON.
-// Prompts come from a JSONL file of {"prompt_tokens": [...]} lines (by default llama.cpp's
-// reference prompts), so runs are comparable with ../shared/reference/peer_numbers.md.
-// Issue #6 grows this into the full load-testing harness (HTTP targets, peers, scenarios).
+// `glimpse loadgen`: the load-testing harness. It measures glimpse (grpc://HOST:PORT) or any
+// OpenAI-compatible HTTP server (http://HOST:PORT/v1, /completions or /chat/completions with
+// SSE) the same way: a workload (workload.h: synthetic lengths, JSONL or ShareGPT datasets,
+// shared-prefix / replay / code-edit scenarios) sent closed loop at each --concurrency or open
+// loop at each --rate, each level bounded in requests and time; then vLLM-defined statistics
+// (stats.h) as a table, server-side counters read before and after each level
+// (server_counters.h), and optionally JSON with every request's timings, SVG plots and a
+// markdown report (report.h). Runs target loopback unless --allow_remote.
 #ifndef GLIMPSE_TOOLS_LOADGEN_LOADGEN_H_
 #define GLIMPSE_TOOLS_LOADGEN_LOADGEN_H_
 

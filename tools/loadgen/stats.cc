@@ -51,6 +51,20 @@ LatencyStats Describe(std::vector<double> values_s) {
   return s;
 }
 
+RequestMetrics MetricsOf(const RequestRecord& r) {
+  RequestMetrics m;
+  m.e2e_s = r.end_s - r.start_s;
+  if (r.output_tokens >= 1) m.ttft_s = r.first_token_s - r.start_s;
+  if (r.output_tokens > 1) {
+    m.tpot_s = (m.e2e_s - *m.ttft_s) / static_cast<double>(r.output_tokens - 1);
+  }
+  for (size_t i = 1; i < r.token_times_s.size(); ++i) {
+    if (r.token_times_s[i] == r.token_times_s[i - 1]) continue;  // Same chunk.
+    m.itl_s.push_back(r.token_times_s[i] - r.token_times_s[i - 1]);
+  }
+  return m;
+}
+
 Summary Summarize(std::span<const RequestRecord> records, double wall_seconds,
                   const SloOptions& slo) {
   Summary out;
@@ -67,22 +81,15 @@ Summary Summarize(std::span<const RequestRecord> records, double wall_seconds,
     ++out.requests_ok;
     out.input_tokens += r.input_tokens;
     out.output_tokens += r.output_tokens;
-    const double e2e = r.end_s - r.start_s;
+    RequestMetrics m = MetricsOf(r);
+    const double e2e = m.e2e_s;
     e2es.push_back(e2e);
-    double ttft = 0;  // vLLM's value for goodput when no token arrived.
-    if (r.output_tokens >= 1) {
-      ttft = r.first_token_s - r.start_s;
-      ttfts.push_back(ttft);
-    }
-    double tpot = 0;  // vLLM: "if output_len <= 1, we regard tpot as 0 for goodput".
-    if (r.output_tokens > 1) {
-      tpot = (e2e - ttft) / static_cast<double>(r.output_tokens - 1);
-      tpots.push_back(tpot);
-    }
-    for (size_t i = 1; i < r.token_times_s.size(); ++i) {
-      if (r.token_times_s[i] == r.token_times_s[i - 1]) continue;  // Same chunk.
-      itls.push_back(r.token_times_s[i] - r.token_times_s[i - 1]);
-    }
+    const double ttft = m.ttft_s.value_or(0);  // vLLM's value for goodput when no token arrived.
+    if (m.ttft_s) ttfts.push_back(*m.ttft_s);
+    // vLLM: "if output_len <= 1, we regard tpot as 0 for goodput".
+    const double tpot = m.tpot_s.value_or(0);
+    if (m.tpot_s) tpots.push_back(*m.tpot_s);
+    itls.insert(itls.end(), m.itl_s.begin(), m.itl_s.end());
     if (Meets(slo.ttft_ms, ttft) && Meets(slo.tpot_ms, tpot) && Meets(slo.e2e_ms, e2e)) ++good;
   }
   if (wall_seconds > 0) {

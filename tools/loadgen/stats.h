@@ -46,6 +46,7 @@ namespace glimpse::tools::loadgen {
 struct RequestRecord {
   bool ok = false;
   std::string error_kind;  // When !ok: a short class ("http_503", "timeout", ...); "" = unknown.
+  std::string error_detail;  // When !ok: the server's message, if it sent one.
   double start_s = 0;        // Request sent.
   double first_token_s = 0;  // First chunk carrying a token arrived (if output_tokens >= 1).
   double end_s = 0;          // Response complete.
@@ -93,6 +94,16 @@ struct Summary {
   LatencyStats e2e;
   std::map<std::string, int64_t> errors_by_kind;  // Failed requests by error_kind.
 };
+
+// One successful request's metrics by the definitions above, in seconds. ttft_s is set when it
+// produced >= 1 token, tpot_s when > 1; itl_s holds its gaps between chunks.
+struct RequestMetrics {
+  std::optional<double> ttft_s;
+  std::optional<double> tpot_s;
+  double e2e_s = 0;
+  std::vector<double> itl_s;
+};
+RequestMetrics MetricsOf(const RequestRecord& record);
 
 // numpy.percentile(values, percent) with the default linear method; 0 for no values.
 // `percent` is in [0, 100] (clamped).
