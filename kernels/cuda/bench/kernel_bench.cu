@@ -1,0 +1,464 @@
+// Kernel benchmarks for kernels/cuda (H200 targets: performance.md §5.1, issue #5). Prints a
+// table and writes JSON (argv[1], default kernel_bench.json). Measures the machine's own
+// ceilings first — device-to-device copy bandwidth (cudaMemcpyAsync and a copy kernel, bytes
+// read + written) and cuBLAS bf16 GEMM TFLOP/s — and states every result as a fraction of
+// them. Timing: CUDA events around each call, L2 flushed before each timed call (a 256 MiB
+// write), warm-up first, median of repeats. Inputs are random (never zeros). Never fails on
+// time; exits nonzero only when a CUDA call fails. "SKIPPED: no CUDA device" + exit 0
+// without a GPU.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/paged_decode_attention.h"
+#include "kernels/cuda/prefill_attention.h"
+
+namespace glimpse::kernels::cuda {
+namespace {
+
+#define BENCH_CHECK(expr)                                                                   \
+  do {                                                                                      \
+    const cudaError_t bench_err_ = (expr);                                                  \
+    if (bench_err_ != cudaSuccess) {                                                        \
+      std::fprintf(stderr, "%s:%d: %s -> %s\n", __FILE__, __LINE__, #expr,                  \
+                   cudaGetErrorString(bench_err_));                                         \
+      return false;                                                                         \
+    }                                                                                       \
+  } while (0)
+
+#define BLAS_CHECK(expr)                                                                    \
+  do {                                                                                      \
+    const cublasStatus_t bench_st_ = (expr);                                                \
+    if (bench_st_ != CUBLAS_STATUS_SUCCESS) {                                               \
+      std::fprintf(stderr, "%s:%d: %s -> cublas status %d\n", __FILE__, __LINE__, #expr,    \
+                   static_cast<int>(bench_st_));                                            \
+      return false;                                                                         \
+    }                                                                                       \
+  } while (0)
+
+constexpr int kWarmup = 3;
+constexpr int kRepeats = 20;
+
+__global__ void FillRandomBf16(__nv_bfloat16* x, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    uint64_t h = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+    h ^= h >> 31;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 29;
+    x[i] = __float2bfloat16(static_cast<float>(h & 0xFFFFFF) / 8388608.0f - 1.0f);
+  }
+}
+
+__global__ void CopyKernel(const uint4* __restrict__ src, uint4* __restrict__ dst, size_t n) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    dst[i] = src[i];
+  }
+}
+
+struct Row {
+  std::string kernel;
+  std::string shape;
+  double us = 0;
+  double metric = 0;        // GB/s or TFLOP/s
+  std::string metric_unit;
+  double fraction = 0;      // of the measured ceiling
+  std::string note;
+};
+
+struct Bench {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t start = nullptr;
+  cudaEvent_t stop = nullptr;
+  void* flush = nullptr;
+  size_t flush_bytes = size_t{256} << 20;
+  int num_sms = 0;
+  double bw_gbs = 0;       // measured D2D copy-kernel bandwidth (read + write)
+  double gemm_tflops = 0;  // measured cuBLAS bf16 GEMM
+  std::vector<Row> rows;
+
+  // Median microseconds of `fn` (a callable returning cudaError_t), L2 flushed before each.
+  template <typename Fn>
+  bool Time(Fn fn, double* median_us, bool flush_l2 = true) {
+    std::vector<float> times;
+    for (int i = 0; i < kWarmup + kRepeats; ++i) {
+      if (flush_l2) BENCH_CHECK(cudaMemsetAsync(flush, i & 0xFF, flush_bytes, stream));
+      BENCH_CHECK(cudaEventRecord(start, stream));
+      BENCH_CHECK(fn());
+      BENCH_CHECK(cudaEventRecord(stop, stream));
+      BENCH_CHECK(cudaEventSynchronize(stop));
+      float ms = 0;
+      BENCH_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      if (i >= kWarmup) times.push_back(ms);
+    }
+    std::sort(times.begin(), times.end());
+    *median_us = 1000.0 * times[times.size() / 2];
+    return true;
+  }
+};
+
+bool MeasureCeilings(Bench& b) {
+  const size_t bytes = size_t{2} << 30;
+  void* src = nullptr;
+  void* dst = nullptr;
+  BENCH_CHECK(cudaMalloc(&src, bytes));
+  BENCH_CHECK(cudaMalloc(&dst, bytes));
+  FillRandomBf16<<<1024, 256, 0, b.stream>>>(static_cast<__nv_bfloat16*>(src), bytes / 2, 1);
+  BENCH_CHECK(cudaGetLastError());
+  double us = 0;
+  if (!b.Time([&] { return cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice,
+                                           b.stream); },
+              &us, false)) {
+    return false;
+  }
+  const double memcpy_gbs = 2.0 * bytes / (us * 1e-6) / 1e9;
+  b.rows.push_back({"d2d_copy", "cudaMemcpyAsync 2 GiB", us, memcpy_gbs, "GB/s", 1.0,
+                    "read + write counted"});
+  const size_t n = bytes / 16;
+  if (!b.Time([&] {
+        CopyKernel<<<b.num_sms * 8, 512, 0, b.stream>>>(static_cast<const uint4*>(src),
+                                                        static_cast<uint4*>(dst), n);
+        return cudaGetLastError();
+      },
+              &us, false)) {
+    return false;
+  }
+  b.bw_gbs = 2.0 * bytes / (us * 1e-6) / 1e9;
+  b.bw_gbs = std::max(b.bw_gbs, memcpy_gbs);
+  b.rows.push_back({"d2d_copy", "copy kernel 2 GiB (16-byte)", us, 2.0 * bytes / (us * 1e-6) / 1e9,
+                    "GB/s", 1.0, "BW ceiling = max of the two copies"});
+  BENCH_CHECK(cudaFree(src));
+  BENCH_CHECK(cudaFree(dst));
+
+  const int m = 8192;
+  void* a = nullptr;
+  void* bm = nullptr;
+  void* c = nullptr;
+  BENCH_CHECK(cudaMalloc(&a, size_t{2} * m * m));
+  BENCH_CHECK(cudaMalloc(&bm, size_t{2} * m * m));
+  BENCH_CHECK(cudaMalloc(&c, size_t{2} * m * m));
+  FillRandomBf16<<<1024, 256, 0, b.stream>>>(static_cast<__nv_bfloat16*>(a), size_t{1} * m * m, 2);
+  FillRandomBf16<<<1024, 256, 0, b.stream>>>(static_cast<__nv_bfloat16*>(bm), size_t{1} * m * m, 3);
+  BENCH_CHECK(cudaGetLastError());
+  cublasHandle_t handle = nullptr;
+  BLAS_CHECK(cublasCreate(&handle));
+  BLAS_CHECK(cublasSetStream(handle, b.stream));
+  const float alpha = 1.0f;
+  const float beta = 0.0f;
+  cublasStatus_t blas_status = CUBLAS_STATUS_SUCCESS;
+  if (!b.Time([&] {
+        blas_status = cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, m, m, m, &alpha, a,
+                                   CUDA_R_16BF, m, bm, CUDA_R_16BF, m, &beta, c, CUDA_R_16BF, m,
+                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        return blas_status == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown;
+      },
+              &us, false)) {
+    return false;
+  }
+  b.gemm_tflops = 2.0 * m * m * static_cast<double>(m) / (us * 1e-6) / 1e12;
+  b.rows.push_back({"cublas_gemm_bf16", "8192^3", us, b.gemm_tflops, "TFLOP/s", 1.0,
+                    "GEMM ceiling"});
+  BLAS_CHECK(cublasDestroy(handle));
+  BENCH_CHECK(cudaFree(a));
+  BENCH_CHECK(cudaFree(bm));
+  BENCH_CHECK(cudaFree(c));
+  return true;
+}
+
+// A paged KV pool (bf16) big enough for the largest case, pages handed out in shuffled order.
+struct KvPool {
+  static constexpr int kHkv = 8;
+  static constexpr int kHeadDim = 128;
+  static constexpr int kPage = 16;
+  __nv_bfloat16* k = nullptr;
+  __nv_bfloat16* v = nullptr;
+  int64_t num_pages = 0;
+  std::vector<int32_t> order;
+
+  bool Init(Bench& b, int64_t max_tokens) {
+    num_pages = max_tokens / kPage + 64;
+    const size_t n = static_cast<size_t>(num_pages) * kHkv * kPage * kHeadDim;
+    BENCH_CHECK(cudaMalloc(&k, n * 2));
+    BENCH_CHECK(cudaMalloc(&v, n * 2));
+    FillRandomBf16<<<4096, 256, 0, b.stream>>>(k, n, 11);
+    FillRandomBf16<<<4096, 256, 0, b.stream>>>(v, n, 12);
+    BENCH_CHECK(cudaGetLastError());
+    order.resize(num_pages);
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), std::mt19937(5));
+    return true;
+  }
+};
+
+struct DeviceTable {
+  int32_t* indptr = nullptr;
+  int32_t* indices = nullptr;
+  int32_t* last = nullptr;
+  std::vector<int32_t> h_indptr, h_last;
+  bool Build(const KvPool& pool, const std::vector<int32_t>& kv_lens) {
+    h_indptr = {0};
+    h_last.clear();
+    std::vector<int32_t> idx;
+    for (const int32_t len : kv_lens) {
+      const int32_t pages = (len + KvPool::kPage - 1) / KvPool::kPage;
+      for (int32_t p = 0; p < pages; ++p) idx.push_back(pool.order[idx.size()]);
+      h_indptr.push_back(static_cast<int32_t>(idx.size()));
+      h_last.push_back(len - (pages - 1) * KvPool::kPage);
+    }
+    BENCH_CHECK(cudaMalloc(&indptr, h_indptr.size() * 4));
+    BENCH_CHECK(cudaMalloc(&indices, idx.size() * 4));
+    BENCH_CHECK(cudaMalloc(&last, h_last.size() * 4));
+    BENCH_CHECK(cudaMemcpy(indptr, h_indptr.data(), h_indptr.size() * 4, cudaMemcpyHostToDevice));
+    BENCH_CHECK(cudaMemcpy(indices, idx.data(), idx.size() * 4, cudaMemcpyHostToDevice));
+    BENCH_CHECK(cudaMemcpy(last, h_last.data(), h_last.size() * 4, cudaMemcpyHostToDevice));
+    return true;
+  }
+  void Free() {
+    cudaFree(indptr);
+    cudaFree(indices);
+    cudaFree(last);
+  }
+  PagedKv View(const KvPool& pool) const {
+    PagedKv kv;
+    kv.k_cache = pool.k;
+    kv.v_cache = pool.v;
+    kv.kv_indptr = indptr;
+    kv.kv_indices = indices;
+    kv.kv_last_page_len = last;
+    kv.num_kv_heads = KvPool::kHkv;
+    kv.page_size = KvPool::kPage;
+    kv.head_dim = KvPool::kHeadDim;
+    return kv;
+  }
+};
+
+// Paged decode, GQA 32/8, d 128, page 16. Returns the median time in *us.
+bool BenchDecode(Bench& b, const KvPool& pool, int32_t batch, int32_t ctx, double* us_out) {
+  constexpr int kHq = 32;
+  DeviceTable table;
+  if (!table.Build(pool, std::vector<int32_t>(batch, ctx))) return false;
+  const PagedDecodePlan plan =
+      PlanPagedDecode(table.h_indptr.data(), batch, KvPool::kHkv, KvPool::kPage, b.num_sms);
+  void *q = nullptr, *o = nullptr, *ws = nullptr;
+  const size_t q_bytes = size_t{2} * batch * kHq * KvPool::kHeadDim;
+  const size_t ws_bytes = PagedDecodeWorkspaceBytes(plan, batch, kHq, KvPool::kHeadDim);
+  BENCH_CHECK(cudaMalloc(&q, q_bytes));
+  BENCH_CHECK(cudaMalloc(&o, q_bytes));
+  if (ws_bytes > 0) BENCH_CHECK(cudaMalloc(&ws, ws_bytes));
+  FillRandomBf16<<<64, 256, 0, b.stream>>>(static_cast<__nv_bfloat16*>(q), q_bytes / 2, 7);
+  PagedDecodeParams p;
+  p.dtype = DType::kBF16;
+  p.q = q;
+  p.o = o;
+  p.kv = table.View(pool);
+  p.batch = batch;
+  p.num_qo_heads = kHq;
+  p.sm_scale = 0.08838834764f;
+  p.plan = plan;
+  p.workspace = ws;
+  p.workspace_bytes = ws_bytes;
+  double us = 0;
+  if (!b.Time([&] { return LaunchPagedDecode(p, b.stream); }, &us)) return false;
+  const double kv_bytes = 2.0 * 2 * batch * static_cast<double>(ctx) * KvPool::kHkv *
+                          KvPool::kHeadDim;
+  const double bytes = kv_bytes + 2.0 * q_bytes;
+  const double gbs = bytes / (us * 1e-6) / 1e9;
+  const double ideal_us = bytes / (b.bw_gbs * 1e9) * 1e6;
+  char shape[128];
+  std::snprintf(shape, sizeof(shape), "B=%d L=%d chunks=%d KV=%.0fMiB", batch, ctx,
+                plan.num_chunks, kv_bytes / (1 << 20));
+  const char* target = kv_bytes >= 64.0 * (1 << 20)       ? "target >= 0.80 of BW"
+                       : (batch == 1 && ctx == 8192)       ? "target >= 0.60 of BW"
+                                                           : "target t <= max(ideal/0.8, ideal+5us)";
+  char note[160];
+  std::snprintf(note, sizeof(note), "%s; ideal %.1f us", target, ideal_us);
+  b.rows.push_back({"paged_decode", shape, us, gbs, "GB/s", gbs / b.bw_gbs, note});
+  *us_out = us;
+  cudaFree(q);
+  cudaFree(o);
+  if (ws != nullptr) cudaFree(ws);
+  table.Free();
+  return true;
+}
+
+// Tensor-core attention over the paged KV: causal prefill (batch 1, qo = kv = ctx) or tree
+// verification (q_len nodes per sequence, chain masks of depth q_len: the mask shape does
+// not change the work). Returns the median time in *us.
+bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32_t batch,
+                     int32_t ctx, int32_t q_len, double* us_out) {
+  constexpr int kHq = 32;
+  DeviceTable table;
+  if (!table.Build(pool, std::vector<int32_t>(batch, ctx))) return false;
+  std::vector<int32_t> qo_indptr(batch + 1);
+  for (int32_t s = 0; s <= batch; ++s) qo_indptr[s] = s * q_len;
+  const int32_t total_q = batch * q_len;
+  PrefillPlanInput in;
+  in.qo_indptr = qo_indptr.data();
+  in.kv_indptr = table.h_indptr.data();
+  in.kv_last_page_len = table.h_last.data();
+  in.num_seqs = batch;
+  in.num_qo_heads = kHq;
+  in.num_kv_heads = KvPool::kHkv;
+  in.page_size = KvPool::kPage;
+  in.mask_mode = mode;
+  in.num_sms = b.num_sms;
+  PrefillPlan plan;
+  BENCH_CHECK(PlanPrefillAttention(in, &plan));
+  std::vector<uint64_t> masks(total_q);
+  for (int32_t i = 0; i < total_q; ++i) {
+    const int32_t node = i % q_len;
+    masks[i] = node == 63 ? ~uint64_t{0} : (uint64_t{1} << (node + 1)) - 1;
+  }
+  void *q = nullptr, *o = nullptr, *ws = nullptr;
+  int32_t *d_qo = nullptr, *d_work = nullptr;
+  uint64_t* d_masks = nullptr;
+  const size_t q_bytes = size_t{2} * total_q * kHq * KvPool::kHeadDim;
+  const size_t ws_bytes = PrefillWorkspaceBytes(plan, kHq, KvPool::kHeadDim);
+  BENCH_CHECK(cudaMalloc(&q, q_bytes));
+  BENCH_CHECK(cudaMalloc(&o, q_bytes));
+  if (ws_bytes > 0) BENCH_CHECK(cudaMalloc(&ws, ws_bytes));
+  BENCH_CHECK(cudaMalloc(&d_qo, qo_indptr.size() * 4));
+  BENCH_CHECK(cudaMalloc(&d_work, plan.work_items.size() * 4));
+  BENCH_CHECK(cudaMalloc(&d_masks, masks.size() * 8));
+  BENCH_CHECK(cudaMemcpy(d_qo, qo_indptr.data(), qo_indptr.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(d_work, plan.work_items.data(), plan.work_items.size() * 4,
+                         cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(d_masks, masks.data(), masks.size() * 8, cudaMemcpyHostToDevice));
+  FillRandomBf16<<<256, 256, 0, b.stream>>>(static_cast<__nv_bfloat16*>(q), q_bytes / 2, 9);
+  PrefillAttentionParams p;
+  p.q = q;
+  p.o = o;
+  p.kv = table.View(pool);
+  p.qo_indptr = d_qo;
+  p.num_seqs = batch;
+  p.num_qo_heads = kHq;
+  p.sm_scale = 0.08838834764f;
+  p.mask_mode = mode;
+  p.tree_mask = d_masks;
+  ApplyPrefillPlan(plan, &p);
+  p.work_items = d_work;
+  p.workspace = ws;
+  p.workspace_bytes = ws_bytes;
+  double us = 0;
+  if (!b.Time([&] { return LaunchPrefillAttention(p, b.stream); }, &us)) return false;
+  *us_out = us;
+  char shape[128];
+  if (mode == AttentionMaskMode::kCausal) {
+    // Causal FLOPs: 2 matmuls * 2 FLOP * Hq * d * (L^2 / 2) for qo = kv = L.
+    const double flops = 2.0 * kHq * KvPool::kHeadDim * static_cast<double>(ctx) * ctx;
+    const double tflops = flops / (us * 1e-6) / 1e12;
+    std::snprintf(shape, sizeof(shape), "causal L=%d GQA 32/8 d=128", ctx);
+    b.rows.push_back({"prefill_attention", shape, us, tflops, "TFLOP/s",
+                      tflops / b.gemm_tflops, "milestone >= 300 TFLOP/s"});
+  }
+  cudaFree(q);
+  cudaFree(o);
+  if (ws != nullptr) cudaFree(ws);
+  cudaFree(d_qo);
+  cudaFree(d_work);
+  cudaFree(d_masks);
+  table.Free();
+  return true;
+}
+
+bool RunAll(Bench& b, const std::string& json_path) {
+  if (!MeasureCeilings(b)) return false;
+  KvPool pool;
+  if (!pool.Init(b, int64_t{128} * 32768)) return false;
+  // K2: paged decode.
+  for (const int32_t batch : {1, 8, 32, 128}) {
+    for (const int32_t ctx : {512, 2048, 8192, 32768}) {
+      double us = 0;
+      if (!BenchDecode(b, pool, batch, ctx, &us)) return false;
+    }
+  }
+  // K4: tree verification vs a plain decode step at the same KV.
+  for (const int32_t batch : {1, 16, 64}) {
+    for (const int32_t ctx : {1024, 8192}) {
+      double decode_us = 0;
+      if (!BenchDecode(b, pool, batch, ctx, &decode_us)) return false;
+      b.rows.pop_back();  // already reported above or not part of K2's grid
+      for (const int32_t q_len : {1, 4, 8, 16, 64}) {
+        double us = 0;
+        if (!BenchTensorCore(b, pool, AttentionMaskMode::kTree, batch, ctx, q_len, &us)) {
+          return false;
+        }
+        char shape[128];
+        std::snprintf(shape, sizeof(shape), "B=%d L=%d q_len=%d", batch, ctx, q_len);
+        const double ratio = us / decode_us;
+        b.rows.push_back({q_len == 1 ? "tc_decode" : "tree_verify", shape, us, ratio,
+                          "x decode", 0.0,
+                          q_len <= 16 ? "target <= 1.3x decode" : "target <= 2x decode"});
+      }
+    }
+  }
+  // K3: prefill attention.
+  for (const int32_t ctx : {1024, 4096, 16384}) {
+    double us = 0;
+    if (!BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us)) return false;
+  }
+  cudaFree(pool.k);
+  cudaFree(pool.v);
+
+  std::ostringstream json;
+  json << "{\n  \"ceilings\": {\"d2d_bandwidth_gbs\": " << b.bw_gbs
+       << ", \"bf16_gemm_tflops\": " << b.gemm_tflops << "},\n  \"results\": [";
+  for (size_t i = 0; i < b.rows.size(); ++i) {
+    const Row& r = b.rows[i];
+    json << (i ? "," : "") << "\n    {\"kernel\": \"" << r.kernel << "\", \"shape\": \""
+         << r.shape << "\", \"us\": " << r.us << ", \"" << r.metric_unit
+         << "\": " << r.metric << ", \"fraction_of_ceiling\": " << r.fraction
+         << ", \"note\": \"" << r.note << "\"}";
+  }
+  json << "\n  ]\n}\n";
+  std::ofstream(json_path) << json.str();
+  std::printf("\n%-18s %-40s %10s %12s %8s  %s\n", "kernel", "shape", "us", "metric", "frac",
+              "note");
+  for (const Row& r : b.rows) {
+    std::printf("%-18s %-40s %10.1f %8.2f %-8s %5.2f  %s\n", r.kernel.c_str(), r.shape.c_str(),
+                r.us, r.metric, r.metric_unit.c_str(), r.fraction, r.note.c_str());
+  }
+  std::printf("ceilings: D2D %.0f GB/s, cuBLAS bf16 GEMM %.0f TFLOP/s; JSON: %s\n", b.bw_gbs,
+              b.gemm_tflops, json_path.c_str());
+  return true;
+}
+
+}  // namespace
+}  // namespace glimpse::kernels::cuda
+
+int main(int argc, char** argv) {
+  using namespace glimpse::kernels::cuda;
+  const std::string json_path = argc > 1 ? argv[1] : "kernel_bench.json";
+  int num_devices = 0;
+  if (cudaGetDeviceCount(&num_devices) != cudaSuccess || num_devices == 0) {
+    std::printf("SKIPPED: no CUDA device\n");
+    return 0;
+  }
+  Bench b;
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return 1;
+  b.num_sms = prop.multiProcessorCount;
+  int driver = 0;
+  int runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  std::printf("device: %s, %d SMs, L2 %d MiB, driver %d, runtime %d\n", prop.name, b.num_sms,
+              prop.l2CacheSize >> 20, driver, runtime);
+  if (cudaStreamCreate(&b.stream) != cudaSuccess || cudaEventCreate(&b.start) != cudaSuccess ||
+      cudaEventCreate(&b.stop) != cudaSuccess || cudaMalloc(&b.flush, b.flush_bytes) != cudaSuccess) {
+    std::fprintf(stderr, "setup failed\n");
+    return 1;
+  }
+  return RunAll(b, json_path) ? 0 : 1;
+}

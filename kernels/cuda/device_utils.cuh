@@ -1,0 +1,127 @@
+// Device helpers shared by the kernels in kernels/cuda (internal; included by .cu files only).
+//
+// Vec<T>: one 16-byte access of T (8 x bf16 or 4 x fp32) converted to/from fp32 registers.
+// Every vector access requires a 16-byte aligned address; launchers check base alignment and
+// row strides before taking a vector path.
+#ifndef GLIMPSE_KERNELS_CUDA_DEVICE_UTILS_CUH_
+#define GLIMPSE_KERNELS_CUDA_DEVICE_UTILS_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/dtype.h"
+
+namespace glimpse::kernels::cuda::internal {
+
+using bf16 = __nv_bfloat16;
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ float ToFloat(float x) { return x; }
+__device__ __forceinline__ float ToFloat(bf16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float x);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ bf16 FromFloat<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+// Number of T in one 16-byte vector.
+template <typename T>
+constexpr int kVecSize = 16 / static_cast<int>(sizeof(T));
+
+// Loads kVecSize<T> elements at `ptr` (16-byte aligned) into fp32 registers.
+template <typename T>
+__device__ __forceinline__ void LoadVec(const T* ptr, float (&out)[kVecSize<T>]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(ptr);
+  if constexpr (sizeof(T) == 4) {
+    out[0] = __uint_as_float(raw.x);
+    out[1] = __uint_as_float(raw.y);
+    out[2] = __uint_as_float(raw.z);
+    out[3] = __uint_as_float(raw.w);
+  } else {
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const __nv_bfloat162 pair = *reinterpret_cast<const __nv_bfloat162*>(&words[i]);
+      const float2 f = __bfloat1622float2(pair);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  }
+}
+
+// Stores kVecSize<T> fp32 values (rounded to nearest even for bf16) at `ptr` (16-byte aligned).
+template <typename T>
+__device__ __forceinline__ void StoreVec(T* ptr, const float (&in)[kVecSize<T>]) {
+  uint4 raw;
+  if constexpr (sizeof(T) == 4) {
+    raw.x = __float_as_uint(in[0]);
+    raw.y = __float_as_uint(in[1]);
+    raw.z = __float_as_uint(in[2]);
+    raw.w = __float_as_uint(in[3]);
+  } else {
+    uint32_t words[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const __nv_bfloat162 pair = __floats2bfloat162_rn(in[2 * i], in[2 * i + 1]);
+      words[i] = *reinterpret_cast<const uint32_t*>(&pair);
+    }
+    raw = make_uint4(words[0], words[1], words[2], words[3]);
+  }
+  *reinterpret_cast<uint4*>(ptr) = raw;
+}
+
+__device__ __forceinline__ float WarpSum(float x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(kFullMask, x, offset);
+  return x;
+}
+
+__device__ __forceinline__ float WarpMax(float x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    x = fmaxf(x, __shfl_xor_sync(kFullMask, x, offset));
+  }
+  return x;
+}
+
+// Sum over the whole block, returned to every thread. `scratch` holds >= 32 floats of shared
+// memory. Deterministic: a fixed tree order that does not depend on timing. Must be called by
+// all threads of the block (it contains __syncthreads); blockDim.x is a multiple of 32.
+__device__ __forceinline__ float BlockSum(float x, float* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int num_warps = blockDim.x >> 5;
+  x = WarpSum(x);
+  __syncthreads();  // scratch may still be read by a previous BlockSum/BlockMax
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  x = lane < num_warps ? scratch[lane] : 0.0f;
+  return WarpSum(x);
+}
+
+__device__ __forceinline__ float BlockMax(float x, float* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int num_warps = blockDim.x >> 5;
+  x = WarpMax(x);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  x = lane < num_warps ? scratch[lane] : -INFINITY;
+  return WarpMax(x);
+}
+
+inline bool IsAligned16(const void* ptr) {
+  return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0;
+}
+
+}  // namespace glimpse::kernels::cuda::internal
+
+#endif  // GLIMPSE_KERNELS_CUDA_DEVICE_UTILS_CUH_

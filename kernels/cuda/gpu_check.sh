@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Builds and runs the kernels/cuda tests and benchmarks on a bare CUDA machine: nvcc straight
+# from the sources (no Bazel, no Debian libraries, no network), one call of a few minutes.
+#
+#   kernels/cuda/gpu_check.sh [RESULT_JSON]      (from the repository root)
+#
+# Writes RESULT_JSON (default: $OUT/gpu_check.json, or ./gpu_check.json without $OUT) holding
+# the test report and the benchmark results, plus tests.json / bench.json / build.log beside
+# it, and prints a short table last. Exit status: nonzero if the build or any test fails
+# (benchmarks never fail on time).
+#
+# Environment: NVCC (default: nvcc on PATH, else /usr/local/cuda/bin/nvcc), CUDA_HOME
+# (default /usr/local/cuda), JOBS (parallel compiles, default nproc), SKIP_BENCH=1.
+set -uo pipefail
+
+cd "$(dirname "$0")/../.." || exit 2
+ROOT=$(pwd)
+RESULT=${1:-${OUT:-.}/gpu_check.json}
+RESULT_DIR=$(dirname "$RESULT")
+mkdir -p "$RESULT_DIR"
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+NVCC=${NVCC:-$(command -v nvcc || echo "$CUDA_HOME/bin/nvcc")}
+JOBS=${JOBS:-$(nproc)}
+BUILD=$(mktemp -d /tmp/glimpse_gpu_check.XXXXXX)
+LOG="$RESULT_DIR/build.log"
+
+# Hopper's wgmma needs sm_90a, spelled as -gencode (nvcc 13.0's -arch=sm_90a shorthand also
+# runs a plain sm_90 pass that rejects it); sm_80 keeps Ampere working.
+FLAGS=(-O3 -std=c++20 -I"$ROOT" -gencode=arch=compute_90a,code=sm_90a
+       -gencode=arch=compute_80,code=sm_80 -Xcompiler=-Wall,-Wextra)
+
+LIB_SRCS=(attention_common rmsnorm rope silu_mul kv_append paged_decode_attention
+          prefill_attention tree_attention sampling verify_accept score_export)
+TEST_SRCS=(rmsnorm_test rope_test silu_mul_test kv_append_test paged_decode_attention_test
+           prefill_attention_test score_export_test sampling_test verify_accept_test)
+
+echo "nvcc: $NVCC ($("$NVCC" --version | tail -1))" | tee "$LOG"
+start=$(date +%s)
+{
+  for s in "${LIB_SRCS[@]}"; do echo "kernels/cuda/$s.cu $BUILD/$s.o"; done
+  for s in "${TEST_SRCS[@]}"; do echo "kernels/cuda/$s.cc $BUILD/$s.o"; done
+  echo "kernels/cuda/testing/test_harness.cc $BUILD/test_harness.o"
+  echo "kernels/cuda/testing/test_main.cc $BUILD/test_main.o"
+  echo "kernels/cuda/bench/kernel_bench.cu $BUILD/kernel_bench.o"
+} | xargs -P "$JOBS" -L 1 sh -c '"$0" '"${FLAGS[*]}"' -c "$1" -o "$2" || { echo "FAILED: $1"; exit 255; }' "$NVCC" >>"$LOG" 2>&1
+build_rc=$?
+LIB_OBJS=()
+for s in "${LIB_SRCS[@]}"; do LIB_OBJS+=("$BUILD/$s.o"); done
+TEST_OBJS=()
+for s in "${TEST_SRCS[@]}"; do TEST_OBJS+=("$BUILD/$s.o"); done
+if [ $build_rc -eq 0 ]; then
+  "$NVCC" "${FLAGS[@]}" -o "$BUILD/kernel_tests" "${TEST_OBJS[@]}" "$BUILD/test_harness.o" \
+      "$BUILD/test_main.o" "${LIB_OBJS[@]}" >>"$LOG" 2>&1 &&
+  "$NVCC" "${FLAGS[@]}" -o "$BUILD/kernel_bench" "$BUILD/kernel_bench.o" "${LIB_OBJS[@]}" \
+      -L"$CUDA_HOME/lib64" -lcublas >>"$LOG" 2>&1
+  build_rc=$?
+fi
+build_s=$(( $(date +%s) - start ))
+if [ $build_rc -ne 0 ]; then
+  tail -40 "$LOG"
+  printf '{"build_ok": false, "build_seconds": %d}\n' "$build_s" >"$RESULT"
+  echo "BUILD FAILED after ${build_s}s (log: $LOG)"
+  exit 1
+fi
+echo "build: ${build_s}s"
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw,temperature.gpu \
+    --format=csv 2>/dev/null | tee "$RESULT_DIR/gpu_state.csv"
+
+export LD_LIBRARY_PATH="$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
+"$BUILD/kernel_tests" --json="$RESULT_DIR/tests.json" 2>&1 | tee "$RESULT_DIR/tests.log"
+test_rc=${PIPESTATUS[0]}
+
+bench_rc=0
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  "$BUILD/kernel_bench" "$RESULT_DIR/bench.json" 2>&1 | tee "$RESULT_DIR/bench.log"
+  bench_rc=${PIPESTATUS[0]}
+fi
+
+{
+  printf '{\n"build_ok": true, "build_seconds": %d, "tests_exit": %d, "bench_exit": %d,\n' \
+      "$build_s" "$test_rc" "$bench_rc"
+  printf '"tests": '
+  cat "$RESULT_DIR/tests.json" 2>/dev/null || printf 'null\n'
+  printf ', "bench": '
+  cat "$RESULT_DIR/bench.json" 2>/dev/null || printf 'null\n'
+  printf '}\n'
+} >"$RESULT"
+
+echo
+echo "==== summary ===="
+grep -E '^\[ (FAIL| OK )' "$RESULT_DIR/tests.log" | sed 's/^/test /'
+grep -E '^[0-9]+ tests' "$RESULT_DIR/tests.log"
+[ -f "$RESULT_DIR/bench.log" ] && sed -n '/^kernel /,$p' "$RESULT_DIR/bench.log"
+echo "result: $RESULT (tests exit $test_rc, bench exit $bench_rc)"
+rm -rf "$BUILD"
+[ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ]

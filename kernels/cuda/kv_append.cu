@@ -1,0 +1,117 @@
+#include "kernels/cuda/kv_append.h"
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/kv_layout.h"
+
+namespace glimpse::kernels::cuda {
+namespace {
+
+using internal::bf16;
+
+constexpr int kThreads = 256;
+
+// Element type moved by one thread: uint4 (16 bytes) or the dtype itself.
+// Grid: (num_tokens, ceil(num_kv_heads * head_dim / width / kThreads)).
+template <typename U>
+__global__ void __launch_bounds__(kThreads) KvAppendKernel(
+    const U* __restrict__ k, const U* __restrict__ v, int64_t token_stride_u,
+    const int32_t* __restrict__ slot_mapping, U* __restrict__ k_cache, U* __restrict__ v_cache,
+    int32_t num_kv_heads, int32_t page_size, int32_t head_dim_u) {
+  const int32_t token = blockIdx.x;
+  const int32_t slot_id = slot_mapping[token];
+  if (slot_id < 0) return;
+  const int idx = blockIdx.y * kThreads + threadIdx.x;
+  if (idx >= num_kv_heads * head_dim_u) return;
+  const int head = idx / head_dim_u;
+  const int d = idx - head * head_dim_u;
+  const int32_t page = slot_id / page_size;
+  const int32_t slot = slot_id - page * page_size;
+  const int64_t dst = KvOffset(page, head, slot, num_kv_heads, page_size, head_dim_u) + d;
+  const int64_t src = static_cast<int64_t>(token) * token_stride_u + idx;
+  k_cache[dst] = k[src];
+  v_cache[dst] = v[src];
+}
+
+// Grid: (num_copies, ceil(num_kv_heads * head_dim / width / kThreads)).
+template <typename U>
+__global__ void __launch_bounds__(kThreads) KvCopySlotsKernel(
+    U* __restrict__ k_cache, U* __restrict__ v_cache, const int32_t* __restrict__ src_slots,
+    const int32_t* __restrict__ dst_slots, int32_t num_kv_heads, int32_t page_size,
+    int32_t head_dim_u) {
+  const int idx = blockIdx.y * kThreads + threadIdx.x;
+  if (idx >= num_kv_heads * head_dim_u) return;
+  const int head = idx / head_dim_u;
+  const int d = idx - head * head_dim_u;
+  const int32_t src_id = src_slots[blockIdx.x];
+  const int32_t dst_id = dst_slots[blockIdx.x];
+  const int64_t src = KvOffset(src_id / page_size, head, src_id % page_size, num_kv_heads,
+                               page_size, head_dim_u) + d;
+  const int64_t dst = KvOffset(dst_id / page_size, head, dst_id % page_size, num_kv_heads,
+                               page_size, head_dim_u) + d;
+  k_cache[dst] = k_cache[src];
+  v_cache[dst] = v_cache[src];
+}
+
+template <typename U>
+cudaError_t LaunchAppend(const KvAppendParams& p, int width, cudaStream_t stream) {
+  const int head_dim_u = p.head_dim / width;
+  const dim3 grid(p.num_tokens, (p.num_kv_heads * head_dim_u + kThreads - 1) / kThreads);
+  KvAppendKernel<U><<<grid, kThreads, 0, stream>>>(
+      static_cast<const U*>(p.k), static_cast<const U*>(p.v), p.token_stride / width,
+      p.slot_mapping, static_cast<U*>(p.k_cache), static_cast<U*>(p.v_cache), p.num_kv_heads,
+      p.page_size, head_dim_u);
+  return cudaGetLastError();
+}
+
+template <typename U>
+cudaError_t LaunchCopy(const KvCopySlotsParams& p, int width, cudaStream_t stream) {
+  const int head_dim_u = p.head_dim / width;
+  const dim3 grid(p.num_copies, (p.num_kv_heads * head_dim_u + kThreads - 1) / kThreads);
+  KvCopySlotsKernel<U><<<grid, kThreads, 0, stream>>>(
+      static_cast<U*>(p.k_cache), static_cast<U*>(p.v_cache), p.src_slots, p.dst_slots,
+      p.num_kv_heads, p.page_size, head_dim_u);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t LaunchKvAppend(const KvAppendParams& params, cudaStream_t stream) {
+  GLIMPSE_CUDA_RETURN_IF_INVALID(params.num_tokens >= 0 && params.num_kv_heads > 0 &&
+                                 params.page_size > 0 && params.head_dim > 0);
+  GLIMPSE_CUDA_RETURN_IF_INVALID(params.token_stride >=
+                                 int64_t{params.num_kv_heads} * params.head_dim);
+  GLIMPSE_CUDA_RETURN_IF_INVALID(params.k != nullptr && params.v != nullptr &&
+                                 params.slot_mapping != nullptr && params.k_cache != nullptr &&
+                                 params.v_cache != nullptr);
+  if (params.num_tokens == 0) return cudaSuccess;
+  const int elem = static_cast<int>(DTypeSize(params.dtype));
+  if (elem == 0) return cudaErrorInvalidValue;
+  const int width = 16 / elem;  // elements per 16-byte vector
+  const bool vectorized = params.head_dim % width == 0 && params.token_stride % width == 0 &&
+                          internal::IsAligned16(params.k) && internal::IsAligned16(params.v) &&
+                          internal::IsAligned16(params.k_cache) &&
+                          internal::IsAligned16(params.v_cache);
+  if (vectorized) return LaunchAppend<uint4>(params, width, stream);
+  if (elem == 4) return LaunchAppend<float>(params, 1, stream);
+  return LaunchAppend<bf16>(params, 1, stream);
+}
+
+cudaError_t LaunchKvCopySlots(const KvCopySlotsParams& params, cudaStream_t stream) {
+  GLIMPSE_CUDA_RETURN_IF_INVALID(params.num_copies >= 0 && params.num_kv_heads > 0 &&
+                                 params.page_size > 0 && params.head_dim > 0);
+  GLIMPSE_CUDA_RETURN_IF_INVALID(params.k_cache != nullptr && params.v_cache != nullptr &&
+                                 params.src_slots != nullptr && params.dst_slots != nullptr);
+  if (params.num_copies == 0) return cudaSuccess;
+  const int elem = static_cast<int>(DTypeSize(params.dtype));
+  if (elem == 0) return cudaErrorInvalidValue;
+  const int width = 16 / elem;
+  const bool vectorized = params.head_dim % width == 0 &&
+                          internal::IsAligned16(params.k_cache) &&
+                          internal::IsAligned16(params.v_cache);
+  if (vectorized) return LaunchCopy<uint4>(params, width, stream);
+  if (elem == 4) return LaunchCopy<float>(params, 1, stream);
+  return LaunchCopy<bf16>(params, 1, stream);
+}
+
+}  // namespace glimpse::kernels::cuda

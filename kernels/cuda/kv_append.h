@@ -1,0 +1,57 @@
+// Writes new tokens' keys and values into the paged KV cache (layout: kv_layout.h), and copies
+// slots inside the cache (compaction of an accepted draft path after tree verification).
+//
+// dtypes: inputs and cache both bf16 or both fp32 (no conversion on the way in).
+#ifndef GLIMPSE_KERNELS_CUDA_KV_APPEND_H_
+#define GLIMPSE_KERNELS_CUDA_KV_APPEND_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/dtype.h"
+
+namespace glimpse::kernels::cuda {
+
+struct KvAppendParams {
+  DType dtype = DType::kBF16;
+  // Head h of token t starts at k + t * token_stride + h * head_dim (elements); same for v.
+  // Strides let k and v be read straight out of a fused QKV projection output.
+  const void* k = nullptr;  // [num_tokens][token_stride], heads [num_kv_heads][head_dim]
+  const void* v = nullptr;  // [num_tokens][token_stride], heads [num_kv_heads][head_dim]
+  int64_t token_stride = 0;
+  // Flat slot id of token t: page * page_size + slot; negative = skip (padding token).
+  const int32_t* slot_mapping = nullptr;  // device, [num_tokens]
+  void* k_cache = nullptr;  // [num_blocks][num_kv_heads][page_size][head_dim]
+  void* v_cache = nullptr;  // [num_blocks][num_kv_heads][page_size][head_dim]
+  int32_t num_tokens = 0;
+  int32_t num_kv_heads = 0;
+  int32_t page_size = 0;
+  int32_t head_dim = 0;
+};
+
+// One thread per 16 bytes when head_dim, token_stride and pointers allow, else per element.
+cudaError_t LaunchKvAppend(const KvAppendParams& params, cudaStream_t stream);
+
+struct KvCopySlotsParams {
+  DType dtype = DType::kBF16;
+  void* k_cache = nullptr;  // [num_blocks][num_kv_heads][page_size][head_dim]
+  void* v_cache = nullptr;  // [num_blocks][num_kv_heads][page_size][head_dim]
+  // Copy i moves every head's key and value from flat slot src_slots[i] to dst_slots[i].
+  // Destinations must be distinct and no destination may be another copy's source (the copies
+  // of one launch run concurrently); compaction of an accepted path satisfies this when the
+  // path moves to the slots right after the prefix, i.e. dst <= src with no overlap, or the
+  // caller splits the copies into rounds.
+  const int32_t* src_slots = nullptr;  // device, [num_copies]
+  const int32_t* dst_slots = nullptr;  // device, [num_copies]
+  int32_t num_copies = 0;
+  int32_t num_kv_heads = 0;
+  int32_t page_size = 0;
+  int32_t head_dim = 0;
+};
+
+cudaError_t LaunchKvCopySlots(const KvCopySlotsParams& params, cudaStream_t stream);
+
+}  // namespace glimpse::kernels::cuda
+
+#endif  // GLIMPSE_KERNELS_CUDA_KV_APPEND_H_

@@ -1,0 +1,68 @@
+// Paged decode attention: one query token per sequence against that sequence's paged KV
+// (layout: kv_layout.h), GQA-aware and split over the sequence for long contexts / small
+// batches.
+//
+//   q[b][h][:]  attends to keys 0 .. kv_len(b)-1 of kv head h / group, group = Hq / Hkv
+//   o[b][h][:] = sum_j softmax_j(sm_scale * q·k_j) v_j      (o = 0, lse = -inf if kv_len = 0)
+//
+// Work decomposition (one block = 4 warps per (kv chunk, kv head, sequence)):
+//
+//   block ──┬─ warp 0: keys [it*32 + 0 .. 8)   ┐  each warp splits into lane groups of
+//           ├─ warp 1: keys [it*32 + 8 .. 16)  │  TPR = head_dim/8 lanes (bf16); a lane group
+//           ├─ warp 2: ...                     │  owns one key row at a time, each lane 16
+//           └─ warp 3: ...                     ┘  bytes of it, for all `group` query heads
+//
+// so every K/V byte is read once per kv head and shared by the group's query heads. Each lane
+// group keeps its own online-softmax state; states merge through shuffles and shared memory
+// at the end of the chunk, and chunks merge in LaunchMergeAttentionStates.
+//
+// dtypes: q, o and the KV cache all bf16, or all fp32; fp32 accumulation. head_dim 32, 64 or
+// 128; group size 1..8; any page_size >= 1.
+#ifndef GLIMPSE_KERNELS_CUDA_PAGED_DECODE_ATTENTION_H_
+#define GLIMPSE_KERNELS_CUDA_PAGED_DECODE_ATTENTION_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/dtype.h"
+#include "kernels/cuda/kv_layout.h"
+
+namespace glimpse::kernels::cuda {
+
+// Host-side plan, made once per step from the host copy of the page table and reused by
+// every layer.
+struct PagedDecodePlan {
+  int32_t chunk_keys = 0;  // keys per split chunk, a multiple of page_size
+  int32_t num_chunks = 1;  // chunks of the longest sequence; 1 = no split, no workspace
+};
+
+// kv_indptr_host: host copy of the page table's indptr, [batch + 1]. num_sms: the device's
+// multiprocessor count (cudaDevAttrMultiProcessorCount).
+PagedDecodePlan PlanPagedDecode(const int32_t* kv_indptr_host, int32_t batch,
+                                int32_t num_kv_heads, int32_t page_size, int32_t num_sms);
+
+// Workspace bytes a run with `plan` needs (0 when plan.num_chunks == 1).
+size_t PagedDecodeWorkspaceBytes(const PagedDecodePlan& plan, int32_t batch,
+                                 int32_t num_qo_heads, int32_t head_dim);
+
+struct PagedDecodeParams {
+  DType dtype = DType::kBF16;  // q, o, k_cache, v_cache
+  const void* q = nullptr;     // [batch][num_qo_heads][head_dim]
+  void* o = nullptr;           // [batch][num_qo_heads][head_dim]
+  float* lse = nullptr;        // [batch][num_qo_heads], natural log; may be null
+  PagedKv kv;                  // page table over `batch` sequences
+  int32_t batch = 0;
+  int32_t num_qo_heads = 0;
+  float sm_scale = 1.0f;
+  PagedDecodePlan plan;
+  void* workspace = nullptr;  // device, PagedDecodeWorkspaceBytes(...) bytes, 16-byte aligned
+  size_t workspace_bytes = 0;
+};
+
+cudaError_t LaunchPagedDecode(const PagedDecodeParams& params, cudaStream_t stream);
+
+}  // namespace glimpse::kernels::cuda
+
+#endif  // GLIMPSE_KERNELS_CUDA_PAGED_DECODE_ATTENTION_H_

@@ -1,0 +1,440 @@
+#include "kernels/cuda/prefill_attention.h"
+
+#include <algorithm>
+
+#include "kernels/cuda/attention_common.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/mma_utils.cuh"
+
+namespace glimpse::kernels::cuda {
+namespace {
+
+using internal::bf16;
+using internal::CpAsync16;
+using internal::kFullMask;
+using internal::kLn2;
+using internal::kLog2e;
+using internal::SmemAddr;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kBlockM = 64;  // packed query rows per block (16 per warp)
+constexpr int kBlockN = 64;  // keys per KV tile
+constexpr int kMinChunkKeys = 256;
+
+template <int kHeadDim>
+struct PrefillShape {
+  static constexpr int kStride = kHeadDim + 8;  // shared-memory row stride, elements
+  static constexpr int kTileElems = kBlockM * kStride;
+  // Q tile + double-buffered K and V tiles.
+  static constexpr int kSmemBytes = 5 * kTileElems * static_cast<int>(sizeof(bf16));
+  static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks per row
+  static constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+  static constexpr int kPasses = kBlockN / kRowsPerPass;
+  static_assert(kThreads % kChunksPerRow == 0 && kBlockN % kRowsPerPass == 0, "tile shape");
+  static_assert(kBlockM == kBlockN, "Q and KV tiles share the loader");
+};
+
+// Issues the cp.async copies of KV tile `tile_start .. +63` of (sequence, kv_head) into
+// k_dst / v_dst ([64][kStride] bf16). Keys >= key_end become zero rows: their scores are
+// masked to -inf and zero V rows keep 0 * garbage from turning into NaN.
+template <int kHeadDim>
+__device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p, int32_t page_begin,
+                                           int kv_head, int32_t tile_start, int32_t key_end,
+                                           bf16* k_dst, bf16* v_dst) {
+  using S = PrefillShape<kHeadDim>;
+  const bf16* k_cache = static_cast<const bf16*>(p.kv.k_cache);
+  const bf16* v_cache = static_cast<const bf16*>(p.kv.v_cache);
+  const int col = (threadIdx.x % S::kChunksPerRow) * 8;
+  const int page_size = p.kv.page_size;
+#pragma unroll
+  for (int pass = 0; pass < S::kPasses; ++pass) {
+    const int row = threadIdx.x / S::kChunksPerRow + pass * S::kRowsPerPass;
+    const int32_t key = tile_start + row;
+    const bool valid = key < key_end;
+    int64_t off = 0;
+    if (valid) {
+      const int32_t page_idx = key / page_size;
+      const int32_t slot = key - page_idx * page_size;
+      off = KvOffset(p.kv.kv_indices[page_begin + page_idx], kv_head, slot,
+                     p.kv.num_kv_heads, page_size, kHeadDim) +
+            col;
+    }
+    CpAsync16(SmemAddr(k_dst + row * S::kStride + col), k_cache + off, valid);
+    CpAsync16(SmemAddr(v_dst + row * S::kStride + col), v_cache + off, valid);
+  }
+}
+
+// Grid: (num_work_items, num_kv_heads). Dynamic shared memory: PrefillShape::kSmemBytes.
+template <int kHeadDim>
+__global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttentionParams p) {
+  using S = PrefillShape<kHeadDim>;
+  constexpr int kKSteps = kHeadDim / 16;  // k-steps of Q·Kᵀ
+  constexpr int kDimTiles = kHeadDim / 8;  // n-tiles of O
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* q_s = reinterpret_cast<bf16*>(smem_raw);  // [64][kStride]
+  bf16* k_s = q_s + S::kTileElems;                // [2][64][kStride]
+  bf16* v_s = k_s + 2 * S::kTileElems;            // [2][64][kStride]
+
+  const int32_t seq = p.work_items[3 * blockIdx.x];
+  const int32_t m_tile = p.work_items[3 * blockIdx.x + 1];
+  const int32_t chunk = p.work_items[3 * blockIdx.x + 2];
+  const int kv_head = blockIdx.y;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int group = p.num_qo_heads / p.kv.num_kv_heads;
+
+  const int32_t qo_start = p.qo_indptr[seq];
+  const int32_t qo_len = p.qo_indptr[seq + 1] - qo_start;
+  const int32_t page_begin = p.kv.kv_indptr[seq];
+  const int32_t kv_len = KvLength(p.kv.kv_indptr[seq + 1] - page_begin,
+                                  p.kv.kv_last_page_len[seq], p.kv.page_size);
+  const int32_t num_rows = qo_len * group;
+  const int32_t row_base = m_tile * kBlockM;
+  const int32_t prefix = kv_len - qo_len;  // KV index of query token 0
+  const bool tree = p.mask_mode == AttentionMaskMode::kTree;
+
+  // Keys this block reads: its chunk, and for causal rows nothing past the last row's token.
+  const int32_t chunk_start = chunk * p.chunk_keys;
+  int32_t key_end = min(kv_len, chunk_start + p.chunk_keys);
+  const int32_t last_row = min(num_rows, row_base + kBlockM) - 1;
+  if (!tree) key_end = min(key_end, prefix + last_row / group + 1);
+  // Keys below this are visible to every row of the block: no mask needed there.
+  const int32_t unmasked_end = min(key_end, tree ? prefix : prefix + row_base / group + 1);
+  const int32_t num_tiles = key_end > chunk_start ? (key_end - chunk_start + kBlockN - 1) / kBlockN
+                                                  : 0;
+
+  // This thread's two rows: warp * 16 + g and + 8. Padding rows (>= num_rows) compute with a
+  // clamped token and are never written.
+  int32_t row_limit[2];
+  uint64_t row_tree[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int32_t pr = row_base + warp * 16 + g + 8 * i;
+    const int32_t token = min(pr / group, qo_len - 1);
+    row_limit[i] = prefix + token;
+    row_tree[i] = tree ? p.tree_mask[qo_start + token] : 0;
+  }
+
+  float o_acc[kDimTiles][4];
+#pragma unroll
+  for (int dt = 0; dt < kDimTiles; ++dt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o_acc[dt][e] = 0.0f;
+  }
+  float m_row[2] = {-INFINITY, -INFINITY};
+  float l_row[2] = {0.0f, 0.0f};
+  const float scale_log2 = p.sm_scale * kLog2e;
+
+  if (num_tiles > 0) {
+    // Q tile: packed row r -> (token r / group, query head kv_head * group + r % group).
+    {
+      const bf16* q = static_cast<const bf16*>(p.q);
+      const int col = (threadIdx.x % S::kChunksPerRow) * 8;
+#pragma unroll
+      for (int pass = 0; pass < S::kPasses; ++pass) {
+        const int row = threadIdx.x / S::kChunksPerRow + pass * S::kRowsPerPass;
+        const int32_t pr = row_base + row;
+        const bool valid = pr < num_rows;
+        int64_t off = 0;
+        if (valid) {
+          const int32_t token = pr / group;
+          const int32_t j = pr - token * group;
+          off = (static_cast<int64_t>(qo_start + token) * p.num_qo_heads + kv_head * group + j) *
+                    kHeadDim +
+                col;
+        }
+        CpAsync16(SmemAddr(q_s + row * S::kStride + col), q + off, valid);
+      }
+    }
+    LoadKvTile<kHeadDim>(p, page_begin, kv_head, chunk_start, key_end, k_s, v_s);
+    internal::CpAsyncCommit();
+
+    uint32_t q_frag[kKSteps][4];
+    for (int32_t it = 0; it < num_tiles; ++it) {
+      const int buf = it & 1;
+      if (it + 1 < num_tiles) {
+        // The other buffer was released by the barrier at the end of iteration it - 1.
+        LoadKvTile<kHeadDim>(p, page_begin, kv_head, chunk_start + (it + 1) * kBlockN, key_end,
+                             k_s + (buf ^ 1) * S::kTileElems, v_s + (buf ^ 1) * S::kTileElems);
+        internal::CpAsyncCommit();
+        internal::CpAsyncWait<1>();
+      } else {
+        internal::CpAsyncWait<0>();
+      }
+      __syncthreads();  // tile `it` (and Q) visible to all warps
+      if (it == 0) {
+#pragma unroll
+        for (int kk = 0; kk < kKSteps; ++kk) {
+          const int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+          const int col = kk * 16 + (lane >> 4) * 8;
+          internal::LdMatrixX4(q_frag[kk], SmemAddr(q_s + row * S::kStride + col));
+        }
+      }
+      const int32_t tile_start = chunk_start + it * kBlockN;
+      const bf16* kb = k_s + buf * S::kTileElems;
+      const bf16* vb = v_s + buf * S::kTileElems;
+
+      // S = Q·Kᵀ: 8 n-tiles of 8 keys.
+      float s[kBlockN / 8][4];
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
+      }
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) {
+#pragma unroll
+        for (int np = 0; np < kBlockN / 16; ++np) {
+          uint32_t b[4];
+          const int key_row = np * 16 + (lane & 7) + (lane >> 4) * 8;
+          const int col = kk * 16 + ((lane >> 3) & 1) * 8;
+          internal::LdMatrixX4(b, SmemAddr(kb + key_row * S::kStride + col));
+          internal::MmaBf16(s[2 * np], q_frag[kk], b[0], b[1]);
+          internal::MmaBf16(s[2 * np + 1], q_frag[kk], b[2], b[3]);
+        }
+      }
+      const bool need_mask = tile_start + kBlockN > unmasked_end;
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float v = s[nt][e] * scale_log2;
+          if (need_mask) {
+            const int32_t key = tile_start + nt * 8 + 2 * t + (e & 1);
+            const int i = e >> 1;
+            const bool visible =
+                key < key_end &&
+                (tree ? (key < prefix || ((row_tree[i] >> (key - prefix)) & 1u) != 0)
+                      : key <= row_limit[i]);
+            if (!visible) v = -INFINITY;
+          }
+          s[nt][e] = v;
+        }
+      }
+      // Online softmax; the four lanes of a quad (same g) share a row.
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < kBlockN / 8; ++nt) {
+          mx = fmaxf(mx, fmaxf(s[nt][2 * i], s[nt][2 * i + 1]));
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
+        const float m_new = fmaxf(m_row[i], mx);
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+        const float rescale = exp2f(m_row[i] - m_use);
+        m_row[i] = m_new;
+        l_row[i] *= rescale;
+#pragma unroll
+        for (int dt = 0; dt < kDimTiles; ++dt) {
+          o_acc[dt][2 * i] *= rescale;
+          o_acc[dt][2 * i + 1] *= rescale;
+        }
+#pragma unroll
+        for (int nt = 0; nt < kBlockN / 8; ++nt) {
+          s[nt][2 * i] = exp2f(s[nt][2 * i] - m_use);
+          s[nt][2 * i + 1] = exp2f(s[nt][2 * i + 1] - m_use);
+          l_row[i] += s[nt][2 * i] + s[nt][2 * i + 1];
+        }
+      }
+      // O += P·V: P from the S accumulators (C layout == A layout per 16-key step).
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        const uint32_t a[4] = {internal::PackBf16x2(s[2 * kk][0], s[2 * kk][1]),
+                               internal::PackBf16x2(s[2 * kk][2], s[2 * kk][3]),
+                               internal::PackBf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                               internal::PackBf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < kHeadDim / 16; ++dp) {
+          uint32_t b[4];
+          const int key_row = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+          const int col = dp * 16 + (lane >> 4) * 8;
+          internal::LdMatrixX4Trans(b, SmemAddr(vb + key_row * S::kStride + col));
+          internal::MmaBf16(o_acc[2 * dp], a, b[0], b[1]);
+          internal::MmaBf16(o_acc[2 * dp + 1], a, b[2], b[3]);
+        }
+      }
+      __syncthreads();  // all warps done with buffer `buf` before it is refilled
+    }
+  }
+
+  const bool split = p.num_chunks > 1;
+  float* ws_o = static_cast<float*>(p.workspace);
+  float* ws_lse =
+      ws_o + static_cast<int64_t>(p.num_chunks) * p.total_q * p.num_qo_heads * kHeadDim;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float l = l_row[i];
+    l += __shfl_xor_sync(kFullMask, l, 1);
+    l += __shfl_xor_sync(kFullMask, l, 2);
+    const int32_t pr = row_base + warp * 16 + g + 8 * i;
+    if (pr >= num_rows) continue;
+    const int32_t token = pr / group;
+    const int32_t j = pr - token * group;
+    const int64_t state =
+        static_cast<int64_t>(qo_start + token) * p.num_qo_heads + kv_head * group + j;
+    const bool empty = m_row[i] == -INFINITY;
+    const float inv_l = empty ? 0.0f : 1.0f / l;
+    const float lse = empty ? -INFINITY : (m_row[i] + log2f(l)) * kLn2;
+    if (split) {
+      const int64_t cs = static_cast<int64_t>(chunk) * p.total_q * p.num_qo_heads + state;
+      float* dst = ws_o + cs * kHeadDim + 2 * t;
+#pragma unroll
+      for (int dt = 0; dt < kDimTiles; ++dt) {
+        *reinterpret_cast<float2*>(dst + dt * 8) =
+            make_float2(o_acc[dt][2 * i] * inv_l, o_acc[dt][2 * i + 1] * inv_l);
+      }
+      if (t == 0) ws_lse[cs] = lse;
+    } else {
+      bf16* dst = static_cast<bf16*>(p.o) + state * kHeadDim + 2 * t;
+#pragma unroll
+      for (int dt = 0; dt < kDimTiles; ++dt) {
+        *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
+            __floats2bfloat162_rn(o_acc[dt][2 * i] * inv_l, o_acc[dt][2 * i + 1] * inv_l);
+      }
+      if (t == 0 && p.lse != nullptr) p.lse[state] = lse;
+    }
+  }
+}
+
+template <int kHeadDim>
+cudaError_t LaunchTyped(const PrefillAttentionParams& p, cudaStream_t stream) {
+  constexpr int kSmem = PrefillShape<kHeadDim>::kSmemBytes;
+  GLIMPSE_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+      PrefillAttentionKernel<kHeadDim>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  const dim3 grid(p.num_work_items, p.kv.num_kv_heads);
+  PrefillAttentionKernel<kHeadDim><<<grid, kThreads, kSmem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t PlanPrefillAttention(const PrefillPlanInput& in, PrefillPlan* plan) {
+  GLIMPSE_CUDA_RETURN_IF_INVALID(plan != nullptr && in.num_seqs >= 0 && in.page_size > 0);
+  GLIMPSE_CUDA_RETURN_IF_INVALID(in.num_kv_heads > 0 && in.num_qo_heads > 0 &&
+                                 in.num_qo_heads % in.num_kv_heads == 0);
+  const int32_t group = in.num_qo_heads / in.num_kv_heads;
+  plan->work_items.clear();
+  plan->total_q = in.num_seqs > 0 ? in.qo_indptr[in.num_seqs] : 0;
+  int32_t max_kv = 1;
+  int64_t num_tiles = 0;
+  for (int32_t s = 0; s < in.num_seqs; ++s) {
+    const int32_t qo_len = in.qo_indptr[s + 1] - in.qo_indptr[s];
+    const int32_t kv_len = KvLength(in.kv_indptr[s + 1] - in.kv_indptr[s],
+                                    in.kv_last_page_len[s], in.page_size);
+    GLIMPSE_CUDA_RETURN_IF_INVALID(qo_len >= 0 && qo_len <= kv_len);
+    GLIMPSE_CUDA_RETURN_IF_INVALID(in.mask_mode != AttentionMaskMode::kTree || qo_len <= 64);
+    max_kv = std::max(max_kv, kv_len);
+    num_tiles += (static_cast<int64_t>(qo_len) * group + kBlockM - 1) / kBlockM;
+  }
+  plan->chunk_keys = (max_kv + kBlockN - 1) / kBlockN * kBlockN;
+  plan->num_chunks = 1;
+  // With 87 KB of shared memory per block (head_dim 128) two blocks fit on an SM; split the
+  // KV when the query tiles alone cannot fill two waves.
+  const int64_t blocks = num_tiles * in.num_kv_heads;
+  const int64_t target = 2 * static_cast<int64_t>(std::max(in.num_sms, 1));
+  if (blocks > 0 && blocks < target) {
+    const int64_t want = (target + blocks - 1) / blocks;
+    int64_t chunk = (max_kv + want - 1) / want;
+    chunk = std::max<int64_t>((chunk + kBlockN - 1) / kBlockN * kBlockN, kMinChunkKeys);
+    const int64_t n = (max_kv + chunk - 1) / chunk;
+    if (n > 1) {
+      plan->chunk_keys = static_cast<int32_t>(chunk);
+      plan->num_chunks = static_cast<int32_t>(n);
+    }
+  }
+  for (int32_t s = 0; s < in.num_seqs; ++s) {
+    const int32_t qo_len = in.qo_indptr[s + 1] - in.qo_indptr[s];
+    const int32_t kv_len = KvLength(in.kv_indptr[s + 1] - in.kv_indptr[s],
+                                    in.kv_last_page_len[s], in.page_size);
+    const int32_t tiles = (qo_len * group + kBlockM - 1) / kBlockM;
+    const int32_t chunks = NumKvChunks(kv_len, plan->chunk_keys);
+    // Under the causal mask later tiles see more keys: start them first.
+    for (int32_t tile = tiles - 1; tile >= 0; --tile) {
+      for (int32_t c = 0; c < chunks; ++c) {
+        plan->work_items.push_back(s);
+        plan->work_items.push_back(tile);
+        plan->work_items.push_back(c);
+      }
+    }
+  }
+  return cudaSuccess;
+}
+
+size_t PrefillWorkspaceBytes(const PrefillPlan& plan, int32_t num_qo_heads, int32_t head_dim) {
+  if (plan.num_chunks <= 1) return 0;
+  return SplitWorkspaceFloats(plan.num_chunks, plan.total_q, num_qo_heads, head_dim) *
+         sizeof(float);
+}
+
+void ApplyPrefillPlan(const PrefillPlan& plan, PrefillAttentionParams* params) {
+  params->total_q = plan.total_q;
+  params->chunk_keys = plan.chunk_keys;
+  params->num_chunks = plan.num_chunks;
+  params->num_work_items = plan.num_work_items();
+}
+
+cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& params, cudaStream_t stream) {
+  const PagedKv& kv = params.kv;
+  GLIMPSE_CUDA_RETURN_IF_INVALID(kv.num_kv_heads > 0 && kv.num_kv_heads <= 65535 &&
+                                 params.num_qo_heads > 0 &&
+                                 params.num_qo_heads % kv.num_kv_heads == 0);
+  GLIMPSE_CUDA_RETURN_IF_INVALID(kv.head_dim == 32 || kv.head_dim == 64 || kv.head_dim == 128);
+  GLIMPSE_CUDA_RETURN_IF_INVALID(kv.page_size > 0 && params.chunk_keys > 0 &&
+                                 params.num_chunks >= 1 && params.num_work_items >= 0);
+  GLIMPSE_CUDA_RETURN_IF_INVALID(internal::IsAligned16(params.q) &&
+                                 internal::IsAligned16(params.o) &&
+                                 internal::IsAligned16(kv.k_cache) &&
+                                 internal::IsAligned16(kv.v_cache));
+  GLIMPSE_CUDA_RETURN_IF_INVALID(params.qo_indptr != nullptr && kv.kv_indptr != nullptr &&
+                                 kv.kv_indices != nullptr && kv.kv_last_page_len != nullptr);
+  GLIMPSE_CUDA_RETURN_IF_INVALID(params.mask_mode != AttentionMaskMode::kTree ||
+                                 params.tree_mask != nullptr);
+  if (params.num_chunks > 1) {
+    GLIMPSE_CUDA_RETURN_IF_INVALID(
+        params.workspace != nullptr && internal::IsAligned16(params.workspace) &&
+        params.workspace_bytes >=
+            SplitWorkspaceFloats(params.num_chunks, params.total_q, params.num_qo_heads,
+                                 kv.head_dim) *
+                sizeof(float));
+  }
+  if (params.num_work_items == 0) return cudaSuccess;
+  GLIMPSE_CUDA_RETURN_IF_INVALID(params.work_items != nullptr);
+  switch (kv.head_dim) {
+    case 32:
+      GLIMPSE_CUDA_RETURN_IF_ERROR(LaunchTyped<32>(params, stream));
+      break;
+    case 64:
+      GLIMPSE_CUDA_RETURN_IF_ERROR(LaunchTyped<64>(params, stream));
+      break;
+    default:
+      GLIMPSE_CUDA_RETURN_IF_ERROR(LaunchTyped<128>(params, stream));
+      break;
+  }
+  if (params.num_chunks == 1) return cudaSuccess;
+  MergeStatesParams merge;
+  merge.dtype = DType::kBF16;
+  merge.partial_o = static_cast<const float*>(params.workspace);
+  merge.partial_lse = merge.partial_o + static_cast<int64_t>(params.num_chunks) *
+                                            params.total_q * params.num_qo_heads * kv.head_dim;
+  merge.o = params.o;
+  merge.lse = params.lse;
+  merge.qo_indptr = params.qo_indptr;
+  merge.num_seqs = params.num_seqs;
+  merge.kv_indptr = kv.kv_indptr;
+  merge.kv_last_page_len = kv.kv_last_page_len;
+  merge.page_size = kv.page_size;
+  merge.chunk_keys = params.chunk_keys;
+  merge.num_chunks = params.num_chunks;
+  merge.num_rows = params.total_q;
+  merge.num_qo_heads = params.num_qo_heads;
+  merge.head_dim = kv.head_dim;
+  return LaunchMergeAttentionStates(merge, stream);
+}
+
+}  // namespace glimpse::kernels::cuda

@@ -1,0 +1,103 @@
+// Attention of many query tokens per sequence over the paged KV cache (layout: kv_layout.h),
+// on tensor cores (mma.sync m16n8k16, bf16 operands, fp32 accumulation; FlashAttention-2
+// style online softmax). One kernel serves two masks:
+//
+//   kCausal (prefill, chunked prefill): the qo_len query tokens of a sequence are its last
+//       qo_len KV entries (KV append ran first); query t (0-based) at KV index
+//       kv_len - qo_len + t sees keys 0 .. kv_len - qo_len + t.
+//   kTree (speculative verification, see tree_attention.h): the qo_len <= 64 query tokens are
+//       draft-tree nodes stored as the last qo_len KV entries in node order; node i sees the
+//       whole prefix (keys 0 .. kv_len - qo_len - 1) and tree key j (KV index
+//       kv_len - qo_len + j) iff bit j of tree_mask[i] is set.
+//
+// GQA packing: for one kv head the query rows of all `group` query heads of a token are
+// packed into consecutive rows, packed row r = token * group + j, so a block's 64 rows share
+// every K/V tile it loads:
+//
+//   block (work item = sequence, 64-row tile, kv chunk; grid.y = kv head), 4 warps
+//   ┌ warp 0: packed rows  0..15 ┐   Q tile [64][D] → registers (A fragments) once
+//   │ warp 1: packed rows 16..31 │   loop over 64-key tiles of the chunk, double-buffered
+//   │ warp 2: packed rows 32..47 │   with cp.async straight from the pages:
+//   └ warp 3: packed rows 48..63 ┘     S = Q·Kᵀ (mma), mask, online softmax, O += P·V (mma)
+//
+// Shared memory rows are padded by 16 bytes (row stride head_dim + 8 elements), which makes
+// every ldmatrix of 8 rows hit 8 different 16-byte bank groups.
+//
+// dtypes: bf16 q, o and KV only; fp32 accumulation and softmax. head_dim 32, 64 or 128; group
+// size 1..8; any page_size >= 1. Long KV with few query rows is split into chunks of
+// plan.chunk_keys keys and merged (attention_common.h).
+#ifndef GLIMPSE_KERNELS_CUDA_PREFILL_ATTENTION_H_
+#define GLIMPSE_KERNELS_CUDA_PREFILL_ATTENTION_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cuda/kv_layout.h"
+
+namespace glimpse::kernels::cuda {
+
+enum class AttentionMaskMode { kCausal, kTree };
+
+// Host-side plan, made once per step from host copies of the index arrays and reused by every
+// layer (upload work_items once per step).
+struct PrefillPlan {
+  int32_t total_q = 0;     // qo_indptr[num_seqs]
+  int32_t chunk_keys = 0;  // keys per split chunk, a multiple of 64
+  int32_t num_chunks = 1;  // chunks of the longest sequence; 1 = no split, no workspace
+  // Three int32 per block: (sequence, 64-row tile, kv chunk). Longest tiles first.
+  std::vector<int32_t> work_items;
+  int32_t num_work_items() const { return static_cast<int32_t>(work_items.size() / 3); }
+};
+
+struct PrefillPlanInput {
+  const int32_t* qo_indptr = nullptr;         // host, [num_seqs + 1]
+  const int32_t* kv_indptr = nullptr;         // host, [num_seqs + 1]
+  const int32_t* kv_last_page_len = nullptr;  // host, [num_seqs]
+  int32_t num_seqs = 0;
+  int32_t num_qo_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t page_size = 0;
+  AttentionMaskMode mask_mode = AttentionMaskMode::kCausal;
+  int32_t num_sms = 132;  // cudaDevAttrMultiProcessorCount
+};
+
+// cudaErrorInvalidValue when a sequence has qo_len > kv_len, or qo_len > 64 in kTree mode.
+cudaError_t PlanPrefillAttention(const PrefillPlanInput& input, PrefillPlan* plan);
+
+size_t PrefillWorkspaceBytes(const PrefillPlan& plan, int32_t num_qo_heads, int32_t head_dim);
+
+struct PrefillAttentionParams {
+  const void* q = nullptr;  // bf16 [total_q][num_qo_heads][head_dim]
+  void* o = nullptr;        // bf16 [total_q][num_qo_heads][head_dim]
+  float* lse = nullptr;     // [total_q][num_qo_heads], natural log of sum exp; may be null
+  PagedKv kv;               // bf16 caches, page table over num_seqs sequences
+  const int32_t* qo_indptr = nullptr;  // device, [num_seqs + 1]
+  int32_t num_seqs = 0;
+  int32_t num_qo_heads = 0;
+  float sm_scale = 1.0f;
+  AttentionMaskMode mask_mode = AttentionMaskMode::kCausal;
+  // kTree: bit j of tree_mask[t] set iff node j is node t or an ancestor of it (t is the
+  // node index within its sequence; the array is indexed by global query token).
+  const uint64_t* tree_mask = nullptr;  // device, [total_q]
+  // From the plan: its scalars and a device copy of plan.work_items.
+  int32_t total_q = 0;
+  int32_t chunk_keys = 0;
+  int32_t num_chunks = 1;
+  const int32_t* work_items = nullptr;  // device, [3 * num_work_items]
+  int32_t num_work_items = 0;
+  void* workspace = nullptr;  // device, PrefillWorkspaceBytes(...) bytes when num_chunks > 1
+  size_t workspace_bytes = 0;
+};
+
+// Fills the plan-derived fields of `params` (all but work_items, which must point to a device
+// copy of plan.work_items).
+void ApplyPrefillPlan(const PrefillPlan& plan, PrefillAttentionParams* params);
+
+cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& params, cudaStream_t stream);
+
+}  // namespace glimpse::kernels::cuda
+
+#endif  // GLIMPSE_KERNELS_CUDA_PREFILL_ATTENTION_H_
