@@ -29,7 +29,7 @@ constexpr char kUsage[] =
     "  tokenize    Print the token ids and pieces of --prompt.\n"
     "  make-model  Write a GGUF with random weights in a real model's shape (--shape, --out).\n"
     "  bench       Measure prefill and decode throughput (llama-bench style).\n"
-    "  loadgen     Drive a running server at several concurrencies; report tok/s, TTFT, TPOT.\n"
+    "  loadgen     Load-test glimpse (gRPC) or any OpenAI-compatible server: table, JSON, plots.\n"
     "\n"
     "Examples:\n"
     "  glimpse serve --port=50051 --max_num_seqs=64\n"

@@ -20,6 +20,13 @@ SANITIZED=(
   //scheduler:scheduler_test
   //scheduler:request_stream_test
   //scheduler:output_text_test
+  //tools/loadgen:arrivals_test
+  //tools/loadgen:progress_test
+  //tools/loadgen:server_counters_test
+  //tools/loadgen:sse_parser_test
+  //tools/loadgen:stats_test
+  //tools/loadgen:svg_plot_test
+  //tools/loadgen:workload_test
 )
 
 passed=0
@@ -45,6 +52,20 @@ if [[ $status -eq 0 ]]; then
     rm -rf "$(readlink -f bazel-testlogs)"
     bazel test --config=asan "${SANITIZED[@]}" || status=1
     count_cases
+  fi
+fi
+# The CUDA backend compiles with nvcc on every change (CI machines have the toolkit, not a GPU);
+# its `gpu` tests pass by skipping where there is no device and run for real on a GPU machine.
+if [[ $status -eq 0 ]]; then
+  if command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; then
+    rm -rf "$(readlink -f bazel-testlogs)"
+    bazel build --config=cuda //kernels/cuda/... || status=1
+    if [[ $status -eq 0 ]]; then
+      bazel test --config=cuda //kernels/cuda/... || status=1
+      count_cases
+    fi
+  else
+    echo "test.sh: no CUDA toolkit (nvcc) here; the CUDA backend was not compiled" >&2
   fi
 fi
 # The official OpenAI Node SDK against a real gateway (outside Bazel: the SDK comes from npm).

@@ -15,7 +15,7 @@
 #                concurrency 16; glimpse with the prefix cache on, then off (a second server)
 #   repetitive   replay (4 distinct requests sent again and again) and code-edit prompts,
 #                concurrency 4. Speculation on/off: glimpse does not speculate yet, so these run
-#                once (TODO(#7): run them with speculation on and off once it does).
+#                once; pair them (speculation on, off) when glimpse speculates.
 # Against a peer, glimpse is measured over its OpenAI HTTP API too (same prompts as text, same
 # client path), and the peer's /metrics is read when it has one.
 set -euo pipefail
