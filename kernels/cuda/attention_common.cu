@@ -7,25 +7,10 @@ namespace glimpse::kernels::cuda {
 namespace {
 
 using internal::bf16;
+using internal::FindSequence;
 using internal::FromFloat;
 
 constexpr int kThreads = 128;
-
-// Index of the sequence holding row `row`: the s with indptr[s] <= row < indptr[s+1].
-__device__ __forceinline__ int32_t FindSequence(const int32_t* indptr, int32_t num_seqs,
-                                                int32_t row) {
-  int32_t lo = 0;
-  int32_t hi = num_seqs - 1;
-  while (lo < hi) {
-    const int32_t mid = (lo + hi + 1) >> 1;
-    if (indptr[mid] <= row) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  return lo;
-}
 
 // Grid: one block per row; threads loop over (qo head, dim).
 template <typename T>

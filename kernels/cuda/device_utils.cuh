@@ -122,6 +122,24 @@ inline bool IsAligned16(const void* ptr) {
   return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0;
 }
 
+// Index of the sequence holding row `row` of a CSR layout: the s with
+// indptr[s] <= row < indptr[s+1] (binary search; indptr has num_seqs + 1 entries, non-decreasing,
+// and row < indptr[num_seqs]). Empty sequences are skipped: the last s with indptr[s] <= row.
+__device__ __forceinline__ int32_t FindSequence(const int32_t* indptr, int32_t num_seqs,
+                                                int32_t row) {
+  int32_t lo = 0;
+  int32_t hi = num_seqs - 1;
+  while (lo < hi) {
+    const int32_t mid = (lo + hi + 1) >> 1;
+    if (indptr[mid] <= row) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
 }  // namespace glimpse::kernels::cuda::internal
 
 #endif  // GLIMPSE_KERNELS_CUDA_DEVICE_UTILS_CUH_

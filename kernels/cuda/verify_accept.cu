@@ -6,31 +6,17 @@
 namespace glimpse::kernels::cuda {
 namespace {
 
+using internal::FindSequence;
 using internal::kSampleThreads;
 using internal::SampleScratch;
 
 constexpr int kMaxNodes = 64;
 
-__device__ __forceinline__ int32_t FindSeq(const int32_t* indptr, int32_t num_seqs,
-                                           int32_t row) {
-  int32_t lo = 0;
-  int32_t hi = num_seqs - 1;
-  while (lo < hi) {
-    const int32_t mid = (lo + hi + 1) >> 1;
-    if (indptr[mid] <= row) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  return lo;
-}
-
 // Grid: one block per node row.
 __global__ void __launch_bounds__(kSampleThreads) VerifyStatsKernel(VerifyAcceptParams p) {
   __shared__ SampleScratch sc;
   const int32_t row = blockIdx.x;
-  const int32_t seq = FindSeq(p.node_indptr, p.num_seqs, row);
+  const int32_t seq = FindSequence(p.node_indptr, p.num_seqs, row);
   const SamplingConfig& c = p.config;
   const float temperature = c.temperature != nullptr ? c.temperature[seq] : 1.0f;
   const int32_t top_k = c.top_k != nullptr ? c.top_k[seq] : 0;
