@@ -457,6 +457,7 @@ void Gateway::HandleMetrics(std::shared_ptr<Responder> responder) {
     absl::StrAppend(&text, "glimpse_gateway_backend_requests_total{backend=\"",
                     EscapeLabelValue(b.target), "\"} ", b.requests_total, "\n");
   }
+  if (options_.extra_metrics) text += options_.extra_metrics();
   HttpResponse r;
   r.headers.Add("Content-Type", MetricsRegistry::kContentType);
   r.body = std::move(text);

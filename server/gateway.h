@@ -18,6 +18,7 @@
 #define GLIMPSE_SERVER_GATEWAY_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,6 +37,10 @@ struct GatewayOptions {
   AsyncHttpServerOptions http;
   BackendPoolOptions backends;
   std::string api_keys_file;  // One key per line; empty: no authentication.
+  // More Prometheus text appended to /metrics: `glimpse serve --http_port` passes its engine's
+  // metrics here, so one scrape of the in-process gateway sees both (DESIGN.md). Called on the
+  // HTTP server's threads; must be thread-safe. Unset for a standalone gateway.
+  std::function<std::string()> extra_metrics;
 };
 
 // What the gateway knows of the served model (from a replica's GetModelInfo).

@@ -359,6 +359,11 @@ int RunServeCommand() {
       spdlog::error("cannot start the HTTP gateway: {}", std::string(gateway_options.status().message()));
       return 2;
     }
+    // The engine's metrics also appear on the OpenAI port's /metrics.
+    gateway_options->extra_metrics = [e = metrics->get(), engine_ptr = engine->get()] {
+      e->observer->RefreshFromLoad(engine_ptr->GetLoad());
+      return e->registry.RenderText();
+    };
     gateway = std::make_unique<Gateway>(*std::move(gateway_options));
     if (absl::Status s = gateway->Start(absl::Seconds(10)); !s.ok()) {
       spdlog::error("cannot start the HTTP gateway: {}", std::string(s.message()));

@@ -5,11 +5,13 @@
 // written; the scenario workloads do what they claim on the server (shared prefixes hit the
 // prefix cache); and a time-bounded open-loop run stops by itself.
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -177,6 +179,31 @@ TEST_F(LoadgenE2eTest, OpenLoopRunStopsAtItsTimeLimitAndSaysWhatWasNotSent) {
   EXPECT_LT(result["requests_ok"].get<int>(), 100);
   EXPECT_EQ(result["requests_not_sent"].get<int>() + result["requests_ok"].get<int>(), 1000);
   EXPECT_EQ(result["rate"].get<double>(), 5.0);
+}
+
+// `glimpse serve --http_port` serves the engine's counters on the OpenAI port's /metrics too, so
+// loadgen's default metrics URL for an HTTP target ({url}/metrics) finds them.
+TEST(LoadgenInProcessGatewayTest, ReadsTheEngineCountersFromTheOpenAiPort) {
+  ChildProcess server;
+  const int http_port = testing::FreePort();
+  ASSERT_TRUE(server.Start({"server/glimpse", "serve", "--port=0", "--threads=2",
+                            "--model=models/tinycode-4m-f16.gguf",
+                            "--http_port=" + std::to_string(http_port)},
+                           "glimpse serve: listening on "));
+  // The OpenAI port opens just after the gRPC one.
+  double before = -1;
+  for (int i = 0; i < 100 && before < 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    before = Counter(http_port, "glimpse_generation_tokens_total");
+  }
+  ASSERT_GE(before, 0) << "no engine counters on the OpenAI port's /metrics";
+  nlohmann::json result =
+      RunLoadgen("http://127.0.0.1:" + std::to_string(http_port) + "/v1",
+                 "--concurrency=2 --requests=4 --max_tokens=10 --ignore_eos");
+  ASSERT_FALSE(result.is_null() || result.is_discarded());
+  EXPECT_EQ(result["output_tokens"], 40);
+  EXPECT_EQ(Counter(http_port, "glimpse_generation_tokens_total") - before, 40);
+  EXPECT_EQ(result["server"]["generation_tokens"].get<double>(), 40);
 }
 
 TEST(LoadgenCliTest, RefusesRemoteTargetsAndBadFlagsWithAClearMessage) {
