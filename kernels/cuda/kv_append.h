@@ -39,9 +39,12 @@ struct KvCopySlotsParams {
   void* v_cache = nullptr;  // [num_blocks][num_kv_heads][page_size][head_dim]
   // Copy i moves every head's key and value from flat slot src_slots[i] to dst_slots[i].
   // Destinations must be distinct and no destination may be another copy's source (the copies
-  // of one launch run concurrently); compaction of an accepted path satisfies this when the
-  // path moves to the slots right after the prefix, i.e. dst <= src with no overlap, or the
-  // caller splits the copies into rounds.
+  // of one launch run concurrently, in no order). Compaction of an accepted path to the slots
+  // right after the prefix often breaks this: accepted nodes 0, 2, 5 give the copies 2 -> 1
+  // and 5 -> 2, and the second may overwrite slot 2 before the first reads it. Drop copies
+  // with src == dst and split the rest into rounds (one launch each) in which no destination
+  // is a source, e.g. round r = the r-th remaining copy of every sequence, in path order
+  // (sequential forward copies are correct because dst <= src and both increase).
   const int32_t* src_slots = nullptr;  // device, [num_copies]
   const int32_t* dst_slots = nullptr;  // device, [num_copies]
   int32_t num_copies = 0;

@@ -129,6 +129,11 @@ __device__ inline SamplingRowStats ComputeRowStats(const float* row, int32_t voc
     const uint32_t key = FloatKey(best + logf(min_p));
     threshold = key > threshold ? key : threshold;
   }
+  // The argmax is always kept (as in vLLM). Valid parameters never need this; top_p <= 0
+  // (target mass 0 selects the empty set) or min_p > 1 would otherwise keep nothing: sum_exp
+  // 0, NaN probabilities and a -1 token.
+  const uint32_t best_key = FloatKey(best);
+  threshold = threshold < best_key ? threshold : best_key;
   st.threshold_key = threshold;
   st.sum_exp = MassAtLeast(row, vocab, st.temperature, best, threshold, sc);
   return st;
@@ -169,8 +174,9 @@ __device__ inline int32_t BlockSampleRow(const float* row, int32_t vocab,
     const float z = row[x] / st.temperature;
     const bool kept = st.greedy ? x == st.argmax : FloatKey(z) >= st.threshold_key;
     if (kept && !IsExcluded(x, excluded, num_excluded)) {
-      own += st.greedy ? 1.0f : expf(z - st.max_logit);
-      last_kept = x;
+      const float w = st.greedy ? 1.0f : expf(z - st.max_logit);
+      own += w;
+      if (w > 0.0f) last_kept = x;  // never a zero-mass token (-inf logit, underflow)
     }
   }
   // Exclusive scan of the slice sums: inclusive within each warp, then over warp totals.
@@ -184,7 +190,7 @@ __device__ inline int32_t BlockSampleRow(const float* row, int32_t vocab,
   if (lane == 0) excl_in_warp = 0.0f;
   __syncthreads();
   if (lane == 31) sc.red[warp] = incl;
-  if (threadIdx.x == 0) sc.claimed = INT_MAX;
+  if (threadIdx.x == 0) sc.claimed = -1;
   __syncthreads();
   if (warp == 0) {
     float w = lane < kSampleThreads / 32 ? sc.red[lane] : 0.0f;
@@ -200,7 +206,15 @@ __device__ inline int32_t BlockSampleRow(const float* row, int32_t vocab,
   const float total = __int_as_float(sc.idx[kSampleThreads / 32 - 1]);
   const float prefix = warp_prefix + excl_in_warp;
   const float target = u * total;
-  if (own > 0.0f && prefix <= target && target < prefix + own) {
+  // The slice holding the target: the last slice with mass whose prefix is <= target. (Testing
+  // target < prefix + own as well would leave a target that falls between two slices, through
+  // rounding of the fp32 scan, unclaimed.)
+  if (own > 0.0f && prefix <= target) {
+    atomicMax(&sc.claimed, static_cast<int32_t>(threadIdx.x));
+  }
+  __syncthreads();
+  const int32_t owner = sc.claimed;
+  if (static_cast<int32_t>(threadIdx.x) == owner) {
     float acc = prefix;
     int32_t pick = last_kept;  // rounding fall-through: the slice's last kept token
     for (int32_t x = begin; x < end; ++x) {
@@ -213,15 +227,12 @@ __device__ inline int32_t BlockSampleRow(const float* row, int32_t vocab,
         break;
       }
     }
-    atomicMin(&sc.claimed, pick);
+    sc.idx[0] = pick;  // every thread read sc.idx before the barrier above
   }
-  // Fallback when rounding leaves target >= every prefix: the last kept token overall.
-  float lk = static_cast<float>(last_kept);
-  int32_t lk_idx = last_kept;
-  BlockArgMax(lk, lk_idx, sc);  // also a barrier after the atomicMin above
-  const int32_t claimed = sc.claimed;
-  __syncthreads();  // everyone has read sc.claimed before the scratch is reused
-  return claimed != INT_MAX ? claimed : lk_idx;
+  __syncthreads();
+  const int32_t token = owner >= 0 ? sc.idx[0] : -1;  // -1: nothing kept is left
+  __syncthreads();  // everyone has read sc.idx[0] before the scratch is reused
+  return token;
 }
 
 }  // namespace glimpse::kernels::cuda::internal

@@ -138,9 +138,13 @@ cudaError_t LaunchVerifyAccept(const VerifyAcceptParams& params, cudaStream_t st
                                  params.accepted_nodes != nullptr &&
                                  params.num_accepted != nullptr &&
                                  params.bonus_tokens != nullptr);
-  if (params.num_seqs == 0 || params.total_nodes == 0) return cudaSuccess;
-  VerifyStatsKernel<<<params.total_nodes, kSampleThreads, 0, stream>>>(params);
-  GLIMPSE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  if (params.num_seqs == 0) return cudaSuccess;
+  // With no nodes at all the walk kernel still runs: it writes the "nothing to verify"
+  // outputs (num_accepted 0, bonus -1, path -1) of every sequence.
+  if (params.total_nodes > 0) {
+    VerifyStatsKernel<<<params.total_nodes, kSampleThreads, 0, stream>>>(params);
+    GLIMPSE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  }
   VerifyWalkKernel<<<params.num_seqs, kSampleThreads, 0, stream>>>(params);
   return cudaGetLastError();
 }

@@ -137,6 +137,9 @@ void RunCase(int32_t vocab, int32_t num_seqs, bool greedy) {
   GLIMPSE_ASSERT_CUDA(d_parents.Upload(parents));
   GLIMPSE_ASSERT_CUDA(d_stats.Allocate(total_nodes));
   GLIMPSE_ASSERT_CUDA(d_acc.Allocate(static_cast<size_t>(num_seqs) * kMaxTreeNodes));
+  // The default poison (-1) is the expected padding of the path: poison with another value so
+  // that an unwritten tail fails.
+  GLIMPSE_ASSERT_CUDA(cudaMemset(d_acc.get(), 0x55, d_acc.size() * sizeof(int32_t)));
   GLIMPSE_ASSERT_CUDA(d_num.Allocate(num_seqs));
   GLIMPSE_ASSERT_CUDA(d_bonus.Allocate(num_seqs));
   VerifyAcceptParams p;
