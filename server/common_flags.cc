@@ -2,9 +2,41 @@
 
 #include "absl/flags/flag.h"
 
+namespace glimpse::server {
+
+bool AbslParseFlag(absl::string_view text, Device* device, std::string* error) {
+  if (text == "cpu") {
+    *device = Device::kCpu;
+    return true;
+  }
+  if (text == "cuda") {
+    *device = Device::kCuda;
+    return true;
+  }
+  *error = "expected 'cpu' or 'cuda'";
+  return false;
+}
+
+std::string AbslUnparseFlag(Device device) {
+  switch (device) {
+    case Device::kCpu:
+      return "cpu";
+    case Device::kCuda:
+      return "cuda";
+  }
+  return "cpu";
+}
+
+}  // namespace glimpse::server
+
 ABSL_FLAG(std::string, model, "models/tinycode-4m-f16.gguf",
           "Path of the GGUF model file (Llama architecture; F32, F16, BF16 or Q8_0 weights). "
           "The default is the small bundled model.");
 ABSL_FLAG(int32_t, threads, 0,
           "Worker threads for the CPU backend, the calling thread included; 0 uses every CPU "
           "this process may run on (or GLIMPSE_NUM_THREADS when set).");
+ABSL_FLAG(glimpse::server::Device, device, glimpse::server::Device::kCpu,
+          "Where the model runs: 'cpu' (fp32, batch-invariant) or 'cuda' (the first visible "
+          "GPU: F32 weights stay fp32, F16/BF16/Q8_0 weights run as bf16 with fp32 "
+          "accumulation; needs a binary built with `bazel build --config=cuda "
+          "//server:glimpse`).");

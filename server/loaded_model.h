@@ -1,4 +1,4 @@
-// Everything needed to run one GGUF model on the CPU: the mapped file, the backend, the
+// Everything needed to run one GGUF model: the mapped file, the backend (CPU or CUDA), the
 // packed model and its tokenizer, loaded together with errors that name the file.
 //
 // Ownership: owns all four; members are declared in dependency order so they are destroyed
@@ -14,6 +14,7 @@
 #include "model/gguf.h"
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
+#include "server/common_flags.h"
 
 namespace glimpse::server {
 
@@ -23,9 +24,16 @@ struct LoadedModel {
   std::unique_ptr<model::LlamaModel> model;
   std::unique_ptr<model::Tokenizer> tokenizer;
 
-  // num_threads <= 0: all CPUs this process may use.
+  // Loads onto `device`. num_threads (CPU backend only) <= 0: all CPUs this process may use.
+  static absl::StatusOr<LoadedModel> Load(const std::string& path, int num_threads,
+                                          Device device);
+  // Loads onto the device the `--device` flag names (default cpu).
   static absl::StatusOr<LoadedModel> Load(const std::string& path, int num_threads);
 };
+
+// The backend for `device`. Device::kCuda: FailedPrecondition when this binary was built
+// without CUDA (rebuild with --config=cuda) or when no usable CUDA device exists.
+absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateBackend(Device device, int num_threads);
 
 }  // namespace glimpse::server
 

@@ -59,7 +59,7 @@ fi
 if [[ $status -eq 0 ]]; then
   if command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; then
     rm -rf "$(readlink -f bazel-testlogs)"
-    bazel build --config=cuda //kernels/cuda/... || status=1
+    bazel build --config=cuda //kernels/cuda/... //server:glimpse || status=1
     if [[ $status -eq 0 ]]; then
       bazel test --config=cuda //kernels/cuda/... || status=1
       count_cases

@@ -30,9 +30,11 @@ FLAGS=(-O3 -std=c++20 -I"$ROOT" -gencode=arch=compute_90a,code=sm_90a
        -gencode=arch=compute_80,code=sm_80 -Xcompiler=-Wall,-Wextra)
 
 LIB_SRCS=(attention_common rmsnorm rope silu_mul kv_append paged_decode_attention
-          prefill_attention tree_attention sampling verify_accept score_export)
+          prefill_attention tree_attention sampling verify_accept score_export
+          weight_convert embedding elementwise rope_table)
 TEST_SRCS=(rmsnorm_test rope_test silu_mul_test kv_append_test paged_decode_attention_test
-           prefill_attention_test score_export_test sampling_test verify_accept_test)
+           prefill_attention_test score_export_test sampling_test verify_accept_test
+           weight_convert_test embedding_test elementwise_test rope_table_test)
 
 echo "nvcc: $NVCC ($("$NVCC" --version | tail -1))" | tee "$LOG"
 start=$(date +%s)
@@ -71,6 +73,33 @@ export LD_LIBRARY_PATH="$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
 "$BUILD/kernel_tests" --json="$RESULT_DIR/tests.json" 2>&1 | tee "$RESULT_DIR/tests.log"
 test_rc=${PIPESTATUS[0]}
 
+# Tensor parallelism needs NCCL: the toolkit's, else the one PyTorch's wheel brings
+# (nvidia-nccl-cu13). Without it the NCCL test is reported as not built, not as passed.
+NCCL_DIR=""
+if [ -f "$CUDA_HOME/include/nccl.h" ]; then
+  NCCL_DIR="$CUDA_HOME"
+else
+  NCCL_DIR=$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null || true)
+fi
+tp_rc=0
+if [ -n "$NCCL_DIR" ] && [ -f "$NCCL_DIR/include/nccl.h" ]; then
+  NCCL_LIB="$NCCL_DIR/lib64"; [ -d "$NCCL_LIB" ] || NCCL_LIB="$NCCL_DIR/lib"
+  # The wheel ships libnccl.so.2 without the unversioned link name.
+  ln -sf "$(ls "$NCCL_LIB"/libnccl.so* | head -1)" "$BUILD/libnccl.so"
+  if "$NVCC" "${FLAGS[@]}" -I"$NCCL_DIR/include" -o "$BUILD/tp_tests" \
+        kernels/cuda/tensor_parallel.cc kernels/cuda/tensor_parallel_test.cc \
+        "$BUILD/test_harness.o" "$BUILD/test_main.o" -L"$BUILD" -lnccl \
+        -Xlinker -rpath -Xlinker "$NCCL_LIB" >>"$LOG" 2>&1; then
+    "$BUILD/tp_tests" --json="$RESULT_DIR/tp_tests.json" 2>&1 | tee "$RESULT_DIR/tp_tests.log"
+    tp_rc=${PIPESTATUS[0]}
+  else
+    echo "tensor-parallel test: BUILD FAILED (see $LOG)"; tp_rc=1
+  fi
+else
+  echo "tensor-parallel test: not built (no NCCL found in $CUDA_HOME or python's nvidia.nccl)"
+fi
+[ $tp_rc -ne 0 ] && test_rc=1
+
 bench_rc=0
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   "$BUILD/kernel_bench" "$RESULT_DIR/bench.json" 2>&1 | tee "$RESULT_DIR/bench.log"
@@ -91,6 +120,7 @@ echo
 echo "==== summary ===="
 grep -E '^\[ (FAIL| OK )' "$RESULT_DIR/tests.log" | sed 's/^/test /'
 grep -E '^[0-9]+ tests' "$RESULT_DIR/tests.log"
+[ -f "$RESULT_DIR/tp_tests.log" ] && grep -E '^\[ (FAIL| OK )|^[0-9]+ tests' "$RESULT_DIR/tp_tests.log" | sed 's/^/tp /'
 [ -f "$RESULT_DIR/bench.log" ] && sed -n '/^kernel /,$p' "$RESULT_DIR/bench.log"
 echo "result: $RESULT (tests exit $test_rc, bench exit $bench_rc)"
 rm -rf "$BUILD"

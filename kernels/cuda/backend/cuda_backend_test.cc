@@ -1,0 +1,640 @@
+// Every Backend op of the CUDA backend against the CPU backend (the reference: fp32,
+// batch-invariant) on fresh random inputs (seed printed; GLIMPSE_TEST_SEED=N replays), never
+// zeros, odd sizes; device outputs are poisoned with NaN first, so an element the op fails to
+// write fails the comparison. Skips cleanly (GTEST_SKIP) where no CUDA device exists.
+//
+// Tolerances, for every element and in the relative L2 norm ‖out − ref‖ / ‖ref‖:
+//   fp32 paths:    |out − ref| ≤ 1e-5·rms(ref) + 1e-4·|ref|,   rel L2 < 1e-5
+//   bf16 operands: |out − ref| ≤ 2e-2·rms(ref) + 2e-2·|ref|,   rel L2 < 1e-2
+//   exact ops (embedding widening, gathers, copies, one fp32 add): bitwise.
+// No NaN anywhere. The bf16 matmul is also held to the fp32 bound against a float64 product of
+// the same bf16-rounded operands, which isolates the GEMM from the operand rounding.
+#include "kernels/cuda/backend/cuda_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <initializer_list>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "common/float16.h"
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "model/kv_cache_storage.h"
+#include "model/llama_config.h"
+
+namespace glimpse::kernels {
+namespace {
+
+struct Tolerance {
+  double atol_rms = 0.0;  // absolute tolerance, in units of rms(ref)
+  double rtol = 0.0;
+  double max_rel_l2 = 0.0;
+  static Tolerance Fp32() { return {1e-5, 1e-4, 1e-5}; }
+  static Tolerance Bf16() { return {2e-2, 2e-2, 1e-2}; }
+  static Tolerance Exact() { return {0.0, 0.0, 0.0}; }
+};
+
+// Checks out against ref element by element and in relative L2; reports the worst element.
+void ExpectClose(const std::string& what, const std::vector<float>& out,
+                 const std::vector<float>& ref, const Tolerance& tol) {
+  ASSERT_EQ(out.size(), ref.size()) << what;
+  ASSERT_FALSE(ref.empty()) << what;
+  double sum_sq_ref = 0.0;
+  double sum_sq_err = 0.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ASSERT_FALSE(std::isnan(ref[i])) << what << ": reference NaN at " << i;
+    sum_sq_ref += static_cast<double>(ref[i]) * ref[i];
+  }
+  const double rms = std::sqrt(sum_sq_ref / static_cast<double>(ref.size()));
+  size_t num_bad = 0;
+  size_t num_nan = 0;
+  size_t worst = 0;
+  double worst_excess = -1.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (std::isnan(out[i])) {
+      ++num_nan;
+      continue;
+    }
+    const double err = std::fabs(static_cast<double>(out[i]) - ref[i]);
+    sum_sq_err += err * err;
+    const double bound = tol.atol_rms * rms + tol.rtol * std::fabs(ref[i]);
+    if (err > bound) ++num_bad;
+    if (err - bound > worst_excess) {
+      worst_excess = err - bound;
+      worst = i;
+    }
+  }
+  const double rel_l2 = sum_sq_ref > 0 ? std::sqrt(sum_sq_err / sum_sq_ref) : std::sqrt(sum_sq_err);
+  EXPECT_EQ(num_nan, 0u) << what << ": NaN elements (unwritten or bad arithmetic)";
+  EXPECT_EQ(num_bad, 0u) << what << ": " << num_bad << " of " << ref.size()
+                         << " elements out of tolerance; worst at " << worst << ": out "
+                         << out[worst] << " ref " << ref[worst];
+  EXPECT_LE(rel_l2, tol.max_rel_l2) << what << ": relative L2 error";
+}
+
+class CudaBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto backend = cuda::CreateCudaBackend({});
+    if (!backend.ok()) GTEST_SKIP() << "SKIPPED: " << backend.status().message();
+    cuda_ = std::move(*backend);
+    const char* env = std::getenv("GLIMPSE_TEST_SEED");
+    const uint64_t seed = env != nullptr ? std::strtoull(env, nullptr, 10) : std::random_device{}();
+    std::printf("seed %llu (GLIMPSE_TEST_SEED=%llu replays)\n",
+                static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed));
+    rng_.seed(seed);
+  }
+
+  std::vector<float> Normal(size_t n, float stddev = 1.0f) {
+    std::normal_distribution<float> dist(0.0f, stddev);
+    std::vector<float> v(n);
+    for (float& x : v) {
+      do {
+        x = dist(rng_);
+      } while (x == 0.0f);
+    }
+    return v;
+  }
+  int32_t Int(int32_t lo, int32_t hi) {
+    return std::uniform_int_distribution<int32_t>(lo, hi)(rng_);
+  }
+
+  // A buffer of `backend` holding `host`.
+  float* Put(Backend& backend, const std::vector<float>& host) {
+    auto* p = static_cast<float*>(backend.Allocate(host.size() * sizeof(float)));
+    backend.CopyToBackend(p, host.data(), host.size() * sizeof(float));
+    owned_.push_back({&backend, p});
+    return p;
+  }
+  // A buffer of `backend` of n floats filled with NaN.
+  float* Poisoned(Backend& backend, size_t n) {
+    return Put(backend, std::vector<float>(n, std::numeric_limits<float>::quiet_NaN()));
+  }
+  std::vector<float> Get(Backend& backend, const float* p, size_t n) {
+    std::vector<float> host(n);
+    backend.CopyToHost(host.data(), p, n * sizeof(float));
+    return host;
+  }
+  void TearDown() override {
+    for (auto& [backend, p] : owned_) backend->Free(p);
+  }
+
+  std::unique_ptr<Backend> cuda_;
+  cpu::CpuBackend cpu_{2};
+  std::mt19937_64 rng_;
+  std::vector<std::pair<Backend*, void*>> owned_;
+};
+
+// ---- Memory ---------------------------------------------------------------------------------
+
+TEST_F(CudaBackendTest, CopiesRoundTripAtAnySizeAndOffset) {
+  // Sizes below and above the staged-copy limit (256 KiB); odd byte offsets.
+  for (const size_t n : {size_t{1}, size_t{3}, size_t{1000}, size_t{262145}, size_t{3000001}}) {
+    std::vector<uint8_t> host(n);
+    for (uint8_t& b : host) b = static_cast<uint8_t>(Int(1, 255));
+    auto* dev = static_cast<uint8_t*>(cuda_->Allocate(n + 7));
+    cuda_->CopyToBackend(dev + 7, host.data(), n);
+    std::vector<uint8_t> back(n, 0);
+    cuda_->CopyToHost(back.data(), dev + 7, n);
+    EXPECT_EQ(back, host) << n << " bytes";
+    cuda_->Free(dev);
+  }
+}
+
+TEST_F(CudaBackendTest, CopyToBackendLetsTheCallerReuseItsBufferAtOnce) {
+  // Many small copies from one host buffer that is rewritten after each: every copy must
+  // carry the bytes the buffer held at the call.
+  const int kCopies = 2000;
+  const size_t kFloats = 97;
+  auto* dev = static_cast<float*>(cuda_->Allocate(kCopies * kFloats * sizeof(float)));
+  std::vector<float> host(kFloats);
+  std::vector<float> expect;
+  for (int c = 0; c < kCopies; ++c) {
+    host = Normal(kFloats);
+    expect.insert(expect.end(), host.begin(), host.end());
+    cuda_->CopyToBackend(dev + c * kFloats, host.data(), kFloats * sizeof(float));
+  }
+  EXPECT_EQ(Get(*cuda_, dev, expect.size()), expect);
+  cuda_->Free(dev);
+}
+
+// ---- MatMul ---------------------------------------------------------------------------------
+
+struct HostMatrix {
+  WeightType type;
+  int64_t rows, cols;
+  std::vector<uint8_t> bytes;
+  std::vector<float> values;  // exact widening
+  MatrixView view() const { return {type, bytes.data(), rows, cols}; }
+};
+
+HostMatrix MakeMatrix(WeightType type, int64_t rows, int64_t cols,
+                      const std::vector<float>& normal) {
+  HostMatrix m{type, rows, cols, {}, std::vector<float>(rows * cols)};
+  switch (type) {
+    case WeightType::kF32:
+      m.values = normal;
+      m.bytes.resize(rows * cols * 4);
+      std::memcpy(m.bytes.data(), normal.data(), m.bytes.size());
+      break;
+    case WeightType::kF16:
+    case WeightType::kBF16:
+      m.bytes.resize(rows * cols * 2);
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        const uint16_t h =
+            type == WeightType::kF16 ? FloatToHalf(normal[i]) : FloatToBf16(normal[i]);
+        std::memcpy(m.bytes.data() + 2 * i, &h, 2);
+        m.values[i] = type == WeightType::kF16 ? HalfToFloat(h) : Bf16ToFloat(h);
+      }
+      break;
+    case WeightType::kQ8_0:
+      m.bytes.resize(rows * cols / 32 * 34);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t b = 0; b < cols / 32; ++b) {
+          const float* src = normal.data() + r * cols + b * 32;
+          float amax = 0.0f;
+          for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(src[i]));
+          const uint16_t d = FloatToHalf(amax / 127.0f);
+          uint8_t* block = m.bytes.data() + (r * cols / 32 + b) * 34;
+          std::memcpy(block, &d, 2);
+          for (int i = 0; i < 32; ++i) {
+            int q = static_cast<int>(std::lround(src[i] / HalfToFloat(d)));
+            q = std::clamp(q, -127, 127);
+            if (q == 0) q = 1;  // never zero
+            block[2 + i] = static_cast<uint8_t>(static_cast<int8_t>(q));
+            m.values[r * cols + b * 32 + i] = static_cast<float>(q) * HalfToFloat(d);
+          }
+        }
+      }
+      break;
+  }
+  return m;
+}
+
+float RoundBf16(float x) { return Bf16ToFloat(FloatToBf16(x)); }
+
+void RunMatMul(Backend& cuda, Backend& cpu, WeightType type, int64_t n,
+               int64_t k, int64_t m, const std::vector<float>& w_normal,
+               const std::vector<float>& x, std::vector<float>* out, std::vector<float>* ref,
+               HostMatrix* matrix) {
+  *matrix = MakeMatrix(type, n, k, w_normal);
+  auto cuda_w = cuda.PackMatrix(matrix->view());
+  auto cpu_w = cpu.PackMatrix(matrix->view());
+  ASSERT_TRUE(cuda_w.ok()) << cuda_w.status();
+  ASSERT_TRUE(cpu_w.ok()) << cpu_w.status();
+  EXPECT_EQ((*cuda_w)->rows(), n);
+  EXPECT_EQ((*cuda_w)->cols(), k);
+  std::vector<float> nan(m * n, std::numeric_limits<float>::quiet_NaN());
+  auto* dx = static_cast<float*>(cuda.Allocate(x.size() * 4));
+  auto* dy = static_cast<float*>(cuda.Allocate(nan.size() * 4));
+  cuda.CopyToBackend(dx, x.data(), x.size() * 4);
+  cuda.CopyToBackend(dy, nan.data(), nan.size() * 4);
+  cuda.MatMul(dx, m, **cuda_w, dy);
+  out->resize(m * n);
+  cuda.CopyToHost(out->data(), dy, out->size() * 4);
+  cuda.Free(dx);
+  cuda.Free(dy);
+  ref->assign(m * n, 0.0f);
+  cpu.MatMul(x.data(), m, **cpu_w, ref->data());
+}
+
+struct Shape {
+  int64_t n, k, m;  // W[n][k], m rows of x
+};
+
+TEST_F(CudaBackendTest, MatMulF32MatchesCpu) {
+  for (const Shape s : {Shape{1, 1, 1}, Shape{37, 67, 5}, Shape{192, 192, 33},
+                        Shape{4096, 192, 3}, Shape{192, 512, 129}, Shape{1000, 3, 7}}) {
+    const std::string what = "f32 W[" + std::to_string(s.n) + "][" + std::to_string(s.k) +
+                             "] x " + std::to_string(s.m) + " rows";
+    std::vector<float> out, ref;
+    HostMatrix w;
+    RunMatMul(*cuda_, cpu_, WeightType::kF32, s.n, s.k, s.m, Normal(s.n * s.k),
+              Normal(s.m * s.k), &out, &ref, &w);
+    ExpectClose(what, out, ref, Tolerance::Fp32());
+  }
+}
+
+TEST_F(CudaBackendTest, MatMulBf16WeightsMatchCpu) {
+  for (const WeightType type : {WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0}) {
+    for (const Shape s : {Shape{1, 32, 1}, Shape{37, 96, 5}, Shape{192, 192, 33},
+                          Shape{4096, 192, 3}, Shape{192, 512, 129}}) {
+      const std::string what = "type " + std::to_string(static_cast<int>(type)) + " W[" +
+                               std::to_string(s.n) + "][" + std::to_string(s.k) + "] x " +
+                               std::to_string(s.m) + " rows";
+      const std::vector<float> x = Normal(s.m * s.k);
+      std::vector<float> out, ref;
+      HostMatrix w;
+      RunMatMul(*cuda_, cpu_, type, s.n, s.k, s.m, Normal(s.n * s.k), x, &out, &ref, &w);
+      // Against the CPU's fp32 product of the unrounded operands: bf16 rounding error.
+      ExpectClose(what + " vs cpu", out, ref, Tolerance::Bf16());
+      // Against float64 on the operands as the GPU sees them: the GEMM itself is fp32-exact.
+      std::vector<float> rounded_ref(s.m * s.n);
+      for (int64_t r = 0; r < s.m; ++r) {
+        for (int64_t c = 0; c < s.n; ++c) {
+          double acc = 0.0;
+          for (int64_t i = 0; i < s.k; ++i) {
+            acc += static_cast<double>(RoundBf16(x[r * s.k + i])) *
+                   RoundBf16(w.values[c * s.k + i]);
+          }
+          rounded_ref[r * s.n + c] = static_cast<float>(acc);
+        }
+      }
+      ExpectClose(what + " vs float64 on bf16 operands", out, rounded_ref, Tolerance::Fp32());
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, PackMatrixRejectsQ8ColumnsNotMultipleOf32) {
+  std::vector<uint8_t> bytes(34 * 4, 1);
+  const MatrixView view{WeightType::kQ8_0, bytes.data(), 2, 48};
+  auto packed = cuda_->PackMatrix(view);
+  EXPECT_EQ(packed.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---- Embedding ------------------------------------------------------------------------------
+
+TEST_F(CudaBackendTest, EmbeddingLookupMatchesCpuBitwise) {
+  for (const WeightType type :
+       {WeightType::kF32, WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0}) {
+    for (const int64_t cols : {int64_t{32}, int64_t{192}, int64_t{4096}}) {
+      const int64_t vocab = 1001;
+      const HostMatrix table = MakeMatrix(type, vocab, cols, Normal(vocab * cols));
+      std::vector<int32_t> ids(37);
+      for (int32_t& id : ids) id = Int(0, vocab - 1);
+      ids[0] = 0;
+      ids[1] = vocab - 1;
+      ids[2] = ids[1];
+      // Twice: the second lookup uses the cached device table.
+      for (int pass = 0; pass < 2; ++pass) {
+        float* out = Poisoned(*cuda_, ids.size() * cols);
+        cuda_->EmbeddingLookup(table.view(), ids.data(), ids.size(), out);
+        std::vector<float> ref(ids.size() * cols);
+        cpu_.EmbeddingLookup(table.view(), ids.data(), ids.size(), ref.data());
+        ExpectClose("embedding type " + std::to_string(static_cast<int>(type)) + " cols " +
+                        std::to_string(cols),
+                    Get(*cuda_, out, ref.size()), ref, Tolerance::Exact());
+      }
+    }
+  }
+}
+
+// ---- RmsNorm, Rope, element-wise ------------------------------------------------------------
+
+TEST_F(CudaBackendTest, RmsNormMatchesCpu) {
+  for (const auto& [rows, dim] : std::vector<std::pair<int64_t, int64_t>>{
+           {1, 1}, {7, 100}, {33, 192}, {3, 4099}, {2, 8192}}) {
+    const std::vector<float> x = Normal(rows * dim, 3.0f);
+    const std::vector<float> w = Normal(dim);
+    std::vector<float> ref(rows * dim);
+    cpu_.RmsNorm(x.data(), w.data(), rows, dim, 1e-5f, ref.data());
+    const std::string what = "rmsnorm " + std::to_string(rows) + "x" + std::to_string(dim);
+    float* dx = Put(*cuda_, x);
+    float* dw = Put(*cuda_, w);
+    float* out = Poisoned(*cuda_, rows * dim);
+    cuda_->RmsNorm(dx, dw, rows, dim, 1e-5f, out);
+    ExpectClose(what, Get(*cuda_, out, ref.size()), ref, Tolerance::Fp32());
+    EXPECT_EQ(Get(*cuda_, dx, x.size()), x) << what << ": input changed";
+    cuda_->RmsNorm(dx, dw, rows, dim, 1e-5f, dx);  // in place
+    ExpectClose(what + " in place", Get(*cuda_, dx, ref.size()), ref, Tolerance::Fp32());
+  }
+}
+
+TEST_F(CudaBackendTest, RopeMatchesCpu) {
+  struct Case {
+    RopeStyle style;
+    int32_t tokens, heads, head_dim, rot_dim;
+    float base;
+  };
+  for (const Case c : {Case{RopeStyle::kNormal, 37, 6, 32, 32, 10000.0f},
+                       Case{RopeStyle::kNormal, 1, 2, 32, 32, 10000.0f},
+                       Case{RopeStyle::kNeox, 5, 3, 64, 40, 10000.0f},
+                       Case{RopeStyle::kNeox, 300, 8, 128, 128, 500000.0f},
+                       Case{RopeStyle::kNormal, 9, 7, 80, 64, 1000000.0f}}) {
+    const std::string what = "rope " + std::to_string(c.tokens) + " tokens, heads " +
+                             std::to_string(c.heads) + ", d " + std::to_string(c.head_dim) +
+                             ", rot " + std::to_string(c.rot_dim);
+    std::vector<int32_t> positions(c.tokens);
+    for (int32_t& p : positions) p = Int(0, 4095);
+    const std::vector<float> x = Normal(static_cast<size_t>(c.tokens) * c.heads * c.head_dim);
+    RopeParams p;
+    p.num_tokens = c.tokens;
+    p.num_heads = c.heads;
+    p.head_dim = c.head_dim;
+    p.rot_dim = c.rot_dim;
+    p.positions = positions.data();
+    p.freq_base = c.base;
+    p.style = c.style;
+    std::vector<float> ref = x;
+    p.x = ref.data();
+    cpu_.Rope(p);
+    p.x = Put(*cuda_, x);
+    cuda_->Rope(p);
+    ExpectClose(what, Get(*cuda_, p.x, x.size()), ref, Tolerance::Fp32());
+  }
+}
+
+TEST_F(CudaBackendTest, SiluMulMatchesCpuInAndOutOfPlace) {
+  for (const int64_t n : {int64_t{1}, int64_t{9}, int64_t{3073}, int64_t{100003}}) {
+    const std::vector<float> gate = Normal(n, 3.0f);
+    const std::vector<float> up = Normal(n);
+    std::vector<float> ref(n);
+    cpu_.SiluMul(gate.data(), up.data(), n, ref.data());
+    float* dg = Put(*cuda_, gate);
+    float* du = Put(*cuda_, up);
+    float* out = Poisoned(*cuda_, n);
+    cuda_->SiluMul(dg, du, n, out);
+    ExpectClose("silu_mul n=" + std::to_string(n), Get(*cuda_, out, n), ref, Tolerance::Fp32());
+    cuda_->SiluMul(dg, du, n, dg);  // in place, as the forward pass runs it
+    ExpectClose("silu_mul in place n=" + std::to_string(n), Get(*cuda_, dg, n), ref,
+                Tolerance::Fp32());
+  }
+}
+
+TEST_F(CudaBackendTest, AddInPlaceMatchesCpuBitwise) {
+  for (const int64_t n : {int64_t{1}, int64_t{7}, int64_t{192 * 33}, int64_t{1000003}}) {
+    const std::vector<float> x = Normal(n);
+    const std::vector<float> y = Normal(n);
+    std::vector<float> ref = x;
+    cpu_.AddInPlace(ref.data(), y.data(), n);
+    float* dx = Put(*cuda_, x);
+    cuda_->AddInPlace(dx, Put(*cuda_, y), n);
+    ExpectClose("add n=" + std::to_string(n), Get(*cuda_, dx, n), ref, Tolerance::Exact());
+  }
+}
+
+TEST_F(CudaBackendTest, GatherRowsMatchesCpuBitwise) {
+  for (const auto& [src_rows, dim, num_rows] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {1, 1, 1}, {37, 192, 5}, {9, 4099, 30}}) {
+    const std::vector<float> x = Normal(src_rows * dim);
+    std::vector<int32_t> rows(num_rows);
+    for (int32_t& r : rows) r = Int(0, static_cast<int32_t>(src_rows - 1));
+    rows[0] = static_cast<int32_t>(src_rows - 1);
+    std::vector<float> ref(num_rows * dim);
+    cpu_.GatherRows(x.data(), dim, rows.data(), num_rows, ref.data());
+    float* out = Poisoned(*cuda_, num_rows * dim);
+    cuda_->GatherRows(Put(*cuda_, x), dim, rows.data(), num_rows, out);
+    ExpectClose("gather", Get(*cuda_, out, ref.size()), ref, Tolerance::Exact());
+  }
+}
+
+// ---- KV cache and attention -----------------------------------------------------------------
+
+struct KvShape {
+  int32_t num_heads, num_kv_heads, head_dim, block_size;
+};
+
+std::string Describe(const KvShape& s) {
+  return "heads " + std::to_string(s.num_heads) + "/" + std::to_string(s.num_kv_heads) +
+         " d " + std::to_string(s.head_dim) + " block " + std::to_string(s.block_size);
+}
+
+TEST_F(CudaBackendTest, StoreKvWritesTheCudaLayoutAndNothingElse) {
+  for (const KvShape s : {KvShape{6, 2, 32, 16}, KvShape{8, 8, 64, 17}, KvShape{4, 1, 128, 1}}) {
+    const int32_t num_blocks = 11;
+    const int64_t block_floats = static_cast<int64_t>(s.block_size) * s.num_kv_heads * s.head_dim;
+    const int64_t total = num_blocks * block_floats;
+    const int32_t kv_dim = s.num_kv_heads * s.head_dim;
+    // Distinct random slots over the whole pool.
+    std::vector<int32_t> slots(num_blocks * s.block_size);
+    std::iota(slots.begin(), slots.end(), 0);
+    std::shuffle(slots.begin(), slots.end(), rng_);
+    slots.resize(std::min<size_t>(slots.size(), 23));
+    const int32_t n = static_cast<int32_t>(slots.size());
+    const std::vector<float> k = Normal(n * kv_dim);
+    const std::vector<float> v = Normal(n * kv_dim);
+    KvStoreParams p;
+    p.k = Put(*cuda_, k);
+    p.v = Put(*cuda_, v);
+    p.kv = {Poisoned(*cuda_, total), Poisoned(*cuda_, total), s.block_size, s.num_kv_heads,
+            s.head_dim};
+    p.num_tokens = n;
+    p.slots = slots.data();
+    cuda_->StoreKv(p);
+    const std::vector<float> kc = Get(*cuda_, p.kv.k, total);
+    const std::vector<float> vc = Get(*cuda_, p.kv.v, total);
+    std::vector<bool> written(total, false);
+    int64_t mismatches = 0;
+    for (int32_t t = 0; t < n; ++t) {
+      const int64_t block = slots[t] / s.block_size;
+      const int64_t slot = slots[t] % s.block_size;
+      for (int32_t h = 0; h < s.num_kv_heads; ++h) {
+        for (int32_t d = 0; d < s.head_dim; ++d) {
+          // kernels/cuda/kv_layout.h: [block][kv_head][slot][head_dim].
+          const int64_t off = ((block * s.num_kv_heads + h) * s.block_size + slot) * s.head_dim + d;
+          mismatches += kc[off] != k[t * kv_dim + h * s.head_dim + d];
+          mismatches += vc[off] != v[t * kv_dim + h * s.head_dim + d];
+          written[off] = true;
+        }
+      }
+    }
+    EXPECT_EQ(mismatches, 0) << Describe(s);
+    int64_t touched = 0;
+    for (int64_t i = 0; i < total; ++i) {
+      if (!written[i]) touched += !std::isnan(kc[i]) + !std::isnan(vc[i]);
+    }
+    EXPECT_EQ(touched, 0) << Describe(s) << ": elements outside the stored slots changed";
+  }
+}
+
+// One sequence of a mixed batch: `num_query` new tokens ending at position `last_pos`.
+struct SeqCase {
+  int32_t last_pos;
+  int32_t num_query;
+};
+
+// Fills the KV of every position of every sequence through StoreKv (on both backends, in
+// each one's own layout), then runs PagedAttention for the query tokens and compares.
+void RunAttention(Backend& cuda, Backend& cpu, const KvShape& s,
+                  const std::vector<SeqCase>& seqs, std::vector<float>* out,
+                  std::vector<float>* ref, std::mt19937_64& rng,
+                  const std::function<std::vector<float>(size_t)>& normal) {
+  const int32_t B = s.block_size;
+  const int32_t kv_dim = s.num_kv_heads * s.head_dim;
+  // Page tables over a shuffled pool with spare blocks.
+  int32_t pages_needed = 0;
+  for (const SeqCase& q : seqs) pages_needed += q.last_pos / B + 1;
+  const int32_t num_blocks = pages_needed + 5;
+  std::vector<int32_t> pool(num_blocks);
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), rng);
+  std::vector<int32_t> kv_indptr = {0}, kv_indices, last_len, query_start = {0}, positions;
+  std::vector<int32_t> all_slots;  // every cached position of every sequence
+  size_t next = 0;
+  for (const SeqCase& q : seqs) {
+    const int32_t pages = q.last_pos / B + 1;
+    kv_indices.insert(kv_indices.end(), pool.begin() + next, pool.begin() + next + pages);
+    next += pages;
+    kv_indptr.push_back(static_cast<int32_t>(kv_indices.size()));
+    last_len.push_back(q.last_pos % B + 1);
+    for (int32_t p = q.last_pos - q.num_query + 1; p <= q.last_pos; ++p) positions.push_back(p);
+    query_start.push_back(static_cast<int32_t>(positions.size()));
+    for (int32_t p = 0; p <= q.last_pos; ++p) {
+      all_slots.push_back(kv_indices[kv_indptr[kv_indptr.size() - 2] + p / B] * B + p % B);
+    }
+  }
+  const int32_t num_tokens = static_cast<int32_t>(positions.size());
+  const size_t cache_floats = static_cast<size_t>(num_blocks) * B * kv_dim;
+  const std::vector<float> k = normal(all_slots.size() * kv_dim);
+  const std::vector<float> v = normal(all_slots.size() * kv_dim);
+  const std::vector<float> q = normal(static_cast<size_t>(num_tokens) * s.num_heads * s.head_dim);
+  const std::vector<float> nan_cache(cache_floats, std::numeric_limits<float>::quiet_NaN());
+
+  auto run = [&](Backend& be, std::vector<float>* result) {
+    auto put = [&](const std::vector<float>& h) {
+      auto* p = static_cast<float*>(be.Allocate(h.size() * 4));
+      be.CopyToBackend(p, h.data(), h.size() * 4);
+      return p;
+    };
+    KvStoreParams store;
+    store.k = put(k);
+    store.v = put(v);
+    store.kv = {put(nan_cache), put(nan_cache), B, s.num_kv_heads, s.head_dim};
+    store.num_tokens = static_cast<int32_t>(all_slots.size());
+    store.slots = all_slots.data();
+    be.StoreKv(store);
+    PagedAttentionParams ap;
+    ap.q = put(q);
+    ap.out = put(std::vector<float>(q.size(), std::numeric_limits<float>::quiet_NaN()));
+    ap.kv = store.kv;
+    ap.num_seqs = static_cast<int32_t>(seqs.size());
+    ap.num_heads = s.num_heads;
+    ap.query_start = query_start.data();
+    ap.positions = positions.data();
+    ap.kv_indptr = kv_indptr.data();
+    ap.kv_indices = kv_indices.data();
+    ap.kv_last_page_len = last_len.data();
+    ap.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+    be.PagedAttention(ap);
+    be.PagedAttention(ap);  // again: the second call reuses the step's device page tables
+    result->resize(q.size());
+    be.CopyToHost(result->data(), ap.out, q.size() * 4);
+    for (const void* p : std::initializer_list<const void*>{store.k, store.v, store.kv.k,
+                                                            store.kv.v, ap.q, ap.out}) {
+      be.Free(const_cast<void*>(p));
+    }
+  };
+  run(cuda, out);
+  run(cpu, ref);
+}
+
+TEST_F(CudaBackendTest, PagedAttentionMatchesCpuOnMixedBatches) {
+  // Prefill from 0, a decode token, a chunk in the middle, a first token, a long decode
+  // (split-KV in the decode kernel's plan).
+  const std::vector<SeqCase> mixed = {{36, 37}, {100, 1}, {24, 5}, {0, 1}, {3000, 1}};
+  auto normal = [this](size_t n) { return Normal(n); };
+  for (const KvShape s : {KvShape{6, 2, 32, 16},  // the bundled model (GQA 3)
+                          KvShape{6, 2, 32, 17}, KvShape{8, 8, 64, 1},
+                          KvShape{32, 8, 128, 16}, KvShape{8, 1, 128, 16},
+                          KvShape{4, 4, 64, 16}}) {
+    std::vector<float> out, ref;
+    RunAttention(*cuda_, cpu_, s, mixed, &out, &ref, rng_, normal);
+    ExpectClose("attention " + Describe(s), out, ref, Tolerance::Fp32());
+    // Decode only, a batch wider than the SM count.
+    std::vector<SeqCase> decode;
+    for (int i = 0; i < 150; ++i) decode.push_back({Int(0, 700), 1});
+    RunAttention(*cuda_, cpu_, s, decode, &out, &ref, rng_, normal);
+    ExpectClose("decode attention " + Describe(s), out, ref, Tolerance::Fp32());
+  }
+}
+
+// ---- KvCacheStorage on the device -----------------------------------------------------------
+
+TEST_F(CudaBackendTest, KvCacheStorageCopiesAndSwapsBlocksOnTheDevice) {
+  model::LlamaConfig config;
+  config.num_layers = 3;
+  config.num_kv_heads = 2;
+  config.head_dim = 32;
+  const int32_t num_blocks = 7;
+  const int32_t block_size = 17;
+  model::KvCacheStorage kv(*cuda_, config, num_blocks, block_size);
+  const size_t block_floats = static_cast<size_t>(block_size) * config.kv_dim();
+  const size_t tensor_floats = num_blocks * block_floats;
+  std::vector<std::vector<float>> host;  // [layer * 2 + (k|v)]
+  for (int32_t l = 0; l < config.num_layers; ++l) {
+    for (float* tensor : {kv.layer(l).k, kv.layer(l).v}) {
+      host.push_back(Normal(tensor_floats));
+      cuda_->CopyToBackend(tensor, host.back().data(), tensor_floats * 4);
+    }
+  }
+  auto block = [&](const std::vector<float>& t, int32_t b) {
+    return std::vector<float>(t.begin() + b * block_floats, t.begin() + (b + 1) * block_floats);
+  };
+  kv.CopyBlock(3, 5);
+  for (int32_t l = 0; l < config.num_layers; ++l) {
+    const float* tensors[2] = {kv.layer(l).k, kv.layer(l).v};
+    for (int i = 0; i < 2; ++i) {
+      std::vector<float>& expect = host[l * 2 + i];
+      std::copy_n(expect.begin() + 3 * block_floats, block_floats,
+                  expect.begin() + 5 * block_floats);
+      EXPECT_EQ(Get(*cuda_, tensors[i], tensor_floats), expect) << "CopyBlock, layer " << l;
+    }
+  }
+  kv.SetNumHostBlocks(2);
+  kv.SwapOutBlock(1, 1);
+  const std::vector<float> junk(block_floats, 7.0f);
+  for (int32_t l = 0; l < config.num_layers; ++l) {
+    cuda_->CopyToBackend(kv.layer(l).k + block_floats, junk.data(), block_floats * 4);
+    cuda_->CopyToBackend(kv.layer(l).v + block_floats, junk.data(), block_floats * 4);
+  }
+  kv.SwapInBlock(1, 6);  // to a different block
+  for (int32_t l = 0; l < config.num_layers; ++l) {
+    EXPECT_EQ(block(Get(*cuda_, kv.layer(l).k, tensor_floats), 6), block(host[l * 2], 1));
+    EXPECT_EQ(block(Get(*cuda_, kv.layer(l).v, tensor_floats), 6), block(host[l * 2 + 1], 1));
+  }
+}
+
+}  // namespace
+}  // namespace glimpse::kernels

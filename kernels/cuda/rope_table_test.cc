@@ -1,0 +1,95 @@
+// RoPE from a (cos, sin) table: the host table must reproduce the CPU backend's fp32 angle
+// recurrence (checked against an independent copy of that loop, bitwise), and the kernel
+// must apply it as a float64 reference on the same table does; both styles, partial rot_dim,
+// odd head counts, positions up to 32k; dimensions past rot_dim untouched (bitwise).
+#include "kernels/cuda/rope_table.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/testing/test_harness.h"
+
+namespace glimpse::kernels::cuda {
+namespace {
+
+using testing::DeviceArray;
+
+void RunCase(RopeStyle style, int32_t tokens, int32_t heads, int32_t head_dim,
+             int32_t rot_dim, float freq_base) {
+  const std::string name = std::string("rope_table ") +
+                           (style == RopeStyle::kNeox ? "neox" : "normal") +
+                           " tokens=" + std::to_string(tokens) + " heads=" +
+                           std::to_string(heads) + " d=" + std::to_string(head_dim) +
+                           " rot=" + std::to_string(rot_dim);
+  const int32_t half = rot_dim / 2;
+  std::vector<int32_t> positions(tokens);
+  for (int32_t t = 0; t < tokens; ++t) positions[t] = testing::RandomInt(0, 32768);
+  positions[0] = 0;
+  std::vector<float> table(static_cast<size_t>(tokens) * half * 2);
+  FillRopeCosSinTable(positions.data(), tokens, rot_dim, freq_base, table.data());
+  // The CPU backend's loop (kernels/cpu/elementwise.cc ApplyRope), written out again.
+  const float theta_scale = std::pow(freq_base, -2.0f / static_cast<float>(rot_dim));
+  for (int32_t t = 0; t < tokens; ++t) {
+    float theta = static_cast<float>(positions[t]);
+    for (int32_t i = 0; i < half; ++i) {
+      const bool same = table[(t * half + i) * 2] == std::cos(theta) &&
+                        table[(t * half + i) * 2 + 1] == std::sin(theta);
+      GLIMPSE_EXPECT(same, name + ": table differs from the CPU backend's angles");
+      theta *= theta_scale;
+    }
+  }
+  const std::vector<float> x =
+      testing::RandomNormal(static_cast<size_t>(tokens) * heads * head_dim, 0.0f, 1.0f);
+  std::vector<double> ref(x.begin(), x.end());
+  for (int32_t t = 0; t < tokens; ++t) {
+    for (int32_t h = 0; h < heads; ++h) {
+      const int64_t o = (static_cast<int64_t>(t) * heads + h) * head_dim;
+      for (int32_t i = 0; i < half; ++i) {
+        const int32_t a = style == RopeStyle::kNeox ? i : 2 * i;
+        const int32_t b = style == RopeStyle::kNeox ? i + half : 2 * i + 1;
+        const double c = table[(t * half + i) * 2];
+        const double s = table[(t * half + i) * 2 + 1];
+        ref[o + a] = x[o + a] * c - x[o + b] * s;
+        ref[o + b] = x[o + a] * s + x[o + b] * c;
+      }
+    }
+  }
+  DeviceArray<float> d_x, d_table;
+  GLIMPSE_ASSERT_CUDA(d_x.Upload(x));
+  GLIMPSE_ASSERT_CUDA(d_table.Upload(table));
+  RopeTableParams p;
+  p.x = d_x.get();
+  p.num_tokens = tokens;
+  p.num_heads = heads;
+  p.head_dim = head_dim;
+  p.rot_dim = rot_dim;
+  p.style = style;
+  p.cos_sin = d_table.get();
+  GLIMPSE_ASSERT_CUDA(LaunchRopeWithTable(p, nullptr));
+  GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
+  std::vector<float> out;
+  GLIMPSE_ASSERT_CUDA(d_x.Download(&out));
+  GLIMPSE_EXPECT_CLOSE(name, out, ref, testing::Tolerance::Fp32());
+  for (int32_t t = 0; t < tokens; ++t) {
+    for (int32_t h = 0; h < heads; ++h) {
+      for (int32_t d = rot_dim; d < head_dim; ++d) {
+        const int64_t i = (static_cast<int64_t>(t) * heads + h) * head_dim + d;
+        GLIMPSE_EXPECT(out[i] == x[i], name + ": a dimension past rot_dim changed");
+      }
+    }
+  }
+}
+
+GLIMPSE_CUDA_TEST(RopeWithTableMatchesReference) {
+  for (const RopeStyle style : {RopeStyle::kNormal, RopeStyle::kNeox}) {
+    RunCase(style, 1, 1, 2, 2, 10000.0f);
+    RunCase(style, 37, 6, 32, 32, 10000.0f);   // the bundled model's shape
+    RunCase(style, 5, 3, 64, 40, 10000.0f);    // partial rotary
+    RunCase(style, 9, 32, 128, 128, 500000.0f);
+    RunCase(style, 300, 7, 80, 64, 1000000.0f);
+  }
+}
+
+}  // namespace
+}  // namespace glimpse::kernels::cuda
