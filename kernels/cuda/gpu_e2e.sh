@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The CUDA backend end to end on a GPU machine, with the bundle tools/gpu_bundle.sh made here
+# (the lean engine and the Backend-level tests, built with --config=cuda; carry gpu_bundle/):
+#   1. every Backend op vs the CPU backend (cuda_backend_test);
+#   2. greedy generation of the bundled model on CUDA vs CPU over the 40 reference prompts,
+#      with the bf16 divergence rate (cuda_greedy_test);
+#   3. unless SKIP_8B=1: a synthetic Llama-3.1-8B-shaped bf16 model made there (16 GB cannot
+#      travel), batch-1 decode timed by `glimpse_lean bench`, against the bandwidth floor
+#      (weight bytes + KV bytes read per step, over the D2D bandwidth gpu_check.sh measured —
+#      pass its bench.json as BENCH_JSON, or the floor is given in bytes only).
+#
+#   kernels/cuda/gpu_e2e.sh [RESULT_DIR]          (from the repository root)
+# Writes RESULT_DIR/gpu_e2e.json and logs; prints a short table last. Exit status nonzero if a
+# test fails (benchmarks never fail on time).
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 2
+RESULT_DIR=${1:-${OUT:-.}/gpu_e2e}
+mkdir -p "$RESULT_DIR"
+BUNDLE=${BUNDLE:-gpu_bundle}
+if [ ! -x "$BUNDLE/run.sh" ]; then
+  echo "gpu_e2e: no bundle at $BUNDLE; make it on the build machine with tools/gpu_bundle.sh" >&2
+  exit 2
+fi
+RUN="$BUNDLE/run.sh"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
+  | tee "$RESULT_DIR/gpu.txt"
+
+"$RUN" cuda_backend_test --gtest_output=json:"$RESULT_DIR/cuda_backend_test.json" \
+  >"$RESULT_DIR/cuda_backend_test.log" 2>&1
+backend_rc=$?
+"$RUN" cuda_greedy_test --gtest_output=json:"$RESULT_DIR/cuda_greedy_test.json" \
+  >"$RESULT_DIR/cuda_greedy_test.log" 2>&1
+greedy_rc=$?
+echo "cuda_backend_test exit $backend_rc; cuda_greedy_test exit $greedy_rc"
+grep -E "^\[  (FAILED|PASSED|SKIPPED) |divergen" "$RESULT_DIR"/cuda_*_test.log | head -40
+
+bench_rc=0
+decode_tok_s="null"; weight_bytes="null"; floor_ms="null"; ratio="null"
+if [ "${SKIP_8B:-0}" != 1 ]; then
+  MODEL=${MODEL_8B:-/tmp/glimpse-llama-3.1-8b-bf16.gguf}
+  if [ ! -f "$MODEL" ]; then
+    start=$(date +%s)
+    "$RUN" glimpse_lean make-model --shape=llama-3.1-8b --type=bf16 --out="$MODEL" \
+      >"$RESULT_DIR/make_model.log" 2>&1 || { echo "make-model failed"; tail "$RESULT_DIR/make_model.log"; }
+    echo "make-model llama-3.1-8b bf16: $(( $(date +%s) - start )) s"
+  fi
+  PROMPT=${PROMPT_TOKENS:-512}
+  GEN=${GEN_TOKENS:-64}
+  "$RUN" glimpse_lean bench --device=cuda --bench_model="$MODEL" --batch_sizes=1 \
+      --prompt_tokens="$PROMPT" --gen_tokens="$GEN" --repetitions=2 \
+      --json_out="$RESULT_DIR/bench_8b.json" 2>&1 | tee "$RESULT_DIR/bench_8b.log"
+  bench_rc=${PIPESTATUS[0]}
+  if [ -f "$RESULT_DIR/bench_8b.json" ]; then
+    read -r decode_tok_s weight_bytes floor_ms ratio < <(python3 - "$RESULT_DIR/bench_8b.json" \
+        "${BENCH_JSON:-}" "$PROMPT" "$GEN" <<'PY'
+import json, sys
+bench = json.load(open(sys.argv[1]))
+r = bench["results"][0]
+tok_s = r["decode_tok_s"]
+w = bench["weight_bytes"]
+prompt, gen = int(sys.argv[3]), int(sys.argv[4])
+# fp32 KV (the adapter's layout): K and V, 32 layers x 8 KV heads x 128 dims x 4 bytes per
+# token, read once per decode step at the mean context of the timed steps.
+kv = 2 * 32 * 8 * 128 * 4 * (prompt + gen / 2)
+bw = None
+if sys.argv[2]:
+    try:
+        bw = json.load(open(sys.argv[2]))["ceilings"]["d2d_bandwidth_gbs"] * 1e9
+    except Exception:
+        bw = None
+floor_ms = (w + kv) / bw * 1e3 if bw else None
+step_ms = 1e3 / tok_s if tok_s else None
+ratio = step_ms / floor_ms if (floor_ms and step_ms) else None
+f = lambda x: "null" if x is None else f"{x:.4g}"
+print(f(tok_s), w, f(floor_ms), f(ratio))
+PY
+)
+  fi
+fi
+
+cat >"$RESULT_DIR/gpu_e2e.json" <<JSON
+{"cuda_backend_test_exit": $backend_rc, "cuda_greedy_test_exit": $greedy_rc,
+ "bench_8b_exit": $bench_rc, "decode_batch1_tok_s": $decode_tok_s, "weight_bytes": $weight_bytes,
+ "bandwidth_floor_ms_per_token": $floor_ms, "step_over_floor": $ratio}
+JSON
+echo
+echo "==== gpu_e2e ===="
+echo "backend ops vs CPU: exit $backend_rc | greedy CUDA vs CPU: exit $greedy_rc"
+echo "8B bf16 batch-1 decode: ${decode_tok_s} tok/s; floor ${floor_ms} ms/token; step/floor ${ratio} (target <= 1.25)"
+echo "result: $RESULT_DIR/gpu_e2e.json"
+[ $backend_rc -eq 0 ] && [ $greedy_rc -eq 0 ]
