@@ -178,6 +178,20 @@ std::string CpuModelName() {
   return "cpu";
 }
 
+// GetServerInfo's device: the GPU's name for a CUDA backend (its name() reads
+// "cuda (NVIDIA H200, device 0, ...)"), else the CPU's model name.
+std::string DeviceDescription(const std::string& backend_name) {
+  if (backend_name.rfind("cuda", 0) == 0) {
+    const size_t open = backend_name.find('(');
+    const size_t end = backend_name.find_first_of(",)", open);
+    if (open != std::string::npos && end != std::string::npos) {
+      return backend_name.substr(open + 1, end - open - 1);
+    }
+    return "cuda";
+  }
+  return CpuModelName();
+}
+
 EngineServiceOptions ServiceOptions(const ServeConfig& c, const LoadedModel& loaded,
                                     size_t kv_bytes) {
   EngineServiceOptions o;
@@ -194,7 +208,7 @@ EngineServiceOptions ServiceOptions(const ServeConfig& c, const LoadedModel& loa
   }
   // Backend::name() may add detail ("cpu (2 threads)"); the API wants "cpu" or "cuda".
   o.backend = loaded.backend->name().substr(0, loaded.backend->name().find(' '));
-  o.device = CpuModelName();
+  o.device = DeviceDescription(loaded.backend->name());
   o.preemption_mode = c.preemption_mode;
   o.kv_cache_bytes = kv_bytes;
   return o;
