@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -98,6 +99,34 @@ struct RopeParams {
   RopeStyle style = RopeStyle::kNormal;
 };
 
+// ---- Step hooks (CUDA graphs, issue #5) ----------------------------------------------------
+// What the forward pass tells a backend about a step before running its ops
+// (Backend::BeginForward).
+struct ForwardShape {
+  int64_t num_tokens = 0;
+  int32_t num_seqs = 0;
+  int64_t num_logits_rows = 0;
+  int32_t max_kv_len = 0;    // longest sequence's KV length after the step (its last position + 1)
+  bool decode_only = false;  // every sequence contributes exactly one token
+};
+
+// A backend's answer to BeginForward.
+struct ForwardPlan {
+  // > 0: the backend may run every per-token op of this step on padded_rows rows (>= the
+  // step's tokens and logits rows), so the forward pass must size its per-token activations
+  // and its logits rows for padded_rows rows. Ops still take the step's own row counts; rows
+  // past them hold unspecified values. 0: no padding.
+  int64_t padded_rows = 0;
+};
+
+// One of a backend's own counters (e.g. CUDA graph captures and replays), for logs,
+// `glimpse bench` and metrics. Monotonic unless `help` says otherwise.
+struct BackendCounter {
+  std::string name;  // snake_case, e.g. "cuda_graph_replays_total"
+  int64_t value = 0;
+  std::string help;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -134,6 +163,47 @@ class Backend {
   // out[i][:] = x[rows[i]][:]. rows: host, [num_rows].
   virtual void GatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
                           float* out) = 0;
+
+  // Tensor parallelism (model/tensor_parallel.h): x[i] becomes the sum of x[i] over every rank
+  // of the tensor-parallel group this backend is a rank of, for i < n, in place; afterwards
+  // every rank holds the same values. A collective: every rank must call it, in the same
+  // order with the same n, each from the thread driving that rank's backend (ranks run
+  // concurrently, so one thread cannot drive two ranks). In a group of one it leaves x as it
+  // is (the CUDA backend still runs its one-rank NCCL all-reduce, so that one GPU exercises the
+  // multi-GPU path). The summation order across ranks is the implementation's: a split model
+  // matches the unsplit one to fp32 reassociation, not bitwise.
+  virtual void AllReduceSum(float* x, int64_t n) = 0;
+
+  // ---- Step hooks (CUDA graphs, issue #5; defaults do nothing) ----------------------------
+  // The forward pass brackets each step's ops with BeginForward / EndForward (ForwardScope
+  // below), so that a backend may defer, batch or replay them: the CUDA backend records a
+  // decode step's ops and replays a CUDA graph of them. Between the two, an op's results are
+  // only guaranteed visible through CopyToHost (which runs everything enqueued before it) or
+  // after EndForward. Steps do not nest.
+  virtual ForwardPlan BeginForward(const ForwardShape& shape) {
+    (void)shape;
+    return {};
+  }
+  virtual void EndForward() {}
+  // The backend's own counters (none by default).
+  virtual std::vector<BackendCounter> Counters() const { return {}; }
+};
+
+// Calls backend.BeginForward on construction and EndForward on destruction, so that every
+// return path of a forward pass ends its step. Borrows the backend (must outlive the scope).
+class ForwardScope {
+ public:
+  ForwardScope(Backend& backend, const ForwardShape& shape)
+      : backend_(backend), plan_(backend.BeginForward(shape)) {}
+  ~ForwardScope() { backend_.EndForward(); }
+  ForwardScope(const ForwardScope&) = delete;
+  ForwardScope& operator=(const ForwardScope&) = delete;
+
+  const ForwardPlan& plan() const { return plan_; }
+
+ private:
+  Backend& backend_;
+  ForwardPlan plan_;
 };
 
 }  // namespace glimpse::kernels

@@ -2,25 +2,43 @@
 
 #include <vector>
 
-namespace glimpse::model {
+#include "common/check.h"
 
-size_t KvCacheStorage::BytesPerBlock(const LlamaConfig& config, int32_t block_size) {
-  return static_cast<size_t>(config.num_layers) * 2 * block_size * config.kv_dim() * sizeof(float);
+namespace glimpse::model {
+namespace {
+
+// The KV heads a rank stores: all of them when unsplit.
+int32_t RankKvHeads(const LlamaConfig& config, TensorParallelRank tp) {
+  if (tp.size == 1) return config.num_kv_heads;
+  CHECK(tp.rank >= 0 && tp.rank < tp.size &&
+        kernels::CheckHeadSplit(config.num_heads, config.num_kv_heads, tp.size).empty());
+  return static_cast<int32_t>(
+      kernels::HeadShardOf(config.num_heads, config.num_kv_heads, tp.rank, tp.size)
+          .kv_heads.size());
+}
+
+}  // namespace
+
+size_t KvCacheStorage::BytesPerBlock(const LlamaConfig& config, int32_t block_size,
+                                     TensorParallelRank tp) {
+  return static_cast<size_t>(config.num_layers) * 2 * block_size * RankKvHeads(config, tp) *
+         config.head_dim * sizeof(float);
 }
 
 KvCacheStorage::KvCacheStorage(kernels::Backend& backend, const LlamaConfig& config,
-                               int32_t num_blocks, int32_t block_size)
+                               int32_t num_blocks, int32_t block_size, TensorParallelRank tp)
     : backend_(backend), num_blocks_(num_blocks), block_size_(block_size) {
+  const int32_t num_kv_heads = RankKvHeads(config, tp);
+  const size_t kv_dim = static_cast<size_t>(num_kv_heads) * config.head_dim;
   // Every backend keeps a block's KV contiguous within a layer's k and v tensors.
-  block_floats_ = static_cast<size_t>(block_size) * config.kv_dim();
-  const size_t per_tensor =
-      static_cast<size_t>(num_blocks) * block_size * config.kv_dim() * sizeof(float);
+  block_floats_ = static_cast<size_t>(block_size) * kv_dim;
+  const size_t per_tensor = static_cast<size_t>(num_blocks) * block_size * kv_dim * sizeof(float);
   for (int32_t i = 0; i < config.num_layers; ++i) {
     kernels::KvLayerView view;
     view.k = static_cast<float*>(backend_.Allocate(per_tensor));
     view.v = static_cast<float*>(backend_.Allocate(per_tensor));
     view.block_size = block_size;
-    view.num_kv_heads = config.num_kv_heads;
+    view.num_kv_heads = num_kv_heads;
     view.head_dim = config.head_dim;
     layers_.push_back(view);
     num_bytes_ += 2 * per_tensor;

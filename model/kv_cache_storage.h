@@ -2,6 +2,10 @@
 // laid out as kernels::KvLayerView describes ([block][slot][kv_head][head_dim], fp32 on the
 // CPU). Storage only: which block belongs to whom is kvcache::BlockPool's business.
 //
+// Tensor parallelism: the storage of rank `tp.rank` holds only that rank's KV heads
+// (LlamaShardOf), so each layer's view has num_kv_heads / tp.size heads; block ids mean the
+// same on every rank, and every rank's storage must see the same copies and swaps.
+//
 // Ownership: owns its buffers (freed through the backend). Thread-safety: used by the
 // engine thread only.
 #ifndef GLIMPSE_MODEL_KV_CACHE_STORAGE_H_
@@ -13,14 +17,16 @@
 
 #include "kernels/backend.h"
 #include "model/llama_config.h"
+#include "model/tensor_parallel.h"
 
 namespace glimpse::model {
 
 class KvCacheStorage {
  public:
-  // `backend` is not owned and must outlive this object.
+  // `backend` is not owned and must outlive this object. `tp` must split `config`'s heads
+  // (LlamaShardOf succeeds for it; LlamaModel::Load has checked that for the model's rank).
   KvCacheStorage(kernels::Backend& backend, const LlamaConfig& config, int32_t num_blocks,
-                 int32_t block_size);
+                 int32_t block_size, TensorParallelRank tp = {});
   ~KvCacheStorage();
   KvCacheStorage(const KvCacheStorage&) = delete;
   KvCacheStorage& operator=(const KvCacheStorage&) = delete;
@@ -30,8 +36,10 @@ class KvCacheStorage {
   kernels::KvLayerView layer(int32_t i) const { return layers_[i]; }
   size_t num_bytes() const { return num_bytes_; }
 
-  // Bytes one block takes over all layers (keys and values); for sizing a pool from a budget.
-  static size_t BytesPerBlock(const LlamaConfig& config, int32_t block_size);
+  // Bytes one block takes over all layers (keys and values) on one rank of `tp`; for sizing a
+  // pool from a per-device budget.
+  static size_t BytesPerBlock(const LlamaConfig& config, int32_t block_size,
+                              TensorParallelRank tp = {});
 
   // Copies block `src`'s keys and values (every layer, every slot) into block `dst`.
   void CopyBlock(int32_t src, int32_t dst);

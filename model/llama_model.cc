@@ -1,8 +1,10 @@
 #include "model/llama_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -38,23 +40,84 @@ absl::StatusOr<kernels::MatrixView> MatrixTensor(const GgufFile& file, const std
   return kernels::MatrixView{type, t->data, rows, cols};
 }
 
+// Bytes of `cols` consecutive elements of a row (cols a multiple of 32 for Q8_0).
+int64_t RowBytes(kernels::WeightType type, int64_t cols) {
+  switch (type) {
+    case kernels::WeightType::kF32: return cols * 4;
+    case kernels::WeightType::kF16: return cols * 2;
+    case kernels::WeightType::kBF16: return cols * 2;
+    case kernels::WeightType::kQ8_0: return cols / 32 * 34;  // fp16 scale + 32 int8 per block
+  }
+  return 0;
+}
+
+// The block rows [rows.begin, rows.end) x columns [cols.begin, cols.end) of `w`, as a view a
+// backend can pack. A full-width row range is a contiguous part of the file and is returned in
+// place; a column range is gathered row by row into `host_copy` (which must outlive the
+// view), since MatrixView has no row stride. Q8_0 columns must start and end on 32-column block
+// boundaries (a block shares one scale); InvalidArgument otherwise, naming `what`.
+absl::StatusOr<kernels::MatrixView> SliceMatrix(const kernels::MatrixView& w,
+                                                kernels::ShardRange rows,
+                                                kernels::ShardRange cols,
+                                                const std::string& what,
+                                                std::vector<uint8_t>& host_copy) {
+  if (w.type == kernels::WeightType::kQ8_0 && (cols.begin % 32 != 0 || cols.end % 32 != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " is Q8_0 (blocks of 32 columns) and this tensor-parallel rank would own columns ",
+        cols.begin, "..", cols.end, ", which splits a block; use a tensor-parallel size that "
+        "divides its ", w.cols, " columns into multiples of 32"));
+  }
+  const int64_t row_bytes = RowBytes(w.type, w.cols);
+  const auto* base = static_cast<const uint8_t*>(w.data) + rows.begin * row_bytes;
+  kernels::MatrixView slice{w.type, base, rows.size(), cols.size()};
+  if (cols.begin == 0 && cols.end == w.cols) return slice;
+  const int64_t offset = RowBytes(w.type, cols.begin);
+  const int64_t slice_bytes = RowBytes(w.type, cols.size());
+  host_copy.resize(static_cast<size_t>(rows.size() * slice_bytes));
+  for (int64_t r = 0; r < rows.size(); ++r) {
+    std::memcpy(host_copy.data() + r * slice_bytes, base + r * row_bytes + offset, slice_bytes);
+  }
+  slice.data = host_copy.data();
+  return slice;
+}
+
 // Scratch buffer slots.
 enum Buffer : size_t {
   kX, kXn, kQ, kK, kV, kAttn, kProj, kGate, kUp, kLogitsIn, kLogitsOut, kNumBuffers
 };
 
+// What the backend learns about a step before its ops (CUDA graphs, issue #5).
+kernels::ForwardShape StepShape(const StepBatch& batch) {
+  kernels::ForwardShape shape;
+  shape.num_tokens = batch.num_tokens();
+  shape.num_seqs = batch.num_seqs();
+  shape.num_logits_rows = static_cast<int64_t>(batch.logits_rows.size());
+  shape.decode_only = batch.num_tokens() == batch.num_seqs();  // every sequence has >= 1 token
+  for (int32_t pos : batch.positions) shape.max_kv_len = std::max(shape.max_kv_len, pos + 1);
+  return shape;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& file,
-                                                              kernels::Backend& backend) {
+                                                              kernels::Backend& backend,
+                                                              TensorParallelRank tp) {
   ASSIGN_OR_RETURN(LlamaConfig config, LlamaConfigFromGguf(file));
-  std::unique_ptr<LlamaModel> model(new LlamaModel(config, backend));
+  ASSIGN_OR_RETURN(LlamaShard shard, LlamaShardOf(config, tp));
+  std::unique_ptr<LlamaModel> model(new LlamaModel(config, shard, backend));
   LlamaWeights& w = model->weights_;
   const LlamaConfig& c = model->config_;
 
-  auto pack = [&](const std::string& name, int64_t rows,
-                  int64_t cols) -> absl::StatusOr<std::unique_ptr<kernels::PackedMatrix>> {
-    ASSIGN_OR_RETURN(kernels::MatrixView view, MatrixTensor(file, name, rows, cols));
+  // Packs rows x cols of the [full_rows][full_cols] tensor `name`.
+  auto pack_shard = [&](const std::string& name, int64_t full_rows, int64_t full_cols,
+                        kernels::ShardRange rows, kernels::ShardRange cols)
+      -> absl::StatusOr<std::unique_ptr<kernels::PackedMatrix>> {
+    ASSIGN_OR_RETURN(kernels::MatrixView full, MatrixTensor(file, name, full_rows, full_cols));
+    std::vector<uint8_t> host_copy;  // A column shard, until the backend has packed it.
+    ASSIGN_OR_RETURN(kernels::MatrixView view,
+                     SliceMatrix(full, rows, cols,
+                                 absl::StrCat("model '", file.path(), "': tensor '", name, "'"),
+                                 host_copy));
     auto packed = backend.PackMatrix(view);
     if (!packed.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("model '", file.path(), "': tensor '", name,
@@ -62,6 +125,9 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& fil
     }
     model->weight_bytes_ += (*packed)->num_bytes();
     return std::move(*packed);
+  };
+  auto pack = [&](const std::string& name, int64_t rows, int64_t cols) {
+    return pack_shard(name, rows, cols, {0, rows}, {0, cols});
   };
   auto norm = [&](const std::string& name) -> absl::StatusOr<float*> {
     const GgufTensor* t = file.FindTensor(name);
@@ -82,19 +148,26 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& fil
   } else {
     ASSIGN_OR_RETURN(w.output, pack("output.weight", c.vocab_size, c.dim));
   }
+  // The rank's shard (model/tensor_parallel.h): rows of q/k/v and gate/up, columns of the
+  // output and down projections. Unsplit, every range is the whole tensor.
+  const kernels::ShardRange q{shard.q_heads.begin * c.head_dim, shard.q_heads.end * c.head_dim};
+  const kernels::ShardRange kv{shard.kv_heads.begin * c.head_dim,
+                               shard.kv_heads.end * c.head_dim};
+  const kernels::ShardRange& ffn = shard.ffn;
+  const kernels::ShardRange dim{0, c.dim};
   w.layers.resize(c.num_layers);
   for (int32_t i = 0; i < c.num_layers; ++i) {
     LlamaLayerWeights& l = w.layers[i];
     const std::string b = absl::StrCat("blk.", i, ".");
     ASSIGN_OR_RETURN(l.attn_norm, norm(b + "attn_norm.weight"));
     ASSIGN_OR_RETURN(l.ffn_norm, norm(b + "ffn_norm.weight"));
-    ASSIGN_OR_RETURN(l.wq, pack(b + "attn_q.weight", c.dim, c.dim));
-    ASSIGN_OR_RETURN(l.wk, pack(b + "attn_k.weight", c.kv_dim(), c.dim));
-    ASSIGN_OR_RETURN(l.wv, pack(b + "attn_v.weight", c.kv_dim(), c.dim));
-    ASSIGN_OR_RETURN(l.wo, pack(b + "attn_output.weight", c.dim, c.dim));
-    ASSIGN_OR_RETURN(l.w_gate, pack(b + "ffn_gate.weight", c.ffn_dim, c.dim));
-    ASSIGN_OR_RETURN(l.w_up, pack(b + "ffn_up.weight", c.ffn_dim, c.dim));
-    ASSIGN_OR_RETURN(l.w_down, pack(b + "ffn_down.weight", c.dim, c.ffn_dim));
+    ASSIGN_OR_RETURN(l.wq, pack_shard(b + "attn_q.weight", c.dim, c.dim, q, dim));
+    ASSIGN_OR_RETURN(l.wk, pack_shard(b + "attn_k.weight", c.kv_dim(), c.dim, kv, dim));
+    ASSIGN_OR_RETURN(l.wv, pack_shard(b + "attn_v.weight", c.kv_dim(), c.dim, kv, dim));
+    ASSIGN_OR_RETURN(l.wo, pack_shard(b + "attn_output.weight", c.dim, c.dim, dim, q));
+    ASSIGN_OR_RETURN(l.w_gate, pack_shard(b + "ffn_gate.weight", c.ffn_dim, c.dim, ffn, dim));
+    ASSIGN_OR_RETURN(l.w_up, pack_shard(b + "ffn_up.weight", c.ffn_dim, c.dim, ffn, dim));
+    ASSIGN_OR_RETURN(l.w_down, pack_shard(b + "ffn_down.weight", c.dim, c.ffn_dim, dim, ffn));
   }
   return model;
 }
@@ -135,17 +208,39 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
                                                      c.context_length, " tokens"));
     }
   }
+  // This rank's heads and FFN features (all of them unsplit).
+  const int32_t num_heads = shard_.num_heads();
+  const int32_t num_kv_heads = shard_.num_kv_heads();
+  const int64_t q_dim = static_cast<int64_t>(num_heads) * c.head_dim;
+  const int64_t kv_dim = static_cast<int64_t>(num_kv_heads) * c.head_dim;
+  const int64_t ffn_dim = shard_.ffn_dim();
+  if (kv.layer(0).num_kv_heads != num_kv_heads || kv.layer(0).head_dim != c.head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the KV cache holds ", kv.layer(0).num_kv_heads, " KV heads of dimension ",
+        kv.layer(0).head_dim, " per layer, but tensor-parallel rank ", shard_.tp.rank, " of ",
+        shard_.tp.size, " has ", num_kv_heads, " of dimension ", c.head_dim,
+        "; build the cache with the model's shard().tp"));
+  }
   kernels::Backend& be = backend_;
   const int64_t T = batch.num_tokens();
-  float* x = Scratch(kX, T * c.dim);
-  float* xn = Scratch(kXn, T * c.dim);
-  float* q = Scratch(kQ, T * c.dim);
-  float* k = Scratch(kK, T * c.kv_dim());
-  float* v = Scratch(kV, T * c.kv_dim());
-  float* attn = Scratch(kAttn, T * c.dim);
-  float* proj = Scratch(kProj, T * c.dim);
-  float* gate = Scratch(kGate, T * c.ffn_dim);
-  float* up = Scratch(kUp, T * c.ffn_dim);
+  // CUDA graphs (issue #5): the backend may run this step padded to `rows` rows (a graph
+  // bucket). Every activation, the logits rows included, is sized for that before the first
+  // op, so that nothing reallocates mid-step; the scope ends the step on every return path.
+  const kernels::ForwardScope step_scope(be, StepShape(batch));
+  const int64_t rows = std::max(T, step_scope.plan().padded_rows);
+  float* x = Scratch(kX, rows * c.dim);
+  float* xn = Scratch(kXn, rows * c.dim);
+  float* q = Scratch(kQ, rows * q_dim);
+  float* k = Scratch(kK, rows * kv_dim);
+  float* v = Scratch(kV, rows * kv_dim);
+  float* attn = Scratch(kAttn, rows * q_dim);
+  float* proj = Scratch(kProj, rows * c.dim);
+  float* gate = Scratch(kGate, rows * ffn_dim);
+  float* up = Scratch(kUp, rows * ffn_dim);
+  if (step_scope.plan().padded_rows > 0) {
+    Scratch(kLogitsIn, rows * c.dim);
+    Scratch(kLogitsOut, rows * c.vocab_size);
+  }
 
   // Host-side per-step index data: the KV slot of every new token.
   std::vector<int32_t> slots(T);
@@ -173,10 +268,10 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
     be.MatMul(xn, T, *l.wk, k);
     be.MatMul(xn, T, *l.wv, v);
     rope.x = q;
-    rope.num_heads = c.num_heads;
+    rope.num_heads = num_heads;
     be.Rope(rope);
     rope.x = k;
-    rope.num_heads = c.num_kv_heads;
+    rope.num_heads = num_kv_heads;
     be.Rope(rope);
 
     kernels::KvStoreParams store;
@@ -192,7 +287,7 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
     ap.out = attn;
     ap.kv = kv.layer(i);
     ap.num_seqs = batch.num_seqs();
-    ap.num_heads = c.num_heads;
+    ap.num_heads = num_heads;
     ap.query_start = batch.query_start.data();
     ap.positions = batch.positions.data();
     ap.kv_indptr = batch.kv_indptr.data();
@@ -201,13 +296,17 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
     ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
     be.PagedAttention(ap);
 
+    // Row-parallel projections: each rank's proj is its heads' (features') share of the sum;
+    // the all-reduce completes it before the residual add, so x stays replicated.
     be.MatMul(attn, T, *l.wo, proj);
+    be.AllReduceSum(proj, T * c.dim);
     be.AddInPlace(x, proj, T * c.dim);
     be.RmsNorm(x, l.ffn_norm, T, c.dim, c.rms_norm_eps, xn);
     be.MatMul(xn, T, *l.w_gate, gate);
     be.MatMul(xn, T, *l.w_up, up);
-    be.SiluMul(gate, up, T * c.ffn_dim, gate);
+    be.SiluMul(gate, up, T * ffn_dim, gate);
     be.MatMul(gate, T, *l.w_down, proj);
+    be.AllReduceSum(proj, T * c.dim);
     be.AddInPlace(x, proj, T * c.dim);
   }
 

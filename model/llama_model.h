@@ -3,6 +3,12 @@
 // prefill chunks and decode tokens of many sequences — and returns logits only for the rows
 // the batch asks for.
 //
+// Tensor parallelism (model/tensor_parallel.h draws the split): a model loaded as rank r of N
+// holds only its shard of the attention heads and FFN features, and Forward all-reduces the
+// attention output and MLP down projections over the backend's tensor-parallel group. Every
+// rank must run Forward on the same batch at the same time, each on its own thread with its
+// own KvCacheStorage (TensorParallelModel drives that). Rank 0 of 1 is the unsplit model.
+//
 // Ownership: borrows the GgufFile (its mapping backs the embedding table; must outlive the
 // model) and the Backend (must outlive the model); owns the packed weights and a growing
 // activation workspace. Thread-safety: Forward is called by one thread at a time.
@@ -19,16 +25,20 @@
 #include "model/kv_cache_storage.h"
 #include "model/llama_config.h"
 #include "model/step_batch.h"
+#include "model/tensor_parallel.h"
 
 namespace glimpse::model {
 
-// The weights of one transformer block, packed for the backend.
+// The weights of one transformer block, packed for the backend: the rank's shard of them.
+// Unsplit, q = dim, kv = kv_dim and f = ffn_dim; on a rank, q = its query heads * head_dim,
+// kv = its KV heads * head_dim, f = its FFN features (LlamaShard).
 struct LlamaLayerWeights {
   float* attn_norm = nullptr;  // backend memory, fp32 [dim]
   float* ffn_norm = nullptr;   // backend memory, fp32 [dim]
-  std::unique_ptr<kernels::PackedMatrix> wq, wk, wv, wo;  // [dim|kv_dim][dim], [dim][dim]
-  std::unique_ptr<kernels::PackedMatrix> w_gate, w_up;    // [ffn][dim]
-  std::unique_ptr<kernels::PackedMatrix> w_down;          // [dim][ffn]
+  std::unique_ptr<kernels::PackedMatrix> wq, wk, wv;    // [q][dim], [kv][dim], [kv][dim]
+  std::unique_ptr<kernels::PackedMatrix> wo;            // [dim][q]
+  std::unique_ptr<kernels::PackedMatrix> w_gate, w_up;  // [f][dim]
+  std::unique_ptr<kernels::PackedMatrix> w_down;        // [dim][f]
 };
 
 struct LlamaWeights {
@@ -40,28 +50,37 @@ struct LlamaWeights {
 
 class LlamaModel {
  public:
+  // Loads rank `tp.rank` of a model split over `tp.size` ranks (default: the whole model);
+  // `backend` must be that rank of a tensor-parallel group of tp.size. InvalidArgument when the
+  // model does not split that way (LlamaShardOf; a Q8_0 column split inside a 32-column block).
   static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(const GgufFile& file,
-                                                          kernels::Backend& backend);
+                                                          kernels::Backend& backend,
+                                                          TensorParallelRank tp = {});
   ~LlamaModel();
   LlamaModel(const LlamaModel&) = delete;
   LlamaModel& operator=(const LlamaModel&) = delete;
 
+  // The whole model's hyper-parameters (not the rank's share).
   const LlamaConfig& config() const { return config_; }
+  // What this rank holds; its tp is what KvCacheStorage needs for this model.
+  const LlamaShard& shard() const { return shard_; }
   kernels::Backend& backend() const { return backend_; }
-  // Bytes of packed weights (what one decode step streams).
+  // Bytes of packed weights on this rank (what one decode step streams).
   size_t weight_bytes() const { return weight_bytes_; }
 
   // Runs the batch, writing its tokens' keys and values into `kv`, and fills
   // logits[i][0..vocab) (host memory) for batch.logits_rows[i]. The batch must be valid for
-  // `kv` (ValidateStepBatch); InvalidArgument otherwise.
+  // `kv` (ValidateStepBatch) and `kv` must hold this rank's KV heads (built with shard().tp);
+  // InvalidArgument otherwise. Split ranks all get the same logits.
   absl::Status Forward(const StepBatch& batch, KvCacheStorage& kv, float* logits);
 
  private:
-  LlamaModel(const LlamaConfig& config, kernels::Backend& backend)
-      : config_(config), backend_(backend) {}
+  LlamaModel(const LlamaConfig& config, const LlamaShard& shard, kernels::Backend& backend)
+      : config_(config), shard_(shard), backend_(backend) {}
   float* Scratch(size_t index, size_t num_floats);
 
   LlamaConfig config_;
+  LlamaShard shard_;
   kernels::Backend& backend_;
   LlamaWeights weights_;
   size_t weight_bytes_ = 0;

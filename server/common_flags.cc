@@ -40,3 +40,7 @@ ABSL_FLAG(glimpse::server::Device, device, glimpse::server::Device::kCpu,
           "GPU: F32 weights stay fp32, F16/BF16/Q8_0 weights run as bf16 with fp32 "
           "accumulation; needs a binary built with `bazel build --config=cuda "
           "//server:glimpse`).");
+ABSL_FLAG(bool, cuda_graphs, true,
+          "With --device=cuda: run decode steps of up to 64 sequences as CUDA graphs (padded "
+          "to a batch bucket of 1, 2, 4, 8, 16, 24, 32, 48 or 64; captured after one eager "
+          "step per bucket and replayed after that). false runs every step eagerly.");

@@ -21,5 +21,6 @@ std::string AbslUnparseFlag(Device device);
 ABSL_DECLARE_FLAG(std::string, model);
 ABSL_DECLARE_FLAG(int32_t, threads);
 ABSL_DECLARE_FLAG(glimpse::server::Device, device);
+ABSL_DECLARE_FLAG(bool, cuda_graphs);
 
 #endif  // GLIMPSE_SERVER_COMMON_FLAGS_H_

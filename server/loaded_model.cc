@@ -14,14 +14,17 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateBackend(Device device, i
     case Device::kCpu:
       return std::unique_ptr<kernels::Backend>(
           std::make_unique<kernels::cpu::CpuBackend>(num_threads));
-    case Device::kCuda:
+    case Device::kCuda: {
 #if defined(GLIMPSE_WITH_CUDA)
-      return kernels::cuda::CreateCudaBackend({});
+      kernels::cuda::CudaBackendOptions options;
+      options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+      return kernels::cuda::CreateCudaBackend(options);
 #else
       return absl::FailedPreconditionError(
           "this glimpse was built without CUDA; rebuild with "
           "`bazel build --config=cuda //server:glimpse`");
 #endif
+    }
   }
   return absl::InvalidArgumentError("unknown device");
 }

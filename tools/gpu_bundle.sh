@@ -13,14 +13,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR="${1:-gpu_bundle}"
-TARGETS=(//server:glimpse_lean //kernels/cuda/backend:cuda_backend_test
-         //kernels/cuda/backend:cuda_greedy_test)
+TESTS=(cuda_backend_test cuda_greedy_test cuda_graph_test cuda_tensor_parallel_test)
+TARGETS=(//server:glimpse_lean)
+for t in "${TESTS[@]}"; do TARGETS+=("//kernels/cuda/backend:$t"); done
 bazel build --config=cuda "${TARGETS[@]}" >&2
 BIN="$(bazel info --config=cuda bazel-bin 2>/dev/null)"
 rm -rf "$DIR"
 mkdir -p "$DIR/bin" "$DIR/lib"
-cp "$BIN/server/glimpse_lean" "$BIN/kernels/cuda/backend/cuda_backend_test" \
-   "$BIN/kernels/cuda/backend/cuda_greedy_test" "$DIR/bin/"
+cp "$BIN/server/glimpse_lean" "$DIR/bin/"
+for t in "${TESTS[@]}"; do cp "$BIN/kernels/cuda/backend/$t" "$DIR/bin/"; done
 # The shared-library closure, minus what must come from the GPU machine: the driver
 # (libcuda, libnvidia-*), cuBLAS and NCCL (too large; found there at run time).
 for binary in "$DIR"/bin/*; do

@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
@@ -17,6 +18,10 @@ constexpr int64_t kMinParallelElements = 1 << 14;
 
 CpuBackend::CpuBackend(int num_threads)
     : pool_(num_threads > 0 ? num_threads : DefaultNumThreads()) {}
+
+CpuBackend::CpuBackend(int num_threads, AllReduceFn all_reduce)
+    : pool_(num_threads > 0 ? num_threads : DefaultNumThreads()),
+      all_reduce_(std::move(all_reduce)) {}
 
 std::string CpuBackend::name() const { return absl::StrCat("cpu (", pool_.num_threads(), " threads)"); }
 
@@ -108,6 +113,12 @@ void CpuBackend::GatherRows(const float* x, int64_t dim, const int32_t* rows, in
   for (int64_t i = 0; i < num_rows; ++i) {
     std::memcpy(out + i * dim, x + static_cast<int64_t>(rows[i]) * dim, dim * sizeof(float));
   }
+}
+
+void CpuBackend::AllReduceSum(float* x, int64_t n) {
+  // A group of one: the sum over one rank is x itself, bit for bit, which keeps the unsplit
+  // model's logits (and batch invariance) exactly as they were before tensor parallelism.
+  if (all_reduce_) all_reduce_(x, n);
 }
 
 }  // namespace glimpse::kernels::cpu

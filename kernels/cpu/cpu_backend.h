@@ -7,6 +7,8 @@
 #ifndef GLIMPSE_KERNELS_CPU_CPU_BACKEND_H_
 #define GLIMPSE_KERNELS_CPU_CPU_BACKEND_H_
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -17,8 +19,17 @@ namespace glimpse::kernels::cpu {
 
 class CpuBackend final : public Backend {
  public:
-  // num_threads <= 0 picks DefaultNumThreads().
+  // In-place sum of x[0..n) over the tensor-parallel group a backend is a rank of, called on
+  // the rank's own thread; every rank must end with the same values. Lets several CpuBackends
+  // in one process act as the ranks of a split model (see kernels/cpu/
+  // in_process_tensor_parallel.h, which tests the sharded forward without GPUs).
+  using AllReduceFn = std::function<void(float* x, int64_t n)>;
+
+  // num_threads <= 0 picks DefaultNumThreads(). A backend of its own: a tensor-parallel group
+  // of one, whose AllReduceSum does nothing.
   explicit CpuBackend(int num_threads = 0);
+  // A rank of a tensor-parallel group whose sum is `all_reduce`.
+  CpuBackend(int num_threads, AllReduceFn all_reduce);
 
   std::string name() const override;
   int num_threads() const { return pool_.num_threads(); }
@@ -41,9 +52,11 @@ class CpuBackend final : public Backend {
   void AddInPlace(float* x, const float* y, int64_t n) override;
   void GatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
                   float* out) override;
+  void AllReduceSum(float* x, int64_t n) override;
 
  private:
   ThreadPool pool_;
+  AllReduceFn all_reduce_;  // Empty for a group of one.
 };
 
 }  // namespace glimpse::kernels::cpu

@@ -3,7 +3,9 @@
 # (the lean engine and the Backend-level tests, built with --config=cuda; carry gpu_bundle/):
 #   1. every Backend op vs the CPU backend (cuda_backend_test);
 #   2. greedy generation of the bundled model on CUDA vs CPU over the 40 reference prompts,
-#      with the bf16 divergence rate (cuda_greedy_test);
+#      with the bf16 divergence rate (cuda_greedy_test); decode-step CUDA graphs replaying
+#      bitwise what eager recording computes (cuda_graph_test); tensor parallelism, one rank
+#      and, with 2+ GPUs, two (cuda_tensor_parallel_test);
 #   3. unless SKIP_8B=1: a synthetic Llama-3.1-8B-shaped bf16 model made there (16 GB cannot
 #      travel), batch-1 decode timed by `glimpse_lean bench`, against the bandwidth floor
 #      (weight bytes + KV bytes read per step, over the D2D bandwidth gpu_check.sh measured —
@@ -25,14 +27,16 @@ RUN="$BUNDLE/run.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
   | tee "$RESULT_DIR/gpu.txt"
 
-"$RUN" cuda_backend_test --gtest_output=json:"$RESULT_DIR/cuda_backend_test.json" \
-  >"$RESULT_DIR/cuda_backend_test.log" 2>&1
-backend_rc=$?
-"$RUN" cuda_greedy_test --gtest_output=json:"$RESULT_DIR/cuda_greedy_test.json" \
-  >"$RESULT_DIR/cuda_greedy_test.log" 2>&1
-greedy_rc=$?
-echo "cuda_backend_test exit $backend_rc; cuda_greedy_test exit $greedy_rc"
-grep -E "^\[  (FAILED|PASSED|SKIPPED) |divergen" "$RESULT_DIR"/cuda_*_test.log | head -40
+run_test() {  # NAME -> exit status; log and gtest JSON in RESULT_DIR
+  "$RUN" "$1" --gtest_output=json:"$RESULT_DIR/$1.json" >"$RESULT_DIR/$1.log" 2>&1
+}
+run_test cuda_backend_test; backend_rc=$?
+run_test cuda_greedy_test; greedy_rc=$?
+run_test cuda_graph_test; graph_rc=$?
+run_test cuda_tensor_parallel_test; tp_rc=$?
+echo "exit: cuda_backend_test $backend_rc, cuda_greedy_test $greedy_rc, cuda_graph_test $graph_rc," \
+     "cuda_tensor_parallel_test $tp_rc"
+grep -E "^\[  (FAILED|PASSED|SKIPPED) |divergen|graph" "$RESULT_DIR"/cuda_*_test.log | head -60
 
 bench_rc=0
 decode_tok_s="null"; weight_bytes="null"; floor_ms="null"; ratio="null"
@@ -80,12 +84,14 @@ fi
 
 cat >"$RESULT_DIR/gpu_e2e.json" <<JSON
 {"cuda_backend_test_exit": $backend_rc, "cuda_greedy_test_exit": $greedy_rc,
+ "cuda_graph_test_exit": $graph_rc, "cuda_tensor_parallel_test_exit": $tp_rc,
  "bench_8b_exit": $bench_rc, "decode_batch1_tok_s": $decode_tok_s, "weight_bytes": $weight_bytes,
  "bandwidth_floor_ms_per_token": $floor_ms, "step_over_floor": $ratio}
 JSON
 echo
 echo "==== gpu_e2e ===="
-echo "backend ops vs CPU: exit $backend_rc | greedy CUDA vs CPU: exit $greedy_rc"
+echo "backend ops vs CPU: exit $backend_rc | greedy CUDA vs CPU: exit $greedy_rc |" \
+     "graph replay: exit $graph_rc | tensor parallel: exit $tp_rc"
 echo "8B bf16 batch-1 decode: ${decode_tok_s} tok/s; floor ${floor_ms} ms/token; step/floor ${ratio} (target <= 1.25)"
 echo "result: $RESULT_DIR/gpu_e2e.json"
-[ $backend_rc -eq 0 ] && [ $greedy_rc -eq 0 ]
+[ $backend_rc -eq 0 ] && [ $greedy_rc -eq 0 ] && [ $graph_rc -eq 0 ] && [ $tp_rc -eq 0 ]

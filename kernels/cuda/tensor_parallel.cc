@@ -11,36 +11,6 @@ ncclDataType_t NcclType(DType dtype) {
 
 }  // namespace
 
-ShardRange ShardOf(int64_t n, int rank, int size) {
-  const int64_t base = n / size;
-  const int64_t extra = n % size;
-  ShardRange r;
-  r.begin = rank * base + (rank < extra ? rank : extra);
-  r.end = r.begin + base + (rank < extra ? 1 : 0);
-  return r;
-}
-
-std::string CheckHeadSplit(int32_t num_heads, int32_t num_kv_heads, int size) {
-  if (size < 1) return "the tensor-parallel size must be >= 1";
-  if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0) {
-    return "num_heads must be a multiple of num_kv_heads";
-  }
-  if (num_kv_heads % size != 0) {
-    return "the model's " + std::to_string(num_kv_heads) +
-           " KV heads do not split evenly over " + std::to_string(size) +
-           " GPUs; use a tensor-parallel size that divides the KV head count";
-  }
-  return "";
-}
-
-HeadShard HeadShardOf(int32_t num_heads, int32_t num_kv_heads, int rank, int size) {
-  HeadShard s;
-  s.kv_heads = ShardOf(num_kv_heads, rank, size);
-  const int64_t group = num_heads / num_kv_heads;
-  s.q_heads = {s.kv_heads.begin * group, s.kv_heads.end * group};
-  return s;
-}
-
 std::unique_ptr<TensorParallelGroup> TensorParallelGroup::Create(const std::vector<int>& devices,
                                                                  std::string* error) {
   if (devices.empty()) {

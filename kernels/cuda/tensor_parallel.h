@@ -34,28 +34,13 @@
 #include <vector>
 
 #include "kernels/cuda/dtype.h"
+#include "kernels/tensor_parallel_shard.h"
 
 namespace glimpse::kernels::cuda {
 
-// The half-open range [begin, end) of `n` items that rank `rank` of `size` owns: contiguous,
-// sizes differing by at most one, earlier ranks taking the remainder.
-struct ShardRange {
-  int64_t begin = 0;
-  int64_t end = 0;
-  int64_t size() const { return end - begin; }
-};
-ShardRange ShardOf(int64_t n, int rank, int size);
-
-// Query/KV heads of a rank when heads are split in whole GQA groups: KV heads by ShardOf, and
-// each KV head's group of num_heads / num_kv_heads query heads with it. Valid when
-// num_kv_heads % size == 0 (CheckHeadSplit says why not otherwise).
-struct HeadShard {
-  ShardRange q_heads;
-  ShardRange kv_heads;
-};
-HeadShard HeadShardOf(int32_t num_heads, int32_t num_kv_heads, int rank, int size);
-// "" when the model's heads split evenly over `size` ranks, else why not.
-std::string CheckHeadSplit(int32_t num_heads, int32_t num_kv_heads, int size);
+// The shard arithmetic (ShardRange, ShardOf, HeadShard, HeadShardOf, CheckHeadSplit) lives in
+// kernels/tensor_parallel_shard.h, shared with the CPU build's model loader; the names resolve
+// here unqualified (glimpse::kernels encloses this namespace).
 
 // The communicators of one tensor-parallel group. Owns them (destroyed with the group).
 class TensorParallelGroup {

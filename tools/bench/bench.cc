@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "kernels/backend.h"
 #include "kvcache/block_pool.h"
 #include "model/kv_cache_storage.h"
 #include "nlohmann/json.hpp"
@@ -193,6 +194,16 @@ int RunBenchCommand() {
                                {"prefill_tokens", last.prefill_tokens},
                                {"decode_tokens", last.decode_tokens},
                                {"repetitions", reps}});
+  }
+  // The backend's own counters over every run above, the warm-up included (with
+  // --device=cuda: CUDA graph captures, replays and eagerly run steps by reason).
+  const std::vector<kernels::BackendCounter> counters = loaded->backend->Counters();
+  if (!counters.empty()) {
+    std::printf("\nbackend counters (all runs, warm-up included; zeros omitted):\n");
+    for (const kernels::BackendCounter& c : counters) {
+      if (c.value != 0) std::printf("  %s %lld\n", c.name.c_str(), static_cast<long long>(c.value));
+      json["backend_counters"][c.name] = c.value;
+    }
   }
   const std::string json_out = absl::GetFlag(FLAGS_json_out);
   if (!json_out.empty()) {

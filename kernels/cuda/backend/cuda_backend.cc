@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <bit>
 #include <climits>
 #include <cstdint>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/status_macros.h"
+#include "kernels/cuda/backend/decode_graphs.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/embedding.h"
@@ -23,6 +25,7 @@
 #include "kernels/cuda/paged_decode_attention.h"
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope_table.h"
+#include "kernels/cuda/tensor_parallel.h"
 #include "kernels/cuda/weight_convert.h"
 #include "spdlog/spdlog.h"
 
@@ -41,15 +44,7 @@ void CheckCuda(cudaError_t err, const char* expr, const char* file, int line) {
   CHECK(err == cudaSuccess);
 }
 
-void CheckCublas(cublasStatus_t status, const char* expr, const char* file, int line) {
-  if (status == CUBLAS_STATUS_SUCCESS) return;
-  spdlog::critical("CUDA backend: {} failed at {}:{}: {} ({}); aborting", expr, file, line,
-                   cublasGetStatusName(status), cublasGetStatusString(status));
-  CHECK(status == CUBLAS_STATUS_SUCCESS);
-}
-
 #define GLIMPSE_CUDA_CHECK(expr) CheckCuda((expr), #expr, __FILE__, __LINE__)
-#define GLIMPSE_CUBLAS_CHECK(expr) CheckCublas((expr), #expr, __FILE__, __LINE__)
 
 // Logs `message` and aborts: for violated preconditions of an op (a bug in the caller).
 [[noreturn]] void Fail(const std::string& message) {
@@ -143,7 +138,12 @@ class CudaPackedMatrix final : public PackedMatrix {
 // ---- The backend ----------------------------------------------------------------------------
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) : device_(device) {}
+  CudaBackend(int device, std::shared_ptr<TensorParallelGroup> tp_group, int tp_rank,
+              const DecodeGraphRecorder::Options& graph_options)
+      : device_(device),
+        tp_group_(std::move(tp_group)),
+        tp_rank_(tp_rank),
+        graphs_(graph_options) {}
   ~CudaBackend() override;
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
@@ -168,6 +168,11 @@ class CudaBackend final : public Backend {
   void AddInPlace(float* x, const float* y, int64_t n) override;
   void GatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
                   float* out) override;
+  void AllReduceSum(float* x, int64_t n) override;
+  // CUDA graphs of decode steps ("Decode graphs" below, decode_graphs.h).
+  ForwardPlan BeginForward(const ForwardShape& shape) override;
+  void EndForward() override;
+  std::vector<BackendCounter> Counters() const override;
 
  private:
   // A device copy of an embedding table (MatrixView in host memory), in its stored format.
@@ -228,6 +233,32 @@ class CudaBackend final : public Backend {
   const DeviceTable& TableFor(const MatrixView& table);
   const float* RopeTable(const kernels::RopeParams& p);
   const AttentionMemo& AttentionTables(const PagedAttentionParams& p, int32_t num_tokens);
+  // x (rounded to bf16 into activations_bf16_, which must hold it) times W. The cast runs on
+  // `stream`, the GEMM on the cuBLAS handle's stream: both are stream_.
+  cudaError_t EnqueueMatMul(const float* x, int64_t num_rows, const CudaPackedMatrix& m,
+                            float* y, cudaStream_t stream);
+  // RmsNorm's launches; out == x normalizes a copy in norm_input_ (which must hold it).
+  cudaError_t EnqueueRmsNorm(const float* x, const float* weight, int64_t num_rows,
+                             int64_t dim, float eps, float* out, cudaStream_t stream);
+
+  // ---- Decode graphs ("Decode graphs" below). Record*: the op's launch in a recorded step;
+  // false when the op does not fit the step (the recording is then abandoned and the op, like
+  // the rest of the step, runs eagerly).
+  bool RecordEmbedding(const DeviceTable& t, const int32_t* ids, int64_t num_ids, float* out);
+  bool RecordRmsNorm(const float* x, const float* weight, int64_t num_rows, int64_t dim,
+                     float eps, float* out);
+  bool RecordMatMul(const float* x, int64_t num_rows, const CudaPackedMatrix& m, float* y);
+  bool RecordRope(const kernels::RopeParams& params);
+  bool RecordStoreKv(const KvStoreParams& params);
+  bool RecordPagedAttention(const PagedAttentionParams& params);
+  bool RecordSiluMul(const float* gate, const float* up, int64_t n, float* out);
+  bool RecordAddInPlace(float* x, const float* y, int64_t n);
+  bool RecordGatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
+                        float* out);
+  bool RecordAllReduceSum(float* x, int64_t n);
+  // Ends the recorded step: reserves what its launches need, then graphs_.Finish (a graph,
+  // unless `eager_reason` is not kNumReasons).
+  void FinishGraphStep(GraphEagerReason eager_reason);
 
   int device_;
   std::string name_;
@@ -248,6 +279,31 @@ class CudaBackend final : public Backend {
   std::unordered_map<const void*, DeviceTable> tables_;  // key: MatrixView::data
   AttentionMemo attention_memo_;
   RopeMemo rope_memo_;
+  // Tensor parallelism: this backend is rank tp_rank_ of tp_group_ (shared by the group's
+  // backends; a group of one for a lone GPU). Destroyed after the stream is drained.
+  std::shared_ptr<TensorParallelGroup> tp_group_;
+  int tp_rank_ = 0;
+
+  // CUDA graphs of decode steps.
+  DecodeGraphRecorder graphs_;
+  bool in_step_ = false;  // between BeginForward and EndForward
+  // cuBLAS's workspace, set explicitly: a captured GEMM must use memory that stays put, and
+  // eager and captured GEMMs then choose their algorithms under the same workspace.
+  DeviceBuffer<uint8_t> cublas_workspace_;
+  // The recorded step: what its launches need of the buffers above (reserved before they run)
+  // and the per-step tables every layer shares (arena offsets).
+  struct GraphStepState {
+    size_t bf16_bytes = 0;
+    size_t norm_bytes = 0;
+    size_t workspace_bytes = 0;
+    std::vector<int32_t> rope_key;
+    size_t rope_offset = 0;     // fp32 [bucket][rot_dim / 2][2]
+    std::vector<int32_t> attention_key;
+    size_t tables_offset = 0;   // int32 [bucket + 1] indptr, then [bucket] last page lengths
+    size_t indices_offset = 0;  // int32 [bucket x capacity pages], the used prefix uploaded
+    PagedDecodePlan attention_plan;
+  };
+  GraphStepState graph_step_;
 };
 
 constexpr size_t kInitialStagingBytes = size_t{1} << 20;
@@ -255,6 +311,8 @@ constexpr size_t kStagingAlign = 256;
 // Host -> device copies up to this size go through staging (no wait); larger ones wait.
 constexpr size_t kStagedCopyLimit = size_t{256} << 10;
 constexpr size_t kMaxUploadMemos = 16;
+// cuBLAS's recommended workspace on Hopper (4 MiB suffices before it).
+constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
 
 absl::Status CudaBackend::Init() {
   RETURN_IF_ERROR(CudaStatus(cudaSetDevice(device_), "cudaSetDevice"));
@@ -280,6 +338,13 @@ absl::Status CudaBackend::Init() {
       cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
     return absl::InternalError("CUDA backend: configuring the cuBLAS handle failed");
   }
+  // After cublasSetStream, which resets the workspace to cuBLAS's own pool.
+  RETURN_IF_ERROR(CudaStatus(cublas_workspace_.Allocate(kCublasWorkspaceBytes),
+                             "allocating the cuBLAS workspace"));
+  if (cublasSetWorkspace(cublas_, cublas_workspace_.get(), cublas_workspace_.size()) !=
+      CUBLAS_STATUS_SUCCESS) {
+    return absl::InternalError("CUDA backend: cublasSetWorkspace failed");
+  }
   RETURN_IF_ERROR(CudaStatus(cudaHostAlloc(reinterpret_cast<void**>(&staging_host_),
                                            kInitialStagingBytes, cudaHostAllocDefault),
                              "allocating pinned staging memory"));
@@ -303,6 +368,9 @@ absl::Status CudaBackend::Init() {
 }
 
 CudaBackend::~CudaBackend() {
+  if (const std::string graphs = graphs_.Summary(); !graphs.empty()) {
+    spdlog::info("CUDA backend: decode graphs: {}", graphs);
+  }
   if (cudaSetDevice(device_) != cudaSuccess) return;
   if (stream_ != nullptr && cudaStreamSynchronize(stream_) != cudaSuccess) {
     spdlog::error("CUDA backend: the stream failed while shutting down");
@@ -387,6 +455,8 @@ void* CudaBackend::Allocate(size_t num_bytes) {
 void CudaBackend::Free(void* ptr) {
   if (ptr == nullptr) return;
   Bind();
+  // Recorded launches may use the buffer: run them first (and the rest of the step eagerly).
+  if (graphs_.recording() && !graphs_.empty()) FinishGraphStep(GraphEagerReason::kMidStepSync);
   // Work enqueued before may still read or write the buffer.
   GLIMPSE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   GLIMPSE_CUDA_CHECK(cudaFree(ptr));
@@ -395,6 +465,8 @@ void CudaBackend::Free(void* ptr) {
 void CudaBackend::CopyToBackend(void* dst, const void* host_src, size_t num_bytes) {
   if (num_bytes == 0) return;
   Bind();
+  // Ordered after the recorded launches, which therefore run now (the rest of the step too).
+  if (graphs_.recording() && !graphs_.empty()) FinishGraphStep(GraphEagerReason::kMidStepSync);
   if (num_bytes <= kStagedCopyLimit) {
     // Through pinned staging: ordered on the stream, no wait, and the caller may reuse
     // host_src as soon as this returns.
@@ -413,6 +485,8 @@ void CudaBackend::CopyToBackend(void* dst, const void* host_src, size_t num_byte
 
 void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t num_bytes) {
   Bind();
+  // The end of a recorded step: its graph (or launches) run before the copy.
+  if (graphs_.recording()) FinishGraphStep(GraphEagerReason::kNumReasons);
   if (num_bytes > 0) {
     GLIMPSE_CUDA_CHECK(
         cudaMemcpyAsync(host_dst, src, num_bytes, cudaMemcpyDeviceToHost, stream_));
@@ -426,6 +500,7 @@ void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t num_bytes) 
 
 absl::StatusOr<std::unique_ptr<PackedMatrix>> CudaBackend::PackMatrix(const MatrixView& w) {
   Bind();
+  if (graphs_.recording() && !graphs_.empty()) FinishGraphStep(GraphEagerReason::kMidStepSync);
   if (w.data == nullptr || w.rows <= 0 || w.cols <= 0 || w.rows > INT_MAX || w.cols > INT_MAX) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot pack a [", w.rows, " x ", w.cols, "] matrix on the device"));
@@ -473,6 +548,14 @@ void CudaBackend::MatMul(const float* x, int64_t num_rows, const PackedMatrix& w
   Bind();
   const auto& m = static_cast<const CudaPackedMatrix&>(w);
   if (num_rows > INT_MAX) Fail(absl::StrCat("MatMul with ", num_rows, " rows"));
+  if (graphs_.recording() && RecordMatMul(x, num_rows, m, y)) return;
+  if (m.bf16()) Reserve(activations_bf16_, static_cast<size_t>(num_rows) * m.cols() * 2);
+  GLIMPSE_CUDA_CHECK(EnqueueMatMul(x, num_rows, m, y, stream_));
+}
+
+cudaError_t CudaBackend::EnqueueMatMul(const float* x, int64_t num_rows,
+                                       const CudaPackedMatrix& m, float* y,
+                                       cudaStream_t stream) {
   // cuBLAS is column-major. Row-major buffers read column-major are transposed:
   //   W[N][K] (ld K)  is the K x N matrix Wᵀ;   x[M][K] (ld K) is xᵀ (K x M);
   //   y[M][N] (ld N)  is yᵀ (N x M).
@@ -486,9 +569,9 @@ void CudaBackend::MatMul(const float* x, int64_t num_rows, const PackedMatrix& w
   if (m.bf16()) {
     // bf16 x bf16 -> fp32 with fp32 accumulation: x is rounded to bf16 first.
     const size_t elements = static_cast<size_t>(num_rows) * static_cast<size_t>(k);
-    Reserve(activations_bf16_, elements * 2);
-    GLIMPSE_CUDA_CHECK(LaunchCastF32ToBf16(x, activations_bf16_.get(),
-                                           static_cast<int64_t>(elements), stream_));
+    const cudaError_t err = LaunchCastF32ToBf16(x, activations_bf16_.get(),
+                                                static_cast<int64_t>(elements), stream);
+    if (err != cudaSuccess) return err;
     b = activations_bf16_.get();
     ab_type = CUDA_R_16BF;
   }
@@ -496,9 +579,16 @@ void CudaBackend::MatMul(const float* x, int64_t num_rows, const PackedMatrix& w
   const float beta = 0.0f;
   // CUBLAS_COMPUTE_32F with the default math mode: true fp32 products and sums (no TF32),
   // which the fp32 path's 1e-5 agreement with the CPU backend relies on.
-  GLIMPSE_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n_out, rows, k, &alpha,
-                                    m.data(), ab_type, k, b, ab_type, k, &beta, y, CUDA_R_32F,
-                                    n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  const cublasStatus_t status =
+      cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n_out, rows, k, &alpha, m.data(), ab_type,
+                   k, b, ab_type, k, &beta, y, CUDA_R_32F, n_out, CUBLAS_COMPUTE_32F,
+                   CUBLAS_GEMM_DEFAULT);
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    spdlog::critical("CUDA backend: cublasGemmEx of [{} x {}] x [{} x {}]ᵀ failed: {} ({})", rows,
+                     k, n_out, k, cublasGetStatusName(status), cublasGetStatusString(status));
+    return cudaErrorUnknown;
+  }
+  return cudaSuccess;
 }
 
 // ---- Embedding ------------------------------------------------------------------------------
@@ -543,6 +633,7 @@ void CudaBackend::EmbeddingLookup(const MatrixView& table, const int32_t* ids, i
     }
   }
   const DeviceTable& t = TableFor(table);
+  if (graphs_.recording() && RecordEmbedding(t, ids, num_ids, out)) return;
   EmbeddingParams p;
   p.format = t.format;
   p.table = t.data;
@@ -563,14 +654,22 @@ void CudaBackend::RmsNorm(const float* x, const float* weight, int64_t num_rows,
   if (num_rows > INT_MAX || dim <= 0 || dim > INT_MAX) {
     Fail(absl::StrCat("RmsNorm of [", num_rows, " x ", dim, "]"));
   }
+  if (graphs_.recording() && RecordRmsNorm(x, weight, num_rows, dim, eps, out)) return;
+  if (out == x) Reserve(norm_input_, static_cast<size_t>(num_rows) * static_cast<size_t>(dim) * 4);
+  GLIMPSE_CUDA_CHECK(EnqueueRmsNorm(x, weight, num_rows, dim, eps, out, stream_));
+}
+
+cudaError_t CudaBackend::EnqueueRmsNorm(const float* x, const float* weight, int64_t num_rows,
+                                        int64_t dim, float eps, float* out,
+                                        cudaStream_t stream) {
   const size_t num_bytes = static_cast<size_t>(num_rows) * static_cast<size_t>(dim) * 4;
   const float* input = x;
   if (out == x) {
     // The fused kernel's out may not alias its input (it re-reads the input after the
     // reduction): normalize a copy.
-    Reserve(norm_input_, num_bytes);
-    GLIMPSE_CUDA_CHECK(
-        cudaMemcpyAsync(norm_input_.get(), x, num_bytes, cudaMemcpyDeviceToDevice, stream_));
+    const cudaError_t err =
+        cudaMemcpyAsync(norm_input_.get(), x, num_bytes, cudaMemcpyDeviceToDevice, stream);
+    if (err != cudaSuccess) return err;
     input = reinterpret_cast<const float*>(norm_input_.get());
   }
   AddRmsNormParams p;
@@ -582,7 +681,7 @@ void CudaBackend::RmsNorm(const float* x, const float* weight, int64_t num_rows,
   p.num_rows = static_cast<int32_t>(num_rows);
   p.dim = static_cast<int32_t>(dim);
   p.eps = eps;
-  GLIMPSE_CUDA_CHECK(LaunchAddRmsNorm(p, stream_));
+  return LaunchAddRmsNorm(p, stream);
 }
 
 const float* CudaBackend::RopeTable(const kernels::RopeParams& p) {
@@ -609,6 +708,7 @@ void CudaBackend::Rope(const kernels::RopeParams& params) {
   if (params.rot_dim <= 0 || params.rot_dim % 2 != 0 || params.rot_dim > params.head_dim) {
     Fail(absl::StrCat("Rope with rot_dim ", params.rot_dim, " and head_dim ", params.head_dim));
   }
+  if (graphs_.recording() && RecordRope(params)) return;
   RopeTableParams p;
   p.x = params.x;
   p.num_tokens = params.num_tokens;
@@ -623,12 +723,14 @@ void CudaBackend::Rope(const kernels::RopeParams& params) {
 void CudaBackend::SiluMul(const float* gate, const float* up, int64_t n, float* out) {
   if (n == 0) return;
   Bind();
+  if (graphs_.recording() && RecordSiluMul(gate, up, n, out)) return;
   GLIMPSE_CUDA_CHECK(LaunchSiluMulFlat(gate, up, n, out, stream_));
 }
 
 void CudaBackend::AddInPlace(float* x, const float* y, int64_t n) {
   if (n == 0) return;
   Bind();
+  if (graphs_.recording() && RecordAddInPlace(x, y, n)) return;
   GLIMPSE_CUDA_CHECK(LaunchAddInPlace(x, y, n, stream_));
 }
 
@@ -639,6 +741,7 @@ void CudaBackend::GatherRows(const float* x, int64_t dim, const int32_t* rows, i
   for (int64_t i = 0; i < num_rows; ++i) {
     if (rows[i] < 0) Fail(absl::StrCat("GatherRows: row ", rows[i]));
   }
+  if (graphs_.recording() && RecordGatherRows(x, dim, rows, num_rows, out)) return;
   GatherRowsParams p;
   p.x = x;
   p.dim = dim;
@@ -648,11 +751,29 @@ void CudaBackend::GatherRows(const float* x, int64_t dim, const int32_t* rows, i
   GLIMPSE_CUDA_CHECK(LaunchGatherRows(p, stream_));
 }
 
+// ---- Tensor parallelism ---------------------------------------------------------------------
+
+void CudaBackend::AllReduceSum(float* x, int64_t n) {
+  // Every rank passes the same n, so every rank skips an empty one alike.
+  if (n == 0) return;
+  Bind();
+  if (graphs_.recording() && RecordAllReduceSum(x, n)) return;
+  // Enqueued on the backend's stream like any op (ordered after the projection that wrote x);
+  // with one rank NCCL copies in place, so one GPU runs the same path as several.
+  const ncclResult_t r =
+      tp_group_->AllReduceSumRank(tp_rank_, x, static_cast<size_t>(n), DType::kF32, stream_);
+  if (r != ncclSuccess) {
+    Fail(absl::StrCat("ncclAllReduce of ", n, " floats on tensor-parallel rank ", tp_rank_,
+                      " of ", tp_group_->size(), " failed: ", ncclGetErrorString(r)));
+  }
+}
+
 // ---- KV cache and attention -----------------------------------------------------------------
 
 void CudaBackend::StoreKv(const KvStoreParams& params) {
   if (params.num_tokens == 0) return;
   Bind();
+  if (graphs_.recording() && RecordStoreKv(params)) return;
   const KvLayerView& kv = params.kv;
   KvAppendParams p;
   p.dtype = DType::kF32;
@@ -765,6 +886,7 @@ void CudaBackend::PagedAttention(const PagedAttentionParams& params) {
                       params.num_heads, " query heads and ", kv.num_kv_heads,
                       " KV heads (use --device=cpu)"));
   }
+  if (graphs_.recording() && RecordPagedAttention(params)) return;
   const AttentionMemo& memo = AttentionTables(params, num_tokens);
   Reserve(attention_workspace_, memo.workspace_bytes);
   const int64_t row_floats = static_cast<int64_t>(params.num_heads) * kv.head_dim;
@@ -792,6 +914,389 @@ void CudaBackend::PagedAttention(const PagedAttentionParams& params) {
   }
 }
 
+// ---- Decode graphs --------------------------------------------------------------------------
+// A decode step of <= 64 sequences (DecodeGraphRecorder::Ineligibility) is recorded between
+// BeginForward and CopyToHost / EndForward instead of run: every op pads its rows to the
+// step's bucket, writes its host arrays into the graph arena (fixed offsets), and appends its
+// launch with the signature words of what the launch bakes in (decode_graphs.h). Padded rows
+// are harmless: token id 0, RoPE position 0, KV slot -1 (kv_append skips it), an empty page
+// table (attention writes o = 0) and logits row 0; only the step's own rows reach the caller.
+// The attention plan is made for `bucket` sequences of the step's KV capacity tier, so it
+// does not change while sequences grow within the tier.
+//
+// Launches read the arena and this backend's growable buffers (activations_bf16_,
+// norm_input_, attention_workspace_) when they run, through `this`: Finish reserves those
+// first and adds their addresses to the signature, so a regrown buffer means a new capture.
+
+// Signature op tags (the first word of each op's words).
+enum class GraphOp : uint32_t {
+  kEmbedding = 1,
+  kRmsNorm,
+  kMatMul,
+  kRope,
+  kStoreKv,
+  kAttention,
+  kSiluMul,
+  kAddInPlace,
+  kGatherRows,
+  kAllReduceSum,
+};
+
+ForwardPlan CudaBackend::BeginForward(const ForwardShape& shape) {
+  Bind();
+  if (in_step_) Fail("BeginForward inside a step: steps do not nest");
+  in_step_ = true;
+  const GraphEagerReason reason = graphs_.Ineligibility(shape);
+  if (reason != GraphEagerReason::kNumReasons) {
+    graphs_.CountEager(reason);
+    return {};
+  }
+  graph_step_ = GraphStepState{};
+  graphs_.Begin(shape);
+  ForwardPlan plan;
+  plan.padded_rows = graphs_.bucket();
+  return plan;
+}
+
+void CudaBackend::EndForward() {
+  Bind();
+  if (graphs_.recording()) FinishGraphStep(GraphEagerReason::kNumReasons);
+  in_step_ = false;
+}
+
+std::vector<BackendCounter> CudaBackend::Counters() const { return graphs_.Counters(); }
+
+void CudaBackend::FinishGraphStep(GraphEagerReason eager_reason) {
+  // Outside capture: growing a buffer drains the stream and reallocates it.
+  Reserve(activations_bf16_, graph_step_.bf16_bytes);
+  Reserve(norm_input_, graph_step_.norm_bytes);
+  Reserve(attention_workspace_, graph_step_.workspace_bytes);
+  const std::vector<uint64_t> extra = {
+      DecodeGraphRecorder::ToWord(activations_bf16_.get()),
+      DecodeGraphRecorder::ToWord(norm_input_.get()),
+      DecodeGraphRecorder::ToWord(attention_workspace_.get()),
+      DecodeGraphRecorder::ToWord(attention_workspace_.size()),
+      DecodeGraphRecorder::ToWord(cublas_workspace_.get()),
+      DecodeGraphRecorder::ToWord(stream_),
+  };
+  GLIMPSE_CUDA_CHECK(graphs_.Finish(stream_, extra, eager_reason));
+  graph_step_ = GraphStepState{};
+}
+
+bool CudaBackend::RecordEmbedding(const DeviceTable& t, const int32_t* ids, int64_t num_ids,
+                                  float* out) {
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(num_ids, &rows)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  // Padded ids are 0, a valid row: the padded rows compute finite garbage.
+  const size_t ids_offset = graphs_.ArenaPut(ids, num_ids * sizeof(int32_t),
+                                             rows * sizeof(int32_t), 0, /*copy_padding=*/true);
+  EmbeddingParams p;
+  p.format = t.format;
+  p.table = t.data;
+  p.num_rows = t.rows;
+  p.cols = t.cols;
+  p.num_ids = rows;
+  p.out = out;
+  graphs_.Record(
+      [this, p, ids_offset](cudaStream_t stream) {
+        EmbeddingParams run = p;
+        run.ids = graphs_.ArenaPtr<const int32_t>(ids_offset);
+        return LaunchEmbedding(run, stream);
+      },
+      GraphOp::kEmbedding, p.format, p.table, p.num_rows, p.cols, rows, out, ids_offset);
+  return true;
+}
+
+bool CudaBackend::RecordRmsNorm(const float* x, const float* weight, int64_t num_rows,
+                                int64_t dim, float eps, float* out) {
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(num_rows, &rows)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  if (out == x) {
+    graph_step_.norm_bytes =
+        std::max(graph_step_.norm_bytes, static_cast<size_t>(rows) * static_cast<size_t>(dim) * 4);
+  }
+  graphs_.Record(
+      [this, x, weight, rows, dim, eps, out](cudaStream_t stream) {
+        return EnqueueRmsNorm(x, weight, rows, dim, eps, out, stream);
+      },
+      GraphOp::kRmsNorm, x, weight, rows, dim, eps, out);
+  return true;
+}
+
+bool CudaBackend::RecordMatMul(const float* x, int64_t num_rows, const CudaPackedMatrix& m,
+                               float* y) {
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(num_rows, &rows)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  if (m.bf16()) {
+    graph_step_.bf16_bytes =
+        std::max(graph_step_.bf16_bytes, static_cast<size_t>(rows) * m.cols() * 2);
+  }
+  // `m` is the model's packed weight, alive for the step (the launch only runs within it).
+  graphs_.Record(
+      [this, x, rows, &m, y](cudaStream_t stream) {
+        return EnqueueMatMul(x, rows, m, y, stream);
+      },
+      GraphOp::kMatMul, x, rows, m.data(), m.rows(), m.cols(), m.bf16(), y);
+  return true;
+}
+
+bool CudaBackend::RecordRope(const kernels::RopeParams& params) {
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(params.num_tokens, &rows)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  std::vector<int32_t> key(params.positions, params.positions + params.num_tokens);
+  key.push_back(params.rot_dim);
+  key.push_back(static_cast<int32_t>(std::bit_cast<uint32_t>(params.freq_base)));
+  if (key != graph_step_.rope_key) {
+    // The step's (cos, sin) table, padded rows at position 0; q and k of every layer share it.
+    std::vector<int32_t> positions(rows, 0);
+    std::copy(params.positions, params.positions + params.num_tokens, positions.begin());
+    std::vector<float> table(static_cast<size_t>(rows) * (params.rot_dim / 2) * 2);
+    FillRopeCosSinTable(positions.data(), static_cast<int32_t>(rows), params.rot_dim,
+                        params.freq_base, table.data());
+    const size_t num_bytes = table.size() * sizeof(float);
+    graph_step_.rope_offset =
+        graphs_.ArenaPut(table.data(), num_bytes, num_bytes, 0, /*copy_padding=*/true);
+    graph_step_.rope_key = std::move(key);
+  }
+  RopeTableParams p;
+  p.x = params.x;
+  p.num_tokens = static_cast<int32_t>(rows);
+  p.num_heads = params.num_heads;
+  p.head_dim = params.head_dim;
+  p.rot_dim = params.rot_dim;
+  p.style = ToCudaRopeStyle(params.style);
+  const size_t table_offset = graph_step_.rope_offset;
+  graphs_.Record(
+      [this, p, table_offset](cudaStream_t stream) {
+        RopeTableParams run = p;
+        run.cos_sin = graphs_.ArenaPtr<const float>(table_offset);
+        return LaunchRopeWithTable(run, stream);
+      },
+      GraphOp::kRope, p.x, rows, p.num_heads, p.head_dim, p.rot_dim, p.style, table_offset);
+  return true;
+}
+
+bool CudaBackend::RecordStoreKv(const KvStoreParams& params) {
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(params.num_tokens, &rows)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  // Padded slots are -1 (0xFF bytes): kv_append skips them, so the cache is untouched.
+  const size_t slots_offset =
+      graphs_.ArenaPut(params.slots, params.num_tokens * sizeof(int32_t),
+                       rows * sizeof(int32_t), 0xFF, /*copy_padding=*/true);
+  const KvLayerView& kv = params.kv;
+  KvAppendParams p;
+  p.dtype = DType::kF32;
+  p.k = params.k;
+  p.v = params.v;
+  p.token_stride = static_cast<int64_t>(kv.num_kv_heads) * kv.head_dim;
+  p.k_cache = kv.k;
+  p.v_cache = kv.v;
+  p.num_tokens = static_cast<int32_t>(rows);
+  p.num_kv_heads = kv.num_kv_heads;
+  p.page_size = kv.block_size;
+  p.head_dim = kv.head_dim;
+  graphs_.Record(
+      [this, p, slots_offset](cudaStream_t stream) {
+        KvAppendParams run = p;
+        run.slot_mapping = graphs_.ArenaPtr<const int32_t>(slots_offset);
+        return LaunchKvAppend(run, stream);
+      },
+      GraphOp::kStoreKv, p.k, p.v, p.token_stride, p.k_cache, p.v_cache, rows, p.num_kv_heads,
+      p.page_size, p.head_dim, slots_offset);
+  return true;
+}
+
+// Decode only: query token t is sequence t's one token, at its last position, so its causal
+// page table (as in AttentionTables) is the prefix of its sequence's pages up to that position.
+// Padded sequences have no pages. The indices region holds `bucket` x capacity pages so that
+// its size (and every offset after it) is the same for every step of the tier.
+bool CudaBackend::RecordPagedAttention(const PagedAttentionParams& p) {
+  const int32_t num_tokens = p.query_start[p.num_seqs];
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(num_tokens, &rows) || p.num_seqs != num_tokens) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  const int32_t block_size = p.kv.block_size;
+  const int32_t capacity_pages = (graphs_.kv_capacity() + block_size - 1) / block_size;
+  const int32_t num_pages = p.kv_indptr[p.num_seqs];
+  std::vector<int32_t> key;
+  key.reserve(5 + 2 * (p.num_seqs + 1) + num_tokens + num_pages);
+  key.push_back(p.num_seqs);
+  key.push_back(block_size);
+  key.push_back(p.kv.num_kv_heads);
+  key.push_back(p.num_heads);
+  key.push_back(p.kv.head_dim);
+  key.insert(key.end(), p.query_start, p.query_start + p.num_seqs + 1);
+  key.insert(key.end(), p.kv_indptr, p.kv_indptr + p.num_seqs + 1);
+  key.insert(key.end(), p.positions, p.positions + num_tokens);
+  key.insert(key.end(), p.kv_indices, p.kv_indices + num_pages);
+  if (key != graph_step_.attention_key) {
+    // [indptr: bucket + 1 | last_len: bucket], then the indices.
+    std::vector<int32_t> tables(2 * rows + 1, 0);
+    int32_t* indptr = tables.data();
+    int32_t* last_len = tables.data() + rows + 1;
+    std::vector<int32_t> indices;
+    for (int32_t s = 0; s < p.num_seqs; ++s) {
+      const int32_t seq_pages = p.kv_indptr[s + 1] - p.kv_indptr[s];
+      const int32_t pos = p.positions[s];
+      const int32_t pages = pos / block_size + 1;
+      if (p.query_start[s] != s || pos < 0 || pages > seq_pages) {
+        Fail(absl::StrCat("PagedAttention: decode token of sequence ", s, " at position ", pos,
+                          " is outside its ", seq_pages, " blocks of ", block_size));
+      }
+      if (pages > capacity_pages) {  // ForwardShape::max_kv_len was not the longest sequence
+        FinishGraphStep(GraphEagerReason::kKvCapacity);
+        return false;
+      }
+      indices.insert(indices.end(), p.kv_indices + p.kv_indptr[s],
+                     p.kv_indices + p.kv_indptr[s] + pages);
+      indptr[s + 1] = static_cast<int32_t>(indices.size());
+      last_len[s] = pos % block_size + 1;
+    }
+    for (int64_t s = p.num_seqs; s < rows; ++s) indptr[s + 1] = indptr[s];
+    graph_step_.tables_offset = graphs_.ArenaPut(tables.data(), tables.size() * sizeof(int32_t),
+                                                 tables.size() * sizeof(int32_t), 0, true);
+    graph_step_.indices_offset =
+        graphs_.ArenaPut(indices.data(), indices.size() * sizeof(int32_t),
+                         static_cast<size_t>(rows) * capacity_pages * sizeof(int32_t), 0,
+                         /*copy_padding=*/false);
+    // The plan of `bucket` sequences all at capacity: fixed for the tier. A shorter sequence
+    // leaves its trailing chunks' blocks idle (they return at once) and the merge reads only
+    // its own chunks.
+    std::vector<int32_t> full_indptr(rows + 1);
+    for (int64_t s = 0; s <= rows; ++s) full_indptr[s] = static_cast<int32_t>(s) * capacity_pages;
+    graph_step_.attention_plan = PlanPagedDecode(full_indptr.data(), static_cast<int32_t>(rows),
+                                                 p.kv.num_kv_heads, block_size, num_sms_);
+    graph_step_.attention_key = std::move(key);
+  }
+  const PagedDecodePlan plan = graph_step_.attention_plan;
+  graph_step_.workspace_bytes =
+      std::max(graph_step_.workspace_bytes,
+               PagedDecodeWorkspaceBytes(plan, static_cast<int32_t>(rows), p.num_heads,
+                                         p.kv.head_dim));
+  PagedDecodeParams d;
+  d.dtype = DType::kF32;
+  d.q = p.q;
+  d.o = p.out;
+  d.lse = nullptr;
+  d.kv.k_cache = p.kv.k;
+  d.kv.v_cache = p.kv.v;
+  d.kv.num_kv_heads = p.kv.num_kv_heads;
+  d.kv.page_size = block_size;
+  d.kv.head_dim = p.kv.head_dim;
+  d.batch = static_cast<int32_t>(rows);
+  d.num_qo_heads = p.num_heads;
+  d.sm_scale = p.scale;
+  d.plan = plan;
+  const size_t tables_offset = graph_step_.tables_offset;
+  const size_t indices_offset = graph_step_.indices_offset;
+  graphs_.Record(
+      [this, d, rows, tables_offset, indices_offset](cudaStream_t stream) {
+        PagedDecodeParams run = d;
+        run.kv.kv_indptr = graphs_.ArenaPtr<const int32_t>(tables_offset);
+        run.kv.kv_last_page_len = graphs_.ArenaPtr<const int32_t>(tables_offset) + rows + 1;
+        run.kv.kv_indices = graphs_.ArenaPtr<const int32_t>(indices_offset);
+        run.workspace = attention_workspace_.get();
+        run.workspace_bytes = attention_workspace_.size();
+        return LaunchPagedDecode(run, stream);
+      },
+      GraphOp::kAttention, d.q, d.o, d.kv.k_cache, d.kv.v_cache, d.kv.num_kv_heads, block_size,
+      d.kv.head_dim, rows, d.num_qo_heads, d.sm_scale, plan.chunk_keys, plan.num_chunks,
+      tables_offset, indices_offset);
+  return true;
+}
+
+bool CudaBackend::RecordSiluMul(const float* gate, const float* up, int64_t n, float* out) {
+  int64_t padded = 0;
+  if (!graphs_.PaddedElements(n, &padded)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  graphs_.Record(
+      [gate, up, padded, out](cudaStream_t stream) {
+        return LaunchSiluMulFlat(gate, up, padded, out, stream);
+      },
+      GraphOp::kSiluMul, gate, up, padded, out);
+  return true;
+}
+
+bool CudaBackend::RecordAddInPlace(float* x, const float* y, int64_t n) {
+  int64_t padded = 0;
+  if (!graphs_.PaddedElements(n, &padded)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  graphs_.Record(
+      [x, y, padded](cudaStream_t stream) { return LaunchAddInPlace(x, y, padded, stream); },
+      GraphOp::kAddInPlace, x, y, padded);
+  return true;
+}
+
+bool CudaBackend::RecordGatherRows(const float* x, int64_t dim, const int32_t* rows,
+                                   int64_t num_rows, float* out) {
+  int64_t padded = 0;
+  if (!graphs_.PaddedRows(num_rows, &padded)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  // Padded rows gather row 0 (x always has it).
+  const size_t rows_offset = graphs_.ArenaPut(rows, num_rows * sizeof(int32_t),
+                                              padded * sizeof(int32_t), 0, true);
+  GatherRowsParams p;
+  p.x = x;
+  p.dim = dim;
+  p.num_rows = padded;
+  p.out = out;
+  graphs_.Record(
+      [this, p, rows_offset](cudaStream_t stream) {
+        GatherRowsParams run = p;
+        run.rows = graphs_.ArenaPtr<const int32_t>(rows_offset);
+        return LaunchGatherRows(run, stream);
+      },
+      GraphOp::kGatherRows, p.x, p.dim, padded, p.out, rows_offset);
+  return true;
+}
+
+bool CudaBackend::RecordAllReduceSum(float* x, int64_t n) {
+  int64_t padded = 0;
+  if (!graphs_.PaddedElements(n, &padded)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  // The sum over a group of one is x itself: a recorded step leaves that all-reduce out, so
+  // that single-GPU graphs do not depend on NCCL's stream-capture support.
+  if (tp_group_->size() == 1) return true;
+  // Several ranks: the collective is captured into the graph (NCCL supports stream capture);
+  // every rank pads to the same bucket, so counts match across ranks.
+  graphs_.Record(
+      [this, x, padded](cudaStream_t stream) {
+        const ncclResult_t r = tp_group_->AllReduceSumRank(
+            tp_rank_, x, static_cast<size_t>(padded), DType::kF32, stream);
+        if (r == ncclSuccess) return cudaSuccess;
+        spdlog::critical("CUDA backend: ncclAllReduce of {} floats on tensor-parallel rank {} "
+                         "failed: {}", padded, tp_rank_, ncclGetErrorString(r));
+        return cudaErrorUnknown;
+      },
+      GraphOp::kAllReduceSum, x, padded, tp_group_.get(), tp_rank_);
+  return true;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options) {
@@ -810,7 +1315,28 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOpti
     return absl::InvalidArgumentError(absl::StrCat("CUDA device ", options.device_ordinal,
                                                    " does not exist (", count, " visible)"));
   }
-  auto backend = std::make_unique<CudaBackend>(options.device_ordinal);
+  std::shared_ptr<TensorParallelGroup> tp_group = options.tp_group;
+  if (tp_group == nullptr) {
+    // A lone GPU is a group of one, so that its forward pass all-reduces through NCCL too.
+    std::string error;
+    tp_group = TensorParallelGroup::Create({options.device_ordinal}, &error);
+    if (tp_group == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "CUDA backend: creating the one-rank NCCL group on device ", options.device_ordinal,
+          " failed: ", error));
+    }
+  }
+  if (options.tp_rank < 0 || options.tp_rank >= tp_group->size() ||
+      tp_group->device(options.tp_rank) != options.device_ordinal) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor-parallel rank ", options.tp_rank, " of a group of ", tp_group->size(),
+        " is not on CUDA device ", options.device_ordinal));
+  }
+  DecodeGraphRecorder::Options graph_options;
+  graph_options.enabled = options.cuda_graphs;
+  graph_options.run_eagerly_for_testing = options.graphs_run_eagerly_for_testing;
+  auto backend = std::make_unique<CudaBackend>(options.device_ordinal, std::move(tp_group),
+                                               options.tp_rank, graph_options);
   RETURN_IF_ERROR(backend->Init());
   spdlog::info("CUDA backend: {}", backend->name());
   return std::unique_ptr<Backend>(std::move(backend));

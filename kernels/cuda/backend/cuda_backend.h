@@ -19,14 +19,31 @@
 #define GLIMPSE_KERNELS_CUDA_BACKEND_CUDA_BACKEND_H_
 
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 
 namespace glimpse::kernels::cuda {
 
+class TensorParallelGroup;  // kernels/cuda/tensor_parallel.h
+
 struct CudaBackendOptions {
   int device_ordinal = 0;  // CUDA device number (after CUDA_VISIBLE_DEVICES).
+  // The NCCL group whose AllReduceSum this backend joins as rank tp_rank (on device_ordinal).
+  // Shared by all the group's backends: the last one destroyed destroys the communicators.
+  // Null: a new group of one, so that a single GPU runs the same ncclAllReduce path.
+  std::shared_ptr<TensorParallelGroup> tp_group;
+  int tp_rank = 0;
+
+  // CUDA graphs (issue #5; see README.md, "Decode graphs"): decode steps of up to 64
+  // sequences are padded to a batch bucket, captured once per bucket (after one eager warm-up
+  // step) and replayed on later steps. `--cuda_graphs`.
+  bool cuda_graphs = true;
+  // Testing only: such steps take the graph path (padding, fixed buffers, one attention plan
+  // per bucket, the same recorded launches) but always run eagerly, never captured, so that a
+  // test can require graph replays to equal this bitwise.
+  bool graphs_run_eagerly_for_testing = false;
 };
 
 // Opens the device, creates the backend's stream, cuBLAS handle and staging buffers, and runs
@@ -38,7 +55,17 @@ struct CudaBackendOptions {
 // embedding tables; memory from Allocate() and PackedMatrix objects must be released before
 // it is destroyed. Thread-safety: one driving thread at a time (the Backend contract); any
 // thread may drive it (every op selects the backend's device first).
+//
+// Backend::Counters() reports CUDA graph captures and replays, and the steps run eagerly by
+// reason: "cuda_graph_captures_total", "cuda_graph_replays_total",
+// "cuda_graph_eager_<reason>_steps_total", and the gauge "cuda_graphs_cached".
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options);
+
+// One backend per device, backend r being rank r of one NCCL tensor-parallel group over
+// `devices` (distinct CUDA ordinals), for model::TensorParallelModel. Errors as
+// CreateCudaBackend's; FailedPrecondition when NCCL cannot create the group.
+absl::StatusOr<std::vector<std::unique_ptr<Backend>>> CreateCudaTensorParallelBackends(
+    const std::vector<int>& devices);
 
 }  // namespace glimpse::kernels::cuda
 

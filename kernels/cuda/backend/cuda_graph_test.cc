@@ -1,0 +1,385 @@
+// CUDA graphs of decode steps (issue #5) on the bundled model: three CUDA backends run the same
+// steps side by side —
+//   graphs   the default: decode steps of <= 64 sequences warm up, are captured, then replay;
+//   recorded CudaBackendOptions::graphs_run_eagerly_for_testing: the very same recorded
+//            launches (padding, arena, one attention plan per bucket) run eagerly;
+//   eager    cuda_graphs = false: every op enqueued as it comes, unpadded;
+// and every step's logits must be bitwise equal between graphs and recorded (same kernels in
+// the same order: a replay that reads a stale index array, a stale pointer or a wrong plan
+// differs), and close to eager (a different split-KV plan and GEMM row count change fp32
+// rounding only). The schedule grows the batch 1 -> 3 -> 17 -> 64 -> 65 (eager) and shrinks it
+// back, crosses block boundaries (page tables grow between replays), mixes prefill into some
+// steps (eager), and crosses a KV capacity tier. The counters must show, for consecutive
+// decode steps of the same bucket and tier: a warm-up, then a capture, then replays.
+// Skips cleanly (GTEST_SKIP) without a CUDA device; the shape-policy tests at the top need none.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/backend/cuda_backend.h"
+#include "kernels/cuda/backend/decode_graphs.h"
+#include "model/gguf.h"
+#include "model/kv_cache_storage.h"
+#include "model/llama_model.h"
+#include "model/step_batch.h"
+
+namespace glimpse {
+namespace {
+
+constexpr int32_t kBlockSize = 16;
+constexpr int32_t kNumBlocks = 640;
+
+using kernels::cuda::DecodeBucketFor;
+using kernels::cuda::DecodeGraphRecorder;
+using kernels::cuda::GraphEagerReason;
+using kernels::cuda::KvCapacityFor;
+
+// ---- Shape policy (host only) ----------------------------------------------------------------
+
+TEST(DecodeGraphPolicyTest, BatchesPadToTheNextBucketUpTo64) {
+  const std::pair<int64_t, int32_t> cases[] = {{0, 0},   {1, 1},   {2, 2},   {3, 4},
+                                               {5, 8},   {9, 16},  {16, 16}, {17, 24},
+                                               {25, 32}, {33, 48}, {49, 64}, {64, 64},
+                                               {65, 0},  {4096, 0}};
+  for (const auto& [batch, bucket] : cases) EXPECT_EQ(DecodeBucketFor(batch), bucket) << batch;
+}
+
+TEST(DecodeGraphPolicyTest, KvCapacityTiersArePowersOfTwoFrom256) {
+  EXPECT_EQ(KvCapacityFor(1), 256);
+  EXPECT_EQ(KvCapacityFor(256), 256);
+  EXPECT_EQ(KvCapacityFor(257), 512);
+  EXPECT_EQ(KvCapacityFor(5000), 8192);
+  EXPECT_EQ(KvCapacityFor(1 << 17), 1 << 17);
+  EXPECT_EQ(KvCapacityFor((1 << 17) + 1), 0);
+}
+
+TEST(DecodeGraphPolicyTest, OnlyDecodeStepsWithOneLogitsRowPerSequenceQualify) {
+  const DecodeGraphRecorder recorder(DecodeGraphRecorder::Options{});
+  kernels::ForwardShape decode;
+  decode.num_tokens = 17;
+  decode.num_seqs = 17;
+  decode.num_logits_rows = 17;
+  decode.max_kv_len = 300;
+  decode.decode_only = true;
+  EXPECT_EQ(recorder.Ineligibility(decode), GraphEagerReason::kNumReasons);
+
+  kernels::ForwardShape s = decode;
+  s.decode_only = false;
+  s.num_tokens = 40;
+  EXPECT_EQ(recorder.Ineligibility(s), GraphEagerReason::kNotDecode);
+  s = decode;
+  s.num_tokens = s.num_seqs = s.num_logits_rows = 65;
+  EXPECT_EQ(recorder.Ineligibility(s), GraphEagerReason::kBatchTooLarge);
+  s = decode;
+  s.num_logits_rows = 16;
+  EXPECT_EQ(recorder.Ineligibility(s), GraphEagerReason::kLogitsRows);
+  s = decode;
+  s.max_kv_len = (1 << 17) + 1;
+  EXPECT_EQ(recorder.Ineligibility(s), GraphEagerReason::kKvCapacity);
+
+  DecodeGraphRecorder::Options off;
+  off.enabled = false;
+  EXPECT_EQ(DecodeGraphRecorder(off).Ineligibility(decode), GraphEagerReason::kDisabled);
+}
+
+TEST(DecodeGraphPolicyTest, CountersNameCapturesReplaysAndEveryEagerReason) {
+  DecodeGraphRecorder recorder(DecodeGraphRecorder::Options{});
+  recorder.CountEager(GraphEagerReason::kNotDecode);
+  std::map<std::string, int64_t> counters;
+  for (const kernels::BackendCounter& c : recorder.Counters()) counters[c.name] = c.value;
+  EXPECT_EQ(counters.at("cuda_graph_captures_total"), 0);
+  EXPECT_EQ(counters.at("cuda_graph_replays_total"), 0);
+  EXPECT_EQ(counters.at("cuda_graph_eager_not_decode_steps_total"), 1);
+  EXPECT_EQ(counters.at("cuda_graph_eager_warmup_steps_total"), 0);
+  EXPECT_EQ(counters.at("cuda_graphs_cached"), 0);
+  EXPECT_EQ(counters.size(), 3u + static_cast<size_t>(GraphEagerReason::kNumReasons));
+  EXPECT_EQ(recorder.Summary(), "0 captures, 0 replays, eager steps: not_decode 1");
+}
+
+// ---- Graphs on the device ---------------------------------------------------------------------
+
+std::map<std::string, int64_t> CountersOf(const kernels::Backend& backend) {
+  std::map<std::string, int64_t> out;
+  for (const kernels::BackendCounter& c : backend.Counters()) out[c.name] = c.value;
+  return out;
+}
+
+int64_t Delta(const std::map<std::string, int64_t>& after,
+              const std::map<std::string, int64_t>& before, const std::string& name) {
+  const auto a = after.find(name);
+  const auto b = before.find(name);
+  EXPECT_TRUE(a != after.end()) << "no counter " << name;
+  return (a == after.end() ? 0 : a->second) - (b == before.end() ? 0 : b->second);
+}
+
+struct Engine {
+  std::string label;
+  std::unique_ptr<kernels::Backend> backend;
+  std::unique_ptr<model::LlamaModel> model;
+  std::unique_ptr<model::KvCacheStorage> kv;
+};
+
+// One sequence of the schedule: its tokens so far (prompt, then decode tokens) and blocks.
+struct Sequence {
+  std::vector<int32_t> tokens;
+  int32_t num_computed = 0;
+  std::vector<int32_t> blocks;
+};
+
+enum class Outcome { kEager, kWarmup, kCapture, kReplay };
+
+class CudaGraphTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    kernels::cuda::CudaBackendOptions graphs;
+    kernels::cuda::CudaBackendOptions recorded;
+    recorded.graphs_run_eagerly_for_testing = true;
+    kernels::cuda::CudaBackendOptions eager;
+    eager.cuda_graphs = false;
+    auto probe = kernels::cuda::CreateCudaBackend(graphs);
+    if (!probe.ok()) GTEST_SKIP() << "SKIPPED: " << probe.status().message();
+    auto file = model::GgufFile::Open(GetParam());
+    ASSERT_TRUE(file.ok()) << file.status();
+    file_ = std::move(*file);
+    const std::pair<const char*, kernels::cuda::CudaBackendOptions> kinds[] = {
+        {"graphs", graphs}, {"recorded", recorded}, {"eager", eager}};
+    for (const auto& [label, options] : kinds) {
+      Engine e;
+      e.label = label;
+      if (engines_.empty()) {
+        e.backend = std::move(*probe);
+      } else {
+        auto backend = kernels::cuda::CreateCudaBackend(options);
+        ASSERT_TRUE(backend.ok()) << backend.status();
+        e.backend = std::move(*backend);
+      }
+      auto m = model::LlamaModel::Load(*file_, *e.backend);
+      ASSERT_TRUE(m.ok()) << m.status();
+      e.model = std::move(*m);
+      e.kv = std::make_unique<model::KvCacheStorage>(*e.backend, e.model->config(), kNumBlocks,
+                                                     kBlockSize);
+      engines_.push_back(std::move(e));
+    }
+    vocab_ = engines_[0].model->config().vocab_size;
+    // Blocks handed out in a scrambled order, so page tables are not the identity.
+    for (int32_t b = 0; b < kNumBlocks; ++b) free_blocks_.push_back((b * 37) % kNumBlocks);
+  }
+
+  int32_t Token() { return std::uniform_int_distribution<int32_t>(3, vocab_ - 1)(rng_); }
+
+  int AddSequence(int32_t prompt_len) {
+    Sequence s;
+    for (int32_t i = 0; i < prompt_len; ++i) s.tokens.push_back(Token());
+    seqs_.push_back(std::move(s));
+    return static_cast<int>(seqs_.size()) - 1;
+  }
+
+  // One step over `members`: each runs all its not yet computed tokens (a prefill chunk, or one
+  // decode token); every sequence wants its last logits unless it is in `no_logits`. Checks the
+  // three engines' logits and returns what the graphs engine did with the step.
+  Outcome Step(const std::vector<int>& members, const std::vector<int>& no_logits = {}) {
+    model::StepBatch batch;
+    bool decode_only = true;
+    for (int id : members) {
+      Sequence& s = seqs_[id];
+      const int32_t n = static_cast<int32_t>(s.tokens.size()) - s.num_computed;
+      decode_only = decode_only && n == 1;
+      const int32_t kv_len = static_cast<int32_t>(s.tokens.size());
+      while (static_cast<int32_t>(s.blocks.size()) * kBlockSize < kv_len) {
+        s.blocks.push_back(free_blocks_.back());
+        free_blocks_.pop_back();
+      }
+      const bool want = std::find(no_logits.begin(), no_logits.end(), id) == no_logits.end();
+      batch.AddSequence(std::span<const int32_t>(s.tokens).subspan(s.num_computed),
+                        s.num_computed, s.blocks, kBlockSize, want);
+    }
+    const size_t num_rows = batch.logits_rows.size();
+    std::vector<std::vector<float>> logits(engines_.size());
+    std::vector<std::map<std::string, int64_t>> before(engines_.size());
+    std::vector<std::map<std::string, int64_t>> after(engines_.size());
+    for (size_t e = 0; e < engines_.size(); ++e) {
+      before[e] = CountersOf(*engines_[e].backend);
+      logits[e].assign(num_rows * vocab_, std::nanf(""));
+      const absl::Status status = engines_[e].model->Forward(batch, *engines_[e].kv,
+                                                             logits[e].data());
+      EXPECT_TRUE(status.ok()) << engines_[e].label << ": " << status;
+      after[e] = CountersOf(*engines_[e].backend);
+    }
+    const std::string what = "step " + std::to_string(num_steps_) + " (" +
+                             std::to_string(members.size()) + " sequences)";
+    ++num_steps_;
+    for (float v : logits[0]) {
+      if (std::isnan(v)) {
+        ADD_FAILURE() << what << ": NaN logits";
+        break;
+      }
+    }
+    // graphs == recorded, bitwise.
+    for (size_t i = 0; i < logits[0].size(); ++i) {
+      if (std::memcmp(&logits[0][i], &logits[1][i], sizeof(float)) != 0) {
+        ADD_FAILURE() << what << ": graph logits differ from the recorded step run eagerly at "
+                      << "row " << i / vocab_ << ", token " << i % vocab_ << ": "
+                      << logits[0][i] << " vs " << logits[1][i];
+        break;
+      }
+    }
+    // graphs ~ eager, row by row.
+    for (size_t r = 0; r < num_rows; ++r) {
+      double err = 0.0;
+      double norm = 0.0;
+      for (int32_t v = 0; v < vocab_; ++v) {
+        const double a = logits[0][r * vocab_ + v];
+        const double b = logits[2][r * vocab_ + v];
+        err += (a - b) * (a - b);
+        norm += b * b;
+      }
+      EXPECT_LT(std::sqrt(err / norm), max_rel_l2_) << what << ", row " << r;
+    }
+    // The recorded and eager engines never capture or replay.
+    for (size_t e = 1; e < engines_.size(); ++e) {
+      EXPECT_EQ(Delta(after[e], before[e], "cuda_graph_captures_total"), 0) << what;
+      EXPECT_EQ(Delta(after[e], before[e], "cuda_graph_replays_total"), 0) << what;
+    }
+    EXPECT_EQ(Delta(after[2], before[2], "cuda_graph_eager_disabled_steps_total"), 1) << what;
+
+    for (int id : members) {
+      Sequence& s = seqs_[id];
+      s.num_computed = static_cast<int32_t>(s.tokens.size());
+      s.tokens.push_back(Token());  // the next decode token (any token will do)
+    }
+
+    const int64_t captures = Delta(after[0], before[0], "cuda_graph_captures_total");
+    const int64_t replays = Delta(after[0], before[0], "cuda_graph_replays_total");
+    const int64_t warmups = Delta(after[0], before[0], "cuda_graph_eager_warmup_steps_total");
+    const bool eligible = decode_only && members.size() <= 64 && no_logits.empty();
+    if (!eligible) {
+      EXPECT_EQ(captures + replays + warmups, 0) << what;
+      EXPECT_EQ(Delta(after[1], before[1], "cuda_graph_eager_testing_steps_total"), 0) << what;
+      const char* reason = !decode_only ? "cuda_graph_eager_not_decode_steps_total"
+                           : members.size() > 64 ? "cuda_graph_eager_batch_too_large_steps_total"
+                                                 : "cuda_graph_eager_logits_rows_steps_total";
+      EXPECT_EQ(Delta(after[0], before[0], reason), 1) << what << ": " << reason;
+      return Outcome::kEager;
+    }
+    EXPECT_EQ(Delta(after[1], before[1], "cuda_graph_eager_testing_steps_total"), 1) << what;
+    EXPECT_EQ(captures + replays + warmups, 1) << what;
+    return replays == 1 ? Outcome::kReplay : captures == 1 ? Outcome::kCapture : Outcome::kWarmup;
+  }
+
+  // `num_steps` decode steps of `members`: consecutive steps of one bucket and KV tier must go
+  // warm-up -> capture -> replay (a replayed signature may replay from the first step). A step
+  // that crosses into the next tier starts over. Returns the number of replays.
+  int DecodeSteps(const std::vector<int>& members, int num_steps) {
+    int num_replays = 0;
+    Outcome prev = Outcome::kEager;
+    int32_t prev_tier = 0;
+    for (int i = 0; i < num_steps; ++i) {
+      int32_t max_kv = 0;
+      for (int id : members) {
+        max_kv = std::max(max_kv, static_cast<int32_t>(seqs_[id].tokens.size()));
+      }
+      const int32_t tier = max_kv <= 256 ? 256 : 512;
+      const Outcome now = Step(members);
+      const std::string what = "decode step " + std::to_string(i) + " of " +
+                               std::to_string(members.size()) + " sequences";
+      if (tier == prev_tier && prev == Outcome::kWarmup) {
+        EXPECT_EQ(now, Outcome::kCapture) << what << ": a warm-up is followed by a capture";
+      }
+      if (tier == prev_tier && (prev == Outcome::kCapture || prev == Outcome::kReplay)) {
+        EXPECT_EQ(now, Outcome::kReplay) << what << ": a captured shape must replay";
+      }
+      if (now == Outcome::kReplay) ++num_replays;
+      prev = now;
+      prev_tier = tier;
+    }
+    return num_replays;
+  }
+
+  std::vector<int> Range(int begin, int end) {
+    std::vector<int> v;
+    for (int i = begin; i < end; ++i) v.push_back(i);
+    return v;
+  }
+
+  std::unique_ptr<model::GgufFile> file_;
+  std::vector<Engine> engines_;
+  std::vector<Sequence> seqs_;
+  std::vector<int32_t> free_blocks_;
+  std::mt19937 rng_{12345};
+  int32_t vocab_ = 0;
+  int num_steps_ = 0;
+  double max_rel_l2_ = 0.0;
+};
+
+TEST_P(CudaGraphTest, ReplaysEqualTheRecordedStepsRunEagerly) {
+  // F32 weights: fp32 everywhere, only summation order differs from eager. bf16 weights: the
+  // activations are rounded to bf16 before every matmul, so an fp32 difference can flip a
+  // rounding and grow through the layers.
+  max_rel_l2_ = std::string(GetParam()).find("f16") != std::string::npos ? 2e-2 : 1e-4;
+  int num_replays = 0;
+
+  // Batch 1: a prompt ending 2 tokens before a block boundary, so the page table grows
+  // between replays.
+  const int a = AddSequence(14);
+  Step({a});
+  num_replays += DecodeSteps({a}, 5);
+
+  // Batch 3: two sequences join in a mixed prefill + decode step (eager).
+  const int b = AddSequence(20);
+  const int c = AddSequence(9);
+  Step({a, b, c});
+  Step({a, b, c}, /*no_logits=*/{b});  // logits rows != tokens: eager
+  num_replays += DecodeSteps({a, b, c}, 4);
+
+  // Batch 17: fourteen join (a prefill-only step), then decode.
+  std::vector<int> joined;
+  for (int i = 0; i < 14; ++i) joined.push_back(AddSequence(3 + 5 * i % 29));
+  Step(joined);
+  std::vector<int> batch17 = {a, b, c};
+  batch17.insert(batch17.end(), joined.begin(), joined.end());
+  num_replays += DecodeSteps(batch17, 4);
+
+  // Batch 64, then 65 (over the largest bucket: eager).
+  std::vector<int> more;
+  for (int i = 0; i < 48; ++i) more.push_back(AddSequence(1 + 7 * i % 40));
+  Step(std::vector<int>(more.begin(), more.end() - 1));
+  std::vector<int> batch64 = batch17;
+  batch64.insert(batch64.end(), more.begin(), more.end() - 1);
+  ASSERT_EQ(batch64.size(), 64u);
+  num_replays += DecodeSteps(batch64, 3);
+  Step({more.back()});
+  std::vector<int> batch65 = batch64;
+  batch65.push_back(more.back());
+  DecodeSteps(batch65, 2);
+
+  // Sequences finish: back to 17 (bucket 24), then 3 (bucket 4), then 1.
+  num_replays += DecodeSteps(batch17, 4);
+  num_replays += DecodeSteps({a, b, c}, 3);
+  num_replays += DecodeSteps({c}, 3);
+  EXPECT_GE(num_replays, 15);
+}
+
+TEST_P(CudaGraphTest, CrossingAKvCapacityTierCapturesAgain) {
+  max_rel_l2_ = std::string(GetParam()).find("f16") != std::string::npos ? 2e-2 : 1e-4;
+  // kv_len 250 .. 262: the tier changes from 256 to 512 keys at 257.
+  const int a = AddSequence(249);
+  const int b = AddSequence(40);
+  Step({a, b});
+  EXPECT_GE(DecodeSteps({a, b}, 13), 8);
+}
+
+INSTANTIATE_TEST_SUITE_P(BundledModel, CudaGraphTest,
+                         ::testing::Values("tests/data/tinycode-4m.gguf",
+                                           "models/tinycode-4m-f16.gguf"));
+
+}  // namespace
+}  // namespace glimpse

@@ -1,0 +1,142 @@
+#include "model/tensor_parallel_model.h"
+
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/base/thread_annotations.h"
+#include "common/check.h"
+
+namespace glimpse::model {
+
+// One thread per rank >= 1, alive for the model's lifetime (rank 0 runs on the caller): a step
+// costs two wake-ups per rank instead of thread creation, and a GPU rank's thread keeps its
+// device current between steps.
+class TensorParallelModel::RankThreads {
+ public:
+  explicit RankThreads(int size) : size_(size) {
+    for (int rank = 1; rank < size; ++rank) threads_.emplace_back([this, rank] { Loop(rank); });
+  }
+  ~RankThreads() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    for (std::thread& t : threads_) t.join();
+  }
+
+  // Runs fn(rank) for every rank concurrently and returns when all have finished.
+  void Run(const std::function<void(int)>& fn) {
+    {
+      absl::MutexLock lock(&mu_);
+      job_ = &fn;
+      pending_ = size_ - 1;
+      ++generation_;
+    }
+    fn(0);
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(+[](int* pending) { return *pending == 0; }, &pending_));
+    job_ = nullptr;
+  }
+
+ private:
+  void Loop(int rank) {
+    uint64_t seen = 0;
+    while (true) {
+      const std::function<void(int)>* job = nullptr;
+      {
+        absl::MutexLock lock(&mu_);
+        auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stop_ || generation_ != seen;
+        };
+        mu_.Await(absl::Condition(&ready));
+        if (stop_) return;
+        seen = generation_;
+        job = job_;
+      }
+      (*job)(rank);
+      absl::MutexLock lock(&mu_);
+      --pending_;
+    }
+  }
+
+  const int size_;
+  absl::Mutex mu_;
+  const std::function<void(int)>* job_ ABSL_GUARDED_BY(mu_) = nullptr;
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+absl::StatusOr<std::unique_ptr<TensorParallelModel>> TensorParallelModel::Load(
+    const GgufFile& file, std::vector<std::unique_ptr<kernels::Backend>> backends) {
+  if (backends.empty()) {
+    return absl::InvalidArgumentError("a tensor-parallel model needs at least one backend");
+  }
+  const int size = static_cast<int>(backends.size());
+  std::unique_ptr<TensorParallelModel> model(new TensorParallelModel());
+  model->ranks_.resize(size);
+  for (int r = 0; r < size; ++r) model->ranks_[r].backend = std::move(backends[r]);
+  model->threads_ = std::make_unique<RankThreads>(size);
+  // Each rank packs its shard on its own thread (on GPUs: its own device, in parallel).
+  std::vector<absl::Status> status(size);
+  model->threads_->Run([&](int r) {
+    Rank& rank = model->ranks_[r];
+    auto loaded = LlamaModel::Load(file, *rank.backend, TensorParallelRank{r, size});
+    if (loaded.ok()) {
+      rank.model = std::move(*loaded);
+    } else {
+      status[r] = loaded.status();
+    }
+  });
+  for (const absl::Status& s : status) {
+    if (!s.ok()) return s;
+  }
+  return model;
+}
+
+TensorParallelModel::~TensorParallelModel() = default;
+
+size_t TensorParallelModel::weight_bytes() const {
+  size_t total = 0;
+  for (const Rank& rank : ranks_) total += rank.model->weight_bytes();
+  return total;
+}
+
+void TensorParallelModel::AllocateKvCache(int32_t num_blocks, int32_t block_size) {
+  threads_->Run([&](int r) {
+    Rank& rank = ranks_[r];
+    rank.kv.reset();  // Free the old cache before allocating the new one.
+    rank.kv = std::make_unique<KvCacheStorage>(*rank.backend, rank.model->config(), num_blocks,
+                                               block_size, rank.model->shard().tp);
+  });
+}
+
+absl::Status TensorParallelModel::Forward(const StepBatch& batch, float* logits) {
+  if (ranks_[0].kv == nullptr) {
+    return absl::FailedPreconditionError("Forward before AllocateKvCache");
+  }
+  const size_t num_logits = batch.logits_rows.size() * static_cast<size_t>(config().vocab_size);
+  for (int r = 1; r < size(); ++r) ranks_[r].logits.resize(num_logits);
+  // Every rank sees the same batch and same-shaped caches, so all validate alike: either all
+  // return an error before their first all-reduce, or none does (a rank that stopped early
+  // would leave its peers waiting in a collective forever).
+  std::vector<absl::Status> status(size());
+  threads_->Run([&](int r) {
+    Rank& rank = ranks_[r];
+    status[r] = rank.model->Forward(batch, *rank.kv, r == 0 ? logits : rank.logits.data());
+  });
+  for (int r = 0; r < size(); ++r) {
+    if (!status[r].ok()) {
+      return size() == 1 ? status[r]
+                         : absl::Status(status[r].code(), absl::StrCat("tensor-parallel rank ",
+                                                                       r, ": ",
+                                                                       status[r].message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace glimpse::model

@@ -1,0 +1,80 @@
+// A Llama model split over the ranks of one tensor-parallel group (model/tensor_parallel.h):
+// one LlamaModel and one KvCacheStorage per rank, each rank on its own backend (one GPU each,
+// or in-process CPU ranks in tests), and one host thread per rank so that each backend's
+// AllReduceSum (a collective: NCCL, or the CPU group's barrier) meets its peers.
+//
+// Forward runs the same StepBatch on every rank at once and returns rank 0's logits (all ranks
+// compute the same ones: the output head is replicated). Block ids mean the same on every
+// rank; block copies and swaps must be applied to every rank's cache (kv_cache(r)).
+//
+// Ownership: owns the backends, the rank models, their KV caches and the rank threads; borrows
+// the GgufFile (must outlive this). Thread-safety: one driving thread at a time, like
+// LlamaModel; rank 0 runs on the calling thread, ranks 1..N-1 on threads owned here.
+#ifndef GLIMPSE_MODEL_TENSOR_PARALLEL_MODEL_H_
+#define GLIMPSE_MODEL_TENSOR_PARALLEL_MODEL_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "model/gguf.h"
+#include "model/kv_cache_storage.h"
+#include "model/llama_config.h"
+#include "model/llama_model.h"
+#include "model/step_batch.h"
+
+namespace glimpse::model {
+
+class TensorParallelModel {
+ public:
+  // backends[r] must be rank r of one tensor-parallel group of exactly backends.size() ranks
+  // (its AllReduceSum sums over these backends and no others). Loads every rank's shard
+  // concurrently. InvalidArgument when the model does not split over that many ranks.
+  static absl::StatusOr<std::unique_ptr<TensorParallelModel>> Load(
+      const GgufFile& file, std::vector<std::unique_ptr<kernels::Backend>> backends);
+  ~TensorParallelModel();
+  TensorParallelModel(const TensorParallelModel&) = delete;
+  TensorParallelModel& operator=(const TensorParallelModel&) = delete;
+
+  int size() const { return static_cast<int>(ranks_.size()); }
+  const LlamaConfig& config() const { return ranks_[0].model->config(); }
+  LlamaModel& rank_model(int rank) { return *ranks_[rank].model; }
+  // Null until AllocateKvCache.
+  KvCacheStorage* kv_cache(int rank) { return ranks_[rank].kv.get(); }
+  // Bytes of packed weights over all ranks.
+  size_t weight_bytes() const;
+
+  // (Re)allocates every rank's KV cache: num_blocks blocks of block_size slots, each rank
+  // holding its own KV heads (KvCacheStorage::BytesPerBlock(config, block_size, tp) bytes per
+  // block on each device).
+  void AllocateKvCache(int32_t num_blocks, int32_t block_size);
+
+  // LlamaModel::Forward on every rank, concurrently, against the rank's KV cache; `logits`
+  // (host) receives rank 0's. FailedPrecondition before AllocateKvCache.
+  absl::Status Forward(const StepBatch& batch, float* logits);
+
+ private:
+  class RankThreads;
+  struct Rank {
+    std::unique_ptr<kernels::Backend> backend;
+    std::unique_ptr<LlamaModel> model;
+    std::unique_ptr<KvCacheStorage> kv;
+    std::vector<float> logits;  // host; rank >= 1 only: their (identical) logits, discarded
+  };
+
+  TensorParallelModel() = default;
+
+  // Members of a Rank are destroyed cache, model, backend (both free through the backend).
+  std::vector<Rank> ranks_;
+  // Declared last so that it is destroyed first: the rank threads stop before any rank's
+  // model or backend goes away.
+  std::unique_ptr<RankThreads> threads_;
+};
+
+}  // namespace glimpse::model
+
+#endif  // GLIMPSE_MODEL_TENSOR_PARALLEL_MODEL_H_
