@@ -7,6 +7,7 @@
 // errors are ~1e-7; a wrong shard, a missing or doubled all-reduce or a wrong KV head is O(1));
 // greedy tokens identical to llama.cpp's references except where our top two logits are within
 // 1e-4 (DESIGN.md, Numerics).
+#include "model/chunked_prompt_logits.h"
 #include "model/tensor_parallel_model.h"
 
 #include <algorithm>
@@ -78,36 +79,9 @@ std::vector<int32_t> BlocksOf(size_t s) {
 std::vector<std::vector<float>> PromptLogits(const ForwardFn& forward, int32_t vocab,
                                              const std::vector<std::vector<int32_t>>& prompts,
                                              int32_t chunk) {
-  std::vector<std::vector<float>> out(prompts.size());
-  std::vector<int32_t> done(prompts.size(), 0);
-  while (true) {
-    StepBatch batch;
-    std::vector<size_t> row_seq;
-    for (size_t s = 0; s < prompts.size(); ++s) {
-      const int32_t n = std::min<int32_t>(chunk, static_cast<int32_t>(prompts[s].size()) - done[s]);
-      if (n == 0) continue;
-      const std::vector<int32_t> blocks = BlocksOf(s);
-      batch.AddSequence(std::span<const int32_t>(prompts[s]).subspan(done[s], n), done[s],
-                        std::span<const int32_t>(blocks).first((done[s] + n + kBlockSize - 1) /
-                                                               kBlockSize),
-                        kBlockSize, false);
-      for (int32_t i = 0; i < n; ++i) {
-        batch.logits_rows.push_back(batch.num_tokens() - n + i);
-        row_seq.push_back(s);
-      }
-      done[s] += n;
-    }
-    if (batch.num_tokens() == 0) break;
-    std::vector<float> logits(row_seq.size() * vocab);
-    const absl::Status st = forward(batch, logits.data());
-    EXPECT_TRUE(st.ok()) << st;
-    if (!st.ok()) return out;
-    for (size_t r = 0; r < row_seq.size(); ++r) {
-      out[row_seq[r]].insert(out[row_seq[r]].end(), logits.begin() + r * vocab,
-                             logits.begin() + (r + 1) * vocab);
-    }
-  }
-  return out;
+  auto logits = ChunkedPromptLogits(forward, vocab, prompts, chunk, kBlockSize, kBlocksPerSeq);
+  EXPECT_TRUE(logits.ok()) << logits.status();
+  return logits.ok() ? *std::move(logits) : std::vector<std::vector<float>>(prompts.size());
 }
 
 // The largest per-row relative L2 distance of `got` from `want` (rows of `vocab`).

@@ -26,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/backend/cuda_backend.h"
+#include "model/chunked_prompt_logits.h"
 #include "model/gguf.h"
 #include "model/kv_cache_storage.h"
 #include "model/llama_model.h"
@@ -56,37 +57,9 @@ std::vector<std::vector<int32_t>> Prompts() {
 // every step, prefilled 23 tokens at a time. Sequence s owns blocks s * kBlocksPerSeq...
 std::vector<std::vector<float>> PromptLogits(const ForwardFn& forward, int32_t vocab) {
   const auto prompts = Prompts();
-  std::vector<std::vector<float>> out(prompts.size());
-  std::vector<int32_t> done(prompts.size(), 0);
-  while (true) {
-    model::StepBatch batch;
-    std::vector<size_t> row_seq;
-    for (size_t s = 0; s < prompts.size(); ++s) {
-      const int32_t n = std::min<int32_t>(23, static_cast<int32_t>(prompts[s].size()) - done[s]);
-      if (n == 0) continue;
-      std::vector<int32_t> blocks((done[s] + n + kBlockSize - 1) / kBlockSize);
-      for (size_t b = 0; b < blocks.size(); ++b) {
-        blocks[b] = static_cast<int32_t>(s * kBlocksPerSeq + b);
-      }
-      batch.AddSequence(std::span<const int32_t>(prompts[s]).subspan(done[s], n), done[s],
-                        blocks, kBlockSize, false);
-      for (int32_t i = 0; i < n; ++i) {
-        batch.logits_rows.push_back(batch.num_tokens() - n + i);
-        row_seq.push_back(s);
-      }
-      done[s] += n;
-    }
-    if (batch.num_tokens() == 0) break;
-    std::vector<float> logits(row_seq.size() * vocab);
-    const absl::Status st = forward(batch, logits.data());
-    EXPECT_TRUE(st.ok()) << st;
-    if (!st.ok()) return out;
-    for (size_t r = 0; r < row_seq.size(); ++r) {
-      out[row_seq[r]].insert(out[row_seq[r]].end(), logits.begin() + r * vocab,
-                             logits.begin() + (r + 1) * vocab);
-    }
-  }
-  return out;
+  auto logits = model::ChunkedPromptLogits(forward, vocab, prompts, 23, kBlockSize, kBlocksPerSeq);
+  EXPECT_TRUE(logits.ok()) << logits.status();
+  return logits.ok() ? *std::move(logits) : std::vector<std::vector<float>>(prompts.size());
 }
 
 int VisibleDevices() {
