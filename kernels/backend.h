@@ -185,7 +185,9 @@ class Backend {
     return {};
   }
   virtual void EndForward() {}
-  // The backend's own counters (none by default).
+  // The backend's own counters (none by default). Unlike the ops, callable from any thread
+  // (metrics scrapes read it while the engine thread runs steps); the list of names is fixed
+  // for a backend's lifetime.
   virtual std::vector<BackendCounter> Counters() const { return {}; }
 };
 

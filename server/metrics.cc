@@ -329,6 +329,19 @@ absl::Status MetricsRegistry::AddCallbackGauge(std::string_view name, std::strin
   return absl::OkStatus();
 }
 
+absl::Status MetricsRegistry::AddCallbackCounter(std::string_view name, std::string_view help,
+                                                 std::function<double()> callback,
+                                                 MetricLabels labels) {
+  if (!callback) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("callback counter ", std::string(name), " needs a non-empty callback"));
+  }
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Series * series, AddSeries(name, help, Type::kCounter, std::move(labels)));
+  series->callback = std::move(callback);
+  return absl::OkStatus();
+}
+
 std::string MetricsRegistry::RenderText() const {
   absl::MutexLock lock(&mu_);
   std::string out;
@@ -351,6 +364,11 @@ std::string MetricsRegistry::RenderText() const {
     for (const auto& series : family->series) {
       switch (family->type) {
         case Type::kCounter: {
+          if (series->callback) {  // A cumulative value kept elsewhere (AddCallbackCounter).
+            AppendSample(out, family->name, series->labels, nullptr,
+                         FormatMetricValue(series->callback()));
+            break;
+          }
           const Counter& c = *series->counter;
           const double fraction = c.fraction_.load(std::memory_order_relaxed);
           const uint64_t integer = c.integer_.load(std::memory_order_relaxed);

@@ -140,6 +140,10 @@ class MetricsRegistry {
   // engine's published snapshot). See the file comment for what the callback may do.
   absl::Status AddCallbackGauge(std::string_view name, std::string_view help,
                                 std::function<double()> callback, MetricLabels labels = {});
+  // A counter whose cumulative value `callback` reads at render time from a monotonic count
+  // kept elsewhere (e.g. a backend's CUDA graph replays). Same rules as callback gauges.
+  absl::Status AddCallbackCounter(std::string_view name, std::string_view help,
+                                  std::function<double()> callback, MetricLabels labels = {});
 
   // The Prometheus text exposition format 0.0.4, families in registration order.
   std::string RenderText() const;

@@ -283,6 +283,21 @@ TEST(MetricsRegistryTest, CallbackGaugeIsEvaluatedAtRenderTime) {
   EXPECT_FALSE(registry.AddCallbackGauge("test_empty", "Empty.", nullptr).ok());
 }
 
+TEST(MetricsRegistryTest, CallbackCounterIsACounterReadAtRenderTime) {
+  MetricsRegistry registry;
+  int64_t replays = 7;
+  ASSERT_TRUE(registry
+                  .AddCallbackCounter("test_replays_total", "Replays.",
+                                      [&] { return static_cast<double>(replays); },
+                                      {{"model_name", "m"}})
+                  .ok());
+  EXPECT_THAT(registry.RenderText(), HasSubstr("# TYPE test_replays_total counter\n"));
+  EXPECT_THAT(registry.RenderText(), HasSubstr("\ntest_replays_total{model_name=\"m\"} 7\n"));
+  replays = 12;
+  EXPECT_THAT(registry.RenderText(), HasSubstr("\ntest_replays_total{model_name=\"m\"} 12\n"));
+  EXPECT_FALSE(registry.AddCallbackCounter("test_none_total", "None.", nullptr).ok());
+}
+
 TEST(MetricsRegistryTest, GaugeSetMaxKeepsTheLargest) {
   Gauge gauge;
   gauge.SetMax(3);

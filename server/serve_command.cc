@@ -16,6 +16,7 @@
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -253,6 +254,25 @@ absl::Status ServeMetrics(const ServeConfig& c, const scheduler::Engine& engine,
   return absl::OkStatus();
 }
 
+// The backend's own counters (e.g. CUDA graph captures and replays; none on the CPU) as
+// glimpse_<name>, read from the backend at scrape time (Backend::Counters is thread-safe).
+absl::Status RegisterBackendCounters(MetricsRegistry& registry, const kernels::Backend& backend,
+                                     const MetricLabels& labels) {
+  const std::vector<kernels::BackendCounter> counters = backend.Counters();
+  for (size_t i = 0; i < counters.size(); ++i) {
+    const std::string name = absl::StrCat("glimpse_", counters[i].name);
+    auto read = [&backend, i] {
+      const std::vector<kernels::BackendCounter> now = backend.Counters();
+      return i < now.size() ? static_cast<double>(now[i].value) : 0.0;
+    };
+    const bool monotonic = absl::EndsWith(name, "_total");
+    absl::Status s = monotonic ? registry.AddCallbackCounter(name, counters[i].help, read, labels)
+                               : registry.AddCallbackGauge(name, counters[i].help, read, labels);
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 // Waits for SIGTERM/SIGINT (blocked in every thread, see RunServeCommand).
 int WaitForShutdownSignal() {
   sigset_t set;
@@ -317,6 +337,12 @@ int RunServeCommand() {
   absl::StatusOr<std::unique_ptr<MetricsEndpoint>> metrics = CreateMetrics(*config);
   if (!metrics.ok()) {
     spdlog::error("cannot create the metrics: {}", std::string(metrics.status().message()));
+    return 1;
+  }
+  if (absl::Status s = RegisterBackendCounters((*metrics)->registry, *loaded->backend,
+                                                {{"model_name", config->served_model_name}});
+      !s.ok()) {
+    spdlog::error("cannot create the metrics: {}", std::string(s.message()));
     return 1;
   }
   config->engine.observer = (*metrics)->observer.get();

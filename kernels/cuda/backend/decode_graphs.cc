@@ -343,10 +343,11 @@ cudaError_t DecodeGraphRecorder::Finish(cudaStream_t stream,
   cudaError_t err = cudaSuccess;
   switch (cache_.Run(signature_, launches_, stream, &error, &err)) {
     case DecodeGraphCache::Outcome::kReplayed:
-      ++num_replays_;
+      num_replays_.fetch_add(1, std::memory_order_relaxed);
       break;
     case DecodeGraphCache::Outcome::kCaptured:
-      ++num_captures_;
+      num_captures_.fetch_add(1, std::memory_order_relaxed);
+      num_cached_.store(static_cast<int64_t>(cache_.size()), std::memory_order_relaxed);
       spdlog::debug("CUDA graphs: captured decode bucket {} (KV capacity {} keys, {} launches); "
                     "{} graphs cached", bucket_, kv_capacity_, launches_.size(), cache_.size());
       break;
@@ -369,33 +370,34 @@ cudaError_t DecodeGraphRecorder::Finish(cudaStream_t stream,
 
 std::vector<BackendCounter> DecodeGraphRecorder::Counters() const {
   std::vector<BackendCounter> counters;
-  counters.push_back({"cuda_graph_captures_total", num_captures_,
+  counters.push_back({"cuda_graph_captures_total", num_captures_.load(std::memory_order_relaxed),
                       "Decode steps captured into a new CUDA graph (which then ran)."});
-  counters.push_back({"cuda_graph_replays_total", num_replays_,
+  counters.push_back({"cuda_graph_replays_total", num_replays_.load(std::memory_order_relaxed),
                       "Decode steps that replayed a captured CUDA graph."});
   for (size_t r = 0; r < num_eager_.size(); ++r) {
     const auto reason = static_cast<GraphEagerReason>(r);
     counters.push_back({absl::StrCat("cuda_graph_eager_", GraphEagerReasonName(reason),
                                      "_steps_total"),
-                        num_eager_[r], absl::StrCat("Steps run eagerly: ", ReasonHelp(reason),
+                        num_eager_[r].load(std::memory_order_relaxed),
+                        absl::StrCat("Steps run eagerly: ", ReasonHelp(reason),
                                                     ".")});
   }
-  counters.push_back({"cuda_graphs_cached", static_cast<int64_t>(cache_.size()),
+  counters.push_back({"cuda_graphs_cached", num_cached_.load(std::memory_order_relaxed),
                       "Instantiated CUDA graphs held (a gauge, not monotonic)."});
   return counters;
 }
 
 std::string DecodeGraphRecorder::Summary() const {
   int64_t total = num_captures_ + num_replays_;
-  for (int64_t n : num_eager_) total += n;
+  for (const std::atomic<int64_t>& n : num_eager_) total += n;
   if (total == 0) return "";
   std::string eager;
   for (size_t r = 0; r < num_eager_.size(); ++r) {
-    if (num_eager_[r] == 0) continue;
+    if (num_eager_[r].load() == 0) continue;
     absl::StrAppend(&eager, eager.empty() ? "" : ", ",
-                    GraphEagerReasonName(static_cast<GraphEagerReason>(r)), " ", num_eager_[r]);
+                    GraphEagerReasonName(static_cast<GraphEagerReason>(r)), " ", num_eager_[r].load());
   }
-  return absl::StrCat(num_captures_, " captures, ", num_replays_, " replays, eager steps: ",
+  return absl::StrCat(num_captures_.load(), " captures, ", num_replays_.load(), " replays, eager steps: ",
                       eager.empty() ? "none" : eager);
 }
 

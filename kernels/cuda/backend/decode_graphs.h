@@ -27,6 +27,7 @@
 #include <cuda_runtime_api.h>
 
 #include <array>
+#include <atomic>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -138,7 +139,9 @@ class DecodeGraphRecorder {
 
   // Why a step of `shape` cannot be a graph; kNumReasons when it can.
   GraphEagerReason Ineligibility(const ForwardShape& shape) const;
-  void CountEager(GraphEagerReason reason) { ++num_eager_[static_cast<size_t>(reason)]; }
+  void CountEager(GraphEagerReason reason) {
+    num_eager_[static_cast<size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
+  }
 
   // Starts recording a step of `shape` (eligible). Waits for the previous step's arena upload
   // to finish reading the host image before this step rewrites it.
@@ -239,9 +242,13 @@ class DecodeGraphRecorder {
   cudaEvent_t uploaded_ = nullptr;
 
   DecodeGraphCache cache_;
-  int64_t num_captures_ = 0;
-  int64_t num_replays_ = 0;
-  std::array<int64_t, static_cast<size_t>(GraphEagerReason::kNumReasons)> num_eager_{};
+  // Counters are written on the backend's thread and read by Counters() from any thread
+  // (metrics scrapes): relaxed atomics, each value monotonic except num_cached_.
+  std::atomic<int64_t> num_captures_{0};
+  std::atomic<int64_t> num_replays_{0};
+  std::array<std::atomic<int64_t>, static_cast<size_t>(GraphEagerReason::kNumReasons)>
+      num_eager_{};
+  std::atomic<int64_t> num_cached_{0};  // cache_.size() after the last step.
 };
 
 }  // namespace glimpse::kernels::cuda
