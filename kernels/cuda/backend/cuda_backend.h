@@ -2,7 +2,7 @@
 // memory, weights packed to the device once, every op enqueued on one CUDA stream and run by
 // the kernels of //kernels/cuda and cuBLAS.
 //
-// Numerics (see cuda_backend.cc for the details):
+// Numerics (see cuda_backend_matmul.cc and cuda_backend_ops.cc for the details):
 //   - F32 weights stay fp32 and multiply in fp32 (cuBLAS, fp32 compute, no TF32): outputs
 //     match the CPU backend to fp32 rounding (not bitwise; CUDA is not batch-invariant).
 //   - F16, BF16 and Q8_0 weights become bf16 on the device (Q8_0 dequantized at load);
@@ -14,7 +14,7 @@
 //     arithmetic (exact widening, the same fp32 angle recurrence, no FMA contraction).
 //
 // This header has no CUDA types, so that callers (server/loaded_model) compile without the
-// CUDA headers; the backend class itself lives in cuda_backend.cc.
+// CUDA headers; the backend class itself is declared in cuda_backend_impl.h.
 #ifndef GLIMPSE_KERNELS_CUDA_BACKEND_CUDA_BACKEND_H_
 #define GLIMPSE_KERNELS_CUDA_BACKEND_CUDA_BACKEND_H_
 

@@ -1,6 +1,7 @@
 // CUDA graphs of decode steps (issue #5), the backend-independent half: which steps may be a
 // graph, what they are padded to, the recorder that holds a step's launches and index data,
-// and the cache of instantiated graphs. The CUDA backend (cuda_backend.cc) records into it.
+// and the cache of instantiated graphs. The CUDA backend (cuda_backend_graphs.cc) records into
+// it.
 //
 // Why a step can replay a graph at all: every launch of a recorded decode step uses device
 // pointers that do not move from step to step —

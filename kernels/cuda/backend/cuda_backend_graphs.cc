@@ -1,0 +1,410 @@
+// CudaBackend (cuda_backend_impl.h): CUDA graphs of decode steps: BeginForward / EndForward,
+// the end of a recorded step, and every op's recorded launch (Record*).
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/backend/cuda_backend_impl.h"
+#include "kernels/cuda/backend/decode_graphs.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/embedding.h"
+#include "kernels/cuda/kv_append.h"
+#include "kernels/cuda/paged_decode_attention.h"
+#include "kernels/cuda/rope_table.h"
+#include "kernels/cuda/tensor_parallel.h"
+#include "spdlog/spdlog.h"
+
+namespace glimpse::kernels::cuda::internal {
+namespace {
+
+// ---- Decode graphs --------------------------------------------------------------------------
+// A decode step of <= 64 sequences (DecodeGraphRecorder::Ineligibility) is recorded between
+// BeginForward and CopyToHost / EndForward instead of run: every op pads its rows to the
+// step's bucket, writes its host arrays into the graph arena (fixed offsets), and appends its
+// launch with the signature words of what the launch bakes in (decode_graphs.h). Padded rows
+// are harmless: token id 0, RoPE position 0, KV slot -1 (kv_append skips it), an empty page
+// table (attention writes o = 0) and logits row 0; only the step's own rows reach the caller.
+// The attention plan is made for `bucket` sequences of the step's KV capacity tier, so it
+// does not change while sequences grow within the tier.
+//
+// Launches read the arena and this backend's growable buffers (activations_bf16_,
+// norm_input_, attention_workspace_) when they run, through `this`: Finish reserves those
+// first and adds their addresses to the signature, so a regrown buffer means a new capture.
+
+// Signature op tags (the first word of each op's words).
+enum class GraphOp : uint32_t {
+  kEmbedding = 1,
+  kRmsNorm,
+  kMatMul,
+  kRope,
+  kStoreKv,
+  kAttention,
+  kSiluMul,
+  kAddInPlace,
+  kGatherRows,
+  kAllReduceSum,
+};
+
+}  // namespace
+
+ForwardPlan CudaBackend::BeginForward(const ForwardShape& shape) {
+  Bind();
+  if (in_step_) Fail("BeginForward inside a step: steps do not nest");
+  in_step_ = true;
+  const GraphEagerReason reason = graphs_.Ineligibility(shape);
+  if (reason != GraphEagerReason::kNumReasons) {
+    graphs_.CountEager(reason);
+    return {};
+  }
+  graph_step_ = GraphStepState{};
+  graphs_.Begin(shape);
+  ForwardPlan plan;
+  plan.padded_rows = graphs_.bucket();
+  return plan;
+}
+
+void CudaBackend::EndForward() {
+  Bind();
+  if (graphs_.recording()) FinishGraphStep(GraphEagerReason::kNumReasons);
+  in_step_ = false;
+}
+
+std::vector<BackendCounter> CudaBackend::Counters() const { return graphs_.Counters(); }
+
+void CudaBackend::FinishGraphStep(GraphEagerReason eager_reason) {
+  // Outside capture: growing a buffer drains the stream and reallocates it.
+  Reserve(activations_bf16_, graph_step_.bf16_bytes);
+  Reserve(norm_input_, graph_step_.norm_bytes);
+  Reserve(attention_workspace_, graph_step_.workspace_bytes);
+  const std::vector<uint64_t> extra = {
+      DecodeGraphRecorder::ToWord(activations_bf16_.get()),
+      DecodeGraphRecorder::ToWord(norm_input_.get()),
+      DecodeGraphRecorder::ToWord(attention_workspace_.get()),
+      DecodeGraphRecorder::ToWord(attention_workspace_.size()),
+      DecodeGraphRecorder::ToWord(cublas_workspace_.get()),
+      DecodeGraphRecorder::ToWord(stream_),
+  };
+  GLIMPSE_CUDA_CHECK(graphs_.Finish(stream_, extra, eager_reason));
+  graph_step_ = GraphStepState{};
+}
+
+bool CudaBackend::RecordEmbedding(const DeviceTable& t, const int32_t* ids, int64_t num_ids,
+                                  float* out) {
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(num_ids, &rows)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  // Padded ids are 0, a valid row: the padded rows compute finite garbage.
+  const size_t ids_offset = graphs_.ArenaPut(ids, num_ids * sizeof(int32_t),
+                                             rows * sizeof(int32_t), 0, /*copy_padding=*/true);
+  EmbeddingParams p;
+  p.format = t.format;
+  p.table = t.data;
+  p.num_rows = t.rows;
+  p.cols = t.cols;
+  p.num_ids = rows;
+  p.out = out;
+  graphs_.Record(
+      [this, p, ids_offset](cudaStream_t stream) {
+        EmbeddingParams run = p;
+        run.ids = graphs_.ArenaPtr<const int32_t>(ids_offset);
+        return LaunchEmbedding(run, stream);
+      },
+      GraphOp::kEmbedding, p.format, p.table, p.num_rows, p.cols, rows, out, ids_offset);
+  return true;
+}
+
+bool CudaBackend::RecordRmsNorm(const float* x, const float* weight, int64_t num_rows,
+                                int64_t dim, float eps, float* out) {
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(num_rows, &rows)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  if (out == x) {
+    graph_step_.norm_bytes =
+        std::max(graph_step_.norm_bytes, static_cast<size_t>(rows) * static_cast<size_t>(dim) * 4);
+  }
+  graphs_.Record(
+      [this, x, weight, rows, dim, eps, out](cudaStream_t stream) {
+        return EnqueueRmsNorm(x, weight, rows, dim, eps, out, stream);
+      },
+      GraphOp::kRmsNorm, x, weight, rows, dim, eps, out);
+  return true;
+}
+
+bool CudaBackend::RecordMatMul(const float* x, int64_t num_rows, const CudaPackedMatrix& m,
+                               float* y) {
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(num_rows, &rows)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  if (m.bf16()) {
+    graph_step_.bf16_bytes =
+        std::max(graph_step_.bf16_bytes, static_cast<size_t>(rows) * m.cols() * 2);
+  }
+  // `m` is the model's packed weight, alive for the step (the launch only runs within it).
+  graphs_.Record(
+      [this, x, rows, &m, y](cudaStream_t stream) {
+        return EnqueueMatMul(x, rows, m, y, stream);
+      },
+      GraphOp::kMatMul, x, rows, m.data(), m.rows(), m.cols(), m.bf16(), y);
+  return true;
+}
+
+bool CudaBackend::RecordRope(const kernels::RopeParams& params) {
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(params.num_tokens, &rows)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  std::vector<int32_t> key(params.positions, params.positions + params.num_tokens);
+  key.push_back(params.rot_dim);
+  key.push_back(static_cast<int32_t>(std::bit_cast<uint32_t>(params.freq_base)));
+  if (key != graph_step_.rope_key) {
+    // The step's (cos, sin) table, padded rows at position 0; q and k of every layer share it.
+    std::vector<int32_t> positions(rows, 0);
+    std::copy(params.positions, params.positions + params.num_tokens, positions.begin());
+    std::vector<float> table(static_cast<size_t>(rows) * (params.rot_dim / 2) * 2);
+    FillRopeCosSinTable(positions.data(), static_cast<int32_t>(rows), params.rot_dim,
+                        params.freq_base, table.data());
+    const size_t num_bytes = table.size() * sizeof(float);
+    graph_step_.rope_offset =
+        graphs_.ArenaPut(table.data(), num_bytes, num_bytes, 0, /*copy_padding=*/true);
+    graph_step_.rope_key = std::move(key);
+  }
+  RopeTableParams p;
+  p.x = params.x;
+  p.num_tokens = static_cast<int32_t>(rows);
+  p.num_heads = params.num_heads;
+  p.head_dim = params.head_dim;
+  p.rot_dim = params.rot_dim;
+  p.style = ToCudaRopeStyle(params.style);
+  const size_t table_offset = graph_step_.rope_offset;
+  graphs_.Record(
+      [this, p, table_offset](cudaStream_t stream) {
+        RopeTableParams run = p;
+        run.cos_sin = graphs_.ArenaPtr<const float>(table_offset);
+        return LaunchRopeWithTable(run, stream);
+      },
+      GraphOp::kRope, p.x, rows, p.num_heads, p.head_dim, p.rot_dim, p.style, table_offset);
+  return true;
+}
+
+bool CudaBackend::RecordStoreKv(const KvStoreParams& params) {
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(params.num_tokens, &rows)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  // Padded slots are -1 (0xFF bytes): kv_append skips them, so the cache is untouched.
+  const size_t slots_offset =
+      graphs_.ArenaPut(params.slots, params.num_tokens * sizeof(int32_t),
+                       rows * sizeof(int32_t), 0xFF, /*copy_padding=*/true);
+  const KvLayerView& kv = params.kv;
+  KvAppendParams p;
+  p.dtype = DType::kF32;
+  p.k = params.k;
+  p.v = params.v;
+  p.token_stride = static_cast<int64_t>(kv.num_kv_heads) * kv.head_dim;
+  p.k_cache = kv.k;
+  p.v_cache = kv.v;
+  p.num_tokens = static_cast<int32_t>(rows);
+  p.num_kv_heads = kv.num_kv_heads;
+  p.page_size = kv.block_size;
+  p.head_dim = kv.head_dim;
+  graphs_.Record(
+      [this, p, slots_offset](cudaStream_t stream) {
+        KvAppendParams run = p;
+        run.slot_mapping = graphs_.ArenaPtr<const int32_t>(slots_offset);
+        return LaunchKvAppend(run, stream);
+      },
+      GraphOp::kStoreKv, p.k, p.v, p.token_stride, p.k_cache, p.v_cache, rows, p.num_kv_heads,
+      p.page_size, p.head_dim, slots_offset);
+  return true;
+}
+
+// Decode only: query token t is sequence t's one token, at its last position, so its causal
+// page table (as in AttentionTables) is the prefix of its sequence's pages up to that position.
+// Padded sequences have no pages. The indices region holds `bucket` x capacity pages so that
+// its size (and every offset after it) is the same for every step of the tier.
+bool CudaBackend::RecordPagedAttention(const PagedAttentionParams& p) {
+  const int32_t num_tokens = p.query_start[p.num_seqs];
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(num_tokens, &rows) || p.num_seqs != num_tokens) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  const int32_t block_size = p.kv.block_size;
+  const int32_t capacity_pages = (graphs_.kv_capacity() + block_size - 1) / block_size;
+  const int32_t num_pages = p.kv_indptr[p.num_seqs];
+  std::vector<int32_t> key;
+  key.reserve(5 + 2 * (p.num_seqs + 1) + num_tokens + num_pages);
+  key.push_back(p.num_seqs);
+  key.push_back(block_size);
+  key.push_back(p.kv.num_kv_heads);
+  key.push_back(p.num_heads);
+  key.push_back(p.kv.head_dim);
+  key.insert(key.end(), p.query_start, p.query_start + p.num_seqs + 1);
+  key.insert(key.end(), p.kv_indptr, p.kv_indptr + p.num_seqs + 1);
+  key.insert(key.end(), p.positions, p.positions + num_tokens);
+  key.insert(key.end(), p.kv_indices, p.kv_indices + num_pages);
+  if (key != graph_step_.attention_key) {
+    // [indptr: bucket + 1 | last_len: bucket], then the indices.
+    std::vector<int32_t> tables(2 * rows + 1, 0);
+    int32_t* indptr = tables.data();
+    int32_t* last_len = tables.data() + rows + 1;
+    std::vector<int32_t> indices;
+    for (int32_t s = 0; s < p.num_seqs; ++s) {
+      const int32_t seq_pages = p.kv_indptr[s + 1] - p.kv_indptr[s];
+      const int32_t pos = p.positions[s];
+      const int32_t pages = pos / block_size + 1;
+      if (p.query_start[s] != s || pos < 0 || pages > seq_pages) {
+        Fail(absl::StrCat("PagedAttention: decode token of sequence ", s, " at position ", pos,
+                          " is outside its ", seq_pages, " blocks of ", block_size));
+      }
+      if (pages > capacity_pages) {  // ForwardShape::max_kv_len was not the longest sequence
+        FinishGraphStep(GraphEagerReason::kKvCapacity);
+        return false;
+      }
+      indices.insert(indices.end(), p.kv_indices + p.kv_indptr[s],
+                     p.kv_indices + p.kv_indptr[s] + pages);
+      indptr[s + 1] = static_cast<int32_t>(indices.size());
+      last_len[s] = pos % block_size + 1;
+    }
+    for (int64_t s = p.num_seqs; s < rows; ++s) indptr[s + 1] = indptr[s];
+    graph_step_.tables_offset = graphs_.ArenaPut(tables.data(), tables.size() * sizeof(int32_t),
+                                                 tables.size() * sizeof(int32_t), 0, true);
+    graph_step_.indices_offset =
+        graphs_.ArenaPut(indices.data(), indices.size() * sizeof(int32_t),
+                         static_cast<size_t>(rows) * capacity_pages * sizeof(int32_t), 0,
+                         /*copy_padding=*/false);
+    // The plan of `bucket` sequences all at capacity: fixed for the tier. A shorter sequence
+    // leaves its trailing chunks' blocks idle (they return at once) and the merge reads only
+    // its own chunks.
+    std::vector<int32_t> full_indptr(rows + 1);
+    for (int64_t s = 0; s <= rows; ++s) full_indptr[s] = static_cast<int32_t>(s) * capacity_pages;
+    graph_step_.attention_plan = PlanPagedDecode(full_indptr.data(), static_cast<int32_t>(rows),
+                                                 p.kv.num_kv_heads, block_size, num_sms_);
+    graph_step_.attention_key = std::move(key);
+  }
+  const PagedDecodePlan plan = graph_step_.attention_plan;
+  graph_step_.workspace_bytes =
+      std::max(graph_step_.workspace_bytes,
+               PagedDecodeWorkspaceBytes(plan, static_cast<int32_t>(rows), p.num_heads,
+                                         p.kv.head_dim));
+  PagedDecodeParams d;
+  d.dtype = DType::kF32;
+  d.q = p.q;
+  d.o = p.out;
+  d.lse = nullptr;
+  d.kv.k_cache = p.kv.k;
+  d.kv.v_cache = p.kv.v;
+  d.kv.num_kv_heads = p.kv.num_kv_heads;
+  d.kv.page_size = block_size;
+  d.kv.head_dim = p.kv.head_dim;
+  d.batch = static_cast<int32_t>(rows);
+  d.num_qo_heads = p.num_heads;
+  d.sm_scale = p.scale;
+  d.plan = plan;
+  const size_t tables_offset = graph_step_.tables_offset;
+  const size_t indices_offset = graph_step_.indices_offset;
+  graphs_.Record(
+      [this, d, rows, tables_offset, indices_offset](cudaStream_t stream) {
+        PagedDecodeParams run = d;
+        run.kv.kv_indptr = graphs_.ArenaPtr<const int32_t>(tables_offset);
+        run.kv.kv_last_page_len = graphs_.ArenaPtr<const int32_t>(tables_offset) + rows + 1;
+        run.kv.kv_indices = graphs_.ArenaPtr<const int32_t>(indices_offset);
+        run.workspace = attention_workspace_.get();
+        run.workspace_bytes = attention_workspace_.size();
+        return LaunchPagedDecode(run, stream);
+      },
+      GraphOp::kAttention, d.q, d.o, d.kv.k_cache, d.kv.v_cache, d.kv.num_kv_heads, block_size,
+      d.kv.head_dim, rows, d.num_qo_heads, d.sm_scale, plan.chunk_keys, plan.num_chunks,
+      tables_offset, indices_offset);
+  return true;
+}
+
+bool CudaBackend::RecordSiluMul(const float* gate, const float* up, int64_t n, float* out) {
+  int64_t padded = 0;
+  if (!graphs_.PaddedElements(n, &padded)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  graphs_.Record(
+      [gate, up, padded, out](cudaStream_t stream) {
+        return LaunchSiluMulFlat(gate, up, padded, out, stream);
+      },
+      GraphOp::kSiluMul, gate, up, padded, out);
+  return true;
+}
+
+bool CudaBackend::RecordAddInPlace(float* x, const float* y, int64_t n) {
+  int64_t padded = 0;
+  if (!graphs_.PaddedElements(n, &padded)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  graphs_.Record(
+      [x, y, padded](cudaStream_t stream) { return LaunchAddInPlace(x, y, padded, stream); },
+      GraphOp::kAddInPlace, x, y, padded);
+  return true;
+}
+
+bool CudaBackend::RecordGatherRows(const float* x, int64_t dim, const int32_t* rows,
+                                   int64_t num_rows, float* out) {
+  int64_t padded = 0;
+  if (!graphs_.PaddedRows(num_rows, &padded)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  // Padded rows gather row 0 (x always has it).
+  const size_t rows_offset = graphs_.ArenaPut(rows, num_rows * sizeof(int32_t),
+                                              padded * sizeof(int32_t), 0, true);
+  GatherRowsParams p;
+  p.x = x;
+  p.dim = dim;
+  p.num_rows = padded;
+  p.out = out;
+  graphs_.Record(
+      [this, p, rows_offset](cudaStream_t stream) {
+        GatherRowsParams run = p;
+        run.rows = graphs_.ArenaPtr<const int32_t>(rows_offset);
+        return LaunchGatherRows(run, stream);
+      },
+      GraphOp::kGatherRows, p.x, p.dim, padded, p.out, rows_offset);
+  return true;
+}
+
+bool CudaBackend::RecordAllReduceSum(float* x, int64_t n) {
+  int64_t padded = 0;
+  if (!graphs_.PaddedElements(n, &padded)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  // The sum over a group of one is x itself: a recorded step leaves that all-reduce out, so
+  // that single-GPU graphs do not depend on NCCL's stream-capture support.
+  if (tp_group_->size() == 1) return true;
+  // Several ranks: the collective is captured into the graph (NCCL supports stream capture);
+  // every rank pads to the same bucket, so counts match across ranks.
+  graphs_.Record(
+      [this, x, padded](cudaStream_t stream) {
+        const ncclResult_t r = tp_group_->AllReduceSumRank(
+            tp_rank_, x, static_cast<size_t>(padded), DType::kF32, stream);
+        if (r == ncclSuccess) return cudaSuccess;
+        spdlog::critical("CUDA backend: ncclAllReduce of {} floats on tensor-parallel rank {} "
+                         "failed: {}", padded, tp_rank_, ncclGetErrorString(r));
+        return cudaErrorUnknown;
+      },
+      GraphOp::kAllReduceSum, x, padded, tp_group_.get(), tp_rank_);
+  return true;
+}
+
+}  // namespace glimpse::kernels::cuda::internal

@@ -1,0 +1,303 @@
+// Private to //kernels/cuda/backend:cuda_backend (listed in its srcs, not hdrs): the CudaBackend
+// class and the helpers its .cc files share. The public interface is cuda_backend.h, which has
+// no CUDA types; this header has them.
+#ifndef GLIMPSE_KERNELS_CUDA_BACKEND_CUDA_BACKEND_IMPL_H_
+#define GLIMPSE_KERNELS_CUDA_BACKEND_CUDA_BACKEND_IMPL_H_
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "common/check.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/backend/cuda_backend.h"
+#include "kernels/cuda/backend/decode_graphs.h"
+#include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/paged_decode_attention.h"
+#include "kernels/cuda/rope.h"
+#include "kernels/cuda/weight_format.h"
+#include "spdlog/spdlog.h"
+
+namespace glimpse::kernels::cuda::internal {
+
+// ---- Error handling -------------------------------------------------------------------------
+// Backend ops return void: a failed CUDA call or launch in the middle of a forward pass cannot
+// be recovered (the stream's work is lost and the context may be poisoned), so it is logged and
+// the process aborts through the project's CHECK. Kernel execution errors surface at the next
+// synchronizing call (CopyToHost, Free); run with CUDA_LAUNCH_BLOCKING=1 to pin them down.
+inline void CheckCuda(cudaError_t err, const char* expr, const char* file, int line) {
+  if (err == cudaSuccess) return;
+  spdlog::critical("CUDA backend: {} failed at {}:{}: {} ({}); aborting", expr, file, line,
+                   cudaGetErrorName(err), cudaGetErrorString(err));
+  CHECK(err == cudaSuccess);
+}
+
+#define GLIMPSE_CUDA_CHECK(expr) CheckCuda((expr), #expr, __FILE__, __LINE__)
+
+// Logs `message` and aborts: for violated preconditions of an op (a bug in the caller).
+[[noreturn]] inline void Fail(const std::string& message) {
+  spdlog::critical("CUDA backend: {}", message);
+  CHECK(false);
+  std::abort();  // CHECK(false) does not return; this tells the compiler.
+}
+
+// For creation and PackMatrix, which can report errors: ResourceExhausted for out of memory.
+inline absl::Status CudaStatus(cudaError_t err, const std::string& what) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  const std::string message =
+      absl::StrCat(what, ": ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
+  if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(message);
+  return absl::InternalError(message);
+}
+
+inline WeightFormat ToFormat(WeightType type) {
+  switch (type) {
+    case WeightType::kF32:
+      return WeightFormat::kF32;
+    case WeightType::kF16:
+      return WeightFormat::kF16;
+    case WeightType::kBF16:
+      return WeightFormat::kBF16;
+    case WeightType::kQ8_0:
+      return WeightFormat::kQ8_0;
+  }
+  return WeightFormat::kF32;
+}
+
+inline RopeStyle ToCudaRopeStyle(kernels::RopeStyle style) {
+  switch (style) {
+    case kernels::RopeStyle::kNormal:
+      return RopeStyle::kNormal;
+    case kernels::RopeStyle::kNeox:
+      return RopeStyle::kNeox;
+  }
+  return RopeStyle::kNormal;
+}
+
+// ---- Packed weights -------------------------------------------------------------------------
+// A weight matrix on the device, row-major W[rows][cols] exactly as in the file (no
+// re-tiling: cuBLAS reads it as the column-major K x N matrix Wᵀ; see MatMul), fp32 for F32
+// weights and bf16 for every other format. Owns its device allocation.
+class CudaPackedMatrix final : public PackedMatrix {
+ public:
+  CudaPackedMatrix(int device, int64_t rows, int64_t cols, bool bf16, void* data)
+      : device_(device), rows_(rows), cols_(cols), bf16_(bf16), data_(data) {}
+  ~CudaPackedMatrix() override {
+    // cudaFree synchronizes the device, so no enqueued matmul still reads the weights.
+    if (cudaSetDevice(device_) != cudaSuccess || cudaFree(data_) != cudaSuccess) {
+      spdlog::error("CUDA backend: freeing a packed [{} x {}] matrix failed", rows_, cols_);
+    }
+  }
+  CudaPackedMatrix(const CudaPackedMatrix&) = delete;
+  CudaPackedMatrix& operator=(const CudaPackedMatrix&) = delete;
+
+  int64_t rows() const override { return rows_; }
+  int64_t cols() const override { return cols_; }
+  size_t num_bytes() const override {
+    return static_cast<size_t>(rows_) * cols_ * (bf16_ ? 2 : 4);
+  }
+  bool bf16() const { return bf16_; }
+  const void* data() const { return data_; }
+
+ private:
+  int device_;
+  int64_t rows_;
+  int64_t cols_;
+  bool bf16_;
+  void* data_;  // device, [rows][cols], fp32 or bf16
+};
+
+// ---- The backend ----------------------------------------------------------------------------
+// kernels::Backend on one CUDA device (cuda_backend.h, CreateCudaBackend). Owns its stream,
+// cuBLAS handle and workspace, staging buffers, scratch buffers, device copies of embedding
+// tables and recorded decode graphs; memory from Allocate() and PackedMatrix objects must be
+// released before it is destroyed. Thread-safety: one driving thread at a time (the Backend
+// contract); any thread may drive it (every op selects the backend's device first, Bind()).
+// Its definitions are split by concept:
+//   cuda_backend.cc           creation, staging of host arrays, memory and copies
+//   cuda_backend_matmul.cc    weight packing and MatMul (cuBLAS)
+//   cuda_backend_ops.cc       the other ops' eager launches
+//   cuda_backend_graphs.cc    decode-step CUDA graphs: Begin/EndForward and the recorded launches
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int device, std::shared_ptr<TensorParallelGroup> tp_group, int tp_rank,
+              const DecodeGraphRecorder::Options& graph_options)
+      : device_(device),
+        tp_group_(std::move(tp_group)),
+        tp_rank_(tp_rank),
+        graphs_(graph_options) {}
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  absl::Status Init();
+
+  std::string name() const override { return name_; }
+  void* Allocate(size_t num_bytes) override;
+  void Free(void* ptr) override;
+  void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) override;
+  void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override;
+  absl::StatusOr<std::unique_ptr<PackedMatrix>> PackMatrix(const MatrixView& w) override;
+  void MatMul(const float* x, int64_t num_rows, const PackedMatrix& w, float* y) override;
+  void EmbeddingLookup(const MatrixView& table, const int32_t* ids, int64_t num_ids,
+                       float* out) override;
+  void RmsNorm(const float* x, const float* weight, int64_t num_rows, int64_t dim, float eps,
+               float* out) override;
+  void Rope(const kernels::RopeParams& params) override;
+  void StoreKv(const KvStoreParams& params) override;
+  void PagedAttention(const PagedAttentionParams& params) override;
+  void SiluMul(const float* gate, const float* up, int64_t n, float* out) override;
+  void AddInPlace(float* x, const float* y, int64_t n) override;
+  void GatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
+                  float* out) override;
+  void AllReduceSum(float* x, int64_t n) override;
+  // CUDA graphs of decode steps ("Decode graphs" in cuda_backend_graphs.cc, decode_graphs.h).
+  ForwardPlan BeginForward(const ForwardShape& shape) override;
+  void EndForward() override;
+  std::vector<BackendCounter> Counters() const override;
+
+ private:
+  // A device copy of an embedding table (MatrixView in host memory), in its stored format.
+  struct DeviceTable {
+    WeightFormat format = WeightFormat::kF32;
+    int64_t rows = 0;
+    int64_t cols = 0;
+    size_t num_bytes = 0;
+    uint64_t fingerprint = 0;
+    void* data = nullptr;  // device, [rows][WeightRowBytes(format, cols)] bytes
+  };
+  // One paged-decode launch of PagedAttention (at most 65535 query tokens: grid.z).
+  struct AttentionLaunch {
+    int32_t first_token = 0;
+    int32_t num_tokens = 0;
+    PagedDecodePlan plan;
+  };
+  // PagedAttention's per-step device page tables, reused by every layer of a step.
+  struct AttentionMemo {
+    uint64_t generation = UINT64_MAX;
+    std::vector<int32_t> key;  // the host inputs it was built from
+    const int32_t* indptr = nullptr;    // device, [num_tokens + 1]
+    const int32_t* last_len = nullptr;  // device, [num_tokens]
+    const int32_t* indices = nullptr;   // device, [indptr[num_tokens]]
+    std::vector<AttentionLaunch> launches;
+    size_t workspace_bytes = 0;
+  };
+  // Rope's per-step (cos, sin) table, reused by q and k of every layer.
+  struct RopeMemo {
+    uint64_t generation = UINT64_MAX;
+    std::vector<int32_t> key;
+    const float* table = nullptr;  // device, [num_tokens][rot_dim / 2][2]
+  };
+  struct UploadMemo {
+    const void* host = nullptr;
+    size_t num_bytes = 0;
+    size_t offset = 0;
+  };
+
+  // Makes this backend's device current on the calling thread (the engine thread may not be
+  // the thread that created the backend).
+  void Bind() const { GLIMPSE_CUDA_CHECK(cudaSetDevice(device_)); }
+
+  // Staging: per-step host arrays go through a pinned host buffer and an equally sized device
+  // buffer, bump-allocated, one cudaMemcpyAsync per op on the stream. A region is never
+  // rewritten before the stream has consumed it: the buffers restart only after a stream
+  // synchronization (CopyToHost, or here when full). `generation_` counts restarts; device
+  // pointers into staging (and the memos holding them) are valid within one generation.
+  size_t ReserveStaging(size_t num_bytes);
+  void RestartStaging(size_t min_capacity);
+  // Uploads host bytes; returns their device copy (valid until the staging restarts). An
+  // identical upload (same host pointer, size and bytes) in the same generation is reused:
+  // the forward pass hands every layer the same per-step arrays.
+  const void* Upload(const void* host, size_t num_bytes);
+  // Grows `buffer` to at least `num_bytes` (after draining the stream, which may still use it).
+  void Reserve(DeviceBuffer<uint8_t>& buffer, size_t num_bytes);
+
+  const DeviceTable& TableFor(const MatrixView& table);
+  const float* RopeTable(const kernels::RopeParams& p);
+  const AttentionMemo& AttentionTables(const PagedAttentionParams& p, int32_t num_tokens);
+  // x (rounded to bf16 into activations_bf16_, which must hold it) times W. The cast runs on
+  // `stream`, the GEMM on the cuBLAS handle's stream: both are stream_.
+  cudaError_t EnqueueMatMul(const float* x, int64_t num_rows, const CudaPackedMatrix& m,
+                            float* y, cudaStream_t stream);
+  // RmsNorm's launches; out == x normalizes a copy in norm_input_ (which must hold it).
+  cudaError_t EnqueueRmsNorm(const float* x, const float* weight, int64_t num_rows,
+                             int64_t dim, float eps, float* out, cudaStream_t stream);
+
+  // ---- Decode graphs ("Decode graphs" in cuda_backend_graphs.cc). Record*: the op's launch in
+  // a recorded step; false when the op does not fit the step (the recording is then abandoned
+  // and the op, like the rest of the step, runs eagerly).
+  bool RecordEmbedding(const DeviceTable& t, const int32_t* ids, int64_t num_ids, float* out);
+  bool RecordRmsNorm(const float* x, const float* weight, int64_t num_rows, int64_t dim,
+                     float eps, float* out);
+  bool RecordMatMul(const float* x, int64_t num_rows, const CudaPackedMatrix& m, float* y);
+  bool RecordRope(const kernels::RopeParams& params);
+  bool RecordStoreKv(const KvStoreParams& params);
+  bool RecordPagedAttention(const PagedAttentionParams& params);
+  bool RecordSiluMul(const float* gate, const float* up, int64_t n, float* out);
+  bool RecordAddInPlace(float* x, const float* y, int64_t n);
+  bool RecordGatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
+                        float* out);
+  bool RecordAllReduceSum(float* x, int64_t n);
+  // Ends the recorded step: reserves what its launches need, then graphs_.Finish (a graph,
+  // unless `eager_reason` is not kNumReasons).
+  void FinishGraphStep(GraphEagerReason eager_reason);
+
+  int device_;
+  std::string name_;
+  int num_sms_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+
+  uint8_t* staging_host_ = nullptr;    // pinned, [staging_capacity_] bytes
+  uint8_t* staging_device_ = nullptr;  // device, [staging_capacity_] bytes
+  size_t staging_capacity_ = 0;
+  size_t staging_used_ = 0;
+  uint64_t generation_ = 0;
+  std::vector<UploadMemo> upload_memos_;
+
+  DeviceBuffer<uint8_t> activations_bf16_;  // MatMul: x rounded to bf16, [num_rows][cols]
+  DeviceBuffer<uint8_t> attention_workspace_;  // split-KV partial states (paged decode)
+  DeviceBuffer<uint8_t> norm_input_;        // RmsNorm in place: a copy of x
+  std::unordered_map<const void*, DeviceTable> tables_;  // key: MatrixView::data
+  AttentionMemo attention_memo_;
+  RopeMemo rope_memo_;
+  // Tensor parallelism: this backend is rank tp_rank_ of tp_group_ (shared by the group's
+  // backends; a group of one for a lone GPU). Destroyed after the stream is drained.
+  std::shared_ptr<TensorParallelGroup> tp_group_;
+  int tp_rank_ = 0;
+
+  // CUDA graphs of decode steps.
+  DecodeGraphRecorder graphs_;
+  bool in_step_ = false;  // between BeginForward and EndForward
+  // cuBLAS's workspace, set explicitly: a captured GEMM must use memory that stays put, and
+  // eager and captured GEMMs then choose their algorithms under the same workspace.
+  DeviceBuffer<uint8_t> cublas_workspace_;
+  // The recorded step: what its launches need of the buffers above (reserved before they run)
+  // and the per-step tables every layer shares (arena offsets).
+  struct GraphStepState {
+    size_t bf16_bytes = 0;
+    size_t norm_bytes = 0;
+    size_t workspace_bytes = 0;
+    std::vector<int32_t> rope_key;
+    size_t rope_offset = 0;     // fp32 [bucket][rot_dim / 2][2]
+    std::vector<int32_t> attention_key;
+    size_t tables_offset = 0;   // int32 [bucket + 1] indptr, then [bucket] last page lengths
+    size_t indices_offset = 0;  // int32 [bucket x capacity pages], the used prefix uploaded
+    PagedDecodePlan attention_plan;
+  };
+  GraphStepState graph_step_;
+};
+
+}  // namespace glimpse::kernels::cuda::internal
+
+#endif  // GLIMPSE_KERNELS_CUDA_BACKEND_CUDA_BACKEND_IMPL_H_
