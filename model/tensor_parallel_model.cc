@@ -105,13 +105,21 @@ size_t TensorParallelModel::weight_bytes() const {
   return total;
 }
 
-void TensorParallelModel::AllocateKvCache(int32_t num_blocks, int32_t block_size) {
+void TensorParallelModel::AllocateKvCache(int32_t num_blocks, int32_t block_size,
+                                          int32_t num_host_blocks) {
   threads_->Run([&](int r) {
     Rank& rank = ranks_[r];
     rank.kv.reset();  // Free the old cache before allocating the new one.
     rank.kv = std::make_unique<KvCacheStorage>(*rank.backend, rank.model->config(), num_blocks,
                                                block_size, rank.model->shard().tp);
+    rank.kv->SetNumHostBlocks(num_host_blocks);
   });
+}
+
+void TensorParallelModel::MoveKvBlocks(std::span<const KvBlockMove> moves) {
+  if (moves.empty()) return;  // Most steps: no wake-up of the rank threads.
+  CHECK(ranks_[0].kv != nullptr);
+  threads_->Run([&](int r) { ApplyKvBlockMoves(moves, *ranks_[r].kv); });
 }
 
 absl::Status TensorParallelModel::Forward(const StepBatch& batch, float* logits) {

@@ -5,7 +5,8 @@
 //
 // Forward runs the same StepBatch on every rank at once and returns rank 0's logits (all ranks
 // compute the same ones: the output head is replicated). Block ids mean the same on every
-// rank; block copies and swaps must be applied to every rank's cache (kv_cache(r)).
+// rank; MoveKvBlocks applies block copies and swaps to every rank's cache at once. As a
+// StepRunner it is what the engine runs on with --tensor_parallel_size > 1.
 //
 // Ownership: owns the backends, the rank models, their KV caches and the rank threads; borrows
 // the GgufFile (must outlive this). Thread-safety: one driving thread at a time, like
@@ -16,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -26,10 +28,11 @@
 #include "model/llama_config.h"
 #include "model/llama_model.h"
 #include "model/step_batch.h"
+#include "model/step_runner.h"
 
 namespace glimpse::model {
 
-class TensorParallelModel {
+class TensorParallelModel final : public StepRunner {
  public:
   // backends[r] must be rank r of one tensor-parallel group of exactly backends.size() ranks
   // (its AllReduceSum sums over these backends and no others). Loads every rank's shard
@@ -41,7 +44,8 @@ class TensorParallelModel {
   TensorParallelModel& operator=(const TensorParallelModel&) = delete;
 
   int size() const { return static_cast<int>(ranks_.size()); }
-  const LlamaConfig& config() const { return ranks_[0].model->config(); }
+  const LlamaConfig& config() const override { return ranks_[0].model->config(); }
+  int tensor_parallel_size() const override { return size(); }
   LlamaModel& rank_model(int rank) { return *ranks_[rank].model; }
   // Null until AllocateKvCache.
   KvCacheStorage* kv_cache(int rank) { return ranks_[rank].kv.get(); }
@@ -50,12 +54,24 @@ class TensorParallelModel {
 
   // (Re)allocates every rank's KV cache: num_blocks blocks of block_size slots, each rank
   // holding its own KV heads (KvCacheStorage::BytesPerBlock(config, block_size, tp) bytes per
-  // block on each device).
-  void AllocateKvCache(int32_t num_blocks, int32_t block_size);
+  // block on each device), and host swap space for num_host_blocks blocks per rank.
+  void AllocateKvCache(int32_t num_blocks, int32_t block_size, int32_t num_host_blocks) override;
+  void AllocateKvCache(int32_t num_blocks, int32_t block_size) {
+    AllocateKvCache(num_blocks, block_size, /*num_host_blocks=*/0);
+  }
+  int32_t kv_num_blocks() const override {
+    return ranks_[0].kv == nullptr ? 0 : ranks_[0].kv->num_blocks();
+  }
+  int32_t kv_block_size() const override {
+    return ranks_[0].kv == nullptr ? 0 : ranks_[0].kv->block_size();
+  }
 
   // LlamaModel::Forward on every rank, concurrently, against the rank's KV cache; `logits`
   // (host) receives rank 0's. FailedPrecondition before AllocateKvCache.
-  absl::Status Forward(const StepBatch& batch, float* logits);
+  absl::Status Forward(const StepBatch& batch, float* logits) override;
+
+  // The moves on every rank's cache, the ranks concurrently (each on its own device).
+  void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
 
  private:
   class RankThreads;

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "common/status_macros.h"
 #include "model/sampling_params.h"
 #include "model/step_batch.h"
 #include "scheduler/output_text.h"
@@ -18,9 +19,7 @@ int64_t MicrosBetween(Clock::time_point a, Clock::time_point b) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::LlamaModel& model,
-                                                       const model::Tokenizer& tokenizer,
-                                                       const EngineOptions& options) {
+absl::Status Engine::ValidateOptions(const EngineOptions& options) {
   if (options.num_kv_blocks < 1 || options.block_size < 1 || options.block_size > 1024) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the KV cache needs at least one block and a block size in 1..1024 (got ",
@@ -29,15 +28,32 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::LlamaModel& model,
   if (options.scheduler.preemption_mode == PreemptionMode::kSwap && options.num_host_blocks < 1) {
     return absl::InvalidArgumentError("swap preemption needs host swap space (num_host_blocks > 0)");
   }
-  return std::unique_ptr<Engine>(new Engine(model, tokenizer, options));
+  return absl::OkStatus();
 }
 
-Engine::Engine(model::LlamaModel& model, const model::Tokenizer& tokenizer,
-               const EngineOptions& options)
-    : model_(model), tokenizer_(tokenizer), options_(options) {
-  kv_storage_ = std::make_unique<model::KvCacheStorage>(model.backend(), model.config(),
-                                                        options.num_kv_blocks, options.block_size);
-  kv_storage_->SetNumHostBlocks(options.num_host_blocks);
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::StepRunner& runner,
+                                                       const model::Tokenizer& tokenizer,
+                                                       const EngineOptions& options) {
+  RETURN_IF_ERROR(ValidateOptions(options));
+  return std::unique_ptr<Engine>(new Engine(nullptr, runner, tokenizer, options));
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(model::LlamaModel& model,
+                                                       const model::Tokenizer& tokenizer,
+                                                       const EngineOptions& options) {
+  RETURN_IF_ERROR(ValidateOptions(options));
+  auto runner = std::make_unique<model::LlamaStepRunner>(model);
+  model::StepRunner& ref = *runner;
+  return std::unique_ptr<Engine>(new Engine(std::move(runner), ref, tokenizer, options));
+}
+
+Engine::Engine(std::unique_ptr<model::StepRunner> owned_runner, model::StepRunner& runner,
+               const model::Tokenizer& tokenizer, const EngineOptions& options)
+    : owned_runner_(std::move(owned_runner)),
+      runner_(runner),
+      tokenizer_(tokenizer),
+      options_(options) {
+  runner_.AllocateKvCache(options.num_kv_blocks, options.block_size, options.num_host_blocks);
   kvcache::KvCacheManagerOptions kv_options;
   kv_options.num_blocks = options.num_kv_blocks;
   kv_options.block_size = options.block_size;
@@ -82,7 +98,7 @@ void Engine::Stop() {
 }
 
 absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
-  const model::LlamaConfig& config = model_.config();
+  const model::LlamaConfig& config = runner_.config();
   const int64_t prompt = static_cast<int64_t>(request.prompt_tokens.size());
   if (prompt == 0) return absl::InvalidArgumentError("the prompt is empty");
   for (int32_t t : request.prompt_tokens) {
@@ -248,13 +264,18 @@ void Engine::CheckCancellations(Clock::time_point now) {
 }
 
 void Engine::ExecuteCopies(const std::vector<KvCopy>& copies) {
+  // One call for the whole step: a split runner wakes its ranks once, not once per block.
+  kv_moves_.clear();
   for (const KvCopy& c : copies) {
+    model::KvBlockMove::Kind kind = model::KvBlockMove::Kind::kCopy;
     switch (c.kind) {
-      case KvCopy::Kind::kDeviceToDevice: kv_storage_->CopyBlock(c.src, c.dst); break;
-      case KvCopy::Kind::kDeviceToHost: kv_storage_->SwapOutBlock(c.src, c.dst); break;
-      case KvCopy::Kind::kHostToDevice: kv_storage_->SwapInBlock(c.src, c.dst); break;
+      case KvCopy::Kind::kDeviceToDevice: kind = model::KvBlockMove::Kind::kCopy; break;
+      case KvCopy::Kind::kDeviceToHost: kind = model::KvBlockMove::Kind::kSwapOut; break;
+      case KvCopy::Kind::kHostToDevice: kind = model::KvBlockMove::Kind::kSwapIn; break;
     }
+    kv_moves_.push_back({kind, c.src, c.dst});
   }
+  runner_.MoveKvBlocks(kv_moves_);
 }
 
 void Engine::Step() {
@@ -302,9 +323,9 @@ void Engine::Step() {
                       options_.block_size, s.wants_logits);
     if (s.wants_logits) logits_owner.push_back(seq);
   }
-  const int32_t vocab = model_.config().vocab_size;
+  const int32_t vocab = runner_.config().vocab_size;
   logits_.resize(logits_owner.size() * static_cast<size_t>(vocab));
-  absl::Status status = model_.Forward(batch, *kv_storage_, logits_.data());
+  absl::Status status = runner_.Forward(batch, logits_.data());
   CHECK(status.ok());  // The scheduler builds valid batches; anything else is a bug.
   scheduler_->OnStepComputed(plan);
   {
@@ -367,7 +388,7 @@ void Engine::SampleAndUpdate(Sequence* seq, std::span<const float> logits, Clock
       model::SamplingParams params = spec.sampling;
       params.seed = base_seed + static_cast<uint64_t>(s->index);
       params.num_logprobs = std::max(0, spec.output.num_logprobs);
-      s->sampler = std::make_unique<model::Sampler>(params, model_.config().vocab_size, base_seed);
+      s->sampler = std::make_unique<model::Sampler>(params, runner_.config().vocab_size, base_seed);
       s->sampler->AddPromptTokens(std::span<const int32_t>(s->tokens).first(s->num_prompt_tokens));
       OutputTextOptions text_options;
       text_options.stop_strings = spec.stopping.stop_strings;

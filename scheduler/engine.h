@@ -1,7 +1,8 @@
 // The serving engine: one thread runs Schedule → Execute → Update over a continuously
 // changing batch, and front-end threads reach it through Submit/Abort (a locked inbox) and
-// per-request RequestStreams. Owns the KV cache (storage and block bookkeeping), the
-// scheduler, and every in-flight request.
+// per-request RequestStreams. Owns the KV block bookkeeping, the scheduler and every
+// in-flight request; the KV tensors live in the model::StepRunner it runs on (one model, or
+// one split over tensor-parallel ranks), whose cache it allocates at creation.
 //
 // Status codes of Submit follow DESIGN.md: INVALID_ARGUMENT for bad requests (including a
 // prompt longer than the context or than the whole KV pool), ALREADY_EXISTS for a duplicate
@@ -28,8 +29,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "kvcache/kv_cache_manager.h"
-#include "model/kv_cache_storage.h"
 #include "model/llama_model.h"
+#include "model/step_runner.h"
 #include "model/tokenizer.h"
 #include "scheduler/engine_observer.h"
 #include "scheduler/request.h"
@@ -76,7 +77,14 @@ struct EngineLoad {
 
 class Engine {
  public:
-  // `model` and `tokenizer` are not owned and must outlive the engine.
+  // `runner` and `tokenizer` are not owned and must outlive the engine. The engine
+  // (re)allocates the runner's KV cache from options (num_kv_blocks device blocks on every
+  // rank, num_host_blocks of swap space) and is its only user while it lives.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(model::StepRunner& runner,
+                                                       const model::Tokenizer& tokenizer,
+                                                       const EngineOptions& options);
+  // The unsplit `model` (not owned; must outlive the engine) with a KV cache of the engine's
+  // own on the model's backend.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(model::LlamaModel& model,
                                                        const model::Tokenizer& tokenizer,
                                                        const EngineOptions& options);
@@ -99,10 +107,12 @@ class Engine {
   void Stop();
 
   const EngineOptions& options() const { return options_; }
-  const model::LlamaConfig& model_config() const { return model_.config(); }
+  const model::LlamaConfig& model_config() const { return runner_.config(); }
 
  private:
-  Engine(model::LlamaModel& model, const model::Tokenizer& tokenizer, const EngineOptions& options);
+  Engine(std::unique_ptr<model::StepRunner> owned_runner, model::StepRunner& runner,
+         const model::Tokenizer& tokenizer, const EngineOptions& options);
+  static absl::Status ValidateOptions(const EngineOptions& options);
   void Loop();
   struct AbortOrder {
     std::string request_id;
@@ -126,10 +136,12 @@ class Engine {
   void PublishLoad();
   void PublishLoadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  model::LlamaModel& model_;
+  // Set when the engine made its own runner (Create from a LlamaModel); runner_ is it or the
+  // caller's.
+  std::unique_ptr<model::StepRunner> owned_runner_;
+  model::StepRunner& runner_;
   const model::Tokenizer& tokenizer_;
   const EngineOptions options_;
-  std::unique_ptr<model::KvCacheStorage> kv_storage_;
   std::unique_ptr<kvcache::KvCacheManager> kv_manager_;
   std::unique_ptr<Scheduler> scheduler_;
 
@@ -138,6 +150,7 @@ class Engine {
   int64_t next_arrival_ = 0;
   kvcache::RequestKey next_key_ = 1;
   std::vector<float> logits_;
+  std::vector<model::KvBlockMove> kv_moves_;  // This step's, reused across steps.
 
   // Shared with front-end threads.
   mutable absl::Mutex mu_;

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <memory>
 #include <span>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -26,17 +27,30 @@ struct Sequence {
 
 }  // namespace
 
+OfflineGenerator::OfflineGenerator(model::StepRunner& runner, kvcache::BlockPool& blocks,
+                                   OfflineGeneratorOptions options)
+    : OfflineGenerator(nullptr, &runner, blocks, options) {}
+
 OfflineGenerator::OfflineGenerator(model::LlamaModel& model, model::KvCacheStorage& kv,
                                    kvcache::BlockPool& blocks, OfflineGeneratorOptions options)
-    : model_(model), kv_(kv), blocks_(blocks), options_(options) {
+    : OfflineGenerator(std::make_unique<model::LlamaStepRunner>(model, kv), nullptr, blocks,
+                       options) {}
+
+OfflineGenerator::OfflineGenerator(std::unique_ptr<model::StepRunner> owned_runner,
+                                   model::StepRunner* runner, kvcache::BlockPool& blocks,
+                                   OfflineGeneratorOptions options)
+    : owned_runner_(std::move(owned_runner)),
+      runner_(runner != nullptr ? *runner : *owned_runner_),
+      blocks_(blocks),
+      options_(options) {
   options_.prefill_chunk_tokens = std::max(1, options_.prefill_chunk_tokens);
   options_.max_step_tokens = std::max(1, options_.max_step_tokens);
 }
 
 absl::StatusOr<std::vector<GenerationResult>> OfflineGenerator::Run(
     const std::vector<GenerationRequest>& requests, const TokenCallback& on_token) {
-  const model::LlamaConfig& config = model_.config();
-  const int32_t block_size = kv_.block_size();
+  const model::LlamaConfig& config = runner_.config();
+  const int32_t block_size = runner_.kv_block_size();
   std::vector<Sequence> seqs(requests.size());
   for (size_t i = 0; i < requests.size(); ++i) {
     const GenerationRequest& r = requests[i];
@@ -119,7 +133,7 @@ absl::StatusOr<std::vector<GenerationResult>> OfflineGenerator::Run(
 
     logits.resize(logits_owner.size() * static_cast<size_t>(config.vocab_size));
     const auto start = std::chrono::steady_clock::now();
-    if (absl::Status st = model_.Forward(batch, kv_, logits.data()); !st.ok()) return fail(st);
+    if (absl::Status st = runner_.Forward(batch, logits.data()); !st.ok()) return fail(st);
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     ++counters_.num_steps;

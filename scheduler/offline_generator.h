@@ -8,13 +8,14 @@
 // sequence, at most `max_step_tokens` in all) while any prompt is unfinished; afterwards every
 // running sequence decodes one token per step.
 //
-// Ownership: borrows the model, KV storage, block pool and tokenizer (all must outlive it).
-// Thread-safety: one thread.
+// Ownership: borrows the step runner (or the model and KV storage it wraps in a runner of its
+// own) and the block pool (all must outlive it). Thread-safety: one thread.
 #ifndef GLIMPSE_SCHEDULER_OFFLINE_GENERATOR_H_
 #define GLIMPSE_SCHEDULER_OFFLINE_GENERATOR_H_
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -23,6 +24,7 @@
 #include "model/llama_model.h"
 #include "model/sampler.h"
 #include "model/sampling_params.h"
+#include "model/step_runner.h"
 
 namespace glimpse::scheduler {
 
@@ -63,6 +65,11 @@ class OfflineGenerator {
   using TokenCallback =
       std::function<void(size_t request_index, const model::Sampler::SampleResult& sample)>;
 
+  // Runs on `runner`, whose KV cache must already be allocated with at least
+  // blocks.num_blocks() blocks (StepRunner::AllocateKvCache); `blocks` hands them out.
+  OfflineGenerator(model::StepRunner& runner, kvcache::BlockPool& blocks,
+                   OfflineGeneratorOptions options);
+  // The unsplit `model` on `kv` (built for it, at least blocks.num_blocks() blocks).
   OfflineGenerator(model::LlamaModel& model, model::KvCacheStorage& kv,
                    kvcache::BlockPool& blocks, OfflineGeneratorOptions options);
 
@@ -75,8 +82,12 @@ class OfflineGenerator {
   const GenerationCounters& counters() const { return counters_; }
 
  private:
-  model::LlamaModel& model_;
-  model::KvCacheStorage& kv_;
+  // runner == nullptr: runs on owned_runner.
+  OfflineGenerator(std::unique_ptr<model::StepRunner> owned_runner, model::StepRunner* runner,
+                   kvcache::BlockPool& blocks, OfflineGeneratorOptions options);
+
+  std::unique_ptr<model::StepRunner> owned_runner_;  // Set by the LlamaModel constructor.
+  model::StepRunner& runner_;
   kvcache::BlockPool& blocks_;
   OfflineGeneratorOptions options_;
   GenerationCounters counters_;

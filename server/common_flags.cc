@@ -44,3 +44,9 @@ ABSL_FLAG(bool, cuda_graphs, true,
           "With --device=cuda: run decode steps of up to 64 sequences as CUDA graphs (padded "
           "to a batch bucket of 1, 2, 4, 8, 16, 24, 32, 48 or 64; captured after one eager "
           "step per bucket and replayed after that). false runs every step eagerly.");
+ABSL_FLAG(int32_t, tensor_parallel_size, 1,
+          "Tensor-parallel ranks the model is split over (attention heads in whole GQA groups and "
+          "FFN features; Megatron-style, two all-reduces per layer). With --device=cuda: one GPU "
+          "per rank, devices 0..N-1, one NCCL group. With --device=cpu: N in-process ranks that "
+          "share --threads between them (for testing the split path). The model's KV heads must "
+          "divide evenly by N; other sizes are refused at startup.");

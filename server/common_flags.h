@@ -22,5 +22,6 @@ ABSL_DECLARE_FLAG(std::string, model);
 ABSL_DECLARE_FLAG(int32_t, threads);
 ABSL_DECLARE_FLAG(glimpse::server::Device, device);
 ABSL_DECLARE_FLAG(bool, cuda_graphs);
+ABSL_DECLARE_FLAG(int32_t, tensor_parallel_size);
 
 #endif  // GLIMPSE_SERVER_COMMON_FLAGS_H_

@@ -9,7 +9,6 @@
 #include "absl/strings/str_split.h"
 #include "kvcache/block_pool.h"
 #include "model/detokenizer.h"
-#include "model/kv_cache_storage.h"
 #include "scheduler/offline_generator.h"
 #include "server/common_flags.h"
 #include "server/loaded_model.h"
@@ -52,12 +51,12 @@ int RunGenerateCommand() {
   }
   const int64_t total = static_cast<int64_t>(request.prompt_tokens.size()) + request.max_tokens;
   const int32_t num_blocks = static_cast<int32_t>((total + block_size - 1) / block_size);
-  model::KvCacheStorage kv(*loaded->backend, loaded->model->config(), num_blocks, block_size);
+  loaded->runner->AllocateKvCache(num_blocks, block_size, /*num_host_blocks=*/0);
   kvcache::BlockPool pool(num_blocks);
   scheduler::OfflineGeneratorOptions options;
   options.prefill_chunk_tokens = absl::GetFlag(FLAGS_prefill_chunk);
   options.seed = request.sampling.seed.value_or(0);
-  scheduler::OfflineGenerator generator(*loaded->model, kv, pool, options);
+  scheduler::OfflineGenerator generator(*loaded->runner, pool, options);
 
   if (absl::GetFlag(FLAGS_echo)) {
     std::fputs(absl::GetFlag(FLAGS_prompt).c_str(), stdout);
@@ -91,7 +90,7 @@ int RunGenerateCommand() {
                c.num_decode_tokens / std::max(c.decode_seconds, 1e-9),
                (*results)[0].finish_reason == scheduler::FinishReason::kStopToken ? "stop"
                                                                                   : "length",
-               loaded->backend->name().c_str());
+               loaded->backend_name().c_str());
   return 0;
 }
 

@@ -465,7 +465,7 @@ grpc::ServerUnaryReactor* EngineService::GetServerInfo(grpc::CallbackServerConte
   response->set_host_tier_blocks(static_cast<uint32_t>(o.num_host_blocks));
   response->set_max_running_requests(static_cast<uint32_t>(o.scheduler.max_running_sequences));
   response->set_max_batched_tokens(static_cast<uint32_t>(o.scheduler.max_step_tokens));
-  response->set_tensor_parallel_size(1);
+  response->set_tensor_parallel_size(static_cast<uint32_t>(options_.tensor_parallel_size));
   response->set_data_parallel_size(1);
   response->set_schema_revision(1);
   response->set_max_waiting_requests(static_cast<uint32_t>(o.max_waiting_requests));

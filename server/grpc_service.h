@@ -44,7 +44,8 @@ struct EngineServiceOptions {
   std::string backend = "cpu";
   std::string device;                // e.g. the CPU model name.
   std::string preemption_mode = "recompute";
-  uint64_t kv_cache_bytes = 0;
+  uint64_t kv_cache_bytes = 0;  // Over all tensor-parallel ranks' devices.
+  int32_t tensor_parallel_size = 1;
 };
 
 // Reported as GetServerInfoResponse.version and GetLoadsResponse.version.

@@ -1,8 +1,15 @@
 #include "server/loaded_model.h"
 
+#include <algorithm>
+#include <utility>
+#include <vector>
+
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/thread_pool.h"
+#include "model/tensor_parallel.h"
 #if defined(GLIMPSE_WITH_CUDA)
 #include "kernels/cuda/backend/cuda_backend.h"
 #endif
@@ -29,24 +36,96 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateBackend(Device device, i
   return absl::InvalidArgumentError("unknown device");
 }
 
+namespace {
+
+// The N backends of one tensor-parallel group on `device`; CPU ranks join `cpu_group`
+// (created here) and split num_threads between them.
+absl::StatusOr<std::vector<std::unique_ptr<kernels::Backend>>> CreateRankBackends(
+    Device device, int num_threads, int size,
+    std::unique_ptr<kernels::cpu::InProcessTensorParallelGroup>& cpu_group) {
+  switch (device) {
+    case Device::kCpu: {
+      const int total = num_threads > 0 ? num_threads : kernels::cpu::DefaultNumThreads();
+      const int per_rank = std::max(1, total / size);
+      cpu_group = std::make_unique<kernels::cpu::InProcessTensorParallelGroup>(size);
+      std::vector<std::unique_ptr<kernels::Backend>> backends;
+      for (int r = 0; r < size; ++r) backends.push_back(cpu_group->CreateRankBackend(r, per_rank));
+      return backends;
+    }
+    case Device::kCuda: {
+#if defined(GLIMPSE_WITH_CUDA)
+      // TODO(#5): CreateCudaTensorParallelBackends takes no CudaBackendOptions, so its ranks
+      // always capture decode graphs; refuse rather than silently ignore the flag.
+      if (!absl::GetFlag(FLAGS_cuda_graphs)) {
+        return absl::InvalidArgumentError(
+            "--cuda_graphs=false is not supported with --tensor_parallel_size > 1 yet");
+      }
+      std::vector<int> devices;
+      for (int r = 0; r < size; ++r) devices.push_back(r);
+      return kernels::cuda::CreateCudaTensorParallelBackends(devices);
+#else
+      return absl::FailedPreconditionError(
+          "this glimpse was built without CUDA; rebuild with "
+          "`bazel build --config=cuda //server:glimpse`");
+#endif
+    }
+  }
+  return absl::InvalidArgumentError("unknown device");
+}
+
+}  // namespace
+
 absl::StatusOr<LoadedModel> LoadedModel::Load(const std::string& path, int num_threads) {
-  return Load(path, num_threads, absl::GetFlag(FLAGS_device));
+  return Load(path, num_threads, absl::GetFlag(FLAGS_device),
+              absl::GetFlag(FLAGS_tensor_parallel_size));
 }
 
 absl::StatusOr<LoadedModel> LoadedModel::Load(const std::string& path, int num_threads,
-                                              Device device) {
+                                              Device device, int tensor_parallel_size) {
   LoadedModel loaded;
   ASSIGN_OR_RETURN(loaded.file, model::GgufFile::Open(path));
-  ASSIGN_OR_RETURN(loaded.backend, CreateBackend(device, num_threads));
-  ASSIGN_OR_RETURN(loaded.model, model::LlamaModel::Load(*loaded.file, *loaded.backend));
+  if (tensor_parallel_size == 1) {
+    ASSIGN_OR_RETURN(loaded.backend, CreateBackend(device, num_threads));
+    ASSIGN_OR_RETURN(loaded.model, model::LlamaModel::Load(*loaded.file, *loaded.backend));
+    loaded.runner = std::make_unique<model::LlamaStepRunner>(*loaded.model);
+  } else {
+    if (tensor_parallel_size < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("--tensor_parallel_size must be >= 1, got ",
+                                                     tensor_parallel_size));
+    }
+    // Refuse an impossible split before creating N backends (on GPUs: an NCCL group).
+    ASSIGN_OR_RETURN(model::LlamaConfig config, model::LlamaConfigFromGguf(*loaded.file));
+    RETURN_IF_ERROR(model::LlamaShardOf(config, {0, tensor_parallel_size}).status());
+    ASSIGN_OR_RETURN(
+        std::vector<std::unique_ptr<kernels::Backend>> backends,
+        CreateRankBackends(device, num_threads, tensor_parallel_size, loaded.cpu_group));
+    ASSIGN_OR_RETURN(loaded.runner,
+                     model::TensorParallelModel::Load(*loaded.file, std::move(backends)));
+  }
   ASSIGN_OR_RETURN(loaded.tokenizer, model::Tokenizer::FromGguf(*loaded.file));
-  if (loaded.tokenizer->vocab_size() != loaded.model->config().vocab_size) {
+  if (loaded.tokenizer->vocab_size() != loaded.config().vocab_size) {
     return absl::InvalidArgumentError("model '" + path + "': the tokenizer has " +
                                       std::to_string(loaded.tokenizer->vocab_size()) +
                                       " pieces but token_embd has " +
-                                      std::to_string(loaded.model->config().vocab_size) + " rows");
+                                      std::to_string(loaded.config().vocab_size) + " rows");
   }
   return loaded;
+}
+
+kernels::Backend& LoadedModel::rank_backend(int r) const {
+  if (model != nullptr) return *backend;
+  return static_cast<model::TensorParallelModel&>(*runner).rank_model(r).backend();
+}
+
+std::string LoadedModel::backend_name() const {
+  const std::string name = rank_backend(0).name();
+  if (tensor_parallel_size() == 1) return name;
+  return absl::StrCat(name, ", tensor-parallel size ", tensor_parallel_size());
+}
+
+size_t LoadedModel::weight_bytes() const {
+  if (model != nullptr) return model->weight_bytes();
+  return static_cast<const model::TensorParallelModel&>(*runner).weight_bytes();
 }
 
 }  // namespace glimpse::server

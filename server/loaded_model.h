@@ -1,8 +1,16 @@
-// Everything needed to run one GGUF model: the mapped file, the backend (CPU or CUDA), the
-// packed model and its tokenizer, loaded together with errors that name the file.
+// Everything needed to run one GGUF model: the mapped file, the backend(s) (CPU or CUDA), the
+// packed model, the StepRunner the engine drives and the tokenizer, loaded together with
+// errors that name the file.
 //
-// Ownership: owns all four; members are declared in dependency order so they are destroyed
-// in reverse (the model before the backend and the file it borrows).
+// Tensor parallelism (--tensor_parallel_size=N > 1): the model is a TensorParallelModel that
+// owns N backends (one GPU each, one NCCL group; or N in-process CPU ranks sharing
+// `cpu_group` and the threads), and `backend`/`model` stay null. With N = 1 nothing changes:
+// one backend, one LlamaModel, and a LlamaStepRunner over them.
+//
+// Ownership: owns everything; members are declared in dependency order so they are destroyed
+// in reverse (runners before the models, models before the backends and the file they
+// borrow, the CPU group after the backends that borrow it). Thread-safety: none (built once,
+// then the engine thread drives the runner).
 #ifndef GLIMPSE_SERVER_LOADED_MODEL_H_
 #define GLIMPSE_SERVER_LOADED_MODEL_H_
 
@@ -11,8 +19,12 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/in_process_tensor_parallel.h"
 #include "model/gguf.h"
+#include "model/llama_config.h"
 #include "model/llama_model.h"
+#include "model/step_runner.h"
+#include "model/tensor_parallel_model.h"
 #include "model/tokenizer.h"
 #include "server/common_flags.h"
 
@@ -20,15 +32,34 @@ namespace glimpse::server {
 
 struct LoadedModel {
   std::unique_ptr<model::GgufFile> file;
+  // N > 1 on the CPU: the ranks' all-reduce group.
+  std::unique_ptr<kernels::cpu::InProcessTensorParallelGroup> cpu_group;
+  // N = 1 only.
   std::unique_ptr<kernels::Backend> backend;
   std::unique_ptr<model::LlamaModel> model;
+  // N = 1: a LlamaStepRunner over `model`; N > 1: the TensorParallelModel (owning the ranks'
+  // backends and models).
+  std::unique_ptr<model::StepRunner> runner;
   std::unique_ptr<model::Tokenizer> tokenizer;
 
-  // Loads onto `device`. num_threads (CPU backend only) <= 0: all CPUs this process may use.
-  static absl::StatusOr<LoadedModel> Load(const std::string& path, int num_threads,
-                                          Device device);
-  // Loads onto the device the `--device` flag names (default cpu).
+  // Loads onto `device`, split over `tensor_parallel_size` ranks. num_threads (CPU only) <= 0:
+  // all CPUs this process may use; with N > 1 CPU ranks they are divided evenly between the
+  // ranks (at least one each). InvalidArgument (LlamaShardOf's message) before any device is
+  // touched when the model does not split over N.
+  static absl::StatusOr<LoadedModel> Load(const std::string& path, int num_threads, Device device,
+                                          int tensor_parallel_size = 1);
+  // Loads onto the device and tensor-parallel size the `--device` and
+  // `--tensor_parallel_size` flags name (defaults: cpu, 1).
   static absl::StatusOr<LoadedModel> Load(const std::string& path, int num_threads);
+
+  const model::LlamaConfig& config() const { return runner->config(); }
+  int tensor_parallel_size() const { return runner->tensor_parallel_size(); }
+  // Rank r's backend (r = 0 and `backend` when unsplit).
+  kernels::Backend& rank_backend(int r) const;
+  // Rank 0's backend name, and the tensor-parallel size when > 1.
+  std::string backend_name() const;
+  // Bytes of packed weights over all ranks (what one decode step streams, all devices).
+  size_t weight_bytes() const;
 };
 
 // The backend for `device`. Device::kCuda: FailedPrecondition when this binary was built

@@ -20,7 +20,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "model/kv_cache_storage.h"
 #include "scheduler/engine.h"
 #include "server/common_flags.h"
 #include "server/grpc_service.h"
@@ -46,11 +45,14 @@ ABSL_FLAG(std::string, served_model_name, "",
           "serve: the model name clients send (GenerateRequest.model); empty: the --model file "
           "name without its directory and .gguf suffix.");
 ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{1} << 30,
-          "serve: memory for the KV cache pool in bytes. Capped at what --max_num_seqs "
-          "full-context sequences can use. Ignored when --kv_cache_fraction is set.");
+          "serve: memory for the KV cache pool in bytes, per device: with "
+          "--tensor_parallel_size=N each of the N ranks holds its share of the KV heads in this "
+          "much (so the pool holds N times the blocks of one unsplit device; CPU ranks all use "
+          "host memory, N times this in all). Capped at what --max_num_seqs full-context "
+          "sequences can use. Ignored when --kv_cache_fraction is set.");
 ABSL_FLAG(double, kv_cache_fraction, 0.0,
           "serve: if > 0, size the KV cache pool as this fraction (0, 0.9] of physical memory "
-          "instead of --kv_cache_bytes.");
+          "instead of --kv_cache_bytes (in all: with N CPU ranks each gets 1/N of it).");
 ABSL_FLAG(int32_t, max_num_seqs, 64, "serve: most sequences running in one engine step.");
 ABSL_FLAG(int32_t, max_num_batched_tokens, 512,
           "serve: token budget of one engine step (decode tokens plus prefill chunks).");
@@ -61,7 +63,8 @@ ABSL_FLAG(std::string, preemption_mode, "recompute",
           "(free it, recompute later) or 'swap' (copy it to host memory, see "
           "--swap_space_bytes).");
 ABSL_FLAG(int64_t, swap_space_bytes, int64_t{1} << 30,
-          "serve: host memory for swapped-out KV blocks with --preemption_mode=swap.");
+          "serve: host memory for swapped-out KV blocks with --preemption_mode=swap (in all, "
+          "over every tensor-parallel rank).");
 ABSL_FLAG(bool, enable_prefix_caching, true,
           "serve: reuse the KV of shared prompt prefixes across requests.");
 ABSL_FLAG(int32_t, drain_timeout_seconds, 30,
@@ -83,8 +86,9 @@ struct ServeConfig {
   int32_t port = 0;
   std::string served_model_name;
   scheduler::EngineOptions engine;
-  int64_t kv_budget_bytes = 0;
-  int64_t swap_bytes = 0;
+  int64_t kv_budget_bytes = 0;   // Per device.
+  bool kv_budget_is_host_total = false;  // From --kv_cache_fraction: all ranks' in one memory.
+  int64_t swap_bytes = 0;  // Host memory, all ranks together.
   absl::Duration drain_timeout;
   std::string preemption_mode;
 };
@@ -134,6 +138,7 @@ absl::StatusOr<ServeConfig> ConfigFromFlags() {
   if (fraction > 0) {
     c.kv_budget_bytes = static_cast<int64_t>(
         fraction * static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE));
+    c.kv_budget_is_host_total = true;
   }
   if (c.kv_budget_bytes < 1) return absl::InvalidArgumentError("--kv_cache_bytes must be > 0");
   c.swap_bytes = absl::GetFlag(FLAGS_swap_space_bytes);
@@ -145,13 +150,20 @@ absl::StatusOr<ServeConfig> ConfigFromFlags() {
 }
 
 // Sizes the KV pools from the byte budgets: never more blocks than max_num_seqs sequences of
-// the full context can use.
-absl::Status SizeKvPools(const model::LlamaConfig& model_config, ServeConfig& c) {
-  const int64_t bytes_per_block = static_cast<int64_t>(
-      model::KvCacheStorage::BytesPerBlock(model_config, c.engine.block_size));
+// the full context can use. A block id names a block on every rank, each rank holding its
+// share of the KV heads, so the device budget divides by a rank's bytes per block and the
+// (one, host) swap budget by all ranks' together.
+absl::Status SizeKvPools(const LoadedModel& loaded, ServeConfig& c) {
+  const model::LlamaConfig& model_config = loaded.config();
+  const int64_t ranks = loaded.tensor_parallel_size();
+  const int64_t bytes_per_block =
+      static_cast<int64_t>(loaded.runner->KvBytesPerBlockPerDevice(c.engine.block_size));
   const int64_t blocks_per_seq =
       (model_config.context_length + c.engine.block_size - 1) / c.engine.block_size;
   const int64_t useful = blocks_per_seq * c.engine.scheduler.max_running_sequences;
+  if (c.kv_budget_is_host_total && absl::GetFlag(FLAGS_device) == Device::kCpu) {
+    c.kv_budget_bytes /= ranks;  // CPU ranks share the physical memory the fraction is of.
+  }
   const int64_t blocks = std::min(c.kv_budget_bytes / bytes_per_block, useful);
   if (blocks < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -160,7 +172,7 @@ absl::Status SizeKvPools(const model::LlamaConfig& model_config, ServeConfig& c)
   }
   c.engine.num_kv_blocks = static_cast<int32_t>(std::min<int64_t>(blocks, 1 << 30));
   if (c.engine.scheduler.preemption_mode == scheduler::PreemptionMode::kSwap) {
-    const int64_t host = std::min(c.swap_bytes / bytes_per_block, useful);
+    const int64_t host = std::min(c.swap_bytes / (bytes_per_block * ranks), useful);
     if (host < 1) return absl::InvalidArgumentError("--swap_space_bytes holds no KV block");
     c.engine.num_host_blocks = static_cast<int32_t>(host);
   }
@@ -208,10 +220,12 @@ EngineServiceOptions ServiceOptions(const ServeConfig& c, const LoadedModel& loa
     o.chat_template = *tmpl;
   }
   // Backend::name() may add detail ("cpu (2 threads)"); the API wants "cpu" or "cuda".
-  o.backend = loaded.backend->name().substr(0, loaded.backend->name().find(' '));
-  o.device = DeviceDescription(loaded.backend->name());
+  const std::string backend_name = loaded.rank_backend(0).name();
+  o.backend = backend_name.substr(0, backend_name.find(' '));
+  o.device = DeviceDescription(backend_name);
   o.preemption_mode = c.preemption_mode;
   o.kv_cache_bytes = kv_bytes;
+  o.tensor_parallel_size = loaded.tensor_parallel_size();
   return o;
 }
 
@@ -329,8 +343,8 @@ int RunServeCommand() {
     spdlog::error("cannot load the model: {}", std::string(loaded.status().message()));
     return 1;
   }
-  const model::LlamaConfig& model_config = loaded->model->config();
-  if (absl::Status s = SizeKvPools(model_config, *config); !s.ok()) {
+  const model::LlamaConfig& model_config = loaded->config();
+  if (absl::Status s = SizeKvPools(*loaded, *config); !s.ok()) {
     std::fprintf(stderr, "glimpse serve: %s\n", std::string(s.message()).c_str());
     return 2;
   }
@@ -339,26 +353,28 @@ int RunServeCommand() {
     spdlog::error("cannot create the metrics: {}", std::string(metrics.status().message()));
     return 1;
   }
-  if (absl::Status s = RegisterBackendCounters((*metrics)->registry, *loaded->backend,
+  // Rank 0's counters: every rank runs the same steps.
+  if (absl::Status s = RegisterBackendCounters((*metrics)->registry, loaded->rank_backend(0),
                                                 {{"model_name", config->served_model_name}});
       !s.ok()) {
     spdlog::error("cannot create the metrics: {}", std::string(s.message()));
     return 1;
   }
   config->engine.observer = (*metrics)->observer.get();
-  auto engine = scheduler::Engine::Create(*loaded->model, *loaded->tokenizer, config->engine);
+  auto engine = scheduler::Engine::Create(*loaded->runner, *loaded->tokenizer, config->engine);
   if (!engine.ok()) {
     spdlog::error("cannot create the engine: {}", std::string(engine.status().message()));
     return 2;
   }
-  const size_t kv_bytes =
-      model::KvCacheStorage::BytesPerBlock(model_config, config->engine.block_size) *
+  const size_t kv_bytes_per_device =
+      loaded->runner->KvBytesPerBlockPerDevice(config->engine.block_size) *
       static_cast<size_t>(config->engine.num_kv_blocks);
-  spdlog::info("model {} ('{}'): {} layers, context {}, vocab {}; KV cache {} blocks of {} "
-               "tokens ({:.1f} MiB), host swap {} blocks",
+  spdlog::info("model {} ('{}'): {} layers, context {}, vocab {}, tensor-parallel size {}; KV "
+               "cache {} blocks of {} tokens ({:.1f} MiB per device), host swap {} blocks",
                config->model_path, config->served_model_name, model_config.num_layers,
-               model_config.context_length, model_config.vocab_size, config->engine.num_kv_blocks,
-               config->engine.block_size, static_cast<double>(kv_bytes) / (1 << 20),
+               model_config.context_length, model_config.vocab_size,
+               loaded->tensor_parallel_size(), config->engine.num_kv_blocks,
+               config->engine.block_size, static_cast<double>(kv_bytes_per_device) / (1 << 20),
                config->engine.num_host_blocks);
   (*engine)->Start();
 
@@ -366,7 +382,8 @@ int RunServeCommand() {
     spdlog::error("cannot serve metrics: {}", std::string(s.message()));
     return 1;
   }
-  EngineServiceOptions service_options = ServiceOptions(*config, *loaded, kv_bytes);
+  EngineServiceOptions service_options = ServiceOptions(
+      *config, *loaded, kv_bytes_per_device * static_cast<size_t>(loaded->tensor_parallel_size()));
   EngineService service(**engine, *loaded->tokenizer, lifecycle, std::move(service_options));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -388,7 +405,7 @@ int RunServeCommand() {
                                  : absl::StrCat(config->host, ":", bound_port);
   std::printf("glimpse serve: listening on %s\n", bound.c_str());
   std::fflush(stdout);
-  spdlog::info("serving glimpse.v1.Engine on {} ({} backend)", bound, loaded->backend->name());
+  spdlog::info("serving glimpse.v1.Engine on {} ({} backend)", bound, loaded->backend_name());
 
   std::unique_ptr<Gateway> gateway;
   if (absl::GetFlag(FLAGS_http_port) > 0) {

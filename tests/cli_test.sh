@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end checks of the `glimpse` binary as a user runs it: generate reproduces llama.cpp's
-# greedy continuation of a reference prompt, tokenize prints llama.cpp's ids, make-model
+# greedy continuation of a reference prompt (unsplit and over two tensor-parallel CPU ranks;
+# an impossible split is refused), tokenize prints llama.cpp's ids, make-model
 # writes a model that generate can load, and bad input fails with a clear message.
 set -uo pipefail
 GLIMPSE="$1"
@@ -25,6 +26,19 @@ out=${out%.}
 # generate prints the continuation, then one newline.
 [[ "$out" == "$want_text"$'\n' ]]
 check "generate reproduces llama.cpp's greedy text" $?
+
+# Split over two in-process CPU tensor-parallel ranks: the same greedy text.
+out=$("$GLIMPSE" generate --prompt="$prompt" --max_tokens="$max_tokens" --ignore_eos --echo=false --threads=2 --tensor_parallel_size=2 2>/dev/null; code=$?; echo .; exit $code)
+check "generate --tensor_parallel_size=2 exits 0" $?
+out=${out%.}
+[[ "$out" == "$want_text"$'\n' ]]
+check "generate --tensor_parallel_size=2 reproduces llama.cpp's greedy text" $?
+
+# The bundled model's 2 KV heads cannot split over 3 ranks: refused at startup, saying why.
+err=$("$GLIMPSE" generate --prompt="$prompt" --max_tokens=2 --tensor_parallel_size=3 2>&1 >/dev/null)
+code=$?
+[[ $code -ne 0 && "$err" == *"2 KV heads do not split evenly over 3"* ]]
+check "generate --tensor_parallel_size=3 fails with the head-split reason" $?
 
 ids=$("$GLIMPSE" tokenize --prompt="$prompt" --ids_only --parse_special)
 [[ "$ids" == "$want_ids" ]]

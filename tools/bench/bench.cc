@@ -16,7 +16,6 @@
 #include "absl/strings/str_split.h"
 #include "kernels/backend.h"
 #include "kvcache/block_pool.h"
-#include "model/kv_cache_storage.h"
 #include "nlohmann/json.hpp"
 #include "scheduler/offline_generator.h"
 #include "server/common_flags.h"
@@ -74,10 +73,10 @@ absl::StatusOr<std::string> DefaultBenchModel() {
 
 absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32_t prompt_len,
                                int32_t gen_len, uint32_t seed) {
-  const model::LlamaConfig& config = loaded.model->config();
+  const model::LlamaConfig& config = loaded.config();
   const int32_t block_size = 16;
   const int32_t blocks_per_seq = (prompt_len + gen_len + block_size - 1) / block_size;
-  model::KvCacheStorage kv(*loaded.backend, config, batch * blocks_per_seq, block_size);
+  loaded.runner->AllocateKvCache(batch * blocks_per_seq, block_size, /*num_host_blocks=*/0);
   kvcache::BlockPool pool(batch * blocks_per_seq);
   std::mt19937 rng(seed);
   // Ordinary tokens only (ids 0-2 are <unk>, <s>, </s> in the bundled vocabulary).
@@ -93,7 +92,7 @@ absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32
   scheduler::OfflineGeneratorOptions options;
   options.prefill_chunk_tokens = 512;
   options.max_step_tokens = 512;  // As llama-bench's default micro-batch.
-  scheduler::OfflineGenerator generator(*loaded.model, kv, pool, options);
+  scheduler::OfflineGenerator generator(*loaded.runner, pool, options);
   auto results = generator.Run(requests);
   if (!results.ok()) return results.status();
   const auto& c = generator.counters();
@@ -140,7 +139,7 @@ int RunBenchCommand() {
     std::fprintf(stderr, "glimpse bench: %s\n", std::string(loaded.status().message()).c_str());
     return 1;
   }
-  const model::LlamaConfig& config = loaded->model->config();
+  const model::LlamaConfig& config = loaded->config();
   if (prompt_len + gen_len > config.context_length) {
     std::fprintf(stderr, "glimpse bench: prompt + generated tokens (%d) exceed the context (%d)\n",
                  prompt_len + gen_len, config.context_length);
@@ -148,8 +147,8 @@ int RunBenchCommand() {
   }
   std::printf("model: %s (%s, dim %d, %d layers, vocab %d), packed weights %.1f MiB\n",
               path.c_str(), config.name.c_str(), config.dim, config.num_layers, config.vocab_size,
-              loaded->model->weight_bytes() / 1048576.0);
-  std::printf("backend: %s\n", loaded->backend->name().c_str());
+              loaded->weight_bytes() / 1048576.0);
+  std::printf("backend: %s\n", loaded->backend_name().c_str());
   // Warm-up: page in the weights and size the workspaces.
   if (auto warm = RunOnce(*loaded, 1, std::min(prompt_len, 64), 2, 99); !warm.ok()) {
     std::fprintf(stderr, "glimpse bench: %s\n", std::string(warm.status().message()).c_str());
@@ -158,10 +157,11 @@ int RunBenchCommand() {
 
   nlohmann::json json;
   json["model"] = path;
-  json["backend"] = loaded->backend->name();
+  json["backend"] = loaded->backend_name();
+  json["tensor_parallel_size"] = loaded->tensor_parallel_size();
   json["prompt_tokens"] = prompt_len;
   json["gen_tokens"] = gen_len;
-  json["weight_bytes"] = loaded->model->weight_bytes();
+  json["weight_bytes"] = loaded->weight_bytes();
   std::printf("\n| batch | prefill tok/s (pp%d) | decode tok/s (tg%d) | steps | decode GB/s of weights |\n",
               prompt_len, gen_len);
   std::printf("|---:|---:|---:|---:|---:|\n");
@@ -180,8 +180,9 @@ int RunBenchCommand() {
       last = *s;
     }
     const Stats p = Summarize(pp), t = Summarize(tg);
-    // One decode step streams the weights once for the whole batch.
-    const double gbps = t.mean / batch * loaded->model->weight_bytes() / 1e9;
+    // One decode step streams the weights once for the whole batch (every rank its shard: the
+    // figure is summed over the devices).
+    const double gbps = t.mean / batch * loaded->weight_bytes() / 1e9;
     std::printf("| %d | %.1f ± %.1f | %.1f ± %.1f | %lld | %.1f |\n", batch, p.mean, p.stdev,
                 t.mean, t.stdev, static_cast<long long>(last.steps), gbps);
     std::fflush(stdout);
@@ -196,8 +197,9 @@ int RunBenchCommand() {
                                {"repetitions", reps}});
   }
   // The backend's own counters over every run above, the warm-up included (with
-  // --device=cuda: CUDA graph captures, replays and eagerly run steps by reason).
-  const std::vector<kernels::BackendCounter> counters = loaded->backend->Counters();
+  // --device=cuda: CUDA graph captures, replays and eagerly run steps by reason). Rank 0's:
+  // every rank runs the same steps.
+  const std::vector<kernels::BackendCounter> counters = loaded->rank_backend(0).Counters();
   if (!counters.empty()) {
     std::printf("\nbackend counters (all runs, warm-up included; zeros omitted):\n");
     for (const kernels::BackendCounter& c : counters) {

@@ -1,0 +1,40 @@
+#include "model/step_runner.h"
+
+namespace glimpse::model {
+
+void ApplyKvBlockMoves(std::span<const KvBlockMove> moves, KvCacheStorage& kv) {
+  for (const KvBlockMove& m : moves) {
+    switch (m.kind) {
+      case KvBlockMove::Kind::kCopy:
+        kv.CopyBlock(m.src, m.dst);
+        break;
+      case KvBlockMove::Kind::kSwapOut:
+        kv.SwapOutBlock(m.src, m.dst);
+        break;
+      case KvBlockMove::Kind::kSwapIn:
+        kv.SwapInBlock(m.src, m.dst);
+        break;
+    }
+  }
+}
+
+void LlamaStepRunner::AllocateKvCache(int32_t num_blocks, int32_t block_size,
+                                      int32_t num_host_blocks) {
+  kv_ = nullptr;
+  owned_kv_.reset();  // Free the old cache before allocating the new one.
+  owned_kv_ = std::make_unique<KvCacheStorage>(model_.backend(), model_.config(), num_blocks,
+                                               block_size, model_.shard().tp);
+  owned_kv_->SetNumHostBlocks(num_host_blocks);
+  kv_ = owned_kv_.get();
+}
+
+absl::Status LlamaStepRunner::Forward(const StepBatch& batch, float* logits) {
+  if (kv_ == nullptr) return absl::FailedPreconditionError("Forward before AllocateKvCache");
+  return model_.Forward(batch, *kv_, logits);
+}
+
+void LlamaStepRunner::MoveKvBlocks(std::span<const KvBlockMove> moves) {
+  if (!moves.empty()) ApplyKvBlockMoves(moves, *kv_);
+}
+
+}  // namespace glimpse::model

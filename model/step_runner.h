@@ -1,0 +1,110 @@
+// What the serving engine and the offline generator run steps on: a model together with its
+// paged KV cache, whether that is one LlamaModel on one backend (LlamaStepRunner, below) or a
+// model split over the ranks of a tensor-parallel group (TensorParallelModel, one device per
+// rank). The caller sees one cache of num_blocks blocks; a split runner keeps a same-shaped
+// cache on every rank (each holding its KV heads only) and applies every block operation to
+// all of them, so that block ids keep meaning the same thing everywhere.
+//
+//   engine ──StepBatch──▶ StepRunner::Forward ──▶ logits (host, rank 0's)
+//          ──KvBlockMove─▶ StepRunner::MoveKvBlocks (copy-on-write, swap out, swap in)
+#ifndef GLIMPSE_MODEL_STEP_RUNNER_H_
+#define GLIMPSE_MODEL_STEP_RUNNER_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "absl/status/status.h"
+#include "model/kv_cache_storage.h"
+#include "model/llama_config.h"
+#include "model/llama_model.h"
+#include "model/step_batch.h"
+
+namespace glimpse::model {
+
+// One whole-block KV operation, every layer, keys and values.
+struct KvBlockMove {
+  enum class Kind {
+    kCopy,     // device block src -> device block dst (copy-on-write of a shared block)
+    kSwapOut,  // device block src -> host block dst
+    kSwapIn,   // host block src -> device block dst
+  };
+  Kind kind = Kind::kCopy;
+  int32_t src = 0;
+  int32_t dst = 0;
+};
+
+// Thread-safety: one driving thread at a time (the engine thread); implementations may use
+// threads of their own inside a call.
+class StepRunner {
+ public:
+  virtual ~StepRunner() = default;
+
+  // The whole model's hyper-parameters.
+  virtual const LlamaConfig& config() const = 0;
+  // Devices (ranks) the model is split over; 1 when unsplit.
+  virtual int tensor_parallel_size() const = 0;
+
+  // (Re)allocates the KV cache: num_blocks device blocks of block_size slots (on every rank),
+  // and room for num_host_blocks swapped-out blocks in host memory (taken on first swap-out).
+  // Any previous cache is freed first.
+  virtual void AllocateKvCache(int32_t num_blocks, int32_t block_size,
+                               int32_t num_host_blocks) = 0;
+  // 0 until AllocateKvCache.
+  virtual int32_t kv_num_blocks() const = 0;
+  virtual int32_t kv_block_size() const = 0;
+
+  // Runs the batch against the KV cache and fills logits[i][0..vocab) (host memory) for
+  // batch.logits_rows[i]. InvalidArgument for a batch that does not fit the cache;
+  // FailedPrecondition before AllocateKvCache.
+  virtual absl::Status Forward(const StepBatch& batch, float* logits) = 0;
+
+  // Applies the moves in order (on every rank). Block ids must be in range of the cache and
+  // the host space.
+  virtual void MoveKvBlocks(std::span<const KvBlockMove> moves) = 0;
+
+  // Bytes one KV block of block_size slots takes on each device: a rank's share of the KV
+  // heads. What a per-device memory budget divides by.
+  size_t KvBytesPerBlockPerDevice(int32_t block_size) const {
+    return KvCacheStorage::BytesPerBlock(config(), block_size,
+                                         TensorParallelRank{0, tensor_parallel_size()});
+  }
+};
+
+// A StepRunner over one LlamaModel and one KvCacheStorage on the model's backend: the
+// unsplit model, exactly as the engine drove it before tensor parallelism (Forward is
+// LlamaModel::Forward, so outputs are bitwise unchanged).
+//
+// Ownership: borrows the model (must outlive this); owns the cache it allocates, or borrows
+// one handed to the constructor (which must then outlive this, or until AllocateKvCache
+// replaces it). Thread-safety: one thread at a time.
+class LlamaStepRunner final : public StepRunner {
+ public:
+  // No cache until AllocateKvCache.
+  explicit LlamaStepRunner(LlamaModel& model) : model_(model) {}
+  // Runs against `kv`, which must have been built for `model` (its shard().tp).
+  LlamaStepRunner(LlamaModel& model, KvCacheStorage& kv) : model_(model), kv_(&kv) {}
+  LlamaStepRunner(const LlamaStepRunner&) = delete;
+  LlamaStepRunner& operator=(const LlamaStepRunner&) = delete;
+
+  const LlamaConfig& config() const override { return model_.config(); }
+  int tensor_parallel_size() const override { return model_.shard().tp.size; }
+  void AllocateKvCache(int32_t num_blocks, int32_t block_size, int32_t num_host_blocks) override;
+  int32_t kv_num_blocks() const override { return kv_ == nullptr ? 0 : kv_->num_blocks(); }
+  int32_t kv_block_size() const override { return kv_ == nullptr ? 0 : kv_->block_size(); }
+  absl::Status Forward(const StepBatch& batch, float* logits) override;
+  void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
+
+ private:
+  LlamaModel& model_;
+  std::unique_ptr<KvCacheStorage> owned_kv_;
+  KvCacheStorage* kv_ = nullptr;  // owned_kv_ or the borrowed cache
+};
+
+// Applies `moves` in order to one rank's cache (what both runners do per rank).
+void ApplyKvBlockMoves(std::span<const KvBlockMove> moves, KvCacheStorage& kv);
+
+}  // namespace glimpse::model
+
+#endif  // GLIMPSE_MODEL_STEP_RUNNER_H_
