@@ -141,7 +141,8 @@ class MetricsSource {
 
 // Runs one level: `total` requests from items[first..], closed loop at `concurrency` or open
 // loop at `rate` (capped at `concurrency` in flight), stopping new sends at `max_duration_s`.
-void RunLevel(const loadgen::TargetClient& client, const std::vector<WorkItem>& items,
+// Fills level.records, level_start_s and requests_not_sent; returns the level's wall seconds.
+double RunLevel(const loadgen::TargetClient& client, const std::vector<WorkItem>& items,
               size_t first, LevelResult& level, double max_duration_s, bool progress_on,
               uint64_t seed) {
   std::mutex mu;
@@ -192,7 +193,7 @@ void RunLevel(const loadgen::TargetClient& client, const std::vector<WorkItem>& 
   }
   progress.Finish();
   level.requests_not_sent = total - sent.load();
-  level.summary = loadgen::Summarize(level.records, Now() - level.level_start_s, {});
+  return Now() - level.level_start_s;
 }
 
 }  // namespace
@@ -332,12 +333,10 @@ int RunLoadgenCommand() {
           [m = *metrics] { return m.Scrape(); }, 0.25);
       sampler->Start();
     }
-    RunLevel(**client, *items, static_cast<size_t>(warmup), level,
-             absl::GetFlag(FLAGS_max_duration_s), progress_on,
-             absl::GetFlag(FLAGS_workload_seed) + 1234 + l);
-    if (slo.any()) {
-      level.summary = loadgen::Summarize(level.records, level.summary.wall_s, slo);
-    }
+    const double wall_s = RunLevel(**client, *items, static_cast<size_t>(warmup), level,
+                                   absl::GetFlag(FLAGS_max_duration_s), progress_on,
+                                   absl::GetFlag(FLAGS_workload_seed) + 1234 + l);
+    level.summary = loadgen::Summarize(level.records, wall_s, slo);
     if (metrics) {
       sampler->Stop();
       level.kv_usage = sampler->Summary();

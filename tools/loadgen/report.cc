@@ -1,6 +1,5 @@
 #include "tools/loadgen/report.h"
 
-#include <cstdio>
 #include <filesystem>
 #include <string>
 

@@ -7,7 +7,7 @@
 // Every request is greedy (temperature 0) so runs are repeatable; its timings are what the
 // client saw (see stats.h for the definitions built on them).
 //
-// Thread-safety: a TargetClient is immutable after Connect; Send, CountTokens and FetchMetrics
+// Thread-safety: a TargetClient is immutable after Connect; Send, CountTokens and VocabSize
 // may be called from any number of threads at once (gRPC stubs are thread-safe; every HTTP
 // request opens its own connection).
 #ifndef GLIMPSE_TOOLS_LOADGEN_TARGET_CLIENT_H_
