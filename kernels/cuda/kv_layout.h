@@ -45,6 +45,16 @@ GLIMPSE_HOST_DEVICE inline int64_t KvOffset(int64_t page, int32_t kv_head, int32
   return ((page * num_kv_heads + kv_head) * page_size + slot) * static_cast<int64_t>(head_dim);
 }
 
+// Element offset of (key `key`, kv_head, 0) of the sequence whose page list starts at
+// `seq_pages` (= kv_indices + kv_indptr[s]); key < kv_len(s).
+GLIMPSE_HOST_DEVICE inline int64_t PagedKeyOffset(const int32_t* seq_pages, int32_t key,
+                                                  int32_t kv_head, int32_t num_kv_heads,
+                                                  int32_t page_size, int32_t head_dim) {
+  const int32_t page_idx = key / page_size;
+  return KvOffset(seq_pages[page_idx], kv_head, key - page_idx * page_size, num_kv_heads,
+                  page_size, head_dim);
+}
+
 // Number of valid keys of a sequence with `num_pages` pages.
 GLIMPSE_HOST_DEVICE inline int32_t KvLength(int32_t num_pages, int32_t last_page_len,
                                             int32_t page_size) {

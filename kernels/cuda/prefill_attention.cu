@@ -47,7 +47,6 @@ __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p, int3
   const bf16* k_cache = static_cast<const bf16*>(p.kv.k_cache);
   const bf16* v_cache = static_cast<const bf16*>(p.kv.v_cache);
   const int col = (threadIdx.x % S::kChunksPerRow) * 8;
-  const int page_size = p.kv.page_size;
 #pragma unroll
   for (int pass = 0; pass < S::kPasses; ++pass) {
     const int row = threadIdx.x / S::kChunksPerRow + pass * S::kRowsPerPass;
@@ -55,10 +54,8 @@ __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p, int3
     const bool valid = key < key_end;
     int64_t off = 0;
     if (valid) {
-      const int32_t page_idx = key / page_size;
-      const int32_t slot = key - page_idx * page_size;
-      off = KvOffset(p.kv.kv_indices[page_begin + page_idx], kv_head, slot,
-                     p.kv.num_kv_heads, page_size, kHeadDim) +
+      off = PagedKeyOffset(p.kv.kv_indices + page_begin, key, kv_head, p.kv.num_kv_heads,
+                           p.kv.page_size, kHeadDim) +
             col;
     }
     CpAsync16(SmemAddr(k_dst + row * S::kStride + col), k_cache + off, valid);

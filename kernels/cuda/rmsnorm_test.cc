@@ -13,7 +13,6 @@ namespace glimpse::kernels::cuda {
 namespace {
 
 using testing::DeviceActivations;
-using testing::DeviceArray;
 
 void RunCase(DType dtype, int32_t rows, int32_t dim, bool with_x) {
   const std::string name = std::string("add_rmsnorm ") + testing::DTypeName(dtype) +

@@ -29,10 +29,8 @@ struct SampleScratch {
   int32_t claimed;
 };
 
-// Block argmax: the largest value, lowest index on ties.
-__device__ __forceinline__ void BlockArgMax(float& v, int32_t& i, SampleScratch& sc) {
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
+// Warp argmax: the largest value, lowest index on ties; returned to every lane.
+__device__ __forceinline__ void WarpArgMax(float& v, int32_t& i) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) {
     const float ov = __shfl_xor_sync(kFullMask, v, off);
@@ -42,6 +40,13 @@ __device__ __forceinline__ void BlockArgMax(float& v, int32_t& i, SampleScratch&
       i = oi;
     }
   }
+}
+
+// Block argmax: the largest value, lowest index on ties.
+__device__ __forceinline__ void BlockArgMax(float& v, int32_t& i, SampleScratch& sc) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  WarpArgMax(v, i);
   __syncthreads();
   if (lane == 0) {
     sc.red[warp] = v;
@@ -50,15 +55,7 @@ __device__ __forceinline__ void BlockArgMax(float& v, int32_t& i, SampleScratch&
   __syncthreads();
   v = lane < kSampleThreads / 32 ? sc.red[lane] : -INFINITY;
   i = lane < kSampleThreads / 32 ? sc.idx[lane] : INT_MAX;
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const float ov = __shfl_xor_sync(kFullMask, v, off);
-    const int32_t oi = __shfl_xor_sync(kFullMask, i, off);
-    if (ov > v || (ov == v && oi < i)) {
-      v = ov;
-      i = oi;
-    }
-  }
+  WarpArgMax(v, i);
 }
 
 // Sum of exp(z' - max) over entries whose key is >= key.

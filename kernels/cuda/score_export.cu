@@ -39,10 +39,8 @@ __global__ void __launch_bounds__(kThreads) ScoreExportKernel(ScoreExportParams 
     const int32_t key = key0 + kl;
     float v = 0.0f;
     if (key < kv_len) {
-      const int32_t page_idx = key / p.kv.page_size;
-      const int32_t slot = key - page_idx * p.kv.page_size;
-      v = ToFloat(k_cache[KvOffset(p.kv.kv_indices[page_begin + page_idx], kv_head, slot,
-                                   num_kv_heads, p.kv.page_size, head_dim) +
+      v = ToFloat(k_cache[PagedKeyOffset(p.kv.kv_indices + page_begin, key, kv_head,
+                                         num_kv_heads, p.kv.page_size, head_dim) +
                           d]);
     }
     k_s[kl][d] = v;

@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/device_buffer.h"
+
 namespace glimpse::kernels::cuda::testing {
 
 // ---- Registry ---------------------------------------------------------------------------
@@ -128,44 +130,34 @@ std::vector<float> RoundBf16(const std::vector<float>& x);
 std::vector<float> Bf16ToFloat(const std::vector<uint16_t>& x);
 
 // ---- Device arrays ------------------------------------------------------------------------
+// A DeviceBuffer (device_buffer.h) that is poisoned on allocation and moves to and from
+// host vectors.
 template <typename T>
 class DeviceArray {
  public:
-  DeviceArray() = default;
-  ~DeviceArray() {
-    if (ptr_ != nullptr) (void)cudaFree(ptr_);
-  }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-
   // Allocates n elements and fills every byte with 0xFF: NaN for fp32 and bf16, -1 for
   // integers, so any element a kernel fails to write is caught.
   cudaError_t Allocate(size_t n) {
-    if (ptr_ != nullptr) (void)cudaFree(ptr_);
-    ptr_ = nullptr;
-    size_ = n;
-    if (n == 0) return cudaSuccess;
-    cudaError_t err = cudaMalloc(&ptr_, n * sizeof(T));
-    if (err != cudaSuccess) return err;
+    const cudaError_t err = buffer_.Allocate(n);
+    if (err != cudaSuccess || n == 0) return err;
     return Poison();
   }
-  cudaError_t Poison() { return cudaMemset(ptr_, 0xFF, size_ * sizeof(T)); }
+  cudaError_t Poison() { return cudaMemset(buffer_.get(), 0xFF, buffer_.num_bytes()); }
   cudaError_t Upload(const std::vector<T>& host) {
     cudaError_t err = Allocate(host.size());
     if (err != cudaSuccess || host.empty()) return err;
-    return cudaMemcpy(ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
+    return cudaMemcpy(get(), host.data(), buffer_.num_bytes(), cudaMemcpyHostToDevice);
   }
   cudaError_t Download(std::vector<T>* host) const {
-    host->resize(size_);
-    if (size_ == 0) return cudaSuccess;
-    return cudaMemcpy(host->data(), ptr_, size_ * sizeof(T), cudaMemcpyDeviceToHost);
+    host->resize(size());
+    if (size() == 0) return cudaSuccess;
+    return cudaMemcpy(host->data(), get(), buffer_.num_bytes(), cudaMemcpyDeviceToHost);
   }
-  T* get() const { return static_cast<T*>(ptr_); }
-  size_t size() const { return size_; }
+  T* get() const { return buffer_.get(); }
+  size_t size() const { return buffer_.size(); }
 
  private:
-  void* ptr_ = nullptr;
-  size_t size_ = 0;
+  DeviceBuffer<T> buffer_;
 };
 
 // Synchronizes and returns the first launch or execution error.
