@@ -366,18 +366,15 @@ AsyncHttpServer::AsyncHttpServer(AsyncHttpServerOptions options)
 AsyncHttpServer::~AsyncHttpServer() { Shutdown(); }
 
 void AsyncHttpServer::Handle(std::string method, std::string path, AsyncHttpHandler handler) {
-  methods_by_path_[path].push_back(method);
+  paths_.insert(path);
   routes_[{std::move(method), std::move(path)}] = std::move(handler);
 }
-
-void AsyncHttpServer::SetFallback(AsyncHttpHandler handler) { fallback_ = std::move(handler); }
 
 void AsyncHttpServer::Dispatch(HttpRequest request, std::shared_ptr<Responder> responder) const {
   auto it = routes_.find({request.method, request.path});
   if (it != routes_.end()) return it->second(std::move(request), std::move(responder));
-  if (fallback_) return fallback_(std::move(request), std::move(responder));
   HttpResponse response;
-  const bool known_path = methods_by_path_.contains(request.path);
+  const bool known_path = paths_.contains(request.path);
   response.status = known_path ? 405 : 404;
   response.headers.Add("Content-Type", "application/json");
   response.body = absl::StrCat("{\"error\":{\"message\":\"", known_path ? "method not allowed" : "not found",

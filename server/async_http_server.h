@@ -11,7 +11,7 @@
 // Limits: header and body sizes (431/413), a header-read timeout, an idle keep-alive timeout,
 // and a connection cap (503 beyond it). Malformed requests get 400 and a closed connection.
 //
-// Thread-safety: Handle/SetFallback before Start; Responder methods from any thread.
+// Thread-safety: Handle before Start; Responder methods from any thread.
 #ifndef GLIMPSE_SERVER_ASYNC_HTTP_SERVER_H_
 #define GLIMPSE_SERVER_ASYNC_HTTP_SERVER_H_
 
@@ -20,6 +20,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -71,9 +72,8 @@ class AsyncHttpServer {
   AsyncHttpServer(const AsyncHttpServer&) = delete;
   AsyncHttpServer& operator=(const AsyncHttpServer&) = delete;
 
-  // Routes by method and exact path; the fallback takes everything else (default: 404).
+  // Routes by method and exact path; anything else gets 405 (a routed path) or 404.
   void Handle(std::string method, std::string path, AsyncHttpHandler handler);
-  void SetFallback(AsyncHttpHandler handler);
 
   absl::Status Start();
   int port() const { return port_; }
@@ -89,8 +89,7 @@ class AsyncHttpServer {
 
   AsyncHttpServerOptions options_;
   std::map<std::pair<std::string, std::string>, AsyncHttpHandler> routes_;
-  std::map<std::string, std::vector<std::string>> methods_by_path_;
-  AsyncHttpHandler fallback_;
+  std::set<std::string> paths_;  // Every routed path, to tell 405 from 404.
   std::unique_ptr<Impl> impl_;
   std::vector<std::thread> threads_;
   std::atomic<int> num_connections_{0};

@@ -24,11 +24,7 @@ using openai::OpenAiError;
 using Clock = std::chrono::steady_clock;
 
 HttpResponse JsonResponse(int status, std::string body) {
-  HttpResponse r;
-  r.status = status;
-  r.headers.Add("Content-Type", "application/json");
-  r.body = std::move(body);
-  return r;
+  return HttpResponse::Text(status, std::move(body), "application/json");
 }
 
 bool Retryable(const grpc::Status& status) {
@@ -62,12 +58,14 @@ class Gateway::RequestCall : public std::enable_shared_from_this<Gateway::Reques
   class GenerateCall;
   // `call` is about to delete itself; it is forgotten first.
   void OnCallDone(GenerateCall* call, int prompt_index, const grpc::Status& status,
-                  bool got_message, const Backend* backend);
+                  bool got_message, Backend* backend);
   void OnClientClosed();
   void Fail(const OpenAiError& error);
 
  private:
   void StartCall(int prompt_index, const Backend* exclude);
+  // Sends the SSE response head; returns the translator's opening events.
+  std::string BeginStreamLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RenderChatThenStart();
 
   Gateway& gateway_;
@@ -213,21 +211,23 @@ void Gateway::RequestCall::OnMessage(int prompt_index, const glimpse::v1::Genera
     return;
   }
   std::string events;
-  if (!headers_sent_) {
-    headers_sent_ = true;
-    HttpHeaders headers;
-    headers.Add("Content-Type", "text/event-stream");
-    headers.Add("Cache-Control", "no-cache");
-    responder_->BeginStream(200, std::move(headers));
-    events = translator_->Start();
-  }
+  if (!headers_sent_) events = BeginStreamLocked();
   events += translator_->Feed(message, prompt_index);
   if (!events.empty()) responder_->Write(std::move(events));
 }
 
+std::string Gateway::RequestCall::BeginStreamLocked() {
+  headers_sent_ = true;
+  HttpHeaders headers;
+  headers.Add("Content-Type", "text/event-stream");
+  headers.Add("Cache-Control", "no-cache");
+  responder_->BeginStream(200, std::move(headers));
+  return translator_->Start();
+}
+
 void Gateway::RequestCall::OnCallDone(GenerateCall* call, int prompt_index,
                                       const grpc::Status& status, bool got_message,
-                                      const Backend* backend) {
+                                      Backend* backend) {
   bool retry = false;
   {
     absl::MutexLock lock(&mu_);
@@ -241,7 +241,7 @@ void Gateway::RequestCall::OnCallDone(GenerateCall* call, int prompt_index,
   if (retry) {
     spdlog::warn("replica {} failed before the first token ({}); retrying elsewhere",
                  backend->target(), status.error_message());
-    gateway_.pool().ReportFailure(const_cast<Backend&>(*backend));
+    gateway_.pool().ReportFailure(*backend);
     return StartCall(prompt_index, backend);
   }
   if (!status.ok()) {
@@ -251,12 +251,8 @@ void Gateway::RequestCall::OnCallDone(GenerateCall* call, int prompt_index,
   if (--remaining_ > 0 || ended_) return;
   ended_ = true;
   if (translator_.has_value()) {
-    if (!headers_sent_) {  // Nothing streamed (cannot happen with a healthy replica).
-      HttpHeaders headers;
-      headers.Add("Content-Type", "text/event-stream");
-      responder_->BeginStream(200, std::move(headers));
-      responder_->Write(translator_->Start());
-    }
+    // Nothing streamed yet (cannot happen with a healthy replica).
+    if (!headers_sent_) responder_->Write(BeginStreamLocked());
     responder_->Write(translator_->Finish());
     responder_->Finish();
     gateway_.StreamClosed();

@@ -66,13 +66,34 @@ void RaiseFileLimit() {
   }
 }
 
+namespace {
+
+sigset_t ShutdownSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  return set;
+}
+
+}  // namespace
+
+void BlockShutdownSignals() {
+  const sigset_t set = ShutdownSignals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+int WaitForShutdownSignal() {
+  const sigset_t set = ShutdownSignals();
+  int signal = 0;
+  while (sigwait(&set, &signal) != 0) {
+  }
+  return signal;
+}
+
 int RunGatewayCommand() {
   RaiseFileLimit();
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  BlockShutdownSignals();
   spdlog::set_default_logger(spdlog::stderr_color_mt("gateway"));
   std::vector<std::string> backends;
   for (absl::string_view b : absl::StrSplit(absl::GetFlag(FLAGS_backends), ',', absl::SkipEmpty())) {
@@ -97,9 +118,7 @@ int RunGatewayCommand() {
   std::fflush(stdout);
   spdlog::info("OpenAI-compatible API on http://{}:{}/v1 for model '{}'",
                absl::GetFlag(FLAGS_host), gateway.port(), gateway.served_model().name);
-  int signal = 0;
-  while (sigwait(&signals, &signal) != 0) {
-  }
+  const int signal = WaitForShutdownSignal();
   spdlog::info("received {}; shutting down", signal == SIGTERM ? "SIGTERM" : "SIGINT");
   gateway.Shutdown();
   return 0;

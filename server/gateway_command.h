@@ -19,6 +19,12 @@ absl::StatusOr<GatewayOptions> GatewayOptionsFromFlags(std::vector<std::string> 
 // Raises this process's open-file limit to its hard limit (many concurrent connections).
 void RaiseFileLimit();
 
+// Blocks SIGTERM and SIGINT in the calling thread. Call before any thread exists, so that
+// every thread inherits the mask and only WaitForShutdownSignal() sees them.
+void BlockShutdownSignals();
+// Waits for SIGTERM or SIGINT (blocked by BlockShutdownSignals) and returns which.
+int WaitForShutdownSignal();
+
 // Reads its flags (see --help); returns the process exit code.
 int RunGatewayCommand();
 

@@ -267,6 +267,20 @@ int EngineService::num_active_calls() const {
   return static_cast<int>(active_.size());
 }
 
+// The token ids, their pieces if asked for, and the counts; not the rendered prompt.
+void EngineService::FillTokenizeResponse(const v1::TokenizeRequest& request,
+                                         const std::vector<int32_t>& ids,
+                                         v1::TokenizeResponse* response) const {
+  response->mutable_token_ids()->Add(ids.begin(), ids.end());
+  if (request.return_pieces()) {
+    for (int32_t id : ids) {
+      response->add_pieces(SanitizeUtf8(tokenizer_.TokenToPiece(id, /*render_special=*/true)));
+    }
+  }
+  response->set_count(static_cast<uint32_t>(ids.size()));
+  response->set_max_context_length(static_cast<uint32_t>(served_.context_length));
+}
+
 // Renders chat messages with the model's chat template (or the request's), then tokenizes the
 // result with special-token parsing. BOS is added per the model's metadata unless the
 // rendered text already starts with it (templates that write bos_token themselves).
@@ -290,15 +304,8 @@ grpc::ServerUnaryReactor* EngineService::TokenizeChat(grpc::CallbackServerContex
   const bool starts_with_bos = !bos.empty() && absl::StartsWith(*rendered, bos);
   const bool add_special =
       (request->has_add_special_tokens() ? request->add_special_tokens() : true) && !starts_with_bos;
-  const std::vector<int32_t> ids = tokenizer_.Encode(*rendered, add_special, /*parse_special=*/true);
-  response->mutable_token_ids()->Add(ids.begin(), ids.end());
-  if (request->return_pieces()) {
-    for (int32_t id : ids) {
-      response->add_pieces(SanitizeUtf8(tokenizer_.TokenToPiece(id, /*render_special=*/true)));
-    }
-  }
-  response->set_count(static_cast<uint32_t>(ids.size()));
-  response->set_max_context_length(static_cast<uint32_t>(served_.context_length));
+  FillTokenizeResponse(*request, tokenizer_.Encode(*rendered, add_special, /*parse_special=*/true),
+                       response);
   response->set_rendered_prompt(*std::move(rendered));
   return FinishUnary(context, absl::OkStatus());
 }
@@ -317,16 +324,8 @@ grpc::ServerUnaryReactor* EngineService::Tokenize(grpc::CallbackServerContext* c
   }
   const bool add_special =
       request->has_add_special_tokens() ? request->add_special_tokens() : true;
-  const std::vector<int32_t> ids =
-      tokenizer_.Encode(request->text(), add_special, /*parse_special=*/true);
-  response->mutable_token_ids()->Add(ids.begin(), ids.end());
-  if (request->return_pieces()) {
-    for (int32_t id : ids) {
-      response->add_pieces(SanitizeUtf8(tokenizer_.TokenToPiece(id, /*render_special=*/true)));
-    }
-  }
-  response->set_count(static_cast<uint32_t>(ids.size()));
-  response->set_max_context_length(static_cast<uint32_t>(served_.context_length));
+  FillTokenizeResponse(
+      *request, tokenizer_.Encode(request->text(), add_special, /*parse_special=*/true), response);
   response->set_rendered_prompt(request->text());
   return FinishUnary(context, absl::OkStatus());
 }

@@ -95,6 +95,8 @@ class EngineService final : public glimpse::v1::Engine::CallbackService {
   grpc::ServerUnaryReactor* TokenizeChat(grpc::CallbackServerContext* context,
                                          const v1::TokenizeRequest* request,
                                          v1::TokenizeResponse* response);
+  void FillTokenizeResponse(const v1::TokenizeRequest& request, const std::vector<int32_t>& ids,
+                            v1::TokenizeResponse* response) const;
 
   // The reactor of a finished call forgets its request id.
   void Forget(const std::string& request_id);

@@ -812,6 +812,15 @@ void HttpServer::ServeConnection(Connection* connection) {
   // A new connection gets header_timeout from accept() to its first complete header block, so
   // that silent connections cannot hold the connection slots for a whole idle_timeout.
   const Clock::time_point first_deadline = DeadlineAfter(options_.header_timeout);
+  // Reads more of the request into `buf`; on EOF, timeout or shutdown records why (as the
+  // failure for `what`) and returns false.
+  const auto read_more = [&](Clock::time_point deadline, std::string_view what) {
+    const IoResult r = ReadMore(fd, wake_read_fd_, buf, deadline);
+    if (r == IoResult::kOk) return true;
+    peer_closed = r == IoResult::kClosed;
+    failure = FailureFor(r, what);
+    return false;
+  };
   for (bool first_request = true; !stopping_.load(); first_request = false) {
     // 1. Wait for the next request, unless a pipelined one is already here.
     if (buf.empty()) {
@@ -831,12 +840,7 @@ void HttpServer::ServeConnection(Connection* connection) {
       StripLeadingEmptyLines(buf);
       head_end = FindHeaderEnd(buf);
       if (head_end != std::string::npos || buf.size() > options_.max_header_bytes) break;
-      const IoResult r = ReadMore(fd, wake_read_fd_, buf, header_deadline);
-      if (r != IoResult::kOk) {
-        peer_closed = r == IoResult::kClosed;
-        failure = FailureFor(r, "request headers");
-        break;
-      }
+      if (!read_more(header_deadline, "request headers")) break;
     }
     if (failure) break;
     if (head_end == std::string::npos || head_end > options_.max_header_bytes) {
@@ -867,12 +871,7 @@ void HttpServer::ServeConnection(Connection* connection) {
     const Clock::time_point body_deadline = DeadlineAfter(options_.body_timeout);
     if (!framing.chunked) {
       while (buf.size() < framing.content_length) {
-        const IoResult r = ReadMore(fd, wake_read_fd_, buf, body_deadline);
-        if (r != IoResult::kOk) {
-          peer_closed = r == IoResult::kClosed;
-          failure = FailureFor(r, "request body");
-          break;
-        }
+        if (!read_more(body_deadline, "request body")) break;
       }
       if (failure) break;
       request.body = buf.substr(0, framing.content_length);
@@ -888,12 +887,7 @@ void HttpServer::ServeConnection(Connection* connection) {
             failure = Failure{400, "malformed chunked request body (line too long)"};
             break;
           }
-          const IoResult r = ReadMore(fd, wake_read_fd_, buf, body_deadline);
-          if (r != IoResult::kOk) {
-            peer_closed = r == IoResult::kClosed;
-            failure = FailureFor(r, "request body");
-            break;
-          }
+          if (!read_more(body_deadline, "request body")) break;
         }
         if (failure) break;
         const std::string line = buf.substr(0, eol);
@@ -923,12 +917,7 @@ void HttpServer::ServeConnection(Connection* connection) {
           break;
         }
         while (buf.size() < *size + 2) {
-          const IoResult r = ReadMore(fd, wake_read_fd_, buf, body_deadline);
-          if (r != IoResult::kOk) {
-            peer_closed = r == IoResult::kClosed;
-            failure = FailureFor(r, "request body");
-            break;
-          }
+          if (!read_more(body_deadline, "request body")) break;
         }
         if (failure) break;
         if (buf.compare(*size, 2, "\r\n") != 0) {

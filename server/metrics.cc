@@ -166,43 +166,32 @@ std::string FormatMetricValue(double v) {
   return std::string(buf, result.ptr);
 }
 
-std::string EscapeHelpText(std::string_view help) {
+namespace {
+
+// Prometheus text-format escaping: backslash and newline always, '"' in label values only.
+std::string Escape(std::string_view text, bool escape_quote) {
   std::string out;
-  out.reserve(help.size());
-  for (const char c : help) {
-    switch (c) {
-      case '\\':
-        out.append("\\\\");
-        break;
-      case '\n':
-        out.append("\\n");
-        break;
-      default:
-        out.push_back(c);
+  out.reserve(text.size());
+  for (const char c : text) {
+    if (c == '\\') {
+      out.append("\\\\");
+    } else if (c == '\n') {
+      out.append("\\n");
+    } else if (c == '"' && escape_quote) {
+      out.append("\\\"");
+    } else {
+      out.push_back(c);
     }
   }
   return out;
 }
 
+}  // namespace
+
+std::string EscapeHelpText(std::string_view help) { return Escape(help, /*escape_quote=*/false); }
+
 std::string EscapeLabelValue(std::string_view value) {
-  std::string out;
-  out.reserve(value.size());
-  for (const char c : value) {
-    switch (c) {
-      case '\\':
-        out.append("\\\\");
-        break;
-      case '\n':
-        out.append("\\n");
-        break;
-      case '"':
-        out.append("\\\"");
-        break;
-      default:
-        out.push_back(c);
-    }
-  }
-  return out;
+  return Escape(value, /*escape_quote=*/true);
 }
 
 // ---- Registry ------------------------------------------------------------------------------

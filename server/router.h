@@ -7,7 +7,7 @@
 // `affinity_slack` requests in flight beyond the least-loaded healthy one (then the prefix
 // moves to the replica chosen instead). Prompts shorter than the prefix have no affinity.
 //
-// Thread-safety: Router is internally locked; Choose/Forget may run on any thread.
+// Thread-safety: Router is internally locked; Choose may run on any thread.
 #ifndef GLIMPSE_SERVER_ROUTER_H_
 #define GLIMPSE_SERVER_ROUTER_H_
 

@@ -287,18 +287,6 @@ absl::Status RegisterBackendCounters(MetricsRegistry& registry, const kernels::B
   return absl::OkStatus();
 }
 
-// Waits for SIGTERM/SIGINT (blocked in every thread, see RunServeCommand).
-int WaitForShutdownSignal() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  int signal = 0;
-  while (sigwait(&set, &signal) != 0) {
-  }
-  return signal;
-}
-
 // SIGTERM handling: stop taking work, let in-flight requests finish (up to the timeout),
 // abort the rest, then stop the gRPC server and the engine.
 void Drain(const ServeConfig& c, ServerLifecycle& lifecycle, scheduler::Engine& engine,
@@ -322,13 +310,8 @@ void Drain(const ServeConfig& c, ServerLifecycle& lifecycle, scheduler::Engine& 
 }  // namespace
 
 int RunServeCommand() {
-  // Block the shutdown signals before any thread exists (the backend's pool, gRPC's, the
-  // engine's), so that every thread inherits the mask and only sigwait() sees them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Before any thread exists (the backend's pool, gRPC's, the engine's).
+  BlockShutdownSignals();
   spdlog::set_default_logger(spdlog::stderr_color_mt("glimpse"));
 
   absl::StatusOr<ServeConfig> config = ConfigFromFlags();
