@@ -169,8 +169,11 @@ TEST_F(GatewayE2eTest, ErrorsUseOpenAisShapeAndStatus) {
 
 TEST_F(GatewayE2eTest, DisconnectMidStreamFreesTheRequestOnTheReplica) {
   const Reference ref = References()[1];
-  json req = {{"prompt", ref.prompt_tokens}, {"max_tokens", 300}, {"ignore_eos", true},
+  constexpr int kMaxTokens = 300;
+  json req = {{"prompt", ref.prompt_tokens}, {"max_tokens", kMaxTokens}, {"ignore_eos", true},
               {"temperature", 0}, {"stream", true}};
+  const std::string generated = "glimpse_generation_tokens_total{model_name=\"tinycode-4m-f16\"}";
+  const double generated_before = Metric(Http(replica_metrics_, "GET", "/metrics").body, generated);
   const int fd = Connect(port());
   const std::string body = req.dump();
   const std::string request = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
@@ -188,6 +191,11 @@ TEST_F(GatewayE2eTest, DisconnectMidStreamFreesTheRequestOnTheReplica) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_EQ(running, 0) << "the replica still runs the abandoned request";
+  // Running drops to 0 also when the request simply ran to max_tokens; it must have been cut.
+  const double generated_after = Metric(Http(replica_metrics_, "GET", "/metrics").body, generated);
+  ASSERT_GE(generated_before, 0);
+  EXPECT_LT(generated_after - generated_before, kMaxTokens)
+      << "the abandoned request was not aborted";
 }
 
 // 429 when the replica's queue is full; 503 (and /health 503) when no replica is healthy.
