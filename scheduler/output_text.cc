@@ -103,11 +103,6 @@ bool OutputText::IsStopToken(int32_t token) const {
   return std::binary_search(stop_ids_.begin(), stop_ids_.end(), token);
 }
 
-std::string OutputText::Emit(std::string delta) {
-  text_.append(delta);
-  return delta;
-}
-
 AppendResult OutputText::Append(int32_t token) {
   CHECK(!finished_);
   ++num_tokens_;
@@ -129,7 +124,7 @@ AppendResult OutputText::Append(int32_t token) {
     finished_ = true;
     stop_.kind = token_stop;
     stop_.token = token;
-    result.text = Emit(std::move(delta));
+    result.text = std::move(delta);
     result.stop = stop_;
     return result;
   }
@@ -153,7 +148,7 @@ AppendResult OutputText::Append(int32_t token) {
     stop_.kind = StopDecision::Kind::kStopString;
     stop_.token = token;
     stop_.stop_string = options_.stop_strings[nodes_[output].pattern];
-    result.text = Emit(std::move(delta));
+    result.text = std::move(delta);
     result.stop = stop_;
     return result;
   }
@@ -161,7 +156,7 @@ AppendResult OutputText::Append(int32_t token) {
   held_.append(piece);
   const size_t hold = static_cast<size_t>(nodes_[state_].hold_depth);
   CHECK(hold <= held_.size());
-  result.text = Emit(held_.substr(0, held_.size() - hold));
+  result.text = held_.substr(0, held_.size() - hold);
   held_.erase(0, held_.size() - hold);
   return result;
 }
@@ -172,7 +167,7 @@ std::string OutputText::Finish() {
   std::string delta = std::move(held_);
   held_.clear();
   delta.append(detokenizer_.Flush());
-  return Emit(std::move(delta));
+  return delta;
 }
 
 }  // namespace glimpse::scheduler

@@ -33,10 +33,10 @@
 //   Tokenizer::Decode(ids, skip_special_tokens) (see StreamingDetokenizer).
 //
 // Cost: per Append, O(bytes of the token's text + longest stop string) amortized; memory
-// O(sum of stop string lengths) plus the cumulative text() (kept for final_only responses).
+// O(sum of stop string lengths). The caller accumulates the deltas it needs.
 //
 // Ownership: borrows the Tokenizer (not owned; must outlive); owns its options, automaton and
-// text. Thread-safety: none; one OutputText per sequence, used from the engine thread.
+// held-back text. Thread-safety: none; one OutputText per sequence, used from the engine thread.
 #ifndef GLIMPSE_SCHEDULER_OUTPUT_TEXT_H_
 #define GLIMPSE_SCHEDULER_OUTPUT_TEXT_H_
 
@@ -107,8 +107,6 @@ class OutputText {
   // sequence as U+FFFD. Returns "" if the sequence already stopped or finished.
   std::string Finish();
 
-  // Everything emitted so far (the concatenation of all deltas), for final_only responses.
-  const std::string& text() const { return text_; }
   // Tokens appended so far, including a stopping token.
   int32_t num_tokens() const { return num_tokens_; }
   // A token stopped the sequence or Finish() was called.
@@ -134,8 +132,6 @@ class OutputText {
   int32_t Step(int32_t node, uint8_t byte) const;
   bool IsEos(int32_t token) const;
   bool IsStopToken(int32_t token) const;
-  // Appends `delta` to text_ and returns it.
-  std::string Emit(std::string delta);
 
   const model::Tokenizer& tokenizer_;
   OutputTextOptions options_;
@@ -145,7 +141,6 @@ class OutputText {
   std::vector<Node> nodes_;  // nodes_[0] is the root (empty prefix).
   int32_t state_ = 0;        // Automaton state after all text so far.
   std::string held_;         // Text not yet emitted; its length is nodes_[state_].hold_depth.
-  std::string text_;
   int32_t num_tokens_ = 0;
   bool finished_ = false;
   StopDecision stop_;

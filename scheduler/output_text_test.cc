@@ -94,8 +94,7 @@ struct Streamed {
   int32_t num_appended = 0;  // Tokens appended (up to and including a stopping one).
 };
 
-// Appends `ids` until a stop, then calls Finish(); checks every delta is valid UTF-8 and that
-// text() is the concatenation of the deltas.
+// Appends `ids` until a stop, then calls Finish(); checks every delta is valid UTF-8.
 Streamed StreamAll(OutputText& output, const std::vector<int32_t>& ids) {
   Streamed result;
   for (int32_t id : ids) {
@@ -113,7 +112,6 @@ Streamed StreamAll(OutputText& output, const std::vector<int32_t>& ids) {
   EXPECT_TRUE(IsValidUtf8(tail));
   result.deltas.push_back(tail);
   result.text += tail;
-  EXPECT_EQ(output.text(), result.text);
   EXPECT_TRUE(output.finished());
   return result;
 }
@@ -205,7 +203,6 @@ TEST_F(OutputTextTest, StopStringAtTheVeryStartEmitsNothing) {
   EXPECT_EQ(s.stop.kind, Kind::kStopString);
   EXPECT_EQ(s.text, "");
   for (const std::string& delta : s.deltas) EXPECT_EQ(delta, "");
-  EXPECT_EQ(output.text(), "");
 }
 
 TEST_F(OutputTextTest, FirstStopToCompleteWinsWhateverTheListOrder) {
@@ -271,7 +268,6 @@ TEST_F(OutputTextTest, HeldBackPrefixIsReleasedWhenTheMatchFails) {
   EXPECT_EQ(last.text, "be");
   EXPECT_FALSE(last.stop.stopped());
   EXPECT_EQ(output.Finish(), "");
-  EXPECT_EQ(output.text(), "xabbe");
 }
 
 TEST_F(OutputTextTest, FinishReleasesAHeldBackPrefix) {
@@ -473,12 +469,16 @@ TEST_F(OutputTextTest, HeldTextStaysBoundedOnLongStreams) {
   options.stop_strings = {"aaaaaaaaaz", "ab"};
   OutputText output(tok(), options);
   const int32_t a = CharTokens("a")[0];
+  std::string text;
   for (int i = 0; i < 20000; ++i) {
-    EXPECT_TRUE(output.Append(a).text.size() <= 1);
+    const std::string delta = output.Append(a).text;
+    EXPECT_TRUE(delta.size() <= 1);
+    text += delta;
     ASSERT_LE(output.num_held_bytes(), 9u);
   }
-  EXPECT_EQ(output.Finish(), "aaaaaaaaa");
-  EXPECT_EQ(output.text(), std::string(20000, 'a'));
+  const std::string tail = output.Finish();
+  EXPECT_EQ(tail, "aaaaaaaaa");
+  EXPECT_EQ(text + tail, std::string(20000, 'a'));
 }
 
 TEST_F(OutputTextTest, AppendAfterStopIsABug) {
@@ -679,7 +679,6 @@ TEST_F(OutputTextTest, RandomStreamsMatchTheReference) {
     EXPECT_EQ(output.stop().kind, ref.kind);
     EXPECT_EQ(appended, ref.kind == Kind::kNone ? static_cast<int32_t>(ids.size()) : ref.stop_at);
     ASSERT_EQ(emitted, ref.text);
-    EXPECT_EQ(output.text(), ref.text);
     switch (ref.kind) {
       case Kind::kNone: ++num_unstopped; break;
       case Kind::kEos:
