@@ -189,12 +189,23 @@ struct RowTask {
   int32_t seq;
 };
 
-void AttendRow(const PagedAttentionParams& p, const RowTask& task, std::vector<float>& scores) {
+// One thread's buffers, reused across its row tasks so that a row allocates nothing once they
+// have grown: scores [group][ctx] fp32 (softmax numerators after SoftmaxNumerators), and per
+// query head of the group its probability row, 1 / sum and output row.
+struct RowScratch {
+  std::vector<float> scores;
+  std::vector<const float*> probs;
+  std::vector<float> inv_sum;
+  std::vector<float*> outs;
+};
+
+void AttendRow(const PagedAttentionParams& p, const RowTask& task, RowScratch& scratch) {
   const KvLayerView& kv = p.kv;
   const int32_t group = p.num_heads / kv.num_kv_heads;
   const int32_t hd = kv.head_dim;
   const int32_t ctx = p.positions[task.token] + 1;
   const int32_t* blocks = p.kv_indices + p.kv_indptr[task.seq];
+  std::vector<float>& scores = scratch.scores;
   scores.resize(static_cast<size_t>(group) * ctx);
   const int64_t first_head = static_cast<int64_t>(task.token) * p.num_heads + task.kv_head * group;
 
@@ -211,9 +222,12 @@ void AttendRow(const PagedAttentionParams& p, const RowTask& task, std::vector<f
                           std::min(kv.block_size, ctx - j0), p.scale, rows);
     }
   }
-  std::vector<const float*> probs(group);
-  std::vector<float> inv_sum(group);
-  std::vector<float*> outs(group);
+  std::vector<const float*>& probs = scratch.probs;
+  std::vector<float>& inv_sum = scratch.inv_sum;
+  std::vector<float*>& outs = scratch.outs;
+  probs.resize(group);
+  inv_sum.resize(group);
+  outs.resize(group);
   for (int32_t g = 0; g < group; ++g) {
     float* row = scores.data() + static_cast<int64_t>(g) * ctx;
     inv_sum[g] = 1.0f / SoftmaxNumerators(row, ctx);
@@ -238,8 +252,8 @@ void PagedAttention(const PagedAttentionParams& p, ThreadPool& pool) {
   // Tasks are dealt round-robin: later rows of a prompt see more keys, so contiguous ranges
   // would leave one thread with most of the work.
   pool.Run([&](int t) {
-    std::vector<float> scores;
-    for (int64_t i = t; i < num_tasks; i += num_threads) AttendRow(p, tasks[i], scores);
+    RowScratch scratch;
+    for (int64_t i = t; i < num_tasks; i += num_threads) AttendRow(p, tasks[i], scratch);
   });
 }
 
