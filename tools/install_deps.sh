@@ -5,8 +5,9 @@
 #   tools/install_deps.sh            install what is missing
 #   tools/install_deps.sh --check    only report what is missing (exit 1 if anything is)
 #
-# Not installed here: the CUDA toolkit (nvcc). It is optional; the CPU backend and all tests
-# build without it.
+# Not installed here: the CUDA toolkit (nvcc). It is optional: the CPU backend and
+# `bazel test //...` build without it; tools/test.sh also compiles the CUDA backend
+# (--config=cuda) when /usr/local/cuda/bin/nvcc exists.
 set -euo pipefail
 
 PACKAGES=(
@@ -14,7 +15,7 @@ PACKAGES=(
   build-essential
   git
   ca-certificates
-  # tests/cli_test.sh reads the JSON reference files with Python.
+  # tests/cli_test.sh, tests/bench_suite_test.sh and tools/bench/suite.sh script with Python.
   python3
   bazel-bootstrap
   bazel-platforms

@@ -56,8 +56,9 @@ if [[ $status -eq 0 ]]; then
 fi
 # The CUDA backend compiles with nvcc on every change (CI machines have the toolkit, not a GPU);
 # its `gpu` tests pass by skipping where there is no device and run for real on a GPU machine.
+# The build uses /usr/local/cuda (WORKSPACE's local_cuda, nvcc_compile.sh), not an nvcc on PATH.
 if [[ $status -eq 0 ]]; then
-  if command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  if [[ -x /usr/local/cuda/bin/nvcc ]]; then
     rm -rf "$(readlink -f bazel-testlogs)"
     bazel build --config=cuda //kernels/cuda/... //server:glimpse || status=1
     if [[ $status -eq 0 ]]; then
