@@ -15,6 +15,17 @@
 #endif
 
 namespace glimpse::server {
+namespace {
+
+#if !defined(GLIMPSE_WITH_CUDA)
+absl::Status BuiltWithoutCudaError() {
+  return absl::FailedPreconditionError(
+      "this glimpse was built without CUDA; rebuild with "
+      "`bazel build --config=cuda //server:glimpse`");
+}
+#endif
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateBackend(Device device, int num_threads) {
   switch (device) {
@@ -27,9 +38,7 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateBackend(Device device, i
       options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
       return kernels::cuda::CreateCudaBackend(options);
 #else
-      return absl::FailedPreconditionError(
-          "this glimpse was built without CUDA; rebuild with "
-          "`bazel build --config=cuda //server:glimpse`");
+      return BuiltWithoutCudaError();
 #endif
     }
   }
@@ -64,9 +73,7 @@ absl::StatusOr<std::vector<std::unique_ptr<kernels::Backend>>> CreateRankBackend
       for (int r = 0; r < size; ++r) devices.push_back(r);
       return kernels::cuda::CreateCudaTensorParallelBackends(devices);
 #else
-      return absl::FailedPreconditionError(
-          "this glimpse was built without CUDA; rebuild with "
-          "`bazel build --config=cuda //server:glimpse`");
+      return BuiltWithoutCudaError();
 #endif
     }
   }
