@@ -3,7 +3,6 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <bit>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -165,9 +164,7 @@ bool CudaBackend::RecordRope(const kernels::RopeParams& params) {
     FinishGraphStep(GraphEagerReason::kUnexpectedShape);
     return false;
   }
-  std::vector<int32_t> key(params.positions, params.positions + params.num_tokens);
-  key.push_back(params.rot_dim);
-  key.push_back(static_cast<int32_t>(std::bit_cast<uint32_t>(params.freq_base)));
+  std::vector<int32_t> key = RopeKey(params);
   if (key != graph_step_.rope_key) {
     // The step's (cos, sin) table, padded rows at position 0; q and k of every layer share it.
     std::vector<int32_t> positions(rows, 0);
@@ -180,13 +177,7 @@ bool CudaBackend::RecordRope(const kernels::RopeParams& params) {
         graphs_.ArenaPut(table.data(), num_bytes, num_bytes, 0, /*copy_padding=*/true);
     graph_step_.rope_key = std::move(key);
   }
-  RopeTableParams p;
-  p.x = params.x;
-  p.num_tokens = static_cast<int32_t>(rows);
-  p.num_heads = params.num_heads;
-  p.head_dim = params.head_dim;
-  p.rot_dim = params.rot_dim;
-  p.style = ToCudaRopeStyle(params.style);
+  const RopeTableParams p = RopeLaunchParams(params, static_cast<int32_t>(rows));
   const size_t table_offset = graph_step_.rope_offset;
   graphs_.Record(
       [this, p, table_offset](cudaStream_t stream) {
@@ -208,18 +199,7 @@ bool CudaBackend::RecordStoreKv(const KvStoreParams& params) {
   const size_t slots_offset =
       graphs_.ArenaPut(params.slots, params.num_tokens * sizeof(int32_t),
                        rows * sizeof(int32_t), 0xFF, /*copy_padding=*/true);
-  const KvLayerView& kv = params.kv;
-  KvAppendParams p;
-  p.dtype = DType::kF32;
-  p.k = params.k;
-  p.v = params.v;
-  p.token_stride = static_cast<int64_t>(kv.num_kv_heads) * kv.head_dim;
-  p.k_cache = kv.k;
-  p.v_cache = kv.v;
-  p.num_tokens = static_cast<int32_t>(rows);
-  p.num_kv_heads = kv.num_kv_heads;
-  p.page_size = kv.block_size;
-  p.head_dim = kv.head_dim;
+  const KvAppendParams p = KvAppendLaunchParams(params, static_cast<int32_t>(rows));
   graphs_.Record(
       [this, p, slots_offset](cudaStream_t stream) {
         KvAppendParams run = p;
@@ -244,18 +224,7 @@ bool CudaBackend::RecordPagedAttention(const PagedAttentionParams& p) {
   }
   const int32_t block_size = p.kv.block_size;
   const int32_t capacity_pages = (graphs_.kv_capacity() + block_size - 1) / block_size;
-  const int32_t num_pages = p.kv_indptr[p.num_seqs];
-  std::vector<int32_t> key;
-  key.reserve(5 + 2 * (p.num_seqs + 1) + num_tokens + num_pages);
-  key.push_back(p.num_seqs);
-  key.push_back(block_size);
-  key.push_back(p.kv.num_kv_heads);
-  key.push_back(p.num_heads);
-  key.push_back(p.kv.head_dim);
-  key.insert(key.end(), p.query_start, p.query_start + p.num_seqs + 1);
-  key.insert(key.end(), p.kv_indptr, p.kv_indptr + p.num_seqs + 1);
-  key.insert(key.end(), p.positions, p.positions + num_tokens);
-  key.insert(key.end(), p.kv_indices, p.kv_indices + num_pages);
+  std::vector<int32_t> key = AttentionKey(p, num_tokens);
   if (key != graph_step_.attention_key) {
     // [indptr: bucket + 1 | last_len: bucket], then the indices.
     std::vector<int32_t> tables(2 * rows + 1, 0);

@@ -23,8 +23,10 @@
 #include "kernels/cuda/backend/cuda_backend.h"
 #include "kernels/cuda/backend/decode_graphs.h"
 #include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/kv_append.h"
 #include "kernels/cuda/paged_decode_attention.h"
 #include "kernels/cuda/rope.h"
+#include "kernels/cuda/rope_table.h"
 #include "kernels/cuda/weight_format.h"
 #include "spdlog/spdlog.h"
 
@@ -83,6 +85,18 @@ inline RopeStyle ToCudaRopeStyle(kernels::RopeStyle style) {
   }
   return RopeStyle::kNormal;
 }
+
+// ---- Op parameters shared by the eager launches (cuda_backend_ops.cc) and their recorded
+// twins (cuda_backend_graphs.cc) -------------------------------------------------------------
+
+// The host inputs a per-step table is built from (its memo key): every layer of a step passes
+// the same ones, so equal keys reuse the table.
+std::vector<int32_t> RopeKey(const kernels::RopeParams& p);
+std::vector<int32_t> AttentionKey(const PagedAttentionParams& p, int32_t num_tokens);
+// Rope's launch over `num_tokens` rows; cos_sin (device) is left to the caller.
+RopeTableParams RopeLaunchParams(const kernels::RopeParams& params, int32_t num_tokens);
+// StoreKv's launch over `num_tokens` slots; slot_mapping (device) is left to the caller.
+KvAppendParams KvAppendLaunchParams(const KvStoreParams& params, int32_t num_tokens);
 
 // ---- Packed weights -------------------------------------------------------------------------
 // A weight matrix on the device, row-major W[rows][cols] exactly as in the file (no

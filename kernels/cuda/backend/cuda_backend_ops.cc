@@ -5,9 +5,9 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <bit>
 #include <climits>
 #include <cstdint>
-#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -39,6 +39,58 @@ uint64_t Fingerprint(const void* data, size_t num_bytes) {
 }
 
 }  // namespace
+
+// ---- Op parameters shared with the recorded launches ----------------------------------------
+
+std::vector<int32_t> RopeKey(const kernels::RopeParams& p) {
+  std::vector<int32_t> key(p.positions, p.positions + p.num_tokens);
+  key.push_back(p.rot_dim);
+  key.push_back(static_cast<int32_t>(std::bit_cast<uint32_t>(p.freq_base)));
+  return key;
+}
+
+std::vector<int32_t> AttentionKey(const PagedAttentionParams& p, int32_t num_tokens) {
+  const int32_t num_pages = p.kv_indptr[p.num_seqs];
+  std::vector<int32_t> key;
+  key.reserve(5 + 2 * (p.num_seqs + 1) + num_tokens + num_pages);
+  key.push_back(p.num_seqs);
+  key.push_back(p.kv.block_size);
+  key.push_back(p.kv.num_kv_heads);
+  key.push_back(p.num_heads);  // the plan's workspace size depends on the heads and head_dim
+  key.push_back(p.kv.head_dim);
+  key.insert(key.end(), p.query_start, p.query_start + p.num_seqs + 1);
+  key.insert(key.end(), p.kv_indptr, p.kv_indptr + p.num_seqs + 1);
+  key.insert(key.end(), p.positions, p.positions + num_tokens);
+  key.insert(key.end(), p.kv_indices, p.kv_indices + num_pages);
+  return key;
+}
+
+RopeTableParams RopeLaunchParams(const kernels::RopeParams& params, int32_t num_tokens) {
+  RopeTableParams p;
+  p.x = params.x;
+  p.num_tokens = num_tokens;
+  p.num_heads = params.num_heads;
+  p.head_dim = params.head_dim;
+  p.rot_dim = params.rot_dim;
+  p.style = ToCudaRopeStyle(params.style);
+  return p;
+}
+
+KvAppendParams KvAppendLaunchParams(const KvStoreParams& params, int32_t num_tokens) {
+  const KvLayerView& kv = params.kv;
+  KvAppendParams p;
+  p.dtype = DType::kF32;
+  p.k = params.k;
+  p.v = params.v;
+  p.token_stride = static_cast<int64_t>(kv.num_kv_heads) * kv.head_dim;
+  p.k_cache = kv.k;
+  p.v_cache = kv.v;
+  p.num_tokens = num_tokens;
+  p.num_kv_heads = kv.num_kv_heads;
+  p.page_size = kv.block_size;
+  p.head_dim = kv.head_dim;
+  return p;
+}
 
 // ---- Embedding ------------------------------------------------------------------------------
 
@@ -134,11 +186,7 @@ cudaError_t CudaBackend::EnqueueRmsNorm(const float* x, const float* weight, int
 }
 
 const float* CudaBackend::RopeTable(const kernels::RopeParams& p) {
-  std::vector<int32_t> key(p.positions, p.positions + p.num_tokens);
-  int32_t base_bits;
-  std::memcpy(&base_bits, &p.freq_base, sizeof(base_bits));
-  key.push_back(p.rot_dim);
-  key.push_back(base_bits);
+  std::vector<int32_t> key = RopeKey(p);
   if (rope_memo_.generation == generation_ && rope_memo_.key == key) return rope_memo_.table;
   std::vector<float> table(static_cast<size_t>(p.num_tokens) * (p.rot_dim / 2) * 2);
   FillRopeCosSinTable(p.positions, p.num_tokens, p.rot_dim, p.freq_base, table.data());
@@ -158,13 +206,7 @@ void CudaBackend::Rope(const kernels::RopeParams& params) {
     Fail(absl::StrCat("Rope with rot_dim ", params.rot_dim, " and head_dim ", params.head_dim));
   }
   if (graphs_.recording() && RecordRope(params)) return;
-  RopeTableParams p;
-  p.x = params.x;
-  p.num_tokens = params.num_tokens;
-  p.num_heads = params.num_heads;
-  p.head_dim = params.head_dim;
-  p.rot_dim = params.rot_dim;
-  p.style = ToCudaRopeStyle(params.style);
+  RopeTableParams p = RopeLaunchParams(params, params.num_tokens);
   p.cos_sin = RopeTable(params);
   GLIMPSE_CUDA_CHECK(LaunchRopeWithTable(p, stream_));
 }
@@ -223,20 +265,9 @@ void CudaBackend::StoreKv(const KvStoreParams& params) {
   if (params.num_tokens == 0) return;
   Bind();
   if (graphs_.recording() && RecordStoreKv(params)) return;
-  const KvLayerView& kv = params.kv;
-  KvAppendParams p;
-  p.dtype = DType::kF32;
-  p.k = params.k;
-  p.v = params.v;
-  p.token_stride = static_cast<int64_t>(kv.num_kv_heads) * kv.head_dim;
+  KvAppendParams p = KvAppendLaunchParams(params, params.num_tokens);
   p.slot_mapping =
       static_cast<const int32_t*>(Upload(params.slots, params.num_tokens * sizeof(int32_t)));
-  p.k_cache = kv.k;
-  p.v_cache = kv.v;
-  p.num_tokens = params.num_tokens;
-  p.num_kv_heads = kv.num_kv_heads;
-  p.page_size = kv.block_size;
-  p.head_dim = kv.head_dim;
   GLIMPSE_CUDA_CHECK(LaunchKvAppend(p, stream_));
 }
 
@@ -256,18 +287,7 @@ void CudaBackend::StoreKv(const KvStoreParams& params) {
 const CudaBackend::AttentionMemo& CudaBackend::AttentionTables(const PagedAttentionParams& p,
                                                                int32_t num_tokens) {
   const int32_t block_size = p.kv.block_size;
-  const int32_t num_pages = p.kv_indptr[p.num_seqs];
-  std::vector<int32_t> key;
-  key.reserve(5 + 2 * (p.num_seqs + 1) + num_tokens + num_pages);
-  key.push_back(p.num_seqs);
-  key.push_back(block_size);
-  key.push_back(p.kv.num_kv_heads);
-  key.push_back(p.num_heads);  // the plan's workspace size depends on the heads and head_dim
-  key.push_back(p.kv.head_dim);
-  key.insert(key.end(), p.query_start, p.query_start + p.num_seqs + 1);
-  key.insert(key.end(), p.kv_indptr, p.kv_indptr + p.num_seqs + 1);
-  key.insert(key.end(), p.positions, p.positions + num_tokens);
-  key.insert(key.end(), p.kv_indices, p.kv_indices + num_pages);
+  std::vector<int32_t> key = AttentionKey(p, num_tokens);
   AttentionMemo& memo = attention_memo_;
   if (memo.generation == generation_ && memo.key == key) return memo;
 
