@@ -6,7 +6,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -15,28 +14,15 @@
 #include "gtest/gtest.h"
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
-#include "nlohmann/json.hpp"
 #include "server/loaded_model.h"
+#include "tests/llama_cpp_refs.h"
 
 namespace glimpse::scheduler {
 namespace {
 
-struct Reference {
-  std::vector<int32_t> prompt;
-  std::vector<int32_t> tokens;
-};
+using Reference = glimpse::testing::LlamaCppReference;
 
-std::vector<Reference> LoadReferences() {
-  std::ifstream in("tests/data/refs/greedy_short.jsonl");
-  std::vector<Reference> refs;
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
-    refs.push_back({j["prompt_tokens"].get<std::vector<int32_t>>(),
-                    j["tokens"].get<std::vector<int32_t>>()});
-  }
-  return refs;
-}
+std::vector<Reference> LoadReferences() { return glimpse::testing::LoadLlamaCppReferences(); }
 
 // Everything a stream produced.
 struct Collected {

@@ -5,40 +5,25 @@
 // n > 1 (copy-on-write of the shared prompt block on every rank). The model-level test
 // (model/tensor_parallel_model_test) found no near-tie divergence for two ranks on these
 // references, so tokens must be equal.
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "model/tokenizer.h"
-#include "nlohmann/json.hpp"
 #include "scheduler/engine.h"
 #include "server/loaded_model.h"
+#include "tests/llama_cpp_refs.h"
 
 namespace glimpse::scheduler {
 namespace {
 
 constexpr char kModel[] = "models/tinycode-4m-f16.gguf";
 
-struct Reference {
-  std::vector<int32_t> prompt;
-  std::vector<int32_t> tokens;
-};
+using glimpse::testing::LlamaCppReference;
+using glimpse::testing::LoadLlamaCppReferences;
 
-std::vector<Reference> LoadReferences() {
-  std::ifstream in("tests/data/refs/greedy_short.jsonl");
-  std::vector<Reference> refs;
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
-    refs.push_back({j["prompt_tokens"].get<std::vector<int32_t>>(),
-                    j["tokens"].get<std::vector<int32_t>>()});
-  }
-  return refs;
-}
-
-EngineRequest Greedy(const std::string& id, const Reference& ref, int32_t n = 1) {
+EngineRequest Greedy(const std::string& id, const LlamaCppReference& ref, int32_t n = 1) {
   EngineRequest r;
   r.request_id = id;
   r.prompt_tokens = ref.prompt;
@@ -86,7 +71,7 @@ class TensorParallelEngineTest : public ::testing::Test {
   // Submits the references `which` (each with n completions) and checks every completion
   // against llama.cpp's greedy continuation.
   void ExpectReferences(Engine& engine, const std::vector<size_t>& which, int32_t n) {
-    const std::vector<Reference> refs = LoadReferences();
+    const std::vector<LlamaCppReference> refs = LoadLlamaCppReferences();
     std::vector<std::shared_ptr<RequestStream>> streams;
     for (size_t i : which) {
       ASSERT_LT(i, refs.size());
@@ -149,7 +134,7 @@ INSTANTIATE_TEST_SUITE_P(Modes, TensorParallelPreemptionTest,
                          ::testing::Values(PreemptionMode::kRecompute, PreemptionMode::kSwap));
 
 TEST_F(TensorParallelEngineTest, MultipleCompletionsCopyTheSharedBlockOnEveryRank) {
-  const std::vector<Reference> refs = LoadReferences();
+  const std::vector<LlamaCppReference> refs = LoadLlamaCppReferences();
   // Prompts ending inside a block (of 16): the forks share that block, and their first
   // tokens copy it (on both ranks) before writing.
   std::vector<size_t> which;

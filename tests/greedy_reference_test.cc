@@ -7,7 +7,6 @@
 // perfect.
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,29 +17,14 @@
 #include "model/gguf.h"
 #include "model/kv_cache_storage.h"
 #include "model/llama_model.h"
-#include "nlohmann/json.hpp"
 #include "scheduler/offline_generator.h"
+#include "tests/llama_cpp_refs.h"
 
 namespace glimpse {
 namespace {
 
-struct Reference {
-  std::string id;
-  std::vector<int32_t> prompt;
-  std::vector<int32_t> tokens;
-};
-
-std::vector<Reference> LoadReferences(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<Reference> refs;
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
-    refs.push_back({j["id"].get<std::string>(), j["prompt_tokens"].get<std::vector<int32_t>>(),
-                    j["tokens"].get<std::vector<int32_t>>()});
-  }
-  return refs;
-}
+using Reference = testing::LlamaCppReference;
+using testing::LoadLlamaCppReferences;
 
 struct Agreement {
   int identical = 0;
@@ -104,7 +88,7 @@ Agreement RunAndCompare(const std::string& model_path, const std::vector<Referen
 }
 
 TEST(GreedyReferenceTest, F32ReproducesLlamaCppShortPrompts) {
-  auto refs = LoadReferences("tests/data/refs/greedy_short.jsonl");
+  auto refs = LoadLlamaCppReferences("tests/data/refs/greedy_short.jsonl");
   ASSERT_EQ(refs.size(), 40u);
   Agreement a = RunAndCompare("tests/data/tinycode-4m.gguf", refs, 512);
   EXPECT_EQ(a.real_divergences, 0);
@@ -112,7 +96,7 @@ TEST(GreedyReferenceTest, F32ReproducesLlamaCppShortPrompts) {
 }
 
 TEST(GreedyReferenceTest, F16ReproducesLlamaCppLongPromptsWithChunkedPrefill) {
-  auto refs = LoadReferences("tests/data/refs/greedy_long.jsonl");
+  auto refs = LoadLlamaCppReferences("tests/data/refs/greedy_long.jsonl");
   ASSERT_EQ(refs.size(), 19u);
   Agreement a = RunAndCompare("models/tinycode-4m-f16.gguf", refs, 37);
   EXPECT_EQ(a.real_divergences, 0);
@@ -120,13 +104,14 @@ TEST(GreedyReferenceTest, F16ReproducesLlamaCppLongPromptsWithChunkedPrefill) {
 }
 
 TEST(GreedyReferenceTest, F16ReproducesLlamaCppShortPrompts) {
-  auto refs = LoadReferences("tests/data/refs/greedy_short.jsonl");
+  auto refs = LoadLlamaCppReferences("tests/data/refs/greedy_short.jsonl");
+  ASSERT_EQ(refs.size(), 40u);
   Agreement a = RunAndCompare("models/tinycode-4m-f16.gguf", refs, 512);
   EXPECT_EQ(a.real_divergences, 0);
 }
 
 TEST(GreedyReferenceTest, Q8AgreementWithLlamaCppQ8IsReported) {
-  auto refs = LoadReferences("tests/data/refs/greedy_short_q8_0.jsonl");
+  auto refs = LoadLlamaCppReferences("tests/data/refs/greedy_short_q8_0.jsonl");
   ASSERT_EQ(refs.size(), 40u);
   Agreement a = RunAndCompare("tests/data/tinycode-4m-q8_0.gguf", refs, 512);
   // llama.cpp quantizes activations to 8 bits for Q8_0 matmuls; glimpse keeps them in fp32,

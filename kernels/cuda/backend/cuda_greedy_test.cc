@@ -29,7 +29,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -43,8 +42,8 @@
 #include "model/kv_cache_storage.h"
 #include "model/llama_model.h"
 #include "model/step_batch.h"
-#include "nlohmann/json.hpp"
 #include "scheduler/offline_generator.h"
+#include "tests/llama_cpp_refs.h"
 
 namespace glimpse {
 namespace {
@@ -52,23 +51,7 @@ namespace {
 constexpr int32_t kBlockSize = 16;
 constexpr double kNearTieFractionOfRange = 0.05;
 
-struct Reference {
-  std::string id;
-  std::vector<int32_t> prompt;
-  int32_t max_tokens = 0;
-};
-
-std::vector<Reference> LoadReferences(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<Reference> refs;
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
-    refs.push_back({j["id"].get<std::string>(), j["prompt_tokens"].get<std::vector<int32_t>>(),
-                    static_cast<int32_t>(j["tokens"].size())});
-  }
-  return refs;
-}
+using Reference = testing::LlamaCppReference;
 
 // One backend with the model loaded on it.
 struct Engine {
@@ -83,11 +66,11 @@ std::vector<std::vector<int32_t>> Generate(Engine& e, const std::vector<Referenc
   for (const Reference& r : refs) {
     scheduler::GenerationRequest req;
     req.prompt_tokens = r.prompt;
-    req.max_tokens = r.max_tokens;
+    req.max_tokens = static_cast<int32_t>(r.tokens.size());
     req.sampling.temperature = 0.0f;
     req.ignore_eos = true;
     requests.push_back(req);
-    num_blocks += (static_cast<int32_t>(r.prompt.size()) + r.max_tokens) / kBlockSize + 2;
+    num_blocks += (static_cast<int32_t>(r.prompt.size()) + req.max_tokens) / kBlockSize + 2;
   }
   model::KvCacheStorage kv(*e.backend, e.model->config(), num_blocks, kBlockSize);
   kvcache::BlockPool pool(num_blocks);
@@ -162,7 +145,7 @@ void CompareBackends(const std::string& model_path, const Bounds& bounds) {
     ASSERT_TRUE(m.ok()) << m.status();
     e->model = std::move(*m);
   }
-  const std::vector<Reference> refs = LoadReferences("tests/data/refs/greedy_short.jsonl");
+  const std::vector<Reference> refs = testing::LoadLlamaCppReferences();
   ASSERT_EQ(refs.size(), 40u);
   const int32_t vocab = cpu.model->config().vocab_size;
 

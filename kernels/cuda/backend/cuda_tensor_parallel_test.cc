@@ -16,7 +16,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <memory>
 #include <span>
@@ -32,7 +31,7 @@
 #include "model/llama_model.h"
 #include "model/step_batch.h"
 #include "model/tensor_parallel_model.h"
-#include "nlohmann/json.hpp"
+#include "tests/llama_cpp_refs.h"
 
 namespace glimpse {
 namespace {
@@ -44,11 +43,10 @@ constexpr int32_t kNumSeqs = 8;
 using ForwardFn = std::function<absl::Status(const model::StepBatch&, float*)>;
 
 std::vector<std::vector<int32_t>> Prompts() {
-  std::ifstream in("tests/data/refs/greedy_short.jsonl");
   std::vector<std::vector<int32_t>> prompts;
-  std::string line;
-  while (static_cast<int32_t>(prompts.size()) < kNumSeqs && std::getline(in, line)) {
-    prompts.push_back(nlohmann::json::parse(line)["prompt_tokens"].get<std::vector<int32_t>>());
+  for (testing::LlamaCppReference& r :
+       testing::LoadLlamaCppReferences(testing::kGreedyShortRefs, kNumSeqs)) {
+    prompts.push_back(std::move(r.prompt));
   }
   return prompts;
 }
