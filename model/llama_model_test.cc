@@ -18,7 +18,7 @@
 #include "model/gguf.h"
 #include "model/kv_cache_storage.h"
 #include "model/step_batch.h"
-#include "nlohmann/json.hpp"
+#include "tests/llama_cpp_refs.h"
 
 namespace glimpse::model {
 namespace {
@@ -26,12 +26,10 @@ namespace {
 constexpr char kModelPath[] = "models/tinycode-4m-f16.gguf";
 
 std::vector<std::vector<int32_t>> LoadPrompts(size_t count) {
-  std::ifstream in("tests/data/refs/greedy_short.jsonl");
   std::vector<std::vector<int32_t>> prompts;
-  std::string line;
-  while (prompts.size() < count && std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
-    prompts.push_back(j["prompt_tokens"].get<std::vector<int32_t>>());
+  for (glimpse::testing::LlamaCppReference& r :
+       glimpse::testing::LoadLlamaCppReferences(glimpse::testing::kGreedyShortRefs, count)) {
+    prompts.push_back(std::move(r.prompt));
   }
   return prompts;
 }

@@ -31,7 +31,7 @@
 #include "model/llama_model.h"
 #include "model/step_batch.h"
 #include "model/tensor_parallel.h"
-#include "nlohmann/json.hpp"
+#include "tests/llama_cpp_refs.h"
 #include "tools/make_model/make_model.h"
 
 namespace glimpse::model {
@@ -43,22 +43,6 @@ constexpr float kMaxRelativeL2 = 1e-5f;
 constexpr float kNearTie = 1e-4f;
 constexpr int32_t kBlockSize = 16;
 
-struct Reference {
-  std::vector<int32_t> prompt;
-  std::vector<int32_t> tokens;  // llama.cpp's greedy continuation
-};
-
-std::vector<Reference> LoadReferences(const std::string& path, size_t count) {
-  std::ifstream in(path);
-  std::vector<Reference> refs;
-  std::string line;
-  while (refs.size() < count && std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
-    refs.push_back({j["prompt_tokens"].get<std::vector<int32_t>>(),
-                    j["tokens"].get<std::vector<int32_t>>()});
-  }
-  return refs;
-}
 
 // One step of some model over its own KV cache: kMaxSeqs sequences of up to 512 tokens.
 using ForwardFn = std::function<absl::Status(const StepBatch&, float*)>;
@@ -171,7 +155,8 @@ std::string SyntheticModel(const std::string& name, GgmlType type, int32_t ffn_d
 
 std::vector<std::vector<int32_t>> Prompts(size_t count) {
   std::vector<std::vector<int32_t>> prompts;
-  for (Reference& r : LoadReferences("tests/data/refs/greedy_short.jsonl", count)) {
+  for (glimpse::testing::LlamaCppReference& r :
+       glimpse::testing::LoadLlamaCppReferences(glimpse::testing::kGreedyShortRefs, count)) {
     prompts.push_back(std::move(r.prompt));
   }
   return prompts;
@@ -306,7 +291,7 @@ TEST(TensorParallelModelTest, EveryRankComputesBitwiseTheSameLogits) {
 }
 
 TEST(TensorParallelModelTest, TwoRanksReproduceLlamaCppGreedyExceptAtNearTies) {
-  auto refs = LoadReferences("tests/data/refs/greedy_short.jsonl", 40);
+  auto refs = glimpse::testing::LoadLlamaCppReferences(glimpse::testing::kGreedyShortRefs, 40);
   ASSERT_EQ(refs.size(), 40u);
   auto file = Open(kF32Path);
   ASSERT_NE(file, nullptr);
