@@ -15,8 +15,24 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "nlohmann/json.hpp"
 
 namespace glimpse::server {
+namespace {
+
+// OpenAI's error shape for errors the server itself answers. The message may hold client text
+// (a request path), so it is JSON-escaped; ordered_json keeps OpenAI's field order.
+std::string ErrorBody(const std::string& message) {
+  return nlohmann::ordered_json{{"error",
+                                 {{"message", message},
+                                  {"type", "invalid_request_error"},
+                                  {"param", nullptr},
+                                  {"code", nullptr}}}}
+      .dump();
+}
+
+}  // namespace
+
 
 namespace beast = boost::beast;
 namespace http = boost::beast::http;
@@ -256,8 +272,7 @@ void AsyncHttpSession::Reject(int status, std::string message) {
   HttpResponse response;
   response.status = status;
   response.headers.Add("Content-Type", "application/json");
-  response.body = absl::StrCat("{\"error\":{\"message\":\"", message,
-                               "\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":null}}");
+  response.body = ErrorBody(message);
   responder_ = std::make_shared<ResponderImpl>(shared_from_this());
   SendResponse(std::move(response));
 }
@@ -377,9 +392,8 @@ void AsyncHttpServer::Dispatch(HttpRequest request, std::shared_ptr<Responder> r
   const bool known_path = paths_.contains(request.path);
   response.status = known_path ? 405 : 404;
   response.headers.Add("Content-Type", "application/json");
-  response.body = absl::StrCat("{\"error\":{\"message\":\"", known_path ? "method not allowed" : "not found",
-                               ": ", request.method, " ", request.path,
-                               "\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":null}}");
+  response.body = ErrorBody(absl::StrCat(known_path ? "method not allowed" : "not found", ": ",
+                                         request.method, " ", request.path));
   responder->Send(std::move(response));
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 
 namespace glimpse::server {
 namespace {
@@ -138,6 +139,14 @@ TEST_F(AsyncHttpServerTest, ErrorsForUnknownPathsMethodsGarbageAndBigBodies) {
   };
   EXPECT_NE(roundtrip("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").find(" 404 "), std::string::npos);
   EXPECT_NE(roundtrip("DELETE /hello HTTP/1.1\r\nHost: x\r\n\r\n").find(" 405 "), std::string::npos);
+  // A path with a quote and a backslash still gets a well-formed JSON error naming it.
+  const std::string quoted = roundtrip("GET /a\"b\\c HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_NE(quoted.find(" 404 "), std::string::npos);
+  const nlohmann::json error =
+      nlohmann::json::parse(quoted.substr(quoted.find("\r\n\r\n") + 4), nullptr, false);
+  ASSERT_FALSE(error.is_discarded()) << quoted;
+  EXPECT_EQ(error["error"]["message"], "not found: GET /a\"b\\c");
+  EXPECT_EQ(error["error"]["type"], "invalid_request_error");
   EXPECT_NE(roundtrip("BLAH\r\n\r\n").find(" 400 "), std::string::npos);
   EXPECT_NE(roundtrip("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" +
                       std::string(1000, 'x'))
