@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every test: install what is missing, build everything (benchmarks included, so they cannot
-# rot), run all tests, then run the parser and tokenizer tests again under AddressSanitizer +
-# UndefinedBehaviorSanitizer, then the OpenAI Node SDK tests against a real gateway. Ends with
-# one line "N passed, N failed" counting test cases.
+# rot), run all tests (the CUDA kernels and backend among them, on the CPU emulation of CUDA),
+# then run the parser, tokenizer and CUDA kernel tests again under AddressSanitizer +
+# UndefinedBehaviorSanitizer, compile the CUDA code with nvcc, then the OpenAI Node SDK tests
+# against a real gateway. Ends with one line "N passed, N failed" counting test cases.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 tools/install_deps.sh || exit 1
@@ -51,6 +52,12 @@ if [[ $status -eq 0 ]]; then
     # Remove the logs so that only the sanitized runs are counted below.
     rm -rf "$(readlink -f bazel-testlogs)"
     bazel test --config=asan "${SANITIZED[@]}" || status=1
+    # The CUDA kernels' tests on the CPU emulation of CUDA, sanitized: device accesses outside
+    # their allocations. Stack-use-after-return detection is off for them: it keeps fake frames
+    # across every fiber switch and makes these runs some twenty times slower.
+    bazel test --config=asan \
+      --test_env=ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=0 \
+      //kernels/cuda/emulation/... || status=1
     count_cases
   fi
 fi

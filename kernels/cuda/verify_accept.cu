@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kSampleThreads) VerifyWalkKernel(VerifyAcceptP
     }
     return;
   }
-  if (threadIdx.x < n) {
+  if (static_cast<int32_t>(threadIdx.x) < n) {
     s_parent[threadIdx.x] = p.parents[base + threadIdx.x];
     s_token[threadIdx.x] = p.node_tokens[base + threadIdx.x];
   }
@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(kSampleThreads) VerifyWalkKernel(VerifyAcceptP
   }
   if (threadIdx.x < kMaxNodes) {
     p.accepted_nodes[static_cast<int64_t>(seq) * kMaxNodes + threadIdx.x] =
-        threadIdx.x < s_path_len ? s_path[threadIdx.x] : -1;
+        static_cast<int32_t>(threadIdx.x) < s_path_len ? s_path[threadIdx.x] : -1;
   }
   if (threadIdx.x == 0) {
     p.num_accepted[seq] = s_path_len;

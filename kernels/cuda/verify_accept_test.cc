@@ -73,7 +73,9 @@ RefVerify ReferenceWalk(const std::vector<testing::RefDist>& dists, const int32_
   }
 }
 
-void RunCase(int32_t vocab, int32_t num_seqs, bool greedy) {
+// Adds the number of draft tokens the reference accepts in the checked sequences to
+// *accepted_in_test.
+void RunCase(int32_t vocab, int32_t num_seqs, bool greedy, int32_t* accepted_in_test) {
   std::vector<int32_t> node_indptr = {0}, parents, tokens;
   std::vector<float> temperature(num_seqs), top_p(num_seqs);
   std::vector<int32_t> top_k(num_seqs);
@@ -196,17 +198,23 @@ void RunCase(int32_t vocab, int32_t num_seqs, bool greedy) {
                 std::to_string(num_seqs) + " sequences checked, " +
                 std::to_string(total_accepted) + " draft tokens accepted in them");
   GLIMPSE_EXPECT(checked >= num_seqs * 8 / 10, "too many ambiguous sequences");
-  GLIMPSE_EXPECT(total_accepted > 0, "no draft accepted: the test exercises nothing");
+  *accepted_in_test += total_accepted;
 }
 
+// Across a test's cases (one case alone may accept nothing: with vocab 32000 and six
+// sequences, a seed where every first draft is rejected is not rare).
 GLIMPSE_CUDA_TEST(VerifyGreedyMatchesReference) {
-  RunCase(1000, 16, true);
-  RunCase(32000, 6, true);
+  int32_t accepted = 0;
+  RunCase(1000, 16, true, &accepted);
+  RunCase(32000, 6, true, &accepted);
+  GLIMPSE_EXPECT(accepted > 0, "no draft accepted: the test exercises nothing");
 }
 
 GLIMPSE_CUDA_TEST(VerifyStochasticMatchesReference) {
-  RunCase(1000, 24, false);
-  RunCase(32000, 6, false);
+  int32_t accepted = 0;
+  RunCase(1000, 24, false, &accepted);
+  RunCase(32000, 6, false, &accepted);
+  GLIMPSE_EXPECT(accepted > 0, "no draft accepted: the test exercises nothing");
 }
 
 }  // namespace

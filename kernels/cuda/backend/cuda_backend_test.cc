@@ -10,12 +10,14 @@
 // No NaN anywhere. The bf16 matmul is also held to the fp32 bound against a float64 product of
 // the same bf16-rounded operands, which isolates the GEMM from the operand rounding.
 #include "kernels/cuda/backend/cuda_backend.h"
+#include "kernels/cuda/backend/device_skip.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <initializer_list>
 #include <limits>
@@ -46,7 +48,10 @@ struct Tolerance {
   static Tolerance Exact() { return {0.0, 0.0, 0.0}; }
 };
 
-// Checks out against ref element by element and in relative L2; reports the worst element.
+constexpr size_t kMinElementsForRelL2 = 64;
+
+// Checks out against ref element by element and in relative L2 (from kMinElementsForRelL2
+// elements); reports the worst element.
 void ExpectClose(const std::string& what, const std::vector<float>& out,
                  const std::vector<float>& ref, const Tolerance& tol) {
   ASSERT_EQ(out.size(), ref.size()) << what;
@@ -81,14 +86,19 @@ void ExpectClose(const std::string& what, const std::vector<float>& out,
   EXPECT_EQ(num_bad, 0u) << what << ": " << num_bad << " of " << ref.size()
                          << " elements out of tolerance; worst at " << worst << ": out "
                          << out[worst] << " ref " << ref[worst];
-  EXPECT_LE(rel_l2, tol.max_rel_l2) << what << ": relative L2 error";
+  // Over a handful of elements the relative L2 error is that of one or two dot products, which
+  // cancellation can make arbitrarily large relative to their value (a 1 x 32 bf16 product
+  // exceeds 1e-2 now and then); the element-wise bound above still holds them.
+  if (ref.size() >= kMinElementsForRelL2) {
+    EXPECT_LE(rel_l2, tol.max_rel_l2) << what << ": relative L2 error";
+  }
 }
 
 class CudaBackendTest : public ::testing::Test {
  protected:
   void SetUp() override {
     auto backend = cuda::CreateCudaBackend({});
-    if (!backend.ok()) GTEST_SKIP() << "SKIPPED: " << backend.status().message();
+    if (!backend.ok()) GLIMPSE_SKIP_WITHOUT_CUDA(backend.status().message());
     cuda_ = std::move(*backend);
     const char* env = std::getenv("GLIMPSE_TEST_SEED");
     const uint64_t seed = env != nullptr ? std::strtoull(env, nullptr, 10) : std::random_device{}();
@@ -307,11 +317,16 @@ TEST_F(CudaBackendTest, PackMatrixRejectsQ8ColumnsNotMultipleOf32) {
 // ---- Embedding ------------------------------------------------------------------------------
 
 TEST_F(CudaBackendTest, EmbeddingLookupMatchesCpuBitwise) {
+  std::deque<HostMatrix> tables;
   for (const WeightType type :
        {WeightType::kF32, WeightType::kF16, WeightType::kBF16, WeightType::kQ8_0}) {
     for (const int64_t cols : {int64_t{32}, int64_t{192}, int64_t{4096}}) {
       const int64_t vocab = 1001;
-      const HostMatrix table = MakeMatrix(type, vocab, cols, Normal(vocab * cols));
+      // Every table stays alive until the backend goes: it caches device copies by host address
+      // and (rightly) fails when the memory behind an address it knows changes, which a freed
+      // table's successor at the same address would look like.
+      tables.push_back(MakeMatrix(type, vocab, cols, Normal(vocab * cols)));
+      const HostMatrix& table = tables.back();
       std::vector<int32_t> ids(37);
       for (int32_t& id : ids) id = Int(0, vocab - 1);
       ids[0] = 0;

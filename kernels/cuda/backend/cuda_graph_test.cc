@@ -26,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/backend/cuda_backend.h"
+#include "kernels/cuda/backend/device_skip.h"
 #include "kernels/cuda/backend/decode_graphs.h"
 #include "model/gguf.h"
 #include "model/kv_cache_storage.h"
@@ -146,7 +147,7 @@ class CudaGraphTest : public ::testing::TestWithParam<const char*> {
     kernels::cuda::CudaBackendOptions eager;
     eager.cuda_graphs = false;
     auto probe = kernels::cuda::CreateCudaBackend(graphs);
-    if (!probe.ok()) GTEST_SKIP() << "SKIPPED: " << probe.status().message();
+    if (!probe.ok()) GLIMPSE_SKIP_WITHOUT_CUDA(probe.status().message());
     auto file = model::GgufFile::Open(GetParam());
     ASSERT_TRUE(file.ok()) << file.status();
     file_ = std::move(*file);

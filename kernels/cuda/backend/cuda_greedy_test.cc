@@ -37,6 +37,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/backend/cuda_backend.h"
+#include "kernels/cuda/backend/device_skip.h"
 #include "kvcache/block_pool.h"
 #include "model/gguf.h"
 #include "model/kv_cache_storage.h"
@@ -135,7 +136,7 @@ Margin MarginAt(const float* cpu_row, int32_t vocab, int32_t other) {
 
 void CompareBackends(const std::string& model_path, const Bounds& bounds) {
   auto cuda_backend = kernels::cuda::CreateCudaBackend({});
-  if (!cuda_backend.ok()) GTEST_SKIP() << "SKIPPED: " << cuda_backend.status().message();
+  if (!cuda_backend.ok()) GLIMPSE_SKIP_WITHOUT_CUDA(cuda_backend.status().message());
   auto file = model::GgufFile::Open(model_path);
   ASSERT_TRUE(file.ok()) << file.status();
   Engine cpu{std::make_unique<kernels::cpu::CpuBackend>(2), nullptr};

@@ -25,6 +25,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/backend/cuda_backend.h"
+#include "kernels/cuda/backend/device_skip.h"
 #include "model/chunked_prompt_logits.h"
 #include "model/gguf.h"
 #include "model/kv_cache_storage.h"
@@ -107,7 +108,7 @@ std::unique_ptr<model::TensorParallelModel> LoadSplit(const model::GgufFile& fil
 }
 
 TEST(CudaTensorParallelTest, OneRankGroupIsBitwiseALoneBackend) {
-  if (VisibleDevices() < 1) GTEST_SKIP() << "SKIPPED: no CUDA device";
+  if (VisibleDevices() < 1) GLIMPSE_SKIP_WITHOUT_CUDA("no CUDA device");
   auto file = model::GgufFile::Open("tests/data/tinycode-4m.gguf");
   ASSERT_TRUE(file.ok()) << file.status();
   OneGpu lone(**file);
@@ -129,8 +130,8 @@ TEST(CudaTensorParallelTest, OneRankGroupIsBitwiseALoneBackend) {
 TEST(CudaTensorParallelTest, TwoGpusMatchOneGpu) {
   const int devices = VisibleDevices();
   if (devices < 2) {
-    GTEST_SKIP() << "SKIPPED: tensor parallelism needs 2 CUDA devices, " << devices
-                 << " visible";
+    GLIMPSE_SKIP_WITHOUT_CUDA("tensor parallelism needs 2 CUDA devices, " << devices
+                              << " visible");
   }
   struct Case {
     const char* path;

@@ -1,0 +1,376 @@
+#include "kernels/cuda/emulation/block_runner.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <sstream>
+
+namespace cuda_emu::internal {
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr size_t kFiberStackBytes = 1 << 20;  // AddressSanitizer's red zones need room
+#else
+constexpr size_t kFiberStackBytes = 256 << 10;
+#endif
+constexpr int kRegionShift = 24;  // shared addresses: region index << 24 | offset
+constexpr uint32_t kOffsetMask = (1u << kRegionShift) - 1;
+
+std::string Dim(const uint3& d) {
+  return "(" + std::to_string(d.x) + "," + std::to_string(d.y) + "," + std::to_string(d.z) + ")";
+}
+
+}  // namespace
+
+Schedule ScheduleFromEnvironment() {
+  const char* value = std::getenv("GLIMPSE_CUDA_EMULATION_SCHEDULE");
+  if (value == nullptr || *value == '\0' || std::strcmp(value, "mixed") == 0) {
+    return Schedule::kMixed;
+  }
+  if (std::strcmp(value, "forward") == 0) return Schedule::kForward;
+  if (std::strcmp(value, "reverse") == 0) return Schedule::kReverse;
+  if (std::strcmp(value, "shuffle") == 0) return Schedule::kShuffle;
+  std::fprintf(stderr,
+               "CUDA emulation: GLIMPSE_CUDA_EMULATION_SCHEDULE=%s is not one of forward, "
+               "reverse, shuffle, mixed\n",
+               value);
+  std::exit(2);
+}
+
+BlockRunner& BlockRunner::ForThisThread() {
+  static thread_local BlockRunner runner;
+  return runner;
+}
+
+void BlockRunner::ThreadMain(void* arg) {
+  auto* thread = static_cast<Thread*>(arg);
+  BlockRunner& runner = ForThisThread();
+  (*runner.body_)();
+  runner.OnExit(*thread);
+  thread->fiber->ExitTo(runner.NextInPass());
+  std::fprintf(stderr, "CUDA emulation: an exited thread was resumed\n");
+  std::abort();
+}
+
+void BlockRunner::RunBlock(const char* kernel_name, const LaunchShape& shape, uint3 block_idx,
+                           const std::function<void()>& thread_body, Schedule schedule) {
+  kernel_name_ = kernel_name;
+  body_ = &thread_body;
+  const int n = static_cast<int>(shape.block.x * shape.block.y * shape.block.z);
+  if (static_cast<int>(threads_.size()) < n) threads_.resize(n);
+  warps_.resize((n + 31) / 32);
+  for (Warp& w : warps_) {
+    w.live = 0;
+    w.arrived = 0;
+    w.mask = 0;
+    w.buffer = 0;
+  }
+  for (int i = 0; i < n; ++i) {
+    Thread& t = threads_[i];
+    t.linear = i;
+    t.coords.thread_idx = {static_cast<unsigned>(i) % shape.block.x,
+                           static_cast<unsigned>(i) / shape.block.x % shape.block.y,
+                           static_cast<unsigned>(i) / (shape.block.x * shape.block.y)};
+    t.coords.block_idx = block_idx;
+    t.coords.block_dim = shape.block;
+    t.coords.grid_dim = shape.grid;
+    t.status = Status::kRunnable;
+    t.uncommitted.clear();
+    t.committed.clear();
+    if (t.fiber == nullptr) {
+      t.fiber = std::make_unique<Fiber>(kFiberStackBytes, &ThreadMain, &t);
+    } else {
+      t.fiber->Reset(&ThreadMain, &t);
+    }
+    warps_[i >> 5].live |= 1u << (i & 31);
+  }
+  live_threads_ = n;
+  at_barrier_ = 0;
+  if (shape.dynamic_smem_bytes != dynamic_smem_bytes_) {
+    dynamic_smem_.reset(shape.dynamic_smem_bytes > 0
+                            ? new unsigned char[shape.dynamic_smem_bytes]
+                            : nullptr);
+    dynamic_smem_bytes_ = shape.dynamic_smem_bytes;
+  }
+  if (dynamic_smem_bytes_ > 0) std::memset(dynamic_smem_.get(), 0xff, dynamic_smem_bytes_);
+  shared_regions_.assign(1, SharedRegion{dynamic_smem_.get(), dynamic_smem_bytes_});
+
+  std::vector<int>& order = order_;
+  order.resize(n);
+  std::iota(order.begin(), order.end(), 0);
+  const uint64_t linear_block =
+      block_idx.x + static_cast<uint64_t>(shape.grid.x) *
+                        (block_idx.y + static_cast<uint64_t>(shape.grid.y) * block_idx.z);
+  const bool reverse = schedule == Schedule::kReverse ||
+                       (schedule == Schedule::kMixed && (linear_block & 1) == 1);
+  if (reverse) std::reverse(order.begin(), order.end());
+
+  while (live_threads_ > 0) {
+    if (schedule == Schedule::kShuffle) {
+      for (int i = n - 1; i > 0; --i) {
+        shuffle_state_ ^= shuffle_state_ << 13;
+        shuffle_state_ ^= shuffle_state_ >> 7;
+        shuffle_state_ ^= shuffle_state_ << 17;
+        std::swap(order[i], order[shuffle_state_ % static_cast<uint64_t>(i + 1)]);
+      }
+    }
+    // One pass: the first runnable thread in order runs; when it blocks or exits it hands
+    // over to the next runnable one after it (NextInPass), the last back to here.
+    pass_position_ = -1;
+    Fiber& first = NextInPass();
+    const bool ran = &first != &scheduler_;
+    if (ran) scheduler_.SwitchTo(first);
+    if (!ran) {
+      current_ = nullptr;
+      Fail("deadlock: no thread can continue. " + DescribeThreads());
+    }
+  }
+  current_ = nullptr;
+  body_ = nullptr;
+}
+
+Fiber& BlockRunner::NextInPass() {
+  const int n = static_cast<int>(order_.size());
+  for (++pass_position_; pass_position_ < n; ++pass_position_) {
+    Thread& t = threads_[order_[pass_position_]];
+    if (t.status == Status::kRunnable) {
+      current_ = &t;
+      return *t.fiber;
+    }
+  }
+  return scheduler_;
+}
+
+void BlockRunner::Yield() {
+  Fiber& self = *current_->fiber;
+  Fiber& next = NextInPass();
+  if (&next != &self) self.SwitchTo(next);
+}
+
+void BlockRunner::OnExit(Thread& t) {
+  for (const auto& group : t.committed) ApplyCopies(group);
+  ApplyCopies(t.uncommitted);
+  t.committed.clear();
+  t.uncommitted.clear();
+  t.status = Status::kExited;
+  --live_threads_;
+  Warp& w = warps_[t.linear >> 5];
+  const unsigned bit = 1u << (t.linear & 31);
+  w.live &= ~bit;
+  if (w.arrived != 0 && (w.mask & bit) != 0) {
+    Fail("exited while lanes of its warp wait for it in a collective with mask " +
+         std::to_string(w.mask) + ". " + DescribeThreads());
+  }
+  MaybeReleaseBarrier();
+}
+
+void BlockRunner::MaybeReleaseBarrier() {
+  if (at_barrier_ == 0 || at_barrier_ != live_threads_) return;
+  for (Thread& t : threads_) {
+    if (t.status == Status::kAtBarrier) t.status = Status::kRunnable;
+  }
+  at_barrier_ = 0;
+}
+
+void BlockRunner::SyncThreads() {
+  current_->status = Status::kAtBarrier;
+  ++at_barrier_;
+  MaybeReleaseBarrier();
+  if (current_->status != Status::kRunnable) Yield();
+}
+
+const unsigned char* BlockRunner::WarpCollective(unsigned mask, const void* in, int bytes,
+                                                 const char* what) {
+  Thread& t = *current_;
+  const int lane = t.linear & 31;
+  Warp& w = warps_[t.linear >> 5];
+  if (((mask >> lane) & 1u) == 0) {
+    Fail(std::string(what) + " with mask " + std::to_string(mask) +
+         ", which does not include the calling lane");
+  }
+  if ((mask & ~w.live) != 0) {
+    Fail(std::string(what) + " with mask " + std::to_string(mask) +
+         " names lanes that have exited or do not exist (live lanes: " +
+         std::to_string(w.live) + ")");
+  }
+  if (w.arrived == 0) {
+    w.mask = mask;
+  } else if (w.mask != mask) {
+    Fail(std::string(what) + " with mask " + std::to_string(mask) + " while other lanes of " +
+         "the warp wait in a collective with mask " + std::to_string(w.mask) + ". " +
+         DescribeThreads());
+  }
+  if (bytes > 0) std::memcpy(w.slots[w.buffer][lane], in, static_cast<size_t>(bytes));
+  t.collective_buffer = w.buffer;
+  t.collective_mask = mask;
+  t.collective_what = what;
+  t.status = Status::kAtCollective;
+  w.arrived |= 1u << lane;
+  if (w.arrived == mask) {
+    const int base = t.linear & ~31;
+    for (int l = 0; l < 32; ++l) {
+      if ((mask >> l) & 1u) threads_[base + l].status = Status::kRunnable;
+    }
+    w.arrived = 0;
+    w.buffer ^= 1;
+  } else {
+    Yield();
+  }
+  return &warps_[t.linear >> 5].slots[t.collective_buffer][0][0];
+}
+
+uint32_t BlockRunner::SharedAddress(const void* ptr) {
+  const auto* p = static_cast<const unsigned char*>(ptr);
+  for (size_t r = 0; r < shared_regions_.size(); ++r) {
+    const SharedRegion& region = shared_regions_[r];
+    if (region.base != nullptr && p >= region.base && p <= region.base + region.bytes) {
+      const size_t offset = static_cast<size_t>(p - region.base);
+      if (offset > kOffsetMask) Fail("shared memory offset beyond 16 MiB");
+      return static_cast<uint32_t>(r << kRegionShift) | static_cast<uint32_t>(offset);
+    }
+  }
+  Fail("__cvta_generic_to_shared of a pointer outside the block's shared memory");
+}
+
+void* BlockRunner::SharedPointer(uint32_t address) {
+  const size_t r = address >> kRegionShift;
+  const size_t offset = address & kOffsetMask;
+  if (r >= shared_regions_.size() || offset > shared_regions_[r].bytes) {
+    Fail("shared address " + std::to_string(address) +
+         " is outside the block's shared memory");
+  }
+  return shared_regions_[r].base + offset;
+}
+
+void BlockRunner::PoisonSharedOnce(void* ptr, size_t bytes) {
+  auto* p = static_cast<unsigned char*>(ptr);
+  for (const SharedRegion& region : shared_regions_) {
+    if (region.base == p) return;
+  }
+  std::memset(p, 0xff, bytes);
+  shared_regions_.push_back(SharedRegion{p, bytes});
+}
+
+void BlockRunner::CpAsync16(uint32_t smem_address, const void* global, bool valid) {
+  const size_t offset = smem_address & kOffsetMask;
+  const size_t r = smem_address >> kRegionShift;
+  if (r >= shared_regions_.size() || offset + 16 > shared_regions_[r].bytes) {
+    Fail("cp.async of 16 bytes to shared address " + std::to_string(smem_address) +
+         " runs past the block's shared memory");
+  }
+  if ((offset & 15) != 0) Fail("cp.async 16-byte destination is not 16-byte aligned");
+  PendingCopy copy{smem_address, valid, {}};
+  if (valid) {
+    if ((reinterpret_cast<uintptr_t>(global) & 15) != 0) {
+      Fail("cp.async 16-byte source is not 16-byte aligned");
+    }
+    std::memcpy(copy.bytes, global, 16);
+  }
+  current_->uncommitted.push_back(copy);
+}
+
+void BlockRunner::CpAsyncCommit() {
+  current_->committed.push_back(std::move(current_->uncommitted));
+  current_->uncommitted.clear();
+}
+
+void BlockRunner::CpAsyncWait(int pending_groups) {
+  auto& committed = current_->committed;
+  while (static_cast<int>(committed.size()) > pending_groups) {
+    ApplyCopies(committed.front());
+    committed.erase(committed.begin());
+  }
+}
+
+void BlockRunner::ApplyCopies(const std::vector<PendingCopy>& copies) {
+  for (const PendingCopy& c : copies) {
+    void* dst = SharedPointer(c.smem_address);
+    if (c.valid) {
+      std::memcpy(dst, c.bytes, 16);
+    } else {
+      std::memset(dst, 0, 16);
+    }
+  }
+}
+
+std::string BlockRunner::DescribeThreads() const {
+  std::ostringstream os;
+  int counts[4] = {0, 0, 0, 0};
+  std::string examples[4];
+  const int n = static_cast<int>(warps_.size() * 32);
+  for (int i = 0; i < n && i < static_cast<int>(threads_.size()); ++i) {
+    const Thread& t = threads_[i];
+    if ((warps_[i >> 5].live >> (i & 31) & 1u) == 0 && t.status != Status::kExited) continue;
+    const int s = static_cast<int>(t.status);
+    if (counts[s]++ < 4) {
+      examples[s] += " " + Dim(t.coords.thread_idx);
+      if (t.status == Status::kAtCollective) examples[s] += std::string(":") + t.collective_what;
+    }
+  }
+  const char* names[4] = {"runnable", "at __syncthreads", "at a warp collective", "exited"};
+  for (int s = 0; s < 4; ++s) {
+    if (counts[s] > 0) os << counts[s] << " " << names[s] << " (e.g." << examples[s] << "); ";
+  }
+  return os.str();
+}
+
+void BlockRunner::Fail(const std::string& message) const {
+  std::fprintf(stderr, "CUDA emulation: kernel %s, block %s%s: %s\n", kernel_name_,
+               current_ != nullptr ? Dim(current_->coords.block_idx).c_str() : "?",
+               current_ != nullptr
+                   ? (", thread " + Dim(current_->coords.thread_idx)).c_str()
+                   : "",
+               message.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+}  // namespace cuda_emu::internal
+
+// ---- The device-side API of cuda_emulation.h -------------------------------------------------
+namespace cuda_emu {
+
+using internal::BlockRunner;
+
+const ThreadCoordinates& CurrentCoordinates() {
+  return BlockRunner::ForThisThread().Coordinates();
+}
+void SyncThreads() { BlockRunner::ForThisThread().SyncThreads(); }
+void SyncWarp(unsigned mask) {
+  BlockRunner::ForThisThread().WarpCollective(mask, nullptr, 0, "__syncwarp");
+}
+void WarpExchange(unsigned mask, const void* in, void* out, int bytes, int src_lane) {
+  BlockRunner& runner = BlockRunner::ForThisThread();
+  const unsigned char* slots = runner.WarpCollective(mask, in, bytes, "__shfl_*_sync");
+  if (src_lane < 0 || src_lane > 31 || ((mask >> src_lane) & 1u) == 0) {
+    runner.Fail("shuffle from lane " + std::to_string(src_lane) + ", outside mask " +
+                std::to_string(mask));
+  }
+  std::memcpy(out, slots + src_lane * BlockRunner::kSlotBytes, static_cast<size_t>(bytes));
+}
+unsigned WarpBallot(unsigned mask, bool predicate) {
+  const unsigned char* slots = BlockRunner::ForThisThread().WarpCollective(
+      mask, &predicate, sizeof(predicate), "__ballot_sync");
+  unsigned result = 0;
+  for (int l = 0; l < 32; ++l) {
+    if (((mask >> l) & 1u) != 0 && slots[l * BlockRunner::kSlotBytes] != 0) result |= 1u << l;
+  }
+  return result;
+}
+int LaneId() { return BlockRunner::ForThisThread().Lane(); }
+uint32_t SharedAddress(const void* ptr) { return BlockRunner::ForThisThread().SharedAddress(ptr); }
+void* SharedPointer(uint32_t address) {
+  return BlockRunner::ForThisThread().SharedPointer(address);
+}
+void PoisonSharedOnce(void* ptr, size_t bytes) {
+  BlockRunner::ForThisThread().PoisonSharedOnce(ptr, bytes);
+}
+unsigned char* DynamicSharedMemory() { return BlockRunner::ForThisThread().DynamicSharedMemory(); }
+void CpAsync16(uint32_t smem_address, const void* global, bool valid) {
+  BlockRunner::ForThisThread().CpAsync16(smem_address, global, valid);
+}
+void CpAsyncCommit() { BlockRunner::ForThisThread().CpAsyncCommit(); }
+void CpAsyncWait(int pending_groups) { BlockRunner::ForThisThread().CpAsyncWait(pending_groups); }
+
+}  // namespace cuda_emu

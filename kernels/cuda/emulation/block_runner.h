@@ -1,0 +1,120 @@
+// Runs one thread block of an emulated kernel: every CUDA thread on its own fiber, switched
+// cooperatively at __syncthreads and at warp collectives (shuffles, ballots, mma.sync,
+// ldmatrix), which complete when every thread they wait for has arrived.
+//
+// The order in which runnable threads run between two barriers is the schedule: forward,
+// reverse, or shuffled (GLIMPSE_CUDA_EMULATION_SCHEDULE=forward|reverse|shuffle|mixed;
+// mixed, the default, alternates forward and reverse from block to block). A kernel whose
+// result depends on it reads shared memory without the barrier it needs.
+//
+// Misuse the hardware would hang on or leave undefined — a barrier some threads never reach,
+// a warp collective whose mask names an exited lane or disagrees between lanes, a shuffle from
+// a lane outside the mask — stops the process with a message naming the kernel, block and
+// threads.
+//
+// Thread-safety: one BlockRunner per OS thread (ForThisThread); blocks of one launch run on
+// several OS threads at once.
+#ifndef GLIMPSE_KERNELS_CUDA_EMULATION_BLOCK_RUNNER_H_
+#define GLIMPSE_KERNELS_CUDA_EMULATION_BLOCK_RUNNER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/emulation/cuda_emulation.h"
+#include "kernels/cuda/emulation/fiber.h"
+#include "kernels/cuda/emulation/launch.h"
+
+namespace cuda_emu::internal {
+
+enum class Schedule { kForward, kReverse, kShuffle, kMixed };
+Schedule ScheduleFromEnvironment();
+
+class BlockRunner {
+ public:
+  static BlockRunner& ForThisThread();
+
+  // Runs block `block_idx` to completion; returns when every thread has exited.
+  void RunBlock(const char* kernel_name, const LaunchShape& shape, uint3 block_idx,
+                const std::function<void()>& thread_body, Schedule schedule);
+
+  // ---- Called by the running CUDA thread ----
+  const ThreadCoordinates& Coordinates() const { return current_->coords; }
+  int Lane() const { return current_->linear & 31; }
+  void SyncThreads();
+  // Deposits `bytes` (<= kSlotBytes) for this lane, waits for every lane of `mask`, and
+  // returns the 32 lanes' slots (lane i at i * kSlotBytes), valid until this lane's next
+  // collective.
+  static constexpr int kSlotBytes = 64;
+  const unsigned char* WarpCollective(unsigned mask, const void* in, int bytes,
+                                      const char* what);
+  uint32_t SharedAddress(const void* ptr);
+  void* SharedPointer(uint32_t address);
+  void PoisonSharedOnce(void* ptr, size_t bytes);
+  unsigned char* DynamicSharedMemory() { return dynamic_smem_.get(); }
+  void CpAsync16(uint32_t smem_address, const void* global, bool valid);
+  void CpAsyncCommit();
+  void CpAsyncWait(int pending_groups);
+  [[noreturn]] void Fail(const std::string& message) const;
+
+ private:
+  enum class Status { kRunnable, kAtBarrier, kAtCollective, kExited };
+  struct PendingCopy {
+    uint32_t smem_address;
+    bool valid;
+    unsigned char bytes[16];
+  };
+  struct Thread {
+    std::unique_ptr<Fiber> fiber;
+    ThreadCoordinates coords;
+    int linear = 0;
+    Status status = Status::kExited;
+    unsigned collective_mask = 0;
+    int collective_buffer = 0;
+    const char* collective_what = "";
+    std::vector<PendingCopy> uncommitted;
+    std::vector<std::vector<PendingCopy>> committed;  // oldest first
+  };
+  struct Warp {
+    unsigned live = 0;     // lanes that have not exited
+    unsigned arrived = 0;  // lanes waiting at the collective in progress
+    unsigned mask = 0;     // its mask
+    int buffer = 0;        // slot buffer the collective in progress writes
+    alignas(16) unsigned char slots[2][32][kSlotBytes];
+  };
+  struct SharedRegion {
+    unsigned char* base;
+    size_t bytes;
+  };
+
+  static void ThreadMain(void* arg);
+  // Advances the pass to the next runnable thread in order and makes it current; the
+  // scheduler's fiber when the pass is over.
+  Fiber& NextInPass();
+  void Yield();
+  void OnExit(Thread& t);
+  void MaybeReleaseBarrier();
+  void ApplyCopies(const std::vector<PendingCopy>& copies);
+  std::string DescribeThreads() const;
+
+  Fiber scheduler_;
+  std::vector<Thread> threads_;
+  std::vector<Warp> warps_;
+  Thread* current_ = nullptr;
+  std::vector<int> order_;  // this block's schedule: thread indices in pass order
+  int pass_position_ = -1;  // index into order_ of the current thread
+  const char* kernel_name_ = "";
+  const std::function<void()>* body_ = nullptr;
+  int live_threads_ = 0;
+  int at_barrier_ = 0;
+  std::unique_ptr<unsigned char[]> dynamic_smem_;
+  size_t dynamic_smem_bytes_ = 0;
+  std::vector<SharedRegion> shared_regions_;  // [0] dynamic shared memory
+  uint64_t shuffle_state_ = 0x9e3779b97f4a7c15ull;
+};
+
+}  // namespace cuda_emu::internal
+
+#endif  // GLIMPSE_KERNELS_CUDA_EMULATION_BLOCK_RUNNER_H_

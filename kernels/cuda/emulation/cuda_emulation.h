@@ -1,0 +1,237 @@
+// CUDA on the CPU, for tests: the prelude force-included (-include) into every source of an
+// emulated build (see README.md in this directory).
+//
+// An emulated build compiles the kernels' unchanged .cu sources with the host C++ compiler:
+// rewrite_cuda_source.pl turns `kernel<<<grid, block, smem, stream>>>(args)` into a call of
+// cuda_emu::Launcher, the headers in include/ stand in for the toolkit's, and this file maps
+// the CUDA language onto C++: __global__/__device__ functions are plain functions, each CUDA
+// thread runs them on its own fiber (block_runner.h), __shared__ variables are thread_local
+// (one OS thread runs one block at a time), and warp collectives exchange values through the
+// block runner. What it checks and what it cannot: README.md.
+#ifndef GLIMPSE_KERNELS_CUDA_EMULATION_CUDA_EMULATION_H_
+#define GLIMPSE_KERNELS_CUDA_EMULATION_CUDA_EMULATION_H_
+
+#ifndef GLIMPSE_CUDA_EMULATION
+#define GLIMPSE_CUDA_EMULATION 1  // also defined for every dependent by BUILD.bazel
+#endif
+
+#ifdef __cplusplus
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+// ---- Language ------------------------------------------------------------------------------
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+// One OS thread runs one block at a time, so thread_local storage is the block's shared
+// memory (rewrite_cuda_source.pl also poisons it at the start of every block).
+#define __shared__ static thread_local
+#define __constant__ static
+
+#include "kernels/cuda/emulation/include/vector_types.h"
+
+namespace cuda_emu {
+
+// The running CUDA thread's coordinates (set by the block runner).
+struct ThreadCoordinates {
+  uint3 thread_idx;
+  uint3 block_idx;
+  dim3 block_dim;
+  dim3 grid_dim;
+};
+const ThreadCoordinates& CurrentCoordinates();
+
+// ---- Synchronization and warp collectives (block_runner.cc) ----
+void SyncThreads();
+void SyncWarp(unsigned mask);
+// Exchanges `bytes` (<= 64) of each lane in `mask` and copies lane `src_lane`'s into `out`.
+// Every lane in mask must call it together with the same mask.
+void WarpExchange(unsigned mask, const void* in, void* out, int bytes, int src_lane);
+unsigned WarpBallot(unsigned mask, bool predicate);
+int LaneId();
+
+// ---- Shared memory addresses (32-bit, as __cvta_generic_to_shared gives them) ----
+uint32_t SharedAddress(const void* ptr);
+void* SharedPointer(uint32_t address);
+// Fills a __shared__ variable with 0xFF bytes the first time a thread of the current block
+// reaches its declaration (so a read before any write gives NaN / -1).
+void PoisonSharedOnce(void* ptr, size_t bytes);
+// The block's dynamic shared memory (extern __shared__), poisoned at block start.
+unsigned char* DynamicSharedMemory();
+
+// ---- Tensor-core and async-copy instructions of kernels/cuda/mma_utils.cuh ----
+void MmaM16n8k16Bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+void LdMatrixX4(uint32_t (&r)[4], uint32_t smem_address, bool transpose);
+void CpAsync16(uint32_t smem_address, const void* global, bool valid);
+void CpAsyncCommit();
+void CpAsyncWait(int pending_groups);
+
+template <typename T>
+T Shuffle(unsigned mask, T value, int src_lane) {
+  static_assert(sizeof(T) <= 64 && std::is_trivially_copyable_v<T>);
+  T out;
+  WarpExchange(mask, &value, &out, static_cast<int>(sizeof(T)), src_lane);
+  return out;
+}
+
+}  // namespace cuda_emu
+
+#define threadIdx (::cuda_emu::CurrentCoordinates().thread_idx)
+#define blockIdx (::cuda_emu::CurrentCoordinates().block_idx)
+#define blockDim (::cuda_emu::CurrentCoordinates().block_dim)
+#define gridDim (::cuda_emu::CurrentCoordinates().grid_dim)
+constexpr int warpSize = 32;
+
+inline void __syncthreads() { ::cuda_emu::SyncThreads(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::cuda_emu::SyncWarp(mask); }
+inline void __threadfence() {}
+inline void __threadfence_block() {}
+
+template <typename T>
+T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+  const int lane = ::cuda_emu::LaneId();
+  const int base = lane & ~(width - 1);
+  return ::cuda_emu::Shuffle(mask, v, base + (src_lane & (width - 1)));
+}
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  const int lane = ::cuda_emu::LaneId();
+  int src = lane ^ lane_mask;
+  if ((src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;
+  return ::cuda_emu::Shuffle(mask, v, src);
+}
+template <typename T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  const int lane = ::cuda_emu::LaneId();
+  const int in_segment = lane & (width - 1);
+  const int src = in_segment >= static_cast<int>(delta) ? lane - static_cast<int>(delta) : lane;
+  return ::cuda_emu::Shuffle(mask, v, src);
+}
+template <typename T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  const int lane = ::cuda_emu::LaneId();
+  const int in_segment = lane & (width - 1);
+  const int src = in_segment + static_cast<int>(delta) < width ? lane + static_cast<int>(delta)
+                                                               : lane;
+  return ::cuda_emu::Shuffle(mask, v, src);
+}
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  return ::cuda_emu::WarpBallot(mask, predicate != 0);
+}
+inline int __any_sync(unsigned mask, int predicate) {
+  return ::cuda_emu::WarpBallot(mask, predicate != 0) != 0;
+}
+inline int __all_sync(unsigned mask, int predicate) {
+  return ::cuda_emu::WarpBallot(mask, predicate != 0) == mask;
+}
+
+// Fibers never run at the same time within a block, but blocks run on several OS threads:
+// atomics on global memory are real atomics.
+template <typename T>
+T atomicAdd(T* address, T value) {
+  return std::atomic_ref<T>(*address).fetch_add(value);
+}
+template <typename T>
+T atomicMax(T* address, T value) {
+  std::atomic_ref<T> ref(*address);
+  T old = ref.load();
+  while (old < value && !ref.compare_exchange_weak(old, value)) {
+  }
+  return old;
+}
+template <typename T>
+T atomicMin(T* address, T value) {
+  std::atomic_ref<T> ref(*address);
+  T old = ref.load();
+  while (old > value && !ref.compare_exchange_weak(old, value)) {
+  }
+  return old;
+}
+template <typename T>
+T atomicExch(T* address, T value) {
+  return std::atomic_ref<T>(*address).exchange(value);
+}
+template <typename T>
+T atomicCAS(T* address, T compare, T value) {
+  std::atomic_ref<T>(*address).compare_exchange_strong(compare, value);
+  return compare;
+}
+
+// ---- Device math -----------------------------------------------------------------------
+// Host libm in place of the device's; the fast intrinsics are computed exactly (tests bound
+// the kernels against fp64 references with tolerances that cover both).
+template <typename A, typename B>
+constexpr auto min(A a, B b) -> std::common_type_t<A, B> {
+  return b < a ? b : a;
+}
+template <typename A, typename B>
+constexpr auto max(A a, B b) -> std::common_type_t<A, B> {
+  return a < b ? b : a;
+}
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __powf(float x, float y) { return std::pow(x, y); }
+inline float __fdividef(float x, float y) { return x / y; }
+inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __fsqrt_rn(float x) { return std::sqrt(x); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline float __uint_as_float(unsigned x) {
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+inline unsigned __float_as_uint(float x) {
+  unsigned u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+inline float __int_as_float(int x) {
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+inline int __float_as_int(float x) {
+  int i;
+  std::memcpy(&i, &x, 4);
+  return i;
+}
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
+inline int __clzll(long long x) {
+  return x == 0 ? 64 : __builtin_clzll(static_cast<unsigned long long>(x));
+}
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline int __ffsll(long long x) { return __builtin_ffsll(x); }
+inline unsigned __brev(unsigned x) {
+  unsigned r = 0;
+  for (int i = 0; i < 32; ++i) r |= ((x >> i) & 1u) << (31 - i);
+  return r;
+}
+template <typename T>
+T __ldg(const T* p) {
+  return *p;
+}
+inline size_t __cvta_generic_to_shared(const void* ptr) {
+  return ::cuda_emu::SharedAddress(ptr);
+}
+
+// Kernel launches (`<<<...>>>` rewritten), whichever CUDA header a source includes.
+#include "kernels/cuda/emulation/launch.h"
+
+#endif  // __cplusplus
+#endif  // GLIMPSE_KERNELS_CUDA_EMULATION_CUDA_EMULATION_H_

@@ -1,0 +1,689 @@
+// The CUDA runtime API of include/cuda_runtime_api.h, on the CPU (see README.md).
+//
+// Thread-safety: the device-memory table, graphs and streams are guarded by one mutex; the
+// last error is per host thread, as in CUDA; launches run their blocks on a small pool of OS
+// threads and return when every block has finished.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels/cuda/emulation/block_runner.h"
+#include "kernels/cuda/emulation/include/cuda_runtime_api.h"
+#include "kernels/cuda/emulation/launch.h"
+
+struct CUgraph_st {
+  std::vector<std::function<void()>> nodes;
+};
+struct CUgraphExec_st {
+  std::vector<std::function<void()>> nodes;
+};
+struct CUstream_st {
+  bool capturing = false;
+  bool invalidated = false;
+  std::thread::id capture_thread;
+  CUgraph_st* graph = nullptr;
+};
+struct CUevent_st {
+  std::chrono::steady_clock::time_point time;
+  bool recorded = false;
+};
+
+namespace cuda_emu {
+namespace {
+
+constexpr size_t kMaxDynamicSmemOptin = 232448;  // an H100/H200's 227 KiB
+constexpr size_t kDefaultDynamicSmemLimit = 48 << 10;
+constexpr int kSmCount = 132;
+
+enum class MemoryKind { kDevice, kPinnedHost };
+struct Allocation {
+  size_t bytes;
+  MemoryKind kind;
+};
+
+struct RuntimeState {
+  std::mutex mu;
+  std::map<uintptr_t, Allocation> allocations;
+  size_t device_bytes_in_use = 0;
+  std::map<const void*, size_t> dynamic_smem_limits;  // cudaFuncSetAttribute
+  int captures_in_progress = 0;
+  cudaError_t sticky = cudaSuccess;
+};
+
+RuntimeState& State() {
+  static RuntimeState* state = new RuntimeState();
+  return *state;
+}
+
+thread_local cudaError_t t_last_error = cudaSuccess;
+thread_local int t_device = 0;
+thread_local CUstream_st* t_capturing_stream = nullptr;
+
+size_t EnvSize(const char* name, size_t fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  char* end = nullptr;
+  const unsigned long long parsed = std::strtoull(v, &end, 10);
+  if (end == v || *end != '\0') {
+    std::fprintf(stderr, "CUDA emulation: %s=%s is not a number\n", name, v);
+    std::exit(2);
+  }
+  return static_cast<size_t>(parsed);
+}
+
+size_t DeviceMemoryBytes() {
+  static const size_t bytes = EnvSize("GLIMPSE_CUDA_EMULATION_MEMORY_MB", 4096) << 20;
+  return bytes;
+}
+int NumDevices() {
+  static const int n = static_cast<int>(EnvSize("GLIMPSE_CUDA_EMULATION_DEVICES", 2));
+  return n;
+}
+
+cudaError_t SetError(cudaError_t err) {
+  if (err != cudaSuccess) t_last_error = err;
+  return err;
+}
+
+// Says what the emulator caught that the hardware would have reported less clearly.
+cudaError_t Misuse(cudaError_t err, const std::string& message) {
+  std::fprintf(stderr, "CUDA emulation: %s\n", message.c_str());
+  return SetError(err);
+}
+
+// A call that synchronizes with the device, which a capturing thread may not make (it
+// invalidates the capture, as CUDA does in global and thread-local modes).
+bool ProhibitedDuringCapture(const char* call) {
+  if (t_capturing_stream == nullptr) return false;
+  t_capturing_stream->invalidated = true;
+  Misuse(cudaErrorStreamCaptureUnsupported,
+         std::string(call) + " while this thread captures a stream: not allowed in graph capture");
+  return true;
+}
+
+// The allocation holding [ptr, ptr + bytes), or null.
+const Allocation* FindAllocation(const void* ptr, size_t bytes, uintptr_t* base) {
+  RuntimeState& s = State();
+  const auto p = reinterpret_cast<uintptr_t>(ptr);
+  auto it = s.allocations.upper_bound(p);
+  if (it == s.allocations.begin()) return nullptr;
+  --it;
+  if (p + bytes > it->first + it->second.bytes && !(bytes == 0 && p == it->first + it->second.bytes)) {
+    return nullptr;
+  }
+  if (base != nullptr) *base = it->first;
+  return &it->second;
+}
+
+bool IsDeviceRange(const void* ptr, size_t bytes) {
+  std::lock_guard<std::mutex> lock(State().mu);
+  return FindAllocation(ptr, bytes, nullptr) != nullptr;
+}
+
+bool IsDeviceMemory(const void* ptr, size_t bytes) {
+  std::lock_guard<std::mutex> lock(State().mu);
+  const Allocation* a = FindAllocation(ptr, bytes, nullptr);
+  return a != nullptr && a->kind == MemoryKind::kDevice;
+}
+
+// ---- Block execution on a pool of OS threads ----
+class BlockPool {
+ public:
+  static BlockPool& Get() {
+    static BlockPool* pool = new BlockPool();
+    return *pool;
+  }
+
+  void Run(const char* name, const LaunchShape& shape, const std::function<void()>& body) {
+    const uint64_t num_blocks =
+        static_cast<uint64_t>(shape.grid.x) * shape.grid.y * shape.grid.z;
+    const internal::Schedule schedule = Schedule();
+    const std::function<void(uint64_t)> run_block = [&](uint64_t b) {
+      const uint3 idx{static_cast<unsigned>(b % shape.grid.x),
+                      static_cast<unsigned>(b / shape.grid.x % shape.grid.y),
+                      static_cast<unsigned>(b / (static_cast<uint64_t>(shape.grid.x) *
+                                                 shape.grid.y))};
+      internal::BlockRunner::ForThisThread().RunBlock(name, shape, idx, body, schedule);
+    };
+    if (workers_.empty() || num_blocks == 1) {
+      for (uint64_t b = 0; b < num_blocks; ++b) run_block(b);
+      return;
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    job_ = &run_block;
+    num_blocks_ = num_blocks;
+    next_block_.store(0);
+    active_ = static_cast<int>(workers_.size());
+    ++generation_;
+    lock.unlock();
+    wake_.notify_all();
+    for (uint64_t b = next_block_.fetch_add(1); b < num_blocks; b = next_block_.fetch_add(1)) {
+      run_block(b);
+    }
+    lock.lock();
+    done_.wait(lock, [&] { return active_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  BlockPool() {
+    const size_t hw = std::max(1u, std::thread::hardware_concurrency());
+    const size_t threads = EnvSize("GLIMPSE_CUDA_EMULATION_THREADS", std::min<size_t>(hw, 8));
+    for (size_t i = 1; i < threads; ++i) {
+      workers_.emplace_back([this] { WorkerLoop(); });
+      workers_.back().detach();
+    }
+  }
+
+  static internal::Schedule Schedule() {
+    static const internal::Schedule s = internal::ScheduleFromEnvironment();
+    return s;
+  }
+
+  void WorkerLoop() {
+    uint64_t seen = 0;
+    for (;;) {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      const std::function<void(uint64_t)>* job = job_;
+      const uint64_t n = num_blocks_;
+      lock.unlock();
+      for (uint64_t b = next_block_.fetch_add(1); b < n; b = next_block_.fetch_add(1)) (*job)(b);
+      lock.lock();
+      if (--active_ == 0) done_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  std::vector<std::thread> workers_;
+  const std::function<void(uint64_t)>* job_ = nullptr;
+  uint64_t num_blocks_ = 0;
+  std::atomic<uint64_t> next_block_{0};
+  int active_ = 0;
+  uint64_t generation_ = 0;
+};
+
+bool IsLegacyStream(cudaStream_t stream) {
+  return stream == nullptr || stream == cudaStreamLegacy;
+}
+
+CUstream_st* RealStream(cudaStream_t stream) {
+  if (IsLegacyStream(stream) || stream == cudaStreamPerThread) return nullptr;
+  return stream;
+}
+
+}  // namespace
+
+cudaError_t RunOnStream(cudaStream_t stream, std::function<void()> work, const char* what) {
+  CUstream_st* s = RealStream(stream);
+  if (s != nullptr && s->capturing) {
+    if (s->capture_thread != std::this_thread::get_id()) {
+      // Another thread's capture: in thread-local mode this thread may not use the stream.
+      s->invalidated = true;
+      return Misuse(cudaErrorStreamCaptureUnsupported,
+                    std::string(what) + " on a stream another thread is capturing");
+    }
+    s->graph->nodes.push_back(std::move(work));
+    return cudaSuccess;
+  }
+  if (IsLegacyStream(stream) && t_capturing_stream != nullptr) {
+    t_capturing_stream->invalidated = true;
+    return Misuse(cudaErrorStreamCaptureImplicit,
+                  std::string(what) +
+                      " on the legacy default stream while this thread captures a stream");
+  }
+  work();
+  return cudaSuccess;
+}
+
+void LaunchKernel(const char* name, const void* kernel, const LaunchShape& shape,
+                  cudaStream_t stream, std::shared_ptr<const std::function<void()>> thread_body,
+                  const std::vector<const void*>& pointer_args) {
+  const uint64_t threads = static_cast<uint64_t>(shape.block.x) * shape.block.y * shape.block.z;
+  if (threads == 0 || threads > 1024 || shape.block.z > 64 || shape.grid.x == 0 ||
+      shape.grid.y == 0 || shape.grid.z == 0 || shape.grid.x > 0x7fffffffu ||
+      shape.grid.y > 65535 || shape.grid.z > 65535) {
+    Misuse(cudaErrorInvalidConfiguration,
+           std::string("launch of ") + name + " with grid (" + std::to_string(shape.grid.x) +
+               "," + std::to_string(shape.grid.y) + "," + std::to_string(shape.grid.z) +
+               ") and block (" + std::to_string(shape.block.x) + "," +
+               std::to_string(shape.block.y) + "," + std::to_string(shape.block.z) +
+               "): invalid configuration");
+    return;
+  }
+  size_t smem_limit = kDefaultDynamicSmemLimit;
+  {
+    std::lock_guard<std::mutex> lock(State().mu);
+    const auto it = State().dynamic_smem_limits.find(kernel);
+    if (it != State().dynamic_smem_limits.end()) smem_limit = it->second;
+  }
+  if (shape.dynamic_smem_bytes > smem_limit) {
+    Misuse(cudaErrorInvalidValue,
+           std::string("launch of ") + name + " with " + std::to_string(shape.dynamic_smem_bytes) +
+               " bytes of dynamic shared memory; the limit is " + std::to_string(smem_limit) +
+               " (raise it with cudaFuncSetAttribute(MaxDynamicSharedMemorySize))");
+    return;
+  }
+  for (size_t i = 0; i < pointer_args.size(); ++i) {
+    if (pointer_args[i] != nullptr && !IsDeviceRange(pointer_args[i], 0)) {
+      Misuse(cudaErrorInvalidValue,
+             std::string("launch of ") + name + ": pointer argument " + std::to_string(i) +
+                 " is not in device memory (a host pointer, or a freed allocation)");
+      return;
+    }
+  }
+  const LaunchShape captured_shape = shape;
+  const cudaError_t err = RunOnStream(
+      stream,
+      [name, captured_shape, thread_body] {
+        BlockPool::Get().Run(name, captured_shape, *thread_body);
+      },
+      name);
+  SetError(err);
+}
+
+}  // namespace cuda_emu
+
+using cuda_emu::Misuse;
+using cuda_emu::SetError;
+using cuda_emu::State;
+
+// ---- Errors and devices ----------------------------------------------------------------------
+cudaError_t cudaGetLastError() {
+  const cudaError_t err = cuda_emu::t_last_error;
+  cuda_emu::t_last_error = cudaSuccess;
+  return err != cudaSuccess ? err : State().sticky;
+}
+cudaError_t cudaPeekAtLastError() {
+  return cuda_emu::t_last_error != cudaSuccess ? cuda_emu::t_last_error : State().sticky;
+}
+
+const char* cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInitializationError: return "cudaErrorInitializationError";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNoKernelImageForDevice: return "cudaErrorNoKernelImageForDevice";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
+    case cudaErrorUnknown: return "cudaErrorUnknown";
+  }
+  return "cudaErrorUnrecognized";
+}
+
+const char* cudaGetErrorString(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidDevicePointer: return "invalid device pointer";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
+    default: return cudaGetErrorName(error);
+  }
+}
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = cuda_emu::NumDevices();
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) {
+  if (device < 0 || device >= cuda_emu::NumDevices()) return SetError(cudaErrorInvalidDevice);
+  cuda_emu::t_device = device;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = cuda_emu::t_device;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device < 0 || device >= cuda_emu::NumDevices()) return SetError(cudaErrorInvalidDevice);
+  std::memset(prop, 0, sizeof(*prop));
+  std::snprintf(prop->name, sizeof(prop->name), "glimpse CUDA emulation on the CPU (sm_90 limits)");
+  prop->totalGlobalMem = cuda_emu::DeviceMemoryBytes();
+  prop->sharedMemPerBlock = cuda_emu::kDefaultDynamicSmemLimit;
+  prop->sharedMemPerBlockOptin = cuda_emu::kMaxDynamicSmemOptin;
+  prop->sharedMemPerMultiprocessor = 233472;
+  prop->regsPerBlock = 65536;
+  prop->warpSize = 32;
+  prop->maxThreadsPerBlock = 1024;
+  prop->maxThreadsDim[0] = 1024;
+  prop->maxThreadsDim[1] = 1024;
+  prop->maxThreadsDim[2] = 64;
+  prop->maxGridSize[0] = 0x7fffffff;
+  prop->maxGridSize[1] = 65535;
+  prop->maxGridSize[2] = 65535;
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = cuda_emu::kSmCount;
+  prop->l2CacheSize = 50 << 20;
+  prop->memoryBusWidth = 6144;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  cudaDeviceProp prop;
+  const cudaError_t err = cudaGetDeviceProperties(&prop, device);
+  if (err != cudaSuccess) return err;
+  switch (attr) {
+    case cudaDevAttrMaxThreadsPerBlock: *value = prop.maxThreadsPerBlock; break;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = static_cast<int>(prop.sharedMemPerBlock); break;
+    case cudaDevAttrWarpSize: *value = 32; break;
+    case cudaDevAttrMultiProcessorCount: *value = prop.multiProcessorCount; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = prop.major; break;
+    case cudaDevAttrComputeCapabilityMinor: *value = prop.minor; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *value = static_cast<int>(prop.sharedMemPerBlockOptin);
+      break;
+    default: return SetError(cudaErrorInvalidValue);
+  }
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize() {
+  if (cuda_emu::ProhibitedDuringCapture("cudaDeviceSynchronize")) {
+    return cudaErrorStreamCaptureUnsupported;
+  }
+  return State().sticky;
+}
+cudaError_t cudaRuntimeGetVersion(int* version) {
+  *version = CUDART_VERSION;
+  return cudaSuccess;
+}
+cudaError_t cudaDriverGetVersion(int* version) {
+  *version = CUDART_VERSION;
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  std::lock_guard<std::mutex> lock(State().mu);
+  *total_bytes = cuda_emu::DeviceMemoryBytes();
+  *free_bytes = *total_bytes - std::min(*total_bytes, State().device_bytes_in_use);
+  return cudaSuccess;
+}
+
+// ---- Memory -----------------------------------------------------------------------------
+namespace {
+cudaError_t Allocate(void** ptr, size_t bytes, cuda_emu::MemoryKind kind) {
+  *ptr = nullptr;
+  if (bytes == 0) return cudaSuccess;
+  auto& s = State();
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (kind == cuda_emu::MemoryKind::kDevice &&
+        s.device_bytes_in_use + bytes > cuda_emu::DeviceMemoryBytes()) {
+      return SetError(cudaErrorMemoryAllocation);
+    }
+  }
+  void* p = nullptr;
+  if (posix_memalign(&p, 256, bytes) != 0) return SetError(cudaErrorMemoryAllocation);
+  // Fresh device memory reads as NaN / -1 until written.
+  std::memset(p, 0xff, bytes);
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.allocations[reinterpret_cast<uintptr_t>(p)] = {bytes, kind};
+  if (kind == cuda_emu::MemoryKind::kDevice) s.device_bytes_in_use += bytes;
+  *ptr = p;
+  return cudaSuccess;
+}
+
+cudaError_t Release(void* ptr, cuda_emu::MemoryKind kind, const char* call) {
+  if (ptr == nullptr) return cudaSuccess;
+  auto& s = State();
+  std::lock_guard<std::mutex> lock(s.mu);
+  const auto it = s.allocations.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it == s.allocations.end() || it->second.kind != kind) {
+    return Misuse(cudaErrorInvalidValue,
+                  std::string(call) + " of a pointer it did not allocate (or freed twice)");
+  }
+  if (kind == cuda_emu::MemoryKind::kDevice) s.device_bytes_in_use -= it->second.bytes;
+  s.allocations.erase(it);
+  std::free(ptr);
+  return cudaSuccess;
+}
+
+// Checks the pointers of a copy against its kind: device sides inside one device allocation,
+// host sides outside device memory.
+cudaError_t CheckCopy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                      const char* call) {
+  const bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  const bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  if (kind == cudaMemcpyDefault) {
+    if (!cuda_emu::IsDeviceRange(dst, bytes) && cuda_emu::IsDeviceRange(dst, 0)) {
+      return Misuse(cudaErrorInvalidValue, std::string(call) + ": destination overruns its allocation");
+    }
+    if (!cuda_emu::IsDeviceRange(src, bytes) && cuda_emu::IsDeviceRange(src, 0)) {
+      return Misuse(cudaErrorInvalidValue, std::string(call) + ": source overruns its allocation");
+    }
+    return cudaSuccess;
+  }
+  if (dst_device && !cuda_emu::IsDeviceMemory(dst, bytes)) {
+    return Misuse(cudaErrorInvalidValue,
+                  std::string(call) + ": destination of " + std::to_string(bytes) +
+                      " bytes is not inside one device allocation");
+  }
+  if (src_device && !cuda_emu::IsDeviceMemory(src, bytes)) {
+    return Misuse(cudaErrorInvalidValue,
+                  std::string(call) + ": source of " + std::to_string(bytes) +
+                      " bytes is not inside one device allocation");
+  }
+  if (!dst_device && cuda_emu::IsDeviceMemory(dst, 0)) {
+    return Misuse(cudaErrorInvalidValue, std::string(call) + ": host destination is device memory");
+  }
+  if (!src_device && cuda_emu::IsDeviceMemory(src, 0)) {
+    return Misuse(cudaErrorInvalidValue, std::string(call) + ": host source is device memory");
+  }
+  return cudaSuccess;
+}
+}  // namespace
+
+cudaError_t cudaMalloc(void** ptr, size_t bytes) {
+  if (cuda_emu::ProhibitedDuringCapture("cudaMalloc")) return cudaErrorStreamCaptureUnsupported;
+  return Allocate(ptr, bytes, cuda_emu::MemoryKind::kDevice);
+}
+cudaError_t cudaFree(void* ptr) {
+  if (cuda_emu::ProhibitedDuringCapture("cudaFree")) return cudaErrorStreamCaptureUnsupported;
+  return Release(ptr, cuda_emu::MemoryKind::kDevice, "cudaFree");
+}
+cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned /*flags*/) {
+  return Allocate(ptr, bytes, cuda_emu::MemoryKind::kPinnedHost);
+}
+cudaError_t cudaMallocHost(void** ptr, size_t bytes) {
+  return Allocate(ptr, bytes, cuda_emu::MemoryKind::kPinnedHost);
+}
+cudaError_t cudaFreeHost(void* ptr) {
+  return Release(ptr, cuda_emu::MemoryKind::kPinnedHost, "cudaFreeHost");
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (cuda_emu::ProhibitedDuringCapture("cudaMemcpy")) return cudaErrorStreamCaptureUnsupported;
+  const cudaError_t err = CheckCopy(dst, src, bytes, kind, "cudaMemcpy");
+  if (err != cudaSuccess) return err;
+  if (bytes > 0) std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t stream) {
+  const cudaError_t err = CheckCopy(dst, src, bytes, kind, "cudaMemcpyAsync");
+  if (err != cudaSuccess) return err;
+  return SetError(cuda_emu::RunOnStream(
+      stream, [dst, src, bytes] { if (bytes > 0) std::memmove(dst, src, bytes); },
+      "cudaMemcpyAsync"));
+}
+cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
+  if (cuda_emu::ProhibitedDuringCapture("cudaMemset")) return cudaErrorStreamCaptureUnsupported;
+  if (!cuda_emu::IsDeviceMemory(dst, bytes)) {
+    return Misuse(cudaErrorInvalidValue, "cudaMemset of " + std::to_string(bytes) +
+                                             " bytes outside one device allocation");
+  }
+  std::memset(dst, value, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t stream) {
+  if (!cuda_emu::IsDeviceMemory(dst, bytes)) {
+    return Misuse(cudaErrorInvalidValue, "cudaMemsetAsync of " + std::to_string(bytes) +
+                                             " bytes outside one device allocation");
+  }
+  return SetError(cuda_emu::RunOnStream(
+      stream, [dst, value, bytes] { std::memset(dst, value, bytes); }, "cudaMemsetAsync"));
+}
+
+// ---- Streams, graphs, events ------------------------------------------------------------------
+cudaError_t cudaStreamCreate(cudaStream_t* stream) {
+  *stream = new CUstream_st();
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned /*flags*/) {
+  return cudaStreamCreate(stream);
+}
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  CUstream_st* s = cuda_emu::RealStream(stream);
+  if (s == nullptr) return SetError(cudaErrorInvalidResourceHandle);
+  if (s->capturing) {
+    delete s->graph;
+    if (cuda_emu::t_capturing_stream == s) cuda_emu::t_capturing_stream = nullptr;
+  }
+  delete s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  CUstream_st* s = cuda_emu::RealStream(stream);
+  if ((s != nullptr && s->capturing) ||
+      (cuda_emu::IsLegacyStream(stream) && cuda_emu::t_capturing_stream != nullptr)) {
+    cuda_emu::ProhibitedDuringCapture("cudaStreamSynchronize");
+    return cudaErrorStreamCaptureUnsupported;
+  }
+  return State().sticky;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode /*mode*/) {
+  CUstream_st* s = cuda_emu::RealStream(stream);
+  if (s == nullptr) {
+    return Misuse(cudaErrorStreamCaptureUnsupported, "cudaStreamBeginCapture on the legacy stream");
+  }
+  if (s->capturing || cuda_emu::t_capturing_stream != nullptr) {
+    return Misuse(cudaErrorInvalidValue, "cudaStreamBeginCapture while a capture is in progress");
+  }
+  s->capturing = true;
+  s->invalidated = false;
+  s->capture_thread = std::this_thread::get_id();
+  s->graph = new CUgraph_st();
+  cuda_emu::t_capturing_stream = s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+  CUstream_st* s = cuda_emu::RealStream(stream);
+  if (s == nullptr || !s->capturing) {
+    return Misuse(cudaErrorInvalidValue, "cudaStreamEndCapture on a stream that is not capturing");
+  }
+  s->capturing = false;
+  cuda_emu::t_capturing_stream = nullptr;
+  if (s->invalidated) {
+    delete s->graph;
+    s->graph = nullptr;
+    *graph = nullptr;
+    return SetError(cudaErrorStreamCaptureInvalidated);
+  }
+  *graph = s->graph;
+  s->graph = nullptr;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
+  CUstream_st* s = cuda_emu::RealStream(stream);
+  *status = s != nullptr && s->capturing
+                ? (s->invalidated ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive)
+                : cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
+                                 unsigned long long /*flags*/) {
+  if (graph == nullptr) return SetError(cudaErrorInvalidValue);
+  *exec = new CUgraphExec_st{graph->nodes};
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  if (exec == nullptr) return SetError(cudaErrorInvalidValue);
+  CUgraphExec_st* e = exec;
+  return SetError(cuda_emu::RunOnStream(
+      stream, [e] { for (const auto& node : e->nodes) node(); }, "cudaGraphLaunch"));
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete graph;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete exec;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  *event = new CUevent_st();
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned /*flags*/) {
+  return cudaEventCreate(event);
+}
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete event;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  if (event == nullptr) return SetError(cudaErrorInvalidResourceHandle);
+  return SetError(cuda_emu::RunOnStream(
+      stream,
+      [event] {
+        event->time = std::chrono::steady_clock::now();
+        event->recorded = true;
+      },
+      "cudaEventRecord"));
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  if (cuda_emu::ProhibitedDuringCapture("cudaEventSynchronize")) {
+    return cudaErrorStreamCaptureUnsupported;
+  }
+  return event == nullptr ? SetError(cudaErrorInvalidResourceHandle) : cudaSuccess;
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  if (start == nullptr || end == nullptr || !start->recorded || !end->recorded) {
+    return SetError(cudaErrorInvalidResourceHandle);
+  }
+  *ms = std::chrono::duration<float, std::milli>(end->time - start->time).count();
+  return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t /*stream*/, cudaEvent_t event, unsigned /*flags*/) {
+  return event == nullptr ? SetError(cudaErrorInvalidResourceHandle) : cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (func == nullptr) return SetError(cudaErrorInvalidValue);
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (value < 0 || static_cast<size_t>(value) > cuda_emu::kMaxDynamicSmemOptin) {
+      return Misuse(cudaErrorInvalidValue,
+                    "cudaFuncSetAttribute(MaxDynamicSharedMemorySize, " + std::to_string(value) +
+                        "): more than the device's " +
+                        std::to_string(cuda_emu::kMaxDynamicSmemOptin) + " bytes");
+    }
+    std::lock_guard<std::mutex> lock(State().mu);
+    State().dynamic_smem_limits[func] = static_cast<size_t>(value);
+  }
+  return cudaSuccess;
+}
