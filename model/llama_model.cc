@@ -183,6 +183,26 @@ LlamaModel::~LlamaModel() {
   }
 }
 
+void LlamaModel::ReserveActivations(int64_t max_tokens, int64_t max_logits_rows) {
+  const LlamaConfig& c = config_;
+  const int64_t q_dim = static_cast<int64_t>(shard_.num_heads()) * c.head_dim;
+  const int64_t kv_dim = static_cast<int64_t>(shard_.num_kv_heads()) * c.head_dim;
+  const int64_t ffn_dim = shard_.ffn_dim();
+  const int64_t rows = std::max<int64_t>(max_tokens, 1);
+  Scratch(kX, rows * c.dim);
+  Scratch(kXn, rows * c.dim);
+  Scratch(kQ, rows * q_dim);
+  Scratch(kK, rows * kv_dim);
+  Scratch(kV, rows * kv_dim);
+  Scratch(kAttn, rows * q_dim);
+  Scratch(kProj, rows * c.dim);
+  Scratch(kGate, rows * ffn_dim);
+  Scratch(kUp, rows * ffn_dim);
+  const int64_t logits_rows = std::max<int64_t>(max_logits_rows, 1);
+  Scratch(kLogitsIn, logits_rows * c.dim);
+  Scratch(kLogitsOut, logits_rows * c.vocab_size);
+}
+
 float* LlamaModel::Scratch(size_t index, size_t num_floats) {
   if (scratch_.size() <= index) {
     scratch_.resize(index + 1, nullptr);

@@ -74,6 +74,12 @@ class LlamaModel {
   // InvalidArgument otherwise. Split ranks all get the same logits.
   absl::Status Forward(const StepBatch& batch, KvCacheStorage& kv, float* logits);
 
+  // Sizes the activation buffers for steps of up to max_tokens tokens and max_logits_rows
+  // logits rows now, instead of growing them on the steps that first need more. A buffer that
+  // grows moves, and every CUDA graph captured before with its address never replays again;
+  // a server that reserves its step budget up front keeps its graphs.
+  void ReserveActivations(int64_t max_tokens, int64_t max_logits_rows);
+
  private:
   LlamaModel(const LlamaConfig& config, const LlamaShard& shard, kernels::Backend& backend)
       : config_(config), shard_(shard), backend_(backend) {}

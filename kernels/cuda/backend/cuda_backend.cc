@@ -103,6 +103,9 @@ CudaBackend::~CudaBackend() {
   activations_bf16_.Reset();
   attention_workspace_.Reset();
   norm_input_.Reset();
+  graph_activations_bf16_.Reset();
+  graph_attention_workspace_.Reset();
+  graph_norm_input_.Reset();
   if (staging_host_ != nullptr) (void)cudaFreeHost(staging_host_);
   if (staging_device_ != nullptr) (void)cudaFree(staging_device_);
   if (cublas_ != nullptr) (void)cublasDestroy(cublas_);

@@ -31,9 +31,10 @@ namespace {
 // The attention plan is made for `bucket` sequences of the step's KV capacity tier, so it
 // does not change while sequences grow within the tier.
 //
-// Launches read the arena and this backend's growable buffers (activations_bf16_,
-// norm_input_, attention_workspace_) when they run, through `this`: Finish reserves those
-// first and adds their addresses to the signature, so a regrown buffer means a new capture.
+// Launches read the arena and this backend's growable graph buffers (graph_activations_bf16_,
+// graph_norm_input_, graph_attention_workspace_) when they run, through `this`: Finish reserves
+// those first and adds their addresses to the signature, so a regrown buffer means a new
+// capture.
 
 // Signature op tags (the first word of each op's words).
 enum class GraphOp : uint32_t {
@@ -76,15 +77,28 @@ void CudaBackend::EndForward() {
 std::vector<BackendCounter> CudaBackend::Counters() const { return graphs_.Counters(); }
 
 void CudaBackend::FinishGraphStep(GraphEagerReason eager_reason) {
-  // Outside capture: growing a buffer drains the stream and reallocates it.
-  Reserve(activations_bf16_, graph_step_.bf16_bytes);
-  Reserve(norm_input_, graph_step_.norm_bytes);
-  Reserve(attention_workspace_, graph_step_.workspace_bytes);
+  // Outside capture: growing a buffer drains the stream and reallocates it. A regrown buffer
+  // changes every signature, so that the graphs captured before it never replay again: the
+  // graph steps have buffers of their own (eager prefills never move them), grown at once to
+  // what the largest bucket needs (the sizes are proportional to the rows), not bucket by
+  // bucket as batches grow. (Found on the CPU emulation of CUDA: a batch-64 step and the
+  // prefills around it regrew the shared buffers and every smaller bucket was captured again.)
+  const size_t bucket = static_cast<size_t>(std::max<int64_t>(graphs_.bucket(), 1));
+  const size_t to_largest = (kMaxGraphBatch + bucket - 1) / bucket;
+  if (graph_activations_bf16_.size() < graph_step_.bf16_bytes) {
+    Reserve(graph_activations_bf16_, graph_step_.bf16_bytes * to_largest);
+  }
+  if (graph_norm_input_.size() < graph_step_.norm_bytes) {
+    Reserve(graph_norm_input_, graph_step_.norm_bytes * to_largest);
+  }
+  if (graph_attention_workspace_.size() < graph_step_.workspace_bytes) {
+    Reserve(graph_attention_workspace_, graph_step_.workspace_bytes * to_largest);
+  }
   const std::vector<uint64_t> extra = {
-      DecodeGraphRecorder::ToWord(activations_bf16_.get()),
-      DecodeGraphRecorder::ToWord(norm_input_.get()),
-      DecodeGraphRecorder::ToWord(attention_workspace_.get()),
-      DecodeGraphRecorder::ToWord(attention_workspace_.size()),
+      DecodeGraphRecorder::ToWord(graph_activations_bf16_.get()),
+      DecodeGraphRecorder::ToWord(graph_norm_input_.get()),
+      DecodeGraphRecorder::ToWord(graph_attention_workspace_.get()),
+      DecodeGraphRecorder::ToWord(graph_attention_workspace_.size()),
       DecodeGraphRecorder::ToWord(cublas_workspace_.get()),
       DecodeGraphRecorder::ToWord(stream_),
   };
@@ -132,7 +146,7 @@ bool CudaBackend::RecordRmsNorm(const float* x, const float* weight, int64_t num
   }
   graphs_.Record(
       [this, x, weight, rows, dim, eps, out](cudaStream_t stream) {
-        return EnqueueRmsNorm(x, weight, rows, dim, eps, out, stream);
+        return EnqueueRmsNorm(x, weight, rows, dim, eps, out, graph_norm_input_.get(), stream);
       },
       GraphOp::kRmsNorm, x, weight, rows, dim, eps, out);
   return true;
@@ -152,7 +166,7 @@ bool CudaBackend::RecordMatMul(const float* x, int64_t num_rows, const CudaPacke
   // `m` is the model's packed weight, alive for the step (the launch only runs within it).
   graphs_.Record(
       [this, x, rows, &m, y](cudaStream_t stream) {
-        return EnqueueMatMul(x, rows, m, y, stream);
+        return EnqueueMatMul(x, rows, m, y, graph_activations_bf16_.get(), stream);
       },
       GraphOp::kMatMul, x, rows, m.data(), m.rows(), m.cols(), m.bf16(), y);
   return true;
@@ -291,8 +305,8 @@ bool CudaBackend::RecordPagedAttention(const PagedAttentionParams& p) {
         run.kv.kv_indptr = graphs_.ArenaPtr<const int32_t>(tables_offset);
         run.kv.kv_last_page_len = graphs_.ArenaPtr<const int32_t>(tables_offset) + rows + 1;
         run.kv.kv_indices = graphs_.ArenaPtr<const int32_t>(indices_offset);
-        run.workspace = attention_workspace_.get();
-        run.workspace_bytes = attention_workspace_.size();
+        run.workspace = graph_attention_workspace_.get();
+        run.workspace_bytes = graph_attention_workspace_.size();
         return LaunchPagedDecode(run, stream);
       },
       GraphOp::kAttention, d.q, d.o, d.kv.k_cache, d.kv.v_cache, d.kv.num_kv_heads, block_size,

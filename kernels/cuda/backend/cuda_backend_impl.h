@@ -239,13 +239,14 @@ class CudaBackend final : public Backend {
   const DeviceTable& TableFor(const MatrixView& table);
   const float* RopeTable(const kernels::RopeParams& p);
   const AttentionMemo& AttentionTables(const PagedAttentionParams& p, int32_t num_tokens);
-  // x (rounded to bf16 into activations_bf16_, which must hold it) times W. The cast runs on
+  // x (rounded to bf16 into bf16_scratch, which must hold it) times W. The cast runs on
   // `stream`, the GEMM on the cuBLAS handle's stream: both are stream_.
   cudaError_t EnqueueMatMul(const float* x, int64_t num_rows, const CudaPackedMatrix& m,
-                            float* y, cudaStream_t stream);
-  // RmsNorm's launches; out == x normalizes a copy in norm_input_ (which must hold it).
+                            float* y, uint8_t* bf16_scratch, cudaStream_t stream);
+  // RmsNorm's launches; out == x normalizes a copy in norm_scratch (which must hold it).
   cudaError_t EnqueueRmsNorm(const float* x, const float* weight, int64_t num_rows,
-                             int64_t dim, float eps, float* out, cudaStream_t stream);
+                             int64_t dim, float eps, float* out, uint8_t* norm_scratch,
+                             cudaStream_t stream);
 
   // ---- Decode graphs ("Decode graphs" in cuda_backend_graphs.cc). Record*: the op's launch in
   // a recorded step; false when the op does not fit the step (the recording is then abandoned
@@ -282,6 +283,11 @@ class CudaBackend final : public Backend {
   DeviceBuffer<uint8_t> activations_bf16_;  // MatMul: x rounded to bf16, [num_rows][cols]
   DeviceBuffer<uint8_t> attention_workspace_;  // split-KV partial states (paged decode)
   DeviceBuffer<uint8_t> norm_input_;        // RmsNorm in place: a copy of x
+  // The same three for recorded (graph) steps only, so that an eager step that needs more
+  // (a long prefill) never moves what captured graphs point at.
+  DeviceBuffer<uint8_t> graph_activations_bf16_;
+  DeviceBuffer<uint8_t> graph_attention_workspace_;
+  DeviceBuffer<uint8_t> graph_norm_input_;
   std::unordered_map<const void*, DeviceTable> tables_;  // key: MatrixView::data
   AttentionMemo attention_memo_;
   RopeMemo rope_memo_;

@@ -74,12 +74,12 @@ void CudaBackend::MatMul(const float* x, int64_t num_rows, const PackedMatrix& w
   if (num_rows > INT_MAX) Fail(absl::StrCat("MatMul with ", num_rows, " rows"));
   if (graphs_.recording() && RecordMatMul(x, num_rows, m, y)) return;
   if (m.bf16()) Reserve(activations_bf16_, static_cast<size_t>(num_rows) * m.cols() * 2);
-  GLIMPSE_CUDA_CHECK(EnqueueMatMul(x, num_rows, m, y, stream_));
+  GLIMPSE_CUDA_CHECK(EnqueueMatMul(x, num_rows, m, y, activations_bf16_.get(), stream_));
 }
 
 cudaError_t CudaBackend::EnqueueMatMul(const float* x, int64_t num_rows,
                                        const CudaPackedMatrix& m, float* y,
-                                       cudaStream_t stream) {
+                                       uint8_t* bf16_scratch, cudaStream_t stream) {
   // cuBLAS is column-major. Row-major buffers read column-major are transposed:
   //   W[N][K] (ld K)  is the K x N matrix Wᵀ;   x[M][K] (ld K) is xᵀ (K x M);
   //   y[M][N] (ld N)  is yᵀ (N x M).
@@ -93,10 +93,10 @@ cudaError_t CudaBackend::EnqueueMatMul(const float* x, int64_t num_rows,
   if (m.bf16()) {
     // bf16 x bf16 -> fp32 with fp32 accumulation: x is rounded to bf16 first.
     const size_t elements = static_cast<size_t>(num_rows) * static_cast<size_t>(k);
-    const cudaError_t err = LaunchCastF32ToBf16(x, activations_bf16_.get(),
+    const cudaError_t err = LaunchCastF32ToBf16(x, bf16_scratch,
                                                 static_cast<int64_t>(elements), stream);
     if (err != cudaSuccess) return err;
-    b = activations_bf16_.get();
+    b = bf16_scratch;
     ab_type = CUDA_R_16BF;
   }
   const float alpha = 1.0f;

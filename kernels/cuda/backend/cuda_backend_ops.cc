@@ -157,21 +157,22 @@ void CudaBackend::RmsNorm(const float* x, const float* weight, int64_t num_rows,
   }
   if (graphs_.recording() && RecordRmsNorm(x, weight, num_rows, dim, eps, out)) return;
   if (out == x) Reserve(norm_input_, static_cast<size_t>(num_rows) * static_cast<size_t>(dim) * 4);
-  GLIMPSE_CUDA_CHECK(EnqueueRmsNorm(x, weight, num_rows, dim, eps, out, stream_));
+  GLIMPSE_CUDA_CHECK(
+      EnqueueRmsNorm(x, weight, num_rows, dim, eps, out, norm_input_.get(), stream_));
 }
 
 cudaError_t CudaBackend::EnqueueRmsNorm(const float* x, const float* weight, int64_t num_rows,
                                         int64_t dim, float eps, float* out,
-                                        cudaStream_t stream) {
+                                        uint8_t* norm_scratch, cudaStream_t stream) {
   const size_t num_bytes = static_cast<size_t>(num_rows) * static_cast<size_t>(dim) * 4;
   const float* input = x;
   if (out == x) {
     // The fused kernel's out may not alias its input (it re-reads the input after the
     // reduction): normalize a copy.
     const cudaError_t err =
-        cudaMemcpyAsync(norm_input_.get(), x, num_bytes, cudaMemcpyDeviceToDevice, stream);
+        cudaMemcpyAsync(norm_scratch, x, num_bytes, cudaMemcpyDeviceToDevice, stream);
     if (err != cudaSuccess) return err;
-    input = reinterpret_cast<const float*>(norm_input_.get());
+    input = reinterpret_cast<const float*>(norm_scratch);
   }
   AddRmsNormParams p;
   p.dtype = DType::kF32;

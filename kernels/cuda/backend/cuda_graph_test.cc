@@ -166,6 +166,10 @@ class CudaGraphTest : public ::testing::TestWithParam<const char*> {
       auto m = model::LlamaModel::Load(*file_, *e.backend);
       ASSERT_TRUE(m.ok()) << m.status();
       e.model = std::move(*m);
+      // Activations sized for the largest step below (a prefill of 48 prompts of <= 40
+      // tokens; 65 logits rows), as a server sizes them for its step budget: otherwise the
+      // first larger step moves them and every graph captured before never replays again.
+      e.model->ReserveActivations(2048, 65);
       e.kv = std::make_unique<model::KvCacheStorage>(*e.backend, e.model->config(), kNumBlocks,
                                                      kBlockSize);
       engines_.push_back(std::move(e));

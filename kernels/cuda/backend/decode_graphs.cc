@@ -314,7 +314,12 @@ cudaError_t DecodeGraphRecorder::Finish(cudaStream_t stream,
       CheckArena(cudaFree(device_arena_), "freeing the graph arena");
       device_arena_ = nullptr;
     }
-    const size_t capacity = std::max(host_used_, 2 * device_capacity_);
+    // At least the pinned arena's capacity (64 KiB at first, doubling): every growth changes
+    // every signature, so the graphs captured before it never replay again. Growing in step
+    // with the host arena instead of with each step's image keeps that to the rare step that
+    // outgrows the host arena too (found on the CPU emulation of CUDA: without it, the batch-64
+    // step's image grew the arena and the smaller buckets all had to be captured again).
+    const size_t capacity = std::max({host_used_, 2 * device_capacity_, host_capacity_});
     CheckArena(cudaMalloc(reinterpret_cast<void**>(&device_arena_), capacity),
                "allocating the graph arena");
     device_capacity_ = capacity;

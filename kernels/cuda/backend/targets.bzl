@@ -7,7 +7,8 @@ def cuda_backend_targets(
         cuda_deps,
         cudart,
         target_compatible_with,
-        test_tags):
+        test_tags,
+        test_size):
     """Declares decode_graphs, cuda_backend and the backend's tests, each name + suffix.
 
     Args:
@@ -16,6 +17,7 @@ def cuda_backend_targets(
       cudart: the CUDA runtime (or its emulation) for decode_graphs.
       target_compatible_with: constraint of every target.
       test_tags: tags of the tests that need a device.
+      test_size: their size (the emulated ones run minutes on a CPU).
     """
     native.cc_library(
         name = "decode_graphs" + suffix,
@@ -57,7 +59,7 @@ def cuda_backend_targets(
     # Every Backend op against the CPU backend on random inputs; KvCacheStorage's block copies.
     native.cc_test(
         name = "cuda_backend_test" + suffix,
-        size = "medium",
+        size = test_size,
         srcs = [
             "cuda_backend_test.cc",
             "device_skip.h",
@@ -80,7 +82,7 @@ def cuda_backend_targets(
     # expected. The shape-policy tests need no device.
     native.cc_test(
         name = "cuda_graph_test" + suffix,
-        size = "medium",
+        size = test_size,
         srcs = [
             "cuda_graph_test.cc",
             "device_skip.h",
@@ -107,7 +109,7 @@ def cuda_backend_targets(
     # files).
     native.cc_test(
         name = "cuda_greedy_test" + suffix,
-        size = "medium",
+        size = test_size,
         srcs = [
             "cuda_greedy_test.cc",
             "device_skip.h",
@@ -138,7 +140,7 @@ def cuda_backend_targets(
     # group against a lone backend; skips without devices (the 2-GPU case without 2 of them).
     native.cc_test(
         name = "cuda_tensor_parallel_test" + suffix,
-        size = "medium",
+        size = test_size,
         srcs = [
             "cuda_tensor_parallel_test.cc",
             "device_skip.h",

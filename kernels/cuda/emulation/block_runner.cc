@@ -17,6 +17,22 @@ constexpr size_t kFiberStackBytes = 256 << 10;
 constexpr int kRegionShift = 24;  // shared addresses: region index << 24 | offset
 constexpr uint32_t kOffsetMask = (1u << kRegionShift) - 1;
 
+// memcpy of the few bytes a collective moves, without a library call for the common sizes.
+inline void CopySmall(void* dst, const void* src, int bytes) {
+  switch (bytes) {
+    case 0:
+      return;
+    case 4:
+      std::memcpy(dst, src, 4);
+      return;
+    case 8:
+      std::memcpy(dst, src, 8);
+      return;
+    default:
+      std::memcpy(dst, src, static_cast<size_t>(bytes));
+  }
+}
+
 std::string Dim(const uint3& d) {
   return "(" + std::to_string(d.x) + "," + std::to_string(d.y) + "," + std::to_string(d.z) + ")";
 }
@@ -38,9 +54,15 @@ Schedule ScheduleFromEnvironment() {
   std::exit(2);
 }
 
+namespace {
+// A plain pointer (no guarded thread_local construction on every access); each OS thread's
+// runner lives as long as the thread.
+thread_local BlockRunner* t_runner = nullptr;
+}  // namespace
+
 BlockRunner& BlockRunner::ForThisThread() {
-  static thread_local BlockRunner runner;
-  return runner;
+  if (t_runner == nullptr) t_runner = new BlockRunner();
+  return *t_runner;
 }
 
 void BlockRunner::ThreadMain(void* arg) {
@@ -201,7 +223,7 @@ const unsigned char* BlockRunner::WarpCollective(unsigned mask, const void* in, 
          "the warp wait in a collective with mask " + std::to_string(w.mask) + ". " +
          DescribeThreads());
   }
-  if (bytes > 0) std::memcpy(w.slots[w.buffer][lane], in, static_cast<size_t>(bytes));
+  CopySmall(w.slots[w.buffer][lane], in, bytes);
   t.collective_buffer = w.buffer;
   t.collective_mask = mask;
   t.collective_what = what;
@@ -347,7 +369,7 @@ void WarpExchange(unsigned mask, const void* in, void* out, int bytes, int src_l
     runner.Fail("shuffle from lane " + std::to_string(src_lane) + ", outside mask " +
                 std::to_string(mask));
   }
-  std::memcpy(out, slots + src_lane * BlockRunner::kSlotBytes, static_cast<size_t>(bytes));
+  internal::CopySmall(out, slots + src_lane * BlockRunner::kSlotBytes, bytes);
 }
 unsigned WarpBallot(unsigned mask, bool predicate) {
   const unsigned char* slots = BlockRunner::ForThisThread().WarpCollective(

@@ -25,10 +25,11 @@
 #endif
 
 #if defined(__x86_64__)
-// glimpse_emu_switch_context(save_sp, load_sp): pushes the callee-saved registers and the
-// SSE/x87 control words, stores the stack pointer in *save_sp, loads load_sp and pops the
-// same from there. A new fiber's stack is laid out by Fiber::Reset so that the final `ret`
-// lands in glimpse_emu_fiber_start with r13 = function and r12 = its argument.
+// glimpse_emu_switch_context(save_sp, load_sp): pushes the callee-saved registers, stores the
+// stack pointer in *save_sp, loads load_sp and pops the same from there. A new fiber's stack is
+// laid out by Fiber::Reset so that the final `ret` lands in glimpse_emu_fiber_start with
+// r13 = function and r12 = its argument. The SSE and x87 control words are not switched (they
+// would cost more than the rest): nothing here changes rounding modes.
 extern "C" void glimpse_emu_switch_context(void** save_sp, void* load_sp);
 extern "C" void glimpse_emu_fiber_start();
 asm(R"(
@@ -42,14 +43,8 @@ glimpse_emu_switch_context:
   pushq %r13
   pushq %r14
   pushq %r15
-  subq $16, %rsp
-  stmxcsr 8(%rsp)
-  fnstcw (%rsp)
   movq %rsp, (%rdi)
   movq %rsi, %rsp
-  fldcw (%rsp)
-  ldmxcsr 8(%rsp)
-  addq $16, %rsp
   popq %r15
   popq %r14
   popq %r13
@@ -161,18 +156,14 @@ void Fiber::Reset(Entry entry, void* arg) {
   s.arg = arg;
   s.asan_fake_stack = nullptr;
 #if defined(__x86_64__)
-  // [sp] x87 control word, [sp+8] MXCSR, [sp+16..63] r15 r14 r13 r12 rbx rbp, [sp+64] return
-  // address. After the pops and `ret`, rsp = sp + 72 is 16-byte aligned, as a call needs.
+  // [sp..sp+47] r15 r14 r13 r12 rbx rbp, [sp+48] return address. After the pops and `ret`,
+  // rsp = sp + 56 is 16-byte aligned, as the call in glimpse_emu_fiber_start needs.
   const uintptr_t top = (reinterpret_cast<uintptr_t>(s.stack_lo) + s.stack_bytes) & ~uintptr_t{15};
-  auto* frame = reinterpret_cast<uint64_t*>(top - 88);
-  std::memset(frame, 0, 88);
-  const uint16_t x87_control = 0x037f;
-  const uint32_t mxcsr = 0x1f80;
-  std::memcpy(reinterpret_cast<char*>(frame), &x87_control, sizeof(x87_control));
-  std::memcpy(reinterpret_cast<char*>(frame) + 8, &mxcsr, sizeof(mxcsr));
-  frame[4] = reinterpret_cast<uint64_t>(&GlimpseEmuFiberMain);  // r13
-  frame[5] = reinterpret_cast<uint64_t>(&s);                   // r12
-  frame[8] = reinterpret_cast<uint64_t>(&glimpse_emu_fiber_start);
+  auto* frame = reinterpret_cast<uint64_t*>(top - 72);
+  std::memset(frame, 0, 72);
+  frame[2] = reinterpret_cast<uint64_t>(&GlimpseEmuFiberMain);  // r13
+  frame[3] = reinterpret_cast<uint64_t>(&s);                   // r12
+  frame[6] = reinterpret_cast<uint64_t>(&glimpse_emu_fiber_start);
   s.sp = frame;
 #else
   if (getcontext(&s.context) != 0) Die("getcontext failed");

@@ -158,6 +158,10 @@ class BlockPool {
       for (uint64_t b = 0; b < num_blocks; ++b) run_block(b);
       return;
     }
+    // One grid at a time on the pool: host threads that launch at once (a thread per
+    // tensor-parallel rank) take turns. A kernel never waits for another host thread, so this
+    // cannot deadlock; single-block grids above run on their own thread.
+    std::lock_guard<std::mutex> one_grid_at_a_time(launch_mu_);
     std::unique_lock<std::mutex> lock(mu_);
     job_ = &run_block;
     num_blocks_ = num_blocks;
@@ -204,7 +208,8 @@ class BlockPool {
     }
   }
 
-  std::mutex mu_;
+  std::mutex launch_mu_;  // held by the host thread whose grid the pool runs
+  std::mutex mu_;         // guards the job fields below
   std::condition_variable wake_;
   std::condition_variable done_;
   std::vector<std::thread> workers_;
