@@ -51,6 +51,10 @@ class StepRunner {
   // Any previous cache is freed first.
   virtual void AllocateKvCache(int32_t num_blocks, int32_t block_size,
                                int32_t num_host_blocks) = 0;
+  // Sizes the activation buffers (on every rank) for steps of up to max_step_tokens tokens and
+  // max_logits_rows logits rows (LlamaModel::ReserveActivations): the serving engine does so for
+  // its step budget once, so that no later step moves them (which would orphan CUDA graphs).
+  virtual void ReserveActivations(int32_t max_step_tokens, int32_t max_logits_rows) = 0;
   // 0 until AllocateKvCache.
   virtual int32_t kv_num_blocks() const = 0;
   virtual int32_t kv_block_size() const = 0;
@@ -91,6 +95,9 @@ class LlamaStepRunner final : public StepRunner {
   const LlamaConfig& config() const override { return model_.config(); }
   int tensor_parallel_size() const override { return model_.shard().tp.size; }
   void AllocateKvCache(int32_t num_blocks, int32_t block_size, int32_t num_host_blocks) override;
+  void ReserveActivations(int32_t max_step_tokens, int32_t max_logits_rows) override {
+    model_.ReserveActivations(max_step_tokens, max_logits_rows);
+  }
   int32_t kv_num_blocks() const override { return kv_ == nullptr ? 0 : kv_->num_blocks(); }
   int32_t kv_block_size() const override { return kv_ == nullptr ? 0 : kv_->block_size(); }
   absl::Status Forward(const StepBatch& batch, float* logits) override;

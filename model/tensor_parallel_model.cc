@@ -116,6 +116,12 @@ void TensorParallelModel::AllocateKvCache(int32_t num_blocks, int32_t block_size
   });
 }
 
+void TensorParallelModel::ReserveActivations(int32_t max_step_tokens, int32_t max_logits_rows) {
+  threads_->Run([&](int r) {
+    ranks_[r].model->ReserveActivations(max_step_tokens, max_logits_rows);
+  });
+}
+
 void TensorParallelModel::MoveKvBlocks(std::span<const KvBlockMove> moves) {
   if (moves.empty()) return;  // Most steps: no wake-up of the rank threads.
   CHECK(ranks_[0].kv != nullptr);

@@ -56,6 +56,7 @@ class TensorParallelModel final : public StepRunner {
   // holding its own KV heads (KvCacheStorage::BytesPerBlock(config, block_size, tp) bytes per
   // block on each device), and host swap space for num_host_blocks blocks per rank.
   void AllocateKvCache(int32_t num_blocks, int32_t block_size, int32_t num_host_blocks) override;
+  void ReserveActivations(int32_t max_step_tokens, int32_t max_logits_rows) override;
   void AllocateKvCache(int32_t num_blocks, int32_t block_size) {
     AllocateKvCache(num_blocks, block_size, /*num_host_blocks=*/0);
   }

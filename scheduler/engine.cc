@@ -54,6 +54,11 @@ Engine::Engine(std::unique_ptr<model::StepRunner> owned_runner, model::StepRunne
       tokenizer_(tokenizer),
       options_(options) {
   runner_.AllocateKvCache(options.num_kv_blocks, options.block_size, options.num_host_blocks);
+  // Activations for the step budget now: a step that grew them later would move them and
+  // leave every CUDA graph captured before unusable. Logits rows: one per running sequence (a
+  // step asking for more, e.g. for prompt logprobs, grows them then).
+  runner_.ReserveActivations(options.scheduler.max_step_tokens,
+                             options.scheduler.max_running_sequences);
   kvcache::KvCacheManagerOptions kv_options;
   kv_options.num_blocks = options.num_kv_blocks;
   kv_options.block_size = options.block_size;

@@ -74,13 +74,17 @@ void RunCase(int32_t vocab, int32_t rows) {
   }
   testing::Note("sampling vocab=" + std::to_string(vocab) + ": " + std::to_string(checked) +
                 "/" + std::to_string(rows) + " rows unambiguous and checked");
-  GLIMPSE_EXPECT(checked >= rows * 9 / 10, "too many ambiguous rows");
+  // With a large vocabulary the top-p cut-off falls within the reference's 1e-4 rounding
+  // window of a token boundary in some 10-15% of the rows that have one (seen over seeds on the
+  // CPU emulation, where 90% failed most runs): require 70%, over enough rows that chance alone
+  // (three standard deviations) does not fail it.
+  GLIMPSE_EXPECT(checked >= rows * 7 / 10, "too many ambiguous rows");
 }
 
 GLIMPSE_CUDA_TEST(SampleMatchesReference) {
   RunCase(1000, 64);
-  RunCase(32000, 32);
-  RunCase(50257, 16);
+  RunCase(32000, 64);
+  RunCase(50257, 64);
 }
 
 }  // namespace
