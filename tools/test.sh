@@ -67,9 +67,13 @@ fi
 if [[ $status -eq 0 ]]; then
   if [[ -x /usr/local/cuda/bin/nvcc ]]; then
     rm -rf "$(readlink -f bazel-testlogs)"
-    bazel build --config=cuda //kernels/cuda/... //server:glimpse || status=1
+    # The CPU-emulated targets ran in the default configuration above: not again here.
+    no_emulation=(--build_tag_filters=-cuda_emulation --test_tag_filters=-cuda_emulation)
+    bazel build --config=cuda "${no_emulation[@]}" -- //kernels/cuda/... \
+      -//kernels/cuda/emulation/... //server:glimpse || status=1
     if [[ $status -eq 0 ]]; then
-      bazel test --config=cuda //kernels/cuda/... || status=1
+      bazel test --config=cuda "${no_emulation[@]}" -- //kernels/cuda/... \
+        -//kernels/cuda/emulation/... || status=1
       count_cases
     fi
   else

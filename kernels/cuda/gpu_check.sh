@@ -29,12 +29,17 @@ LOG="$RESULT_DIR/build.log"
 FLAGS=(-O3 -std=c++20 -I"$ROOT" -gencode=arch=compute_90a,code=sm_90a
        -gencode=arch=compute_80,code=sm_80 -Xcompiler=-Wall,-Wextra)
 
-LIB_SRCS=(attention_common rmsnorm rope silu_mul kv_append paged_decode_attention
-          prefill_attention tree_attention sampling verify_accept score_export
-          weight_convert embedding elementwise rope_table)
-TEST_SRCS=(rmsnorm_test rope_test silu_mul_test kv_append_test paged_decode_attention_test
-           prefill_attention_test score_export_test sampling_test verify_accept_test
-           weight_convert_test embedding_test elementwise_test rope_table_test)
+# The kernel and test lists of kernels/cuda/sources.bzl (what the Bazel builds use), read
+# without Bazel: the quoted names between `NAME = [` and `]`.
+bzl_list() {
+  sed -n "/^$1 = \[/,/^\]/p" "$ROOT/kernels/cuda/sources.bzl" | grep -o '"[a-z_0-9]*"' | tr -d '"'
+}
+mapfile -t LIB_SRCS < <(bzl_list KERNEL_SRCS)
+mapfile -t TEST_SRCS < <(bzl_list KERNEL_TESTS)
+if [[ ${#LIB_SRCS[@]} -eq 0 || ${#TEST_SRCS[@]} -eq 0 ]]; then
+  echo "gpu_check.sh: could not read the source lists of kernels/cuda/sources.bzl" >&2
+  exit 2
+fi
 
 echo "nvcc: $NVCC ($("$NVCC" --version | tail -1))" | tee "$LOG"
 start=$(date +%s)

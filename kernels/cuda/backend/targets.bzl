@@ -7,6 +7,7 @@ def cuda_backend_targets(
         cuda_deps,
         cudart,
         target_compatible_with,
+        library_tags,
         test_tags,
         test_size):
     """Declares decode_graphs, cuda_backend and the backend's tests, each name + suffix.
@@ -16,6 +17,7 @@ def cuda_backend_targets(
       cuda_deps: kernels, cuBLAS, tensor parallelism and CUDA headers for cuda_backend.
       cudart: the CUDA runtime (or its emulation) for decode_graphs.
       target_compatible_with: constraint of every target.
+      library_tags: tags of the libraries.
       test_tags: tags of the tests that need a device.
       test_size: their size (the emulated ones run minutes on a CPU).
     """
@@ -23,6 +25,7 @@ def cuda_backend_targets(
         name = "decode_graphs" + suffix,
         srcs = ["decode_graphs.cc"],
         hdrs = ["decode_graphs.h"],
+        tags = library_tags,
         target_compatible_with = target_compatible_with,
         deps = [
             "//common:check",
@@ -45,6 +48,7 @@ def cuda_backend_targets(
             "tensor_parallel_backends.cc",
         ],
         hdrs = ["cuda_backend.h"],
+        tags = library_tags,
         target_compatible_with = target_compatible_with,
         deps = [
             ":decode_graphs" + suffix,
