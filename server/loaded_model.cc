@@ -63,15 +63,11 @@ absl::StatusOr<std::vector<std::unique_ptr<kernels::Backend>>> CreateRankBackend
     }
     case Device::kCuda: {
 #if defined(GLIMPSE_WITH_CUDA)
-      // TODO(#5): CreateCudaTensorParallelBackends takes no CudaBackendOptions, so its ranks
-      // always capture decode graphs; refuse rather than silently ignore the flag.
-      if (!absl::GetFlag(FLAGS_cuda_graphs)) {
-        return absl::InvalidArgumentError(
-            "--cuda_graphs=false is not supported with --tensor_parallel_size > 1 yet");
-      }
       std::vector<int> devices;
       for (int r = 0; r < size; ++r) devices.push_back(r);
-      return kernels::cuda::CreateCudaTensorParallelBackends(devices);
+      kernels::cuda::CudaBackendOptions options;
+      options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+      return kernels::cuda::CreateCudaTensorParallelBackends(devices, options);
 #else
       return BuiltWithoutCudaError();
 #endif

@@ -63,9 +63,10 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOpti
 
 // One backend per device, backend r being rank r of one NCCL tensor-parallel group over
 // `devices` (distinct CUDA ordinals), for model::TensorParallelModel. Errors as
-// CreateCudaBackend's; FailedPrecondition when NCCL cannot create the group.
+// CreateCudaBackend's; FailedPrecondition when NCCL cannot create the group. Every rank takes
+// `options` (CUDA graphs on or off, ...) except its device, group and rank.
 absl::StatusOr<std::vector<std::unique_ptr<Backend>>> CreateCudaTensorParallelBackends(
-    const std::vector<int>& devices);
+    const std::vector<int>& devices, const CudaBackendOptions& options = {});
 
 }  // namespace glimpse::kernels::cuda
 

@@ -127,6 +127,39 @@ TEST(CudaTensorParallelTest, OneRankGroupIsBitwiseALoneBackend) {
   }
 }
 
+// Every rank takes the group's options: with CUDA graphs off, no rank offers a padded
+// (graph) plan for a decode step; with them on, every rank does.
+TEST(CudaTensorParallelTest, RanksTakeTheGroupsGraphOption) {
+  const int devices = VisibleDevices();
+  if (devices < 2) {
+    GLIMPSE_SKIP_WITHOUT_CUDA("tensor parallelism needs 2 CUDA devices, " << devices
+                              << " visible");
+  }
+  kernels::ForwardShape decode;
+  decode.num_tokens = 3;
+  decode.num_seqs = 3;
+  decode.num_logits_rows = 3;
+  decode.max_kv_len = 40;
+  decode.decode_only = true;
+  for (const bool graphs : {false, true}) {
+    kernels::cuda::CudaBackendOptions options;
+    options.cuda_graphs = graphs;
+    auto backends = kernels::cuda::CreateCudaTensorParallelBackends({0, 1}, options);
+    ASSERT_TRUE(backends.ok()) << backends.status();
+    ASSERT_EQ(backends->size(), 2u);
+    for (size_t r = 0; r < backends->size(); ++r) {
+      kernels::Backend& b = *(*backends)[r];
+      const kernels::ForwardPlan plan = b.BeginForward(decode);
+      b.EndForward();
+      if (graphs) {
+        EXPECT_EQ(plan.padded_rows, 4) << "rank " << r << ": bucket of 3 decode rows";
+      } else {
+        EXPECT_EQ(plan.padded_rows, 0) << "rank " << r << " captures with graphs off";
+      }
+    }
+  }
+}
+
 TEST(CudaTensorParallelTest, TwoGpusMatchOneGpu) {
   const int devices = VisibleDevices();
   if (devices < 2) {

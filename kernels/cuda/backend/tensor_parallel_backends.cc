@@ -17,7 +17,7 @@
 namespace glimpse::kernels::cuda {
 
 absl::StatusOr<std::vector<std::unique_ptr<Backend>>> CreateCudaTensorParallelBackends(
-    const std::vector<int>& devices) {
+    const std::vector<int>& devices, const CudaBackendOptions& options) {
   if (devices.empty()) {
     return absl::InvalidArgumentError("a tensor-parallel group needs at least one CUDA device");
   }
@@ -40,11 +40,11 @@ absl::StatusOr<std::vector<std::unique_ptr<Backend>>> CreateCudaTensorParallelBa
   }
   std::vector<std::unique_ptr<Backend>> backends;
   for (size_t r = 0; r < devices.size(); ++r) {
-    CudaBackendOptions options;
-    options.device_ordinal = devices[r];
-    options.tp_group = group;
-    options.tp_rank = static_cast<int>(r);
-    ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, CreateCudaBackend(options));
+    CudaBackendOptions rank_options = options;
+    rank_options.device_ordinal = devices[r];
+    rank_options.tp_group = group;
+    rank_options.tp_rank = static_cast<int>(r);
+    ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, CreateCudaBackend(rank_options));
     backends.push_back(std::move(backend));
   }
   return backends;
