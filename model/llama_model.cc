@@ -184,26 +184,30 @@ LlamaModel::~LlamaModel() {
 }
 
 void LlamaModel::ReserveActivations(int64_t max_tokens, int64_t max_logits_rows) {
-  const LlamaConfig& c = config_;
-  const int64_t q_dim = static_cast<int64_t>(shard_.num_heads()) * c.head_dim;
-  const int64_t kv_dim = static_cast<int64_t>(shard_.num_kv_heads()) * c.head_dim;
-  const int64_t ffn_dim = shard_.ffn_dim();
-  const int64_t rows = std::max<int64_t>(max_tokens, 1);
-  Scratch(kX, rows * c.dim);
-  Scratch(kXn, rows * c.dim);
-  Scratch(kQ, rows * q_dim);
-  Scratch(kK, rows * kv_dim);
-  Scratch(kV, rows * kv_dim);
-  Scratch(kAttn, rows * q_dim);
-  Scratch(kProj, rows * c.dim);
-  Scratch(kGate, rows * ffn_dim);
-  Scratch(kUp, rows * ffn_dim);
-  const int64_t logits_rows = std::max<int64_t>(max_logits_rows, 1);
-  Scratch(kLogitsIn, logits_rows * c.dim);
-  Scratch(kLogitsOut, logits_rows * c.vocab_size);
+  for (size_t b = kX; b < kLogitsIn; ++b) Scratch(b, std::max<int64_t>(max_tokens, 1));
+  for (size_t b : {kLogitsIn, kLogitsOut}) Scratch(b, std::max<int64_t>(max_logits_rows, 1));
 }
 
-float* LlamaModel::Scratch(size_t index, size_t num_floats) {
+int64_t LlamaModel::ScratchWidth(size_t index) const {
+  switch (index) {
+    case kQ:
+    case kAttn:
+      return static_cast<int64_t>(shard_.num_heads()) * config_.head_dim;
+    case kK:
+    case kV:
+      return static_cast<int64_t>(shard_.num_kv_heads()) * config_.head_dim;
+    case kGate:
+    case kUp:
+      return shard_.ffn_dim();
+    case kLogitsOut:
+      return config_.vocab_size;
+    default:  // kX, kXn, kProj, kLogitsIn
+      return config_.dim;
+  }
+}
+
+float* LlamaModel::Scratch(size_t index, int64_t rows) {
+  const size_t num_floats = static_cast<size_t>(rows * ScratchWidth(index));
   if (scratch_.size() <= index) {
     scratch_.resize(index + 1, nullptr);
     scratch_floats_.resize(index + 1, 0);
@@ -231,8 +235,6 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
   // This rank's heads and FFN features (all of them unsplit).
   const int32_t num_heads = shard_.num_heads();
   const int32_t num_kv_heads = shard_.num_kv_heads();
-  const int64_t q_dim = static_cast<int64_t>(num_heads) * c.head_dim;
-  const int64_t kv_dim = static_cast<int64_t>(num_kv_heads) * c.head_dim;
   const int64_t ffn_dim = shard_.ffn_dim();
   if (kv.layer(0).num_kv_heads != num_kv_heads || kv.layer(0).head_dim != c.head_dim) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -248,18 +250,18 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
   // op, so that nothing reallocates mid-step; the scope ends the step on every return path.
   const kernels::ForwardScope step_scope(be, StepShape(batch));
   const int64_t rows = std::max(T, step_scope.plan().padded_rows);
-  float* x = Scratch(kX, rows * c.dim);
-  float* xn = Scratch(kXn, rows * c.dim);
-  float* q = Scratch(kQ, rows * q_dim);
-  float* k = Scratch(kK, rows * kv_dim);
-  float* v = Scratch(kV, rows * kv_dim);
-  float* attn = Scratch(kAttn, rows * q_dim);
-  float* proj = Scratch(kProj, rows * c.dim);
-  float* gate = Scratch(kGate, rows * ffn_dim);
-  float* up = Scratch(kUp, rows * ffn_dim);
+  float* x = Scratch(kX, rows);
+  float* xn = Scratch(kXn, rows);
+  float* q = Scratch(kQ, rows);
+  float* k = Scratch(kK, rows);
+  float* v = Scratch(kV, rows);
+  float* attn = Scratch(kAttn, rows);
+  float* proj = Scratch(kProj, rows);
+  float* gate = Scratch(kGate, rows);
+  float* up = Scratch(kUp, rows);
   if (step_scope.plan().padded_rows > 0) {
-    Scratch(kLogitsIn, rows * c.dim);
-    Scratch(kLogitsOut, rows * c.vocab_size);
+    Scratch(kLogitsIn, rows);
+    Scratch(kLogitsOut, rows);
   }
 
   // Host-side per-step index data: the KV slot of every new token.
@@ -332,8 +334,8 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
 
   const int64_t R = static_cast<int64_t>(batch.logits_rows.size());
   if (R == 0) return absl::OkStatus();
-  float* rows_in = Scratch(kLogitsIn, R * c.dim);
-  float* rows_out = Scratch(kLogitsOut, R * c.vocab_size);
+  float* rows_in = Scratch(kLogitsIn, R);
+  float* rows_out = Scratch(kLogitsOut, R);
   be.GatherRows(x, c.dim, batch.logits_rows.data(), R, xn);
   be.RmsNorm(xn, weights_.output_norm, R, c.dim, c.rms_norm_eps, rows_in);
   be.MatMul(rows_in, R, *weights_.output, rows_out);

@@ -83,7 +83,10 @@ class LlamaModel {
  private:
   LlamaModel(const LlamaConfig& config, const LlamaShard& shard, kernels::Backend& backend)
       : config_(config), shard_(shard), backend_(backend) {}
-  float* Scratch(size_t index, size_t num_floats);
+  // Activation buffer `index` (kX, kQ, ... in llama_model.cc) for at least `rows` rows of its
+  // width on this rank, grown (and so moved) when too small.
+  float* Scratch(size_t index, int64_t rows);
+  int64_t ScratchWidth(size_t index) const;
 
   LlamaConfig config_;
   LlamaShard shard_;

@@ -3,14 +3,9 @@
 // tokenize, make-model, bench. No gRPC, HTTP or protobuf, so it can be carried to a bare GPU
 // machine with only the few shared libraries it needs (tools/gpu_bundle.sh) to check and
 // benchmark the CUDA backend end to end (kernels/cuda/gpu_e2e.sh).
-#include <cstdio>
-#include <string>
-#include <vector>
-
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "server/generate_command.h"
 #include "server/make_model_command.h"
+#include "server/subcommand_main.h"
 #include "server/tokenize_command.h"
 #include "tools/bench/bench.h"
 
@@ -37,20 +32,12 @@ constexpr char kUsage[] =
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(kUsage);
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
-  if (positional.size() != 2) {
-    std::fprintf(stderr, "%s\n\n%s\n",
-                 positional.size() < 2 ? "glimpse_lean: no command given."
-                                       : "glimpse_lean: give exactly one command.",
-                 kUsage);
-    return 2;
-  }
-  const std::string command = positional[1];
-  if (command == "generate") return glimpse::server::RunGenerateCommand();
-  if (command == "tokenize") return glimpse::server::RunTokenizeCommand();
-  if (command == "make-model") return glimpse::server::RunMakeModelCommand();
-  if (command == "bench") return glimpse::tools::RunBenchCommand();
-  std::fprintf(stderr, "glimpse_lean: unknown command '%s'.\n\n%s\n", command.c_str(), kUsage);
-  return 2;
+  return glimpse::server::RunSubcommandMain(
+      argc, argv, "glimpse_lean", kUsage,
+      {
+          {"generate", &glimpse::server::RunGenerateCommand},
+          {"tokenize", &glimpse::server::RunTokenizeCommand},
+          {"make-model", &glimpse::server::RunMakeModelCommand},
+          {"bench", &glimpse::tools::RunBenchCommand},
+      });
 }

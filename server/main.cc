@@ -1,15 +1,10 @@
 // The one `glimpse` binary: dispatches to a subcommand. Flags are absl flags shared by all
 // subcommands (each flag's help says which subcommands read it).
-#include <cstdio>
-#include <string>
-#include <vector>
-
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "server/gateway_command.h"
 #include "server/generate_command.h"
 #include "server/make_model_command.h"
 #include "server/serve_command.h"
+#include "server/subcommand_main.h"
 #include "server/tokenize_command.h"
 #include "tools/bench/bench.h"
 #include "tools/loadgen/loadgen.h"
@@ -43,23 +38,15 @@ constexpr char kUsage[] =
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(kUsage);
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
-  if (positional.size() != 2) {
-    std::fprintf(stderr, "%s\n\n%s\n",
-                 positional.size() < 2 ? "glimpse: no command given."
-                                       : "glimpse: give exactly one command.",
-                 kUsage);
-    return 2;
-  }
-  const std::string command = positional[1];
-  if (command == "serve") return glimpse::server::RunServeCommand();
-  if (command == "gateway") return glimpse::server::RunGatewayCommand();
-  if (command == "generate") return glimpse::server::RunGenerateCommand();
-  if (command == "tokenize") return glimpse::server::RunTokenizeCommand();
-  if (command == "make-model") return glimpse::server::RunMakeModelCommand();
-  if (command == "bench") return glimpse::tools::RunBenchCommand();
-  if (command == "loadgen") return glimpse::tools::RunLoadgenCommand();
-  std::fprintf(stderr, "glimpse: unknown command '%s'.\n\n%s\n", command.c_str(), kUsage);
-  return 2;
+  return glimpse::server::RunSubcommandMain(
+      argc, argv, "glimpse", kUsage,
+      {
+          {"serve", &glimpse::server::RunServeCommand},
+          {"gateway", &glimpse::server::RunGatewayCommand},
+          {"generate", &glimpse::server::RunGenerateCommand},
+          {"tokenize", &glimpse::server::RunTokenizeCommand},
+          {"make-model", &glimpse::server::RunMakeModelCommand},
+          {"bench", &glimpse::tools::RunBenchCommand},
+          {"loadgen", &glimpse::tools::RunLoadgenCommand},
+      });
 }

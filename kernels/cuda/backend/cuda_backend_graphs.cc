@@ -85,15 +85,12 @@ void CudaBackend::FinishGraphStep(GraphEagerReason eager_reason) {
   // prefills around it regrew the shared buffers and every smaller bucket was captured again.)
   const size_t bucket = static_cast<size_t>(std::max<int64_t>(graphs_.bucket(), 1));
   const size_t to_largest = (kMaxGraphBatch + bucket - 1) / bucket;
-  if (graph_activations_bf16_.size() < graph_step_.bf16_bytes) {
-    Reserve(graph_activations_bf16_, graph_step_.bf16_bytes * to_largest);
-  }
-  if (graph_norm_input_.size() < graph_step_.norm_bytes) {
-    Reserve(graph_norm_input_, graph_step_.norm_bytes * to_largest);
-  }
-  if (graph_attention_workspace_.size() < graph_step_.workspace_bytes) {
-    Reserve(graph_attention_workspace_, graph_step_.workspace_bytes * to_largest);
-  }
+  auto reserve_for_largest = [&](DeviceBuffer<uint8_t>& buffer, size_t step_bytes) {
+    if (buffer.size() < step_bytes) Reserve(buffer, step_bytes * to_largest);
+  };
+  reserve_for_largest(graph_activations_bf16_, graph_step_.bf16_bytes);
+  reserve_for_largest(graph_norm_input_, graph_step_.norm_bytes);
+  reserve_for_largest(graph_attention_workspace_, graph_step_.workspace_bytes);
   const std::vector<uint64_t> extra = {
       DecodeGraphRecorder::ToWord(graph_activations_bf16_.get()),
       DecodeGraphRecorder::ToWord(graph_norm_input_.get()),

@@ -2,6 +2,13 @@
 nvcc-built kernels (--config=cuda only), and against the CPU emulation of CUDA
 (//kernels/cuda/emulation, every build), whose names end in `_emulated`."""
 
+# The bundled model files, and the llama.cpp references the comparisons read.
+_MODELS = [
+    "//models:bundled_model",
+    "//tests/data:models",
+]
+_MODELS_AND_REFS = _MODELS + ["//tests/data:refs"]
+
 def cuda_backend_targets(
         suffix,
         cuda_deps,
@@ -91,10 +98,7 @@ def cuda_backend_targets(
             "cuda_graph_test.cc",
             "device_skip.h",
         ],
-        data = [
-            "//models:bundled_model",
-            "//tests/data:models",
-        ],
+        data = _MODELS,
         tags = test_tags + ["requires-model"],
         target_compatible_with = target_compatible_with,
         deps = [
@@ -118,11 +122,7 @@ def cuda_backend_targets(
             "cuda_greedy_test.cc",
             "device_skip.h",
         ],
-        data = [
-            "//models:bundled_model",
-            "//tests/data:models",
-            "//tests/data:refs",
-        ],
+        data = _MODELS_AND_REFS,
         tags = test_tags + ["requires-model"],
         target_compatible_with = target_compatible_with,
         deps = [
@@ -149,11 +149,7 @@ def cuda_backend_targets(
             "cuda_tensor_parallel_test.cc",
             "device_skip.h",
         ],
-        data = [
-            "//models:bundled_model",
-            "//tests/data:models",
-            "//tests/data:refs",
-        ],
+        data = _MODELS_AND_REFS,
         tags = test_tags + ["requires-model"],
         target_compatible_with = target_compatible_with,
         deps = [

@@ -225,7 +225,6 @@ const unsigned char* BlockRunner::WarpCollective(unsigned mask, const void* in, 
   }
   CopySmall(w.slots[w.buffer][lane], in, bytes);
   t.collective_buffer = w.buffer;
-  t.collective_mask = mask;
   t.collective_what = what;
   t.status = Status::kAtCollective;
   w.arrived |= 1u << lane;

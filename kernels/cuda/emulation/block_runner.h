@@ -71,7 +71,6 @@ class BlockRunner {
     ThreadCoordinates coords;
     int linear = 0;
     Status status = Status::kExited;
-    unsigned collective_mask = 0;
     int collective_buffer = 0;
     const char* collective_what = "";
     std::vector<PendingCopy> uncommitted;

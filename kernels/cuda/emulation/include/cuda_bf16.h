@@ -2,24 +2,20 @@
 #ifndef GLIMPSE_KERNELS_CUDA_EMULATION_INCLUDE_CUDA_BF16_H_
 #define GLIMPSE_KERNELS_CUDA_EMULATION_INCLUDE_CUDA_BF16_H_
 
+#include <bit>
 #include <cstdint>
-#include <cstring>
 
 #include "kernels/cuda/emulation/include/vector_types.h"
 
 namespace cuda_emu {
 inline unsigned short FloatToBf16Bits(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
+  uint32_t bits = std::bit_cast<uint32_t>(f);
   if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<unsigned short>((bits >> 16) | 0x40);
   bits += 0x7fffu + ((bits >> 16) & 1u);
   return static_cast<unsigned short>(bits >> 16);
 }
 inline float Bf16BitsToFloat(unsigned short h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
+  return std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
 }
 }  // namespace cuda_emu
 
