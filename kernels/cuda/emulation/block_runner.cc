@@ -358,9 +358,6 @@ const ThreadCoordinates& CurrentCoordinates() {
   return BlockRunner::ForThisThread().Coordinates();
 }
 void SyncThreads() { BlockRunner::ForThisThread().SyncThreads(); }
-void SyncWarp(unsigned mask) {
-  BlockRunner::ForThisThread().WarpCollective(mask, nullptr, 0, "__syncwarp");
-}
 void WarpExchange(unsigned mask, const void* in, void* out, int bytes, int src_lane) {
   BlockRunner& runner = BlockRunner::ForThisThread();
   const unsigned char* slots = runner.WarpCollective(mask, in, bytes, "__shfl_*_sync");
@@ -369,15 +366,6 @@ void WarpExchange(unsigned mask, const void* in, void* out, int bytes, int src_l
                 std::to_string(mask));
   }
   internal::CopySmall(out, slots + src_lane * BlockRunner::kSlotBytes, bytes);
-}
-unsigned WarpBallot(unsigned mask, bool predicate) {
-  const unsigned char* slots = BlockRunner::ForThisThread().WarpCollective(
-      mask, &predicate, sizeof(predicate), "__ballot_sync");
-  unsigned result = 0;
-  for (int l = 0; l < 32; ++l) {
-    if (((mask >> l) & 1u) != 0 && slots[l * BlockRunner::kSlotBytes] != 0) result |= 1u << l;
-  }
-  return result;
 }
 int LaneId() { return BlockRunner::ForThisThread().Lane(); }
 uint32_t SharedAddress(const void* ptr) { return BlockRunner::ForThisThread().SharedAddress(ptr); }

@@ -1,6 +1,5 @@
 // Runs one thread block of an emulated kernel: every CUDA thread on its own fiber, switched
-// cooperatively at __syncthreads and at warp collectives (shuffles, ballots, mma.sync,
-// ldmatrix), which complete when every thread they wait for has arrived.
+// cooperatively at __syncthreads and at warp collectives (shuffles, mma.sync, ldmatrix), which complete when every thread they wait for has arrived.
 //
 // The order in which runnable threads run between two barriers is the schedule: forward,
 // reverse, or shuffled (GLIMPSE_CUDA_EMULATION_SCHEDULE=forward|reverse|shuffle|mixed;

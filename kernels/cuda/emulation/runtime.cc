@@ -311,9 +311,6 @@ cudaError_t cudaGetLastError() {
   cuda_emu::t_last_error = cudaSuccess;
   return err != cudaSuccess ? err : State().sticky;
 }
-cudaError_t cudaPeekAtLastError() {
-  return cuda_emu::t_last_error != cudaSuccess ? cuda_emu::t_last_error : State().sticky;
-}
 
 const char* cudaGetErrorName(cudaError_t error) {
   switch (error) {
@@ -387,24 +384,6 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   prop->multiProcessorCount = cuda_emu::kSmCount;
   prop->l2CacheSize = 50 << 20;
   prop->memoryBusWidth = 6144;
-  return cudaSuccess;
-}
-cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  cudaDeviceProp prop;
-  const cudaError_t err = cudaGetDeviceProperties(&prop, device);
-  if (err != cudaSuccess) return err;
-  switch (attr) {
-    case cudaDevAttrMaxThreadsPerBlock: *value = prop.maxThreadsPerBlock; break;
-    case cudaDevAttrMaxSharedMemoryPerBlock: *value = static_cast<int>(prop.sharedMemPerBlock); break;
-    case cudaDevAttrWarpSize: *value = 32; break;
-    case cudaDevAttrMultiProcessorCount: *value = prop.multiProcessorCount; break;
-    case cudaDevAttrComputeCapabilityMajor: *value = prop.major; break;
-    case cudaDevAttrComputeCapabilityMinor: *value = prop.minor; break;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
-      *value = static_cast<int>(prop.sharedMemPerBlockOptin);
-      break;
-    default: return SetError(cudaErrorInvalidValue);
-  }
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize() {
@@ -511,9 +490,6 @@ cudaError_t cudaFree(void* ptr) {
   return Release(ptr, cuda_emu::MemoryKind::kDevice, "cudaFree");
 }
 cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned /*flags*/) {
-  return Allocate(ptr, bytes, cuda_emu::MemoryKind::kPinnedHost);
-}
-cudaError_t cudaMallocHost(void** ptr, size_t bytes) {
   return Allocate(ptr, bytes, cuda_emu::MemoryKind::kPinnedHost);
 }
 cudaError_t cudaFreeHost(void* ptr) {
@@ -673,9 +649,6 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
   }
   *ms = std::chrono::duration<float, std::milli>(end->time - start->time).count();
   return cudaSuccess;
-}
-cudaError_t cudaStreamWaitEvent(cudaStream_t /*stream*/, cudaEvent_t event, unsigned /*flags*/) {
-  return event == nullptr ? SetError(cudaErrorInvalidResourceHandle) : cudaSuccess;
 }
 
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
