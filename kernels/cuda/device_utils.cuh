@@ -56,6 +56,22 @@ __device__ __forceinline__ void LoadVec(const T* ptr, float (&out)[kVecSize<T>])
   }
 }
 
+// Loads N elements at `ptr` (16-byte aligned; N a multiple of kVecSize<T>) into fp32
+// registers with N / kVecSize<T> 16-byte loads: e.g. 8 fp32 values that pair with one 16-byte
+// vector of 8 bf16.
+template <typename T, int N>
+__device__ __forceinline__ void LoadVecs(const T* ptr, float (&out)[N]) {
+  constexpr int kVec = kVecSize<T>;
+  static_assert(N % kVec == 0, "N must be a whole number of 16-byte vectors");
+#pragma unroll
+  for (int i = 0; i < N / kVec; ++i) {
+    float part[kVec];
+    LoadVec(ptr + i * kVec, part);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) out[i * kVec + e] = part[e];
+  }
+}
+
 // Stores kVecSize<T> fp32 values (rounded to nearest even for bf16) at `ptr` (16-byte aligned).
 template <typename T>
 __device__ __forceinline__ void StoreVec(T* ptr, const float (&in)[kVecSize<T>]) {

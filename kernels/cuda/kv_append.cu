@@ -33,6 +33,48 @@ __global__ void __launch_bounds__(kThreads) KvAppendKernel(
   v_cache[dst] = v[src];
 }
 
+// fp32 inputs into a bf16 cache: each thread rounds kWidth consecutive elements (8: two
+// 16-byte loads, one 16-byte store; 1: scalar). Grid as KvAppendKernel's, in units of kWidth.
+template <int kWidth>
+__global__ void __launch_bounds__(kThreads) KvAppendRoundingKernel(
+    const float* __restrict__ k, const float* __restrict__ v, int64_t token_stride,
+    const int32_t* __restrict__ slot_mapping, bf16* __restrict__ k_cache,
+    bf16* __restrict__ v_cache, int32_t num_kv_heads, int32_t page_size, int32_t head_dim) {
+  const int32_t token = blockIdx.x;
+  const int32_t slot_id = slot_mapping[token];
+  if (slot_id < 0) return;
+  const int head_dim_u = head_dim / kWidth;
+  const int idx = blockIdx.y * kThreads + threadIdx.x;
+  if (idx >= num_kv_heads * head_dim_u) return;
+  const int head = idx / head_dim_u;
+  const int d = (idx - head * head_dim_u) * kWidth;
+  const int32_t page = slot_id / page_size;
+  const int32_t slot = slot_id - page * page_size;
+  const int64_t dst = KvOffset(page, head, slot, num_kv_heads, page_size, head_dim) + d;
+  const int64_t src = static_cast<int64_t>(token) * token_stride + head * head_dim + d;
+  if constexpr (kWidth == 8) {
+    float kf[8], vf[8];
+    internal::LoadVecs(k + src, kf);
+    internal::LoadVecs(v + src, vf);
+    internal::StoreVec(k_cache + dst, kf);
+    internal::StoreVec(v_cache + dst, vf);
+  } else {
+    k_cache[dst] = __float2bfloat16_rn(k[src]);
+    v_cache[dst] = __float2bfloat16_rn(v[src]);
+  }
+}
+
+template <int kWidth>
+cudaError_t LaunchRoundingAppend(const KvAppendParams& p, cudaStream_t stream) {
+  const int head_dim_u = p.head_dim / kWidth;
+  const dim3 grid(p.num_tokens, (p.num_kv_heads * head_dim_u + kThreads - 1) / kThreads);
+  KvAppendRoundingKernel<kWidth><<<grid, kThreads, 0, stream>>>(
+      static_cast<const float*>(p.k), static_cast<const float*>(p.v), p.token_stride,
+      p.slot_mapping, static_cast<bf16*>(p.k_cache), static_cast<bf16*>(p.v_cache),
+      p.num_kv_heads, p.page_size, p.head_dim);
+  return cudaGetLastError();
+}
+
 // Grid: (num_copies, ceil(num_kv_heads * head_dim / width / kThreads)).
 template <typename U>
 __global__ void __launch_bounds__(kThreads) KvCopySlotsKernel(
@@ -84,7 +126,16 @@ cudaError_t LaunchKvAppend(const KvAppendParams& params, cudaStream_t stream) {
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.k != nullptr && params.v != nullptr &&
                                  params.slot_mapping != nullptr && params.k_cache != nullptr &&
                                  params.v_cache != nullptr);
+  GLIMPSE_CUDA_RETURN_IF_INVALID(!params.fp32_input || params.dtype == DType::kBF16);
   if (params.num_tokens == 0) return cudaSuccess;
+  if (params.fp32_input) {
+    const bool vectorized = params.head_dim % 8 == 0 && params.token_stride % 4 == 0 &&
+                            internal::IsAligned16(params.k) && internal::IsAligned16(params.v) &&
+                            internal::IsAligned16(params.k_cache) &&
+                            internal::IsAligned16(params.v_cache);
+    return vectorized ? LaunchRoundingAppend<8>(params, stream)
+                      : LaunchRoundingAppend<1>(params, stream);
+  }
   const int elem = static_cast<int>(DTypeSize(params.dtype));
   if (elem == 0) return cudaErrorInvalidValue;
   const int width = 16 / elem;  // elements per 16-byte vector

@@ -1,7 +1,9 @@
 // Writes new tokens' keys and values into the paged KV cache (layout: kv_layout.h), and copies
 // slots inside the cache (compaction of an accepted draft path after tree verification).
 //
-// dtypes: inputs and cache both bf16 or both fp32 (no conversion on the way in).
+// dtypes: inputs and cache both bf16 or both fp32 (no conversion on the way in), or fp32
+// inputs into a bf16 cache (KvAppendParams::fp32_input: the CUDA backend's fp32 activations,
+// rounded to the nearest bf16, ties to even).
 #ifndef GLIMPSE_KERNELS_CUDA_KV_APPEND_H_
 #define GLIMPSE_KERNELS_CUDA_KV_APPEND_H_
 
@@ -14,7 +16,9 @@
 namespace glimpse::kernels::cuda {
 
 struct KvAppendParams {
-  DType dtype = DType::kBF16;
+  DType dtype = DType::kBF16;  // the cache's, and the inputs' unless fp32_input
+  // With dtype kBF16: k and v are fp32 and are rounded to bf16 on the way in.
+  bool fp32_input = false;
   // Head h of token t starts at k + t * token_stride + h * head_dim (elements); same for v.
   // Strides let k and v be read straight out of a fused QKV projection output.
   const void* k = nullptr;  // [num_tokens][token_stride], heads [num_kv_heads][head_dim]

@@ -18,9 +18,13 @@ using testing::DeviceArray;
 
 const testing::Tolerance kExact{0.0, 0.0, 0.0};
 
+// dtype: the cache's; the inputs are fp32 instead when fp32_input (dtype kBF16), and the
+// cache must then hold them rounded to the nearest bf16.
 void RunAppend(DType dtype, int32_t tokens, int32_t heads, int32_t page_size, int32_t head_dim,
-               int64_t token_stride) {
+               int64_t token_stride, bool fp32_input = false) {
+  const DType input_dtype = fp32_input ? DType::kF32 : dtype;
   const std::string name = std::string("kv_append ") + testing::DTypeName(dtype) +
+                           (fp32_input ? " (fp32 inputs)" : "") +
                            " tokens=" + std::to_string(tokens) + " heads=" +
                            std::to_string(heads) + " page=" + std::to_string(page_size) +
                            " d=" + std::to_string(head_dim) + " stride=" +
@@ -29,8 +33,11 @@ void RunAppend(DType dtype, int32_t tokens, int32_t heads, int32_t page_size, in
   const size_t cache_n = static_cast<size_t>(num_blocks) * heads * page_size * head_dim;
   std::vector<float> k_cache = testing::RandomActivations(cache_n, dtype);
   std::vector<float> v_cache = testing::RandomActivations(cache_n, dtype);
-  const std::vector<float> k = testing::RandomActivations(tokens * token_stride, dtype);
-  const std::vector<float> v = testing::RandomActivations(tokens * token_stride, dtype);
+  const std::vector<float> k = testing::RandomActivations(tokens * token_stride, input_dtype);
+  const std::vector<float> v = testing::RandomActivations(tokens * token_stride, input_dtype);
+  // What the cache must hold: the inputs, rounded when they are wider than the cache.
+  const std::vector<float> k_stored = fp32_input ? testing::RoundBf16(k) : k;
+  const std::vector<float> v_stored = fp32_input ? testing::RoundBf16(v) : v;
   // Distinct random slots; every 5th token is padding (-1).
   std::vector<int32_t> all(num_blocks * page_size);
   std::iota(all.begin(), all.end(), 0);
@@ -45,20 +52,21 @@ void RunAppend(DType dtype, int32_t tokens, int32_t heads, int32_t page_size, in
       const int64_t dst =
           KvOffset(slots[t] / page_size, h, slots[t] % page_size, heads, page_size, head_dim);
       for (int32_t d = 0; d < head_dim; ++d) {
-        k_ref[dst + d] = k[t * token_stride + h * head_dim + d];
-        v_ref[dst + d] = v[t * token_stride + h * head_dim + d];
+        k_ref[dst + d] = k_stored[t * token_stride + h * head_dim + d];
+        v_ref[dst + d] = v_stored[t * token_stride + h * head_dim + d];
       }
     }
   }
   DeviceActivations d_k, d_v, d_kc, d_vc;
   DeviceArray<int32_t> d_slots;
-  GLIMPSE_ASSERT_CUDA(d_k.Upload(k, dtype));
-  GLIMPSE_ASSERT_CUDA(d_v.Upload(v, dtype));
+  GLIMPSE_ASSERT_CUDA(d_k.Upload(k, input_dtype));
+  GLIMPSE_ASSERT_CUDA(d_v.Upload(v, input_dtype));
   GLIMPSE_ASSERT_CUDA(d_kc.Upload(k_cache, dtype));
   GLIMPSE_ASSERT_CUDA(d_vc.Upload(v_cache, dtype));
   GLIMPSE_ASSERT_CUDA(d_slots.Upload(slots));
   KvAppendParams p;
   p.dtype = dtype;
+  p.fp32_input = fp32_input;
   p.k = d_k.ptr;
   p.v = d_v.ptr;
   p.token_stride = token_stride;
@@ -139,6 +147,10 @@ GLIMPSE_CUDA_TEST(KvAppendWritesExactlyTheMappedSlots) {
     RunAppend(dtype, 20, 2, 17, 64, 2 * 64);
     RunAppend(dtype, 9, 3, 16, 36, 3 * 36 + 2);  // scalar path (stride not a vector multiple)
   }
+  // The CUDA backend's bf16 KV option: fp32 activations rounded into a bf16 cache.
+  RunAppend(DType::kBF16, 37, 8, 16, 128, 48 * 128, true);
+  RunAppend(DType::kBF16, 20, 2, 17, 64, 2 * 64, true);
+  RunAppend(DType::kBF16, 9, 3, 16, 36, 3 * 36 + 2, true);  // scalar path
 }
 
 GLIMPSE_CUDA_TEST(KvCopySlotsMovesWholeSlots) {

@@ -38,7 +38,8 @@ __device__ __forceinline__ void Unpack(const uint4& raw, float (&out)[kVec]) {
 
 // Grid: (plan.num_chunks, num_kv_heads, batch). kGroup >= the runtime group size; query
 // heads j >= group carry q = 0 and are never written.
-template <typename T, int kHeadDim, int kGroup>
+// T: the KV cache's element type; Q: q's and o's (T, or float over a bf16 cache).
+template <typename T, typename Q, int kHeadDim, int kGroup>
 __global__ void __launch_bounds__(kThreads) PagedDecodeKernel(PagedDecodeParams p) {
   using S = DecodeShape<T, kHeadDim>;
   constexpr int kVec = S::kVec;
@@ -64,14 +65,14 @@ __global__ void __launch_bounds__(kThreads) PagedDecodeKernel(PagedDecodeParams 
 
   // q pre-scaled so that scores are in log2 units: s2 = log2(e) * sm_scale * q·k.
   const float q_scale = p.sm_scale * kLog2e;
-  const T* q_base = static_cast<const T*>(p.q) +
+  const Q* q_base = static_cast<const Q*>(p.q) +
                     (static_cast<int64_t>(seq) * p.num_qo_heads + kv_head * group) * kHeadDim +
                     lane_in_group * kVec;
   float q[kGroup][kVec];
 #pragma unroll
   for (int j = 0; j < kGroup; ++j) {
     if (j < group) {
-      internal::LoadVec(q_base + j * kHeadDim, q[j]);
+      internal::LoadVecs(q_base + j * kHeadDim, q[j]);
 #pragma unroll
       for (int e = 0; e < kVec; ++e) q[j][e] *= q_scale;
     } else {
@@ -235,41 +236,41 @@ __global__ void __launch_bounds__(kThreads) PagedDecodeKernel(PagedDecodeParams 
       ws_o[cs * kHeadDim + d] = out;
       if (d == 0) ws_lse[cs] = lse;
     } else {
-      static_cast<T*>(p.o)[state * kHeadDim + d] = FromFloat<T>(out);
+      static_cast<Q*>(p.o)[state * kHeadDim + d] = FromFloat<Q>(out);
       if (d == 0 && p.lse != nullptr) p.lse[state] = lse;
     }
   }
 }
 
-template <typename T, int kHeadDim, int kGroup>
+template <typename T, typename Q, int kHeadDim, int kGroup>
 cudaError_t LaunchTyped(const PagedDecodeParams& p, cudaStream_t stream) {
   const dim3 grid(p.plan.num_chunks, p.kv.num_kv_heads, p.batch);
-  PagedDecodeKernel<T, kHeadDim, kGroup><<<grid, kThreads, 0, stream>>>(p);
+  PagedDecodeKernel<T, Q, kHeadDim, kGroup><<<grid, kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
-template <typename T, int kHeadDim>
+template <typename T, typename Q, int kHeadDim>
 cudaError_t DispatchGroup(const PagedDecodeParams& p, int group, cudaStream_t stream) {
   if constexpr (sizeof(T) == 4) {
     // fp32 is the correctness path: one instantiation for every group size.
-    return LaunchTyped<T, kHeadDim, 8>(p, stream);
+    return LaunchTyped<T, Q, kHeadDim, 8>(p, stream);
   } else {
-    if (group == 1) return LaunchTyped<T, kHeadDim, 1>(p, stream);
-    if (group == 2) return LaunchTyped<T, kHeadDim, 2>(p, stream);
-    if (group <= 4) return LaunchTyped<T, kHeadDim, 4>(p, stream);
-    return LaunchTyped<T, kHeadDim, 8>(p, stream);
+    if (group == 1) return LaunchTyped<T, Q, kHeadDim, 1>(p, stream);
+    if (group == 2) return LaunchTyped<T, Q, kHeadDim, 2>(p, stream);
+    if (group <= 4) return LaunchTyped<T, Q, kHeadDim, 4>(p, stream);
+    return LaunchTyped<T, Q, kHeadDim, 8>(p, stream);
   }
 }
 
-template <typename T>
+template <typename T, typename Q>
 cudaError_t DispatchHeadDim(const PagedDecodeParams& p, int group, cudaStream_t stream) {
   switch (p.kv.head_dim) {
     case 32:
-      return DispatchGroup<T, 32>(p, group, stream);
+      return DispatchGroup<T, Q, 32>(p, group, stream);
     case 64:
-      return DispatchGroup<T, 64>(p, group, stream);
+      return DispatchGroup<T, Q, 64>(p, group, stream);
     case 128:
-      return DispatchGroup<T, 128>(p, group, stream);
+      return DispatchGroup<T, Q, 128>(p, group, stream);
     default:
       return cudaErrorInvalidValue;
   }
@@ -331,18 +332,21 @@ cudaError_t LaunchPagedDecode(const PagedDecodeParams& params, cudaStream_t stre
         params.workspace_bytes >= PagedDecodeWorkspaceBytes(params.plan, params.batch,
                                                             params.num_qo_heads, kv.head_dim));
   }
+  GLIMPSE_CUDA_RETURN_IF_INVALID(!params.fp32_q_and_o || params.dtype == DType::kBF16);
   if (params.batch == 0) return cudaSuccess;
   switch (params.dtype) {
     case DType::kF32:
-      GLIMPSE_CUDA_RETURN_IF_ERROR(DispatchHeadDim<float>(params, group, stream));
+      GLIMPSE_CUDA_RETURN_IF_ERROR((DispatchHeadDim<float, float>(params, group, stream)));
       break;
     case DType::kBF16:
-      GLIMPSE_CUDA_RETURN_IF_ERROR(DispatchHeadDim<bf16>(params, group, stream));
+      GLIMPSE_CUDA_RETURN_IF_ERROR(
+          (params.fp32_q_and_o ? DispatchHeadDim<bf16, float>(params, group, stream)
+                               : DispatchHeadDim<bf16, bf16>(params, group, stream)));
       break;
   }
   if (params.plan.num_chunks == 1) return cudaSuccess;
   MergeStatesParams merge;
-  merge.dtype = params.dtype;
+  merge.dtype = params.fp32_q_and_o ? DType::kF32 : params.dtype;
   merge.partial_o = static_cast<const float*>(params.workspace);
   merge.partial_lse = merge.partial_o + static_cast<int64_t>(params.plan.num_chunks) *
                                             params.batch * params.num_qo_heads * kv.head_dim;

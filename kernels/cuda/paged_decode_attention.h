@@ -16,7 +16,9 @@
 // group keeps its own online-softmax state; states merge through shuffles and shared memory
 // at the end of the chunk, and chunks merge in LaunchMergeAttentionStates.
 //
-// dtypes: q, o and the KV cache all bf16, or all fp32; fp32 accumulation. head_dim 32, 64 or
+// dtypes: q, o and the KV cache all bf16, or all fp32, or a bf16 cache with fp32 q and o
+// (PagedDecodeParams::fp32_q_and_o: the CUDA backend's fp32 activations; q is used unrounded);
+// fp32 accumulation. head_dim 32, 64 or
 // 128; group size 1..8; any page_size >= 1.
 #ifndef GLIMPSE_KERNELS_CUDA_PAGED_DECODE_ATTENTION_H_
 #define GLIMPSE_KERNELS_CUDA_PAGED_DECODE_ATTENTION_H_
@@ -48,7 +50,8 @@ size_t PagedDecodeWorkspaceBytes(const PagedDecodePlan& plan, int32_t batch,
                                  int32_t num_qo_heads, int32_t head_dim);
 
 struct PagedDecodeParams {
-  DType dtype = DType::kBF16;  // q, o, k_cache, v_cache
+  DType dtype = DType::kBF16;  // k_cache, v_cache, and q and o unless fp32_q_and_o
+  bool fp32_q_and_o = false;   // with dtype kBF16: q and o are fp32
   const void* q = nullptr;     // [batch][num_qo_heads][head_dim]
   void* o = nullptr;           // [batch][num_qo_heads][head_dim]
   float* lse = nullptr;        // [batch][num_qo_heads], natural log; may be null

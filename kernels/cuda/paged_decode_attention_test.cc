@@ -1,6 +1,6 @@
 // Paged decode attention against a float64 reference: head dims 32/64/128, group sizes
 // 1,2,3,4,7,8, page sizes 1/16/17 (partial last pages), an empty sequence, with and without
-// the split-KV path, bf16 and fp32; checks o and lse.
+// the split-KV path, bf16 and fp32, and a bf16 cache under fp32 q and o; checks o and lse.
 #include "kernels/cuda/paged_decode_attention.h"
 
 #include <cmath>
@@ -18,8 +18,11 @@ using testing::DeviceArray;
 
 const testing::Tolerance kLseTolerance{1e-4, 1e-4, 1e-5};
 
+// dtype: the cache's; q and o are fp32 instead when fp32_q_and_o (dtype kBF16).
 void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
-             int32_t page_size, const std::vector<int32_t>& kv_lens, int32_t num_sms) {
+             int32_t page_size, const std::vector<int32_t>& kv_lens, int32_t num_sms,
+             bool fp32_q_and_o = false) {
+  const DType qo_dtype = fp32_q_and_o ? DType::kF32 : dtype;
   const int32_t batch = static_cast<int32_t>(kv_lens.size());
   const int32_t num_qo_heads = num_kv_heads * group;
   testing::HostPagedKv kv =
@@ -27,13 +30,14 @@ void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
   const PagedDecodePlan plan =
       PlanPagedDecode(kv.indptr.data(), batch, num_kv_heads, page_size, num_sms);
   std::string name = std::string("decode ") + testing::DTypeName(dtype) +
+                     (fp32_q_and_o ? " (fp32 q, o)" : "") +
                      " d=" + std::to_string(head_dim) + " group=" + std::to_string(group) +
                      " hkv=" + std::to_string(num_kv_heads) + " page=" +
                      std::to_string(page_size) + " chunks=" + std::to_string(plan.num_chunks) +
                      " lens=";
   for (const int32_t len : kv_lens) name += std::to_string(len) + ",";
   const size_t q_n = static_cast<size_t>(batch) * num_qo_heads * head_dim;
-  const std::vector<float> q = testing::RandomActivations(q_n, dtype);
+  const std::vector<float> q = testing::RandomActivations(q_n, qo_dtype);
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   std::vector<double> o_ref(q_n);
   std::vector<double> lse_ref(static_cast<size_t>(batch) * num_qo_heads);
@@ -49,13 +53,14 @@ void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
   GLIMPSE_ASSERT_CUDA(d_kv.Upload(kv, dtype));
   DeviceActivations d_q, d_o;
   DeviceArray<float> d_lse, d_ws;
-  GLIMPSE_ASSERT_CUDA(d_q.Upload(q, dtype));
-  GLIMPSE_ASSERT_CUDA(d_o.AllocatePoisoned(q_n, dtype));
+  GLIMPSE_ASSERT_CUDA(d_q.Upload(q, qo_dtype));
+  GLIMPSE_ASSERT_CUDA(d_o.AllocatePoisoned(q_n, qo_dtype));
   GLIMPSE_ASSERT_CUDA(d_lse.Allocate(lse_ref.size()));
   const size_t ws_bytes = PagedDecodeWorkspaceBytes(plan, batch, num_qo_heads, head_dim);
   GLIMPSE_ASSERT_CUDA(d_ws.Allocate(ws_bytes / sizeof(float)));
   PagedDecodeParams p;
   p.dtype = dtype;
+  p.fp32_q_and_o = fp32_q_and_o;
   p.q = d_q.ptr;
   p.o = d_o.ptr;
   p.lse = d_lse.get();
@@ -69,9 +74,10 @@ void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
   GLIMPSE_ASSERT_CUDA(LaunchPagedDecode(p, nullptr));
   GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
   std::vector<float> o, lse;
-  GLIMPSE_ASSERT_CUDA(d_o.Download(&o, dtype));
+  GLIMPSE_ASSERT_CUDA(d_o.Download(&o, qo_dtype));
   GLIMPSE_ASSERT_CUDA(d_lse.Download(&lse));
-  GLIMPSE_EXPECT_CLOSE(name + " o", o, o_ref, testing::ToleranceFor(dtype));
+  // The reference reads the same (bf16-exact) cache, so fp32 outputs meet fp32 tolerances.
+  GLIMPSE_EXPECT_CLOSE(name + " o", o, o_ref, testing::ToleranceFor(qo_dtype));
   // -inf lse (empty sequence) must match exactly; Compare treats inf - inf as NaN, so check
   // those rows separately.
   std::vector<float> lse_got;
@@ -110,6 +116,18 @@ GLIMPSE_CUDA_TEST(PagedDecodeSplitKvMatchesReference) {
     // Same shapes forced onto the single-chunk path (many SMs' worth of blocks claimed).
     RunCase(dtype, 128, 4, 8, 16, {5000}, 1);
   }
+}
+
+// The CUDA backend's bf16 KV option: fp32 activations in and out, bf16 cache; with and
+// without the split.
+GLIMPSE_CUDA_TEST(PagedDecodeFp32ActivationsOverBf16Cache) {
+  for (const int32_t head_dim : {32, 64, 128}) {
+    for (const int32_t group : {1, 2, 3, 8}) {
+      RunCase(DType::kBF16, head_dim, group, 2, 16, {1, 37, 300, 16}, 132, true);
+    }
+  }
+  RunCase(DType::kBF16, 128, 4, 8, 16, {5000}, 132, true);
+  RunCase(DType::kBF16, 64, 8, 1, 17, {3001, 20, 1200, 0}, 132, true);
 }
 
 }  // namespace

@@ -55,6 +55,27 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// kPairs: two elements per thread through bfloat162 loads and float2 stores.
+template <bool kPairs>
+__global__ void __launch_bounds__(kThreads)
+    CastBf16ToF32Kernel(const bf16* x, float* y, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  if constexpr (kPairs) {
+    const int64_t num_pairs = n / 2;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < num_pairs;
+         i += stride) {
+      reinterpret_cast<float2*>(y)[i] =
+          __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(x)[i]);
+    }
+    if (n % 2 == 1 && blockIdx.x == 0 && threadIdx.x == 0) y[n - 1] = __bfloat162float(x[n - 1]);
+  } else {
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+         i += stride) {
+      y[i] = __bfloat162float(x[i]);
+    }
+  }
+}
+
 }  // namespace
 
 cudaError_t LaunchWeightsToBf16(const WeightsToBf16Params& params, cudaStream_t stream) {
@@ -84,6 +105,22 @@ cudaError_t LaunchCastF32ToBf16(const float* x, void* y, int64_t n, cudaStream_t
   } else {
     CastF32ToBf16Kernel<false><<<NumBlocks(n), kThreads, 0, stream>>>(
         x, static_cast<bf16*>(y), n);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchCastBf16ToF32(const void* x, float* y, int64_t n, cudaStream_t stream) {
+  GLIMPSE_CUDA_RETURN_IF_INVALID(n >= 0);
+  if (n == 0) return cudaSuccess;
+  GLIMPSE_CUDA_RETURN_IF_INVALID(x != nullptr && y != nullptr);
+  const bool pairs = reinterpret_cast<uintptr_t>(x) % 4 == 0 &&
+                     reinterpret_cast<uintptr_t>(y) % 8 == 0;
+  if (pairs) {
+    CastBf16ToF32Kernel<true><<<NumBlocks(n / 2 + 1), kThreads, 0, stream>>>(
+        static_cast<const bf16*>(x), y, n);
+  } else {
+    CastBf16ToF32Kernel<false><<<NumBlocks(n), kThreads, 0, stream>>>(
+        static_cast<const bf16*>(x), y, n);
   }
   return cudaGetLastError();
 }

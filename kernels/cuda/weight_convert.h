@@ -2,7 +2,9 @@
 //
 //   LaunchWeightsToBf16:  weights as stored in the model file (F32, F16, BF16, Q8_0; see
 //                         weight_format.h) -> bf16, once at load time (Q8_0 is dequantized);
-//   LaunchCastF32ToBf16:  fp32 activations -> bf16 before every bf16 matmul.
+//   LaunchCastF32ToBf16:  fp32 activations -> bf16 before every bf16 matmul (and attention
+//                         queries before the tensor-core attention kernels);
+//   LaunchCastBf16ToF32:  back, exactly (those kernels' bf16 outputs -> fp32 activations).
 //
 // Every element is widened exactly to fp32 first (Q8_0: q * d, one fp32 rounding, as the CPU
 // backend widens it), then rounded to the nearest bf16, ties to even. NaN stays NaN.
@@ -32,6 +34,10 @@ cudaError_t LaunchWeightsToBf16(const WeightsToBf16Params& params, cudaStream_t 
 // y[i] = bf16(x[i]) for i < n. x: device fp32 [n]; y: device bf16 [n]. Two elements per
 // thread when both pointers allow 8/4-byte accesses; scalar otherwise.
 cudaError_t LaunchCastF32ToBf16(const float* x, void* y, int64_t n, cudaStream_t stream);
+
+// y[i] = float(x[i]) (exact) for i < n. x: device bf16 [n]; y: device fp32 [n]. Two elements
+// per thread when both pointers allow 4/8-byte accesses; scalar otherwise.
+cudaError_t LaunchCastBf16ToF32(const void* x, float* y, int64_t n, cudaStream_t stream);
 
 }  // namespace glimpse::kernels::cuda
 

@@ -3,6 +3,7 @@
 // exact, so the results must equal round-to-nearest-even bf16 of them bit for bit.
 #include "kernels/cuda/weight_convert.h"
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -99,6 +100,37 @@ GLIMPSE_CUDA_TEST(CastF32ToBf16RoundsToNearestEven) {
   for (const int64_t n : {1, 2, 7, 192, 4097, (1 << 25) + 3}) {  // 2^25 + 3: past one pass
     RunCastCase(n, 0);
     RunCastCase(n, 1);
+  }
+}
+
+// bf16 -> fp32 is exact: every bf16 bit pattern (NaNs aside) must come back as the float with
+// the same upper 16 bits.
+void RunWidenCase(int64_t n, int64_t offset) {
+  const std::string name = "cast_bf16_to_f32 n=" + std::to_string(n) +
+                           " offset=" + std::to_string(offset);
+  const std::vector<float> x = testing::RoundBf16(
+      testing::RandomNormal(static_cast<size_t>(n + offset), 0.0f, 3.0f));
+  DeviceArray<uint16_t> d_x;
+  DeviceArray<float> d_y;
+  GLIMPSE_ASSERT_CUDA(d_x.Upload(testing::ToBf16(x)));
+  GLIMPSE_ASSERT_CUDA(d_y.Allocate(static_cast<size_t>(n + offset)));  // poisoned: NaN
+  // An odd offset misaligns both pointers and takes the scalar path.
+  GLIMPSE_ASSERT_CUDA(LaunchCastBf16ToF32(d_x.get() + offset, d_y.get() + offset, n, nullptr));
+  GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
+  std::vector<float> all;
+  GLIMPSE_ASSERT_CUDA(d_y.Download(&all));
+  const std::vector<float> got(all.begin() + offset, all.end());
+  const std::vector<double> want(x.begin() + offset, x.end());
+  GLIMPSE_EXPECT_CLOSE(name, got, want, kExact);
+  for (int64_t i = 0; i < offset; ++i) {
+    GLIMPSE_EXPECT(std::isnan(all[i]), name + ": wrote before the start");
+  }
+}
+
+GLIMPSE_CUDA_TEST(CastBf16ToF32IsExact) {
+  for (const int64_t n : {1, 2, 7, 192, 4097}) {
+    RunWidenCase(n, 0);
+    RunWidenCase(n, 1);
   }
 }
 
