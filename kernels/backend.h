@@ -42,13 +42,14 @@ class PackedMatrix {
 };
 
 // One layer's paged KV storage: `k` and `v` each hold num_blocks * block_size * num_kv_heads
-// * head_dim elements in a layout private to the backend (the CPU's is in
-// kernels/cpu/kv_layout.h). Only StoreKv and PagedAttention look inside, but every layout
-// keeps the block index outermost: block b is the contiguous range [b*S, (b+1)*S) of each
-// tensor, S = block_size * num_kv_heads * head_dim, so blocks can be copied and swapped whole.
+// * head_dim elements of Backend::KvElementBytes() bytes (fp32 on the CPU; fp32 or bf16 on
+// CUDA) in a layout private to the backend (the CPU's is in kernels/cpu/kv_layout.h). Only
+// StoreKv and PagedAttention look inside, but every layout keeps the block index outermost:
+// block b is the contiguous range [b*S, (b+1)*S) of each tensor, S = block_size * num_kv_heads
+// * head_dim elements, so blocks can be copied and swapped whole as bytes.
 struct KvLayerView {
-  float* k = nullptr;
-  float* v = nullptr;
+  void* k = nullptr;
+  void* v = nullptr;
   int32_t block_size = 0;
   int32_t num_kv_heads = 0;
   int32_t head_dim = 0;
@@ -138,6 +139,13 @@ class Backend {
   // Copies between host and backend memory.
   virtual void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) = 0;
   virtual void CopyToHost(void* host_dst, const void* src, size_t num_bytes) = 0;
+  // Copies between two non-overlapping ranges of backend memory, without a trip through the
+  // host (KV block copies for copy-on-write prefix sharing).
+  virtual void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) = 0;
+
+  // Bytes of one element of this backend's KV tensors (KvLayerView): how KvCacheStorage sizes
+  // blocks and what a memory budget divides by.
+  virtual size_t KvElementBytes() const = 0;
 
   // Repacks a weight matrix into this backend's layout. InvalidArgument for shapes the
   // layout cannot hold (e.g. Q8_0 columns not a multiple of 32).

@@ -20,23 +20,23 @@ int32_t RankKvHeads(const LlamaConfig& config, TensorParallelRank tp) {
 }  // namespace
 
 size_t KvCacheStorage::BytesPerBlock(const LlamaConfig& config, int32_t block_size,
-                                     TensorParallelRank tp) {
+                                     TensorParallelRank tp, size_t element_bytes) {
   return static_cast<size_t>(config.num_layers) * 2 * block_size * RankKvHeads(config, tp) *
-         config.head_dim * sizeof(float);
+         config.head_dim * element_bytes;
 }
 
 KvCacheStorage::KvCacheStorage(kernels::Backend& backend, const LlamaConfig& config,
                                int32_t num_blocks, int32_t block_size, TensorParallelRank tp)
     : backend_(backend), num_blocks_(num_blocks), block_size_(block_size) {
   const int32_t num_kv_heads = RankKvHeads(config, tp);
-  const size_t kv_dim = static_cast<size_t>(num_kv_heads) * config.head_dim;
   // Every backend keeps a block's KV contiguous within a layer's k and v tensors.
-  block_floats_ = static_cast<size_t>(block_size) * kv_dim;
-  const size_t per_tensor = static_cast<size_t>(num_blocks) * block_size * kv_dim * sizeof(float);
+  block_bytes_ = static_cast<size_t>(block_size) * num_kv_heads * config.head_dim *
+                 backend_.KvElementBytes();
+  const size_t per_tensor = static_cast<size_t>(num_blocks) * block_bytes_;
   for (int32_t i = 0; i < config.num_layers; ++i) {
     kernels::KvLayerView view;
-    view.k = static_cast<float*>(backend_.Allocate(per_tensor));
-    view.v = static_cast<float*>(backend_.Allocate(per_tensor));
+    view.k = backend_.Allocate(per_tensor);
+    view.v = backend_.Allocate(per_tensor);
     view.block_size = block_size;
     view.num_kv_heads = num_kv_heads;
     view.head_dim = config.head_dim;
@@ -52,38 +52,43 @@ KvCacheStorage::~KvCacheStorage() {
   }
 }
 
+namespace {
+
+// Byte address of block `block` of a layer tensor whose blocks are `block_bytes` long.
+uint8_t* BlockAt(void* tensor, int64_t block, size_t block_bytes) {
+  return static_cast<uint8_t*>(tensor) + block * block_bytes;
+}
+
+}  // namespace
+
 void KvCacheStorage::CopyBlock(int32_t src, int32_t dst) {
-  std::vector<float> staging(block_floats_);
-  const size_t bytes = block_floats_ * sizeof(float);
   for (const kernels::KvLayerView& view : layers_) {
-    for (float* tensor : {view.k, view.v}) {
-      backend_.CopyToHost(staging.data(), tensor + src * block_floats_, bytes);
-      backend_.CopyToBackend(tensor + dst * block_floats_, staging.data(), bytes);
+    for (void* tensor : {view.k, view.v}) {
+      backend_.CopyWithinBackend(BlockAt(tensor, dst, block_bytes_),
+                                 BlockAt(tensor, src, block_bytes_), block_bytes_);
     }
   }
 }
 
 void KvCacheStorage::SwapOutBlock(int32_t device_block, int32_t host_block) {
-  const size_t per_block = layers_.size() * 2 * block_floats_;
+  const size_t per_block = layers_.size() * 2 * block_bytes_;
   if (host_.empty()) host_.resize(static_cast<size_t>(num_host_blocks_) * per_block);
-  float* dst = host_.data() + host_block * per_block;
-  const size_t bytes = block_floats_ * sizeof(float);
+  uint8_t* dst = host_.data() + host_block * per_block;
   for (const kernels::KvLayerView& view : layers_) {
-    for (float* tensor : {view.k, view.v}) {
-      backend_.CopyToHost(dst, tensor + device_block * block_floats_, bytes);
-      dst += block_floats_;
+    for (void* tensor : {view.k, view.v}) {
+      backend_.CopyToHost(dst, BlockAt(tensor, device_block, block_bytes_), block_bytes_);
+      dst += block_bytes_;
     }
   }
 }
 
 void KvCacheStorage::SwapInBlock(int32_t host_block, int32_t device_block) {
-  const size_t per_block = layers_.size() * 2 * block_floats_;
-  const float* src = host_.data() + host_block * per_block;
-  const size_t bytes = block_floats_ * sizeof(float);
+  const size_t per_block = layers_.size() * 2 * block_bytes_;
+  const uint8_t* src = host_.data() + host_block * per_block;
   for (const kernels::KvLayerView& view : layers_) {
-    for (float* tensor : {view.k, view.v}) {
-      backend_.CopyToBackend(tensor + device_block * block_floats_, src, bytes);
-      src += block_floats_;
+    for (void* tensor : {view.k, view.v}) {
+      backend_.CopyToBackend(BlockAt(tensor, device_block, block_bytes_), src, block_bytes_);
+      src += block_bytes_;
     }
   }
 }

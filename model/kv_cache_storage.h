@@ -1,6 +1,6 @@
 // The KV tensors of a paged cache: for every layer, key and value blocks in backend memory,
-// laid out as kernels::KvLayerView describes ([block][slot][kv_head][head_dim], fp32 on the
-// CPU). Storage only: which block belongs to whom is kvcache::BlockPool's business.
+// laid out as kernels::KvLayerView describes (block outermost; elements of the backend's
+// KvElementBytes()). Storage only: which block belongs to whom is kvcache::BlockPool's business.
 //
 // Tensor parallelism: the storage of rank `tp.rank` holds only that rank's KV heads
 // (LlamaShardOf), so each layer's view has num_kv_heads / tp.size heads; block ids mean the
@@ -36,12 +36,14 @@ class KvCacheStorage {
   kernels::KvLayerView layer(int32_t i) const { return layers_[i]; }
   size_t num_bytes() const { return num_bytes_; }
 
-  // Bytes one block takes over all layers (keys and values) on one rank of `tp`; for sizing a
-  // pool from a per-device budget.
+  // Bytes one block takes over all layers (keys and values) on one rank of `tp`, for KV
+  // elements of `element_bytes` (Backend::KvElementBytes()); for sizing a pool from a
+  // per-device budget.
   static size_t BytesPerBlock(const LlamaConfig& config, int32_t block_size,
-                              TensorParallelRank tp = {});
+                              TensorParallelRank tp, size_t element_bytes);
 
-  // Copies block `src`'s keys and values (every layer, every slot) into block `dst`.
+  // Copies block `src`'s keys and values (every layer, every slot) into block `dst`, within
+  // backend memory.
   void CopyBlock(int32_t src, int32_t dst);
 
   // Host swap space: `num_host_blocks` blocks in host memory (allocated on first use). Blocks
@@ -56,10 +58,10 @@ class KvCacheStorage {
   int32_t block_size_;
   size_t num_bytes_ = 0;
   std::vector<kernels::KvLayerView> layers_;
-  size_t block_floats_ = 0;  // Floats of one block in one layer's k (or v) tensor.
+  size_t block_bytes_ = 0;  // Bytes of one block in one layer's k (or v) tensor.
   int32_t num_host_blocks_ = 0;
-  // Host swap space: [num_host_blocks][num_layers][k then v][block_floats].
-  std::vector<float> host_;
+  // Host swap space: [num_host_blocks][num_layers][k then v][block_bytes].
+  std::vector<uint8_t> host_;
 };
 
 }  // namespace glimpse::model

@@ -72,8 +72,11 @@ class StepRunner {
   // heads. What a per-device memory budget divides by.
   size_t KvBytesPerBlockPerDevice(int32_t block_size) const {
     return KvCacheStorage::BytesPerBlock(config(), block_size,
-                                         TensorParallelRank{0, tensor_parallel_size()});
+                                         TensorParallelRank{0, tensor_parallel_size()},
+                                         kv_element_bytes());
   }
+  // Bytes of one KV element on this runner's devices (Backend::KvElementBytes()).
+  virtual size_t kv_element_bytes() const = 0;
 };
 
 // A StepRunner over one LlamaModel and one KvCacheStorage on the model's backend: the
@@ -100,6 +103,7 @@ class LlamaStepRunner final : public StepRunner {
   }
   int32_t kv_num_blocks() const override { return kv_ == nullptr ? 0 : kv_->num_blocks(); }
   int32_t kv_block_size() const override { return kv_ == nullptr ? 0 : kv_->block_size(); }
+  size_t kv_element_bytes() const override { return model_.backend().KvElementBytes(); }
   absl::Status Forward(const StepBatch& batch, float* logits) override;
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
 

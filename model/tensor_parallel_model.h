@@ -67,6 +67,8 @@ class TensorParallelModel final : public StepRunner {
     return ranks_[0].kv == nullptr ? 0 : ranks_[0].kv->block_size();
   }
 
+  size_t kv_element_bytes() const override { return ranks_[0].backend->KvElementBytes(); }
+
   // LlamaModel::Forward on every rank, concurrently, against the rank's KV cache; `logits`
   // (host) receives rank 0's. FailedPrecondition before AllocateKvCache.
   absl::Status Forward(const StepBatch& batch, float* logits) override;

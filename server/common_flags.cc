@@ -27,6 +27,32 @@ std::string AbslUnparseFlag(Device device) {
   return "cpu";
 }
 
+bool AbslParseFlag(absl::string_view text, KvCacheDType* dtype, std::string* error) {
+  if (text == "auto") {
+    *dtype = KvCacheDType::kAuto;
+  } else if (text == "fp32") {
+    *dtype = KvCacheDType::kFp32;
+  } else if (text == "bf16") {
+    *dtype = KvCacheDType::kBf16;
+  } else {
+    *error = "expected 'auto', 'fp32' or 'bf16'";
+    return false;
+  }
+  return true;
+}
+
+std::string AbslUnparseFlag(KvCacheDType dtype) {
+  switch (dtype) {
+    case KvCacheDType::kAuto:
+      return "auto";
+    case KvCacheDType::kFp32:
+      return "fp32";
+    case KvCacheDType::kBf16:
+      return "bf16";
+  }
+  return "auto";
+}
+
 }  // namespace glimpse::server
 
 ABSL_FLAG(std::string, model, "models/tinycode-4m-f16.gguf",
@@ -44,6 +70,11 @@ ABSL_FLAG(bool, cuda_graphs, true,
           "With --device=cuda: run decode steps of up to 64 sequences as CUDA graphs (padded "
           "to a batch bucket of 1, 2, 4, 8, 16, 24, 32, 48 or 64; captured after one eager "
           "step per bucket and replayed after that). false runs every step eagerly.");
+ABSL_FLAG(glimpse::server::KvCacheDType, kv_cache_dtype, glimpse::server::KvCacheDType::kAuto,
+          "Element type of the KV cache: 'fp32', 'bf16' (--device=cuda only: half the memory, so "
+          "about twice the cached tokens, and prefill attention on tensor cores) or 'auto' "
+          "(bf16 on CUDA unless the model's weights are F32; fp32 on the CPU, which has no "
+          "bf16 cache).");
 ABSL_FLAG(int32_t, tensor_parallel_size, 1,
           "Tensor-parallel ranks the model is split over (attention heads in whole GQA groups and "
           "FFN features; Megatron-style, two all-reduces per layer). With --device=cuda: one GPU "

@@ -16,12 +16,21 @@ enum class Device { kCpu, kCuda };
 bool AbslParseFlag(absl::string_view text, Device* device, std::string* error);
 std::string AbslUnparseFlag(Device device);
 
+// Element type of the KV cache: the `--kv_cache_dtype` flag. kAuto: bf16 on CUDA unless the
+// model's weights are F32 (like peers' "auto", the model's own precision); fp32 on the CPU.
+enum class KvCacheDType { kAuto, kFp32, kBf16 };
+
+// "auto", "fp32" or "bf16".
+bool AbslParseFlag(absl::string_view text, KvCacheDType* dtype, std::string* error);
+std::string AbslUnparseFlag(KvCacheDType dtype);
+
 }  // namespace glimpse::server
 
 ABSL_DECLARE_FLAG(std::string, model);
 ABSL_DECLARE_FLAG(int32_t, threads);
 ABSL_DECLARE_FLAG(glimpse::server::Device, device);
 ABSL_DECLARE_FLAG(bool, cuda_graphs);
+ABSL_DECLARE_FLAG(glimpse::server::KvCacheDType, kv_cache_dtype);
 ABSL_DECLARE_FLAG(int32_t, tensor_parallel_size);
 
 #endif  // GLIMPSE_SERVER_COMMON_FLAGS_H_

@@ -25,18 +25,52 @@ absl::Status BuiltWithoutCudaError() {
 }
 #endif
 
+#if defined(GLIMPSE_WITH_CUDA)
+// The CUDA backend's options from the flags and the resolved KV dtype.
+kernels::cuda::CudaBackendOptions CudaOptions(KvCacheDType kv_dtype) {
+  kernels::cuda::CudaBackendOptions options;
+  options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+  options.kv_cache_dtype = kv_dtype == KvCacheDType::kBf16
+                               ? kernels::cuda::CudaKvCacheDType::kBFloat16
+                               : kernels::cuda::CudaKvCacheDType::kFloat32;
+  return options;
+}
+#endif
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateBackend(Device device, int num_threads) {
+absl::StatusOr<KvCacheDType> ResolveKvCacheDType(KvCacheDType requested, Device device,
+                                                 const model::GgufFile& file) {
+  if (device == Device::kCpu) {
+    if (requested == KvCacheDType::kBf16) {
+      return absl::InvalidArgumentError(
+          "--kv_cache_dtype=bf16 needs --device=cuda: the CPU backend keeps its KV cache in "
+          "fp32 (use --kv_cache_dtype=auto or fp32)");
+    }
+    return KvCacheDType::kFp32;
+  }
+  if (requested != KvCacheDType::kAuto) return requested;
+  // The model's own precision: its attention weights' type (F32 models keep an fp32 cache).
+  const model::GgufTensor* weight = file.FindTensor("blk.0.attn_q.weight");
+  return weight != nullptr && weight->type == model::GgmlType::kF32 ? KvCacheDType::kFp32
+                                                                    : KvCacheDType::kBf16;
+}
+
+absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateBackend(Device device, int num_threads,
+                                                                KvCacheDType kv_dtype) {
+  if (kv_dtype == KvCacheDType::kAuto) {
+    return absl::InvalidArgumentError("CreateBackend needs a resolved KV dtype (fp32 or bf16)");
+  }
   switch (device) {
     case Device::kCpu:
+      if (kv_dtype != KvCacheDType::kFp32) {
+        return absl::InvalidArgumentError("the CPU backend keeps its KV cache in fp32");
+      }
       return std::unique_ptr<kernels::Backend>(
           std::make_unique<kernels::cpu::CpuBackend>(num_threads));
     case Device::kCuda: {
 #if defined(GLIMPSE_WITH_CUDA)
-      kernels::cuda::CudaBackendOptions options;
-      options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
-      return kernels::cuda::CreateCudaBackend(options);
+      return kernels::cuda::CreateCudaBackend(CudaOptions(kv_dtype));
 #else
       return BuiltWithoutCudaError();
 #endif
@@ -50,7 +84,7 @@ namespace {
 // The N backends of one tensor-parallel group on `device`; CPU ranks join `cpu_group`
 // (created here) and split num_threads between them.
 absl::StatusOr<std::vector<std::unique_ptr<kernels::Backend>>> CreateRankBackends(
-    Device device, int num_threads, int size,
+    Device device, int num_threads, int size, KvCacheDType kv_dtype,
     std::unique_ptr<kernels::cpu::InProcessTensorParallelGroup>& cpu_group) {
   switch (device) {
     case Device::kCpu: {
@@ -65,10 +99,9 @@ absl::StatusOr<std::vector<std::unique_ptr<kernels::Backend>>> CreateRankBackend
 #if defined(GLIMPSE_WITH_CUDA)
       std::vector<int> devices;
       for (int r = 0; r < size; ++r) devices.push_back(r);
-      kernels::cuda::CudaBackendOptions options;
-      options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
-      return kernels::cuda::CreateCudaTensorParallelBackends(devices, options);
+      return kernels::cuda::CreateCudaTensorParallelBackends(devices, CudaOptions(kv_dtype));
 #else
+      (void)kv_dtype;
       return BuiltWithoutCudaError();
 #endif
     }
@@ -80,15 +113,18 @@ absl::StatusOr<std::vector<std::unique_ptr<kernels::Backend>>> CreateRankBackend
 
 absl::StatusOr<LoadedModel> LoadedModel::Load(const std::string& path, int num_threads) {
   return Load(path, num_threads, absl::GetFlag(FLAGS_device),
-              absl::GetFlag(FLAGS_tensor_parallel_size));
+              absl::GetFlag(FLAGS_tensor_parallel_size), absl::GetFlag(FLAGS_kv_cache_dtype));
 }
 
 absl::StatusOr<LoadedModel> LoadedModel::Load(const std::string& path, int num_threads,
-                                              Device device, int tensor_parallel_size) {
+                                              Device device, int tensor_parallel_size,
+                                              KvCacheDType kv_dtype) {
   LoadedModel loaded;
   ASSIGN_OR_RETURN(loaded.file, model::GgufFile::Open(path));
+  ASSIGN_OR_RETURN(const KvCacheDType resolved_kv_dtype,
+                   ResolveKvCacheDType(kv_dtype, device, *loaded.file));
   if (tensor_parallel_size == 1) {
-    ASSIGN_OR_RETURN(loaded.backend, CreateBackend(device, num_threads));
+    ASSIGN_OR_RETURN(loaded.backend, CreateBackend(device, num_threads, resolved_kv_dtype));
     ASSIGN_OR_RETURN(loaded.model, model::LlamaModel::Load(*loaded.file, *loaded.backend));
     loaded.runner = std::make_unique<model::LlamaStepRunner>(*loaded.model);
   } else {
@@ -101,7 +137,8 @@ absl::StatusOr<LoadedModel> LoadedModel::Load(const std::string& path, int num_t
     RETURN_IF_ERROR(model::LlamaShardOf(config, {0, tensor_parallel_size}).status());
     ASSIGN_OR_RETURN(
         std::vector<std::unique_ptr<kernels::Backend>> backends,
-        CreateRankBackends(device, num_threads, tensor_parallel_size, loaded.cpu_group));
+        CreateRankBackends(device, num_threads, tensor_parallel_size, resolved_kv_dtype,
+                           loaded.cpu_group));
     ASSIGN_OR_RETURN(loaded.runner,
                      model::TensorParallelModel::Load(*loaded.file, std::move(backends)));
   }

@@ -46,10 +46,13 @@ struct LoadedModel {
   // all CPUs this process may use; with N > 1 CPU ranks they are divided evenly between the
   // ranks (at least one each). InvalidArgument (LlamaShardOf's message) before any device is
   // touched when the model does not split over N.
+  // kv_dtype: the KV cache's elements (kAuto: see KvCacheDType); InvalidArgument for bf16 on
+  // the CPU.
   static absl::StatusOr<LoadedModel> Load(const std::string& path, int num_threads, Device device,
-                                          int tensor_parallel_size = 1);
-  // Loads onto the device and tensor-parallel size the `--device` and
-  // `--tensor_parallel_size` flags name (defaults: cpu, 1).
+                                          int tensor_parallel_size = 1,
+                                          KvCacheDType kv_dtype = KvCacheDType::kAuto);
+  // Loads onto the device, tensor-parallel size and KV dtype the `--device`,
+  // `--tensor_parallel_size` and `--kv_cache_dtype` flags name (defaults: cpu, 1, auto).
   static absl::StatusOr<LoadedModel> Load(const std::string& path, int num_threads);
 
   const model::LlamaConfig& config() const { return runner->config(); }
@@ -62,9 +65,16 @@ struct LoadedModel {
   size_t weight_bytes() const;
 };
 
-// The backend for `device`. Device::kCuda: FailedPrecondition when this binary was built
-// without CUDA (rebuild with --config=cuda) or when no usable CUDA device exists.
-absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateBackend(Device device, int num_threads);
+// The backend for `device` with a KV cache of `kv_dtype` (kFp32 or kBf16; kBf16 only on CUDA).
+// Device::kCuda: FailedPrecondition when this binary was built without CUDA (rebuild with
+// --config=cuda) or when no usable CUDA device exists.
+absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateBackend(
+    Device device, int num_threads, KvCacheDType kv_dtype = KvCacheDType::kFp32);
+
+// What `requested` means for `device` and the model in `file` (kAuto resolved; see
+// KvCacheDType). InvalidArgument for bf16 on the CPU.
+absl::StatusOr<KvCacheDType> ResolveKvCacheDType(KvCacheDType requested, Device device,
+                                                 const model::GgufFile& file);
 
 }  // namespace glimpse::server
 

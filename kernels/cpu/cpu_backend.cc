@@ -41,6 +41,10 @@ void CpuBackend::CopyToHost(void* host_dst, const void* src, size_t num_bytes) {
   std::memcpy(host_dst, src, num_bytes);
 }
 
+void CpuBackend::CopyWithinBackend(void* dst, const void* src, size_t num_bytes) {
+  std::memcpy(dst, src, num_bytes);
+}
+
 absl::StatusOr<std::unique_ptr<PackedMatrix>> CpuBackend::PackMatrix(const MatrixView& w) {
   auto packed = CpuPackedMatrix::Pack(w);
   if (!packed.ok()) return packed.status();

@@ -38,6 +38,8 @@ class CpuBackend final : public Backend {
   void Free(void* ptr) override;
   void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override;
+  void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) override;
+  size_t KvElementBytes() const override { return sizeof(float); }  // fp32 KV
 
   absl::StatusOr<std::unique_ptr<PackedMatrix>> PackMatrix(const MatrixView& w) override;
   void MatMul(const float* x, int64_t num_rows, const PackedMatrix& w, float* y) override;

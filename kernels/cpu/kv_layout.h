@@ -16,12 +16,12 @@ namespace glimpse::kernels::cpu {
 
 // Start of the [head_dim][block_size] key tile of (block, kv_head).
 inline float* KeyTile(const KvLayerView& kv, int64_t block, int32_t kv_head) {
-  return kv.k + (block * kv.num_kv_heads + kv_head) * static_cast<int64_t>(kv.head_dim) * kv.block_size;
+  return static_cast<float*>(kv.k) + (block * kv.num_kv_heads + kv_head) * static_cast<int64_t>(kv.head_dim) * kv.block_size;
 }
 
 // Start of the [block_size][head_dim] value tile of (block, kv_head).
 inline float* ValueTile(const KvLayerView& kv, int64_t block, int32_t kv_head) {
-  return kv.v + (block * kv.num_kv_heads + kv_head) * static_cast<int64_t>(kv.head_dim) * kv.block_size;
+  return static_cast<float*>(kv.v) + (block * kv.num_kv_heads + kv_head) * static_cast<int64_t>(kv.head_dim) * kv.block_size;
 }
 
 }  // namespace glimpse::kernels::cpu

@@ -210,6 +210,14 @@ void CudaBackend::CopyToBackend(void* dst, const void* host_src, size_t num_byte
   GLIMPSE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
+void CudaBackend::CopyWithinBackend(void* dst, const void* src, size_t num_bytes) {
+  if (num_bytes == 0) return;
+  Bind();
+  // Ordered after the recorded launches, which therefore run now (the rest of the step too).
+  if (graphs_.recording() && !graphs_.empty()) FinishGraphStep(GraphEagerReason::kMidStepSync);
+  GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(dst, src, num_bytes, cudaMemcpyDeviceToDevice, stream_));
+}
+
 void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t num_bytes) {
   Bind();
   // The end of a recorded step: its graph (or launches) run before the copy.
@@ -261,8 +269,10 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOpti
   DecodeGraphRecorder::Options graph_options;
   graph_options.enabled = options.cuda_graphs;
   graph_options.run_eagerly_for_testing = options.graphs_run_eagerly_for_testing;
+  const DType kv_dtype =
+      options.kv_cache_dtype == CudaKvCacheDType::kBFloat16 ? DType::kBF16 : DType::kF32;
   auto backend = std::make_unique<internal::CudaBackend>(
-      options.device_ordinal, std::move(tp_group), options.tp_rank, graph_options);
+      options.device_ordinal, std::move(tp_group), options.tp_rank, graph_options, kv_dtype);
   RETURN_IF_ERROR(backend->Init());
   spdlog::info("CUDA backend: {}", backend->name());
   return std::unique_ptr<Backend>(std::move(backend));

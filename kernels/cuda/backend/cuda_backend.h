@@ -7,9 +7,9 @@
 //     match the CPU backend to fp32 rounding (not bitwise; CUDA is not batch-invariant).
 //   - F16, BF16 and Q8_0 weights become bf16 on the device (Q8_0 dequantized at load);
 //     activations are rounded to bf16 before each such matmul, products accumulate in fp32.
-//   - KV cache: fp32, in the layout of kernels/cuda/kv_layout.h
-//     ([block][kv_head][slot][head_dim]; block outermost, as KvLayerView requires).
-//     TODO(#5): a bf16 KV option (halves KV memory; attention through prefill_attention.h).
+//   - KV cache: fp32 or bf16 (CudaBackendOptions::kv_cache_dtype), in the layout of
+//     kernels/cuda/kv_layout.h ([block][kv_head][slot][head_dim]; block outermost, as
+//     KvLayerView requires). See PagedAttention in cuda_backend_ops.cc for which kernel runs.
 //   - Embedding rows, RoPE angles and the element-wise ops reproduce the CPU backend's
 //     arithmetic (exact widening, the same fp32 angle recurrence, no FMA contraction).
 //
@@ -28,8 +28,21 @@ namespace glimpse::kernels::cuda {
 
 class TensorParallelGroup;  // kernels/cuda/tensor_parallel.h
 
+// Element type of the CUDA backend's KV cache (`--kv_cache_dtype`).
+enum class CudaKvCacheDType {
+  // fp32: keys and values exactly as the CPU backend stores them; every query token attends
+  // through the paged decode kernel (a prefill chunk of T tokens reads its prefix T times).
+  kFloat32,
+  // bf16: half the memory and bandwidth. Decode steps run the paged decode kernel over the
+  // bf16 cache (fp32 queries and outputs); steps with a multi-token sequence (prefill, chunked
+  // prefill, mixed batches) run the tensor-core attention kernel (prefill_attention.h) once
+  // per sequence, on bf16 queries.
+  kBFloat16,
+};
+
 struct CudaBackendOptions {
   int device_ordinal = 0;  // CUDA device number (after CUDA_VISIBLE_DEVICES).
+  CudaKvCacheDType kv_cache_dtype = CudaKvCacheDType::kFloat32;
   // The NCCL group whose AllReduceSum this backend joins as rank tp_rank (on device_ordinal).
   // Shared by all the group's backends: the last one destroyed destroys the communicators.
   // Null: a new group of one, so that a single GPU runs the same ncclAllReduce path.
@@ -58,7 +71,8 @@ struct CudaBackendOptions {
 //
 // Backend::Counters() reports CUDA graph captures and replays, and the steps run eagerly by
 // reason: "cuda_graph_captures_total", "cuda_graph_replays_total",
-// "cuda_graph_eager_<reason>_steps_total", and the gauge "cuda_graphs_cached".
+// "cuda_graph_eager_<reason>_steps_total", the gauge "cuda_graphs_cached", and
+// "cuda_attention_tensor_core_calls_total" (attention calls run by the tensor-core kernel).
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options);
 
 // One backend per device, backend r being rank r of one NCCL tensor-parallel group over

@@ -74,7 +74,13 @@ void CudaBackend::EndForward() {
   in_step_ = false;
 }
 
-std::vector<BackendCounter> CudaBackend::Counters() const { return graphs_.Counters(); }
+std::vector<BackendCounter> CudaBackend::Counters() const {
+  std::vector<BackendCounter> counters = graphs_.Counters();
+  counters.push_back({"cuda_attention_tensor_core_calls_total", tensor_core_attention_calls_,
+                      "PagedAttention calls (layers x steps) run by the tensor-core attention "
+                      "kernel (bf16 KV cache, steps with a multi-token sequence), not graphed"});
+  return counters;
+}
 
 void CudaBackend::FinishGraphStep(GraphEagerReason eager_reason) {
   // Outside capture: growing a buffer drains the stream and reallocates it. A regrown buffer
@@ -210,7 +216,7 @@ bool CudaBackend::RecordStoreKv(const KvStoreParams& params) {
   const size_t slots_offset =
       graphs_.ArenaPut(params.slots, params.num_tokens * sizeof(int32_t),
                        rows * sizeof(int32_t), 0xFF, /*copy_padding=*/true);
-  const KvAppendParams p = KvAppendLaunchParams(params, static_cast<int32_t>(rows));
+  const KvAppendParams p = KvAppendLaunchParams(params, static_cast<int32_t>(rows), kv_dtype_);
   graphs_.Record(
       [this, p, slots_offset](cudaStream_t stream) {
         KvAppendParams run = p;
@@ -281,7 +287,8 @@ bool CudaBackend::RecordPagedAttention(const PagedAttentionParams& p) {
                PagedDecodeWorkspaceBytes(plan, static_cast<int32_t>(rows), p.num_heads,
                                          p.kv.head_dim));
   PagedDecodeParams d;
-  d.dtype = DType::kF32;
+  d.dtype = kv_dtype_;
+  d.fp32_q_and_o = kv_dtype_ == DType::kBF16;
   d.q = p.q;
   d.o = p.out;
   d.lse = nullptr;

@@ -25,6 +25,7 @@
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/kv_append.h"
 #include "kernels/cuda/paged_decode_attention.h"
+#include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/rope_table.h"
 #include "kernels/cuda/weight_format.h"
@@ -95,8 +96,10 @@ std::vector<int32_t> RopeKey(const kernels::RopeParams& p);
 std::vector<int32_t> AttentionKey(const PagedAttentionParams& p, int32_t num_tokens);
 // Rope's launch over `num_tokens` rows; cos_sin (device) is left to the caller.
 RopeTableParams RopeLaunchParams(const kernels::RopeParams& params, int32_t num_tokens);
-// StoreKv's launch over `num_tokens` slots; slot_mapping (device) is left to the caller.
-KvAppendParams KvAppendLaunchParams(const KvStoreParams& params, int32_t num_tokens);
+// StoreKv's launch over `num_tokens` slots into a cache of `kv_dtype` (fp32 inputs, rounded
+// when the cache is bf16); slot_mapping (device) is left to the caller.
+KvAppendParams KvAppendLaunchParams(const KvStoreParams& params, int32_t num_tokens,
+                                    DType kv_dtype);
 
 // ---- Packed weights -------------------------------------------------------------------------
 // A weight matrix on the device, row-major W[rows][cols] exactly as in the file (no
@@ -145,8 +148,9 @@ class CudaPackedMatrix final : public PackedMatrix {
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, std::shared_ptr<TensorParallelGroup> tp_group, int tp_rank,
-              const DecodeGraphRecorder::Options& graph_options)
+              const DecodeGraphRecorder::Options& graph_options, DType kv_dtype)
       : device_(device),
+        kv_dtype_(kv_dtype),
         tp_group_(std::move(tp_group)),
         tp_rank_(tp_rank),
         graphs_(graph_options) {}
@@ -161,6 +165,8 @@ class CudaBackend final : public Backend {
   void Free(void* ptr) override;
   void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override;
+  void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) override;
+  size_t KvElementBytes() const override { return DTypeSize(kv_dtype_); }
   absl::StatusOr<std::unique_ptr<PackedMatrix>> PackMatrix(const MatrixView& w) override;
   void MatMul(const float* x, int64_t num_rows, const PackedMatrix& w, float* y) override;
   void EmbeddingLookup(const MatrixView& table, const int32_t* ids, int64_t num_ids,
@@ -206,6 +212,19 @@ class CudaBackend final : public Backend {
     std::vector<AttentionLaunch> launches;
     size_t workspace_bytes = 0;
   };
+  // The tensor-core attention's per-step plan and device tables (bf16 KV, steps with a
+  // multi-token sequence), reused by every layer of a step.
+  struct PrefillMemo {
+    uint64_t generation = UINT64_MAX;
+    std::vector<int32_t> key;  // the host inputs it was built from
+    PrefillPlan plan;
+    const int32_t* qo_indptr = nullptr;         // device, [num_seqs + 1]
+    const int32_t* kv_indptr = nullptr;         // device, [num_seqs + 1]
+    const int32_t* kv_last_page_len = nullptr;  // device, [num_seqs]
+    const int32_t* kv_indices = nullptr;        // device, [kv_indptr[num_seqs]]
+    const int32_t* work_items = nullptr;        // device, [3 * plan.num_work_items()]
+    size_t workspace_bytes = 0;
+  };
   // Rope's per-step (cos, sin) table, reused by q and k of every layer.
   struct RopeMemo {
     uint64_t generation = UINT64_MAX;
@@ -239,6 +258,11 @@ class CudaBackend final : public Backend {
   const DeviceTable& TableFor(const MatrixView& table);
   const float* RopeTable(const kernels::RopeParams& p);
   const AttentionMemo& AttentionTables(const PagedAttentionParams& p, int32_t num_tokens);
+  // PagedAttention per query token through the paged decode kernel (any KV dtype).
+  void AttendPerToken(const PagedAttentionParams& params, int32_t num_tokens);
+  // PagedAttention per sequence through the tensor-core kernel (bf16 KV); false, having done
+  // nothing, when some sequence's KV length is not its last query position + 1.
+  bool AttendPerSequence(const PagedAttentionParams& params, int32_t num_tokens);
   // x (rounded to bf16 into bf16_scratch, which must hold it) times W. The cast runs on
   // `stream`, the GEMM on the cuBLAS handle's stream: both are stream_.
   cudaError_t EnqueueMatMul(const float* x, int64_t num_rows, const CudaPackedMatrix& m,
@@ -268,6 +292,7 @@ class CudaBackend final : public Backend {
   void FinishGraphStep(GraphEagerReason eager_reason);
 
   int device_;
+  DType kv_dtype_;  // the KV cache's elements (CudaBackendOptions::kv_cache_dtype)
   std::string name_;
   int num_sms_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -283,6 +308,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer<uint8_t> activations_bf16_;  // MatMul: x rounded to bf16, [num_rows][cols]
   DeviceBuffer<uint8_t> attention_workspace_;  // split-KV partial states (paged decode)
   DeviceBuffer<uint8_t> norm_input_;        // RmsNorm in place: a copy of x
+  DeviceBuffer<uint8_t> attention_bf16_;    // AttendPerSequence: bf16 q, then bf16 o
   // The same three for recorded (graph) steps only, so that an eager step that needs more
   // (a long prefill) never moves what captured graphs point at.
   DeviceBuffer<uint8_t> graph_activations_bf16_;
@@ -290,6 +316,8 @@ class CudaBackend final : public Backend {
   DeviceBuffer<uint8_t> graph_norm_input_;
   std::unordered_map<const void*, DeviceTable> tables_;  // key: MatrixView::data
   AttentionMemo attention_memo_;
+  PrefillMemo prefill_memo_;
+  int64_t tensor_core_attention_calls_ = 0;  // AttendPerSequence launches (Counters())
   RopeMemo rope_memo_;
   // Tensor parallelism: this backend is rank tp_rank_ of tp_group_ (shared by the group's
   // backends; a group of one for a lone GPU). Destroyed after the stream is drained.

@@ -17,9 +17,11 @@
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/kv_append.h"
 #include "kernels/cuda/paged_decode_attention.h"
+#include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope_table.h"
 #include "kernels/cuda/tensor_parallel.h"
+#include "kernels/cuda/weight_convert.h"
 
 namespace glimpse::kernels::cuda::internal {
 namespace {
@@ -76,10 +78,12 @@ RopeTableParams RopeLaunchParams(const kernels::RopeParams& params, int32_t num_
   return p;
 }
 
-KvAppendParams KvAppendLaunchParams(const KvStoreParams& params, int32_t num_tokens) {
+KvAppendParams KvAppendLaunchParams(const KvStoreParams& params, int32_t num_tokens,
+                                    DType kv_dtype) {
   const KvLayerView& kv = params.kv;
   KvAppendParams p;
-  p.dtype = DType::kF32;
+  p.dtype = kv_dtype;
+  p.fp32_input = kv_dtype == DType::kBF16;
   p.k = params.k;
   p.v = params.v;
   p.token_stride = static_cast<int64_t>(kv.num_kv_heads) * kv.head_dim;
@@ -266,7 +270,7 @@ void CudaBackend::StoreKv(const KvStoreParams& params) {
   if (params.num_tokens == 0) return;
   Bind();
   if (graphs_.recording() && RecordStoreKv(params)) return;
-  KvAppendParams p = KvAppendLaunchParams(params, params.num_tokens);
+  KvAppendParams p = KvAppendLaunchParams(params, params.num_tokens, kv_dtype_);
   p.slot_mapping =
       static_cast<const int32_t*>(Upload(params.slots, params.num_tokens * sizeof(int32_t)));
   GLIMPSE_CUDA_CHECK(LaunchKvAppend(p, stream_));
@@ -281,10 +285,9 @@ void CudaBackend::StoreKv(const KvStoreParams& params) {
 //     token @9  -> pages [p0 p1 p2], last page len 2  (keys 0..9)
 //     token @10 -> pages [p0 p1 p2], last page len 3  (keys 0..10)
 //
-// which handles prefill chunks, decode tokens and mixed batches alike, on the fp32 KV cache
-// (the tensor-core prefill kernel is bf16-only; TODO(#5): use it with the bf16 KV option). A
-// prefill chunk of T tokens re-reads its prefix T times: fine for decode-heavy serving, slow
-// for long prompts.
+// which handles prefill chunks, decode tokens and mixed batches alike, on either KV dtype. A
+// prefill chunk of T tokens re-reads its prefix T times: fine for decode steps, slow for long
+// prompts; with a bf16 cache those steps go to AttendPerSequence instead.
 const CudaBackend::AttentionMemo& CudaBackend::AttentionTables(const PagedAttentionParams& p,
                                                                int32_t num_tokens) {
   const int32_t block_size = p.kv.block_size;
@@ -357,12 +360,20 @@ void CudaBackend::PagedAttention(const PagedAttentionParams& params) {
                       " KV heads (use --device=cpu)"));
   }
   if (graphs_.recording() && RecordPagedAttention(params)) return;
+  const bool decode_only = num_tokens == params.num_seqs;
+  if (kv_dtype_ == DType::kBF16 && !decode_only && AttendPerSequence(params, num_tokens)) return;
+  AttendPerToken(params, num_tokens);
+}
+
+void CudaBackend::AttendPerToken(const PagedAttentionParams& params, int32_t num_tokens) {
+  const KvLayerView& kv = params.kv;
   const AttentionMemo& memo = AttentionTables(params, num_tokens);
   Reserve(attention_workspace_, memo.workspace_bytes);
   const int64_t row_floats = static_cast<int64_t>(params.num_heads) * kv.head_dim;
   for (const AttentionLaunch& launch : memo.launches) {
     PagedDecodeParams p;
-    p.dtype = DType::kF32;
+    p.dtype = kv_dtype_;
+    p.fp32_q_and_o = kv_dtype_ == DType::kBF16;
     p.q = params.q + launch.first_token * row_floats;
     p.o = params.out + launch.first_token * row_floats;
     p.lse = nullptr;
@@ -382,6 +393,98 @@ void CudaBackend::PagedAttention(const PagedAttentionParams& params) {
     p.workspace_bytes = attention_workspace_.size();
     GLIMPSE_CUDA_CHECK(LaunchPagedDecode(p, stream_));
   }
+}
+
+// The tensor-core kernel's causal mask puts a sequence's qo_len query tokens at its last
+// qo_len KV indices, which is the Backend contract (consecutive positions ending at the last
+// cached one) exactly when every sequence's page table holds last position + 1 keys; a step
+// that breaks it is left to AttendPerToken, which reads each token's position.
+//
+//   q (fp32) --cast--> q_bf16 --prefill kernel (sequence s: rows query_start[s]..)--> o_bf16
+//   o_bf16 --cast (exact)--> out (fp32)
+bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t num_tokens) {
+  const KvLayerView& kv = params.kv;
+  const int32_t block_size = kv.block_size;
+  std::vector<int32_t> key = AttentionKey(params, num_tokens);
+  PrefillMemo& memo = prefill_memo_;
+  if (memo.generation != generation_ || memo.key != key) {
+    for (int32_t s = 0; s < params.num_seqs; ++s) {
+      const int32_t first = params.query_start[s];
+      const int32_t last = params.query_start[s + 1] - 1;
+      if (last < first) continue;
+      const int32_t kv_len = KvLength(params.kv_indptr[s + 1] - params.kv_indptr[s],
+                                      params.kv_last_page_len[s], block_size);
+      if (params.positions[last] + 1 != kv_len ||
+          params.positions[last] - params.positions[first] != last - first) {
+        return false;
+      }
+    }
+    PrefillPlanInput input;
+    input.qo_indptr = params.query_start;
+    input.kv_indptr = params.kv_indptr;
+    input.kv_last_page_len = params.kv_last_page_len;
+    input.num_seqs = params.num_seqs;
+    input.num_qo_heads = params.num_heads;
+    input.num_kv_heads = kv.num_kv_heads;
+    input.page_size = block_size;
+    input.mask_mode = AttentionMaskMode::kCausal;
+    input.num_sms = num_sms_;
+    PrefillPlan plan;
+    GLIMPSE_CUDA_CHECK(PlanPrefillAttention(input, &plan));
+    // One upload: [qo_indptr: S + 1 | kv_indptr: S + 1 | last_len: S | indices | work items].
+    const int32_t num_seqs = params.num_seqs;
+    const int32_t num_pages = params.kv_indptr[num_seqs];
+    std::vector<int32_t> packed;
+    packed.reserve(3 * num_seqs + 2 + num_pages + plan.work_items.size());
+    packed.insert(packed.end(), params.query_start, params.query_start + num_seqs + 1);
+    packed.insert(packed.end(), params.kv_indptr, params.kv_indptr + num_seqs + 1);
+    packed.insert(packed.end(), params.kv_last_page_len, params.kv_last_page_len + num_seqs);
+    packed.insert(packed.end(), params.kv_indices, params.kv_indices + num_pages);
+    packed.insert(packed.end(), plan.work_items.begin(), plan.work_items.end());
+    const auto* device =
+        static_cast<const int32_t*>(Upload(packed.data(), packed.size() * sizeof(int32_t)));
+    memo.generation = generation_;  // after the upload, which may have restarted staging
+    memo.key = std::move(key);
+    memo.qo_indptr = device;
+    memo.kv_indptr = device + num_seqs + 1;
+    memo.kv_last_page_len = device + 2 * (num_seqs + 1);
+    memo.kv_indices = device + 3 * num_seqs + 2;
+    memo.work_items = memo.kv_indices + num_pages;
+    memo.workspace_bytes = PrefillWorkspaceBytes(plan, params.num_heads, kv.head_dim);
+    memo.plan = std::move(plan);
+  }
+  const int64_t elements = static_cast<int64_t>(num_tokens) * params.num_heads * kv.head_dim;
+  const size_t bf16_bytes = static_cast<size_t>(elements) * 2;
+  Reserve(attention_bf16_, 2 * bf16_bytes);
+  Reserve(attention_workspace_, memo.workspace_bytes);
+  uint8_t* q_bf16 = attention_bf16_.get();
+  uint8_t* o_bf16 = attention_bf16_.get() + bf16_bytes;
+  GLIMPSE_CUDA_CHECK(LaunchCastF32ToBf16(params.q, q_bf16, elements, stream_));
+  PrefillAttentionParams p;
+  p.q = q_bf16;
+  p.o = o_bf16;
+  p.lse = nullptr;
+  p.kv.k_cache = kv.k;
+  p.kv.v_cache = kv.v;
+  p.kv.kv_indptr = memo.kv_indptr;
+  p.kv.kv_indices = memo.kv_indices;
+  p.kv.kv_last_page_len = memo.kv_last_page_len;
+  p.kv.num_kv_heads = kv.num_kv_heads;
+  p.kv.page_size = block_size;
+  p.kv.head_dim = kv.head_dim;
+  p.qo_indptr = memo.qo_indptr;
+  p.num_seqs = params.num_seqs;
+  p.num_qo_heads = params.num_heads;
+  p.sm_scale = params.scale;
+  p.mask_mode = AttentionMaskMode::kCausal;
+  ApplyPrefillPlan(memo.plan, &p);
+  p.work_items = memo.work_items;
+  p.workspace = attention_workspace_.get();
+  p.workspace_bytes = attention_workspace_.size();
+  GLIMPSE_CUDA_CHECK(LaunchPrefillAttention(p, stream_));
+  GLIMPSE_CUDA_CHECK(LaunchCastBf16ToF32(o_bf16, params.out, elements, stream_));
+  ++tensor_core_attention_calls_;
+  return true;
 }
 
 }  // namespace glimpse::kernels::cuda::internal

@@ -94,6 +94,36 @@ void ExpectClose(const std::string& what, const std::vector<float>& out,
   }
 }
 
+struct KvShape {
+  int32_t num_heads, num_kv_heads, head_dim, block_size;
+};
+
+std::string Describe(const KvShape& s) {
+  return "heads " + std::to_string(s.num_heads) + "/" + std::to_string(s.num_kv_heads) + " d " +
+         std::to_string(s.head_dim) + " block " + std::to_string(s.block_size);
+}
+
+// A KV cache element as stored: fp32 as is, bf16 rounded to nearest even
+// (common/float16.h).
+float Stored(const Backend& backend, float x) {
+  return backend.KvElementBytes() == 2 ? Bf16ToFloat(FloatToBf16(x)) : x;
+}
+
+// The cache's elements as floats (bf16 widened), n elements of KvElementBytes()
+// at p.
+std::vector<float> GetKv(Backend& backend, const void* p, size_t n) {
+  if (backend.KvElementBytes() == 4) {
+    std::vector<float> host(n);
+    backend.CopyToHost(host.data(), p, n * 4);
+    return host;
+  }
+  std::vector<uint16_t> bits(n);
+  backend.CopyToHost(bits.data(), p, n * 2);
+  std::vector<float> host(n);
+  for (size_t i = 0; i < n; ++i) host[i] = Bf16ToFloat(bits[i]);
+  return host;
+}
+
 class CudaBackendTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -105,6 +135,11 @@ class CudaBackendTest : public ::testing::Test {
     std::printf("seed %llu (GLIMPSE_TEST_SEED=%llu replays)\n",
                 static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed));
     rng_.seed(seed);
+    cuda::CudaBackendOptions bf16_options;
+    bf16_options.kv_cache_dtype = cuda::CudaKvCacheDType::kBFloat16;
+    auto bf16 = cuda::CreateCudaBackend(bf16_options);
+    ASSERT_TRUE(bf16.ok()) << bf16.status();
+    cuda_bf16_kv_ = std::move(*bf16);
   }
 
   std::vector<float> Normal(size_t n, float stddev = 1.0f) {
@@ -132,16 +167,77 @@ class CudaBackendTest : public ::testing::Test {
   float* Poisoned(Backend& backend, size_t n) {
     return Put(backend, std::vector<float>(n, std::numeric_limits<float>::quiet_NaN()));
   }
-  std::vector<float> Get(Backend& backend, const float* p, size_t n) {
+  std::vector<float> Get(Backend& backend, const void* p, size_t n) {
     std::vector<float> host(n);
     backend.CopyToHost(host.data(), p, n * sizeof(float));
     return host;
   }
+  // StoreKv into a poisoned cache of `backend`'s KV dtype: the stored slots
+  // hold the inputs (rounded as the cache stores them), every other element is
+  // untouched.
+  void StoreKvCase(Backend& backend, const KvShape& s) {
+    const std::string what = backend.name() + ", " + std::to_string(backend.KvElementBytes()) +
+                             "-byte KV, " + Describe(s);
+    const int32_t num_blocks = 11;
+    const int64_t block_elems = static_cast<int64_t>(s.block_size) * s.num_kv_heads * s.head_dim;
+    const int64_t total = num_blocks * block_elems;
+    const int32_t kv_dim = s.num_kv_heads * s.head_dim;
+    // Distinct random slots over the whole pool.
+    std::vector<int32_t> slots(num_blocks * s.block_size);
+    std::iota(slots.begin(), slots.end(), 0);
+    std::shuffle(slots.begin(), slots.end(), rng_);
+    slots.resize(std::min<size_t>(slots.size(), 23));
+    const int32_t n = static_cast<int32_t>(slots.size());
+    const std::vector<float> k = Normal(n * kv_dim);
+    const std::vector<float> v = Normal(n * kv_dim);
+    KvStoreParams p;
+    p.k = Put(backend, k);
+    p.v = Put(backend, v);
+    // NaN floats are NaN bf16 pairs too (0xFF bytes).
+    auto poisoned_bytes = [&](size_t num_bytes) {
+      void* buffer = backend.Allocate(num_bytes);
+      const std::vector<uint8_t> ff(num_bytes, 0xFF);
+      backend.CopyToBackend(buffer, ff.data(), num_bytes);
+      owned_.push_back({&backend, buffer});
+      return buffer;
+    };
+    const size_t cache_bytes = total * backend.KvElementBytes();
+    p.kv = {poisoned_bytes(cache_bytes), poisoned_bytes(cache_bytes), s.block_size, s.num_kv_heads,
+            s.head_dim};
+    p.num_tokens = n;
+    p.slots = slots.data();
+    backend.StoreKv(p);
+    const std::vector<float> kc = GetKv(backend, p.kv.k, total);
+    const std::vector<float> vc = GetKv(backend, p.kv.v, total);
+    std::vector<bool> written(total, false);
+    int64_t mismatches = 0;
+    for (int32_t t = 0; t < n; ++t) {
+      const int64_t block = slots[t] / s.block_size;
+      const int64_t slot = slots[t] % s.block_size;
+      for (int32_t h = 0; h < s.num_kv_heads; ++h) {
+        for (int32_t d = 0; d < s.head_dim; ++d) {
+          // kernels/cuda/kv_layout.h: [block][kv_head][slot][head_dim].
+          const int64_t off = ((block * s.num_kv_heads + h) * s.block_size + slot) * s.head_dim + d;
+          mismatches += kc[off] != Stored(backend, k[t * kv_dim + h * s.head_dim + d]);
+          mismatches += vc[off] != Stored(backend, v[t * kv_dim + h * s.head_dim + d]);
+          written[off] = true;
+        }
+      }
+    }
+    EXPECT_EQ(mismatches, 0) << what;
+    int64_t touched = 0;
+    for (int64_t i = 0; i < total; ++i) {
+      if (!written[i]) touched += !std::isnan(kc[i]) + !std::isnan(vc[i]);
+    }
+    EXPECT_EQ(touched, 0) << what << ": elements outside the stored slots changed";
+  }
+
   void TearDown() override {
     for (auto& [backend, p] : owned_) backend->Free(p);
   }
 
-  std::unique_ptr<Backend> cuda_;
+  std::unique_ptr<Backend> cuda_;          // fp32 KV cache (the default)
+  std::unique_ptr<Backend> cuda_bf16_kv_;  // bf16 KV cache
   cpu::CpuBackend cpu_{2};
   std::mt19937_64 rng_;
   std::vector<std::pair<Backend*, void*>> owned_;
@@ -160,6 +256,25 @@ TEST_F(CudaBackendTest, CopiesRoundTripAtAnySizeAndOffset) {
     cuda_->CopyToHost(back.data(), dev + 7, n);
     EXPECT_EQ(back, host) << n << " bytes";
     cuda_->Free(dev);
+  }
+}
+
+TEST_F(CudaBackendTest, CopyWithinBackendMovesExactlyTheRange) {
+  for (const size_t n : {size_t{1}, size_t{1000}, size_t{3000001}}) {
+    std::vector<uint8_t> src(n + 16), dst(n + 16);
+    for (uint8_t& b : src) b = static_cast<uint8_t>(Int(1, 255));
+    for (uint8_t& b : dst) b = static_cast<uint8_t>(Int(1, 255));
+    auto* d_src = static_cast<uint8_t*>(cuda_->Allocate(src.size()));
+    auto* d_dst = static_cast<uint8_t*>(cuda_->Allocate(dst.size()));
+    cuda_->CopyToBackend(d_src, src.data(), src.size());
+    cuda_->CopyToBackend(d_dst, dst.data(), dst.size());
+    cuda_->CopyWithinBackend(d_dst + 5, d_src + 3, n);  // odd offsets
+    std::copy_n(src.begin() + 3, n, dst.begin() + 5);
+    std::vector<uint8_t> back(dst.size());
+    cuda_->CopyToHost(back.data(), d_dst, back.size());
+    EXPECT_EQ(back, dst) << "n=" << n;
+    cuda_->Free(d_src);
+    cuda_->Free(d_dst);
   }
 }
 
@@ -447,80 +562,48 @@ TEST_F(CudaBackendTest, GatherRowsMatchesCpuBitwise) {
 
 // ---- KV cache and attention -----------------------------------------------------------------
 
-struct KvShape {
-  int32_t num_heads, num_kv_heads, head_dim, block_size;
-};
-
-std::string Describe(const KvShape& s) {
-  return "heads " + std::to_string(s.num_heads) + "/" + std::to_string(s.num_kv_heads) +
-         " d " + std::to_string(s.head_dim) + " block " + std::to_string(s.block_size);
-}
-
 TEST_F(CudaBackendTest, StoreKvWritesTheCudaLayoutAndNothingElse) {
-  for (const KvShape s : {KvShape{6, 2, 32, 16}, KvShape{8, 8, 64, 17}, KvShape{4, 1, 128, 1}}) {
-    const int32_t num_blocks = 11;
-    const int64_t block_floats = static_cast<int64_t>(s.block_size) * s.num_kv_heads * s.head_dim;
-    const int64_t total = num_blocks * block_floats;
-    const int32_t kv_dim = s.num_kv_heads * s.head_dim;
-    // Distinct random slots over the whole pool.
-    std::vector<int32_t> slots(num_blocks * s.block_size);
-    std::iota(slots.begin(), slots.end(), 0);
-    std::shuffle(slots.begin(), slots.end(), rng_);
-    slots.resize(std::min<size_t>(slots.size(), 23));
-    const int32_t n = static_cast<int32_t>(slots.size());
-    const std::vector<float> k = Normal(n * kv_dim);
-    const std::vector<float> v = Normal(n * kv_dim);
-    KvStoreParams p;
-    p.k = Put(*cuda_, k);
-    p.v = Put(*cuda_, v);
-    p.kv = {Poisoned(*cuda_, total), Poisoned(*cuda_, total), s.block_size, s.num_kv_heads,
-            s.head_dim};
-    p.num_tokens = n;
-    p.slots = slots.data();
-    cuda_->StoreKv(p);
-    const std::vector<float> kc = Get(*cuda_, p.kv.k, total);
-    const std::vector<float> vc = Get(*cuda_, p.kv.v, total);
-    std::vector<bool> written(total, false);
-    int64_t mismatches = 0;
-    for (int32_t t = 0; t < n; ++t) {
-      const int64_t block = slots[t] / s.block_size;
-      const int64_t slot = slots[t] % s.block_size;
-      for (int32_t h = 0; h < s.num_kv_heads; ++h) {
-        for (int32_t d = 0; d < s.head_dim; ++d) {
-          // kernels/cuda/kv_layout.h: [block][kv_head][slot][head_dim].
-          const int64_t off = ((block * s.num_kv_heads + h) * s.block_size + slot) * s.head_dim + d;
-          mismatches += kc[off] != k[t * kv_dim + h * s.head_dim + d];
-          mismatches += vc[off] != v[t * kv_dim + h * s.head_dim + d];
-          written[off] = true;
-        }
-      }
+  for (Backend* backend : {cuda_.get(), cuda_bf16_kv_.get()}) {
+    for (const KvShape s : {KvShape{6, 2, 32, 16}, KvShape{8, 8, 64, 17}, KvShape{4, 1, 128, 1}}) {
+      StoreKvCase(*backend, s);
     }
-    EXPECT_EQ(mismatches, 0) << Describe(s);
-    int64_t touched = 0;
-    for (int64_t i = 0; i < total; ++i) {
-      if (!written[i]) touched += !std::isnan(kc[i]) + !std::isnan(vc[i]);
-    }
-    EXPECT_EQ(touched, 0) << Describe(s) << ": elements outside the stored slots changed";
   }
 }
 
-// One sequence of a mixed batch: `num_query` new tokens ending at position `last_pos`.
+// One sequence of a mixed batch: `num_query` new tokens ending at position
+// `last_pos`, and `extra_keys` keys cached past it (in the page table; causal
+// attention must ignore them).
 struct SeqCase {
   int32_t last_pos;
   int32_t num_query;
+  int32_t extra_keys = 0;
 };
 
-// Fills the KV of every position of every sequence through StoreKv (on both backends, in
-// each one's own layout), then runs PagedAttention for the query tokens and compares.
-void RunAttention(Backend& cuda, Backend& cpu, const KvShape& s,
-                  const std::vector<SeqCase>& seqs, std::vector<float>* out,
-                  std::vector<float>* ref, std::mt19937_64& rng,
-                  const std::function<std::vector<float>(size_t)>& normal) {
+// What the CPU reference sees of the random inputs: as given, or rounded to
+// bf16 as a bf16 KV cache stores keys and values (kv) and the tensor-core
+// kernel takes queries (q).
+struct RefRounding {
+  bool kv = false;
+  bool q = false;
+};
+
+std::vector<float> RoundedToBf16(std::vector<float> x) {
+  for (float& e : x) e = Bf16ToFloat(FloatToBf16(e));
+  return x;
+}
+
+// Fills the KV of every position of every sequence through StoreKv (on both
+// backends, in each one's own layout), then runs PagedAttention for the query
+// tokens and compares.
+void RunAttention(Backend& cuda, Backend& cpu, const KvShape& s, const std::vector<SeqCase>& seqs,
+                  std::vector<float>* out, std::vector<float>* ref, std::mt19937_64& rng,
+                  const std::function<std::vector<float>(size_t)>& normal,
+                  RefRounding ref_rounding = {}) {
   const int32_t B = s.block_size;
   const int32_t kv_dim = s.num_kv_heads * s.head_dim;
   // Page tables over a shuffled pool with spare blocks.
   int32_t pages_needed = 0;
-  for (const SeqCase& q : seqs) pages_needed += q.last_pos / B + 1;
+  for (const SeqCase& q : seqs) pages_needed += (q.last_pos + q.extra_keys) / B + 1;
   const int32_t num_blocks = pages_needed + 5;
   std::vector<int32_t> pool(num_blocks);
   std::iota(pool.begin(), pool.end(), 0);
@@ -529,14 +612,15 @@ void RunAttention(Backend& cuda, Backend& cpu, const KvShape& s,
   std::vector<int32_t> all_slots;  // every cached position of every sequence
   size_t next = 0;
   for (const SeqCase& q : seqs) {
-    const int32_t pages = q.last_pos / B + 1;
+    const int32_t last_key = q.last_pos + q.extra_keys;
+    const int32_t pages = last_key / B + 1;
     kv_indices.insert(kv_indices.end(), pool.begin() + next, pool.begin() + next + pages);
     next += pages;
     kv_indptr.push_back(static_cast<int32_t>(kv_indices.size()));
-    last_len.push_back(q.last_pos % B + 1);
+    last_len.push_back(last_key % B + 1);
     for (int32_t p = q.last_pos - q.num_query + 1; p <= q.last_pos; ++p) positions.push_back(p);
     query_start.push_back(static_cast<int32_t>(positions.size()));
-    for (int32_t p = 0; p <= q.last_pos; ++p) {
+    for (int32_t p = 0; p <= last_key; ++p) {
       all_slots.push_back(kv_indices[kv_indptr[kv_indptr.size() - 2] + p / B] * B + p % B);
     }
   }
@@ -547,7 +631,8 @@ void RunAttention(Backend& cuda, Backend& cpu, const KvShape& s,
   const std::vector<float> q = normal(static_cast<size_t>(num_tokens) * s.num_heads * s.head_dim);
   const std::vector<float> nan_cache(cache_floats, std::numeric_limits<float>::quiet_NaN());
 
-  auto run = [&](Backend& be, std::vector<float>* result) {
+  auto run = [&](Backend& be, std::vector<float>* result, const std::vector<float>& k,
+                 const std::vector<float>& v, const std::vector<float>& q) {
     auto put = [&](const std::vector<float>& h) {
       auto* p = static_cast<float*>(be.Allocate(h.size() * 4));
       be.CopyToBackend(p, h.data(), h.size() * 4);
@@ -581,8 +666,9 @@ void RunAttention(Backend& cuda, Backend& cpu, const KvShape& s,
       be.Free(const_cast<void*>(p));
     }
   };
-  run(cuda, out);
-  run(cpu, ref);
+  run(cuda, out, k, v, q);
+  run(cpu, ref, ref_rounding.kv ? RoundedToBf16(k) : k, ref_rounding.kv ? RoundedToBf16(v) : v,
+      ref_rounding.q ? RoundedToBf16(q) : q);
 }
 
 TEST_F(CudaBackendTest, PagedAttentionMatchesCpuOnMixedBatches) {
@@ -605,8 +691,52 @@ TEST_F(CudaBackendTest, PagedAttentionMatchesCpuOnMixedBatches) {
   }
 }
 
-// ---- KvCacheStorage on the device -----------------------------------------------------------
+int64_t TensorCoreCalls(const Backend& backend) {
+  for (const BackendCounter& c : backend.Counters()) {
+    if (c.name == "cuda_attention_tensor_core_calls_total") return c.value;
+  }
+  ADD_FAILURE() << "no cuda_attention_tensor_core_calls_total counter";
+  return -1;
+}
 
+// The bf16 KV option. Decode-only steps run the paged decode kernel on fp32
+// queries over the bf16 cache: fp32 bounds against the CPU reading the same
+// bf16-rounded keys and values. Steps with a multi-token sequence run the
+// tensor-core kernel on bf16 queries (and bf16 probabilities in P·V): bf16
+// bounds against the CPU reading rounded keys, values and queries, and a step
+// that breaks the kernel's layout contract must still match (per-token
+// fallback).
+TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheMatchesCpu) {
+  const std::vector<SeqCase> mixed = {{36, 37}, {100, 1}, {24, 5}, {0, 1}, {3000, 1}, {700, 130}};
+  auto normal = [this](size_t n) { return Normal(n); };
+  for (const KvShape s : {KvShape{6, 2, 32, 16}, KvShape{6, 2, 32, 17}, KvShape{8, 8, 64, 1},
+                          KvShape{32, 8, 128, 16}, KvShape{8, 1, 128, 16}}) {
+    std::vector<float> out, ref;
+    const int64_t before = TensorCoreCalls(*cuda_bf16_kv_);
+    RunAttention(*cuda_bf16_kv_, cpu_, s, mixed, &out, &ref, rng_, normal, {true, true});
+    ExpectClose("bf16-KV attention " + Describe(s), out, ref, Tolerance::Bf16());
+    EXPECT_EQ(TensorCoreCalls(*cuda_bf16_kv_) - before, 2) << "both calls on tensor cores";
+    // Keys cached past a sequence's last query (its page table holds 12 keys,
+    // its queries end at position 4): not the tensor-core kernel's layout, so
+    // the per-token path runs (fp32 queries: fp32 bounds).
+    const std::vector<SeqCase> ragged = {{40, 9}, {4, 2, 7}};
+    const int64_t before_ragged = TensorCoreCalls(*cuda_bf16_kv_);
+    RunAttention(*cuda_bf16_kv_, cpu_, s, ragged, &out, &ref, rng_, normal, {true, false});
+    ExpectClose("bf16-KV attention, keys past the queries " + Describe(s), out, ref,
+                Tolerance::Fp32());
+    EXPECT_EQ(TensorCoreCalls(*cuda_bf16_kv_), before_ragged);
+    std::vector<SeqCase> decode;
+    for (int i = 0; i < 150; ++i) decode.push_back({Int(0, 700), 1});
+    RunAttention(*cuda_bf16_kv_, cpu_, s, decode, &out, &ref, rng_, normal, {true, false});
+    ExpectClose("bf16-KV decode attention " + Describe(s), out, ref, Tolerance::Fp32());
+  }
+}
+
+// ---- KvCacheStorage on the device
+// -----------------------------------------------------------
+
+// Block copies (device to device) and swaps move exactly one block of every
+// layer's k and v, for either KV element size.
 TEST_F(CudaBackendTest, KvCacheStorageCopiesAndSwapsBlocksOnTheDevice) {
   model::LlamaConfig config;
   config.num_layers = 3;
@@ -614,40 +744,57 @@ TEST_F(CudaBackendTest, KvCacheStorageCopiesAndSwapsBlocksOnTheDevice) {
   config.head_dim = 32;
   const int32_t num_blocks = 7;
   const int32_t block_size = 17;
-  model::KvCacheStorage kv(*cuda_, config, num_blocks, block_size);
-  const size_t block_floats = static_cast<size_t>(block_size) * config.kv_dim();
-  const size_t tensor_floats = num_blocks * block_floats;
-  std::vector<std::vector<float>> host;  // [layer * 2 + (k|v)]
-  for (int32_t l = 0; l < config.num_layers; ++l) {
-    for (float* tensor : {kv.layer(l).k, kv.layer(l).v}) {
-      host.push_back(Normal(tensor_floats));
-      cuda_->CopyToBackend(tensor, host.back().data(), tensor_floats * 4);
+  for (Backend* backend : {cuda_.get(), cuda_bf16_kv_.get()}) {
+    const std::string what = std::to_string(backend->KvElementBytes()) + "-byte KV";
+    model::KvCacheStorage kv(*backend, config, num_blocks, block_size);
+    const size_t block_bytes =
+        static_cast<size_t>(block_size) * config.kv_dim() * backend->KvElementBytes();
+    const size_t tensor_bytes = num_blocks * block_bytes;
+    EXPECT_EQ(kv.num_bytes(), 2 * config.num_layers * tensor_bytes) << what;
+    EXPECT_EQ(
+        model::KvCacheStorage::BytesPerBlock(config, block_size, {}, backend->KvElementBytes()),
+        2 * config.num_layers * block_bytes)
+        << what;
+    auto get = [&](const void* tensor) {
+      std::vector<uint8_t> bytes(tensor_bytes);
+      backend->CopyToHost(bytes.data(), tensor, tensor_bytes);
+      return bytes;
+    };
+    auto block = [&](const std::vector<uint8_t>& t, int32_t b) {
+      return std::vector<uint8_t>(t.begin() + b * block_bytes, t.begin() + (b + 1) * block_bytes);
+    };
+    std::vector<std::vector<uint8_t>> host;  // [layer * 2 + (k|v)]
+    for (int32_t l = 0; l < config.num_layers; ++l) {
+      for (void* tensor : {kv.layer(l).k, kv.layer(l).v}) {
+        host.emplace_back(tensor_bytes);
+        for (uint8_t& b : host.back()) b = static_cast<uint8_t>(Int(0, 255));
+        backend->CopyToBackend(tensor, host.back().data(), tensor_bytes);
+      }
     }
-  }
-  auto block = [&](const std::vector<float>& t, int32_t b) {
-    return std::vector<float>(t.begin() + b * block_floats, t.begin() + (b + 1) * block_floats);
-  };
-  kv.CopyBlock(3, 5);
-  for (int32_t l = 0; l < config.num_layers; ++l) {
-    const float* tensors[2] = {kv.layer(l).k, kv.layer(l).v};
-    for (int i = 0; i < 2; ++i) {
-      std::vector<float>& expect = host[l * 2 + i];
-      std::copy_n(expect.begin() + 3 * block_floats, block_floats,
-                  expect.begin() + 5 * block_floats);
-      EXPECT_EQ(Get(*cuda_, tensors[i], tensor_floats), expect) << "CopyBlock, layer " << l;
+    kv.CopyBlock(3, 5);
+    for (int32_t l = 0; l < config.num_layers; ++l) {
+      const void* tensors[2] = {kv.layer(l).k, kv.layer(l).v};
+      for (int i = 0; i < 2; ++i) {
+        std::vector<uint8_t>& expect = host[l * 2 + i];
+        std::copy_n(expect.begin() + 3 * block_bytes, block_bytes,
+                    expect.begin() + 5 * block_bytes);
+        EXPECT_EQ(get(tensors[i]), expect) << what << ": CopyBlock, layer " << l;
+      }
     }
-  }
-  kv.SetNumHostBlocks(2);
-  kv.SwapOutBlock(1, 1);
-  const std::vector<float> junk(block_floats, 7.0f);
-  for (int32_t l = 0; l < config.num_layers; ++l) {
-    cuda_->CopyToBackend(kv.layer(l).k + block_floats, junk.data(), block_floats * 4);
-    cuda_->CopyToBackend(kv.layer(l).v + block_floats, junk.data(), block_floats * 4);
-  }
-  kv.SwapInBlock(1, 6);  // to a different block
-  for (int32_t l = 0; l < config.num_layers; ++l) {
-    EXPECT_EQ(block(Get(*cuda_, kv.layer(l).k, tensor_floats), 6), block(host[l * 2], 1));
-    EXPECT_EQ(block(Get(*cuda_, kv.layer(l).v, tensor_floats), 6), block(host[l * 2 + 1], 1));
+    kv.SetNumHostBlocks(2);
+    kv.SwapOutBlock(1, 1);
+    const std::vector<uint8_t> junk(block_bytes, 7);
+    for (int32_t l = 0; l < config.num_layers; ++l) {
+      for (void* tensor : {kv.layer(l).k, kv.layer(l).v}) {
+        backend->CopyToBackend(static_cast<uint8_t*>(tensor) + block_bytes, junk.data(),
+                               block_bytes);
+      }
+    }
+    kv.SwapInBlock(1, 6);  // to a different block
+    for (int32_t l = 0; l < config.num_layers; ++l) {
+      EXPECT_EQ(block(get(kv.layer(l).k), 6), block(host[l * 2], 1)) << what;
+      EXPECT_EQ(block(get(kv.layer(l).v), 6), block(host[l * 2 + 1], 1)) << what;
+    }
   }
 }
 
