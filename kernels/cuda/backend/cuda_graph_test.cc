@@ -138,17 +138,36 @@ struct Sequence {
 
 enum class Outcome { kEager, kWarmup, kCapture, kReplay };
 
-class CudaGraphTest : public ::testing::TestWithParam<const char*> {
+// A model file and the KV cache's element type.
+struct GraphCase {
+  const char* model;
+  kernels::cuda::CudaKvCacheDType kv_dtype;
+  // F32 weights: fp32 everywhere, only summation order differs from eager. bf16 weights: the
+  // activations are rounded to bf16 before every matmul, so an fp32 difference can flip a
+  // rounding and grow through the layers.
+  double max_rel_l2() const {
+    return std::string(model).find("f16") != std::string::npos ? 2e-2 : 1e-4;
+  }
+};
+
+std::string GraphCaseName(const ::testing::TestParamInfo<GraphCase>& info) {
+  const std::string model = info.param.model;
+  return std::string(model.find("f16") != std::string::npos ? "F16" : "F32") +
+         (info.param.kv_dtype == kernels::cuda::CudaKvCacheDType::kBFloat16 ? "Bf16Kv" : "Fp32Kv");
+}
+
+class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
  protected:
   void SetUp() override {
     kernels::cuda::CudaBackendOptions graphs;
-    kernels::cuda::CudaBackendOptions recorded;
+    graphs.kv_cache_dtype = GetParam().kv_dtype;
+    kernels::cuda::CudaBackendOptions recorded = graphs;
     recorded.graphs_run_eagerly_for_testing = true;
-    kernels::cuda::CudaBackendOptions eager;
+    kernels::cuda::CudaBackendOptions eager = graphs;
     eager.cuda_graphs = false;
     auto probe = kernels::cuda::CreateCudaBackend(graphs);
     if (!probe.ok()) GLIMPSE_SKIP_WITHOUT_CUDA(probe.status().message());
-    auto file = model::GgufFile::Open(GetParam());
+    auto file = model::GgufFile::Open(GetParam().model);
     ASSERT_TRUE(file.ok()) << file.status();
     file_ = std::move(*file);
     const std::pair<const char*, kernels::cuda::CudaBackendOptions> kinds[] = {
@@ -326,10 +345,7 @@ class CudaGraphTest : public ::testing::TestWithParam<const char*> {
 };
 
 TEST_P(CudaGraphTest, ReplaysEqualTheRecordedStepsRunEagerly) {
-  // F32 weights: fp32 everywhere, only summation order differs from eager. bf16 weights: the
-  // activations are rounded to bf16 before every matmul, so an fp32 difference can flip a
-  // rounding and grow through the layers.
-  max_rel_l2_ = std::string(GetParam()).find("f16") != std::string::npos ? 2e-2 : 1e-4;
+  max_rel_l2_ = GetParam().max_rel_l2();
   int num_replays = 0;
 
   // Batch 1: a prompt ending 2 tokens before a block boundary, so the page table grows
@@ -374,7 +390,7 @@ TEST_P(CudaGraphTest, ReplaysEqualTheRecordedStepsRunEagerly) {
 }
 
 TEST_P(CudaGraphTest, CrossingAKvCapacityTierCapturesAgain) {
-  max_rel_l2_ = std::string(GetParam()).find("f16") != std::string::npos ? 2e-2 : 1e-4;
+  max_rel_l2_ = GetParam().max_rel_l2();
   // kv_len 250 .. 262: the tier changes from 256 to 512 keys at 257.
   const int a = AddSequence(249);
   const int b = AddSequence(40);
@@ -382,9 +398,16 @@ TEST_P(CudaGraphTest, CrossingAKvCapacityTierCapturesAgain) {
   EXPECT_GE(DecodeSteps({a, b}, 13), 8);
 }
 
+// The bf16 cache: decode steps (graphed or not) read it through the decode kernel with fp32
+// queries; the prefill steps between them run the tensor-core kernel in all three engines.
 INSTANTIATE_TEST_SUITE_P(BundledModel, CudaGraphTest,
-                         ::testing::Values("tests/data/tinycode-4m.gguf",
-                                           "models/tinycode-4m-f16.gguf"));
+                         ::testing::Values(GraphCase{"tests/data/tinycode-4m.gguf",
+                                                     kernels::cuda::CudaKvCacheDType::kFloat32},
+                                           GraphCase{"models/tinycode-4m-f16.gguf",
+                                                     kernels::cuda::CudaKvCacheDType::kFloat32},
+                                           GraphCase{"models/tinycode-4m-f16.gguf",
+                                                     kernels::cuda::CudaKvCacheDType::kBFloat16}),
+                         GraphCaseName);
 
 }  // namespace
 }  // namespace glimpse

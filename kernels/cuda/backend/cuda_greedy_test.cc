@@ -26,6 +26,9 @@
 //   from the bf16 rounding budget: per-matmul relative error ~2e-3, ~1e-2 on the logits after
 //   6 layers, which flips only positions whose top-2 margin is below a few hundredths; a
 //   wrong kernel moves logits by O(1) and fails every one of these.)
+// F16 file with a bf16 KV cache (what `--device=cuda` runs for it by default): the same bounds;
+//   keys and values add one bf16 rounding each, queries one more in prefill steps, which now
+//   run on the tensor-core attention kernel (checked through its counter).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -134,8 +137,17 @@ Margin MarginAt(const float* cpu_row, int32_t vocab, int32_t other) {
   return m;
 }
 
-void CompareBackends(const std::string& model_path, const Bounds& bounds) {
-  auto cuda_backend = kernels::cuda::CreateCudaBackend({});
+int64_t CounterValue(const kernels::Backend& backend, const std::string& name) {
+  for (const kernels::BackendCounter& c : backend.Counters()) {
+    if (c.name == name) return c.value;
+  }
+  ADD_FAILURE() << "no counter " << name;
+  return -1;
+}
+
+void CompareBackends(const std::string& model_path, const Bounds& bounds,
+                     const kernels::cuda::CudaBackendOptions& options = {}) {
+  auto cuda_backend = kernels::cuda::CreateCudaBackend(options);
   if (!cuda_backend.ok()) GLIMPSE_SKIP_WITHOUT_CUDA(cuda_backend.status().message());
   auto file = model::GgufFile::Open(model_path);
   ASSERT_TRUE(file.ok()) << file.status();
@@ -217,6 +229,17 @@ void CompareBackends(const std::string& model_path, const Bounds& bounds) {
               "positions disagree (rate %.4f); worst logits relative L2 %.3g\n",
               model_path.c_str(), cuda.backend->name().c_str(), num_diverged, refs.size(),
               seq_rate, num_disagreements, num_positions, pos_rate, worst_rel_l2);
+  const int64_t tensor_core_calls =
+      CounterValue(*cuda.backend, "cuda_attention_tensor_core_calls_total");
+  std::printf("attention calls on the tensor-core kernel: %lld\n",
+              static_cast<long long>(tensor_core_calls));
+  if (options.kv_cache_dtype == kernels::cuda::CudaKvCacheDType::kBFloat16) {
+    // At least every layer of every teacher-forced prefill.
+    EXPECT_GE(tensor_core_calls,
+              static_cast<int64_t>(refs.size()) * cpu.model->config().num_layers);
+  } else {
+    EXPECT_EQ(tensor_core_calls, 0) << "an fp32 cache has no tensor-core attention";
+  }
   EXPECT_LE(seq_rate, bounds.max_seq_divergence_rate);
   EXPECT_LE(pos_rate, bounds.max_position_disagreement_rate);
   EXPECT_LE(worst_rel_l2, bounds.max_logits_rel_l2);
@@ -245,6 +268,12 @@ Bounds Bf16Bounds() {
 
 TEST(CudaGreedyTest, Bf16WeightsDivergeRarelyAndOnlyAtNearTies) {
   CompareBackends("models/tinycode-4m-f16.gguf", Bf16Bounds());
+}
+
+TEST(CudaGreedyTest, Bf16WeightsAndBf16KvCacheDivergeRarelyAndOnlyAtNearTies) {
+  kernels::cuda::CudaBackendOptions options;
+  options.kv_cache_dtype = kernels::cuda::CudaKvCacheDType::kBFloat16;
+  CompareBackends("models/tinycode-4m-f16.gguf", Bf16Bounds(), options);
 }
 
 TEST(CudaGreedyTest, Q8WeightsAsBf16DivergeRarelyAndOnlyAtNearTies) {
