@@ -61,6 +61,10 @@ struct LoadedModel {
   kernels::Backend& rank_backend(int r) const;
   // Rank 0's backend name, and the tensor-parallel size when > 1.
   std::string backend_name() const;
+  // The KV cache's element type as --kv_cache_dtype names it: "fp32" or "bf16".
+  std::string kv_cache_dtype_name() const {
+    return runner->kv_element_bytes() == 2 ? "bf16" : "fp32";
+  }
   // Bytes of packed weights over all ranks (what one decode step streams, all devices).
   size_t weight_bytes() const;
 };

@@ -352,12 +352,13 @@ int RunServeCommand() {
   const size_t kv_bytes_per_device =
       loaded->runner->KvBytesPerBlockPerDevice(config->engine.block_size) *
       static_cast<size_t>(config->engine.num_kv_blocks);
-  spdlog::info("model {} ('{}'): {} layers, context {}, vocab {}, tensor-parallel size {}; KV "
-               "cache {} blocks of {} tokens ({:.1f} MiB per device), host swap {} blocks",
+  spdlog::info("model {} ('{}'): {} layers, context {}, vocab {}, tensor-parallel size {}; {} "
+               "KV cache {} blocks of {} tokens ({:.1f} MiB per device), host swap {} blocks",
                config->model_path, config->served_model_name, model_config.num_layers,
                model_config.context_length, model_config.vocab_size,
-               loaded->tensor_parallel_size(), config->engine.num_kv_blocks,
-               config->engine.block_size, static_cast<double>(kv_bytes_per_device) / (1 << 20),
+               loaded->tensor_parallel_size(), loaded->kv_cache_dtype_name(),
+               config->engine.num_kv_blocks, config->engine.block_size,
+               static_cast<double>(kv_bytes_per_device) / (1 << 20),
                config->engine.num_host_blocks);
   (*engine)->Start();
 

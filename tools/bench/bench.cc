@@ -148,7 +148,8 @@ int RunBenchCommand() {
   std::printf("model: %s (%s, dim %d, %d layers, vocab %d), packed weights %.1f MiB\n",
               path.c_str(), config.name.c_str(), config.dim, config.num_layers, config.vocab_size,
               loaded->weight_bytes() / 1048576.0);
-  std::printf("backend: %s\n", loaded->backend_name().c_str());
+  std::printf("backend: %s, %s KV cache\n", loaded->backend_name().c_str(),
+              loaded->kv_cache_dtype_name().c_str());
   // Warm-up: page in the weights and size the workspaces.
   if (auto warm = RunOnce(*loaded, 1, std::min(prompt_len, 64), 2, 99); !warm.ok()) {
     std::fprintf(stderr, "glimpse bench: %s\n", std::string(warm.status().message()).c_str());
@@ -158,6 +159,7 @@ int RunBenchCommand() {
   nlohmann::json json;
   json["model"] = path;
   json["backend"] = loaded->backend_name();
+  json["kv_cache_dtype"] = loaded->kv_cache_dtype_name();
   json["tensor_parallel_size"] = loaded->tensor_parallel_size();
   json["prompt_tokens"] = prompt_len;
   json["gen_tokens"] = gen_len;
