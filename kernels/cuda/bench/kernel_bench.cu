@@ -1,5 +1,11 @@
 // Kernel benchmarks for kernels/cuda (H200 targets: performance.md §5.1, issue #5). Prints a
-// table and writes JSON (argv[1], default kernel_bench.json). Measures the machine's own
+// table and writes JSON:
+//
+//   kernel_bench [--smoke] [JSON_PATH]       (default JSON_PATH: kernel_bench.json)
+//
+// --smoke runs every benchmark once at toy sizes and fails unless every row has a finite
+// positive time: a check that the benchmark itself works (CI runs it on the CPU emulation of
+// CUDA, so a GPU session's minutes are not spent on a broken benchmark), not a measurement. Measures the machine's own
 // ceilings first — device-to-device copy bandwidth (cudaMemcpyAsync and a copy kernel, bytes
 // read + written) and cuBLAS bf16 GEMM TFLOP/s — and states every result as a fraction of
 // them. Timing: CUDA events around each call, L2 flushed before each timed call (a 256 MiB
@@ -11,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -46,8 +53,49 @@ namespace {
     }                                                                                       \
   } while (0)
 
-constexpr int kWarmup = 3;
-constexpr int kRepeats = 20;
+// The sizes and repeats of one run: the real benchmark, or --smoke's toy version of it.
+struct Scale {
+  int warmup = 3;
+  int repeats = 20;
+  size_t flush_bytes = size_t{256} << 20;  // written before each timed call to flush L2
+  size_t copy_bytes = size_t{2} << 30;     // D2D copy ceiling
+  int gemm_m = 8192;                       // cuBLAS ceiling: m^3 bf16 GEMM
+  int64_t pool_tokens = int64_t{128} * 32768;
+  std::vector<int32_t> decode_batches = {1, 8, 32, 128};
+  std::vector<int32_t> decode_contexts = {512, 2048, 8192, 32768};
+  std::vector<int32_t> tree_batches = {1, 16, 64};
+  std::vector<int32_t> tree_contexts = {1024, 8192};
+  std::vector<int32_t> tree_q_lens = {1, 4, 8, 16, 64};
+  std::vector<int32_t> prefill_lengths = {1024, 4096, 16384};
+
+  static Scale Smoke() {
+    Scale s;
+    s.warmup = 1;
+    s.repeats = 1;
+    s.flush_bytes = size_t{1} << 20;
+    s.copy_bytes = size_t{4} << 20;
+    s.gemm_m = 128;
+    s.pool_tokens = 4096;
+    s.decode_batches = {1, 3};
+    s.decode_contexts = {100, 700};
+    s.tree_batches = {2};
+    s.tree_contexts = {300};
+    s.tree_q_lens = {1, 16, 64};
+    s.prefill_lengths = {200};
+    return s;
+  }
+};
+
+// "2 GiB", "4 MiB": a byte count for row labels.
+std::string Bytes(size_t bytes) {
+  char text[32];
+  if (bytes >= (size_t{1} << 30)) {
+    std::snprintf(text, sizeof(text), "%zu GiB", bytes >> 30);
+  } else {
+    std::snprintf(text, sizeof(text), "%zu MiB", bytes >> 20);
+  }
+  return text;
+}
 
 __global__ void FillRandomBf16(__nv_bfloat16* x, size_t n, uint64_t seed) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
@@ -78,11 +126,11 @@ struct Row {
 };
 
 struct Bench {
+  Scale scale;
   cudaStream_t stream = nullptr;
   cudaEvent_t start = nullptr;
   cudaEvent_t stop = nullptr;
   void* flush = nullptr;
-  size_t flush_bytes = size_t{256} << 20;
   int num_sms = 0;
   double bw_gbs = 0;       // measured D2D copy-kernel bandwidth (read + write)
   double gemm_tflops = 0;  // measured cuBLAS bf16 GEMM
@@ -92,15 +140,15 @@ struct Bench {
   template <typename Fn>
   bool Time(Fn fn, double* median_us, bool flush_l2 = true) {
     std::vector<float> times;
-    for (int i = 0; i < kWarmup + kRepeats; ++i) {
-      if (flush_l2) BENCH_CHECK(cudaMemsetAsync(flush, i & 0xFF, flush_bytes, stream));
+    for (int i = 0; i < scale.warmup + scale.repeats; ++i) {
+      if (flush_l2) BENCH_CHECK(cudaMemsetAsync(flush, i & 0xFF, scale.flush_bytes, stream));
       BENCH_CHECK(cudaEventRecord(start, stream));
       BENCH_CHECK(fn());
       BENCH_CHECK(cudaEventRecord(stop, stream));
       BENCH_CHECK(cudaEventSynchronize(stop));
       float ms = 0;
       BENCH_CHECK(cudaEventElapsedTime(&ms, start, stop));
-      if (i >= kWarmup) times.push_back(ms);
+      if (i >= scale.warmup) times.push_back(ms);
     }
     std::sort(times.begin(), times.end());
     *median_us = 1000.0 * times[times.size() / 2];
@@ -109,7 +157,7 @@ struct Bench {
 };
 
 bool MeasureCeilings(Bench& b) {
-  const size_t bytes = size_t{2} << 30;
+  const size_t bytes = b.scale.copy_bytes;
   void* src = nullptr;
   void* dst = nullptr;
   BENCH_CHECK(cudaMalloc(&src, bytes));
@@ -123,7 +171,7 @@ bool MeasureCeilings(Bench& b) {
     return false;
   }
   const double memcpy_gbs = 2.0 * bytes / (us * 1e-6) / 1e9;
-  b.rows.push_back({"d2d_copy", "cudaMemcpyAsync 2 GiB", us, memcpy_gbs, "GB/s", 1.0,
+  b.rows.push_back({"d2d_copy", "cudaMemcpyAsync " + Bytes(bytes), us, memcpy_gbs, "GB/s", 1.0,
                     "read + write counted"});
   const size_t n = bytes / 16;
   if (!b.Time([&] {
@@ -136,12 +184,13 @@ bool MeasureCeilings(Bench& b) {
   }
   b.bw_gbs = 2.0 * bytes / (us * 1e-6) / 1e9;
   b.bw_gbs = std::max(b.bw_gbs, memcpy_gbs);
-  b.rows.push_back({"d2d_copy", "copy kernel 2 GiB (16-byte)", us, 2.0 * bytes / (us * 1e-6) / 1e9,
-                    "GB/s", 1.0, "BW ceiling = max of the two copies"});
+  b.rows.push_back({"d2d_copy", "copy kernel " + Bytes(bytes) + " (16-byte)", us,
+                    2.0 * bytes / (us * 1e-6) / 1e9, "GB/s", 1.0,
+                    "BW ceiling = max of the two copies"});
   BENCH_CHECK(cudaFree(src));
   BENCH_CHECK(cudaFree(dst));
 
-  const int m = 8192;
+  const int m = b.scale.gemm_m;
   void* a = nullptr;
   void* bm = nullptr;
   void* c = nullptr;
@@ -167,8 +216,8 @@ bool MeasureCeilings(Bench& b) {
     return false;
   }
   b.gemm_tflops = 2.0 * m * m * static_cast<double>(m) / (us * 1e-6) / 1e12;
-  b.rows.push_back({"cublas_gemm_bf16", "8192^3", us, b.gemm_tflops, "TFLOP/s", 1.0,
-                    "GEMM ceiling"});
+  b.rows.push_back({"cublas_gemm_bf16", std::to_string(m) + "^3", us, b.gemm_tflops, "TFLOP/s",
+                    1.0, "GEMM ceiling"});
   BLAS_CHECK(cublasDestroy(handle));
   BENCH_CHECK(cudaFree(a));
   BENCH_CHECK(cudaFree(bm));
@@ -375,21 +424,21 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
 bool RunAll(Bench& b, const std::string& json_path) {
   if (!MeasureCeilings(b)) return false;
   KvPool pool;
-  if (!pool.Init(b, int64_t{128} * 32768)) return false;
+  if (!pool.Init(b, b.scale.pool_tokens)) return false;
   // K2: paged decode.
-  for (const int32_t batch : {1, 8, 32, 128}) {
-    for (const int32_t ctx : {512, 2048, 8192, 32768}) {
+  for (const int32_t batch : b.scale.decode_batches) {
+    for (const int32_t ctx : b.scale.decode_contexts) {
       double us = 0;
       if (!BenchDecode(b, pool, batch, ctx, &us)) return false;
     }
   }
   // K4: tree verification vs a plain decode step at the same KV.
-  for (const int32_t batch : {1, 16, 64}) {
-    for (const int32_t ctx : {1024, 8192}) {
+  for (const int32_t batch : b.scale.tree_batches) {
+    for (const int32_t ctx : b.scale.tree_contexts) {
       double decode_us = 0;
       if (!BenchDecode(b, pool, batch, ctx, &decode_us)) return false;
       b.rows.pop_back();  // already reported above or not part of K2's grid
-      for (const int32_t q_len : {1, 4, 8, 16, 64}) {
+      for (const int32_t q_len : b.scale.tree_q_lens) {
         double us = 0;
         if (!BenchTensorCore(b, pool, AttentionMaskMode::kTree, batch, ctx, q_len, &us)) {
           return false;
@@ -404,7 +453,7 @@ bool RunAll(Bench& b, const std::string& json_path) {
     }
   }
   // K3: prefill attention.
-  for (const int32_t ctx : {1024, 4096, 16384}) {
+  for (const int32_t ctx : b.scale.prefill_lengths) {
     double us = 0;
     if (!BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us)) return false;
   }
@@ -439,13 +488,27 @@ bool RunAll(Bench& b, const std::string& json_path) {
 
 int main(int argc, char** argv) {
   using namespace glimpse::kernels::cuda;
-  const std::string json_path = argc > 1 ? argv[1] : "kernel_bench.json";
+  bool smoke = false;
+  std::string json_path = "kernel_bench.json";
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--smoke") {
+      smoke = true;
+    } else if (!arg.empty() && arg[0] == '-') {
+      std::fprintf(stderr, "usage: kernel_bench [--smoke] [JSON_PATH]; unknown flag %s\n",
+                   arg.c_str());
+      return 2;
+    } else {
+      json_path = arg;
+    }
+  }
   int num_devices = 0;
   if (cudaGetDeviceCount(&num_devices) != cudaSuccess || num_devices == 0) {
     std::printf("SKIPPED: no CUDA device\n");
     return 0;
   }
   Bench b;
+  if (smoke) b.scale = Scale::Smoke();
   cudaDeviceProp prop;
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return 1;
   b.num_sms = prop.multiProcessorCount;
@@ -456,9 +519,31 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs, L2 %d MiB, driver %d, runtime %d\n", prop.name, b.num_sms,
               prop.l2CacheSize >> 20, driver, runtime);
   if (cudaStreamCreate(&b.stream) != cudaSuccess || cudaEventCreate(&b.start) != cudaSuccess ||
-      cudaEventCreate(&b.stop) != cudaSuccess || cudaMalloc(&b.flush, b.flush_bytes) != cudaSuccess) {
+      cudaEventCreate(&b.stop) != cudaSuccess ||
+      cudaMalloc(&b.flush, b.scale.flush_bytes) != cudaSuccess) {
     std::fprintf(stderr, "setup failed\n");
     return 1;
   }
-  return RunAll(b, json_path) ? 0 : 1;
+  if (!RunAll(b, json_path)) return 1;
+  if (smoke) {
+    // Every kernel family must have run, each row with a real time.
+    for (const char* kernel : {"d2d_copy", "cublas_gemm_bf16", "paged_decode", "tc_decode",
+                               "tree_verify", "prefill_attention"}) {
+      const bool present = std::any_of(b.rows.begin(), b.rows.end(),
+                                       [&](const Row& r) { return r.kernel == kernel; });
+      if (!present) {
+        std::fprintf(stderr, "smoke: no %s row\n", kernel);
+        return 1;
+      }
+    }
+    for (const Row& r : b.rows) {
+      if (!(r.us > 0) || !std::isfinite(r.us) || !std::isfinite(r.metric)) {
+        std::fprintf(stderr, "smoke: %s %s has time %g us, metric %g\n", r.kernel.c_str(),
+                     r.shape.c_str(), r.us, r.metric);
+        return 1;
+      }
+    }
+    std::printf("smoke: %zu rows, every time finite and positive\n", b.rows.size());
+  }
+  return 0;
 }
