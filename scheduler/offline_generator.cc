@@ -81,6 +81,10 @@ absl::StatusOr<std::vector<GenerationResult>> OfflineGenerator::Run(
                                                  options_.seed + static_cast<uint64_t>(i));
     s.sampler->AddPromptTokens(r.prompt_tokens);
   }
+  // Activations for this run's largest step now (every request may run at once, one logits
+  // row each), as the Engine does at start: a later, larger step would move them and orphan
+  // the CUDA graphs captured before it.
+  runner_.ReserveActivations(options_.max_step_tokens, static_cast<int32_t>(requests.size()));
 
   auto release = [&](Sequence& s) {
     blocks_.ReleaseAll(s.blocks);

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -16,6 +17,7 @@
 #include "model/tokenizer.h"
 #include "server/loaded_model.h"
 #include "tests/llama_cpp_refs.h"
+#include "tests/recording_step_runner.h"
 
 namespace glimpse::scheduler {
 namespace {
@@ -119,6 +121,36 @@ TEST_F(EngineTest, ConcurrentGreedyStreamsMatchLlamaCppAndBatchDecodes) {
   EXPECT_GE(mean_batch, 16.0);
   EXPECT_EQ(load.max_decode_batch, 32);
   EXPECT_EQ(load.kv_blocks_used, 0);
+}
+
+// The engine sizes the activations for its step budget before its first step, once, and no
+// step exceeds that reservation (CUDA graphs rely on it; see StepRunner::ReserveActivations).
+TEST_F(EngineTest, ReservesActivationsForEveryStepBeforeTheFirst) {
+  const std::vector<Reference> refs = LoadReferences();
+  testing::RecordingStepRunner runner(*loaded_.runner);
+  EngineOptions options;
+  options.num_kv_blocks = 256;
+  options.scheduler.max_step_tokens = 96;  // below the prompts' total: prefills are chunked
+  options.scheduler.max_running_sequences = 12;
+  auto created = Engine::Create(runner, *tokenizer_, options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<Engine> engine = std::move(*created);
+  ASSERT_EQ(runner.reservations().size(), 1u) << "reserved at creation, before any step";
+  EXPECT_EQ(runner.reservations()[0], std::make_pair(96, 12));
+  engine->Start();
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 16; ++i) {
+    auto s = engine->Submit(Greedy("r" + std::to_string(i), refs[i].prompt, 8));
+    ASSERT_TRUE(s.ok()) << s.status();
+    streams.push_back(*s);
+  }
+  for (auto& s : streams) ASSERT_TRUE(Drain(*s, 1).status.ok());
+  ASSERT_TRUE(engine->WaitIdle(absl::Seconds(10)));
+  engine.reset();
+  EXPECT_EQ(runner.reservations().size(), 1u);
+  EXPECT_GT(runner.num_steps(), 0);
+  EXPECT_LE(runner.max_step_tokens_run(), 96);
+  EXPECT_LE(runner.max_logits_rows_run(), 12);
 }
 
 TEST_F(EngineTest, SharedPrefixComputesOnlyUncachedTokensAndKeepsOutput) {

@@ -11,6 +11,7 @@
 #include "model/tokenizer.h"
 #include "scheduler/offline_generator.h"
 #include "server/loaded_model.h"
+#include "tests/recording_step_runner.h"
 
 namespace glimpse::scheduler {
 namespace {
@@ -75,6 +76,29 @@ TEST_F(GeneratorTest, SeededSamplingIsReproducibleAndIndependentOfTheBatch) {
   auto different = Run({other}, 64);
   ASSERT_TRUE(different.ok());
   EXPECT_NE((*different)[0].tokens, (*alone)[0].tokens);
+}
+
+// Run() sizes the activations for its largest possible step before its first step, and no
+// step exceeds that reservation (CUDA graphs rely on it; see StepRunner::ReserveActivations).
+TEST_F(GeneratorTest, ReservesActivationsForEveryStepBeforeTheFirst) {
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 5; ++i) {
+    requests.push_back(Request("def f" + std::to_string(i) + "(x):\n    return", 6, 0.0f, 1));
+  }
+  loaded_.runner->AllocateKvCache(64, 16, 0);
+  testing::RecordingStepRunner runner(*loaded_.runner);
+  kvcache::BlockPool pool(64);
+  OfflineGeneratorOptions options;
+  options.max_step_tokens = 24;  // below the prompts' total: prefills are chunked
+  options.prefill_chunk_tokens = 8;
+  OfflineGenerator generator(runner, pool, options);
+  auto results = generator.Run(requests);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(runner.reservations().size(), 1u);
+  EXPECT_EQ(runner.reservations()[0], std::make_pair(24, 5));
+  EXPECT_GT(runner.num_steps(), 1);
+  EXPECT_LE(runner.max_step_tokens_run(), 24);
+  EXPECT_LE(runner.max_logits_rows_run(), 5);
 }
 
 TEST_F(GeneratorTest, StopTokenEndsTheSequence) {

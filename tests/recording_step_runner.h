@@ -1,0 +1,64 @@
+// A StepRunner that runs another one and records what was asked of it: the activation
+// reservations and the largest step (tokens, logits rows) that followed. For tests that check a
+// driver (the Engine, the OfflineGenerator) reserves activations for every step it then runs,
+// which CUDA graphs need: a step larger than the reservation moves the buffers they captured.
+//
+// Ownership: borrows `inner`, which must outlive this. Thread-safety: as `inner` (one driving
+// thread); the recorded values are read after the driver stops.
+#ifndef GLIMPSE_TESTS_RECORDING_STEP_RUNNER_H_
+#define GLIMPSE_TESTS_RECORDING_STEP_RUNNER_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "model/step_runner.h"
+
+namespace glimpse::testing {
+
+class RecordingStepRunner final : public model::StepRunner {
+ public:
+  explicit RecordingStepRunner(model::StepRunner& inner) : inner_(inner) {}
+
+  // (max_step_tokens, max_logits_rows) of every ReserveActivations call, in order.
+  const std::vector<std::pair<int32_t, int32_t>>& reservations() const { return reservations_; }
+  int32_t max_step_tokens_run() const { return max_tokens_; }
+  int32_t max_logits_rows_run() const { return max_logits_rows_; }
+  int64_t num_steps() const { return num_steps_; }
+
+  const model::LlamaConfig& config() const override { return inner_.config(); }
+  int tensor_parallel_size() const override { return inner_.tensor_parallel_size(); }
+  void AllocateKvCache(int32_t num_blocks, int32_t block_size, int32_t num_host_blocks) override {
+    inner_.AllocateKvCache(num_blocks, block_size, num_host_blocks);
+  }
+  void ReserveActivations(int32_t max_step_tokens, int32_t max_logits_rows) override {
+    reservations_.emplace_back(max_step_tokens, max_logits_rows);
+    inner_.ReserveActivations(max_step_tokens, max_logits_rows);
+  }
+  int32_t kv_num_blocks() const override { return inner_.kv_num_blocks(); }
+  int32_t kv_block_size() const override { return inner_.kv_block_size(); }
+  size_t kv_element_bytes() const override { return inner_.kv_element_bytes(); }
+  absl::Status Forward(const model::StepBatch& batch, float* logits) override {
+    ++num_steps_;
+    max_tokens_ = std::max(max_tokens_, batch.num_tokens());
+    max_logits_rows_ =
+        std::max(max_logits_rows_, static_cast<int32_t>(batch.logits_rows.size()));
+    return inner_.Forward(batch, logits);
+  }
+  void MoveKvBlocks(std::span<const model::KvBlockMove> moves) override {
+    inner_.MoveKvBlocks(moves);
+  }
+
+ private:
+  model::StepRunner& inner_;
+  std::vector<std::pair<int32_t, int32_t>> reservations_;
+  int32_t max_tokens_ = 0;
+  int32_t max_logits_rows_ = 0;
+  int64_t num_steps_ = 0;
+};
+
+}  // namespace glimpse::testing
+
+#endif  // GLIMPSE_TESTS_RECORDING_STEP_RUNNER_H_
