@@ -1,6 +1,7 @@
 #include "kernels/cuda/prefill_attention.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "kernels/cuda/attention_common.h"
 #include "kernels/cuda/cuda_check.h"
@@ -23,27 +24,51 @@ constexpr int kBlockM = 64;  // packed query rows per block (16 per warp)
 constexpr int kBlockN = 64;  // keys per KV tile
 constexpr int kMinChunkKeys = 256;
 
-template <int kHeadDim>
+// Shared memory of one block. The Q tile is always padded rows (read by ldmatrix). The K and V
+// tiles are padded rows for the mma.sync kernel (kWgmma false), and for the wgmma kernel
+// (sm_90a) the 128-byte-swizzled layout wgmma reads through descriptors:
+//
+//   KV tile [64 keys][kHeadDim], 64-column halves h of 64 rows x 128 bytes (8 KiB each):
+//     byte of (row r, 16-byte chunk c of the half) = h * 8192 + r * 128 + ((c ^ (r % 8)) * 16)
+//
+// whose 8-row, 1024-byte atoms start 1024-byte aligned (the tiles are placed so).
+template <int kHeadDim, bool kWgmma>
 struct PrefillShape {
-  static constexpr int kStride = kHeadDim + 8;  // shared-memory row stride, elements
+  static constexpr int kStride = kHeadDim + 8;  // padded row stride, elements
   static constexpr int kTileElems = kBlockM * kStride;
-  // Q tile + double-buffered K and V tiles.
-  static constexpr int kSmemBytes = 5 * kTileElems * static_cast<int>(sizeof(bf16));
+  static constexpr int kQBytes = kTileElems * static_cast<int>(sizeof(bf16));
+  // One K or V tile.
+  static constexpr int kKvTileBytes =
+      kWgmma ? kBlockN * kHeadDim * static_cast<int>(sizeof(bf16)) : kQBytes;
+  // Q tile + double-buffered K and V tiles (+ 1 KiB to align the wgmma tiles to 1024 bytes).
+  static constexpr int kSmemBytes = kQBytes + 4 * kKvTileBytes + (kWgmma ? 1024 : 0);
   static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks per row
   static constexpr int kRowsPerPass = kThreads / kChunksPerRow;
   static constexpr int kPasses = kBlockN / kRowsPerPass;
   static_assert(kThreads % kChunksPerRow == 0 && kBlockN % kRowsPerPass == 0, "tile shape");
   static_assert(kBlockM == kBlockN, "Q and KV tiles share the loader");
+  static_assert(!kWgmma || (kHeadDim % 64 == 0 && kQBytes % 1024 == 0 && kBlockN == 64),
+                "wgmma tiles: whole 128-byte rows, 1024-byte aligned");
+
+  // Byte offset of element (row, col) (col a multiple of 8) in a K or V tile.
+  static __device__ __forceinline__ int KvTileOffset(int row, int col) {
+    if constexpr (kWgmma) {
+      const int chunk = (col % 64) / 8;
+      return (col / 64) * (kBlockN * 128) + row * 128 + ((chunk ^ (row & 7)) * 16);
+    } else {
+      return (row * kStride + col) * static_cast<int>(sizeof(bf16));
+    }
+  }
 };
 
 // Issues the cp.async copies of KV tile `tile_start .. +63` of (sequence, kv_head) into
-// k_dst / v_dst ([64][kStride] bf16). Keys >= key_end become zero rows: their scores are
+// k_dst / v_dst (PrefillShape's layout). Keys >= key_end become zero rows: their scores are
 // masked to -inf and zero V rows keep 0 * garbage from turning into NaN.
-template <int kHeadDim>
+template <int kHeadDim, bool kWgmma>
 __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p, int32_t page_begin,
                                            int kv_head, int32_t tile_start, int32_t key_end,
-                                           bf16* k_dst, bf16* v_dst) {
-  using S = PrefillShape<kHeadDim>;
+                                           unsigned char* k_dst, unsigned char* v_dst) {
+  using S = PrefillShape<kHeadDim, kWgmma>;
   const bf16* k_cache = static_cast<const bf16*>(p.kv.k_cache);
   const bf16* v_cache = static_cast<const bf16*>(p.kv.v_cache);
   const int col = (threadIdx.x % S::kChunksPerRow) * 8;
@@ -58,21 +83,28 @@ __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p, int3
                            p.kv.page_size, kHeadDim) +
             col;
     }
-    CpAsync16(SmemAddr(k_dst + row * S::kStride + col), k_cache + off, valid);
-    CpAsync16(SmemAddr(v_dst + row * S::kStride + col), v_cache + off, valid);
+    const int dst = S::KvTileOffset(row, col);
+    CpAsync16(SmemAddr(k_dst + dst), k_cache + off, valid);
+    CpAsync16(SmemAddr(v_dst + dst), v_cache + off, valid);
   }
 }
 
 // Grid: (num_work_items, num_kv_heads). Dynamic shared memory: PrefillShape::kSmemBytes.
-template <int kHeadDim>
+// kWgmma: the products run as wgmma (the block's 4 warps are one warpgroup; sm_90a only).
+template <int kHeadDim, bool kWgmma>
 __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttentionParams p) {
-  using S = PrefillShape<kHeadDim>;
+  using S = PrefillShape<kHeadDim, kWgmma>;
   constexpr int kKSteps = kHeadDim / 16;  // k-steps of Q·Kᵀ
   constexpr int kDimTiles = kHeadDim / 8;  // n-tiles of O
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* q_s = reinterpret_cast<bf16*>(smem_raw);  // [64][kStride]
-  bf16* k_s = q_s + S::kTileElems;                // [2][64][kStride]
-  bf16* v_s = k_s + 2 * S::kTileElems;            // [2][64][kStride]
+  unsigned char* smem = smem_raw;
+  if constexpr (kWgmma) {
+    // The swizzle pattern is a function of the shared address: align the tiles to 1024 bytes.
+    smem += (1024 - SmemAddr(smem_raw) % 1024) % 1024;
+  }
+  bf16* q_s = reinterpret_cast<bf16*>(smem);       // [64][kStride]
+  unsigned char* k_s = smem + S::kQBytes;          // [2] tiles
+  unsigned char* v_s = k_s + 2 * S::kKvTileBytes;  // [2] tiles
 
   const int32_t seq = p.work_items[3 * blockIdx.x];
   const int32_t m_tile = p.work_items[3 * blockIdx.x + 1];
@@ -147,7 +179,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
         CpAsync16(SmemAddr(q_s + row * S::kStride + col), q + off, valid);
       }
     }
-    LoadKvTile<kHeadDim>(p, page_begin, kv_head, chunk_start, key_end, k_s, v_s);
+    LoadKvTile<kHeadDim, kWgmma>(p, page_begin, kv_head, chunk_start, key_end, k_s, v_s);
     internal::CpAsyncCommit();
 
     uint32_t q_frag[kKSteps][4];
@@ -155,14 +187,17 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
       const int buf = it & 1;
       if (it + 1 < num_tiles) {
         // The other buffer was released by the barrier at the end of iteration it - 1.
-        LoadKvTile<kHeadDim>(p, page_begin, kv_head, chunk_start + (it + 1) * kBlockN, key_end,
-                             k_s + (buf ^ 1) * S::kTileElems, v_s + (buf ^ 1) * S::kTileElems);
+        LoadKvTile<kHeadDim, kWgmma>(p, page_begin, kv_head, chunk_start + (it + 1) * kBlockN,
+                                     key_end, k_s + (buf ^ 1) * S::kKvTileBytes,
+                                     v_s + (buf ^ 1) * S::kKvTileBytes);
         internal::CpAsyncCommit();
         internal::CpAsyncWait<1>();
       } else {
         internal::CpAsyncWait<0>();
       }
-      __syncthreads();  // tile `it` (and Q) visible to all warps
+      // Tile `it` (and Q) visible to all warps, and to wgmma's async proxy.
+      if constexpr (kWgmma) internal::FenceProxyAsync();
+      __syncthreads();
       if (it == 0) {
 #pragma unroll
         for (int kk = 0; kk < kKSteps; ++kk) {
@@ -172,8 +207,8 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
         }
       }
       const int32_t tile_start = chunk_start + it * kBlockN;
-      const bf16* kb = k_s + buf * S::kTileElems;
-      const bf16* vb = v_s + buf * S::kTileElems;
+      const unsigned char* kb = k_s + buf * S::kKvTileBytes;
+      const unsigned char* vb = v_s + buf * S::kKvTileBytes;
 
       // S = Q·Kᵀ: 8 n-tiles of 8 keys.
       float s[kBlockN / 8][4];
@@ -182,16 +217,29 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
       }
+      if constexpr (kWgmma) {
+        // B = the K tile, K-major: k-step kk is 32 bytes into its 64-column half.
+        internal::WgmmaFence();
 #pragma unroll
-      for (int kk = 0; kk < kKSteps; ++kk) {
+        for (int kk = 0; kk < kKSteps; ++kk) {
+          const uint64_t desc = internal::SmemDescSw128(
+              SmemAddr(kb + (kk / 4) * (kBlockN * 128) + (kk % 4) * 32), 16, 1024);
+          internal::WgmmaM64N64K16<0>(s, q_frag[kk], desc, kk > 0);
+        }
+        internal::WgmmaCommit();
+        internal::WgmmaWait<0>();
+      } else {
 #pragma unroll
-        for (int np = 0; np < kBlockN / 16; ++np) {
-          uint32_t b[4];
-          const int key_row = np * 16 + (lane & 7) + (lane >> 4) * 8;
-          const int col = kk * 16 + ((lane >> 3) & 1) * 8;
-          internal::LdMatrixX4(b, SmemAddr(kb + key_row * S::kStride + col));
-          internal::MmaBf16(s[2 * np], q_frag[kk], b[0], b[1]);
-          internal::MmaBf16(s[2 * np + 1], q_frag[kk], b[2], b[3]);
+        for (int kk = 0; kk < kKSteps; ++kk) {
+#pragma unroll
+          for (int np = 0; np < kBlockN / 16; ++np) {
+            uint32_t b[4];
+            const int key_row = np * 16 + (lane & 7) + (lane >> 4) * 8;
+            const int col = kk * 16 + ((lane >> 3) & 1) * 8;
+            internal::LdMatrixX4(b, SmemAddr(kb + S::KvTileOffset(key_row, col)));
+            internal::MmaBf16(s[2 * np], q_frag[kk], b[0], b[1]);
+            internal::MmaBf16(s[2 * np + 1], q_frag[kk], b[2], b[3]);
+          }
         }
       }
       const bool need_mask = tile_start + kBlockN > unmasked_end;
@@ -240,21 +288,38 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
         }
       }
       // O += P·V: P from the S accumulators (C layout == A layout per 16-key step).
+      if constexpr (kWgmma) internal::WgmmaFence();  // o_acc was rescaled above
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
         const uint32_t a[4] = {internal::PackBf16x2(s[2 * kk][0], s[2 * kk][1]),
                                internal::PackBf16x2(s[2 * kk][2], s[2 * kk][3]),
                                internal::PackBf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                                internal::PackBf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        if constexpr (kWgmma) {
+          // B = the V tile, MN-major (head dims contiguous): keys 16kk.. start 16 rows down;
+          // the second 64-column half is 8 KiB on (LBO).
+          const uint64_t desc =
+              internal::SmemDescSw128(SmemAddr(vb + kk * 16 * 128), kBlockN * 128, 1024);
+          if constexpr (kHeadDim == 64) {
+            internal::WgmmaM64N64K16<1>(o_acc, a, desc, true);
+          } else {
+            internal::WgmmaM64N128K16<1>(o_acc, a, desc, true);
+          }
+        } else {
 #pragma unroll
-        for (int dp = 0; dp < kHeadDim / 16; ++dp) {
-          uint32_t b[4];
-          const int key_row = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-          const int col = dp * 16 + (lane >> 4) * 8;
-          internal::LdMatrixX4Trans(b, SmemAddr(vb + key_row * S::kStride + col));
-          internal::MmaBf16(o_acc[2 * dp], a, b[0], b[1]);
-          internal::MmaBf16(o_acc[2 * dp + 1], a, b[2], b[3]);
+          for (int dp = 0; dp < kHeadDim / 16; ++dp) {
+            uint32_t b[4];
+            const int key_row = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+            const int col = dp * 16 + (lane >> 4) * 8;
+            internal::LdMatrixX4Trans(b, SmemAddr(vb + S::KvTileOffset(key_row, col)));
+            internal::MmaBf16(o_acc[2 * dp], a, b[0], b[1]);
+            internal::MmaBf16(o_acc[2 * dp + 1], a, b[2], b[3]);
+          }
         }
+      }
+      if constexpr (kWgmma) {
+        internal::WgmmaCommit();
+        internal::WgmmaWait<0>();
       }
       __syncthreads();  // all warps done with buffer `buf` before it is refilled
     }
@@ -299,14 +364,31 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
   }
 }
 
-template <int kHeadDim>
+template <int kHeadDim, bool kWgmma>
 cudaError_t LaunchTyped(const PrefillAttentionParams& p, cudaStream_t stream) {
-  constexpr int kSmem = PrefillShape<kHeadDim>::kSmemBytes;
-  GLIMPSE_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-      PrefillAttentionKernel<kHeadDim>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  constexpr int kSmem = PrefillShape<kHeadDim, kWgmma>::kSmemBytes;
+  GLIMPSE_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(PrefillAttentionKernel<kHeadDim, kWgmma>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   const dim3 grid(p.num_work_items, p.kv.num_kv_heads);
-  PrefillAttentionKernel<kHeadDim><<<grid, kThreads, kSmem, stream>>>(p);
+  PrefillAttentionKernel<kHeadDim, kWgmma><<<grid, kThreads, kSmem, stream>>>(p);
   return cudaGetLastError();
+}
+
+// Compute capability major of the current device, cached per device.
+int DeviceMajor() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> majors[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 0;
+  int major = majors[device].load(std::memory_order_relaxed);
+  if (major == 0) {
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return 0;
+    major = prop.major;
+    majors[device].store(major, std::memory_order_relaxed);
+  }
+  return major;
 }
 
 }  // namespace
@@ -402,15 +484,22 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& params, cudaStr
   }
   if (params.num_work_items == 0) return cudaSuccess;
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.work_items != nullptr);
+  const bool wgmma = params.kernel == PrefillKernel::kWgmma;
+  if (wgmma) {
+    GLIMPSE_CUDA_RETURN_IF_INVALID(WgmmaPrefillSupported(kv.head_dim));
+    GLIMPSE_CUDA_RETURN_IF_INVALID(DeviceMajor() == 9);
+  }
   switch (kv.head_dim) {
     case 32:
-      GLIMPSE_CUDA_RETURN_IF_ERROR(LaunchTyped<32>(params, stream));
+      GLIMPSE_CUDA_RETURN_IF_ERROR((LaunchTyped<32, false>(params, stream)));
       break;
     case 64:
-      GLIMPSE_CUDA_RETURN_IF_ERROR(LaunchTyped<64>(params, stream));
+      GLIMPSE_CUDA_RETURN_IF_ERROR((wgmma ? LaunchTyped<64, true>(params, stream)
+                                          : LaunchTyped<64, false>(params, stream)));
       break;
     default:
-      GLIMPSE_CUDA_RETURN_IF_ERROR(LaunchTyped<128>(params, stream));
+      GLIMPSE_CUDA_RETURN_IF_ERROR((wgmma ? LaunchTyped<128, true>(params, stream)
+                                          : LaunchTyped<128, false>(params, stream)));
       break;
   }
   if (params.num_chunks == 1) return cudaSuccess;

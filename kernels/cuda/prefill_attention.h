@@ -26,6 +26,15 @@
 // dtypes: bf16 q, o and KV only; fp32 accumulation and softmax. head_dim 32, 64 or 128; group
 // size 1..8; any page_size >= 1. Long KV with few query rows is split into chunks of
 // plan.chunk_keys keys and merged (attention_common.h).
+//
+// Two instruction sets for the same tiles, plan and results (PrefillAttentionParams::kernel):
+//   kMmaSync (default; sm_80+): ldmatrix + mma.sync.m16n8k16 per warp, as drawn above.
+//   kWgmma (sm_90a, head_dim 64 or 128): the block's 4 warps are one warpgroup; S = Q·Kᵀ is
+//       8 (head_dim 128) wgmma.m64n64k16 with Q from registers and K from a 128-byte-swizzled
+//       shared tile, and O += P·V is 4 wgmma.m64n{head_dim}k16 with P from registers and V
+//       read MN-major, in place of 2 x 64 (S) and 4 x 16 (P·V) ldmatrix + mma pairs per warp.
+//       Checked on the CPU emulation of CUDA (whose wgmma follows the PTX ISA's descriptor
+//       layouts); not yet run on a GPU, hence not the default.
 #ifndef GLIMPSE_KERNELS_CUDA_PREFILL_ATTENTION_H_
 #define GLIMPSE_KERNELS_CUDA_PREFILL_ATTENTION_H_
 
@@ -40,6 +49,13 @@
 namespace glimpse::kernels::cuda {
 
 enum class AttentionMaskMode { kCausal, kTree };
+
+// The instructions the kernel computes its products with (see the top of this file).
+enum class PrefillKernel { kMmaSync, kWgmma };
+
+// Whether the kWgmma kernel exists for this head_dim (it also needs a compute capability 9.0
+// device, checked at launch).
+inline bool WgmmaPrefillSupported(int32_t head_dim) { return head_dim == 64 || head_dim == 128; }
 
 // Host-side plan, made once per step from host copies of the index arrays and reused by every
 // layer (upload work_items once per step).
@@ -79,6 +95,8 @@ struct PrefillAttentionParams {
   int32_t num_qo_heads = 0;
   float sm_scale = 1.0f;
   AttentionMaskMode mask_mode = AttentionMaskMode::kCausal;
+  // kWgmma: cudaErrorInvalidValue unless WgmmaPrefillSupported(head_dim) on an sm_90 device.
+  PrefillKernel kernel = PrefillKernel::kMmaSync;
   // kTree: bit j of tree_mask[t] set iff node j is node t or an ancestor of it (t is the
   // node index within its sequence; the array is indexed by global query token).
   const uint64_t* tree_mask = nullptr;  // device, [total_q]

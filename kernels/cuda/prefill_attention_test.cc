@@ -2,9 +2,11 @@
 // reference on the same bf16 inputs: head dims 32/64/128, group sizes 1..8, page sizes
 // 1/16/17, query counts that are not multiples of the 64-row tile, chunked prefill over a
 // cached prefix, split-KV on and off, random draft trees of 1..64 nodes; checks o and lse.
+// Both instruction sets: mma.sync, and wgmma (head dims 64/128, sm_90 devices only).
 #include "kernels/cuda/prefill_attention.h"
 
 #include <cmath>
+#include <cstdio>
 #include <string>
 #include <utility>
 #include <vector>
@@ -36,7 +38,8 @@ std::vector<uint64_t> RandomTreeMasks(int32_t n) {
 }
 
 void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t num_kv_heads,
-             int32_t page_size, const std::vector<SeqShape>& seqs, int32_t num_sms) {
+             int32_t page_size, const std::vector<SeqShape>& seqs, int32_t num_sms,
+             PrefillKernel kernel = PrefillKernel::kMmaSync) {
   const DType dtype = DType::kBF16;
   const bool tree = mode == AttentionMaskMode::kTree;
   const int32_t num_seqs = static_cast<int32_t>(seqs.size());
@@ -67,7 +70,9 @@ void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t nu
   in.num_sms = num_sms;
   PrefillPlan plan;
   GLIMPSE_ASSERT_CUDA(PlanPrefillAttention(in, &plan));
-  std::string name = std::string(tree ? "tree" : "causal") + " d=" + std::to_string(head_dim) +
+  std::string name = std::string(tree ? "tree" : "causal") +
+                     (kernel == PrefillKernel::kWgmma ? " wgmma" : "") +
+                     " d=" + std::to_string(head_dim) +
                      " group=" + std::to_string(group) + " hkv=" +
                      std::to_string(num_kv_heads) + " page=" + std::to_string(page_size) +
                      " chunks=" + std::to_string(plan.num_chunks) + " (qo,kv)=";
@@ -123,6 +128,7 @@ void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t nu
   p.num_qo_heads = num_qo_heads;
   p.sm_scale = static_cast<float>(scale);
   p.mask_mode = mode;
+  p.kernel = kernel;
   p.tree_mask = tree ? d_masks.get() : nullptr;
   ApplyPrefillPlan(plan, &p);
   p.work_items = d_work.get();
@@ -169,6 +175,58 @@ GLIMPSE_CUDA_TEST(TreeAttentionMatchesReference) {
   RunCase(tree, 64, 3, 2, 17, {{64, 64}, {13, 13 + 17}}, 1);  // no prefix at all
   RunCase(tree, 128, 4, 8, 16, {{16, 16 + 4000}}, 132);        // split KV
   RunCase(tree, 32, 7, 1, 1, {{40, 40 + 300}, {2, 2 + 1}}, 132);
+}
+
+// True when the device runs the wgmma kernel (compute capability 9.0); says so otherwise.
+bool DeviceHasWgmma() {
+  int device = 0;
+  cudaDeviceProp prop;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaGetDeviceProperties(&prop, device) != cudaSuccess || prop.major != 9) {
+    std::printf("  skipped: the wgmma kernel needs a compute capability 9.0 device\n");
+    return false;
+  }
+  return true;
+}
+
+GLIMPSE_CUDA_TEST(PrefillWgmmaMatchesReference) {
+  if (!DeviceHasWgmma()) return;
+  const PrefillKernel wgmma = PrefillKernel::kWgmma;
+  const AttentionMaskMode causal = AttentionMaskMode::kCausal;
+  const AttentionMaskMode tree = AttentionMaskMode::kTree;
+  for (const int32_t head_dim : {64, 128}) {
+    for (const int32_t group : {1, 2, 4, 8}) {
+      RunCase(causal, head_dim, group, 2, 16, {{17, 17}, {100, 300}, {1, 1}, {64, 64}}, 1,
+              wgmma);
+      RunCase(tree, head_dim, group, 2, 16, {{16, 16 + 100}, {7, 7 + 33}, {1, 1 + 5}}, 1, wgmma);
+    }
+  }
+  RunCase(causal, 128, 3, 2, 1, {{70, 70}, {5, 130}}, 1, wgmma);   // page size 1, odd group
+  RunCase(causal, 64, 5, 3, 17, {{33, 200}, {129, 129}}, 1, wgmma);  // page size 17
+  RunCase(causal, 128, 4, 8, 16, {{513, 1000}}, 1, wgmma);          // Llama-8B heads
+  RunCase(causal, 128, 4, 2, 16, {{30, 2000}}, 132, wgmma);         // split KV
+  RunCase(tree, 128, 4, 8, 16, {{64, 64 + 1000}}, 1, wgmma);        // the largest tree
+}
+
+GLIMPSE_CUDA_TEST(PrefillWgmmaRefusesHeadDim32) {
+  if (!DeviceHasWgmma()) return;
+  PrefillAttentionParams p;
+  p.kv.num_kv_heads = 1;
+  p.kv.head_dim = 32;
+  p.kv.page_size = 16;
+  p.num_qo_heads = 1;
+  p.chunk_keys = 64;
+  p.kernel = PrefillKernel::kWgmma;
+  DeviceArray<int32_t> scratch;
+  GLIMPSE_ASSERT_CUDA(scratch.Allocate(64));
+  p.q = p.o = scratch.get();
+  p.kv.k_cache = p.kv.v_cache = scratch.get();
+  p.qo_indptr = p.kv.kv_indptr = p.kv.kv_indices = p.kv.kv_last_page_len = scratch.get();
+  p.work_items = scratch.get();
+  p.num_work_items = 1;
+  GLIMPSE_EXPECT(LaunchPrefillAttention(p, nullptr) == cudaErrorInvalidValue,
+                 "kWgmma with head_dim 32 must be refused");
+  (void)cudaGetLastError();
 }
 
 }  // namespace

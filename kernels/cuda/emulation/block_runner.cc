@@ -100,6 +100,7 @@ void BlockRunner::RunBlock(const char* kernel_name, const LaunchShape& shape, ui
     t.status = Status::kRunnable;
     t.uncommitted.clear();
     t.committed.clear();
+    t.wgmma.reset();
     if (t.fiber == nullptr) {
       t.fiber = std::make_unique<Fiber>(kFiberStackBytes, &ThreadMain, &t);
     } else {

@@ -56,6 +56,9 @@ class BlockRunner {
   void CpAsync16(uint32_t smem_address, const void* global, bool valid);
   void CpAsyncCommit();
   void CpAsyncWait(int pending_groups);
+  // The running thread's state of the emulated wgmma pipeline (tensor_core.cc owns its type);
+  // empty at the start of every block.
+  std::shared_ptr<void>& ThreadWgmmaState() { return current_->wgmma; }
   [[noreturn]] void Fail(const std::string& message) const;
 
  private:
@@ -74,6 +77,7 @@ class BlockRunner {
     const char* collective_what = "";
     std::vector<PendingCopy> uncommitted;
     std::vector<std::vector<PendingCopy>> committed;  // oldest first
+    std::shared_ptr<void> wgmma;  // in-flight wgmma operations (tensor_core.cc)
   };
   struct Warp {
     unsigned live = 0;     // lanes that have not exited

@@ -74,6 +74,15 @@ void LdMatrixX4(uint32_t (&r)[4], uint32_t smem_address, bool transpose);
 void CpAsync16(uint32_t smem_address, const void* global, bool valid);
 void CpAsyncCommit();
 void CpAsyncWait(int pending_groups);
+// wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 with A from registers (this warp's
+// 16 rows, mma.m16n8k16's A layout) and B from shared memory through a matrix descriptor
+// (128-byte swizzle only; K-major, or MN-major when trans_b). d: this lane's n / 2
+// accumulators. Asynchronous as on the GPU: d reads NaN until the operation's group completes
+// in WgmmaWait, and B is read from shared memory then.
+void WgmmaAsync(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool accumulate,
+                bool trans_b);
+void WgmmaCommit();
+void WgmmaWait(int pending_groups);
 
 template <typename T>
 T Shuffle(unsigned mask, T value, int src_lane) {

@@ -1,8 +1,14 @@
-// mma.sync.m16n8k16 (bf16 -> fp32) and ldmatrix.x4 for emulated builds, as warp collectives:
-// every lane deposits its fragment registers (or row address), then computes its own outputs
-// from the whole warp's, with the fragment layouts of the PTX ISA (kernels/cuda/mma_utils.cuh
-// spells them out).
+// mma.sync.m16n8k16 (bf16 -> fp32), ldmatrix.x4 and wgmma (m64nNk16, bf16 -> fp32) for
+// emulated builds, as warp collectives: every lane deposits its fragment registers (or row
+// address), then computes its own outputs from the whole warp's, with the fragment layouts of
+// the PTX ISA (kernels/cuda/mma_utils.cuh spells them out).
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+#include <vector>
 
 #include "kernels/cuda/emulation/block_runner.h"
 #include "kernels/cuda/emulation/include/cuda_bf16.h"
@@ -22,7 +28,148 @@ struct MmaFragments {
   uint32_t b[2];
 };
 
+// The warp's A fragments (mma.m16n8k16's layout) as a 16 x 16 matrix.
+struct WarpA {
+  float at[16][16];
+};
+
+WarpA GatherWarpA(BlockRunner& runner, const uint32_t (&a)[4], const char* what) {
+  uint32_t mine[4] = {a[0], a[1], a[2], a[3]};
+  const unsigned char* slots = runner.WarpCollective(kFullMask, mine, sizeof(mine), what);
+  WarpA w;
+  for (int r = 0; r < 16; ++r) {
+    for (int k = 0; k < 16; ++k) {
+      // A(r, k): lane 4 * (r % 8) + (k % 8) / 2, register (r >= 8) + 2 * (k >= 8), half k % 2.
+      uint32_t reg;
+      std::memcpy(&reg,
+                  slots + (4 * (r % 8) + (k % 8) / 2) * BlockRunner::kSlotBytes +
+                      4 * ((r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)),
+                  4);
+      w.at[r][k] = Half(reg, k & 1);
+    }
+  }
+  return w;
+}
+
+// One issued wgmma, executed when its group completes.
+struct PendingWgmma {
+  float* d;
+  int n;
+  WarpA a;
+  uint64_t desc_b;
+  bool accumulate;
+  bool trans_b;
+};
+
+// A thread's in-flight wgmma operations. `values` holds the true contents of every
+// accumulator array with operations in flight (the registers themselves read NaN meanwhile),
+// so that operations chained on one accumulator (the k-steps of a product) see each other's
+// results, in issue order, as on the GPU.
+struct WgmmaState {
+  std::vector<PendingWgmma> uncommitted;
+  std::vector<std::vector<PendingWgmma>> committed;  // oldest first
+  std::map<float*, std::vector<float>> values;
+};
+
+WgmmaState& StateOf(BlockRunner& runner) {
+  std::shared_ptr<void>& slot = runner.ThreadWgmmaState();
+  if (slot == nullptr) slot = std::make_shared<WgmmaState>();
+  return *static_cast<WgmmaState*>(slot.get());
+}
+
+// Element (k, n) of B, 0 <= k < 16, read from shared memory through a descriptor with the
+// 128-byte swizzle (PTX ISA, "Matrix Descriptor" and the canonical layouts; CUTLASS's
+// GMMA::Layout_*_SW128 atoms spell out the same):
+//   start address bits 0-13, leading byte offset (LBO) 16-29, stride byte offset (SBO)
+//   32-45, all in 16-byte units; swizzle mode bits 62-63 (1 = 128B).
+//   K-major (B is N x K with K contiguous): rows of 128 bytes; row n at (n / 8) * SBO +
+//     (n % 8) * 128, element k at 2k within it (a k16 step spans 32 bytes); LBO unused.
+//   MN-major (trans_b; K x N with N contiguous): 64 elements of N per 128-byte row; k-row at
+//     (k / 8) * SBO + (k % 8) * 128, element n at (n / 64) * LBO + 2 (n % 64).
+//   The swizzle then XORs address bits 4-6 (the 16-byte chunk) with bits 7-9 (the row within
+//   an 8-row, 1024-byte atom), on the absolute shared address.
+float ReadB(BlockRunner& runner, uint64_t desc, bool trans_b, int k, int n) {
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
+  const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3FFF) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
+  uint32_t address;
+  if (trans_b) {
+    address = start + (k / 8) * sbo + (k % 8) * 128 + (n / 64) * lbo + 2 * (n % 64);
+  } else {
+    address = start + (n / 8) * sbo + (n % 8) * 128 + 2 * k;
+  }
+  address ^= ((address >> 7) & 7u) << 4;
+  unsigned short bits;
+  std::memcpy(&bits, runner.SharedPointer(address), 2);
+  return Bf16BitsToFloat(bits);
+}
+
+void Execute(BlockRunner& runner, WgmmaState& state, const PendingWgmma& op) {
+  std::vector<float>& d = state.values.at(op.d);
+  const int lane = runner.Lane();
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  // Accumulator i: n-tile i / 4; rows g (i % 4 < 2) or g + 8; columns 8 (i / 4) + 2t + i % 2.
+  for (int i = 0; i < op.n / 2; ++i) {
+    const int r = g + ((i & 2) ? 8 : 0);
+    const int col = 8 * (i / 4) + 2 * t + (i & 1);
+    float sum = 0.0f;
+    for (int k = 0; k < 16; ++k) {
+      sum += op.a.at[r][k] * ReadB(runner, op.desc_b, op.trans_b, k, col);
+    }
+    d[i] = (op.accumulate ? d[i] : 0.0f) + sum;
+  }
+}
+
 }  // namespace
+
+void WgmmaAsync(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool accumulate,
+                bool trans_b) {
+  BlockRunner& runner = BlockRunner::ForThisThread();
+  if (n < 8 || n > 256 || n % 8 != 0) runner.Fail("wgmma: N must be a multiple of 8 in 8..256");
+  if ((desc_b >> 62) != 1) runner.Fail("wgmma: only the 128-byte swizzle is emulated");
+  PendingWgmma op{d, n, GatherWarpA(runner, a, "wgmma.mma_async"), desc_b, accumulate, trans_b};
+  WgmmaState& state = StateOf(runner);
+  auto [it, inserted] = state.values.try_emplace(d);
+  if (inserted) {
+    it->second.assign(d, d + n / 2);
+    std::fill(d, d + n / 2, std::numeric_limits<float>::quiet_NaN());
+  } else if (static_cast<int>(it->second.size()) != n / 2) {
+    runner.Fail("wgmma: accumulator reused with another N while in flight");
+  }
+  state.uncommitted.push_back(op);
+}
+
+void WgmmaCommit() {
+  BlockRunner& runner = BlockRunner::ForThisThread();
+  WgmmaState& state = StateOf(runner);
+  state.committed.push_back(std::move(state.uncommitted));
+  state.uncommitted.clear();
+}
+
+void WgmmaWait(int pending_groups) {
+  BlockRunner& runner = BlockRunner::ForThisThread();
+  WgmmaState& state = StateOf(runner);
+  while (static_cast<int>(state.committed.size()) > pending_groups) {
+    for (const PendingWgmma& op : state.committed.front()) Execute(runner, state, op);
+    state.committed.erase(state.committed.begin());
+  }
+  // Accumulators with nothing left in flight get their values back.
+  for (auto it = state.values.begin(); it != state.values.end();) {
+    auto uses = [&](const std::vector<PendingWgmma>& ops) {
+      return std::any_of(ops.begin(), ops.end(),
+                         [&](const PendingWgmma& op) { return op.d == it->first; });
+    };
+    const bool in_flight = uses(state.uncommitted) ||
+                           std::any_of(state.committed.begin(), state.committed.end(), uses);
+    if (in_flight) {
+      ++it;
+    } else {
+      std::copy(it->second.begin(), it->second.end(), it->first);
+      it = state.values.erase(it);
+    }
+  }
+}
 
 void MmaM16n8k16Bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   BlockRunner& runner = BlockRunner::ForThisThread();
