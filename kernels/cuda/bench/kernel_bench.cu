@@ -132,6 +132,7 @@ struct Bench {
   cudaEvent_t stop = nullptr;
   void* flush = nullptr;
   int num_sms = 0;
+  bool wgmma = false;      // the device runs the wgmma attention kernel (compute capability 9.0)
   double bw_gbs = 0;       // measured D2D copy-kernel bandwidth (read + write)
   double gemm_tflops = 0;  // measured cuBLAS bf16 GEMM
   std::vector<Row> rows;
@@ -345,7 +346,8 @@ bool BenchDecode(Bench& b, const KvPool& pool, int32_t batch, int32_t ctx, doubl
 // verification (q_len nodes per sequence, chain masks of depth q_len: the mask shape does
 // not change the work). Returns the median time in *us.
 bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32_t batch,
-                     int32_t ctx, int32_t q_len, double* us_out) {
+                     int32_t ctx, int32_t q_len, double* us_out,
+                     PrefillKernel kernel = PrefillKernel::kMmaSync) {
   constexpr int kHq = 32;
   DeviceTable table;
   if (!table.Build(pool, std::vector<int32_t>(batch, ctx))) return false;
@@ -394,6 +396,7 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
   p.num_qo_heads = kHq;
   p.sm_scale = 0.08838834764f;
   p.mask_mode = mode;
+  p.kernel = kernel;
   p.tree_mask = d_masks;
   ApplyPrefillPlan(plan, &p);
   p.work_items = d_work;
@@ -408,8 +411,10 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
     const double flops = 2.0 * kHq * KvPool::kHeadDim * static_cast<double>(ctx) * ctx;
     const double tflops = flops / (us * 1e-6) / 1e12;
     std::snprintf(shape, sizeof(shape), "causal L=%d GQA 32/8 d=128", ctx);
-    b.rows.push_back({"prefill_attention", shape, us, tflops, "TFLOP/s",
-                      tflops / b.gemm_tflops, "milestone >= 300 TFLOP/s"});
+    const char* name =
+        kernel == PrefillKernel::kWgmma ? "prefill_attn_wgmma" : "prefill_attention";
+    b.rows.push_back({name, shape, us, tflops, "TFLOP/s", tflops / b.gemm_tflops,
+                      "milestone >= 300 TFLOP/s"});
   }
   cudaFree(q);
   cudaFree(o);
@@ -445,10 +450,17 @@ bool RunAll(Bench& b, const std::string& json_path) {
         }
         char shape[128];
         std::snprintf(shape, sizeof(shape), "B=%d L=%d q_len=%d", batch, ctx, q_len);
-        const double ratio = us / decode_us;
-        b.rows.push_back({q_len == 1 ? "tc_decode" : "tree_verify", shape, us, ratio,
-                          "x decode", 0.0,
-                          q_len <= 16 ? "target <= 1.3x decode" : "target <= 2x decode"});
+        const char* target = q_len <= 16 ? "target <= 1.3x decode" : "target <= 2x decode";
+        b.rows.push_back({q_len == 1 ? "tc_decode" : "tree_verify", shape, us, us / decode_us,
+                          "x decode", 0.0, target});
+        if (b.wgmma && q_len > 1) {
+          if (!BenchTensorCore(b, pool, AttentionMaskMode::kTree, batch, ctx, q_len, &us,
+                               PrefillKernel::kWgmma)) {
+            return false;
+          }
+          b.rows.push_back({"tree_verify_wgmma", shape, us, us / decode_us, "x decode", 0.0,
+                            target});
+        }
       }
     }
   }
@@ -456,6 +468,10 @@ bool RunAll(Bench& b, const std::string& json_path) {
   for (const int32_t ctx : b.scale.prefill_lengths) {
     double us = 0;
     if (!BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us)) return false;
+    if (b.wgmma && !BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us,
+                                    PrefillKernel::kWgmma)) {
+      return false;
+    }
   }
   cudaFree(pool.k);
   cudaFree(pool.v);
@@ -512,6 +528,7 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop;
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return 1;
   b.num_sms = prop.multiProcessorCount;
+  b.wgmma = prop.major == 9;
   int driver = 0;
   int runtime = 0;
   cudaDriverGetVersion(&driver);
@@ -528,10 +545,12 @@ int main(int argc, char** argv) {
   if (smoke) {
     // Every kernel family must have run, each row with a real time.
     for (const char* kernel : {"d2d_copy", "cublas_gemm_bf16", "paged_decode", "tc_decode",
-                               "tree_verify", "prefill_attention"}) {
+                               "tree_verify", "prefill_attention", "tree_verify_wgmma",
+                               "prefill_attn_wgmma"}) {
       const bool present = std::any_of(b.rows.begin(), b.rows.end(),
                                        [&](const Row& r) { return r.kernel == kernel; });
-      if (!present) {
+      const bool wgmma_row = std::string(kernel).find("wgmma") != std::string::npos;
+      if (!present && !(wgmma_row && !b.wgmma)) {
         std::fprintf(stderr, "smoke: no %s row\n", kernel);
         return 1;
       }
