@@ -75,6 +75,11 @@ ABSL_FLAG(glimpse::server::KvCacheDType, kv_cache_dtype, glimpse::server::KvCach
           "about twice the cached tokens, and prefill attention on tensor cores) or 'auto' "
           "(bf16 on CUDA unless the model's weights are F32; fp32 on the CPU, which has no "
           "bf16 cache).");
+ABSL_FLAG(bool, cuda_wgmma_attention, false,
+          "Experimental, --device=cuda with a bf16 KV cache on Hopper (compute capability 9.0) "
+          "GPUs: prefill and mixed-step attention use the wgmma kernel instead of mma.sync "
+          "(head_dim 64 or 128; others keep mma.sync). Checked on the CUDA emulation, not yet "
+          "measured on a GPU.");
 ABSL_FLAG(int32_t, tensor_parallel_size, 1,
           "Tensor-parallel ranks the model is split over (attention heads in whole GQA groups and "
           "FFN features; Megatron-style, two all-reduces per layer). With --device=cuda: one GPU "

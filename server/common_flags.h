@@ -30,6 +30,7 @@ ABSL_DECLARE_FLAG(std::string, model);
 ABSL_DECLARE_FLAG(int32_t, threads);
 ABSL_DECLARE_FLAG(glimpse::server::Device, device);
 ABSL_DECLARE_FLAG(bool, cuda_graphs);
+ABSL_DECLARE_FLAG(bool, cuda_wgmma_attention);
 ABSL_DECLARE_FLAG(glimpse::server::KvCacheDType, kv_cache_dtype);
 ABSL_DECLARE_FLAG(int32_t, tensor_parallel_size);
 

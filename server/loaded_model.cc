@@ -30,6 +30,7 @@ absl::Status BuiltWithoutCudaError() {
 kernels::cuda::CudaBackendOptions CudaOptions(KvCacheDType kv_dtype) {
   kernels::cuda::CudaBackendOptions options;
   options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+  options.wgmma_attention = absl::GetFlag(FLAGS_cuda_wgmma_attention);
   options.kv_cache_dtype = kv_dtype == KvCacheDType::kBf16
                                ? kernels::cuda::CudaKvCacheDType::kBFloat16
                                : kernels::cuda::CudaKvCacheDType::kFloat32;

@@ -49,6 +49,7 @@ absl::Status CudaBackend::Init() {
         "(8.0 or newer); use --device=cpu"));
   }
   num_sms_ = prop.multiProcessorCount;
+  compute_major_ = prop.major;
   name_ = absl::StrCat("cuda (", prop.name, ", device ", device_, ", sm_", prop.major,
                        prop.minor, ", ", num_sms_, " SMs, ",
                        prop.totalGlobalMem / (size_t{1} << 30), " GiB)");
@@ -272,7 +273,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOpti
   const DType kv_dtype =
       options.kv_cache_dtype == CudaKvCacheDType::kBFloat16 ? DType::kBF16 : DType::kF32;
   auto backend = std::make_unique<internal::CudaBackend>(
-      options.device_ordinal, std::move(tp_group), options.tp_rank, graph_options, kv_dtype);
+      options.device_ordinal, std::move(tp_group), options.tp_rank, graph_options, kv_dtype,
+      options.wgmma_attention);
   RETURN_IF_ERROR(backend->Init());
   spdlog::info("CUDA backend: {}", backend->name());
   return std::unique_ptr<Backend>(std::move(backend));

@@ -43,6 +43,10 @@ enum class CudaKvCacheDType {
 struct CudaBackendOptions {
   int device_ordinal = 0;  // CUDA device number (after CUDA_VISIBLE_DEVICES).
   CudaKvCacheDType kv_cache_dtype = CudaKvCacheDType::kFloat32;
+  // Experimental (`--cuda_wgmma_attention`): with a bf16 cache on a compute capability 9.0 GPU
+  // and head_dim 64 or 128, the tensor-core attention runs its wgmma variant
+  // (prefill_attention.h; checked on the CUDA emulation, not yet on a GPU). Otherwise ignored.
+  bool wgmma_attention = false;
   // The NCCL group whose AllReduceSum this backend joins as rank tp_rank (on device_ordinal).
   // Shared by all the group's backends: the last one destroyed destroys the communicators.
   // Null: a new group of one, so that a single GPU runs the same ncclAllReduce path.
@@ -72,7 +76,8 @@ struct CudaBackendOptions {
 // Backend::Counters() reports CUDA graph captures and replays, and the steps run eagerly by
 // reason: "cuda_graph_captures_total", "cuda_graph_replays_total",
 // "cuda_graph_eager_<reason>_steps_total", the gauge "cuda_graphs_cached", and
-// "cuda_attention_tensor_core_calls_total" (attention calls run by the tensor-core kernel).
+// "cuda_attention_tensor_core_calls_total" (attention calls run by the tensor-core kernel) and
+// "cuda_attention_wgmma_calls_total" (those on its wgmma variant).
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options);
 
 // One backend per device, backend r being rank r of one NCCL tensor-parallel group over

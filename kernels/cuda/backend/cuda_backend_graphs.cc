@@ -79,6 +79,8 @@ std::vector<BackendCounter> CudaBackend::Counters() const {
   counters.push_back({"cuda_attention_tensor_core_calls_total", tensor_core_attention_calls_,
                       "PagedAttention calls (layers x steps) run by the tensor-core attention "
                       "kernel (bf16 KV cache, steps with a multi-token sequence), not graphed"});
+  counters.push_back({"cuda_attention_wgmma_calls_total", wgmma_attention_calls_,
+                      "Of those, the calls run by its wgmma variant (--cuda_wgmma_attention)"});
   return counters;
 }
 

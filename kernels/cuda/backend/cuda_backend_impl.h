@@ -148,9 +148,11 @@ class CudaPackedMatrix final : public PackedMatrix {
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, std::shared_ptr<TensorParallelGroup> tp_group, int tp_rank,
-              const DecodeGraphRecorder::Options& graph_options, DType kv_dtype)
+              const DecodeGraphRecorder::Options& graph_options, DType kv_dtype,
+              bool wgmma_attention)
       : device_(device),
         kv_dtype_(kv_dtype),
+        wgmma_attention_(wgmma_attention),
         tp_group_(std::move(tp_group)),
         tp_rank_(tp_rank),
         graphs_(graph_options) {}
@@ -293,6 +295,8 @@ class CudaBackend final : public Backend {
 
   int device_;
   DType kv_dtype_;  // the KV cache's elements (CudaBackendOptions::kv_cache_dtype)
+  bool wgmma_attention_;  // CudaBackendOptions::wgmma_attention
+  int compute_major_ = 0;
   std::string name_;
   int num_sms_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -318,6 +322,7 @@ class CudaBackend final : public Backend {
   AttentionMemo attention_memo_;
   PrefillMemo prefill_memo_;
   int64_t tensor_core_attention_calls_ = 0;  // AttendPerSequence launches (Counters())
+  int64_t wgmma_attention_calls_ = 0;        // those on the wgmma variant
   RopeMemo rope_memo_;
   // Tensor parallelism: this backend is rank tp_rank_ of tp_group_ (shared by the group's
   // backends; a group of one for a lone GPU). Destroyed after the stream is drained.

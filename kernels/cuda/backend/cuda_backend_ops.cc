@@ -477,6 +477,9 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   p.num_qo_heads = params.num_heads;
   p.sm_scale = params.scale;
   p.mask_mode = AttentionMaskMode::kCausal;
+  p.kernel = wgmma_attention_ && compute_major_ == 9 && WgmmaPrefillSupported(kv.head_dim)
+                 ? PrefillKernel::kWgmma
+                 : PrefillKernel::kMmaSync;
   ApplyPrefillPlan(memo.plan, &p);
   p.work_items = memo.work_items;
   p.workspace = attention_workspace_.get();
@@ -484,6 +487,7 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   GLIMPSE_CUDA_CHECK(LaunchPrefillAttention(p, stream_));
   GLIMPSE_CUDA_CHECK(LaunchCastBf16ToF32(o_bf16, params.out, elements, stream_));
   ++tensor_core_attention_calls_;
+  if (p.kernel == PrefillKernel::kWgmma) ++wgmma_attention_calls_;
   return true;
 }
 

@@ -691,12 +691,16 @@ TEST_F(CudaBackendTest, PagedAttentionMatchesCpuOnMixedBatches) {
   }
 }
 
-int64_t TensorCoreCalls(const Backend& backend) {
+int64_t Counter(const Backend& backend, const std::string& name) {
   for (const BackendCounter& c : backend.Counters()) {
-    if (c.name == "cuda_attention_tensor_core_calls_total") return c.value;
+    if (c.name == name) return c.value;
   }
-  ADD_FAILURE() << "no cuda_attention_tensor_core_calls_total counter";
+  ADD_FAILURE() << "no " << name << " counter";
   return -1;
+}
+
+int64_t TensorCoreCalls(const Backend& backend) {
+  return Counter(backend, "cuda_attention_tensor_core_calls_total");
 }
 
 // The bf16 KV option. Decode-only steps run the paged decode kernel on fp32
@@ -729,6 +733,29 @@ TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheMatchesCpu) {
     for (int i = 0; i < 150; ++i) decode.push_back({Int(0, 700), 1});
     RunAttention(*cuda_bf16_kv_, cpu_, s, decode, &out, &ref, rng_, normal, {true, false});
     ExpectClose("bf16-KV decode attention " + Describe(s), out, ref, Tolerance::Fp32());
+  }
+}
+
+// The same steps on the wgmma attention kernel (the emulated device is compute capability 9.0):
+// head dims 64 and 128 take it, 32 keeps mma.sync.
+TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheWithWgmmaMatchesCpu) {
+  cuda::CudaBackendOptions options;
+  options.kv_cache_dtype = cuda::CudaKvCacheDType::kBFloat16;
+  options.wgmma_attention = true;
+  auto backend = cuda::CreateCudaBackend(options);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  const std::vector<SeqCase> mixed = {{36, 37}, {100, 1}, {24, 5}, {700, 130}};
+  auto normal = [this](size_t n) { return Normal(n); };
+  for (const KvShape s : {KvShape{8, 8, 64, 1}, KvShape{32, 8, 128, 16}, KvShape{6, 2, 32, 16}}) {
+    std::vector<float> out, ref;
+    const int64_t before = TensorCoreCalls(**backend);
+    const int64_t wgmma_before = Counter(**backend, "cuda_attention_wgmma_calls_total");
+    RunAttention(**backend, cpu_, s, mixed, &out, &ref, rng_, normal, {true, true});
+    ExpectClose("bf16-KV wgmma attention " + Describe(s), out, ref, Tolerance::Bf16());
+    EXPECT_EQ(TensorCoreCalls(**backend) - before, 2);
+    EXPECT_EQ(Counter(**backend, "cuda_attention_wgmma_calls_total") - wgmma_before,
+              s.head_dim == 32 ? 0 : 2)
+        << Describe(s);
   }
 }
 
