@@ -366,10 +366,14 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
   in.num_sms = b.num_sms;
   PrefillPlan plan;
   BENCH_CHECK(PlanPrefillAttention(in, &plan));
-  std::vector<uint64_t> masks(total_q);
-  for (int32_t i = 0; i < total_q; ++i) {
-    const int32_t node = i % q_len;
-    masks[i] = node == 63 ? ~uint64_t{0} : (uint64_t{1} << (node + 1)) - 1;
+  // Chain masks for the tree mode (q_len <= 64 nodes); unused by the causal mode, whose q_len
+  // may exceed the 64 bits of a mask.
+  std::vector<uint64_t> masks(total_q, 0);
+  if (mode == AttentionMaskMode::kTree) {
+    for (int32_t i = 0; i < total_q; ++i) {
+      const int32_t node = i % q_len;
+      masks[i] = node >= 63 ? ~uint64_t{0} : (uint64_t{1} << (node + 1)) - 1;
+    }
   }
   void *q = nullptr, *o = nullptr, *ws = nullptr;
   int32_t *d_qo = nullptr, *d_work = nullptr;
@@ -541,7 +545,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "setup failed\n");
     return 1;
   }
-  if (!RunAll(b, json_path)) return 1;
+  const bool ok = RunAll(b, json_path);
+  cudaFree(b.flush);
+  cudaEventDestroy(b.start);
+  cudaEventDestroy(b.stop);
+  cudaStreamDestroy(b.stream);
+  if (!ok) return 1;
   if (smoke) {
     // Every kernel family must have run, each row with a real time.
     for (const char* kernel : {"d2d_copy", "cublas_gemm_bf16", "paged_decode", "tc_decode",
