@@ -126,9 +126,6 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& fil
     model->weight_bytes_ += (*packed)->num_bytes();
     return std::move(*packed);
   };
-  auto pack = [&](const std::string& name, int64_t rows, int64_t cols) {
-    return pack_shard(name, rows, cols, {0, rows}, {0, cols});
-  };
   auto norm = [&](const std::string& name) -> absl::StatusOr<float*> {
     const GgufTensor* t = file.FindTensor(name);
     if (t == nullptr || t->type != GgmlType::kF32 || t->dims.size() != 1 ||
@@ -143,11 +140,10 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& fil
 
   ASSIGN_OR_RETURN(w.token_embd, MatrixTensor(file, "token_embd.weight", c.vocab_size, c.dim));
   ASSIGN_OR_RETURN(w.output_norm, norm("output_norm.weight"));
-  if (c.tied_embeddings) {
-    ASSIGN_OR_RETURN(w.output, pack("token_embd.weight", c.vocab_size, c.dim));
-  } else {
-    ASSIGN_OR_RETURN(w.output, pack("output.weight", c.vocab_size, c.dim));
-  }
+  // The output head's rows for this rank's vocabulary range (all of them unsplit).
+  ASSIGN_OR_RETURN(w.output,
+                   pack_shard(c.tied_embeddings ? "token_embd.weight" : "output.weight",
+                              c.vocab_size, c.dim, shard.vocab, {0, c.dim}));
   // The rank's shard (model/tensor_parallel.h): rows of q/k/v and gate/up, columns of the
   // output and down projections. Unsplit, every range is the whole tensor.
   const kernels::ShardRange q{shard.q_heads.begin * c.head_dim, shard.q_heads.end * c.head_dim};
@@ -200,7 +196,7 @@ int64_t LlamaModel::ScratchWidth(size_t index) const {
     case kUp:
       return shard_.ffn_dim();
     case kLogitsOut:
-      return config_.vocab_size;
+      return shard_.vocab.size();
     default:  // kX, kXn, kProj, kLogitsIn
       return config_.dim;
   }
@@ -339,7 +335,7 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
   be.GatherRows(x, c.dim, batch.logits_rows.data(), R, xn);
   be.RmsNorm(xn, weights_.output_norm, R, c.dim, c.rms_norm_eps, rows_in);
   be.MatMul(rows_in, R, *weights_.output, rows_out);
-  be.CopyToHost(logits, rows_out, R * c.vocab_size * sizeof(float));
+  be.CopyToHost(logits, rows_out, R * shard_.vocab.size() * sizeof(float));
   return absl::OkStatus();
 }
 

@@ -69,9 +69,11 @@ class LlamaModel {
   size_t weight_bytes() const { return weight_bytes_; }
 
   // Runs the batch, writing its tokens' keys and values into `kv`, and fills
-  // logits[i][0..vocab) (host memory) for batch.logits_rows[i]. The batch must be valid for
-  // `kv` (ValidateStepBatch) and `kv` must hold this rank's KV heads (built with shard().tp);
-  // InvalidArgument otherwise. Split ranks all get the same logits.
+  // logits[i][0..V) (host memory) for batch.logits_rows[i], V = shard().vocab.size(): the
+  // logits of vocabulary entries shard().vocab.begin.. (the whole vocabulary unsplit; a split
+  // rank computes its slice, see model/tensor_parallel.h). The batch must be valid for `kv`
+  // (ValidateStepBatch) and `kv` must hold this rank's KV heads (built with shard().tp);
+  // InvalidArgument otherwise.
   absl::Status Forward(const StepBatch& batch, KvCacheStorage& kv, float* logits);
 
   // Sizes the activation buffers for steps of up to max_tokens tokens and max_logits_rows

@@ -30,6 +30,12 @@ void LlamaStepRunner::AllocateKvCache(int32_t num_blocks, int32_t block_size,
 
 absl::Status LlamaStepRunner::Forward(const StepBatch& batch, float* logits) {
   if (kv_ == nullptr) return absl::FailedPreconditionError("Forward before AllocateKvCache");
+  if (model_.shard().tp.size != 1) {
+    // A rank's model computes only its slice of the logits (TensorParallelModel joins them).
+    return absl::FailedPreconditionError(
+        "LlamaStepRunner runs the unsplit model; a tensor-parallel rank needs "
+        "TensorParallelModel");
+  }
   return model_.Forward(batch, *kv_, logits);
 }
 

@@ -31,6 +31,7 @@ absl::StatusOr<LlamaShard> LlamaShardOf(const LlamaConfig& config, TensorParalle
   shard.q_heads = heads.q_heads;
   shard.kv_heads = heads.kv_heads;
   shard.ffn = kernels::ShardOf(config.ffn_dim, tp.rank, tp.size);
+  shard.vocab = kernels::ShardOf(config.vocab_size, tp.rank, tp.size);
   return shard;
 }
 

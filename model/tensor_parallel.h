@@ -16,8 +16,12 @@
 //   gate,up [ffn][dim]   rows ffn range          --> silu(gate) * up [T][ffn_local]
 //   down    [dim][ffn]   cols ffn range          --> partial [T][dim] --AllReduceSum--> x += it
 //
-//   replicated on every rank: token_embd, the norms, output_norm and the output head (so every
-//   rank computes the same logits; rank 0's are the answer).
+//   output  [vocab][dim] rows vocab range        --> logits [R][vocab_local] (vocab-parallel:
+//                                                    TensorParallelModel places each rank's
+//                                                    columns into the [R][vocab] answer)
+//
+//   replicated on every rank: token_embd and the norms. Each rank holds 1/N of every matrix,
+//   the output head too: at batch 1 a decode step reads (weights / N) bytes per device.
 //
 // Two ranks, GQA with 6 query heads over 2 KV heads (3 per group), ffn 512:
 //
@@ -55,6 +59,7 @@ struct LlamaShard {
   kernels::ShardRange q_heads;
   kernels::ShardRange kv_heads;
   kernels::ShardRange ffn;
+  kernels::ShardRange vocab;  // rows of the output head (logits columns) this rank computes
 
   int32_t num_heads() const { return static_cast<int32_t>(q_heads.size()); }
   int32_t num_kv_heads() const { return static_cast<int32_t>(kv_heads.size()); }

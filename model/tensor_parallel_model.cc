@@ -1,5 +1,6 @@
 #include "model/tensor_parallel_model.h"
 
+#include <cstring>
 #include <thread>
 #include <utility>
 
@@ -132,15 +133,21 @@ absl::Status TensorParallelModel::Forward(const StepBatch& batch, float* logits)
   if (ranks_[0].kv == nullptr) {
     return absl::FailedPreconditionError("Forward before AllocateKvCache");
   }
-  const size_t num_logits = batch.logits_rows.size() * static_cast<size_t>(config().vocab_size);
-  for (int r = 1; r < size(); ++r) ranks_[r].logits.resize(num_logits);
+  // Each rank computes the logits of its vocabulary slice ([R][V_r]); they are placed side by
+  // side into the caller's [R][vocab] below. Unsplit, rank 0 writes the answer directly.
+  const size_t num_rows = batch.logits_rows.size();
+  if (size() > 1) {
+    for (Rank& rank : ranks_) {
+      rank.logits.resize(num_rows * static_cast<size_t>(rank.model->shard().vocab.size()));
+    }
+  }
   // Every rank sees the same batch and same-shaped caches, so all validate alike: either all
   // return an error before their first all-reduce, or none does (a rank that stopped early
   // would leave its peers waiting in a collective forever).
   std::vector<absl::Status> status(size());
   threads_->Run([&](int r) {
     Rank& rank = ranks_[r];
-    status[r] = rank.model->Forward(batch, *rank.kv, r == 0 ? logits : rank.logits.data());
+    status[r] = rank.model->Forward(batch, *rank.kv, size() == 1 ? logits : rank.logits.data());
   });
   for (int r = 0; r < size(); ++r) {
     if (!status[r].ok()) {
@@ -148,6 +155,17 @@ absl::Status TensorParallelModel::Forward(const StepBatch& batch, float* logits)
                          : absl::Status(status[r].code(), absl::StrCat("tensor-parallel rank ",
                                                                        r, ": ",
                                                                        status[r].message()));
+    }
+  }
+  if (size() > 1) {
+    const size_t vocab = static_cast<size_t>(config().vocab_size);
+    for (const Rank& rank : ranks_) {
+      const kernels::ShardRange slice = rank.model->shard().vocab;
+      const size_t width = static_cast<size_t>(slice.size());
+      for (size_t i = 0; i < num_rows; ++i) {
+        std::memcpy(logits + i * vocab + slice.begin, rank.logits.data() + i * width,
+                    width * sizeof(float));
+      }
     }
   }
   return absl::OkStatus();

@@ -82,7 +82,7 @@ class TensorParallelModel final : public StepRunner {
     std::unique_ptr<kernels::Backend> backend;
     std::unique_ptr<LlamaModel> model;
     std::unique_ptr<KvCacheStorage> kv;
-    std::vector<float> logits;  // host; rank >= 1 only: their (identical) logits, discarded
+    std::vector<float> logits;  // host, [rows][vocab slice]: this rank's logits of a step
   };
 
   TensorParallelModel() = default;

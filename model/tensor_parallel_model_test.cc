@@ -39,6 +39,7 @@ namespace {
 
 constexpr char kF16Path[] = "models/tinycode-4m-f16.gguf";
 constexpr char kF32Path[] = "tests/data/tinycode-4m.gguf";
+constexpr char kQ8Path[] = "tests/data/tinycode-4m-q8_0.gguf";
 constexpr float kMaxRelativeL2 = 1e-5f;
 constexpr float kNearTie = 1e-4f;
 constexpr int32_t kBlockSize = 16;
@@ -245,7 +246,9 @@ TEST(TensorParallelModelTest, TwoAndFourRanksMatchUnsplitSyntheticModels) {
   }
 }
 
-TEST(TensorParallelModelTest, EveryRankComputesBitwiseTheSameLogits) {
+// The output head is vocab-parallel: rank r computes the logits of its vocabulary slice only,
+// and TensorParallelModel's answer is the slices side by side, bitwise.
+TEST(TensorParallelModelTest, RanksComputeTheirVocabularySlicesOfTheAnswer) {
   // Ranks driven by hand (not through TensorParallelModel) to see every rank's logits.
   constexpr int kSize = 4;
   auto file = Open(SyntheticModel("tp-ranks", GgmlType::kF16, 490));
@@ -269,24 +272,51 @@ TEST(TensorParallelModelTest, EveryRankComputesBitwiseTheSameLogits) {
   }
   const int32_t vocab = models[0]->config().vocab_size;
   const auto prompts = Prompts(3);
-  std::vector<std::vector<std::vector<float>>> logits(kSize);
+  std::vector<std::vector<std::vector<float>>> logits(kSize);  // [rank][sequence][row x slice]
   std::vector<std::thread> threads;
+  int64_t covered = 0;
   for (int r = 0; r < kSize; ++r) {
-    threads.emplace_back([&, r] {
+    const kernels::ShardRange slice = models[r]->shard().vocab;
+    EXPECT_EQ(slice.begin, covered) << "rank " << r;
+    covered = slice.end;
+    threads.emplace_back([&, r, slice] {
       logits[r] = PromptLogits(
           [&](const StepBatch& b, float* out) { return models[r]->Forward(b, *caches[r], out); },
-          vocab, prompts, 40);
+          static_cast<int32_t>(slice.size()), prompts, 40);
     });
   }
   for (std::thread& t : threads) t.join();
-  for (int r = 1; r < kSize; ++r) {
-    for (size_t s = 0; s < prompts.size(); ++s) {
-      ASSERT_EQ(logits[r][s].size(), logits[0][s].size());
-      EXPECT_EQ(std::memcmp(logits[r][s].data(), logits[0][s].data(),
-                            logits[0][s].size() * sizeof(float)),
-                0)
-          << "rank " << r << " sequence " << s;
+  EXPECT_EQ(covered, vocab) << "the slices cover the vocabulary";
+  Split split(*file, kSize);
+  ASSERT_NE(split.model, nullptr);
+  const auto whole = PromptLogits(split.forward(), vocab, prompts, 40);
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    const size_t rows = whole[s].size() / vocab;
+    for (int r = 0; r < kSize; ++r) {
+      const kernels::ShardRange slice = models[r]->shard().vocab;
+      ASSERT_EQ(logits[r][s].size(), rows * slice.size()) << "rank " << r;
+      for (size_t i = 0; i < rows; ++i) {
+        EXPECT_EQ(std::memcmp(logits[r][s].data() + i * slice.size(),
+                              whole[s].data() + i * vocab + slice.begin,
+                              slice.size() * sizeof(float)),
+                  0)
+            << "rank " << r << " sequence " << s << " row " << i;
+      }
     }
+  }
+}
+
+// Every matrix is split, the output head too: the ranks together hold each weight once.
+TEST(TensorParallelModelTest, RanksTogetherHoldEachWeightOnce) {
+  for (const std::string& path : {std::string(kF16Path), std::string(kQ8Path)}) {
+    auto file = Open(path);
+    ASSERT_NE(file, nullptr);
+    Unsplit unsplit(*file);
+    ASSERT_NE(unsplit.model, nullptr);
+    Split split(*file, 2);
+    ASSERT_NE(split.model, nullptr);
+    EXPECT_EQ(split.model->weight_bytes(), unsplit.model->weight_bytes()) << path;
+    EXPECT_LT(split.model->rank_model(0).weight_bytes(), unsplit.model->weight_bytes()) << path;
   }
 }
 
