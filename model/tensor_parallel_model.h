@@ -3,8 +3,9 @@
 // or in-process CPU ranks in tests), and one host thread per rank so that each backend's
 // AllReduceSum (a collective: NCCL, or the CPU group's barrier) meets its peers.
 //
-// Forward runs the same StepBatch on every rank at once and returns rank 0's logits (all ranks
-// compute the same ones: the output head is replicated). Block ids mean the same on every
+// Forward runs the same StepBatch on every rank at once; each rank computes the logits of its
+// slice of the vocabulary (the output head is split by rows) and Forward places the slices
+// side by side into the caller's [rows][vocab]. Block ids mean the same on every
 // rank; MoveKvBlocks applies block copies and swaps to every rank's cache at once. As a
 // StepRunner it is what the engine runs on with --tensor_parallel_size > 1.
 //
