@@ -84,8 +84,14 @@ mkdir -p "$OUT/runs"
 LOGS="$OUT/logs"
 mkdir -p "$LOGS"
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+# free_ports N: N distinct free TCP ports on 127.0.0.1 (bound all at once, so that no two are
+# the same; asking for one at a time could hand the same just-released port out twice).
+free_ports() {
+  python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 }
 
 SERVER_PIDS=()
@@ -102,7 +108,7 @@ trap cleanup EXIT
 # start_glimpse NAME [serve flags...]: starts a server; sets GRPC_PORT, HTTP_PORT, METRICS_PORT.
 start_glimpse() {
   local name="$1"; shift
-  GRPC_PORT="$(free_port)"; HTTP_PORT="$(free_port)"; METRICS_PORT="$(free_port)"
+  read -r GRPC_PORT HTTP_PORT METRICS_PORT < <(free_ports 3)
   local log="$LOGS/$name.log"
   "$GLIMPSE" serve --model="$MODEL" --threads="$THREADS" --host=127.0.0.1 --port="$GRPC_PORT" \
       --http_port="$HTTP_PORT" --metrics_port="$METRICS_PORT" "${SERVE_FLAGS[@]}" "$@" \
