@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR="${1:-gpu_bundle}"
-TESTS=(cuda_backend_test cuda_greedy_test cuda_graph_test cuda_tensor_parallel_test)
+TESTS=(cuda_backend_test cuda_greedy_test cuda_graph_test cuda_tensor_parallel_test cuda_engine_test)
 TARGETS=(//server:glimpse_lean)
 for t in "${TESTS[@]}"; do TARGETS+=("//kernels/cuda/backend:$t"); done
 bazel build --config=cuda "${TARGETS[@]}" >&2

@@ -5,7 +5,8 @@
 #   2. greedy generation of the bundled model on CUDA vs CPU over the 40 reference prompts,
 #      with the bf16 divergence rate (cuda_greedy_test); decode-step CUDA graphs replaying
 #      bitwise what eager recording computes (cuda_graph_test); tensor parallelism, one rank
-#      and, with 2+ GPUs, two (cuda_tensor_parallel_test);
+#      and, with 2+ GPUs, two (cuda_tensor_parallel_test); the engine's preemption and
+#      copy-on-write on the device (cuda_engine_test);
 #   3. unless SKIP_8B=1: a synthetic Llama-3.1-8B-shaped bf16 model made there (16 GB cannot
 #      travel), batch-1 decode timed by `glimpse_lean bench`, against the bandwidth floor
 #      (weight bytes + KV bytes read per step, over the D2D bandwidth gpu_check.sh measured —
@@ -36,8 +37,9 @@ run_test cuda_backend_test; backend_rc=$?
 run_test cuda_greedy_test; greedy_rc=$?
 run_test cuda_graph_test; graph_rc=$?
 run_test cuda_tensor_parallel_test; tp_rc=$?
+run_test cuda_engine_test; engine_rc=$?
 echo "exit: cuda_backend_test $backend_rc, cuda_greedy_test $greedy_rc, cuda_graph_test $graph_rc," \
-     "cuda_tensor_parallel_test $tp_rc"
+     "cuda_tensor_parallel_test $tp_rc, cuda_engine_test $engine_rc"
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |divergen|graph" "$RESULT_DIR"/cuda_*_test.log | head -60
 
 bench_rc=0
@@ -106,13 +108,15 @@ fi
 cat >"$RESULT_DIR/gpu_e2e.json" <<JSON
 {"cuda_backend_test_exit": $backend_rc, "cuda_greedy_test_exit": $greedy_rc,
  "cuda_graph_test_exit": $graph_rc, "cuda_tensor_parallel_test_exit": $tp_rc,
+ "cuda_engine_test_exit": $engine_rc,
  "bench_8b_exit": $bench_rc, "decode_batch1_tok_s": $decode_tok_s, "weight_bytes": $weight_bytes,
  "bandwidth_floor_ms_per_token": $floor_ms, "step_over_floor": $ratio}
 JSON
 echo
 echo "==== gpu_e2e ===="
 echo "backend ops vs CPU: exit $backend_rc | greedy CUDA vs CPU: exit $greedy_rc |" \
-     "graph replay: exit $graph_rc | tensor parallel: exit $tp_rc"
+     "graph replay: exit $graph_rc | tensor parallel: exit $tp_rc | engine: exit $engine_rc"
 echo "8B bf16 batch-1 decode: ${decode_tok_s} tok/s; floor ${floor_ms} ms/token; step/floor ${ratio} (target <= 1.25)"
 echo "result: $RESULT_DIR/gpu_e2e.json"
-[ $backend_rc -eq 0 ] && [ $greedy_rc -eq 0 ] && [ $graph_rc -eq 0 ] && [ $tp_rc -eq 0 ]
+[ $backend_rc -eq 0 ] && [ $greedy_rc -eq 0 ] && [ $graph_rc -eq 0 ] && [ $tp_rc -eq 0 ] &&
+  [ $engine_rc -eq 0 ]

@@ -140,6 +140,31 @@ def cuda_backend_targets(
         ],
     )
 
+    # The serving engine on CUDA: swap and recompute preemption, copy-on-write of a shared
+    # prompt block on the device; greedy tokens against llama.cpp's (F32 file, fp32 KV).
+    native.cc_test(
+        name = "cuda_engine_test" + suffix,
+        size = test_size,
+        srcs = [
+            "cuda_engine_test.cc",
+            "device_skip.h",
+        ],
+        data = _MODELS_AND_REFS,
+        tags = test_tags + ["requires-model"],
+        target_compatible_with = target_compatible_with,
+        deps = [
+            ":cuda_backend" + suffix,
+            "//kernels:backend",
+            "//model:gguf",
+            "//model:llama_model",
+            "//model:tokenizer",
+            "//scheduler:engine",
+            "//third_party/system:absl",
+            "//third_party/system:gtest_main",
+            "//tests:llama_cpp_refs",
+        ],
+    )
+
     # The model split over 2 GPUs (NCCL, a thread per rank) against 1 GPU, and a one-rank
     # group against a lone backend; skips without devices (the 2-GPU case without 2 of them).
     native.cc_test(
