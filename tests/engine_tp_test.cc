@@ -13,6 +13,7 @@
 #include "model/tokenizer.h"
 #include "scheduler/engine.h"
 #include "server/loaded_model.h"
+#include "tests/greedy_requests.h"
 #include "tests/llama_cpp_refs.h"
 
 namespace glimpse::scheduler {
@@ -23,31 +24,8 @@ constexpr char kModel[] = "models/tinycode-4m-f16.gguf";
 using glimpse::testing::LlamaCppReference;
 using glimpse::testing::LoadLlamaCppReferences;
 
-EngineRequest Greedy(const std::string& id, const LlamaCppReference& ref, int32_t n = 1) {
-  EngineRequest r;
-  r.request_id = id;
-  r.prompt_tokens = ref.prompt;
-  r.n = n;
-  r.sampling.temperature = 0.0f;
-  r.stopping.max_tokens = static_cast<int32_t>(ref.tokens.size());
-  r.stopping.ignore_eos = true;
-  return r;
-}
-
-// Every completion's tokens, or the stream's error.
-absl::StatusOr<std::vector<std::vector<int32_t>>> Drain(RequestStream& stream, int n) {
-  std::vector<std::vector<int32_t>> tokens(n);
-  while (true) {
-    RequestOutput out = stream.Next();
-    for (const SequenceDelta& d : out.deltas) {
-      tokens[d.index].insert(tokens[d.index].end(), d.token_ids.begin(), d.token_ids.end());
-    }
-    if (out.done) {
-      if (!out.status.ok()) return out.status;
-      return tokens;
-    }
-  }
-}
+using glimpse::testing::DrainTokens;
+using glimpse::testing::GreedyRequest;
 
 class TensorParallelEngineTest : public ::testing::Test {
  protected:
@@ -75,12 +53,12 @@ class TensorParallelEngineTest : public ::testing::Test {
     std::vector<std::shared_ptr<RequestStream>> streams;
     for (size_t i : which) {
       ASSERT_LT(i, refs.size());
-      auto s = engine.Submit(Greedy("r" + std::to_string(i), refs[i], n));
+      auto s = engine.Submit(GreedyRequest("r" + std::to_string(i), refs[i], n));
       ASSERT_TRUE(s.ok()) << s.status();
       streams.push_back(*s);
     }
     for (size_t k = 0; k < which.size(); ++k) {
-      auto tokens = Drain(*streams[k], n);
+      auto tokens = DrainTokens(*streams[k], n);
       ASSERT_TRUE(tokens.ok()) << tokens.status();
       for (int32_t c = 0; c < n; ++c) {
         EXPECT_EQ((*tokens)[c], refs[which[k]].tokens)

@@ -19,11 +19,14 @@
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
 #include "scheduler/engine.h"
+#include "tests/greedy_requests.h"
 #include "tests/llama_cpp_refs.h"
 
 namespace glimpse::scheduler {
 namespace {
 
+using glimpse::testing::DrainTokens;
+using glimpse::testing::GreedyRequest;
 using Reference = glimpse::testing::LlamaCppReference;
 
 constexpr char kF32Model[] = "tests/data/tinycode-4m.gguf";
@@ -55,33 +58,6 @@ class CudaEngineTest : public ::testing::Test {
     return std::move(*engine);
   }
 
-  EngineRequest Greedy(const std::string& id, const Reference& ref, int32_t n = 1) const {
-    EngineRequest r;
-    r.request_id = id;
-    r.prompt_tokens = ref.prompt;
-    r.n = n;
-    r.sampling.temperature = 0.0f;
-    r.stopping.max_tokens = static_cast<int32_t>(ref.tokens.size());
-    r.stopping.ignore_eos = true;
-    return r;
-  }
-
-  // Every sequence's tokens, once the stream ends; status in *status.
-  static std::vector<std::vector<int32_t>> Drain(RequestStream& stream, int n,
-                                                 absl::Status* status) {
-    std::vector<std::vector<int32_t>> tokens(n);
-    while (true) {
-      RequestOutput out = stream.Next();
-      for (const SequenceDelta& d : out.deltas) {
-        tokens[d.index].insert(tokens[d.index].end(), d.token_ids.begin(), d.token_ids.end());
-      }
-      if (out.done) {
-        *status = out.status;
-        return tokens;
-      }
-    }
-  }
-
   std::unique_ptr<kernels::Backend> backend_;
   std::unique_ptr<model::GgufFile> file_;
   std::unique_ptr<model::LlamaModel> model_;
@@ -104,15 +80,14 @@ TEST_P(CudaPreemptionTest, TinyKvPoolPreemptsAndOutputsStayLlamaCpps) {
   ASSERT_NE(engine, nullptr);
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (int i = 0; i < 6; ++i) {
-    auto s = engine->Submit(Greedy("p" + std::to_string(i), refs_[i]));
+    auto s = engine->Submit(GreedyRequest("p" + std::to_string(i), refs_[i]));
     ASSERT_TRUE(s.ok()) << s.status();
     streams.push_back(*s);
   }
   for (int i = 0; i < 6; ++i) {
-    absl::Status status;
-    const auto tokens = Drain(*streams[i], 1, &status);
-    ASSERT_TRUE(status.ok()) << status;
-    EXPECT_EQ(tokens[0], refs_[i].tokens) << "request " << i << " (" << refs_[i].id << ")";
+    const auto tokens = DrainTokens(*streams[i], 1);
+    ASSERT_TRUE(tokens.ok()) << tokens.status();
+    EXPECT_EQ((*tokens)[0], refs_[i].tokens) << "request " << i << " (" << refs_[i].id << ")";
   }
   EXPECT_GT(engine->GetLoad().num_preemptions, 0);
   ASSERT_TRUE(engine->WaitIdle(absl::Seconds(30)));
@@ -137,12 +112,11 @@ TEST_F(CudaEngineTest, CompletionsSharingAPromptCopyItsLastBlockOnTheDevice) {
     }
   }
   ASSERT_NE(ref, nullptr);
-  auto stream = engine->Submit(Greedy("n3", *ref, 3));
+  auto stream = engine->Submit(GreedyRequest("n3", *ref, 3));
   ASSERT_TRUE(stream.ok()) << stream.status();
-  absl::Status status;
-  const auto tokens = Drain(**stream, 3, &status);
-  ASSERT_TRUE(status.ok()) << status;
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(tokens[i], ref->tokens) << "completion " << i;
+  const auto tokens = DrainTokens(**stream, 3);
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  for (int i = 0; i < 3; ++i) EXPECT_EQ((*tokens)[i], ref->tokens) << "completion " << i;
 }
 
 }  // namespace

@@ -161,6 +161,7 @@ def cuda_backend_targets(
             "//scheduler:engine",
             "//third_party/system:absl",
             "//third_party/system:gtest_main",
+            "//tests:greedy_requests",
             "//tests:llama_cpp_refs",
         ],
     )
