@@ -1,5 +1,8 @@
 #include "kernels/cuda/kv_append.h"
 
+#include <unordered_map>
+#include <unordered_set>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/kv_layout.h"
@@ -163,6 +166,37 @@ cudaError_t LaunchKvCopySlots(const KvCopySlotsParams& params, cudaStream_t stre
   if (vectorized) return LaunchCopy<uint4>(params, width, stream);
   if (elem == 4) return LaunchCopy<float>(params, 1, stream);
   return LaunchCopy<bf16>(params, 1, stream);
+}
+
+cudaError_t PlanKvCopySlotRounds(const std::vector<int32_t>& src, const std::vector<int32_t>& dst,
+                                 std::vector<KvCopySlotsRound>* rounds) {
+  GLIMPSE_CUDA_RETURN_IF_INVALID(rounds != nullptr && src.size() == dst.size());
+  rounds->clear();
+  std::vector<size_t> pending;
+  std::unordered_set<int32_t> destinations;
+  for (size_t i = 0; i < src.size(); ++i) {
+    GLIMPSE_CUDA_RETURN_IF_INVALID(destinations.insert(dst[i]).second);
+    if (src[i] != dst[i]) pending.push_back(i);
+  }
+  // Each round takes the copies whose destination no pending copy reads any more.
+  while (!pending.empty()) {
+    std::unordered_map<int32_t, int> readers;  // slot -> pending copies reading it
+    for (const size_t i : pending) ++readers[src[i]];
+    KvCopySlotsRound round;
+    std::vector<size_t> later;
+    for (const size_t i : pending) {
+      if (readers.count(dst[i]) == 0) {
+        round.src.push_back(src[i]);
+        round.dst.push_back(dst[i]);
+      } else {
+        later.push_back(i);
+      }
+    }
+    GLIMPSE_CUDA_RETURN_IF_INVALID(!round.src.empty());  // a cycle
+    rounds->push_back(std::move(round));
+    pending = std::move(later);
+  }
+  return cudaSuccess;
 }
 
 }  // namespace glimpse::kernels::cuda

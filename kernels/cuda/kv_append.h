@@ -10,6 +10,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cuda/dtype.h"
 
@@ -58,6 +59,22 @@ struct KvCopySlotsParams {
 };
 
 cudaError_t LaunchKvCopySlots(const KvCopySlotsParams& params, cudaStream_t stream);
+
+// One LaunchKvCopySlots launch of a plan: copy i moves src[i] to dst[i].
+struct KvCopySlotsRound {
+  std::vector<int32_t> src;
+  std::vector<int32_t> dst;
+};
+
+// Orders slot copies into rounds that LaunchKvCopySlots may run one after another, so that
+// every destination ends up with its source's content from before the first round (as if all
+// copies read before any wrote): copies with src == dst are dropped, and a copy runs only once
+// no later copy still reads its destination. Compacting accepted draft paths (dst < src along
+// each path, as in the KvCopySlotsParams example) always orders; `*rounds` is cleared first.
+// cudaErrorInvalidValue when two copies share a destination or the copies form a cycle
+// (a -> b and b -> a), which no order of plain copies can do.
+cudaError_t PlanKvCopySlotRounds(const std::vector<int32_t>& src, const std::vector<int32_t>& dst,
+                                 std::vector<KvCopySlotsRound>* rounds);
 
 }  // namespace glimpse::kernels::cuda
 

@@ -161,5 +161,97 @@ GLIMPSE_CUDA_TEST(KvCopySlotsMovesWholeSlots) {
   }
 }
 
+// Compaction of accepted draft paths in a batch: sequence s's tree occupies flat slots
+// [base_s + prefix, base_s + prefix + nodes); the accepted path (node 0, then increasing node
+// indices) moves to base_s + prefix + 0, 1, 2, ... The planned rounds, run one launch each, must
+// leave every destination with its source's original content and nothing else changed.
+GLIMPSE_CUDA_TEST(KvCopySlotRoundsCompactAcceptedPaths) {
+  const int32_t heads = 2, page_size = 16, head_dim = 64;
+  const int32_t num_blocks = 40;
+  const size_t cache_n = static_cast<size_t>(num_blocks) * heads * page_size * head_dim;
+  std::vector<int32_t> src, dst;
+  int32_t base = 0;
+  for (int s = 0; s < 6; ++s) {
+    const int32_t prefix = testing::RandomInt(0, 40);
+    const int32_t nodes = testing::RandomInt(1, 64);
+    // Node 0 is always accepted (the root); each later node with probability 1/2.
+    int32_t kept = 1;
+    for (int32_t node = 1; node < nodes; ++node) {
+      if (testing::RandomInt(0, 1) == 0) continue;
+      src.push_back(base + prefix + node);
+      dst.push_back(base + prefix + kept);
+      ++kept;
+    }
+    base += prefix + nodes;
+  }
+  // A contrived chain needing one round per link: 104 -> 103 -> 102 -> 101 -> 100 read before
+  // written, plus a copy onto itself (dropped).
+  for (int32_t i = 0; i < 4; ++i) {
+    src.push_back(base + 101 + i);
+    dst.push_back(base + 100 + i);
+  }
+  src.push_back(base + 120);
+  dst.push_back(base + 120);
+  GLIMPSE_EXPECT(base + 121 <= num_blocks * page_size, "slots fit the cache");
+
+  std::vector<KvCopySlotsRound> rounds;
+  GLIMPSE_ASSERT_CUDA(PlanKvCopySlotRounds(src, dst, &rounds));
+  GLIMPSE_EXPECT(rounds.size() >= 2, "compaction chains need more than one round");
+
+  const DType dtype = DType::kBF16;
+  const std::vector<float> k_cache = testing::RandomActivations(cache_n, dtype);
+  const std::vector<float> v_cache = testing::RandomActivations(cache_n, dtype);
+  std::vector<double> k_ref(k_cache.begin(), k_cache.end());
+  std::vector<double> v_ref(v_cache.begin(), v_cache.end());
+  for (size_t i = 0; i < src.size(); ++i) {
+    for (int32_t h = 0; h < heads; ++h) {
+      const int64_t from =
+          KvOffset(src[i] / page_size, h, src[i] % page_size, heads, page_size, head_dim);
+      const int64_t to =
+          KvOffset(dst[i] / page_size, h, dst[i] % page_size, heads, page_size, head_dim);
+      for (int32_t e = 0; e < head_dim; ++e) {
+        k_ref[to + e] = k_cache[from + e];  // from the original content
+        v_ref[to + e] = v_cache[from + e];
+      }
+    }
+  }
+  DeviceActivations d_kc, d_vc;
+  GLIMPSE_ASSERT_CUDA(d_kc.Upload(k_cache, dtype));
+  GLIMPSE_ASSERT_CUDA(d_vc.Upload(v_cache, dtype));
+  for (const KvCopySlotsRound& round : rounds) {
+    DeviceArray<int32_t> d_src, d_dst;
+    GLIMPSE_ASSERT_CUDA(d_src.Upload(round.src));
+    GLIMPSE_ASSERT_CUDA(d_dst.Upload(round.dst));
+    KvCopySlotsParams p;
+    p.dtype = dtype;
+    p.k_cache = d_kc.ptr;
+    p.v_cache = d_vc.ptr;
+    p.src_slots = d_src.get();
+    p.dst_slots = d_dst.get();
+    p.num_copies = static_cast<int32_t>(round.src.size());
+    p.num_kv_heads = heads;
+    p.page_size = page_size;
+    p.head_dim = head_dim;
+    GLIMPSE_ASSERT_CUDA(LaunchKvCopySlots(p, nullptr));
+  }
+  GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
+  std::vector<float> k_out, v_out;
+  GLIMPSE_ASSERT_CUDA(d_kc.Download(&k_out, dtype));
+  GLIMPSE_ASSERT_CUDA(d_vc.Download(&v_out, dtype));
+  const std::string name = "compaction in " + std::to_string(rounds.size()) + " rounds";
+  GLIMPSE_EXPECT_CLOSE(name + " k_cache", k_out, k_ref, kExact);
+  GLIMPSE_EXPECT_CLOSE(name + " v_cache", v_out, v_ref, kExact);
+}
+
+GLIMPSE_CUDA_TEST(KvCopySlotRoundsRefuseSharedDestinationsAndCycles) {
+  std::vector<KvCopySlotsRound> rounds;
+  GLIMPSE_EXPECT(PlanKvCopySlotRounds({1, 2}, {3, 3}, &rounds) == cudaErrorInvalidValue,
+                 "two copies onto slot 3");
+  GLIMPSE_EXPECT(PlanKvCopySlotRounds({1, 2}, {2, 1}, &rounds) == cudaErrorInvalidValue,
+                 "a swap is a cycle");
+  GLIMPSE_EXPECT(PlanKvCopySlotRounds({5}, {5}, &rounds) == cudaSuccess && rounds.empty(),
+                 "a copy onto itself needs no launch");
+}
+
 }  // namespace
 }  // namespace glimpse::kernels::cuda
