@@ -55,13 +55,18 @@ Schedule ScheduleFromEnvironment() {
 }
 
 namespace {
-// A plain pointer (no guarded thread_local construction on every access); each OS thread's
-// runner lives as long as the thread.
+// Each OS thread's runner lives as long as the thread: t_owner destroys it when the thread
+// exits (an engine or rank thread that launched kernels), t_runner is the plain pointer every
+// access reads (no guarded thread_local construction on each call).
+thread_local std::unique_ptr<BlockRunner> t_owner;
 thread_local BlockRunner* t_runner = nullptr;
 }  // namespace
 
 BlockRunner& BlockRunner::ForThisThread() {
-  if (t_runner == nullptr) t_runner = new BlockRunner();
+  if (t_runner == nullptr) {
+    t_owner.reset(new BlockRunner());
+    t_runner = t_owner.get();
+  }
   return *t_runner;
 }
 
