@@ -53,11 +53,13 @@ if [[ $status -eq 0 ]]; then
     rm -rf "$(readlink -f bazel-testlogs)"
     bazel test --config=asan "${SANITIZED[@]}" || status=1
     # The CUDA kernels' tests on the CPU emulation of CUDA, sanitized: device accesses outside
-    # their allocations. Stack-use-after-return detection is off for them: it keeps fake frames
-    # across every fiber switch and makes these runs some twenty times slower.
+    # their allocations; and the engine on the emulated CUDA backend, which drives most of the
+    # backend's host code (staging, attention tables, graphs, swaps, block copies).
+    # Stack-use-after-return detection is off for them: it keeps fake frames across every fiber
+    # switch and makes these runs some twenty times slower.
     bazel test --config=asan \
       --test_env=ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=0 \
-      //kernels/cuda/emulation/... || status=1
+      //kernels/cuda/emulation/... //kernels/cuda/backend:cuda_engine_test_emulated || status=1
     count_cases
   fi
 fi
