@@ -168,6 +168,15 @@ class Backend {
   virtual void SiluMul(const float* gate, const float* up, int64_t n, float* out) = 0;
   // x[i] += y[i] for i < n.
   virtual void AddInPlace(float* x, const float* y, int64_t n) = 0;
+  // The residual add and the norm after it (a Llama block's x += proj; xn = RmsNorm(x)):
+  // x[m][:] += y[m][:], then out[m][:] = RmsNorm(x[m][:]) * weight[:] over the updated x;
+  // out may not alias x or y. Results as AddInPlace then RmsNorm give them; a backend may run
+  // both in one pass (the CUDA backend: one fused kernel instead of two launches).
+  virtual void AddRmsNorm(float* x, const float* y, const float* weight, int64_t num_rows,
+                          int64_t dim, float eps, float* out) {
+    AddInPlace(x, y, num_rows * dim);
+    RmsNorm(x, weight, num_rows, dim, eps, out);
+  }
   // out[i][:] = x[rows[i]][:]. rows: host, [num_rows].
   virtual void GatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
                           float* out) = 0;

@@ -279,9 +279,16 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
   rope.freq_base = c.rope_freq_base;
   rope.style = c.rope_style;
 
+  // The FFN output of the layer before, not yet added to x: each layer's first norm adds it
+  // (AddRmsNorm: one pass on backends that fuse the two), the last one's is added after the loop.
+  const float* pending_residual = nullptr;
   for (int32_t i = 0; i < c.num_layers; ++i) {
     const LlamaLayerWeights& l = weights_.layers[i];
-    be.RmsNorm(x, l.attn_norm, T, c.dim, c.rms_norm_eps, xn);
+    if (pending_residual != nullptr) {
+      be.AddRmsNorm(x, pending_residual, l.attn_norm, T, c.dim, c.rms_norm_eps, xn);
+    } else {
+      be.RmsNorm(x, l.attn_norm, T, c.dim, c.rms_norm_eps, xn);
+    }
     be.MatMul(xn, T, *l.wq, q);
     be.MatMul(xn, T, *l.wk, k);
     be.MatMul(xn, T, *l.wv, v);
@@ -318,15 +325,15 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
     // the all-reduce completes it before the residual add, so x stays replicated.
     be.MatMul(attn, T, *l.wo, proj);
     be.AllReduceSum(proj, T * c.dim);
-    be.AddInPlace(x, proj, T * c.dim);
-    be.RmsNorm(x, l.ffn_norm, T, c.dim, c.rms_norm_eps, xn);
+    be.AddRmsNorm(x, proj, l.ffn_norm, T, c.dim, c.rms_norm_eps, xn);
     be.MatMul(xn, T, *l.w_gate, gate);
     be.MatMul(xn, T, *l.w_up, up);
     be.SiluMul(gate, up, T * ffn_dim, gate);
     be.MatMul(gate, T, *l.w_down, proj);
     be.AllReduceSum(proj, T * c.dim);
-    be.AddInPlace(x, proj, T * c.dim);
+    pending_residual = proj;
   }
+  if (pending_residual != nullptr) be.AddInPlace(x, pending_residual, T * c.dim);
 
   const int64_t R = static_cast<int64_t>(batch.logits_rows.size());
   if (R == 0) return absl::OkStatus();

@@ -48,6 +48,7 @@ enum class GraphOp : uint32_t {
   kAddInPlace,
   kGatherRows,
   kAllReduceSum,
+  kAddRmsNorm,
 };
 
 }  // namespace
@@ -344,6 +345,19 @@ bool CudaBackend::RecordAddInPlace(float* x, const float* y, int64_t n) {
   graphs_.Record(
       [x, y, padded](cudaStream_t stream) { return LaunchAddInPlace(x, y, padded, stream); },
       GraphOp::kAddInPlace, x, y, padded);
+  return true;
+}
+
+bool CudaBackend::RecordAddRmsNorm(float* x, const float* y, const float* weight,
+                                   int64_t num_rows, int64_t dim, float eps, float* out) {
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(num_rows, &rows)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  const AddRmsNormParams p = AddRmsNormLaunchParams(x, y, weight, rows, dim, eps, out);
+  graphs_.Record([p](cudaStream_t stream) { return LaunchAddRmsNorm(p, stream); },
+                 GraphOp::kAddRmsNorm, x, y, weight, rows, dim, eps, out);
   return true;
 }
 

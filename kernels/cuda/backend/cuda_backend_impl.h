@@ -26,6 +26,7 @@
 #include "kernels/cuda/kv_append.h"
 #include "kernels/cuda/paged_decode_attention.h"
 #include "kernels/cuda/prefill_attention.h"
+#include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/rope_table.h"
 #include "kernels/cuda/weight_format.h"
@@ -96,6 +97,9 @@ std::vector<int32_t> RopeKey(const kernels::RopeParams& p);
 std::vector<int32_t> AttentionKey(const PagedAttentionParams& p, int32_t num_tokens);
 // Rope's launch over `num_tokens` rows; cos_sin (device) is left to the caller.
 RopeTableParams RopeLaunchParams(const kernels::RopeParams& params, int32_t num_tokens);
+// AddRmsNorm's fused launch (x += y, then out = RmsNorm(x) * weight).
+AddRmsNormParams AddRmsNormLaunchParams(float* x, const float* y, const float* weight,
+                                        int64_t num_rows, int64_t dim, float eps, float* out);
 // StoreKv's launch over `num_tokens` slots into a cache of `kv_dtype` (fp32 inputs, rounded
 // when the cache is bf16); slot_mapping (device) is left to the caller.
 KvAppendParams KvAppendLaunchParams(const KvStoreParams& params, int32_t num_tokens,
@@ -180,6 +184,8 @@ class CudaBackend final : public Backend {
   void PagedAttention(const PagedAttentionParams& params) override;
   void SiluMul(const float* gate, const float* up, int64_t n, float* out) override;
   void AddInPlace(float* x, const float* y, int64_t n) override;
+  void AddRmsNorm(float* x, const float* y, const float* weight, int64_t num_rows, int64_t dim,
+                  float eps, float* out) override;
   void GatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
                   float* out) override;
   void AllReduceSum(float* x, int64_t n) override;
@@ -286,6 +292,8 @@ class CudaBackend final : public Backend {
   bool RecordPagedAttention(const PagedAttentionParams& params);
   bool RecordSiluMul(const float* gate, const float* up, int64_t n, float* out);
   bool RecordAddInPlace(float* x, const float* y, int64_t n);
+  bool RecordAddRmsNorm(float* x, const float* y, const float* weight, int64_t num_rows,
+                        int64_t dim, float eps, float* out);
   bool RecordGatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
                         float* out);
   bool RecordAllReduceSum(float* x, int64_t n);

@@ -230,6 +230,35 @@ void CudaBackend::AddInPlace(float* x, const float* y, int64_t n) {
   GLIMPSE_CUDA_CHECK(LaunchAddInPlace(x, y, n, stream_));
 }
 
+// One launch of the fused kernel: x += y (one fp32 add per element, as AddInPlace), then the
+// norm of the updated x, as RmsNorm computes it.
+AddRmsNormParams AddRmsNormLaunchParams(float* x, const float* y, const float* weight,
+                                        int64_t num_rows, int64_t dim, float eps, float* out) {
+  AddRmsNormParams p;
+  p.dtype = DType::kF32;
+  p.x = y;
+  p.residual = x;
+  p.weight = weight;
+  p.out = out;
+  p.num_rows = static_cast<int32_t>(num_rows);
+  p.dim = static_cast<int32_t>(dim);
+  p.eps = eps;
+  return p;
+}
+
+void CudaBackend::AddRmsNorm(float* x, const float* y, const float* weight, int64_t num_rows,
+                             int64_t dim, float eps, float* out) {
+  if (num_rows == 0) return;
+  if (out == x || out == y || num_rows > INT_MAX || dim > INT_MAX) {
+    Backend::AddRmsNorm(x, y, weight, num_rows, dim, eps, out);  // the two ops
+    return;
+  }
+  Bind();
+  if (graphs_.recording() && RecordAddRmsNorm(x, y, weight, num_rows, dim, eps, out)) return;
+  GLIMPSE_CUDA_CHECK(
+      LaunchAddRmsNorm(AddRmsNormLaunchParams(x, y, weight, num_rows, dim, eps, out), stream_));
+}
+
 void CudaBackend::GatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
                              float* out) {
   if (num_rows == 0) return;
