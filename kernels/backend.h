@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -154,6 +155,13 @@ class Backend {
   // y[m][n] = sum_k x[m][k] * W[n][k] for m < num_rows. x: [num_rows][W.cols] fp32,
   // y: [num_rows][W.rows] fp32.
   virtual void MatMul(const float* x, int64_t num_rows, const PackedMatrix& w, float* y) = 0;
+  // ys[j] = x ws[j]ᵀ for every j: one input, several matrices of its width (a Llama block's
+  // q, k and v; gate and up). Results as MatMul per matrix; a backend may prepare x once for
+  // all of them (the CUDA backend rounds it to bf16 once instead of once per matrix).
+  virtual void MatMuls(const float* x, int64_t num_rows, std::span<const PackedMatrix* const> ws,
+                       std::span<float* const> ys) {
+    for (size_t j = 0; j < ws.size(); ++j) MatMul(x, num_rows, *ws[j], ys[j]);
+  }
 
   // out[i][:] = row ids[i] of `table` widened to fp32. ids: host, [num_ids].
   virtual void EmbeddingLookup(const MatrixView& table, const int32_t* ids, int64_t num_ids,

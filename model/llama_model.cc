@@ -289,9 +289,11 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
     } else {
       be.RmsNorm(x, l.attn_norm, T, c.dim, c.rms_norm_eps, xn);
     }
-    be.MatMul(xn, T, *l.wq, q);
-    be.MatMul(xn, T, *l.wk, k);
-    be.MatMul(xn, T, *l.wv, v);
+    {
+      const kernels::PackedMatrix* qkv_w[] = {l.wq.get(), l.wk.get(), l.wv.get()};
+      float* const qkv[] = {q, k, v};
+      be.MatMuls(xn, T, qkv_w, qkv);
+    }
     rope.x = q;
     rope.num_heads = num_heads;
     be.Rope(rope);
@@ -326,8 +328,11 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
     be.MatMul(attn, T, *l.wo, proj);
     be.AllReduceSum(proj, T * c.dim);
     be.AddRmsNorm(x, proj, l.ffn_norm, T, c.dim, c.rms_norm_eps, xn);
-    be.MatMul(xn, T, *l.w_gate, gate);
-    be.MatMul(xn, T, *l.w_up, up);
+    {
+      const kernels::PackedMatrix* gate_up_w[] = {l.w_gate.get(), l.w_up.get()};
+      float* const gate_up[] = {gate, up};
+      be.MatMuls(xn, T, gate_up_w, gate_up);
+    }
     be.SiluMul(gate, up, T * ffn_dim, gate);
     be.MatMul(gate, T, *l.w_down, proj);
     be.AllReduceSum(proj, T * c.dim);

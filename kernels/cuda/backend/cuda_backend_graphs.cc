@@ -16,6 +16,7 @@
 #include "kernels/cuda/paged_decode_attention.h"
 #include "kernels/cuda/rope_table.h"
 #include "kernels/cuda/tensor_parallel.h"
+#include "kernels/cuda/weight_convert.h"
 #include "spdlog/spdlog.h"
 
 namespace glimpse::kernels::cuda::internal {
@@ -49,6 +50,8 @@ enum class GraphOp : uint32_t {
   kGatherRows,
   kAllReduceSum,
   kAddRmsNorm,
+  kCastForMatMuls,
+  kGemm,
 };
 
 }  // namespace
@@ -175,6 +178,33 @@ bool CudaBackend::RecordMatMul(const float* x, int64_t num_rows, const CudaPacke
         return EnqueueMatMul(x, rows, m, y, graph_activations_bf16_.get(), stream);
       },
       GraphOp::kMatMul, x, rows, m.data(), m.rows(), m.cols(), m.bf16(), y);
+  return true;
+}
+
+bool CudaBackend::RecordMatMuls(const float* x, int64_t num_rows,
+                                const std::vector<const CudaPackedMatrix*>& ms,
+                                std::span<float* const> ys) {
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(num_rows, &rows)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  const int64_t elements = rows * ms[0]->cols();
+  graph_step_.bf16_bytes = std::max(graph_step_.bf16_bytes, static_cast<size_t>(elements) * 2);
+  graphs_.Record(
+      [this, x, elements](cudaStream_t stream) {
+        return LaunchCastF32ToBf16(x, graph_activations_bf16_.get(), elements, stream);
+      },
+      GraphOp::kCastForMatMuls, x, elements);
+  for (size_t j = 0; j < ms.size(); ++j) {
+    const CudaPackedMatrix* m = ms[j];  // the model's weights, alive for the step
+    float* y = ys[j];
+    graphs_.Record(
+        [this, rows, m, y](cudaStream_t) {
+          return EnqueueGemm(graph_activations_bf16_.get(), rows, *m, y);
+        },
+        GraphOp::kGemm, m->data(), m->rows(), m->cols(), rows, y);
+  }
   return true;
 }
 

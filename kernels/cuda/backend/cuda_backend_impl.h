@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -175,6 +176,8 @@ class CudaBackend final : public Backend {
   size_t KvElementBytes() const override { return DTypeSize(kv_dtype_); }
   absl::StatusOr<std::unique_ptr<PackedMatrix>> PackMatrix(const MatrixView& w) override;
   void MatMul(const float* x, int64_t num_rows, const PackedMatrix& w, float* y) override;
+  void MatMuls(const float* x, int64_t num_rows, std::span<const PackedMatrix* const> ws,
+               std::span<float* const> ys) override;
   void EmbeddingLookup(const MatrixView& table, const int32_t* ids, int64_t num_ids,
                        float* out) override;
   void RmsNorm(const float* x, const float* weight, int64_t num_rows, int64_t dim, float eps,
@@ -275,6 +278,9 @@ class CudaBackend final : public Backend {
   // `stream`, the GEMM on the cuBLAS handle's stream: both are stream_.
   cudaError_t EnqueueMatMul(const float* x, int64_t num_rows, const CudaPackedMatrix& m,
                             float* y, uint8_t* bf16_scratch, cudaStream_t stream);
+  // The GEMM alone: y = b Wᵀ with b = x as MatMul prepared it (fp32 x, or x rounded to bf16
+  // for a bf16 W).
+  cudaError_t EnqueueGemm(const void* b, int64_t num_rows, const CudaPackedMatrix& m, float* y);
   // RmsNorm's launches; out == x normalizes a copy in norm_scratch (which must hold it).
   cudaError_t EnqueueRmsNorm(const float* x, const float* weight, int64_t num_rows,
                              int64_t dim, float eps, float* out, uint8_t* norm_scratch,
@@ -287,6 +293,9 @@ class CudaBackend final : public Backend {
   bool RecordRmsNorm(const float* x, const float* weight, int64_t num_rows, int64_t dim,
                      float eps, float* out);
   bool RecordMatMul(const float* x, int64_t num_rows, const CudaPackedMatrix& m, float* y);
+  // MatMuls of bf16 matrices of one width: one recorded cast, then one GEMM per matrix.
+  bool RecordMatMuls(const float* x, int64_t num_rows,
+                     const std::vector<const CudaPackedMatrix*>& ms, std::span<float* const> ys);
   bool RecordRope(const kernels::RopeParams& params);
   bool RecordStoreKv(const KvStoreParams& params);
   bool RecordPagedAttention(const PagedAttentionParams& params);

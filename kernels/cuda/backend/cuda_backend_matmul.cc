@@ -3,11 +3,13 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -77,9 +79,42 @@ void CudaBackend::MatMul(const float* x, int64_t num_rows, const PackedMatrix& w
   GLIMPSE_CUDA_CHECK(EnqueueMatMul(x, num_rows, m, y, activations_bf16_.get(), stream_));
 }
 
+void CudaBackend::MatMuls(const float* x, int64_t num_rows,
+                          std::span<const PackedMatrix* const> ws, std::span<float* const> ys) {
+  if (num_rows == 0 || ws.empty()) return;
+  // One bf16 rounding of x serves every matrix when all are bf16 of the same width.
+  std::vector<const CudaPackedMatrix*> ms;
+  for (const PackedMatrix* w : ws) ms.push_back(static_cast<const CudaPackedMatrix*>(w));
+  const bool shared = ms.size() > 1 && std::all_of(ms.begin(), ms.end(), [&](auto* m) {
+    return m->bf16() && m->cols() == ms[0]->cols();
+  });
+  if (!shared || num_rows > INT_MAX) {
+    Backend::MatMuls(x, num_rows, ws, ys);
+    return;
+  }
+  Bind();
+  if (graphs_.recording() && RecordMatMuls(x, num_rows, ms, ys)) return;
+  const int64_t elements = num_rows * ms[0]->cols();
+  Reserve(activations_bf16_, static_cast<size_t>(elements) * 2);
+  GLIMPSE_CUDA_CHECK(LaunchCastF32ToBf16(x, activations_bf16_.get(), elements, stream_));
+  for (size_t j = 0; j < ms.size(); ++j) {
+    GLIMPSE_CUDA_CHECK(EnqueueGemm(activations_bf16_.get(), num_rows, *ms[j], ys[j]));
+  }
+}
+
 cudaError_t CudaBackend::EnqueueMatMul(const float* x, int64_t num_rows,
                                        const CudaPackedMatrix& m, float* y,
                                        uint8_t* bf16_scratch, cudaStream_t stream) {
+  if (!m.bf16()) return EnqueueGemm(x, num_rows, m, y);
+  // bf16 x bf16 -> fp32 with fp32 accumulation: x is rounded to bf16 first.
+  const int64_t elements = num_rows * m.cols();
+  const cudaError_t err = LaunchCastF32ToBf16(x, bf16_scratch, elements, stream);
+  if (err != cudaSuccess) return err;
+  return EnqueueGemm(bf16_scratch, num_rows, m, y);
+}
+
+cudaError_t CudaBackend::EnqueueGemm(const void* b, int64_t num_rows, const CudaPackedMatrix& m,
+                                     float* y) {
   // cuBLAS is column-major. Row-major buffers read column-major are transposed:
   //   W[N][K] (ld K)  is the K x N matrix Wᵀ;   x[M][K] (ld K) is xᵀ (K x M);
   //   y[M][N] (ld N)  is yᵀ (N x M).
@@ -88,17 +123,7 @@ cudaError_t CudaBackend::EnqueueMatMul(const float* x, int64_t num_rows,
   const int n_out = static_cast<int>(m.rows());
   const int k = static_cast<int>(m.cols());
   const int rows = static_cast<int>(num_rows);
-  const void* b = x;
-  cudaDataType_t ab_type = CUDA_R_32F;
-  if (m.bf16()) {
-    // bf16 x bf16 -> fp32 with fp32 accumulation: x is rounded to bf16 first.
-    const size_t elements = static_cast<size_t>(num_rows) * static_cast<size_t>(k);
-    const cudaError_t err = LaunchCastF32ToBf16(x, bf16_scratch,
-                                                static_cast<int64_t>(elements), stream);
-    if (err != cudaSuccess) return err;
-    b = bf16_scratch;
-    ab_type = CUDA_R_16BF;
-  }
+  const cudaDataType_t ab_type = m.bf16() ? CUDA_R_16BF : CUDA_R_32F;
   const float alpha = 1.0f;
   const float beta = 0.0f;
   // CUBLAS_COMPUTE_32F with the default math mode: true fp32 products and sums (no TF32),

@@ -444,6 +444,45 @@ TEST_F(CudaBackendTest, MatMulBf16WeightsMatchCpu) {
   }
 }
 
+// MatMuls (one input, several matrices: q/k/v, gate/up) gives what MatMul gives per matrix,
+// bitwise, whether it shares one bf16 rounding of x (bf16 matrices of one width) or falls back
+// to one MatMul each (fp32, or mixed widths).
+TEST_F(CudaBackendTest, MatMulsEqualsOneMatMulPerMatrix) {
+  struct Case {
+    WeightType type;
+    std::vector<int64_t> rows;  // the matrices' rows (outputs); all of width k
+    int64_t k, m;
+  };
+  for (const Case& c : {Case{WeightType::kF16, {192, 64, 64}, 192, 33},
+                        Case{WeightType::kQ8_0, {512, 512}, 192, 5},
+                        Case{WeightType::kF32, {37, 12}, 67, 3}}) {
+    const std::vector<float> x = Normal(c.m * c.k);
+    float* dx = Put(*cuda_, x);
+    std::vector<HostMatrix> hosts;
+    std::vector<std::unique_ptr<PackedMatrix>> packed;
+    std::vector<const PackedMatrix*> ws;
+    std::vector<float*> ys, singles;
+    for (const int64_t n : c.rows) {
+      hosts.push_back(MakeMatrix(c.type, n, c.k, Normal(n * c.k)));
+      auto w = cuda_->PackMatrix(hosts.back().view());
+      ASSERT_TRUE(w.ok()) << w.status();
+      packed.push_back(std::move(*w));
+      ws.push_back(packed.back().get());
+      ys.push_back(Poisoned(*cuda_, c.m * n));
+      singles.push_back(Poisoned(*cuda_, c.m * n));
+    }
+    cuda_->MatMuls(dx, c.m, ws, ys);
+    for (size_t j = 0; j < ws.size(); ++j) cuda_->MatMul(dx, c.m, *ws[j], singles[j]);
+    for (size_t j = 0; j < ws.size(); ++j) {
+      const size_t n = static_cast<size_t>(c.m * c.rows[j]);
+      const std::vector<float> got = Get(*cuda_, ys[j], n);
+      EXPECT_EQ(got, Get(*cuda_, singles[j], n))
+          << "type " << static_cast<int>(c.type) << " matrix " << j;
+      EXPECT_EQ(std::count_if(got.begin(), got.end(), [](float v) { return std::isnan(v); }), 0);
+    }
+  }
+}
+
 TEST_F(CudaBackendTest, PackMatrixRejectsQ8ColumnsNotMultipleOf32) {
   std::vector<uint8_t> bytes(34 * 4, 1);
   const MatrixView view{WeightType::kQ8_0, bytes.data(), 2, 48};
