@@ -3,7 +3,16 @@
 # loader and libraries, plus the GPU machine's driver, cuBLAS and NCCL:
 #   gpu_bundle/run.sh glimpse_lean bench --device=cuda ...
 set -euo pipefail
-HERE="$(cd "$(dirname "$0")" && pwd)"
+BUNDLE="$(cd "$(dirname "$0")" && pwd)"
+# The binaries and libraries come packed (payload.tar.gz); unpack them once per payload.
+HERE="${GLIMPSE_BUNDLE_UNPACK:-${TMPDIR:-/tmp}/glimpse_gpu_bundle}"
+stamp="$(cksum <"$BUNDLE/payload.tar.gz")"
+if [[ ! -f "$HERE/.stamp" || "$(cat "$HERE/.stamp")" != "$stamp" ]]; then
+  rm -rf "$HERE"
+  mkdir -p "$HERE"
+  tar -C "$HERE" -xzf "$BUNDLE/payload.tar.gz"
+  echo "$stamp" >"$HERE/.stamp"
+fi
 name="$1"; shift
 paths="$HERE/lib"
 # cuBLAS / NCCL: the CUDA toolkit's, else the ones PyTorch's nvidia-* wheels bring.
