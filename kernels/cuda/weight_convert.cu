@@ -31,49 +31,58 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// kPairs: two elements per thread through float2 loads and bfloat162 stores.
-template <bool kPairs>
-__global__ void __launch_bounds__(kThreads)
-    CastF32ToBf16Kernel(const float* x, bf16* y, int64_t n) {
+// One element, and a pair, from fp32 to bf16 (to nearest even) or back (exact).
+__device__ __forceinline__ bf16 Convert(float x, bf16*) { return __float2bfloat16_rn(x); }
+__device__ __forceinline__ float Convert(bf16 x, float*) { return __bfloat162float(x); }
+__device__ __forceinline__ __nv_bfloat162 ConvertPair(float2 v) {
+  return __floats2bfloat162_rn(v.x, v.y);
+}
+__device__ __forceinline__ float2 ConvertPair(__nv_bfloat162 v) { return __bfloat1622float2(v); }
+
+// Pair types of the element types.
+template <typename T>
+struct PairOf;
+template <>
+struct PairOf<float> {
+  using type = float2;
+};
+template <>
+struct PairOf<bf16> {
+  using type = __nv_bfloat162;
+};
+
+// y[i] = x[i] converted, grid-stride; kPairs: two elements per thread through pair loads and
+// stores (both pointers pair-aligned).
+template <typename From, typename To, bool kPairs>
+__global__ void __launch_bounds__(kThreads) CastKernel(const From* x, To* y, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if constexpr (kPairs) {
-    const int64_t num_pairs = n / 2;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < num_pairs;
-         i += stride) {
-      const float2 v = reinterpret_cast<const float2*>(x)[i];
-      reinterpret_cast<__nv_bfloat162*>(y)[i] = __floats2bfloat162_rn(v.x, v.y);
+    using FromPair = typename PairOf<From>::type;
+    using ToPair = typename PairOf<To>::type;
+    for (int64_t i = first; i < n / 2; i += stride) {
+      reinterpret_cast<ToPair*>(y)[i] = ConvertPair(reinterpret_cast<const FromPair*>(x)[i]);
     }
     // The odd last element, if any.
-    if (n % 2 == 1 && blockIdx.x == 0 && threadIdx.x == 0) {
-      y[n - 1] = __float2bfloat16_rn(x[n - 1]);
-    }
+    if (n % 2 == 1 && first == 0) y[n - 1] = Convert(x[n - 1], y);
   } else {
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
-         i += stride) {
-      y[i] = __float2bfloat16_rn(x[i]);
-    }
+    for (int64_t i = first; i < n; i += stride) y[i] = Convert(x[i], y);
   }
 }
 
-// kPairs: two elements per thread through bfloat162 loads and float2 stores.
-template <bool kPairs>
-__global__ void __launch_bounds__(kThreads)
-    CastBf16ToF32Kernel(const bf16* x, float* y, int64_t n) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  if constexpr (kPairs) {
-    const int64_t num_pairs = n / 2;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < num_pairs;
-         i += stride) {
-      reinterpret_cast<float2*>(y)[i] =
-          __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(x)[i]);
-    }
-    if (n % 2 == 1 && blockIdx.x == 0 && threadIdx.x == 0) y[n - 1] = __bfloat162float(x[n - 1]);
+template <typename From, typename To>
+cudaError_t LaunchCast(const From* x, To* y, int64_t n, cudaStream_t stream) {
+  GLIMPSE_CUDA_RETURN_IF_INVALID(n >= 0);
+  if (n == 0) return cudaSuccess;
+  GLIMPSE_CUDA_RETURN_IF_INVALID(x != nullptr && y != nullptr);
+  const bool pairs = reinterpret_cast<uintptr_t>(x) % (2 * sizeof(From)) == 0 &&
+                     reinterpret_cast<uintptr_t>(y) % (2 * sizeof(To)) == 0;
+  if (pairs) {
+    CastKernel<From, To, true><<<NumBlocks(n / 2 + 1), kThreads, 0, stream>>>(x, y, n);
   } else {
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
-         i += stride) {
-      y[i] = __bfloat162float(x[i]);
-    }
+    CastKernel<From, To, false><<<NumBlocks(n), kThreads, 0, stream>>>(x, y, n);
   }
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -94,35 +103,11 @@ cudaError_t LaunchWeightsToBf16(const WeightsToBf16Params& params, cudaStream_t 
 }
 
 cudaError_t LaunchCastF32ToBf16(const float* x, void* y, int64_t n, cudaStream_t stream) {
-  GLIMPSE_CUDA_RETURN_IF_INVALID(n >= 0);
-  if (n == 0) return cudaSuccess;
-  GLIMPSE_CUDA_RETURN_IF_INVALID(x != nullptr && y != nullptr);
-  const bool pairs = reinterpret_cast<uintptr_t>(x) % 8 == 0 &&
-                     reinterpret_cast<uintptr_t>(y) % 4 == 0;
-  if (pairs) {
-    CastF32ToBf16Kernel<true><<<NumBlocks(n / 2 + 1), kThreads, 0, stream>>>(
-        x, static_cast<bf16*>(y), n);
-  } else {
-    CastF32ToBf16Kernel<false><<<NumBlocks(n), kThreads, 0, stream>>>(
-        x, static_cast<bf16*>(y), n);
-  }
-  return cudaGetLastError();
+  return LaunchCast(x, static_cast<bf16*>(y), n, stream);
 }
 
 cudaError_t LaunchCastBf16ToF32(const void* x, float* y, int64_t n, cudaStream_t stream) {
-  GLIMPSE_CUDA_RETURN_IF_INVALID(n >= 0);
-  if (n == 0) return cudaSuccess;
-  GLIMPSE_CUDA_RETURN_IF_INVALID(x != nullptr && y != nullptr);
-  const bool pairs = reinterpret_cast<uintptr_t>(x) % 4 == 0 &&
-                     reinterpret_cast<uintptr_t>(y) % 8 == 0;
-  if (pairs) {
-    CastBf16ToF32Kernel<true><<<NumBlocks(n / 2 + 1), kThreads, 0, stream>>>(
-        static_cast<const bf16*>(x), y, n);
-  } else {
-    CastBf16ToF32Kernel<false><<<NumBlocks(n), kThreads, 0, stream>>>(
-        static_cast<const bf16*>(x), y, n);
-  }
-  return cudaGetLastError();
+  return LaunchCast(static_cast<const bf16*>(x), y, n, stream);
 }
 
 }  // namespace glimpse::kernels::cuda
