@@ -24,8 +24,8 @@ constexpr char kModel[] = "models/tinycode-4m-f16.gguf";
 using glimpse::testing::LlamaCppReference;
 using glimpse::testing::LoadLlamaCppReferences;
 
-using glimpse::testing::DrainTokens;
-using glimpse::testing::GreedyRequest;
+using glimpse::testing::ExpectGreedyReferences;
+using glimpse::testing::FirstReferences;
 
 class TensorParallelEngineTest : public ::testing::Test {
  protected:
@@ -48,31 +48,8 @@ class TensorParallelEngineTest : public ::testing::Test {
 
   // Submits the references `which` (each with n completions) and checks every completion
   // against llama.cpp's greedy continuation.
-  void ExpectReferences(Engine& engine, const std::vector<size_t>& which, int32_t n) {
-    const std::vector<LlamaCppReference> refs = LoadLlamaCppReferences();
-    std::vector<std::shared_ptr<RequestStream>> streams;
-    for (size_t i : which) {
-      ASSERT_LT(i, refs.size());
-      auto s = engine.Submit(GreedyRequest("r" + std::to_string(i), refs[i], n));
-      ASSERT_TRUE(s.ok()) << s.status();
-      streams.push_back(*s);
-    }
-    for (size_t k = 0; k < which.size(); ++k) {
-      auto tokens = DrainTokens(*streams[k], n);
-      ASSERT_TRUE(tokens.ok()) << tokens.status();
-      for (int32_t c = 0; c < n; ++c) {
-        EXPECT_EQ((*tokens)[c], refs[which[k]].tokens)
-            << "reference " << which[k] << " completion " << c;
-      }
-    }
-    ASSERT_TRUE(engine.WaitIdle(absl::Seconds(10)));
-    EXPECT_EQ(engine.GetLoad().kv_blocks_used, 0);
-  }
-
-  static std::vector<size_t> FirstReferences(size_t count) {
-    std::vector<size_t> which;
-    for (size_t i = 0; i < count; ++i) which.push_back(i);
-    return which;
+  static void ExpectReferences(Engine& engine, const std::vector<size_t>& which, int32_t n) {
+    ExpectGreedyReferences(engine, LoadLlamaCppReferences(), which, n, absl::Seconds(10));
   }
 
   server::LoadedModel loaded_;

@@ -25,8 +25,8 @@
 namespace glimpse::scheduler {
 namespace {
 
-using glimpse::testing::DrainTokens;
-using glimpse::testing::GreedyRequest;
+using glimpse::testing::ExpectGreedyReferences;
+using glimpse::testing::FirstReferences;
 using Reference = glimpse::testing::LlamaCppReference;
 
 constexpr char kF32Model[] = "tests/data/tinycode-4m.gguf";
@@ -78,20 +78,8 @@ TEST_P(CudaPreemptionTest, TinyKvPoolPreemptsAndOutputsStayLlamaCpps) {
   options.scheduler.preemption_mode = GetParam();
   auto engine = MakeEngine(options);
   ASSERT_NE(engine, nullptr);
-  std::vector<std::shared_ptr<RequestStream>> streams;
-  for (int i = 0; i < 6; ++i) {
-    auto s = engine->Submit(GreedyRequest("p" + std::to_string(i), refs_[i]));
-    ASSERT_TRUE(s.ok()) << s.status();
-    streams.push_back(*s);
-  }
-  for (int i = 0; i < 6; ++i) {
-    const auto tokens = DrainTokens(*streams[i], 1);
-    ASSERT_TRUE(tokens.ok()) << tokens.status();
-    EXPECT_EQ((*tokens)[0], refs_[i].tokens) << "request " << i << " (" << refs_[i].id << ")";
-  }
+  ExpectGreedyReferences(*engine, refs_, FirstReferences(6), 1, absl::Seconds(30));
   EXPECT_GT(engine->GetLoad().num_preemptions, 0);
-  ASSERT_TRUE(engine->WaitIdle(absl::Seconds(30)));
-  EXPECT_EQ(engine->GetLoad().kv_blocks_used, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, CudaPreemptionTest,
@@ -104,19 +92,10 @@ TEST_F(CudaEngineTest, CompletionsSharingAPromptCopyItsLastBlockOnTheDevice) {
   auto engine = MakeEngine(EngineOptions());
   ASSERT_NE(engine, nullptr);
   // A prompt that does not end on a block boundary, so the shared last block is partial.
-  const Reference* ref = nullptr;
-  for (const Reference& r : refs_) {
-    if (r.prompt.size() % 16 != 0) {
-      ref = &r;
-      break;
-    }
-  }
-  ASSERT_NE(ref, nullptr);
-  auto stream = engine->Submit(GreedyRequest("n3", *ref, 3));
-  ASSERT_TRUE(stream.ok()) << stream.status();
-  const auto tokens = DrainTokens(**stream, 3);
-  ASSERT_TRUE(tokens.ok()) << tokens.status();
-  for (int i = 0; i < 3; ++i) EXPECT_EQ((*tokens)[i], ref->tokens) << "completion " << i;
+  size_t partial = 0;
+  while (partial < refs_.size() && refs_[partial].prompt.size() % 16 == 0) ++partial;
+  ASSERT_LT(partial, refs_.size());
+  ExpectGreedyReferences(*engine, refs_, {partial}, 3, absl::Seconds(30));
 }
 
 }  // namespace
