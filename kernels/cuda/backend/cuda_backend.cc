@@ -49,7 +49,7 @@ absl::Status CudaBackend::Init() {
         "(8.0 or newer); use --device=cpu"));
   }
   num_sms_ = prop.multiProcessorCount;
-  compute_major_ = prop.major;
+  wgmma_attention_ = wgmma_attention_ && prop.major == 9;  // the wgmma kernel is sm_90a code
   name_ = absl::StrCat("cuda (", prop.name, ", device ", device_, ", sm_", prop.major,
                        prop.minor, ", ", num_sms_, " SMs, ",
                        prop.totalGlobalMem / (size_t{1} << 30), " GiB)");

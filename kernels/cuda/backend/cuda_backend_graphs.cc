@@ -182,22 +182,22 @@ bool CudaBackend::RecordMatMul(const float* x, int64_t num_rows, const CudaPacke
 }
 
 bool CudaBackend::RecordMatMuls(const float* x, int64_t num_rows,
-                                const std::vector<const CudaPackedMatrix*>& ms,
+                                std::span<const PackedMatrix* const> ws,
                                 std::span<float* const> ys) {
   int64_t rows = 0;
   if (!graphs_.PaddedRows(num_rows, &rows)) {
     FinishGraphStep(GraphEagerReason::kUnexpectedShape);
     return false;
   }
-  const int64_t elements = rows * ms[0]->cols();
+  const int64_t elements = rows * ws[0]->cols();
   graph_step_.bf16_bytes = std::max(graph_step_.bf16_bytes, static_cast<size_t>(elements) * 2);
   graphs_.Record(
       [this, x, elements](cudaStream_t stream) {
         return LaunchCastF32ToBf16(x, graph_activations_bf16_.get(), elements, stream);
       },
       GraphOp::kCastForMatMuls, x, elements);
-  for (size_t j = 0; j < ms.size(); ++j) {
-    const CudaPackedMatrix* m = ms[j];  // the model's weights, alive for the step
+  for (size_t j = 0; j < ws.size(); ++j) {
+    const CudaPackedMatrix* m = &AsCuda(*ws[j]);  // the model's weights, alive for the step
     float* y = ys[j];
     graphs_.Record(
         [this, rows, m, y](cudaStream_t) {

@@ -150,6 +150,11 @@ class CudaPackedMatrix final : public PackedMatrix {
 //   cuda_backend_matmul.cc    weight packing and MatMul (cuBLAS)
 //   cuda_backend_ops.cc       the other ops' eager launches
 //   cuda_backend_graphs.cc    decode-step CUDA graphs: Begin/EndForward and the recorded launches
+// This backend's view of a PackedMatrix it made (every PackedMatrix it is handed is one).
+inline const CudaPackedMatrix& AsCuda(const PackedMatrix& w) {
+  return static_cast<const CudaPackedMatrix&>(w);
+}
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, std::shared_ptr<TensorParallelGroup> tp_group, int tp_rank,
@@ -294,8 +299,8 @@ class CudaBackend final : public Backend {
                      float eps, float* out);
   bool RecordMatMul(const float* x, int64_t num_rows, const CudaPackedMatrix& m, float* y);
   // MatMuls of bf16 matrices of one width: one recorded cast, then one GEMM per matrix.
-  bool RecordMatMuls(const float* x, int64_t num_rows,
-                     const std::vector<const CudaPackedMatrix*>& ms, std::span<float* const> ys);
+  bool RecordMatMuls(const float* x, int64_t num_rows, std::span<const PackedMatrix* const> ws,
+                     std::span<float* const> ys);
   bool RecordRope(const kernels::RopeParams& params);
   bool RecordStoreKv(const KvStoreParams& params);
   bool RecordPagedAttention(const PagedAttentionParams& params);
@@ -312,8 +317,8 @@ class CudaBackend final : public Backend {
 
   int device_;
   DType kv_dtype_;  // the KV cache's elements (CudaBackendOptions::kv_cache_dtype)
-  bool wgmma_attention_;  // CudaBackendOptions::wgmma_attention
-  int compute_major_ = 0;
+  // CudaBackendOptions::wgmma_attention, kept by Init only on a compute capability 9.0 device.
+  bool wgmma_attention_;
   std::string name_;
   int num_sms_ = 0;
   cudaStream_t stream_ = nullptr;

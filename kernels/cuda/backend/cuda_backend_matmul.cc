@@ -9,7 +9,6 @@
 #include <memory>
 #include <string>
 #include <utility>
-#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -72,7 +71,7 @@ absl::StatusOr<std::unique_ptr<PackedMatrix>> CudaBackend::PackMatrix(const Matr
 void CudaBackend::MatMul(const float* x, int64_t num_rows, const PackedMatrix& w, float* y) {
   if (num_rows == 0) return;
   Bind();
-  const auto& m = static_cast<const CudaPackedMatrix&>(w);
+  const CudaPackedMatrix& m = AsCuda(w);
   if (num_rows > INT_MAX) Fail(absl::StrCat("MatMul with ", num_rows, " rows"));
   if (graphs_.recording() && RecordMatMul(x, num_rows, m, y)) return;
   if (m.bf16()) Reserve(activations_bf16_, static_cast<size_t>(num_rows) * m.cols() * 2);
@@ -83,22 +82,20 @@ void CudaBackend::MatMuls(const float* x, int64_t num_rows,
                           std::span<const PackedMatrix* const> ws, std::span<float* const> ys) {
   if (num_rows == 0 || ws.empty()) return;
   // One bf16 rounding of x serves every matrix when all are bf16 of the same width.
-  std::vector<const CudaPackedMatrix*> ms;
-  for (const PackedMatrix* w : ws) ms.push_back(static_cast<const CudaPackedMatrix*>(w));
-  const bool shared = ms.size() > 1 && std::all_of(ms.begin(), ms.end(), [&](auto* m) {
-    return m->bf16() && m->cols() == ms[0]->cols();
+  const bool shared = ws.size() > 1 && std::all_of(ws.begin(), ws.end(), [&](const auto* w) {
+    return AsCuda(*w).bf16() && w->cols() == ws[0]->cols();
   });
   if (!shared || num_rows > INT_MAX) {
     Backend::MatMuls(x, num_rows, ws, ys);
     return;
   }
   Bind();
-  if (graphs_.recording() && RecordMatMuls(x, num_rows, ms, ys)) return;
-  const int64_t elements = num_rows * ms[0]->cols();
+  if (graphs_.recording() && RecordMatMuls(x, num_rows, ws, ys)) return;
+  const int64_t elements = num_rows * ws[0]->cols();
   Reserve(activations_bf16_, static_cast<size_t>(elements) * 2);
   GLIMPSE_CUDA_CHECK(LaunchCastF32ToBf16(x, activations_bf16_.get(), elements, stream_));
-  for (size_t j = 0; j < ms.size(); ++j) {
-    GLIMPSE_CUDA_CHECK(EnqueueGemm(activations_bf16_.get(), num_rows, *ms[j], ys[j]));
+  for (size_t j = 0; j < ws.size(); ++j) {
+    GLIMPSE_CUDA_CHECK(EnqueueGemm(activations_bf16_.get(), num_rows, AsCuda(*ws[j]), ys[j]));
   }
 }
 

@@ -506,9 +506,8 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   p.num_qo_heads = params.num_heads;
   p.sm_scale = params.scale;
   p.mask_mode = AttentionMaskMode::kCausal;
-  p.kernel = wgmma_attention_ && compute_major_ == 9 && WgmmaPrefillSupported(kv.head_dim)
-                 ? PrefillKernel::kWgmma
-                 : PrefillKernel::kMmaSync;
+  p.kernel = wgmma_attention_ && WgmmaPrefillSupported(kv.head_dim) ? PrefillKernel::kWgmma
+                                                                      : PrefillKernel::kMmaSync;
   ApplyPrefillPlan(memo.plan, &p);
   p.work_items = memo.work_items;
   p.workspace = attention_workspace_.get();
