@@ -10,6 +10,7 @@
 // No NaN anywhere. The bf16 matmul is also held to the fp32 bound against a float64 product of
 // the same bf16-rounded operands, which isolates the GEMM from the operand rounding.
 #include "kernels/cuda/backend/cuda_backend.h"
+#include "kernels/cuda/backend/counter_value.h"
 #include "kernels/cuda/backend/device_skip.h"
 
 #include <algorithm>
@@ -782,16 +783,8 @@ TEST_F(CudaBackendTest, PagedAttentionMatchesCpuOnMixedBatches) {
   }
 }
 
-int64_t Counter(const Backend& backend, const std::string& name) {
-  for (const BackendCounter& c : backend.Counters()) {
-    if (c.name == name) return c.value;
-  }
-  ADD_FAILURE() << "no " << name << " counter";
-  return -1;
-}
-
 int64_t TensorCoreCalls(const Backend& backend) {
-  return Counter(backend, "cuda_attention_tensor_core_calls_total");
+  return testing::CounterValue(backend, "cuda_attention_tensor_core_calls_total");
 }
 
 // The bf16 KV option. Decode-only steps run the paged decode kernel on fp32
@@ -840,11 +833,11 @@ TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheWithWgmmaMatchesCpu) {
   for (const KvShape s : {KvShape{8, 8, 64, 1}, KvShape{32, 8, 128, 16}, KvShape{6, 2, 32, 16}}) {
     std::vector<float> out, ref;
     const int64_t before = TensorCoreCalls(**backend);
-    const int64_t wgmma_before = Counter(**backend, "cuda_attention_wgmma_calls_total");
+    const int64_t wgmma_before = testing::CounterValue(**backend, "cuda_attention_wgmma_calls_total");
     RunAttention(**backend, cpu_, s, mixed, &out, &ref, rng_, normal, {true, true});
     ExpectClose("bf16-KV wgmma attention " + Describe(s), out, ref, Tolerance::Bf16());
     EXPECT_EQ(TensorCoreCalls(**backend) - before, 2);
-    EXPECT_EQ(Counter(**backend, "cuda_attention_wgmma_calls_total") - wgmma_before,
+    EXPECT_EQ(testing::CounterValue(**backend, "cuda_attention_wgmma_calls_total") - wgmma_before,
               s.head_dim == 32 ? 0 : 2)
         << Describe(s);
   }

@@ -39,6 +39,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/backend/counter_value.h"
 #include "kernels/cuda/backend/cuda_backend.h"
 #include "kernels/cuda/backend/device_skip.h"
 #include "kvcache/block_pool.h"
@@ -137,14 +138,6 @@ Margin MarginAt(const float* cpu_row, int32_t vocab, int32_t other) {
   return m;
 }
 
-int64_t CounterValue(const kernels::Backend& backend, const std::string& name) {
-  for (const kernels::BackendCounter& c : backend.Counters()) {
-    if (c.name == name) return c.value;
-  }
-  ADD_FAILURE() << "no counter " << name;
-  return -1;
-}
-
 void CompareBackends(const std::string& model_path, const Bounds& bounds,
                      const kernels::cuda::CudaBackendOptions& options = {}) {
   auto cuda_backend = kernels::cuda::CreateCudaBackend(options);
@@ -230,7 +223,7 @@ void CompareBackends(const std::string& model_path, const Bounds& bounds,
               model_path.c_str(), cuda.backend->name().c_str(), num_diverged, refs.size(),
               seq_rate, num_disagreements, num_positions, pos_rate, worst_rel_l2);
   const int64_t tensor_core_calls =
-      CounterValue(*cuda.backend, "cuda_attention_tensor_core_calls_total");
+      kernels::testing::CounterValue(*cuda.backend, "cuda_attention_tensor_core_calls_total");
   std::printf("attention calls on the tensor-core kernel: %lld\n",
               static_cast<long long>(tensor_core_calls));
   if (options.kv_cache_dtype == kernels::cuda::CudaKvCacheDType::kBFloat16) {

@@ -72,6 +72,7 @@ def cuda_backend_targets(
         name = "cuda_backend_test" + suffix,
         size = test_size,
         srcs = [
+            "counter_value.h",
             "cuda_backend_test.cc",
             "device_skip.h",
         ],
@@ -119,6 +120,7 @@ def cuda_backend_targets(
         name = "cuda_greedy_test" + suffix,
         size = test_size,
         srcs = [
+            "counter_value.h",
             "cuda_greedy_test.cc",
             "device_skip.h",
         ],
