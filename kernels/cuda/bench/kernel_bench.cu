@@ -3,15 +3,16 @@
 //
 //   kernel_bench [--smoke] [JSON_PATH]       (default JSON_PATH: kernel_bench.json)
 //
+// Measures the machine's own ceilings first — device-to-device copy bandwidth (cudaMemcpyAsync
+// and a copy kernel, bytes read + written) and cuBLAS bf16 GEMM TFLOP/s — and states every
+// result as a fraction of them. Timing: CUDA events around each call, L2 flushed before each
+// timed call (a 256 MiB write), warm-up first, median of repeats. Inputs are random (never
+// zeros). Never fails on time; exits nonzero only when a CUDA call fails. "SKIPPED: no CUDA
+// device" + exit 0 without a GPU.
+//
 // --smoke runs every benchmark once at toy sizes and fails unless every row has a finite
 // positive time: a check that the benchmark itself works (CI runs it on the CPU emulation of
-// CUDA, so a GPU session's minutes are not spent on a broken benchmark), not a measurement. Measures the machine's own
-// ceilings first — device-to-device copy bandwidth (cudaMemcpyAsync and a copy kernel, bytes
-// read + written) and cuBLAS bf16 GEMM TFLOP/s — and states every result as a fraction of
-// them. Timing: CUDA events around each call, L2 flushed before each timed call (a 256 MiB
-// write), warm-up first, median of repeats. Inputs are random (never zeros). Never fails on
-// time; exits nonzero only when a CUDA call fails. "SKIPPED: no CUDA device" + exit 0
-// without a GPU.
+// CUDA, so a GPU session's minutes are not spent on a broken benchmark), not a measurement.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
