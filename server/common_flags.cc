@@ -30,12 +30,14 @@ std::string AbslUnparseFlag(Device device) {
 bool AbslParseFlag(absl::string_view text, KvCacheDType* dtype, std::string* error) {
   if (text == "auto") {
     *dtype = KvCacheDType::kAuto;
-  } else if (text == "fp32") {
+  } else if (text == "fp32" || text == "f32") {
     *dtype = KvCacheDType::kFp32;
+  } else if (text == "f16" || text == "fp16") {
+    *dtype = KvCacheDType::kF16;
   } else if (text == "bf16") {
     *dtype = KvCacheDType::kBf16;
   } else {
-    *error = "expected 'auto', 'fp32' or 'bf16'";
+    *error = "expected 'auto', 'fp32', 'f16' or 'bf16'";
     return false;
   }
   return true;
@@ -47,6 +49,8 @@ std::string AbslUnparseFlag(KvCacheDType dtype) {
       return "auto";
     case KvCacheDType::kFp32:
       return "fp32";
+    case KvCacheDType::kF16:
+      return "f16";
     case KvCacheDType::kBf16:
       return "bf16";
   }
@@ -71,10 +75,12 @@ ABSL_FLAG(bool, cuda_graphs, true,
           "to a batch bucket of 1, 2, 4, 8, 16, 24, 32, 48 or 64; captured after one eager "
           "step per bucket and replayed after that). false runs every step eagerly.");
 ABSL_FLAG(glimpse::server::KvCacheDType, kv_cache_dtype, glimpse::server::KvCacheDType::kAuto,
-          "Element type of the KV cache: 'fp32', 'bf16' (--device=cuda only: half the memory, so "
-          "about twice the cached tokens, and prefill attention on tensor cores) or 'auto' "
-          "(bf16 on CUDA unless the model's weights are F32; fp32 on the CPU, which has no "
-          "bf16 cache).");
+          "Element type of the KV cache: 'fp32', 'f16' (--device=cpu only), 'bf16' or 'auto' "
+          "(bf16 on CUDA unless the model's weights are F32; fp32 on the CPU). A 16-bit cache "
+          "holds about twice the tokens in the same memory and halves the bytes attention "
+          "reads; keys and values are rounded once when stored (on CUDA bf16 also puts prefill "
+          "attention on tensor cores). fp32 is exact: on the CPU it reproduces the model's "
+          "fp32 outputs bit for bit.");
 ABSL_FLAG(bool, cuda_wgmma_attention, false,
           "Experimental, --device=cuda with a bf16 KV cache on Hopper (compute capability 9.0) "
           "GPUs: prefill and mixed-step attention use the wgmma kernel instead of mma.sync "

@@ -17,10 +17,11 @@ bool AbslParseFlag(absl::string_view text, Device* device, std::string* error);
 std::string AbslUnparseFlag(Device device);
 
 // Element type of the KV cache: the `--kv_cache_dtype` flag. kAuto: bf16 on CUDA unless the
-// model's weights are F32 (like peers' "auto", the model's own precision); fp32 on the CPU.
-enum class KvCacheDType { kAuto, kFp32, kBf16 };
+// model's weights are F32 (like peers' "auto", the model's own precision); fp32 on the CPU
+// (exact, batch-invariant). kF16 is CPU only (the CUDA kernels read bf16 or fp32).
+enum class KvCacheDType { kAuto, kFp32, kF16, kBf16 };
 
-// "auto", "fp32" or "bf16".
+// "auto", "fp32" (or "f32"), "f16" (or "fp16"), "bf16".
 bool AbslParseFlag(absl::string_view text, KvCacheDType* dtype, std::string* error);
 std::string AbslUnparseFlag(KvCacheDType dtype);
 

@@ -38,18 +38,35 @@ kernels::cuda::CudaBackendOptions CudaOptions(KvCacheDType kv_dtype) {
 }
 #endif
 
+// The CPU backend's element type for a resolved dtype (kAuto is not one).
+kernels::cpu::KvElementType CpuKvElementType(KvCacheDType kv_dtype) {
+  switch (kv_dtype) {
+    case KvCacheDType::kF16:
+      return kernels::cpu::KvElementType::kF16;
+    case KvCacheDType::kBf16:
+      return kernels::cpu::KvElementType::kBF16;
+    case KvCacheDType::kAuto:
+    case KvCacheDType::kFp32:
+      break;
+  }
+  return kernels::cpu::KvElementType::kF32;
+}
+
+absl::Status CudaRefusesF16() {
+  return absl::InvalidArgumentError(
+      "--kv_cache_dtype=f16 is for --device=cpu: the CUDA kernels read a bf16 or fp32 KV cache "
+      "(use --kv_cache_dtype=bf16, the same size, or auto)");
+}
+
 }  // namespace
 
 absl::StatusOr<KvCacheDType> ResolveKvCacheDType(KvCacheDType requested, Device device,
                                                  const model::GgufFile& file) {
   if (device == Device::kCpu) {
-    if (requested == KvCacheDType::kBf16) {
-      return absl::InvalidArgumentError(
-          "--kv_cache_dtype=bf16 needs --device=cuda: the CPU backend keeps its KV cache in "
-          "fp32 (use --kv_cache_dtype=auto or fp32)");
-    }
-    return KvCacheDType::kFp32;
+    // The CPU's default stays exact: fp32, bit for bit the model's fp32 computation.
+    return requested == KvCacheDType::kAuto ? KvCacheDType::kFp32 : requested;
   }
+  if (requested == KvCacheDType::kF16) return CudaRefusesF16();
   if (requested != KvCacheDType::kAuto) return requested;
   // The model's own precision: its attention weights' type (F32 models keep an fp32 cache).
   const model::GgufTensor* weight = file.FindTensor("blk.0.attn_q.weight");
@@ -60,16 +77,15 @@ absl::StatusOr<KvCacheDType> ResolveKvCacheDType(KvCacheDType requested, Device 
 absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateBackend(Device device, int num_threads,
                                                                 KvCacheDType kv_dtype) {
   if (kv_dtype == KvCacheDType::kAuto) {
-    return absl::InvalidArgumentError("CreateBackend needs a resolved KV dtype (fp32 or bf16)");
+    return absl::InvalidArgumentError(
+        "CreateBackend needs a resolved KV dtype (fp32, f16 or bf16)");
   }
   switch (device) {
     case Device::kCpu:
-      if (kv_dtype != KvCacheDType::kFp32) {
-        return absl::InvalidArgumentError("the CPU backend keeps its KV cache in fp32");
-      }
       return std::unique_ptr<kernels::Backend>(
-          std::make_unique<kernels::cpu::CpuBackend>(num_threads));
+          std::make_unique<kernels::cpu::CpuBackend>(num_threads, CpuKvElementType(kv_dtype)));
     case Device::kCuda: {
+      if (kv_dtype == KvCacheDType::kF16) return CudaRefusesF16();
 #if defined(GLIMPSE_WITH_CUDA)
       return kernels::cuda::CreateCudaBackend(CudaOptions(kv_dtype));
 #else
@@ -93,7 +109,9 @@ absl::StatusOr<std::vector<std::unique_ptr<kernels::Backend>>> CreateRankBackend
       const int per_rank = std::max(1, total / size);
       cpu_group = std::make_unique<kernels::cpu::InProcessTensorParallelGroup>(size);
       std::vector<std::unique_ptr<kernels::Backend>> backends;
-      for (int r = 0; r < size; ++r) backends.push_back(cpu_group->CreateRankBackend(r, per_rank));
+      for (int r = 0; r < size; ++r) {
+        backends.push_back(cpu_group->CreateRankBackend(r, per_rank, CpuKvElementType(kv_dtype)));
+      }
       return backends;
     }
     case Device::kCuda: {
@@ -124,6 +142,7 @@ absl::StatusOr<LoadedModel> LoadedModel::Load(const std::string& path, int num_t
   ASSIGN_OR_RETURN(loaded.file, model::GgufFile::Open(path));
   ASSIGN_OR_RETURN(const KvCacheDType resolved_kv_dtype,
                    ResolveKvCacheDType(kv_dtype, device, *loaded.file));
+  loaded.kv_dtype = resolved_kv_dtype;
   if (tensor_parallel_size == 1) {
     ASSIGN_OR_RETURN(loaded.backend, CreateBackend(device, num_threads, resolved_kv_dtype));
     ASSIGN_OR_RETURN(loaded.model, model::LlamaModel::Load(*loaded.file, *loaded.backend));

@@ -41,13 +41,15 @@ struct LoadedModel {
   // backends and models).
   std::unique_ptr<model::StepRunner> runner;
   std::unique_ptr<model::Tokenizer> tokenizer;
+  // The KV cache's element type, resolved (never kAuto).
+  KvCacheDType kv_dtype = KvCacheDType::kFp32;
 
   // Loads onto `device`, split over `tensor_parallel_size` ranks. num_threads (CPU only) <= 0:
   // all CPUs this process may use; with N > 1 CPU ranks they are divided evenly between the
   // ranks (at least one each). InvalidArgument (LlamaShardOf's message) before any device is
   // touched when the model does not split over N.
-  // kv_dtype: the KV cache's elements (kAuto: see KvCacheDType); InvalidArgument for bf16 on
-  // the CPU.
+  // kv_dtype: the KV cache's elements (kAuto: see KvCacheDType); InvalidArgument for f16 on
+  // CUDA.
   static absl::StatusOr<LoadedModel> Load(const std::string& path, int num_threads, Device device,
                                           int tensor_parallel_size = 1,
                                           KvCacheDType kv_dtype = KvCacheDType::kAuto);
@@ -61,22 +63,21 @@ struct LoadedModel {
   kernels::Backend& rank_backend(int r) const;
   // Rank 0's backend name, and the tensor-parallel size when > 1.
   std::string backend_name() const;
-  // The KV cache's element type as --kv_cache_dtype names it: "fp32" or "bf16".
-  std::string kv_cache_dtype_name() const {
-    return runner->kv_element_bytes() == 2 ? "bf16" : "fp32";
-  }
+  // The KV cache's element type as --kv_cache_dtype names it: "fp32", "f16" or "bf16".
+  std::string kv_cache_dtype_name() const { return AbslUnparseFlag(kv_dtype); }
   // Bytes of packed weights over all ranks (what one decode step streams, all devices).
   size_t weight_bytes() const;
 };
 
-// The backend for `device` with a KV cache of `kv_dtype` (kFp32 or kBf16; kBf16 only on CUDA).
+// The backend for `device` with a KV cache of `kv_dtype` (kFp32, kF16 or kBf16; kF16 only on
+// the CPU).
 // Device::kCuda: FailedPrecondition when this binary was built without CUDA (rebuild with
 // --config=cuda) or when no usable CUDA device exists.
 absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateBackend(
     Device device, int num_threads, KvCacheDType kv_dtype = KvCacheDType::kFp32);
 
 // What `requested` means for `device` and the model in `file` (kAuto resolved; see
-// KvCacheDType). InvalidArgument for bf16 on the CPU.
+// KvCacheDType). InvalidArgument for f16 on CUDA.
 absl::StatusOr<KvCacheDType> ResolveKvCacheDType(KvCacheDType requested, Device device,
                                                  const model::GgufFile& file);
 

@@ -1,8 +1,9 @@
-// What --kv_cache_dtype means on each device for each model file, and the CPU's refusal of a
-// bf16 cache, through LoadedModel::Load as `glimpse serve` calls it.
+// What --kv_cache_dtype means on each device for each model file, the CPU's 16-bit caches and
+// CUDA's refusal of an fp16 one, through LoadedModel::Load as `glimpse serve` calls it.
 #include "server/loaded_model.h"
 
 #include <string>
+#include <tuple>
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
@@ -28,38 +29,60 @@ TEST(KvCacheDTypeTest, AutoFollowsTheWeightsOnCudaAndIsFp32OnTheCpu) {
   EXPECT_EQ(Resolve(KvCacheDType::kAuto, Device::kCuda, kQ8Model), KvCacheDType::kBf16);
   EXPECT_EQ(Resolve(KvCacheDType::kAuto, Device::kCuda, kF32Model), KvCacheDType::kFp32);
   EXPECT_EQ(Resolve(KvCacheDType::kAuto, Device::kCpu, kF16Model), KvCacheDType::kFp32);
-  // Explicit choices stand on CUDA.
+  // Explicit choices stand.
+  EXPECT_EQ(Resolve(KvCacheDType::kF16, Device::kCpu, kF32Model), KvCacheDType::kF16);
+  EXPECT_EQ(Resolve(KvCacheDType::kBf16, Device::kCpu, kF32Model), KvCacheDType::kBf16);
   EXPECT_EQ(Resolve(KvCacheDType::kFp32, Device::kCuda, kF16Model), KvCacheDType::kFp32);
   EXPECT_EQ(Resolve(KvCacheDType::kBf16, Device::kCuda, kF32Model), KvCacheDType::kBf16);
 }
 
-TEST(KvCacheDTypeTest, CpuRefusesABf16CacheAndSaysWhatToUse) {
-  auto loaded = LoadedModel::Load(kF16Model, 1, Device::kCpu, 1, KvCacheDType::kBf16);
-  ASSERT_FALSE(loaded.ok());
-  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(loaded.status().message().find("--device=cuda"), std::string::npos)
-      << loaded.status();
+TEST(KvCacheDTypeTest, CudaRefusesAnF16CacheAndSaysWhatToUse) {
+  auto file = model::GgufFile::Open(kF16Model);
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto resolved = ResolveKvCacheDType(KvCacheDType::kF16, Device::kCuda, **file);
+  ASSERT_FALSE(resolved.ok());
+  EXPECT_EQ(resolved.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(resolved.status().message().find("--kv_cache_dtype=bf16"), std::string::npos)
+      << resolved.status();
+  auto backend = CreateBackend(Device::kCuda, 1, KvCacheDType::kF16);
+  EXPECT_EQ(backend.status().code(), absl::StatusCode::kInvalidArgument) << backend.status();
 }
 
-TEST(KvCacheDTypeTest, CpuLoadsWithAutoAndSizesBlocksInFp32) {
-  auto loaded = LoadedModel::Load(kF16Model, 1, Device::kCpu, 1, KvCacheDType::kAuto);
-  ASSERT_TRUE(loaded.ok()) << loaded.status();
-  const model::LlamaConfig& c = loaded->config();
-  EXPECT_EQ(loaded->runner->KvBytesPerBlockPerDevice(16),
-            static_cast<size_t>(c.num_layers) * 2 * 16 * c.num_kv_heads * c.head_dim * 4);
+// Bytes of one KV block (16 slots) of the bundled model with `element_bytes` per element.
+size_t BlockBytes(const model::LlamaConfig& c, size_t element_bytes) {
+  return static_cast<size_t>(c.num_layers) * 2 * 16 * c.num_kv_heads * c.head_dim * element_bytes;
 }
 
-TEST(KvCacheDTypeTest, FlagParsesTheThreeNamesAndRejectsOthers) {
+TEST(KvCacheDTypeTest, CpuLoadsEachCacheTypeAndSizesBlocksByIt) {
+  for (const auto& [requested, name, bytes] :
+       {std::tuple{KvCacheDType::kAuto, "fp32", 4}, std::tuple{KvCacheDType::kFp32, "fp32", 4},
+        std::tuple{KvCacheDType::kF16, "f16", 2}, std::tuple{KvCacheDType::kBf16, "bf16", 2}}) {
+    auto loaded = LoadedModel::Load(kF16Model, 1, Device::kCpu, 1, requested);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_EQ(loaded->kv_cache_dtype_name(), name);
+    EXPECT_EQ(loaded->runner->KvBytesPerBlockPerDevice(16), BlockBytes(loaded->config(), bytes))
+        << name;
+  }
+  // Tensor-parallel CPU ranks take the cache type too.
+  auto split = LoadedModel::Load(kF16Model, 2, Device::kCpu, 2, KvCacheDType::kF16);
+  ASSERT_TRUE(split.ok()) << split.status();
+  EXPECT_EQ(split->rank_backend(1).KvElementBytes(), 2u);
+}
+
+TEST(KvCacheDTypeTest, FlagParsesTheNamesAndAliasesAndRejectsOthers) {
   KvCacheDType d = KvCacheDType::kAuto;
   std::string error;
-  for (const auto& [text, want] : {std::pair{"auto", KvCacheDType::kAuto},
-                                   std::pair{"fp32", KvCacheDType::kFp32},
-                                   std::pair{"bf16", KvCacheDType::kBf16}}) {
+  for (const auto& [text, want, canonical] :
+       {std::tuple{"auto", KvCacheDType::kAuto, "auto"},
+        std::tuple{"fp32", KvCacheDType::kFp32, "fp32"},
+        std::tuple{"f32", KvCacheDType::kFp32, "fp32"},
+        std::tuple{"f16", KvCacheDType::kF16, "f16"}, std::tuple{"fp16", KvCacheDType::kF16, "f16"},
+        std::tuple{"bf16", KvCacheDType::kBf16, "bf16"}}) {
     ASSERT_TRUE(AbslParseFlag(text, &d, &error)) << text;
-    EXPECT_EQ(d, want);
-    EXPECT_EQ(AbslUnparseFlag(d), text);
+    EXPECT_EQ(d, want) << text;
+    EXPECT_EQ(AbslUnparseFlag(d), canonical);
   }
-  EXPECT_FALSE(AbslParseFlag("fp16", &d, &error));
+  EXPECT_FALSE(AbslParseFlag("fp8", &d, &error));
   EXPECT_NE(error.find("bf16"), std::string::npos);
 }
 

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -62,8 +63,12 @@ Collected Drain(RequestStream& stream, int n) {
 
 class EngineTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    auto loaded = server::LoadedModel::Load("models/tinycode-4m-f16.gguf", /*num_threads=*/2);
+  void SetUp() override { Load(server::KvCacheDType::kAuto); }
+
+  // (Re)loads the bundled model with a KV cache of `kv_dtype`.
+  void Load(server::KvCacheDType kv_dtype) {
+    auto loaded = server::LoadedModel::Load("models/tinycode-4m-f16.gguf", /*num_threads=*/2,
+                                            server::Device::kCpu, 1, kv_dtype);
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     loaded_ = std::move(*loaded);
     model_ = loaded_.model.get();
@@ -286,7 +291,14 @@ TEST_F(EngineTest, ObserverSeesEveryRequestTokenAndStep) {
   EXPECT_EQ(observer.step_tokens.load(), load.num_forward_tokens);
 }
 
-class PreemptionTest : public EngineTest, public ::testing::WithParamInterface<PreemptionMode> {};
+// Over an fp32 and an fp16 KV cache (swap moves 16-bit blocks as bytes; both caches reproduce
+// llama.cpp's tokens, tests/greedy_reference_test.cc).
+class PreemptionTest
+    : public EngineTest,
+      public ::testing::WithParamInterface<std::tuple<PreemptionMode, server::KvCacheDType>> {
+ protected:
+  void SetUp() override { Load(std::get<1>(GetParam())); }
+};
 
 TEST_P(PreemptionTest, TinyKvPoolPreemptsAndOutputsStayIdentical) {
   const std::vector<Reference> refs = LoadReferences();
@@ -294,7 +306,7 @@ TEST_P(PreemptionTest, TinyKvPoolPreemptsAndOutputsStayIdentical) {
   // 8 concurrent sequences of ~150-250 tokens need ~100 blocks; give them 40.
   options.num_kv_blocks = 40;
   options.num_host_blocks = 200;
-  options.scheduler.preemption_mode = GetParam();
+  options.scheduler.preemption_mode = std::get<0>(GetParam());
   auto engine = MakeEngine(options);
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (int i = 0; i < 8; ++i) {
@@ -311,8 +323,10 @@ TEST_P(PreemptionTest, TinyKvPoolPreemptsAndOutputsStayIdentical) {
   EXPECT_EQ(engine->GetLoad().kv_blocks_used, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, PreemptionTest,
-                         ::testing::Values(PreemptionMode::kRecompute, PreemptionMode::kSwap));
+INSTANTIATE_TEST_SUITE_P(
+    ModesAndCaches, PreemptionTest,
+    ::testing::Combine(::testing::Values(PreemptionMode::kRecompute, PreemptionMode::kSwap),
+                       ::testing::Values(server::KvCacheDType::kFp32, server::KvCacheDType::kF16)));
 
 TEST_F(EngineTest, FullQueueIsResourceExhaustedAndBadRequestsAreInvalid) {
   const std::vector<Reference> refs = LoadReferences();

@@ -17,19 +17,19 @@ namespace {
 //   s[g][i] = scale * (sum over d, in order, of q_g[d] * k[d][i])   (an fma chain from 0)
 // Slots are taken 8 at a time in vector lanes, the rest one by one with the same chain, so a
 // score never depends on where its slot falls.
-template <int G, int NC>
-inline void ScoreChunks(const float* const* q, const float* col, int32_t head_dim,
+template <class Kv, int G, int NC>
+inline void ScoreChunks(const float* const* q, const typename Kv::Storage* col, int32_t head_dim,
                         int32_t block_size, float scale, float* const* scores, int32_t i) {
   // NC chunks of 8 slots and G heads in flight: G * NC independent fma chains.
   __m256 acc[NC][G];
   _Pragma("GCC unroll 4") for (int c = 0; c < NC; ++c)
     _Pragma("GCC unroll 4") for (int g = 0; g < G; ++g) acc[c][g] = _mm256_setzero_ps();
   for (int32_t d = 0; d < head_dim; ++d) {
-    const float* row = col + static_cast<int64_t>(d) * block_size;
+    const typename Kv::Storage* row = col + static_cast<int64_t>(d) * block_size;
     __m256 qd[G];
     _Pragma("GCC unroll 4") for (int g = 0; g < G; ++g) qd[g] = _mm256_broadcast_ss(q[g] + d);
     _Pragma("GCC unroll 4") for (int c = 0; c < NC; ++c) {
-      const __m256 k = _mm256_loadu_ps(row + 8 * c);
+      const __m256 k = Kv::Load8(row + 8 * c);
       _Pragma("GCC unroll 4") for (int g = 0; g < G; ++g) acc[c][g] = _mm256_fmadd_ps(qd[g], k, acc[c][g]);
     }
   }
@@ -38,30 +38,34 @@ inline void ScoreChunks(const float* const* q, const float* col, int32_t head_di
     _Pragma("GCC unroll 4") for (int g = 0; g < G; ++g) _mm256_storeu_ps(scores[g] + i + 8 * c, _mm256_mul_ps(acc[c][g], vscale));
 }
 
-template <int G>
-void ScoreTile(const float* const* q, const float* tile, int32_t head_dim, int32_t block_size,
-               int32_t n, float scale, float* const* scores) {
+template <class Kv, int G>
+void ScoreTile(const float* const* q, const typename Kv::Storage* tile, int32_t head_dim,
+               int32_t block_size, int32_t n, float scale, float* const* scores) {
   int32_t i = 0;
-  for (; i + 16 <= n; i += 16) ScoreChunks<G, 2>(q, tile + i, head_dim, block_size, scale, scores, i);
-  for (; i + 8 <= n; i += 8) ScoreChunks<G, 1>(q, tile + i, head_dim, block_size, scale, scores, i);
+  for (; i + 16 <= n; i += 16)
+    ScoreChunks<Kv, G, 2>(q, tile + i, head_dim, block_size, scale, scores, i);
+  for (; i + 8 <= n; i += 8)
+    ScoreChunks<Kv, G, 1>(q, tile + i, head_dim, block_size, scale, scores, i);
   for (; i < n; ++i) {
     _Pragma("GCC unroll 4") for (int g = 0; g < G; ++g) {
       float acc = 0.0f;
       for (int32_t d = 0; d < head_dim; ++d) {
-        acc = std::fma(q[g][d], tile[static_cast<int64_t>(d) * block_size + i], acc);
+        acc = std::fma(q[g][d], Kv::Load(tile[static_cast<int64_t>(d) * block_size + i]), acc);
       }
       scores[g][i] = acc * scale;
     }
   }
 }
 
-using ScoreTileFn = void (*)(const float* const*, const float*, int32_t, int32_t, int32_t, float,
-                             float* const*);
+template <class Kv>
+using ScoreTileFn = void (*)(const float* const*, const typename Kv::Storage*, int32_t, int32_t,
+                             int32_t, float, float* const*);
 
 // Query heads per KV head handled together; larger groups are split into chunks of this many.
 constexpr int kMaxScoreGroup = 4;
-constexpr ScoreTileFn kScoreTile[kMaxScoreGroup + 1] = {nullptr, &ScoreTile<1>, &ScoreTile<2>,
-                                                        &ScoreTile<3>, &ScoreTile<4>};
+template <class Kv>
+constexpr ScoreTileFn<Kv> kScoreTile[kMaxScoreGroup + 1] = {
+    nullptr, &ScoreTile<Kv, 1>, &ScoreTile<Kv, 2>, &ScoreTile<Kv, 3>, &ScoreTile<Kv, 4>};
 
 // Turns scores[0..n) into exp(s - max) in place and returns their sum, accumulated in 8
 // lanes (lane l takes j = l mod 8 over the whole chunks, added in HorizontalSum8's fixed
@@ -95,7 +99,7 @@ inline float SoftmaxNumerators(float* scores, int32_t n) {
 //   out_g[d] = inv_sum_g * (sum over slots j, in order, of p_g[j] * v_j[d])
 // one fma chain per element, accumulators in registers. All GH heads share each value load,
 // so a KV head's values stream from cache once per CH*8 dims instead of once per head.
-template <int GH, int CH>
+template <class Kv, int GH, int CH>
 void AccumulateValueChunk(const KvLayerView& kv, const int32_t* blocks, int32_t kv_head,
                           int32_t ctx, const float* const* probs, const float* inv_sum,
                           float* const* out, int32_t d0) {
@@ -105,11 +109,12 @@ void AccumulateValueChunk(const KvLayerView& kv, const int32_t* blocks, int32_t 
   const int32_t hd = kv.head_dim;
   for (int32_t j0 = 0, page = 0; j0 < ctx; j0 += kv.block_size, ++page) {
     const int32_t n = std::min(kv.block_size, ctx - j0);
-    const float* tile = ValueTile(kv, blocks[page], kv_head) + d0;
+    const typename Kv::Storage* tile =
+        ValueTile<typename Kv::Storage>(kv, blocks[page], kv_head) + d0;
     for (int32_t i = 0; i < n; ++i) {
-      const float* v = tile + static_cast<int64_t>(i) * hd;
+      const typename Kv::Storage* v = tile + static_cast<int64_t>(i) * hd;
       __m256 vc[CH];
-      _Pragma("GCC unroll 8") for (int c = 0; c < CH; ++c) vc[c] = _mm256_loadu_ps(v + 8 * c);
+      _Pragma("GCC unroll 8") for (int c = 0; c < CH; ++c) vc[c] = Kv::Load8(v + 8 * c);
       _Pragma("GCC unroll 4") for (int g = 0; g < GH; ++g) {
         const __m256 pj = _mm256_broadcast_ss(probs[g] + j0 + i);
         _Pragma("GCC unroll 8") for (int c = 0; c < CH; ++c) acc[g][c] = _mm256_fmadd_ps(pj, vc[c], acc[g][c]);
@@ -125,29 +130,31 @@ void AccumulateValueChunk(const KvLayerView& kv, const int32_t* blocks, int32_t 
 }
 
 // The same sums for any head_dim, one element at a time (head dims not a multiple of 8).
+template <class Kv>
 void AccumulateValuesScalar(const KvLayerView& kv, const int32_t* blocks, int32_t kv_head,
                             int32_t ctx, const float* probs, float inv_sum, float* out) {
   const int32_t hd = kv.head_dim;
   std::fill(out, out + hd, 0.0f);
   for (int32_t j0 = 0, page = 0; j0 < ctx; j0 += kv.block_size, ++page) {
     const int32_t n = std::min(kv.block_size, ctx - j0);
-    const float* tile = ValueTile(kv, blocks[page], kv_head);
+    const typename Kv::Storage* tile = ValueTile<typename Kv::Storage>(kv, blocks[page], kv_head);
     for (int32_t i = 0; i < n; ++i) {
-      const float* v = tile + static_cast<int64_t>(i) * hd;
-      for (int32_t d = 0; d < hd; ++d) out[d] = std::fma(probs[j0 + i], v[d], out[d]);
+      const typename Kv::Storage* v = tile + static_cast<int64_t>(i) * hd;
+      for (int32_t d = 0; d < hd; ++d) out[d] = std::fma(probs[j0 + i], Kv::Load(v[d]), out[d]);
     }
   }
   for (int32_t d = 0; d < hd; ++d) out[d] *= inv_sum;
 }
 
 // Accumulates the outputs of `count` heads, up to 12 accumulators at a time.
+template <class Kv>
 void AccumulateValues(const KvLayerView& kv, const int32_t* blocks, int32_t kv_head, int32_t ctx,
                       const float* const* probs, const float* inv_sum, float* const* out,
                       int32_t count) {
   const int32_t hd = kv.head_dim;
   if (hd % 8 != 0) {
     for (int32_t g = 0; g < count; ++g) {
-      AccumulateValuesScalar(kv, blocks, kv_head, ctx, probs[g], inv_sum[g], out[g]);
+      AccumulateValuesScalar<Kv>(kv, blocks, kv_head, ctx, probs[g], inv_sum[g], out[g]);
     }
     return;
   }
@@ -157,23 +164,29 @@ void AccumulateValues(const KvLayerView& kv, const int32_t* blocks, int32_t kv_h
       const int32_t chunks = (hd - d0) / 8;
       // Chunk counts per pass: 8 for one head, 4 for two or three.
       if (gh == 1 && chunks >= 8) {
-        AccumulateValueChunk<1, 8>(kv, blocks, kv_head, ctx, probs + g, inv_sum + g, out + g, d0);
+        AccumulateValueChunk<Kv, 1, 8>(kv, blocks, kv_head, ctx, probs + g, inv_sum + g, out + g,
+                                       d0);
         d0 += 64;
       } else if (gh == 1) {
-        AccumulateValueChunk<1, 1>(kv, blocks, kv_head, ctx, probs + g, inv_sum + g, out + g, d0);
+        AccumulateValueChunk<Kv, 1, 1>(kv, blocks, kv_head, ctx, probs + g, inv_sum + g, out + g,
+                                       d0);
         d0 += 8;
       } else if (chunks >= 4) {
         if (gh == 2) {
-          AccumulateValueChunk<2, 4>(kv, blocks, kv_head, ctx, probs + g, inv_sum + g, out + g, d0);
+          AccumulateValueChunk<Kv, 2, 4>(kv, blocks, kv_head, ctx, probs + g, inv_sum + g, out + g,
+                                         d0);
         } else {
-          AccumulateValueChunk<3, 4>(kv, blocks, kv_head, ctx, probs + g, inv_sum + g, out + g, d0);
+          AccumulateValueChunk<Kv, 3, 4>(kv, blocks, kv_head, ctx, probs + g, inv_sum + g, out + g,
+                                         d0);
         }
         d0 += 32;
       } else {
         if (gh == 2) {
-          AccumulateValueChunk<2, 1>(kv, blocks, kv_head, ctx, probs + g, inv_sum + g, out + g, d0);
+          AccumulateValueChunk<Kv, 2, 1>(kv, blocks, kv_head, ctx, probs + g, inv_sum + g, out + g,
+                                         d0);
         } else {
-          AccumulateValueChunk<3, 1>(kv, blocks, kv_head, ctx, probs + g, inv_sum + g, out + g, d0);
+          AccumulateValueChunk<Kv, 3, 1>(kv, blocks, kv_head, ctx, probs + g, inv_sum + g, out + g,
+                                         d0);
         }
         d0 += 8;
       }
@@ -199,6 +212,7 @@ struct RowScratch {
   std::vector<float*> outs;
 };
 
+template <class Kv>
 void AttendRow(const PagedAttentionParams& p, const RowTask& task, RowScratch& scratch) {
   const KvLayerView& kv = p.kv;
   const int32_t group = p.num_heads / kv.num_kv_heads;
@@ -218,8 +232,8 @@ void AttendRow(const PagedAttentionParams& p, const RowTask& task, RowScratch& s
         q[g] = p.q + (first_head + g0 + g) * hd;
         rows[g] = scores.data() + static_cast<int64_t>(g0 + g) * ctx + j0;
       }
-      kScoreTile[g_count](q, KeyTile(kv, blocks[page], task.kv_head), hd, kv.block_size,
-                          std::min(kv.block_size, ctx - j0), p.scale, rows);
+      kScoreTile<Kv>[g_count](q, KeyTile<typename Kv::Storage>(kv, blocks[page], task.kv_head), hd,
+                              kv.block_size, std::min(kv.block_size, ctx - j0), p.scale, rows);
     }
   }
   std::vector<const float*>& probs = scratch.probs;
@@ -234,12 +248,13 @@ void AttendRow(const PagedAttentionParams& p, const RowTask& task, RowScratch& s
     probs[g] = row;
     outs[g] = p.out + (first_head + g) * hd;
   }
-  AccumulateValues(kv, blocks, task.kv_head, ctx, probs.data(), inv_sum.data(), outs.data(), group);
+  AccumulateValues<Kv>(kv, blocks, task.kv_head, ctx, probs.data(), inv_sum.data(), outs.data(),
+                       group);
 }
 
 }  // namespace
 
-void PagedAttention(const PagedAttentionParams& p, ThreadPool& pool) {
+void PagedAttention(const PagedAttentionParams& p, KvElementType kv_type, ThreadPool& pool) {
   CHECK(p.num_heads % p.kv.num_kv_heads == 0);
   std::vector<RowTask> tasks;
   for (int32_t s = 0; s < p.num_seqs; ++s) {
@@ -251,9 +266,12 @@ void PagedAttention(const PagedAttentionParams& p, ThreadPool& pool) {
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
   // Tasks are dealt round-robin: later rows of a prompt see more keys, so contiguous ranges
   // would leave one thread with most of the work.
-  pool.Run([&](int t) {
-    RowScratch scratch;
-    for (int64_t i = t; i < num_tasks; i += num_threads) AttendRow(p, tasks[i], scratch);
+  WithKvElement(kv_type, [&](auto kv) {
+    using Kv = decltype(kv);
+    pool.Run([&](int t) {
+      RowScratch scratch;
+      for (int64_t i = t; i < num_tasks; i += num_threads) AttendRow<Kv>(p, tasks[i], scratch);
+    });
   });
 }
 

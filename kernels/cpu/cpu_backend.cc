@@ -16,12 +16,13 @@ namespace {
 constexpr int64_t kMinParallelElements = 1 << 14;
 }  // namespace
 
-CpuBackend::CpuBackend(int num_threads)
-    : pool_(num_threads > 0 ? num_threads : DefaultNumThreads()) {}
+CpuBackend::CpuBackend(int num_threads, KvElementType kv_type)
+    : pool_(num_threads > 0 ? num_threads : DefaultNumThreads()), kv_type_(kv_type) {}
 
-CpuBackend::CpuBackend(int num_threads, AllReduceFn all_reduce)
+CpuBackend::CpuBackend(int num_threads, AllReduceFn all_reduce, KvElementType kv_type)
     : pool_(num_threads > 0 ? num_threads : DefaultNumThreads()),
-      all_reduce_(std::move(all_reduce)) {}
+      all_reduce_(std::move(all_reduce)),
+      kv_type_(kv_type) {}
 
 std::string CpuBackend::name() const { return absl::StrCat("cpu (", pool_.num_threads(), " threads)"); }
 
@@ -90,10 +91,10 @@ void CpuBackend::Rope(const RopeParams& params) {
   });
 }
 
-void CpuBackend::StoreKv(const KvStoreParams& params) { cpu::StoreKv(params); }
+void CpuBackend::StoreKv(const KvStoreParams& params) { cpu::StoreKv(params, kv_type_); }
 
 void CpuBackend::PagedAttention(const PagedAttentionParams& params) {
-  cpu::PagedAttention(params, pool_);
+  cpu::PagedAttention(params, kv_type_, pool_);
 }
 
 void CpuBackend::SiluMul(const float* gate, const float* up, int64_t n, float* out) {

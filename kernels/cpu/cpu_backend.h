@@ -1,6 +1,6 @@
 // The CPU implementation of kernels::Backend: fp32 arithmetic over weights kept in their
-// stored type, every op batch-invariant (see matmul.h and attention.h), data-parallel over a
-// private ThreadPool.
+// stored type and a KV cache of fp32 (default), fp16 or bf16 elements (kv_layout.h), every op
+// batch-invariant (see matmul.h and attention.h), data-parallel over a private ThreadPool.
 //
 // Ownership: owns its thread pool; PackedMatrix objects it returns own their packed copies.
 // Thread-safety: one driving thread at a time (the Backend contract).
@@ -13,6 +13,7 @@
 #include <string>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/kv_layout.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace glimpse::kernels::cpu {
@@ -26,10 +27,11 @@ class CpuBackend final : public Backend {
   using AllReduceFn = std::function<void(float* x, int64_t n)>;
 
   // num_threads <= 0 picks DefaultNumThreads(). A backend of its own: a tensor-parallel group
-  // of one, whose AllReduceSum does nothing.
-  explicit CpuBackend(int num_threads = 0);
+  // of one, whose AllReduceSum does nothing. kv_type: the elements of the KV tensors it stores
+  // and attends over.
+  explicit CpuBackend(int num_threads = 0, KvElementType kv_type = KvElementType::kF32);
   // A rank of a tensor-parallel group whose sum is `all_reduce`.
-  CpuBackend(int num_threads, AllReduceFn all_reduce);
+  CpuBackend(int num_threads, AllReduceFn all_reduce, KvElementType kv_type = KvElementType::kF32);
 
   std::string name() const override;
   int num_threads() const { return pool_.num_threads(); }
@@ -39,7 +41,8 @@ class CpuBackend final : public Backend {
   void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override;
   void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) override;
-  size_t KvElementBytes() const override { return sizeof(float); }  // fp32 KV
+  size_t KvElementBytes() const override { return KvElementSize(kv_type_); }
+  KvElementType kv_type() const { return kv_type_; }
 
   absl::StatusOr<std::unique_ptr<PackedMatrix>> PackMatrix(const MatrixView& w) override;
   void MatMul(const float* x, int64_t num_rows, const PackedMatrix& w, float* y) override;
@@ -59,6 +62,7 @@ class CpuBackend final : public Backend {
  private:
   ThreadPool pool_;
   AllReduceFn all_reduce_;  // Empty for a group of one.
+  KvElementType kv_type_;
 };
 
 }  // namespace glimpse::kernels::cpu

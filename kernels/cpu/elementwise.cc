@@ -63,20 +63,27 @@ void AddInPlace(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
-void StoreKv(const KvStoreParams& p) {
-  const int32_t hd = p.kv.head_dim;
-  const int32_t bs = p.kv.block_size;
-  for (int32_t t = 0; t < p.num_tokens; ++t) {
-    const int64_t block = p.slots[t] / bs;
-    const int32_t slot = static_cast<int32_t>(p.slots[t] % bs);
-    for (int32_t h = 0; h < p.kv.num_kv_heads; ++h) {
-      const float* k = p.k + (static_cast<int64_t>(t) * p.kv.num_kv_heads + h) * hd;
-      const float* v = p.v + (static_cast<int64_t>(t) * p.kv.num_kv_heads + h) * hd;
-      float* key_tile = KeyTile(p.kv, block, h);
-      for (int32_t d = 0; d < hd; ++d) key_tile[static_cast<int64_t>(d) * bs + slot] = k[d];
-      std::memcpy(ValueTile(p.kv, block, h) + static_cast<int64_t>(slot) * hd, v, hd * sizeof(float));
+void StoreKv(const KvStoreParams& p, KvElementType kv_type) {
+  WithKvElement(kv_type, [&](auto kv) {
+    using Kv = decltype(kv);
+    using E = typename Kv::Storage;
+    const int32_t hd = p.kv.head_dim;
+    const int32_t bs = p.kv.block_size;
+    for (int32_t t = 0; t < p.num_tokens; ++t) {
+      const int64_t block = p.slots[t] / bs;
+      const int32_t slot = static_cast<int32_t>(p.slots[t] % bs);
+      for (int32_t h = 0; h < p.kv.num_kv_heads; ++h) {
+        const float* k = p.k + (static_cast<int64_t>(t) * p.kv.num_kv_heads + h) * hd;
+        const float* v = p.v + (static_cast<int64_t>(t) * p.kv.num_kv_heads + h) * hd;
+        E* key_tile = KeyTile<E>(p.kv, block, h);
+        E* value_row = ValueTile<E>(p.kv, block, h) + static_cast<int64_t>(slot) * hd;
+        for (int32_t d = 0; d < hd; ++d) {
+          key_tile[static_cast<int64_t>(d) * bs + slot] = Kv::Store(k[d]);
+          value_row[d] = Kv::Store(v[d]);
+        }
+      }
     }
-  }
+  });
 }
 
 }  // namespace glimpse::kernels::cpu

@@ -1,13 +1,14 @@
 // Row-wise and element-wise fp32 kernels of the CPU backend: RMSNorm, rotary embedding,
-// SiLU-gated product, residual add, KV store. Each row is computed by the same code in the
-// same order whatever the batch, so results are batch-invariant. See kernels/backend.h for
-// the parameter layouts.
+// SiLU-gated product, residual add, KV store (rounding into the cache's element type). Each row is
+// computed by the same code in the same order whatever the batch, so results are batch-invariant.
+// See kernels/backend.h for the parameter layouts.
 #ifndef GLIMPSE_KERNELS_CPU_ELEMENTWISE_H_
 #define GLIMPSE_KERNELS_CPU_ELEMENTWISE_H_
 
 #include <cstdint>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/kv_layout.h"
 
 namespace glimpse::kernels::cpu {
 
@@ -20,7 +21,8 @@ void ApplyRope(const RopeParams& params);
 
 void SiluMul(const float* gate, const float* up, int64_t n, float* out);
 void AddInPlace(float* x, const float* y, int64_t n);
-void StoreKv(const KvStoreParams& params);
+// params.kv holds elements of `kv_type`; each key and value is rounded to it.
+void StoreKv(const KvStoreParams& params, KvElementType kv_type);
 
 }  // namespace glimpse::kernels::cpu
 

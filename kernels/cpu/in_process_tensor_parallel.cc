@@ -12,10 +12,11 @@ InProcessTensorParallelGroup::InProcessTensorParallelGroup(int size)
 }
 
 std::unique_ptr<CpuBackend> InProcessTensorParallelGroup::CreateRankBackend(int rank,
-                                                                             int num_threads) {
+                                                                            int num_threads,
+                                                                            KvElementType kv_type) {
   CHECK(rank >= 0 && rank < size_);
   return std::make_unique<CpuBackend>(
-      num_threads, [this, rank](float* x, int64_t n) { AllReduceSum(rank, x, n); });
+      num_threads, [this, rank](float* x, int64_t n) { AllReduceSum(rank, x, n); }, kv_type);
 }
 
 void InProcessTensorParallelGroup::AllReduceSum(int rank, float* x, int64_t n) {

@@ -32,9 +32,10 @@ class InProcessTensorParallelGroup {
 
   int size() const { return size_; }
 
-  // The backend of rank `rank` (num_threads as CpuBackend's): its AllReduceSum is this
-  // group's.
-  std::unique_ptr<CpuBackend> CreateRankBackend(int rank, int num_threads);
+  // The backend of rank `rank` (num_threads and kv_type as CpuBackend's): its AllReduceSum is
+  // this group's.
+  std::unique_ptr<CpuBackend> CreateRankBackend(int rank, int num_threads,
+                                                KvElementType kv_type = KvElementType::kF32);
 
   // x[0..n) of rank `rank` becomes the sum over all ranks' buffers (which must have the same n).
   void AllReduceSum(int rank, float* x, int64_t n);
