@@ -26,9 +26,10 @@
 //   from the bf16 rounding budget: per-matmul relative error ~2e-3, ~1e-2 on the logits after
 //   6 layers, which flips only positions whose top-2 margin is below a few hundredths; a
 //   wrong kernel moves logits by O(1) and fails every one of these.)
-// F16 file with a bf16 KV cache (what `--device=cuda` runs for it by default): the same bounds;
-//   keys and values add one bf16 rounding each, queries one more in prefill steps, which now
-//   run on the tensor-core attention kernel (checked through its counter).
+// F16 file with a bf16 KV cache (what `--device=cuda` runs for it by default), against the CPU
+//   with a bf16 cache too (the same rounding of each key and value, kernels/cpu/kv_layout.h):
+//   the same bounds; queries add one bf16 rounding in prefill steps, which run on the
+//   tensor-core attention kernel (checked through its counter).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -144,7 +145,11 @@ void CompareBackends(const std::string& model_path, const Bounds& bounds,
   if (!cuda_backend.ok()) GLIMPSE_SKIP_WITHOUT_CUDA(cuda_backend.status().message());
   auto file = model::GgufFile::Open(model_path);
   ASSERT_TRUE(file.ok()) << file.status();
-  Engine cpu{std::make_unique<kernels::cpu::CpuBackend>(2), nullptr};
+  const bool bf16_kv = options.kv_cache_dtype == kernels::cuda::CudaKvCacheDType::kBFloat16;
+  Engine cpu{
+      std::make_unique<kernels::cpu::CpuBackend>(
+          2, bf16_kv ? kernels::cpu::KvElementType::kBF16 : kernels::cpu::KvElementType::kF32),
+      nullptr};
   Engine cuda{std::move(*cuda_backend), nullptr};
   for (Engine* e : {&cpu, &cuda}) {
     auto m = model::LlamaModel::Load(**file, *e->backend);
@@ -226,7 +231,7 @@ void CompareBackends(const std::string& model_path, const Bounds& bounds,
       kernels::testing::CounterValue(*cuda.backend, "cuda_attention_tensor_core_calls_total");
   std::printf("attention calls on the tensor-core kernel: %lld\n",
               static_cast<long long>(tensor_core_calls));
-  if (options.kv_cache_dtype == kernels::cuda::CudaKvCacheDType::kBFloat16) {
+  if (bf16_kv) {
     // At least every layer of every teacher-forced prefill.
     EXPECT_GE(tensor_core_calls,
               static_cast<int64_t>(refs.size()) * cpu.model->config().num_layers);
