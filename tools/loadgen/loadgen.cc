@@ -298,6 +298,12 @@ int RunLoadgenCommand() {
     };
   }
 
+  // A dataset file is read once, not once per level.
+  absl::StatusOr<std::shared_ptr<const loadgen::DatasetFile>> file =
+      loadgen::LoadDatasetFile(workload.dataset);
+  if (!file.ok()) return Fail(std::string(file.status().message()));
+  workload.file = *std::move(file);
+
   const bool open_loop = !rates.empty();
   const size_t num_levels = open_loop ? rates.size() : concurrencies.size();
   const int32_t warmup = std::max(0, absl::GetFlag(FLAGS_warmup_requests));

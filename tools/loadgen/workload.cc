@@ -290,7 +290,7 @@ std::string ParsePromptEntry(const json& entry, WorkItem* item) {
   return "";
 }
 
-absl::StatusOr<std::vector<WorkItem>> BuildFromJsonl(Context& ctx, const std::string& path) {
+absl::StatusOr<std::vector<WorkItem>> LoadPrompts(const std::string& path) {
   ASSIGN_OR_RETURN(const std::string contents, ReadFile(path));
   std::vector<WorkItem> entries;
   std::istringstream lines(contents);
@@ -315,16 +315,14 @@ absl::StatusOr<std::vector<WorkItem>> BuildFromJsonl(Context& ctx, const std::st
         "(text), \"prompt_tokens\" (int array) or \"messages\" ([{role, content}]), and "
         "optionally \"max_tokens\" or \"output_len\" (int)"));
   }
-  return Cycle(ctx, entries);
+  return entries;
+}
+
+std::vector<WorkItem> BuildFromJsonl(Context& ctx, const DatasetFile& file) {
+  return Cycle(ctx, file.prompts);
 }
 
 // ---- sharegpt:PATH --------------------------------------------------------------------------
-
-struct Conversation {
-  std::string system;  // "" if none.
-  std::string prompt;
-  std::string completion;
-};
 
 // Maps ShareGPT's "from" values and OpenAI's roles onto system/user/assistant ("" = other).
 std::string NormalizeRole(const std::string& role) {
@@ -402,15 +400,19 @@ absl::StatusOr<std::vector<Conversation>> LoadConversations(const std::string& p
   return conversations;
 }
 
-absl::StatusOr<std::vector<WorkItem>> BuildFromShareGpt(Context& ctx, const std::string& path) {
-  ASSIGN_OR_RETURN(std::vector<Conversation> conversations, LoadConversations(path));
+absl::StatusOr<std::vector<WorkItem>> BuildFromShareGpt(Context& ctx, const DatasetFile& file) {
+  const std::string& path = file.path;
+  // Shuffled indices, not a shuffled copy of the conversations (the file may be large).
+  std::vector<size_t> order(file.conversations.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   // As vLLM: shuffle, then take entries until enough pass the length filter. Counting tokens
   // only for the entries taken keeps a server-side count_tokens to num_items-ish calls on a
   // file of ~100k conversations.
   constexpr int32_t kMinTokens = 4;
-  Shuffle(conversations, ctx.rng);
+  Shuffle(order, ctx.rng);
   std::vector<WorkItem> entries;
-  for (const Conversation& c : conversations) {
+  for (const size_t i : order) {
+    const Conversation& c = file.conversations[i];
     if (std::ssize(entries) >= ctx.options.num_items) break;
     if (ctx.CountTokens(c.prompt) < kMinTokens) continue;
     WorkItem item;
@@ -611,6 +613,25 @@ std::string LengthDistribution::ToString() const {
   return "";  // Unreachable.
 }
 
+absl::StatusOr<std::shared_ptr<const DatasetFile>> LoadDatasetFile(const std::string& dataset) {
+  const size_t colon = dataset.find(':');
+  const std::string kind = dataset.substr(0, colon);
+  if (kind != "jsonl" && kind != "sharegpt") return nullptr;
+  const std::string path = colon == std::string::npos ? "" : dataset.substr(colon + 1);
+  if (path.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("dataset \"", dataset, "\" needs a file: ", kind, ":PATH"));
+  }
+  auto file = std::make_shared<DatasetFile>();
+  file->path = path;
+  if (kind == "jsonl") {
+    ASSIGN_OR_RETURN(file->prompts, LoadPrompts(path));
+  } else {
+    ASSIGN_OR_RETURN(file->conversations, LoadConversations(path));
+  }
+  return file;
+}
+
 absl::StatusOr<std::vector<WorkItem>> BuildWorkload(const WorkloadOptions& options) {
   RETURN_IF_ERROR(ValidateOptions(options));
   absl::StatusOr<LengthDistribution> input_len = LengthDistribution::Parse(options.input_len);
@@ -634,14 +655,14 @@ absl::StatusOr<std::vector<WorkItem>> BuildWorkload(const WorkloadOptions& optio
 
   const size_t colon = options.dataset.find(':');
   const std::string kind = options.dataset.substr(0, colon);
-  const std::string path = colon == std::string::npos ? "" : options.dataset.substr(colon + 1);
   const bool has_path = colon != std::string::npos;
   if (kind == "jsonl" || kind == "sharegpt") {
-    if (path.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("dataset \"", options.dataset, "\" needs a file: ", kind, ":PATH"));
+    std::shared_ptr<const DatasetFile> file = options.file;
+    if (file == nullptr) {
+      ASSIGN_OR_RETURN(file, LoadDatasetFile(options.dataset));
     }
-    return kind == "jsonl" ? BuildFromJsonl(ctx, path) : BuildFromShareGpt(ctx, path);
+    if (kind == "jsonl") return BuildFromJsonl(ctx, *file);
+    return BuildFromShareGpt(ctx, *file);
   }
   if (!has_path && kind == "synthetic") return BuildSynthetic(ctx);
   if (!has_path && kind == "shared-prefix") {

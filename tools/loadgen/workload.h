@@ -13,13 +13,18 @@
 //
 // Everything is deterministic for a seed, also across standard libraries: sampling uses only
 // std::mt19937_64's raw output (whose sequence the standard fixes), not std::*_distribution.
-// Thread-safety: BuildWorkload and LengthDistribution's const methods are safe to call
+// A dataset file (jsonl:PATH, sharegpt:PATH) is read and parsed by LoadDatasetFile once; a run
+// that builds one workload per load level passes the DatasetFile to each (WorkloadOptions::file)
+// instead of re-reading a ShareGPT dump of hundreds of MB per level.
+// Thread-safety: BuildWorkload, a DatasetFile and LengthDistribution's const methods are safe to
+// call
 // concurrently; a std::mt19937_64 passed to Sample must not be shared without a lock.
 #ifndef GLIMPSE_TOOLS_LOADGEN_WORKLOAD_H_
 #define GLIMPSE_TOOLS_LOADGEN_WORKLOAD_H_
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <string_view>
@@ -80,6 +85,21 @@ class LengthDistribution {
   double stddev_;  // kNormal only.
 };
 
+// One ShareGPT conversation: its first user turn, the system turn before it and the first
+// assistant turn after it.
+struct Conversation {
+  std::string system;  // "" if none.
+  std::string prompt;
+  std::string completion;
+};
+
+// The parsed contents of a dataset file, immutable once loaded.
+struct DatasetFile {
+  std::string path;
+  std::vector<WorkItem> prompts;            // jsonl: every usable entry, in file order
+  std::vector<Conversation> conversations;  // sharegpt: every >= 2-turn conversation
+};
+
 struct WorkloadOptions {
   // "synthetic", "jsonl:PATH", "sharegpt:PATH", "shared-prefix", "replay", "code-edit".
   std::string dataset = "synthetic";
@@ -98,7 +118,13 @@ struct WorkloadOptions {
   // Counts tokens of a text (e.g. a server's Tokenize call); when unset, ceil(bytes / 4).
   // Called only from BuildWorkload's thread; for sharegpt, only for the entries it samples.
   std::function<int32_t(std::string_view)> count_tokens;
+  // jsonl/sharegpt: the file already loaded (LoadDatasetFile of `dataset`); null reads it.
+  std::shared_ptr<const DatasetFile> file;
 };
+
+// Reads and parses the file of a jsonl:PATH or sharegpt:PATH dataset (errors as BuildWorkload
+// reports them); null for kinds without a file.
+absl::StatusOr<std::shared_ptr<const DatasetFile>> LoadDatasetFile(const std::string& dataset);
 
 // Builds options.num_items items, deterministic for a seed (and, for sharegpt/code-edit, for
 // count_tokens). Errors: InvalidArgument for unknown kinds, bad lengths or options, malformed

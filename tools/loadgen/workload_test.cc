@@ -3,10 +3,13 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -27,6 +30,15 @@ std::string TestDataPath(const std::string& name) {
     return absl::StrCat(srcdir, "/", workspace, "/tools/loadgen/testdata/", name);
   }
   return "tools/loadgen/testdata/" + name;
+}
+
+// The contents of tools/loadgen/testdata/`name`.
+std::string ReadTestData(const std::string& name) {
+  std::ifstream in(TestDataPath(name));
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  EXPECT_FALSE(contents.str().empty()) << name;
+  return contents.str();
 }
 
 // Writes `contents` to a fresh file under the test's scratch directory.
@@ -423,6 +435,43 @@ TEST(ShareGptTest, OverrideUsesOutputLen) {
   o.override_output_len = true;
   o.output_len = "fixed:5";
   for (const WorkItem& item : Build(o)) EXPECT_EQ(item.max_tokens, 5);
+}
+
+// ---- a dataset file loaded once --------------------------------------------------------------
+
+// Loadgen builds one workload per load level: from a DatasetFile loaded once, each build equals
+// one that reads the file itself, and needs no file any more.
+TEST(DatasetFileTest, LoadedOnceBuildsWhatReadingTheFileBuildsWithoutReadingItAgain) {
+  const std::string sharegpt = ReadTestData("sharegpt.json");
+  const std::string jsonl = "{\"prompt\": \"alpha\", \"max_tokens\": 3}\n{\"prompt\": \"beta\"}\n";
+  for (const auto& [kind, contents] :
+       {std::pair{"sharegpt", sharegpt}, std::pair{"jsonl", jsonl}}) {
+    const std::string path = WriteTempFile(absl::StrCat("loaded_once_", kind), contents);
+    WorkloadOptions o;
+    o.dataset = absl::StrCat(kind, ":", path);
+    o.num_items = 7;
+    absl::StatusOr<std::shared_ptr<const DatasetFile>> file = LoadDatasetFile(o.dataset);
+    ASSERT_TRUE(file.ok()) << file.status();
+    ASSERT_NE(*file, nullptr);
+    std::vector<std::vector<WorkItem>> read_each_time;
+    for (uint64_t level = 0; level < 3; ++level) {
+      o.seed = 1000003 * level;
+      read_each_time.push_back(Build(o));
+    }
+    ASSERT_EQ(std::remove(path.c_str()), 0);
+    o.file = *file;
+    for (uint64_t level = 0; level < 3; ++level) {
+      o.seed = 1000003 * level;
+      EXPECT_EQ(Build(o), read_each_time[level]) << kind << " level " << level;
+    }
+  }
+  // Kinds without a file load nothing; a file kind without a path is refused as before.
+  absl::StatusOr<std::shared_ptr<const DatasetFile>> none = LoadDatasetFile("synthetic");
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(*none, nullptr);
+  EXPECT_EQ(LoadDatasetFile("jsonl:").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LoadDatasetFile("sharegpt:/no/such/file.json").status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 // ---- shared-prefix --------------------------------------------------------------------------
