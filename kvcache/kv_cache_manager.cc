@@ -36,19 +36,29 @@ KvCacheManager::RequestBlocks& KvCacheManager::Get(RequestKey key) {
 
 PrefixHit KvCacheManager::FindCachedPrefix(std::span<const int32_t> prompt,
                                            std::string_view salt) const {
+  std::vector<BlockHash> chain;
+  return FindCachedPrefix(prompt, salt, &chain);
+}
+
+PrefixHit KvCacheManager::FindCachedPrefix(std::span<const int32_t> prompt, std::string_view salt,
+                                           std::vector<BlockHash>* chain) const {
   PrefixHit hit;
   hit.num_prompt_tokens = static_cast<int32_t>(prompt.size());
   if (prompt.empty()) return hit;
   // Whole blocks only, and never the last prompt token: its logits must be computed.
   const int32_t max_blocks = (hit.num_prompt_tokens - 1) / block_size_;
-  BlockHash parent = hasher_.Root(salt);
   for (int32_t i = 0; i < max_blocks; ++i) {
-    parent =
-        hasher_.Block(parent, prompt.subspan(static_cast<size_t>(i) * block_size_, block_size_));
-    const std::optional<int32_t> block = pool_.FindCached(parent);
+    if (i == static_cast<int32_t>(chain->size())) {
+      const BlockHash parent = i == 0 ? hasher_.Root(salt) : (*chain)[i - 1];
+      chain->push_back(
+          hasher_.Block(parent, prompt.subspan(static_cast<size_t>(i) * block_size_, block_size_)));
+      ++num_lookup_hashes_;
+    }
+    const BlockHash hash = (*chain)[i];
+    const std::optional<int32_t> block = pool_.FindCached(hash);
     if (!block.has_value()) break;
     hit.blocks.push_back(*block);
-    hit.hashes.push_back(parent);
+    hit.hashes.push_back(hash);
   }
   hit.num_tokens = static_cast<int32_t>(hit.blocks.size()) * block_size_;
   return hit;

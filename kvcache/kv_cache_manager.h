@@ -99,6 +99,12 @@ class KvCacheManager {
   // The longest run of cached full blocks `prompt` starts with under namespace `salt`,
   // covering at most prompt.size() - 1 tokens. No side effects.
   PrefixHit FindCachedPrefix(std::span<const int32_t> prompt, std::string_view salt) const;
+  // The same, with `chain` as a memo of prompt's block hashes: the lookup extends it as far as
+  // it hashes and reuses what it holds. A waiting request the pool cannot take yet is looked up
+  // again every step; keeping its chain hashes each block once, not once per step. Valid while
+  // the prompt only grows (tokens appended, as after a recompute preemption) under one salt.
+  PrefixHit FindCachedPrefix(std::span<const int32_t> prompt, std::string_view salt,
+                             std::vector<BlockHash>* chain) const;
 
   // Free blocks (cached free ones included) that Allocate() with the same arguments would
   // consume; it succeeds iff this is <= num_free_blocks(). Changes nothing.
@@ -165,6 +171,8 @@ class KvCacheManager {
   int32_t num_host_blocks() const { return host_.num_blocks(); }
   int32_t num_free_host_blocks() const { return host_.num_free(); }
   const PrefixCacheStats& prefix_cache_stats() const { return stats_; }
+  // Blocks FindCachedPrefix has hashed so far (hashing work, for tests and profiles).
+  int64_t num_lookup_hashes() const { return num_lookup_hashes_; }
   const BlockPool& pool() const { return pool_; }
 
   // Internal error naming the first broken invariant (this header's and the pool's).
@@ -207,6 +215,7 @@ class KvCacheManager {
   // node_hash_map: BlockTable() hands out references that must survive other insertions.
   absl::node_hash_map<RequestKey, RequestBlocks> requests_;
   PrefixCacheStats stats_;
+  mutable int64_t num_lookup_hashes_ = 0;  // a work counter; lookups stay free of other effects
 };
 
 }  // namespace glimpse::kvcache

@@ -106,6 +106,32 @@ TEST(KvCacheManagerTest, ATokenDifferingInAnEarlyBlockBreaksTheWholeChain) {
   EXPECT_EQ(m.FindCachedPrefix(c, "").num_tokens, 4);
 }
 
+TEST(KvCacheManagerTest, AChainMemoFindsWhatAFreshLookupFindsAndHashesEachBlockOnce) {
+  KvCacheManager m = MakeManager(16);
+  AdmitAndPrefill(m, 1, Tokens(21));        // 5 committed blocks
+  std::vector<int32_t> prompt = Tokens(9);  // 2 lookup blocks, both cached
+  std::vector<BlockHash> chain;
+  const int64_t before = m.num_lookup_hashes();
+  for (int round = 0; round < 3; ++round) {
+    const PrefixHit with_memo = m.FindCachedPrefix(prompt, "", &chain);
+    const PrefixHit fresh = m.FindCachedPrefix(prompt, "");
+    EXPECT_EQ(with_memo.blocks, fresh.blocks) << round;
+    EXPECT_EQ(with_memo.hashes, fresh.hashes) << round;
+    EXPECT_EQ(with_memo.num_tokens, fresh.num_tokens) << round;
+  }
+  // Three memo lookups hashed the 2 blocks once; the three fresh ones 2 each.
+  EXPECT_EQ(m.num_lookup_hashes() - before, 2 + 3 * 2);
+  EXPECT_EQ(m.FindCachedPrefix(prompt, "", &chain).num_tokens, 8);
+
+  // The prompt grows (a recomputed sequence's generated tokens): only the new blocks are
+  // hashed, up to the first miss.
+  prompt = Tokens(26);  // lookup blocks 0..5: 0..4 cached, 5 not
+  const int64_t grown = m.num_lookup_hashes();
+  EXPECT_EQ(m.FindCachedPrefix(prompt, "", &chain).num_tokens, 20);
+  EXPECT_EQ(m.num_lookup_hashes() - grown, 4);  // blocks 2, 3, 4 and the missing 5
+  EXPECT_EQ(chain.size(), 6u);
+}
+
 TEST(KvCacheManagerTest, TheLastPromptTokenIsNeverCached) {
   KvCacheManager m = MakeManager(16);
   AdmitAndPrefill(m, 1, Tokens(8));  // two full blocks, both published

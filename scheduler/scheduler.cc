@@ -126,7 +126,7 @@ bool Scheduler::TryAdmit(Sequence* seq, int32_t budget, SchedulerOutput& out) {
   const EngineRequest& spec = seq->request->spec;
   kvcache::PrefixHit hit;
   const bool use_cache = options_.enable_prefix_caching && !spec.kv.bypass_prefix_cache;
-  if (use_cache) hit = kv_.FindCachedPrefix(seq->tokens, spec.kv.cache_salt);
+  if (use_cache) hit = kv_.FindCachedPrefix(seq->tokens, spec.kv.cache_salt, &seq->prefix_chain);
   const int32_t computed = hit.num_tokens;
   const int32_t n = std::min({static_cast<int32_t>(seq->tokens.size()) - computed, budget,
                               options_.prefill_chunk_tokens});

@@ -185,5 +185,22 @@ TEST_F(SchedulerTest, SharedPrefixStartsFromTheCache) {
   EXPECT_EQ(TokensOf(s, first), 1);
 }
 
+// A waiting sequence the pool cannot take yet is looked up in the prefix cache every step; its
+// prompt's blocks are hashed once, not once per step.
+TEST_F(SchedulerTest, AWaitingPromptIsHashedOnceHoweverManyStepsItWaits) {
+  Init(6, SchedulerOptions());  // 24 tokens of KV.
+  Sequence* running = Add(16, 0, 500);
+  Step();  // 16 tokens computed: 4 committed blocks.
+  // Starts with running's 16 tokens (4 cached blocks), then differs; needs 10 blocks in all.
+  Sequence* waiting = Add(40, 0, 500);
+  const int64_t before = kv_->num_lookup_hashes();
+  for (int i = 0; i < 5; ++i) {
+    SchedulerOutput s = Step();
+    EXPECT_EQ(TokensOf(s, running), 1);
+    EXPECT_EQ(waiting->state, SequenceState::kWaiting) << "step " << i;
+  }
+  EXPECT_EQ(kv_->num_lookup_hashes() - before, 5);  // 4 hits and the first miss, once
+}
+
 }  // namespace
 }  // namespace glimpse::scheduler

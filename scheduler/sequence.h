@@ -36,6 +36,10 @@ struct Sequence {
   kvcache::RequestKey key = 0;  // Its block table in the KvCacheManager.
   SequenceState state = SequenceState::kWaiting;
   std::vector<int32_t> tokens;  // Prompt, then generated tokens.
+  // Chain hashes of `tokens`' leading full blocks under the request's cache salt, as far as
+  // prefix-cache lookups have hashed (KvCacheManager::FindCachedPrefix's memo): a request
+  // waiting for blocks is looked up every step. Valid because tokens only grow.
+  std::vector<kvcache::BlockHash> prefix_chain;
   int32_t num_prompt_tokens = 0;
   int32_t num_computed_tokens = 0;  // Tokens whose KV is in the cache.
   int32_t num_cached_tokens = 0;    // Prompt tokens that came from the prefix cache.
