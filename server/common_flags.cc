@@ -43,6 +43,32 @@ bool AbslParseFlag(absl::string_view text, KvCacheDType* dtype, std::string* err
   return true;
 }
 
+bool AbslParseFlag(absl::string_view text, CudaPrefillAttention* kernel, std::string* error) {
+  if (text == "mma_sync") {
+    *kernel = CudaPrefillAttention::kMmaSync;
+  } else if (text == "mma_sync_wide") {
+    *kernel = CudaPrefillAttention::kMmaSyncWide;
+  } else if (text == "wgmma") {
+    *kernel = CudaPrefillAttention::kWgmma;
+  } else {
+    *error = "expected 'mma_sync', 'mma_sync_wide' or 'wgmma'";
+    return false;
+  }
+  return true;
+}
+
+std::string AbslUnparseFlag(CudaPrefillAttention kernel) {
+  switch (kernel) {
+    case CudaPrefillAttention::kMmaSyncWide:
+      return "mma_sync_wide";
+    case CudaPrefillAttention::kWgmma:
+      return "wgmma";
+    case CudaPrefillAttention::kMmaSync:
+      break;
+  }
+  return "mma_sync";
+}
+
 std::string AbslUnparseFlag(KvCacheDType dtype) {
   switch (dtype) {
     case KvCacheDType::kAuto:
@@ -81,11 +107,14 @@ ABSL_FLAG(glimpse::server::KvCacheDType, kv_cache_dtype, glimpse::server::KvCach
           "reads; keys and values are rounded once when stored (on CUDA bf16 also puts prefill "
           "attention on tensor cores). fp32 is exact: on the CPU it reproduces the model's "
           "fp32 outputs bit for bit.");
-ABSL_FLAG(bool, cuda_wgmma_attention, false,
-          "Experimental, --device=cuda with a bf16 KV cache on Hopper (compute capability 9.0) "
-          "GPUs: prefill and mixed-step attention use the wgmma kernel instead of mma.sync "
-          "(head_dim 64 or 128; others keep mma.sync). Checked on the CUDA emulation, not yet "
-          "measured on a GPU.");
+ABSL_FLAG(glimpse::server::CudaPrefillAttention, cuda_prefill_attention,
+          glimpse::server::CudaPrefillAttention::kMmaSync,
+          "--device=cuda with a bf16 KV cache: the kernel that runs prefill and mixed-step "
+          "attention on tensor cores. 'mma_sync' (64-row blocks; every sm_80+ GPU), "
+          "experimental 'mma_sync_wide' (128-row blocks: less shared-memory traffic per flop, "
+          "twice the registers) or experimental 'wgmma' (Hopper, compute capability 9.0, "
+          "head_dim 64 or 128; elsewhere mma_sync runs). The experimental ones are checked on "
+          "the CUDA emulation, not yet measured on a GPU.");
 ABSL_FLAG(int32_t, tensor_parallel_size, 1,
           "Tensor-parallel ranks the model is split over (attention heads in whole GQA groups and "
           "FFN features; Megatron-style, two all-reduces per layer). With --device=cuda: one GPU "

@@ -86,5 +86,19 @@ TEST(KvCacheDTypeTest, FlagParsesTheNamesAndAliasesAndRejectsOthers) {
   EXPECT_NE(error.find("bf16"), std::string::npos);
 }
 
+TEST(CudaPrefillAttentionFlagTest, ParsesTheThreeKernelsAndRejectsOthers) {
+  CudaPrefillAttention k = CudaPrefillAttention::kMmaSync;
+  std::string error;
+  for (const auto& [text, want] : {std::pair{"mma_sync", CudaPrefillAttention::kMmaSync},
+                                   std::pair{"mma_sync_wide", CudaPrefillAttention::kMmaSyncWide},
+                                   std::pair{"wgmma", CudaPrefillAttention::kWgmma}}) {
+    ASSERT_TRUE(AbslParseFlag(text, &k, &error)) << text;
+    EXPECT_EQ(k, want) << text;
+    EXPECT_EQ(AbslUnparseFlag(k), text);
+  }
+  EXPECT_FALSE(AbslParseFlag("wmma", &k, &error));
+  EXPECT_NE(error.find("mma_sync_wide"), std::string::npos) << error;
+}
+
 }  // namespace
 }  // namespace glimpse::server

@@ -11,8 +11,8 @@
 #      travel), batch-1 decode timed by `glimpse_lean bench`, against the bandwidth floor
 #      (weight bytes + KV bytes read per step, over the D2D bandwidth gpu_check.sh measured —
 #      pass its bench.json as BENCH_JSON, or the floor is given in bytes only); then, unless
-#      SKIP_WGMMA=1, the same bench with --cuda_wgmma_attention (prefill tok/s of the two
-#      attention kernels side by side).
+#      SKIP_VARIANTS=1, the same bench with --cuda_prefill_attention=mma_sync_wide and =wgmma
+#      (prefill tok/s of the three attention kernels side by side).
 #
 #   kernels/cuda/gpu_e2e.sh [RESULT_DIR]          (from the repository root)
 # Writes RESULT_DIR/gpu_e2e.json and logs; prints a short table last. Exit status nonzero if a
@@ -58,20 +58,25 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
       --prompt_tokens="$PROMPT" --gen_tokens="$GEN" --repetitions=2 \
       --json_out="$RESULT_DIR/bench_8b.json" 2>&1 | tee "$RESULT_DIR/bench_8b.log"
   bench_rc=${PIPESTATUS[0]}
-  if [ "${SKIP_WGMMA:-0}" != 1 ]; then
-    "$RUN" glimpse_lean bench --device=cuda --cuda_wgmma_attention --bench_model="$MODEL" \
-        --batch_sizes=1 --prompt_tokens="$PROMPT" --gen_tokens="$GEN" --repetitions=2 \
-        --json_out="$RESULT_DIR/bench_8b_wgmma.json" 2>&1 | tee "$RESULT_DIR/bench_8b_wgmma.log"
-    [ "${PIPESTATUS[0]}" -eq 0 ] || bench_rc=1
-    for f in bench_8b bench_8b_wgmma; do
+  if [ "${SKIP_VARIANTS:-0}" != 1 ]; then
+    for kernel in mma_sync_wide wgmma; do
+      "$RUN" glimpse_lean bench --device=cuda --cuda_prefill_attention=$kernel \
+          --bench_model="$MODEL" --batch_sizes=1 --prompt_tokens="$PROMPT" --gen_tokens="$GEN" \
+          --repetitions=2 --json_out="$RESULT_DIR/bench_8b_$kernel.json" 2>&1 \
+          | tee "$RESULT_DIR/bench_8b_$kernel.log"
+      [ "${PIPESTATUS[0]}" -eq 0 ] || bench_rc=1
+    done
+    for f in bench_8b bench_8b_mma_sync_wide bench_8b_wgmma; do
       [ -f "$RESULT_DIR/$f.json" ] || continue
       python3 - "$RESULT_DIR/$f.json" "$f" <<'PY'
 import json, sys
 bench = json.load(open(sys.argv[1]))
 r = bench["results"][0]
-calls = bench.get("backend_counters", {}).get("cuda_attention_wgmma_calls_total", 0)
+c = bench.get("backend_counters", {})
 print(f"{sys.argv[2]}: prefill {r['prefill_tok_s']:.0f} tok/s, decode {r['decode_tok_s']:.1f} "
-      f"tok/s, wgmma attention calls {calls}")
+      f"tok/s, attention calls: tensor-core {c.get('cuda_attention_tensor_core_calls_total', 0)}, "
+      f"wide {c.get('cuda_attention_wide_calls_total', 0)}, "
+      f"wgmma {c.get('cuda_attention_wgmma_calls_total', 0)}")
 PY
     done
   fi

@@ -20,35 +20,41 @@ using internal::SmemAddr;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kBlockM = 64;  // packed query rows per block (16 per warp)
+constexpr int kTileM = 64;   // packed query rows per m-tile (16 per warp)
 constexpr int kBlockN = 64;  // keys per KV tile
 constexpr int kMinChunkKeys = 256;
 
-// Shared memory of one block. The Q tile is always padded rows (read by ldmatrix). The K and V
-// tiles are padded rows for the mma.sync kernel (kWgmma false), and for the wgmma kernel
-// (sm_90a) the 128-byte-swizzled layout wgmma reads through descriptors:
+// Rows of a block: kMTiles m-tiles of 64 (each warp takes 16 rows of every m-tile).
+inline int32_t BlockRows(PrefillKernel kernel) {
+  return kernel == PrefillKernel::kMmaSyncWide ? 2 * kTileM : kTileM;
+}
+
+// Shared memory of one block. The Q tile (kMTiles x 64 rows) is always padded rows (read by
+// ldmatrix). The K and V tiles are padded rows for the mma.sync kernel (kWgmma false), and for
+// the wgmma kernel (sm_90a) the 128-byte-swizzled layout wgmma reads through descriptors:
 //
 //   KV tile [64 keys][kHeadDim], 64-column halves h of 64 rows x 128 bytes (8 KiB each):
 //     byte of (row r, 16-byte chunk c of the half) = h * 8192 + r * 128 + ((c ^ (r % 8)) * 16)
 //
 // whose 8-row, 1024-byte atoms start 1024-byte aligned (the tiles are placed so).
-template <int kHeadDim, bool kWgmma>
+template <int kHeadDim, bool kWgmma, int kMTiles = 1>
 struct PrefillShape {
-  static constexpr int kStride = kHeadDim + 8;  // padded row stride, elements
-  static constexpr int kTileElems = kBlockM * kStride;
-  static constexpr int kQBytes = kTileElems * static_cast<int>(sizeof(bf16));
+  static constexpr int kBlockM = kMTiles * kTileM;  // packed query rows per block
+  static constexpr int kStride = kHeadDim + 8;      // padded row stride, elements
+  static constexpr int kQBytes = kBlockM * kStride * static_cast<int>(sizeof(bf16));
   // One K or V tile.
   static constexpr int kKvTileBytes =
-      kWgmma ? kBlockN * kHeadDim * static_cast<int>(sizeof(bf16)) : kQBytes;
+      (kWgmma ? kHeadDim : kStride) * kBlockN * static_cast<int>(sizeof(bf16));
   // Q tile + double-buffered K and V tiles (+ 1 KiB to align the wgmma tiles to 1024 bytes).
   static constexpr int kSmemBytes = kQBytes + 4 * kKvTileBytes + (kWgmma ? 1024 : 0);
   static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks per row
   static constexpr int kRowsPerPass = kThreads / kChunksPerRow;
-  static constexpr int kPasses = kBlockN / kRowsPerPass;
+  static constexpr int kPasses = kBlockN / kRowsPerPass;  // per KV tile; Q takes kMTiles times
   static_assert(kThreads % kChunksPerRow == 0 && kBlockN % kRowsPerPass == 0, "tile shape");
-  static_assert(kBlockM == kBlockN, "Q and KV tiles share the loader");
-  static_assert(!kWgmma || (kHeadDim % 64 == 0 && kQBytes % 1024 == 0 && kBlockN == 64),
-                "wgmma tiles: whole 128-byte rows, 1024-byte aligned");
+  static_assert(kTileM == kBlockN, "an m-tile of Q and a KV tile share the loader's passes");
+  static_assert(!kWgmma ||
+                    (kMTiles == 1 && kHeadDim % 64 == 0 && kQBytes % 1024 == 0 && kBlockN == 64),
+                "wgmma tiles: one m-tile (a warpgroup), whole 128-byte rows, 1024-byte aligned");
 
   // Byte offset of element (row, col) (col a multiple of 8) in a K or V tile.
   static __device__ __forceinline__ int KvTileOffset(int row, int col) {
@@ -91,18 +97,26 @@ __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p, int3
 
 // Grid: (num_work_items, num_kv_heads). Dynamic shared memory: PrefillShape::kSmemBytes.
 // kWgmma: the products run as wgmma (the block's 4 warps are one warpgroup; sm_90a only).
-template <int kHeadDim, bool kWgmma>
+// kMTiles (mma.sync only): m-tiles of 64 rows per block; every K/V fragment a warp loads from
+// shared memory feeds kMTiles mma instead of one.
+template <int kHeadDim, bool kWgmma, int kMTiles>
 __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttentionParams p) {
-  using S = PrefillShape<kHeadDim, kWgmma>;
+  using S = PrefillShape<kHeadDim, kWgmma, kMTiles>;
   constexpr int kKSteps = kHeadDim / 16;  // k-steps of Q·Kᵀ
   constexpr int kDimTiles = kHeadDim / 8;  // n-tiles of O
+  constexpr int kRows = 2 * kMTiles;       // rows per thread: g and g + 8 of each m-tile
+  // Q's A fragments stay in registers across KV tiles unless that would spill (two m-tiles of
+  // head_dim 128: 64 more registers beside 128 of O and 64 of S); then each k-step reloads
+  // them from the Q tile (2 more ldmatrix beside its 4 of K).
+  constexpr bool kQInRegisters = kMTiles * kHeadDim <= 128;
+  constexpr int kQFragSteps = kQInRegisters ? kKSteps : 1;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* smem = smem_raw;
   if constexpr (kWgmma) {
     // The swizzle pattern is a function of the shared address: align the tiles to 1024 bytes.
     smem += (1024 - SmemAddr(smem_raw) % 1024) % 1024;
   }
-  bf16* q_s = reinterpret_cast<bf16*>(smem);       // [64][kStride]
+  bf16* q_s = reinterpret_cast<bf16*>(smem);       // [kBlockM][kStride]
   unsigned char* k_s = smem + S::kQBytes;          // [2] tiles
   unsigned char* v_s = k_s + 2 * S::kKvTileBytes;  // [2] tiles
 
@@ -122,40 +136,45 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
   const int32_t kv_len = KvLength(p.kv.kv_indptr[seq + 1] - page_begin,
                                   p.kv.kv_last_page_len[seq], p.kv.page_size);
   const int32_t num_rows = qo_len * group;
-  const int32_t row_base = m_tile * kBlockM;
+  const int32_t row_base = m_tile * S::kBlockM;
   const int32_t prefix = kv_len - qo_len;  // KV index of query token 0
   const bool tree = p.mask_mode == AttentionMaskMode::kTree;
 
   // Keys this block reads: its chunk, and for causal rows nothing past the last row's token.
   const int32_t chunk_start = chunk * p.chunk_keys;
   int32_t key_end = min(kv_len, chunk_start + p.chunk_keys);
-  const int32_t last_row = min(num_rows, row_base + kBlockM) - 1;
+  const int32_t last_row = min(num_rows, row_base + S::kBlockM) - 1;
   if (!tree) key_end = min(key_end, prefix + last_row / group + 1);
   // Keys below this are visible to every row of the block: no mask needed there.
   const int32_t unmasked_end = min(key_end, tree ? prefix : prefix + row_base / group + 1);
   const int32_t num_tiles = key_end > chunk_start ? (key_end - chunk_start + kBlockN - 1) / kBlockN
                                                   : 0;
 
-  // This thread's two rows: warp * 16 + g and + 8. Padding rows (>= num_rows) compute with a
-  // clamped token and are never written.
-  int32_t row_limit[2];
-  uint64_t row_tree[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int32_t pr = row_base + warp * 16 + g + 8 * i;
-    const int32_t token = min(pr / group, qo_len - 1);
-    row_limit[i] = prefix + token;
-    row_tree[i] = tree ? p.tree_mask[qo_start + token] : 0;
-  }
+  // This thread's rows: row r = 2 * mt + i is block row mt * 64 + warp * 16 + g + 8 * i, of
+  // query token RowToken(r). Padding rows (>= num_rows) compute with a clamped token and are
+  // never written. (Recomputed where the mask needs it rather than held in registers, which
+  // two m-tiles of head_dim 128 do not have to spare.)
+  auto row_token = [&](int r) {
+    const int32_t pr = row_base + (r / 2) * kTileM + warp * 16 + g + 8 * (r % 2);
+    return min(pr / group, qo_len - 1);
+  };
 
-  float o_acc[kDimTiles][4];
+  float o_acc[kMTiles][kDimTiles][4];
 #pragma unroll
-  for (int dt = 0; dt < kDimTiles; ++dt) {
+  for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) o_acc[dt][e] = 0.0f;
+    for (int dt = 0; dt < kDimTiles; ++dt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o_acc[mt][dt][e] = 0.0f;
+    }
   }
-  float m_row[2] = {-INFINITY, -INFINITY};
-  float l_row[2] = {0.0f, 0.0f};
+  float m_row[kRows];
+  float l_row[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    m_row[r] = -INFINITY;
+    l_row[r] = 0.0f;
+  }
   const float scale_log2 = p.sm_scale * kLog2e;
 
   if (num_tiles > 0) {
@@ -164,7 +183,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
       const bf16* q = static_cast<const bf16*>(p.q);
       const int col = (threadIdx.x % S::kChunksPerRow) * 8;
 #pragma unroll
-      for (int pass = 0; pass < S::kPasses; ++pass) {
+      for (int pass = 0; pass < kMTiles * S::kPasses; ++pass) {
         const int row = threadIdx.x / S::kChunksPerRow + pass * S::kRowsPerPass;
         const int32_t pr = row_base + row;
         const bool valid = pr < num_rows;
@@ -182,7 +201,16 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
     LoadKvTile<kHeadDim, kWgmma>(p, page_begin, kv_head, chunk_start, key_end, k_s, v_s);
     internal::CpAsyncCommit();
 
-    uint32_t q_frag[kKSteps][4];
+    uint32_t q_frag[kMTiles][kQFragSteps][4];
+    // Loads the A fragments of k-step kk of every m-tile into q_frag[..][slot].
+    auto load_q_frags = [&](int kk, int slot) {
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        const int row = mt * kTileM + warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        const int col = kk * 16 + (lane >> 4) * 8;
+        internal::LdMatrixX4(q_frag[mt][slot], SmemAddr(q_s + row * S::kStride + col));
+      }
+    };
     for (int32_t it = 0; it < num_tiles; ++it) {
       const int buf = it & 1;
       if (it + 1 < num_tiles) {
@@ -198,24 +226,23 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
       // Tile `it` (and Q) visible to all warps, and to wgmma's async proxy.
       if constexpr (kWgmma) internal::FenceProxyAsync();
       __syncthreads();
-      if (it == 0) {
+      if (kQInRegisters && it == 0) {
 #pragma unroll
-        for (int kk = 0; kk < kKSteps; ++kk) {
-          const int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-          const int col = kk * 16 + (lane >> 4) * 8;
-          internal::LdMatrixX4(q_frag[kk], SmemAddr(q_s + row * S::kStride + col));
-        }
+        for (int kk = 0; kk < kKSteps; ++kk) load_q_frags(kk, kk);
       }
       const int32_t tile_start = chunk_start + it * kBlockN;
       const unsigned char* kb = k_s + buf * S::kKvTileBytes;
       const unsigned char* vb = v_s + buf * S::kKvTileBytes;
 
-      // S = Q·Kᵀ: 8 n-tiles of 8 keys.
-      float s[kBlockN / 8][4];
+      // S = Q·Kᵀ: 8 n-tiles of 8 keys per m-tile.
+      float s[kMTiles][kBlockN / 8][4];
 #pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+      for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
+        for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
+        }
       }
       if constexpr (kWgmma) {
         // B = the K tile, K-major: k-step kk is 32 bytes into its 64-column half.
@@ -224,86 +251,110 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
         for (int kk = 0; kk < kKSteps; ++kk) {
           const uint64_t desc = internal::SmemDescSw128(
               SmemAddr(kb + (kk / 4) * (kBlockN * 128) + (kk % 4) * 32), 16, 1024);
-          internal::WgmmaM64N64K16<0>(s, q_frag[kk], desc, kk > 0);
+          internal::WgmmaM64N64K16<0>(s[0], q_frag[0][kQInRegisters ? kk : 0], desc, kk > 0);
         }
         internal::WgmmaCommit();
         internal::WgmmaWait<0>();
       } else {
 #pragma unroll
         for (int kk = 0; kk < kKSteps; ++kk) {
+          if constexpr (!kQInRegisters) load_q_frags(kk, 0);
+          const int slot = kQInRegisters ? kk : 0;
 #pragma unroll
           for (int np = 0; np < kBlockN / 16; ++np) {
             uint32_t b[4];
             const int key_row = np * 16 + (lane & 7) + (lane >> 4) * 8;
             const int col = kk * 16 + ((lane >> 3) & 1) * 8;
             internal::LdMatrixX4(b, SmemAddr(kb + S::KvTileOffset(key_row, col)));
-            internal::MmaBf16(s[2 * np], q_frag[kk], b[0], b[1]);
-            internal::MmaBf16(s[2 * np + 1], q_frag[kk], b[2], b[3]);
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt) {
+              internal::MmaBf16(s[mt][2 * np], q_frag[mt][slot], b[0], b[1]);
+              internal::MmaBf16(s[mt][2 * np + 1], q_frag[mt][slot], b[2], b[3]);
+            }
           }
         }
       }
-      const bool need_mask = tile_start + kBlockN > unmasked_end;
+      if (tile_start + kBlockN > unmasked_end) {
+        // Keys past key_end, past the row's token (causal) or off its tree path are masked.
 #pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+        for (int r = 0; r < kRows; ++r) {
+          const int mt = r / 2;
+          const int i = r % 2;
+          const int32_t token = row_token(r);
+          const int32_t row_limit = prefix + token;
+          const uint64_t row_tree = tree ? p.tree_mask[qo_start + token] : 0;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float v = s[nt][e] * scale_log2;
-          if (need_mask) {
-            const int32_t key = tile_start + nt * 8 + 2 * t + (e & 1);
-            const int i = e >> 1;
-            const bool visible =
-                key < key_end &&
-                (tree ? (key < prefix || ((row_tree[i] >> (key - prefix)) & 1u) != 0)
-                      : key <= row_limit[i]);
-            if (!visible) v = -INFINITY;
+          for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+            for (int e = 2 * i; e < 2 * i + 2; ++e) {
+              const int32_t key = tile_start + nt * 8 + 2 * t + (e & 1);
+              const bool visible =
+                  key < key_end &&
+                  (tree ? (key < prefix || ((row_tree >> (key - prefix)) & 1u) != 0)
+                        : key <= row_limit);
+              if (!visible) s[mt][nt][e] = -INFINITY;
+            }
           }
-          s[nt][e] = v;
+        }
+      }
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+        for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale_log2;
         }
       }
       // Online softmax; the four lanes of a quad (same g) share a row.
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
+      for (int r = 0; r < kRows; ++r) {
+        const int mt = r / 2;
+        const int i = r % 2;
         float mx = -INFINITY;
 #pragma unroll
         for (int nt = 0; nt < kBlockN / 8; ++nt) {
-          mx = fmaxf(mx, fmaxf(s[nt][2 * i], s[nt][2 * i + 1]));
+          mx = fmaxf(mx, fmaxf(s[mt][nt][2 * i], s[mt][nt][2 * i + 1]));
         }
         mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
-        const float m_new = fmaxf(m_row[i], mx);
+        const float m_new = fmaxf(m_row[r], mx);
         const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        const float rescale = exp2f(m_row[i] - m_use);
-        m_row[i] = m_new;
-        l_row[i] *= rescale;
+        const float rescale = exp2f(m_row[r] - m_use);
+        m_row[r] = m_new;
+        l_row[r] *= rescale;
 #pragma unroll
         for (int dt = 0; dt < kDimTiles; ++dt) {
-          o_acc[dt][2 * i] *= rescale;
-          o_acc[dt][2 * i + 1] *= rescale;
+          o_acc[mt][dt][2 * i] *= rescale;
+          o_acc[mt][dt][2 * i + 1] *= rescale;
         }
 #pragma unroll
         for (int nt = 0; nt < kBlockN / 8; ++nt) {
-          s[nt][2 * i] = exp2f(s[nt][2 * i] - m_use);
-          s[nt][2 * i + 1] = exp2f(s[nt][2 * i + 1] - m_use);
-          l_row[i] += s[nt][2 * i] + s[nt][2 * i + 1];
+          s[mt][nt][2 * i] = exp2f(s[mt][nt][2 * i] - m_use);
+          s[mt][nt][2 * i + 1] = exp2f(s[mt][nt][2 * i + 1] - m_use);
+          l_row[r] += s[mt][nt][2 * i] + s[mt][nt][2 * i + 1];
         }
       }
       // O += P·V: P from the S accumulators (C layout == A layout per 16-key step).
       if constexpr (kWgmma) internal::WgmmaFence();  // o_acc was rescaled above
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        const uint32_t a[4] = {internal::PackBf16x2(s[2 * kk][0], s[2 * kk][1]),
-                               internal::PackBf16x2(s[2 * kk][2], s[2 * kk][3]),
-                               internal::PackBf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                               internal::PackBf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        uint32_t a[kMTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          a[mt][0] = internal::PackBf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+          a[mt][1] = internal::PackBf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+          a[mt][2] = internal::PackBf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+          a[mt][3] = internal::PackBf16x2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
         if constexpr (kWgmma) {
           // B = the V tile, MN-major (head dims contiguous): keys 16kk.. start 16 rows down;
           // the second 64-column half is 8 KiB on (LBO).
           const uint64_t desc =
               internal::SmemDescSw128(SmemAddr(vb + kk * 16 * 128), kBlockN * 128, 1024);
           if constexpr (kHeadDim == 64) {
-            internal::WgmmaM64N64K16<1>(o_acc, a, desc, true);
+            internal::WgmmaM64N64K16<1>(o_acc[0], a[0], desc, true);
           } else {
-            internal::WgmmaM64N128K16<1>(o_acc, a, desc, true);
+            internal::WgmmaM64N128K16<1>(o_acc[0], a[0], desc, true);
           }
         } else {
 #pragma unroll
@@ -312,8 +363,11 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
             const int key_row = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
             const int col = dp * 16 + (lane >> 4) * 8;
             internal::LdMatrixX4Trans(b, SmemAddr(vb + S::KvTileOffset(key_row, col)));
-            internal::MmaBf16(o_acc[2 * dp], a, b[0], b[1]);
-            internal::MmaBf16(o_acc[2 * dp + 1], a, b[2], b[3]);
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt) {
+              internal::MmaBf16(o_acc[mt][2 * dp], a[mt], b[0], b[1]);
+              internal::MmaBf16(o_acc[mt][2 * dp + 1], a[mt], b[2], b[3]);
+            }
           }
         }
       }
@@ -330,26 +384,28 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
   float* ws_lse =
       ws_o + static_cast<int64_t>(p.num_chunks) * p.total_q * p.num_qo_heads * kHeadDim;
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    float l = l_row[i];
+  for (int r = 0; r < kRows; ++r) {
+    const int mt = r / 2;
+    const int i = r % 2;
+    float l = l_row[r];
     l += __shfl_xor_sync(kFullMask, l, 1);
     l += __shfl_xor_sync(kFullMask, l, 2);
-    const int32_t pr = row_base + warp * 16 + g + 8 * i;
+    const int32_t pr = row_base + mt * kTileM + warp * 16 + g + 8 * i;
     if (pr >= num_rows) continue;
     const int32_t token = pr / group;
     const int32_t j = pr - token * group;
     const int64_t state =
         static_cast<int64_t>(qo_start + token) * p.num_qo_heads + kv_head * group + j;
-    const bool empty = m_row[i] == -INFINITY;
+    const bool empty = m_row[r] == -INFINITY;
     const float inv_l = empty ? 0.0f : 1.0f / l;
-    const float lse = empty ? -INFINITY : (m_row[i] + log2f(l)) * kLn2;
+    const float lse = empty ? -INFINITY : (m_row[r] + log2f(l)) * kLn2;
     if (split) {
       const int64_t cs = static_cast<int64_t>(chunk) * p.total_q * p.num_qo_heads + state;
       float* dst = ws_o + cs * kHeadDim + 2 * t;
 #pragma unroll
       for (int dt = 0; dt < kDimTiles; ++dt) {
         *reinterpret_cast<float2*>(dst + dt * 8) =
-            make_float2(o_acc[dt][2 * i] * inv_l, o_acc[dt][2 * i + 1] * inv_l);
+            make_float2(o_acc[mt][dt][2 * i] * inv_l, o_acc[mt][dt][2 * i + 1] * inv_l);
       }
       if (t == 0) ws_lse[cs] = lse;
     } else {
@@ -357,21 +413,21 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
 #pragma unroll
       for (int dt = 0; dt < kDimTiles; ++dt) {
         *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
-            __floats2bfloat162_rn(o_acc[dt][2 * i] * inv_l, o_acc[dt][2 * i + 1] * inv_l);
+            __floats2bfloat162_rn(o_acc[mt][dt][2 * i] * inv_l, o_acc[mt][dt][2 * i + 1] * inv_l);
       }
       if (t == 0 && p.lse != nullptr) p.lse[state] = lse;
     }
   }
 }
 
-template <int kHeadDim, bool kWgmma>
+template <int kHeadDim, bool kWgmma, int kMTiles = 1>
 cudaError_t LaunchTyped(const PrefillAttentionParams& p, cudaStream_t stream) {
-  constexpr int kSmem = PrefillShape<kHeadDim, kWgmma>::kSmemBytes;
+  constexpr int kSmem = PrefillShape<kHeadDim, kWgmma, kMTiles>::kSmemBytes;
   GLIMPSE_CUDA_RETURN_IF_ERROR(
-      cudaFuncSetAttribute(PrefillAttentionKernel<kHeadDim, kWgmma>,
+      cudaFuncSetAttribute(PrefillAttentionKernel<kHeadDim, kWgmma, kMTiles>,
                            cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   const dim3 grid(p.num_work_items, p.kv.num_kv_heads);
-  PrefillAttentionKernel<kHeadDim, kWgmma><<<grid, kThreads, kSmem, stream>>>(p);
+  PrefillAttentionKernel<kHeadDim, kWgmma, kMTiles><<<grid, kThreads, kSmem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -398,6 +454,8 @@ cudaError_t PlanPrefillAttention(const PrefillPlanInput& in, PrefillPlan* plan) 
   GLIMPSE_CUDA_RETURN_IF_INVALID(in.num_kv_heads > 0 && in.num_qo_heads > 0 &&
                                  in.num_qo_heads % in.num_kv_heads == 0);
   const int32_t group = in.num_qo_heads / in.num_kv_heads;
+  const int32_t block_rows = BlockRows(in.kernel);
+  plan->block_rows = block_rows;
   plan->work_items.clear();
   plan->total_q = in.num_seqs > 0 ? in.qo_indptr[in.num_seqs] : 0;
   int32_t max_kv = 1;
@@ -409,12 +467,12 @@ cudaError_t PlanPrefillAttention(const PrefillPlanInput& in, PrefillPlan* plan) 
     GLIMPSE_CUDA_RETURN_IF_INVALID(qo_len >= 0 && qo_len <= kv_len);
     GLIMPSE_CUDA_RETURN_IF_INVALID(in.mask_mode != AttentionMaskMode::kTree || qo_len <= 64);
     max_kv = std::max(max_kv, kv_len);
-    num_tiles += (static_cast<int64_t>(qo_len) * group + kBlockM - 1) / kBlockM;
+    num_tiles += (static_cast<int64_t>(qo_len) * group + block_rows - 1) / block_rows;
   }
   plan->chunk_keys = (max_kv + kBlockN - 1) / kBlockN * kBlockN;
   plan->num_chunks = 1;
-  // With 87 KB of shared memory per block (head_dim 128) two blocks fit on an SM; split the
-  // KV when the query tiles alone cannot fill two waves.
+  // With 83-105 KB of shared memory per block (head_dim 128) two blocks fit on an SM; split
+  // the KV when the query tiles alone cannot fill two waves.
   const int64_t blocks = num_tiles * in.num_kv_heads;
   const int64_t target = 2 * static_cast<int64_t>(std::max(in.num_sms, 1));
   if (blocks > 0 && blocks < target) {
@@ -431,7 +489,7 @@ cudaError_t PlanPrefillAttention(const PrefillPlanInput& in, PrefillPlan* plan) 
     const int32_t qo_len = in.qo_indptr[s + 1] - in.qo_indptr[s];
     const int32_t kv_len = KvLength(in.kv_indptr[s + 1] - in.kv_indptr[s],
                                     in.kv_last_page_len[s], in.page_size);
-    const int32_t tiles = (qo_len * group + kBlockM - 1) / kBlockM;
+    const int32_t tiles = (qo_len * group + block_rows - 1) / block_rows;
     const int32_t chunks = NumKvChunks(kv_len, plan->chunk_keys);
     // Under the causal mask later tiles see more keys: start them first.
     for (int32_t tile = tiles - 1; tile >= 0; --tile) {
@@ -452,6 +510,7 @@ size_t PrefillWorkspaceBytes(const PrefillPlan& plan, int32_t num_qo_heads, int3
 }
 
 void ApplyPrefillPlan(const PrefillPlan& plan, PrefillAttentionParams* params) {
+  params->block_rows = plan.block_rows;
   params->total_q = plan.total_q;
   params->chunk_keys = plan.chunk_keys;
   params->num_chunks = plan.num_chunks;
@@ -482,24 +541,30 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& params, cudaStr
                                  kv.head_dim) *
                 sizeof(float));
   }
+  // The plan's tiles must be the kernel's (PrefillPlanInput::kernel).
+  GLIMPSE_CUDA_RETURN_IF_INVALID(params.block_rows == BlockRows(params.kernel));
   if (params.num_work_items == 0) return cudaSuccess;
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.work_items != nullptr);
   const bool wgmma = params.kernel == PrefillKernel::kWgmma;
+  const bool wide = params.kernel == PrefillKernel::kMmaSyncWide;
   if (wgmma) {
     GLIMPSE_CUDA_RETURN_IF_INVALID(WgmmaPrefillSupported(kv.head_dim));
     GLIMPSE_CUDA_RETURN_IF_INVALID(DeviceMajor() == 9);
   }
   switch (kv.head_dim) {
     case 32:
-      GLIMPSE_CUDA_RETURN_IF_ERROR((LaunchTyped<32, false>(params, stream)));
+      GLIMPSE_CUDA_RETURN_IF_ERROR((wide ? LaunchTyped<32, false, 2>(params, stream)
+                                         : LaunchTyped<32, false>(params, stream)));
       break;
     case 64:
-      GLIMPSE_CUDA_RETURN_IF_ERROR((wgmma ? LaunchTyped<64, true>(params, stream)
-                                          : LaunchTyped<64, false>(params, stream)));
+      GLIMPSE_CUDA_RETURN_IF_ERROR((wgmma  ? LaunchTyped<64, true>(params, stream)
+                                    : wide ? LaunchTyped<64, false, 2>(params, stream)
+                                           : LaunchTyped<64, false>(params, stream)));
       break;
     default:
-      GLIMPSE_CUDA_RETURN_IF_ERROR((wgmma ? LaunchTyped<128, true>(params, stream)
-                                          : LaunchTyped<128, false>(params, stream)));
+      GLIMPSE_CUDA_RETURN_IF_ERROR((wgmma  ? LaunchTyped<128, true>(params, stream)
+                                    : wide ? LaunchTyped<128, false, 2>(params, stream)
+                                           : LaunchTyped<128, false>(params, stream)));
       break;
   }
   if (params.num_chunks == 1) return cudaSuccess;

@@ -27,8 +27,15 @@
 // size 1..8; any page_size >= 1. Long KV with few query rows is split into chunks of
 // plan.chunk_keys keys and merged (attention_common.h).
 //
-// Two instruction sets for the same tiles, plan and results (PrefillAttentionParams::kernel):
+// Three kernels for the same results (PrefillAttentionParams::kernel; the plan is made for one,
+// PrefillPlanInput::kernel):
 //   kMmaSync (default; sm_80+): ldmatrix + mma.sync.m16n8k16 per warp, as drawn above.
+//   kMmaSyncWide (sm_80+): 128-row blocks, each warp 16 rows of each 64-row half; every K or
+//       V fragment a warp loads from shared memory feeds two mma instead of one: 0.25
+//       fragment loads per mma instead of 0.5 (0.31 at head_dim 128, whose Q fragments no
+//       longer fit in registers and are reloaded per k-step), the shared-memory traffic that
+//       bounds mma.sync on Hopper, for twice the accumulator registers and half the blocks.
+//       Not yet run on a GPU; kernel_bench measures it beside kMmaSync.
 //   kWgmma (sm_90a, head_dim 64 or 128): the block's 4 warps are one warpgroup; S = Q·Kᵀ is
 //       8 (head_dim 128) wgmma.m64n64k16 with Q from registers and K from a 128-byte-swizzled
 //       shared tile, and O += P·V is 4 wgmma.m64n{head_dim}k16 with P from registers and V
@@ -51,7 +58,7 @@ namespace glimpse::kernels::cuda {
 enum class AttentionMaskMode { kCausal, kTree };
 
 // The instructions the kernel computes its products with (see the top of this file).
-enum class PrefillKernel { kMmaSync, kWgmma };
+enum class PrefillKernel { kMmaSync, kMmaSyncWide, kWgmma };
 
 // Whether the kWgmma kernel exists for this head_dim (it also needs a compute capability 9.0
 // device, checked at launch).
@@ -60,10 +67,11 @@ inline bool WgmmaPrefillSupported(int32_t head_dim) { return head_dim == 64 || h
 // Host-side plan, made once per step from host copies of the index arrays and reused by every
 // layer (upload work_items once per step).
 struct PrefillPlan {
-  int32_t total_q = 0;     // qo_indptr[num_seqs]
+  int32_t block_rows = 64;  // packed query rows per block: 128 for kMmaSyncWide, else 64
+  int32_t total_q = 0;      // qo_indptr[num_seqs]
   int32_t chunk_keys = 0;  // keys per split chunk, a multiple of 64
   int32_t num_chunks = 1;  // chunks of the longest sequence; 1 = no split, no workspace
-  // Three int32 per block: (sequence, 64-row tile, kv chunk). Longest tiles first.
+  // Three int32 per block: (sequence, block_rows-row tile, kv chunk). Longest tiles first.
   std::vector<int32_t> work_items;
   int32_t num_work_items() const { return static_cast<int32_t>(work_items.size() / 3); }
 };
@@ -78,6 +86,7 @@ struct PrefillPlanInput {
   int32_t page_size = 0;
   AttentionMaskMode mask_mode = AttentionMaskMode::kCausal;
   int32_t num_sms = 132;  // cudaDevAttrMultiProcessorCount
+  PrefillKernel kernel = PrefillKernel::kMmaSync;  // the kernel the plan's tiles are for
 };
 
 // cudaErrorInvalidValue when a sequence has qo_len > kv_len, or qo_len > 64 in kTree mode.
@@ -100,7 +109,9 @@ struct PrefillAttentionParams {
   // kTree: bit j of tree_mask[t] set iff node j is node t or an ancestor of it (t is the
   // node index within its sequence; the array is indexed by global query token).
   const uint64_t* tree_mask = nullptr;  // device, [total_q]
-  // From the plan: its scalars and a device copy of plan.work_items.
+  // From the plan: its scalars and a device copy of plan.work_items. cudaErrorInvalidValue
+  // when the plan was made for another kernel's tiles (block_rows).
+  int32_t block_rows = 64;
   int32_t total_q = 0;
   int32_t chunk_keys = 0;
   int32_t num_chunks = 1;

@@ -2,7 +2,8 @@
 // reference on the same bf16 inputs: head dims 32/64/128, group sizes 1..8, page sizes
 // 1/16/17, query counts that are not multiples of the 64-row tile, chunked prefill over a
 // cached prefix, split-KV on and off, random draft trees of 1..64 nodes; checks o and lse.
-// Both instruction sets: mma.sync, and wgmma (head dims 64/128, sm_90 devices only).
+// Every kernel: mma.sync with 64- and 128-row blocks, and wgmma (head dims 64/128, sm_90
+// devices only).
 #include "kernels/cuda/prefill_attention.h"
 
 #include <cmath>
@@ -68,13 +69,15 @@ void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t nu
   in.page_size = page_size;
   in.mask_mode = mode;
   in.num_sms = num_sms;
+  in.kernel = kernel;
   PrefillPlan plan;
   GLIMPSE_ASSERT_CUDA(PlanPrefillAttention(in, &plan));
   std::string name = std::string(tree ? "tree" : "causal") +
-                     (kernel == PrefillKernel::kWgmma ? " wgmma" : "") +
-                     " d=" + std::to_string(head_dim) +
-                     " group=" + std::to_string(group) + " hkv=" +
-                     std::to_string(num_kv_heads) + " page=" + std::to_string(page_size) +
+                     (kernel == PrefillKernel::kWgmma         ? " wgmma"
+                      : kernel == PrefillKernel::kMmaSyncWide ? " wide"
+                                                              : "") +
+                     " d=" + std::to_string(head_dim) + " group=" + std::to_string(group) +
+                     " hkv=" + std::to_string(num_kv_heads) + " page=" + std::to_string(page_size) +
                      " chunks=" + std::to_string(plan.num_chunks) + " (qo,kv)=";
   for (const SeqShape& s : seqs) {
     name += '(';
@@ -175,6 +178,68 @@ GLIMPSE_CUDA_TEST(TreeAttentionMatchesReference) {
   RunCase(tree, 64, 3, 2, 17, {{64, 64}, {13, 13 + 17}}, 1);  // no prefix at all
   RunCase(tree, 128, 4, 8, 16, {{16, 16 + 4000}}, 132);        // split KV
   RunCase(tree, 32, 7, 1, 1, {{40, 40 + 300}, {2, 2 + 1}}, 132);
+}
+
+// 128-row blocks (two m-tiles per warp): the same cases; 129 and 513 rows end mid-block, and a
+// group of 8 with 16 tree nodes fills exactly one block.
+GLIMPSE_CUDA_TEST(PrefillWideMatchesReference) {
+  const PrefillKernel wide = PrefillKernel::kMmaSyncWide;
+  const AttentionMaskMode causal = AttentionMaskMode::kCausal;
+  const AttentionMaskMode tree = AttentionMaskMode::kTree;
+  for (const int32_t head_dim : {32, 64, 128}) {
+    for (const int32_t group : {1, 2, 4, 8}) {
+      RunCase(causal, head_dim, group, 2, 16, {{17, 17}, {100, 300}, {1, 1}, {64, 64}}, 1, wide);
+      RunCase(tree, head_dim, group, 2, 16, {{16, 16 + 100}, {7, 7 + 33}, {1, 1 + 5}}, 1, wide);
+    }
+  }
+  RunCase(causal, 128, 3, 2, 1, {{70, 70}, {5, 130}}, 1, wide);     // page size 1, odd group
+  RunCase(causal, 64, 5, 3, 17, {{33, 200}, {129, 129}}, 1, wide);  // page size 17
+  RunCase(causal, 128, 4, 8, 16, {{513, 1000}}, 1, wide);           // Llama-8B heads
+  RunCase(causal, 128, 4, 2, 16, {{30, 2000}}, 132, wide);          // split KV
+  RunCase(tree, 128, 4, 8, 16, {{64, 64 + 1000}}, 1, wide);         // the largest tree
+}
+
+// A plan's tiles are its kernel's: launching another kernel with it is refused, not run over
+// the wrong rows.
+GLIMPSE_CUDA_TEST(PrefillRefusesAPlanMadeForAnotherKernel) {
+  const std::vector<int32_t> qo_indptr = {0, 100};
+  const std::vector<int32_t> kv_indptr = {0, 7};
+  const std::vector<int32_t> last_page_len = {4};
+  PrefillPlanInput in;
+  in.qo_indptr = qo_indptr.data();
+  in.kv_indptr = kv_indptr.data();
+  in.kv_last_page_len = last_page_len.data();
+  in.num_seqs = 1;
+  in.num_qo_heads = 8;
+  in.num_kv_heads = 2;
+  in.page_size = 16;
+  PrefillPlan narrow, wide;
+  GLIMPSE_ASSERT_CUDA(PlanPrefillAttention(in, &narrow));
+  in.kernel = PrefillKernel::kMmaSyncWide;
+  GLIMPSE_ASSERT_CUDA(PlanPrefillAttention(in, &wide));
+  // 400 packed rows: 7 tiles of 64, 4 of 128.
+  GLIMPSE_EXPECT(narrow.num_work_items() == 7 && wide.num_work_items() == 4,
+                 "400 rows make 7 blocks of 64 and 4 of 128");
+  PrefillAttentionParams p;
+  p.kv.num_kv_heads = 2;
+  p.kv.head_dim = 64;
+  p.kv.page_size = 16;
+  p.num_qo_heads = 8;
+  DeviceArray<int32_t> scratch;
+  GLIMPSE_ASSERT_CUDA(scratch.Allocate(64));
+  p.q = p.o = scratch.get();
+  p.kv.k_cache = p.kv.v_cache = scratch.get();
+  p.qo_indptr = p.kv.kv_indptr = p.kv.kv_indices = p.kv.kv_last_page_len = scratch.get();
+  p.work_items = scratch.get();
+  ApplyPrefillPlan(narrow, &p);
+  p.kernel = PrefillKernel::kMmaSyncWide;
+  GLIMPSE_EXPECT(LaunchPrefillAttention(p, nullptr) == cudaErrorInvalidValue,
+                 "a 64-row plan launched on the 128-row kernel must be refused");
+  ApplyPrefillPlan(wide, &p);
+  p.kernel = PrefillKernel::kMmaSync;
+  GLIMPSE_EXPECT(LaunchPrefillAttention(p, nullptr) == cudaErrorInvalidValue,
+                 "a 128-row plan launched on the 64-row kernel must be refused");
+  (void)cudaGetLastError();
 }
 
 // True when the device runs the wgmma kernel (compute capability 9.0); says so otherwise.

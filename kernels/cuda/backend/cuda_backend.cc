@@ -49,7 +49,9 @@ absl::Status CudaBackend::Init() {
         "(8.0 or newer); use --device=cpu"));
   }
   num_sms_ = prop.multiProcessorCount;
-  wgmma_attention_ = wgmma_attention_ && prop.major == 9;  // the wgmma kernel is sm_90a code
+  if (prefill_kernel_ == PrefillKernel::kWgmma && prop.major != 9) {
+    prefill_kernel_ = PrefillKernel::kMmaSync;  // the wgmma kernel is sm_90a code
+  }
   name_ = absl::StrCat("cuda (", prop.name, ", device ", device_, ", sm_", prop.major,
                        prop.minor, ", ", num_sms_, " SMs, ",
                        prop.totalGlobalMem / (size_t{1} << 30), " GiB)");
@@ -272,9 +274,14 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOpti
   graph_options.run_eagerly_for_testing = options.graphs_run_eagerly_for_testing;
   const DType kv_dtype =
       options.kv_cache_dtype == CudaKvCacheDType::kBFloat16 ? DType::kBF16 : DType::kF32;
-  auto backend = std::make_unique<internal::CudaBackend>(
-      options.device_ordinal, std::move(tp_group), options.tp_rank, graph_options, kv_dtype,
-      options.wgmma_attention);
+  const PrefillKernel prefill_kernel =
+      options.prefill_attention == CudaPrefillAttention::kWgmma ? PrefillKernel::kWgmma
+      : options.prefill_attention == CudaPrefillAttention::kMmaSyncWide
+          ? PrefillKernel::kMmaSyncWide
+          : PrefillKernel::kMmaSync;
+  auto backend = std::make_unique<internal::CudaBackend>(options.device_ordinal,
+                                                         std::move(tp_group), options.tp_rank,
+                                                         graph_options, kv_dtype, prefill_kernel);
   RETURN_IF_ERROR(backend->Init());
   spdlog::info("CUDA backend: {}", backend->name());
   return std::unique_ptr<Backend>(std::move(backend));

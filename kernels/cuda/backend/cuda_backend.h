@@ -40,13 +40,21 @@ enum class CudaKvCacheDType {
   kBFloat16,
 };
 
+// Which kernel runs the tensor-core attention of steps with multi-token sequences over a bf16
+// cache (prefill_attention.h): `--cuda_prefill_attention`.
+enum class CudaPrefillAttention {
+  kMmaSync,      // mma.sync, 64-row blocks (default; every sm_80+ GPU)
+  kMmaSyncWide,  // mma.sync, 128-row blocks (experimental)
+  kWgmma,        // wgmma, compute capability 9.0 and head_dim 64/128 only (experimental)
+};
+
 struct CudaBackendOptions {
   int device_ordinal = 0;  // CUDA device number (after CUDA_VISIBLE_DEVICES).
   CudaKvCacheDType kv_cache_dtype = CudaKvCacheDType::kFloat32;
-  // Experimental (`--cuda_wgmma_attention`): with a bf16 cache on a compute capability 9.0 GPU
-  // and head_dim 64 or 128, the tensor-core attention runs its wgmma variant
-  // (prefill_attention.h; checked on the CUDA emulation, not yet on a GPU). Otherwise ignored.
-  bool wgmma_attention = false;
+  // The tensor-core attention's kernel. kWgmma falls back to kMmaSync on a GPU other than
+  // compute capability 9.0 and for head dims other than 64 and 128. The two experimental
+  // kernels are checked on the CUDA emulation, not yet on a GPU.
+  CudaPrefillAttention prefill_attention = CudaPrefillAttention::kMmaSync;
   // The NCCL group whose AllReduceSum this backend joins as rank tp_rank (on device_ordinal).
   // Shared by all the group's backends: the last one destroyed destroys the communicators.
   // Null: a new group of one, so that a single GPU runs the same ncclAllReduce path.
@@ -76,8 +84,9 @@ struct CudaBackendOptions {
 // Backend::Counters() reports CUDA graph captures and replays, and the steps run eagerly by
 // reason: "cuda_graph_captures_total", "cuda_graph_replays_total",
 // "cuda_graph_eager_<reason>_steps_total", the gauge "cuda_graphs_cached", and
-// "cuda_attention_tensor_core_calls_total" (attention calls run by the tensor-core kernel) and
-// "cuda_attention_wgmma_calls_total" (those on its wgmma variant).
+// "cuda_attention_tensor_core_calls_total" (attention calls run by the tensor-core kernel),
+// "cuda_attention_wide_calls_total" and "cuda_attention_wgmma_calls_total" (those on its
+// 128-row and wgmma variants).
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options);
 
 // One backend per device, backend r being rank r of one NCCL tensor-parallel group over

@@ -83,8 +83,12 @@ std::vector<BackendCounter> CudaBackend::Counters() const {
   counters.push_back({"cuda_attention_tensor_core_calls_total", tensor_core_attention_calls_,
                       "PagedAttention calls (layers x steps) run by the tensor-core attention "
                       "kernel (bf16 KV cache, steps with a multi-token sequence), not graphed"});
+  counters.push_back({"cuda_attention_wide_calls_total", wide_attention_calls_,
+                      "Of those, the calls run by its 128-row mma.sync variant "
+                      "(--cuda_prefill_attention=mma_sync_wide)"});
   counters.push_back({"cuda_attention_wgmma_calls_total", wgmma_attention_calls_,
-                      "Of those, the calls run by its wgmma variant (--cuda_wgmma_attention)"});
+                      "Of those, the calls run by its wgmma variant "
+                      "(--cuda_prefill_attention=wgmma)"});
   return counters;
 }
 

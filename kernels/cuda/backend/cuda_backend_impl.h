@@ -159,10 +159,10 @@ class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, std::shared_ptr<TensorParallelGroup> tp_group, int tp_rank,
               const DecodeGraphRecorder::Options& graph_options, DType kv_dtype,
-              bool wgmma_attention)
+              PrefillKernel prefill_kernel)
       : device_(device),
         kv_dtype_(kv_dtype),
-        wgmma_attention_(wgmma_attention),
+        prefill_kernel_(prefill_kernel),
         tp_group_(std::move(tp_group)),
         tp_rank_(tp_rank),
         graphs_(graph_options) {}
@@ -317,8 +317,9 @@ class CudaBackend final : public Backend {
 
   int device_;
   DType kv_dtype_;  // the KV cache's elements (CudaBackendOptions::kv_cache_dtype)
-  // CudaBackendOptions::wgmma_attention, kept by Init only on a compute capability 9.0 device.
-  bool wgmma_attention_;
+  // CudaBackendOptions::prefill_attention; Init turns kWgmma into kMmaSync on a device other
+  // than compute capability 9.0, and AttendPerSequence for head dims wgmma lacks.
+  PrefillKernel prefill_kernel_;
   std::string name_;
   int num_sms_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -344,6 +345,7 @@ class CudaBackend final : public Backend {
   AttentionMemo attention_memo_;
   PrefillMemo prefill_memo_;
   int64_t tensor_core_attention_calls_ = 0;  // AttendPerSequence launches (Counters())
+  int64_t wide_attention_calls_ = 0;         // those on the 128-row mma.sync variant
   int64_t wgmma_attention_calls_ = 0;        // those on the wgmma variant
   RopeMemo rope_memo_;
   // Tensor parallelism: this backend is rank tp_rank_ of tp_group_ (shared by the group's

@@ -435,6 +435,11 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   const KvLayerView& kv = params.kv;
   const int32_t block_size = kv.block_size;
   std::vector<int32_t> key = AttentionKey(params, num_tokens);
+  // The memo's plan is for this kernel: head_dim is the model's, the same on every call.
+  const PrefillKernel kernel =
+      prefill_kernel_ == PrefillKernel::kWgmma && !WgmmaPrefillSupported(kv.head_dim)
+          ? PrefillKernel::kMmaSync
+          : prefill_kernel_;
   PrefillMemo& memo = prefill_memo_;
   if (memo.generation != generation_ || memo.key != key) {
     for (int32_t s = 0; s < params.num_seqs; ++s) {
@@ -458,6 +463,7 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
     input.page_size = block_size;
     input.mask_mode = AttentionMaskMode::kCausal;
     input.num_sms = num_sms_;
+    input.kernel = kernel;
     PrefillPlan plan;
     GLIMPSE_CUDA_CHECK(PlanPrefillAttention(input, &plan));
     // One upload: [qo_indptr: S + 1 | kv_indptr: S + 1 | last_len: S | indices | work items].
@@ -506,8 +512,7 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   p.num_qo_heads = params.num_heads;
   p.sm_scale = params.scale;
   p.mask_mode = AttentionMaskMode::kCausal;
-  p.kernel = wgmma_attention_ && WgmmaPrefillSupported(kv.head_dim) ? PrefillKernel::kWgmma
-                                                                      : PrefillKernel::kMmaSync;
+  p.kernel = kernel;
   ApplyPrefillPlan(memo.plan, &p);
   p.work_items = memo.work_items;
   p.workspace = attention_workspace_.get();
@@ -515,7 +520,8 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   GLIMPSE_CUDA_CHECK(LaunchPrefillAttention(p, stream_));
   GLIMPSE_CUDA_CHECK(LaunchCastBf16ToF32(o_bf16, params.out, elements, stream_));
   ++tensor_core_attention_calls_;
-  if (p.kernel == PrefillKernel::kWgmma) ++wgmma_attention_calls_;
+  if (kernel == PrefillKernel::kWgmma) ++wgmma_attention_calls_;
+  if (kernel == PrefillKernel::kMmaSyncWide) ++wide_attention_calls_;
   return true;
 }
 

@@ -820,26 +820,37 @@ TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheMatchesCpu) {
   }
 }
 
-// The same steps on the wgmma attention kernel (the emulated device is compute capability 9.0):
-// head dims 64 and 128 take it, 32 keeps mma.sync.
-TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheWithWgmmaMatchesCpu) {
-  cuda::CudaBackendOptions options;
-  options.kv_cache_dtype = cuda::CudaKvCacheDType::kBFloat16;
-  options.wgmma_attention = true;
-  auto backend = cuda::CreateCudaBackend(options);
-  ASSERT_TRUE(backend.ok()) << backend.status();
-  const std::vector<SeqCase> mixed = {{36, 37}, {100, 1}, {24, 5}, {700, 130}};
-  auto normal = [this](size_t n) { return Normal(n); };
-  for (const KvShape s : {KvShape{8, 8, 64, 1}, KvShape{32, 8, 128, 16}, KvShape{6, 2, 32, 16}}) {
-    std::vector<float> out, ref;
-    const int64_t before = TensorCoreCalls(**backend);
-    const int64_t wgmma_before = testing::CounterValue(**backend, "cuda_attention_wgmma_calls_total");
-    RunAttention(**backend, cpu_, s, mixed, &out, &ref, rng_, normal, {true, true});
-    ExpectClose("bf16-KV wgmma attention " + Describe(s), out, ref, Tolerance::Bf16());
-    EXPECT_EQ(TensorCoreCalls(**backend) - before, 2);
-    EXPECT_EQ(testing::CounterValue(**backend, "cuda_attention_wgmma_calls_total") - wgmma_before,
-              s.head_dim == 32 ? 0 : 2)
-        << Describe(s);
+// The same steps on the experimental attention kernels (the emulated device is compute
+// capability 9.0): the 128-row mma.sync kernel for every head dim; wgmma for head dims 64 and
+// 128, while 32 keeps mma.sync. Each kernel's counter proves which one ran.
+TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheWithExperimentalKernelsMatchesCpu) {
+  struct Variant {
+    cuda::CudaPrefillAttention kernel;
+    const char* counter;
+    bool needs_head_dim_64_or_128;
+  };
+  for (const Variant v :
+       {Variant{cuda::CudaPrefillAttention::kMmaSyncWide, "cuda_attention_wide_calls_total", false},
+        Variant{cuda::CudaPrefillAttention::kWgmma, "cuda_attention_wgmma_calls_total", true}}) {
+    cuda::CudaBackendOptions options;
+    options.kv_cache_dtype = cuda::CudaKvCacheDType::kBFloat16;
+    options.prefill_attention = v.kernel;
+    auto backend = cuda::CreateCudaBackend(options);
+    ASSERT_TRUE(backend.ok()) << backend.status();
+    const std::vector<SeqCase> mixed = {{36, 37}, {100, 1}, {24, 5}, {700, 130}};
+    auto normal = [this](size_t n) { return Normal(n); };
+    for (const KvShape s : {KvShape{8, 8, 64, 1}, KvShape{32, 8, 128, 16}, KvShape{6, 2, 32, 16}}) {
+      std::vector<float> out, ref;
+      const int64_t before = TensorCoreCalls(**backend);
+      const int64_t variant_before = testing::CounterValue(**backend, v.counter);
+      RunAttention(**backend, cpu_, s, mixed, &out, &ref, rng_, normal, {true, true});
+      ExpectClose(std::string("bf16-KV attention on ") + v.counter + " " + Describe(s), out, ref,
+                  Tolerance::Bf16());
+      EXPECT_EQ(TensorCoreCalls(**backend) - before, 2);
+      EXPECT_EQ(testing::CounterValue(**backend, v.counter) - variant_before,
+                v.needs_head_dim_64_or_128 && s.head_dim == 32 ? 0 : 2)
+          << v.counter << " " << Describe(s);
+    }
   }
 }
 

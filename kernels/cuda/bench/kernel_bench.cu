@@ -365,6 +365,7 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
   in.page_size = KvPool::kPage;
   in.mask_mode = mode;
   in.num_sms = b.num_sms;
+  in.kernel = kernel;
   PrefillPlan plan;
   BENCH_CHECK(PlanPrefillAttention(in, &plan));
   // Chain masks for the tree mode (q_len <= 64 nodes); unused by the causal mode, whose q_len
@@ -416,8 +417,9 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
     const double flops = 2.0 * kHq * KvPool::kHeadDim * static_cast<double>(ctx) * ctx;
     const double tflops = flops / (us * 1e-6) / 1e12;
     std::snprintf(shape, sizeof(shape), "causal L=%d GQA 32/8 d=128", ctx);
-    const char* name =
-        kernel == PrefillKernel::kWgmma ? "prefill_attn_wgmma" : "prefill_attention";
+    const char* name = kernel == PrefillKernel::kWgmma         ? "prefill_attn_wgmma"
+                       : kernel == PrefillKernel::kMmaSyncWide ? "prefill_attn_wide"
+                                                               : "prefill_attention";
     b.rows.push_back({name, shape, us, tflops, "TFLOP/s", tflops / b.gemm_tflops,
                       "milestone >= 300 TFLOP/s"});
   }
@@ -458,7 +460,13 @@ bool RunAll(Bench& b, const std::string& json_path) {
         const char* target = q_len <= 16 ? "target <= 1.3x decode" : "target <= 2x decode";
         b.rows.push_back({q_len == 1 ? "tc_decode" : "tree_verify", shape, us, us / decode_us,
                           "x decode", 0.0, target});
-        if (b.wgmma && q_len > 1) {
+        if (q_len == 1) continue;
+        if (!BenchTensorCore(b, pool, AttentionMaskMode::kTree, batch, ctx, q_len, &us,
+                             PrefillKernel::kMmaSyncWide)) {
+          return false;
+        }
+        b.rows.push_back({"tree_verify_wide", shape, us, us / decode_us, "x decode", 0.0, target});
+        if (b.wgmma) {
           if (!BenchTensorCore(b, pool, AttentionMaskMode::kTree, batch, ctx, q_len, &us,
                                PrefillKernel::kWgmma)) {
             return false;
@@ -473,6 +481,10 @@ bool RunAll(Bench& b, const std::string& json_path) {
   for (const int32_t ctx : b.scale.prefill_lengths) {
     double us = 0;
     if (!BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us)) return false;
+    if (!BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us,
+                         PrefillKernel::kMmaSyncWide)) {
+      return false;
+    }
     if (b.wgmma && !BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us,
                                     PrefillKernel::kWgmma)) {
       return false;
@@ -555,8 +567,8 @@ int main(int argc, char** argv) {
   if (smoke) {
     // Every kernel family must have run, each row with a real time.
     for (const char* kernel : {"d2d_copy", "cublas_gemm_bf16", "paged_decode", "tc_decode",
-                               "tree_verify", "prefill_attention", "tree_verify_wgmma",
-                               "prefill_attn_wgmma"}) {
+                               "tree_verify", "prefill_attention", "tree_verify_wide",
+                               "prefill_attn_wide", "tree_verify_wgmma", "prefill_attn_wgmma"}) {
       const bool present = std::any_of(b.rows.begin(), b.rows.end(),
                                        [&](const Row& r) { return r.kernel == kernel; });
       const bool wgmma_row = std::string(kernel).find("wgmma") != std::string::npos;
