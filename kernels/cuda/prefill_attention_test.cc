@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -180,23 +181,28 @@ GLIMPSE_CUDA_TEST(TreeAttentionMatchesReference) {
   RunCase(tree, 32, 7, 1, 1, {{40, 40 + 300}, {2, 2 + 1}}, 132);
 }
 
-// 128-row blocks (two m-tiles per warp): the same cases; 129 and 513 rows end mid-block, and a
-// group of 8 with 16 tree nodes fills exactly one block.
-GLIMPSE_CUDA_TEST(PrefillWideMatchesReference) {
-  const PrefillKernel wide = PrefillKernel::kMmaSyncWide;
+// One variant kernel over the main cases of the tests above: causal and tree for every group
+// size and `head_dims`, odd page sizes and groups, Llama-8B heads, split KV, the largest tree.
+void RunVariantCases(PrefillKernel kernel, std::initializer_list<int32_t> head_dims) {
   const AttentionMaskMode causal = AttentionMaskMode::kCausal;
   const AttentionMaskMode tree = AttentionMaskMode::kTree;
-  for (const int32_t head_dim : {32, 64, 128}) {
+  for (const int32_t head_dim : head_dims) {
     for (const int32_t group : {1, 2, 4, 8}) {
-      RunCase(causal, head_dim, group, 2, 16, {{17, 17}, {100, 300}, {1, 1}, {64, 64}}, 1, wide);
-      RunCase(tree, head_dim, group, 2, 16, {{16, 16 + 100}, {7, 7 + 33}, {1, 1 + 5}}, 1, wide);
+      RunCase(causal, head_dim, group, 2, 16, {{17, 17}, {100, 300}, {1, 1}, {64, 64}}, 1, kernel);
+      RunCase(tree, head_dim, group, 2, 16, {{16, 16 + 100}, {7, 7 + 33}, {1, 1 + 5}}, 1, kernel);
     }
   }
-  RunCase(causal, 128, 3, 2, 1, {{70, 70}, {5, 130}}, 1, wide);     // page size 1, odd group
-  RunCase(causal, 64, 5, 3, 17, {{33, 200}, {129, 129}}, 1, wide);  // page size 17
-  RunCase(causal, 128, 4, 8, 16, {{513, 1000}}, 1, wide);           // Llama-8B heads
-  RunCase(causal, 128, 4, 2, 16, {{30, 2000}}, 132, wide);          // split KV
-  RunCase(tree, 128, 4, 8, 16, {{64, 64 + 1000}}, 1, wide);         // the largest tree
+  RunCase(causal, 128, 3, 2, 1, {{70, 70}, {5, 130}}, 1, kernel);     // page size 1, odd group
+  RunCase(causal, 64, 5, 3, 17, {{33, 200}, {129, 129}}, 1, kernel);  // page size 17
+  RunCase(causal, 128, 4, 8, 16, {{513, 1000}}, 1, kernel);           // Llama-8B heads
+  RunCase(causal, 128, 4, 2, 16, {{30, 2000}}, 132, kernel);          // split KV
+  RunCase(tree, 128, 4, 8, 16, {{64, 64 + 1000}}, 1, kernel);         // the largest tree
+}
+
+// 128-row blocks (two m-tiles per warp): 129 and 513 rows end mid-block, and a group of 8
+// with 16 tree nodes fills exactly one block.
+GLIMPSE_CUDA_TEST(PrefillWideMatchesReference) {
+  RunVariantCases(PrefillKernel::kMmaSyncWide, {32, 64, 128});
 }
 
 // A plan's tiles are its kernel's: launching another kernel with it is refused, not run over
@@ -256,21 +262,7 @@ bool DeviceHasWgmma() {
 
 GLIMPSE_CUDA_TEST(PrefillWgmmaMatchesReference) {
   if (!DeviceHasWgmma()) return;
-  const PrefillKernel wgmma = PrefillKernel::kWgmma;
-  const AttentionMaskMode causal = AttentionMaskMode::kCausal;
-  const AttentionMaskMode tree = AttentionMaskMode::kTree;
-  for (const int32_t head_dim : {64, 128}) {
-    for (const int32_t group : {1, 2, 4, 8}) {
-      RunCase(causal, head_dim, group, 2, 16, {{17, 17}, {100, 300}, {1, 1}, {64, 64}}, 1,
-              wgmma);
-      RunCase(tree, head_dim, group, 2, 16, {{16, 16 + 100}, {7, 7 + 33}, {1, 1 + 5}}, 1, wgmma);
-    }
-  }
-  RunCase(causal, 128, 3, 2, 1, {{70, 70}, {5, 130}}, 1, wgmma);   // page size 1, odd group
-  RunCase(causal, 64, 5, 3, 17, {{33, 200}, {129, 129}}, 1, wgmma);  // page size 17
-  RunCase(causal, 128, 4, 8, 16, {{513, 1000}}, 1, wgmma);          // Llama-8B heads
-  RunCase(causal, 128, 4, 2, 16, {{30, 2000}}, 132, wgmma);         // split KV
-  RunCase(tree, 128, 4, 8, 16, {{64, 64 + 1000}}, 1, wgmma);        // the largest tree
+  RunVariantCases(PrefillKernel::kWgmma, {64, 128});
 }
 
 GLIMPSE_CUDA_TEST(PrefillWgmmaRefusesHeadDim32) {
