@@ -76,6 +76,9 @@ int RunGenerateCommand() {
   });
   std::fputs(detokenizer.Flush().c_str(), stdout);
   std::fputs("\n", stdout);
+  // The text before the statistics on stderr, also when both go to one pipe (stdout is then
+  // block-buffered and would land after them).
+  std::fflush(stdout);
   if (!results.ok()) {
     std::fprintf(stderr, "glimpse generate: %s\n", std::string(results.status().message()).c_str());
     return 1;
