@@ -471,6 +471,7 @@ grpc::ServerUnaryReactor* EngineService::GetServerInfo(grpc::CallbackServerConte
   response->set_prefix_caching(o.scheduler.enable_prefix_caching);
   response->set_preemption_mode(options_.preemption_mode);
   response->set_kv_cache_bytes(options_.kv_cache_bytes);
+  response->set_kv_cache_dtype(options_.kv_cache_dtype);
   return FinishUnary(context, absl::OkStatus());
 }
 

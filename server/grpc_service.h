@@ -45,6 +45,7 @@ struct EngineServiceOptions {
   std::string device;                // e.g. the CPU model name.
   std::string preemption_mode = "recompute";
   uint64_t kv_cache_bytes = 0;  // Over all tensor-parallel ranks' devices.
+  std::string kv_cache_dtype = "fp32";  // "fp32", "f16" or "bf16"
   int32_t tensor_parallel_size = 1;
 };
 

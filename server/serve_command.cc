@@ -225,6 +225,7 @@ EngineServiceOptions ServiceOptions(const ServeConfig& c, const LoadedModel& loa
   o.device = DeviceDescription(backend_name);
   o.preemption_mode = c.preemption_mode;
   o.kv_cache_bytes = kv_bytes;
+  o.kv_cache_dtype = loaded.kv_cache_dtype_name();
   o.tensor_parallel_size = loaded.tensor_parallel_size();
   return o;
 }

@@ -466,6 +466,33 @@ TEST(GrpcE2ePreemptionTest, TinyKvPoolPreemptsInBothModesAndOutputsStayIdentical
   }
 }
 
+// GetServerInfo reports the KV cache as configured: an fp16 cache holds twice the blocks of
+// an fp32 one in the same bytes, and the engine still reproduces llama.cpp over it.
+TEST(GrpcE2eServerInfoTest, ReportsTheKvCacheTypeAndItsBlocks) {
+  // The bundled model's KV block: 6 layers x (K + V) x 16 slots x 64 values.
+  const int64_t block_values = 6 * 2 * 16 * 64;
+  const int64_t budget = 300 * block_values * 4;  // 300 fp32 blocks
+  for (const auto& [dtype, element_bytes] : {std::pair{"fp32", 4}, std::pair{"f16", 2}}) {
+    ServerProcess server;
+    ASSERT_TRUE(server.Start(
+        {"--kv_cache_bytes=" + std::to_string(budget), std::string("--kv_cache_dtype=") + dtype}));
+    grpc::ClientContext context;
+    v1::GetServerInfoResponse info;
+    ASSERT_TRUE(server.stub().GetServerInfo(&context, v1::GetServerInfoRequest(), &info).ok());
+    EXPECT_EQ(info.kv_cache_dtype(), dtype);
+    EXPECT_EQ(info.total_kv_blocks(),
+              static_cast<uint32_t>(budget / (block_values * element_bytes)))
+        << dtype;
+    EXPECT_EQ(info.kv_cache_bytes(),
+              static_cast<uint64_t>(info.total_kv_blocks()) * block_values * element_bytes)
+        << dtype;
+    const Reference& ref = References()[0];
+    StreamResult r = Generate(server.stub(), Greedy(ref.prompt_tokens, ref.tokens.size()));
+    ASSERT_TRUE(r.status.ok()) << dtype << " " << r.status.error_message();
+    EXPECT_EQ(r.tokens, ref.tokens) << dtype;
+  }
+}
+
 // With one running sequence and one waiting slot, a burst of requests overflows the queue:
 // the overflow gets RESOURCE_EXHAUSTED, the rest complete.
 TEST(GrpcE2eAdmissionTest, FullQueueAnswersResourceExhausted) {
