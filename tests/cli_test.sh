@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end checks of the `glimpse` binary as a user runs it: generate reproduces llama.cpp's
-# greedy continuation of a reference prompt (unsplit and over two tensor-parallel CPU ranks;
-# an impossible split is refused), tokenize prints llama.cpp's ids, make-model
-# writes a model that generate can load, and bad input fails with a clear message.
+# greedy continuation of a reference prompt (unsplit, over an fp16 KV cache and over two
+# tensor-parallel CPU ranks; an impossible split is refused), tokenize prints llama.cpp's ids,
+# make-model writes a model that generate can load, bench reports its figures, and bad input
+# fails with a clear message.
 set -uo pipefail
 GLIMPSE="$1"
 REFS="tests/data/refs/greedy_short.jsonl"
@@ -27,6 +28,18 @@ out=${out%.}
 [[ "$out" == "$want_text"$'\n' ]]
 check "generate reproduces llama.cpp's greedy text" $?
 
+# An fp16 KV cache (llama.cpp's default) reproduces the same text.
+out=$("$GLIMPSE" generate --prompt="$prompt" --max_tokens="$max_tokens" --ignore_eos --echo=false --threads=2 --kv_cache_dtype=f16 2>/dev/null; code=$?; echo .; exit $code)
+check "generate --kv_cache_dtype=f16 exits 0" $?
+out=${out%.}
+[[ "$out" == "$want_text"$'\n' ]]
+check "generate --kv_cache_dtype=f16 reproduces llama.cpp's greedy text" $?
+
+# Text and statistics on one pipe: the whole text and its newline come first.
+out=$("$GLIMPSE" generate --prompt="$prompt" --max_tokens="$max_tokens" --ignore_eos --echo=false --threads=2 2>&1)
+[[ "$out" == "$want_text"$'\n'"glimpse generate: "* ]]
+check "generate's statistics follow the text on their own line" $?
+
 # Split over two in-process CPU tensor-parallel ranks: the same greedy text.
 out=$("$GLIMPSE" generate --prompt="$prompt" --max_tokens="$max_tokens" --ignore_eos --echo=false --threads=2 --tensor_parallel_size=2 2>/dev/null; code=$?; echo .; exit $code)
 check "generate --tensor_parallel_size=2 exits 0" $?
@@ -49,6 +62,25 @@ tmp=$(mktemp -d)
 check "make-model exits 0" $?
 "$GLIMPSE" generate --model="$tmp/small.gguf" --prompt="hello" --max_tokens=3 --threads=2 >/dev/null 2>&1
 check "generate runs a make-model model" $?
+rm -rf "$tmp"
+
+# bench over an fp16 cache: the bundled model's KV per token is 6 layers x (K + V) x 2 KV heads
+# x 32 dims x 2 bytes = 1536 bytes, and the table's bandwidth with KV exceeds the weights' alone.
+tmp=$(mktemp -d)
+table=$("$GLIMPSE" bench --bench_model=models/tinycode-4m-f16.gguf --threads=2 --prompt_tokens=32 \
+    --gen_tokens=8 --batch_sizes=2 --repetitions=1 --kv_cache_dtype=f16 --json_out="$tmp/b.json" 2>/dev/null)
+check "bench exits 0" $?
+python3 - "$tmp/b.json" "$table" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))
+assert b["kv_cache_dtype"] == "f16", b["kv_cache_dtype"]
+assert b["kv_bytes_per_token"] == 1536, b["kv_bytes_per_token"]
+row = [l for l in sys.argv[2].splitlines() if l.startswith("| 2 |")][0]
+cells = [c.strip() for c in row.strip("|").split("|")]
+weights, with_kv = float(cells[4]), float(cells[5])
+assert with_kv > weights, (weights, with_kv)
+PY
+check "bench reports the fp16 cache's bytes per token and bandwidth with KV" $?
 rm -rf "$tmp"
 
 err=$("$GLIMPSE" generate --model=/no/such/model.gguf 2>&1 >/dev/null)

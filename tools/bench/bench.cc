@@ -164,9 +164,17 @@ int RunBenchCommand() {
   json["prompt_tokens"] = prompt_len;
   json["gen_tokens"] = gen_len;
   json["weight_bytes"] = loaded->weight_bytes();
-  std::printf("\n| batch | prefill tok/s (pp%d) | decode tok/s (tg%d) | steps | decode GB/s of weights |\n",
-              prompt_len, gen_len);
-  std::printf("|---:|---:|---:|---:|---:|\n");
+  // K and V of one token in every layer, summed over the ranks' devices.
+  constexpr int32_t kBlock = 16;
+  const double kv_bytes_per_token =
+      static_cast<double>(loaded->runner->KvBytesPerBlockPerDevice(kBlock)) / kBlock *
+      loaded->tensor_parallel_size();
+  json["kv_bytes_per_token"] = kv_bytes_per_token;
+  std::printf(
+      "\n| batch | prefill tok/s (pp%d) | decode tok/s (tg%d) | steps | decode GB/s of weights "
+      "| decode GB/s of weights + KV |\n",
+      prompt_len, gen_len);
+  std::printf("|---:|---:|---:|---:|---:|---:|\n");
   for (int32_t batch : batch_sizes) {
     std::vector<double> pp, tg;
     Sample last;
@@ -185,8 +193,11 @@ int RunBenchCommand() {
     // One decode step streams the weights once for the whole batch (every rank its shard: the
     // figure is summed over the devices).
     const double gbps = t.mean / batch * loaded->weight_bytes() / 1e9;
-    std::printf("| %d | %.1f ± %.1f | %.1f ± %.1f | %lld | %.1f |\n", batch, p.mean, p.stdev,
-                t.mean, t.stdev, static_cast<long long>(last.steps), gbps);
+    // And every sequence's KV once per step, at the mean context of the timed steps.
+    const double kv_per_step = batch * (prompt_len + gen_len / 2.0) * kv_bytes_per_token;
+    const double gbps_with_kv = t.mean / batch * (loaded->weight_bytes() + kv_per_step) / 1e9;
+    std::printf("| %d | %.1f ± %.1f | %.1f ± %.1f | %lld | %.1f | %.1f |\n", batch, p.mean, p.stdev,
+                t.mean, t.stdev, static_cast<long long>(last.steps), gbps, gbps_with_kv);
     std::fflush(stdout);
     json["results"].push_back({{"batch", batch},
                                {"prefill_tok_s", p.mean},
