@@ -288,6 +288,25 @@ absl::Status RegisterBackendCounters(MetricsRegistry& registry, const kernels::B
   return absl::OkStatus();
 }
 
+// The KV cache's configuration as an info metric (value 1, facts in the labels), as vLLM's
+// cache_config_info: what a dashboard needs to read the usage gauges.
+absl::Status RegisterCacheConfigInfo(MetricsRegistry& registry, const ServeConfig& c,
+                                     const LoadedModel& loaded) {
+  const MetricLabels labels = {
+      {"model_name", c.served_model_name},
+      {"kv_cache_dtype", loaded.kv_cache_dtype_name()},
+      {"block_size", absl::StrCat(c.engine.block_size)},
+      {"num_kv_blocks", absl::StrCat(c.engine.num_kv_blocks)},
+      {"num_host_blocks", absl::StrCat(c.engine.num_host_blocks)},
+      {"prefix_caching", c.engine.scheduler.enable_prefix_caching ? "true" : "false"}};
+  absl::StatusOr<Gauge*> info =
+      registry.AddGauge("glimpse_cache_config_info",
+                        "The KV cache's configuration (in the labels); always 1", labels);
+  if (!info.ok()) return info.status();
+  (*info)->Set(1.0);
+  return absl::OkStatus();
+}
+
 // SIGTERM handling: stop taking work, let in-flight requests finish (up to the timeout),
 // abort the rest, then stop the gRPC server and the engine.
 void Drain(const ServeConfig& c, ServerLifecycle& lifecycle, scheduler::Engine& engine,
@@ -338,9 +357,10 @@ int RunServeCommand() {
     return 1;
   }
   // Rank 0's counters: every rank runs the same steps.
-  if (absl::Status s = RegisterBackendCounters((*metrics)->registry, loaded->rank_backend(0),
-                                                {{"model_name", config->served_model_name}});
-      !s.ok()) {
+  absl::Status s = RegisterBackendCounters((*metrics)->registry, loaded->rank_backend(0),
+                                           {{"model_name", config->served_model_name}});
+  if (s.ok()) s = RegisterCacheConfigInfo((*metrics)->registry, *config, *loaded);
+  if (!s.ok()) {
     spdlog::error("cannot create the metrics: {}", std::string(s.message()));
     return 1;
   }

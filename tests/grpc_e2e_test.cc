@@ -466,16 +466,19 @@ TEST(GrpcE2ePreemptionTest, TinyKvPoolPreemptsInBothModesAndOutputsStayIdentical
   }
 }
 
-// GetServerInfo reports the KV cache as configured: an fp16 cache holds twice the blocks of
-// an fp32 one in the same bytes, and the engine still reproduces llama.cpp over it.
+// GetServerInfo and the metrics' cache_config_info report the KV cache as configured: an fp16
+// cache holds twice the blocks of an fp32 one in the same bytes, and the engine still
+// reproduces llama.cpp over it.
 TEST(GrpcE2eServerInfoTest, ReportsTheKvCacheTypeAndItsBlocks) {
   // The bundled model's KV block: 6 layers x (K + V) x 16 slots x 64 values.
   const int64_t block_values = 6 * 2 * 16 * 64;
   const int64_t budget = 300 * block_values * 4;  // 300 fp32 blocks
   for (const auto& [dtype, element_bytes] : {std::pair{"fp32", 4}, std::pair{"f16", 2}}) {
     ServerProcess server;
-    ASSERT_TRUE(server.Start(
-        {"--kv_cache_bytes=" + std::to_string(budget), std::string("--kv_cache_dtype=") + dtype}));
+    const int metrics_port = FreePort();
+    ASSERT_TRUE(server.Start({"--kv_cache_bytes=" + std::to_string(budget),
+                              std::string("--kv_cache_dtype=") + dtype,
+                              "--metrics_port=" + std::to_string(metrics_port)}));
     grpc::ClientContext context;
     v1::GetServerInfoResponse info;
     ASSERT_TRUE(server.stub().GetServerInfo(&context, v1::GetServerInfoRequest(), &info).ok());
@@ -486,6 +489,13 @@ TEST(GrpcE2eServerInfoTest, ReportsTheKvCacheTypeAndItsBlocks) {
     EXPECT_EQ(info.kv_cache_bytes(),
               static_cast<uint64_t>(info.total_kv_blocks()) * block_values * element_bytes)
         << dtype;
+    // The same facts in the metrics' info series.
+    const std::string metrics = HttpGet(metrics_port, "/metrics");
+    const std::string series =
+        std::string("glimpse_cache_config_info{model_name=\"tinycode-4m-f16\",kv_cache_dtype=\"") +
+        dtype + "\",block_size=\"16\",num_kv_blocks=\"" + std::to_string(info.total_kv_blocks()) +
+        "\",num_host_blocks=\"0\",prefix_caching=\"true\"} 1";
+    EXPECT_NE(metrics.find(series), std::string::npos) << series << "\n" << metrics;
     const Reference& ref = References()[0];
     StreamResult r = Generate(server.stub(), Greedy(ref.prompt_tokens, ref.tokens.size()));
     ASSERT_TRUE(r.status.ok()) << dtype << " " << r.status.error_message();
