@@ -449,6 +449,35 @@ int DeviceMajor() {
 
 }  // namespace
 
+size_t PrefillSharedMemoryBytes(PrefillKernel kernel, int32_t head_dim) {
+  const bool wgmma = kernel == PrefillKernel::kWgmma;
+  const bool wide = kernel == PrefillKernel::kMmaSyncWide;
+  switch (head_dim) {
+    case 32:
+      return wide ? PrefillShape<32, false, 2>::kSmemBytes : PrefillShape<32, false>::kSmemBytes;
+    case 64:
+      return wgmma  ? PrefillShape<64, true>::kSmemBytes
+             : wide ? PrefillShape<64, false, 2>::kSmemBytes
+                    : PrefillShape<64, false>::kSmemBytes;
+    default:
+      return wgmma  ? PrefillShape<128, true>::kSmemBytes
+             : wide ? PrefillShape<128, false, 2>::kSmemBytes
+                    : PrefillShape<128, false>::kSmemBytes;
+  }
+}
+
+PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int compute_major,
+                               size_t max_shared_memory_per_block) {
+  if (requested == PrefillKernel::kWgmma &&
+      (compute_major != 9 || !WgmmaPrefillSupported(head_dim))) {
+    return PrefillKernel::kMmaSync;
+  }
+  if (PrefillSharedMemoryBytes(requested, head_dim) > max_shared_memory_per_block) {
+    return PrefillKernel::kMmaSync;
+  }
+  return requested;
+}
+
 cudaError_t PlanPrefillAttention(const PrefillPlanInput& in, PrefillPlan* plan) {
   GLIMPSE_CUDA_RETURN_IF_INVALID(plan != nullptr && in.num_seqs >= 0 && in.page_size > 0);
   GLIMPSE_CUDA_RETURN_IF_INVALID(in.num_kv_heads > 0 && in.num_qo_heads > 0 &&

@@ -64,6 +64,16 @@ enum class PrefillKernel { kMmaSync, kMmaSyncWide, kWgmma };
 // device, checked at launch).
 inline bool WgmmaPrefillSupported(int32_t head_dim) { return head_dim == 64 || head_dim == 128; }
 
+// Dynamic shared memory one block of `kernel` takes at `head_dim` (32, 64 or 128).
+size_t PrefillSharedMemoryBytes(PrefillKernel kernel, int32_t head_dim);
+
+// The kernel to run when `requested` is asked for on a device of compute capability
+// `compute_major` granting `max_shared_memory_per_block` bytes (sharedMemPerBlockOptin):
+// `requested` where it runs there, else kMmaSync (wgmma: sm_90 and head_dim 64/128 only; the
+// 128-row kernel: 104 KB at head_dim 128, over the 99 KB of sm_86/sm_89 GPUs).
+PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int compute_major,
+                               size_t max_shared_memory_per_block);
+
 // Host-side plan, made once per step from host copies of the index arrays and reused by every
 // layer (upload work_items once per step).
 struct PrefillPlan {

@@ -248,6 +248,31 @@ GLIMPSE_CUDA_TEST(PrefillRefusesAPlanMadeForAnotherKernel) {
   (void)cudaGetLastError();
 }
 
+// Which kernel runs where: wgmma only on sm_90 at head dims 64/128; the 128-row kernel where
+// its shared memory fits (A100: 163 KB, H100/H200: 227 KB, sm_86/sm_89: 99 KB per block).
+GLIMPSE_CUDA_TEST(PrefillKernelForFallsBackWhereTheKernelCannotRun) {
+  const PrefillKernel mma = PrefillKernel::kMmaSync;
+  const PrefillKernel wide = PrefillKernel::kMmaSyncWide;
+  const PrefillKernel wgmma = PrefillKernel::kWgmma;
+  const size_t h200 = 232448, a100 = 166912, rtx4090 = 101376;
+  // Bytes: Q tile rows x (head_dim + 8) x 2 + 4 K/V tiles of 64 rows (+ 1 KiB alignment for
+  // wgmma's 128-byte-swizzled tiles of 64 x head_dim).
+  GLIMPSE_EXPECT(PrefillSharedMemoryBytes(mma, 128) == 64 * 136 * 2 + 4 * 64 * 136 * 2,
+                 "64-row kernel, head_dim 128: 87,040 bytes");
+  GLIMPSE_EXPECT(PrefillSharedMemoryBytes(wide, 128) == 128 * 136 * 2 + 4 * 64 * 136 * 2,
+                 "128-row kernel, head_dim 128: 104,448 bytes");
+  GLIMPSE_EXPECT(PrefillSharedMemoryBytes(wgmma, 128) == 64 * 136 * 2 + 4 * 64 * 128 * 2 + 1024,
+                 "wgmma, head_dim 128: 83,968 bytes");
+  GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 128, 9, h200) == wgmma, "wgmma runs on an H200");
+  GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 32, 9, h200) == mma, "no wgmma kernel at head_dim 32");
+  GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 128, 8, a100) == mma, "no wgmma on sm_80");
+  GLIMPSE_EXPECT(PrefillKernelFor(wide, 128, 8, a100) == wide, "128 rows fit an A100's block");
+  GLIMPSE_EXPECT(PrefillKernelFor(wide, 128, 8, rtx4090) == mma,
+                 "128 rows at head_dim 128 do not fit 99 KB");
+  GLIMPSE_EXPECT(PrefillKernelFor(wide, 64, 8, rtx4090) == wide, "at head_dim 64 they do");
+  GLIMPSE_EXPECT(PrefillKernelFor(mma, 128, 8, rtx4090) == mma, "the default runs everywhere");
+}
+
 // True when the device runs the wgmma kernel (compute capability 9.0); says so otherwise.
 bool DeviceHasWgmma() {
   int device = 0;

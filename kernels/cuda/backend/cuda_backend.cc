@@ -49,9 +49,8 @@ absl::Status CudaBackend::Init() {
         "(8.0 or newer); use --device=cpu"));
   }
   num_sms_ = prop.multiProcessorCount;
-  if (prefill_kernel_ == PrefillKernel::kWgmma && prop.major != 9) {
-    prefill_kernel_ = PrefillKernel::kMmaSync;  // the wgmma kernel is sm_90a code
-  }
+  compute_major_ = prop.major;
+  max_shared_memory_per_block_ = prop.sharedMemPerBlockOptin;
   name_ = absl::StrCat("cuda (", prop.name, ", device ", device_, ", sm_", prop.major,
                        prop.minor, ", ", num_sms_, " SMs, ",
                        prop.totalGlobalMem / (size_t{1} << 30), " GiB)");

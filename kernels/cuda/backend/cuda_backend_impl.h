@@ -317,9 +317,11 @@ class CudaBackend final : public Backend {
 
   int device_;
   DType kv_dtype_;  // the KV cache's elements (CudaBackendOptions::kv_cache_dtype)
-  // CudaBackendOptions::prefill_attention; Init turns kWgmma into kMmaSync on a device other
-  // than compute capability 9.0, and AttendPerSequence for head dims wgmma lacks.
+  // CudaBackendOptions::prefill_attention; AttendPerSequence runs it where the device and
+  // head_dim allow (PrefillKernelFor), else kMmaSync.
   PrefillKernel prefill_kernel_;
+  int compute_major_ = 0;                   // from Init
+  size_t max_shared_memory_per_block_ = 0;  // sharedMemPerBlockOptin, from Init
   std::string name_;
   int num_sms_ = 0;
   cudaStream_t stream_ = nullptr;

@@ -437,9 +437,7 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   std::vector<int32_t> key = AttentionKey(params, num_tokens);
   // The memo's plan is for this kernel: head_dim is the model's, the same on every call.
   const PrefillKernel kernel =
-      prefill_kernel_ == PrefillKernel::kWgmma && !WgmmaPrefillSupported(kv.head_dim)
-          ? PrefillKernel::kMmaSync
-          : prefill_kernel_;
+      PrefillKernelFor(prefill_kernel_, kv.head_dim, compute_major_, max_shared_memory_per_block_);
   PrefillMemo& memo = prefill_memo_;
   if (memo.generation != generation_ || memo.key != key) {
     for (int32_t s = 0; s < params.num_seqs; ++s) {
