@@ -205,6 +205,15 @@ GLIMPSE_CUDA_TEST(PrefillWideMatchesReference) {
   RunVariantCases(PrefillKernel::kMmaSyncWide, {32, 64, 128});
 }
 
+// Points every array of `p` at `scratch` (aligned device memory): for launches that must be
+// refused before reading any of them.
+void PointArraysAt(int32_t* scratch, PrefillAttentionParams* p) {
+  p->q = p->o = scratch;
+  p->kv.k_cache = p->kv.v_cache = scratch;
+  p->qo_indptr = p->kv.kv_indptr = p->kv.kv_indices = p->kv.kv_last_page_len = scratch;
+  p->work_items = scratch;
+}
+
 // A plan's tiles are its kernel's: launching another kernel with it is refused, not run over
 // the wrong rows.
 GLIMPSE_CUDA_TEST(PrefillRefusesAPlanMadeForAnotherKernel) {
@@ -233,10 +242,7 @@ GLIMPSE_CUDA_TEST(PrefillRefusesAPlanMadeForAnotherKernel) {
   p.num_qo_heads = 8;
   DeviceArray<int32_t> scratch;
   GLIMPSE_ASSERT_CUDA(scratch.Allocate(64));
-  p.q = p.o = scratch.get();
-  p.kv.k_cache = p.kv.v_cache = scratch.get();
-  p.qo_indptr = p.kv.kv_indptr = p.kv.kv_indices = p.kv.kv_last_page_len = scratch.get();
-  p.work_items = scratch.get();
+  PointArraysAt(scratch.get(), &p);
   ApplyPrefillPlan(narrow, &p);
   p.kernel = PrefillKernel::kMmaSyncWide;
   GLIMPSE_EXPECT(LaunchPrefillAttention(p, nullptr) == cudaErrorInvalidValue,
@@ -301,10 +307,7 @@ GLIMPSE_CUDA_TEST(PrefillWgmmaRefusesHeadDim32) {
   p.kernel = PrefillKernel::kWgmma;
   DeviceArray<int32_t> scratch;
   GLIMPSE_ASSERT_CUDA(scratch.Allocate(64));
-  p.q = p.o = scratch.get();
-  p.kv.k_cache = p.kv.v_cache = scratch.get();
-  p.qo_indptr = p.kv.kv_indptr = p.kv.kv_indices = p.kv.kv_last_page_len = scratch.get();
-  p.work_items = scratch.get();
+  PointArraysAt(scratch.get(), &p);
   p.num_work_items = 1;
   GLIMPSE_EXPECT(LaunchPrefillAttention(p, nullptr) == cudaErrorInvalidValue,
                  "kWgmma with head_dim 32 must be refused");
