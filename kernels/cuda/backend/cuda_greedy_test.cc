@@ -29,7 +29,8 @@
 // F16 file with a bf16 KV cache (what `--device=cuda` runs for it by default), against the CPU
 //   with a bf16 cache too (the same rounding of each key and value, kernels/cpu/kv_layout.h):
 //   the same bounds; queries add one bf16 rounding in prefill steps, which run on the
-//   tensor-core attention kernel (checked through its counter).
+//   tensor-core attention kernel (checked through its counter), the default 64-row one and
+//   the 128-row variant.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -235,6 +236,11 @@ void CompareBackends(const std::string& model_path, const Bounds& bounds,
     // At least every layer of every teacher-forced prefill.
     EXPECT_GE(tensor_core_calls,
               static_cast<int64_t>(refs.size()) * cpu.model->config().num_layers);
+    if (options.prefill_attention == kernels::cuda::CudaPrefillAttention::kMmaSyncWide) {
+      EXPECT_EQ(kernels::testing::CounterValue(*cuda.backend, "cuda_attention_wide_calls_total"),
+                tensor_core_calls)
+          << "every tensor-core call on the 128-row kernel";
+    }
   } else {
     EXPECT_EQ(tensor_core_calls, 0) << "an fp32 cache has no tensor-core attention";
   }
@@ -271,6 +277,14 @@ TEST(CudaGreedyTest, Bf16WeightsDivergeRarelyAndOnlyAtNearTies) {
 TEST(CudaGreedyTest, Bf16WeightsAndBf16KvCacheDivergeRarelyAndOnlyAtNearTies) {
   kernels::cuda::CudaBackendOptions options;
   options.kv_cache_dtype = kernels::cuda::CudaKvCacheDType::kBFloat16;
+  CompareBackends("models/tinycode-4m-f16.gguf", Bf16Bounds(), options);
+}
+
+// The same over the 128-row attention kernel (`--cuda_prefill_attention=mma_sync_wide`).
+TEST(CudaGreedyTest, Bf16KvCacheOnTheWideAttentionKernelDivergesRarelyAndOnlyAtNearTies) {
+  kernels::cuda::CudaBackendOptions options;
+  options.kv_cache_dtype = kernels::cuda::CudaKvCacheDType::kBFloat16;
+  options.prefill_attention = kernels::cuda::CudaPrefillAttention::kMmaSyncWide;
   CompareBackends("models/tinycode-4m-f16.gguf", Bf16Bounds(), options);
 }
 
