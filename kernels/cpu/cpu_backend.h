@@ -42,7 +42,6 @@ class CpuBackend final : public Backend {
   void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override;
   void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) override;
   size_t KvElementBytes() const override { return KvElementSize(kv_type_); }
-  KvElementType kv_type() const { return kv_type_; }
 
   absl::StatusOr<std::unique_ptr<PackedMatrix>> PackMatrix(const MatrixView& w) override;
   void MatMul(const float* x, int64_t num_rows, const PackedMatrix& w, float* y) override;
