@@ -43,32 +43,6 @@ bool AbslParseFlag(absl::string_view text, KvCacheDType* dtype, std::string* err
   return true;
 }
 
-bool AbslParseFlag(absl::string_view text, CudaPrefillAttention* kernel, std::string* error) {
-  if (text == "mma_sync") {
-    *kernel = CudaPrefillAttention::kMmaSync;
-  } else if (text == "mma_sync_wide") {
-    *kernel = CudaPrefillAttention::kMmaSyncWide;
-  } else if (text == "wgmma") {
-    *kernel = CudaPrefillAttention::kWgmma;
-  } else {
-    *error = "expected 'mma_sync', 'mma_sync_wide' or 'wgmma'";
-    return false;
-  }
-  return true;
-}
-
-std::string AbslUnparseFlag(CudaPrefillAttention kernel) {
-  switch (kernel) {
-    case CudaPrefillAttention::kMmaSyncWide:
-      return "mma_sync_wide";
-    case CudaPrefillAttention::kWgmma:
-      return "wgmma";
-    case CudaPrefillAttention::kMmaSync:
-      break;
-  }
-  return "mma_sync";
-}
-
 std::string AbslUnparseFlag(KvCacheDType dtype) {
   switch (dtype) {
     case KvCacheDType::kAuto:
@@ -84,6 +58,36 @@ std::string AbslUnparseFlag(KvCacheDType dtype) {
 }
 
 }  // namespace glimpse::server
+
+namespace glimpse::kernels::cuda {
+
+bool AbslParseFlag(absl::string_view text, PrefillKernel* kernel, std::string* error) {
+  if (text == "mma_sync") {
+    *kernel = PrefillKernel::kMmaSync;
+  } else if (text == "mma_sync_wide") {
+    *kernel = PrefillKernel::kMmaSyncWide;
+  } else if (text == "wgmma") {
+    *kernel = PrefillKernel::kWgmma;
+  } else {
+    *error = "expected 'mma_sync', 'mma_sync_wide' or 'wgmma'";
+    return false;
+  }
+  return true;
+}
+
+std::string AbslUnparseFlag(PrefillKernel kernel) {
+  switch (kernel) {
+    case PrefillKernel::kMmaSyncWide:
+      return "mma_sync_wide";
+    case PrefillKernel::kWgmma:
+      return "wgmma";
+    case PrefillKernel::kMmaSync:
+      break;
+  }
+  return "mma_sync";
+}
+
+}  // namespace glimpse::kernels::cuda
 
 ABSL_FLAG(std::string, model, "models/tinycode-4m-f16.gguf",
           "Path of the GGUF model file (Llama architecture; F32, F16, BF16 or Q8_0 weights). "
@@ -107,8 +111,8 @@ ABSL_FLAG(glimpse::server::KvCacheDType, kv_cache_dtype, glimpse::server::KvCach
           "reads; keys and values are rounded once when stored (on CUDA bf16 also puts prefill "
           "attention on tensor cores). fp32 is exact: on the CPU it reproduces the model's "
           "fp32 outputs bit for bit.");
-ABSL_FLAG(glimpse::server::CudaPrefillAttention, cuda_prefill_attention,
-          glimpse::server::CudaPrefillAttention::kMmaSync,
+ABSL_FLAG(glimpse::kernels::cuda::PrefillKernel, cuda_prefill_attention,
+          glimpse::kernels::cuda::PrefillKernel::kMmaSync,
           "--device=cuda with a bf16 KV cache: the kernel that runs prefill and mixed-step "
           "attention on tensor cores. 'mma_sync' (64-row blocks; every sm_80+ GPU), "
           "experimental 'mma_sync_wide' (128-row blocks: less shared-memory traffic per flop, "

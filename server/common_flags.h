@@ -6,6 +6,7 @@
 
 #include "absl/flags/declare.h"
 #include "absl/strings/string_view.h"
+#include "kernels/cuda/prefill_kernel.h"
 
 namespace glimpse::server {
 
@@ -25,21 +26,22 @@ enum class KvCacheDType { kAuto, kFp32, kF16, kBf16 };
 bool AbslParseFlag(absl::string_view text, KvCacheDType* dtype, std::string* error);
 std::string AbslUnparseFlag(KvCacheDType dtype);
 
-// The tensor-core attention kernel of a bf16 cache on CUDA: the `--cuda_prefill_attention` flag
-// (kernels::cuda::CudaPrefillAttention; this build may have no CUDA).
-enum class CudaPrefillAttention { kMmaSync, kMmaSyncWide, kWgmma };
-
-// "mma_sync", "mma_sync_wide" or "wgmma".
-bool AbslParseFlag(absl::string_view text, CudaPrefillAttention* kernel, std::string* error);
-std::string AbslUnparseFlag(CudaPrefillAttention kernel);
-
 }  // namespace glimpse::server
+
+namespace glimpse::kernels::cuda {
+
+// The `--cuda_prefill_attention` flag: "mma_sync", "mma_sync_wide" or "wgmma". Declared in the
+// enum's namespace, where absl finds them; kernels/cuda itself stays free of Abseil.
+bool AbslParseFlag(absl::string_view text, PrefillKernel* kernel, std::string* error);
+std::string AbslUnparseFlag(PrefillKernel kernel);
+
+}  // namespace glimpse::kernels::cuda
 
 ABSL_DECLARE_FLAG(std::string, model);
 ABSL_DECLARE_FLAG(int32_t, threads);
 ABSL_DECLARE_FLAG(glimpse::server::Device, device);
 ABSL_DECLARE_FLAG(bool, cuda_graphs);
-ABSL_DECLARE_FLAG(glimpse::server::CudaPrefillAttention, cuda_prefill_attention);
+ABSL_DECLARE_FLAG(glimpse::kernels::cuda::PrefillKernel, cuda_prefill_attention);
 ABSL_DECLARE_FLAG(glimpse::server::KvCacheDType, kv_cache_dtype);
 ABSL_DECLARE_FLAG(int32_t, tensor_parallel_size);
 

@@ -30,17 +30,7 @@ absl::Status BuiltWithoutCudaError() {
 kernels::cuda::CudaBackendOptions CudaOptions(KvCacheDType kv_dtype) {
   kernels::cuda::CudaBackendOptions options;
   options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
-  switch (absl::GetFlag(FLAGS_cuda_prefill_attention)) {
-    case CudaPrefillAttention::kMmaSync:
-      options.prefill_attention = kernels::cuda::CudaPrefillAttention::kMmaSync;
-      break;
-    case CudaPrefillAttention::kMmaSyncWide:
-      options.prefill_attention = kernels::cuda::CudaPrefillAttention::kMmaSyncWide;
-      break;
-    case CudaPrefillAttention::kWgmma:
-      options.prefill_attention = kernels::cuda::CudaPrefillAttention::kWgmma;
-      break;
-  }
+  options.prefill_attention = absl::GetFlag(FLAGS_cuda_prefill_attention);
   options.kv_cache_dtype = kv_dtype == KvCacheDType::kBf16
                                ? kernels::cuda::CudaKvCacheDType::kBFloat16
                                : kernels::cuda::CudaKvCacheDType::kFloat32;

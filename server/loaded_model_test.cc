@@ -87,11 +87,12 @@ TEST(KvCacheDTypeTest, FlagParsesTheNamesAndAliasesAndRejectsOthers) {
 }
 
 TEST(CudaPrefillAttentionFlagTest, ParsesTheThreeKernelsAndRejectsOthers) {
-  CudaPrefillAttention k = CudaPrefillAttention::kMmaSync;
+  using kernels::cuda::PrefillKernel;
+  PrefillKernel k = PrefillKernel::kMmaSync;
   std::string error;
-  for (const auto& [text, want] : {std::pair{"mma_sync", CudaPrefillAttention::kMmaSync},
-                                   std::pair{"mma_sync_wide", CudaPrefillAttention::kMmaSyncWide},
-                                   std::pair{"wgmma", CudaPrefillAttention::kWgmma}}) {
+  for (const auto& [text, want] : {std::pair{"mma_sync", PrefillKernel::kMmaSync},
+                                   std::pair{"mma_sync_wide", PrefillKernel::kMmaSyncWide},
+                                   std::pair{"wgmma", PrefillKernel::kWgmma}}) {
     ASSERT_TRUE(AbslParseFlag(text, &k, &error)) << text;
     EXPECT_EQ(k, want) << text;
     EXPECT_EQ(AbslUnparseFlag(k), text);

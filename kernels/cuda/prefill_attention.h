@@ -52,13 +52,12 @@
 #include <vector>
 
 #include "kernels/cuda/kv_layout.h"
+#include "kernels/cuda/prefill_kernel.h"
 
 namespace glimpse::kernels::cuda {
 
 enum class AttentionMaskMode { kCausal, kTree };
 
-// The instructions the kernel computes its products with (see the top of this file).
-enum class PrefillKernel { kMmaSync, kMmaSyncWide, kWgmma };
 
 // Whether the kWgmma kernel exists for this head_dim (it also needs a compute capability 9.0
 // device, checked at launch).

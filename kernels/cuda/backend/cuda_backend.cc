@@ -273,14 +273,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOpti
   graph_options.run_eagerly_for_testing = options.graphs_run_eagerly_for_testing;
   const DType kv_dtype =
       options.kv_cache_dtype == CudaKvCacheDType::kBFloat16 ? DType::kBF16 : DType::kF32;
-  const PrefillKernel prefill_kernel =
-      options.prefill_attention == CudaPrefillAttention::kWgmma ? PrefillKernel::kWgmma
-      : options.prefill_attention == CudaPrefillAttention::kMmaSyncWide
-          ? PrefillKernel::kMmaSyncWide
-          : PrefillKernel::kMmaSync;
-  auto backend = std::make_unique<internal::CudaBackend>(options.device_ordinal,
-                                                         std::move(tp_group), options.tp_rank,
-                                                         graph_options, kv_dtype, prefill_kernel);
+  auto backend = std::make_unique<internal::CudaBackend>(
+      options.device_ordinal, std::move(tp_group), options.tp_rank, graph_options, kv_dtype,
+      options.prefill_attention);
   RETURN_IF_ERROR(backend->Init());
   spdlog::info("CUDA backend: {}", backend->name());
   return std::unique_ptr<Backend>(std::move(backend));

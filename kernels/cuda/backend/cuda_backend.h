@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/prefill_kernel.h"
 
 namespace glimpse::kernels::cuda {
 
@@ -40,22 +41,15 @@ enum class CudaKvCacheDType {
   kBFloat16,
 };
 
-// Which kernel runs the tensor-core attention of steps with multi-token sequences over a bf16
-// cache (prefill_attention.h): `--cuda_prefill_attention`.
-enum class CudaPrefillAttention {
-  kMmaSync,      // mma.sync, 64-row blocks (default; every sm_80+ GPU)
-  kMmaSyncWide,  // mma.sync, 128-row blocks (experimental)
-  kWgmma,        // wgmma, compute capability 9.0 and head_dim 64/128 only (experimental)
-};
-
 struct CudaBackendOptions {
   int device_ordinal = 0;  // CUDA device number (after CUDA_VISIBLE_DEVICES).
   CudaKvCacheDType kv_cache_dtype = CudaKvCacheDType::kFloat32;
-  // The tensor-core attention's kernel. kWgmma falls back to kMmaSync on a GPU other than
+  // The tensor-core attention's kernel, for steps with multi-token sequences over a bf16
+  // cache (`--cuda_prefill_attention`). kWgmma falls back to kMmaSync on a GPU other than
   // compute capability 9.0 and for head dims other than 64 and 128, kMmaSyncWide where a block
   // cannot have its shared memory (head_dim 128 on sm_86/sm_89). The two experimental kernels
   // are checked on the CUDA emulation, not yet on a GPU.
-  CudaPrefillAttention prefill_attention = CudaPrefillAttention::kMmaSync;
+  PrefillKernel prefill_attention = PrefillKernel::kMmaSync;
   // The NCCL group whose AllReduceSum this backend joins as rank tp_rank (on device_ordinal).
   // Shared by all the group's backends: the last one destroyed destroys the communicators.
   // Null: a new group of one, so that a single GPU runs the same ncclAllReduce path.

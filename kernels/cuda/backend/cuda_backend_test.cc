@@ -825,13 +825,13 @@ TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheMatchesCpu) {
 // 128, while 32 keeps mma.sync. Each kernel's counter proves which one ran.
 TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheWithExperimentalKernelsMatchesCpu) {
   struct Variant {
-    cuda::CudaPrefillAttention kernel;
+    cuda::PrefillKernel kernel;
     const char* counter;
     bool needs_head_dim_64_or_128;
   };
   for (const Variant v :
-       {Variant{cuda::CudaPrefillAttention::kMmaSyncWide, "cuda_attention_wide_calls_total", false},
-        Variant{cuda::CudaPrefillAttention::kWgmma, "cuda_attention_wgmma_calls_total", true}}) {
+       {Variant{cuda::PrefillKernel::kMmaSyncWide, "cuda_attention_wide_calls_total", false},
+        Variant{cuda::PrefillKernel::kWgmma, "cuda_attention_wgmma_calls_total", true}}) {
     cuda::CudaBackendOptions options;
     options.kv_cache_dtype = cuda::CudaKvCacheDType::kBFloat16;
     options.prefill_attention = v.kernel;

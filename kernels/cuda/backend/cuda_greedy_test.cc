@@ -236,7 +236,7 @@ void CompareBackends(const std::string& model_path, const Bounds& bounds,
     // At least every layer of every teacher-forced prefill.
     EXPECT_GE(tensor_core_calls,
               static_cast<int64_t>(refs.size()) * cpu.model->config().num_layers);
-    if (options.prefill_attention == kernels::cuda::CudaPrefillAttention::kMmaSyncWide) {
+    if (options.prefill_attention == kernels::cuda::PrefillKernel::kMmaSyncWide) {
       EXPECT_EQ(kernels::testing::CounterValue(*cuda.backend, "cuda_attention_wide_calls_total"),
                 tensor_core_calls)
           << "every tensor-core call on the 128-row kernel";
@@ -284,7 +284,7 @@ TEST(CudaGreedyTest, Bf16WeightsAndBf16KvCacheDivergeRarelyAndOnlyAtNearTies) {
 TEST(CudaGreedyTest, Bf16KvCacheOnTheWideAttentionKernelDivergesRarelyAndOnlyAtNearTies) {
   kernels::cuda::CudaBackendOptions options;
   options.kv_cache_dtype = kernels::cuda::CudaKvCacheDType::kBFloat16;
-  options.prefill_attention = kernels::cuda::CudaPrefillAttention::kMmaSyncWide;
+  options.prefill_attention = kernels::cuda::PrefillKernel::kMmaSyncWide;
   CompareBackends("models/tinycode-4m-f16.gguf", Bf16Bounds(), options);
 }
 

@@ -1,0 +1,17 @@
+// Which kernel runs the tensor-core attention (prefill_attention.h): one enum for the kernels,
+// the CUDA backend's options and the `--cuda_prefill_attention` flag. No CUDA headers, so every
+// build can name it, also one without CUDA.
+#ifndef GLIMPSE_KERNELS_CUDA_PREFILL_KERNEL_H_
+#define GLIMPSE_KERNELS_CUDA_PREFILL_KERNEL_H_
+
+namespace glimpse::kernels::cuda {
+
+enum class PrefillKernel {
+  kMmaSync,      // mma.sync, 64-row blocks (default; every sm_80+ GPU)
+  kMmaSyncWide,  // mma.sync, 128-row blocks (experimental)
+  kWgmma,        // wgmma, compute capability 9.0 and head_dim 64/128 only (experimental)
+};
+
+}  // namespace glimpse::kernels::cuda
+
+#endif  // GLIMPSE_KERNELS_CUDA_PREFILL_KERNEL_H_
