@@ -420,15 +420,41 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
   }
 }
 
-template <int kHeadDim, bool kWgmma, int kMTiles = 1>
-cudaError_t LaunchTyped(const PrefillAttentionParams& p, cudaStream_t stream) {
-  constexpr int kSmem = PrefillShape<kHeadDim, kWgmma, kMTiles>::kSmemBytes;
-  GLIMPSE_CUDA_RETURN_IF_ERROR(
-      cudaFuncSetAttribute(PrefillAttentionKernel<kHeadDim, kWgmma, kMTiles>,
-                           cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  const dim3 grid(p.num_work_items, p.kv.num_kv_heads);
-  PrefillAttentionKernel<kHeadDim, kWgmma, kMTiles><<<grid, kThreads, kSmem, stream>>>(p);
-  return cudaGetLastError();
+// One instance of the kernel template: its shape and its launch.
+template <int kHeadDim, bool kWgmma, int kMTiles>
+struct Variant {
+  using Shape = PrefillShape<kHeadDim, kWgmma, kMTiles>;
+
+  static cudaError_t Launch(const PrefillAttentionParams& p, cudaStream_t stream) {
+    GLIMPSE_CUDA_RETURN_IF_ERROR(
+        cudaFuncSetAttribute(PrefillAttentionKernel<kHeadDim, kWgmma, kMTiles>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
+    const dim3 grid(p.num_work_items, p.kv.num_kv_heads);
+    PrefillAttentionKernel<kHeadDim, kWgmma, kMTiles>
+        <<<grid, kThreads, Shape::kSmemBytes, stream>>>(p);
+    return cudaGetLastError();
+  }
+};
+
+// Returns f(Variant<...>{}) for the instance that runs `kernel` at `head_dim` (32, 64 or 128;
+// wgmma exists at 64 and 128 only, and head_dim 32 runs mma.sync): the one place that maps
+// the runtime choice to a template instance.
+template <class F>
+auto WithVariant(PrefillKernel kernel, int32_t head_dim, F&& f) {
+  const bool wgmma = kernel == PrefillKernel::kWgmma;
+  const bool wide = kernel == PrefillKernel::kMmaSyncWide;
+  switch (head_dim) {
+    case 32:
+      return wide ? f(Variant<32, false, 2>{}) : f(Variant<32, false, 1>{});
+    case 64:
+      return wgmma  ? f(Variant<64, true, 1>{})
+             : wide ? f(Variant<64, false, 2>{})
+                    : f(Variant<64, false, 1>{});
+    default:
+      return wgmma  ? f(Variant<128, true, 1>{})
+             : wide ? f(Variant<128, false, 2>{})
+                    : f(Variant<128, false, 1>{});
+  }
 }
 
 // Compute capability major of the current device, cached per device.
@@ -450,20 +476,8 @@ int DeviceMajor() {
 }  // namespace
 
 size_t PrefillSharedMemoryBytes(PrefillKernel kernel, int32_t head_dim) {
-  const bool wgmma = kernel == PrefillKernel::kWgmma;
-  const bool wide = kernel == PrefillKernel::kMmaSyncWide;
-  switch (head_dim) {
-    case 32:
-      return wide ? PrefillShape<32, false, 2>::kSmemBytes : PrefillShape<32, false>::kSmemBytes;
-    case 64:
-      return wgmma  ? PrefillShape<64, true>::kSmemBytes
-             : wide ? PrefillShape<64, false, 2>::kSmemBytes
-                    : PrefillShape<64, false>::kSmemBytes;
-    default:
-      return wgmma  ? PrefillShape<128, true>::kSmemBytes
-             : wide ? PrefillShape<128, false, 2>::kSmemBytes
-                    : PrefillShape<128, false>::kSmemBytes;
-  }
+  return WithVariant(kernel, head_dim,
+                     [](auto variant) -> size_t { return decltype(variant)::Shape::kSmemBytes; });
 }
 
 PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int compute_major,
@@ -574,28 +588,13 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& params, cudaStr
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.block_rows == BlockRows(params.kernel));
   if (params.num_work_items == 0) return cudaSuccess;
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.work_items != nullptr);
-  const bool wgmma = params.kernel == PrefillKernel::kWgmma;
-  const bool wide = params.kernel == PrefillKernel::kMmaSyncWide;
-  if (wgmma) {
+  if (params.kernel == PrefillKernel::kWgmma) {
     GLIMPSE_CUDA_RETURN_IF_INVALID(WgmmaPrefillSupported(kv.head_dim));
     GLIMPSE_CUDA_RETURN_IF_INVALID(DeviceMajor() == 9);
   }
-  switch (kv.head_dim) {
-    case 32:
-      GLIMPSE_CUDA_RETURN_IF_ERROR((wide ? LaunchTyped<32, false, 2>(params, stream)
-                                         : LaunchTyped<32, false>(params, stream)));
-      break;
-    case 64:
-      GLIMPSE_CUDA_RETURN_IF_ERROR((wgmma  ? LaunchTyped<64, true>(params, stream)
-                                    : wide ? LaunchTyped<64, false, 2>(params, stream)
-                                           : LaunchTyped<64, false>(params, stream)));
-      break;
-    default:
-      GLIMPSE_CUDA_RETURN_IF_ERROR((wgmma  ? LaunchTyped<128, true>(params, stream)
-                                    : wide ? LaunchTyped<128, false, 2>(params, stream)
-                                           : LaunchTyped<128, false>(params, stream)));
-      break;
-  }
+  GLIMPSE_CUDA_RETURN_IF_ERROR(WithVariant(params.kernel, kv.head_dim, [&](auto variant) {
+    return decltype(variant)::Launch(params, stream);
+  }));
   if (params.num_chunks == 1) return cudaSuccess;
   MergeStatesParams merge;
   merge.dtype = DType::kBF16;
