@@ -89,11 +89,9 @@ r = bench["results"][0]
 tok_s = r["decode_tok_s"]
 w = bench["weight_bytes"]
 prompt, gen = int(sys.argv[3]), int(sys.argv[4])
-# K and V, 32 layers x 8 KV heads x 128 dims per token in the cache's element type (bf16 for
-# this bf16 model under --kv_cache_dtype=auto, as glimpse bench reports), read once per decode
-# step at the mean context of the timed steps.
-kv_bytes = {"bf16": 2, "fp32": 4}[bench.get("kv_cache_dtype", "fp32")]
-kv = 2 * 32 * 8 * 128 * kv_bytes * (prompt + gen / 2)
+# Every layer's K and V of each cached token (the bench's kv_bytes_per_token, in the cache's
+# element type), read once per decode step at the mean context of the timed steps.
+kv = bench["kv_bytes_per_token"] * (prompt + gen / 2)
 bw = None
 if sys.argv[2]:
     try:
