@@ -125,17 +125,27 @@ TEST(GreedyReferenceTest, Q8AgreementWithLlamaCppQ8IsReported) {
   EXPECT_GE(a.identical, 20);
 }
 
+// The short and the long reference prompts (59 in all), the long ones prefilled in 37-token
+// chunks.
+struct ReferenceSet {
+  std::vector<Reference> refs;
+  int32_t prefill_chunk;
+};
+std::vector<ReferenceSet> ShortAndLongReferences() {
+  return {{LoadLlamaCppReferences("tests/data/refs/greedy_short.jsonl"), 512},
+          {LoadLlamaCppReferences("tests/data/refs/greedy_long.jsonl"), 37}};
+}
+
 // llama.cpp keeps its KV cache in fp16 by default (these references were made so): an fp16
 // cache must reproduce them as the fp32 one does.
 TEST(GreedyReferenceTest, F16KvCacheReproducesLlamaCpp) {
-  auto short_refs = LoadLlamaCppReferences("tests/data/refs/greedy_short.jsonl");
-  auto long_refs = LoadLlamaCppReferences("tests/data/refs/greedy_long.jsonl");
-  ASSERT_EQ(short_refs.size() + long_refs.size(), 59u);
-  for (const auto& [refs, chunk] : {std::pair{&short_refs, 512}, std::pair{&long_refs, 37}}) {
-    Agreement a = RunAndCompare("models/tinycode-4m-f16.gguf", *refs, chunk,
+  const std::vector<ReferenceSet> sets = ShortAndLongReferences();
+  ASSERT_EQ(sets[0].refs.size() + sets[1].refs.size(), 59u);
+  for (const ReferenceSet& set : sets) {
+    Agreement a = RunAndCompare("models/tinycode-4m-f16.gguf", set.refs, set.prefill_chunk,
                                 kernels::cpu::KvElementType::kF16);
     EXPECT_EQ(a.real_divergences, 0);
-    EXPECT_EQ(a.identical + a.near_tie_divergences, static_cast<int>(refs->size()));
+    EXPECT_EQ(a.identical + a.near_tie_divergences, static_cast<int>(set.refs.size()));
   }
 }
 
@@ -143,11 +153,9 @@ TEST(GreedyReferenceTest, F16KvCacheReproducesLlamaCpp) {
 // where the model is nearly undecided, and nowhere else. (Measured: 54 of 59 identical, every
 // divergence at a top-2 gap under 0.002.) A cache read back wrongly agrees on almost nothing.
 TEST(GreedyReferenceTest, Bf16KvCacheDivergesOnlyWhereTheModelIsNearlyUndecided) {
-  auto short_refs = LoadLlamaCppReferences("tests/data/refs/greedy_short.jsonl");
-  auto long_refs = LoadLlamaCppReferences("tests/data/refs/greedy_long.jsonl");
   int identical = 0;
-  for (const auto& [refs, chunk] : {std::pair{&short_refs, 512}, std::pair{&long_refs, 37}}) {
-    Agreement a = RunAndCompare("models/tinycode-4m-f16.gguf", *refs, chunk,
+  for (const ReferenceSet& set : ShortAndLongReferences()) {
+    Agreement a = RunAndCompare("models/tinycode-4m-f16.gguf", set.refs, set.prefill_chunk,
                                 kernels::cpu::KvElementType::kBF16, /*close_gap=*/0.01f);
     EXPECT_EQ(a.real_divergences, 0) << "a divergence where the top two logits differ by > 0.01";
     identical += a.identical;
