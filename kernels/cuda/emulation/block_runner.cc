@@ -115,6 +115,7 @@ void BlockRunner::RunBlock(const char* kernel_name, const LaunchShape& shape, ui
   }
   live_threads_ = n;
   at_barrier_ = 0;
+  mbarriers_.clear();
   if (shape.dynamic_smem_bytes != dynamic_smem_bytes_) {
     dynamic_smem_.reset(shape.dynamic_smem_bytes > 0
                             ? new unsigned char[shape.dynamic_smem_bytes]
@@ -133,6 +134,7 @@ void BlockRunner::RunBlock(const char* kernel_name, const LaunchShape& shape, ui
   const bool reverse = schedule == Schedule::kReverse ||
                        (schedule == Schedule::kMixed && (linear_block & 1) == 1);
   if (reverse) std::reverse(order.begin(), order.end());
+  eager_bulk_copies_ = ((linear_block >> 1) & 1) == 1;
 
   while (live_threads_ > 0) {
     if (schedule == Schedule::kShuffle) {
@@ -162,6 +164,9 @@ Fiber& BlockRunner::NextInPass() {
   const int n = static_cast<int>(order_.size());
   for (++pass_position_; pass_position_ < n; ++pass_position_) {
     Thread& t = threads_[order_[pass_position_]];
+    if (t.status == Status::kAtMbarrier && MbarrierReady(t.mbarrier, t.mbarrier_parity)) {
+      t.status = Status::kRunnable;
+    }
     if (t.status == Status::kRunnable) {
       current_ = &t;
       return *t.fiber;
@@ -321,10 +326,83 @@ void BlockRunner::ApplyCopies(const std::vector<PendingCopy>& copies) {
   }
 }
 
+BlockRunner::Mbarrier& BlockRunner::MbarrierAt(uint32_t address, const char* what) {
+  auto it = mbarriers_.find(address);
+  if (it == mbarriers_.end()) {
+    Fail(std::string(what) + " on shared address " + std::to_string(address) +
+         ", which no mbarrier.init of this block initialized");
+  }
+  return it->second;
+}
+
+void BlockRunner::MbarrierInit(uint32_t address, int arrivals) {
+  if ((address & 7u) != 0) Fail("mbarrier.init: the barrier is not 8-byte aligned");
+  SharedPointer(address + 8);  // inside shared memory
+  if (arrivals < 1) Fail("mbarrier.init with an arrival count below 1");
+  Mbarrier& b = mbarriers_[address];
+  if (!b.in_flight.empty()) Fail("mbarrier.init of a barrier with copies in flight");
+  b = Mbarrier{};
+  b.arrivals = arrivals;
+  b.pending = arrivals;
+}
+
+void BlockRunner::MaybeCompletePhase(Mbarrier& b) {
+  if (b.pending == 0 && b.tx == 0) {
+    ++b.phase;
+    b.pending = b.arrivals;
+  }
+}
+
+void BlockRunner::MbarrierArrive(uint32_t address, uint32_t expect_tx_bytes) {
+  Mbarrier& b = MbarrierAt(address, "mbarrier.arrive");
+  if (b.pending == 0) Fail("mbarrier.arrive beyond the phase's arrival count");
+  b.tx += expect_tx_bytes;
+  --b.pending;
+  const uint32_t phase = b.phase;
+  MaybeCompletePhase(b);
+  // Let the threads this arrival releases run before the arriving thread goes on: what it
+  // does next (e.g. its own copies completing only at exit) must not be what they rely on.
+  if (b.phase != phase) Yield();
+}
+
+bool BlockRunner::MbarrierReady(uint32_t address, uint32_t parity) {
+  Mbarrier& b = MbarrierAt(address, "mbarrier.try_wait");
+  std::vector<BulkCopy> landing = std::move(b.in_flight);
+  b.in_flight.clear();
+  for (const BulkCopy& c : landing) {
+    std::memcpy(SharedPointer(c.smem_address), c.bytes.data(), c.bytes.size());
+    b.tx -= static_cast<int64_t>(c.bytes.size());
+    if (b.tx < 0 && b.pending == 0) {
+      Fail("a bulk copy completed more bytes than its mbarrier's phase expects");
+    }
+    MaybeCompletePhase(b);
+  }
+  return (b.phase & 1u) != (parity & 1u);
+}
+
+void BlockRunner::MbarrierWait(uint32_t address, uint32_t parity) {
+  if (MbarrierReady(address, parity)) return;
+  current_->status = Status::kAtMbarrier;
+  current_->mbarrier = address;
+  current_->mbarrier_parity = parity;
+  Yield();
+}
+
+void BlockRunner::BulkCopyToShared(uint32_t smem_address, std::vector<unsigned char> bytes,
+                                   uint32_t mbarrier) {
+  if ((smem_address & 127u) != 0) {
+    Fail("cp.async.bulk.tensor destination is not 128-byte aligned");
+  }
+  SharedPointer(smem_address + static_cast<uint32_t>(bytes.size()));  // fits
+  Mbarrier& b = MbarrierAt(mbarrier, "cp.async.bulk.tensor");
+  b.in_flight.push_back(BulkCopy{smem_address, std::move(bytes)});
+  if (eager_bulk_copies_) (void)MbarrierReady(mbarrier, 0);  // lands now
+}
+
 std::string BlockRunner::DescribeThreads() const {
   std::ostringstream os;
-  int counts[4] = {0, 0, 0, 0};
-  std::string examples[4];
+  int counts[5] = {0, 0, 0, 0, 0};
+  std::string examples[5];
   const int n = static_cast<int>(warps_.size() * 32);
   for (int i = 0; i < n && i < static_cast<int>(threads_.size()); ++i) {
     const Thread& t = threads_[i];
@@ -333,10 +411,14 @@ std::string BlockRunner::DescribeThreads() const {
     if (counts[s]++ < 4) {
       examples[s] += " " + Dim(t.coords.thread_idx);
       if (t.status == Status::kAtCollective) examples[s] += std::string(":") + t.collective_what;
+      if (t.status == Status::kAtMbarrier) {
+        examples[s] += ":" + std::to_string(t.mbarrier) + "/" + std::to_string(t.mbarrier_parity);
+      }
     }
   }
-  const char* names[4] = {"runnable", "at __syncthreads", "at a warp collective", "exited"};
-  for (int s = 0; s < 4; ++s) {
+  const char* names[5] = {"runnable", "at __syncthreads", "at a warp collective", "exited",
+                          "waiting on an mbarrier (address/parity)"};
+  for (int s = 0; s < 5; ++s) {
     if (counts[s] > 0) os << counts[s] << " " << names[s] << " (e.g." << examples[s] << "); ";
   }
   return os.str();
@@ -387,5 +469,17 @@ void CpAsync16(uint32_t smem_address, const void* global, bool valid) {
 }
 void CpAsyncCommit() { BlockRunner::ForThisThread().CpAsyncCommit(); }
 void CpAsyncWait(int pending_groups) { BlockRunner::ForThisThread().CpAsyncWait(pending_groups); }
+void MbarrierInit(uint32_t address, unsigned arrivals) {
+  BlockRunner::ForThisThread().MbarrierInit(address, static_cast<int>(arrivals));
+}
+void MbarrierArrive(uint32_t address, uint32_t expect_tx_bytes) {
+  BlockRunner::ForThisThread().MbarrierArrive(address, expect_tx_bytes);
+}
+void MbarrierWait(uint32_t address, uint32_t parity) {
+  BlockRunner::ForThisThread().MbarrierWait(address, parity);
+}
+void SyncWarp(unsigned mask) {
+  BlockRunner::ForThisThread().WarpCollective(mask, nullptr, 0, "__syncwarp");
+}
 
 }  // namespace cuda_emu

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -56,13 +57,27 @@ class BlockRunner {
   void CpAsync16(uint32_t smem_address, const void* global, bool valid);
   void CpAsyncCommit();
   void CpAsyncWait(int pending_groups);
+  // mbarrier (sm_90's shared-memory transaction barrier; an 8-byte object at `address`):
+  // init with an arrival count; arrive, optionally adding expected transaction bytes; wait
+  // until the phase of parity `parity` has completed (a fresh barrier is in phase 0, so
+  // waiting on parity 1 returns at once). Waiting blocks this thread's fiber; a barrier no
+  // thread or copy will ever complete is reported as a deadlock.
+  void MbarrierInit(uint32_t address, int arrivals);
+  void MbarrierArrive(uint32_t address, uint32_t expect_tx_bytes);
+  void MbarrierWait(uint32_t address, uint32_t parity);
+  // An asynchronous bulk copy (cp.async.bulk.tensor) of `bytes` to `smem_address` that
+  // completes `bytes` transaction bytes on the mbarrier at `mbarrier`. It lands at one of the
+  // two ends of the window the GPU may land it in, alternating every other block: at issue
+  // (a copy issued into a buffer that threads still read corrupts their results), or only
+  // when a thread next waits on the mbarrier (a read that does not wait sees stale data).
+  void BulkCopyToShared(uint32_t smem_address, std::vector<unsigned char> bytes, uint32_t mbarrier);
   // The running thread's state of the emulated wgmma pipeline (tensor_core.cc owns its type);
   // empty at the start of every block.
   std::shared_ptr<void>& ThreadWgmmaState() { return current_->wgmma; }
   [[noreturn]] void Fail(const std::string& message) const;
 
  private:
-  enum class Status { kRunnable, kAtBarrier, kAtCollective, kExited };
+  enum class Status { kRunnable, kAtBarrier, kAtCollective, kExited, kAtMbarrier };
   struct PendingCopy {
     uint32_t smem_address;
     bool valid;
@@ -78,6 +93,19 @@ class BlockRunner {
     std::vector<PendingCopy> uncommitted;
     std::vector<std::vector<PendingCopy>> committed;  // oldest first
     std::shared_ptr<void> wgmma;  // in-flight wgmma operations (tensor_core.cc)
+    uint32_t mbarrier = 0;        // kAtMbarrier: the barrier's address and awaited parity
+    uint32_t mbarrier_parity = 0;
+  };
+  struct BulkCopy {
+    uint32_t smem_address;
+    std::vector<unsigned char> bytes;
+  };
+  struct Mbarrier {
+    int arrivals = 0;                 // per phase, from init
+    int pending = 0;                  // arrivals still missing in the current phase
+    int64_t tx = 0;                   // transaction bytes still expected in the current phase
+    uint32_t phase = 0;               // completed phases
+    std::vector<BulkCopy> in_flight;  // copies that complete bytes on it
   };
   struct Warp {
     unsigned live = 0;     // lanes that have not exited
@@ -99,6 +127,10 @@ class BlockRunner {
   void OnExit(Thread& t);
   void MaybeReleaseBarrier();
   void ApplyCopies(const std::vector<PendingCopy>& copies);
+  Mbarrier& MbarrierAt(uint32_t address, const char* what);
+  void MaybeCompletePhase(Mbarrier& barrier);
+  // Lands the barrier's copies; true when the phase of `parity` has completed.
+  bool MbarrierReady(uint32_t address, uint32_t parity);
   std::string DescribeThreads() const;
 
   Fiber scheduler_;
@@ -114,6 +146,8 @@ class BlockRunner {
   std::unique_ptr<unsigned char[]> dynamic_smem_;
   size_t dynamic_smem_bytes_ = 0;
   std::vector<SharedRegion> shared_regions_;  // [0] dynamic shared memory
+  std::map<uint32_t, Mbarrier> mbarriers_;    // by shared address; the block's
+  bool eager_bulk_copies_ = false;            // this block's bulk copies land at issue
   uint64_t shuffle_state_ = 0x9e3779b97f4a7c15ull;
 };
 

@@ -38,6 +38,9 @@
 // memory (rewrite_cuda_source.pl also poisons it at the start of every block).
 #define __shared__ static thread_local
 #define __constant__ static
+// Kernel parameters are each thread's own copy here; their addresses stay valid for the
+// kernel's run (what __grid_constant__ promises a tensor map's address on the GPU).
+#define __grid_constant__
 
 #include "kernels/cuda/emulation/include/vector_types.h"
 
@@ -83,6 +86,17 @@ void WgmmaAsync(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool a
                 bool trans_b);
 void WgmmaCommit();
 void WgmmaWait(int pending_groups);
+// mbarrier.init / arrive[.expect_tx] / try_wait.parity (as a blocking wait), and the warp
+// barrier; see BlockRunner.
+void MbarrierInit(uint32_t address, unsigned arrivals);
+void MbarrierArrive(uint32_t address, uint32_t expect_tx_bytes);
+void MbarrierWait(uint32_t address, uint32_t parity);
+void SyncWarp(unsigned mask);
+// cp.async.bulk.tensor.2d...mbarrier::complete_tx::bytes: the box at (column c0, row c1) of
+// the tensor map at `tensor_map` (encoded by the emulated cuTensorMapEncodeTiled, bulk_copy.cc)
+// into shared memory at `smem_address`, completing its bytes on the mbarrier at `mbarrier`.
+void TmaLoad2d(uint32_t smem_address, const void* tensor_map, int32_t c0, int32_t c1,
+               uint32_t mbarrier);
 
 template <typename T>
 T Shuffle(unsigned mask, T value, int src_lane) {
@@ -101,6 +115,7 @@ T Shuffle(unsigned mask, T value, int src_lane) {
 constexpr int warpSize = 32;
 
 inline void __syncthreads() { ::cuda_emu::SyncThreads(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::cuda_emu::SyncWarp(mask); }
 
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {

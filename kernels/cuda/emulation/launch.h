@@ -41,6 +41,10 @@ void LaunchKernel(const char* name, const void* kernel, const LaunchShape& shape
 // stream while this thread captures).
 cudaError_t RunOnStream(cudaStream_t stream, std::function<void()> work, const char* what);
 
+// Whether [ptr, ptr + bytes) lies in one device allocation (for emulated instructions that
+// read device memory themselves, such as the bulk tensor copies of bulk_copy.cc).
+bool InDeviceMemory(const void* ptr, size_t bytes);
+
 template <typename... Params>
 class Launcher {
  public:

@@ -299,6 +299,8 @@ void LaunchKernel(const char* name, const void* kernel, const LaunchShape& shape
   SetError(err);
 }
 
+bool InDeviceMemory(const void* ptr, size_t bytes) { return IsDeviceMemory(ptr, bytes); }
+
 }  // namespace cuda_emu
 
 using cuda_emu::Misuse;
@@ -324,6 +326,8 @@ const char* cudaGetErrorName(cudaError_t error) {
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorNoKernelImageForDevice: return "cudaErrorNoKernelImageForDevice";
     case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorNotSupported:
+      return "cudaErrorNotSupported";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
