@@ -68,8 +68,10 @@ bool AbslParseFlag(absl::string_view text, PrefillKernel* kernel, std::string* e
     *kernel = PrefillKernel::kMmaSyncWide;
   } else if (text == "wgmma") {
     *kernel = PrefillKernel::kWgmma;
+  } else if (text == "wgmma_pipelined") {
+    *kernel = PrefillKernel::kWgmmaPipelined;
   } else {
-    *error = "expected 'mma_sync', 'mma_sync_wide' or 'wgmma'";
+    *error = "expected 'mma_sync', 'mma_sync_wide', 'wgmma' or 'wgmma_pipelined'";
     return false;
   }
   return true;
@@ -81,6 +83,8 @@ std::string AbslUnparseFlag(PrefillKernel kernel) {
       return "mma_sync_wide";
     case PrefillKernel::kWgmma:
       return "wgmma";
+    case PrefillKernel::kWgmmaPipelined:
+      return "wgmma_pipelined";
     case PrefillKernel::kMmaSync:
       break;
   }
@@ -116,8 +120,11 @@ ABSL_FLAG(glimpse::kernels::cuda::PrefillKernel, cuda_prefill_attention,
           "--device=cuda with a bf16 KV cache: the kernel that runs prefill and mixed-step "
           "attention on tensor cores. 'mma_sync' (64-row blocks; every sm_80+ GPU), "
           "experimental 'mma_sync_wide' (128-row blocks: less shared-memory traffic per flop, "
-          "twice the registers) or experimental 'wgmma' (Hopper, compute capability 9.0, "
-          "head_dim 64 or 128; elsewhere mma_sync runs). The experimental ones are checked on "
+          "twice the registers), experimental 'wgmma' (Hopper, compute capability 9.0, "
+          "head_dim 64 or 128; elsewhere mma_sync runs) or experimental 'wgmma_pipelined' "
+          "(as wgmma, fed by TMA through an mbarrier pipeline with a producer and two consumer "
+          "warpgroups, FlashAttention-3's structure; at page sizes its TMA boxes cannot tile, "
+          "such as --block_size=4 or 17, wgmma runs). The experimental ones are checked on "
           "the CUDA emulation, not yet measured on a GPU.");
 ABSL_FLAG(int32_t, tensor_parallel_size, 1,
           "Tensor-parallel ranks the model is split over (attention heads in whole GQA groups and "

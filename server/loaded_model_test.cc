@@ -86,19 +86,20 @@ TEST(KvCacheDTypeTest, FlagParsesTheNamesAndAliasesAndRejectsOthers) {
   EXPECT_NE(error.find("bf16"), std::string::npos);
 }
 
-TEST(CudaPrefillAttentionFlagTest, ParsesTheThreeKernelsAndRejectsOthers) {
+TEST(CudaPrefillAttentionFlagTest, ParsesTheFourKernelsAndRejectsOthers) {
   using kernels::cuda::PrefillKernel;
   PrefillKernel k = PrefillKernel::kMmaSync;
   std::string error;
   for (const auto& [text, want] : {std::pair{"mma_sync", PrefillKernel::kMmaSync},
                                    std::pair{"mma_sync_wide", PrefillKernel::kMmaSyncWide},
-                                   std::pair{"wgmma", PrefillKernel::kWgmma}}) {
+                                   std::pair{"wgmma", PrefillKernel::kWgmma},
+                                   std::pair{"wgmma_pipelined", PrefillKernel::kWgmmaPipelined}}) {
     ASSERT_TRUE(AbslParseFlag(text, &k, &error)) << text;
     EXPECT_EQ(k, want) << text;
     EXPECT_EQ(AbslUnparseFlag(k), text);
   }
   EXPECT_FALSE(AbslParseFlag("wmma", &k, &error));
-  EXPECT_NE(error.find("mma_sync_wide"), std::string::npos) << error;
+  EXPECT_NE(error.find("wgmma_pipelined"), std::string::npos) << error;
 }
 
 }  // namespace

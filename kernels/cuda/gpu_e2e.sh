@@ -11,8 +11,8 @@
 #      travel), batch-1 decode timed by `glimpse_lean bench`, against the bandwidth floor
 #      (weight bytes + KV bytes read per step, over the D2D bandwidth gpu_check.sh measured —
 #      pass its bench.json as BENCH_JSON, or the floor is given in bytes only); then, unless
-#      SKIP_VARIANTS=1, the same bench with --cuda_prefill_attention=mma_sync_wide and =wgmma
-#      (prefill tok/s of the three attention kernels side by side).
+#      SKIP_VARIANTS=1, the same bench with --cuda_prefill_attention=mma_sync_wide, =wgmma and
+#      =wgmma_pipelined (prefill tok/s of the four attention kernels side by side).
 #
 #   kernels/cuda/gpu_e2e.sh [RESULT_DIR]          (from the repository root)
 # Writes RESULT_DIR/gpu_e2e.json and logs; prints a short table last. Exit status nonzero if a
@@ -59,14 +59,14 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
       --json_out="$RESULT_DIR/bench_8b.json" 2>&1 | tee "$RESULT_DIR/bench_8b.log"
   bench_rc=${PIPESTATUS[0]}
   if [ "${SKIP_VARIANTS:-0}" != 1 ]; then
-    for kernel in mma_sync_wide wgmma; do
+    for kernel in mma_sync_wide wgmma wgmma_pipelined; do
       "$RUN" glimpse_lean bench --device=cuda --cuda_prefill_attention=$kernel \
           --bench_model="$MODEL" --batch_sizes=1 --prompt_tokens="$PROMPT" --gen_tokens="$GEN" \
           --repetitions=2 --json_out="$RESULT_DIR/bench_8b_$kernel.json" 2>&1 \
           | tee "$RESULT_DIR/bench_8b_$kernel.log"
       [ "${PIPESTATUS[0]}" -eq 0 ] || bench_rc=1
     done
-    for f in bench_8b bench_8b_mma_sync_wide bench_8b_wgmma; do
+    for f in bench_8b bench_8b_mma_sync_wide bench_8b_wgmma bench_8b_wgmma_pipelined; do
       [ -f "$RESULT_DIR/$f.json" ] || continue
       python3 - "$RESULT_DIR/$f.json" "$f" <<'PY'
 import json, sys
@@ -76,7 +76,8 @@ c = bench.get("backend_counters", {})
 print(f"{sys.argv[2]}: prefill {r['prefill_tok_s']:.0f} tok/s, decode {r['decode_tok_s']:.1f} "
       f"tok/s, attention calls: tensor-core {c.get('cuda_attention_tensor_core_calls_total', 0)}, "
       f"wide {c.get('cuda_attention_wide_calls_total', 0)}, "
-      f"wgmma {c.get('cuda_attention_wgmma_calls_total', 0)}")
+      f"wgmma {c.get('cuda_attention_wgmma_calls_total', 0)}, "
+      f"pipelined {c.get('cuda_attention_wgmma_pipelined_calls_total', 0)}")
 PY
     done
   fi

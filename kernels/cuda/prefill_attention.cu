@@ -1,12 +1,13 @@
-#include "kernels/cuda/prefill_attention.h"
-
 #include <algorithm>
 #include <atomic>
+#include <numeric>
 
 #include "kernels/cuda/attention_common.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/mma_utils.cuh"
+#include "kernels/cuda/prefill_attention.h"
+#include "kernels/cuda/tma_utils.cuh"
 
 namespace glimpse::kernels::cuda {
 namespace {
@@ -26,7 +27,9 @@ constexpr int kMinChunkKeys = 256;
 
 // Rows of a block: kMTiles m-tiles of 64 (each warp takes 16 rows of every m-tile).
 inline int32_t BlockRows(PrefillKernel kernel) {
-  return kernel == PrefillKernel::kMmaSyncWide ? 2 * kTileM : kTileM;
+  return kernel == PrefillKernel::kMmaSyncWide || kernel == PrefillKernel::kWgmmaPipelined
+             ? 2 * kTileM
+             : kTileM;
 }
 
 // Shared memory of one block. The Q tile (kMTiles x 64 rows) is always padded rows (read by
@@ -68,19 +71,22 @@ struct PrefillShape {
 };
 
 // Issues the cp.async copies of KV tile `tile_start .. +63` of (sequence, kv_head) into
-// k_dst / v_dst (PrefillShape's layout). Keys >= key_end become zero rows: their scores are
-// masked to -inf and zero V rows keep 0 * garbage from turning into NaN.
-template <int kHeadDim, bool kWgmma>
+// k_dst / v_dst (PrefillShape's layout), spread over kLoaders threads (`loader` is this
+// thread's index among them). Keys >= key_end become zero rows: their scores are masked to
+// -inf and zero V rows keep 0 * garbage from turning into NaN.
+template <int kHeadDim, bool kWgmma, int kLoaders = kThreads>
 __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p, int32_t page_begin,
                                            int kv_head, int32_t tile_start, int32_t key_end,
-                                           unsigned char* k_dst, unsigned char* v_dst) {
+                                           unsigned char* k_dst, unsigned char* v_dst, int loader) {
   using S = PrefillShape<kHeadDim, kWgmma>;
+  constexpr int kRowsPerPass = kLoaders / S::kChunksPerRow;
+  static_assert(kLoaders % S::kChunksPerRow == 0 && kBlockN % kRowsPerPass == 0, "loaders");
   const bf16* k_cache = static_cast<const bf16*>(p.kv.k_cache);
   const bf16* v_cache = static_cast<const bf16*>(p.kv.v_cache);
-  const int col = (threadIdx.x % S::kChunksPerRow) * 8;
+  const int col = (loader % S::kChunksPerRow) * 8;
 #pragma unroll
-  for (int pass = 0; pass < S::kPasses; ++pass) {
-    const int row = threadIdx.x / S::kChunksPerRow + pass * S::kRowsPerPass;
+  for (int pass = 0; pass < kBlockN / kRowsPerPass; ++pass) {
+    const int row = loader / S::kChunksPerRow + pass * kRowsPerPass;
     const int32_t key = tile_start + row;
     const bool valid = key < key_end;
     int64_t off = 0;
@@ -93,6 +99,239 @@ __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p, int3
     CpAsync16(SmemAddr(k_dst + dst), k_cache + off, valid);
     CpAsync16(SmemAddr(v_dst + dst), v_cache + off, valid);
   }
+}
+
+// What one block computes: its work item (sequence, tile of `block_rows` packed query rows,
+// KV chunk) for kv head blockIdx.y, and the keys that tile reads.
+struct BlockWork {
+  int32_t qo_start;
+  int32_t qo_len;
+  int32_t page_begin;
+  int32_t num_rows;  // packed rows of the sequence: qo_len * group
+  int32_t row_base;  // the block's first packed row
+  int32_t prefix;    // KV index of query token 0
+  int32_t chunk;
+  int32_t chunk_start;
+  int32_t key_end;       // keys [chunk_start, key_end) are read
+  int32_t unmasked_end;  // keys below this are visible to every row of the block
+  int32_t num_tiles;     // 64-key tiles from chunk_start to key_end
+  int group;
+  int kv_head;
+  bool tree;
+};
+
+__device__ __forceinline__ BlockWork DescribeBlock(const PrefillAttentionParams& p,
+                                                   int32_t block_rows) {
+  BlockWork w;
+  const int32_t seq = p.work_items[3 * blockIdx.x];
+  const int32_t m_tile = p.work_items[3 * blockIdx.x + 1];
+  w.chunk = p.work_items[3 * blockIdx.x + 2];
+  w.kv_head = blockIdx.y;
+  w.group = p.num_qo_heads / p.kv.num_kv_heads;
+  w.tree = p.mask_mode == AttentionMaskMode::kTree;
+  w.qo_start = p.qo_indptr[seq];
+  w.qo_len = p.qo_indptr[seq + 1] - w.qo_start;
+  w.page_begin = p.kv.kv_indptr[seq];
+  const int32_t kv_len =
+      KvLength(p.kv.kv_indptr[seq + 1] - w.page_begin, p.kv.kv_last_page_len[seq], p.kv.page_size);
+  w.num_rows = w.qo_len * w.group;
+  w.row_base = m_tile * block_rows;
+  w.prefix = kv_len - w.qo_len;
+  // Keys this block reads: its chunk, and for causal rows nothing past the last row's token.
+  w.chunk_start = w.chunk * p.chunk_keys;
+  w.key_end = min(kv_len, w.chunk_start + p.chunk_keys);
+  const int32_t last_row = min(w.num_rows, w.row_base + block_rows) - 1;
+  if (!w.tree) w.key_end = min(w.key_end, w.prefix + last_row / w.group + 1);
+  w.unmasked_end = min(w.key_end, w.tree ? w.prefix : w.prefix + w.row_base / w.group + 1);
+  w.num_tiles = w.key_end > w.chunk_start ? (w.key_end - w.chunk_start + kBlockN - 1) / kBlockN : 0;
+  return w;
+}
+
+// Query token of block-relative packed row `row` (clamped: padding rows past num_rows compute
+// with the last token and are never written).
+__device__ __forceinline__ int32_t RowToken(const BlockWork& w, int32_t row) {
+  return min((w.row_base + row) / w.group, w.qo_len - 1);
+}
+
+// Scores of one 64-key tile, in mma.m16n8k16's C layout per m-tile of 16 rows a warp holds:
+// s[mt][nt][e] is row g + 8 * (e / 2) of m-tile mt, key 8 * nt + 2t + e % 2 of the tile.
+// row_of(r) gives the block-relative packed row of this thread's row r = 2 * mt + i.
+template <int kMTiles>
+using TileScores = float[kMTiles][kBlockN / 8][4];
+
+// Sets the scores of keys a row must not see to -inf: keys >= key_end, and keys past the
+// row's token (causal) or off its tree path.
+template <int kMTiles, class RowOf>
+__device__ __forceinline__ void MaskScores(const PrefillAttentionParams& p, const BlockWork& w,
+                                           int32_t tile_start, RowOf row_of,
+                                           TileScores<kMTiles>& s) {
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int r = 0; r < 2 * kMTiles; ++r) {
+    const int mt = r / 2;
+    const int i = r % 2;
+    const int32_t token = RowToken(w, row_of(r));
+    const int32_t row_limit = w.prefix + token;
+    const uint64_t row_tree = w.tree ? p.tree_mask[w.qo_start + token] : 0;
+#pragma unroll
+    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+      for (int e = 2 * i; e < 2 * i + 2; ++e) {
+        const int32_t key = tile_start + nt * 8 + 2 * t + (e & 1);
+        const bool visible =
+            key < w.key_end &&
+            (w.tree ? (key < w.prefix || ((row_tree >> (key - w.prefix)) & 1u) != 0)
+                    : key <= row_limit);
+        if (!visible) s[mt][nt][e] = -INFINITY;
+      }
+    }
+  }
+}
+
+// Online softmax over one tile (FlashAttention-2): scales the scores to log2 units, updates
+// the running max m_row and sum l_row of each of this thread's rows, rescales O, and leaves
+// the unnormalized probabilities in s. The four lanes of a quad (same g) share a row.
+template <int kMTiles, int kDimTiles>
+__device__ __forceinline__ void OnlineSoftmax(float scale_log2, TileScores<kMTiles>& s,
+                                              float (&o_acc)[kMTiles][kDimTiles][4],
+                                              float (&m_row)[2 * kMTiles],
+                                              float (&l_row)[2 * kMTiles]) {
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale_log2;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2 * kMTiles; ++r) {
+    const int mt = r / 2;
+    const int i = r % 2;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+      mx = fmaxf(mx, fmaxf(s[mt][nt][2 * i], s[mt][nt][2 * i + 1]));
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
+    const float m_new = fmaxf(m_row[r], mx);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    const float rescale = exp2f(m_row[r] - m_use);
+    m_row[r] = m_new;
+    l_row[r] *= rescale;
+#pragma unroll
+    for (int dt = 0; dt < kDimTiles; ++dt) {
+      o_acc[mt][dt][2 * i] *= rescale;
+      o_acc[mt][dt][2 * i + 1] *= rescale;
+    }
+#pragma unroll
+    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+      s[mt][nt][2 * i] = exp2f(s[mt][nt][2 * i] - m_use);
+      s[mt][nt][2 * i + 1] = exp2f(s[mt][nt][2 * i + 1] - m_use);
+      l_row[r] += s[mt][nt][2 * i] + s[mt][nt][2 * i + 1];
+    }
+  }
+}
+
+// The A fragment (mma.m16n8k16's layout) of P for keys 16kk..16kk+15 of m-tile `mt`: the C
+// layout of two 8-key n-tiles is the A layout of one 16-key step.
+template <int kMTiles>
+__device__ __forceinline__ void PFragment(const TileScores<kMTiles>& s, int mt, int kk,
+                                          uint32_t (&a)[4]) {
+  a[0] = internal::PackBf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+  a[1] = internal::PackBf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+  a[2] = internal::PackBf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+  a[3] = internal::PackBf16x2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+}
+
+// Writes this thread's rows: O / l in bf16 (and lse) without a split, else the chunk's
+// normalized fp32 partial state to the workspace.
+template <int kHeadDim, int kMTiles, class RowOf>
+__device__ __forceinline__ void StoreRows(const PrefillAttentionParams& p, const BlockWork& w,
+                                          RowOf row_of,
+                                          const float (&o_acc)[kMTiles][kHeadDim / 8][4],
+                                          const float (&m_row)[2 * kMTiles],
+                                          const float (&l_row)[2 * kMTiles]) {
+  constexpr int kDimTiles = kHeadDim / 8;
+  const int t = threadIdx.x & 3;
+  const bool split = p.num_chunks > 1;
+  float* ws_o = static_cast<float*>(p.workspace);
+  float* ws_lse = ws_o + static_cast<int64_t>(p.num_chunks) * p.total_q * p.num_qo_heads * kHeadDim;
+#pragma unroll
+  for (int r = 0; r < 2 * kMTiles; ++r) {
+    const int mt = r / 2;
+    const int i = r % 2;
+    float l = l_row[r];
+    l += __shfl_xor_sync(kFullMask, l, 1);
+    l += __shfl_xor_sync(kFullMask, l, 2);
+    const int32_t pr = w.row_base + row_of(r);
+    if (pr >= w.num_rows) continue;
+    const int32_t token = pr / w.group;
+    const int32_t j = pr - token * w.group;
+    const int64_t state =
+        static_cast<int64_t>(w.qo_start + token) * p.num_qo_heads + w.kv_head * w.group + j;
+    const bool empty = m_row[r] == -INFINITY;
+    const float inv_l = empty ? 0.0f : 1.0f / l;
+    const float lse = empty ? -INFINITY : (m_row[r] + log2f(l)) * kLn2;
+    if (split) {
+      const int64_t cs = static_cast<int64_t>(w.chunk) * p.total_q * p.num_qo_heads + state;
+      float* dst = ws_o + cs * kHeadDim + 2 * t;
+#pragma unroll
+      for (int dt = 0; dt < kDimTiles; ++dt) {
+        *reinterpret_cast<float2*>(dst + dt * 8) =
+            make_float2(o_acc[mt][dt][2 * i] * inv_l, o_acc[mt][dt][2 * i + 1] * inv_l);
+      }
+      if (t == 0) ws_lse[cs] = lse;
+    } else {
+      bf16* dst = static_cast<bf16*>(p.o) + state * kHeadDim + 2 * t;
+#pragma unroll
+      for (int dt = 0; dt < kDimTiles; ++dt) {
+        *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
+            __floats2bfloat162_rn(o_acc[mt][dt][2 * i] * inv_l, o_acc[mt][dt][2 * i + 1] * inv_l);
+      }
+      if (t == 0 && p.lse != nullptr) p.lse[state] = lse;
+    }
+  }
+}
+
+// S = Q·Kᵀ of one warpgroup's 64 rows on wgmma: B = the K tile at `kb`, K-major, k-step kk
+// 32 bytes into its 64-column half. Waits for the result.
+template <int kHeadDim>
+__device__ __forceinline__ void WgmmaScores(const uint32_t (&q_frag)[kHeadDim / 16][4],
+                                            const unsigned char* kb, TileScores<1>& s) {
+  internal::WgmmaFence();
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    const uint64_t desc = internal::SmemDescSw128(
+        SmemAddr(kb + (kk / 4) * (kBlockN * 128) + (kk % 4) * 32), 16, 1024);
+    internal::WgmmaM64N64K16<0>(s[0], q_frag[kk], desc, kk > 0);
+  }
+  internal::WgmmaCommit();
+  internal::WgmmaWait<0>();
+}
+
+// O += P·V of one warpgroup's 64 rows on wgmma: P from registers, B = the V tile at `vb`,
+// MN-major (head dims contiguous): keys 16kk.. start 16 rows down; the second 64-column half
+// is 8 KiB on (LBO). Waits for the result.
+template <int kHeadDim>
+__device__ __forceinline__ void WgmmaAccumulatePV(const TileScores<1>& s, const unsigned char* vb,
+                                                  float (&o_acc)[1][kHeadDim / 8][4]) {
+  internal::WgmmaFence();  // o_acc was rescaled by the softmax
+#pragma unroll
+  for (int kk = 0; kk < kBlockN / 16; ++kk) {
+    uint32_t a[4];
+    PFragment<1>(s, 0, kk, a);
+    const uint64_t desc =
+        internal::SmemDescSw128(SmemAddr(vb + kk * 16 * 128), kBlockN * 128, 1024);
+    if constexpr (kHeadDim == 64) {
+      internal::WgmmaM64N64K16<1>(o_acc[0], a, desc, true);
+    } else {
+      internal::WgmmaM64N128K16<1>(o_acc[0], a, desc, true);
+    }
+  }
+  internal::WgmmaCommit();
+  internal::WgmmaWait<0>();
 }
 
 // Grid: (num_work_items, num_kv_heads). Dynamic shared memory: PrefillShape::kSmemBytes.
@@ -120,44 +359,14 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
   unsigned char* k_s = smem + S::kQBytes;          // [2] tiles
   unsigned char* v_s = k_s + 2 * S::kKvTileBytes;  // [2] tiles
 
-  const int32_t seq = p.work_items[3 * blockIdx.x];
-  const int32_t m_tile = p.work_items[3 * blockIdx.x + 1];
-  const int32_t chunk = p.work_items[3 * blockIdx.x + 2];
-  const int kv_head = blockIdx.y;
+  const BlockWork w = DescribeBlock(p, S::kBlockM);
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2;
-  const int t = lane & 3;
-  const int group = p.num_qo_heads / p.kv.num_kv_heads;
-
-  const int32_t qo_start = p.qo_indptr[seq];
-  const int32_t qo_len = p.qo_indptr[seq + 1] - qo_start;
-  const int32_t page_begin = p.kv.kv_indptr[seq];
-  const int32_t kv_len = KvLength(p.kv.kv_indptr[seq + 1] - page_begin,
-                                  p.kv.kv_last_page_len[seq], p.kv.page_size);
-  const int32_t num_rows = qo_len * group;
-  const int32_t row_base = m_tile * S::kBlockM;
-  const int32_t prefix = kv_len - qo_len;  // KV index of query token 0
-  const bool tree = p.mask_mode == AttentionMaskMode::kTree;
-
-  // Keys this block reads: its chunk, and for causal rows nothing past the last row's token.
-  const int32_t chunk_start = chunk * p.chunk_keys;
-  int32_t key_end = min(kv_len, chunk_start + p.chunk_keys);
-  const int32_t last_row = min(num_rows, row_base + S::kBlockM) - 1;
-  if (!tree) key_end = min(key_end, prefix + last_row / group + 1);
-  // Keys below this are visible to every row of the block: no mask needed there.
-  const int32_t unmasked_end = min(key_end, tree ? prefix : prefix + row_base / group + 1);
-  const int32_t num_tiles = key_end > chunk_start ? (key_end - chunk_start + kBlockN - 1) / kBlockN
-                                                  : 0;
-
-  // This thread's rows: row r = 2 * mt + i is block row mt * 64 + warp * 16 + g + 8 * i, of
-  // query token RowToken(r). Padding rows (>= num_rows) compute with a clamped token and are
-  // never written. (Recomputed where the mask needs it rather than held in registers, which
-  // two m-tiles of head_dim 128 do not have to spare.)
-  auto row_token = [&](int r) {
-    const int32_t pr = row_base + (r / 2) * kTileM + warp * 16 + g + 8 * (r % 2);
-    return min(pr / group, qo_len - 1);
-  };
+  // This thread's row r = 2 * mt + i is block row mt * 64 + warp * 16 + g + 8 * i.
+  // (Recomputed where needed rather than held in registers, which two m-tiles of head_dim
+  // 128 do not have to spare.)
+  auto row_of = [&](int r) { return (r / 2) * kTileM + warp * 16 + g + 8 * (r % 2); };
 
   float o_acc[kMTiles][kDimTiles][4];
 #pragma unroll
@@ -177,7 +386,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
   }
   const float scale_log2 = p.sm_scale * kLog2e;
 
-  if (num_tiles > 0) {
+  if (w.num_tiles > 0) {
     // Q tile: packed row r -> (token r / group, query head kv_head * group + r % group).
     {
       const bf16* q = static_cast<const bf16*>(p.q);
@@ -185,20 +394,22 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
 #pragma unroll
       for (int pass = 0; pass < kMTiles * S::kPasses; ++pass) {
         const int row = threadIdx.x / S::kChunksPerRow + pass * S::kRowsPerPass;
-        const int32_t pr = row_base + row;
-        const bool valid = pr < num_rows;
+        const int32_t pr = w.row_base + row;
+        const bool valid = pr < w.num_rows;
         int64_t off = 0;
         if (valid) {
-          const int32_t token = pr / group;
-          const int32_t j = pr - token * group;
-          off = (static_cast<int64_t>(qo_start + token) * p.num_qo_heads + kv_head * group + j) *
+          const int32_t token = pr / w.group;
+          const int32_t j = pr - token * w.group;
+          off = (static_cast<int64_t>(w.qo_start + token) * p.num_qo_heads + w.kv_head * w.group +
+                 j) *
                     kHeadDim +
                 col;
         }
         CpAsync16(SmemAddr(q_s + row * S::kStride + col), q + off, valid);
       }
     }
-    LoadKvTile<kHeadDim, kWgmma>(p, page_begin, kv_head, chunk_start, key_end, k_s, v_s);
+    LoadKvTile<kHeadDim, kWgmma>(p, w.page_begin, w.kv_head, w.chunk_start, w.key_end, k_s, v_s,
+                                 threadIdx.x);
     internal::CpAsyncCommit();
 
     uint32_t q_frag[kMTiles][kQFragSteps][4];
@@ -211,13 +422,13 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
         internal::LdMatrixX4(q_frag[mt][slot], SmemAddr(q_s + row * S::kStride + col));
       }
     };
-    for (int32_t it = 0; it < num_tiles; ++it) {
+    for (int32_t it = 0; it < w.num_tiles; ++it) {
       const int buf = it & 1;
-      if (it + 1 < num_tiles) {
+      if (it + 1 < w.num_tiles) {
         // The other buffer was released by the barrier at the end of iteration it - 1.
-        LoadKvTile<kHeadDim, kWgmma>(p, page_begin, kv_head, chunk_start + (it + 1) * kBlockN,
-                                     key_end, k_s + (buf ^ 1) * S::kKvTileBytes,
-                                     v_s + (buf ^ 1) * S::kKvTileBytes);
+        LoadKvTile<kHeadDim, kWgmma>(p, w.page_begin, w.kv_head, w.chunk_start + (it + 1) * kBlockN,
+                                     w.key_end, k_s + (buf ^ 1) * S::kKvTileBytes,
+                                     v_s + (buf ^ 1) * S::kKvTileBytes, threadIdx.x);
         internal::CpAsyncCommit();
         internal::CpAsyncWait<1>();
       } else {
@@ -230,32 +441,23 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
 #pragma unroll
         for (int kk = 0; kk < kKSteps; ++kk) load_q_frags(kk, kk);
       }
-      const int32_t tile_start = chunk_start + it * kBlockN;
+      const int32_t tile_start = w.chunk_start + it * kBlockN;
       const unsigned char* kb = k_s + buf * S::kKvTileBytes;
       const unsigned char* vb = v_s + buf * S::kKvTileBytes;
 
       // S = Q·Kᵀ: 8 n-tiles of 8 keys per m-tile.
-      float s[kMTiles][kBlockN / 8][4];
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-        for (int nt = 0; nt < kBlockN / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
-        }
-      }
+      TileScores<kMTiles> s;
       if constexpr (kWgmma) {
-        // B = the K tile, K-major: k-step kk is 32 bytes into its 64-column half.
-        internal::WgmmaFence();
-#pragma unroll
-        for (int kk = 0; kk < kKSteps; ++kk) {
-          const uint64_t desc = internal::SmemDescSw128(
-              SmemAddr(kb + (kk / 4) * (kBlockN * 128) + (kk % 4) * 32), 16, 1024);
-          internal::WgmmaM64N64K16<0>(s[0], q_frag[0][kQInRegisters ? kk : 0], desc, kk > 0);
-        }
-        internal::WgmmaCommit();
-        internal::WgmmaWait<0>();
+        WgmmaScores<kHeadDim>(q_frag[0], kb, s);
       } else {
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+          for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
+          }
+        }
 #pragma unroll
         for (int kk = 0; kk < kKSteps; ++kk) {
           if constexpr (!kQInRegisters) load_q_frags(kk, 0);
@@ -274,89 +476,17 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
           }
         }
       }
-      if (tile_start + kBlockN > unmasked_end) {
-        // Keys past key_end, past the row's token (causal) or off its tree path are masked.
+      if (tile_start + kBlockN > w.unmasked_end) MaskScores<kMTiles>(p, w, tile_start, row_of, s);
+      OnlineSoftmax<kMTiles, kDimTiles>(scale_log2, s, o_acc, m_row, l_row);
+      // O += P·V.
+      if constexpr (kWgmma) {
+        WgmmaAccumulatePV<kHeadDim>(s, vb, o_acc);
+      } else {
 #pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          const int mt = r / 2;
-          const int i = r % 2;
-          const int32_t token = row_token(r);
-          const int32_t row_limit = prefix + token;
-          const uint64_t row_tree = tree ? p.tree_mask[qo_start + token] : 0;
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
+          uint32_t a[kMTiles][4];
 #pragma unroll
-          for (int nt = 0; nt < kBlockN / 8; ++nt) {
-#pragma unroll
-            for (int e = 2 * i; e < 2 * i + 2; ++e) {
-              const int32_t key = tile_start + nt * 8 + 2 * t + (e & 1);
-              const bool visible =
-                  key < key_end &&
-                  (tree ? (key < prefix || ((row_tree >> (key - prefix)) & 1u) != 0)
-                        : key <= row_limit);
-              if (!visible) s[mt][nt][e] = -INFINITY;
-            }
-          }
-        }
-      }
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-        for (int nt = 0; nt < kBlockN / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale_log2;
-        }
-      }
-      // Online softmax; the four lanes of a quad (same g) share a row.
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const int mt = r / 2;
-        const int i = r % 2;
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < kBlockN / 8; ++nt) {
-          mx = fmaxf(mx, fmaxf(s[mt][nt][2 * i], s[mt][nt][2 * i + 1]));
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
-        const float m_new = fmaxf(m_row[r], mx);
-        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        const float rescale = exp2f(m_row[r] - m_use);
-        m_row[r] = m_new;
-        l_row[r] *= rescale;
-#pragma unroll
-        for (int dt = 0; dt < kDimTiles; ++dt) {
-          o_acc[mt][dt][2 * i] *= rescale;
-          o_acc[mt][dt][2 * i + 1] *= rescale;
-        }
-#pragma unroll
-        for (int nt = 0; nt < kBlockN / 8; ++nt) {
-          s[mt][nt][2 * i] = exp2f(s[mt][nt][2 * i] - m_use);
-          s[mt][nt][2 * i + 1] = exp2f(s[mt][nt][2 * i + 1] - m_use);
-          l_row[r] += s[mt][nt][2 * i] + s[mt][nt][2 * i + 1];
-        }
-      }
-      // O += P·V: P from the S accumulators (C layout == A layout per 16-key step).
-      if constexpr (kWgmma) internal::WgmmaFence();  // o_acc was rescaled above
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        uint32_t a[kMTiles][4];
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-          a[mt][0] = internal::PackBf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-          a[mt][1] = internal::PackBf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-          a[mt][2] = internal::PackBf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-          a[mt][3] = internal::PackBf16x2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-        }
-        if constexpr (kWgmma) {
-          // B = the V tile, MN-major (head dims contiguous): keys 16kk.. start 16 rows down;
-          // the second 64-column half is 8 KiB on (LBO).
-          const uint64_t desc =
-              internal::SmemDescSw128(SmemAddr(vb + kk * 16 * 128), kBlockN * 128, 1024);
-          if constexpr (kHeadDim == 64) {
-            internal::WgmmaM64N64K16<1>(o_acc[0], a[0], desc, true);
-          } else {
-            internal::WgmmaM64N128K16<1>(o_acc[0], a[0], desc, true);
-          }
-        } else {
+          for (int mt = 0; mt < kMTiles; ++mt) PFragment<kMTiles>(s, mt, kk, a[mt]);
 #pragma unroll
           for (int dp = 0; dp < kHeadDim / 16; ++dp) {
             uint32_t b[4];
@@ -371,53 +501,179 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
           }
         }
       }
-      if constexpr (kWgmma) {
-        internal::WgmmaCommit();
-        internal::WgmmaWait<0>();
-      }
       __syncthreads();  // all warps done with buffer `buf` before it is refilled
     }
   }
+  StoreRows<kHeadDim, kMTiles>(p, w, row_of, o_acc, m_row, l_row);
+}
 
-  const bool split = p.num_chunks > 1;
-  float* ws_o = static_cast<float*>(p.workspace);
-  float* ws_lse =
-      ws_o + static_cast<int64_t>(p.num_chunks) * p.total_q * p.num_qo_heads * kHeadDim;
+// ---- The pipelined wgmma kernel (kWgmmaPipelined; sm_90a) ----------------------------------
+//
+// FlashAttention-3's structure on our paged cache: a block is three warpgroups over 128
+// packed query rows. Warpgroup 0 is the producer: one warp streams the chunk's 64-key K/V
+// tiles into a ring of kStages shared-memory stages with TMA (cp.async.bulk.tensor, one box
+// of box_rows keys x 64 columns per page run, written in wgmma's 128-byte swizzle by the copy
+// engine itself), so no consumer thread spends an instruction or a register on loads.
+// Warpgroups 1 and 2 are consumers, 64 rows each, Q's A fragments in registers: per tile they
+// wait on the stage's "full" mbarrier, run S = Q·Kᵀ, the softmax and O += P·V on wgmma, and
+// arrive on its "empty" mbarrier, which the producer waits on before refilling the stage.
+// Loads thus run kStages - 1 tiles ahead of the math, and the two consumer warpgroups, each on
+// its own schedule, overlap one's softmax with the other's tensor-core work.
+//
+// The block's last tile, when key_end cuts it short, is copied by the producer warp with
+// cp.async instead (TMA boxes cannot stop at key_end, and rows past it must be zeros), which
+// then arrives on "full" itself.
+constexpr int kPipelinedStages = 3;
+constexpr int kConsumerWarpgroups = 2;
+constexpr int kPipelinedThreads = 128 * (1 + kConsumerWarpgroups);
+constexpr int kPipelinedBlockRows = 64 * kConsumerWarpgroups;
+constexpr int kProducerRegisters = 56;
+constexpr int kConsumerRegisters = 224;
+static_assert(128 * (kProducerRegisters + kConsumerWarpgroups * kConsumerRegisters) <= 65536,
+              "the three warpgroups' registers must fit the SM's 64K");
+
+template <int kHeadDim>
+struct PipelinedShape {
+  static constexpr int kKvTileBytes = PrefillShape<kHeadDim, true>::kKvTileBytes;
+  static constexpr int kStageBytes = 2 * kKvTileBytes;  // K tile, then V tile
+  // 1 KiB to align the stages, the stages, and a full and an empty mbarrier per stage.
+  static constexpr int kSmemBytes = 1024 + kPipelinedStages * kStageBytes + 16 * kPipelinedStages;
+};
+
+// The kernel's parameter (__grid_constant__: TMA reads the maps from parameter space).
+struct PipelinedArgs {
+  CUtensorMap k_map;  // the K cache as rows of head_dim, box box_rows x 64 columns, swizzled
+  CUtensorMap v_map;
+  PrefillAttentionParams p;
+  int32_t box_rows;  // keys per box: gcd(page_size, 64), a multiple of 8
+};
+
+template <int kHeadDim>
+__global__ void __launch_bounds__(kPipelinedThreads, 1)
+    PrefillPipelinedKernel(const __grid_constant__ PipelinedArgs args) {
+  using S = PipelinedShape<kHeadDim>;
+  constexpr int kKSteps = kHeadDim / 16;
+  constexpr int kDimTiles = kHeadDim / 8;
+  const PrefillAttentionParams& p = args.p;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // The swizzle pattern is a function of the shared address: align the stages to 1024 bytes.
+  unsigned char* stages = smem_raw + (1024 - SmemAddr(smem_raw) % 1024) % 1024;
+  uint64_t* full = reinterpret_cast<uint64_t*>(stages + kPipelinedStages * S::kStageBytes);
+  uint64_t* empty = full + kPipelinedStages;
+
+  const BlockWork w = DescribeBlock(p, kPipelinedBlockRows);
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kPipelinedStages; ++i) {
+      internal::MbarrierInit(SmemAddr(&full[i]), 1);  // the producer's arrival (+ bytes)
+      internal::MbarrierInit(SmemAddr(&empty[i]), 128 * kConsumerWarpgroups);
+    }
+    internal::FenceMbarrierInit();
+  }
+  __syncthreads();
+  const int warpgroup = threadIdx.x / 128;
+  const int lane = threadIdx.x & 31;
+
+  if (warpgroup == 0) {
+    // ---- Producer: warp 0 loads; the other three warps have nothing to do. ----
+    // Its registers go to the consumers: 56 here leave 224 for each consumer thread (128 x
+    // (56 + 2 x 224) <= 64K), where O, S and Q's fragments take 128 at head_dim 128. (ptxas,
+    // sm_90a, head_dim 128: no spills; without it, 168 for all, 16 bytes spilled and the
+    // wgmma serialized for want of registers.)
+    internal::WarpgroupRegistersDecrease<kProducerRegisters>();
+    if (threadIdx.x >= 32) return;
+    for (int32_t it = 0; it < w.num_tiles; ++it) {
+      const int stage = it % kPipelinedStages;
+      const uint32_t round = static_cast<uint32_t>(it / kPipelinedStages);
+      internal::MbarrierWait(SmemAddr(&empty[stage]), (round & 1u) ^ 1u);
+      const int32_t tile_start = w.chunk_start + it * kBlockN;
+      unsigned char* k_dst = stages + stage * S::kStageBytes;
+      unsigned char* v_dst = k_dst + S::kKvTileBytes;
+      const uint32_t full_bar = SmemAddr(&full[stage]);
+      if (tile_start + kBlockN <= w.key_end) {
+        if (lane == 0) {
+          internal::MbarrierArriveExpectTx(full_bar, S::kStageBytes);
+          for (int key = 0; key < kBlockN; key += args.box_rows) {
+            const int32_t k = tile_start + key;
+            const int32_t page = p.kv.kv_indices[w.page_begin + k / p.kv.page_size];
+            const int32_t row =
+                (page * p.kv.num_kv_heads + w.kv_head) * p.kv.page_size + k % p.kv.page_size;
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    const int mt = r / 2;
-    const int i = r % 2;
-    float l = l_row[r];
-    l += __shfl_xor_sync(kFullMask, l, 1);
-    l += __shfl_xor_sync(kFullMask, l, 2);
-    const int32_t pr = row_base + mt * kTileM + warp * 16 + g + 8 * i;
-    if (pr >= num_rows) continue;
-    const int32_t token = pr / group;
-    const int32_t j = pr - token * group;
-    const int64_t state =
-        static_cast<int64_t>(qo_start + token) * p.num_qo_heads + kv_head * group + j;
-    const bool empty = m_row[r] == -INFINITY;
-    const float inv_l = empty ? 0.0f : 1.0f / l;
-    const float lse = empty ? -INFINITY : (m_row[r] + log2f(l)) * kLn2;
-    if (split) {
-      const int64_t cs = static_cast<int64_t>(chunk) * p.total_q * p.num_qo_heads + state;
-      float* dst = ws_o + cs * kHeadDim + 2 * t;
-#pragma unroll
-      for (int dt = 0; dt < kDimTiles; ++dt) {
-        *reinterpret_cast<float2*>(dst + dt * 8) =
-            make_float2(o_acc[mt][dt][2 * i] * inv_l, o_acc[mt][dt][2 * i + 1] * inv_l);
+            for (int half = 0; half < kHeadDim / 64; ++half) {
+              const int dst = half * (kBlockN * 128) + key * 128;
+              internal::TmaLoad2d(SmemAddr(k_dst + dst), &args.k_map, half * 64, row, full_bar);
+              internal::TmaLoad2d(SmemAddr(v_dst + dst), &args.v_map, half * 64, row, full_bar);
+            }
+          }
+        }
+      } else {
+        LoadKvTile<kHeadDim, true, 32>(p, w.page_begin, w.kv_head, tile_start, w.key_end, k_dst,
+                                       v_dst, lane);
+        internal::CpAsyncCommit();
+        internal::CpAsyncWait<0>();
+        internal::FenceProxyAsync();  // the copies, to wgmma's async proxy
+        __syncwarp();
+        if (lane == 0) internal::MbarrierArrive(full_bar);
       }
-      if (t == 0) ws_lse[cs] = lse;
-    } else {
-      bf16* dst = static_cast<bf16*>(p.o) + state * kHeadDim + 2 * t;
+    }
+    return;
+  }
+
+  // ---- Consumers: warpgroup c (1 or 2) takes block rows 64 (c - 1) .. +63. ----
+  internal::WarpgroupRegistersIncrease<kConsumerRegisters>();
+  const int warp_in_group = (threadIdx.x >> 5) & 3;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int first_row = (warpgroup - 1) * 64 + warp_in_group * 16 + g;
+  auto row_of = [&](int r) { return first_row + 8 * r; };
+
+  float o_acc[1][kDimTiles][4];
 #pragma unroll
-      for (int dt = 0; dt < kDimTiles; ++dt) {
-        *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
-            __floats2bfloat162_rn(o_acc[mt][dt][2 * i] * inv_l, o_acc[mt][dt][2 * i + 1] * inv_l);
+  for (int dt = 0; dt < kDimTiles; ++dt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o_acc[0][dt][e] = 0.0f;
+  }
+  float m_row[2] = {-INFINITY, -INFINITY};
+  float l_row[2] = {0.0f, 0.0f};
+  const float scale_log2 = p.sm_scale * kLog2e;
+
+  if (w.num_tiles > 0) {
+    // Q's A fragments straight from global memory (each thread's rows g and g + 8, columns
+    // 2t, 2t + 1 and 2t + 8, 2t + 9 of every k-step): read once, no shared memory. Padding
+    // rows (>= num_rows) are zeros.
+    uint32_t q_frag[kKSteps][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int32_t pr = w.row_base + row_of(i);
+      const uint32_t* q_row = nullptr;
+      if (pr < w.num_rows) {
+        const int32_t token = pr / w.group;
+        const int32_t j = pr - token * w.group;
+        q_row = reinterpret_cast<const uint32_t*>(
+            static_cast<const bf16*>(p.q) +
+            (static_cast<int64_t>(w.qo_start + token) * p.num_qo_heads + w.kv_head * w.group + j) *
+                kHeadDim);
       }
-      if (t == 0 && p.lse != nullptr) p.lse[state] = lse;
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) {
+        q_frag[kk][i] = q_row != nullptr ? q_row[kk * 8 + t] : 0u;
+        q_frag[kk][2 + i] = q_row != nullptr ? q_row[kk * 8 + 4 + t] : 0u;
+      }
+    }
+    for (int32_t it = 0; it < w.num_tiles; ++it) {
+      const int stage = it % kPipelinedStages;
+      const uint32_t round = static_cast<uint32_t>(it / kPipelinedStages);
+      internal::MbarrierWait(SmemAddr(&full[stage]), round & 1u);
+      const int32_t tile_start = w.chunk_start + it * kBlockN;
+      const unsigned char* kb = stages + stage * S::kStageBytes;
+      TileScores<1> s;
+      WgmmaScores<kHeadDim>(q_frag, kb, s);
+      if (tile_start + kBlockN > w.unmasked_end) MaskScores<1>(p, w, tile_start, row_of, s);
+      OnlineSoftmax<1, kDimTiles>(scale_log2, s, o_acc, m_row, l_row);
+      WgmmaAccumulatePV<kHeadDim>(s, kb + S::kKvTileBytes, o_acc);
+      internal::MbarrierArrive(SmemAddr(&empty[stage]));  // this thread is done with the stage
     }
   }
+  StoreRows<kHeadDim, 1>(p, w, row_of, o_acc, m_row, l_row);
 }
 
 // One instance of the kernel template: its shape and its launch.
@@ -436,24 +692,97 @@ struct Variant {
   }
 };
 
-// Returns f(Variant<...>{}) for the instance that runs `kernel` at `head_dim` (32, 64 or 128;
-// wgmma exists at 64 and 128 only, and head_dim 32 runs mma.sync): the one place that maps
-// the runtime choice to a template instance.
+// The driver's cuTensorMapEncodeTiled, through the runtime (no libcuda link); null when the
+// driver lacks it.
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiledFn TensorMapEncoder() {
+  static const EncodeTiledFn encoder = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult status = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+                                         &status) != cudaSuccess ||
+        status != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      return static_cast<EncodeTiledFn>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiledFn>(fn);
+  }();
+  return encoder;
+}
+
+// A bf16 cache tensor as TMA sees it: rows of head_dim elements (row = (page * num_kv_heads +
+// kv_head) * page_size + slot), boxes of box_rows rows x 64 columns in the 128-byte swizzle.
+// The row count is a bound, not the allocation's size, which the kernels never learn: the
+// page table keeps every box inside the cache.
+cudaError_t EncodeCacheMap(const void* cache, int32_t head_dim, int32_t box_rows,
+                           CUtensorMap* map) {
+  const EncodeTiledFn encode = TensorMapEncoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(head_dim), cuuint64_t{1} << 31};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(head_dim) * sizeof(bf16)};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r =
+      encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(cache), dims, strides, box,
+             element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+// Keys per TMA box at `page_size`: the largest run of a 64-key tile that never crosses a page
+// (tiles start at multiples of 64); 0 when that is under 8 rows, the swizzle atom, which the
+// pipelined kernel does not handle.
+int32_t PipelinedBoxRows(int32_t page_size) {
+  const int32_t rows = page_size > 0 ? std::gcd(page_size, kBlockN) : 0;
+  return rows % 8 == 0 ? rows : 0;
+}
+
+template <int kHeadDim>
+struct PipelinedVariant {
+  using Shape = PipelinedShape<kHeadDim>;
+
+  static cudaError_t Launch(const PrefillAttentionParams& p, cudaStream_t stream) {
+    PipelinedArgs args;
+    args.p = p;
+    args.box_rows = PipelinedBoxRows(p.kv.page_size);
+    GLIMPSE_CUDA_RETURN_IF_INVALID(args.box_rows > 0);
+    GLIMPSE_CUDA_RETURN_IF_ERROR(
+        EncodeCacheMap(p.kv.k_cache, kHeadDim, args.box_rows, &args.k_map));
+    GLIMPSE_CUDA_RETURN_IF_ERROR(
+        EncodeCacheMap(p.kv.v_cache, kHeadDim, args.box_rows, &args.v_map));
+    GLIMPSE_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(PrefillPipelinedKernel<kHeadDim>,
+                                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                      Shape::kSmemBytes));
+    const dim3 grid(p.num_work_items, p.kv.num_kv_heads);
+    PrefillPipelinedKernel<kHeadDim><<<grid, kPipelinedThreads, Shape::kSmemBytes, stream>>>(args);
+    return cudaGetLastError();
+  }
+};
+
+// Returns f(variant) for the instance that runs `kernel` at `head_dim` (32, 64 or 128; the
+// wgmma kernels exist at 64 and 128 only, and head_dim 32 runs mma.sync): the one place that
+// maps the runtime choice to a template instance.
 template <class F>
 auto WithVariant(PrefillKernel kernel, int32_t head_dim, F&& f) {
   const bool wgmma = kernel == PrefillKernel::kWgmma;
   const bool wide = kernel == PrefillKernel::kMmaSyncWide;
+  const bool pipelined = kernel == PrefillKernel::kWgmmaPipelined;
   switch (head_dim) {
     case 32:
       return wide ? f(Variant<32, false, 2>{}) : f(Variant<32, false, 1>{});
     case 64:
-      return wgmma  ? f(Variant<64, true, 1>{})
-             : wide ? f(Variant<64, false, 2>{})
-                    : f(Variant<64, false, 1>{});
+      return pipelined ? f(PipelinedVariant<64>{})
+             : wgmma   ? f(Variant<64, true, 1>{})
+             : wide    ? f(Variant<64, false, 2>{})
+                       : f(Variant<64, false, 1>{});
     default:
-      return wgmma  ? f(Variant<128, true, 1>{})
-             : wide ? f(Variant<128, false, 2>{})
-                    : f(Variant<128, false, 1>{});
+      return pipelined ? f(PipelinedVariant<128>{})
+             : wgmma   ? f(Variant<128, true, 1>{})
+             : wide    ? f(Variant<128, false, 2>{})
+                       : f(Variant<128, false, 1>{});
   }
 }
 
@@ -480,11 +809,15 @@ size_t PrefillSharedMemoryBytes(PrefillKernel kernel, int32_t head_dim) {
                      [](auto variant) -> size_t { return decltype(variant)::Shape::kSmemBytes; });
 }
 
-PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int compute_major,
-                               size_t max_shared_memory_per_block) {
-  if (requested == PrefillKernel::kWgmma &&
-      (compute_major != 9 || !WgmmaPrefillSupported(head_dim))) {
+PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int32_t page_size,
+                               int compute_major, size_t max_shared_memory_per_block) {
+  const bool wgmma =
+      requested == PrefillKernel::kWgmma || requested == PrefillKernel::kWgmmaPipelined;
+  if (wgmma && (compute_major != 9 || !WgmmaPrefillSupported(head_dim))) {
     return PrefillKernel::kMmaSync;
+  }
+  if (requested == PrefillKernel::kWgmmaPipelined && PipelinedBoxRows(page_size) == 0) {
+    return PrefillKernel::kWgmma;
   }
   if (PrefillSharedMemoryBytes(requested, head_dim) > max_shared_memory_per_block) {
     return PrefillKernel::kMmaSync;
@@ -588,9 +921,12 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& params, cudaStr
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.block_rows == BlockRows(params.kernel));
   if (params.num_work_items == 0) return cudaSuccess;
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.work_items != nullptr);
-  if (params.kernel == PrefillKernel::kWgmma) {
+  if (params.kernel == PrefillKernel::kWgmma || params.kernel == PrefillKernel::kWgmmaPipelined) {
     GLIMPSE_CUDA_RETURN_IF_INVALID(WgmmaPrefillSupported(kv.head_dim));
     GLIMPSE_CUDA_RETURN_IF_INVALID(DeviceMajor() == 9);
+  }
+  if (params.kernel == PrefillKernel::kWgmmaPipelined) {
+    GLIMPSE_CUDA_RETURN_IF_INVALID(PipelinedBoxRows(kv.page_size) > 0);
   }
   GLIMPSE_CUDA_RETURN_IF_ERROR(WithVariant(params.kernel, kv.head_dim, [&](auto variant) {
     return decltype(variant)::Launch(params, stream);

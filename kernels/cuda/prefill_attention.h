@@ -27,7 +27,7 @@
 // size 1..8; any page_size >= 1. Long KV with few query rows is split into chunks of
 // plan.chunk_keys keys and merged (attention_common.h).
 //
-// Three kernels for the same results (PrefillAttentionParams::kernel; the plan is made for one,
+// Four kernels for the same results (PrefillAttentionParams::kernel; the plan is made for one,
 // PrefillPlanInput::kernel):
 //   kMmaSync (default; sm_80+): ldmatrix + mma.sync.m16n8k16 per warp, as drawn above.
 //   kMmaSyncWide (sm_80+): 128-row blocks, each warp 16 rows of each 64-row half; every K or
@@ -42,6 +42,14 @@
 //       read MN-major, in place of 2 x 64 (S) and 4 x 16 (P·V) ldmatrix + mma pairs per warp.
 //       Checked on the CPU emulation of CUDA (whose wgmma follows the PTX ISA's descriptor
 //       layouts); not yet run on a GPU, hence not the default.
+//   kWgmmaPipelined (sm_90a, head_dim 64 or 128, page_size with gcd(page_size, 64) >= 8):
+//       FlashAttention-3's structure. 128-row blocks of three warpgroups: a producer warp
+//       streams K/V tiles with TMA (cp.async.bulk.tensor from tensor maps over the caches,
+//       one box per page run, landing in wgmma's swizzle) into a 3-stage ring guarded by
+//       "full"/"empty" mbarriers, while two consumer warpgroups (64 rows each, Q in
+//       registers) run the same wgmma products and softmax as kWgmma. Loads run ahead of the
+//       math and neither consumer issues a load. Checked on the emulation (mbarriers and TMA
+//       emulated after the PTX ISA); not yet run on a GPU.
 #ifndef GLIMPSE_KERNELS_CUDA_PREFILL_ATTENTION_H_
 #define GLIMPSE_KERNELS_CUDA_PREFILL_ATTENTION_H_
 
@@ -58,25 +66,26 @@ namespace glimpse::kernels::cuda {
 
 enum class AttentionMaskMode { kCausal, kTree };
 
-
-// Whether the kWgmma kernel exists for this head_dim (it also needs a compute capability 9.0
-// device, checked at launch).
+// Whether the wgmma kernels (kWgmma, kWgmmaPipelined) exist for this head_dim (they also need
+// a compute capability 9.0 device, checked at launch).
 inline bool WgmmaPrefillSupported(int32_t head_dim) { return head_dim == 64 || head_dim == 128; }
 
 // Dynamic shared memory one block of `kernel` takes at `head_dim` (32, 64 or 128).
 size_t PrefillSharedMemoryBytes(PrefillKernel kernel, int32_t head_dim);
 
-// The kernel to run when `requested` is asked for on a device of compute capability
-// `compute_major` granting `max_shared_memory_per_block` bytes (sharedMemPerBlockOptin):
-// `requested` where it runs there, else kMmaSync (wgmma: sm_90 and head_dim 64/128 only; the
-// 128-row kernel: 104 KB at head_dim 128, over the 99 KB of sm_86/sm_89 GPUs).
-PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int compute_major,
-                               size_t max_shared_memory_per_block);
+// The kernel to run when `requested` is asked for at `head_dim` and `page_size` on a device
+// of compute capability `compute_major` granting `max_shared_memory_per_block` bytes
+// (sharedMemPerBlockOptin): `requested` where it runs there, else kMmaSync (wgmma: sm_90 and
+// head_dim 64/128 only; the 128-row kernel: 104 KB at head_dim 128, over the 99 KB of
+// sm_86/sm_89 GPUs), or kWgmma for kWgmmaPipelined at a page size its TMA boxes cannot tile.
+PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int32_t page_size,
+                               int compute_major, size_t max_shared_memory_per_block);
 
 // Host-side plan, made once per step from host copies of the index arrays and reused by every
 // layer (upload work_items once per step).
 struct PrefillPlan {
-  int32_t block_rows = 64;  // packed query rows per block: 128 for kMmaSyncWide, else 64
+  int32_t block_rows = 64;  // packed query rows per block: 128 for kMmaSyncWide and
+                            // kWgmmaPipelined, else 64
   int32_t total_q = 0;      // qo_indptr[num_seqs]
   int32_t chunk_keys = 0;  // keys per split chunk, a multiple of 64
   int32_t num_chunks = 1;  // chunks of the longest sequence; 1 = no split, no workspace
@@ -113,7 +122,8 @@ struct PrefillAttentionParams {
   int32_t num_qo_heads = 0;
   float sm_scale = 1.0f;
   AttentionMaskMode mask_mode = AttentionMaskMode::kCausal;
-  // kWgmma: cudaErrorInvalidValue unless WgmmaPrefillSupported(head_dim) on an sm_90 device.
+  // kWgmma(Pipelined): cudaErrorInvalidValue unless WgmmaPrefillSupported(head_dim) on an
+  // sm_90 device (and, pipelined, PrefillKernelFor keeps it at this page size).
   PrefillKernel kernel = PrefillKernel::kMmaSync;
   // kTree: bit j of tree_mask[t] set iff node j is node t or an ancestor of it (t is the
   // node index within its sequence; the array is indexed by global query token).

@@ -2,8 +2,8 @@
 // reference on the same bf16 inputs: head dims 32/64/128, group sizes 1..8, page sizes
 // 1/16/17, query counts that are not multiples of the 64-row tile, chunked prefill over a
 // cached prefix, split-KV on and off, random draft trees of 1..64 nodes; checks o and lse.
-// Every kernel: mma.sync with 64- and 128-row blocks, and wgmma (head dims 64/128, sm_90
-// devices only).
+// Every kernel: mma.sync with 64- and 128-row blocks, and wgmma plain and pipelined (head dims
+// 64/128, sm_90 devices only).
 #include "kernels/cuda/prefill_attention.h"
 
 #include <cmath>
@@ -41,8 +41,11 @@ std::vector<uint64_t> RandomTreeMasks(int32_t n) {
 
 void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t num_kv_heads,
              int32_t page_size, const std::vector<SeqShape>& seqs, int32_t num_sms,
-             PrefillKernel kernel = PrefillKernel::kMmaSync) {
+             PrefillKernel requested = PrefillKernel::kMmaSync) {
   const DType dtype = DType::kBF16;
+  // The kernel the backend would run at this page size on an H200 (the pipelined kernel
+  // hands page sizes its TMA boxes cannot tile to kWgmma).
+  const PrefillKernel kernel = PrefillKernelFor(requested, head_dim, page_size, 9, 232448);
   const bool tree = mode == AttentionMaskMode::kTree;
   const int32_t num_seqs = static_cast<int32_t>(seqs.size());
   const int32_t num_qo_heads = num_kv_heads * group;
@@ -74,9 +77,10 @@ void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t nu
   PrefillPlan plan;
   GLIMPSE_ASSERT_CUDA(PlanPrefillAttention(in, &plan));
   std::string name = std::string(tree ? "tree" : "causal") +
-                     (kernel == PrefillKernel::kWgmma         ? " wgmma"
-                      : kernel == PrefillKernel::kMmaSyncWide ? " wide"
-                                                              : "") +
+                     (kernel == PrefillKernel::kWgmma            ? " wgmma"
+                      : kernel == PrefillKernel::kWgmmaPipelined ? " wgmma-pipelined"
+                      : kernel == PrefillKernel::kMmaSyncWide    ? " wide"
+                                                                 : "") +
                      " d=" + std::to_string(head_dim) + " group=" + std::to_string(group) +
                      " hkv=" + std::to_string(num_kv_heads) + " page=" + std::to_string(page_size) +
                      " chunks=" + std::to_string(plan.num_chunks) + " (qo,kv)=";
@@ -260,6 +264,7 @@ GLIMPSE_CUDA_TEST(PrefillKernelForFallsBackWhereTheKernelCannotRun) {
   const PrefillKernel mma = PrefillKernel::kMmaSync;
   const PrefillKernel wide = PrefillKernel::kMmaSyncWide;
   const PrefillKernel wgmma = PrefillKernel::kWgmma;
+  const PrefillKernel pipelined = PrefillKernel::kWgmmaPipelined;
   const size_t h200 = 232448, a100 = 166912, rtx4090 = 101376;
   // Bytes: Q tile rows x (head_dim + 8) x 2 + 4 K/V tiles of 64 rows (+ 1 KiB alignment for
   // wgmma's 128-byte-swizzled tiles of 64 x head_dim).
@@ -269,14 +274,26 @@ GLIMPSE_CUDA_TEST(PrefillKernelForFallsBackWhereTheKernelCannotRun) {
                  "128-row kernel, head_dim 128: 104,448 bytes");
   GLIMPSE_EXPECT(PrefillSharedMemoryBytes(wgmma, 128) == 64 * 136 * 2 + 4 * 64 * 128 * 2 + 1024,
                  "wgmma, head_dim 128: 83,968 bytes");
-  GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 128, 9, h200) == wgmma, "wgmma runs on an H200");
-  GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 32, 9, h200) == mma, "no wgmma kernel at head_dim 32");
-  GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 128, 8, a100) == mma, "no wgmma on sm_80");
-  GLIMPSE_EXPECT(PrefillKernelFor(wide, 128, 8, a100) == wide, "128 rows fit an A100's block");
-  GLIMPSE_EXPECT(PrefillKernelFor(wide, 128, 8, rtx4090) == mma,
+  // 1 KiB alignment + 3 stages of a K and a V tile (64 x head_dim, swizzled) + 6 mbarriers.
+  GLIMPSE_EXPECT(PrefillSharedMemoryBytes(pipelined, 128) == 1024 + 3 * 2 * 64 * 128 * 2 + 48,
+                 "pipelined wgmma, head_dim 128: 99,376 bytes");
+  GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 128, 16, 9, h200) == wgmma, "wgmma runs on an H200");
+  GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 32, 16, 9, h200) == mma, "no wgmma kernel at head_dim 32");
+  GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 128, 16, 8, a100) == mma, "no wgmma on sm_80");
+  GLIMPSE_EXPECT(PrefillKernelFor(pipelined, 128, 16, 9, h200) == pipelined,
+                 "the pipelined kernel runs on an H200 at page size 16");
+  GLIMPSE_EXPECT(PrefillKernelFor(pipelined, 64, 24, 9, h200) == pipelined,
+                 "page size 24: boxes of 8 keys");
+  GLIMPSE_EXPECT(PrefillKernelFor(pipelined, 128, 17, 9, h200) == wgmma,
+                 "page size 17: no TMA box tiles it, the plain wgmma kernel runs");
+  GLIMPSE_EXPECT(PrefillKernelFor(pipelined, 128, 4, 9, h200) == wgmma,
+                 "page size 4: boxes under the 8-row swizzle atom");
+  GLIMPSE_EXPECT(PrefillKernelFor(pipelined, 128, 16, 8, a100) == mma, "no TMA on sm_80");
+  GLIMPSE_EXPECT(PrefillKernelFor(wide, 128, 16, 8, a100) == wide, "128 rows fit an A100's block");
+  GLIMPSE_EXPECT(PrefillKernelFor(wide, 128, 16, 8, rtx4090) == mma,
                  "128 rows at head_dim 128 do not fit 99 KB");
-  GLIMPSE_EXPECT(PrefillKernelFor(wide, 64, 8, rtx4090) == wide, "at head_dim 64 they do");
-  GLIMPSE_EXPECT(PrefillKernelFor(mma, 128, 8, rtx4090) == mma, "the default runs everywhere");
+  GLIMPSE_EXPECT(PrefillKernelFor(wide, 64, 16, 8, rtx4090) == wide, "at head_dim 64 they do");
+  GLIMPSE_EXPECT(PrefillKernelFor(mma, 128, 16, 8, rtx4090) == mma, "the default runs everywhere");
 }
 
 // True when the device runs the wgmma kernel (compute capability 9.0); says so otherwise.
@@ -294,6 +311,24 @@ bool DeviceHasWgmma() {
 GLIMPSE_CUDA_TEST(PrefillWgmmaMatchesReference) {
   if (!DeviceHasWgmma()) return;
   RunVariantCases(PrefillKernel::kWgmma, {64, 128});
+}
+
+// The pipelined kernel: the variant cases (page sizes 1 and 17 run kWgmma, as the backend
+// would), then the page sizes its TMA boxes tile (8 to 64 keys per box, page sizes that are
+// not powers of two), sequences of many tiles around the 3-stage ring, and last tiles that
+// end mid-tile, which the producer copies with cp.async.
+GLIMPSE_CUDA_TEST(PrefillWgmmaPipelinedMatchesReference) {
+  if (!DeviceHasWgmma()) return;
+  const PrefillKernel pipelined = PrefillKernel::kWgmmaPipelined;
+  RunVariantCases(pipelined, {64, 128});
+  const AttentionMaskMode causal = AttentionMaskMode::kCausal;
+  const AttentionMaskMode tree = AttentionMaskMode::kTree;
+  for (const int32_t page_size : {8, 24, 32, 48, 64, 128}) {
+    RunCase(causal, 128, 4, 2, page_size, {{150, 150}, {40, 700}, {1, 65}}, 1, pipelined);
+    RunCase(tree, 64, 2, 2, page_size, {{20, 20 + 250}, {64, 64 + 64}}, 1, pipelined);
+  }
+  RunCase(causal, 64, 1, 1, 16, {{3000, 3000}}, 1, pipelined);  // 47 tiles per block at most
+  RunCase(causal, 128, 8, 1, 16, {{7, 4000}}, 132, pipelined);  // split KV, few rows
 }
 
 GLIMPSE_CUDA_TEST(PrefillWgmmaRefusesHeadDim32) {

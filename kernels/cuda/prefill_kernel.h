@@ -10,6 +10,10 @@ enum class PrefillKernel {
   kMmaSync,      // mma.sync, 64-row blocks (default; every sm_80+ GPU)
   kMmaSyncWide,  // mma.sync, 128-row blocks (experimental)
   kWgmma,        // wgmma, compute capability 9.0 and head_dim 64/128 only (experimental)
+  // wgmma fed by TMA through an mbarrier pipeline, a producer and two consumer warpgroups
+  // (FlashAttention-3's structure); as kWgmma, and page sizes with a multiple of 8 as their
+  // largest power-of-two factor up to 64 (experimental)
+  kWgmmaPipelined,
 };
 
 }  // namespace glimpse::kernels::cuda

@@ -89,6 +89,9 @@ std::vector<BackendCounter> CudaBackend::Counters() const {
   counters.push_back({"cuda_attention_wgmma_calls_total", wgmma_attention_calls_,
                       "Of those, the calls run by its wgmma variant "
                       "(--cuda_prefill_attention=wgmma)"});
+  counters.push_back({"cuda_attention_wgmma_pipelined_calls_total", pipelined_attention_calls_,
+                      "Of those, the calls run by its TMA-fed pipelined wgmma variant "
+                      "(--cuda_prefill_attention=wgmma_pipelined)"});
   return counters;
 }
 

@@ -317,8 +317,8 @@ class CudaBackend final : public Backend {
 
   int device_;
   DType kv_dtype_;  // the KV cache's elements (CudaBackendOptions::kv_cache_dtype)
-  // CudaBackendOptions::prefill_attention; AttendPerSequence runs it where the device and
-  // head_dim allow (PrefillKernelFor), else kMmaSync.
+  // CudaBackendOptions::prefill_attention; AttendPerSequence runs it where the device,
+  // head_dim and block size allow (PrefillKernelFor), else a fallback.
   PrefillKernel prefill_kernel_;
   int compute_major_ = 0;                   // from Init
   size_t max_shared_memory_per_block_ = 0;  // sharedMemPerBlockOptin, from Init
@@ -349,6 +349,7 @@ class CudaBackend final : public Backend {
   int64_t tensor_core_attention_calls_ = 0;  // AttendPerSequence launches (Counters())
   int64_t wide_attention_calls_ = 0;         // those on the 128-row mma.sync variant
   int64_t wgmma_attention_calls_ = 0;        // those on the wgmma variant
+  int64_t pipelined_attention_calls_ = 0;    // those on the pipelined wgmma variant
   RopeMemo rope_memo_;
   // Tensor parallelism: this backend is rank tp_rank_ of tp_group_ (shared by the group's
   // backends; a group of one for a lone GPU). Destroyed after the stream is drained.

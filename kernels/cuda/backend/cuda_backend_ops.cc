@@ -436,8 +436,8 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   const int32_t block_size = kv.block_size;
   std::vector<int32_t> key = AttentionKey(params, num_tokens);
   // The memo's plan is for this kernel: head_dim is the model's, the same on every call.
-  const PrefillKernel kernel =
-      PrefillKernelFor(prefill_kernel_, kv.head_dim, compute_major_, max_shared_memory_per_block_);
+  const PrefillKernel kernel = PrefillKernelFor(prefill_kernel_, kv.head_dim, block_size,
+                                                compute_major_, max_shared_memory_per_block_);
   PrefillMemo& memo = prefill_memo_;
   if (memo.generation != generation_ || memo.key != key) {
     for (int32_t s = 0; s < params.num_seqs; ++s) {
@@ -520,6 +520,7 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   ++tensor_core_attention_calls_;
   if (kernel == PrefillKernel::kWgmma) ++wgmma_attention_calls_;
   if (kernel == PrefillKernel::kMmaSyncWide) ++wide_attention_calls_;
+  if (kernel == PrefillKernel::kWgmmaPipelined) ++pipelined_attention_calls_;
   return true;
 }
 

@@ -821,17 +821,21 @@ TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheMatchesCpu) {
 }
 
 // The same steps on the experimental attention kernels (the emulated device is compute
-// capability 9.0): the 128-row mma.sync kernel for every head dim; wgmma for head dims 64 and
-// 128, while 32 keeps mma.sync. Each kernel's counter proves which one ran.
+// capability 9.0): the 128-row mma.sync kernel for every head dim; the wgmma kernels for head
+// dims 64 and 128, while 32 keeps mma.sync; the pipelined one at block sizes its TMA boxes
+// tile (16, not 1). Each kernel's counter proves which one ran.
 TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheWithExperimentalKernelsMatchesCpu) {
   struct Variant {
     cuda::PrefillKernel kernel;
     const char* counter;
     bool needs_head_dim_64_or_128;
+    bool needs_block_size_16;
   };
   for (const Variant v :
-       {Variant{cuda::PrefillKernel::kMmaSyncWide, "cuda_attention_wide_calls_total", false},
-        Variant{cuda::PrefillKernel::kWgmma, "cuda_attention_wgmma_calls_total", true}}) {
+       {Variant{cuda::PrefillKernel::kMmaSyncWide, "cuda_attention_wide_calls_total", false, false},
+        Variant{cuda::PrefillKernel::kWgmma, "cuda_attention_wgmma_calls_total", true, false},
+        Variant{cuda::PrefillKernel::kWgmmaPipelined, "cuda_attention_wgmma_pipelined_calls_total",
+                true, true}}) {
     cuda::CudaBackendOptions options;
     options.kv_cache_dtype = cuda::CudaKvCacheDType::kBFloat16;
     options.prefill_attention = v.kernel;
@@ -847,8 +851,9 @@ TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheWithExperimentalKernelsMatche
       ExpectClose(std::string("bf16-KV attention on ") + v.counter + " " + Describe(s), out, ref,
                   Tolerance::Bf16());
       EXPECT_EQ(TensorCoreCalls(**backend) - before, 2);
-      EXPECT_EQ(testing::CounterValue(**backend, v.counter) - variant_before,
-                v.needs_head_dim_64_or_128 && s.head_dim == 32 ? 0 : 2)
+      const bool runs = !(v.needs_head_dim_64_or_128 && s.head_dim == 32) &&
+                        !(v.needs_block_size_16 && s.block_size != 16);
+      EXPECT_EQ(testing::CounterValue(**backend, v.counter) - variant_before, runs ? 2 : 0)
           << v.counter << " " << Describe(s);
     }
   }

@@ -417,9 +417,10 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
     const double flops = 2.0 * kHq * KvPool::kHeadDim * static_cast<double>(ctx) * ctx;
     const double tflops = flops / (us * 1e-6) / 1e12;
     std::snprintf(shape, sizeof(shape), "causal L=%d GQA 32/8 d=128", ctx);
-    const char* name = kernel == PrefillKernel::kWgmma         ? "prefill_attn_wgmma"
-                       : kernel == PrefillKernel::kMmaSyncWide ? "prefill_attn_wide"
-                                                               : "prefill_attention";
+    const char* name = kernel == PrefillKernel::kWgmma            ? "prefill_attn_wgmma"
+                       : kernel == PrefillKernel::kWgmmaPipelined ? "prefill_attn_pipelined"
+                       : kernel == PrefillKernel::kMmaSyncWide    ? "prefill_attn_wide"
+                                                                  : "prefill_attention";
     b.rows.push_back({name, shape, us, tflops, "TFLOP/s", tflops / b.gemm_tflops,
                       "milestone >= 300 TFLOP/s"});
   }
@@ -473,6 +474,12 @@ bool RunAll(Bench& b, const std::string& json_path) {
           }
           b.rows.push_back({"tree_verify_wgmma", shape, us, us / decode_us, "x decode", 0.0,
                             target});
+          if (!BenchTensorCore(b, pool, AttentionMaskMode::kTree, batch, ctx, q_len, &us,
+                               PrefillKernel::kWgmmaPipelined)) {
+            return false;
+          }
+          b.rows.push_back(
+              {"tree_verify_pipelined", shape, us, us / decode_us, "x decode", 0.0, target});
         }
       }
     }
@@ -485,9 +492,11 @@ bool RunAll(Bench& b, const std::string& json_path) {
                          PrefillKernel::kMmaSyncWide)) {
       return false;
     }
-    if (b.wgmma && !BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us,
-                                    PrefillKernel::kWgmma)) {
-      return false;
+    for (const PrefillKernel kernel : {PrefillKernel::kWgmma, PrefillKernel::kWgmmaPipelined}) {
+      if (b.wgmma &&
+          !BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us, kernel)) {
+        return false;
+      }
     }
   }
   cudaFree(pool.k);
@@ -566,12 +575,15 @@ int main(int argc, char** argv) {
   if (!ok) return 1;
   if (smoke) {
     // Every kernel family must have run, each row with a real time.
-    for (const char* kernel : {"d2d_copy", "cublas_gemm_bf16", "paged_decode", "tc_decode",
-                               "tree_verify", "prefill_attention", "tree_verify_wide",
-                               "prefill_attn_wide", "tree_verify_wgmma", "prefill_attn_wgmma"}) {
+    for (const char* kernel :
+         {"d2d_copy", "cublas_gemm_bf16", "paged_decode", "tc_decode", "tree_verify",
+          "prefill_attention", "tree_verify_wide", "prefill_attn_wide", "tree_verify_wgmma",
+          "prefill_attn_wgmma", "tree_verify_pipelined", "prefill_attn_pipelined"}) {
       const bool present = std::any_of(b.rows.begin(), b.rows.end(),
                                        [&](const Row& r) { return r.kernel == kernel; });
-      const bool wgmma_row = std::string(kernel).find("wgmma") != std::string::npos;
+      const std::string name = kernel;
+      const bool wgmma_row =
+          name.find("wgmma") != std::string::npos || name.find("pipelined") != std::string::npos;
       if (!present && !(wgmma_row && !b.wgmma)) {
         std::fprintf(stderr, "smoke: no %s row\n", kernel);
         return 1;
