@@ -189,13 +189,14 @@ __device__ __forceinline__ void MaskScores(const PrefillAttentionParams& p, cons
 }
 
 // Online softmax over one tile (FlashAttention-2): scales the scores to log2 units, updates
-// the running max m_row and sum l_row of each of this thread's rows, rescales O, and leaves
-// the unnormalized probabilities in s. The four lanes of a quad (same g) share a row.
-template <int kMTiles, int kDimTiles>
-__device__ __forceinline__ void OnlineSoftmax(float scale_log2, TileScores<kMTiles>& s,
-                                              float (&o_acc)[kMTiles][kDimTiles][4],
-                                              float (&m_row)[2 * kMTiles],
-                                              float (&l_row)[2 * kMTiles]) {
+// the running max m_row and sum l_row of each of this thread's rows, and leaves the
+// unnormalized probabilities in s; rescale[r] is the factor O's row r must be multiplied by
+// (the old max's weight under the new one). The four lanes of a quad (same g) share a row.
+template <int kMTiles>
+__device__ __forceinline__ void SoftmaxTile(float scale_log2, TileScores<kMTiles>& s,
+                                            float (&m_row)[2 * kMTiles],
+                                            float (&l_row)[2 * kMTiles],
+                                            float (&rescale)[2 * kMTiles]) {
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
@@ -217,14 +218,9 @@ __device__ __forceinline__ void OnlineSoftmax(float scale_log2, TileScores<kMTil
     mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
     const float m_new = fmaxf(m_row[r], mx);
     const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-    const float rescale = exp2f(m_row[r] - m_use);
+    rescale[r] = exp2f(m_row[r] - m_use);
     m_row[r] = m_new;
-    l_row[r] *= rescale;
-#pragma unroll
-    for (int dt = 0; dt < kDimTiles; ++dt) {
-      o_acc[mt][dt][2 * i] *= rescale;
-      o_acc[mt][dt][2 * i + 1] *= rescale;
-    }
+    l_row[r] *= rescale[r];
 #pragma unroll
     for (int nt = 0; nt < kBlockN / 8; ++nt) {
       s[mt][nt][2 * i] = exp2f(s[mt][nt][2 * i] - m_use);
@@ -232,6 +228,30 @@ __device__ __forceinline__ void OnlineSoftmax(float scale_log2, TileScores<kMTil
       l_row[r] += s[mt][nt][2 * i] + s[mt][nt][2 * i + 1];
     }
   }
+}
+
+// O's rows times SoftmaxTile's factors.
+template <int kMTiles, int kDimTiles>
+__device__ __forceinline__ void RescaleO(const float (&rescale)[2 * kMTiles],
+                                         float (&o_acc)[kMTiles][kDimTiles][4]) {
+#pragma unroll
+  for (int r = 0; r < 2 * kMTiles; ++r) {
+#pragma unroll
+    for (int dt = 0; dt < kDimTiles; ++dt) {
+      o_acc[r / 2][dt][2 * (r % 2)] *= rescale[r];
+      o_acc[r / 2][dt][2 * (r % 2) + 1] *= rescale[r];
+    }
+  }
+}
+
+template <int kMTiles, int kDimTiles>
+__device__ __forceinline__ void OnlineSoftmax(float scale_log2, TileScores<kMTiles>& s,
+                                              float (&o_acc)[kMTiles][kDimTiles][4],
+                                              float (&m_row)[2 * kMTiles],
+                                              float (&l_row)[2 * kMTiles]) {
+  float rescale[2 * kMTiles];
+  SoftmaxTile<kMTiles>(scale_log2, s, m_row, l_row, rescale);
+  RescaleO<kMTiles, kDimTiles>(rescale, o_acc);
 }
 
 // The A fragment (mma.m16n8k16's layout) of P for keys 16kk..16kk+15 of m-tile `mt`: the C
@@ -295,41 +315,63 @@ __device__ __forceinline__ void StoreRows(const PrefillAttentionParams& p, const
   }
 }
 
-// S = Q·Kᵀ of one warpgroup's 64 rows on wgmma: B = the K tile at `kb`, K-major, k-step kk
-// 32 bytes into its 64-column half. Waits for the result.
+// S = Q·Kᵀ of one warpgroup's 64 rows on wgmma, issued, not committed: B = the K tile at
+// `kb`, K-major, k-step kk 32 bytes into its 64-column half.
 template <int kHeadDim>
-__device__ __forceinline__ void WgmmaScores(const uint32_t (&q_frag)[kHeadDim / 16][4],
-                                            const unsigned char* kb, TileScores<1>& s) {
-  internal::WgmmaFence();
+__device__ __forceinline__ void IssueWgmmaScores(const uint32_t (&q_frag)[kHeadDim / 16][4],
+                                                 const unsigned char* kb, TileScores<1>& s) {
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
     const uint64_t desc = internal::SmemDescSw128(
         SmemAddr(kb + (kk / 4) * (kBlockN * 128) + (kk % 4) * 32), 16, 1024);
     internal::WgmmaM64N64K16<0>(s[0], q_frag[kk], desc, kk > 0);
   }
+}
+
+// P's A fragments of one tile, per 16-key step.
+using PFragments = uint32_t[kBlockN / 16][4];
+
+// O += P·V of one warpgroup's 64 rows on wgmma, issued, not committed: B = the V tile at
+// `vb`, MN-major (head dims contiguous): keys 16kk.. start 16 rows down; the second 64-column
+// half is 8 KiB on (LBO).
+template <int kHeadDim>
+__device__ __forceinline__ void IssueWgmmaPV(const PFragments& p, const unsigned char* vb,
+                                             float (&o_acc)[1][kHeadDim / 8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kBlockN / 16; ++kk) {
+    const uint64_t desc =
+        internal::SmemDescSw128(SmemAddr(vb + kk * 16 * 128), kBlockN * 128, 1024);
+    if constexpr (kHeadDim == 64) {
+      internal::WgmmaM64N64K16<1>(o_acc[0], p[kk], desc, true);
+    } else {
+      internal::WgmmaM64N128K16<1>(o_acc[0], p[kk], desc, true);
+    }
+  }
+}
+
+__device__ __forceinline__ void PackP(const TileScores<1>& s, PFragments& p) {
+#pragma unroll
+  for (int kk = 0; kk < kBlockN / 16; ++kk) PFragment<1>(s, 0, kk, p[kk]);
+}
+
+// S = Q·Kᵀ on wgmma, waited for.
+template <int kHeadDim>
+__device__ __forceinline__ void WgmmaScores(const uint32_t (&q_frag)[kHeadDim / 16][4],
+                                            const unsigned char* kb, TileScores<1>& s) {
+  internal::WgmmaFence();
+  IssueWgmmaScores<kHeadDim>(q_frag, kb, s);
   internal::WgmmaCommit();
   internal::WgmmaWait<0>();
 }
 
-// O += P·V of one warpgroup's 64 rows on wgmma: P from registers, B = the V tile at `vb`,
-// MN-major (head dims contiguous): keys 16kk.. start 16 rows down; the second 64-column half
-// is 8 KiB on (LBO). Waits for the result.
+// O += P·V on wgmma with P from the softmax's s, waited for.
 template <int kHeadDim>
 __device__ __forceinline__ void WgmmaAccumulatePV(const TileScores<1>& s, const unsigned char* vb,
                                                   float (&o_acc)[1][kHeadDim / 8][4]) {
+  PFragments p;
+  PackP(s, p);
   internal::WgmmaFence();  // o_acc was rescaled by the softmax
-#pragma unroll
-  for (int kk = 0; kk < kBlockN / 16; ++kk) {
-    uint32_t a[4];
-    PFragment<1>(s, 0, kk, a);
-    const uint64_t desc =
-        internal::SmemDescSw128(SmemAddr(vb + kk * 16 * 128), kBlockN * 128, 1024);
-    if constexpr (kHeadDim == 64) {
-      internal::WgmmaM64N64K16<1>(o_acc[0], a, desc, true);
-    } else {
-      internal::WgmmaM64N128K16<1>(o_acc[0], a, desc, true);
-    }
-  }
+  IssueWgmmaPV<kHeadDim>(p, vb, o_acc);
   internal::WgmmaCommit();
   internal::WgmmaWait<0>();
 }
@@ -517,8 +559,9 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
 // Warpgroups 1 and 2 are consumers, 64 rows each, Q's A fragments in registers: per tile they
 // wait on the stage's "full" mbarrier, run S = Q·Kᵀ, the softmax and O += P·V on wgmma, and
 // arrive on its "empty" mbarrier, which the producer waits on before refilling the stage.
-// Loads thus run kStages - 1 tiles ahead of the math, and the two consumer warpgroups, each on
-// its own schedule, overlap one's softmax with the other's tensor-core work.
+// Loads thus run kStages - 1 tiles ahead of the math. Each consumer overlaps its softmax of
+// tile j with its own P·V of tile j - 1 on the tensor cores, and the two consumers, each on
+// its own schedule, overlap one's softmax with the other's products.
 //
 // The block's last tile, when key_end cuts it short, is copied by the producer warp with
 // cp.async instead (TMA boxes cannot stop at key_end, and rows past it must be zeros), which
@@ -659,19 +702,51 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
         q_frag[kk][2 + i] = q_row != nullptr ? q_row[kk * 8 + 4 + t] : 0u;
       }
     }
-    for (int32_t it = 0; it < w.num_tiles; ++it) {
-      const int stage = it % kPipelinedStages;
+    // Software-pipelined over tiles (FlashAttention-3's intra-warpgroup overlap): while the
+    // tensor cores run P·V of tile it - 1, the softmax of tile it runs on the CUDA cores.
+    //   tile 0:  S = Q·K0; softmax; P <- S
+    //   tile it: issue S = Q·K(it) and O += P·V(it - 1); wait for S; mask, softmax (its
+    //            rescale of O waits); wait for P·V; release stage it - 1; rescale O; P <- S
+    //   after:   O += P·V(last); release the last stage
+    auto stage_of = [](int32_t it) { return it % kPipelinedStages; };
+    auto wait_full = [&](int32_t it) {
       const uint32_t round = static_cast<uint32_t>(it / kPipelinedStages);
-      internal::MbarrierWait(SmemAddr(&full[stage]), round & 1u);
+      internal::MbarrierWait(SmemAddr(&full[stage_of(it)]), round & 1u);
+    };
+    auto k_tile = [&](int32_t it) { return stages + stage_of(it) * S::kStageBytes; };
+    auto softmax = [&](int32_t it, TileScores<1>& scores, float(&rescale)[2]) {
       const int32_t tile_start = w.chunk_start + it * kBlockN;
-      const unsigned char* kb = stages + stage * S::kStageBytes;
-      TileScores<1> s;
-      WgmmaScores<kHeadDim>(q_frag, kb, s);
-      if (tile_start + kBlockN > w.unmasked_end) MaskScores<1>(p, w, tile_start, row_of, s);
-      OnlineSoftmax<1, kDimTiles>(scale_log2, s, o_acc, m_row, l_row);
-      WgmmaAccumulatePV<kHeadDim>(s, kb + S::kKvTileBytes, o_acc);
-      internal::MbarrierArrive(SmemAddr(&empty[stage]));  // this thread is done with the stage
+      if (tile_start + kBlockN > w.unmasked_end) {
+        MaskScores<1>(p, w, tile_start, row_of, scores);
+      }
+      SoftmaxTile<1>(scale_log2, scores, m_row, l_row, rescale);
+    };
+    TileScores<1> s;
+    PFragments p_frag;
+    float rescale[2];
+    wait_full(0);
+    WgmmaScores<kHeadDim>(q_frag, k_tile(0), s);
+    softmax(0, s, rescale);  // O is still zero: nothing to rescale
+    PackP(s, p_frag);
+    for (int32_t it = 1; it < w.num_tiles; ++it) {
+      wait_full(it);
+      internal::WgmmaFence();  // s was read, O rescaled and P packed since the last products
+      IssueWgmmaScores<kHeadDim>(q_frag, k_tile(it), s);
+      internal::WgmmaCommit();
+      IssueWgmmaPV<kHeadDim>(p_frag, k_tile(it - 1) + S::kKvTileBytes, o_acc);
+      internal::WgmmaCommit();
+      internal::WgmmaWait<1>();  // S of tile it (the older group)
+      softmax(it, s, rescale);
+      internal::WgmmaWait<0>();  // P·V of tile it - 1
+      internal::MbarrierArrive(SmemAddr(&empty[stage_of(it - 1)]));
+      RescaleO<1, kDimTiles>(rescale, o_acc);
+      PackP(s, p_frag);
     }
+    internal::WgmmaFence();
+    IssueWgmmaPV<kHeadDim>(p_frag, k_tile(w.num_tiles - 1) + S::kKvTileBytes, o_acc);
+    internal::WgmmaCommit();
+    internal::WgmmaWait<0>();
+    internal::MbarrierArrive(SmemAddr(&empty[stage_of(w.num_tiles - 1)]));
   }
   StoreRows<kHeadDim, 1>(p, w, row_of, o_acc, m_row, l_row);
 }

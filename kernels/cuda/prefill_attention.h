@@ -47,8 +47,9 @@
 //       streams K/V tiles with TMA (cp.async.bulk.tensor from tensor maps over the caches,
 //       one box per page run, landing in wgmma's swizzle) into a 3-stage ring guarded by
 //       "full"/"empty" mbarriers, while two consumer warpgroups (64 rows each, Q in
-//       registers) run the same wgmma products and softmax as kWgmma. Loads run ahead of the
-//       math and neither consumer issues a load. Checked on the emulation (mbarriers and TMA
+//       registers) run the same wgmma products and softmax as kWgmma, each softmax overlapped
+//       with the consumer's previous P·V. Loads run ahead of the math and neither consumer
+//       issues a load. Checked on the emulation (mbarriers and TMA
 //       emulated after the PTX ISA); not yet run on a GPU.
 #ifndef GLIMPSE_KERNELS_CUDA_PREFILL_ATTENTION_H_
 #define GLIMPSE_KERNELS_CUDA_PREFILL_ATTENTION_H_
