@@ -30,8 +30,9 @@ RUN="$BUNDLE/run.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
   | tee "$RESULT_DIR/gpu.txt"
 
-run_test() {  # NAME -> exit status; log and gtest JSON in RESULT_DIR
-  "$RUN" "$1" --gtest_output=json:"$RESULT_DIR/$1.json" >"$RESULT_DIR/$1.log" 2>&1
+run_test() {  # NAME -> exit status (124: timed out); log and gtest JSON in RESULT_DIR
+  timeout "${TEST_TIMEOUT:-300}" "$RUN" "$1" --gtest_output=json:"$RESULT_DIR/$1.json" \
+      >"$RESULT_DIR/$1.log" 2>&1
 }
 run_test cuda_backend_test; backend_rc=$?
 run_test cuda_greedy_test; greedy_rc=$?
@@ -60,7 +61,8 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
   bench_rc=${PIPESTATUS[0]}
   if [ "${SKIP_VARIANTS:-0}" != 1 ]; then
     for kernel in mma_sync_wide wgmma wgmma_pipelined; do
-      "$RUN" glimpse_lean bench --device=cuda --cuda_prefill_attention=$kernel \
+      timeout "${VARIANT_TIMEOUT:-180}" "$RUN" glimpse_lean bench --device=cuda \
+          --cuda_prefill_attention=$kernel \
           --bench_model="$MODEL" --batch_sizes=1 --prompt_tokens="$PROMPT" --gen_tokens="$GEN" \
           --repetitions=2 --json_out="$RESULT_DIR/bench_8b_$kernel.json" 2>&1 \
           | tee "$RESULT_DIR/bench_8b_$kernel.log"

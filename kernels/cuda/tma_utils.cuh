@@ -61,12 +61,18 @@ __device__ __forceinline__ void MbarrierArrive(uint32_t bar) {
 #endif
 }
 
+// A wait that has not returned after this many SM clock cycles (about 10 s on an H200) traps:
+// a pipeline that can never complete (bytes announced that no copy delivers, a missing
+// arrival) fails its launch with an error instead of hanging the process and the GPU.
+constexpr long long kMbarrierWaitTimeoutCycles = 20'000'000'000LL;
+
 __device__ __forceinline__ void MbarrierWait(uint32_t bar, uint32_t parity) {
 #if defined(GLIMPSE_CUDA_EMULATION)
-  ::cuda_emu::MbarrierWait(bar, parity);
+  ::cuda_emu::MbarrierWait(bar, parity);  // the emulator reports a deadlock itself
 #elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
   uint32_t done = 0;
-  while (!done) {
+  long long start = 0;
+  for (uint32_t polls = 0;; ++polls) {
     asm volatile(
         "{\n.reg .pred p;\n"
         "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
@@ -74,6 +80,9 @@ __device__ __forceinline__ void MbarrierWait(uint32_t bar, uint32_t parity) {
         : "=r"(done)
         : "r"(bar), "r"(parity)
         : "memory");
+    if (done) break;
+    if (polls == 0) start = clock64();
+    if (clock64() - start > kMbarrierWaitTimeoutCycles) __trap();
   }
 #else
   __trap();

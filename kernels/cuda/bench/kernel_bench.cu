@@ -1,7 +1,13 @@
 // Kernel benchmarks for kernels/cuda (H200 targets: performance.md §5.1, issue #5). Prints a
 // table and writes JSON:
 //
-//   kernel_bench [--smoke] [JSON_PATH]       (default JSON_PATH: kernel_bench.json)
+//   kernel_bench [--smoke] [--kernels=all|base|wgmma] [JSON_PATH]
+//                                            (default JSON_PATH: kernel_bench.json)
+//
+// --kernels=base times everything but the wgmma attention kernels, --kernels=wgmma only those
+// (with the decode steps their tree rows are compared with): gpu_check.sh runs the two in
+// separate processes, so that a first run of the wgmma kernels that faults or hangs cannot
+// take the other figures with it.
 //
 // Measures the machine's own ceilings first — device-to-device copy bandwidth (cudaMemcpyAsync
 // and a copy kernel, bytes read + written) and cuBLAS bf16 GEMM TFLOP/s — and states every
@@ -134,6 +140,8 @@ struct Bench {
   void* flush = nullptr;
   int num_sms = 0;
   bool wgmma = false;      // the device runs the wgmma attention kernel (compute capability 9.0)
+  bool base_rows = true;   // --kernels: time the kernels other than the wgmma attention ones
+  bool wgmma_rows = true;  //   ... and the wgmma ones (where the device runs them)
   double bw_gbs = 0;       // measured D2D copy-kernel bandwidth (read + write)
   double gemm_tflops = 0;  // measured cuBLAS bf16 GEMM
   std::vector<Row> rows;
@@ -438,63 +446,59 @@ bool RunAll(Bench& b, const std::string& json_path) {
   if (!MeasureCeilings(b)) return false;
   KvPool pool;
   if (!pool.Init(b, b.scale.pool_tokens)) return false;
+  const bool wgmma = b.wgmma && b.wgmma_rows;
   // K2: paged decode.
   for (const int32_t batch : b.scale.decode_batches) {
     for (const int32_t ctx : b.scale.decode_contexts) {
       double us = 0;
-      if (!BenchDecode(b, pool, batch, ctx, &us)) return false;
+      if (b.base_rows && !BenchDecode(b, pool, batch, ctx, &us)) return false;
     }
   }
   // K4: tree verification vs a plain decode step at the same KV.
   for (const int32_t batch : b.scale.tree_batches) {
     for (const int32_t ctx : b.scale.tree_contexts) {
+      if (!b.base_rows && !wgmma) continue;
       double decode_us = 0;
       if (!BenchDecode(b, pool, batch, ctx, &decode_us)) return false;
       b.rows.pop_back();  // already reported above or not part of K2's grid
       for (const int32_t q_len : b.scale.tree_q_lens) {
-        double us = 0;
-        if (!BenchTensorCore(b, pool, AttentionMaskMode::kTree, batch, ctx, q_len, &us)) {
-          return false;
-        }
         char shape[128];
         std::snprintf(shape, sizeof(shape), "B=%d L=%d q_len=%d", batch, ctx, q_len);
         const char* target = q_len <= 16 ? "target <= 1.3x decode" : "target <= 2x decode";
-        b.rows.push_back({q_len == 1 ? "tc_decode" : "tree_verify", shape, us, us / decode_us,
-                          "x decode", 0.0, target});
-        if (q_len == 1) continue;
-        if (!BenchTensorCore(b, pool, AttentionMaskMode::kTree, batch, ctx, q_len, &us,
-                             PrefillKernel::kMmaSyncWide)) {
-          return false;
-        }
-        b.rows.push_back({"tree_verify_wide", shape, us, us / decode_us, "x decode", 0.0, target});
-        if (b.wgmma) {
+        struct TreeKernel {
+          PrefillKernel kernel;
+          const char* name;
+          bool run;
+        };
+        const TreeKernel kernels[] = {
+            {PrefillKernel::kMmaSync, q_len == 1 ? "tc_decode" : "tree_verify", b.base_rows},
+            {PrefillKernel::kMmaSyncWide, "tree_verify_wide", b.base_rows && q_len > 1},
+            {PrefillKernel::kWgmma, "tree_verify_wgmma", wgmma && q_len > 1},
+            {PrefillKernel::kWgmmaPipelined, "tree_verify_pipelined", wgmma && q_len > 1},
+        };
+        for (const TreeKernel& k : kernels) {
+          if (!k.run) continue;
+          double us = 0;
           if (!BenchTensorCore(b, pool, AttentionMaskMode::kTree, batch, ctx, q_len, &us,
-                               PrefillKernel::kWgmma)) {
+                               k.kernel)) {
             return false;
           }
-          b.rows.push_back({"tree_verify_wgmma", shape, us, us / decode_us, "x decode", 0.0,
-                            target});
-          if (!BenchTensorCore(b, pool, AttentionMaskMode::kTree, batch, ctx, q_len, &us,
-                               PrefillKernel::kWgmmaPipelined)) {
-            return false;
-          }
-          b.rows.push_back(
-              {"tree_verify_pipelined", shape, us, us / decode_us, "x decode", 0.0, target});
+          b.rows.push_back({k.name, shape, us, us / decode_us, "x decode", 0.0, target});
         }
       }
     }
   }
   // K3: prefill attention.
   for (const int32_t ctx : b.scale.prefill_lengths) {
-    double us = 0;
-    if (!BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us)) return false;
-    if (!BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us,
-                         PrefillKernel::kMmaSyncWide)) {
-      return false;
-    }
-    for (const PrefillKernel kernel : {PrefillKernel::kWgmma, PrefillKernel::kWgmmaPipelined}) {
-      if (b.wgmma &&
-          !BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us, kernel)) {
+    const std::pair<PrefillKernel, bool> kernels[] = {
+        {PrefillKernel::kMmaSync, b.base_rows},
+        {PrefillKernel::kMmaSyncWide, b.base_rows},
+        {PrefillKernel::kWgmma, wgmma},
+        {PrefillKernel::kWgmmaPipelined, wgmma},
+    };
+    for (const auto& [kernel, run] : kernels) {
+      double us = 0;
+      if (run && !BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us, kernel)) {
         return false;
       }
     }
@@ -531,13 +535,18 @@ bool RunAll(Bench& b, const std::string& json_path) {
 int main(int argc, char** argv) {
   using namespace glimpse::kernels::cuda;
   bool smoke = false;
+  std::string kernels = "all";
   std::string json_path = "kernel_bench.json";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--smoke") {
       smoke = true;
+    } else if (arg == "--kernels=all" || arg == "--kernels=base" || arg == "--kernels=wgmma") {
+      kernels = arg.substr(10);
     } else if (!arg.empty() && arg[0] == '-') {
-      std::fprintf(stderr, "usage: kernel_bench [--smoke] [JSON_PATH]; unknown flag %s\n",
+      std::fprintf(stderr,
+                   "usage: kernel_bench [--smoke] [--kernels=all|base|wgmma] [JSON_PATH]; "
+                   "unknown flag %s\n",
                    arg.c_str());
       return 2;
     } else {
@@ -551,6 +560,8 @@ int main(int argc, char** argv) {
   }
   Bench b;
   if (smoke) b.scale = Scale::Smoke();
+  b.base_rows = kernels != "wgmma";
+  b.wgmma_rows = kernels != "base";
   cudaDeviceProp prop;
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return 1;
   b.num_sms = prop.multiProcessorCount;

@@ -196,6 +196,14 @@ std::vector<float> Bf16ToFloat(const std::vector<uint16_t>& x) {
   return out;
 }
 
+// --filter=TEXT runs the tests whose name contains TEXT; --filter=-TEXT the others (so that a
+// GPU session can run risky tests in a process of their own, see gpu_check.sh).
+static bool Selected(const std::string& name, const std::string& filter) {
+  if (filter.empty()) return true;
+  if (filter[0] == '-') return name.find(filter.substr(1)) == std::string::npos;
+  return name.find(filter) != std::string::npos;
+}
+
 int RunAllTests(int argc, char** argv) {
   std::string filter;
   std::string json_path;
@@ -235,7 +243,7 @@ int RunAllTests(int argc, char** argv) {
   int num_run = 0;
   int num_failed = 0;
   for (const TestCase& test : Registry()) {
-    if (!filter.empty() && std::string(test.name).find(filter) == std::string::npos) continue;
+    if (!Selected(test.name, filter)) continue;
     State() = TestState();
     std::printf("[ RUN  ] %s\n", test.name);
     std::fflush(stdout);
