@@ -124,6 +124,7 @@ void BlockRunner::RunBlock(const char* kernel_name, const LaunchShape& shape, ui
   }
   if (dynamic_smem_bytes_ > 0) std::memset(dynamic_smem_.get(), 0xff, dynamic_smem_bytes_);
   shared_regions_.assign(1, SharedRegion{dynamic_smem_.get(), dynamic_smem_bytes_});
+  copies_in_flight_.assign(dynamic_smem_bytes_ / 16, 0);
 
   std::vector<int>& order = order_;
   order.resize(n);
@@ -300,6 +301,20 @@ void BlockRunner::CpAsync16(uint32_t smem_address, const void* global, bool vali
     std::memcpy(copy.bytes, global, 16);
   }
   current_->uncommitted.push_back(copy);
+  if (r == 0) ++copies_in_flight_[offset / 16];
+}
+
+void BlockRunner::CheckNoCopyInFlight(uint32_t address, size_t bytes, const char* what) {
+  if ((address >> kRegionShift) != 0 || bytes == 0) return;
+  const size_t offset = address & kOffsetMask;
+  for (size_t g = offset / 16; g <= (offset + bytes - 1) / 16 && g < copies_in_flight_.size();
+       ++g) {
+    if (copies_in_flight_[g] != 0) {
+      Fail(std::string(what) + " reads dynamic shared memory at offset " + std::to_string(g * 16) +
+           " while a cp.async to it is still in flight (no cp.async.wait_group by the copying "
+           "thread before the barrier or signal that let this read happen?)");
+    }
+  }
 }
 
 void BlockRunner::CpAsyncCommit() {
@@ -318,6 +333,9 @@ void BlockRunner::CpAsyncWait(int pending_groups) {
 void BlockRunner::ApplyCopies(const std::vector<PendingCopy>& copies) {
   for (const PendingCopy& c : copies) {
     void* dst = SharedPointer(c.smem_address);
+    if ((c.smem_address >> kRegionShift) == 0) {
+      --copies_in_flight_[(c.smem_address & kOffsetMask) / 16];
+    }
     if (c.valid) {
       std::memcpy(dst, c.bytes, 16);
     } else {

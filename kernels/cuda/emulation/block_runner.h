@@ -55,6 +55,10 @@ class BlockRunner {
   void PoisonSharedOnce(void* ptr, size_t bytes);
   unsigned char* DynamicSharedMemory() { return dynamic_smem_.get(); }
   void CpAsync16(uint32_t smem_address, const void* global, bool valid);
+  // Fails when [address, address + bytes) of dynamic shared memory has a cp.async in flight
+  // (issued, not yet completed by its thread's wait): the tensor-core reads (ldmatrix, wgmma)
+  // call it, which catches a thread that signals readers before waiting for its copies.
+  void CheckNoCopyInFlight(uint32_t address, size_t bytes, const char* what);
   void CpAsyncCommit();
   void CpAsyncWait(int pending_groups);
   // mbarrier (sm_90's shared-memory transaction barrier; an 8-byte object at `address`):
@@ -146,6 +150,8 @@ class BlockRunner {
   std::unique_ptr<unsigned char[]> dynamic_smem_;
   size_t dynamic_smem_bytes_ = 0;
   std::vector<SharedRegion> shared_regions_;  // [0] dynamic shared memory
+  // cp.async copies in flight per 16-byte granule of dynamic shared memory.
+  std::vector<uint16_t> copies_in_flight_;
   std::map<uint32_t, Mbarrier> mbarriers_;    // by shared address; the block's
   bool eager_bulk_copies_ = false;            // this block's bulk copies land at issue
   uint64_t shuffle_state_ = 0x9e3779b97f4a7c15ull;

@@ -104,7 +104,32 @@ float ReadB(BlockRunner& runner, uint64_t desc, bool trans_b, int k, int n) {
   return Bf16BitsToFloat(bits);
 }
 
+// Fails when a cp.async is in flight to any 16-byte chunk of B's shared memory (the same
+// walk as ReadB, a chunk at a time): at issue, B may be read from then on; at completion, it
+// has been read until then.
+void CheckBCopiesDone(BlockRunner& runner, uint64_t desc, bool trans_b, int n, const char* what) {
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
+  const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3FFF) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
+  auto check = [&](uint32_t address) {
+    address ^= ((address >> 7) & 7u) << 4;
+    runner.CheckNoCopyInFlight(address, 16, what);
+  };
+  if (trans_b) {
+    for (int k = 0; k < 16; ++k) {
+      for (int col = 0; col < n; col += 8) {
+        check(start + (k / 8) * sbo + (k % 8) * 128 + (col / 64) * lbo + 2 * (col % 64));
+      }
+    }
+  } else {
+    for (int row = 0; row < n; ++row) {
+      for (int k = 0; k < 16; k += 8) check(start + (row / 8) * sbo + (row % 8) * 128 + 2 * k);
+    }
+  }
+}
+
 void Execute(BlockRunner& runner, WgmmaState& state, const PendingWgmma& op) {
+  CheckBCopiesDone(runner, op.desc_b, op.trans_b, op.n, "wgmma (operand B, at completion)");
   std::vector<float>& d = state.values.at(op.d);
   const int lane = runner.Lane();
   const int g = lane >> 2;
@@ -129,6 +154,7 @@ void WgmmaAsync(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool a
   if (n < 8 || n > 256 || n % 8 != 0) runner.Fail("wgmma: N must be a multiple of 8 in 8..256");
   if ((desc_b >> 62) != 1) runner.Fail("wgmma: only the 128-byte swizzle is emulated");
   PendingWgmma op{d, n, GatherWarpA(runner, a, "wgmma.mma_async"), desc_b, accumulate, trans_b};
+  CheckBCopiesDone(runner, desc_b, trans_b, n, "wgmma (operand B, at issue)");
   WgmmaState& state = StateOf(runner);
   auto [it, inserted] = state.values.try_emplace(d);
   if (inserted) {
@@ -209,8 +235,9 @@ void LdMatrixX4(uint32_t (&r)[4], uint32_t smem_address, bool transpose) {
     uint32_t address;
     std::memcpy(&address, slots + (8 * matrix + row) * BlockRunner::kSlotBytes, 4);
     if ((address & 15u) != 0) runner.Fail("ldmatrix row address is not 16-byte aligned");
-    // The row's 16 bytes must lie inside shared memory.
+    // The row's 16 bytes must lie inside shared memory, with no copy to them in flight.
     runner.SharedPointer(address + 16);
+    runner.CheckNoCopyInFlight(address, 16, "ldmatrix");
     return static_cast<const unsigned short*>(runner.SharedPointer(address));
   };
   const int lane = runner.Lane();
