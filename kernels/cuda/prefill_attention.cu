@@ -1,3 +1,5 @@
+#include "kernels/cuda/prefill_attention.h"
+
 #include <algorithm>
 #include <atomic>
 #include <numeric>
@@ -6,7 +8,6 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/mma_utils.cuh"
-#include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/tma_utils.cuh"
 
 namespace glimpse::kernels::cuda {
