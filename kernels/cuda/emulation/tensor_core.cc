@@ -129,19 +129,29 @@ void CheckBCopiesDone(BlockRunner& runner, uint64_t desc, bool trans_b, int n, c
 }
 
 void Execute(BlockRunner& runner, WgmmaState& state, const PendingWgmma& op) {
-  CheckBCopiesDone(runner, op.desc_b, op.trans_b, op.n, "wgmma (operand B, at completion)");
-  std::vector<float>& d = state.values.at(op.d);
   const int lane = runner.Lane();
+  // Every lane of the warpgroup reads the same B: one check per warp is enough.
+  if (lane == 0) {
+    CheckBCopiesDone(runner, op.desc_b, op.trans_b, op.n, "wgmma (operand B, at completion)");
+  }
+  std::vector<float>& d = state.values.at(op.d);
   const int g = lane >> 2;
   const int t = lane & 3;
+  // This lane's columns of B: 8j + 2t and 8j + 2t + 1 of every n-tile j, each read once.
+  float b[16][64];
+  for (int j = 0; j < op.n / 8; ++j) {
+    for (int e = 0; e < 2; ++e) {
+      for (int k = 0; k < 16; ++k) {
+        b[k][2 * j + e] = ReadB(runner, op.desc_b, op.trans_b, k, 8 * j + 2 * t + e);
+      }
+    }
+  }
   // Accumulator i: n-tile i / 4; rows g (i % 4 < 2) or g + 8; columns 8 (i / 4) + 2t + i % 2.
   for (int i = 0; i < op.n / 2; ++i) {
     const int r = g + ((i & 2) ? 8 : 0);
-    const int col = 8 * (i / 4) + 2 * t + (i & 1);
+    const int col = 2 * (i / 4) + (i & 1);
     float sum = 0.0f;
-    for (int k = 0; k < 16; ++k) {
-      sum += op.a.at[r][k] * ReadB(runner, op.desc_b, op.trans_b, k, col);
-    }
+    for (int k = 0; k < 16; ++k) sum += op.a.at[r][k] * b[k][col];
     d[i] = (op.accumulate ? d[i] : 0.0f) + sum;
   }
 }
@@ -154,7 +164,8 @@ void WgmmaAsync(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool a
   if (n < 8 || n > 256 || n % 8 != 0) runner.Fail("wgmma: N must be a multiple of 8 in 8..256");
   if ((desc_b >> 62) != 1) runner.Fail("wgmma: only the 128-byte swizzle is emulated");
   PendingWgmma op{d, n, GatherWarpA(runner, a, "wgmma.mma_async"), desc_b, accumulate, trans_b};
-  CheckBCopiesDone(runner, desc_b, trans_b, n, "wgmma (operand B, at issue)");
+  if (runner.Lane() == 0)
+    CheckBCopiesDone(runner, desc_b, trans_b, n, "wgmma (operand B, at issue)");
   WgmmaState& state = StateOf(runner);
   auto [it, inserted] = state.values.try_emplace(d);
   if (inserted) {
