@@ -1,5 +1,5 @@
 // Load: at least 1,000 streaming completions held open at once through the gateway, each of
-// 32 tokens, each ending with [DONE] and correct usage; the gateway's open-streams gauge must
+// 64 tokens, each ending with [DONE] and correct usage; the gateway's open-streams gauge must
 // reach 1,000. The replica's running and queue limits are raised for it.
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -38,7 +38,7 @@ double OpenStreams(int port) {
 
 TEST(GatewayLoadTest, HoldsAThousandStreamsThatAllCompleteWithUsage) {
   constexpr int kStreams = 1000;
-  constexpr int kTokens = 32;
+  constexpr int kTokens = 64;
   rlimit limit;
   getrlimit(RLIMIT_NOFILE, &limit);
   limit.rlim_cur = limit.rlim_max;
@@ -54,19 +54,27 @@ TEST(GatewayLoadTest, HoldsAThousandStreamsThatAllCompleteWithUsage) {
   ASSERT_TRUE(gateway.Start({"server/glimpse", "gateway", "--port=0",
                              "--backends=127.0.0.1:" + std::to_string(replica.port())},
                             "glimpse gateway: listening on "));
+  // Every connection is open before any request is sent, and the requests then go out in one
+  // tight loop: otherwise the first streams could finish while later ones were still
+  // connecting, and the gauge would never see all of them at once.
   std::vector<int> fds;
+  for (int i = 0; i < kStreams; ++i) {
+    const int fd = Connect(gateway.port());
+    ASSERT_GE(fd, 0) << "connection " << i;
+    fds.push_back(fd);
+  }
+  std::vector<std::string> requests;
   for (int i = 0; i < kStreams; ++i) {
     nlohmann::json req = {{"prompt", std::vector<int>{1, 444, 287, 3896, 100 + i % 500}},
                           {"max_tokens", kTokens}, {"ignore_eos", true}, {"temperature", 0},
                           {"stream", true}, {"stream_options", {{"include_usage", true}}}};
     const std::string body = req.dump();
-    const std::string request = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                                "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-    const int fd = Connect(gateway.port());
-    ASSERT_GE(fd, 0) << "connection " << i;
-    ASSERT_EQ(send(fd, request.data(), request.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(request.size()));
-    fds.push_back(fd);
+    requests.push_back("POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                       "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+  }
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_EQ(send(fds[i], requests[i].data(), requests[i].size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(requests[i].size()));
   }
   std::vector<std::string> raw(kStreams);
   std::vector<bool> done(kStreams, false);
