@@ -78,7 +78,7 @@ export LD_LIBRARY_PATH="$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
 # The wgmma kernels have never run on a GPU: their tests and benchmarks run in processes of
 # their own under a time limit, after everything else, so that one that faults (a sticky
 # error ends its process) or hangs cannot take the other results with it. (Their mbarrier
-# waits also trap after ~10 s on the device.)
+# waits also give up after 2^26 polls on the device.)
 "$BUILD/kernel_tests" --filter=-Wgmma --json="$RESULT_DIR/tests.json" 2>&1 \
     | tee "$RESULT_DIR/tests.log"
 test_rc=${PIPESTATUS[0]}
