@@ -1,5 +1,7 @@
 #include "server/common_flags.h"
 
+#include <utility>
+
 #include "absl/flags/flag.h"
 
 namespace glimpse::server {
@@ -61,32 +63,32 @@ std::string AbslUnparseFlag(KvCacheDType dtype) {
 
 namespace glimpse::kernels::cuda {
 
+namespace {
+
+// Each kernel's flag value; parsing and printing both read it.
+constexpr std::pair<PrefillKernel, const char*> kPrefillKernelNames[] = {
+    {PrefillKernel::kMmaSync, "mma_sync"},
+    {PrefillKernel::kMmaSyncWide, "mma_sync_wide"},
+    {PrefillKernel::kWgmma, "wgmma"},
+    {PrefillKernel::kWgmmaPipelined, "wgmma_pipelined"},
+};
+
+}  // namespace
+
 bool AbslParseFlag(absl::string_view text, PrefillKernel* kernel, std::string* error) {
-  if (text == "mma_sync") {
-    *kernel = PrefillKernel::kMmaSync;
-  } else if (text == "mma_sync_wide") {
-    *kernel = PrefillKernel::kMmaSyncWide;
-  } else if (text == "wgmma") {
-    *kernel = PrefillKernel::kWgmma;
-  } else if (text == "wgmma_pipelined") {
-    *kernel = PrefillKernel::kWgmmaPipelined;
-  } else {
-    *error = "expected 'mma_sync', 'mma_sync_wide', 'wgmma' or 'wgmma_pipelined'";
-    return false;
+  for (const auto& [value, name] : kPrefillKernelNames) {
+    if (text == name) {
+      *kernel = value;
+      return true;
+    }
   }
-  return true;
+  *error = "expected 'mma_sync', 'mma_sync_wide', 'wgmma' or 'wgmma_pipelined'";
+  return false;
 }
 
 std::string AbslUnparseFlag(PrefillKernel kernel) {
-  switch (kernel) {
-    case PrefillKernel::kMmaSyncWide:
-      return "mma_sync_wide";
-    case PrefillKernel::kWgmma:
-      return "wgmma";
-    case PrefillKernel::kWgmmaPipelined:
-      return "wgmma_pipelined";
-    case PrefillKernel::kMmaSync:
-      break;
+  for (const auto& [value, name] : kPrefillKernelNames) {
+    if (value == kernel) return name;
   }
   return "mma_sync";
 }
