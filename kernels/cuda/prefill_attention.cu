@@ -155,8 +155,9 @@ __device__ __forceinline__ int32_t RowToken(const BlockWork& w, int32_t row) {
 }
 
 // Scores of one 64-key tile, in mma.m16n8k16's C layout per m-tile of 16 rows a warp holds:
-// s[mt][nt][e] is row g + 8 * (e / 2) of m-tile mt, key 8 * nt + 2t + e % 2 of the tile.
-// row_of(r) gives the block-relative packed row of this thread's row r = 2 * mt + i.
+// s[mt][nt][e] is row g + 8 * (e / 2) of m-tile mt, key 8 * nt + 2t + e % 2 of the tile. The
+// functions below take row_of(r): the block-relative packed row of this thread's row
+// r = 2 * mt + i.
 template <int kMTiles>
 using TileScores = float[kMTiles][kBlockN / 8][4];
 
