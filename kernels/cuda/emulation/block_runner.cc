@@ -473,6 +473,18 @@ void WarpExchange(unsigned mask, const void* in, void* out, int bytes, int src_l
   }
   internal::CopySmall(out, slots + src_lane * BlockRunner::kSlotBytes, bytes);
 }
+unsigned WarpBallot(unsigned mask, bool predicate) {
+  BlockRunner& runner = BlockRunner::ForThisThread();
+  const int32_t mine = predicate ? 1 : 0;
+  const unsigned char* slots = runner.WarpCollective(mask, &mine, sizeof(mine), "__ballot_sync");
+  unsigned ballot = 0;
+  for (int lane = 0; lane < 32; ++lane) {
+    int32_t value = 0;
+    internal::CopySmall(&value, slots + lane * BlockRunner::kSlotBytes, sizeof(value));
+    if (((mask >> lane) & 1u) != 0 && value != 0) ballot |= 1u << lane;
+  }
+  return ballot;
+}
 int LaneId() { return BlockRunner::ForThisThread().Lane(); }
 uint32_t SharedAddress(const void* ptr) { return BlockRunner::ForThisThread().SharedAddress(ptr); }
 void* SharedPointer(uint32_t address) {

@@ -60,6 +60,8 @@ void SyncThreads();
 // Exchanges `bytes` (<= 64) of each lane in `mask` and copies lane `src_lane`'s into `out`.
 // Every lane in mask must call it together with the same mask.
 void WarpExchange(unsigned mask, const void* in, void* out, int bytes, int src_lane);
+// The lanes of `mask` whose predicate is true (__ballot_sync); same calling rule.
+unsigned WarpBallot(unsigned mask, bool predicate);
 int LaneId();
 
 // ---- Shared memory addresses (32-bit, as __cvta_generic_to_shared gives them) ----
@@ -116,6 +118,15 @@ constexpr int warpSize = 32;
 
 inline void __syncthreads() { ::cuda_emu::SyncThreads(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::cuda_emu::SyncWarp(mask); }
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  return ::cuda_emu::WarpBallot(mask, predicate != 0);
+}
+inline int __any_sync(unsigned mask, int predicate) {
+  return ::cuda_emu::WarpBallot(mask, predicate != 0) != 0;
+}
+inline int __all_sync(unsigned mask, int predicate) {
+  return ::cuda_emu::WarpBallot(mask, predicate != 0) == mask;
+}
 
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
@@ -159,6 +170,9 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
+inline unsigned __umulhi(unsigned a, unsigned b) {
+  return static_cast<unsigned>((static_cast<uint64_t>(a) * b) >> 32);
+}
 inline float __uint_as_float(unsigned x) { return std::bit_cast<float>(x); }
 inline unsigned __float_as_uint(float x) { return std::bit_cast<unsigned>(x); }
 inline float __int_as_float(int x) { return std::bit_cast<float>(x); }
