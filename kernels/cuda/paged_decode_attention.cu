@@ -5,19 +5,20 @@
 #include "kernels/cuda/attention_common.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/paged_decode_common.cuh"
+#include "kernels/cuda/paged_decode_mma.h"
 
 namespace glimpse::kernels::cuda {
 namespace {
 
 using internal::bf16;
-using internal::FromFloat;
 using internal::kFullMask;
-using internal::kLn2;
 using internal::kLog2e;
 using internal::kVecSize;
+using internal::StoreDecodeStates;
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
+constexpr int kWarps = internal::kDecodeWarps;
+constexpr int kThreads = internal::kDecodeThreads;
 constexpr int kUnroll = 4;           // keys in flight per lane group per iteration
 constexpr int kMinChunkKeys = 256;   // below this, a chunk's fixed cost dominates its reads
 
@@ -205,41 +206,7 @@ __global__ void __launch_bounds__(kThreads) PagedDecodeKernel(PagedDecodeParams 
   }
   __syncthreads();
 
-  const bool split = p.plan.num_chunks > 1;
-  float* ws_o = static_cast<float*>(p.workspace);
-  float* ws_lse = ws_o + static_cast<int64_t>(p.plan.num_chunks) * p.batch * p.num_qo_heads *
-                             kHeadDim;
-  for (int idx = threadIdx.x; idx < kGroup * kHeadDim; idx += kThreads) {
-    const int j = idx / kHeadDim;
-    const int d = idx - j * kHeadDim;
-    if (j >= group) continue;
-    float m_all = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, s_m[w][j]);
-    float out = 0.0f;
-    float lse = -INFINITY;
-    if (m_all != -INFINITY) {
-      float l_all = 0.0f;
-      float o_all = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float wgt = exp2f(s_m[w][j] - m_all);
-        l_all += s_l[w][j] * wgt;
-        o_all += s_acc[w][j][d] * wgt;
-      }
-      out = o_all / l_all;
-      lse = (m_all + log2f(l_all)) * kLn2;
-    }
-    const int64_t state = static_cast<int64_t>(seq) * p.num_qo_heads + kv_head * group + j;
-    if (split) {
-      const int64_t cs = static_cast<int64_t>(chunk) * p.batch * p.num_qo_heads + state;
-      ws_o[cs * kHeadDim + d] = out;
-      if (d == 0) ws_lse[cs] = lse;
-    } else {
-      static_cast<Q*>(p.o)[state * kHeadDim + d] = FromFloat<Q>(out);
-      if (d == 0 && p.lse != nullptr) p.lse[state] = lse;
-    }
-  }
+  StoreDecodeStates<Q, kHeadDim, kGroup>(p, seq, kv_head, chunk, group, s_m, s_l, s_acc);
 }
 
 template <typename T, typename Q, int kHeadDim, int kGroup>
@@ -333,16 +300,18 @@ cudaError_t LaunchPagedDecode(const PagedDecodeParams& params, cudaStream_t stre
                                                             params.num_qo_heads, kv.head_dim));
   }
   GLIMPSE_CUDA_RETURN_IF_INVALID(!params.fp32_q_and_o || params.dtype == DType::kBF16);
+  // The tensor-core kernel reads bf16 operands only.
+  GLIMPSE_CUDA_RETURN_IF_INVALID(params.kernel == DecodeKernel::kCudaCores ||
+                                 params.dtype == DType::kBF16);
   if (params.batch == 0) return cudaSuccess;
-  switch (params.dtype) {
-    case DType::kF32:
-      GLIMPSE_CUDA_RETURN_IF_ERROR((DispatchHeadDim<float, float>(params, group, stream)));
-      break;
-    case DType::kBF16:
-      GLIMPSE_CUDA_RETURN_IF_ERROR(
-          (params.fp32_q_and_o ? DispatchHeadDim<bf16, float>(params, group, stream)
-                               : DispatchHeadDim<bf16, bf16>(params, group, stream)));
-      break;
+  if (params.kernel == DecodeKernel::kMmaSync) {
+    GLIMPSE_CUDA_RETURN_IF_ERROR(internal::LaunchPagedDecodeMmaChunks(params, stream));
+  } else if (params.dtype == DType::kF32) {
+    GLIMPSE_CUDA_RETURN_IF_ERROR((DispatchHeadDim<float, float>(params, group, stream)));
+  } else {
+    GLIMPSE_CUDA_RETURN_IF_ERROR((params.fp32_q_and_o
+                                      ? DispatchHeadDim<bf16, float>(params, group, stream)
+                                      : DispatchHeadDim<bf16, bf16>(params, group, stream)));
   }
   if (params.plan.num_chunks == 1) return cudaSuccess;
   MergeStatesParams merge;

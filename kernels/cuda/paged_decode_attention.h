@@ -5,21 +5,36 @@
 //   q[b][h][:]  attends to keys 0 .. kv_len(b)-1 of kv head h / group, group = Hq / Hkv
 //   o[b][h][:] = sum_j softmax_j(sm_scale * q·k_j) v_j      (o = 0, lse = -inf if kv_len = 0)
 //
-// Work decomposition (one block = 4 warps per (kv chunk, kv head, sequence)):
+// Two kernels (PagedDecodeParams::kernel, decode_kernel.h), one block of 4 warps per (kv
+// chunk, kv head, sequence) in both, so every K/V byte is read once per kv head and shared by
+// the group's query heads:
+//
+// kCudaCores (paged_decode_attention.cu), fp32 FMAs:
 //
 //   block ──┬─ warp 0: keys [it*32 + 0 .. 8)   ┐  each warp splits into lane groups of
 //           ├─ warp 1: keys [it*32 + 8 .. 16)  │  TPR = head_dim/8 lanes (bf16); a lane group
 //           ├─ warp 2: ...                     │  owns one key row at a time, each lane 16
 //           └─ warp 3: ...                     ┘  bytes of it, for all `group` query heads
 //
-// so every K/V byte is read once per kv head and shared by the group's query heads. Each lane
-// group keeps its own online-softmax state; states merge through shuffles and shared memory
-// at the end of the chunk, and chunks merge in LaunchMergeAttentionStates.
+// Each lane group keeps its own online-softmax state; states merge through shuffles and
+// shared memory at the end of the chunk.
 //
-// dtypes: q, o and the KV cache all bf16, or all fp32, or a bf16 cache with fp32 q and o
-// (PagedDecodeParams::fp32_q_and_o: the CUDA backend's fp32 activations; q is used unrounded);
-// fp32 accumulation. head_dim 32, 64 or
-// 128; group size 1..8; any page_size >= 1.
+// kMmaSync (paged_decode_mma.cu), tensor cores, a bf16 cache only: the group's query heads are
+// the rows of an m16 tile; warp w takes the chunk's 16-key tiles w, w + 4, ..., streamed into
+// its own cp.async ring (2-3 tiles) in shared memory, and runs S = Q·Kᵀ and O += P·V as
+// mma.m16n8k16 with ldmatrix operands. q and the probabilities are rounded to bf16 (as in the
+// prefill kernels); fp32 accumulation. Per K/V byte it issues a quarter (GQA 1) to a twelfth
+// (GQA 8) of the instructions of kCudaCores (counted: kernels/cuda/BENCHMARKS.md), whose fp32
+// dot products, shuffle reductions and per-key exponentials need about as many issue slots
+// as an H200 has to stream its HBM at GQA 4, and more at GQA 8.
+//
+// Both merge the warps' states at the end of the chunk, and chunks merge in
+// LaunchMergeAttentionStates.
+//
+// dtypes: q, o and the KV cache all bf16, or all fp32 (kCudaCores only), or a bf16 cache with
+// fp32 q and o (PagedDecodeParams::fp32_q_and_o: the CUDA backend's fp32 activations; q is
+// used unrounded by kCudaCores); fp32 accumulation. head_dim 32, 64 or 128; group size 1..8;
+// any page_size >= 1.
 #ifndef GLIMPSE_KERNELS_CUDA_PAGED_DECODE_ATTENTION_H_
 #define GLIMPSE_KERNELS_CUDA_PAGED_DECODE_ATTENTION_H_
 
@@ -28,6 +43,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cuda/decode_kernel.h"
 #include "kernels/cuda/dtype.h"
 #include "kernels/cuda/kv_layout.h"
 
@@ -50,6 +66,7 @@ size_t PagedDecodeWorkspaceBytes(const PagedDecodePlan& plan, int32_t batch,
                                  int32_t num_qo_heads, int32_t head_dim);
 
 struct PagedDecodeParams {
+  DecodeKernel kernel = DecodeKernel::kCudaCores;  // kMmaSync: dtype kBF16, sm_80+
   DType dtype = DType::kBF16;  // k_cache, v_cache, and q and o unless fp32_q_and_o
   bool fp32_q_and_o = false;   // with dtype kBF16: q and o are fp32
   const void* q = nullptr;     // [batch][num_qo_heads][head_dim]

@@ -1,6 +1,9 @@
 // Paged decode attention against a float64 reference: head dims 32/64/128, group sizes
 // 1,2,3,4,7,8, page sizes 1/16/17 (partial last pages), an empty sequence, with and without
 // the split-KV path, bf16 and fp32, and a bf16 cache under fp32 q and o; checks o and lse.
+// Both kernels (DecodeKernel): the tensor-core one over bf16 caches, where the reference sees
+// q rounded to bf16 as the kernel documents, and o is held to bf16 bounds (the probabilities
+// are rounded to bf16 before P·V).
 #include "kernels/cuda/paged_decode_attention.h"
 
 #include <cmath>
@@ -17,11 +20,14 @@ using testing::DeviceActivations;
 using testing::DeviceArray;
 
 const testing::Tolerance kLseTolerance{1e-4, 1e-4, 1e-5};
+// The tensor-core kernel's lse: fp32 scores of bf16 operands, summed in a different order.
+const testing::Tolerance kMmaLseTolerance{1e-3, 1e-4, 1e-5};
 
 // dtype: the cache's; q and o are fp32 instead when fp32_q_and_o (dtype kBF16).
-void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
-             int32_t page_size, const std::vector<int32_t>& kv_lens, int32_t num_sms,
-             bool fp32_q_and_o = false) {
+void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads, int32_t page_size,
+             const std::vector<int32_t>& kv_lens, int32_t num_sms, bool fp32_q_and_o = false,
+             DecodeKernel kernel = DecodeKernel::kCudaCores) {
+  const bool mma = kernel == DecodeKernel::kMmaSync;
   const DType qo_dtype = fp32_q_and_o ? DType::kF32 : dtype;
   const int32_t batch = static_cast<int32_t>(kv_lens.size());
   const int32_t num_qo_heads = num_kv_heads * group;
@@ -29,24 +35,24 @@ void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
       testing::MakeRandomPagedKv(kv_lens, num_kv_heads, page_size, head_dim, dtype);
   const PagedDecodePlan plan =
       PlanPagedDecode(kv.indptr.data(), batch, num_kv_heads, page_size, num_sms);
-  std::string name = std::string("decode ") + testing::DTypeName(dtype) +
-                     (fp32_q_and_o ? " (fp32 q, o)" : "") +
-                     " d=" + std::to_string(head_dim) + " group=" + std::to_string(group) +
-                     " hkv=" + std::to_string(num_kv_heads) + " page=" +
-                     std::to_string(page_size) + " chunks=" + std::to_string(plan.num_chunks) +
-                     " lens=";
+  std::string name = std::string(mma ? "decode (mma) " : "decode ") + testing::DTypeName(dtype) +
+                     (fp32_q_and_o ? " (fp32 q, o)" : "") + " d=" + std::to_string(head_dim) +
+                     " group=" + std::to_string(group) + " hkv=" + std::to_string(num_kv_heads) +
+                     " page=" + std::to_string(page_size) +
+                     " chunks=" + std::to_string(plan.num_chunks) + " lens=";
   for (const int32_t len : kv_lens) name += std::to_string(len) + ",";
   const size_t q_n = static_cast<size_t>(batch) * num_qo_heads * head_dim;
   const std::vector<float> q = testing::RandomActivations(q_n, qo_dtype);
+  const std::vector<float> q_seen = mma ? testing::RoundBf16(q) : q;  // what the kernel uses
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   std::vector<double> o_ref(q_n);
   std::vector<double> lse_ref(static_cast<size_t>(batch) * num_qo_heads);
   for (int32_t b = 0; b < batch; ++b) {
     for (int32_t h = 0; h < num_qo_heads; ++h) {
       const size_t row = static_cast<size_t>(b) * num_qo_heads + h;
-      testing::ReferenceAttendOne(kv, b, h / group, &q[row * head_dim], scale,
-                                  [](int32_t) { return true; }, &o_ref[row * head_dim],
-                                  &lse_ref[row]);
+      testing::ReferenceAttendOne(
+          kv, b, h / group, &q_seen[row * head_dim], scale, [](int32_t) { return true; },
+          &o_ref[row * head_dim], &lse_ref[row]);
     }
   }
   testing::DevicePagedKv d_kv;
@@ -59,6 +65,7 @@ void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
   const size_t ws_bytes = PagedDecodeWorkspaceBytes(plan, batch, num_qo_heads, head_dim);
   GLIMPSE_ASSERT_CUDA(d_ws.Allocate(ws_bytes / sizeof(float)));
   PagedDecodeParams p;
+  p.kernel = kernel;
   p.dtype = dtype;
   p.fp32_q_and_o = fp32_q_and_o;
   p.q = d_q.ptr;
@@ -77,7 +84,8 @@ void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
   GLIMPSE_ASSERT_CUDA(d_o.Download(&o, qo_dtype));
   GLIMPSE_ASSERT_CUDA(d_lse.Download(&lse));
   // The reference reads the same (bf16-exact) cache, so fp32 outputs meet fp32 tolerances.
-  GLIMPSE_EXPECT_CLOSE(name + " o", o, o_ref, testing::ToleranceFor(qo_dtype));
+  GLIMPSE_EXPECT_CLOSE(name + " o", o, o_ref,
+                       mma ? testing::Tolerance::Bf16() : testing::ToleranceFor(qo_dtype));
   // -inf lse (empty sequence) must match exactly; Compare treats inf - inf as NaN, so check
   // those rows separately.
   std::vector<float> lse_got;
@@ -90,7 +98,9 @@ void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
       lse_want.push_back(lse_ref[i]);
     }
   }
-  if (!lse_want.empty()) GLIMPSE_EXPECT_CLOSE(name + " lse", lse_got, lse_want, kLseTolerance);
+  if (!lse_want.empty()) {
+    GLIMPSE_EXPECT_CLOSE(name + " lse", lse_got, lse_want, mma ? kMmaLseTolerance : kLseTolerance);
+  }
 }
 
 GLIMPSE_CUDA_TEST(PagedDecodeMatchesReference) {
@@ -128,6 +138,57 @@ GLIMPSE_CUDA_TEST(PagedDecodeFp32ActivationsOverBf16Cache) {
   }
   RunCase(DType::kBF16, 128, 4, 8, 16, {5000}, 132, true);
   RunCase(DType::kBF16, 64, 8, 1, 17, {3001, 20, 1200, 0}, 132, true);
+}
+
+// The tensor-core kernel (bf16 cache) over the same shapes, with bf16 and with fp32 q and o,
+// plus page sizes whose divider is not a power of two, sequences that pass many times through
+// each warp's ring, and warps left without a tile.
+GLIMPSE_CUDA_TEST(PagedDecodeMmaMatchesReference) {
+  const DecodeKernel mma = DecodeKernel::kMmaSync;
+  for (const bool fp32_qo : {false, true}) {
+    for (const int32_t head_dim : {32, 64, 128}) {
+      for (const int32_t group : {1, 2, 4, 8}) {
+        RunCase(DType::kBF16, head_dim, group, 2, 16, {1, 37, 300, 16}, 132, fp32_qo, mma);
+      }
+    }
+    RunCase(DType::kBF16, 128, 3, 2, 17, {0, 170, 18, 1}, 132, fp32_qo, mma);
+    RunCase(DType::kBF16, 64, 7, 2, 1, {65, 3, 129}, 132, fp32_qo, mma);
+    RunCase(DType::kBF16, 32, 5, 3, 17, {33, 0}, 132, fp32_qo, mma);
+    RunCase(DType::kBF16, 128, 6, 1, 3, {700, 50}, 132, fp32_qo, mma);
+    RunCase(DType::kBF16, 64, 4, 2, 24, {1000, 64, 65}, 1, fp32_qo, mma);
+    RunCase(DType::kBF16, 128, 8, 1, 100, {901}, 1, fp32_qo, mma);
+  }
+}
+
+GLIMPSE_CUDA_TEST(PagedDecodeMmaSplitKvMatchesReference) {
+  const DecodeKernel mma = DecodeKernel::kMmaSync;
+  for (const bool fp32_qo : {false, true}) {
+    RunCase(DType::kBF16, 128, 4, 8, 16, {5000}, 132, fp32_qo, mma);
+    RunCase(DType::kBF16, 64, 8, 1, 17, {3001, 20, 1200, 0}, 132, fp32_qo, mma);
+    RunCase(DType::kBF16, 128, 4, 8, 16, {5000}, 1, fp32_qo, mma);
+  }
+}
+
+// An fp32 cache has no tensor-core path: refused, nothing launched.
+GLIMPSE_CUDA_TEST(PagedDecodeMmaRefusesFp32Cache) {
+  testing::HostPagedKv kv = testing::MakeRandomPagedKv({40}, 1, 16, 64, DType::kF32);
+  testing::DevicePagedKv d_kv;
+  GLIMPSE_ASSERT_CUDA(d_kv.Upload(kv, DType::kF32));
+  DeviceArray<float> d_q, d_o;
+  GLIMPSE_ASSERT_CUDA(d_q.Allocate(4 * 64));
+  GLIMPSE_ASSERT_CUDA(d_o.Allocate(4 * 64));
+  PagedDecodeParams p;
+  p.kernel = DecodeKernel::kMmaSync;
+  p.dtype = DType::kF32;
+  p.q = d_q.get();
+  p.o = d_o.get();
+  p.kv = d_kv.view;
+  p.batch = 1;
+  p.num_qo_heads = 4;
+  p.plan = PlanPagedDecode(kv.indptr.data(), 1, 1, 16, 132);
+  GLIMPSE_EXPECT(LaunchPagedDecode(p, nullptr) == cudaErrorInvalidValue,
+                 "kMmaSync over an fp32 cache must be refused");
+  GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
 }
 
 }  // namespace

@@ -9,6 +9,7 @@ KERNEL_SRCS = [
     "silu_mul",
     "kv_append",
     "paged_decode_attention",
+    "paged_decode_mma",
     "prefill_attention",
     "tree_attention",
     "sampling",

@@ -302,8 +302,10 @@ struct DeviceTable {
   }
 };
 
-// Paged decode, GQA 32/8, d 128, page 16. Returns the median time in *us.
-bool BenchDecode(Bench& b, const KvPool& pool, int32_t batch, int32_t ctx, double* us_out) {
+// Paged decode, GQA 32/8, d 128, page 16, on `kernel` (rows paged_decode / paged_decode_mma).
+// Returns the median time in *us.
+bool BenchDecode(Bench& b, const KvPool& pool, int32_t batch, int32_t ctx, double* us_out,
+                 DecodeKernel kernel = DecodeKernel::kCudaCores) {
   constexpr int kHq = 32;
   DeviceTable table;
   if (!table.Build(pool, std::vector<int32_t>(batch, ctx))) return false;
@@ -317,6 +319,7 @@ bool BenchDecode(Bench& b, const KvPool& pool, int32_t batch, int32_t ctx, doubl
   if (ws_bytes > 0) BENCH_CHECK(cudaMalloc(&ws, ws_bytes));
   FillRandomBf16<<<64, 256, 0, b.stream>>>(static_cast<__nv_bfloat16*>(q), q_bytes / 2, 7);
   PagedDecodeParams p;
+  p.kernel = kernel;
   p.dtype = DType::kBF16;
   p.q = q;
   p.o = o;
@@ -342,7 +345,8 @@ bool BenchDecode(Bench& b, const KvPool& pool, int32_t batch, int32_t ctx, doubl
                                                            : "target t <= max(ideal/0.8, ideal+5us)";
   char note[160];
   std::snprintf(note, sizeof(note), "%s; ideal %.1f us", target, ideal_us);
-  b.rows.push_back({"paged_decode", shape, us, gbs, "GB/s", gbs / b.bw_gbs, note});
+  b.rows.push_back({kernel == DecodeKernel::kMmaSync ? "paged_decode_mma" : "paged_decode", shape,
+                    us, gbs, "GB/s", gbs / b.bw_gbs, note});
   *us_out = us;
   cudaFree(q);
   cudaFree(o);
@@ -452,6 +456,9 @@ bool RunAll(Bench& b, const std::string& json_path) {
     for (const int32_t ctx : b.scale.decode_contexts) {
       double us = 0;
       if (b.base_rows && !BenchDecode(b, pool, batch, ctx, &us)) return false;
+      if (b.base_rows && !BenchDecode(b, pool, batch, ctx, &us, DecodeKernel::kMmaSync)) {
+        return false;
+      }
     }
   }
   // K4: tree verification vs a plain decode step at the same KV.
@@ -586,10 +593,10 @@ int main(int argc, char** argv) {
   if (!ok) return 1;
   if (smoke) {
     // Every kernel family must have run, each row with a real time.
-    for (const char* kernel :
-         {"d2d_copy", "cublas_gemm_bf16", "paged_decode", "tc_decode", "tree_verify",
-          "prefill_attention", "tree_verify_wide", "prefill_attn_wide", "tree_verify_wgmma",
-          "prefill_attn_wgmma", "tree_verify_pipelined", "prefill_attn_pipelined"}) {
+    for (const char* kernel : {"d2d_copy", "cublas_gemm_bf16", "paged_decode", "paged_decode_mma",
+                               "tc_decode", "tree_verify", "prefill_attention", "tree_verify_wide",
+                               "prefill_attn_wide", "tree_verify_wgmma", "prefill_attn_wgmma",
+                               "tree_verify_pipelined", "prefill_attn_pipelined"}) {
       const bool present = std::any_of(b.rows.begin(), b.rows.end(),
                                        [&](const Row& r) { return r.kernel == kernel; });
       const std::string name = kernel;
