@@ -73,6 +73,11 @@ constexpr std::pair<PrefillKernel, const char*> kPrefillKernelNames[] = {
     {PrefillKernel::kWgmmaPipelined, "wgmma_pipelined"},
 };
 
+constexpr std::pair<DecodeKernel, const char*> kDecodeKernelNames[] = {
+    {DecodeKernel::kCudaCores, "cuda_cores"},
+    {DecodeKernel::kMmaSync, "mma_sync"},
+};
+
 }  // namespace
 
 bool AbslParseFlag(absl::string_view text, PrefillKernel* kernel, std::string* error) {
@@ -91,6 +96,24 @@ std::string AbslUnparseFlag(PrefillKernel kernel) {
     if (value == kernel) return name;
   }
   return "mma_sync";
+}
+
+bool AbslParseFlag(absl::string_view text, DecodeKernel* kernel, std::string* error) {
+  for (const auto& [value, name] : kDecodeKernelNames) {
+    if (text == name) {
+      *kernel = value;
+      return true;
+    }
+  }
+  *error = "expected 'cuda_cores' or 'mma_sync'";
+  return false;
+}
+
+std::string AbslUnparseFlag(DecodeKernel kernel) {
+  for (const auto& [value, name] : kDecodeKernelNames) {
+    if (value == kernel) return name;
+  }
+  return "cuda_cores";
 }
 
 }  // namespace glimpse::kernels::cuda
@@ -128,6 +151,15 @@ ABSL_FLAG(glimpse::kernels::cuda::PrefillKernel, cuda_prefill_attention,
           "warpgroups, FlashAttention-3's structure; at page sizes its TMA boxes cannot tile, "
           "such as --block_size=4 or 17, wgmma runs). The experimental ones are checked on "
           "the CUDA emulation, not yet measured on a GPU.");
+ABSL_FLAG(glimpse::kernels::cuda::DecodeKernel, cuda_decode_attention,
+          glimpse::kernels::cuda::DecodeKernel::kCudaCores,
+          "--device=cuda with a bf16 KV cache: the kernel that runs decode-step attention. "
+          "'cuda_cores' (fp32 arithmetic on the loaded keys and values, queries unrounded) or "
+          "experimental 'mma_sync' (tensor cores: the GQA group's query heads share each "
+          "mma.sync, a quarter (GQA 1) to a twelfth (GQA 8) of the instructions per KV byte; "
+          "queries and probabilities rounded to bf16 as in prefill). An fp32 cache always runs "
+          "'cuda_cores'. The experimental one is checked on the CUDA emulation, not yet "
+          "measured on a GPU.");
 ABSL_FLAG(int32_t, tensor_parallel_size, 1,
           "Tensor-parallel ranks the model is split over (attention heads in whole GQA groups and "
           "FFN features; Megatron-style, two all-reduces per layer). With --device=cuda: one GPU "

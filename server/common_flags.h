@@ -6,6 +6,7 @@
 
 #include "absl/flags/declare.h"
 #include "absl/strings/string_view.h"
+#include "kernels/cuda/decode_kernel.h"
 #include "kernels/cuda/prefill_kernel.h"
 
 namespace glimpse::server {
@@ -35,6 +36,9 @@ namespace glimpse::kernels::cuda {
 // enum's namespace, where absl finds them; kernels/cuda itself stays free of Abseil.
 bool AbslParseFlag(absl::string_view text, PrefillKernel* kernel, std::string* error);
 std::string AbslUnparseFlag(PrefillKernel kernel);
+// The `--cuda_decode_attention` flag: "cuda_cores" or "mma_sync".
+bool AbslParseFlag(absl::string_view text, DecodeKernel* kernel, std::string* error);
+std::string AbslUnparseFlag(DecodeKernel kernel);
 
 }  // namespace glimpse::kernels::cuda
 
@@ -43,6 +47,7 @@ ABSL_DECLARE_FLAG(int32_t, threads);
 ABSL_DECLARE_FLAG(glimpse::server::Device, device);
 ABSL_DECLARE_FLAG(bool, cuda_graphs);
 ABSL_DECLARE_FLAG(glimpse::kernels::cuda::PrefillKernel, cuda_prefill_attention);
+ABSL_DECLARE_FLAG(glimpse::kernels::cuda::DecodeKernel, cuda_decode_attention);
 ABSL_DECLARE_FLAG(glimpse::server::KvCacheDType, kv_cache_dtype);
 ABSL_DECLARE_FLAG(int32_t, tensor_parallel_size);
 

@@ -31,6 +31,7 @@ kernels::cuda::CudaBackendOptions CudaOptions(KvCacheDType kv_dtype) {
   kernels::cuda::CudaBackendOptions options;
   options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   options.prefill_attention = absl::GetFlag(FLAGS_cuda_prefill_attention);
+  options.decode_attention = absl::GetFlag(FLAGS_cuda_decode_attention);
   options.kv_cache_dtype = kv_dtype == KvCacheDType::kBf16
                                ? kernels::cuda::CudaKvCacheDType::kBFloat16
                                : kernels::cuda::CudaKvCacheDType::kFloat32;

@@ -102,5 +102,19 @@ TEST(CudaPrefillAttentionFlagTest, ParsesTheFourKernelsAndRejectsOthers) {
   EXPECT_NE(error.find("wgmma_pipelined"), std::string::npos) << error;
 }
 
+TEST(CudaDecodeAttentionFlagTest, ParsesTheTwoKernelsAndRejectsOthers) {
+  using kernels::cuda::DecodeKernel;
+  DecodeKernel k = DecodeKernel::kCudaCores;
+  std::string error;
+  for (const auto& [text, want] : {std::pair{"cuda_cores", DecodeKernel::kCudaCores},
+                                   std::pair{"mma_sync", DecodeKernel::kMmaSync}}) {
+    ASSERT_TRUE(AbslParseFlag(text, &k, &error)) << text;
+    EXPECT_EQ(k, want) << text;
+    EXPECT_EQ(AbslUnparseFlag(k), text);
+  }
+  EXPECT_FALSE(AbslParseFlag("tensor_cores", &k, &error));
+  EXPECT_NE(error.find("cuda_cores"), std::string::npos) << error;
+}
+
 }  // namespace
 }  // namespace glimpse::server

@@ -12,7 +12,8 @@
 #      (weight bytes + KV bytes read per step, over the D2D bandwidth gpu_check.sh measured —
 #      pass its bench.json as BENCH_JSON, or the floor is given in bytes only); then, unless
 #      SKIP_VARIANTS=1, the same bench with --cuda_prefill_attention=mma_sync_wide, =wgmma and
-#      =wgmma_pipelined (prefill tok/s of the four attention kernels side by side).
+#      =wgmma_pipelined (prefill tok/s of the four attention kernels side by side) and with
+#      --cuda_decode_attention=mma_sync (decode tok/s of the two decode kernels).
 #
 #   kernels/cuda/gpu_e2e.sh [RESULT_DIR]          (from the repository root)
 # Writes RESULT_DIR/gpu_e2e.json and logs; prints a short table last. Exit status nonzero if a
@@ -60,15 +61,21 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
       --json_out="$RESULT_DIR/bench_8b.json" 2>&1 | tee "$RESULT_DIR/bench_8b.log"
   bench_rc=${PIPESTATUS[0]}
   if [ "${SKIP_VARIANTS:-0}" != 1 ]; then
-    for kernel in mma_sync_wide wgmma wgmma_pipelined; do
+    # KIND:KERNEL -> --cuda_KIND_attention=KERNEL, results in bench_8b_NAME.json.
+    for variant in prefill:mma_sync_wide prefill:wgmma prefill:wgmma_pipelined decode:mma_sync; do
+      kind=${variant%%:*}
+      kernel=${variant#*:}
+      name=$kernel
+      [ "$kind" = decode ] && name=decode_$kernel
       timeout "${VARIANT_TIMEOUT:-180}" "$RUN" glimpse_lean bench --device=cuda \
-          --cuda_prefill_attention=$kernel \
+          --cuda_${kind}_attention=$kernel \
           --bench_model="$MODEL" --batch_sizes=1 --prompt_tokens="$PROMPT" --gen_tokens="$GEN" \
-          --repetitions=2 --json_out="$RESULT_DIR/bench_8b_$kernel.json" 2>&1 \
-          | tee "$RESULT_DIR/bench_8b_$kernel.log"
+          --repetitions=2 --json_out="$RESULT_DIR/bench_8b_$name.json" 2>&1 \
+          | tee "$RESULT_DIR/bench_8b_$name.log"
       [ "${PIPESTATUS[0]}" -eq 0 ] || bench_rc=1
     done
-    for f in bench_8b bench_8b_mma_sync_wide bench_8b_wgmma bench_8b_wgmma_pipelined; do
+    for f in bench_8b bench_8b_mma_sync_wide bench_8b_wgmma bench_8b_wgmma_pipelined \
+        bench_8b_decode_mma_sync; do
       [ -f "$RESULT_DIR/$f.json" ] || continue
       python3 - "$RESULT_DIR/$f.json" "$f" <<'PY'
 import json, sys
@@ -79,7 +86,8 @@ print(f"{sys.argv[2]}: prefill {r['prefill_tok_s']:.0f} tok/s, decode {r['decode
       f"tok/s, attention calls: tensor-core {c.get('cuda_attention_tensor_core_calls_total', 0)}, "
       f"wide {c.get('cuda_attention_wide_calls_total', 0)}, "
       f"wgmma {c.get('cuda_attention_wgmma_calls_total', 0)}, "
-      f"pipelined {c.get('cuda_attention_wgmma_pipelined_calls_total', 0)}")
+      f"pipelined {c.get('cuda_attention_wgmma_pipelined_calls_total', 0)}, "
+      f"mma decode {c.get('cuda_attention_mma_decode_calls_total', 0)}")
 PY
     done
   fi

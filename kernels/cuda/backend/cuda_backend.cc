@@ -275,7 +275,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOpti
       options.kv_cache_dtype == CudaKvCacheDType::kBFloat16 ? DType::kBF16 : DType::kF32;
   auto backend = std::make_unique<internal::CudaBackend>(
       options.device_ordinal, std::move(tp_group), options.tp_rank, graph_options, kv_dtype,
-      options.prefill_attention);
+      options.prefill_attention,
+      kv_dtype == DType::kBF16 ? options.decode_attention : DecodeKernel::kCudaCores);
   RETURN_IF_ERROR(backend->Init());
   spdlog::info("CUDA backend: {}", backend->name());
   return std::unique_ptr<Backend>(std::move(backend));

@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/decode_kernel.h"
 #include "kernels/cuda/prefill_kernel.h"
 
 namespace glimpse::kernels::cuda {
@@ -51,6 +52,11 @@ struct CudaBackendOptions {
   // kMmaSync where a block cannot have its shared memory (head_dim 128 on sm_86/sm_89). The
   // experimental kernels are checked on the CUDA emulation, not yet on a GPU.
   PrefillKernel prefill_attention = PrefillKernel::kMmaSync;
+  // The paged decode attention's kernel, for decode-only steps (eager or graphed) over a bf16
+  // cache (`--cuda_decode_attention`); an fp32 cache always runs kCudaCores. kMmaSync rounds
+  // the fp32 queries to bf16 (kCudaCores uses them unrounded), is checked on the CUDA
+  // emulation, not yet on a GPU.
+  DecodeKernel decode_attention = DecodeKernel::kCudaCores;
   // The NCCL group whose AllReduceSum this backend joins as rank tp_rank (on device_ordinal).
   // Shared by all the group's backends: the last one destroyed destroys the communicators.
   // Null: a new group of one, so that a single GPU runs the same ncclAllReduce path.

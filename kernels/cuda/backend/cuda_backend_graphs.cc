@@ -92,6 +92,9 @@ std::vector<BackendCounter> CudaBackend::Counters() const {
   counters.push_back({"cuda_attention_wgmma_pipelined_calls_total", pipelined_attention_calls_,
                       "Of those, the calls run by its TMA-fed pipelined wgmma variant "
                       "(--cuda_prefill_attention=wgmma_pipelined)"});
+  counters.push_back({"cuda_attention_mma_decode_calls_total", mma_decode_attention_calls_,
+                      "PagedAttention calls (layers x steps) run by the tensor-core paged decode "
+                      "kernel (--cuda_decode_attention=mma_sync), graphed or not"});
   return counters;
 }
 
@@ -327,6 +330,7 @@ bool CudaBackend::RecordPagedAttention(const PagedAttentionParams& p) {
                PagedDecodeWorkspaceBytes(plan, static_cast<int32_t>(rows), p.num_heads,
                                          p.kv.head_dim));
   PagedDecodeParams d;
+  d.kernel = decode_kernel_;
   d.dtype = kv_dtype_;
   d.fp32_q_and_o = kv_dtype_ == DType::kBF16;
   d.q = p.q;
@@ -356,6 +360,7 @@ bool CudaBackend::RecordPagedAttention(const PagedAttentionParams& p) {
       GraphOp::kAttention, d.q, d.o, d.kv.k_cache, d.kv.v_cache, d.kv.num_kv_heads, block_size,
       d.kv.head_dim, rows, d.num_qo_heads, d.sm_scale, plan.chunk_keys, plan.num_chunks,
       tables_offset, indices_offset);
+  if (decode_kernel_ == DecodeKernel::kMmaSync) ++mma_decode_attention_calls_;
   return true;
 }
 

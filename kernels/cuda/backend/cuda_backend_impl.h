@@ -159,10 +159,11 @@ class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, std::shared_ptr<TensorParallelGroup> tp_group, int tp_rank,
               const DecodeGraphRecorder::Options& graph_options, DType kv_dtype,
-              PrefillKernel prefill_kernel)
+              PrefillKernel prefill_kernel, DecodeKernel decode_kernel)
       : device_(device),
         kv_dtype_(kv_dtype),
         prefill_kernel_(prefill_kernel),
+        decode_kernel_(decode_kernel),
         tp_group_(std::move(tp_group)),
         tp_rank_(tp_rank),
         graphs_(graph_options) {}
@@ -320,6 +321,9 @@ class CudaBackend final : public Backend {
   // CudaBackendOptions::prefill_attention; AttendPerSequence runs it where the device,
   // head_dim and block size allow (PrefillKernelFor), else a fallback.
   PrefillKernel prefill_kernel_;
+  // CudaBackendOptions::decode_attention over a bf16 cache, else kCudaCores: every
+  // LaunchPagedDecode (AttendPerToken and the graphed decode step) runs it.
+  DecodeKernel decode_kernel_;
   int compute_major_ = 0;                   // from Init
   size_t max_shared_memory_per_block_ = 0;  // sharedMemPerBlockOptin, from Init
   std::string name_;
@@ -350,6 +354,7 @@ class CudaBackend final : public Backend {
   int64_t wide_attention_calls_ = 0;         // those on the 128-row mma.sync variant
   int64_t wgmma_attention_calls_ = 0;        // those on the wgmma variant
   int64_t pipelined_attention_calls_ = 0;    // those on the pipelined wgmma variant
+  int64_t mma_decode_attention_calls_ = 0;   // PagedAttention calls on the mma decode kernel
   RopeMemo rope_memo_;
   // Tensor parallelism: this backend is rank tp_rank_ of tp_group_ (shared by the group's
   // backends; a group of one for a lone GPU). Destroyed after the stream is drained.

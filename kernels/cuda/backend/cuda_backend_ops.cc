@@ -398,9 +398,11 @@ void CudaBackend::AttendPerToken(const PagedAttentionParams& params, int32_t num
   const KvLayerView& kv = params.kv;
   const AttentionMemo& memo = AttentionTables(params, num_tokens);
   Reserve(attention_workspace_, memo.workspace_bytes);
+  if (decode_kernel_ == DecodeKernel::kMmaSync) ++mma_decode_attention_calls_;
   const int64_t row_floats = static_cast<int64_t>(params.num_heads) * kv.head_dim;
   for (const AttentionLaunch& launch : memo.launches) {
     PagedDecodeParams p;
+    p.kernel = decode_kernel_;
     p.dtype = kv_dtype_;
     p.fp32_q_and_o = kv_dtype_ == DType::kBF16;
     p.q = params.q + launch.first_token * row_floats;

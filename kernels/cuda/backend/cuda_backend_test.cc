@@ -859,6 +859,52 @@ TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheWithExperimentalKernelsMatche
   }
 }
 
+// The tensor-core decode kernel (--cuda_decode_attention=mma_sync) over the bf16 cache: decode
+// steps, and the per-token path of a step whose keys run past its queries, run it on queries
+// rounded to bf16 (bf16 bounds against the CPU reading rounded keys, values and queries);
+// its counter shows every such call (RunAttention makes two) and none of a step the prefill
+// kernel takes. An fp32 cache ignores the option.
+TEST_F(CudaBackendTest, PagedAttentionOnTheTensorCoreDecodeKernelMatchesCpu) {
+  const char* kCounter = "cuda_attention_mma_decode_calls_total";
+  cuda::CudaBackendOptions options;
+  options.kv_cache_dtype = cuda::CudaKvCacheDType::kBFloat16;
+  options.decode_attention = cuda::DecodeKernel::kMmaSync;
+  auto backend = cuda::CreateCudaBackend(options);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  auto normal = [this](size_t n) { return Normal(n); };
+  for (const KvShape s : {KvShape{6, 2, 32, 16}, KvShape{6, 2, 32, 17}, KvShape{8, 8, 64, 1},
+                          KvShape{32, 8, 128, 16}, KvShape{8, 1, 128, 16}}) {
+    std::vector<float> out, ref;
+    std::vector<SeqCase> decode;
+    for (int i = 0; i < 150; ++i) decode.push_back({Int(0, 700), 1});
+    int64_t before = testing::CounterValue(**backend, kCounter);
+    RunAttention(**backend, cpu_, s, decode, &out, &ref, rng_, normal, {true, true});
+    ExpectClose("mma decode attention " + Describe(s), out, ref, Tolerance::Bf16());
+    EXPECT_EQ(testing::CounterValue(**backend, kCounter) - before, 2) << Describe(s);
+
+    const std::vector<SeqCase> ragged = {{40, 9}, {4, 2, 7}};
+    before = testing::CounterValue(**backend, kCounter);
+    RunAttention(**backend, cpu_, s, ragged, &out, &ref, rng_, normal, {true, true});
+    ExpectClose("mma decode kernel, keys past the queries " + Describe(s), out, ref,
+                Tolerance::Bf16());
+    EXPECT_EQ(testing::CounterValue(**backend, kCounter) - before, 2) << Describe(s);
+
+    const std::vector<SeqCase> mixed = {{36, 37}, {100, 1}, {700, 130}};
+    before = testing::CounterValue(**backend, kCounter);
+    RunAttention(**backend, cpu_, s, mixed, &out, &ref, rng_, normal, {true, true});
+    ExpectClose("prefill beside the mma decode kernel " + Describe(s), out, ref, Tolerance::Bf16());
+    EXPECT_EQ(testing::CounterValue(**backend, kCounter), before) << "a prefill kernel step";
+  }
+  options.kv_cache_dtype = cuda::CudaKvCacheDType::kFloat32;
+  auto fp32 = cuda::CreateCudaBackend(options);
+  ASSERT_TRUE(fp32.ok()) << fp32.status();
+  std::vector<float> out, ref;
+  const KvShape s{8, 2, 64, 16};
+  RunAttention(**fp32, cpu_, s, {{300, 1}, {20, 1}}, &out, &ref, rng_, normal);
+  ExpectClose("fp32-KV decode with the option set " + Describe(s), out, ref, Tolerance::Fp32());
+  EXPECT_EQ(testing::CounterValue(**fp32, kCounter), 0);
+}
+
 // ---- KvCacheStorage on the device
 // -----------------------------------------------------------
 

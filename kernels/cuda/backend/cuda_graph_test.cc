@@ -142,6 +142,7 @@ enum class Outcome { kEager, kWarmup, kCapture, kReplay };
 struct GraphCase {
   const char* model;
   kernels::cuda::CudaKvCacheDType kv_dtype;
+  kernels::cuda::DecodeKernel decode = kernels::cuda::DecodeKernel::kCudaCores;
   // F32 weights: fp32 everywhere, only summation order differs from eager. bf16 weights: the
   // activations are rounded to bf16 before every matmul, so an fp32 difference can flip a
   // rounding and grow through the layers.
@@ -153,7 +154,8 @@ struct GraphCase {
 std::string GraphCaseName(const ::testing::TestParamInfo<GraphCase>& info) {
   const std::string model = info.param.model;
   return std::string(model.find("f16") != std::string::npos ? "F16" : "F32") +
-         (info.param.kv_dtype == kernels::cuda::CudaKvCacheDType::kBFloat16 ? "Bf16Kv" : "Fp32Kv");
+         (info.param.kv_dtype == kernels::cuda::CudaKvCacheDType::kBFloat16 ? "Bf16Kv" : "Fp32Kv") +
+         (info.param.decode == kernels::cuda::DecodeKernel::kMmaSync ? "MmaDecode" : "");
 }
 
 class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
@@ -161,6 +163,7 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
   void SetUp() override {
     kernels::cuda::CudaBackendOptions graphs;
     graphs.kv_cache_dtype = GetParam().kv_dtype;
+    graphs.decode_attention = GetParam().decode;
     kernels::cuda::CudaBackendOptions recorded = graphs;
     recorded.graphs_run_eagerly_for_testing = true;
     kernels::cuda::CudaBackendOptions eager = graphs;
@@ -274,6 +277,17 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
       EXPECT_EQ(Delta(after[e], before[e], "cuda_graph_replays_total"), 0) << what;
     }
     EXPECT_EQ(Delta(after[2], before[2], "cuda_graph_eager_disabled_steps_total"), 1) << what;
+    // Which decode kernel ran: the tensor-core one on every layer of a decode step when chosen
+    // (graphed, recorded or eager), never on a step with a multi-token sequence (those run
+    // the prefill kernel over a bf16 cache).
+    const bool mma_decode = GetParam().decode == kernels::cuda::DecodeKernel::kMmaSync &&
+                            GetParam().kv_dtype == kernels::cuda::CudaKvCacheDType::kBFloat16;
+    const int64_t layers = engines_[0].model->config().num_layers;
+    for (size_t e = 0; e < engines_.size(); ++e) {
+      EXPECT_EQ(Delta(after[e], before[e], "cuda_attention_mma_decode_calls_total"),
+                mma_decode && decode_only ? layers : 0)
+          << what << " on " << engines_[e].label;
+    }
 
     for (int id : members) {
       Sequence& s = seqs_[id];
@@ -399,15 +413,17 @@ TEST_P(CudaGraphTest, CrossingAKvCapacityTierCapturesAgain) {
 }
 
 // The bf16 cache: decode steps (graphed or not) read it through the decode kernel with fp32
-// queries; the prefill steps between them run the tensor-core kernel in all three engines.
-INSTANTIATE_TEST_SUITE_P(BundledModel, CudaGraphTest,
-                         ::testing::Values(GraphCase{"tests/data/tinycode-4m.gguf",
-                                                     kernels::cuda::CudaKvCacheDType::kFloat32},
-                                           GraphCase{"models/tinycode-4m-f16.gguf",
-                                                     kernels::cuda::CudaKvCacheDType::kFloat32},
-                                           GraphCase{"models/tinycode-4m-f16.gguf",
-                                                     kernels::cuda::CudaKvCacheDType::kBFloat16}),
-                         GraphCaseName);
+// queries (or, last, the tensor-core decode kernel); the prefill steps between them run the
+// tensor-core prefill kernel in all three engines.
+INSTANTIATE_TEST_SUITE_P(
+    BundledModel, CudaGraphTest,
+    ::testing::Values(
+        GraphCase{"tests/data/tinycode-4m.gguf", kernels::cuda::CudaKvCacheDType::kFloat32},
+        GraphCase{"models/tinycode-4m-f16.gguf", kernels::cuda::CudaKvCacheDType::kFloat32},
+        GraphCase{"models/tinycode-4m-f16.gguf", kernels::cuda::CudaKvCacheDType::kBFloat16},
+        GraphCase{"models/tinycode-4m-f16.gguf", kernels::cuda::CudaKvCacheDType::kBFloat16,
+                  kernels::cuda::DecodeKernel::kMmaSync}),
+    GraphCaseName);
 
 }  // namespace
 }  // namespace glimpse

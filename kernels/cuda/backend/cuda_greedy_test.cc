@@ -241,6 +241,18 @@ void CompareBackends(const std::string& model_path, const Bounds& bounds,
                 tensor_core_calls)
           << "every tensor-core call on the 128-row kernel";
     }
+    const int64_t mma_decode_calls =
+        kernels::testing::CounterValue(*cuda.backend, "cuda_attention_mma_decode_calls_total");
+    std::printf("attention calls on the tensor-core decode kernel: %lld\n",
+                static_cast<long long>(mma_decode_calls));
+    if (options.decode_attention == kernels::cuda::DecodeKernel::kMmaSync) {
+      // Every layer of every decode step: each sequence's tokens after the first (which its
+      // prefill yields) take one step each, batched.
+      EXPECT_GE(mma_decode_calls,
+                static_cast<int64_t>(refs[0].tokens.size() - 1) * cpu.model->config().num_layers);
+    } else {
+      EXPECT_EQ(mma_decode_calls, 0);
+    }
   } else {
     EXPECT_EQ(tensor_core_calls, 0) << "an fp32 cache has no tensor-core attention";
   }
@@ -285,6 +297,15 @@ TEST(CudaGreedyTest, Bf16KvCacheOnTheWideAttentionKernelDivergesRarelyAndOnlyAtN
   kernels::cuda::CudaBackendOptions options;
   options.kv_cache_dtype = kernels::cuda::CudaKvCacheDType::kBFloat16;
   options.prefill_attention = kernels::cuda::PrefillKernel::kMmaSyncWide;
+  CompareBackends("models/tinycode-4m-f16.gguf", Bf16Bounds(), options);
+}
+
+// Decode steps on the tensor-core decode kernel (`--cuda_decode_attention=mma_sync`): queries
+// and probabilities rounded to bf16 there too.
+TEST(CudaGreedyTest, Bf16KvCacheOnTheTensorCoreDecodeKernelDivergesRarelyAndOnlyAtNearTies) {
+  kernels::cuda::CudaBackendOptions options;
+  options.kv_cache_dtype = kernels::cuda::CudaKvCacheDType::kBFloat16;
+  options.decode_attention = kernels::cuda::DecodeKernel::kMmaSync;
   CompareBackends("models/tinycode-4m-f16.gguf", Bf16Bounds(), options);
 }
 

@@ -62,6 +62,7 @@ def cuda_backend_targets(
             "//common:check",
             "//common:status",
             "//kernels:backend",
+            "//kernels/cuda:decode_kernel",
             "//kernels/cuda:prefill_kernel",
             "//third_party/system:absl",
             "//third_party/system:spdlog",
