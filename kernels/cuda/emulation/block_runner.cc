@@ -125,6 +125,7 @@ void BlockRunner::RunBlock(const char* kernel_name, const LaunchShape& shape, ui
   if (dynamic_smem_bytes_ > 0) std::memset(dynamic_smem_.get(), 0xff, dynamic_smem_bytes_);
   shared_regions_.assign(1, SharedRegion{dynamic_smem_.get(), dynamic_smem_bytes_});
   copies_in_flight_.assign(dynamic_smem_bytes_ / 16, 0);
+  landed_unpublished_by_.assign(dynamic_smem_bytes_ / 16, -1);
 
   std::vector<int>& order = order_;
   order.resize(n);
@@ -183,8 +184,11 @@ void BlockRunner::Yield() {
 }
 
 void BlockRunner::OnExit(Thread& t) {
-  for (const auto& group : t.committed) ApplyCopies(group);
-  ApplyCopies(t.uncommitted);
+  // Copies still pending land at exit, published (an exited thread passes no more barriers;
+  // a read while they were pending was the in-flight check's to report).
+  for (const auto& group : t.committed) ApplyCopies(group, t);
+  ApplyCopies(t.uncommitted, t);
+  Publish(t);
   t.committed.clear();
   t.uncommitted.clear();
   t.status = Status::kExited;
@@ -208,6 +212,7 @@ void BlockRunner::MaybeReleaseBarrier() {
 }
 
 void BlockRunner::SyncThreads() {
+  Publish(*current_);
   current_->status = Status::kAtBarrier;
   ++at_barrier_;
   MaybeReleaseBarrier();
@@ -314,6 +319,13 @@ void BlockRunner::CheckNoCopyInFlight(uint32_t address, size_t bytes, const char
            " while a cp.async to it is still in flight (no cp.async.wait_group by the copying "
            "thread before the barrier or signal that let this read happen?)");
     }
+    if (landed_unpublished_by_[g] >= 0) {
+      Fail(std::string(what) + " reads dynamic shared memory at offset " + std::to_string(g * 16) +
+           " that a cp.async of thread " + std::to_string(landed_unpublished_by_[g]) +
+           " wrote, which has passed no barrier since its cp.async.wait_group (the wait makes "
+           "the copy visible to its own thread only: __syncwarp or __syncthreads before "
+           "reading it across lanes)");
+    }
   }
 }
 
@@ -325,16 +337,19 @@ void BlockRunner::CpAsyncCommit() {
 void BlockRunner::CpAsyncWait(int pending_groups) {
   auto& committed = current_->committed;
   while (static_cast<int>(committed.size()) > pending_groups) {
-    ApplyCopies(committed.front());
+    ApplyCopies(committed.front(), *current_);
     committed.erase(committed.begin());
   }
 }
 
-void BlockRunner::ApplyCopies(const std::vector<PendingCopy>& copies) {
+void BlockRunner::ApplyCopies(const std::vector<PendingCopy>& copies, Thread& t) {
   for (const PendingCopy& c : copies) {
     void* dst = SharedPointer(c.smem_address);
     if ((c.smem_address >> kRegionShift) == 0) {
-      --copies_in_flight_[(c.smem_address & kOffsetMask) / 16];
+      const size_t g = (c.smem_address & kOffsetMask) / 16;
+      --copies_in_flight_[g];
+      landed_unpublished_by_[g] = t.linear;
+      t.unpublished.push_back(g);
     }
     if (c.valid) {
       std::memcpy(dst, c.bytes, 16);
@@ -342,6 +357,18 @@ void BlockRunner::ApplyCopies(const std::vector<PendingCopy>& copies) {
       std::memset(dst, 0, 16);
     }
   }
+}
+
+void BlockRunner::Publish(Thread& t) {
+  for (const size_t g : t.unpublished) {
+    if (landed_unpublished_by_[g] == t.linear) landed_unpublished_by_[g] = -1;
+  }
+  t.unpublished.clear();
+}
+
+void BlockRunner::SyncWarp(unsigned mask) {
+  Publish(*current_);
+  WarpCollective(mask, nullptr, 0, "__syncwarp");
 }
 
 BlockRunner::Mbarrier& BlockRunner::MbarrierAt(uint32_t address, const char* what) {
@@ -372,6 +399,7 @@ void BlockRunner::MaybeCompletePhase(Mbarrier& b) {
 }
 
 void BlockRunner::MbarrierArrive(uint32_t address, uint32_t expect_tx_bytes) {
+  Publish(*current_);  // an arrive releases this thread's earlier writes
   Mbarrier& b = MbarrierAt(address, "mbarrier.arrive");
   if (b.pending == 0) Fail("mbarrier.arrive beyond the phase's arrival count");
   b.tx += expect_tx_bytes;
@@ -508,8 +536,6 @@ void MbarrierArrive(uint32_t address, uint32_t expect_tx_bytes) {
 void MbarrierWait(uint32_t address, uint32_t parity) {
   BlockRunner::ForThisThread().MbarrierWait(address, parity);
 }
-void SyncWarp(unsigned mask) {
-  BlockRunner::ForThisThread().WarpCollective(mask, nullptr, 0, "__syncwarp");
-}
+void SyncWarp(unsigned mask) { BlockRunner::ForThisThread().SyncWarp(mask); }
 
 }  // namespace cuda_emu

@@ -56,9 +56,15 @@ class BlockRunner {
   unsigned char* DynamicSharedMemory() { return dynamic_smem_.get(); }
   void CpAsync16(uint32_t smem_address, const void* global, bool valid);
   // Fails when [address, address + bytes) of dynamic shared memory has a cp.async in flight
-  // (issued, not yet completed by its thread's wait): the tensor-core reads (ldmatrix, wgmma)
-  // call it, which catches a thread that signals readers before waiting for its copies.
+  // (issued, not yet completed by its thread's wait), or one that landed at its thread's wait
+  // but was not yet published by a barrier that thread passed since (__syncthreads,
+  // __syncwarp, mbarrier arrive): the tensor-core reads (ldmatrix, wgmma) call it, whose data
+  // reaches other lanes. It catches a thread that signals readers before waiting for its
+  // copies, and a warp that reads its lanes' copies after their waits without a barrier
+  // (cp.async.wait_group makes a copy visible to its own thread only).
   void CheckNoCopyInFlight(uint32_t address, size_t bytes, const char* what);
+  // __syncwarp: publishes this thread's landed copies, then the warp collective.
+  void SyncWarp(unsigned mask);
   void CpAsyncCommit();
   void CpAsyncWait(int pending_groups);
   // mbarrier (sm_90's shared-memory transaction barrier; an 8-byte object at `address`):
@@ -96,6 +102,7 @@ class BlockRunner {
     const char* collective_what = "";
     std::vector<PendingCopy> uncommitted;
     std::vector<std::vector<PendingCopy>> committed;  // oldest first
+    std::vector<size_t> unpublished;  // granules its copies landed in since its last barrier
     std::shared_ptr<void> wgmma;  // in-flight wgmma operations (tensor_core.cc)
     uint32_t mbarrier = 0;        // kAtMbarrier: the barrier's address and awaited parity
     uint32_t mbarrier_parity = 0;
@@ -130,7 +137,10 @@ class BlockRunner {
   void Yield();
   void OnExit(Thread& t);
   void MaybeReleaseBarrier();
-  void ApplyCopies(const std::vector<PendingCopy>& copies);
+  // Lands `copies` of the current thread (or of `t`, exiting) in shared memory.
+  void ApplyCopies(const std::vector<PendingCopy>& copies, Thread& t);
+  // A barrier `t` passes orders its landed copies before the other threads' later reads.
+  void Publish(Thread& t);
   Mbarrier& MbarrierAt(uint32_t address, const char* what);
   void MaybeCompletePhase(Mbarrier& barrier);
   // Lands the barrier's copies; true when the phase of `parity` has completed.
@@ -150,8 +160,10 @@ class BlockRunner {
   std::unique_ptr<unsigned char[]> dynamic_smem_;
   size_t dynamic_smem_bytes_ = 0;
   std::vector<SharedRegion> shared_regions_;  // [0] dynamic shared memory
-  // cp.async copies in flight per 16-byte granule of dynamic shared memory.
+  // cp.async copies in flight per 16-byte granule of dynamic shared memory, and the thread
+  // whose landed copy no barrier has published yet (-1: none).
   std::vector<uint16_t> copies_in_flight_;
+  std::vector<int> landed_unpublished_by_;
   std::map<uint32_t, Mbarrier> mbarriers_;    // by shared address; the block's
   bool eager_bulk_copies_ = false;            // this block's bulk copies land at issue
   uint64_t shuffle_state_ = 0x9e3779b97f4a7c15ull;
