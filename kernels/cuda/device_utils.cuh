@@ -21,6 +21,20 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// 2^x in one SFU instruction (ex2.approx.ftz.f32: within 2 ulp; results below 2^-126 flush to
+// zero), for the attention kernels' softmax: exp2f adds a range test and two multiplies per
+// call to keep denormal results, weights that are zero for every purpose here. -inf gives 0.
+__device__ __forceinline__ float FastExp2(float x) {
+#ifdef GLIMPSE_CUDA_EMULATION
+  const float r = exp2f(x);
+  return r < 1.17549435e-38f ? 0.0f : r;
+#else
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+#endif
+}
+
 __device__ __forceinline__ float ToFloat(float x) { return x; }
 __device__ __forceinline__ float ToFloat(bf16 x) { return __bfloat162float(x); }
 

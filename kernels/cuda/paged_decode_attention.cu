@@ -12,6 +12,7 @@ namespace glimpse::kernels::cuda {
 namespace {
 
 using internal::bf16;
+using internal::FastExp2;
 using internal::kFullMask;
 using internal::kLog2e;
 using internal::kVecSize;
@@ -148,7 +149,7 @@ __global__ void __launch_bounds__(kThreads) PagedDecodeKernel(PagedDecodeParams 
       const float m_new = fmaxf(m[j], tile_max);
       // m_use keeps exp2 arguments finite when nothing was seen yet (m_new = -inf).
       m_use[j] = m_new == -INFINITY ? 0.0f : m_new;
-      const float rescale = exp2f(m[j] - m_use[j]);
+      const float rescale = FastExp2(m[j] - m_use[j]);
       l[j] *= rescale;
 #pragma unroll
       for (int e = 0; e < kVec; ++e) acc[j][e] *= rescale;
@@ -160,7 +161,7 @@ __global__ void __launch_bounds__(kThreads) PagedDecodeKernel(PagedDecodeParams 
       Unpack<T, kVec>(v_raw[u], vf);
 #pragma unroll
       for (int j = 0; j < kGroup; ++j) {
-        const float pu = exp2f(s[u][j] - m_use[j]);  // 0 for invalid keys
+        const float pu = FastExp2(s[u][j] - m_use[j]);  // 0 for invalid keys
         l[j] += pu;
 #pragma unroll
         for (int e = 0; e < kVec; ++e) acc[j][e] = fmaf(pu, vf[e], acc[j][e]);
@@ -178,8 +179,8 @@ __global__ void __launch_bounds__(kThreads) PagedDecodeKernel(PagedDecodeParams 
       const float l_o = __shfl_xor_sync(kFullMask, l[j], off);
       const float m_new = fmaxf(m[j], m_o);
       const float m_ref = m_new == -INFINITY ? 0.0f : m_new;
-      const float a = exp2f(m[j] - m_ref);
-      const float b = exp2f(m_o - m_ref);
+      const float a = FastExp2(m[j] - m_ref);
+      const float b = FastExp2(m_o - m_ref);
       l[j] = l[j] * a + l_o * b;
 #pragma unroll
       for (int e = 0; e < kVec; ++e) {

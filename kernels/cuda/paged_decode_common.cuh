@@ -46,7 +46,7 @@ __device__ __forceinline__ void StoreDecodeStates(const PagedDecodeParams& p, in
       float o_all = 0.0f;
 #pragma unroll
       for (int w = 0; w < kDecodeWarps; ++w) {
-        const float wgt = exp2f(s_m[w][j] - m_all);
+        const float wgt = FastExp2(s_m[w][j] - m_all);
         l_all += s_l[w][j] * wgt;
         o_all += s_acc[w][j][d] * wgt;
       }

@@ -214,7 +214,7 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeMmaKernel(PagedDeco
     // O and l need rescaling only when a row's maximum grew; in decode that stops after the
     // first tiles, so the warp skips the kHeadDim / 4 multiplies when no row needs them.
     if (__any_sync(kFullMask, m_new > m_row)) {
-      const float rescale = exp2f(m_row - m_new);  // m_new is finite: key `start` is valid
+      const float rescale = FastExp2(m_row - m_new);  // m_new is finite: key `start` is valid
       l_part *= rescale;
 #pragma unroll
       for (int dt = 0; dt < kDimTiles; ++dt) {
@@ -225,7 +225,7 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeMmaKernel(PagedDeco
     m_row = m_new;
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      x[e] = exp2f(x[e] - m_new);
+      x[e] = FastExp2(x[e] - m_new);
       l_part += x[e];
     }
 

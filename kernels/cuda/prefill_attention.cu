@@ -14,6 +14,7 @@ namespace glimpse::kernels::cuda {
 namespace {
 
 using internal::bf16;
+using internal::FastExp2;
 using internal::CpAsync16;
 using internal::kFullMask;
 using internal::kLn2;
@@ -220,13 +221,13 @@ __device__ __forceinline__ void SoftmaxTile(float scale_log2, TileScores<kMTiles
     mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
     const float m_new = fmaxf(m_row[r], mx);
     const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-    rescale[r] = exp2f(m_row[r] - m_use);
+    rescale[r] = FastExp2(m_row[r] - m_use);
     m_row[r] = m_new;
     l_row[r] *= rescale[r];
 #pragma unroll
     for (int nt = 0; nt < kBlockN / 8; ++nt) {
-      s[mt][nt][2 * i] = exp2f(s[mt][nt][2 * i] - m_use);
-      s[mt][nt][2 * i + 1] = exp2f(s[mt][nt][2 * i + 1] - m_use);
+      s[mt][nt][2 * i] = FastExp2(s[mt][nt][2 * i] - m_use);
+      s[mt][nt][2 * i + 1] = FastExp2(s[mt][nt][2 * i + 1] - m_use);
       l_row[r] += s[mt][nt][2 * i] + s[mt][nt][2 * i + 1];
     }
   }
