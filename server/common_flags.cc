@@ -156,7 +156,7 @@ ABSL_FLAG(glimpse::kernels::cuda::DecodeKernel, cuda_decode_attention,
           "--device=cuda with a bf16 KV cache: the kernel that runs decode-step attention. "
           "'cuda_cores' (fp32 arithmetic on the loaded keys and values, queries unrounded) or "
           "experimental 'mma_sync' (tensor cores: the GQA group's query heads share each "
-          "mma.sync, a quarter (GQA 1) to a tenth (GQA 8) of the instructions per KV byte; "
+          "mma.sync, a third (GQA 1) to a tenth (GQA 8) of the instructions per KV byte; "
           "queries and probabilities rounded to bf16 as in prefill). An fp32 cache always runs "
           "'cuda_cores'. The experimental one is checked on the CUDA emulation, not yet "
           "measured on a GPU.");

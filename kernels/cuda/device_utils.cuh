@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/dtype.h"
+#include "kernels/cuda/kv_layout.h"
 
 namespace glimpse::kernels::cuda::internal {
 
@@ -168,6 +169,16 @@ struct FastDivider {
     return static_cast<int32_t>((__umulhi(u, multiplier) + u) >> shift);
   }
 };
+
+// PagedKeyOffset (kv_layout.h) with the page found by `page_div`, a FastDivider of page_size.
+__device__ __forceinline__ int64_t PagedKeyOffset(const int32_t* seq_pages, int32_t key,
+                                                  int32_t kv_head, int32_t num_kv_heads,
+                                                  int32_t page_size, int32_t head_dim,
+                                                  const FastDivider& page_div) {
+  const int32_t page = page_div.Divide(key);
+  return KvOffset(seq_pages[page], kv_head, key - page * page_size, num_kv_heads, page_size,
+                  head_dim);
+}
 
 inline bool IsAligned16(const void* ptr) {
   return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0;

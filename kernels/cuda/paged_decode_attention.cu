@@ -97,6 +97,7 @@ __global__ void __launch_bounds__(kThreads) PagedDecodeKernel(PagedDecodeParams 
   const T* k_cache = static_cast<const T*>(p.kv.k_cache);
   const T* v_cache = static_cast<const T*>(p.kv.v_cache);
   const int32_t* kv_indices = p.kv.kv_indices + page_begin;
+  const internal::FastDivider page_div(page_size);  // key -> page without a division per key
 
   // Warp w reads keys [base, base + kKeysPerWarpIter) of each block iteration, so that one
   // warp's loads stay within a few contiguous rows of a page.
@@ -112,7 +113,8 @@ __global__ void __launch_bounds__(kThreads) PagedDecodeKernel(PagedDecodeParams 
       valid[u] = key < chunk_end;
       if (valid[u]) {
         const int64_t off =
-            PagedKeyOffset(kv_indices, key, kv_head, num_kv_heads, page_size, kHeadDim) +
+            internal::PagedKeyOffset(kv_indices, key, kv_head, num_kv_heads, page_size,
+                                     kHeadDim, page_div) +
             lane_in_group * kVec;
         k_raw[u] = *reinterpret_cast<const uint4*>(k_cache + off);
         v_raw[u] = *reinterpret_cast<const uint4*>(v_cache + off);

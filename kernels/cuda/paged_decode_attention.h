@@ -23,7 +23,7 @@
 // the rows of an m16 tile; warp w takes the chunk's 16-key tiles w, w + 4, ..., streamed into
 // its own cp.async ring (2-3 tiles) in shared memory, and runs S = Q·Kᵀ and O += P·V as
 // mma.m16n8k16 with ldmatrix operands. q and the probabilities are rounded to bf16 (as in the
-// prefill kernels); fp32 accumulation. Per K/V byte it issues a quarter (GQA 1) to a tenth
+// prefill kernels); fp32 accumulation. Per K/V byte it issues a third (GQA 1) to a tenth
 // (GQA 8) of the instructions of kCudaCores (counted: kernels/cuda/BENCHMARKS.md), whose fp32
 // dot products, shuffle reductions and per-key exponentials need about as many issue slots
 // as an H200 has to stream its HBM at GQA 4, and more at GQA 8.

@@ -74,11 +74,13 @@ struct PrefillShape {
 
 // Issues the cp.async copies of KV tile `tile_start .. +63` of (sequence, kv_head) into
 // k_dst / v_dst (PrefillShape's layout), spread over kLoaders threads (`loader` is this
-// thread's index among them). Keys >= key_end become zero rows: their scores are masked to
+// thread's index among them); page_div divides by the page size. Keys >= key_end become zero rows: their scores are masked to
 // -inf and zero V rows keep 0 * garbage from turning into NaN.
 template <int kHeadDim, bool kWgmma, int kLoaders = kThreads>
-__device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p, int32_t page_begin,
-                                           int kv_head, int32_t tile_start, int32_t key_end,
+__device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p,
+                                           const internal::FastDivider& page_div,
+                                           int32_t page_begin, int kv_head, int32_t tile_start,
+                                           int32_t key_end,
                                            unsigned char* k_dst, unsigned char* v_dst, int loader) {
   using S = PrefillShape<kHeadDim, kWgmma>;
   constexpr int kRowsPerPass = kLoaders / S::kChunksPerRow;
@@ -93,8 +95,8 @@ __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p, int3
     const bool valid = key < key_end;
     int64_t off = 0;
     if (valid) {
-      off = PagedKeyOffset(p.kv.kv_indices + page_begin, key, kv_head, p.kv.num_kv_heads,
-                           p.kv.page_size, kHeadDim) +
+      off = internal::PagedKeyOffset(p.kv.kv_indices + page_begin, key, kv_head,
+                                     p.kv.num_kv_heads, p.kv.page_size, kHeadDim, page_div) +
             col;
     }
     const int dst = S::KvTileOffset(row, col);
@@ -405,6 +407,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
   unsigned char* v_s = k_s + 2 * S::kKvTileBytes;  // [2] tiles
 
   const BlockWork w = DescribeBlock(p, S::kBlockM);
+  const internal::FastDivider page_div(p.kv.page_size);  // for LoadKvTile's page lookups
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2;
@@ -453,7 +456,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
         CpAsync16(SmemAddr(q_s + row * S::kStride + col), q + off, valid);
       }
     }
-    LoadKvTile<kHeadDim, kWgmma>(p, w.page_begin, w.kv_head, w.chunk_start, w.key_end, k_s, v_s,
+    LoadKvTile<kHeadDim, kWgmma>(p, page_div, w.page_begin, w.kv_head, w.chunk_start, w.key_end, k_s, v_s,
                                  threadIdx.x);
     internal::CpAsyncCommit();
 
@@ -471,7 +474,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
       const int buf = it & 1;
       if (it + 1 < w.num_tiles) {
         // The other buffer was released by the barrier at the end of iteration it - 1.
-        LoadKvTile<kHeadDim, kWgmma>(p, w.page_begin, w.kv_head, w.chunk_start + (it + 1) * kBlockN,
+        LoadKvTile<kHeadDim, kWgmma>(p, page_div, w.page_begin, w.kv_head, w.chunk_start + (it + 1) * kBlockN,
                                      w.key_end, k_s + (buf ^ 1) * S::kKvTileBytes,
                                      v_s + (buf ^ 1) * S::kKvTileBytes, threadIdx.x);
         internal::CpAsyncCommit();
@@ -608,6 +611,7 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
   uint64_t* empty = full + kPipelinedStages;
 
   const BlockWork w = DescribeBlock(p, kPipelinedBlockRows);
+  const internal::FastDivider page_div(p.kv.page_size);  // for LoadKvTile's page lookups
   if (threadIdx.x == 0) {
     for (int i = 0; i < kPipelinedStages; ++i) {
       internal::MbarrierInit(SmemAddr(&full[i]), 1);  // the producer's arrival (+ bytes)
@@ -652,7 +656,7 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
           }
         }
       } else {
-        LoadKvTile<kHeadDim, true, 32>(p, w.page_begin, w.kv_head, tile_start, w.key_end, k_dst,
+        LoadKvTile<kHeadDim, true, 32>(p, page_div, w.page_begin, w.kv_head, tile_start, w.key_end, k_dst,
                                        v_dst, lane);
         internal::CpAsyncCommit();
         internal::CpAsyncWait<0>();
