@@ -5,7 +5,8 @@
 #   kernels/cuda/gpu_check.sh [RESULT_JSON]      (from the repository root)
 #
 # Writes RESULT_JSON (default: $OUT/gpu_check.json, or ./gpu_check.json without $OUT) holding
-# the test report and the benchmark results, plus tests[_wgmma].json / bench[_wgmma].json /
+# the test report and the benchmark results, plus tests[_experimental].json /
+# bench[_experimental].json /
 # build.log beside it, and prints a short table last. Exit status: nonzero if the build or any test fails
 # (benchmarks never fail on time).
 #
@@ -75,18 +76,21 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw,tempe
     --format=csv 2>/dev/null | tee "$RESULT_DIR/gpu_state.csv"
 
 export LD_LIBRARY_PATH="$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
-# The wgmma kernels have never run on a GPU: their tests and benchmarks run in processes of
-# their own under a time limit, after everything else, so that one that faults (a sticky
-# error ends its process) or hangs cannot take the other results with it. (Their mbarrier
-# waits also give up after 2^26 polls on the device.)
-"$BUILD/kernel_tests" --filter=-Wgmma --json="$RESULT_DIR/tests.json" 2>&1 \
-    | tee "$RESULT_DIR/tests.log"
+# The experimental kernels (wgmma attention, tensor-core decode) have never run on a GPU:
+# their tests and benchmarks run in processes of their own under a time limit, after
+# everything else, so that one that faults (a sticky error ends its process) or hangs cannot
+# take the other results with it. (The wgmma kernels' mbarrier waits also give up after 2^26
+# polls on the device.)
+EXPERIMENTAL_TESTS=Wgmma,DecodeMma  # test-name substrings
+"$BUILD/kernel_tests" --filter="-${EXPERIMENTAL_TESTS//,/,-}" --json="$RESULT_DIR/tests.json" \
+    2>&1 | tee "$RESULT_DIR/tests.log"
 test_rc=${PIPESTATUS[0]}
-timeout "${WGMMA_TEST_TIMEOUT:-240}" "$BUILD/kernel_tests" --filter=Wgmma \
-    --json="$RESULT_DIR/tests_wgmma.json" 2>&1 | tee "$RESULT_DIR/tests_wgmma.log"
-wgmma_test_rc=${PIPESTATUS[0]}
-[ "$wgmma_test_rc" -eq 124 ] && echo "wgmma tests: TIMED OUT (killed after ${WGMMA_TEST_TIMEOUT:-240} s)"
-[ "$wgmma_test_rc" -ne 0 ] && test_rc=1
+timeout "${EXPERIMENTAL_TEST_TIMEOUT:-240}" "$BUILD/kernel_tests" --filter="$EXPERIMENTAL_TESTS" \
+    --json="$RESULT_DIR/tests_experimental.json" 2>&1 | tee "$RESULT_DIR/tests_experimental.log"
+experimental_test_rc=${PIPESTATUS[0]}
+[ "$experimental_test_rc" -eq 124 ] &&
+  echo "experimental tests: TIMED OUT (killed after ${EXPERIMENTAL_TEST_TIMEOUT:-240} s)"
+[ "$experimental_test_rc" -ne 0 ] && test_rc=1
 
 # Tensor parallelism needs NCCL: the toolkit's, else the one PyTorch's wheel brings
 # (nvidia-nccl-cu13). Without it the NCCL test is reported as not built, not as passed.
@@ -119,11 +123,11 @@ bench_rc=0
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   "$BUILD/kernel_bench" --kernels=base "$RESULT_DIR/bench.json" 2>&1 | tee "$RESULT_DIR/bench.log"
   bench_rc=${PIPESTATUS[0]}
-  timeout "${WGMMA_BENCH_TIMEOUT:-180}" "$BUILD/kernel_bench" --kernels=wgmma \
-      "$RESULT_DIR/bench_wgmma.json" 2>&1 | tee "$RESULT_DIR/bench_wgmma.log"
-  wgmma_bench_rc=${PIPESTATUS[0]}
-  [ "$wgmma_bench_rc" -eq 124 ] && echo "wgmma benchmarks: TIMED OUT"
-  [ "$wgmma_bench_rc" -ne 0 ] && bench_rc=1
+  timeout "${EXPERIMENTAL_BENCH_TIMEOUT:-180}" "$BUILD/kernel_bench" --kernels=experimental \
+      "$RESULT_DIR/bench_experimental.json" 2>&1 | tee "$RESULT_DIR/bench_experimental.log"
+  experimental_bench_rc=${PIPESTATUS[0]}
+  [ "$experimental_bench_rc" -eq 124 ] && echo "experimental benchmarks: TIMED OUT"
+  [ "$experimental_bench_rc" -ne 0 ] && bench_rc=1
 fi
 
 {
@@ -131,22 +135,24 @@ fi
       "$build_s" "$test_rc" "$bench_rc"
   printf '"tests": '
   cat "$RESULT_DIR/tests.json" 2>/dev/null || printf 'null\n'
-  printf ', "tests_wgmma": '
-  cat "$RESULT_DIR/tests_wgmma.json" 2>/dev/null || printf 'null\n'
+  printf ', "tests_experimental": '
+  cat "$RESULT_DIR/tests_experimental.json" 2>/dev/null || printf 'null\n'
   printf ', "bench": '
   cat "$RESULT_DIR/bench.json" 2>/dev/null || printf 'null\n'
-  printf ', "bench_wgmma": '
-  cat "$RESULT_DIR/bench_wgmma.json" 2>/dev/null || printf 'null\n'
+  printf ', "bench_experimental": '
+  cat "$RESULT_DIR/bench_experimental.json" 2>/dev/null || printf 'null\n'
   printf '}\n'
 } >"$RESULT"
 
 echo
 echo "==== summary ===="
-grep -hE '^\[ (FAIL| OK )' "$RESULT_DIR/tests.log" "$RESULT_DIR/tests_wgmma.log" | sed 's/^/test /'
-grep -hE '^[0-9]+ tests' "$RESULT_DIR/tests.log" "$RESULT_DIR/tests_wgmma.log"
+grep -hE '^\[ (FAIL| OK )' "$RESULT_DIR/tests.log" "$RESULT_DIR/tests_experimental.log" |
+  sed 's/^/test /'
+grep -hE '^[0-9]+ tests' "$RESULT_DIR/tests.log" "$RESULT_DIR/tests_experimental.log"
 [ -f "$RESULT_DIR/tp_tests.log" ] && grep -E '^\[ (FAIL| OK )|^[0-9]+ tests' "$RESULT_DIR/tp_tests.log" | sed 's/^/tp /'
 [ -f "$RESULT_DIR/bench.log" ] && sed -n '/^kernel /,$p' "$RESULT_DIR/bench.log"
-[ -f "$RESULT_DIR/bench_wgmma.log" ] && sed -n '/^kernel /,$p' "$RESULT_DIR/bench_wgmma.log"
+[ -f "$RESULT_DIR/bench_experimental.log" ] &&
+  sed -n '/^kernel /,$p' "$RESULT_DIR/bench_experimental.log"
 echo "result: $RESULT (tests exit $test_rc, bench exit $bench_rc)"
 rm -rf "$BUILD"
 [ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ]

@@ -1,11 +1,12 @@
 // Kernel benchmarks for kernels/cuda (H200 targets: performance.md §5.1, issue #5). Prints a
 // table and writes JSON:
 //
-//   kernel_bench [--smoke] [--kernels=all|base|wgmma] [JSON_PATH]
+//   kernel_bench [--smoke] [--kernels=all|base|experimental] [JSON_PATH]
 //                                            (default JSON_PATH: kernel_bench.json)
 //
-// --kernels=base times everything but the wgmma attention kernels, --kernels=wgmma only those
-// (with the decode steps their tree rows are compared with): gpu_check.sh runs the two in
+// --kernels=base times everything but the kernels never yet run on a GPU (the wgmma attention
+// kernels, the tensor-core decode kernel), --kernels=experimental only those (with the decode
+// steps their tree rows are compared with): gpu_check.sh runs the two in
 // separate processes, so that a first run of the wgmma kernels that faults or hangs cannot
 // take the other figures with it.
 //
@@ -140,8 +141,8 @@ struct Bench {
   void* flush = nullptr;
   int num_sms = 0;
   bool wgmma = false;      // the device runs the wgmma attention kernel (compute capability 9.0)
-  bool base_rows = true;   // --kernels: time the kernels other than the wgmma attention ones
-  bool wgmma_rows = true;  //   ... and the wgmma ones (where the device runs them)
+  bool base_rows = true;          // --kernels: time the kernels run on GPUs before
+  bool experimental_rows = true;  //   ... and those not yet (wgmma where the device has it)
   double bw_gbs = 0;       // measured D2D copy-kernel bandwidth (read + write)
   double gemm_tflops = 0;  // measured cuBLAS bf16 GEMM
   std::vector<Row> rows;
@@ -450,13 +451,14 @@ bool RunAll(Bench& b, const std::string& json_path) {
   if (!MeasureCeilings(b)) return false;
   KvPool pool;
   if (!pool.Init(b, b.scale.pool_tokens)) return false;
-  const bool wgmma = b.wgmma && b.wgmma_rows;
+  const bool wgmma = b.wgmma && b.experimental_rows;
   // K2: paged decode.
   for (const int32_t batch : b.scale.decode_batches) {
     for (const int32_t ctx : b.scale.decode_contexts) {
       double us = 0;
       if (b.base_rows && !BenchDecode(b, pool, batch, ctx, &us)) return false;
-      if (b.base_rows && !BenchDecode(b, pool, batch, ctx, &us, DecodeKernel::kMmaSync)) {
+      if (b.experimental_rows &&
+          !BenchDecode(b, pool, batch, ctx, &us, DecodeKernel::kMmaSync)) {
         return false;
       }
     }
@@ -548,11 +550,12 @@ int main(int argc, char** argv) {
     const std::string arg = argv[i];
     if (arg == "--smoke") {
       smoke = true;
-    } else if (arg == "--kernels=all" || arg == "--kernels=base" || arg == "--kernels=wgmma") {
+    } else if (arg == "--kernels=all" || arg == "--kernels=base" ||
+               arg == "--kernels=experimental") {
       kernels = arg.substr(10);
     } else if (!arg.empty() && arg[0] == '-') {
       std::fprintf(stderr,
-                   "usage: kernel_bench [--smoke] [--kernels=all|base|wgmma] [JSON_PATH]; "
+                   "usage: kernel_bench [--smoke] [--kernels=all|base|experimental] [JSON_PATH]; "
                    "unknown flag %s\n",
                    arg.c_str());
       return 2;
@@ -567,8 +570,8 @@ int main(int argc, char** argv) {
   }
   Bench b;
   if (smoke) b.scale = Scale::Smoke();
-  b.base_rows = kernels != "wgmma";
-  b.wgmma_rows = kernels != "base";
+  b.base_rows = kernels != "experimental";
+  b.experimental_rows = kernels != "base";
   cudaDeviceProp prop;
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return 1;
   b.num_sms = prop.multiProcessorCount;
