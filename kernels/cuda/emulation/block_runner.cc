@@ -116,6 +116,7 @@ void BlockRunner::RunBlock(const char* kernel_name, const LaunchShape& shape, ui
   live_threads_ = n;
   at_barrier_ = 0;
   mbarriers_.clear();
+  for (NamedBarrier& b : named_barriers_) b = NamedBarrier{};
   if (shape.dynamic_smem_bytes != dynamic_smem_bytes_) {
     dynamic_smem_.reset(shape.dynamic_smem_bytes > 0
                             ? new unsigned char[shape.dynamic_smem_bytes]
@@ -156,6 +157,14 @@ void BlockRunner::RunBlock(const char* kernel_name, const LaunchShape& shape, ui
     if (!ran) {
       current_ = nullptr;
       Fail("deadlock: no thread can continue. " + DescribeThreads());
+    }
+  }
+  for (int id = 1; id < 16; ++id) {
+    const NamedBarrier& b = named_barriers_[id];
+    if (b.arrived != 0) {
+      Fail("named barrier " + std::to_string(id) + " ends the block with " +
+           std::to_string(b.arrived) + " of its " + std::to_string(b.count) +
+           " arrivals: a bar.arrive no bar.sync consumed");
     }
   }
   current_ = nullptr;
@@ -366,6 +375,45 @@ void BlockRunner::Publish(Thread& t) {
   t.unpublished.clear();
 }
 
+bool BlockRunner::CountOnNamedBarrier(int id, int count, const char* what) {
+  if (id < 1 || id > 15) {
+    Fail(std::string(what) + " on barrier " + std::to_string(id) +
+         ": named barriers are 1..15 (0 is __syncthreads')");
+  }
+  if (count <= 0 || count % 32 != 0 || count > static_cast<int>(threads_.size())) {
+    Fail(std::string(what) + " with a thread count of " + std::to_string(count) +
+         ": a multiple of 32, at most the block's " + std::to_string(threads_.size()));
+  }
+  Publish(*current_);  // bar.sync and bar.arrive order this thread's earlier writes
+  NamedBarrier& b = named_barriers_[id];
+  if (b.arrived == 0) b.count = count;
+  if (b.count != count) {
+    Fail(std::string(what) + " on barrier " + std::to_string(id) + " with a count of " +
+         std::to_string(count) + " while its round under way counts to " + std::to_string(b.count));
+  }
+  if (++b.arrived < b.count) return false;
+  b.arrived = 0;
+  b.count = 0;
+  for (Thread& t : threads_) {
+    if (t.status == Status::kAtNamedBarrier && t.named_barrier == id) {
+      t.status = Status::kRunnable;
+    }
+  }
+  return true;
+}
+
+void BlockRunner::NamedBarrierSync(int id, int count) {
+  current_->status = Status::kAtNamedBarrier;
+  current_->named_barrier = id;
+  CountOnNamedBarrier(id, count, "bar.sync");
+  if (current_->status != Status::kRunnable) Yield();
+}
+
+void BlockRunner::NamedBarrierArrive(int id, int count) {
+  // Let the threads a completed round releases run before the arriving thread goes on.
+  if (CountOnNamedBarrier(id, count, "bar.arrive")) Yield();
+}
+
 void BlockRunner::SyncWarp(unsigned mask) {
   Publish(*current_);
   WarpCollective(mask, nullptr, 0, "__syncwarp");
@@ -447,8 +495,8 @@ void BlockRunner::BulkCopyToShared(uint32_t smem_address, std::vector<unsigned c
 
 std::string BlockRunner::DescribeThreads() const {
   std::ostringstream os;
-  int counts[5] = {0, 0, 0, 0, 0};
-  std::string examples[5];
+  int counts[6] = {0, 0, 0, 0, 0, 0};
+  std::string examples[6];
   const int n = static_cast<int>(warps_.size() * 32);
   for (int i = 0; i < n && i < static_cast<int>(threads_.size()); ++i) {
     const Thread& t = threads_[i];
@@ -460,11 +508,18 @@ std::string BlockRunner::DescribeThreads() const {
       if (t.status == Status::kAtMbarrier) {
         examples[s] += ":" + std::to_string(t.mbarrier) + "/" + std::to_string(t.mbarrier_parity);
       }
+      if (t.status == Status::kAtNamedBarrier) {
+        examples[s] += ":" + std::to_string(t.named_barrier);
+      }
     }
   }
-  const char* names[5] = {"runnable", "at __syncthreads", "at a warp collective", "exited",
-                          "waiting on an mbarrier (address/parity)"};
-  for (int s = 0; s < 5; ++s) {
+  const char* names[6] = {"runnable",
+                          "at __syncthreads",
+                          "at a warp collective",
+                          "exited",
+                          "waiting on an mbarrier (address/parity)",
+                          "at a named barrier (id)"};
+  for (int s = 0; s < 6; ++s) {
     if (counts[s] > 0) os << counts[s] << " " << names[s] << " (e.g." << examples[s] << "); ";
   }
   return os.str();
@@ -537,5 +592,11 @@ void MbarrierWait(uint32_t address, uint32_t parity) {
   BlockRunner::ForThisThread().MbarrierWait(address, parity);
 }
 void SyncWarp(unsigned mask) { BlockRunner::ForThisThread().SyncWarp(mask); }
+void NamedBarrierSync(int id, int count) {
+  BlockRunner::ForThisThread().NamedBarrierSync(id, count);
+}
+void NamedBarrierArrive(int id, int count) {
+  BlockRunner::ForThisThread().NamedBarrierArrive(id, count);
+}
 
 }  // namespace cuda_emu

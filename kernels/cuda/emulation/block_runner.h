@@ -65,6 +65,13 @@ class BlockRunner {
   void CheckNoCopyInFlight(uint32_t address, size_t bytes, const char* what);
   // __syncwarp: publishes this thread's landed copies, then the warp collective.
   void SyncWarp(unsigned mask);
+  // Named barriers (bar.sync / bar.arrive id, count; id 1..15, 0 being __syncthreads'): each
+  // call counts one thread toward `count` (a multiple of 32, at most the block's threads); Sync
+  // waits until the count is reached, Arrive does not. Reaching it releases the waiting threads
+  // and starts the barrier afresh. Threads disagreeing on a barrier's count, and a barrier left
+  // part-way at the end of the block (arrivals no one waited for), are reported.
+  void NamedBarrierSync(int id, int count);
+  void NamedBarrierArrive(int id, int count);
   void CpAsyncCommit();
   void CpAsyncWait(int pending_groups);
   // mbarrier (sm_90's shared-memory transaction barrier; an 8-byte object at `address`):
@@ -87,7 +94,7 @@ class BlockRunner {
   [[noreturn]] void Fail(const std::string& message) const;
 
  private:
-  enum class Status { kRunnable, kAtBarrier, kAtCollective, kExited, kAtMbarrier };
+  enum class Status { kRunnable, kAtBarrier, kAtCollective, kExited, kAtMbarrier, kAtNamedBarrier };
   struct PendingCopy {
     uint32_t smem_address;
     bool valid;
@@ -106,6 +113,7 @@ class BlockRunner {
     std::shared_ptr<void> wgmma;  // in-flight wgmma operations (tensor_core.cc)
     uint32_t mbarrier = 0;        // kAtMbarrier: the barrier's address and awaited parity
     uint32_t mbarrier_parity = 0;
+    int named_barrier = 0;  // kAtNamedBarrier: its id
   };
   struct BulkCopy {
     uint32_t smem_address;
@@ -118,6 +126,12 @@ class BlockRunner {
     uint32_t phase = 0;               // completed phases
     std::vector<BulkCopy> in_flight;  // copies that complete bytes on it
   };
+  struct NamedBarrier {
+    int count = 0;    // threads it waits for in the current round (0: no round under way)
+    int arrived = 0;  // threads counted so far
+  };
+  // Counts the current thread on named barrier `id`; true when that completed the round.
+  bool CountOnNamedBarrier(int id, int count, const char* what);
   struct Warp {
     unsigned live = 0;     // lanes that have not exited
     unsigned arrived = 0;  // lanes waiting at the collective in progress
@@ -165,6 +179,7 @@ class BlockRunner {
   std::vector<uint16_t> copies_in_flight_;
   std::vector<int> landed_unpublished_by_;
   std::map<uint32_t, Mbarrier> mbarriers_;    // by shared address; the block's
+  NamedBarrier named_barriers_[16];           // [1..15]; the block's
   bool eager_bulk_copies_ = false;            // this block's bulk copies land at issue
   uint64_t shuffle_state_ = 0x9e3779b97f4a7c15ull;
 };

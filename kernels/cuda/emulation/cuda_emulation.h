@@ -94,6 +94,9 @@ void MbarrierInit(uint32_t address, unsigned arrivals);
 void MbarrierArrive(uint32_t address, uint32_t expect_tx_bytes);
 void MbarrierWait(uint32_t address, uint32_t parity);
 void SyncWarp(unsigned mask);
+// bar.sync / bar.arrive on named barrier `id` (1..15) of `count` threads; see BlockRunner.
+void NamedBarrierSync(int id, int count);
+void NamedBarrierArrive(int id, int count);
 // cp.async.bulk.tensor.2d...mbarrier::complete_tx::bytes: the box at (column c0, row c1) of
 // the tensor map at `tensor_map` (encoded by the emulated cuTensorMapEncodeTiled, bulk_copy.cc)
 // into shared memory at `smem_address`, completing its bytes on the mbarrier at `mbarrier`.
