@@ -112,10 +112,9 @@ __global__ void __launch_bounds__(kThreads) PagedDecodeKernel(PagedDecodeParams 
       const int32_t key = base + u * S::kGroupsPerWarp + group_in_warp;
       valid[u] = key < chunk_end;
       if (valid[u]) {
-        const int64_t off =
-            internal::PagedKeyOffset(kv_indices, key, kv_head, num_kv_heads, page_size,
-                                     kHeadDim, page_div) +
-            lane_in_group * kVec;
+        const int64_t off = internal::PagedKeyOffset(kv_indices, key, kv_head, num_kv_heads,
+                                                     page_size, kHeadDim, page_div) +
+                            lane_in_group * kVec;
         k_raw[u] = *reinterpret_cast<const uint4*>(k_cache + off);
         v_raw[u] = *reinterpret_cast<const uint4*>(v_cache + off);
       } else {

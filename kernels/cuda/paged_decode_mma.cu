@@ -47,8 +47,8 @@ __device__ __forceinline__ void LoadWarpTile(const PagedDecodeParams& p, const i
   const bool valid = key < key_end;
   int64_t off = (lane & 1) * 8;
   if (valid) {
-    off += PagedKeyOffset(pages, key, kv_head, p.kv.num_kv_heads, p.kv.page_size, kHeadDim,
-                          page_div);
+    off +=
+        PagedKeyOffset(pages, key, kv_head, p.kv.num_kv_heads, p.kv.page_size, kHeadDim, page_div);
   }
   const bf16* k_src = static_cast<const bf16*>(p.kv.k_cache) + off;
   const bf16* v_src = static_cast<const bf16*>(p.kv.v_cache) + off;

@@ -14,8 +14,8 @@ namespace glimpse::kernels::cuda {
 namespace {
 
 using internal::bf16;
-using internal::FastExp2;
 using internal::CpAsync16;
+using internal::FastExp2;
 using internal::kFullMask;
 using internal::kLn2;
 using internal::kLog2e;
@@ -74,14 +74,14 @@ struct PrefillShape {
 
 // Issues the cp.async copies of KV tile `tile_start .. +63` of (sequence, kv_head) into
 // k_dst / v_dst (PrefillShape's layout), spread over kLoaders threads (`loader` is this
-// thread's index among them); page_div divides by the page size. Keys >= key_end become zero rows: their scores are masked to
-// -inf and zero V rows keep 0 * garbage from turning into NaN.
+// thread's index among them); page_div divides by the page size. Keys >= key_end become zero rows:
+// their scores are masked to -inf and zero V rows keep 0 * garbage from turning into NaN.
 template <int kHeadDim, bool kWgmma, int kLoaders = kThreads>
 __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p,
                                            const internal::FastDivider& page_div,
                                            int32_t page_begin, int kv_head, int32_t tile_start,
-                                           int32_t key_end,
-                                           unsigned char* k_dst, unsigned char* v_dst, int loader) {
+                                           int32_t key_end, unsigned char* k_dst,
+                                           unsigned char* v_dst, int loader) {
   using S = PrefillShape<kHeadDim, kWgmma>;
   constexpr int kRowsPerPass = kLoaders / S::kChunksPerRow;
   static_assert(kLoaders % S::kChunksPerRow == 0 && kBlockN % kRowsPerPass == 0, "loaders");
@@ -95,8 +95,8 @@ __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p,
     const bool valid = key < key_end;
     int64_t off = 0;
     if (valid) {
-      off = internal::PagedKeyOffset(p.kv.kv_indices + page_begin, key, kv_head,
-                                     p.kv.num_kv_heads, p.kv.page_size, kHeadDim, page_div) +
+      off = internal::PagedKeyOffset(p.kv.kv_indices + page_begin, key, kv_head, p.kv.num_kv_heads,
+                                     p.kv.page_size, kHeadDim, page_div) +
             col;
     }
     const int dst = S::KvTileOffset(row, col);
@@ -456,8 +456,8 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
         CpAsync16(SmemAddr(q_s + row * S::kStride + col), q + off, valid);
       }
     }
-    LoadKvTile<kHeadDim, kWgmma>(p, page_div, w.page_begin, w.kv_head, w.chunk_start, w.key_end, k_s, v_s,
-                                 threadIdx.x);
+    LoadKvTile<kHeadDim, kWgmma>(p, page_div, w.page_begin, w.kv_head, w.chunk_start, w.key_end,
+                                 k_s, v_s, threadIdx.x);
     internal::CpAsyncCommit();
 
     uint32_t q_frag[kMTiles][kQFragSteps][4];
@@ -474,9 +474,9 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
       const int buf = it & 1;
       if (it + 1 < w.num_tiles) {
         // The other buffer was released by the barrier at the end of iteration it - 1.
-        LoadKvTile<kHeadDim, kWgmma>(p, page_div, w.page_begin, w.kv_head, w.chunk_start + (it + 1) * kBlockN,
-                                     w.key_end, k_s + (buf ^ 1) * S::kKvTileBytes,
-                                     v_s + (buf ^ 1) * S::kKvTileBytes, threadIdx.x);
+        LoadKvTile<kHeadDim, kWgmma>(
+            p, page_div, w.page_begin, w.kv_head, w.chunk_start + (it + 1) * kBlockN, w.key_end,
+            k_s + (buf ^ 1) * S::kKvTileBytes, v_s + (buf ^ 1) * S::kKvTileBytes, threadIdx.x);
         internal::CpAsyncCommit();
         internal::CpAsyncWait<1>();
       } else {
@@ -566,8 +566,11 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
 // wait on the stage's "full" mbarrier, run S = Q·Kᵀ, the softmax and O += P·V on wgmma, and
 // arrive on its "empty" mbarrier, which the producer waits on before refilling the stage.
 // Loads thus run kStages - 1 tiles ahead of the math. Each consumer overlaps its softmax of
-// tile j with its own P·V of tile j - 1 on the tensor cores, and the two consumers, each on
-// its own schedule, overlap one's softmax with the other's products.
+// tile j with its own P·V of tile j - 1 on the tensor cores, and the two consumers take turns
+// issuing their products (FlashAttention-3's ping-pong, two named barriers): consumer 1
+// issues, hands the turn to consumer 2 and runs its softmax while consumer 2's products
+// occupy the tensor cores, and so on, so that one's softmax always has the other's products
+// to hide behind instead of both issuing, then both exponentiating, at once.
 //
 // The block's last tile, when key_end cuts it short, is copied by the producer warp with
 // cp.async instead (TMA boxes cannot stop at key_end, and rows past it must be zeros), which
@@ -576,6 +579,7 @@ constexpr int kPipelinedStages = 3;
 constexpr int kConsumerWarpgroups = 2;
 constexpr int kPipelinedThreads = 128 * (1 + kConsumerWarpgroups);
 constexpr int kPipelinedBlockRows = 64 * kConsumerWarpgroups;
+constexpr int kPingPongBarrier = 1;  // named barriers 1, 2: consumer 1's, consumer 2's turn
 constexpr int kProducerRegisters = 56;
 constexpr int kConsumerRegisters = 224;
 static_assert(128 * (kProducerRegisters + kConsumerWarpgroups * kConsumerRegisters) <= 65536,
@@ -644,9 +648,10 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
           internal::MbarrierArriveExpectTx(full_bar, S::kStageBytes);
           for (int key = 0; key < kBlockN; key += args.box_rows) {
             const int32_t k = tile_start + key;
-            const int32_t page = p.kv.kv_indices[w.page_begin + k / p.kv.page_size];
-            const int32_t row =
-                (page * p.kv.num_kv_heads + w.kv_head) * p.kv.page_size + k % p.kv.page_size;
+            const int32_t page_index = page_div.Divide(k);
+            const int32_t page = p.kv.kv_indices[w.page_begin + page_index];
+            const int32_t row = (page * p.kv.num_kv_heads + w.kv_head) * p.kv.page_size + k -
+                                page_index * p.kv.page_size;
 #pragma unroll
             for (int half = 0; half < kHeadDim / 64; ++half) {
               const int dst = half * (kBlockN * 128) + key * 128;
@@ -656,8 +661,8 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
           }
         }
       } else {
-        LoadKvTile<kHeadDim, true, 32>(p, page_div, w.page_begin, w.kv_head, tile_start, w.key_end, k_dst,
-                                       v_dst, lane);
+        LoadKvTile<kHeadDim, true, 32>(p, page_div, w.page_begin, w.kv_head, tile_start, w.key_end,
+                                       k_dst, v_dst, lane);
         internal::CpAsyncCommit();
         internal::CpAsyncWait<0>();
         internal::FenceProxyAsync();  // the copies, to wgmma's async proxy
@@ -728,20 +733,38 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
       }
       SoftmaxTile<1>(scale_log2, scores, m_row, l_row, rescale);
     };
+    // Ping-pong: consumer c issues its products in turn t only after the other consumer
+    // issued its turn t - 1 (consumer 1's turn 0 is released by consumer 2's arrival below).
+    // Each consumer takes num_tiles + 1 turns (S of tile 0; S of tile it with P·V of tile
+    // it - 1; P·V of the last tile) and hands each one on, except consumer 2 its last: every
+    // bar.arrive is then consumed by a bar.sync.
+    const int me = warpgroup - 1;
+    auto wait_turn = [&] { internal::NamedBarrierSync(kPingPongBarrier + me, 256); };
+    auto pass_turn = [&](bool last) {
+      if (!(last && me == 1)) internal::NamedBarrierArrive(kPingPongBarrier + (1 - me), 256);
+    };
+    if (me == 1) internal::NamedBarrierArrive(kPingPongBarrier, 256);
     TileScores<1> s;
     PFragments p_frag;
     float rescale[2];
     wait_full(0);
-    WgmmaScores<kHeadDim>(q_frag, k_tile(0), s);
+    wait_turn();
+    internal::WgmmaFence();
+    IssueWgmmaScores<kHeadDim>(q_frag, k_tile(0), s);
+    internal::WgmmaCommit();
+    pass_turn(false);
+    internal::WgmmaWait<0>();
     softmax(0, s, rescale);  // O is still zero: nothing to rescale
     PackP(s, p_frag);
     for (int32_t it = 1; it < w.num_tiles; ++it) {
       wait_full(it);
+      wait_turn();
       internal::WgmmaFence();  // s was read, O rescaled and P packed since the last products
       IssueWgmmaScores<kHeadDim>(q_frag, k_tile(it), s);
       internal::WgmmaCommit();
       IssueWgmmaPV<kHeadDim>(p_frag, k_tile(it - 1) + S::kKvTileBytes, o_acc);
       internal::WgmmaCommit();
+      pass_turn(false);
       internal::WgmmaWait<1>();  // S of tile it (the older group)
       softmax(it, s, rescale);
       internal::WgmmaWait<0>();  // P·V of tile it - 1
@@ -749,9 +772,11 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
       RescaleO<1, kDimTiles>(rescale, o_acc);
       PackP(s, p_frag);
     }
+    wait_turn();
     internal::WgmmaFence();
     IssueWgmmaPV<kHeadDim>(p_frag, k_tile(w.num_tiles - 1) + S::kKvTileBytes, o_acc);
     internal::WgmmaCommit();
+    pass_turn(true);
     internal::WgmmaWait<0>();
     internal::MbarrierArrive(SmemAddr(&empty[stage_of(w.num_tiles - 1)]));
   }

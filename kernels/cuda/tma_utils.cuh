@@ -1,6 +1,7 @@
 // Inline-PTX wrappers for Hopper's asynchronous pipeline (internal; .cu files only, sm_90a):
 // mbarriers (shared-memory transaction barriers) and TMA bulk tensor copies
-// (cp.async.bulk.tensor), as the pipelined attention kernel (prefill_attention.cu) uses them.
+// (cp.async.bulk.tensor), named barriers and register budgets, as the pipelined attention
+// kernel (prefill_attention.cu) uses them.
 //
 // An mbarrier is an 8-byte object in shared memory counting arrivals and transaction bytes per
 // phase: the phase completes when `arrivals` threads have arrived (MbarrierInit's count) and
@@ -105,6 +106,26 @@ __device__ __forceinline__ void TmaLoad2d(uint32_t smem, const CUtensorMap* map,
       : "memory");
 #else
   __trap();
+#endif
+}
+
+// Named barrier `id` (1..15; 0 is __syncthreads') over `count` threads, a multiple of 32
+// (bar.sync / bar.arrive, sm_70+): NamedBarrierSync counts this thread and waits until
+// `count` threads have; NamedBarrierArrive counts it and goes on. Warp-specialized kernels
+// order warpgroups with them (FlashAttention-3's ping-pong of its consumers).
+__device__ __forceinline__ void NamedBarrierSync(int id, int count) {
+#if defined(GLIMPSE_CUDA_EMULATION)
+  ::cuda_emu::NamedBarrierSync(id, count);
+#else
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void NamedBarrierArrive(int id, int count) {
+#if defined(GLIMPSE_CUDA_EMULATION)
+  ::cuda_emu::NamedBarrierArrive(id, count);
+#else
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 #endif
 }
 

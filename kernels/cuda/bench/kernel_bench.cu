@@ -140,11 +140,11 @@ struct Bench {
   cudaEvent_t stop = nullptr;
   void* flush = nullptr;
   int num_sms = 0;
-  bool wgmma = false;      // the device runs the wgmma attention kernel (compute capability 9.0)
-  bool base_rows = true;          // --kernels: time the kernels run on GPUs before
+  bool wgmma = false;     // the device runs the wgmma attention kernel (compute capability 9.0)
+  bool base_rows = true;  // --kernels: time the kernels run on GPUs before
   bool experimental_rows = true;  //   ... and those not yet (wgmma where the device has it)
-  double bw_gbs = 0;       // measured D2D copy-kernel bandwidth (read + write)
-  double gemm_tflops = 0;  // measured cuBLAS bf16 GEMM
+  double bw_gbs = 0;              // measured D2D copy-kernel bandwidth (read + write)
+  double gemm_tflops = 0;         // measured cuBLAS bf16 GEMM
   std::vector<Row> rows;
 
   // Median microseconds of `fn` (a callable returning cudaError_t), L2 flushed before each.
@@ -457,8 +457,7 @@ bool RunAll(Bench& b, const std::string& json_path) {
     for (const int32_t ctx : b.scale.decode_contexts) {
       double us = 0;
       if (b.base_rows && !BenchDecode(b, pool, batch, ctx, &us)) return false;
-      if (b.experimental_rows &&
-          !BenchDecode(b, pool, batch, ctx, &us, DecodeKernel::kMmaSync)) {
+      if (b.experimental_rows && !BenchDecode(b, pool, batch, ctx, &us, DecodeKernel::kMmaSync)) {
         return false;
       }
     }
