@@ -48,9 +48,11 @@
 //       one box per page run, landing in wgmma's swizzle) into a 3-stage ring guarded by
 //       "full"/"empty" mbarriers, while two consumer warpgroups (64 rows each, Q in
 //       registers) run the same wgmma products and softmax as kWgmma, each softmax overlapped
-//       with the consumer's previous P·V. Loads run ahead of the math and neither consumer
-//       issues a load. Checked on the emulation (mbarriers and TMA
-//       emulated after the PTX ISA); not yet run on a GPU.
+//       with the consumer's previous P·V, and take turns issuing their products (ping-pong
+//       over two named barriers), so that one's softmax runs under the other's products.
+//       Loads run ahead of the math and neither consumer issues a load. Checked on the
+//       emulation (mbarriers, TMA and named barriers emulated after the PTX ISA); not yet
+//       run on a GPU.
 #ifndef GLIMPSE_KERNELS_CUDA_PREFILL_ATTENTION_H_
 #define GLIMPSE_KERNELS_CUDA_PREFILL_ATTENTION_H_
 
