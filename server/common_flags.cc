@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 
 namespace glimpse::server {
 
@@ -65,7 +66,7 @@ namespace glimpse::kernels::cuda {
 
 namespace {
 
-// Each kernel's flag value; parsing and printing both read it.
+// Each kernel's flag value; parsing and printing both read it. The first is the default.
 constexpr std::pair<PrefillKernel, const char*> kPrefillKernelNames[] = {
     {PrefillKernel::kMmaSync, "mma_sync"},
     {PrefillKernel::kMmaSyncWide, "mma_sync_wide"},
@@ -78,43 +79,43 @@ constexpr std::pair<DecodeKernel, const char*> kDecodeKernelNames[] = {
     {DecodeKernel::kMmaSync, "mma_sync"},
 };
 
+// The value `text` names in `names`; else false with "expected 'a', 'b' or 'c'" in *error.
+template <typename Kernel, size_t N>
+bool ParseName(const std::pair<Kernel, const char*> (&names)[N], absl::string_view text,
+               Kernel* kernel, std::string* error) {
+  std::string expected = "expected ";
+  for (size_t i = 0; i < N; ++i) {
+    if (text == names[i].second) {
+      *kernel = names[i].first;
+      return true;
+    }
+    expected += absl::StrCat(i == 0 ? "" : i + 1 == N ? " or " : ", ", "'", names[i].second, "'");
+  }
+  *error = expected;
+  return false;
+}
+
+template <typename Kernel, size_t N>
+std::string NameOf(const std::pair<Kernel, const char*> (&names)[N], Kernel kernel) {
+  for (const auto& [value, name] : names) {
+    if (value == kernel) return name;
+  }
+  return names[0].second;
+}
+
 }  // namespace
 
 bool AbslParseFlag(absl::string_view text, PrefillKernel* kernel, std::string* error) {
-  for (const auto& [value, name] : kPrefillKernelNames) {
-    if (text == name) {
-      *kernel = value;
-      return true;
-    }
-  }
-  *error = "expected 'mma_sync', 'mma_sync_wide', 'wgmma' or 'wgmma_pipelined'";
-  return false;
+  return ParseName(kPrefillKernelNames, text, kernel, error);
 }
 
-std::string AbslUnparseFlag(PrefillKernel kernel) {
-  for (const auto& [value, name] : kPrefillKernelNames) {
-    if (value == kernel) return name;
-  }
-  return "mma_sync";
-}
+std::string AbslUnparseFlag(PrefillKernel kernel) { return NameOf(kPrefillKernelNames, kernel); }
 
 bool AbslParseFlag(absl::string_view text, DecodeKernel* kernel, std::string* error) {
-  for (const auto& [value, name] : kDecodeKernelNames) {
-    if (text == name) {
-      *kernel = value;
-      return true;
-    }
-  }
-  *error = "expected 'cuda_cores' or 'mma_sync'";
-  return false;
+  return ParseName(kDecodeKernelNames, text, kernel, error);
 }
 
-std::string AbslUnparseFlag(DecodeKernel kernel) {
-  for (const auto& [value, name] : kDecodeKernelNames) {
-    if (value == kernel) return name;
-  }
-  return "cuda_cores";
-}
+std::string AbslUnparseFlag(DecodeKernel kernel) { return NameOf(kDecodeKernelNames, kernel); }
 
 }  // namespace glimpse::kernels::cuda
 
