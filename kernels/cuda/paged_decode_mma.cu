@@ -60,7 +60,7 @@ __device__ __forceinline__ void LoadWarpTile(const PagedDecodeParams& p, const i
   }
 }
 
-// Two 32-bit A-fragment registers of q row `head` (columns col, col + 1), rounded to bf16.
+// One 32-bit A-fragment register: columns col and col + 1 of the q row at `row`, as bf16.
 template <typename Q>
 __device__ __forceinline__ uint32_t LoadQPair(const Q* row, int col);
 template <>
