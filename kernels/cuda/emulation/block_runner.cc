@@ -318,7 +318,7 @@ void BlockRunner::CpAsync16(uint32_t smem_address, const void* global, bool vali
   if (r == 0) ++copies_in_flight_[offset / 16];
 }
 
-void BlockRunner::CheckNoCopyInFlight(uint32_t address, size_t bytes, const char* what) {
+void BlockRunner::CheckCopiesVisible(uint32_t address, size_t bytes, const char* what) {
   if ((address >> kRegionShift) != 0 || bytes == 0) return;
   const size_t offset = address & kOffsetMask;
   for (size_t g = offset / 16; g <= (offset + bytes - 1) / 16 && g < copies_in_flight_.size();
@@ -559,7 +559,7 @@ void WarpExchange(unsigned mask, const void* in, void* out, int bytes, int src_l
 unsigned WarpBallot(unsigned mask, bool predicate) {
   BlockRunner& runner = BlockRunner::ForThisThread();
   const int32_t mine = predicate ? 1 : 0;
-  const unsigned char* slots = runner.WarpCollective(mask, &mine, sizeof(mine), "__ballot_sync");
+  const unsigned char* slots = runner.WarpCollective(mask, &mine, sizeof(mine), "__any_sync");
   unsigned ballot = 0;
   for (int lane = 0; lane < 32; ++lane) {
     int32_t value = 0;

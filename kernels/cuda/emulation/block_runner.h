@@ -62,7 +62,7 @@ class BlockRunner {
   // reaches other lanes. It catches a thread that signals readers before waiting for its
   // copies, and a warp that reads its lanes' copies after their waits without a barrier
   // (cp.async.wait_group makes a copy visible to its own thread only).
-  void CheckNoCopyInFlight(uint32_t address, size_t bytes, const char* what);
+  void CheckCopiesVisible(uint32_t address, size_t bytes, const char* what);
   // __syncwarp: publishes this thread's landed copies, then the warp collective.
   void SyncWarp(unsigned mask);
   // Named barriers (bar.sync / bar.arrive id, count; id 1..15, 0 being __syncthreads'): each

@@ -60,7 +60,7 @@ void SyncThreads();
 // Exchanges `bytes` (<= 64) of each lane in `mask` and copies lane `src_lane`'s into `out`.
 // Every lane in mask must call it together with the same mask.
 void WarpExchange(unsigned mask, const void* in, void* out, int bytes, int src_lane);
-// The lanes of `mask` whose predicate is true (__ballot_sync); same calling rule.
+// The lanes of `mask` whose predicate is true (the vote behind __any_sync); same calling rule.
 unsigned WarpBallot(unsigned mask, bool predicate);
 int LaneId();
 
@@ -121,14 +121,8 @@ constexpr int warpSize = 32;
 
 inline void __syncthreads() { ::cuda_emu::SyncThreads(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::cuda_emu::SyncWarp(mask); }
-inline unsigned __ballot_sync(unsigned mask, int predicate) {
-  return ::cuda_emu::WarpBallot(mask, predicate != 0);
-}
 inline int __any_sync(unsigned mask, int predicate) {
   return ::cuda_emu::WarpBallot(mask, predicate != 0) != 0;
-}
-inline int __all_sync(unsigned mask, int predicate) {
-  return ::cuda_emu::WarpBallot(mask, predicate != 0) == mask;
 }
 
 template <typename T>

@@ -77,7 +77,7 @@ WgmmaState& StateOf(BlockRunner& runner) {
   return *static_cast<WgmmaState*>(slot.get());
 }
 
-// Element (k, n) of B, 0 <= k < 16, read from shared memory through a descriptor with the
+// The shared address of element (k, n) of B, 0 <= k < 16, through a descriptor with the
 // 128-byte swizzle (PTX ISA, "Matrix Descriptor" and the canonical layouts; CUTLASS's
 // GMMA::Layout_*_SW128 atoms spell out the same):
 //   start address bits 0-13, leading byte offset (LBO) 16-29, stride byte offset (SBO)
@@ -88,7 +88,7 @@ WgmmaState& StateOf(BlockRunner& runner) {
 //     (k / 8) * SBO + (k % 8) * 128, element n at (n / 64) * LBO + 2 (n % 64).
 //   The swizzle then XORs address bits 4-6 (the 16-byte chunk) with bits 7-9 (the row within
 //   an 8-row, 1024-byte atom), on the absolute shared address.
-float ReadB(BlockRunner& runner, uint64_t desc, bool trans_b, int k, int n) {
+uint32_t BAddress(uint64_t desc, bool trans_b, int k, int n) {
   const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
   const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3FFF) << 4;
   const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
@@ -98,32 +98,26 @@ float ReadB(BlockRunner& runner, uint64_t desc, bool trans_b, int k, int n) {
   } else {
     address = start + (n / 8) * sbo + (n % 8) * 128 + 2 * k;
   }
-  address ^= ((address >> 7) & 7u) << 4;
+  return address ^ (((address >> 7) & 7u) << 4);
+}
+
+// Element (k, n) of B, as bf16 widened to float.
+float ReadB(BlockRunner& runner, uint64_t desc, bool trans_b, int k, int n) {
   unsigned short bits;
-  std::memcpy(&bits, runner.SharedPointer(address), 2);
+  std::memcpy(&bits, runner.SharedPointer(BAddress(desc, trans_b, k, n)), 2);
   return Bf16BitsToFloat(bits);
 }
 
-// Fails when a cp.async is in flight to any 16-byte chunk of B's shared memory (the same
-// walk as ReadB, a chunk at a time): at issue, B may be read from then on; at completion, it
-// has been read until then.
+// Fails when any 16-byte chunk of B's shared memory has a cp.async in flight or unpublished
+// (BlockRunner::CheckCopiesVisible), one check per chunk: the first element of each run of 8
+// contiguous ones (along k when K-major, along n when MN-major). At issue, B may be read from
+// then on; at completion, it has been read until then.
 void CheckBCopiesDone(BlockRunner& runner, uint64_t desc, bool trans_b, int n, const char* what) {
-  const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
-  const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3FFF) << 4;
-  const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
-  auto check = [&](uint32_t address) {
-    address ^= ((address >> 7) & 7u) << 4;
-    runner.CheckNoCopyInFlight(address, 16, what);
-  };
-  if (trans_b) {
-    for (int k = 0; k < 16; ++k) {
-      for (int col = 0; col < n; col += 8) {
-        check(start + (k / 8) * sbo + (k % 8) * 128 + (col / 64) * lbo + 2 * (col % 64));
-      }
-    }
-  } else {
-    for (int row = 0; row < n; ++row) {
-      for (int k = 0; k < 16; k += 8) check(start + (row / 8) * sbo + (row % 8) * 128 + 2 * k);
+  const int k_step = trans_b ? 1 : 8;
+  const int n_step = trans_b ? 8 : 1;
+  for (int k = 0; k < 16; k += k_step) {
+    for (int col = 0; col < n; col += n_step) {
+      runner.CheckCopiesVisible(BAddress(desc, trans_b, k, col), 16, what);
     }
   }
 }
@@ -248,7 +242,7 @@ void LdMatrixX4(uint32_t (&r)[4], uint32_t smem_address, bool transpose) {
     if ((address & 15u) != 0) runner.Fail("ldmatrix row address is not 16-byte aligned");
     // The row's 16 bytes must lie inside shared memory, with no copy to them in flight.
     runner.SharedPointer(address + 16);
-    runner.CheckNoCopyInFlight(address, 16, "ldmatrix");
+    runner.CheckCopiesVisible(address, 16, "ldmatrix");
     return static_cast<const unsigned short*>(runner.SharedPointer(address));
   };
   const int lane = runner.Lane();
