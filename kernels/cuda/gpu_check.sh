@@ -5,10 +5,9 @@
 #   kernels/cuda/gpu_check.sh [RESULT_JSON]      (from the repository root)
 #
 # Writes RESULT_JSON (default: $OUT/gpu_check.json, or ./gpu_check.json without $OUT) holding
-# the test report and the benchmark results, plus tests[_experimental].json /
-# bench[_experimental].json /
-# build.log beside it, and prints a short table last. Exit status: nonzero if the build or any test fails
-# (benchmarks never fail on time).
+# the test report and the benchmark results, plus tests[_experimental].json,
+# bench[_experimental].json and build.log beside it, and prints a short table last. Exit
+# status: nonzero if the build or any test fails (benchmarks never fail on time).
 #
 # Environment: NVCC (default: nvcc on PATH, else /usr/local/cuda/bin/nvcc), CUDA_HOME
 # (default /usr/local/cuda), JOBS (parallel compiles, default nproc), SKIP_BENCH=1.

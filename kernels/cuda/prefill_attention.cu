@@ -74,8 +74,8 @@ struct PrefillShape {
 
 // Issues the cp.async copies of KV tile `tile_start .. +63` of (sequence, kv_head) into
 // k_dst / v_dst (PrefillShape's layout), spread over kLoaders threads (`loader` is this
-// thread's index among them); page_div divides by the page size. Keys >= key_end become zero rows:
-// their scores are masked to -inf and zero V rows keep 0 * garbage from turning into NaN.
+// thread's index among them); page_div divides by the page size. Keys >= key_end become zero
+// rows: their scores are masked to -inf and zero V rows keep 0 * garbage from turning into NaN.
 template <int kHeadDim, bool kWgmma, int kLoaders = kThreads>
 __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p,
                                            const internal::FastDivider& page_div,
