@@ -137,7 +137,10 @@ void BlockRunner::RunBlock(const char* kernel_name, const LaunchShape& shape, ui
   const bool reverse = schedule == Schedule::kReverse ||
                        (schedule == Schedule::kMixed && (linear_block & 1) == 1);
   if (reverse) std::reverse(order.begin(), order.end());
-  eager_bulk_copies_ = ((linear_block >> 1) & 1) == 1;
+  // Asynchronous copies may land anywhere between their issue and their wait: every other
+  // pair of blocks takes each end, so that a read racing a copy (a buffer refilled while
+  // another warp still reads it, or read before its wait) sees the wrong bytes in one of them.
+  eager_copies_ = ((linear_block >> 1) & 1) == 1;
 
   while (live_threads_ > 0) {
     if (schedule == Schedule::kShuffle) {
@@ -307,13 +310,14 @@ void BlockRunner::CpAsync16(uint32_t smem_address, const void* global, bool vali
          " runs past the block's shared memory");
   }
   if ((offset & 15) != 0) Fail("cp.async 16-byte destination is not 16-byte aligned");
-  PendingCopy copy{smem_address, valid, {}};
+  PendingCopy copy{smem_address, valid, eager_copies_, {}};
   if (valid) {
     if ((reinterpret_cast<uintptr_t>(global) & 15) != 0) {
       Fail("cp.async 16-byte source is not 16-byte aligned");
     }
     std::memcpy(copy.bytes, global, 16);
   }
+  if (copy.landed) WriteCopy(copy);
   current_->uncommitted.push_back(copy);
   if (r == 0) ++copies_in_flight_[offset / 16];
 }
@@ -353,18 +357,22 @@ void BlockRunner::CpAsyncWait(int pending_groups) {
 
 void BlockRunner::ApplyCopies(const std::vector<PendingCopy>& copies, Thread& t) {
   for (const PendingCopy& c : copies) {
-    void* dst = SharedPointer(c.smem_address);
     if ((c.smem_address >> kRegionShift) == 0) {
       const size_t g = (c.smem_address & kOffsetMask) / 16;
       --copies_in_flight_[g];
       landed_unpublished_by_[g] = t.linear;
       t.unpublished.push_back(g);
     }
-    if (c.valid) {
-      std::memcpy(dst, c.bytes, 16);
-    } else {
-      std::memset(dst, 0, 16);
-    }
+    if (!c.landed) WriteCopy(c);
+  }
+}
+
+void BlockRunner::WriteCopy(const PendingCopy& c) {
+  void* dst = SharedPointer(c.smem_address);
+  if (c.valid) {
+    std::memcpy(dst, c.bytes, 16);
+  } else {
+    std::memset(dst, 0, 16);
   }
 }
 
@@ -490,7 +498,7 @@ void BlockRunner::BulkCopyToShared(uint32_t smem_address, std::vector<unsigned c
   SharedPointer(smem_address + static_cast<uint32_t>(bytes.size()));  // fits
   Mbarrier& b = MbarrierAt(mbarrier, "cp.async.bulk.tensor");
   b.in_flight.push_back(BulkCopy{smem_address, std::move(bytes)});
-  if (eager_bulk_copies_) (void)MbarrierReady(mbarrier, 0);  // lands now
+  if (eager_copies_) (void)MbarrierReady(mbarrier, 0);  // lands now
 }
 
 std::string BlockRunner::DescribeThreads() const {

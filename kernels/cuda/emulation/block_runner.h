@@ -98,6 +98,7 @@ class BlockRunner {
   struct PendingCopy {
     uint32_t smem_address;
     bool valid;
+    bool landed;  // written at issue (eager_copies_): the wait only completes it
     unsigned char bytes[16];
   };
   struct Thread {
@@ -153,6 +154,7 @@ class BlockRunner {
   void MaybeReleaseBarrier();
   // Lands `copies` of the current thread (or of `t`, exiting) in shared memory.
   void ApplyCopies(const std::vector<PendingCopy>& copies, Thread& t);
+  void WriteCopy(const PendingCopy& copy);  // its 16 bytes (zeros when !valid) into shared
   // A barrier `t` passes orders its landed copies before the other threads' later reads.
   void Publish(Thread& t);
   Mbarrier& MbarrierAt(uint32_t address, const char* what);
@@ -180,7 +182,7 @@ class BlockRunner {
   std::vector<int> landed_unpublished_by_;
   std::map<uint32_t, Mbarrier> mbarriers_;    // by shared address; the block's
   NamedBarrier named_barriers_[16];           // [1..15]; the block's
-  bool eager_bulk_copies_ = false;            // this block's bulk copies land at issue
+  bool eager_copies_ = false;                 // this block's cp.async and bulk copies land at issue
   uint64_t shuffle_state_ = 0x9e3779b97f4a7c15ull;
 };
 
