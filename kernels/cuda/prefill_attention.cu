@@ -8,17 +8,22 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/mma_utils.cuh"
+#include "kernels/cuda/prefill_attention_f32.h"
+#include "kernels/cuda/prefill_work.cuh"
 #include "kernels/cuda/tma_utils.cuh"
 
 namespace glimpse::kernels::cuda {
 namespace {
 
 using internal::bf16;
+using internal::BlockWork;
 using internal::CpAsync16;
+using internal::DescribeBlock;
 using internal::FastExp2;
 using internal::kFullMask;
 using internal::kLn2;
 using internal::kLog2e;
+using internal::RowToken;
 using internal::SmemAddr;
 
 constexpr int kWarps = 4;
@@ -105,58 +110,6 @@ __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p,
   }
 }
 
-// What one block computes: its work item (sequence, tile of `block_rows` packed query rows,
-// KV chunk) for kv head blockIdx.y, and the keys that tile reads.
-struct BlockWork {
-  int32_t qo_start;
-  int32_t qo_len;
-  int32_t page_begin;
-  int32_t num_rows;  // packed rows of the sequence: qo_len * group
-  int32_t row_base;  // the block's first packed row
-  int32_t prefix;    // KV index of query token 0
-  int32_t chunk;
-  int32_t chunk_start;
-  int32_t key_end;       // keys [chunk_start, key_end) are read
-  int32_t unmasked_end;  // keys below this are visible to every row of the block
-  int32_t num_tiles;     // 64-key tiles from chunk_start to key_end
-  int group;
-  int kv_head;
-  bool tree;
-};
-
-__device__ __forceinline__ BlockWork DescribeBlock(const PrefillAttentionParams& p,
-                                                   int32_t block_rows) {
-  BlockWork w;
-  const int32_t seq = p.work_items[3 * blockIdx.x];
-  const int32_t m_tile = p.work_items[3 * blockIdx.x + 1];
-  w.chunk = p.work_items[3 * blockIdx.x + 2];
-  w.kv_head = blockIdx.y;
-  w.group = p.num_qo_heads / p.kv.num_kv_heads;
-  w.tree = p.mask_mode == AttentionMaskMode::kTree;
-  w.qo_start = p.qo_indptr[seq];
-  w.qo_len = p.qo_indptr[seq + 1] - w.qo_start;
-  w.page_begin = p.kv.kv_indptr[seq];
-  const int32_t kv_len =
-      KvLength(p.kv.kv_indptr[seq + 1] - w.page_begin, p.kv.kv_last_page_len[seq], p.kv.page_size);
-  w.num_rows = w.qo_len * w.group;
-  w.row_base = m_tile * block_rows;
-  w.prefix = kv_len - w.qo_len;
-  // Keys this block reads: its chunk, and for causal rows nothing past the last row's token.
-  w.chunk_start = w.chunk * p.chunk_keys;
-  w.key_end = min(kv_len, w.chunk_start + p.chunk_keys);
-  const int32_t last_row = min(w.num_rows, w.row_base + block_rows) - 1;
-  if (!w.tree) w.key_end = min(w.key_end, w.prefix + last_row / w.group + 1);
-  w.unmasked_end = min(w.key_end, w.tree ? w.prefix : w.prefix + w.row_base / w.group + 1);
-  w.num_tiles = w.key_end > w.chunk_start ? (w.key_end - w.chunk_start + kBlockN - 1) / kBlockN : 0;
-  return w;
-}
-
-// Query token of block-relative packed row `row` (clamped: padding rows past num_rows compute
-// with the last token and are never written).
-__device__ __forceinline__ int32_t RowToken(const BlockWork& w, int32_t row) {
-  return min((w.row_base + row) / w.group, w.qo_len - 1);
-}
-
 // Scores of one 64-key tile, in mma.m16n8k16's C layout per m-tile of 16 rows a warp holds:
 // s[mt][nt][e] is row g + 8 * (e / 2) of m-tile mt, key 8 * nt + 2t + e % 2 of the tile. The
 // functions below take row_of(r): the block-relative packed row of this thread's row
@@ -175,19 +128,13 @@ __device__ __forceinline__ void MaskScores(const PrefillAttentionParams& p, cons
   for (int r = 0; r < 2 * kMTiles; ++r) {
     const int mt = r / 2;
     const int i = r % 2;
-    const int32_t token = RowToken(w, row_of(r));
-    const int32_t row_limit = w.prefix + token;
-    const uint64_t row_tree = w.tree ? p.tree_mask[w.qo_start + token] : 0;
+    const internal::RowMask mask = internal::RowMaskOf(p, w, RowToken(w, row_of(r)));
 #pragma unroll
     for (int nt = 0; nt < kBlockN / 8; ++nt) {
 #pragma unroll
       for (int e = 2 * i; e < 2 * i + 2; ++e) {
         const int32_t key = tile_start + nt * 8 + 2 * t + (e & 1);
-        const bool visible =
-            key < w.key_end &&
-            (w.tree ? (key < w.prefix || ((row_tree >> (key - w.prefix)) & 1u) != 0)
-                    : key <= row_limit);
-        if (!visible) s[mt][nt][e] = -INFINITY;
+        if (!internal::KeyVisible(w, mask, key)) s[mt][nt][e] = -INFINITY;
       }
     }
   }
@@ -406,7 +353,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
   unsigned char* k_s = smem + S::kQBytes;          // [2] tiles
   unsigned char* v_s = k_s + 2 * S::kKvTileBytes;  // [2] tiles
 
-  const BlockWork w = DescribeBlock(p, S::kBlockM);
+  const BlockWork w = DescribeBlock(p, S::kBlockM, kBlockN);
   const internal::FastDivider page_div(p.kv.page_size);  // for LoadKvTile's page lookups
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
@@ -614,7 +561,7 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
   uint64_t* full = reinterpret_cast<uint64_t*>(stages + kPipelinedStages * S::kStageBytes);
   uint64_t* empty = full + kPipelinedStages;
 
-  const BlockWork w = DescribeBlock(p, kPipelinedBlockRows);
+  const BlockWork w = DescribeBlock(p, kPipelinedBlockRows, kBlockN);
   const internal::FastDivider page_div(p.kv.page_size);  // for LoadKvTile's page lookups
   if (threadIdx.x == 0) {
     for (int i = 0; i < kPipelinedStages; ++i) {
@@ -1024,7 +971,11 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& params, cudaStr
                                  kv.head_dim) *
                 sizeof(float));
   }
-  // The plan's tiles must be the kernel's (PrefillPlanInput::kernel).
+  // The plan's tiles must be the kernel's (PrefillPlanInput::kernel); the fp32 kernel takes
+  // kMmaSync's.
+  GLIMPSE_CUDA_RETURN_IF_INVALID(
+      params.dtype == DType::kBF16 ||
+      (params.dtype == DType::kF32 && params.kernel == PrefillKernel::kMmaSync));
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.block_rows == BlockRows(params.kernel));
   if (params.num_work_items == 0) return cudaSuccess;
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.work_items != nullptr);
@@ -1035,12 +986,16 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& params, cudaStr
   if (params.kernel == PrefillKernel::kWgmmaPipelined) {
     GLIMPSE_CUDA_RETURN_IF_INVALID(PipelinedBoxRows(kv.page_size) > 0);
   }
-  GLIMPSE_CUDA_RETURN_IF_ERROR(WithVariant(params.kernel, kv.head_dim, [&](auto variant) {
-    return decltype(variant)::Launch(params, stream);
-  }));
+  if (params.dtype == DType::kF32) {
+    GLIMPSE_CUDA_RETURN_IF_ERROR(internal::LaunchPrefillAttentionF32Blocks(params, stream));
+  } else {
+    GLIMPSE_CUDA_RETURN_IF_ERROR(WithVariant(params.kernel, kv.head_dim, [&](auto variant) {
+      return decltype(variant)::Launch(params, stream);
+    }));
+  }
   if (params.num_chunks == 1) return cudaSuccess;
   MergeStatesParams merge;
-  merge.dtype = DType::kBF16;
+  merge.dtype = params.dtype;
   merge.partial_o = static_cast<const float*>(params.workspace);
   merge.partial_lse = merge.partial_o + static_cast<int64_t>(params.num_chunks) *
                                             params.total_q * params.num_qo_heads * kv.head_dim;

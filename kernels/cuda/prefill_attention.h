@@ -23,9 +23,12 @@
 // Shared memory rows are padded by 16 bytes (row stride head_dim + 8 elements), which makes
 // every ldmatrix of 8 rows hit 8 different 16-byte bank groups.
 //
-// dtypes: bf16 q, o and KV only; fp32 accumulation and softmax. head_dim 32, 64 or 128; group
-// size 1..8; any page_size >= 1. Long KV with few query rows is split into chunks of
-// plan.chunk_keys keys and merged (attention_common.h).
+// dtypes: bf16 q, o and KV on tensor cores, fp32 accumulation and softmax; or, with
+// PrefillAttentionParams::dtype = DType::kF32, fp32 q, o and KV on CUDA cores in fp32
+// throughout (the exact path; prefill_attention_f32.cu: the same 64-row blocks and plan as
+// kMmaSync, 32-key tiles). head_dim 32, 64 or 128; group size 1..8; any page_size >= 1. Long
+// KV with few query rows is split into chunks of plan.chunk_keys keys and merged
+// (attention_common.h).
 //
 // Four kernels for the same results (PrefillAttentionParams::kernel; the plan is made for one,
 // PrefillPlanInput::kernel):
@@ -62,6 +65,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cuda/dtype.h"
 #include "kernels/cuda/kv_layout.h"
 #include "kernels/cuda/prefill_kernel.h"
 
@@ -116,10 +120,14 @@ cudaError_t PlanPrefillAttention(const PrefillPlanInput& input, PrefillPlan* pla
 size_t PrefillWorkspaceBytes(const PrefillPlan& plan, int32_t num_qo_heads, int32_t head_dim);
 
 struct PrefillAttentionParams {
-  const void* q = nullptr;  // bf16 [total_q][num_qo_heads][head_dim]
-  void* o = nullptr;        // bf16 [total_q][num_qo_heads][head_dim]
+  // Element type of q, o and the caches: kBF16 (the tensor-core kernels) or kF32 (the fp32
+  // CUDA-core kernel, which takes kernel = kMmaSync and its plan; cudaErrorInvalidValue for
+  // any other kernel).
+  DType dtype = DType::kBF16;
+  const void* q = nullptr;  // dtype [total_q][num_qo_heads][head_dim]
+  void* o = nullptr;        // dtype [total_q][num_qo_heads][head_dim]
   float* lse = nullptr;     // [total_q][num_qo_heads], natural log of sum exp; may be null
-  PagedKv kv;               // bf16 caches, page table over num_seqs sequences
+  PagedKv kv;               // dtype caches, page table over num_seqs sequences
   const int32_t* qo_indptr = nullptr;  // device, [num_seqs + 1]
   int32_t num_seqs = 0;
   int32_t num_qo_heads = 0;

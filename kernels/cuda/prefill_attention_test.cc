@@ -3,7 +3,7 @@
 // 1/16/17, query counts that are not multiples of the 64-row tile, chunked prefill over a
 // cached prefix, split-KV on and off, random draft trees of 1..64 nodes; checks o and lse.
 // Every kernel: mma.sync with 64- and 128-row blocks, and wgmma plain and pipelined (head dims
-// 64/128, sm_90 devices only).
+// 64/128, sm_90 devices only); and the fp32 CUDA-core kernel on fp32 inputs, to fp32 bounds.
 #include "kernels/cuda/prefill_attention.h"
 
 #include <cmath>
@@ -41,8 +41,7 @@ std::vector<uint64_t> RandomTreeMasks(int32_t n) {
 
 void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t num_kv_heads,
              int32_t page_size, const std::vector<SeqShape>& seqs, int32_t num_sms,
-             PrefillKernel requested = PrefillKernel::kMmaSync) {
-  const DType dtype = DType::kBF16;
+             PrefillKernel requested = PrefillKernel::kMmaSync, DType dtype = DType::kBF16) {
   // The kernel the backend would run at this page size on an H200 (the pipelined kernel
   // hands page sizes its TMA boxes cannot tile to kWgmma).
   const PrefillKernel kernel = PrefillKernelFor(requested, head_dim, page_size, 9, 232448);
@@ -81,8 +80,9 @@ void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t nu
                       : kernel == PrefillKernel::kWgmmaPipelined ? " wgmma-pipelined"
                       : kernel == PrefillKernel::kMmaSyncWide    ? " wide"
                                                                  : "") +
-                     " d=" + std::to_string(head_dim) + " group=" + std::to_string(group) +
-                     " hkv=" + std::to_string(num_kv_heads) + " page=" + std::to_string(page_size) +
+                     (dtype == DType::kF32 ? " fp32" : "") + " d=" + std::to_string(head_dim) +
+                     " group=" + std::to_string(group) + " hkv=" + std::to_string(num_kv_heads) +
+                     " page=" + std::to_string(page_size) +
                      " chunks=" + std::to_string(plan.num_chunks) + " (qo,kv)=";
   for (const SeqShape& s : seqs) {
     name += '(';
@@ -127,6 +127,7 @@ void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t nu
   const size_t ws_bytes = PrefillWorkspaceBytes(plan, num_qo_heads, head_dim);
   GLIMPSE_ASSERT_CUDA(d_ws.Allocate(ws_bytes / sizeof(float)));
   PrefillAttentionParams p;
+  p.dtype = dtype;
   p.q = d_q.ptr;
   p.o = d_o.ptr;
   p.lse = d_lse.get();
@@ -147,8 +148,11 @@ void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t nu
   std::vector<float> o, lse;
   GLIMPSE_ASSERT_CUDA(d_o.Download(&o, dtype));
   GLIMPSE_ASSERT_CUDA(d_lse.Download(&lse));
-  GLIMPSE_EXPECT_CLOSE(name + " o", o, o_ref, testing::Tolerance::Bf16());
-  GLIMPSE_EXPECT_CLOSE(name + " lse", lse, lse_ref, kLseTolerance);
+  const bool fp32 = dtype == DType::kF32;
+  GLIMPSE_EXPECT_CLOSE(name + " o", o, o_ref,
+                       fp32 ? testing::Tolerance::Fp32() : testing::Tolerance::Bf16());
+  GLIMPSE_EXPECT_CLOSE(name + " lse", lse, lse_ref,
+                       fp32 ? testing::Tolerance::Fp32() : kLseTolerance);
 }
 
 GLIMPSE_CUDA_TEST(PrefillCausalMatchesReference) {
@@ -187,26 +191,42 @@ GLIMPSE_CUDA_TEST(TreeAttentionMatchesReference) {
 
 // One variant kernel over the main cases of the tests above: causal and tree for every group
 // size and `head_dims`, odd page sizes and groups, Llama-8B heads, split KV, the largest tree.
-void RunVariantCases(PrefillKernel kernel, std::initializer_list<int32_t> head_dims) {
+void RunVariantCases(PrefillKernel kernel, std::initializer_list<int32_t> head_dims,
+                     DType dtype = DType::kBF16) {
   const AttentionMaskMode causal = AttentionMaskMode::kCausal;
   const AttentionMaskMode tree = AttentionMaskMode::kTree;
+  const PrefillKernel k = kernel;
+  const DType t = dtype;
   for (const int32_t head_dim : head_dims) {
     for (const int32_t group : {1, 2, 4, 8}) {
-      RunCase(causal, head_dim, group, 2, 16, {{17, 17}, {100, 300}, {1, 1}, {64, 64}}, 1, kernel);
-      RunCase(tree, head_dim, group, 2, 16, {{16, 16 + 100}, {7, 7 + 33}, {1, 1 + 5}}, 1, kernel);
+      RunCase(causal, head_dim, group, 2, 16, {{17, 17}, {100, 300}, {1, 1}, {64, 64}}, 1, k, t);
+      RunCase(tree, head_dim, group, 2, 16, {{16, 16 + 100}, {7, 7 + 33}, {1, 1 + 5}}, 1, k, t);
     }
   }
-  RunCase(causal, 128, 3, 2, 1, {{70, 70}, {5, 130}}, 1, kernel);     // page size 1, odd group
-  RunCase(causal, 64, 5, 3, 17, {{33, 200}, {129, 129}}, 1, kernel);  // page size 17
-  RunCase(causal, 128, 4, 8, 16, {{513, 1000}}, 1, kernel);           // Llama-8B heads
-  RunCase(causal, 128, 4, 2, 16, {{30, 2000}}, 132, kernel);          // split KV
-  RunCase(tree, 128, 4, 8, 16, {{64, 64 + 1000}}, 1, kernel);         // the largest tree
+  RunCase(causal, 128, 3, 2, 1, {{70, 70}, {5, 130}}, 1, k, t);     // page size 1, odd group
+  RunCase(causal, 64, 5, 3, 17, {{33, 200}, {129, 129}}, 1, k, t);  // page size 17
+  RunCase(causal, 128, 4, 8, 16, {{513, 1000}}, 1, k, t);           // Llama-8B heads
+  RunCase(causal, 128, 4, 2, 16, {{30, 2000}}, 132, k, t);          // split KV
+  RunCase(tree, 128, 4, 8, 16, {{64, 64 + 1000}}, 1, k, t);         // the largest tree
 }
 
 // 128-row blocks (two m-tiles per warp): 129 and 513 rows end mid-block, and a group of 8
 // with 16 tree nodes fills exactly one block.
 GLIMPSE_CUDA_TEST(PrefillWideMatchesReference) {
   RunVariantCases(PrefillKernel::kMmaSyncWide, {32, 64, 128});
+}
+
+// The fp32 cache's kernel (CUDA cores, fp32 throughout) over the same cases, against the
+// float64 reference to fp32 bounds; plus tiles that end a key short of and one past a 32-key
+// tile, a split whose chunks end mid-tile, and an empty query range beside full ones.
+GLIMPSE_CUDA_TEST(PrefillFp32MatchesReference) {
+  const DType fp32 = DType::kF32;
+  const PrefillKernel mma = PrefillKernel::kMmaSync;
+  RunVariantCases(mma, {32, 64, 128}, fp32);
+  const AttentionMaskMode causal = AttentionMaskMode::kCausal;
+  RunCase(causal, 64, 2, 2, 16, {{31, 31}, {33, 33}, {0, 40}, {5, 95}}, 1, mma, fp32);
+  RunCase(causal, 32, 8, 1, 5, {{3, 1500}, {40, 41}, {1, 700}}, 132, mma, fp32);
+  RunCase(causal, 128, 1, 1, 16, {{300, 300}}, 1, mma, fp32);
 }
 
 // Points every array of `p` at `scratch` (aligned device memory): for launches that must be
@@ -255,6 +275,11 @@ GLIMPSE_CUDA_TEST(PrefillRefusesAPlanMadeForAnotherKernel) {
   p.kernel = PrefillKernel::kMmaSync;
   GLIMPSE_EXPECT(LaunchPrefillAttention(p, nullptr) == cudaErrorInvalidValue,
                  "a 128-row plan launched on the 64-row kernel must be refused");
+  // The fp32 kernel runs 64-row blocks: it takes kMmaSync's plan and no other kernel.
+  p.dtype = DType::kF32;
+  p.kernel = PrefillKernel::kMmaSyncWide;
+  GLIMPSE_EXPECT(LaunchPrefillAttention(p, nullptr) == cudaErrorInvalidValue,
+                 "an fp32 launch asking for the 128-row kernel must be refused");
   (void)cudaGetLastError();
 }
 

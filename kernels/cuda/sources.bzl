@@ -11,6 +11,7 @@ KERNEL_SRCS = [
     "paged_decode_attention",
     "paged_decode_mma",
     "prefill_attention",
+    "prefill_attention_f32",
     "tree_attention",
     "sampling",
     "verify_accept",

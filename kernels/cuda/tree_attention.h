@@ -18,7 +18,8 @@
 // Nodes are numbered so that a parent precedes its children (topological order), which makes
 // every ancestor mask's highest set bit the node itself.
 //
-// dtypes: bf16 (as prefill). Use PlanPrefillAttention with mask_mode = kTree.
+// dtypes: as prefill (bf16 on tensor cores, or fp32 with PrefillAttentionParams::dtype). Use
+// PlanPrefillAttention with mask_mode = kTree.
 #ifndef GLIMPSE_KERNELS_CUDA_TREE_ATTENTION_H_
 #define GLIMPSE_KERNELS_CUDA_TREE_ATTENTION_H_
 

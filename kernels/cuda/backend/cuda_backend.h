@@ -32,8 +32,11 @@ class TensorParallelGroup;  // kernels/cuda/tensor_parallel.h
 
 // Element type of the CUDA backend's KV cache (`--kv_cache_dtype`).
 enum class CudaKvCacheDType {
-  // fp32: keys and values exactly as the CPU backend stores them; every query token attends
-  // through the paged decode kernel (a prefill chunk of T tokens reads its prefix T times).
+  // fp32: keys and values exactly as the CPU backend stores them, attended in fp32 on CUDA
+  // cores: decode steps by the paged decode kernel, steps with a multi-token sequence
+  // (prefill, chunked prefill, mixed batches) by the tiled fp32 prefill kernel once per
+  // sequence (prefill_attention_f32.cu), so a prompt chunk reads its prefix once per 64
+  // packed query rows rather than once per token.
   kFloat32,
   // bf16: half the memory and bandwidth. Decode steps run the paged decode kernel over the
   // bf16 cache (fp32 queries and outputs); steps with a multi-token sequence (prefill, chunked
@@ -88,7 +91,9 @@ struct CudaBackendOptions {
 // "cuda_graph_eager_<reason>_steps_total", the gauge "cuda_graphs_cached", and
 // "cuda_attention_tensor_core_calls_total" (attention calls run by the tensor-core kernel),
 // "cuda_attention_wide_calls_total" and "cuda_attention_wgmma_calls_total" (those on its
-// 128-row and wgmma variants).
+// 128-row and wgmma variants), "cuda_attention_mma_decode_calls_total" (calls on the
+// tensor-core decode kernel) and "cuda_attention_fp32_tiled_calls_total" (calls over an fp32
+// cache run by the tiled fp32 kernel).
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options);
 
 // One backend per device, backend r being rank r of one NCCL tensor-parallel group over

@@ -95,6 +95,9 @@ std::vector<BackendCounter> CudaBackend::Counters() const {
   counters.push_back({"cuda_attention_mma_decode_calls_total", mma_decode_attention_calls_,
                       "PagedAttention calls (layers x steps) run by the tensor-core paged decode "
                       "kernel (--cuda_decode_attention=mma_sync), graphed or not"});
+  counters.push_back({"cuda_attention_fp32_tiled_calls_total", fp32_tiled_attention_calls_,
+                      "PagedAttention calls (layers x steps) over an fp32 KV cache run by the "
+                      "tiled fp32 attention kernel (steps with a multi-token sequence)"});
   return counters;
 }
 

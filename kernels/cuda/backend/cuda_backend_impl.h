@@ -277,8 +277,9 @@ class CudaBackend final : public Backend {
   const AttentionMemo& AttentionTables(const PagedAttentionParams& p, int32_t num_tokens);
   // PagedAttention per query token through the paged decode kernel (any KV dtype).
   void AttendPerToken(const PagedAttentionParams& params, int32_t num_tokens);
-  // PagedAttention per sequence through the tensor-core kernel (bf16 KV); false, having done
-  // nothing, when some sequence's KV length is not its last query position + 1.
+  // PagedAttention per sequence through the prefill attention kernel: the tensor-core kernel
+  // over a bf16 cache, the fp32 CUDA-core kernel over an fp32 one; false, having done nothing,
+  // when some sequence's KV length is not its last query position + 1.
   bool AttendPerSequence(const PagedAttentionParams& params, int32_t num_tokens);
   // x (rounded to bf16 into bf16_scratch, which must hold it) times W. The cast runs on
   // `stream`, the GEMM on the cuBLAS handle's stream: both are stream_.
@@ -350,11 +351,12 @@ class CudaBackend final : public Backend {
   std::unordered_map<const void*, DeviceTable> tables_;  // key: MatrixView::data
   AttentionMemo attention_memo_;
   PrefillMemo prefill_memo_;
-  int64_t tensor_core_attention_calls_ = 0;  // AttendPerSequence launches (Counters())
+  int64_t tensor_core_attention_calls_ = 0;  // AttendPerSequence launches, bf16 (Counters())
   int64_t wide_attention_calls_ = 0;         // those on the 128-row mma.sync variant
   int64_t wgmma_attention_calls_ = 0;        // those on the wgmma variant
   int64_t pipelined_attention_calls_ = 0;    // those on the pipelined wgmma variant
   int64_t mma_decode_attention_calls_ = 0;   // PagedAttention calls on the mma decode kernel
+  int64_t fp32_tiled_attention_calls_ = 0;   // AttendPerSequence launches over an fp32 cache
   RopeMemo rope_memo_;
   // Tensor parallelism: this backend is rank tp_rank_ of tp_group_ (shared by the group's
   // backends; a group of one for a lone GPU). Destroyed after the stream is drained.

@@ -316,7 +316,7 @@ void CudaBackend::StoreKv(const KvStoreParams& params) {
 //
 // which handles prefill chunks, decode tokens and mixed batches alike, on either KV dtype. A
 // prefill chunk of T tokens re-reads its prefix T times: fine for decode steps, slow for long
-// prompts; with a bf16 cache those steps go to AttendPerSequence instead.
+// prompts, so steps with a multi-token sequence go to AttendPerSequence where they can.
 const CudaBackend::AttentionMemo& CudaBackend::AttentionTables(const PagedAttentionParams& p,
                                                                int32_t num_tokens) {
   const int32_t block_size = p.kv.block_size;
@@ -390,7 +390,7 @@ void CudaBackend::PagedAttention(const PagedAttentionParams& params) {
   }
   if (graphs_.recording() && RecordPagedAttention(params)) return;
   const bool decode_only = num_tokens == params.num_seqs;
-  if (kv_dtype_ == DType::kBF16 && !decode_only && AttendPerSequence(params, num_tokens)) return;
+  if (!decode_only && AttendPerSequence(params, num_tokens)) return;
   AttendPerToken(params, num_tokens);
 }
 
@@ -426,20 +426,24 @@ void CudaBackend::AttendPerToken(const PagedAttentionParams& params, int32_t num
   }
 }
 
-// The tensor-core kernel's causal mask puts a sequence's qo_len query tokens at its last
-// qo_len KV indices, which is the Backend contract (consecutive positions ending at the last
-// cached one) exactly when every sequence's page table holds last position + 1 keys; a step
-// that breaks it is left to AttendPerToken, which reads each token's position.
+// The prefill kernel's causal mask puts a sequence's qo_len query tokens at its last qo_len
+// KV indices, which is the Backend contract (consecutive positions ending at the last cached
+// one) exactly when every sequence's page table holds last position + 1 keys; a step that
+// breaks it is left to AttendPerToken, which reads each token's position.
 //
-//   q (fp32) --cast--> q_bf16 --prefill kernel (sequence s: rows query_start[s]..)--> o_bf16
-//   o_bf16 --cast (exact)--> out (fp32)
+//   bf16 cache:  q (fp32) --cast--> q_bf16 --tensor-core kernel--> o_bf16 --cast (exact)--> out
+//   fp32 cache:  q (fp32) --fp32 CUDA-core kernel (same plan, 64-row tiles)--> out (fp32)
 bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t num_tokens) {
   const KvLayerView& kv = params.kv;
   const int32_t block_size = kv.block_size;
   std::vector<int32_t> key = AttentionKey(params, num_tokens);
-  // The memo's plan is for this kernel: head_dim is the model's, the same on every call.
-  const PrefillKernel kernel = PrefillKernelFor(prefill_kernel_, kv.head_dim, block_size,
-                                                compute_major_, max_shared_memory_per_block_);
+  // The memo's plan is for this kernel: head_dim is the model's, the same on every call. The
+  // fp32 kernel takes kMmaSync's plan.
+  const bool fp32 = kv_dtype_ == DType::kF32;
+  const PrefillKernel kernel = fp32
+                                   ? PrefillKernel::kMmaSync
+                                   : PrefillKernelFor(prefill_kernel_, kv.head_dim, block_size,
+                                                      compute_major_, max_shared_memory_per_block_);
   PrefillMemo& memo = prefill_memo_;
   if (memo.generation != generation_ || memo.key != key) {
     for (int32_t s = 0; s < params.num_seqs; ++s) {
@@ -490,14 +494,18 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   }
   const int64_t elements = static_cast<int64_t>(num_tokens) * params.num_heads * kv.head_dim;
   const size_t bf16_bytes = static_cast<size_t>(elements) * 2;
-  Reserve(attention_bf16_, 2 * bf16_bytes);
   Reserve(attention_workspace_, memo.workspace_bytes);
-  uint8_t* q_bf16 = attention_bf16_.get();
-  uint8_t* o_bf16 = attention_bf16_.get() + bf16_bytes;
-  GLIMPSE_CUDA_CHECK(LaunchCastF32ToBf16(params.q, q_bf16, elements, stream_));
   PrefillAttentionParams p;
-  p.q = q_bf16;
-  p.o = o_bf16;
+  if (fp32) {
+    p.dtype = DType::kF32;
+    p.q = params.q;
+    p.o = params.out;
+  } else {
+    Reserve(attention_bf16_, 2 * bf16_bytes);
+    GLIMPSE_CUDA_CHECK(LaunchCastF32ToBf16(params.q, attention_bf16_.get(), elements, stream_));
+    p.q = attention_bf16_.get();
+    p.o = attention_bf16_.get() + bf16_bytes;
+  }
   p.lse = nullptr;
   p.kv.k_cache = kv.k;
   p.kv.v_cache = kv.v;
@@ -518,7 +526,11 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   p.workspace = attention_workspace_.get();
   p.workspace_bytes = attention_workspace_.size();
   GLIMPSE_CUDA_CHECK(LaunchPrefillAttention(p, stream_));
-  GLIMPSE_CUDA_CHECK(LaunchCastBf16ToF32(o_bf16, params.out, elements, stream_));
+  if (fp32) {
+    ++fp32_tiled_attention_calls_;
+    return true;
+  }
+  GLIMPSE_CUDA_CHECK(LaunchCastBf16ToF32(p.o, params.out, elements, stream_));
   ++tensor_core_attention_calls_;
   if (kernel == PrefillKernel::kWgmma) ++wgmma_attention_calls_;
   if (kernel == PrefillKernel::kMmaSyncWide) ++wide_attention_calls_;

@@ -763,28 +763,45 @@ void RunAttention(Backend& cuda, Backend& cpu, const KvShape& s, const std::vect
       ref_rounding.q ? RoundedToBf16(q) : q);
 }
 
+int64_t TensorCoreCalls(const Backend& backend) {
+  return testing::CounterValue(backend, "cuda_attention_tensor_core_calls_total");
+}
+
+int64_t Fp32TiledCalls(const Backend& backend) {
+  return testing::CounterValue(backend, "cuda_attention_fp32_tiled_calls_total");
+}
+
+// The fp32 cache (the default): steps with a multi-token sequence run the tiled fp32 kernel
+// (its counter moves by RunAttention's two calls), decode-only steps and steps whose keys run
+// past their queries the paged decode kernel per token (it does not); fp32 bounds throughout.
 TEST_F(CudaBackendTest, PagedAttentionMatchesCpuOnMixedBatches) {
   // Prefill from 0, a decode token, a chunk in the middle, a first token, a long decode
-  // (split-KV in the decode kernel's plan).
-  const std::vector<SeqCase> mixed = {{36, 37}, {100, 1}, {24, 5}, {0, 1}, {3000, 1}};
+  // (split-KV in the decode kernel's plan), a long chunk over a long prefix.
+  const std::vector<SeqCase> mixed = {{36, 37}, {100, 1}, {24, 5}, {0, 1}, {3000, 1}, {700, 130}};
   auto normal = [this](size_t n) { return Normal(n); };
   for (const KvShape s : {KvShape{6, 2, 32, 16},  // the bundled model (GQA 3)
                           KvShape{6, 2, 32, 17}, KvShape{8, 8, 64, 1},
                           KvShape{32, 8, 128, 16}, KvShape{8, 1, 128, 16},
                           KvShape{4, 4, 64, 16}}) {
     std::vector<float> out, ref;
+    int64_t before = Fp32TiledCalls(*cuda_);
     RunAttention(*cuda_, cpu_, s, mixed, &out, &ref, rng_, normal);
     ExpectClose("attention " + Describe(s), out, ref, Tolerance::Fp32());
+    EXPECT_EQ(Fp32TiledCalls(*cuda_) - before, 2) << "both calls on the tiled fp32 kernel";
+    EXPECT_EQ(TensorCoreCalls(*cuda_), 0) << "an fp32 cache never takes the bf16 kernel";
+    const std::vector<SeqCase> ragged = {{40, 9}, {4, 2, 7}};
+    before = Fp32TiledCalls(*cuda_);
+    RunAttention(*cuda_, cpu_, s, ragged, &out, &ref, rng_, normal);
+    ExpectClose("attention, keys past the queries " + Describe(s), out, ref, Tolerance::Fp32());
+    EXPECT_EQ(Fp32TiledCalls(*cuda_), before) << "per token: the layout the kernel needs is not";
     // Decode only, a batch wider than the SM count.
     std::vector<SeqCase> decode;
     for (int i = 0; i < 150; ++i) decode.push_back({Int(0, 700), 1});
+    before = Fp32TiledCalls(*cuda_);
     RunAttention(*cuda_, cpu_, s, decode, &out, &ref, rng_, normal);
     ExpectClose("decode attention " + Describe(s), out, ref, Tolerance::Fp32());
+    EXPECT_EQ(Fp32TiledCalls(*cuda_), before) << "decode steps run the decode kernel";
   }
-}
-
-int64_t TensorCoreCalls(const Backend& backend) {
-  return testing::CounterValue(backend, "cuda_attention_tensor_core_calls_total");
 }
 
 // The bf16 KV option. Decode-only steps run the paged decode kernel on fp32

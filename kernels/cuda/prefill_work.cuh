@@ -1,0 +1,91 @@
+// Device-side description of one block of the prefill / tree-verification attention kernels
+// (prefill_attention.h): which sequence, packed query rows, KV chunk and keys it covers, and
+// which keys each of its rows may see. Shared by the tensor-core kernels
+// (prefill_attention.cu) and the fp32 CUDA-core kernel (prefill_attention_f32.cu), so that
+// both read the plan's work items and apply the causal and tree masks the same way.
+#ifndef GLIMPSE_KERNELS_CUDA_PREFILL_WORK_CUH_
+#define GLIMPSE_KERNELS_CUDA_PREFILL_WORK_CUH_
+
+#include <cstdint>
+
+#include "kernels/cuda/kv_layout.h"
+#include "kernels/cuda/prefill_attention.h"
+
+namespace glimpse::kernels::cuda::internal {
+
+// What one block computes: its work item (sequence, tile of `block_rows` packed query rows,
+// KV chunk) for kv head blockIdx.y, and the keys that tile reads.
+struct BlockWork {
+  int32_t qo_start;
+  int32_t qo_len;
+  int32_t page_begin;
+  int32_t num_rows;  // packed rows of the sequence: qo_len * group
+  int32_t row_base;  // the block's first packed row
+  int32_t prefix;    // KV index of query token 0
+  int32_t chunk;
+  int32_t chunk_start;
+  int32_t key_end;       // keys [chunk_start, key_end) are read
+  int32_t unmasked_end;  // keys below this are visible to every row of the block
+  int32_t num_tiles;     // tiles of `tile_keys` keys from chunk_start to key_end
+  int group;
+  int kv_head;
+  bool tree;
+};
+
+// The work of block (blockIdx.x, blockIdx.y) when its kernel walks the keys in tiles of
+// `tile_keys`.
+__device__ __forceinline__ BlockWork DescribeBlock(const PrefillAttentionParams& p,
+                                                   int32_t block_rows, int32_t tile_keys) {
+  BlockWork w;
+  const int32_t seq = p.work_items[3 * blockIdx.x];
+  const int32_t m_tile = p.work_items[3 * blockIdx.x + 1];
+  w.chunk = p.work_items[3 * blockIdx.x + 2];
+  w.kv_head = blockIdx.y;
+  w.group = p.num_qo_heads / p.kv.num_kv_heads;
+  w.tree = p.mask_mode == AttentionMaskMode::kTree;
+  w.qo_start = p.qo_indptr[seq];
+  w.qo_len = p.qo_indptr[seq + 1] - w.qo_start;
+  w.page_begin = p.kv.kv_indptr[seq];
+  const int32_t kv_len =
+      KvLength(p.kv.kv_indptr[seq + 1] - w.page_begin, p.kv.kv_last_page_len[seq], p.kv.page_size);
+  w.num_rows = w.qo_len * w.group;
+  w.row_base = m_tile * block_rows;
+  w.prefix = kv_len - w.qo_len;
+  // Keys this block reads: its chunk, and for causal rows nothing past the last row's token.
+  w.chunk_start = w.chunk * p.chunk_keys;
+  w.key_end = min(kv_len, w.chunk_start + p.chunk_keys);
+  const int32_t last_row = min(w.num_rows, w.row_base + block_rows) - 1;
+  if (!w.tree) w.key_end = min(w.key_end, w.prefix + last_row / w.group + 1);
+  w.unmasked_end = min(w.key_end, w.tree ? w.prefix : w.prefix + w.row_base / w.group + 1);
+  w.num_tiles =
+      w.key_end > w.chunk_start ? (w.key_end - w.chunk_start + tile_keys - 1) / tile_keys : 0;
+  return w;
+}
+
+// Query token of block-relative packed row `row` (clamped: padding rows past num_rows compute
+// with the last token and are never written).
+__device__ __forceinline__ int32_t RowToken(const BlockWork& w, int32_t row) {
+  return min((w.row_base + row) / w.group, w.qo_len - 1);
+}
+
+// The keys one query token sees: causal, keys up to its own KV index; tree, the whole prefix
+// and the tree nodes on its path (its ancestor mask).
+struct RowMask {
+  int32_t last_key;    // causal: the token's KV index
+  uint64_t ancestors;  // tree: bit j = tree key j (KV index prefix + j) is visible
+};
+
+__device__ __forceinline__ RowMask RowMaskOf(const PrefillAttentionParams& p, const BlockWork& w,
+                                             int32_t token) {
+  return {w.prefix + token, w.tree ? p.tree_mask[w.qo_start + token] : uint64_t{0}};
+}
+
+__device__ __forceinline__ bool KeyVisible(const BlockWork& w, const RowMask& m, int32_t key) {
+  return key < w.key_end &&
+         (w.tree ? (key < w.prefix || ((m.ancestors >> (key - w.prefix)) & 1u) != 0)
+                 : key <= m.last_key);
+}
+
+}  // namespace glimpse::kernels::cuda::internal
+
+#endif  // GLIMPSE_KERNELS_CUDA_PREFILL_WORK_CUH_
