@@ -255,6 +255,10 @@ void CompareBackends(const std::string& model_path, const Bounds& bounds,
     }
   } else {
     EXPECT_EQ(tensor_core_calls, 0) << "an fp32 cache has no tensor-core attention";
+    // Every layer of every teacher-forced prefill on the tiled fp32 kernel.
+    EXPECT_GE(
+        kernels::testing::CounterValue(*cuda.backend, "cuda_attention_fp32_tiled_calls_total"),
+        static_cast<int64_t>(refs.size()) * cpu.model->config().num_layers);
   }
   EXPECT_LE(seq_rate, bounds.max_seq_divergence_rate);
   EXPECT_LE(pos_rate, bounds.max_position_disagreement_rate);
