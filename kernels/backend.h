@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace glimpse::kernels {
@@ -147,6 +148,18 @@ class Backend {
   // Bytes of one element of this backend's KV tensors (KvLayerView): how KvCacheStorage sizes
   // blocks and what a memory budget divides by.
   virtual size_t KvElementBytes() const = 0;
+
+  // OK when PagedAttention runs layers of `num_heads` query heads over `num_kv_heads` KV heads
+  // (this rank's) of `head_dim` each; otherwise InvalidArgument saying what the backend lacks
+  // and what to do. LlamaModel::Load asks before it packs a weight, so that a model the
+  // backend's kernels cannot run is refused at load, not at its first step.
+  virtual absl::Status CheckAttentionShape(int32_t head_dim, int32_t num_heads,
+                                           int32_t num_kv_heads) const {
+    (void)head_dim;
+    (void)num_heads;
+    (void)num_kv_heads;
+    return absl::OkStatus();
+  }
 
   // Repacks a weight matrix into this backend's layout. InvalidArgument for shapes the
   // layout cannot hold (e.g. Q8_0 columns not a multiple of 32).

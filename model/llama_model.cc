@@ -104,6 +104,13 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& fil
                                                               TensorParallelRank tp) {
   ASSIGN_OR_RETURN(LlamaConfig config, LlamaConfigFromGguf(file));
   ASSIGN_OR_RETURN(LlamaShard shard, LlamaShardOf(config, tp));
+  if (absl::Status shape =
+          backend.CheckAttentionShape(config.head_dim, static_cast<int32_t>(shard.q_heads.size()),
+                                      static_cast<int32_t>(shard.kv_heads.size()));
+      !shape.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model '", file.path(), "' on ", backend.name(), ": ", shape.message()));
+  }
   std::unique_ptr<LlamaModel> model(new LlamaModel(config, shard, backend));
   LlamaWeights& w = model->weights_;
   const LlamaConfig& c = model->config_;

@@ -180,6 +180,9 @@ class CudaBackend final : public Backend {
   void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override;
   void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) override;
   size_t KvElementBytes() const override { return DTypeSize(kv_dtype_); }
+  // The attention kernels' shapes: head_dim 32, 64 or 128, 1 to 8 query heads per KV head.
+  absl::Status CheckAttentionShape(int32_t head_dim, int32_t num_heads,
+                                   int32_t num_kv_heads) const override;
   absl::StatusOr<std::unique_ptr<PackedMatrix>> PackMatrix(const MatrixView& w) override;
   void MatMul(const float* x, int64_t num_rows, const PackedMatrix& w, float* y) override;
   void MatMuls(const float* x, int64_t num_rows, std::span<const PackedMatrix* const> ws,

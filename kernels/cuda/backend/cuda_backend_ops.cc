@@ -376,22 +376,32 @@ void CudaBackend::PagedAttention(const PagedAttentionParams& params) {
   const int32_t num_tokens = params.query_start[params.num_seqs];
   if (num_tokens == 0) return;
   Bind();
-  const KvLayerView& kv = params.kv;
-  const bool supported = (kv.head_dim == 32 || kv.head_dim == 64 || kv.head_dim == 128) &&
-                         kv.num_kv_heads > 0 && params.num_heads % kv.num_kv_heads == 0 &&
-                         params.num_heads / kv.num_kv_heads >= 1 &&
-                         params.num_heads / kv.num_kv_heads <= 8;
-  if (!supported) {
-    // TODO(#5): report this when the model loads rather than at its first step.
-    Fail(absl::StrCat("PagedAttention supports head_dim 32, 64 or 128 and 1 to 8 query heads "
-                      "per KV head; this model has head_dim ", kv.head_dim, ", ",
-                      params.num_heads, " query heads and ", kv.num_kv_heads,
-                      " KV heads (use --device=cpu)"));
+  // LlamaModel::Load has asked already; this guards other callers.
+  if (absl::Status shape =
+          CheckAttentionShape(params.kv.head_dim, params.num_heads, params.kv.num_kv_heads);
+      !shape.ok()) {
+    Fail(absl::StrCat("PagedAttention: ", shape.message()));
   }
   if (graphs_.recording() && RecordPagedAttention(params)) return;
   const bool decode_only = num_tokens == params.num_seqs;
   if (!decode_only && AttendPerSequence(params, num_tokens)) return;
   AttendPerToken(params, num_tokens);
+}
+
+absl::Status CudaBackend::CheckAttentionShape(int32_t head_dim, int32_t num_heads,
+                                              int32_t num_kv_heads) const {
+  const bool head_dim_ok = head_dim == 32 || head_dim == 64 || head_dim == 128;
+  const bool group_ok = num_kv_heads > 0 && num_heads % num_kv_heads == 0 &&
+                        num_heads / num_kv_heads >= 1 && num_heads / num_kv_heads <= 8;
+  if (head_dim_ok && group_ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the CUDA attention kernels run head_dim 32, 64 or 128 with 1 to 8 query heads per KV "
+      "head; this model has head_dim ",
+      head_dim, ", ", num_heads, " query heads and ", num_kv_heads, " KV heads",
+      num_kv_heads > 0 && num_heads % num_kv_heads == 0
+          ? absl::StrCat(" (", num_heads / num_kv_heads, " per KV head)")
+          : std::string(),
+      ". Run it with --device=cpu"));
 }
 
 void CudaBackend::AttendPerToken(const PagedAttentionParams& params, int32_t num_tokens) {

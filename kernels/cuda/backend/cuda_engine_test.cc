@@ -7,6 +7,7 @@
 // The F32 model file with an fp32 KV cache: the CUDA backend matches the CPU backend there to
 // fp32 rounding (cuda_greedy_test: no divergence over the references), so its greedy tokens
 // must equal llama.cpp's whatever the batches and preemptions. Skips cleanly without a device.
+// Also: a model the attention kernels cannot run is refused at load.
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "scheduler/engine.h"
 #include "tests/greedy_requests.h"
 #include "tests/llama_cpp_refs.h"
+#include "tools/make_model/make_model.h"
 
 namespace glimpse::scheduler {
 namespace {
@@ -96,6 +98,47 @@ TEST_F(CudaEngineTest, CompletionsSharingAPromptCopyItsLastBlockOnTheDevice) {
   while (partial < refs_.size() && refs_[partial].prompt.size() % 16 == 0) ++partial;
   ASSERT_LT(partial, refs_.size());
   ExpectGreedyReferences(*engine, refs_, {partial}, 3, absl::Seconds(30));
+}
+
+// A model whose attention the kernels cannot run is refused when it loads, saying why and
+// what to do, instead of aborting the server at its first step; the kernels' widest shape
+// (head_dim 128, 8 query heads per KV head) loads.
+TEST(CudaModelLoadTest, RefusesAttentionShapesTheKernelsLack) {
+  auto backend = kernels::cuda::CreateCudaBackend({});
+  if (!backend.ok()) GLIMPSE_SKIP_WITHOUT_CUDA(backend.status().message());
+  struct Case {
+    tools::ModelShape shape;
+    const char* expected;  // in the error; null: loads
+  };
+  auto shape = [](const char* name, int32_t dim, int32_t heads, int32_t kv_heads) {
+    return tools::ModelShape{.name = name,
+                             .dim = dim,
+                             .num_layers = 1,
+                             .num_heads = heads,
+                             .num_kv_heads = kv_heads,
+                             .ffn_dim = 64,
+                             .vocab_size = 4096,
+                             .context_length = 256};
+  };
+  for (const Case& c : {Case{shape("head-dim-48", 96, 2, 2), "head_dim 48"},
+                        Case{shape("group-9", 9 * 32, 9, 1), "(9 per KV head)"},
+                        Case{shape("head-dim-128-group-8", 8 * 128, 8, 1), nullptr}}) {
+    const std::string path = ::testing::TempDir() + "/" + c.shape.name + ".gguf";
+    tools::MakeModelOptions options;
+    options.out_path = path;
+    ASSERT_TRUE(tools::MakeModelWithShape(c.shape, options).ok()) << c.shape.name;
+    auto file = model::GgufFile::Open(path);
+    ASSERT_TRUE(file.ok()) << file.status();
+    auto loaded = model::LlamaModel::Load(**file, **backend);
+    if (c.expected == nullptr) {
+      EXPECT_TRUE(loaded.ok()) << c.shape.name << ": " << loaded.status();
+      continue;
+    }
+    ASSERT_FALSE(loaded.ok()) << c.shape.name << " must be refused at load";
+    EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(loaded.status().message().find(c.expected), std::string::npos) << loaded.status();
+    EXPECT_NE(loaded.status().message().find("--device=cpu"), std::string::npos) << loaded.status();
+  }
 }
 
 }  // namespace

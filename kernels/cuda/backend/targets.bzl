@@ -167,6 +167,7 @@ def cuda_backend_targets(
             "//third_party/system:gtest_main",
             "//tests:greedy_requests",
             "//tests:llama_cpp_refs",
+            "//tools/make_model",
         ],
     )
 
