@@ -47,9 +47,10 @@ Schedule ScheduleFromEnvironment() {
   if (std::strcmp(value, "forward") == 0) return Schedule::kForward;
   if (std::strcmp(value, "reverse") == 0) return Schedule::kReverse;
   if (std::strcmp(value, "shuffle") == 0) return Schedule::kShuffle;
+  if (std::strcmp(value, "warp_serial") == 0) return Schedule::kWarpSerial;
   std::fprintf(stderr,
                "CUDA emulation: GLIMPSE_CUDA_EMULATION_SCHEDULE=%s is not one of forward, "
-               "reverse, shuffle, mixed\n",
+               "reverse, shuffle, warp_serial, mixed\n",
                value);
   std::exit(2);
 }
@@ -141,6 +142,10 @@ void BlockRunner::RunBlock(const char* kernel_name, const LaunchShape& shape, ui
   // pair of blocks takes each end, so that a read racing a copy (a buffer refilled while
   // another warp still reads it, or read before its wait) sees the wrong bytes in one of them.
   eager_copies_ = ((linear_block >> 1) & 1) == 1;
+  // Warps in step from collective to collective cannot show a warp reading a buffer another
+  // warp has already moved on to refill; warp-serial blocks let one warp run ahead.
+  warp_serial_ = schedule == Schedule::kWarpSerial ||
+                 (schedule == Schedule::kMixed && ((linear_block ^ (linear_block >> 1)) & 1) == 1);
 
   while (live_threads_ > 0) {
     if (schedule == Schedule::kShuffle) {
@@ -221,6 +226,7 @@ void BlockRunner::MaybeReleaseBarrier() {
     if (t.status == Status::kAtBarrier) t.status = Status::kRunnable;
   }
   at_barrier_ = 0;
+  if (warp_serial_) pass_position_ = -1;  // the first warp in order runs ahead again
 }
 
 void BlockRunner::SyncThreads() {
@@ -264,6 +270,9 @@ const unsigned char* BlockRunner::WarpCollective(unsigned mask, const void* in, 
     }
     w.arrived = 0;
     w.buffer ^= 1;
+    // Warp-serial: the next thread to run is the first runnable one in order, this warp's
+    // lanes before any later warp, so the warp keeps running until a block barrier stops it.
+    if (warp_serial_) pass_position_ = -1;
   } else {
     Yield();
   }

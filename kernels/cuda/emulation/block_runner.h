@@ -29,7 +29,18 @@
 
 namespace cuda_emu::internal {
 
-enum class Schedule { kForward, kReverse, kShuffle, kMixed };
+// The order in which a block's threads run between synchronization points
+// (GLIMPSE_CUDA_EMULATION_SCHEDULE; README.md):
+//   kForward / kReverse: passes over the threads in index order / reversed; every warp gets
+//       one turn per pass, so warps advance about one warp collective per pass, in step.
+//   kShuffle: a fresh random order every pass.
+//   kWarpSerial: forward, but after every completed warp collective or block barrier the
+//       lowest runnable thread runs next: each warp runs alone from one block barrier to the
+//       next, as far ahead of the others as the hardware would allow.
+//   kMixed (default): per block, forward or reverse (bit 0 of the block index), in step or
+//       warp-serial (bit 0 xor bit 1), so that any four consecutive blocks cover the four
+//       combinations, the two with early-landing copies (bit 1; eager_copies_) included.
+enum class Schedule { kForward, kReverse, kShuffle, kWarpSerial, kMixed };
 Schedule ScheduleFromEnvironment();
 
 class BlockRunner {
@@ -182,7 +193,8 @@ class BlockRunner {
   std::vector<int> landed_unpublished_by_;
   std::map<uint32_t, Mbarrier> mbarriers_;    // by shared address; the block's
   NamedBarrier named_barriers_[16];           // [1..15]; the block's
-  bool eager_copies_ = false;                 // this block's cp.async and bulk copies land at issue
+  bool eager_copies_ = false;  // this block's cp.async and bulk copies land at issue
+  bool warp_serial_ = false;   // this block restarts its pass after each collective/barrier
   uint64_t shuffle_state_ = 0x9e3779b97f4a7c15ull;
 };
 
