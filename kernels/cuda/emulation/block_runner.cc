@@ -201,10 +201,15 @@ void BlockRunner::Yield() {
 }
 
 void BlockRunner::OnExit(Thread& t) {
-  // Copies still pending land at exit, published (an exited thread passes no more barriers;
-  // a read while they were pending was the in-flight check's to report).
-  for (const auto& group : t.committed) ApplyCopies(group, t);
-  ApplyCopies(t.uncommitted, t);
+  // A thread that exits with copies it never waited for leaves them to land at no defined
+  // time: no other thread can be ordered after them, so any read of them is a race.
+  size_t unwaited = t.uncommitted.size();
+  for (const auto& group : t.committed) unwaited += group.size();
+  if (unwaited > 0) {
+    Fail("exits with " + std::to_string(unwaited) +
+         " cp.async copies it never waited for (cp.async.wait_group before the thread ends, "
+         "and before any barrier or signal that lets other threads read them)");
+  }
   Publish(t);
   t.committed.clear();
   t.uncommitted.clear();
