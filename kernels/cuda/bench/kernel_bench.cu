@@ -11,10 +11,11 @@
 // take the other figures with it.
 //
 // Measures the machine's own ceilings first — device-to-device copy bandwidth (cudaMemcpyAsync
-// and a copy kernel, bytes read + written) and cuBLAS bf16 GEMM TFLOP/s — and states every
-// result as a fraction of them. Timing: CUDA events around each call, L2 flushed before each
-// timed call (a 256 MiB write), warm-up first, median of repeats. Inputs are random (never
-// zeros). Never fails on time; exits nonzero only when a CUDA call fails. "SKIPPED: no CUDA
+// and a copy kernel, bytes read + written), cuBLAS bf16 GEMM TFLOP/s and cuBLAS fp32 GEMM
+// TFLOP/s (fp32 compute, no TF32: the ceiling of the fp32 cache's CUDA-core attention) — and
+// states every result as a fraction of them. Timing: CUDA events around each call, L2 flushed
+// before each timed call (a 256 MiB write), warm-up first, median of repeats. Inputs are random
+// (never zeros). Never fails on time; exits nonzero only when a CUDA call fails. "SKIPPED: no CUDA
 // device" + exit 0 without a GPU.
 //
 // --smoke runs every benchmark once at toy sizes and fails unless every row has a finite
@@ -145,6 +146,7 @@ struct Bench {
   bool experimental_rows = true;  //   ... and those not yet (wgmma where the device has it)
   double bw_gbs = 0;              // measured D2D copy-kernel bandwidth (read + write)
   double gemm_tflops = 0;         // measured cuBLAS bf16 GEMM
+  double sgemm_tflops = 0;        // measured cuBLAS fp32 GEMM (fp32 compute, no TF32)
   std::vector<Row> rows;
 
   // Median microseconds of `fn` (a callable returning cudaError_t), L2 flushed before each.
@@ -166,6 +168,45 @@ struct Bench {
     return true;
   }
 };
+
+// An m^3 GEMM of `type` (CUDA_R_16BF or CUDA_R_32F) with fp32 compute (no TF32): the tensor-
+// core ceiling of the bf16 kernels, or the CUDA-core one of the fp32 kernels. Inputs are
+// random bf16 values, read in pairs as fp32 for CUDA_R_32F (finite, within ±1).
+bool TimeGemm(Bench& b, cublasHandle_t handle, cudaDataType_t type, const char* name,
+              double* tflops) {
+  const int m = b.scale.gemm_m;
+  const size_t bytes = (type == CUDA_R_32F ? size_t{4} : size_t{2}) * m * m;
+  void* a = nullptr;
+  void* bm = nullptr;
+  void* c = nullptr;
+  BENCH_CHECK(cudaMalloc(&a, bytes));
+  BENCH_CHECK(cudaMalloc(&bm, bytes));
+  BENCH_CHECK(cudaMalloc(&c, bytes));
+  FillRandomBf16<<<1024, 256, 0, b.stream>>>(static_cast<__nv_bfloat16*>(a), bytes / 2, 2);
+  FillRandomBf16<<<1024, 256, 0, b.stream>>>(static_cast<__nv_bfloat16*>(bm), bytes / 2, 3);
+  BENCH_CHECK(cudaGetLastError());
+  const float alpha = 1.0f;
+  const float beta = 0.0f;
+  cublasStatus_t blas_status = CUBLAS_STATUS_SUCCESS;
+  double us = 0;
+  if (!b.Time(
+          [&] {
+            blas_status =
+                cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, m, m, m, &alpha, a, type, m, bm,
+                             type, m, &beta, c, type, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            return blas_status == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown;
+          },
+          &us, false)) {
+    return false;
+  }
+  *tflops = 2.0 * m * m * static_cast<double>(m) / (us * 1e-6) / 1e12;
+  b.rows.push_back({name, std::to_string(m) + "^3", us, *tflops, "TFLOP/s", 1.0,
+                    type == CUDA_R_32F ? "fp32 ceiling (CUDA cores)" : "GEMM ceiling"});
+  BENCH_CHECK(cudaFree(a));
+  BENCH_CHECK(cudaFree(bm));
+  BENCH_CHECK(cudaFree(c));
+  return true;
+}
 
 bool MeasureCeilings(Bench& b) {
   const size_t bytes = b.scale.copy_bytes;
@@ -201,39 +242,13 @@ bool MeasureCeilings(Bench& b) {
   BENCH_CHECK(cudaFree(src));
   BENCH_CHECK(cudaFree(dst));
 
-  const int m = b.scale.gemm_m;
-  void* a = nullptr;
-  void* bm = nullptr;
-  void* c = nullptr;
-  BENCH_CHECK(cudaMalloc(&a, size_t{2} * m * m));
-  BENCH_CHECK(cudaMalloc(&bm, size_t{2} * m * m));
-  BENCH_CHECK(cudaMalloc(&c, size_t{2} * m * m));
-  FillRandomBf16<<<1024, 256, 0, b.stream>>>(static_cast<__nv_bfloat16*>(a), size_t{1} * m * m, 2);
-  FillRandomBf16<<<1024, 256, 0, b.stream>>>(static_cast<__nv_bfloat16*>(bm), size_t{1} * m * m, 3);
-  BENCH_CHECK(cudaGetLastError());
   cublasHandle_t handle = nullptr;
   BLAS_CHECK(cublasCreate(&handle));
   BLAS_CHECK(cublasSetStream(handle, b.stream));
-  const float alpha = 1.0f;
-  const float beta = 0.0f;
-  cublasStatus_t blas_status = CUBLAS_STATUS_SUCCESS;
-  if (!b.Time([&] {
-        blas_status = cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, m, m, m, &alpha, a,
-                                   CUDA_R_16BF, m, bm, CUDA_R_16BF, m, &beta, c, CUDA_R_16BF, m,
-                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-        return blas_status == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown;
-      },
-              &us, false)) {
-    return false;
-  }
-  b.gemm_tflops = 2.0 * m * m * static_cast<double>(m) / (us * 1e-6) / 1e12;
-  b.rows.push_back({"cublas_gemm_bf16", std::to_string(m) + "^3", us, b.gemm_tflops, "TFLOP/s",
-                    1.0, "GEMM ceiling"});
+  const bool ok = TimeGemm(b, handle, CUDA_R_16BF, "cublas_gemm_bf16", &b.gemm_tflops) &&
+                  TimeGemm(b, handle, CUDA_R_32F, "cublas_gemm_fp32", &b.sgemm_tflops);
   BLAS_CHECK(cublasDestroy(handle));
-  BENCH_CHECK(cudaFree(a));
-  BENCH_CHECK(cudaFree(bm));
-  BENCH_CHECK(cudaFree(c));
-  return true;
+  return ok;
 }
 
 // A paged KV pool (bf16) big enough for the largest case, pages handed out in shuffled order.
@@ -258,6 +273,18 @@ struct KvPool {
     std::iota(order.begin(), order.end(), 0);
     std::shuffle(order.begin(), order.end(), std::mt19937(5));
     return true;
+  }
+
+  // The same memory read as an fp32 pool of half the pages (the fp32 attention kernel's
+  // cache): each pair of random bf16 values is one finite fp32 value within ±1.
+  KvPool Fp32View() const {
+    KvPool view = *this;
+    view.num_pages = num_pages / 2;
+    view.order.clear();
+    for (const int32_t page : order) {
+      if (page < view.num_pages) view.order.push_back(page);
+    }
+    return view;
   }
 };
 
@@ -358,10 +385,12 @@ bool BenchDecode(Bench& b, const KvPool& pool, int32_t batch, int32_t ctx, doubl
 
 // Tensor-core attention over the paged KV: causal prefill (batch 1, qo = kv = ctx) or tree
 // verification (q_len nodes per sequence, chain masks of depth q_len: the mask shape does
-// not change the work). Returns the median time in *us.
+// not change the work). With dtype kF32 (pool: KvPool::Fp32View), the fp32 CUDA-core kernel
+// on fp32 q, o and cache, against the fp32 GEMM ceiling. Returns the median time in *us.
 bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32_t batch,
                      int32_t ctx, int32_t q_len, double* us_out,
-                     PrefillKernel kernel = PrefillKernel::kMmaSync) {
+                     PrefillKernel kernel = PrefillKernel::kMmaSync, DType dtype = DType::kBF16) {
+  const bool fp32 = dtype == DType::kF32;
   constexpr int kHq = 32;
   DeviceTable table;
   if (!table.Build(pool, std::vector<int32_t>(batch, ctx))) return false;
@@ -393,7 +422,7 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
   void *q = nullptr, *o = nullptr, *ws = nullptr;
   int32_t *d_qo = nullptr, *d_work = nullptr;
   uint64_t* d_masks = nullptr;
-  const size_t q_bytes = size_t{2} * total_q * kHq * KvPool::kHeadDim;
+  const size_t q_bytes = (fp32 ? size_t{4} : size_t{2}) * total_q * kHq * KvPool::kHeadDim;
   const size_t ws_bytes = PrefillWorkspaceBytes(plan, kHq, KvPool::kHeadDim);
   BENCH_CHECK(cudaMalloc(&q, q_bytes));
   BENCH_CHECK(cudaMalloc(&o, q_bytes));
@@ -407,6 +436,7 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
   BENCH_CHECK(cudaMemcpy(d_masks, masks.data(), masks.size() * 8, cudaMemcpyHostToDevice));
   FillRandomBf16<<<256, 256, 0, b.stream>>>(static_cast<__nv_bfloat16*>(q), q_bytes / 2, 9);
   PrefillAttentionParams p;
+  p.dtype = dtype;
   p.q = q;
   p.o = o;
   p.kv = table.View(pool);
@@ -430,12 +460,18 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
     const double flops = 2.0 * kHq * KvPool::kHeadDim * static_cast<double>(ctx) * ctx;
     const double tflops = flops / (us * 1e-6) / 1e12;
     std::snprintf(shape, sizeof(shape), "causal L=%d GQA 32/8 d=128", ctx);
-    const char* name = kernel == PrefillKernel::kWgmma            ? "prefill_attn_wgmma"
+    const char* name = fp32                                       ? "prefill_attn_fp32"
+                       : kernel == PrefillKernel::kWgmma          ? "prefill_attn_wgmma"
                        : kernel == PrefillKernel::kWgmmaPipelined ? "prefill_attn_pipelined"
                        : kernel == PrefillKernel::kMmaSyncWide    ? "prefill_attn_wide"
                                                                   : "prefill_attention";
-    b.rows.push_back({name, shape, us, tflops, "TFLOP/s", tflops / b.gemm_tflops,
-                      "milestone >= 300 TFLOP/s"});
+    if (fp32) {
+      b.rows.push_back({name, shape, us, tflops, "TFLOP/s", tflops / b.sgemm_tflops,
+                        "fp32 cache, CUDA cores; fraction of the fp32 GEMM"});
+    } else {
+      b.rows.push_back(
+          {name, shape, us, tflops, "TFLOP/s", tflops / b.gemm_tflops, "milestone >= 300 TFLOP/s"});
+    }
   }
   cudaFree(q);
   cudaFree(o);
@@ -510,13 +546,19 @@ bool RunAll(Bench& b, const std::string& json_path) {
         return false;
       }
     }
+    double us = 0;
+    if (b.base_rows && !BenchTensorCore(b, pool.Fp32View(), AttentionMaskMode::kCausal, 1, ctx, ctx,
+                                        &us, PrefillKernel::kMmaSync, DType::kF32)) {
+      return false;
+    }
   }
   cudaFree(pool.k);
   cudaFree(pool.v);
 
   std::ostringstream json;
   json << "{\n  \"ceilings\": {\"d2d_bandwidth_gbs\": " << b.bw_gbs
-       << ", \"bf16_gemm_tflops\": " << b.gemm_tflops << "},\n  \"results\": [";
+       << ", \"bf16_gemm_tflops\": " << b.gemm_tflops
+       << ", \"fp32_gemm_tflops\": " << b.sgemm_tflops << "},\n  \"results\": [";
   for (size_t i = 0; i < b.rows.size(); ++i) {
     const Row& r = b.rows[i];
     json << (i ? "," : "") << "\n    {\"kernel\": \"" << r.kernel << "\", \"shape\": \""
@@ -532,8 +574,10 @@ bool RunAll(Bench& b, const std::string& json_path) {
     std::printf("%-18s %-40s %10.1f %8.2f %-8s %5.2f  %s\n", r.kernel.c_str(), r.shape.c_str(),
                 r.us, r.metric, r.metric_unit.c_str(), r.fraction, r.note.c_str());
   }
-  std::printf("ceilings: D2D %.0f GB/s, cuBLAS bf16 GEMM %.0f TFLOP/s; JSON: %s\n", b.bw_gbs,
-              b.gemm_tflops, json_path.c_str());
+  std::printf(
+      "ceilings: D2D %.0f GB/s, cuBLAS bf16 GEMM %.0f TFLOP/s, fp32 GEMM %.1f TFLOP/s; "
+      "JSON: %s\n",
+      b.bw_gbs, b.gemm_tflops, b.sgemm_tflops, json_path.c_str());
   return true;
 }
 
@@ -595,10 +639,11 @@ int main(int argc, char** argv) {
   if (!ok) return 1;
   if (smoke) {
     // Every kernel family must have run, each row with a real time.
-    for (const char* kernel : {"d2d_copy", "cublas_gemm_bf16", "paged_decode", "paged_decode_mma",
-                               "tc_decode", "tree_verify", "prefill_attention", "tree_verify_wide",
-                               "prefill_attn_wide", "tree_verify_wgmma", "prefill_attn_wgmma",
-                               "tree_verify_pipelined", "prefill_attn_pipelined"}) {
+    for (const char* kernel :
+         {"d2d_copy", "cublas_gemm_bf16", "cublas_gemm_fp32", "paged_decode", "paged_decode_mma",
+          "tc_decode", "tree_verify", "prefill_attention", "prefill_attn_fp32", "tree_verify_wide",
+          "prefill_attn_wide", "tree_verify_wgmma", "prefill_attn_wgmma", "tree_verify_pipelined",
+          "prefill_attn_pipelined"}) {
       const bool present = std::any_of(b.rows.begin(), b.rows.end(),
                                        [&](const Row& r) { return r.kernel == kernel; });
       const std::string name = kernel;
