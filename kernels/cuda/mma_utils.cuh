@@ -137,7 +137,9 @@ __device__ __forceinline__ void WgmmaWait() {
 }
 
 __device__ __forceinline__ void FenceProxyAsync() {
-#if !defined(GLIMPSE_CUDA_EMULATION) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(GLIMPSE_CUDA_EMULATION)
+  ::cuda_emu::FenceProxyAsync();
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }

@@ -107,6 +107,7 @@ void BlockRunner::RunBlock(const char* kernel_name, const LaunchShape& shape, ui
     t.uncommitted.clear();
     t.committed.clear();
     t.wgmma.reset();
+    t.unfenced.clear();
     if (t.fiber == nullptr) {
       t.fiber = std::make_unique<Fiber>(kFiberStackBytes, &ThreadMain, &t);
     } else {
@@ -128,6 +129,7 @@ void BlockRunner::RunBlock(const char* kernel_name, const LaunchShape& shape, ui
   shared_regions_.assign(1, SharedRegion{dynamic_smem_.get(), dynamic_smem_bytes_});
   copies_in_flight_.assign(dynamic_smem_bytes_ / 16, 0);
   landed_unpublished_by_.assign(dynamic_smem_bytes_ / 16, -1);
+  landed_unfenced_by_.assign(dynamic_smem_bytes_ / 16, -1);
 
   std::vector<int>& order = order_;
   order.resize(n);
@@ -336,7 +338,8 @@ void BlockRunner::CpAsync16(uint32_t smem_address, const void* global, bool vali
   if (r == 0) ++copies_in_flight_[offset / 16];
 }
 
-void BlockRunner::CheckCopiesVisible(uint32_t address, size_t bytes, const char* what) {
+void BlockRunner::CheckCopiesVisible(uint32_t address, size_t bytes, const char* what,
+                                     bool async_proxy) {
   if ((address >> kRegionShift) != 0 || bytes == 0) return;
   const size_t offset = address & kOffsetMask;
   for (size_t g = offset / 16; g <= (offset + bytes - 1) / 16 && g < copies_in_flight_.size();
@@ -353,7 +356,22 @@ void BlockRunner::CheckCopiesVisible(uint32_t address, size_t bytes, const char*
            "the copy visible to its own thread only: __syncwarp or __syncthreads before "
            "reading it across lanes)");
     }
+    if (async_proxy && landed_unfenced_by_[g] >= 0) {
+      Fail(std::string(what) + " reads dynamic shared memory at offset " + std::to_string(g * 16) +
+           " that a cp.async of thread " + std::to_string(landed_unfenced_by_[g]) +
+           " wrote, which has run no fence.proxy.async since its cp.async.wait_group (wgmma "
+           "reads shared memory through the async proxy, which sees generic-proxy writes such "
+           "as cp.async's only after that fence: FenceProxyAsync before the barrier)");
+    }
   }
+}
+
+void BlockRunner::FenceProxyAsync() {
+  Thread& t = *current_;
+  for (const size_t g : t.unfenced) {
+    if (landed_unfenced_by_[g] == t.linear) landed_unfenced_by_[g] = -1;
+  }
+  t.unfenced.clear();
 }
 
 void BlockRunner::CpAsyncCommit() {
@@ -376,6 +394,8 @@ void BlockRunner::ApplyCopies(const std::vector<PendingCopy>& copies, Thread& t)
       --copies_in_flight_[g];
       landed_unpublished_by_[g] = t.linear;
       t.unpublished.push_back(g);
+      landed_unfenced_by_[g] = t.linear;
+      t.unfenced.push_back(g);
     }
     if (!c.landed) WriteCopy(c);
   }
@@ -604,6 +624,7 @@ void CpAsync16(uint32_t smem_address, const void* global, bool valid) {
 }
 void CpAsyncCommit() { BlockRunner::ForThisThread().CpAsyncCommit(); }
 void CpAsyncWait(int pending_groups) { BlockRunner::ForThisThread().CpAsyncWait(pending_groups); }
+void FenceProxyAsync() { BlockRunner::ForThisThread().FenceProxyAsync(); }
 void MbarrierInit(uint32_t address, unsigned arrivals) {
   BlockRunner::ForThisThread().MbarrierInit(address, static_cast<int>(arrivals));
 }

@@ -73,7 +73,14 @@ class BlockRunner {
   // reaches other lanes. It catches a thread that signals readers before waiting for its
   // copies, and a warp that reads its lanes' copies after their waits without a barrier
   // (cp.async.wait_group makes a copy visible to its own thread only).
-  void CheckCopiesVisible(uint32_t address, size_t bytes, const char* what);
+  // `async_proxy` (wgmma's operand reads): also fails when a landed copy's thread has not
+  // since run fence.proxy.async, without which writes of the generic proxy (cp.async is one)
+  // are not visible to the async proxy that wgmma reads shared memory through.
+  void CheckCopiesVisible(uint32_t address, size_t bytes, const char* what,
+                          bool async_proxy = false);
+  // fence.proxy.async.shared::cta: this thread's landed copies become visible to the async
+  // proxy (still to be published to other threads by a barrier).
+  void FenceProxyAsync();
   // __syncwarp: publishes this thread's landed copies, then the warp collective.
   void SyncWarp(unsigned mask);
   // Named barriers (bar.sync / bar.arrive id, count; id 1..15, 0 being __syncthreads'): each
@@ -122,6 +129,7 @@ class BlockRunner {
     std::vector<PendingCopy> uncommitted;
     std::vector<std::vector<PendingCopy>> committed;  // oldest first
     std::vector<size_t> unpublished;  // granules its copies landed in since its last barrier
+    std::vector<size_t> unfenced;     // ... since its last fence.proxy.async
     std::shared_ptr<void> wgmma;  // in-flight wgmma operations (tensor_core.cc)
     uint32_t mbarrier = 0;        // kAtMbarrier: the barrier's address and awaited parity
     uint32_t mbarrier_parity = 0;
@@ -191,6 +199,7 @@ class BlockRunner {
   // whose landed copy no barrier has published yet (-1: none).
   std::vector<uint16_t> copies_in_flight_;
   std::vector<int> landed_unpublished_by_;
+  std::vector<int> landed_unfenced_by_;       // the same for fence.proxy.async (-1: none)
   std::map<uint32_t, Mbarrier> mbarriers_;    // by shared address; the block's
   NamedBarrier named_barriers_[16];           // [1..15]; the block's
   bool eager_copies_ = false;  // this block's cp.async and bulk copies land at issue

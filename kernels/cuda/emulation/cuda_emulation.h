@@ -79,6 +79,9 @@ void LdMatrixX4(uint32_t (&r)[4], uint32_t smem_address, bool transpose);
 void CpAsync16(uint32_t smem_address, const void* global, bool valid);
 void CpAsyncCommit();
 void CpAsyncWait(int pending_groups);
+// fence.proxy.async.shared::cta: the calling thread's landed cp.async copies become readable
+// by wgmma (whose operand reads fail until then).
+void FenceProxyAsync();
 // wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 with A from registers (this warp's
 // 16 rows, mma.m16n8k16's A layout) and B from shared memory through a matrix descriptor
 // (128-byte swizzle only; K-major, or MN-major when trans_b). d: this lane's n / 2

@@ -108,16 +108,17 @@ float ReadB(BlockRunner& runner, uint64_t desc, bool trans_b, int k, int n) {
   return Bf16BitsToFloat(bits);
 }
 
-// Fails when any 16-byte chunk of B's shared memory has a cp.async in flight or unpublished
-// (BlockRunner::CheckCopiesVisible), one check per chunk: the first element of each run of 8
-// contiguous ones (along k when K-major, along n when MN-major). At issue, B may be read from
-// then on; at completion, it has been read until then.
+// Fails when any 16-byte chunk of B's shared memory has a cp.async in flight, unpublished or
+// not fenced to the async proxy (BlockRunner::CheckCopiesVisible), one check per chunk: the first
+// element of each run of 8 contiguous ones (along k when K-major, along n when MN-major). At issue,
+// B may be read from then on; at completion, it has been read until then.
 void CheckBCopiesDone(BlockRunner& runner, uint64_t desc, bool trans_b, int n, const char* what) {
   const int k_step = trans_b ? 1 : 8;
   const int n_step = trans_b ? 8 : 1;
   for (int k = 0; k < 16; k += k_step) {
     for (int col = 0; col < n; col += n_step) {
-      runner.CheckCopiesVisible(BAddress(desc, trans_b, k, col), 16, what);
+      runner.CheckCopiesVisible(BAddress(desc, trans_b, k, col), 16, what,
+                                /*async_proxy=*/true);
     }
   }
 }
