@@ -114,7 +114,9 @@ __device__ __forceinline__ uint64_t SmemDescSw128(uint32_t smem_addr, uint32_t l
 }
 
 __device__ __forceinline__ void WgmmaFence() {
-#if !defined(GLIMPSE_CUDA_EMULATION) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(GLIMPSE_CUDA_EMULATION)
+  ::cuda_emu::WgmmaFence();
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #endif
 }

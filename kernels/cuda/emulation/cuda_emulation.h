@@ -90,6 +90,11 @@ void FenceProxyAsync();
 void WgmmaAsync(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool accumulate,
                 bool trans_b);
 void WgmmaCommit();
+// wgmma.fence.sync.aligned: orders the thread's register accesses before it with the wgmma
+// operations after it. WgmmaAsync fails when registers it reads (A, or an accumulator it
+// accumulates into) were written by the thread since a wgmma last read or wrote them with
+// no fence in between, and when the thread has never fenced.
+void WgmmaFence();
 void WgmmaWait(int pending_groups);
 // mbarrier.init / arrive[.expect_tx] / try_wait.parity (as a blocking wait), and the warp
 // barrier; see BlockRunner.

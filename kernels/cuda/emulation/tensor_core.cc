@@ -69,7 +69,25 @@ struct WgmmaState {
   std::vector<PendingWgmma> uncommitted;
   std::vector<std::vector<PendingWgmma>> committed;  // oldest first
   std::map<float*, std::vector<float>> values;
+  // wgmma.fence bookkeeping (the PTX ISA: a register access by a thread and a wgmma that
+  // accesses the same registers need a wgmma.fence between them). The values each A array
+  // and accumulator (by address; every one a wgmma of this thread has used) held at the last
+  // fence, or since then when a wgmma read them (A) or left them at its wait (D): a later
+  // wgmma that finds them changed means the thread wrote them after the fence.
+  bool fenced = false;  // a fence since the block started
+  std::map<const void*, std::vector<uint32_t>> a_read;
+  std::map<float*, std::vector<float>> d_written;
+  std::map<float*, int> accumulators;  // every accumulator used, with its N / 2
 };
+
+// Reads `bytes` at `src` for the fence's snapshots. A register array of an earlier wgmma may
+// be out of scope by the fence (its stack slot reused); what it holds then is compared, not
+// trusted, so the read is kept out of AddressSanitizer's stack-scope checks.
+__attribute__((no_sanitize_address)) void SnapshotBytes(void* dst, const void* src, size_t bytes) {
+  const auto* from = static_cast<const unsigned char*>(src);
+  auto* to = static_cast<unsigned char*>(dst);
+  for (size_t i = 0; i < bytes; ++i) to[i] = from[i];
+}
 
 WgmmaState& StateOf(BlockRunner& runner) {
   std::shared_ptr<void>& slot = runner.ThreadWgmmaState();
@@ -162,6 +180,25 @@ void WgmmaAsync(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool a
   if (runner.Lane() == 0)
     CheckBCopiesDone(runner, desc_b, trans_b, n, "wgmma (operand B, at issue)");
   WgmmaState& state = StateOf(runner);
+  if (!state.fenced) runner.Fail("wgmma.mma_async before any wgmma.fence of the thread");
+  const std::vector<uint32_t> a_now(a, a + 4);
+  auto [a_it, a_new] = state.a_read.try_emplace(static_cast<const void*>(a), a_now);
+  if (!a_new && a_it->second != a_now) {
+    runner.Fail(
+        "wgmma.mma_async reads A registers the thread rewrote after an earlier wgmma "
+        "read them, with no wgmma.fence in between (WgmmaFence after writing them)");
+  }
+  a_it->second = a_now;
+  state.accumulators[d] = n / 2;
+  if (accumulate && state.values.count(d) == 0) {
+    const auto written = state.d_written.find(d);
+    if (written != state.d_written.end() && !std::equal(d, d + n / 2, written->second.begin())) {
+      runner.Fail(
+          "wgmma.mma_async accumulates into registers the thread changed after the "
+          "wgmma that wrote them completed, with no wgmma.fence in between (WgmmaFence "
+          "after rescaling or otherwise writing the accumulators)");
+    }
+  }
   auto [it, inserted] = state.values.try_emplace(d);
   if (inserted) {
     it->second.assign(d, d + n / 2);
@@ -198,8 +235,24 @@ void WgmmaWait(int pending_groups) {
       ++it;
     } else {
       std::copy(it->second.begin(), it->second.end(), it->first);
+      state.d_written[it->first] = it->second;
       it = state.values.erase(it);
     }
+  }
+}
+
+void WgmmaFence() {
+  WgmmaState& state = StateOf(BlockRunner::ForThisThread());
+  state.fenced = true;
+  for (auto& [address, values] : state.a_read) {
+    SnapshotBytes(values.data(), address, values.size() * sizeof(uint32_t));
+  }
+  state.d_written.clear();
+  for (const auto& [d, count] : state.accumulators) {
+    if (state.values.count(d) != 0) continue;  // in flight: the registers read NaN
+    std::vector<float>& values = state.d_written[d];
+    values.resize(count);
+    SnapshotBytes(values.data(), d, count * sizeof(float));
   }
 }
 
