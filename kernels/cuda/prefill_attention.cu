@@ -21,7 +21,6 @@ using internal::CpAsync16;
 using internal::DescribeBlock;
 using internal::FastExp2;
 using internal::kFullMask;
-using internal::kLn2;
 using internal::kLog2e;
 using internal::RowToken;
 using internal::SmemAddr;
@@ -228,8 +227,6 @@ __device__ __forceinline__ void StoreRows(const PrefillAttentionParams& p, const
   constexpr int kDimTiles = kHeadDim / 8;
   const int t = threadIdx.x & 3;
   const bool split = p.num_chunks > 1;
-  float* ws_o = static_cast<float*>(p.workspace);
-  float* ws_lse = ws_o + static_cast<int64_t>(p.num_chunks) * p.total_q * p.num_qo_heads * kHeadDim;
 #pragma unroll
   for (int r = 0; r < 2 * kMTiles; ++r) {
     const int mt = r / 2;
@@ -239,30 +236,23 @@ __device__ __forceinline__ void StoreRows(const PrefillAttentionParams& p, const
     l += __shfl_xor_sync(kFullMask, l, 2);
     const int32_t pr = w.row_base + row_of(r);
     if (pr >= w.num_rows) continue;
-    const int32_t token = pr / w.group;
-    const int32_t j = pr - token * w.group;
-    const int64_t state =
-        static_cast<int64_t>(w.qo_start + token) * p.num_qo_heads + w.kv_head * w.group + j;
-    const bool empty = m_row[r] == -INFINITY;
-    const float inv_l = empty ? 0.0f : 1.0f / l;
-    const float lse = empty ? -INFINITY : (m_row[r] + log2f(l)) * kLn2;
+    const internal::RowResult row = internal::FinishRow(p, w, pr, m_row[r], l);
     if (split) {
-      const int64_t cs = static_cast<int64_t>(w.chunk) * p.total_q * p.num_qo_heads + state;
-      float* dst = ws_o + cs * kHeadDim + 2 * t;
+      float* dst = internal::SplitPartialO(p) + row.slot * kHeadDim + 2 * t;
 #pragma unroll
       for (int dt = 0; dt < kDimTiles; ++dt) {
         *reinterpret_cast<float2*>(dst + dt * 8) =
-            make_float2(o_acc[mt][dt][2 * i] * inv_l, o_acc[mt][dt][2 * i + 1] * inv_l);
+            make_float2(o_acc[mt][dt][2 * i] * row.inv_l, o_acc[mt][dt][2 * i + 1] * row.inv_l);
       }
-      if (t == 0) ws_lse[cs] = lse;
+      if (t == 0) internal::SplitPartialLse(p, kHeadDim)[row.slot] = row.lse;
     } else {
-      bf16* dst = static_cast<bf16*>(p.o) + state * kHeadDim + 2 * t;
+      bf16* dst = static_cast<bf16*>(p.o) + row.state * kHeadDim + 2 * t;
 #pragma unroll
       for (int dt = 0; dt < kDimTiles; ++dt) {
-        *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
-            __floats2bfloat162_rn(o_acc[mt][dt][2 * i] * inv_l, o_acc[mt][dt][2 * i + 1] * inv_l);
+        *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) = __floats2bfloat162_rn(
+            o_acc[mt][dt][2 * i] * row.inv_l, o_acc[mt][dt][2 * i + 1] * row.inv_l);
       }
-      if (t == 0 && p.lse != nullptr) p.lse[state] = lse;
+      if (t == 0 && p.lse != nullptr) p.lse[row.state] = row.lse;
     }
   }
 }

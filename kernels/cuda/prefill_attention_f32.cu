@@ -261,8 +261,6 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionF32Kernel(PrefillAtt
 
   // O / l and lse without a split, else the chunk's normalized partial state.
   const bool split = p.num_chunks > 1;
-  float* ws_o = static_cast<float*>(p.workspace);
-  float* ws_lse = ws_o + static_cast<int64_t>(p.num_chunks) * p.total_q * p.num_qo_heads * kHeadDim;
 #pragma unroll
   for (int i = 0; i < kRowsPerThread; ++i) {
     float l = l_row[i];
@@ -272,16 +270,10 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionF32Kernel(PrefillAtt
     }
     const int32_t pr = w.row_base + row0 + i;
     if (pr >= w.num_rows) continue;
-    const int32_t token = pr / w.group;
-    const int32_t j = pr - token * w.group;
-    const int64_t state =
-        static_cast<int64_t>(w.qo_start + token) * p.num_qo_heads + w.kv_head * w.group + j;
-    const bool empty = m_row[i] == -INFINITY;
-    const float inv_l = empty ? 0.0f : 1.0f / l;
-    const float lse = empty ? -INFINITY : (m_row[i] + log2f(l)) * kLn2;
-    const int64_t slot =
-        split ? static_cast<int64_t>(w.chunk) * p.total_q * p.num_qo_heads + state : state;
-    float* dst = (split ? ws_o : static_cast<float*>(p.o)) + slot * kHeadDim;
+    const RowResult row = FinishRow(p, w, pr, m_row[i], l);
+    float* dst = split ? SplitPartialO(p) + row.slot * kHeadDim
+                       : static_cast<float*>(p.o) + row.state * kHeadDim;
+    const float inv_l = row.inv_l;
 #pragma unroll
     for (int v = 0; v < S::kDimVecs; ++v) {
       *reinterpret_cast<float4*>(dst + 4 * (kg + kKeyLanes * v)) =
@@ -290,9 +282,9 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionF32Kernel(PrefillAtt
     }
     if (kg == 0) {
       if (split) {
-        ws_lse[slot] = lse;
+        SplitPartialLse(p, kHeadDim)[row.slot] = row.lse;
       } else if (p.lse != nullptr) {
-        p.lse[slot] = lse;
+        p.lse[row.state] = row.lse;
       }
     }
   }

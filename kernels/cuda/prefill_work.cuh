@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/kv_layout.h"
 #include "kernels/cuda/prefill_attention.h"
 
@@ -84,6 +85,39 @@ __device__ __forceinline__ bool KeyVisible(const BlockWork& w, const RowMask& m,
   return key < w.key_end &&
          (w.tree ? (key < w.prefix || ((m.ancestors >> (key - w.prefix)) & 1u) != 0)
                  : key <= m.last_key);
+}
+
+// What a finished row writes: packed row `pr` (< w.num_rows) of the block's sequence, whose
+// online softmax ended with running max `m_log2` (log2 units; -inf when it saw no key) and
+// sum `l` (the whole row's).
+struct RowResult {
+  int64_t state;  // index of (query token, qo head) in o / lse: token * num_qo_heads + head
+  int64_t slot;   // with a split plan, the index of that state in this chunk's workspace
+  float inv_l;    // the factor O's row takes: 1 / l, 0 for a row that saw no key
+  float lse;      // natural log of the sum of exp, -inf for a row that saw no key
+};
+
+__device__ __forceinline__ RowResult FinishRow(const PrefillAttentionParams& p, const BlockWork& w,
+                                               int32_t pr, float m_log2, float l) {
+  RowResult r;
+  const int32_t token = pr / w.group;
+  const int32_t j = pr - token * w.group;
+  r.state = static_cast<int64_t>(w.qo_start + token) * p.num_qo_heads + w.kv_head * w.group + j;
+  r.slot = static_cast<int64_t>(w.chunk) * p.total_q * p.num_qo_heads + r.state;
+  const bool empty = m_log2 == -INFINITY;
+  r.inv_l = empty ? 0.0f : 1.0f / l;
+  r.lse = empty ? -INFINITY : (m_log2 + log2f(l)) * kLn2;
+  return r;
+}
+
+// The split plan's workspace (attention_common.h): partial outputs [num_chunks][total_q]
+// [num_qo_heads][head_dim], then their lses.
+__device__ __forceinline__ float* SplitPartialO(const PrefillAttentionParams& p) {
+  return static_cast<float*>(p.workspace);
+}
+__device__ __forceinline__ float* SplitPartialLse(const PrefillAttentionParams& p, int head_dim) {
+  return SplitPartialO(p) +
+         static_cast<int64_t>(p.num_chunks) * p.total_q * p.num_qo_heads * head_dim;
 }
 
 }  // namespace glimpse::kernels::cuda::internal
