@@ -382,14 +382,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
         const int32_t pr = w.row_base + row;
         const bool valid = pr < w.num_rows;
         int64_t off = 0;
-        if (valid) {
-          const int32_t token = pr / w.group;
-          const int32_t j = pr - token * w.group;
-          off = (static_cast<int64_t>(w.qo_start + token) * p.num_qo_heads + w.kv_head * w.group +
-                 j) *
-                    kHeadDim +
-                col;
-        }
+        if (valid) off = internal::PackedRowState(p, w, pr) * kHeadDim + col;
         CpAsync16(SmemAddr(q_s + row * S::kStride + col), q + off, valid);
       }
     }
@@ -638,12 +631,8 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
       const int32_t pr = w.row_base + row_of(i);
       const uint32_t* q_row = nullptr;
       if (pr < w.num_rows) {
-        const int32_t token = pr / w.group;
-        const int32_t j = pr - token * w.group;
-        q_row = reinterpret_cast<const uint32_t*>(
-            static_cast<const bf16*>(p.q) +
-            (static_cast<int64_t>(w.qo_start + token) * p.num_qo_heads + w.kv_head * w.group + j) *
-                kHeadDim);
+        q_row = reinterpret_cast<const uint32_t*>(static_cast<const bf16*>(p.q) +
+                                                  internal::PackedRowState(p, w, pr) * kHeadDim);
       }
 #pragma unroll
       for (int kk = 0; kk < kKSteps; ++kk) {

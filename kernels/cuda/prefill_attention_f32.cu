@@ -94,13 +94,7 @@ __device__ __forceinline__ void LoadQTile(const PrefillAttentionParams& p, const
     const int32_t pr = w.row_base + row;
     const bool valid = pr < w.num_rows;
     int64_t off = 0;
-    if (valid) {
-      const int32_t token = pr / w.group;
-      const int32_t j = pr - token * w.group;
-      off = (static_cast<int64_t>(w.qo_start + token) * p.num_qo_heads + w.kv_head * w.group + j) *
-                kHeadDim +
-            col;
-    }
+    if (valid) off = PackedRowState(p, w, pr) * kHeadDim + col;
     CpAsync16(SmemAddr(dst + row * S::kStride + col), q + off, valid);
   }
 }

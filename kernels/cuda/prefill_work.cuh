@@ -87,6 +87,15 @@ __device__ __forceinline__ bool KeyVisible(const BlockWork& w, const RowMask& m,
                  : key <= m.last_key);
 }
 
+// Packed row `pr` (< w.num_rows) of the block's sequence as a row of q, o and lse: query
+// token pr / group, qo head kv_head * group + pr % group; returns token * num_qo_heads + head.
+__device__ __forceinline__ int64_t PackedRowState(const PrefillAttentionParams& p,
+                                                  const BlockWork& w, int32_t pr) {
+  const int32_t token = pr / w.group;
+  const int32_t j = pr - token * w.group;
+  return static_cast<int64_t>(w.qo_start + token) * p.num_qo_heads + w.kv_head * w.group + j;
+}
+
 // What a finished row writes: packed row `pr` (< w.num_rows) of the block's sequence, whose
 // online softmax ended with running max `m_log2` (log2 units; -inf when it saw no key) and
 // sum `l` (the whole row's).
@@ -100,9 +109,7 @@ struct RowResult {
 __device__ __forceinline__ RowResult FinishRow(const PrefillAttentionParams& p, const BlockWork& w,
                                                int32_t pr, float m_log2, float l) {
   RowResult r;
-  const int32_t token = pr / w.group;
-  const int32_t j = pr - token * w.group;
-  r.state = static_cast<int64_t>(w.qo_start + token) * p.num_qo_heads + w.kv_head * w.group + j;
+  r.state = PackedRowState(p, w, pr);
   r.slot = static_cast<int64_t>(w.chunk) * p.total_q * p.num_qo_heads + r.state;
   const bool empty = m_log2 == -INFINITY;
   r.inv_l = empty ? 0.0f : 1.0f / l;
