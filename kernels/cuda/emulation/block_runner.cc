@@ -118,6 +118,7 @@ void BlockRunner::RunBlock(const char* kernel_name, const LaunchShape& shape, ui
   live_threads_ = n;
   at_barrier_ = 0;
   mbarriers_.clear();
+  block_wgmma_.reset();
   for (NamedBarrier& b : named_barriers_) b = NamedBarrier{};
   if (shape.dynamic_smem_bytes != dynamic_smem_bytes_) {
     dynamic_smem_.reset(shape.dynamic_smem_bytes > 0

@@ -54,6 +54,7 @@ class BlockRunner {
   // ---- Called by the running CUDA thread ----
   const ThreadCoordinates& Coordinates() const { return current_->coords; }
   int Lane() const { return current_->linear & 31; }
+  int WarpIndex() const { return current_->linear >> 5; }
   void SyncThreads();
   // Deposits `bytes` (<= kSlotBytes) for this lane, waits for every lane of `mask`, and
   // returns the 32 lanes' slots (lane i at i * kSlotBytes), valid until this lane's next
@@ -109,6 +110,9 @@ class BlockRunner {
   // The running thread's state of the emulated wgmma pipeline (tensor_core.cc owns its type);
   // empty at the start of every block.
   std::shared_ptr<void>& ThreadWgmmaState() { return current_->wgmma; }
+  // The block's record of the wgmma its warpgroups issued (tensor_core.cc owns its type);
+  // empty at the start of every block.
+  std::shared_ptr<void>& BlockWgmmaState() { return block_wgmma_; }
   [[noreturn]] void Fail(const std::string& message) const;
 
  private:
@@ -203,6 +207,7 @@ class BlockRunner {
   std::map<uint32_t, Mbarrier> mbarriers_;    // by shared address; the block's
   NamedBarrier named_barriers_[16];           // [1..15]; the block's
   bool eager_copies_ = false;  // this block's cp.async and bulk copies land at issue
+  std::shared_ptr<void> block_wgmma_;  // BlockWgmmaState
   bool warp_serial_ = false;   // this block restarts its pass after each collective/barrier
   uint64_t shuffle_state_ = 0x9e3779b97f4a7c15ull;
 };

@@ -89,6 +89,40 @@ __attribute__((no_sanitize_address)) void SnapshotBytes(void* dst, const void* s
   for (size_t i = 0; i < bytes; ++i) to[i] = from[i];
 }
 
+// wgmma.mma_async is .sync.aligned: the four warps of a warpgroup must issue the same
+// sequence of operations. The first warp of a warpgroup to issue its k-th operation records
+// it (shape, B descriptor, accumulate); the others must match it.
+struct IssuedWgmma {
+  int n;
+  uint64_t desc_b;
+  bool accumulate;
+  bool trans_b;
+  bool operator==(const IssuedWgmma&) const = default;
+};
+struct WarpgroupLog {
+  std::vector<IssuedWgmma> ops;  // by issue index within the warpgroup
+  int issued[4] = {0, 0, 0, 0};  // per warp of the warpgroup
+};
+struct BlockWgmmaLog {
+  std::map<int, WarpgroupLog> warpgroups;
+};
+
+void CheckWarpgroupAligned(BlockRunner& runner, const IssuedWgmma& op) {
+  std::shared_ptr<void>& slot = runner.BlockWgmmaState();
+  if (slot == nullptr) slot = std::make_shared<BlockWgmmaLog>();
+  WarpgroupLog& log = static_cast<BlockWgmmaLog*>(slot.get())->warpgroups[runner.WarpIndex() / 4];
+  const size_t k = static_cast<size_t>(log.issued[runner.WarpIndex() % 4]++);
+  if (k == log.ops.size()) {
+    log.ops.push_back(op);
+  } else if (!(log.ops[k] == op)) {
+    runner.Fail("wgmma.mma_async number " + std::to_string(k) + " of warp " +
+                std::to_string(runner.WarpIndex()) +
+                " differs from the same operation of another warp of its warpgroup (N, B "
+                "descriptor or accumulate): wgmma is .sync.aligned, all four warps must issue "
+                "the same operations");
+  }
+}
+
 WgmmaState& StateOf(BlockRunner& runner) {
   std::shared_ptr<void>& slot = runner.ThreadWgmmaState();
   if (slot == nullptr) slot = std::make_shared<WgmmaState>();
@@ -177,8 +211,10 @@ void WgmmaAsync(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool a
   if (n < 8 || n > 256 || n % 8 != 0) runner.Fail("wgmma: N must be a multiple of 8 in 8..256");
   if ((desc_b >> 62) != 1) runner.Fail("wgmma: only the 128-byte swizzle is emulated");
   PendingWgmma op{d, n, GatherWarpA(runner, a, "wgmma.mma_async"), desc_b, accumulate, trans_b};
-  if (runner.Lane() == 0)
+  if (runner.Lane() == 0) {
     CheckBCopiesDone(runner, desc_b, trans_b, n, "wgmma (operand B, at issue)");
+    CheckWarpgroupAligned(runner, IssuedWgmma{n, desc_b, accumulate, trans_b});
+  }
   WgmmaState& state = StateOf(runner);
   if (!state.fenced) runner.Fail("wgmma.mma_async before any wgmma.fence of the thread");
   const std::vector<uint32_t> a_now(a, a + 4);
