@@ -27,7 +27,7 @@ using internal::SmemAddr;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kTileM = 64;   // packed query rows per m-tile (16 per warp)
+constexpr int kTileM = internal::kMmaSyncBlockRows;  // packed query rows per m-tile (16 per warp)
 constexpr int kBlockN = 64;  // keys per KV tile
 constexpr int kMinChunkKeys = 256;
 
@@ -167,11 +167,8 @@ __device__ __forceinline__ void SoftmaxTile(float scale_log2, TileScores<kMTiles
     }
     mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
-    const float m_new = fmaxf(m_row[r], mx);
-    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-    rescale[r] = FastExp2(m_row[r] - m_use);
-    m_row[r] = m_new;
-    l_row[r] *= rescale[r];
+    float m_use;
+    rescale[r] = internal::FoldTileMax(mx, m_row[r], l_row[r], m_use);
 #pragma unroll
     for (int nt = 0; nt < kBlockN / 8; ++nt) {
       s[mt][nt][2 * i] = FastExp2(s[mt][nt][2 * i] - m_use);

@@ -32,7 +32,7 @@ namespace glimpse::kernels::cuda::internal {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kBlockRows = 64;  // packed query rows per block (the kMmaSync plan's tiles)
+constexpr int kBlockRows = kMmaSyncBlockRows;  // packed query rows per block
 constexpr int kTileKeys = 32;   // keys per K/V tile
 constexpr int kKeyLanes = 8;    // lanes sharing a group of rows, splitting keys and head dims
 constexpr int kRowsPerThread = 4;
@@ -202,11 +202,8 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionF32Kernel(PrefillAtt
         for (int offset = 1; offset < kKeyLanes; offset <<= 1) {
           mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, offset));
         }
-        const float m_new = fmaxf(m_row[i], mx);
-        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        const float rescale = FastExp2(m_row[i] - m_use);
-        m_row[i] = m_new;
-        l_row[i] *= rescale;
+        float m_use;
+        const float rescale = FoldTileMax(mx, m_row[i], l_row[i], m_use);
 #pragma unroll
         for (int v = 0; v < S::kDimVecs; ++v) {
 #pragma unroll

@@ -14,6 +14,10 @@
 
 namespace glimpse::kernels::cuda::internal {
 
+// Packed query rows per block of PrefillKernel::kMmaSync's plan (PlanPrefillAttention), which
+// the fp32 kernel runs too: both kernels' blocks are built on it.
+constexpr int kMmaSyncBlockRows = 64;
+
 // What one block computes: its work item (sequence, tile of `block_rows` packed query rows,
 // KV chunk) for kv head blockIdx.y, and the keys that tile reads.
 struct BlockWork {
@@ -85,6 +89,19 @@ __device__ __forceinline__ bool KeyVisible(const BlockWork& w, const RowMask& m,
   return key < w.key_end &&
          (w.tree ? (key < w.prefix || ((m.ancestors >> (key - w.prefix)) & 1u) != 0)
                  : key <= m.last_key);
+}
+
+// One online-softmax step of a row (FlashAttention-2, log2 units): folds the tile's maximum
+// score into the running max m and rescales the running sum l by exp2(old m - new m); returns
+// that factor (O's row takes it too) and sets m_use to what the tile's exponentials subtract
+// (0 while the row has seen no key, so that masked scores give exp2(-inf) = 0, not NaN).
+__device__ __forceinline__ float FoldTileMax(float tile_max, float& m, float& l, float& m_use) {
+  const float m_new = fmaxf(m, tile_max);
+  m_use = m_new == -INFINITY ? 0.0f : m_new;
+  const float rescale = FastExp2(m - m_use);
+  m = m_new;
+  l *= rescale;
+  return rescale;
 }
 
 // Packed row `pr` (< w.num_rows) of the block's sequence as a row of q, o and lse: query
