@@ -129,8 +129,8 @@ void BlockRunner::RunBlock(const char* kernel_name, const LaunchShape& shape, ui
   if (dynamic_smem_bytes_ > 0) std::memset(dynamic_smem_.get(), 0xff, dynamic_smem_bytes_);
   shared_regions_.assign(1, SharedRegion{dynamic_smem_.get(), dynamic_smem_bytes_});
   copies_in_flight_.assign(dynamic_smem_bytes_ / 16, 0);
-  landed_unpublished_by_.assign(dynamic_smem_bytes_ / 16, -1);
-  landed_unfenced_by_.assign(dynamic_smem_bytes_ / 16, -1);
+  unpublished_.Reset(dynamic_smem_bytes_ / 16);
+  unfenced_.Reset(dynamic_smem_bytes_ / 16);
 
   std::vector<int>& order = order_;
   order.resize(n);
@@ -350,16 +350,16 @@ void BlockRunner::CheckCopiesVisible(uint32_t address, size_t bytes, const char*
            " while a cp.async to it is still in flight (no cp.async.wait_group by the copying "
            "thread before the barrier or signal that let this read happen?)");
     }
-    if (landed_unpublished_by_[g] >= 0) {
+    if (unpublished_.by_granule[g] >= 0) {
       Fail(std::string(what) + " reads dynamic shared memory at offset " + std::to_string(g * 16) +
-           " that a cp.async of thread " + std::to_string(landed_unpublished_by_[g]) +
+           " that a cp.async of thread " + std::to_string(unpublished_.by_granule[g]) +
            " wrote, which has passed no barrier since its cp.async.wait_group (the wait makes "
            "the copy visible to its own thread only: __syncwarp or __syncthreads before "
            "reading it across lanes)");
     }
-    if (async_proxy && landed_unfenced_by_[g] >= 0) {
+    if (async_proxy && unfenced_.by_granule[g] >= 0) {
       Fail(std::string(what) + " reads dynamic shared memory at offset " + std::to_string(g * 16) +
-           " that a cp.async of thread " + std::to_string(landed_unfenced_by_[g]) +
+           " that a cp.async of thread " + std::to_string(unfenced_.by_granule[g]) +
            " wrote, which has run no fence.proxy.async since its cp.async.wait_group (wgmma "
            "reads shared memory through the async proxy, which sees generic-proxy writes such "
            "as cp.async's only after that fence: FenceProxyAsync before the barrier)");
@@ -367,13 +367,7 @@ void BlockRunner::CheckCopiesVisible(uint32_t address, size_t bytes, const char*
   }
 }
 
-void BlockRunner::FenceProxyAsync() {
-  Thread& t = *current_;
-  for (const size_t g : t.unfenced) {
-    if (landed_unfenced_by_[g] == t.linear) landed_unfenced_by_[g] = -1;
-  }
-  t.unfenced.clear();
-}
+void BlockRunner::FenceProxyAsync() { unfenced_.Release(current_->linear, current_->unfenced); }
 
 void BlockRunner::CpAsyncCommit() {
   current_->committed.push_back(std::move(current_->uncommitted));
@@ -393,10 +387,8 @@ void BlockRunner::ApplyCopies(const std::vector<PendingCopy>& copies, Thread& t)
     if ((c.smem_address >> kRegionShift) == 0) {
       const size_t g = (c.smem_address & kOffsetMask) / 16;
       --copies_in_flight_[g];
-      landed_unpublished_by_[g] = t.linear;
-      t.unpublished.push_back(g);
-      landed_unfenced_by_[g] = t.linear;
-      t.unfenced.push_back(g);
+      unpublished_.Mark(g, t.linear, t.unpublished);
+      unfenced_.Mark(g, t.linear, t.unfenced);
     }
     if (!c.landed) WriteCopy(c);
   }
@@ -411,12 +403,7 @@ void BlockRunner::WriteCopy(const PendingCopy& c) {
   }
 }
 
-void BlockRunner::Publish(Thread& t) {
-  for (const size_t g : t.unpublished) {
-    if (landed_unpublished_by_[g] == t.linear) landed_unpublished_by_[g] = -1;
-  }
-  t.unpublished.clear();
-}
+void BlockRunner::Publish(Thread& t) { unpublished_.Release(t.linear, t.unpublished); }
 
 bool BlockRunner::CountOnNamedBarrier(int id, int count, const char* what) {
   if (id < 1 || id > 15) {

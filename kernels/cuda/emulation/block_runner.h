@@ -199,11 +199,26 @@ class BlockRunner {
   std::unique_ptr<unsigned char[]> dynamic_smem_;
   size_t dynamic_smem_bytes_ = 0;
   std::vector<SharedRegion> shared_regions_;  // [0] dynamic shared memory
-  // cp.async copies in flight per 16-byte granule of dynamic shared memory, and the thread
-  // whose landed copy no barrier has published yet (-1: none).
+  // cp.async copies in flight per 16-byte granule of dynamic shared memory.
   std::vector<uint16_t> copies_in_flight_;
-  std::vector<int> landed_unpublished_by_;
-  std::vector<int> landed_unfenced_by_;       // the same for fence.proxy.async (-1: none)
+  // Granules holding a landed copy that its thread has not yet released by a later act, and
+  // which thread (-1: none); the thread keeps the list of the granules it marked.
+  struct LandedMarks {
+    std::vector<int> by_granule;
+    void Reset(size_t granules) { by_granule.assign(granules, -1); }
+    void Mark(size_t granule, int thread, std::vector<size_t>& marked) {
+      by_granule[granule] = thread;
+      marked.push_back(granule);
+    }
+    void Release(int thread, std::vector<size_t>& marked) {
+      for (const size_t g : marked) {
+        if (by_granule[g] == thread) by_granule[g] = -1;
+      }
+      marked.clear();
+    }
+  };
+  LandedMarks unpublished_;                   // released by a barrier the thread passes (Publish)
+  LandedMarks unfenced_;                      // released by the thread's fence.proxy.async
   std::map<uint32_t, Mbarrier> mbarriers_;    // by shared address; the block's
   NamedBarrier named_barriers_[16];           // [1..15]; the block's
   bool eager_copies_ = false;  // this block's cp.async and bulk copies land at issue

@@ -3,6 +3,7 @@
 // address), then computes its own outputs from the whole warp's, with the fragment layouts of
 // the PTX ISA (kernels/cuda/mma_utils.cuh spells them out).
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -75,7 +76,7 @@ struct WgmmaState {
   // fence, or since then when a wgmma read them (A) or left them at its wait (D): a later
   // wgmma that finds them changed means the thread wrote them after the fence.
   bool fenced = false;  // a fence since the block started
-  std::map<const void*, std::vector<uint32_t>> a_read;
+  std::map<const void*, std::array<uint32_t, 4>> a_read;
   std::map<float*, std::vector<float>> d_written;
   std::map<float*, int> accumulators;  // every accumulator used, with its N / 2
 };
@@ -217,7 +218,7 @@ void WgmmaAsync(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool a
   }
   WgmmaState& state = StateOf(runner);
   if (!state.fenced) runner.Fail("wgmma.mma_async before any wgmma.fence of the thread");
-  const std::vector<uint32_t> a_now(a, a + 4);
+  const std::array<uint32_t, 4> a_now = {a[0], a[1], a[2], a[3]};
   auto [a_it, a_new] = state.a_read.try_emplace(static_cast<const void*>(a), a_now);
   if (!a_new && a_it->second != a_now) {
     runner.Fail(
