@@ -6,6 +6,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "kernels/cuda/testing/test_filter.h"
+
 namespace glimpse::kernels::cuda::testing {
 namespace {
 
@@ -196,30 +198,6 @@ std::vector<float> Bf16ToFloat(const std::vector<uint16_t>& x) {
   return out;
 }
 
-// --filter=TEXT[,TEXT...] runs the tests whose name contains any TEXT; --filter=-TEXT[,-TEXT...]
-// the others (so that a GPU session can run risky tests in a process of their own, see
-// gpu_check.sh). A term without '-' selects, one with '-' excludes; exclusion wins.
-static bool Selected(const std::string& name, const std::string& filter) {
-  if (filter.empty()) return true;
-  bool any_positive = false;
-  bool matched_positive = false;
-  size_t start = 0;
-  while (start <= filter.size()) {
-    size_t end = filter.find(',', start);
-    if (end == std::string::npos) end = filter.size();
-    const std::string term = filter.substr(start, end - start);
-    start = end + 1;
-    if (term.empty()) continue;
-    if (term[0] == '-') {
-      if (name.find(term.substr(1)) != std::string::npos) return false;
-    } else {
-      any_positive = true;
-      matched_positive = matched_positive || name.find(term) != std::string::npos;
-    }
-  }
-  return !any_positive || matched_positive;
-}
-
 int RunAllTests(int argc, char** argv) {
   std::string filter;
   std::string json_path;
@@ -259,7 +237,7 @@ int RunAllTests(int argc, char** argv) {
   int num_run = 0;
   int num_failed = 0;
   for (const TestCase& test : Registry()) {
-    if (!Selected(test.name, filter)) continue;
+    if (!TestSelected(test.name, filter)) continue;
     State() = TestState();
     std::printf("[ RUN  ] %s\n", test.name);
     std::fflush(stdout);

@@ -167,8 +167,8 @@ inline cudaError_t SyncAndCheck() {
   return cudaDeviceSynchronize();
 }
 
-// Runs all registered tests (used by test_main.cc). Flags: --filter=SUBSTRING (or
-// --filter=-SUBSTRING: all but those), --seed=N, --json=PATH.
+// Runs all registered tests (used by test_main.cc). Flags: --filter=TEXT[,-TEXT...] (which
+// tests; test_filter.h), --seed=N, --json=PATH.
 int RunAllTests(int argc, char** argv);
 
 }  // namespace glimpse::kernels::cuda::testing
