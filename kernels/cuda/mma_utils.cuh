@@ -92,7 +92,7 @@ __device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// ---- Hopper warpgroup MMA (sm_90a): wgmma.mma_async with A from registers -----------------
+// ---- Hopper warpgroup MMA (sm_90a): wgmma.mma_async, A from registers or shared memory ------
 // A warpgroup is 4 consecutive warps (128 threads) that issue each wgmma together. Warp w of
 // the group supplies rows 16w..16w+15 of A in mma.m16n8k16's A layout and receives the same
 // rows of D: accumulator [j][e] of a lane is row g + 8 * (e / 2), column 8j + 2t + e % 2 (the
@@ -200,6 +200,41 @@ __device__ __forceinline__ void WgmmaM64N128K16(float (&d)[16][4], const uint32_
         "+f"(d[15][2]), "+f"(d[15][3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(static_cast<int>(accumulate)),
         "n"(kTransB));
+#else
+  __trap();  // only sm_90a builds run the wgmma kernels (LaunchPrefillAttention checks)
+#endif
+}
+
+// d (+)= A · B with A from shared memory too (the warpgroup's 64 x 16 A, K-major, through
+// desc_a, SmemDescSw128 as for a K-major B): no A registers, so a kernel can keep Q in shared
+// memory for all its tiles instead of 4 registers per k-step per thread.
+template <int kTransB>
+__device__ __forceinline__ void WgmmaM64N128K16SS(float (&d)[16][4], uint64_t desc_a,
+                                                  uint64_t desc_b, bool accumulate) {
+#if defined(GLIMPSE_CUDA_EMULATION)
+  ::cuda_emu::WgmmaAsyncSS(&d[0][0], 128, desc_a, desc_b, accumulate, kTransB != 0);
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
+      "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "
+      "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "
+      "%56, %57, %58, %59, %60, %61, %62, %63}, "
+      "%64, %65, p, 1, 1, 0, %67;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),
+        "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]),
+        "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
+        "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+        "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),
+        "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]),
+        "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
+        "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]),
+        "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]),
+        "+f"(d[15][2]), "+f"(d[15][3])
+      : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)), "n"(kTransB));
 #else
   __trap();  // only sm_90a builds run the wgmma kernels (LaunchPrefillAttention checks)
 #endif

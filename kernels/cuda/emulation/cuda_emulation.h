@@ -89,6 +89,10 @@ void FenceProxyAsync();
 // in WgmmaWait, and B is read from shared memory then.
 void WgmmaAsync(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool accumulate,
                 bool trans_b);
+// The same with A from shared memory too: the warpgroup's 64 x 16 A, K-major, through a
+// descriptor (128-byte swizzle); this warp's rows are 16 * (warp % 4) .. + 15. A is read
+// (and checked for copies not yet visible to the async proxy) like B.
+void WgmmaAsyncSS(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool accumulate, bool trans_b);
 void WgmmaCommit();
 // wgmma.fence.sync.aligned: orders the thread's register accesses before it with the wgmma
 // operations after it. WgmmaAsync fails when registers it reads (A, or an accumulator it

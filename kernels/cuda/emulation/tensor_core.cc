@@ -52,7 +52,8 @@ WarpA GatherWarpA(BlockRunner& runner, const uint32_t (&a)[4], const char* what)
   return w;
 }
 
-// One issued wgmma, executed when its group completes.
+// One issued wgmma, executed when its group completes. A is the warp's registers (gathered
+// at issue), or, when a_in_smem, read through desc_a at completion.
 struct PendingWgmma {
   float* d;
   int n;
@@ -60,6 +61,8 @@ struct PendingWgmma {
   uint64_t desc_b;
   bool accumulate;
   bool trans_b;
+  bool a_in_smem = false;
+  uint64_t desc_a = 0;
 };
 
 // A thread's in-flight wgmma operations. `values` holds the true contents of every
@@ -98,6 +101,7 @@ struct IssuedWgmma {
   uint64_t desc_b;
   bool accumulate;
   bool trans_b;
+  uint64_t desc_a;  // 0 when A comes from registers
   bool operator==(const IssuedWgmma&) const = default;
 };
 struct WarpgroupLog {
@@ -118,8 +122,8 @@ void CheckWarpgroupAligned(BlockRunner& runner, const IssuedWgmma& op) {
   } else if (!(log.ops[k] == op)) {
     runner.Fail("wgmma.mma_async number " + std::to_string(k) + " of warp " +
                 std::to_string(runner.WarpIndex()) +
-                " differs from the same operation of another warp of its warpgroup (N, B "
-                "descriptor or accumulate): wgmma is .sync.aligned, all four warps must issue "
+                " differs from the same operation of another warp of its warpgroup (N, A or B "
+                "descriptor, or accumulate): wgmma is .sync.aligned, all four warps must issue "
                 "the same operations");
   }
 }
@@ -176,12 +180,29 @@ void CheckBCopiesDone(BlockRunner& runner, uint64_t desc, bool trans_b, int n, c
   }
 }
 
+// A (64 x 16, K-major) through a descriptor has B's K-major addressing with its rows as n.
+void CheckACopiesDone(BlockRunner& runner, uint64_t desc_a, const char* what) {
+  CheckBCopiesDone(runner, desc_a, /*trans_b=*/false, 64, what);
+}
+
+// This warp's 16 rows of a shared-memory A.
+WarpA ReadWarpA(BlockRunner& runner, uint64_t desc_a) {
+  const int first_row = 16 * (runner.WarpIndex() % 4);
+  WarpA w;
+  for (int r = 0; r < 16; ++r) {
+    for (int k = 0; k < 16; ++k) w.at[r][k] = ReadB(runner, desc_a, false, k, first_row + r);
+  }
+  return w;
+}
+
 void Execute(BlockRunner& runner, WgmmaState& state, const PendingWgmma& op) {
   const int lane = runner.Lane();
-  // Every lane of the warpgroup reads the same B: one check per warp is enough.
+  // Every lane of the warpgroup reads the same B (and A): one check per warp is enough.
   if (lane == 0) {
     CheckBCopiesDone(runner, op.desc_b, op.trans_b, op.n, "wgmma (operand B, at completion)");
+    if (op.a_in_smem) CheckACopiesDone(runner, op.desc_a, "wgmma (operand A, at completion)");
   }
+  const WarpA a = op.a_in_smem ? ReadWarpA(runner, op.desc_a) : op.a;
   std::vector<float>& d = state.values.at(op.d);
   const int g = lane >> 2;
   const int t = lane & 3;
@@ -199,35 +220,29 @@ void Execute(BlockRunner& runner, WgmmaState& state, const PendingWgmma& op) {
     const int r = g + ((i & 2) ? 8 : 0);
     const int col = 2 * (i / 4) + (i & 1);
     float sum = 0.0f;
-    for (int k = 0; k < 16; ++k) sum += op.a.at[r][k] * b[k][col];
+    for (int k = 0; k < 16; ++k) sum += a.at[r][k] * b[k][col];
     d[i] = (op.accumulate ? d[i] : 0.0f) + sum;
   }
 }
 
-}  // namespace
-
-void WgmmaAsync(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool accumulate,
-                bool trans_b) {
-  BlockRunner& runner = BlockRunner::ForThisThread();
-  if (n < 8 || n > 256 || n % 8 != 0) runner.Fail("wgmma: N must be a multiple of 8 in 8..256");
-  if ((desc_b >> 62) != 1) runner.Fail("wgmma: only the 128-byte swizzle is emulated");
-  PendingWgmma op{d, n, GatherWarpA(runner, a, "wgmma.mma_async"), desc_b, accumulate, trans_b};
+// What every wgmma issue does beside reading A: shape and B checks, the warpgroup alignment
+// check, the fence rules for the accumulators, and queueing the operation.
+void IssueWgmma(BlockRunner& runner, PendingWgmma op) {
+  if (op.n < 8 || op.n > 256 || op.n % 8 != 0) {
+    runner.Fail("wgmma: N must be a multiple of 8 in 8..256");
+  }
+  if ((op.desc_b >> 62) != 1) runner.Fail("wgmma: only the 128-byte swizzle is emulated");
   if (runner.Lane() == 0) {
-    CheckBCopiesDone(runner, desc_b, trans_b, n, "wgmma (operand B, at issue)");
-    CheckWarpgroupAligned(runner, IssuedWgmma{n, desc_b, accumulate, trans_b});
+    CheckBCopiesDone(runner, op.desc_b, op.trans_b, op.n, "wgmma (operand B, at issue)");
+    CheckWarpgroupAligned(runner, IssuedWgmma{op.n, op.desc_b, op.accumulate, op.trans_b,
+                                              op.a_in_smem ? op.desc_a : 0});
   }
   WgmmaState& state = StateOf(runner);
   if (!state.fenced) runner.Fail("wgmma.mma_async before any wgmma.fence of the thread");
-  const std::array<uint32_t, 4> a_now = {a[0], a[1], a[2], a[3]};
-  auto [a_it, a_new] = state.a_read.try_emplace(static_cast<const void*>(a), a_now);
-  if (!a_new && a_it->second != a_now) {
-    runner.Fail(
-        "wgmma.mma_async reads A registers the thread rewrote after an earlier wgmma "
-        "read them, with no wgmma.fence in between (WgmmaFence after writing them)");
-  }
-  a_it->second = a_now;
+  float* d = op.d;
+  const int n = op.n;
   state.accumulators[d] = n / 2;
-  if (accumulate && state.values.count(d) == 0) {
+  if (op.accumulate && state.values.count(d) == 0) {
     const auto written = state.d_written.find(d);
     if (written != state.d_written.end() && !std::equal(d, d + n / 2, written->second.begin())) {
       runner.Fail(
@@ -243,7 +258,34 @@ void WgmmaAsync(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool a
   } else if (static_cast<int>(it->second.size()) != n / 2) {
     runner.Fail("wgmma: accumulator reused with another N while in flight");
   }
-  state.uncommitted.push_back(op);
+  state.uncommitted.push_back(std::move(op));
+}
+
+}  // namespace
+
+void WgmmaAsync(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool accumulate,
+                bool trans_b) {
+  BlockRunner& runner = BlockRunner::ForThisThread();
+  IssueWgmma(runner, PendingWgmma{d, n, GatherWarpA(runner, a, "wgmma.mma_async"), desc_b,
+                                  accumulate, trans_b});
+  WgmmaState& state = StateOf(runner);
+  const std::array<uint32_t, 4> a_now = {a[0], a[1], a[2], a[3]};
+  auto [a_it, a_new] = state.a_read.try_emplace(static_cast<const void*>(a), a_now);
+  if (!a_new && a_it->second != a_now) {
+    runner.Fail(
+        "wgmma.mma_async reads A registers the thread rewrote after an earlier wgmma "
+        "read them, with no wgmma.fence in between (WgmmaFence after writing them)");
+  }
+  a_it->second = a_now;
+}
+
+void WgmmaAsyncSS(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool accumulate,
+                  bool trans_b) {
+  BlockRunner& runner = BlockRunner::ForThisThread();
+  if ((desc_a >> 62) != 1) runner.Fail("wgmma: only the 128-byte swizzle is emulated");
+  if (runner.Lane() == 0) CheckACopiesDone(runner, desc_a, "wgmma (operand A, at issue)");
+  IssueWgmma(runner,
+             PendingWgmma{d, n, WarpA{}, desc_b, accumulate, trans_b, /*a_in_smem=*/true, desc_a});
 }
 
 void WgmmaCommit() {
