@@ -72,6 +72,7 @@ constexpr std::pair<PrefillKernel, const char*> kPrefillKernelNames[] = {
     {PrefillKernel::kMmaSyncWide, "mma_sync_wide"},
     {PrefillKernel::kWgmma, "wgmma"},
     {PrefillKernel::kWgmmaPipelined, "wgmma_pipelined"},
+    {PrefillKernel::kWgmmaPipelined128, "wgmma_pipelined_128"},
 };
 
 constexpr std::pair<DecodeKernel, const char*> kDecodeKernelNames[] = {
@@ -150,8 +151,9 @@ ABSL_FLAG(glimpse::kernels::cuda::PrefillKernel, cuda_prefill_attention,
           "head_dim 64 or 128; elsewhere mma_sync runs) or experimental 'wgmma_pipelined' "
           "(as wgmma, fed by TMA through an mbarrier pipeline with a producer and two consumer "
           "warpgroups, FlashAttention-3's structure; at page sizes its TMA boxes cannot tile, "
-          "such as --block_size=4 or 17, wgmma runs). The experimental ones are checked on "
-          "the CUDA emulation, not yet measured on a GPU.");
+          "such as --block_size=4 or 17, wgmma runs) or experimental 'wgmma_pipelined_128' "
+          "(the same with FlashAttention-3's 128-key K/V tiles and Q in shared memory). The "
+          "experimental ones are checked on the CUDA emulation, not yet measured on a GPU.");
 ABSL_FLAG(glimpse::kernels::cuda::DecodeKernel, cuda_decode_attention,
           glimpse::kernels::cuda::DecodeKernel::kCudaCores,
           "--device=cuda with a bf16 KV cache: the kernel that runs decode-step attention. "

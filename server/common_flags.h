@@ -31,9 +31,9 @@ std::string AbslUnparseFlag(KvCacheDType dtype);
 
 namespace glimpse::kernels::cuda {
 
-// The `--cuda_prefill_attention` flag: "mma_sync", "mma_sync_wide", "wgmma" or
-// "wgmma_pipelined". Declared in the
-// enum's namespace, where absl finds them; kernels/cuda itself stays free of Abseil.
+// The `--cuda_prefill_attention` flag: "mma_sync", "mma_sync_wide", "wgmma",
+// "wgmma_pipelined" or "wgmma_pipelined_128". Declared in the enum's namespace, where absl finds
+// them; kernels/cuda itself stays free of Abseil.
 bool AbslParseFlag(absl::string_view text, PrefillKernel* kernel, std::string* error);
 std::string AbslUnparseFlag(PrefillKernel kernel);
 // The `--cuda_decode_attention` flag: "cuda_cores" or "mma_sync".

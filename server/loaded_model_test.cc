@@ -86,14 +86,16 @@ TEST(KvCacheDTypeTest, FlagParsesTheNamesAndAliasesAndRejectsOthers) {
   EXPECT_NE(error.find("bf16"), std::string::npos);
 }
 
-TEST(CudaPrefillAttentionFlagTest, ParsesTheFourKernelsAndRejectsOthers) {
+TEST(CudaPrefillAttentionFlagTest, ParsesTheFiveKernelsAndRejectsOthers) {
   using kernels::cuda::PrefillKernel;
   PrefillKernel k = PrefillKernel::kMmaSync;
   std::string error;
-  for (const auto& [text, want] : {std::pair{"mma_sync", PrefillKernel::kMmaSync},
-                                   std::pair{"mma_sync_wide", PrefillKernel::kMmaSyncWide},
-                                   std::pair{"wgmma", PrefillKernel::kWgmma},
-                                   std::pair{"wgmma_pipelined", PrefillKernel::kWgmmaPipelined}}) {
+  for (const auto& [text, want] :
+       {std::pair{"mma_sync", PrefillKernel::kMmaSync},
+        std::pair{"mma_sync_wide", PrefillKernel::kMmaSyncWide},
+        std::pair{"wgmma", PrefillKernel::kWgmma},
+        std::pair{"wgmma_pipelined", PrefillKernel::kWgmmaPipelined},
+        std::pair{"wgmma_pipelined_128", PrefillKernel::kWgmmaPipelined128}}) {
     ASSERT_TRUE(AbslParseFlag(text, &k, &error)) << text;
     EXPECT_EQ(k, want) << text;
     EXPECT_EQ(AbslUnparseFlag(k), text);

@@ -11,8 +11,9 @@
 #      travel), batch-1 decode timed by `glimpse_lean bench`, against the bandwidth floor
 #      (weight bytes + KV bytes read per step, over the D2D bandwidth gpu_check.sh measured —
 #      pass its bench.json as BENCH_JSON, or the floor is given in bytes only); then, unless
-#      SKIP_VARIANTS=1, the same bench with --cuda_prefill_attention=mma_sync_wide, =wgmma and
-#      =wgmma_pipelined (prefill tok/s of the four attention kernels side by side) and with
+#      SKIP_VARIANTS=1, the same bench with --cuda_prefill_attention=mma_sync_wide, =wgmma,
+#      =wgmma_pipelined and =wgmma_pipelined_128 (prefill tok/s of the five attention kernels
+#      side by side) and with
 #      --cuda_decode_attention=mma_sync (decode tok/s of the two decode kernels).
 #
 #   kernels/cuda/gpu_e2e.sh [RESULT_DIR]          (from the repository root)
@@ -62,7 +63,8 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
   bench_rc=${PIPESTATUS[0]}
   if [ "${SKIP_VARIANTS:-0}" != 1 ]; then
     # KIND:KERNEL -> --cuda_KIND_attention=KERNEL, results in bench_8b_NAME.json.
-    for variant in prefill:mma_sync_wide prefill:wgmma prefill:wgmma_pipelined decode:mma_sync; do
+    for variant in prefill:mma_sync_wide prefill:wgmma prefill:wgmma_pipelined \
+        prefill:wgmma_pipelined_128 decode:mma_sync; do
       kind=${variant%%:*}
       kernel=${variant#*:}
       name=$kernel
@@ -75,7 +77,7 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
       [ "${PIPESTATUS[0]}" -eq 0 ] || bench_rc=1
     done
     for f in bench_8b bench_8b_mma_sync_wide bench_8b_wgmma bench_8b_wgmma_pipelined \
-        bench_8b_decode_mma_sync; do
+        bench_8b_wgmma_pipelined_128 bench_8b_decode_mma_sync; do
       [ -f "$RESULT_DIR/$f.json" ] || continue
       python3 - "$RESULT_DIR/$f.json" "$f" <<'PY'
 import json, sys
@@ -87,6 +89,7 @@ print(f"{sys.argv[2]}: prefill {r['prefill_tok_s']:.0f} tok/s, decode {r['decode
       f"wide {c.get('cuda_attention_wide_calls_total', 0)}, "
       f"wgmma {c.get('cuda_attention_wgmma_calls_total', 0)}, "
       f"pipelined {c.get('cuda_attention_wgmma_pipelined_calls_total', 0)}, "
+      f"pipelined_128 {c.get('cuda_attention_wgmma_pipelined_128_calls_total', 0)}, "
       f"mma decode {c.get('cuda_attention_mma_decode_calls_total', 0)}")
 PY
     done

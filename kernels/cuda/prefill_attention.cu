@@ -31,11 +31,29 @@ constexpr int kTileM = internal::kMmaSyncBlockRows;  // packed query rows per m-
 constexpr int kBlockN = 64;  // keys per KV tile
 constexpr int kMinChunkKeys = 256;
 
-// Rows of a block: kMTiles m-tiles of 64 (each warp takes 16 rows of every m-tile).
+inline bool IsPipelined(PrefillKernel kernel) {
+  return kernel == PrefillKernel::kWgmmaPipelined || kernel == PrefillKernel::kWgmmaPipelined128;
+}
+
+// Rows of a block: kMTiles m-tiles of 64 (each warp takes 16 rows of every m-tile), or the
+// pipelined kernels' two consumer warpgroups of 64.
 inline int32_t BlockRows(PrefillKernel kernel) {
-  return kernel == PrefillKernel::kMmaSyncWide || kernel == PrefillKernel::kWgmmaPipelined
-             ? 2 * kTileM
-             : kTileM;
+  return kernel == PrefillKernel::kMmaSyncWide || IsPipelined(kernel) ? 2 * kTileM : kTileM;
+}
+
+// Keys per K/V tile: the plan's chunks are whole tiles of the kernel that runs them.
+inline int32_t TileKeys(PrefillKernel kernel) {
+  return kernel == PrefillKernel::kWgmmaPipelined128 ? 2 * kBlockN : kBlockN;
+}
+
+// Byte offset of element (row, col) (col a multiple of 8) of a [kRows][head_dim] bf16 tile in
+// the 128-byte-swizzled layout wgmma reads through descriptors: 64-column halves of kRows
+// rows x 128 bytes, 16-byte chunk c of row r at chunk c ^ (r % 8) (the tile 1024-byte
+// aligned).
+template <int kRows>
+__device__ __forceinline__ int SwizzledTileOffset(int row, int col) {
+  const int chunk = (col % 64) / 8;
+  return (col / 64) * (kRows * 128) + row * 128 + ((chunk ^ (row & 7)) * 16);
 }
 
 // Shared memory of one block. The Q tile (kMTiles x 64 rows) is always padded rows (read by
@@ -68,19 +86,19 @@ struct PrefillShape {
   // Byte offset of element (row, col) (col a multiple of 8) in a K or V tile.
   static __device__ __forceinline__ int KvTileOffset(int row, int col) {
     if constexpr (kWgmma) {
-      const int chunk = (col % 64) / 8;
-      return (col / 64) * (kBlockN * 128) + row * 128 + ((chunk ^ (row & 7)) * 16);
+      return SwizzledTileOffset<kBlockN>(row, col);
     } else {
       return (row * kStride + col) * static_cast<int>(sizeof(bf16));
     }
   }
 };
 
-// Issues the cp.async copies of KV tile `tile_start .. +63` of (sequence, kv_head) into
-// k_dst / v_dst (PrefillShape's layout), spread over kLoaders threads (`loader` is this
-// thread's index among them); page_div divides by the page size. Keys >= key_end become zero
-// rows: their scores are masked to -inf and zero V rows keep 0 * garbage from turning into NaN.
-template <int kHeadDim, bool kWgmma, int kLoaders = kThreads>
+// Issues the cp.async copies of KV tile `tile_start .. + kKeys - 1` of (sequence, kv_head)
+// into k_dst / v_dst (PrefillShape's layout; with kKeys 128, wgmma's of 128 rows), spread
+// over kLoaders threads (`loader` is this thread's index among them); page_div divides by the
+// page size. Keys >= key_end become zero rows: their scores are masked to -inf and zero V rows
+// keep 0 * garbage from turning into NaN.
+template <int kHeadDim, bool kWgmma, int kLoaders = kThreads, int kKeys = kBlockN>
 __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p,
                                            const internal::FastDivider& page_div,
                                            int32_t page_begin, int kv_head, int32_t tile_start,
@@ -88,12 +106,15 @@ __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p,
                                            unsigned char* v_dst, int loader) {
   using S = PrefillShape<kHeadDim, kWgmma>;
   constexpr int kRowsPerPass = kLoaders / S::kChunksPerRow;
-  static_assert(kLoaders % S::kChunksPerRow == 0 && kBlockN % kRowsPerPass == 0, "loaders");
+  static_assert(kLoaders % S::kChunksPerRow == 0 && kKeys % kRowsPerPass == 0, "loaders");
+  static_assert(kKeys == kBlockN || kWgmma, "128-key tiles exist in wgmma's layout only");
   const bf16* k_cache = static_cast<const bf16*>(p.kv.k_cache);
   const bf16* v_cache = static_cast<const bf16*>(p.kv.v_cache);
   const int col = (loader % S::kChunksPerRow) * 8;
-#pragma unroll
-  for (int pass = 0; pass < kBlockN / kRowsPerPass; ++pass) {
+  // Unrolled by 8 at most: the pipelined kernels' producer warp (32 loaders, 64 passes of a
+  // 128-key tile at head_dim 128) would spill its 56 registers on a full unroll's addresses.
+#pragma unroll 8
+  for (int pass = 0; pass < kKeys / kRowsPerPass; ++pass) {
     const int row = loader / S::kChunksPerRow + pass * kRowsPerPass;
     const int32_t key = tile_start + row;
     const bool valid = key < key_end;
@@ -103,25 +124,27 @@ __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p,
                                      p.kv.page_size, kHeadDim, page_div) +
             col;
     }
-    const int dst = S::KvTileOffset(row, col);
+    const int dst =
+        kKeys == kBlockN ? S::KvTileOffset(row, col) : SwizzledTileOffset<kKeys>(row, col);
     CpAsync16(SmemAddr(k_dst + dst), k_cache + off, valid);
     CpAsync16(SmemAddr(v_dst + dst), v_cache + off, valid);
   }
 }
 
-// Scores of one 64-key tile, in mma.m16n8k16's C layout per m-tile of 16 rows a warp holds:
-// s[mt][nt][e] is row g + 8 * (e / 2) of m-tile mt, key 8 * nt + 2t + e % 2 of the tile. The
-// functions below take row_of(r): the block-relative packed row of this thread's row
+// Scores of one tile of kKeys keys (64, or 128 for the kWgmmaPipelined128 kernel), in
+// mma.m16n8k16's C layout per m-tile of 16 rows a warp holds: s[mt][nt][e] is row
+// g + 8 * (e / 2) of m-tile mt, key 8 * nt + 2t + e % 2 of the tile. The functions below take
+// any kNTiles = kKeys / 8, and row_of(r): the block-relative packed row of this thread's row
 // r = 2 * mt + i.
-template <int kMTiles>
-using TileScores = float[kMTiles][kBlockN / 8][4];
+template <int kMTiles, int kKeys = kBlockN>
+using TileScores = float[kMTiles][kKeys / 8][4];
 
 // Sets the scores of keys a row must not see to -inf: keys >= key_end, and keys past the
 // row's token (causal) or off its tree path.
-template <int kMTiles, class RowOf>
+template <int kMTiles, int kNTiles, class RowOf>
 __device__ __forceinline__ void MaskScores(const PrefillAttentionParams& p, const BlockWork& w,
                                            int32_t tile_start, RowOf row_of,
-                                           TileScores<kMTiles>& s) {
+                                           float (&s)[kMTiles][kNTiles][4]) {
   const int t = threadIdx.x & 3;
 #pragma unroll
   for (int r = 0; r < 2 * kMTiles; ++r) {
@@ -129,7 +152,7 @@ __device__ __forceinline__ void MaskScores(const PrefillAttentionParams& p, cons
     const int i = r % 2;
     const internal::RowMask mask = internal::RowMaskOf(p, w, RowToken(w, row_of(r)));
 #pragma unroll
-    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+    for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
       for (int e = 2 * i; e < 2 * i + 2; ++e) {
         const int32_t key = tile_start + nt * 8 + 2 * t + (e & 1);
@@ -143,15 +166,15 @@ __device__ __forceinline__ void MaskScores(const PrefillAttentionParams& p, cons
 // the running max m_row and sum l_row of each of this thread's rows, and leaves the
 // unnormalized probabilities in s; rescale[r] is the factor O's row r must be multiplied by
 // (the old max's weight under the new one). The four lanes of a quad (same g) share a row.
-template <int kMTiles>
-__device__ __forceinline__ void SoftmaxTile(float scale_log2, TileScores<kMTiles>& s,
+template <int kMTiles, int kNTiles>
+__device__ __forceinline__ void SoftmaxTile(float scale_log2, float (&s)[kMTiles][kNTiles][4],
                                             float (&m_row)[2 * kMTiles],
                                             float (&l_row)[2 * kMTiles],
                                             float (&rescale)[2 * kMTiles]) {
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+    for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale_log2;
     }
@@ -162,7 +185,7 @@ __device__ __forceinline__ void SoftmaxTile(float scale_log2, TileScores<kMTiles
     const int i = r % 2;
     float mx = -INFINITY;
 #pragma unroll
-    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+    for (int nt = 0; nt < kNTiles; ++nt) {
       mx = fmaxf(mx, fmaxf(s[mt][nt][2 * i], s[mt][nt][2 * i + 1]));
     }
     mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
@@ -170,7 +193,7 @@ __device__ __forceinline__ void SoftmaxTile(float scale_log2, TileScores<kMTiles
     float m_use;
     rescale[r] = internal::FoldTileMax(mx, m_row[r], l_row[r], m_use);
 #pragma unroll
-    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+    for (int nt = 0; nt < kNTiles; ++nt) {
       s[mt][nt][2 * i] = FastExp2(s[mt][nt][2 * i] - m_use);
       s[mt][nt][2 * i + 1] = FastExp2(s[mt][nt][2 * i + 1] - m_use);
       l_row[r] += s[mt][nt][2 * i] + s[mt][nt][2 * i + 1];
@@ -198,14 +221,14 @@ __device__ __forceinline__ void OnlineSoftmax(float scale_log2, TileScores<kMTil
                                               float (&m_row)[2 * kMTiles],
                                               float (&l_row)[2 * kMTiles]) {
   float rescale[2 * kMTiles];
-  SoftmaxTile<kMTiles>(scale_log2, s, m_row, l_row, rescale);
+  SoftmaxTile(scale_log2, s, m_row, l_row, rescale);
   RescaleO<kMTiles, kDimTiles>(rescale, o_acc);
 }
 
 // The A fragment (mma.m16n8k16's layout) of P for keys 16kk..16kk+15 of m-tile `mt`: the C
 // layout of two 8-key n-tiles is the A layout of one 16-key step.
-template <int kMTiles>
-__device__ __forceinline__ void PFragment(const TileScores<kMTiles>& s, int mt, int kk,
+template <int kMTiles, int kNTiles>
+__device__ __forceinline__ void PFragment(const float (&s)[kMTiles][kNTiles][4], int mt, int kk,
                                           uint32_t (&a)[4]) {
   a[0] = internal::PackBf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
   a[1] = internal::PackBf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
@@ -267,19 +290,39 @@ __device__ __forceinline__ void IssueWgmmaScores(const uint32_t (&q_frag)[kHeadD
   }
 }
 
-// P's A fragments of one tile, per 16-key step.
-using PFragments = uint32_t[kBlockN / 16][4];
-
-// O += P·V of one warpgroup's 64 rows on wgmma, issued, not committed: B = the V tile at
-// `vb`, MN-major (head dims contiguous): keys 16kk.. start 16 rows down; the second 64-column
-// half is 8 KiB on (LBO).
+// S = Q·Kᵀ of one warpgroup's 64 rows over a 128-key tile on wgmma with Q in shared memory
+// (kWgmmaPipelined128), issued, not committed: A = the warpgroup's Q tile at `qb` and B = the
+// K tile at `kb`, both K-major in the 128-byte swizzle (SwizzledTileOffset of 64 and 128
+// rows), k-step kk 32 bytes into its 64-column half.
 template <int kHeadDim>
-__device__ __forceinline__ void IssueWgmmaPV(const PFragments& p, const unsigned char* vb,
+__device__ __forceinline__ void IssueWgmmaScoresFromSmem(const unsigned char* qb,
+                                                         const unsigned char* kb,
+                                                         TileScores<1, 128>& s) {
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    const uint64_t desc_a =
+        internal::SmemDescSw128(SmemAddr(qb + (kk / 4) * (64 * 128) + (kk % 4) * 32), 16, 1024);
+    const uint64_t desc_b =
+        internal::SmemDescSw128(SmemAddr(kb + (kk / 4) * (128 * 128) + (kk % 4) * 32), 16, 1024);
+    internal::WgmmaM64N128K16SS<0>(s[0], desc_a, desc_b, kk > 0);
+  }
+}
+
+// P's A fragments of one tile of kKeys keys, per 16-key step.
+template <int kKeys = kBlockN>
+using PFragments = uint32_t[kKeys / 16][4];
+
+// O += P·V of one warpgroup's 64 rows on wgmma, issued, not committed: B = the V tile of
+// 16 * kKSteps keys at `vb`, MN-major (head dims contiguous): keys 16kk.. start 16 rows down;
+// the second 64-column half is the tile's keys x 128 bytes on (LBO).
+template <int kHeadDim, int kKSteps>
+__device__ __forceinline__ void IssueWgmmaPV(const uint32_t (&p)[kKSteps][4],
+                                             const unsigned char* vb,
                                              float (&o_acc)[1][kHeadDim / 8][4]) {
 #pragma unroll
-  for (int kk = 0; kk < kBlockN / 16; ++kk) {
+  for (int kk = 0; kk < kKSteps; ++kk) {
     const uint64_t desc =
-        internal::SmemDescSw128(SmemAddr(vb + kk * 16 * 128), kBlockN * 128, 1024);
+        internal::SmemDescSw128(SmemAddr(vb + kk * 16 * 128), kKSteps * 16 * 128, 1024);
     if constexpr (kHeadDim == 64) {
       internal::WgmmaM64N64K16<1>(o_acc[0], p[kk], desc, true);
     } else {
@@ -288,9 +331,11 @@ __device__ __forceinline__ void IssueWgmmaPV(const PFragments& p, const unsigned
   }
 }
 
-__device__ __forceinline__ void PackP(const TileScores<1>& s, PFragments& p) {
+template <int kNTiles>
+__device__ __forceinline__ void PackP(const float (&s)[1][kNTiles][4],
+                                      uint32_t (&p)[kNTiles / 2][4]) {
 #pragma unroll
-  for (int kk = 0; kk < kBlockN / 16; ++kk) PFragment<1>(s, 0, kk, p[kk]);
+  for (int kk = 0; kk < kNTiles / 2; ++kk) PFragment(s, 0, kk, p[kk]);
 }
 
 // S = Q·Kᵀ on wgmma, waited for.
@@ -307,7 +352,7 @@ __device__ __forceinline__ void WgmmaScores(const uint32_t (&q_frag)[kHeadDim / 
 template <int kHeadDim>
 __device__ __forceinline__ void WgmmaAccumulatePV(const TileScores<1>& s, const unsigned char* vb,
                                                   float (&o_acc)[1][kHeadDim / 8][4]) {
-  PFragments p;
+  PFragments<> p;
   PackP(s, p);
   internal::WgmmaFence();  // o_acc was rescaled by the softmax
   IssueWgmmaPV<kHeadDim>(p, vb, o_acc);
@@ -461,7 +506,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
         for (int kk = 0; kk < kBlockN / 16; ++kk) {
           uint32_t a[kMTiles][4];
 #pragma unroll
-          for (int mt = 0; mt < kMTiles; ++mt) PFragment<kMTiles>(s, mt, kk, a[mt]);
+          for (int mt = 0; mt < kMTiles; ++mt) PFragment(s, mt, kk, a[mt]);
 #pragma unroll
           for (int dp = 0; dp < kHeadDim / 16; ++dp) {
             uint32_t b[4];
@@ -482,22 +527,32 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
   StoreRows<kHeadDim, kMTiles>(p, w, row_of, o_acc, m_row, l_row);
 }
 
-// ---- The pipelined wgmma kernel (kWgmmaPipelined; sm_90a) ----------------------------------
+// ---- The pipelined wgmma kernels (kWgmmaPipelined, kWgmmaPipelined128; sm_90a) ------------
 //
 // FlashAttention-3's structure on our paged cache: a block is three warpgroups over 128
-// packed query rows. Warpgroup 0 is the producer: one warp streams the chunk's 64-key K/V
-// tiles into a ring of kStages shared-memory stages with TMA (cp.async.bulk.tensor, one box
-// of box_rows keys x 64 columns per page run, written in wgmma's 128-byte swizzle by the copy
-// engine itself), so no consumer thread spends an instruction or a register on loads.
-// Warpgroups 1 and 2 are consumers, 64 rows each, Q's A fragments in registers: per tile they
-// wait on the stage's "full" mbarrier, run S = Q·Kᵀ, the softmax and O += P·V on wgmma, and
-// arrive on its "empty" mbarrier, which the producer waits on before refilling the stage.
-// Loads thus run kStages - 1 tiles ahead of the math. Each consumer overlaps its softmax of
-// tile j with its own P·V of tile j - 1 on the tensor cores, and the two consumers take turns
-// issuing their products (FlashAttention-3's ping-pong, two named barriers): consumer 1
-// issues, hands the turn to consumer 2 and runs its softmax while consumer 2's products
-// occupy the tensor cores, and so on, so that one's softmax always has the other's products
-// to hide behind instead of both issuing, then both exponentiating, at once.
+// packed query rows. Warpgroup 0 is the producer: one warp streams the chunk's K/V tiles of
+// kTileKeys keys into a ring of kPipelinedStages shared-memory stages with TMA
+// (cp.async.bulk.tensor, one box of box_rows keys x 64 columns per page run, written in
+// wgmma's 128-byte swizzle by the copy engine itself), so no consumer thread spends an
+// instruction or a register on K/V loads. Warpgroups 1 and 2 are consumers, 64 rows each:
+// per tile they wait on the stage's "full" mbarrier, run S = Q·Kᵀ, the softmax and O += P·V
+// on wgmma, and arrive on its "empty" mbarrier, which the producer waits on before refilling
+// the stage. Loads thus run kPipelinedStages - 1 tiles ahead of the math. Each consumer
+// overlaps its softmax of tile j with its own P·V of tile j - 1 on the tensor cores, and the
+// two consumers take turns issuing their products (FlashAttention-3's ping-pong, two named
+// barriers): consumer 1 issues, hands the turn to consumer 2 and runs its softmax while
+// consumer 2's products occupy the tensor cores, and so on, so that one's softmax always has
+// the other's products to hide behind instead of both issuing, then both exponentiating, at
+// once.
+//
+// Two shapes of it:
+//   kTileKeys 64 (kWgmmaPipelined): Q's A fragments in registers (wgmma RS).
+//   kTileKeys 128 (kWgmmaPipelined128): FlashAttention-3's head_dim-128 tile. A tile's
+//     scores take 64 registers and its P fragments 32 per consumer thread, so Q moves to
+//     shared memory (wgmma SS, 32 registers fewer at head_dim 128); every per-tile cost — the
+//     two mbarrier waits and arrivals, the ping-pong turn, the softmax's row reductions and
+//     the rescale of O — is paid once per 128 keys instead of per 64, and each Q·Kᵀ k-step
+//     is one m64n128k16 instead of one m64n64k16.
 //
 // The block's last tile, when key_end cuts it short, is copied by the producer warp with
 // cp.async instead (TMA boxes cannot stop at key_end, and rows past it must be zeros), which
@@ -512,12 +567,18 @@ constexpr int kConsumerRegisters = 224;
 static_assert(128 * (kProducerRegisters + kConsumerWarpgroups * kConsumerRegisters) <= 65536,
               "the three warpgroups' registers must fit the SM's 64K");
 
-template <int kHeadDim>
+template <int kHeadDim, int kTileKeys>
 struct PipelinedShape {
-  static constexpr int kKvTileBytes = PrefillShape<kHeadDim, true>::kKvTileBytes;
+  static_assert(kTileKeys == 64 || kTileKeys == 128, "tiles of 64 or 128 keys");
+  static constexpr bool kQInSmem = kTileKeys == 128;
+  static constexpr int kKvTileBytes = kHeadDim * kTileKeys * static_cast<int>(sizeof(bf16));
   static constexpr int kStageBytes = 2 * kKvTileBytes;  // K tile, then V tile
-  // 1 KiB to align the stages, the stages, and a full and an empty mbarrier per stage.
-  static constexpr int kSmemBytes = 1024 + kPipelinedStages * kStageBytes + 16 * kPipelinedStages;
+  // Each consumer's Q tile (64 rows, swizzled like a K tile), when in shared memory.
+  static constexpr int kQTileBytes = kQInSmem ? 64 * kHeadDim * static_cast<int>(sizeof(bf16)) : 0;
+  // 1 KiB to align the stages, the stages, the Q tiles, and a full and an empty mbarrier per
+  // stage. (head_dim 128 with 128-key tiles: 230,448 bytes of the H100/H200's 232,448.)
+  static constexpr int kSmemBytes = 1024 + kPipelinedStages * kStageBytes +
+                                    kConsumerWarpgroups * kQTileBytes + 16 * kPipelinedStages;
 };
 
 // The kernel's parameter (__grid_constant__: TMA reads the maps from parameter space).
@@ -525,23 +586,50 @@ struct PipelinedArgs {
   CUtensorMap k_map;  // the K cache as rows of head_dim, box box_rows x 64 columns, swizzled
   CUtensorMap v_map;
   PrefillAttentionParams p;
-  int32_t box_rows;  // keys per box: gcd(page_size, 64), a multiple of 8
+  int32_t box_rows;  // keys per box: gcd(page_size, kTileKeys), a multiple of 8
 };
 
+// Copies rows w.row_base + first .. + 63 of the block's packed Q rows into q_dst (64 rows,
+// SwizzledTileOffset's layout) with the calling warpgroup's 128 threads (`thread` is this
+// one's index among them); rows past the block's end become zeros. The copies are waited for
+// and fenced to the async proxy here; a barrier of the warpgroup must still publish them to
+// its other warps.
 template <int kHeadDim>
+__device__ __forceinline__ void LoadQTileSwizzled(const PrefillAttentionParams& p,
+                                                  const BlockWork& w, int first,
+                                                  unsigned char* q_dst, int thread) {
+  constexpr int kChunksPerRow = kHeadDim / 8;
+  const bf16* q = static_cast<const bf16*>(p.q);
+#pragma unroll
+  for (int i = thread; i < 64 * kChunksPerRow; i += 128) {
+    const int row = i / kChunksPerRow;
+    const int col = (i % kChunksPerRow) * 8;
+    const int32_t pr = w.row_base + first + row;
+    const bool valid = pr < w.num_rows;
+    int64_t off = 0;
+    if (valid) off = internal::PackedRowState(p, w, pr) * kHeadDim + col;
+    CpAsync16(SmemAddr(q_dst + SwizzledTileOffset<64>(row, col)), q + off, valid);
+  }
+  internal::CpAsyncCommit();
+  internal::CpAsyncWait<0>();
+  internal::FenceProxyAsync();
+}
+
+template <int kHeadDim, int kTileKeys>
 __global__ void __launch_bounds__(kPipelinedThreads, 1)
     PrefillPipelinedKernel(const __grid_constant__ PipelinedArgs args) {
-  using S = PipelinedShape<kHeadDim>;
+  using S = PipelinedShape<kHeadDim, kTileKeys>;
   constexpr int kKSteps = kHeadDim / 16;
   constexpr int kDimTiles = kHeadDim / 8;
   const PrefillAttentionParams& p = args.p;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // The swizzle pattern is a function of the shared address: align the stages to 1024 bytes.
   unsigned char* stages = smem_raw + (1024 - SmemAddr(smem_raw) % 1024) % 1024;
-  uint64_t* full = reinterpret_cast<uint64_t*>(stages + kPipelinedStages * S::kStageBytes);
+  unsigned char* q_tiles = stages + kPipelinedStages * S::kStageBytes;  // kQInSmem only
+  uint64_t* full = reinterpret_cast<uint64_t*>(q_tiles + kConsumerWarpgroups * S::kQTileBytes);
   uint64_t* empty = full + kPipelinedStages;
 
-  const BlockWork w = DescribeBlock(p, kPipelinedBlockRows, kBlockN);
+  const BlockWork w = DescribeBlock(p, kPipelinedBlockRows, kTileKeys);
   const internal::FastDivider page_div(p.kv.page_size);  // for LoadKvTile's page lookups
   if (threadIdx.x == 0) {
     for (int i = 0; i < kPipelinedStages; ++i) {
@@ -557,23 +645,24 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
   if (warpgroup == 0) {
     // ---- Producer: warp 0 loads; the other three warps have nothing to do. ----
     // Its registers go to the consumers: 56 here leave 224 for each consumer thread (128 x
-    // (56 + 2 x 224) <= 64K), where O, S and Q's fragments take 128 at head_dim 128. (ptxas,
-    // sm_90a, head_dim 128: no spills; without it, 168 for all, 16 bytes spilled and the
-    // wgmma serialized for want of registers.)
+    // (56 + 2 x 224) <= 64K), where O, S and Q's fragments take 128 at head_dim 128 with
+    // 64-key tiles (O, S and P 160 with 128-key tiles). (ptxas, sm_90a, head_dim 128, 64-key
+    // tiles: no spills; without it, 168 for all, 16 bytes spilled and the wgmma serialized
+    // for want of registers.)
     internal::WarpgroupRegistersDecrease<kProducerRegisters>();
     if (threadIdx.x >= 32) return;
     for (int32_t it = 0; it < w.num_tiles; ++it) {
       const int stage = it % kPipelinedStages;
       const uint32_t round = static_cast<uint32_t>(it / kPipelinedStages);
       internal::MbarrierWait(SmemAddr(&empty[stage]), (round & 1u) ^ 1u);
-      const int32_t tile_start = w.chunk_start + it * kBlockN;
+      const int32_t tile_start = w.chunk_start + it * kTileKeys;
       unsigned char* k_dst = stages + stage * S::kStageBytes;
       unsigned char* v_dst = k_dst + S::kKvTileBytes;
       const uint32_t full_bar = SmemAddr(&full[stage]);
-      if (tile_start + kBlockN <= w.key_end) {
+      if (tile_start + kTileKeys <= w.key_end) {
         if (lane == 0) {
           internal::MbarrierArriveExpectTx(full_bar, S::kStageBytes);
-          for (int key = 0; key < kBlockN; key += args.box_rows) {
+          for (int key = 0; key < kTileKeys; key += args.box_rows) {
             const int32_t k = tile_start + key;
             const int32_t page_index = page_div.Divide(k);
             const int32_t page = p.kv.kv_indices[w.page_begin + page_index];
@@ -581,15 +670,15 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
                                 page_index * p.kv.page_size;
 #pragma unroll
             for (int half = 0; half < kHeadDim / 64; ++half) {
-              const int dst = half * (kBlockN * 128) + key * 128;
+              const int dst = half * (kTileKeys * 128) + key * 128;
               internal::TmaLoad2d(SmemAddr(k_dst + dst), &args.k_map, half * 64, row, full_bar);
               internal::TmaLoad2d(SmemAddr(v_dst + dst), &args.v_map, half * 64, row, full_bar);
             }
           }
         }
       } else {
-        LoadKvTile<kHeadDim, true, 32>(p, page_div, w.page_begin, w.kv_head, tile_start, w.key_end,
-                                       k_dst, v_dst, lane);
+        LoadKvTile<kHeadDim, true, 32, kTileKeys>(p, page_div, w.page_begin, w.kv_head, tile_start,
+                                                  w.key_end, k_dst, v_dst, lane);
         internal::CpAsyncCommit();
         internal::CpAsyncWait<0>();
         internal::FenceProxyAsync();  // the copies, to wgmma's async proxy
@@ -602,10 +691,11 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
 
   // ---- Consumers: warpgroup c (1 or 2) takes block rows 64 (c - 1) .. +63. ----
   internal::WarpgroupRegistersIncrease<kConsumerRegisters>();
+  const int me = warpgroup - 1;
   const int warp_in_group = (threadIdx.x >> 5) & 3;
   const int g = lane >> 2;
   const int t = lane & 3;
-  const int first_row = (warpgroup - 1) * 64 + warp_in_group * 16 + g;
+  const int first_row = me * 64 + warp_in_group * 16 + g;
   auto row_of = [&](int r) { return first_row + 8 * r; };
 
   float o_acc[1][kDimTiles][4];
@@ -619,24 +709,39 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
   const float scale_log2 = p.sm_scale * kLog2e;
 
   if (w.num_tiles > 0) {
-    // Q's A fragments straight from global memory (each thread's rows g and g + 8, columns
-    // 2t, 2t + 1 and 2t + 8, 2t + 9 of every k-step): read once, no shared memory. Padding
-    // rows (>= num_rows) are zeros.
-    uint32_t q_frag[kKSteps][4];
+    // Q: with 64-key tiles, its A fragments straight from global memory into registers (each
+    // thread's rows g and g + 8, columns 2t, 2t + 1 and 2t + 8, 2t + 9 of every k-step): read
+    // once, no shared memory; with 128-key tiles, this warpgroup's 64 rows into its shared Q
+    // tile, which every Q·Kᵀ reads through a descriptor. Padding rows (>= num_rows) are zeros.
+    uint32_t q_frag[S::kQInSmem ? 1 : kKSteps][4];
+    unsigned char* q_tile = q_tiles + me * S::kQTileBytes;
+    if constexpr (S::kQInSmem) {
+      // Published to the warpgroup's four warps by the first wait_turn below, a bar.sync
+      // that all 128 of its threads reach before any of them issues a wgmma.
+      LoadQTileSwizzled<kHeadDim>(p, w, me * 64, q_tile, threadIdx.x % 128);
+    } else {
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int32_t pr = w.row_base + row_of(i);
-      const uint32_t* q_row = nullptr;
-      if (pr < w.num_rows) {
-        q_row = reinterpret_cast<const uint32_t*>(static_cast<const bf16*>(p.q) +
-                                                  internal::PackedRowState(p, w, pr) * kHeadDim);
-      }
+      for (int i = 0; i < 2; ++i) {
+        const int32_t pr = w.row_base + row_of(i);
+        const uint32_t* q_row = nullptr;
+        if (pr < w.num_rows) {
+          q_row = reinterpret_cast<const uint32_t*>(static_cast<const bf16*>(p.q) +
+                                                    internal::PackedRowState(p, w, pr) * kHeadDim);
+        }
 #pragma unroll
-      for (int kk = 0; kk < kKSteps; ++kk) {
-        q_frag[kk][i] = q_row != nullptr ? q_row[kk * 8 + t] : 0u;
-        q_frag[kk][2 + i] = q_row != nullptr ? q_row[kk * 8 + 4 + t] : 0u;
+        for (int kk = 0; kk < kKSteps; ++kk) {
+          q_frag[kk][i] = q_row != nullptr ? q_row[kk * 8 + t] : 0u;
+          q_frag[kk][2 + i] = q_row != nullptr ? q_row[kk * 8 + 4 + t] : 0u;
+        }
       }
     }
+    auto issue_scores = [&](const unsigned char* kb, TileScores<1, kTileKeys>& scores) {
+      if constexpr (S::kQInSmem) {
+        IssueWgmmaScoresFromSmem<kHeadDim>(q_tile, kb, scores);
+      } else {
+        IssueWgmmaScores<kHeadDim>(q_frag, kb, scores);
+      }
+    };
     // Software-pipelined over tiles (FlashAttention-3's intra-warpgroup overlap): while the
     // tensor cores run P·V of tile it - 1, the softmax of tile it runs on the CUDA cores.
     //   tile 0:  S = Q·K0; softmax; P <- S
@@ -649,31 +754,30 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
       internal::MbarrierWait(SmemAddr(&full[stage_of(it)]), round & 1u);
     };
     auto k_tile = [&](int32_t it) { return stages + stage_of(it) * S::kStageBytes; };
-    auto softmax = [&](int32_t it, TileScores<1>& scores, float(&rescale)[2]) {
-      const int32_t tile_start = w.chunk_start + it * kBlockN;
-      if (tile_start + kBlockN > w.unmasked_end) {
+    auto softmax = [&](int32_t it, TileScores<1, kTileKeys>& scores, float(&rescale)[2]) {
+      const int32_t tile_start = w.chunk_start + it * kTileKeys;
+      if (tile_start + kTileKeys > w.unmasked_end) {
         MaskScores<1>(p, w, tile_start, row_of, scores);
       }
-      SoftmaxTile<1>(scale_log2, scores, m_row, l_row, rescale);
+      SoftmaxTile(scale_log2, scores, m_row, l_row, rescale);
     };
     // Ping-pong: consumer c issues its products in turn t only after the other consumer
     // issued its turn t - 1 (consumer 1's turn 0 is released by consumer 2's arrival below).
     // Each consumer takes num_tiles + 1 turns (S of tile 0; S of tile it with P·V of tile
     // it - 1; P·V of the last tile) and hands each one on, except consumer 2 its last: every
     // bar.arrive is then consumed by a bar.sync.
-    const int me = warpgroup - 1;
     auto wait_turn = [&] { internal::NamedBarrierSync(kPingPongBarrier + me, 256); };
     auto pass_turn = [&](bool last) {
       if (!(last && me == 1)) internal::NamedBarrierArrive(kPingPongBarrier + (1 - me), 256);
     };
     if (me == 1) internal::NamedBarrierArrive(kPingPongBarrier, 256);
-    TileScores<1> s;
-    PFragments p_frag;
+    TileScores<1, kTileKeys> s;
+    PFragments<kTileKeys> p_frag;
     float rescale[2];
     wait_full(0);
     wait_turn();
     internal::WgmmaFence();
-    IssueWgmmaScores<kHeadDim>(q_frag, k_tile(0), s);
+    issue_scores(k_tile(0), s);
     internal::WgmmaCommit();
     pass_turn(false);
     internal::WgmmaWait<0>();
@@ -683,7 +787,7 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
       wait_full(it);
       wait_turn();
       internal::WgmmaFence();  // s was read, O rescaled and P packed since the last products
-      IssueWgmmaScores<kHeadDim>(q_frag, k_tile(it), s);
+      issue_scores(k_tile(it), s);
       internal::WgmmaCommit();
       IssueWgmmaPV<kHeadDim>(p_frag, k_tile(it - 1) + S::kKvTileBytes, o_acc);
       internal::WgmmaCommit();
@@ -762,32 +866,33 @@ cudaError_t EncodeCacheMap(const void* cache, int32_t head_dim, int32_t box_rows
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-// Keys per TMA box at `page_size`: the largest run of a 64-key tile that never crosses a page
-// (tiles start at multiples of 64); 0 when that is under 8 rows, the swizzle atom, which the
-// pipelined kernel does not handle.
-int32_t PipelinedBoxRows(int32_t page_size) {
-  const int32_t rows = page_size > 0 ? std::gcd(page_size, kBlockN) : 0;
+// Keys per TMA box at `page_size`: the largest run of a tile of `tile_keys` keys that never
+// crosses a page (tiles start at multiples of tile_keys: the plan's chunks are whole tiles);
+// 0 when that is under 8 rows, the swizzle atom, which the pipelined kernels do not handle.
+int32_t PipelinedBoxRows(int32_t page_size, int32_t tile_keys) {
+  const int32_t rows = page_size > 0 ? std::gcd(page_size, tile_keys) : 0;
   return rows % 8 == 0 ? rows : 0;
 }
 
-template <int kHeadDim>
+template <int kHeadDim, int kTileKeys>
 struct PipelinedVariant {
-  using Shape = PipelinedShape<kHeadDim>;
+  using Shape = PipelinedShape<kHeadDim, kTileKeys>;
 
   static cudaError_t Launch(const PrefillAttentionParams& p, cudaStream_t stream) {
     PipelinedArgs args;
     args.p = p;
-    args.box_rows = PipelinedBoxRows(p.kv.page_size);
+    args.box_rows = PipelinedBoxRows(p.kv.page_size, kTileKeys);
     GLIMPSE_CUDA_RETURN_IF_INVALID(args.box_rows > 0);
     GLIMPSE_CUDA_RETURN_IF_ERROR(
         EncodeCacheMap(p.kv.k_cache, kHeadDim, args.box_rows, &args.k_map));
     GLIMPSE_CUDA_RETURN_IF_ERROR(
         EncodeCacheMap(p.kv.v_cache, kHeadDim, args.box_rows, &args.v_map));
-    GLIMPSE_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(PrefillPipelinedKernel<kHeadDim>,
+    GLIMPSE_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(PrefillPipelinedKernel<kHeadDim, kTileKeys>,
                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                       Shape::kSmemBytes));
     const dim3 grid(p.num_work_items, p.kv.num_kv_heads);
-    PrefillPipelinedKernel<kHeadDim><<<grid, kPipelinedThreads, Shape::kSmemBytes, stream>>>(args);
+    PrefillPipelinedKernel<kHeadDim, kTileKeys>
+        <<<grid, kPipelinedThreads, Shape::kSmemBytes, stream>>>(args);
     return cudaGetLastError();
   }
 };
@@ -800,19 +905,22 @@ auto WithVariant(PrefillKernel kernel, int32_t head_dim, F&& f) {
   const bool wgmma = kernel == PrefillKernel::kWgmma;
   const bool wide = kernel == PrefillKernel::kMmaSyncWide;
   const bool pipelined = kernel == PrefillKernel::kWgmmaPipelined;
+  const bool pipelined_128 = kernel == PrefillKernel::kWgmmaPipelined128;
   switch (head_dim) {
     case 32:
       return wide ? f(Variant<32, false, 2>{}) : f(Variant<32, false, 1>{});
     case 64:
-      return pipelined ? f(PipelinedVariant<64>{})
-             : wgmma   ? f(Variant<64, true, 1>{})
-             : wide    ? f(Variant<64, false, 2>{})
-                       : f(Variant<64, false, 1>{});
+      return pipelined_128 ? f(PipelinedVariant<64, 128>{})
+             : pipelined   ? f(PipelinedVariant<64, 64>{})
+             : wgmma       ? f(Variant<64, true, 1>{})
+             : wide        ? f(Variant<64, false, 2>{})
+                           : f(Variant<64, false, 1>{});
     default:
-      return pipelined ? f(PipelinedVariant<128>{})
-             : wgmma   ? f(Variant<128, true, 1>{})
-             : wide    ? f(Variant<128, false, 2>{})
-                       : f(Variant<128, false, 1>{});
+      return pipelined_128 ? f(PipelinedVariant<128, 128>{})
+             : pipelined   ? f(PipelinedVariant<128, 64>{})
+             : wgmma       ? f(Variant<128, true, 1>{})
+             : wide        ? f(Variant<128, false, 2>{})
+                           : f(Variant<128, false, 1>{});
   }
 }
 
@@ -841,12 +949,11 @@ size_t PrefillSharedMemoryBytes(PrefillKernel kernel, int32_t head_dim) {
 
 PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int32_t page_size,
                                int compute_major, size_t max_shared_memory_per_block) {
-  const bool wgmma =
-      requested == PrefillKernel::kWgmma || requested == PrefillKernel::kWgmmaPipelined;
+  const bool wgmma = requested == PrefillKernel::kWgmma || IsPipelined(requested);
   if (wgmma && (compute_major != 9 || !WgmmaPrefillSupported(head_dim))) {
     return PrefillKernel::kMmaSync;
   }
-  if (requested == PrefillKernel::kWgmmaPipelined && PipelinedBoxRows(page_size) == 0) {
+  if (IsPipelined(requested) && PipelinedBoxRows(page_size, TileKeys(requested)) == 0) {
     return PrefillKernel::kWgmma;
   }
   if (PrefillSharedMemoryBytes(requested, head_dim) > max_shared_memory_per_block) {
@@ -861,6 +968,7 @@ cudaError_t PlanPrefillAttention(const PrefillPlanInput& in, PrefillPlan* plan) 
                                  in.num_qo_heads % in.num_kv_heads == 0);
   const int32_t group = in.num_qo_heads / in.num_kv_heads;
   const int32_t block_rows = BlockRows(in.kernel);
+  const int32_t tile_keys = TileKeys(in.kernel);
   plan->block_rows = block_rows;
   plan->work_items.clear();
   plan->total_q = in.num_seqs > 0 ? in.qo_indptr[in.num_seqs] : 0;
@@ -875,7 +983,7 @@ cudaError_t PlanPrefillAttention(const PrefillPlanInput& in, PrefillPlan* plan) 
     max_kv = std::max(max_kv, kv_len);
     num_tiles += (static_cast<int64_t>(qo_len) * group + block_rows - 1) / block_rows;
   }
-  plan->chunk_keys = (max_kv + kBlockN - 1) / kBlockN * kBlockN;
+  plan->chunk_keys = (max_kv + tile_keys - 1) / tile_keys * tile_keys;
   plan->num_chunks = 1;
   // With 83-105 KB of shared memory per block (head_dim 128) two blocks fit on an SM; split
   // the KV when the query tiles alone cannot fill two waves.
@@ -884,7 +992,7 @@ cudaError_t PlanPrefillAttention(const PrefillPlanInput& in, PrefillPlan* plan) 
   if (blocks > 0 && blocks < target) {
     const int64_t want = (target + blocks - 1) / blocks;
     int64_t chunk = (max_kv + want - 1) / want;
-    chunk = std::max<int64_t>((chunk + kBlockN - 1) / kBlockN * kBlockN, kMinChunkKeys);
+    chunk = std::max<int64_t>((chunk + tile_keys - 1) / tile_keys * tile_keys, kMinChunkKeys);
     const int64_t n = (max_kv + chunk - 1) / chunk;
     if (n > 1) {
       plan->chunk_keys = static_cast<int32_t>(chunk);
@@ -952,15 +1060,16 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& params, cudaStr
   GLIMPSE_CUDA_RETURN_IF_INVALID(
       params.dtype == DType::kBF16 ||
       (params.dtype == DType::kF32 && params.kernel == PrefillKernel::kMmaSync));
-  GLIMPSE_CUDA_RETURN_IF_INVALID(params.block_rows == BlockRows(params.kernel));
+  GLIMPSE_CUDA_RETURN_IF_INVALID(params.block_rows == BlockRows(params.kernel) &&
+                                 params.chunk_keys % TileKeys(params.kernel) == 0);
   if (params.num_work_items == 0) return cudaSuccess;
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.work_items != nullptr);
-  if (params.kernel == PrefillKernel::kWgmma || params.kernel == PrefillKernel::kWgmmaPipelined) {
+  if (params.kernel == PrefillKernel::kWgmma || IsPipelined(params.kernel)) {
     GLIMPSE_CUDA_RETURN_IF_INVALID(WgmmaPrefillSupported(kv.head_dim));
     GLIMPSE_CUDA_RETURN_IF_INVALID(DeviceMajor() == 9);
   }
-  if (params.kernel == PrefillKernel::kWgmmaPipelined) {
-    GLIMPSE_CUDA_RETURN_IF_INVALID(PipelinedBoxRows(kv.page_size) > 0);
+  if (IsPipelined(params.kernel)) {
+    GLIMPSE_CUDA_RETURN_IF_INVALID(PipelinedBoxRows(kv.page_size, TileKeys(params.kernel)) > 0);
   }
   if (params.dtype == DType::kF32) {
     GLIMPSE_CUDA_RETURN_IF_ERROR(internal::LaunchPrefillAttentionF32Blocks(params, stream));

@@ -56,6 +56,14 @@
 //       Loads run ahead of the math and neither consumer issues a load. Checked on the
 //       emulation (mbarriers, TMA and named barriers emulated after the PTX ISA); not yet
 //       run on a GPU.
+//   kWgmmaPipelined128 (as kWgmmaPipelined, page_size with gcd(page_size, 128) >= 8):
+//       kWgmmaPipelined with FlashAttention-3's head_dim-128 tile: 128-key K/V tiles (a
+//       tile's scores and P fragments take 96 registers per consumer thread), so each
+//       consumer's 64 Q rows live in shared memory and S = Q·Kᵀ is wgmma.m64n128k16 with both
+//       operands read through descriptors. Every per-tile cost (mbarrier waits and arrivals,
+//       the ping-pong turn, the softmax's row reductions, the rescale of O) is paid per 128
+//       keys. 230 KB of shared memory at head_dim 128 (3 stages of 64 KB and the Q tiles).
+//       Emulated only, as kWgmmaPipelined.
 #ifndef GLIMPSE_KERNELS_CUDA_PREFILL_ATTENTION_H_
 #define GLIMPSE_KERNELS_CUDA_PREFILL_ATTENTION_H_
 
@@ -73,8 +81,8 @@ namespace glimpse::kernels::cuda {
 
 enum class AttentionMaskMode { kCausal, kTree };
 
-// Whether the wgmma kernels (kWgmma, kWgmmaPipelined) exist for this head_dim (they also need
-// a compute capability 9.0 device, checked at launch).
+// Whether the wgmma kernels (kWgmma, kWgmmaPipelined, kWgmmaPipelined128) exist for this head_dim
+// (they also need a compute capability 9.0 device, checked at launch).
 inline bool WgmmaPrefillSupported(int32_t head_dim) { return head_dim == 64 || head_dim == 128; }
 
 // Dynamic shared memory one block of `kernel` takes at `head_dim` (32, 64 or 128).
@@ -84,17 +92,19 @@ size_t PrefillSharedMemoryBytes(PrefillKernel kernel, int32_t head_dim);
 // of compute capability `compute_major` granting `max_shared_memory_per_block` bytes
 // (sharedMemPerBlockOptin): `requested` where it runs there, else kMmaSync (wgmma: sm_90 and
 // head_dim 64/128 only; the 128-row kernel: 104 KB at head_dim 128, over the 99 KB of
-// sm_86/sm_89 GPUs), or kWgmma for kWgmmaPipelined at a page size its TMA boxes cannot tile.
+// sm_86/sm_89 GPUs), or kWgmma for the pipelined kernels at a page size their TMA boxes
+// cannot tile.
 PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int32_t page_size,
                                int compute_major, size_t max_shared_memory_per_block);
 
 // Host-side plan, made once per step from host copies of the index arrays and reused by every
 // layer (upload work_items once per step).
 struct PrefillPlan {
-  int32_t block_rows = 64;  // packed query rows per block: 128 for kMmaSyncWide and
-                            // kWgmmaPipelined, else 64
+  int32_t block_rows = 64;  // packed query rows per block: 128 for kMmaSyncWide and the
+                            // pipelined kernels, else 64
   int32_t total_q = 0;      // qo_indptr[num_seqs]
-  int32_t chunk_keys = 0;  // keys per split chunk, a multiple of 64
+  int32_t chunk_keys = 0;   // keys per split chunk, a multiple of the kernel's tile (64, or
+                            // 128 for kWgmmaPipelined128)
   int32_t num_chunks = 1;  // chunks of the longest sequence; 1 = no split, no workspace
   // Three int32 per block: (sequence, block_rows-row tile, kv chunk). Longest tiles first.
   std::vector<int32_t> work_items;

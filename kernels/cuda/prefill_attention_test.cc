@@ -76,10 +76,11 @@ void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t nu
   PrefillPlan plan;
   GLIMPSE_ASSERT_CUDA(PlanPrefillAttention(in, &plan));
   std::string name = std::string(tree ? "tree" : "causal") +
-                     (kernel == PrefillKernel::kWgmma            ? " wgmma"
-                      : kernel == PrefillKernel::kWgmmaPipelined ? " wgmma-pipelined"
-                      : kernel == PrefillKernel::kMmaSyncWide    ? " wide"
-                                                                 : "") +
+                     (kernel == PrefillKernel::kWgmma               ? " wgmma"
+                      : kernel == PrefillKernel::kWgmmaPipelined    ? " wgmma-pipelined"
+                      : kernel == PrefillKernel::kWgmmaPipelined128 ? " wgmma-pipelined-128"
+                      : kernel == PrefillKernel::kMmaSyncWide       ? " wide"
+                                                                    : "") +
                      (dtype == DType::kF32 ? " fp32" : "") + " d=" + std::to_string(head_dim) +
                      " group=" + std::to_string(group) + " hkv=" + std::to_string(num_kv_heads) +
                      " page=" + std::to_string(page_size) +
@@ -275,6 +276,27 @@ GLIMPSE_CUDA_TEST(PrefillRefusesAPlanMadeForAnotherKernel) {
   p.kernel = PrefillKernel::kMmaSync;
   GLIMPSE_EXPECT(LaunchPrefillAttention(p, nullptr) == cudaErrorInvalidValue,
                  "a 128-row plan launched on the 64-row kernel must be refused");
+  // The 128-key-tile kernel's chunks are whole 128-key tiles (its TMA boxes start at
+  // multiples of 128): a plan of 64-key tiles with a chunk of 192 keys is refused. (100 rows
+  // over 164 keys: one chunk of 192 keys for 64-key tiles, of 256 for 128-key tiles.)
+  const std::vector<int32_t> long_kv_indptr = {0, 11};
+  in.kv_indptr = long_kv_indptr.data();
+  PrefillPlan pipelined, pipelined_128;
+  in.kernel = PrefillKernel::kWgmmaPipelined;
+  GLIMPSE_ASSERT_CUDA(PlanPrefillAttention(in, &pipelined));
+  in.kernel = PrefillKernel::kWgmmaPipelined128;
+  GLIMPSE_ASSERT_CUDA(PlanPrefillAttention(in, &pipelined_128));
+  GLIMPSE_EXPECT(pipelined.chunk_keys % 64 == 0 && pipelined.chunk_keys % 128 != 0,
+                 "the 64-key-tile plan's chunks: a multiple of 64, not of 128 (" +
+                     std::to_string(pipelined.chunk_keys) + ")");
+  GLIMPSE_EXPECT(pipelined_128.chunk_keys % 128 == 0,
+                 "the 128-key-tile plan's chunks: whole tiles (" +
+                     std::to_string(pipelined_128.chunk_keys) + ")");
+  ApplyPrefillPlan(pipelined, &p);
+  p.kernel = PrefillKernel::kWgmmaPipelined128;
+  GLIMPSE_EXPECT(LaunchPrefillAttention(p, nullptr) == cudaErrorInvalidValue,
+                 "a 64-key-tile plan launched on the 128-key-tile kernel must be refused");
+  ApplyPrefillPlan(wide, &p);
   // The fp32 kernel runs 64-row blocks: it takes kMmaSync's plan and no other kernel.
   p.dtype = DType::kF32;
   p.kernel = PrefillKernel::kMmaSyncWide;
@@ -290,6 +312,7 @@ GLIMPSE_CUDA_TEST(PrefillKernelForFallsBackWhereTheKernelCannotRun) {
   const PrefillKernel wide = PrefillKernel::kMmaSyncWide;
   const PrefillKernel wgmma = PrefillKernel::kWgmma;
   const PrefillKernel pipelined = PrefillKernel::kWgmmaPipelined;
+  const PrefillKernel pipelined_128 = PrefillKernel::kWgmmaPipelined128;
   const size_t h200 = 232448, a100 = 166912, rtx4090 = 101376;
   // Bytes: Q tile rows x (head_dim + 8) x 2 + 4 K/V tiles of 64 rows (+ 1 KiB alignment for
   // wgmma's 128-byte-swizzled tiles of 64 x head_dim).
@@ -302,6 +325,25 @@ GLIMPSE_CUDA_TEST(PrefillKernelForFallsBackWhereTheKernelCannotRun) {
   // 1 KiB alignment + 3 stages of a K and a V tile (64 x head_dim, swizzled) + 6 mbarriers.
   GLIMPSE_EXPECT(PrefillSharedMemoryBytes(pipelined, 128) == 1024 + 3 * 2 * 64 * 128 * 2 + 48,
                  "pipelined wgmma, head_dim 128: 99,376 bytes");
+  // 1 KiB alignment + 3 stages of a K and a V tile (128 x head_dim) + two 64-row Q tiles +
+  // 6 mbarriers: 2,000 bytes short of an H200's block at head_dim 128.
+  GLIMPSE_EXPECT(PrefillSharedMemoryBytes(pipelined_128, 128) ==
+                     1024 + 3 * 2 * 128 * 128 * 2 + 2 * 64 * 128 * 2 + 48,
+                 "pipelined wgmma with 128-key tiles, head_dim 128: 230,448 bytes");
+  GLIMPSE_EXPECT(PrefillSharedMemoryBytes(pipelined_128, 64) ==
+                     1024 + 3 * 2 * 128 * 64 * 2 + 2 * 64 * 64 * 2 + 48,
+                 "pipelined wgmma with 128-key tiles, head_dim 64: 115,760 bytes");
+  GLIMPSE_EXPECT(PrefillKernelFor(pipelined_128, 128, 16, 9, h200) == pipelined_128,
+                 "the 128-key-tile kernel runs on an H200 at page size 16");
+  GLIMPSE_EXPECT(PrefillKernelFor(pipelined_128, 128, 256, 9, h200) == pipelined_128,
+                 "page size 256: one box of 128 keys per tile");
+  GLIMPSE_EXPECT(PrefillKernelFor(pipelined_128, 64, 24, 9, h200) == pipelined_128,
+                 "page size 24: boxes of 8 keys");
+  GLIMPSE_EXPECT(PrefillKernelFor(pipelined_128, 128, 17, 9, h200) == wgmma,
+                 "page size 17: no TMA box tiles it, the plain wgmma kernel runs");
+  GLIMPSE_EXPECT(PrefillKernelFor(pipelined_128, 128, 16, 9, 230447) == mma,
+                 "a block a byte short of its shared memory runs mma_sync");
+  GLIMPSE_EXPECT(PrefillKernelFor(pipelined_128, 64, 16, 8, a100) == mma, "no TMA on sm_80");
   GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 128, 16, 9, h200) == wgmma, "wgmma runs on an H200");
   GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 32, 16, 9, h200) == mma, "no wgmma kernel at head_dim 32");
   GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 128, 16, 8, a100) == mma, "no wgmma on sm_80");
@@ -354,6 +396,26 @@ GLIMPSE_CUDA_TEST(PrefillWgmmaPipelinedMatchesReference) {
   }
   RunCase(causal, 64, 1, 1, 16, {{3000, 3000}}, 1, pipelined);  // 47 tiles per block at most
   RunCase(causal, 128, 8, 1, 16, {{7, 4000}}, 132, pipelined);  // split KV, few rows
+}
+
+// The pipelined kernel with 128-key tiles and Q in shared memory: the same cases as the
+// 64-key one, at page sizes whose boxes are 8 to 128 keys (256: one box per tile), with last
+// tiles ending mid-tile on either side of 64 keys (150: 22 keys into the second tile; 700:
+// 60 keys into the sixth), a block whose second consumer has no rows (65 packed rows) and one
+// whose 128 rows end on a page boundary, and a split whose chunks are whole 128-key tiles.
+GLIMPSE_CUDA_TEST(PrefillWgmmaPipelined128MatchesReference) {
+  if (!DeviceHasWgmma()) return;
+  const PrefillKernel pipelined_128 = PrefillKernel::kWgmmaPipelined128;
+  RunVariantCases(pipelined_128, {64, 128});
+  const AttentionMaskMode causal = AttentionMaskMode::kCausal;
+  const AttentionMaskMode tree = AttentionMaskMode::kTree;
+  for (const int32_t page_size : {8, 24, 48, 128, 256}) {
+    RunCase(causal, 128, 4, 2, page_size, {{150, 150}, {40, 700}, {1, 65}}, 1, pipelined_128);
+    RunCase(tree, 64, 2, 2, page_size, {{20, 20 + 250}, {64, 64 + 64}}, 1, pipelined_128);
+  }
+  RunCase(causal, 64, 1, 1, 16, {{65, 65}, {128, 256}}, 1, pipelined_128);
+  RunCase(causal, 64, 1, 1, 16, {{1500, 1500}}, 1, pipelined_128);  // 12 tiles, 4 ring rounds
+  RunCase(causal, 128, 8, 1, 16, {{7, 4000}}, 132, pipelined_128);  // split KV, few rows
 }
 
 GLIMPSE_CUDA_TEST(PrefillWgmmaRefusesHeadDim32) {

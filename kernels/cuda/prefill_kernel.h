@@ -14,6 +14,10 @@ enum class PrefillKernel {
   // (FlashAttention-3's structure); as kWgmma, and page sizes with a multiple of 8 as their
   // largest power-of-two factor up to 64 (experimental)
   kWgmmaPipelined,
+  // kWgmmaPipelined with FlashAttention-3's head_dim-128 tile: 128-key K/V tiles, Q in shared
+  // memory (wgmma with both operands from shared memory); page sizes with a multiple of 8 as
+  // their largest power-of-two factor up to 128 (experimental)
+  kWgmmaPipelined128,
 };
 
 }  // namespace glimpse::kernels::cuda

@@ -50,8 +50,8 @@ struct CudaBackendOptions {
   CudaKvCacheDType kv_cache_dtype = CudaKvCacheDType::kFloat32;
   // The tensor-core attention's kernel, for steps with multi-token sequences over a bf16
   // cache (`--cuda_prefill_attention`). The wgmma kernels fall back to kMmaSync on a GPU other
-  // than compute capability 9.0 and for head dims other than 64 and 128, kWgmmaPipelined to
-  // kWgmma at block sizes its TMA boxes cannot tile (PrefillKernelFor), kMmaSyncWide to
+  // than compute capability 9.0 and for head dims other than 64 and 128, the pipelined ones
+  // to kWgmma at block sizes their TMA boxes cannot tile (PrefillKernelFor), kMmaSyncWide to
   // kMmaSync where a block cannot have its shared memory (head_dim 128 on sm_86/sm_89). The
   // experimental kernels are checked on the CUDA emulation, not yet on a GPU.
   PrefillKernel prefill_attention = PrefillKernel::kMmaSync;

@@ -92,6 +92,10 @@ std::vector<BackendCounter> CudaBackend::Counters() const {
   counters.push_back({"cuda_attention_wgmma_pipelined_calls_total", pipelined_attention_calls_,
                       "Of those, the calls run by its TMA-fed pipelined wgmma variant "
                       "(--cuda_prefill_attention=wgmma_pipelined)"});
+  counters.push_back({"cuda_attention_wgmma_pipelined_128_calls_total",
+                      pipelined_128_attention_calls_,
+                      "Of those, the calls run by its pipelined wgmma variant with 128-key tiles "
+                      "(--cuda_prefill_attention=wgmma_pipelined_128)"});
   counters.push_back({"cuda_attention_mma_decode_calls_total", mma_decode_attention_calls_,
                       "PagedAttention calls (layers x steps) run by the tensor-core paged decode "
                       "kernel (--cuda_decode_attention=mma_sync), graphed or not"});

@@ -358,6 +358,7 @@ class CudaBackend final : public Backend {
   int64_t wide_attention_calls_ = 0;         // those on the 128-row mma.sync variant
   int64_t wgmma_attention_calls_ = 0;        // those on the wgmma variant
   int64_t pipelined_attention_calls_ = 0;    // those on the pipelined wgmma variant
+  int64_t pipelined_128_attention_calls_ = 0;  // those on its 128-key-tile variant
   int64_t mma_decode_attention_calls_ = 0;   // PagedAttention calls on the mma decode kernel
   int64_t fp32_tiled_attention_calls_ = 0;   // AttendPerSequence launches over an fp32 cache
   RopeMemo rope_memo_;

@@ -545,6 +545,7 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   if (kernel == PrefillKernel::kWgmma) ++wgmma_attention_calls_;
   if (kernel == PrefillKernel::kMmaSyncWide) ++wide_attention_calls_;
   if (kernel == PrefillKernel::kWgmmaPipelined) ++pipelined_attention_calls_;
+  if (kernel == PrefillKernel::kWgmmaPipelined128) ++pipelined_128_attention_calls_;
   return true;
 }
 

@@ -852,7 +852,9 @@ TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheWithExperimentalKernelsMatche
        {Variant{cuda::PrefillKernel::kMmaSyncWide, "cuda_attention_wide_calls_total", false, false},
         Variant{cuda::PrefillKernel::kWgmma, "cuda_attention_wgmma_calls_total", true, false},
         Variant{cuda::PrefillKernel::kWgmmaPipelined, "cuda_attention_wgmma_pipelined_calls_total",
-                true, true}}) {
+                true, true},
+        Variant{cuda::PrefillKernel::kWgmmaPipelined128,
+                "cuda_attention_wgmma_pipelined_128_calls_total", true, true}}) {
     cuda::CudaBackendOptions options;
     options.kv_cache_dtype = cuda::CudaKvCacheDType::kBFloat16;
     options.prefill_attention = v.kernel;

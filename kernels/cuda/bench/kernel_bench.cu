@@ -460,11 +460,12 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
     const double flops = 2.0 * kHq * KvPool::kHeadDim * static_cast<double>(ctx) * ctx;
     const double tflops = flops / (us * 1e-6) / 1e12;
     std::snprintf(shape, sizeof(shape), "causal L=%d GQA 32/8 d=128", ctx);
-    const char* name = fp32                                       ? "prefill_attn_fp32"
-                       : kernel == PrefillKernel::kWgmma          ? "prefill_attn_wgmma"
-                       : kernel == PrefillKernel::kWgmmaPipelined ? "prefill_attn_pipelined"
-                       : kernel == PrefillKernel::kMmaSyncWide    ? "prefill_attn_wide"
-                                                                  : "prefill_attention";
+    const char* name = fp32                                          ? "prefill_attn_fp32"
+                       : kernel == PrefillKernel::kWgmma             ? "prefill_attn_wgmma"
+                       : kernel == PrefillKernel::kWgmmaPipelined    ? "prefill_attn_pipelined"
+                       : kernel == PrefillKernel::kWgmmaPipelined128 ? "prefill_attn_pipelined_128"
+                       : kernel == PrefillKernel::kMmaSyncWide       ? "prefill_attn_wide"
+                                                                     : "prefill_attention";
     if (fp32) {
       b.rows.push_back({name, shape, us, tflops, "TFLOP/s", tflops / b.sgemm_tflops,
                         "fp32 cache, CUDA cores; fraction of the fp32 GEMM"});
@@ -519,6 +520,7 @@ bool RunAll(Bench& b, const std::string& json_path) {
             {PrefillKernel::kMmaSyncWide, "tree_verify_wide", b.base_rows && q_len > 1},
             {PrefillKernel::kWgmma, "tree_verify_wgmma", wgmma && q_len > 1},
             {PrefillKernel::kWgmmaPipelined, "tree_verify_pipelined", wgmma && q_len > 1},
+            {PrefillKernel::kWgmmaPipelined128, "tree_verify_pipelined_128", wgmma && q_len > 1},
         };
         for (const TreeKernel& k : kernels) {
           if (!k.run) continue;
@@ -539,6 +541,7 @@ bool RunAll(Bench& b, const std::string& json_path) {
         {PrefillKernel::kMmaSyncWide, b.base_rows},
         {PrefillKernel::kWgmma, wgmma},
         {PrefillKernel::kWgmmaPipelined, wgmma},
+        {PrefillKernel::kWgmmaPipelined128, wgmma},
     };
     for (const auto& [kernel, run] : kernels) {
       double us = 0;
@@ -643,7 +646,7 @@ int main(int argc, char** argv) {
          {"d2d_copy", "cublas_gemm_bf16", "cublas_gemm_fp32", "paged_decode", "paged_decode_mma",
           "tc_decode", "tree_verify", "prefill_attention", "prefill_attn_fp32", "tree_verify_wide",
           "prefill_attn_wide", "tree_verify_wgmma", "prefill_attn_wgmma", "tree_verify_pipelined",
-          "prefill_attn_pipelined"}) {
+          "prefill_attn_pipelined", "tree_verify_pipelined_128", "prefill_attn_pipelined_128"}) {
       const bool present = std::any_of(b.rows.begin(), b.rows.end(),
                                        [&](const Row& r) { return r.kernel == kernel; });
       const std::string name = kernel;
