@@ -599,9 +599,11 @@ __device__ __forceinline__ void LoadQTileSwizzled(const PrefillAttentionParams& 
                                                   const BlockWork& w, int first,
                                                   unsigned char* q_dst, int thread) {
   constexpr int kChunksPerRow = kHeadDim / 8;
+  static_assert(64 * kChunksPerRow % 128 == 0, "16-byte chunks per thread");
   const bf16* q = static_cast<const bf16*>(p.q);
 #pragma unroll
-  for (int i = thread; i < 64 * kChunksPerRow; i += 128) {
+  for (int pass = 0; pass < 64 * kChunksPerRow / 128; ++pass) {
+    const int i = thread + pass * 128;
     const int row = i / kChunksPerRow;
     const int col = (i % kChunksPerRow) * 8;
     const int32_t pr = w.row_base + first + row;
