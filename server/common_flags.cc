@@ -66,20 +66,6 @@ namespace glimpse::kernels::cuda {
 
 namespace {
 
-// Each kernel's flag value; parsing and printing both read it. The first is the default.
-constexpr std::pair<PrefillKernel, const char*> kPrefillKernelNames[] = {
-    {PrefillKernel::kMmaSync, "mma_sync"},
-    {PrefillKernel::kMmaSyncWide, "mma_sync_wide"},
-    {PrefillKernel::kWgmma, "wgmma"},
-    {PrefillKernel::kWgmmaPipelined, "wgmma_pipelined"},
-    {PrefillKernel::kWgmmaPipelined128, "wgmma_pipelined_128"},
-};
-
-constexpr std::pair<DecodeKernel, const char*> kDecodeKernelNames[] = {
-    {DecodeKernel::kCudaCores, "cuda_cores"},
-    {DecodeKernel::kMmaSync, "mma_sync"},
-};
-
 // The value `text` names in `names`; else false with "expected 'a', 'b' or 'c'" in *error.
 template <typename Kernel, size_t N>
 bool ParseName(const std::pair<Kernel, const char*> (&names)[N], absl::string_view text,
@@ -96,27 +82,19 @@ bool ParseName(const std::pair<Kernel, const char*> (&names)[N], absl::string_vi
   return false;
 }
 
-template <typename Kernel, size_t N>
-std::string NameOf(const std::pair<Kernel, const char*> (&names)[N], Kernel kernel) {
-  for (const auto& [value, name] : names) {
-    if (value == kernel) return name;
-  }
-  return names[0].second;
-}
-
 }  // namespace
 
 bool AbslParseFlag(absl::string_view text, PrefillKernel* kernel, std::string* error) {
   return ParseName(kPrefillKernelNames, text, kernel, error);
 }
 
-std::string AbslUnparseFlag(PrefillKernel kernel) { return NameOf(kPrefillKernelNames, kernel); }
+std::string AbslUnparseFlag(PrefillKernel kernel) { return PrefillKernelName(kernel); }
 
 bool AbslParseFlag(absl::string_view text, DecodeKernel* kernel, std::string* error) {
   return ParseName(kDecodeKernelNames, text, kernel, error);
 }
 
-std::string AbslUnparseFlag(DecodeKernel kernel) { return NameOf(kDecodeKernelNames, kernel); }
+std::string AbslUnparseFlag(DecodeKernel kernel) { return DecodeKernelName(kernel); }
 
 }  // namespace glimpse::kernels::cuda
 

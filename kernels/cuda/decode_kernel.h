@@ -4,6 +4,8 @@
 #ifndef GLIMPSE_KERNELS_CUDA_DECODE_KERNEL_H_
 #define GLIMPSE_KERNELS_CUDA_DECODE_KERNEL_H_
 
+#include <utility>
+
 namespace glimpse::kernels::cuda {
 
 enum class DecodeKernel {
@@ -14,6 +16,20 @@ enum class DecodeKernel {
   // rounded to bf16 as in the prefill kernels (experimental).
   kMmaSync,
 };
+
+// Each kernel's name, the value of `--cuda_decode_attention` that selects it. The first is the
+// default.
+inline constexpr std::pair<DecodeKernel, const char*> kDecodeKernelNames[] = {
+    {DecodeKernel::kCudaCores, "cuda_cores"},
+    {DecodeKernel::kMmaSync, "mma_sync"},
+};
+
+inline const char* DecodeKernelName(DecodeKernel kernel) {
+  for (const auto& [value, name] : kDecodeKernelNames) {
+    if (value == kernel) return name;
+  }
+  return "unknown";
+}
 
 }  // namespace glimpse::kernels::cuda
 

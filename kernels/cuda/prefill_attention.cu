@@ -1,13 +1,13 @@
-#include "kernels/cuda/prefill_attention.h"
-
 #include <algorithm>
 #include <atomic>
 #include <numeric>
+#include <string>
 
 #include "kernels/cuda/attention_common.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/mma_utils.cuh"
+#include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/prefill_attention_f32.h"
 #include "kernels/cuda/prefill_work.cuh"
 #include "kernels/cuda/tma_utils.cuh"
@@ -950,16 +950,36 @@ size_t PrefillSharedMemoryBytes(PrefillKernel kernel, int32_t head_dim) {
 }
 
 PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int32_t page_size,
-                               int compute_major, size_t max_shared_memory_per_block) {
+                               int compute_major, size_t max_shared_memory_per_block,
+                               std::string* why) {
+  auto fall_back = [&](PrefillKernel kernel, const std::string& reason) {
+    if (why != nullptr) *why = reason;
+    return kernel;
+  };
   const bool wgmma = requested == PrefillKernel::kWgmma || IsPipelined(requested);
-  if (wgmma && (compute_major != 9 || !WgmmaPrefillSupported(head_dim))) {
-    return PrefillKernel::kMmaSync;
+  if (wgmma && compute_major != 9) {
+    return fall_back(PrefillKernel::kMmaSync,
+                     "wgmma needs a compute capability 9.0 GPU (Hopper), this one is " +
+                         std::to_string(compute_major) + ".x");
+  }
+  if (wgmma && !WgmmaPrefillSupported(head_dim)) {
+    return fall_back(PrefillKernel::kMmaSync,
+                     "the wgmma kernels exist for head_dim 64 and 128, "
+                     "the model's is " +
+                         std::to_string(head_dim));
   }
   if (IsPipelined(requested) && PipelinedBoxRows(page_size, TileKeys(requested)) == 0) {
-    return PrefillKernel::kWgmma;
+    return fall_back(PrefillKernel::kWgmma,
+                     "its TMA boxes cannot tile pages of " + std::to_string(page_size) +
+                         " tokens (the page size needs a multiple of 8 as its largest "
+                         "power-of-two factor up to " +
+                         std::to_string(TileKeys(requested)) + ", e.g. --block_size=16)");
   }
-  if (PrefillSharedMemoryBytes(requested, head_dim) > max_shared_memory_per_block) {
-    return PrefillKernel::kMmaSync;
+  const size_t smem = PrefillSharedMemoryBytes(requested, head_dim);
+  if (smem > max_shared_memory_per_block) {
+    return fall_back(PrefillKernel::kMmaSync, "a block needs " + std::to_string(smem) +
+                                                  " bytes of shared memory, the GPU grants " +
+                                                  std::to_string(max_shared_memory_per_block));
   }
   return requested;
 }

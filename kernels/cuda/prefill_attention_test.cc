@@ -361,6 +361,30 @@ GLIMPSE_CUDA_TEST(PrefillKernelForFallsBackWhereTheKernelCannotRun) {
                  "128 rows at head_dim 128 do not fit 99 KB");
   GLIMPSE_EXPECT(PrefillKernelFor(wide, 64, 16, 8, rtx4090) == wide, "at head_dim 64 they do");
   GLIMPSE_EXPECT(PrefillKernelFor(mma, 128, 16, 8, rtx4090) == mma, "the default runs everywhere");
+  // Each fallback says why (the backend logs it once): the device, the head_dim, the page
+  // size or the shared memory; a kernel that runs leaves the reason alone.
+  struct Fallback {
+    PrefillKernel requested;
+    int32_t head_dim, page_size;
+    int major;
+    size_t smem;
+    const char* says;  // a piece of the reason, naming the limit
+  };
+  for (const Fallback f : {Fallback{wgmma, 128, 16, 8, a100, "compute capability 9.0"},
+                           Fallback{pipelined_128, 32, 16, 9, h200, "head_dim 64 and 128"},
+                           Fallback{pipelined_128, 128, 17, 9, h200, "pages of 17 tokens"},
+                           Fallback{pipelined, 128, 4, 9, h200, "pages of 4 tokens"},
+                           Fallback{wide, 128, 16, 8, rtx4090, "104448 bytes of shared memory"}}) {
+    std::string why = "unchanged";
+    const PrefillKernel ran =
+        PrefillKernelFor(f.requested, f.head_dim, f.page_size, f.major, f.smem, &why);
+    GLIMPSE_EXPECT(ran != f.requested && why.find(f.says) != std::string::npos,
+                   "a fallback says why ('" + std::string(f.says) + "'): got '" + why + "'");
+  }
+  std::string why = "unchanged";
+  GLIMPSE_EXPECT(PrefillKernelFor(pipelined_128, 128, 16, 9, h200, &why) == pipelined_128 &&
+                     why == "unchanged",
+                 "a kernel that runs gives no reason");
 }
 
 // True when the device runs the wgmma kernel (compute capability 9.0); says so otherwise.

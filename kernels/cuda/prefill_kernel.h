@@ -4,6 +4,8 @@
 #ifndef GLIMPSE_KERNELS_CUDA_PREFILL_KERNEL_H_
 #define GLIMPSE_KERNELS_CUDA_PREFILL_KERNEL_H_
 
+#include <utility>
+
 namespace glimpse::kernels::cuda {
 
 enum class PrefillKernel {
@@ -19,6 +21,23 @@ enum class PrefillKernel {
   // their largest power-of-two factor up to 128 (experimental)
   kWgmmaPipelined128,
 };
+
+// Each kernel's name, the value of `--cuda_prefill_attention` that selects it (the flag's
+// parser and the backend's log lines read it). The first is the default.
+inline constexpr std::pair<PrefillKernel, const char*> kPrefillKernelNames[] = {
+    {PrefillKernel::kMmaSync, "mma_sync"},
+    {PrefillKernel::kMmaSyncWide, "mma_sync_wide"},
+    {PrefillKernel::kWgmma, "wgmma"},
+    {PrefillKernel::kWgmmaPipelined, "wgmma_pipelined"},
+    {PrefillKernel::kWgmmaPipelined128, "wgmma_pipelined_128"},
+};
+
+inline const char* PrefillKernelName(PrefillKernel kernel) {
+  for (const auto& [value, name] : kPrefillKernelNames) {
+    if (value == kernel) return name;
+  }
+  return "unknown";
+}
 
 }  // namespace glimpse::kernels::cuda
 

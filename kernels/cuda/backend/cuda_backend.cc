@@ -273,6 +273,19 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOpti
   graph_options.run_eagerly_for_testing = options.graphs_run_eagerly_for_testing;
   const DType kv_dtype =
       options.kv_cache_dtype == CudaKvCacheDType::kBFloat16 ? DType::kBF16 : DType::kF32;
+  if (kv_dtype == DType::kF32 && options.prefill_attention != PrefillKernel::kMmaSync) {
+    spdlog::warn(
+        "CUDA backend: --cuda_prefill_attention={} applies to a bf16 KV cache; the "
+        "fp32 cache's prefills run its own fp32 kernel (--kv_cache_dtype=bf16 for the "
+        "tensor-core kernels)",
+        PrefillKernelName(options.prefill_attention));
+  }
+  if (kv_dtype == DType::kF32 && options.decode_attention != DecodeKernel::kCudaCores) {
+    spdlog::warn(
+        "CUDA backend: --cuda_decode_attention={} needs a bf16 KV cache; the fp32 "
+        "cache's decode steps run cuda_cores (--kv_cache_dtype=bf16 for it)",
+        DecodeKernelName(options.decode_attention));
+  }
   auto backend = std::make_unique<internal::CudaBackend>(
       options.device_ordinal, std::move(tp_group), options.tp_rank, graph_options, kv_dtype,
       options.prefill_attention,

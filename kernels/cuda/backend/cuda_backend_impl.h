@@ -325,6 +325,7 @@ class CudaBackend final : public Backend {
   // CudaBackendOptions::prefill_attention; AttendPerSequence runs it where the device,
   // head_dim and block size allow (PrefillKernelFor), else a fallback.
   PrefillKernel prefill_kernel_;
+  bool prefill_fallback_logged_ = false;  // AttendPerSequence warned that it falls back
   // CudaBackendOptions::decode_attention over a bf16 cache, else kCudaCores: every
   // LaunchPagedDecode (AttendPerToken and the graphed decode step) runs it.
   DecodeKernel decode_kernel_;

@@ -8,6 +8,7 @@
 #include <bit>
 #include <climits>
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -450,10 +451,19 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   // The memo's plan is for this kernel: head_dim is the model's, the same on every call. The
   // fp32 kernel takes kMmaSync's plan.
   const bool fp32 = kv_dtype_ == DType::kF32;
-  const PrefillKernel kernel = fp32
-                                   ? PrefillKernel::kMmaSync
-                                   : PrefillKernelFor(prefill_kernel_, kv.head_dim, block_size,
-                                                      compute_major_, max_shared_memory_per_block_);
+  std::string fallback_reason;
+  const PrefillKernel kernel =
+      fp32 ? PrefillKernel::kMmaSync
+           : PrefillKernelFor(prefill_kernel_, kv.head_dim, block_size, compute_major_,
+                              max_shared_memory_per_block_, &fallback_reason);
+  if (!fp32 && kernel != prefill_kernel_ && !prefill_fallback_logged_) {
+    // The device, head_dim and block size are the same on every call: once is enough.
+    spdlog::warn(
+        "CUDA backend: --cuda_prefill_attention={} cannot run here: {}; prefill "
+        "attention runs {} instead",
+        PrefillKernelName(prefill_kernel_), fallback_reason, PrefillKernelName(kernel));
+    prefill_fallback_logged_ = true;
+  }
   PrefillMemo& memo = prefill_memo_;
   if (memo.generation != generation_ || memo.key != key) {
     for (int32_t s = 0; s < params.num_seqs; ++s) {

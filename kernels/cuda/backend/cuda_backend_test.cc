@@ -10,8 +10,6 @@
 // No NaN anywhere. The bf16 matmul is also held to the fp32 bound against a float64 product of
 // the same bf16-rounded operands, which isolates the GEMM from the operand rounding.
 #include "kernels/cuda/backend/cuda_backend.h"
-#include "kernels/cuda/backend/counter_value.h"
-#include "kernels/cuda/backend/device_skip.h"
 
 #include <algorithm>
 #include <cmath>
@@ -25,6 +23,7 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <sstream>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -34,8 +33,12 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/backend/counter_value.h"
+#include "kernels/cuda/backend/device_skip.h"
 #include "model/kv_cache_storage.h"
 #include "model/llama_config.h"
+#include "spdlog/sinks/ostream_sink.h"
+#include "spdlog/spdlog.h"
 
 namespace glimpse::kernels {
 namespace {
@@ -763,6 +766,32 @@ void RunAttention(Backend& cuda, Backend& cpu, const KvShape& s, const std::vect
       ref_rounding.q ? RoundedToBf16(q) : q);
 }
 
+// Everything spdlog writes while it lives (the default logger swapped for one that writes to
+// a string), for tests of what the backend tells the operator.
+class CapturedLog {
+ public:
+  CapturedLog()
+      : previous_(spdlog::default_logger()),
+        logger_(std::make_shared<spdlog::logger>(
+            "captured", std::make_shared<spdlog::sinks::ostream_sink_st>(text_))) {
+    spdlog::set_default_logger(logger_);
+  }
+  ~CapturedLog() { spdlog::set_default_logger(previous_); }
+  std::string text() const { return text_.str(); }
+  // How many times `piece` occurs.
+  int Count(const std::string& piece) const {
+    const std::string all = text();
+    int n = 0;
+    for (size_t at = all.find(piece); at != std::string::npos; at = all.find(piece, at + 1)) ++n;
+    return n;
+  }
+
+ private:
+  std::ostringstream text_;
+  std::shared_ptr<spdlog::logger> previous_;
+  std::shared_ptr<spdlog::logger> logger_;
+};
+
 int64_t TensorCoreCalls(const Backend& backend) {
   return testing::CounterValue(backend, "cuda_attention_tensor_core_calls_total");
 }
@@ -863,6 +892,13 @@ TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheWithExperimentalKernelsMatche
     const std::vector<SeqCase> mixed = {{36, 37}, {100, 1}, {24, 5}, {700, 130}};
     auto normal = [this](size_t n) { return Normal(n); };
     for (const KvShape s : {KvShape{8, 8, 64, 1}, KvShape{32, 8, 128, 16}, KvShape{6, 2, 32, 16}}) {
+      // A backend's shape is its model's, fixed: a fresh one per shape, so that each
+      // fallback is its first (the pipelined kernels at block size 1, wgmma at head_dim 32).
+      if (s.block_size != 16 || s.head_dim == 32) {
+        backend = cuda::CreateCudaBackend(options);
+        ASSERT_TRUE(backend.ok()) << backend.status();
+      }
+      CapturedLog log;
       std::vector<float> out, ref;
       const int64_t before = TensorCoreCalls(**backend);
       const int64_t variant_before = testing::CounterValue(**backend, v.counter);
@@ -874,8 +910,34 @@ TEST_F(CudaBackendTest, PagedAttentionOverBf16CacheWithExperimentalKernelsMatche
                         !(v.needs_block_size_16 && s.block_size != 16);
       EXPECT_EQ(testing::CounterValue(**backend, v.counter) - variant_before, runs ? 2 : 0)
           << v.counter << " " << Describe(s);
+      // A kernel that cannot run here is said once (two calls ran), with the reason.
+      const std::string flag =
+          std::string("--cuda_prefill_attention=") + cuda::PrefillKernelName(v.kernel);
+      EXPECT_EQ(log.Count(flag + " cannot run here"), runs ? 0 : 1) << Describe(s) << log.text();
+      if (!runs) {
+        EXPECT_NE(log.text().find(s.head_dim == 32 ? "head_dim 64 and 128" : "pages of 1 tokens"),
+                  std::string::npos)
+            << log.text();
+      }
     }
   }
+}
+
+// Kernel flags that do not apply to an fp32 cache are said so when the backend is made, not
+// silently ignored.
+TEST_F(CudaBackendTest, SaysWhichKernelFlagsAnFp32CacheIgnores) {
+  cuda::CudaBackendOptions options;  // an fp32 cache
+  options.prefill_attention = cuda::PrefillKernel::kWgmmaPipelined128;
+  options.decode_attention = cuda::DecodeKernel::kMmaSync;
+  CapturedLog log;
+  ASSERT_TRUE(cuda::CreateCudaBackend(options).ok());
+  EXPECT_EQ(log.Count("--cuda_prefill_attention=wgmma_pipelined_128 applies to a bf16 KV cache"), 1)
+      << log.text();
+  EXPECT_EQ(log.Count("--cuda_decode_attention=mma_sync needs a bf16 KV cache"), 1) << log.text();
+  CapturedLog defaults;
+  ASSERT_TRUE(cuda::CreateCudaBackend({}).ok());
+  EXPECT_EQ(defaults.Count("KV cache"), 0)
+      << "the default kernels need no word: " << defaults.text();
 }
 
 // The tensor-core decode kernel (--cuda_decode_attention=mma_sync) over the bf16 cache: decode
