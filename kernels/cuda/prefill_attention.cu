@@ -1,3 +1,5 @@
+#include "kernels/cuda/prefill_attention.h"
+
 #include <algorithm>
 #include <atomic>
 #include <numeric>
@@ -7,7 +9,6 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/mma_utils.cuh"
-#include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/prefill_attention_f32.h"
 #include "kernels/cuda/prefill_work.cuh"
 #include "kernels/cuda/tma_utils.cuh"
@@ -964,8 +965,7 @@ PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int32_
   }
   if (wgmma && !WgmmaPrefillSupported(head_dim)) {
     return fall_back(PrefillKernel::kMmaSync,
-                     "the wgmma kernels exist for head_dim 64 and 128, "
-                     "the model's is " +
+                     "the wgmma kernels exist for head_dim 64 and 128, the model's is " +
                          std::to_string(head_dim));
   }
   if (IsPipelined(requested) && PipelinedBoxRows(page_size, TileKeys(requested)) == 0) {
