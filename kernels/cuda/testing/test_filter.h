@@ -1,5 +1,5 @@
-// The kernel test harness's --filter rule, apart from the harness so that it can be tested
-// without CUDA (test_filter_test.cc). Std-only.
+// Which tests the kernel test harness runs: its --filter rule and Bazel's sharding, apart from
+// the harness so that they can be tested without CUDA (test_filter_test.cc). Std-only.
 //
 // --filter=TEXT[,TEXT...] runs the tests whose name contains any TEXT; --filter=-TEXT[,-TEXT...]
 // the others (so that a GPU session can run risky tests in a process of their own, see
@@ -8,6 +8,7 @@
 #ifndef GLIMPSE_KERNELS_CUDA_TESTING_TEST_FILTER_H_
 #define GLIMPSE_KERNELS_CUDA_TESTING_TEST_FILTER_H_
 
+#include <cstddef>
 #include <string>
 
 namespace glimpse::kernels::cuda::testing {
@@ -30,6 +31,15 @@ inline bool TestSelected(const std::string& name, const std::string& filter) {
     }
   }
   return !any_positive || matched_positive;
+}
+
+// Bazel's test sharding (shard_count in a BUILD rule; TEST_TOTAL_SHARDS / TEST_SHARD_INDEX in
+// the environment): the shard that runs the test_index-th registered test, round-robin, so
+// that tests registered side by side (a file's heavy variant tests) land in different shards.
+// total_shards <= 1 is one shard, which runs every test.
+inline bool InTestShard(size_t test_index, int shard_index, int total_shards) {
+  if (total_shards <= 1) return true;
+  return test_index % static_cast<size_t>(total_shards) == static_cast<size_t>(shard_index);
 }
 
 }  // namespace glimpse::kernels::cuda::testing

@@ -1,7 +1,8 @@
-// The kernel harness's --filter rule (test_filter.h). gpu_check.sh runs the experimental
-// kernels' tests in a process of their own with it (--filter=Wgmma,DecodeMma, the rest with
-// --filter=-Wgmma,-DecodeMma): a rule that selected a test twice, or none, would make the GPU
-// session report a kernel as tested that never ran. Std-only, no CUDA: runs in every build.
+// The kernel harness's --filter rule and its sharding (test_filter.h). gpu_check.sh runs the
+// experimental kernels' tests in a process of their own with the filter (--filter=Wgmma,
+// DecodeMma, the rest with --filter=-Wgmma,-DecodeMma), and Bazel shards the long emulated
+// tests: a rule that selected a test twice, or none, would report a kernel as tested that
+// never ran. Std-only, no CUDA: runs in every build.
 #include "kernels/cuda/testing/test_filter.h"
 
 #include <cstdio>
@@ -64,6 +65,29 @@ int main() {
     if (risky == rest) {
       std::printf("FAIL: '%s' is in %s of gpu_check.sh's two processes\n", name,
                   risky ? "both" : "neither");
+      ++failures;
+    }
+  }
+  // Sharding: every test in exactly one of the shards, neighbours in different ones, and one
+  // shard (or none asked for) runs everything.
+  using glimpse::kernels::cuda::testing::InTestShard;
+  for (const int shards : {2, 3, 4}) {
+    for (size_t test = 0; test < 10; ++test) {
+      int owners = 0;
+      for (int shard = 0; shard < shards; ++shard) owners += InTestShard(test, shard, shards);
+      if (owners != 1) {
+        std::printf("FAIL: test %zu is in %d of %d shards\n", test, owners, shards);
+        ++failures;
+      }
+      if (InTestShard(test, 0, shards) && InTestShard(test + 1, 0, shards)) {
+        std::printf("FAIL: tests %zu and %zu share shard 0 of %d\n", test, test + 1, shards);
+        ++failures;
+      }
+    }
+  }
+  for (size_t test = 0; test < 10; ++test) {
+    if (!InTestShard(test, 0, 1) || !InTestShard(test, 0, 0)) {
+      std::printf("FAIL: without sharding, test %zu must run\n", test);
       ++failures;
     }
   }
