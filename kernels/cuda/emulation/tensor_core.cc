@@ -53,7 +53,8 @@ WarpA GatherWarpA(BlockRunner& runner, const uint32_t (&a)[4], const char* what)
 }
 
 // One issued wgmma, executed when its group completes. A is the warp's registers (gathered
-// at issue), or, when a_in_smem, read through desc_a at completion.
+// at issue into `a`), or, when desc_a is not 0, read through that descriptor at completion
+// (a valid descriptor is never 0: its swizzle bits are set).
 struct PendingWgmma {
   float* d;
   int n;
@@ -61,7 +62,6 @@ struct PendingWgmma {
   uint64_t desc_b;
   bool accumulate;
   bool trans_b;
-  bool a_in_smem = false;
   uint64_t desc_a = 0;
 };
 
@@ -95,7 +95,7 @@ __attribute__((no_sanitize_address)) void SnapshotBytes(void* dst, const void* s
 
 // wgmma.mma_async is .sync.aligned: the four warps of a warpgroup must issue the same
 // sequence of operations. The first warp of a warpgroup to issue its k-th operation records
-// it (shape, B descriptor, accumulate); the others must match it.
+// it (shape, descriptors, accumulate); the others must match it.
 struct IssuedWgmma {
   int n;
   uint64_t desc_b;
@@ -200,9 +200,9 @@ void Execute(BlockRunner& runner, WgmmaState& state, const PendingWgmma& op) {
   // Every lane of the warpgroup reads the same B (and A): one check per warp is enough.
   if (lane == 0) {
     CheckBCopiesDone(runner, op.desc_b, op.trans_b, op.n, "wgmma (operand B, at completion)");
-    if (op.a_in_smem) CheckACopiesDone(runner, op.desc_a, "wgmma (operand A, at completion)");
+    if (op.desc_a != 0) CheckACopiesDone(runner, op.desc_a, "wgmma (operand A, at completion)");
   }
-  const WarpA a = op.a_in_smem ? ReadWarpA(runner, op.desc_a) : op.a;
+  const WarpA a = op.desc_a != 0 ? ReadWarpA(runner, op.desc_a) : op.a;
   std::vector<float>& d = state.values.at(op.d);
   const int g = lane >> 2;
   const int t = lane & 3;
@@ -234,8 +234,8 @@ void IssueWgmma(BlockRunner& runner, PendingWgmma op) {
   if ((op.desc_b >> 62) != 1) runner.Fail("wgmma: only the 128-byte swizzle is emulated");
   if (runner.Lane() == 0) {
     CheckBCopiesDone(runner, op.desc_b, op.trans_b, op.n, "wgmma (operand B, at issue)");
-    CheckWarpgroupAligned(runner, IssuedWgmma{op.n, op.desc_b, op.accumulate, op.trans_b,
-                                              op.a_in_smem ? op.desc_a : 0});
+    CheckWarpgroupAligned(runner,
+                          IssuedWgmma{op.n, op.desc_b, op.accumulate, op.trans_b, op.desc_a});
   }
   WgmmaState& state = StateOf(runner);
   if (!state.fenced) runner.Fail("wgmma.mma_async before any wgmma.fence of the thread");
@@ -284,8 +284,7 @@ void WgmmaAsyncSS(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool accumu
   BlockRunner& runner = BlockRunner::ForThisThread();
   if ((desc_a >> 62) != 1) runner.Fail("wgmma: only the 128-byte swizzle is emulated");
   if (runner.Lane() == 0) CheckACopiesDone(runner, desc_a, "wgmma (operand A, at issue)");
-  IssueWgmma(runner,
-             PendingWgmma{d, n, WarpA{}, desc_b, accumulate, trans_b, /*a_in_smem=*/true, desc_a});
+  IssueWgmma(runner, PendingWgmma{d, n, WarpA{}, desc_b, accumulate, trans_b, desc_a});
 }
 
 void WgmmaCommit() {
