@@ -125,8 +125,7 @@ __device__ __forceinline__ void LoadKvTile(const PrefillAttentionParams& p,
                                      p.kv.page_size, kHeadDim, page_div) +
             col;
     }
-    const int dst =
-        kKeys == kBlockN ? S::KvTileOffset(row, col) : SwizzledTileOffset<kKeys>(row, col);
+    const int dst = kWgmma ? SwizzledTileOffset<kKeys>(row, col) : S::KvTileOffset(row, col);
     CpAsync16(SmemAddr(k_dst + dst), k_cache + off, valid);
     CpAsync16(SmemAddr(v_dst + dst), v_cache + off, valid);
   }
