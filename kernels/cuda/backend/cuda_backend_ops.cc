@@ -451,11 +451,14 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   // The memo's plan is for this kernel: head_dim is the model's, the same on every call. The
   // fp32 kernel takes kMmaSync's plan.
   const bool fp32 = kv_dtype_ == DType::kF32;
+  // The reason for a fallback is asked for (a string built) only until it has been logged:
+  // this runs per layer and step.
   std::string fallback_reason;
   const PrefillKernel kernel =
       fp32 ? PrefillKernel::kMmaSync
            : PrefillKernelFor(prefill_kernel_, kv.head_dim, block_size, compute_major_,
-                              max_shared_memory_per_block_, &fallback_reason);
+                              max_shared_memory_per_block_,
+                              prefill_fallback_logged_ ? nullptr : &fallback_reason);
   if (!fp32 && kernel != prefill_kernel_ && !prefill_fallback_logged_) {
     // The device, head_dim and block size are the same on every call: once is enough.
     spdlog::warn(
