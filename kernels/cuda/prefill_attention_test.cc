@@ -333,58 +333,60 @@ GLIMPSE_CUDA_TEST(PrefillKernelForFallsBackWhereTheKernelCannotRun) {
   GLIMPSE_EXPECT(PrefillSharedMemoryBytes(pipelined_128, 64) ==
                      1024 + 3 * 2 * 128 * 64 * 2 + 2 * 64 * 64 * 2 + 48,
                  "pipelined wgmma with 128-key tiles, head_dim 64: 115,760 bytes");
-  GLIMPSE_EXPECT(PrefillKernelFor(pipelined_128, 128, 16, 9, h200) == pipelined_128,
-                 "the 128-key-tile kernel runs on an H200 at page size 16");
-  GLIMPSE_EXPECT(PrefillKernelFor(pipelined_128, 128, 256, 9, h200) == pipelined_128,
-                 "page size 256: one box of 128 keys per tile");
-  GLIMPSE_EXPECT(PrefillKernelFor(pipelined_128, 64, 24, 9, h200) == pipelined_128,
-                 "page size 24: boxes of 8 keys");
-  GLIMPSE_EXPECT(PrefillKernelFor(pipelined_128, 128, 17, 9, h200) == wgmma,
-                 "page size 17: no TMA box tiles it, the plain wgmma kernel runs");
-  GLIMPSE_EXPECT(PrefillKernelFor(pipelined_128, 128, 16, 9, 230447) == mma,
-                 "a block a byte short of its shared memory runs mma_sync");
-  GLIMPSE_EXPECT(PrefillKernelFor(pipelined_128, 64, 16, 8, a100) == mma, "no TMA on sm_80");
-  GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 128, 16, 9, h200) == wgmma, "wgmma runs on an H200");
-  GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 32, 16, 9, h200) == mma, "no wgmma kernel at head_dim 32");
-  GLIMPSE_EXPECT(PrefillKernelFor(wgmma, 128, 16, 8, a100) == mma, "no wgmma on sm_80");
-  GLIMPSE_EXPECT(PrefillKernelFor(pipelined, 128, 16, 9, h200) == pipelined,
-                 "the pipelined kernel runs on an H200 at page size 16");
-  GLIMPSE_EXPECT(PrefillKernelFor(pipelined, 64, 24, 9, h200) == pipelined,
-                 "page size 24: boxes of 8 keys");
-  GLIMPSE_EXPECT(PrefillKernelFor(pipelined, 128, 17, 9, h200) == wgmma,
-                 "page size 17: no TMA box tiles it, the plain wgmma kernel runs");
-  GLIMPSE_EXPECT(PrefillKernelFor(pipelined, 128, 4, 9, h200) == wgmma,
-                 "page size 4: boxes under the 8-row swizzle atom");
-  GLIMPSE_EXPECT(PrefillKernelFor(pipelined, 128, 16, 8, a100) == mma, "no TMA on sm_80");
-  GLIMPSE_EXPECT(PrefillKernelFor(wide, 128, 16, 8, a100) == wide, "128 rows fit an A100's block");
-  GLIMPSE_EXPECT(PrefillKernelFor(wide, 128, 16, 8, rtx4090) == mma,
-                 "128 rows at head_dim 128 do not fit 99 KB");
-  GLIMPSE_EXPECT(PrefillKernelFor(wide, 64, 16, 8, rtx4090) == wide, "at head_dim 64 they do");
-  GLIMPSE_EXPECT(PrefillKernelFor(mma, 128, 16, 8, rtx4090) == mma, "the default runs everywhere");
-  // Each fallback says why (the backend logs it once): the device, the head_dim, the page
-  // size or the shared memory; a kernel that runs leaves the reason alone.
-  struct Fallback {
+  // Where each kernel runs, and what runs instead. A fallback says why (the backend logs it
+  // once), naming the limit: the device, the head_dim, the page size or the shared memory; a
+  // kernel that runs leaves the reason alone.
+  struct Case {
     PrefillKernel requested;
     int32_t head_dim, page_size;
     int major;
     size_t smem;
-    const char* says;  // a piece of the reason, naming the limit
+    PrefillKernel runs;
+    const char* what;
+    const char* says = nullptr;  // a piece of the fallback's reason
   };
-  for (const Fallback f : {Fallback{wgmma, 128, 16, 8, a100, "compute capability 9.0"},
-                           Fallback{pipelined_128, 32, 16, 9, h200, "head_dim 64 and 128"},
-                           Fallback{pipelined_128, 128, 17, 9, h200, "pages of 17 tokens"},
-                           Fallback{pipelined, 128, 4, 9, h200, "pages of 4 tokens"},
-                           Fallback{wide, 128, 16, 8, rtx4090, "104448 bytes of shared memory"}}) {
+  const Case cases[] = {
+      {pipelined_128, 128, 16, 9, h200, pipelined_128, "128-key tiles run on an H200, page 16"},
+      {pipelined_128, 128, 256, 9, h200, pipelined_128, "page size 256: one 128-key box a tile"},
+      {pipelined_128, 64, 24, 9, h200, pipelined_128, "page size 24: boxes of 8 keys"},
+      {pipelined_128, 128, 17, 9, h200, wgmma, "page size 17: no TMA box tiles it",
+       "pages of 17 tokens"},
+      {pipelined_128, 128, 16, 9, 230447, mma, "a block a byte short of its shared memory"},
+      {pipelined_128, 64, 16, 8, a100, mma, "no TMA on sm_80"},
+      {pipelined_128, 32, 16, 9, h200, mma, "no wgmma kernel at head_dim 32",
+       "head_dim 64 and 128"},
+      {wgmma, 128, 16, 9, h200, wgmma, "wgmma runs on an H200"},
+      {wgmma, 32, 16, 9, h200, mma, "no wgmma kernel at head_dim 32"},
+      {wgmma, 128, 16, 8, a100, mma, "no wgmma on sm_80", "compute capability 9.0"},
+      {pipelined, 128, 16, 9, h200, pipelined, "the pipelined kernel runs on an H200, page 16"},
+      {pipelined, 64, 24, 9, h200, pipelined, "page size 24: boxes of 8 keys"},
+      {pipelined, 128, 17, 9, h200, wgmma, "page size 17: no TMA box tiles it"},
+      {pipelined, 128, 4, 9, h200, wgmma, "page size 4: boxes under the 8-row swizzle atom",
+       "pages of 4 tokens"},
+      {pipelined, 128, 16, 8, a100, mma, "no TMA on sm_80"},
+      {wide, 128, 16, 8, a100, wide, "128 rows fit an A100's block"},
+      {wide, 128, 16, 8, rtx4090, mma, "128 rows at head_dim 128 do not fit 99 KB",
+       "104448 bytes of shared memory"},
+      {wide, 64, 16, 8, rtx4090, wide, "at head_dim 64 they do"},
+      {mma, 128, 16, 8, rtx4090, mma, "the default runs everywhere"},
+  };
+  for (const Case& c : cases) {
     std::string why = "unchanged";
     const PrefillKernel ran =
-        PrefillKernelFor(f.requested, f.head_dim, f.page_size, f.major, f.smem, &why);
-    GLIMPSE_EXPECT(ran != f.requested && why.find(f.says) != std::string::npos,
-                   "a fallback says why ('" + std::string(f.says) + "'): got '" + why + "'");
+        PrefillKernelFor(c.requested, c.head_dim, c.page_size, c.major, c.smem, &why);
+    GLIMPSE_EXPECT(ran == c.runs, c.what);
+    if (c.says != nullptr) {
+      GLIMPSE_EXPECT(
+          why.find(c.says) != std::string::npos,
+          std::string(c.what) + ": the fallback says why ('" + c.says + "'): got '" + why + "'");
+    }
+    if (c.runs == c.requested) {
+      GLIMPSE_EXPECT(why == "unchanged", std::string(c.what) +
+                                             ": a kernel that runs gives no "
+                                             "reason, got '" +
+                                             why + "'");
+    }
   }
-  std::string why = "unchanged";
-  GLIMPSE_EXPECT(PrefillKernelFor(pipelined_128, 128, 16, 9, h200, &why) == pipelined_128 &&
-                     why == "unchanged",
-                 "a kernel that runs gives no reason");
 }
 
 // True when the device runs the wgmma kernel (compute capability 9.0); says so otherwise.
