@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <limits>
 #include <numeric>
 #include <string>
 
@@ -821,7 +822,7 @@ struct Variant {
     GLIMPSE_CUDA_RETURN_IF_ERROR(
         cudaFuncSetAttribute(PrefillAttentionKernel<kHeadDim, kWgmma, kMTiles>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
-    const dim3 grid(p.num_work_items, p.kv.num_kv_heads);
+    const dim3 grid(internal::PrefillGridBlocks(p));
     PrefillAttentionKernel<kHeadDim, kWgmma, kMTiles>
         <<<grid, kThreads, Shape::kSmemBytes, stream>>>(p);
     return cudaGetLastError();
@@ -892,7 +893,7 @@ struct PipelinedVariant {
     GLIMPSE_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(PrefillPipelinedKernel<kHeadDim, kTileKeys>,
                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                       Shape::kSmemBytes));
-    const dim3 grid(p.num_work_items, p.kv.num_kv_heads);
+    const dim3 grid(internal::PrefillGridBlocks(p));
     PrefillPipelinedKernel<kHeadDim, kTileKeys>
         <<<grid, kPipelinedThreads, Shape::kSmemBytes, stream>>>(args);
     return cudaGetLastError();
@@ -983,6 +984,23 @@ PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int32_
   return requested;
 }
 
+namespace {
+
+// Keys that block (`tile`, `chunk`) of a sequence reads, as DescribeBlock (prefill_work.cuh)
+// bounds them: its chunk, and under the causal mask nothing past its last row's token.
+int32_t BlockKeysRead(AttentionMaskMode mode, int32_t qo_len, int32_t kv_len, int32_t group,
+                      int32_t block_rows, int32_t tile, int32_t chunk, int32_t chunk_keys) {
+  const int32_t chunk_start = chunk * chunk_keys;
+  int32_t key_end = std::min(kv_len, chunk_start + chunk_keys);
+  if (mode == AttentionMaskMode::kCausal) {
+    const int32_t last_row = std::min(qo_len * group, (tile + 1) * block_rows) - 1;
+    key_end = std::min(key_end, kv_len - qo_len + last_row / group + 1);
+  }
+  return std::max(0, key_end - chunk_start);
+}
+
+}  // namespace
+
 cudaError_t PlanPrefillAttention(const PrefillPlanInput& in, PrefillPlan* plan) {
   GLIMPSE_CUDA_RETURN_IF_INVALID(plan != nullptr && in.num_seqs >= 0 && in.page_size > 0);
   GLIMPSE_CUDA_RETURN_IF_INVALID(in.num_kv_heads > 0 && in.num_qo_heads > 0 &&
@@ -1020,20 +1038,41 @@ cudaError_t PlanPrefillAttention(const PrefillPlanInput& in, PrefillPlan* plan) 
       plan->num_chunks = static_cast<int32_t>(n);
     }
   }
+  // Longest first (see "Launch order" in the header): each work item's cost is the key tiles
+  // it reads plus one for its Q load, setup and epilogue.
+  struct Item {
+    int32_t seq, tile, chunk;
+    int64_t cost;
+  };
+  std::vector<Item> items;
+  int64_t total_keys = 0;
   for (int32_t s = 0; s < in.num_seqs; ++s) {
     const int32_t qo_len = in.qo_indptr[s + 1] - in.qo_indptr[s];
     const int32_t kv_len = KvLength(in.kv_indptr[s + 1] - in.kv_indptr[s],
                                     in.kv_last_page_len[s], in.page_size);
+    total_keys += kv_len;
     const int32_t tiles = (qo_len * group + block_rows - 1) / block_rows;
     const int32_t chunks = NumKvChunks(kv_len, plan->chunk_keys);
-    // Under the causal mask later tiles see more keys: start them first.
-    for (int32_t tile = tiles - 1; tile >= 0; --tile) {
+    for (int32_t tile = 0; tile < tiles; ++tile) {
       for (int32_t c = 0; c < chunks; ++c) {
-        plan->work_items.push_back(s);
-        plan->work_items.push_back(tile);
-        plan->work_items.push_back(c);
+        const int32_t keys = BlockKeysRead(in.mask_mode, qo_len, kv_len, group, block_rows, tile, c,
+                                           plan->chunk_keys);
+        items.push_back({s, tile, c, 1 + (keys + tile_keys - 1) / tile_keys});
       }
     }
+  }
+  std::stable_sort(items.begin(), items.end(),
+                   [](const Item& a, const Item& b) { return a.cost > b.cost; });
+  plan->work_items.reserve(3 * items.size());
+  for (const Item& item : items) {
+    plan->work_items.insert(plan->work_items.end(), {item.seq, item.tile, item.chunk});
+  }
+  // As many kv heads per pass as keep the KV its blocks read within half the L2.
+  plan->heads_per_pass = in.num_kv_heads;
+  if (in.kv_bytes_per_key > 0 && in.l2_cache_bytes > 0 && total_keys > 0) {
+    const int64_t fit = in.l2_cache_bytes / 2 / (total_keys * in.kv_bytes_per_key);
+    plan->heads_per_pass =
+        static_cast<int32_t>(std::clamp<int64_t>(fit, 1, static_cast<int64_t>(in.num_kv_heads)));
   }
   return cudaSuccess;
 }
@@ -1050,6 +1089,7 @@ void ApplyPrefillPlan(const PrefillPlan& plan, PrefillAttentionParams* params) {
   params->chunk_keys = plan.chunk_keys;
   params->num_chunks = plan.num_chunks;
   params->num_work_items = plan.num_work_items();
+  params->heads_per_pass = plan.heads_per_pass;
 }
 
 cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& params, cudaStream_t stream) {
@@ -1084,7 +1124,10 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& params, cudaStr
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.block_rows == BlockRows(params.kernel) &&
                                  params.chunk_keys % TileKeys(params.kernel) == 0);
   if (params.num_work_items == 0) return cudaSuccess;
-  GLIMPSE_CUDA_RETURN_IF_INVALID(params.work_items != nullptr);
+  GLIMPSE_CUDA_RETURN_IF_INVALID(params.work_items != nullptr && params.heads_per_pass >= 0);
+  // One block per work item and kv head, in a one-dimensional grid (PrefillBlockOf).
+  GLIMPSE_CUDA_RETURN_IF_INVALID(static_cast<int64_t>(params.num_work_items) * kv.num_kv_heads <=
+                                 std::numeric_limits<int32_t>::max());
   if (params.kernel == PrefillKernel::kWgmma || IsPipelined(params.kernel)) {
     GLIMPSE_CUDA_RETURN_IF_INVALID(WgmmaPrefillSupported(kv.head_dim));
     GLIMPSE_CUDA_RETURN_IF_INVALID(DeviceMajor() == 9);

@@ -14,11 +14,19 @@
 // packed into consecutive rows, packed row r = token * group + j, so a block's 64 rows share
 // every K/V tile it loads:
 //
-//   block (work item = sequence, 64-row tile, kv chunk; grid.y = kv head), 4 warps
+//   block (work item = sequence, 64-row tile, kv chunk; and a kv head), 4 warps
 //   ┌ warp 0: packed rows  0..15 ┐   Q tile [64][D] → registers (A fragments) once
 //   │ warp 1: packed rows 16..31 │   loop over 64-key tiles of the chunk, double-buffered
 //   │ warp 2: packed rows 32..47 │   with cp.async straight from the pages:
 //   └ warp 3: packed rows 48..63 ┘     S = Q·Kᵀ (mma), mask, online softmax, O += P·V (mma)
+//
+// Launch order (PlanPrefillAttention, PrefillBlockOf): the GPU starts blocks roughly in
+// block-index order, so the plan sorts its work items by the key tiles they read, longest
+// first (the causal mask makes a sequence's last query tiles read the most keys), and block
+// indices run over the kv heads of an item before the next item: every head's longest blocks
+// start in the first wave and the short ones fill the tail. The kv heads are taken in passes
+// of as many as keep the KV read at once within half the L2 (FlashAttention-3's scheduler
+// does the same), so the blocks in flight share K/V tiles in L2.
 //
 // Shared memory rows are padded by 16 bytes (row stride head_dim + 8 elements), which makes
 // every ldmatrix of 8 rows hit 8 different 16-byte bank groups.
@@ -108,7 +116,9 @@ struct PrefillPlan {
   int32_t chunk_keys = 0;   // keys per split chunk, a multiple of the kernel's tile (64, or
                             // 128 for kWgmmaPipelined128)
   int32_t num_chunks = 1;  // chunks of the longest sequence; 1 = no split, no workspace
-  // Three int32 per block: (sequence, block_rows-row tile, kv chunk). Longest tiles first.
+  int32_t heads_per_pass = 0;  // kv heads whose blocks are launched together (PrefillBlockOf)
+  // Three int32 per work item: (sequence, block_rows-row tile, kv chunk), ordered by the key
+  // tiles each reads, most first (ties keep sequence order).
   std::vector<int32_t> work_items;
   int32_t num_work_items() const { return static_cast<int32_t>(work_items.size() / 3); }
 };
@@ -124,9 +134,14 @@ struct PrefillPlanInput {
   AttentionMaskMode mask_mode = AttentionMaskMode::kCausal;
   int32_t num_sms = 132;  // cudaDevAttrMultiProcessorCount
   PrefillKernel kernel = PrefillKernel::kMmaSync;  // the kernel the plan's tiles are for
+  // For heads_per_pass: bytes of K and V one key of one kv head takes (2 * head_dim * element
+  // size) and the device's L2 (cudaDevAttrL2CacheSize). Either 0: all heads in one pass.
+  int64_t kv_bytes_per_key = 0;
+  int64_t l2_cache_bytes = 0;
 };
 
 // cudaErrorInvalidValue when a sequence has qo_len > kv_len, or qo_len > 64 in kTree mode.
+// Work item order and heads_per_pass: see "Launch order" above.
 cudaError_t PlanPrefillAttention(const PrefillPlanInput& input, PrefillPlan* plan);
 
 size_t PrefillWorkspaceBytes(const PrefillPlan& plan, int32_t num_qo_heads, int32_t head_dim);
@@ -159,6 +174,7 @@ struct PrefillAttentionParams {
   int32_t num_chunks = 1;
   const int32_t* work_items = nullptr;  // device, [3 * num_work_items]
   int32_t num_work_items = 0;
+  int32_t heads_per_pass = 0;  // 0 (or >= kv.num_kv_heads): all kv heads in one pass
   void* workspace = nullptr;  // device, PrefillWorkspaceBytes(...) bytes when num_chunks > 1
   size_t workspace_bytes = 0;
 };
@@ -168,6 +184,32 @@ struct PrefillAttentionParams {
 void ApplyPrefillPlan(const PrefillPlan& plan, PrefillAttentionParams* params);
 
 cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& params, cudaStream_t stream);
+
+// What block `block` of a launch over num_work_items * num_kv_heads blocks computes: work
+// item work_item for kv head kv_head. Blocks go pass by pass over groups of heads_per_pass kv
+// heads (the last group may be narrower; heads_per_pass 0 = all heads), and within a pass
+// item by item, each item's heads side by side, so the plan's longest-first order holds
+// across heads.
+struct PrefillBlockAssignment {
+  int32_t work_item;
+  int32_t kv_head;
+};
+
+GLIMPSE_HOST_DEVICE inline PrefillBlockAssignment PrefillBlockOf(int32_t block,
+                                                                 int32_t num_work_items,
+                                                                 int32_t num_kv_heads,
+                                                                 int32_t heads_per_pass) {
+  const int32_t width =
+      heads_per_pass > 0 && heads_per_pass < num_kv_heads ? heads_per_pass : num_kv_heads;
+  const int32_t pass_blocks = num_work_items * width;
+  const int32_t pass = block / pass_blocks;
+  const int32_t first_head = pass * width;
+  const int32_t heads_left = num_kv_heads - first_head;
+  const int32_t pass_width = heads_left < width ? heads_left : width;
+  const int32_t in_pass = block - pass * pass_blocks;
+  const int32_t item = in_pass / pass_width;
+  return {item, first_head + (in_pass - item * pass_width)};
+}
 
 }  // namespace glimpse::kernels::cuda
 

@@ -106,7 +106,7 @@ __device__ __forceinline__ float Dot4(float acc, const float4& a, const float4& 
   return fmaf(a.w, b.w, acc);
 }
 
-// Grid: (num_work_items, num_kv_heads). Dynamic shared memory: F32Shape::kSmemBytes.
+// Grid: PrefillGridBlocks(p) blocks. Dynamic shared memory: F32Shape::kSmemBytes.
 template <int kHeadDim>
 __global__ void __launch_bounds__(kThreads) PrefillAttentionF32Kernel(PrefillAttentionParams p) {
   using S = F32Shape<kHeadDim>;
@@ -287,7 +287,7 @@ cudaError_t Launch(const PrefillAttentionParams& p, cudaStream_t stream) {
   GLIMPSE_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(PrefillAttentionF32Kernel<kHeadDim>,
                                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                     S::kSmemBytes));
-  const dim3 grid(p.num_work_items, p.kv.num_kv_heads);
+  const dim3 grid(internal::PrefillGridBlocks(p));
   PrefillAttentionF32Kernel<kHeadDim><<<grid, kThreads, S::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }

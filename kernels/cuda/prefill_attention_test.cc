@@ -6,9 +6,12 @@
 // 64/128, sm_90 devices only); and the fp32 CUDA-core kernel on fp32 inputs, to fp32 bounds.
 #include "kernels/cuda/prefill_attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <initializer_list>
+#include <queue>
 #include <string>
 #include <utility>
 #include <vector>
@@ -73,8 +76,19 @@ void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t nu
   in.mask_mode = mode;
   in.num_sms = num_sms;
   in.kernel = kernel;
+  // With an odd number of kv heads (> 1), an L2 that holds the KV of two heads twice over:
+  // the blocks run in passes of two heads and a last pass of one (PrefillBlockOf).
+  const bool two_head_passes = num_kv_heads > 1 && num_kv_heads % 2 == 1;
+  if (two_head_passes) {
+    int64_t keys = 0;
+    for (const SeqShape& s : seqs) keys += s.kv_len;
+    in.kv_bytes_per_key = 2 * head_dim * static_cast<int64_t>(DTypeSize(dtype));
+    in.l2_cache_bytes = 4 * keys * in.kv_bytes_per_key;
+  }
   PrefillPlan plan;
   GLIMPSE_ASSERT_CUDA(PlanPrefillAttention(in, &plan));
+  GLIMPSE_EXPECT(plan.heads_per_pass == (two_head_passes ? 2 : num_kv_heads),
+                 "heads per pass " + std::to_string(plan.heads_per_pass));
   std::string name = std::string(tree ? "tree" : "causal") +
                      (kernel == PrefillKernel::kWgmma               ? " wgmma"
                       : kernel == PrefillKernel::kWgmmaPipelined    ? " wgmma-pipelined"
@@ -84,6 +98,7 @@ void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t nu
                      (dtype == DType::kF32 ? " fp32" : "") + " d=" + std::to_string(head_dim) +
                      " group=" + std::to_string(group) + " hkv=" + std::to_string(num_kv_heads) +
                      " page=" + std::to_string(page_size) +
+                     " heads/pass=" + std::to_string(plan.heads_per_pass) +
                      " chunks=" + std::to_string(plan.num_chunks) + " (qo,kv)=";
   for (const SeqShape& s : seqs) {
     name += '(';
@@ -237,6 +252,154 @@ void PointArraysAt(int32_t* scratch, PrefillAttentionParams* p) {
   p->kv.k_cache = p->kv.v_cache = scratch;
   p->qo_indptr = p->kv.kv_indptr = p->kv.kv_indices = p->kv.kv_last_page_len = scratch;
   p->work_items = scratch;
+}
+
+// ---- Launch order ----
+//
+// The GPU starts blocks in about block-index order, as slots free up. Modelled here as list
+// scheduling: `slots` resident blocks (SMs x blocks per SM), each block taking its cost, the
+// next block starting on the first slot free. A block's cost is recomputed from its work
+// item: one unit (Q load, setup, epilogue) plus the tiles of keys it reads.
+
+struct LaunchShape {
+  std::vector<SeqShape> seqs;
+  int32_t group = 4;
+  int32_t num_kv_heads = 8;
+  PrefillKernel kernel = PrefillKernel::kMmaSync;
+};
+
+// Cost of every block of `plan`, in launch order (PrefillBlockOf). Also checks that the
+// blocks cover every (work item, kv head) once and that a pass's blocks take its own heads.
+std::vector<int64_t> LaunchOrderCosts(const LaunchShape& shape, const PrefillPlan& plan) {
+  const int32_t items = plan.num_work_items();
+  const int32_t heads = shape.num_kv_heads;
+  const int32_t tile_keys = shape.kernel == PrefillKernel::kWgmmaPipelined128 ? 128 : 64;
+  std::vector<int> seen(static_cast<size_t>(items) * heads, 0);
+  std::vector<int64_t> costs;
+  for (int32_t block = 0; block < items * heads; ++block) {
+    const PrefillBlockAssignment a = PrefillBlockOf(block, items, heads, plan.heads_per_pass);
+    if (a.work_item < 0 || a.work_item >= items || a.kv_head < 0 || a.kv_head >= heads) {
+      GLIMPSE_EXPECT(false, "block " + std::to_string(block) + " maps outside the launch");
+      return {};
+    }
+    ++seen[static_cast<size_t>(a.work_item) * heads + a.kv_head];
+    const int32_t pass = block / (items * plan.heads_per_pass);
+    GLIMPSE_EXPECT(a.kv_head / plan.heads_per_pass == pass,
+                   "block " + std::to_string(block) + " of pass " + std::to_string(pass) +
+                       " takes kv head " + std::to_string(a.kv_head));
+    const int32_t seq = plan.work_items[3 * a.work_item];
+    const int32_t tile = plan.work_items[3 * a.work_item + 1];
+    const int32_t chunk = plan.work_items[3 * a.work_item + 2];
+    const SeqShape& s = shape.seqs[seq];
+    // The tile's packed rows end at token `last`, which sees keys up to prefix + last.
+    const int32_t last_row = std::min((tile + 1) * plan.block_rows, s.qo_len * shape.group) - 1;
+    const int32_t visible = s.kv_len - s.qo_len + last_row / shape.group + 1;
+    const int32_t first = chunk * plan.chunk_keys;
+    const int32_t keys = std::max(0, std::min(visible, first + plan.chunk_keys) - first);
+    costs.push_back(1 + (keys + tile_keys - 1) / tile_keys);
+  }
+  for (size_t i = 0; i < seen.size(); ++i) {
+    GLIMPSE_EXPECT(seen[i] == 1, "work item " + std::to_string(i / heads) + ", kv head " +
+                                     std::to_string(i % heads) + " launched " +
+                                     std::to_string(seen[i]) + " times");
+  }
+  return costs;
+}
+
+// Finish time of the last block over the lower bound max(total / slots, longest block).
+double MakespanOverBound(const std::vector<int64_t>& costs, int32_t slots) {
+  std::priority_queue<int64_t, std::vector<int64_t>, std::greater<int64_t>> free_at;
+  for (int32_t i = 0; i < slots; ++i) free_at.push(0);
+  int64_t total = 0, longest = 0, end = 0;
+  for (const int64_t c : costs) {
+    const int64_t start = free_at.top();
+    free_at.pop();
+    free_at.push(start + c);
+    end = std::max(end, start + c);
+    total += c;
+    longest = std::max(longest, c);
+  }
+  const double bound = std::max(static_cast<double>(total) / slots, static_cast<double>(longest));
+  return static_cast<double>(end) / bound;
+}
+
+PrefillPlan PlanFor(const LaunchShape& shape, int64_t l2_cache_bytes = 0) {
+  std::vector<int32_t> qo_indptr = {0}, kv_indptr = {0}, last_page_len;
+  constexpr int32_t kPage = 16;
+  for (const SeqShape& s : shape.seqs) {
+    qo_indptr.push_back(qo_indptr.back() + s.qo_len);
+    kv_indptr.push_back(kv_indptr.back() + (s.kv_len + kPage - 1) / kPage);
+    last_page_len.push_back(s.kv_len - (s.kv_len - 1) / kPage * kPage);
+  }
+  PrefillPlanInput in;
+  in.qo_indptr = qo_indptr.data();
+  in.kv_indptr = kv_indptr.data();
+  in.kv_last_page_len = last_page_len.data();
+  in.num_seqs = static_cast<int32_t>(shape.seqs.size());
+  in.num_qo_heads = shape.num_kv_heads * shape.group;
+  in.num_kv_heads = shape.num_kv_heads;
+  in.page_size = kPage;
+  in.num_sms = 132;
+  in.kernel = shape.kernel;
+  in.kv_bytes_per_key = 2 * 128 * 2;  // head_dim 128, bf16
+  in.l2_cache_bytes = l2_cache_bytes;
+  PrefillPlan plan;
+  GLIMPSE_EXPECT(PlanPrefillAttention(in, &plan) == cudaSuccess, "PlanPrefillAttention");
+  return plan;
+}
+
+// Longest blocks first, every kv head's in the first wave: the modelled makespan stays within
+// 5 % of its lower bound where launching kv head by kv head with each head's blocks longest
+// first (the order before) ends 23 % (a 4k prompt, 128-row blocks two per SM), 19 % (2k,
+// 128-key tiles, one per SM) and 17 % (a long prompt's chunk behind 40 short prompts) past it.
+GLIMPSE_CUDA_TEST(PrefillPlanStartsTheLongestBlocksFirst) {
+  struct Case {
+    const char* what;
+    LaunchShape shape;
+    int32_t slots;
+  };
+  std::vector<SeqShape> mixed(40, SeqShape{256, 256});
+  mixed.push_back({1024, 8192});  // a long prompt's chunk over its first 7k keys, batched last
+  const Case cases[] = {
+      {"4k prompt, 128-row blocks, two per SM",
+       {{{4096, 4096}}, 4, 8, PrefillKernel::kMmaSyncWide},
+       264},
+      {"2k prompt, 128-key tiles, one block per SM",
+       {{{2048, 2048}}, 4, 8, PrefillKernel::kWgmmaPipelined128},
+       132},
+      {"40 short prompts, then a long one's chunk", {mixed, 4, 8, PrefillKernel::kMmaSync}, 264},
+  };
+  for (const Case& c : cases) {
+    const PrefillPlan plan = PlanFor(c.shape);
+    GLIMPSE_EXPECT(plan.num_chunks == 1 && plan.heads_per_pass == c.shape.num_kv_heads,
+                   std::string(c.what) + ": no split, and with no L2 given one pass of all heads");
+    const std::vector<int64_t> costs = LaunchOrderCosts(c.shape, plan);
+    GLIMPSE_EXPECT(std::is_sorted(costs.rbegin(), costs.rend()),
+                   std::string(c.what) + ": blocks launch longest first");
+    const double ratio = MakespanOverBound(costs, c.slots);
+    GLIMPSE_EXPECT(ratio <= 1.05, std::string(c.what) + ": modelled makespan " +
+                                      std::to_string(ratio) + " x its lower bound");
+  }
+}
+
+// Passes of as many kv heads as keep their KV within half the L2: a 16k prompt's 8 MiB of
+// bf16 K and V per head (head_dim 128) in 50 MiB of L2 makes passes of 3, 3 and 2 heads.
+GLIMPSE_CUDA_TEST(PrefillPlanKeepsAPassesKvWithinL2) {
+  const LaunchShape shape{{{16384, 16384}}, 4, 8, PrefillKernel::kWgmmaPipelined};
+  const PrefillPlan plan = PlanFor(shape, int64_t{50} << 20);
+  GLIMPSE_EXPECT(plan.heads_per_pass == 3, "heads per pass " + std::to_string(plan.heads_per_pass));
+  const std::vector<int64_t> costs = LaunchOrderCosts(shape, plan);
+  const size_t pass_blocks = static_cast<size_t>(plan.num_work_items()) * 3;
+  for (size_t begin = 0; begin < costs.size(); begin += pass_blocks) {
+    const size_t end = std::min(costs.size(), begin + pass_blocks);
+    GLIMPSE_EXPECT(std::is_sorted(costs.rbegin() + (costs.size() - end),
+                                  costs.rbegin() + (costs.size() - begin)),
+                   "the pass from block " + std::to_string(begin) + " launches longest first");
+  }
+  const double ratio = MakespanOverBound(costs, 264);
+  GLIMPSE_EXPECT(ratio <= 1.05, "modelled makespan " + std::to_string(ratio) + " x its bound");
+  const PrefillPlan small_l2 = PlanFor(shape, int64_t{4} << 20);
+  GLIMPSE_EXPECT(small_l2.heads_per_pass == 1, "an L2 smaller than one head's KV: one per pass");
 }
 
 // A plan's tiles are its kernel's: launching another kernel with it is refused, not run over

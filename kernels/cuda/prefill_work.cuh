@@ -18,8 +18,14 @@ namespace glimpse::kernels::cuda::internal {
 // the fp32 kernel runs too: both kernels' blocks are built on it.
 constexpr int kMmaSyncBlockRows = 64;
 
+// Blocks of a launch: one per work item and kv head (PrefillBlockOf says which is which);
+// LaunchPrefillAttention has checked that they fit a grid's int32 x dimension.
+inline int32_t PrefillGridBlocks(const PrefillAttentionParams& p) {
+  return p.num_work_items * p.kv.num_kv_heads;
+}
+
 // What one block computes: its work item (sequence, tile of `block_rows` packed query rows,
-// KV chunk) for kv head blockIdx.y, and the keys that tile reads.
+// KV chunk) and kv head, and the keys that tile reads.
 struct BlockWork {
   int32_t qo_start;
   int32_t qo_len;
@@ -37,15 +43,17 @@ struct BlockWork {
   bool tree;
 };
 
-// The work of block (blockIdx.x, blockIdx.y) when its kernel walks the keys in tiles of
-// `tile_keys`.
+// The work of block blockIdx.x when its kernel walks the keys in tiles of `tile_keys`.
 __device__ __forceinline__ BlockWork DescribeBlock(const PrefillAttentionParams& p,
                                                    int32_t block_rows, int32_t tile_keys) {
   BlockWork w;
-  const int32_t seq = p.work_items[3 * blockIdx.x];
-  const int32_t m_tile = p.work_items[3 * blockIdx.x + 1];
-  w.chunk = p.work_items[3 * blockIdx.x + 2];
-  w.kv_head = blockIdx.y;
+  const PrefillBlockAssignment a = PrefillBlockOf(
+      static_cast<int32_t>(blockIdx.x), p.num_work_items, p.kv.num_kv_heads, p.heads_per_pass);
+  const int32_t* item = p.work_items + 3 * static_cast<int64_t>(a.work_item);
+  const int32_t seq = item[0];
+  const int32_t m_tile = item[1];
+  w.chunk = item[2];
+  w.kv_head = a.kv_head;
   w.group = p.num_qo_heads / p.kv.num_kv_heads;
   w.tree = p.mask_mode == AttentionMaskMode::kTree;
   w.qo_start = p.qo_indptr[seq];

@@ -51,6 +51,7 @@ absl::Status CudaBackend::Init() {
   num_sms_ = prop.multiProcessorCount;
   compute_major_ = prop.major;
   max_shared_memory_per_block_ = prop.sharedMemPerBlockOptin;
+  l2_cache_bytes_ = prop.l2CacheSize;
   name_ = absl::StrCat("cuda (", prop.name, ", device ", device_, ", sm_", prop.major,
                        prop.minor, ", ", num_sms_, " SMs, ",
                        prop.totalGlobalMem / (size_t{1} << 30), " GiB)");

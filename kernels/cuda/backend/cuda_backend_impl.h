@@ -331,6 +331,7 @@ class CudaBackend final : public Backend {
   DecodeKernel decode_kernel_;
   int compute_major_ = 0;                   // from Init
   size_t max_shared_memory_per_block_ = 0;  // sharedMemPerBlockOptin, from Init
+  int64_t l2_cache_bytes_ = 0;              // l2CacheSize, from Init (prefill launch order)
   std::string name_;
   int num_sms_ = 0;
   cudaStream_t stream_ = nullptr;

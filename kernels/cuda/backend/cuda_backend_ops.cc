@@ -491,6 +491,8 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
     input.mask_mode = AttentionMaskMode::kCausal;
     input.num_sms = num_sms_;
     input.kernel = kernel;
+    input.kv_bytes_per_key = 2 * static_cast<int64_t>(kv.head_dim) * DTypeSize(kv_dtype_);
+    input.l2_cache_bytes = l2_cache_bytes_;
     PrefillPlan plan;
     GLIMPSE_CUDA_CHECK(PlanPrefillAttention(input, &plan));
     // One upload: [qo_indptr: S + 1 | kv_indptr: S + 1 | last_len: S | indices | work items].

@@ -141,6 +141,7 @@ struct Bench {
   cudaEvent_t stop = nullptr;
   void* flush = nullptr;
   int num_sms = 0;
+  int64_t l2_cache_bytes = 0;  // the plans' launch order keeps a pass's KV within half of it
   bool wgmma = false;     // the device runs the wgmma attention kernel (compute capability 9.0)
   bool base_rows = true;  // --kernels: time the kernels run on GPUs before
   bool experimental_rows = true;  //   ... and those not yet (wgmma where the device has it)
@@ -387,9 +388,12 @@ bool BenchDecode(Bench& b, const KvPool& pool, int32_t batch, int32_t ctx, doubl
 // verification (q_len nodes per sequence, chain masks of depth q_len: the mask shape does
 // not change the work). With dtype kF32 (pool: KvPool::Fp32View), the fp32 CUDA-core kernel
 // on fp32 q, o and cache, against the fp32 GEMM ceiling. Returns the median time in *us.
+// head_major: launch the blocks kv head by kv head (heads_per_pass 1, the launch order before
+// the plan interleaved the heads), for a row "<name>_head_major" beside the plan's order.
 bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32_t batch,
                      int32_t ctx, int32_t q_len, double* us_out,
-                     PrefillKernel kernel = PrefillKernel::kMmaSync, DType dtype = DType::kBF16) {
+                     PrefillKernel kernel = PrefillKernel::kMmaSync, DType dtype = DType::kBF16,
+                     bool head_major = false) {
   const bool fp32 = dtype == DType::kF32;
   constexpr int kHq = 32;
   DeviceTable table;
@@ -408,6 +412,8 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
   in.mask_mode = mode;
   in.num_sms = b.num_sms;
   in.kernel = kernel;
+  in.kv_bytes_per_key = 2 * KvPool::kHeadDim * (fp32 ? 4 : 2);
+  in.l2_cache_bytes = b.l2_cache_bytes;
   PrefillPlan plan;
   BENCH_CHECK(PlanPrefillAttention(in, &plan));
   // Chain masks for the tree mode (q_len <= 64 nodes); unused by the causal mode, whose q_len
@@ -448,6 +454,7 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
   p.kernel = kernel;
   p.tree_mask = d_masks;
   ApplyPrefillPlan(plan, &p);
+  if (head_major) p.heads_per_pass = 1;
   p.work_items = d_work;
   p.workspace = ws;
   p.workspace_bytes = ws_bytes;
@@ -460,12 +467,14 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
     const double flops = 2.0 * kHq * KvPool::kHeadDim * static_cast<double>(ctx) * ctx;
     const double tflops = flops / (us * 1e-6) / 1e12;
     std::snprintf(shape, sizeof(shape), "causal L=%d GQA 32/8 d=128", ctx);
-    const char* name = fp32                                          ? "prefill_attn_fp32"
-                       : kernel == PrefillKernel::kWgmma             ? "prefill_attn_wgmma"
-                       : kernel == PrefillKernel::kWgmmaPipelined    ? "prefill_attn_pipelined"
-                       : kernel == PrefillKernel::kWgmmaPipelined128 ? "prefill_attn_pipelined_128"
-                       : kernel == PrefillKernel::kMmaSyncWide       ? "prefill_attn_wide"
-                                                                     : "prefill_attention";
+    const std::string name =
+        std::string(fp32                                          ? "prefill_attn_fp32"
+                    : kernel == PrefillKernel::kWgmma             ? "prefill_attn_wgmma"
+                    : kernel == PrefillKernel::kWgmmaPipelined    ? "prefill_attn_pipelined"
+                    : kernel == PrefillKernel::kWgmmaPipelined128 ? "prefill_attn_pipelined_128"
+                    : kernel == PrefillKernel::kMmaSyncWide       ? "prefill_attn_wide"
+                                                                  : "prefill_attention") +
+        (head_major ? "_head_major" : "");
     if (fp32) {
       b.rows.push_back({name, shape, us, tflops, "TFLOP/s", tflops / b.sgemm_tflops,
                         "fp32 cache, CUDA cores; fraction of the fp32 GEMM"});
@@ -548,6 +557,15 @@ bool RunAll(Bench& b, const std::string& json_path) {
       if (run && !BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us, kernel)) {
         return false;
       }
+      // The launch order's effect, where the tail of a 128-row kernel's blocks is longest
+      // (two blocks per SM, few waves): the same kernel launched kv head by kv head.
+      const bool order_row =
+          kernel == PrefillKernel::kMmaSyncWide || kernel == PrefillKernel::kWgmmaPipelined;
+      if (run && order_row && ctx <= 4096 &&
+          !BenchTensorCore(b, pool, AttentionMaskMode::kCausal, 1, ctx, ctx, &us, kernel,
+                           DType::kBF16, /*head_major=*/true)) {
+        return false;
+      }
     }
     double us = 0;
     if (b.base_rows && !BenchTensorCore(b, pool.Fp32View(), AttentionMaskMode::kCausal, 1, ctx, ctx,
@@ -621,6 +639,7 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop;
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return 1;
   b.num_sms = prop.multiProcessorCount;
+  b.l2_cache_bytes = prop.l2CacheSize;
   b.wgmma = prop.major == 9;
   int driver = 0;
   int runtime = 0;
@@ -646,7 +665,8 @@ int main(int argc, char** argv) {
          {"d2d_copy", "cublas_gemm_bf16", "cublas_gemm_fp32", "paged_decode", "paged_decode_mma",
           "tc_decode", "tree_verify", "prefill_attention", "prefill_attn_fp32", "tree_verify_wide",
           "prefill_attn_wide", "tree_verify_wgmma", "prefill_attn_wgmma", "tree_verify_pipelined",
-          "prefill_attn_pipelined", "tree_verify_pipelined_128", "prefill_attn_pipelined_128"}) {
+          "prefill_attn_pipelined", "tree_verify_pipelined_128", "prefill_attn_pipelined_128",
+          "prefill_attn_wide_head_major", "prefill_attn_pipelined_head_major"}) {
       const bool present = std::any_of(b.rows.begin(), b.rows.end(),
                                        [&](const Row& r) { return r.kernel == kernel; });
       const std::string name = kernel;
