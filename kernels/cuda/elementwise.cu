@@ -1,5 +1,7 @@
 #include "kernels/cuda/elementwise.h"
 
+#include <cuda_bf16.h>
+
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
@@ -25,12 +27,15 @@ __global__ void __launch_bounds__(kThreads) AddInPlaceKernel(float* x, const flo
 }
 
 __global__ void __launch_bounds__(kThreads)
-    SiluMulFlatKernel(const float* gate, const float* up, int64_t n, float* out) {
+    SiluMulFlatKernel(const float* gate, const float* up, int64_t n, float* out,
+                      __nv_bfloat16* out_bf16) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
     const float g = gate[i];
     const float u = up[i];
-    out[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+    const float value = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+    out[i] = value;
+    if (out_bf16 != nullptr) out_bf16[i] = __float2bfloat16_rn(value);
   }
 }
 
@@ -55,11 +60,12 @@ cudaError_t LaunchAddInPlace(float* x, const float* y, int64_t n, cudaStream_t s
 }
 
 cudaError_t LaunchSiluMulFlat(const float* gate, const float* up, int64_t n, float* out,
-                              cudaStream_t stream) {
+                              cudaStream_t stream, void* out_bf16) {
   GLIMPSE_CUDA_RETURN_IF_INVALID(n >= 0);
   if (n == 0) return cudaSuccess;
   GLIMPSE_CUDA_RETURN_IF_INVALID(gate != nullptr && up != nullptr && out != nullptr);
-  SiluMulFlatKernel<<<NumBlocks(n), kThreads, 0, stream>>>(gate, up, n, out);
+  SiluMulFlatKernel<<<NumBlocks(n), kThreads, 0, stream>>>(gate, up, n, out,
+                                                           static_cast<__nv_bfloat16*>(out_bf16));
   return cudaGetLastError();
 }
 

@@ -4,7 +4,9 @@
 //   LaunchAddInPlace:  x[i] += y[i]                               i < n
 //   LaunchSiluMulFlat: out[i] = silu(gate[i]) * up[i]             i < n; out may alias gate
 //                      or up (the forward pass runs it in place), which silu_mul.h's
-//                      __restrict__ row kernel does not allow
+//                      __restrict__ row kernel does not allow; and, when out_bf16 is not
+//                      null, out_bf16[i] = out[i] rounded to bf16 (nearest even, as
+//                      LaunchCastF32ToBf16), for the bf16 matmul that reads it
 //   LaunchGatherRows:  out[i][:] = x[rows[i]][:]                  i < num_rows
 //
 // silu(g) = g / (1 + exp(-g)), evaluated as (g / (1 + expf(-g))) * up, the CPU backend's order.
@@ -21,9 +23,9 @@ namespace glimpse::kernels::cuda {
 // x: [n] fp32, updated in place; y: [n] fp32 (may equal x).
 cudaError_t LaunchAddInPlace(float* x, const float* y, int64_t n, cudaStream_t stream);
 
-// gate, up, out: [n] fp32.
+// gate, up, out: [n] fp32; out_bf16: null or [n] bf16, not overlapping the others.
 cudaError_t LaunchSiluMulFlat(const float* gate, const float* up, int64_t n, float* out,
-                              cudaStream_t stream);
+                              cudaStream_t stream, void* out_bf16 = nullptr);
 
 struct GatherRowsParams {
   const float* x = nullptr;        // [>= max(rows) + 1][dim] fp32

@@ -1,9 +1,10 @@
-// AddInPlace, SiluMulFlat (out-of-place and in place over gate and over up) and GatherRows
-// against float64 references, odd sizes and sizes past one grid-stride pass; elements past n
-// stay untouched.
+// AddInPlace, SiluMulFlat (out of place with its bf16 copy, and in place over gate and over
+// up) and GatherRows against float64 references, odd sizes and sizes past one grid-stride
+// pass; elements past n stay untouched.
 #include "kernels/cuda/elementwise.h"
 
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -63,10 +64,27 @@ void RunSiluCase(int64_t n, Alias alias) {
   GLIMPSE_ASSERT_CUDA(d_gate.Upload(gate));
   GLIMPSE_ASSERT_CUDA(d_up.Upload(up));
   GLIMPSE_ASSERT_CUDA(d_out.Allocate(n + 1));
+  // The bf16 copy a bf16 matmul reads, asked for out of place only (in place the backend
+  // never asks for it); poisoned with bf16 NaNs, one guard element past the end.
+  constexpr uint16_t kBf16Poison = 0x7fc1;
+  const bool bf16_copy = alias == Alias::kNone;
+  DeviceArray<uint16_t> d_bf16;
+  GLIMPSE_ASSERT_CUDA(d_bf16.Upload(std::vector<uint16_t>(n + 1, kBf16Poison)));
   DeviceArray<float>& out = alias == Alias::kGate ? d_gate : alias == Alias::kUp ? d_up : d_out;
-  GLIMPSE_ASSERT_CUDA(LaunchSiluMulFlat(d_gate.get(), d_up.get(), n, out.get(), nullptr));
+  GLIMPSE_ASSERT_CUDA(LaunchSiluMulFlat(d_gate.get(), d_up.get(), n, out.get(), nullptr,
+                                        bf16_copy ? d_bf16.get() : nullptr));
   GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
-  GLIMPSE_EXPECT_CLOSE(name, DownloadChecked(out, n, name), ref, testing::Tolerance::Fp32());
+  const std::vector<float> host_out = DownloadChecked(out, n, name);
+  GLIMPSE_EXPECT_CLOSE(name, host_out, ref, testing::Tolerance::Fp32());
+  if (bf16_copy && host_out.size() == static_cast<size_t>(n)) {
+    std::vector<uint16_t> copy;
+    GLIMPSE_ASSERT_CUDA(d_bf16.Download(&copy));
+    int64_t wrong = 0;
+    for (int64_t i = 0; i < n; ++i) wrong += copy[i] != testing::FloatToBf16(host_out[i]);
+    GLIMPSE_EXPECT(wrong == 0, name + ": " + std::to_string(wrong) +
+                                   " bf16 copies are not out rounded to nearest even");
+    GLIMPSE_EXPECT(copy[n] == kBf16Poison, name + ": the bf16 copy wrote past n");
+  }
 }
 
 void RunGatherCase(int64_t src_rows, int64_t dim, int64_t num_rows) {
