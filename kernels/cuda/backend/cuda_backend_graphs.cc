@@ -52,6 +52,7 @@ enum class GraphOp : uint32_t {
   kAddRmsNorm,
   kCastForMatMuls,
   kGemm,
+  kWithBf16Copy,  // amends the launch before: it also writes its output's bf16 copy
 };
 
 }  // namespace
@@ -99,6 +100,9 @@ std::vector<BackendCounter> CudaBackend::Counters() const {
   counters.push_back({"cuda_attention_mma_decode_calls_total", mma_decode_attention_calls_,
                       "PagedAttention calls (layers x steps) run by the tensor-core paged decode "
                       "kernel (--cuda_decode_attention=mma_sync), graphed or not"});
+  counters.push_back({"cuda_graph_bf16_casts_folded_total", bf16_casts_folded_,
+                      "Casts to bf16 before a MatMul that recorded decode steps left out: the "
+                      "norm or SiluMul before it wrote the bf16 copy (3 per layer, 1 per step)"});
   counters.push_back({"cuda_attention_fp32_tiled_calls_total", fp32_tiled_attention_calls_,
                       "PagedAttention calls (layers x steps) over an fp32 KV cache run by the "
                       "tiled fp32 attention kernel (steps with a multi-token sequence)"});
@@ -175,6 +179,11 @@ bool CudaBackend::RecordRmsNorm(const float* x, const float* weight, int64_t num
         return EnqueueRmsNorm(x, weight, rows, dim, eps, out, graph_norm_input_.get(), stream);
       },
       GraphOp::kRmsNorm, x, weight, rows, dim, eps, out);
+  OfferBf16Copy(out, rows * dim,
+                [this, x, weight, rows, dim, eps, out](cudaStream_t stream, void* out_bf16) {
+                  return EnqueueRmsNorm(x, weight, rows, dim, eps, out, graph_norm_input_.get(),
+                                        stream, out_bf16);
+                });
   return true;
 }
 
@@ -190,6 +199,14 @@ bool CudaBackend::RecordMatMul(const float* x, int64_t num_rows, const CudaPacke
         std::max(graph_step_.bf16_bytes, static_cast<size_t>(rows) * m.cols() * 2);
   }
   // `m` is the model's packed weight, alive for the step (the launch only runs within it).
+  if (m.bf16() && FoldCastIntoProducer(x, rows * m.cols())) {
+    graphs_.Record(
+        [this, rows, &m, y](cudaStream_t) {
+          return EnqueueGemm(graph_activations_bf16_.get(), rows, m, y);
+        },
+        GraphOp::kGemm, m.data(), m.rows(), m.cols(), rows, y);
+    return true;
+  }
   graphs_.Record(
       [this, x, rows, &m, y](cudaStream_t stream) {
         return EnqueueMatMul(x, rows, m, y, graph_activations_bf16_.get(), stream);
@@ -208,11 +225,13 @@ bool CudaBackend::RecordMatMuls(const float* x, int64_t num_rows,
   }
   const int64_t elements = rows * ws[0]->cols();
   graph_step_.bf16_bytes = std::max(graph_step_.bf16_bytes, static_cast<size_t>(elements) * 2);
-  graphs_.Record(
-      [this, x, elements](cudaStream_t stream) {
-        return LaunchCastF32ToBf16(x, graph_activations_bf16_.get(), elements, stream);
-      },
-      GraphOp::kCastForMatMuls, x, elements);
+  if (!FoldCastIntoProducer(x, elements)) {
+    graphs_.Record(
+        [this, x, elements](cudaStream_t stream) {
+          return LaunchCastF32ToBf16(x, graph_activations_bf16_.get(), elements, stream);
+        },
+        GraphOp::kCastForMatMuls, x, elements);
+  }
   for (size_t j = 0; j < ws.size(); ++j) {
     const CudaPackedMatrix* m = &AsCuda(*ws[j]);  // the model's weights, alive for the step
     float* y = ys[j];
@@ -382,6 +401,9 @@ bool CudaBackend::RecordSiluMul(const float* gate, const float* up, int64_t n, f
         return LaunchSiluMulFlat(gate, up, padded, out, stream);
       },
       GraphOp::kSiluMul, gate, up, padded, out);
+  OfferBf16Copy(out, padded, [gate, up, padded, out](cudaStream_t stream, void* out_bf16) {
+    return LaunchSiluMulFlat(gate, up, padded, out, stream, out_bf16);
+  });
   return true;
 }
 
@@ -407,6 +429,41 @@ bool CudaBackend::RecordAddRmsNorm(float* x, const float* y, const float* weight
   const AddRmsNormParams p = AddRmsNormLaunchParams(x, y, weight, rows, dim, eps, out);
   graphs_.Record([p](cudaStream_t stream) { return LaunchAddRmsNorm(p, stream); },
                  GraphOp::kAddRmsNorm, x, y, weight, rows, dim, eps, out);
+  OfferBf16Copy(out, rows * dim, [p](cudaStream_t stream, void* out_bf16) {
+    AddRmsNormParams with_copy = p;
+    with_copy.out_bf16 = out_bf16;
+    return LaunchAddRmsNorm(with_copy, stream);
+  });
+  return true;
+}
+
+// ---- Bf16 copies: a MatMul's cast folded into the op that wrote its input --------------------
+//
+// A bf16 MatMul rounds its fp32 input to bf16 (a cast kernel) before the GEMM. In a decode step
+// that input is, every time, the output of the op just before: the attention norm (then the
+// q/k/v GEMMs), the FFN norm (gate/up), SiluMul (down), the final norm (logits). Those kernels
+// can write the bf16 rounding beside their fp32 output at no extra pass, so the recorded step
+// drops the cast: 3 launches per layer and one per step. The copy is bit-identical to the
+// cast's (both round to nearest even).
+
+void CudaBackend::OfferBf16Copy(const float* out, int64_t elements, LaunchWithBf16Copy with_copy) {
+  graph_step_.bf16_producer = {graphs_.num_launches(), out, elements, std::move(with_copy)};
+}
+
+bool CudaBackend::FoldCastIntoProducer(const float* x, int64_t elements) {
+  GraphStepState::Bf16Producer& producer = graph_step_.bf16_producer;
+  const bool folds = producer.launch != 0 && producer.launch == graphs_.num_launches() &&
+                     producer.out == x && producer.elements == elements;
+  if (!folds) return false;
+  // The launch reads the buffer when it runs: FinishGraphStep sizes it for the step's
+  // bf16_bytes, which the MatMul has raised to hold x.
+  graphs_.AmendLast(
+      [this, with_copy = std::move(producer.with_copy)](cudaStream_t stream) {
+        return with_copy(stream, graph_activations_bf16_.get());
+      },
+      GraphOp::kWithBf16Copy);
+  producer = {};
+  ++bf16_casts_folded_;
   return true;
 }
 

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -292,9 +293,10 @@ class CudaBackend final : public Backend {
   // for a bf16 W).
   cudaError_t EnqueueGemm(const void* b, int64_t num_rows, const CudaPackedMatrix& m, float* y);
   // RmsNorm's launches; out == x normalizes a copy in norm_scratch (which must hold it).
-  cudaError_t EnqueueRmsNorm(const float* x, const float* weight, int64_t num_rows,
-                             int64_t dim, float eps, float* out, uint8_t* norm_scratch,
-                             cudaStream_t stream);
+  // out_bf16: null, or where the norm also writes out rounded to bf16.
+  cudaError_t EnqueueRmsNorm(const float* x, const float* weight, int64_t num_rows, int64_t dim,
+                             float eps, float* out, uint8_t* norm_scratch, cudaStream_t stream,
+                             void* out_bf16 = nullptr);
 
   // ---- Decode graphs ("Decode graphs" in cuda_backend_graphs.cc). Record*: the op's launch in
   // a recorded step; false when the op does not fit the step (the recording is then abandoned
@@ -316,6 +318,15 @@ class CudaBackend final : public Backend {
   bool RecordGatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
                         float* out);
   bool RecordAllReduceSum(float* x, int64_t n);
+  // Bf16 copies (GraphStepState::bf16_producer). A producer op (RmsNorm, AddRmsNorm, SiluMul)
+  // records its launch, then offers `with_copy`: the same launch, also writing its fp32
+  // output `out` ([elements]) rounded to bf16 at the pointer it is given.
+  using LaunchWithBf16Copy = std::function<cudaError_t(cudaStream_t stream, void* out_bf16)>;
+  void OfferBf16Copy(const float* out, int64_t elements, LaunchWithBf16Copy with_copy);
+  // A bf16 MatMul of x ([elements]) recorded right after the producer of x: amends the
+  // producer's launch to write x's bf16 copy into graph_activations_bf16_, where the cast
+  // would have put it, and returns true (the MatMul then records its GEMMs only).
+  bool FoldCastIntoProducer(const float* x, int64_t elements);
   // Ends the recorded step: reserves what its launches need, then graphs_.Finish (a graph,
   // unless `eager_reason` is not kNumReasons).
   void FinishGraphStep(GraphEagerReason eager_reason);
@@ -363,6 +374,7 @@ class CudaBackend final : public Backend {
   int64_t pipelined_128_attention_calls_ = 0;  // those on its 128-key-tile variant
   int64_t mma_decode_attention_calls_ = 0;   // PagedAttention calls on the mma decode kernel
   int64_t fp32_tiled_attention_calls_ = 0;   // AttendPerSequence launches over an fp32 cache
+  int64_t bf16_casts_folded_ = 0;  // recorded MatMul casts folded into their input's producer
   RopeMemo rope_memo_;
   // Tensor parallelism: this backend is rank tp_rank_ of tp_group_ (shared by the group's
   // backends; a group of one for a lone GPU). Destroyed after the stream is drained.
@@ -387,6 +399,16 @@ class CudaBackend final : public Backend {
     size_t tables_offset = 0;   // int32 [bucket + 1] indptr, then [bucket] last page lengths
     size_t indices_offset = 0;  // int32 [bucket x capacity pages], the used prefix uploaded
     PagedDecodePlan attention_plan;
+    // The last recorded launch when it can also write the bf16 rounding of its fp32 output
+    // (OfferBf16Copy): a bf16 MatMul of that output recorded next folds its cast into it, one
+    // launch fewer per norm and SiluMul of a decode step. Valid only while `launch` is the
+    // last one recorded (any later op records a launch or ends the step).
+    struct Bf16Producer {
+      size_t launch = 0;  // its index among the step's launches, plus one; 0 = none
+      const float* out = nullptr;
+      int64_t elements = 0;
+      LaunchWithBf16Copy with_copy;
+    } bf16_producer;
   };
   GraphStepState graph_step_;
 };

@@ -167,8 +167,8 @@ void CudaBackend::RmsNorm(const float* x, const float* weight, int64_t num_rows,
 }
 
 cudaError_t CudaBackend::EnqueueRmsNorm(const float* x, const float* weight, int64_t num_rows,
-                                        int64_t dim, float eps, float* out,
-                                        uint8_t* norm_scratch, cudaStream_t stream) {
+                                        int64_t dim, float eps, float* out, uint8_t* norm_scratch,
+                                        cudaStream_t stream, void* out_bf16) {
   const size_t num_bytes = static_cast<size_t>(num_rows) * static_cast<size_t>(dim) * 4;
   const float* input = x;
   if (out == x) {
@@ -185,6 +185,7 @@ cudaError_t CudaBackend::EnqueueRmsNorm(const float* x, const float* weight, int
   p.residual = const_cast<float*>(input);
   p.weight = weight;
   p.out = out;
+  p.out_bf16 = out_bf16;
   p.num_rows = static_cast<int32_t>(num_rows);
   p.dim = static_cast<int32_t>(dim);
   p.eps = eps;

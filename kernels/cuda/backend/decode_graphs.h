@@ -182,6 +182,17 @@ class DecodeGraphRecorder {
     signature_.push_back(sizeof...(Words));
     (signature_.push_back(ToWord(words)), ...);
   }
+  // Launches recorded so far in this step.
+  size_t num_launches() const { return launches_.size(); }
+  // Replaces the last recorded launch by `launch`, which does what it did and more (an op
+  // after it asked it to, e.g. to also write a bf16 copy of its output), and appends `words`
+  // to the signature for what changed. Requires a recorded launch.
+  template <typename... Words>
+  void AmendLast(RecordedLaunch launch, Words... words) {
+    launches_.back() = std::move(launch);
+    signature_.push_back(sizeof...(Words));
+    (signature_.push_back(ToWord(words)), ...);
+  }
 
   // Ends the step: uploads the arena on `stream` (outside any graph), then replays or captures
   // a graph of the launches, or runs them eagerly: always when `eager_reason` is not
