@@ -977,9 +977,20 @@ PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int32_
   }
   const size_t smem = PrefillSharedMemoryBytes(requested, head_dim);
   if (smem > max_shared_memory_per_block) {
-    return fall_back(PrefillKernel::kMmaSync, "a block needs " + std::to_string(smem) +
-                                                  " bytes of shared memory, the GPU grants " +
-                                                  std::to_string(max_shared_memory_per_block));
+    const std::string reason = "a block needs " + std::to_string(smem) +
+                               " bytes of shared memory, the GPU grants " +
+                               std::to_string(max_shared_memory_per_block);
+    if (requested == PrefillKernel::kWgmmaPipelined128) {
+      // The same pipeline with 64-key tiles needs less than half of it.
+      std::string next_reason;
+      const PrefillKernel next =
+          PrefillKernelFor(PrefillKernel::kWgmmaPipelined, head_dim, page_size, compute_major,
+                           max_shared_memory_per_block, why != nullptr ? &next_reason : nullptr);
+      return fall_back(next, next == PrefillKernel::kWgmmaPipelined
+                                 ? reason
+                                 : reason + "; with 64-key tiles, " + next_reason);
+    }
+    return fall_back(PrefillKernel::kMmaSync, reason);
   }
   return requested;
 }

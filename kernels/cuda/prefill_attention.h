@@ -102,7 +102,8 @@ size_t PrefillSharedMemoryBytes(PrefillKernel kernel, int32_t head_dim);
 // (sharedMemPerBlockOptin): `requested` where it runs there, else kMmaSync (wgmma: sm_90 and
 // head_dim 64/128 only; the 128-row kernel: 104 KB at head_dim 128, over the 99 KB of
 // sm_86/sm_89 GPUs), or kWgmma for the pipelined kernels at a page size their TMA boxes
-// cannot tile. When it falls back and `why` is not null, *why says why, for a person.
+// cannot tile, or kWgmmaPipelined for kWgmmaPipelined128 where its 230 KB of shared memory
+// do not fit. When it falls back and `why` is not null, *why says why, for a person.
 PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int32_t page_size,
                                int compute_major, size_t max_shared_memory_per_block,
                                std::string* why = nullptr);
