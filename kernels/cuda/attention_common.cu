@@ -2,6 +2,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/merge_states.cuh"
 
 namespace glimpse::kernels::cuda {
 namespace {
@@ -28,19 +29,10 @@ __global__ void __launch_bounds__(kThreads) MergeStatesKernel(MergeStatesParams 
     const int head = idx / p.head_dim;
     const int d = idx - head * p.head_dim;
     const int64_t state = static_cast<int64_t>(row) * p.num_qo_heads + head;
-    float m = -INFINITY;
-    for (int c = 0; c < n; ++c) m = fmaxf(m, p.partial_lse[c * chunk_stride + state]);
-    float sum_w = 0.0f;
-    float acc = 0.0f;
-    if (m != -INFINITY) {
-      for (int c = 0; c < n; ++c) {
-        const float w = expf(p.partial_lse[c * chunk_stride + state] - m);
-        sum_w += w;
-        acc += w * p.partial_o[(c * chunk_stride + state) * p.head_dim + d];
-      }
-    }
-    o[state * p.head_dim + d] = FromFloat<T>(m == -INFINITY ? 0.0f : acc / sum_w);
-    if (d == 0 && p.lse != nullptr) p.lse[state] = m == -INFINITY ? m : m + logf(sum_w);
+    const internal::MergedElement merged = internal::MergeChunkStates</*kFromL2=*/false>(
+        p.partial_o, p.partial_lse, chunk_stride, state, d, p.head_dim, n);
+    o[state * p.head_dim + d] = FromFloat<T>(merged.o);
+    if (d == 0 && p.lse != nullptr) p.lse[state] = merged.lse;
   }
 }
 

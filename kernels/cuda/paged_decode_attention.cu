@@ -61,7 +61,8 @@ __global__ void __launch_bounds__(kThreads) PagedDecodeKernel(PagedDecodeParams 
   const int32_t kv_len = KvLength(num_pages, p.kv.kv_last_page_len[seq], page_size);
   const int32_t chunk_keys = p.plan.chunk_keys;
   // Uniform over the block and before any barrier.
-  if (chunk >= NumKvChunks(kv_len, chunk_keys)) return;
+  const int num_seq_chunks = NumKvChunks(kv_len, chunk_keys);
+  if (chunk >= num_seq_chunks) return;
   const int32_t chunk_start = chunk * chunk_keys;
   const int32_t chunk_end = min(kv_len, chunk_start + chunk_keys);
 
@@ -208,7 +209,8 @@ __global__ void __launch_bounds__(kThreads) PagedDecodeKernel(PagedDecodeParams 
   }
   __syncthreads();
 
-  StoreDecodeStates<Q, kHeadDim, kGroup>(p, seq, kv_head, chunk, group, s_m, s_l, s_acc);
+  StoreDecodeStates<Q, kHeadDim, kGroup>(p, seq, kv_head, chunk, num_seq_chunks, group, s_m, s_l,
+                                         s_acc);
 }
 
 template <typename T, typename Q, int kHeadDim, int kGroup>
@@ -315,7 +317,7 @@ cudaError_t LaunchPagedDecode(const PagedDecodeParams& params, cudaStream_t stre
                                       ? DispatchHeadDim<bf16, float>(params, group, stream)
                                       : DispatchHeadDim<bf16, bf16>(params, group, stream)));
   }
-  if (params.plan.num_chunks == 1) return cudaSuccess;
+  if (params.plan.num_chunks == 1 || params.merge_counters != nullptr) return cudaSuccess;
   MergeStatesParams merge;
   merge.dtype = params.fp32_q_and_o ? DType::kF32 : params.dtype;
   merge.partial_o = static_cast<const float*>(params.workspace);

@@ -28,8 +28,9 @@
 // dot products, shuffle reductions and per-key exponentials need about as many issue slots
 // as an H200 has to stream its HBM at GQA 4, and more at GQA 8.
 //
-// Both merge the warps' states at the end of the chunk, and chunks merge in
-// LaunchMergeAttentionStates.
+// Both merge the warps' states at the end of the chunk; chunks merge in the last block of
+// their (sequence, kv head) to finish (PagedDecodeParams::merge_counters: an atomic count per
+// pair), or in LaunchMergeAttentionStates.
 //
 // dtypes: q, o and the KV cache all bf16, or all fp32 (kCudaCores only), or a bf16 cache with
 // fp32 q and o (PagedDecodeParams::fp32_q_and_o: the CUDA backend's fp32 activations; q is
@@ -79,6 +80,11 @@ struct PagedDecodeParams {
   PagedDecodePlan plan;
   void* workspace = nullptr;  // device, PagedDecodeWorkspaceBytes(...) bytes, 16-byte aligned
   size_t workspace_bytes = 0;
+  // With a split plan: null, and a second launch (LaunchMergeAttentionStates) merges the
+  // chunks; or device int32 [batch][num_kv_heads], all 0, and the last block of each (sequence,
+  // kv head) to finish merges its chunks in the same launch (one launch per call instead of
+  // two), leaving every counter 0 again for the next launch.
+  int32_t* merge_counters = nullptr;
 };
 
 cudaError_t LaunchPagedDecode(const PagedDecodeParams& params, cudaStream_t stream);

@@ -23,10 +23,18 @@ const testing::Tolerance kLseTolerance{1e-4, 1e-4, 1e-5};
 // The tensor-core kernel's lse: fp32 scores of bf16 operands, summed in a different order.
 const testing::Tolerance kMmaLseTolerance{1e-3, 1e-4, 1e-5};
 
+// Downloads o and lse and compares them with the float64 reference.
+void CheckOutputs(const std::string& name, const DeviceActivations& d_o,
+                  const DeviceArray<float>& d_lse, DType qo_dtype, const std::vector<double>& o_ref,
+                  const std::vector<double>& lse_ref, bool mma);
+
 // dtype: the cache's; q and o are fp32 instead when fp32_q_and_o (dtype kBF16).
+// fused_merge: a split plan's chunks merge in the kernel's last block per (sequence, kv head)
+// (PagedDecodeParams::merge_counters); launched twice over the same counters, which must be
+// all 0 again after each launch, the second time into a freshly poisoned o.
 void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads, int32_t page_size,
              const std::vector<int32_t>& kv_lens, int32_t num_sms, bool fp32_q_and_o = false,
-             DecodeKernel kernel = DecodeKernel::kCudaCores) {
+             DecodeKernel kernel = DecodeKernel::kCudaCores, bool fused_merge = false) {
   const bool mma = kernel == DecodeKernel::kMmaSync;
   const DType qo_dtype = fp32_q_and_o ? DType::kF32 : dtype;
   const int32_t batch = static_cast<int32_t>(kv_lens.size());
@@ -39,7 +47,8 @@ void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
                      (fp32_q_and_o ? " (fp32 q, o)" : "") + " d=" + std::to_string(head_dim) +
                      " group=" + std::to_string(group) + " hkv=" + std::to_string(num_kv_heads) +
                      " page=" + std::to_string(page_size) +
-                     " chunks=" + std::to_string(plan.num_chunks) + " lens=";
+                     " chunks=" + std::to_string(plan.num_chunks) +
+                     (fused_merge ? " fused merge" : "") + " lens=";
   for (const int32_t len : kv_lens) name += std::to_string(len) + ",";
   const size_t q_n = static_cast<size_t>(batch) * num_qo_heads * head_dim;
   const std::vector<float> q = testing::RandomActivations(q_n, qo_dtype);
@@ -78,8 +87,33 @@ void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
   p.plan = plan;
   p.workspace = d_ws.get();
   p.workspace_bytes = ws_bytes;
-  GLIMPSE_ASSERT_CUDA(LaunchPagedDecode(p, nullptr));
-  GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
+  const size_t num_counters = static_cast<size_t>(batch) * num_kv_heads;
+  DeviceArray<int32_t> d_counters;
+  GLIMPSE_ASSERT_CUDA(d_counters.Upload(std::vector<int32_t>(num_counters, 0)));
+  p.merge_counters = fused_merge ? d_counters.get() : nullptr;
+  for (int launch = 0; launch < (fused_merge ? 2 : 1); ++launch) {
+    if (launch > 0) {
+      GLIMPSE_ASSERT_CUDA(d_o.AllocatePoisoned(q_n, qo_dtype));
+      p.o = d_o.ptr;
+    }
+    GLIMPSE_ASSERT_CUDA(LaunchPagedDecode(p, nullptr));
+    GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
+    if (fused_merge) {
+      std::vector<int32_t> counters;
+      GLIMPSE_ASSERT_CUDA(d_counters.Download(&counters));
+      int64_t left = 0;
+      for (const int32_t c : counters) left += c != 0;
+      GLIMPSE_EXPECT(left == 0, name + ": " + std::to_string(left) +
+                                    " merge counters not back to 0 after launch " +
+                                    std::to_string(launch));
+    }
+    CheckOutputs(name + (launch > 0 ? " (again)" : ""), d_o, d_lse, qo_dtype, o_ref, lse_ref, mma);
+  }
+}
+
+void CheckOutputs(const std::string& name, const DeviceActivations& d_o,
+                  const DeviceArray<float>& d_lse, DType qo_dtype, const std::vector<double>& o_ref,
+                  const std::vector<double>& lse_ref, bool mma) {
   std::vector<float> o, lse;
   GLIMPSE_ASSERT_CUDA(d_o.Download(&o, qo_dtype));
   GLIMPSE_ASSERT_CUDA(d_lse.Download(&lse));
@@ -119,13 +153,18 @@ GLIMPSE_CUDA_TEST(PagedDecodeMatchesReference) {
 
 GLIMPSE_CUDA_TEST(PagedDecodeSplitKvMatchesReference) {
   for (const DType dtype : {DType::kBF16, DType::kF32}) {
-    // Batch 1 with a long context: split into many chunks, merged.
-    RunCase(dtype, 128, 4, 8, 16, {5000}, 132);
-    // Skewed lengths: some sequences have one chunk, others many; page 17, partial pages.
-    RunCase(dtype, 64, 8, 1, 17, {3001, 20, 1200, 0}, 132);
-    // Same shapes forced onto the single-chunk path (many SMs' worth of blocks claimed).
-    RunCase(dtype, 128, 4, 8, 16, {5000}, 1);
+    for (const bool fused : {false, true}) {
+      // Batch 1 with a long context: split into many chunks, merged.
+      RunCase(dtype, 128, 4, 8, 16, {5000}, 132, false, DecodeKernel::kCudaCores, fused);
+      // Skewed lengths: some sequences have one chunk, others many; page 17, partial pages.
+      RunCase(dtype, 64, 8, 1, 17, {3001, 20, 1200, 0}, 132, false, DecodeKernel::kCudaCores,
+              fused);
+      // Same shapes forced onto the single-chunk path (many SMs' worth of blocks claimed).
+      RunCase(dtype, 128, 4, 8, 16, {5000}, 1, false, DecodeKernel::kCudaCores, fused);
+    }
   }
+  // The CUDA backend's case: fp32 q and o over a bf16 cache, the merge fused.
+  RunCase(DType::kBF16, 128, 4, 8, 16, {5000, 700}, 132, true, DecodeKernel::kCudaCores, true);
 }
 
 // The CUDA backend's bf16 KV option: fp32 activations in and out, bf16 cache; with and
@@ -163,9 +202,11 @@ GLIMPSE_CUDA_TEST(PagedDecodeMmaMatchesReference) {
 GLIMPSE_CUDA_TEST(PagedDecodeMmaSplitKvMatchesReference) {
   const DecodeKernel mma = DecodeKernel::kMmaSync;
   for (const bool fp32_qo : {false, true}) {
-    RunCase(DType::kBF16, 128, 4, 8, 16, {5000}, 132, fp32_qo, mma);
-    RunCase(DType::kBF16, 64, 8, 1, 17, {3001, 20, 1200, 0}, 132, fp32_qo, mma);
-    RunCase(DType::kBF16, 128, 4, 8, 16, {5000}, 1, fp32_qo, mma);
+    for (const bool fused : {false, true}) {
+      RunCase(DType::kBF16, 128, 4, 8, 16, {5000}, 132, fp32_qo, mma, fused);
+      RunCase(DType::kBF16, 64, 8, 1, 17, {3001, 20, 1200, 0}, 132, fp32_qo, mma, fused);
+      RunCase(DType::kBF16, 128, 4, 8, 16, {5000}, 1, fp32_qo, mma, fused);
+    }
   }
 }
 

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/merge_states.cuh"
 #include "kernels/cuda/paged_decode_attention.h"
 
 namespace glimpse::kernels::cuda::internal {
@@ -18,14 +19,54 @@ namespace glimpse::kernels::cuda::internal {
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeThreads = kDecodeWarps * 32;
 
+// With a split plan and PagedDecodeParams::merge_counters: counts this block's chunk of (seq,
+// kv_head) as written; the block that counts the sequence's last of its num_seq_chunks
+// chunks merges them all into o and lse (as LaunchMergeAttentionStates would, one launch
+// later) and sets the counter back to 0 for the next launch. Call with the whole block once
+// its partial state is stored.
+template <typename Q, int kHeadDim>
+__device__ __forceinline__ void MergeChunksIfLast(const PagedDecodeParams& p, int seq, int kv_head,
+                                                  int num_seq_chunks, int group) {
+  __shared__ int s_last;
+  // This thread's partial stores, visible device-wide before the block is counted.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* counter = p.merge_counters + static_cast<int64_t>(seq) * p.kv.num_kv_heads + kv_head;
+    const bool last = atomicAdd(counter, 1) == num_seq_chunks - 1;
+    // The other chunks' stores, visible to this block's reads below (published by the barrier).
+    __threadfence();
+    if (last) *counter = 0;  // no block of (seq, kv_head) is left to count
+    s_last = last;
+  }
+  __syncthreads();
+  if (!s_last) return;
+  const float* ws_o = static_cast<const float*>(p.workspace);
+  const float* ws_lse =
+      ws_o + static_cast<int64_t>(p.plan.num_chunks) * p.batch * p.num_qo_heads * kHeadDim;
+  const int64_t chunk_stride = static_cast<int64_t>(p.batch) * p.num_qo_heads;
+  for (int idx = threadIdx.x; idx < group * kHeadDim; idx += blockDim.x) {
+    const int j = idx / kHeadDim;
+    const int d = idx - j * kHeadDim;
+    const int64_t state = static_cast<int64_t>(seq) * p.num_qo_heads + kv_head * group + j;
+    const MergedElement merged = MergeChunkStates</*kFromL2=*/true>(
+        ws_o, ws_lse, chunk_stride, state, d, kHeadDim, num_seq_chunks);
+    static_cast<Q*>(p.o)[state * kHeadDim + d] = FromFloat<Q>(merged.o);
+    if (d == 0 && p.lse != nullptr) p.lse[state] = merged.lse;
+  }
+}
+
 // Merges the warps' states and writes query heads 0 .. group-1 of (seq, kv_head): o and lse
-// without a split, else the chunk's normalized fp32 partial state to the workspace (merged by
-// LaunchMergeAttentionStates). Warp w's state for head j: running max s_m[w][j] (log2 units;
+// without a split, else the chunk's normalized fp32 partial state to the workspace, merged by
+// the sequence's last block (MergeChunksIfLast) or, without merge_counters, by
+// LaunchMergeAttentionStates. Warp w's state for head j: running max s_m[w][j] (log2 units;
 // -inf when the warp saw no key), sum s_l[w][j] and unnormalized output s_acc[w][j][:]. Call
-// with the whole block after a barrier that publishes the three arrays.
+// with the whole block after a barrier that publishes the three arrays; num_seq_chunks is
+// NumKvChunks of the sequence.
 template <typename Q, int kHeadDim, int kGroup>
 __device__ __forceinline__ void StoreDecodeStates(const PagedDecodeParams& p, int seq, int kv_head,
-                                                  int chunk, int group, const float (*s_m)[kGroup],
+                                                  int chunk, int num_seq_chunks, int group,
+                                                  const float (*s_m)[kGroup],
                                                   const float (*s_l)[kGroup],
                                                   const float (*s_acc)[kGroup][kHeadDim]) {
   const bool split = p.plan.num_chunks > 1;
@@ -62,6 +103,9 @@ __device__ __forceinline__ void StoreDecodeStates(const PagedDecodeParams& p, in
       static_cast<Q*>(p.o)[state * kHeadDim + d] = FromFloat<Q>(out);
       if (d == 0 && p.lse != nullptr) p.lse[state] = lse;
     }
+  }
+  if (split && p.merge_counters != nullptr) {
+    MergeChunksIfLast<Q, kHeadDim>(p, seq, kv_head, num_seq_chunks, group);
   }
 }
 

@@ -107,7 +107,8 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeMmaKernel(PagedDeco
   const int32_t kv_len = KvLength(num_pages, p.kv.kv_last_page_len[seq], p.kv.page_size);
   const int32_t chunk_keys = p.plan.chunk_keys;
   // Uniform over the block and before any barrier.
-  if (chunk >= NumKvChunks(kv_len, chunk_keys)) return;
+  const int num_seq_chunks = NumKvChunks(kv_len, chunk_keys);
+  if (chunk >= num_seq_chunks) return;
   const int32_t chunk_start = chunk * chunk_keys;
   const int32_t chunk_end = min(kv_len, chunk_start + chunk_keys);
   const int32_t* pages = p.kv.kv_indices + page_begin;
@@ -265,7 +266,8 @@ __global__ void __launch_bounds__(kDecodeThreads) PagedDecodeMmaKernel(PagedDeco
     s_l[warp][g] = l_part;
   }
   __syncthreads();
-  StoreDecodeStates<Q, kHeadDim, kMaxGroup>(p, seq, kv_head, chunk, group, s_m, s_l, s_acc);
+  StoreDecodeStates<Q, kHeadDim, kMaxGroup>(p, seq, kv_head, chunk, num_seq_chunks, group, s_m, s_l,
+                                            s_acc);
 }
 
 template <typename Q, int kHeadDim>

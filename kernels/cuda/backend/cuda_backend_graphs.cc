@@ -371,6 +371,7 @@ bool CudaBackend::RecordPagedAttention(const PagedAttentionParams& p) {
   d.num_qo_heads = p.num_heads;
   d.sm_scale = p.scale;
   d.plan = plan;
+  d.merge_counters = DecodeMergeCounters(rows, d.kv.num_kv_heads);  // fixed from Init on
   const size_t tables_offset = graph_step_.tables_offset;
   const size_t indices_offset = graph_step_.indices_offset;
   graphs_.Record(
@@ -385,7 +386,7 @@ bool CudaBackend::RecordPagedAttention(const PagedAttentionParams& p) {
       },
       GraphOp::kAttention, d.q, d.o, d.kv.k_cache, d.kv.v_cache, d.kv.num_kv_heads, block_size,
       d.kv.head_dim, rows, d.num_qo_heads, d.sm_scale, plan.chunk_keys, plan.num_chunks,
-      tables_offset, indices_offset);
+      tables_offset, indices_offset, d.merge_counters);
   if (decode_kernel_ == DecodeKernel::kMmaSync) ++mma_decode_attention_calls_;
   return true;
 }

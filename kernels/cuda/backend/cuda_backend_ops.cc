@@ -434,6 +434,7 @@ void CudaBackend::AttendPerToken(const PagedAttentionParams& params, int32_t num
     p.plan = launch.plan;
     p.workspace = attention_workspace_.get();
     p.workspace_bytes = attention_workspace_.size();
+    p.merge_counters = DecodeMergeCounters(p.batch, p.kv.num_kv_heads);
     GLIMPSE_CUDA_CHECK(LaunchPagedDecode(p, stream_));
   }
 }

@@ -332,20 +332,26 @@ struct DeviceTable {
 };
 
 // Paged decode, GQA 32/8, d 128, page 16, on `kernel` (rows paged_decode / paged_decode_mma).
-// Returns the median time in *us.
+// A split plan's chunks merge in the kernel's last block per (sequence, kv head), as the
+// backend runs it, or with merge_launch in a second launch (rows "<name>_merge_launch", the
+// way before 2026-11-30). Returns the median time in *us.
 bool BenchDecode(Bench& b, const KvPool& pool, int32_t batch, int32_t ctx, double* us_out,
-                 DecodeKernel kernel = DecodeKernel::kCudaCores) {
+                 DecodeKernel kernel = DecodeKernel::kCudaCores, bool merge_launch = false) {
   constexpr int kHq = 32;
   DeviceTable table;
   if (!table.Build(pool, std::vector<int32_t>(batch, ctx))) return false;
   const PagedDecodePlan plan =
       PlanPagedDecode(table.h_indptr.data(), batch, KvPool::kHkv, KvPool::kPage, b.num_sms);
   void *q = nullptr, *o = nullptr, *ws = nullptr;
+  int32_t* counters = nullptr;
   const size_t q_bytes = size_t{2} * batch * kHq * KvPool::kHeadDim;
   const size_t ws_bytes = PagedDecodeWorkspaceBytes(plan, batch, kHq, KvPool::kHeadDim);
+  const size_t counter_bytes = sizeof(int32_t) * batch * KvPool::kHkv;
   BENCH_CHECK(cudaMalloc(&q, q_bytes));
   BENCH_CHECK(cudaMalloc(&o, q_bytes));
   if (ws_bytes > 0) BENCH_CHECK(cudaMalloc(&ws, ws_bytes));
+  BENCH_CHECK(cudaMalloc(&counters, counter_bytes));
+  BENCH_CHECK(cudaMemset(counters, 0, counter_bytes));
   FillRandomBf16<<<64, 256, 0, b.stream>>>(static_cast<__nv_bfloat16*>(q), q_bytes / 2, 7);
   PagedDecodeParams p;
   p.kernel = kernel;
@@ -359,6 +365,7 @@ bool BenchDecode(Bench& b, const KvPool& pool, int32_t batch, int32_t ctx, doubl
   p.plan = plan;
   p.workspace = ws;
   p.workspace_bytes = ws_bytes;
+  p.merge_counters = merge_launch ? nullptr : counters;
   double us = 0;
   if (!b.Time([&] { return LaunchPagedDecode(p, b.stream); }, &us)) return false;
   const double kv_bytes = 2.0 * 2 * batch * static_cast<double>(ctx) * KvPool::kHkv *
@@ -374,12 +381,15 @@ bool BenchDecode(Bench& b, const KvPool& pool, int32_t batch, int32_t ctx, doubl
                                                            : "target t <= max(ideal/0.8, ideal+5us)";
   char note[160];
   std::snprintf(note, sizeof(note), "%s; ideal %.1f us", target, ideal_us);
-  b.rows.push_back({kernel == DecodeKernel::kMmaSync ? "paged_decode_mma" : "paged_decode", shape,
-                    us, gbs, "GB/s", gbs / b.bw_gbs, note});
+  b.rows.push_back(
+      {std::string(kernel == DecodeKernel::kMmaSync ? "paged_decode_mma" : "paged_decode") +
+           (merge_launch ? "_merge_launch" : ""),
+       shape, us, gbs, "GB/s", gbs / b.bw_gbs, note});
   *us_out = us;
   cudaFree(q);
   cudaFree(o);
   if (ws != nullptr) cudaFree(ws);
+  cudaFree(counters);
   table.Free();
   return true;
 }
@@ -504,6 +514,12 @@ bool RunAll(Bench& b, const std::string& json_path) {
       double us = 0;
       if (b.base_rows && !BenchDecode(b, pool, batch, ctx, &us)) return false;
       if (b.experimental_rows && !BenchDecode(b, pool, batch, ctx, &us, DecodeKernel::kMmaSync)) {
+        return false;
+      }
+      // What merging split chunks in the kernel saves where the split is deepest: the same
+      // call with the merge as a second launch.
+      if (b.base_rows && batch == 1 &&
+          !BenchDecode(b, pool, batch, ctx, &us, DecodeKernel::kCudaCores, true)) {
         return false;
       }
     }
@@ -661,12 +677,26 @@ int main(int argc, char** argv) {
   if (!ok) return 1;
   if (smoke) {
     // Every kernel family must have run, each row with a real time.
-    for (const char* kernel :
-         {"d2d_copy", "cublas_gemm_bf16", "cublas_gemm_fp32", "paged_decode", "paged_decode_mma",
-          "tc_decode", "tree_verify", "prefill_attention", "prefill_attn_fp32", "tree_verify_wide",
-          "prefill_attn_wide", "tree_verify_wgmma", "prefill_attn_wgmma", "tree_verify_pipelined",
-          "prefill_attn_pipelined", "tree_verify_pipelined_128", "prefill_attn_pipelined_128",
-          "prefill_attn_wide_head_major", "prefill_attn_pipelined_head_major"}) {
+    for (const char* kernel : {"d2d_copy",
+                               "cublas_gemm_bf16",
+                               "cublas_gemm_fp32",
+                               "paged_decode",
+                               "paged_decode_mma",
+                               "tc_decode",
+                               "tree_verify",
+                               "prefill_attention",
+                               "prefill_attn_fp32",
+                               "tree_verify_wide",
+                               "prefill_attn_wide",
+                               "tree_verify_wgmma",
+                               "prefill_attn_wgmma",
+                               "tree_verify_pipelined",
+                               "prefill_attn_pipelined",
+                               "tree_verify_pipelined_128",
+                               "prefill_attn_pipelined_128",
+                               "prefill_attn_wide_head_major",
+                               "prefill_attn_pipelined_head_major",
+                               "paged_decode_merge_launch"}) {
       const bool present = std::any_of(b.rows.begin(), b.rows.end(),
                                        [&](const Row& r) { return r.kernel == kernel; });
       const std::string name = kernel;

@@ -153,7 +153,19 @@ T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
 }
 
 // Fibers never run at the same time within a block, but blocks run on several OS threads:
-// atomics on global memory are real atomics.
+// atomics on global memory are real atomics, and __threadfence a sequentially consistent
+// fence (with the atomic between them, a writer's fence before it and a reader's after it
+// order the stores before the reads, as on the device).
+template <typename T>
+T atomicAdd(T* address, T value) {
+  return std::atomic_ref<T>(*address).fetch_add(value);
+}
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+// ld.global.cg (cached in L2 only): a plain load here, where no cache can be stale.
+template <typename T>
+T __ldcg(const T* address) {
+  return *address;
+}
 template <typename T>
 T atomicMax(T* address, T value) {
   std::atomic_ref<T> ref(*address);
