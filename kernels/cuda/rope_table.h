@@ -35,9 +35,14 @@ struct RopeTableParams {
   int32_t rot_dim = 0;  // even, <= head_dim
   RopeStyle style = RopeStyle::kNormal;
   const float* cos_sin = nullptr;  // device, [num_tokens][rot_dim / 2][2] (cos, sin)
+  // Optional: a second tensor of the same tokens, rotated by the same table in the same launch
+  // (the CUDA backend's decode graphs rotate k with q): [num_tokens][num_heads2][head_dim],
+  // not overlapping x.
+  float* x2 = nullptr;
+  int32_t num_heads2 = 0;
 };
 
-// One block per token, threads over (head, pair).
+// One block per token, threads over (head, pair) of x, then of x2.
 cudaError_t LaunchRopeWithTable(const RopeTableParams& params, cudaStream_t stream);
 
 // Host: fills table[num_tokens][rot_dim / 2][2] exactly as the CPU backend computes its angles

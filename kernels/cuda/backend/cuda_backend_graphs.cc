@@ -52,7 +52,8 @@ enum class GraphOp : uint32_t {
   kAddRmsNorm,
   kCastForMatMuls,
   kGemm,
-  kWithBf16Copy,  // amends the launch before: it also writes its output's bf16 copy
+  kWithBf16Copy,      // amends the launch before: it also writes its output's bf16 copy
+  kRopeSecondTensor,  // amends the RoPE before: it also rotates a second tensor (k)
 };
 
 }  // namespace
@@ -103,6 +104,9 @@ std::vector<BackendCounter> CudaBackend::Counters() const {
   counters.push_back({"cuda_graph_bf16_casts_folded_total", bf16_casts_folded_,
                       "Casts to bf16 before a MatMul that recorded decode steps left out: the "
                       "norm or SiluMul before it wrote the bf16 copy (3 per layer, 1 per step)"});
+  counters.push_back({"cuda_graph_rope_pairs_fused_total", rope_pairs_fused_,
+                      "RoPEs of k that recorded decode steps ran in the launch of q's (1 per "
+                      "layer)"});
   counters.push_back({"cuda_attention_fp32_tiled_calls_total", fp32_tiled_attention_calls_,
                       "PagedAttention calls (layers x steps) over an fp32 KV cache run by the "
                       "tiled fp32 attention kernel (steps with a multi-token sequence)"});
@@ -265,13 +269,35 @@ bool CudaBackend::RecordRope(const kernels::RopeParams& params) {
   }
   const RopeTableParams p = RopeLaunchParams(params, static_cast<int32_t>(rows));
   const size_t table_offset = graph_step_.rope_offset;
-  graphs_.Record(
-      [this, p, table_offset](cudaStream_t stream) {
-        RopeTableParams run = p;
-        run.cos_sin = graphs_.ArenaPtr<const float>(table_offset);
-        return LaunchRopeWithTable(run, stream);
-      },
-      GraphOp::kRope, p.x, rows, p.num_heads, p.head_dim, p.rot_dim, p.style, table_offset);
+  auto launch_rope = [this, table_offset](RopeTableParams run) {
+    return [this, run, table_offset](cudaStream_t stream) {
+      RopeTableParams with_table = run;
+      with_table.cos_sin = graphs_.ArenaPtr<const float>(table_offset);
+      return LaunchRopeWithTable(with_table, stream);
+    };
+  };
+  // k right after q, rotated by the same table: one launch rotates both (nothing was recorded
+  // in between to read or write k before q's launch runs).
+  GraphStepState::RopeLaunch& last = graph_step_.last_rope;
+  const RopeTableParams& q = last.params;
+  auto span_end = [](const RopeTableParams& r) {
+    return r.x + static_cast<int64_t>(r.num_tokens) * r.num_heads * r.head_dim;
+  };
+  if (last.launch != 0 && last.launch == graphs_.num_launches() &&
+      last.table_offset == table_offset && q.num_tokens == p.num_tokens &&
+      q.head_dim == p.head_dim && q.rot_dim == p.rot_dim && q.style == p.style &&
+      (span_end(p) <= q.x || span_end(q) <= p.x)) {
+    RopeTableParams both = q;
+    both.x2 = p.x;
+    both.num_heads2 = p.num_heads;
+    graphs_.AmendLast(launch_rope(both), GraphOp::kRopeSecondTensor, p.x, p.num_heads);
+    last = {};
+    ++rope_pairs_fused_;
+    return true;
+  }
+  graphs_.Record(launch_rope(p), GraphOp::kRope, p.x, rows, p.num_heads, p.head_dim, p.rot_dim,
+                 p.style, table_offset);
+  last = {graphs_.num_launches(), p, table_offset};
   return true;
 }
 

@@ -308,6 +308,10 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
       EXPECT_EQ(Delta(after[e], before[e], "cuda_graph_bf16_casts_folded_total"),
                 recorded && bf16_weights ? 3 * layers + 1 : 0)
           << what << " on " << engines_[e].label;
+      // And k's RoPE joins q's launch, whatever the weights.
+      EXPECT_EQ(Delta(after[e], before[e], "cuda_graph_rope_pairs_fused_total"),
+                recorded ? layers : 0)
+          << what << " on " << engines_[e].label;
     }
     if (!eligible) {
       EXPECT_EQ(captures + replays + warmups, 0) << what;
