@@ -995,23 +995,6 @@ PrefillKernel PrefillKernelFor(PrefillKernel requested, int32_t head_dim, int32_
   return requested;
 }
 
-namespace {
-
-// Keys that block (`tile`, `chunk`) of a sequence reads, as DescribeBlock (prefill_work.cuh)
-// bounds them: its chunk, and under the causal mask nothing past its last row's token.
-int32_t BlockKeysRead(AttentionMaskMode mode, int32_t qo_len, int32_t kv_len, int32_t group,
-                      int32_t block_rows, int32_t tile, int32_t chunk, int32_t chunk_keys) {
-  const int32_t chunk_start = chunk * chunk_keys;
-  int32_t key_end = std::min(kv_len, chunk_start + chunk_keys);
-  if (mode == AttentionMaskMode::kCausal) {
-    const int32_t last_row = std::min(qo_len * group, (tile + 1) * block_rows) - 1;
-    key_end = std::min(key_end, kv_len - qo_len + last_row / group + 1);
-  }
-  return std::max(0, key_end - chunk_start);
-}
-
-}  // namespace
-
 cudaError_t PlanPrefillAttention(const PrefillPlanInput& in, PrefillPlan* plan) {
   GLIMPSE_CUDA_RETURN_IF_INVALID(plan != nullptr && in.num_seqs >= 0 && in.page_size > 0);
   GLIMPSE_CUDA_RETURN_IF_INVALID(in.num_kv_heads > 0 && in.num_qo_heads > 0 &&
@@ -1066,8 +1049,10 @@ cudaError_t PlanPrefillAttention(const PrefillPlanInput& in, PrefillPlan* plan) 
     const int32_t chunks = NumKvChunks(kv_len, plan->chunk_keys);
     for (int32_t tile = 0; tile < tiles; ++tile) {
       for (int32_t c = 0; c < chunks; ++c) {
-        const int32_t keys = BlockKeysRead(in.mask_mode, qo_len, kv_len, group, block_rows, tile, c,
-                                           plan->chunk_keys);
+        const int32_t keys = std::max(
+            0, internal::BlockKeyEnd(in.mask_mode == AttentionMaskMode::kCausal, qo_len, kv_len,
+                                     group, block_rows, tile, c, plan->chunk_keys) -
+                   c * plan->chunk_keys);
         items.push_back({s, tile, c, 1 + (keys + tile_keys - 1) / tile_keys});
       }
     }

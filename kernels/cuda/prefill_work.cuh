@@ -24,6 +24,21 @@ inline int32_t PrefillGridBlocks(const PrefillAttentionParams& p) {
   return p.num_work_items * p.kv.num_kv_heads;
 }
 
+// The end of the keys that block (m_tile, chunk) of a sequence reads, from chunk * chunk_keys
+// on: its chunk, and under the causal mask nothing past its last packed row's token. Host and
+// device: the plan sizes its work items with it (PlanPrefillAttention).
+GLIMPSE_HOST_DEVICE inline int32_t BlockKeyEnd(bool causal, int32_t qo_len, int32_t kv_len,
+                                               int32_t group, int32_t block_rows, int32_t m_tile,
+                                               int32_t chunk, int32_t chunk_keys) {
+  const int32_t chunk_end = (chunk + 1) * chunk_keys;
+  const int32_t end = kv_len < chunk_end ? kv_len : chunk_end;
+  if (!causal) return end;
+  const int32_t rows_end = (m_tile + 1) * block_rows;
+  const int32_t last_row = (rows_end < qo_len * group ? rows_end : qo_len * group) - 1;
+  const int32_t causal_end = kv_len - qo_len + last_row / group + 1;
+  return end < causal_end ? end : causal_end;
+}
+
 // What one block computes: its work item (sequence, tile of `block_rows` packed query rows,
 // KV chunk) and kv head, and the keys that tile reads.
 struct BlockWork {
@@ -64,11 +79,9 @@ __device__ __forceinline__ BlockWork DescribeBlock(const PrefillAttentionParams&
   w.num_rows = w.qo_len * w.group;
   w.row_base = m_tile * block_rows;
   w.prefix = kv_len - w.qo_len;
-  // Keys this block reads: its chunk, and for causal rows nothing past the last row's token.
   w.chunk_start = w.chunk * p.chunk_keys;
-  w.key_end = min(kv_len, w.chunk_start + p.chunk_keys);
-  const int32_t last_row = min(w.num_rows, w.row_base + block_rows) - 1;
-  if (!w.tree) w.key_end = min(w.key_end, w.prefix + last_row / w.group + 1);
+  w.key_end =
+      BlockKeyEnd(!w.tree, w.qo_len, kv_len, w.group, block_rows, m_tile, w.chunk, p.chunk_keys);
   w.unmasked_end = min(w.key_end, w.tree ? w.prefix : w.prefix + w.row_base / w.group + 1);
   w.num_tiles =
       w.key_end > w.chunk_start ? (w.key_end - w.chunk_start + tile_keys - 1) / tile_keys : 0;
