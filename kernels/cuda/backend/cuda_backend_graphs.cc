@@ -193,29 +193,21 @@ bool CudaBackend::RecordRmsNorm(const float* x, const float* weight, int64_t num
 
 bool CudaBackend::RecordMatMul(const float* x, int64_t num_rows, const CudaPackedMatrix& m,
                                float* y) {
+  if (m.bf16()) {
+    // A cast and a GEMM: the MatMuls of one matrix (whose cast may fold into x's producer).
+    const PackedMatrix* const ws[] = {&m};
+    float* const ys[] = {y};
+    return RecordMatMuls(x, num_rows, ws, ys);
+  }
   int64_t rows = 0;
   if (!graphs_.PaddedRows(num_rows, &rows)) {
     FinishGraphStep(GraphEagerReason::kUnexpectedShape);
     return false;
   }
-  if (m.bf16()) {
-    graph_step_.bf16_bytes =
-        std::max(graph_step_.bf16_bytes, static_cast<size_t>(rows) * m.cols() * 2);
-  }
-  // `m` is the model's packed weight, alive for the step (the launch only runs within it).
-  if (m.bf16() && FoldCastIntoProducer(x, rows * m.cols())) {
-    graphs_.Record(
-        [this, rows, &m, y](cudaStream_t) {
-          return EnqueueGemm(graph_activations_bf16_.get(), rows, m, y);
-        },
-        GraphOp::kGemm, m.data(), m.rows(), m.cols(), rows, y);
-    return true;
-  }
-  graphs_.Record(
-      [this, x, rows, &m, y](cudaStream_t stream) {
-        return EnqueueMatMul(x, rows, m, y, graph_activations_bf16_.get(), stream);
-      },
-      GraphOp::kMatMul, x, rows, m.data(), m.rows(), m.cols(), m.bf16(), y);
+  // An fp32 matrix: the GEMM reads x as it is. `m` is the model's packed weight, alive for the
+  // step (the launch only runs within it).
+  graphs_.Record([this, x, rows, &m, y](cudaStream_t) { return EnqueueGemm(x, rows, m, y); },
+                 GraphOp::kMatMul, x, rows, m.data(), m.rows(), m.cols(), y);
   return true;
 }
 

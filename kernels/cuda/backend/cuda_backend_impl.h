@@ -312,7 +312,8 @@ class CudaBackend final : public Backend {
   bool RecordRmsNorm(const float* x, const float* weight, int64_t num_rows, int64_t dim,
                      float eps, float* out);
   bool RecordMatMul(const float* x, int64_t num_rows, const CudaPackedMatrix& m, float* y);
-  // MatMuls of bf16 matrices of one width: one recorded cast, then one GEMM per matrix.
+  // MatMuls of bf16 matrices of one width (a bf16 MatMul too): one recorded cast, unless it
+  // folds into x's producer (FoldCastIntoProducer), then one GEMM per matrix.
   bool RecordMatMuls(const float* x, int64_t num_rows, std::span<const PackedMatrix* const> ws,
                      std::span<float* const> ys);
   bool RecordRope(const kernels::RopeParams& params);
