@@ -14,6 +14,14 @@
 #include "kernels/cuda/dtype.h"
 #include "kernels/cuda/kv_layout.h"
 
+// A device function kept out of line (nvcc's __noinline__; the emulation's gcc spells it
+// itself, since libstdc++ uses the name __noinline__ in its own attributes).
+#ifdef GLIMPSE_CUDA_EMULATION
+#define GLIMPSE_DEVICE_NOINLINE __attribute__((noinline))
+#else
+#define GLIMPSE_DEVICE_NOINLINE __noinline__
+#endif
+
 namespace glimpse::kernels::cuda::internal {
 
 using bf16 = __nv_bfloat16;

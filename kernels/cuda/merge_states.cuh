@@ -1,6 +1,7 @@
 // The combination of a row's split-KV partial states (attention_common.h), per element: one
-// definition for the merge kernel (attention_common.cu) and for the paged decode kernels'
-// last block, which merges its sequence's chunks itself (paged_decode_common.cuh).
+// definition for the merge kernel (attention_common.cu) and for the last block of a split
+// decode (paged_decode_common.cuh) or prefill / tree-verification tile (prefill_work.cuh),
+// which merges the chunks itself.
 #ifndef GLIMPSE_KERNELS_CUDA_MERGE_STATES_CUH_
 #define GLIMPSE_KERNELS_CUDA_MERGE_STATES_CUH_
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/attention_common.h"
 #include "kernels/cuda/testing/paged_kv_fixture.h"
 #include "kernels/cuda/testing/test_harness.h"
 
@@ -31,7 +32,9 @@ void CheckOutputs(const std::string& name, const DeviceActivations& d_o,
 // dtype: the cache's; q and o are fp32 instead when fp32_q_and_o (dtype kBF16).
 // fused_merge: a split plan's chunks merge in the kernel's last block per (sequence, kv head)
 // (PagedDecodeParams::merge_counters); launched twice over the same counters, which must be
-// all 0 again after each launch, the second time into a freshly poisoned o.
+// all 0 again after each launch, the second time into a freshly poisoned o. A sequence of one
+// chunk then writes o directly: its partial-state slots in the workspace (poisoned, NaN) must
+// be left untouched.
 void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads, int32_t page_size,
              const std::vector<int32_t>& kv_lens, int32_t num_sms, bool fp32_q_and_o = false,
              DecodeKernel kernel = DecodeKernel::kCudaCores, bool fused_merge = false) {
@@ -72,7 +75,8 @@ void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
   GLIMPSE_ASSERT_CUDA(d_o.AllocatePoisoned(q_n, qo_dtype));
   GLIMPSE_ASSERT_CUDA(d_lse.Allocate(lse_ref.size()));
   const size_t ws_bytes = PagedDecodeWorkspaceBytes(plan, batch, num_qo_heads, head_dim);
-  GLIMPSE_ASSERT_CUDA(d_ws.Allocate(ws_bytes / sizeof(float)));
+  const size_t ws_floats = ws_bytes / sizeof(float);
+  GLIMPSE_ASSERT_CUDA(d_ws.Allocate(ws_floats));  // poisoned: NaN
   PagedDecodeParams p;
   p.kernel = kernel;
   p.dtype = dtype;
@@ -106,6 +110,18 @@ void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
       GLIMPSE_EXPECT(left == 0, name + ": " + std::to_string(left) +
                                     " merge counters not back to 0 after launch " +
                                     std::to_string(launch));
+      std::vector<float> ws;
+      GLIMPSE_ASSERT_CUDA(d_ws.Download(&ws));
+      const size_t lse_begin = static_cast<size_t>(plan.num_chunks) * q_n;  // after partial o
+      int64_t written = 0;
+      for (int32_t b = 0; b < batch; ++b) {
+        if (plan.num_chunks == 1 || NumKvChunks(kv_lens[b], plan.chunk_keys) > 1) continue;
+        for (int32_t h = 0; h < num_qo_heads; ++h) {
+          written += !std::isnan(ws[lse_begin + static_cast<size_t>(b) * num_qo_heads + h]);
+        }
+      }
+      GLIMPSE_EXPECT(written == 0, name + ": " + std::to_string(written) +
+                                       " partial states written for one-chunk sequences");
     }
     CheckOutputs(name + (launch > 0 ? " (again)" : ""), d_o, d_lse, qo_dtype, o_ref, lse_ref, mma);
   }

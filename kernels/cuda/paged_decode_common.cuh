@@ -59,17 +59,18 @@ __device__ __forceinline__ void MergeChunksIfLast(const PagedDecodeParams& p, in
 // Merges the warps' states and writes query heads 0 .. group-1 of (seq, kv_head): o and lse
 // without a split, else the chunk's normalized fp32 partial state to the workspace, merged by
 // the sequence's last block (MergeChunksIfLast) or, without merge_counters, by
-// LaunchMergeAttentionStates. Warp w's state for head j: running max s_m[w][j] (log2 units;
-// -inf when the warp saw no key), sum s_l[w][j] and unnormalized output s_acc[w][j][:]. Call
-// with the whole block after a barrier that publishes the three arrays; num_seq_chunks is
-// NumKvChunks of the sequence.
+// LaunchMergeAttentionStates. A sequence of one chunk in a split launch that merges in the
+// kernel is its own result: o and lse directly, no partial state, no count. Warp w's state for head
+// j: running max s_m[w][j] (log2 units; -inf when the warp saw no key), sum s_l[w][j] and
+// unnormalized output s_acc[w][j][:]. Call with the whole block after a barrier that publishes the
+// three arrays; num_seq_chunks is NumKvChunks of the sequence.
 template <typename Q, int kHeadDim, int kGroup>
 __device__ __forceinline__ void StoreDecodeStates(const PagedDecodeParams& p, int seq, int kv_head,
                                                   int chunk, int num_seq_chunks, int group,
                                                   const float (*s_m)[kGroup],
                                                   const float (*s_l)[kGroup],
                                                   const float (*s_acc)[kGroup][kHeadDim]) {
-  const bool split = p.plan.num_chunks > 1;
+  const bool split = p.plan.num_chunks > 1 && (p.merge_counters == nullptr || num_seq_chunks > 1);
   float* ws_o = static_cast<float*>(p.workspace);
   float* ws_lse =
       ws_o + static_cast<int64_t>(p.plan.num_chunks) * p.batch * p.num_qo_heads * kHeadDim;

@@ -238,7 +238,7 @@ __device__ __forceinline__ void PFragment(const float (&s)[kMTiles][kNTiles][4],
 }
 
 // Writes this thread's rows: O / l in bf16 (and lse) without a split, else the chunk's
-// normalized fp32 partial state to the workspace.
+// normalized fp32 partial state to the workspace (StoresPartialState).
 template <int kHeadDim, int kMTiles, class RowOf>
 __device__ __forceinline__ void StoreRows(const PrefillAttentionParams& p, const BlockWork& w,
                                           RowOf row_of,
@@ -247,7 +247,7 @@ __device__ __forceinline__ void StoreRows(const PrefillAttentionParams& p, const
                                           const float (&l_row)[2 * kMTiles]) {
   constexpr int kDimTiles = kHeadDim / 8;
   const int t = threadIdx.x & 3;
-  const bool split = p.num_chunks > 1;
+  const bool split = internal::StoresPartialState(p, w);
 #pragma unroll
   for (int r = 0; r < 2 * kMTiles; ++r) {
     const int mt = r / 2;
@@ -526,6 +526,10 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(PrefillAttent
     }
   }
   StoreRows<kHeadDim, kMTiles>(p, w, row_of, o_acc, m_row, l_row);
+  if (internal::MergesInKernel(p)) {
+    internal::MergeTileChunksIfLast<bf16, kHeadDim>(p, w, S::kBlockM, threadIdx.x, kThreads,
+                                                    [] { __syncthreads(); });
+  }
 }
 
 // ---- The pipelined wgmma kernels (kWgmmaPipelined, kWgmmaPipelined128; sm_90a) ------------
@@ -563,6 +567,7 @@ constexpr int kConsumerWarpgroups = 2;
 constexpr int kPipelinedThreads = 128 * (1 + kConsumerWarpgroups);
 constexpr int kPipelinedBlockRows = 64 * kConsumerWarpgroups;
 constexpr int kPingPongBarrier = 1;  // named barriers 1, 2: consumer 1's, consumer 2's turn
+constexpr int kMergeBarrier = 3;     // the consumers' barrier of MergeTileChunksIfLast
 constexpr int kProducerRegisters = 56;
 constexpr int kConsumerRegisters = 224;
 static_assert(128 * (kProducerRegisters + kConsumerWarpgroups * kConsumerRegisters) <= 65536,
@@ -811,6 +816,13 @@ __global__ void __launch_bounds__(kPipelinedThreads, 1)
     internal::MbarrierArrive(SmemAddr(&empty[stage_of(w.num_tiles - 1)]));
   }
   StoreRows<kHeadDim, 1>(p, w, row_of, o_acc, m_row, l_row);
+  if (internal::MergesInKernel(p)) {
+    // Among the consumers only: the producer warp has returned.
+    constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
+    internal::MergeTileChunksIfLast<bf16, kHeadDim>(
+        p, w, kPipelinedBlockRows, threadIdx.x - 128, kConsumerThreads,
+        [] { internal::NamedBarrierSync(kMergeBarrier, kConsumerThreads); });
+  }
 }
 
 // One instance of the kernel template: its shape and its launch.
@@ -1111,6 +1123,9 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& params, cudaStr
             SplitWorkspaceFloats(params.num_chunks, params.total_q, params.num_qo_heads,
                                  kv.head_dim) *
                 sizeof(float));
+    GLIMPSE_CUDA_RETURN_IF_INVALID(params.merge_counters == nullptr ||
+                                   params.num_merge_counters >=
+                                       PrefillMergeCounters(params.total_q, params.num_qo_heads));
   }
   // The plan's tiles must be the kernel's (PrefillPlanInput::kernel); the fp32 kernel takes
   // kMmaSync's.
@@ -1138,7 +1153,8 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& params, cudaStr
       return decltype(variant)::Launch(params, stream);
     }));
   }
-  if (params.num_chunks == 1) return cudaSuccess;
+  // Merged in the launch above (MergeTileChunksIfLast), or by a second one.
+  if (params.num_chunks == 1 || params.merge_counters != nullptr) return cudaSuccess;
   MergeStatesParams merge;
   merge.dtype = params.dtype;
   merge.partial_o = static_cast<const float*>(params.workspace);

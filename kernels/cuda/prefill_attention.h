@@ -36,7 +36,8 @@
 // throughout (the exact path; prefill_attention_f32.cu: the same 64-row blocks and plan as
 // kMmaSync, 32-key tiles). head_dim 32, 64 or 128; group size 1..8; any page_size >= 1. Long
 // KV with few query rows is split into chunks of plan.chunk_keys keys and merged
-// (attention_common.h).
+// (attention_common.h): by the last block of each (sequence, query tile, kv head) to finish,
+// in the same launch, given PrefillAttentionParams::merge_counters; else in a second launch.
 //
 // Four kernels for the same results (PrefillAttentionParams::kernel; the plan is made for one,
 // PrefillPlanInput::kernel):
@@ -178,7 +179,22 @@ struct PrefillAttentionParams {
   int32_t heads_per_pass = 0;  // 0 (or >= kv.num_kv_heads): all kv heads in one pass
   void* workspace = nullptr;  // device, PrefillWorkspaceBytes(...) bytes when num_chunks > 1
   size_t workspace_bytes = 0;
+  // With a split plan: null, and a second launch (LaunchMergeAttentionStates) merges the
+  // chunks; or device int32 counters, PrefillMergeCounters(...) of them, all 0, and the last
+  // block of each (sequence, query tile, kv head) to finish merges that tile's chunks in the
+  // same launch (one launch per call instead of two), leaving every counter 0 again for the
+  // next launch. cudaErrorInvalidValue when num_merge_counters is too small.
+  int32_t* merge_counters = nullptr;
+  int64_t num_merge_counters = 0;
 };
+
+// The merge counters a split launch over `total_q` query tokens of `num_qo_heads` heads
+// indexes (PrefillAttentionParams::merge_counters): one per packed query row and kv head, of
+// which each block's first row uses one. At most 2 * num_sms * 128 with a split plan, whose
+// blocks fill fewer than two waves.
+inline int64_t PrefillMergeCounters(int32_t total_q, int32_t num_qo_heads) {
+  return static_cast<int64_t>(total_q) * num_qo_heads;
+}
 
 // Fills the plan-derived fields of `params` (all but work_items, which must point to a device
 // copy of plan.work_items).

@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionF32Kernel(PrefillAtt
   }
 
   // O / l and lse without a split, else the chunk's normalized partial state.
-  const bool split = p.num_chunks > 1;
+  const bool split = StoresPartialState(p, w);
 #pragma unroll
   for (int i = 0; i < kRowsPerThread; ++i) {
     float l = l_row[i];
@@ -278,6 +278,10 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionF32Kernel(PrefillAtt
         p.lse[row.state] = row.lse;
       }
     }
+  }
+  if (MergesInKernel(p)) {
+    MergeTileChunksIfLast<float, kHeadDim>(p, w, kBlockRows, threadIdx.x, kThreads,
+                                           [] { __syncthreads(); });
   }
 }
 

@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cuda/attention_common.h"
 #include "kernels/cuda/testing/paged_kv_fixture.h"
 #include "kernels/cuda/testing/test_harness.h"
 #include "kernels/cuda/tree_attention.h"
@@ -42,9 +43,15 @@ std::vector<uint64_t> RandomTreeMasks(int32_t n) {
   return masks;
 }
 
+// merge_in_kernel: a split plan's chunks merge in the last block of each (sequence, query
+// tile, kv head) (PrefillAttentionParams::merge_counters, as the backend runs it), whose
+// counters must all be 0 again after the launch, and a sequence of one chunk writes o
+// directly, leaving its partial-state slots in the workspace (poisoned, NaN) untouched; else
+// the chunks merge in a second launch.
 void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t num_kv_heads,
              int32_t page_size, const std::vector<SeqShape>& seqs, int32_t num_sms,
-             PrefillKernel requested = PrefillKernel::kMmaSync, DType dtype = DType::kBF16) {
+             PrefillKernel requested = PrefillKernel::kMmaSync, DType dtype = DType::kBF16,
+             bool merge_in_kernel = true) {
   // The kernel the backend would run at this page size on an H200 (the pipelined kernel
   // hands page sizes its TMA boxes cannot tile to kWgmma).
   const PrefillKernel kernel = PrefillKernelFor(requested, head_dim, page_size, 9, 232448);
@@ -99,7 +106,8 @@ void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t nu
                      " group=" + std::to_string(group) + " hkv=" + std::to_string(num_kv_heads) +
                      " page=" + std::to_string(page_size) +
                      " heads/pass=" + std::to_string(plan.heads_per_pass) +
-                     " chunks=" + std::to_string(plan.num_chunks) + " (qo,kv)=";
+                     " chunks=" + std::to_string(plan.num_chunks) +
+                     (plan.num_chunks > 1 && !merge_in_kernel ? " merge launch" : "") + " (qo,kv)=";
   for (const SeqShape& s : seqs) {
     name += '(';
     name += std::to_string(s.qo_len);
@@ -159,8 +167,35 @@ void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t nu
   p.work_items = d_work.get();
   p.workspace = d_ws.get();
   p.workspace_bytes = ws_bytes;
+  const int64_t num_counters = PrefillMergeCounters(total_q, num_qo_heads);
+  DeviceArray<int32_t> d_counters;
+  GLIMPSE_ASSERT_CUDA(d_counters.Upload(std::vector<int32_t>(num_counters, 0)));
+  if (merge_in_kernel) {
+    p.merge_counters = d_counters.get();
+    p.num_merge_counters = num_counters;
+  }
   GLIMPSE_ASSERT_CUDA(tree ? LaunchTreeAttention(p, nullptr) : LaunchPrefillAttention(p, nullptr));
   GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
+  if (merge_in_kernel) {
+    std::vector<int32_t> counters;
+    GLIMPSE_ASSERT_CUDA(d_counters.Download(&counters));
+    int64_t left = 0;
+    for (const int32_t c : counters) left += c != 0;
+    GLIMPSE_EXPECT(left == 0, name + ": " + std::to_string(left) +
+                                  " merge counters not back to 0 after the launch");
+    std::vector<float> ws;
+    GLIMPSE_ASSERT_CUDA(d_ws.Download(&ws));
+    const size_t lse_begin = static_cast<size_t>(plan.num_chunks) * q_n;  // after partial o
+    int64_t written = 0;
+    for (int32_t s = 0; s < num_seqs && plan.num_chunks > 1; ++s) {
+      if (NumKvChunks(seqs[s].kv_len, plan.chunk_keys) > 1) continue;
+      for (int32_t i = qo_indptr[s] * num_qo_heads; i < qo_indptr[s + 1] * num_qo_heads; ++i) {
+        written += !std::isnan(ws[lse_begin + i]);
+      }
+    }
+    GLIMPSE_EXPECT(written == 0, name + ": " + std::to_string(written) +
+                                     " partial states written for one-chunk sequences");
+  }
   std::vector<float> o, lse;
   GLIMPSE_ASSERT_CUDA(d_o.Download(&o, dtype));
   GLIMPSE_ASSERT_CUDA(d_lse.Download(&lse));
@@ -190,6 +225,11 @@ GLIMPSE_CUDA_TEST(PrefillCausalSplitKvMatchesReference) {
   RunCase(causal, 128, 4, 2, 16, {{30, 2000}}, 132);
   RunCase(causal, 64, 8, 1, 17, {{3, 1500}, {40, 41}, {1, 700}}, 132);
   RunCase(causal, 32, 1, 4, 1, {{9, 1100}}, 132);
+  // The same chunks merged by a second launch (LaunchMergeAttentionStates).
+  const PrefillKernel mma = PrefillKernel::kMmaSync;
+  const DType bf16 = DType::kBF16;
+  RunCase(causal, 128, 4, 2, 16, {{30, 2000}}, 132, mma, bf16, /*merge_in_kernel=*/false);
+  RunCase(causal, 64, 8, 1, 17, {{3, 1500}, {40, 41}, {1, 700}}, 132, mma, bf16, false);
 }
 
 GLIMPSE_CUDA_TEST(TreeAttentionMatchesReference) {
@@ -203,6 +243,8 @@ GLIMPSE_CUDA_TEST(TreeAttentionMatchesReference) {
   RunCase(tree, 64, 3, 2, 17, {{64, 64}, {13, 13 + 17}}, 1);  // no prefix at all
   RunCase(tree, 128, 4, 8, 16, {{16, 16 + 4000}}, 132);        // split KV
   RunCase(tree, 32, 7, 1, 1, {{40, 40 + 300}, {2, 2 + 1}}, 132);
+  RunCase(tree, 32, 7, 1, 1, {{40, 40 + 300}, {2, 2 + 1}}, 132, PrefillKernel::kMmaSync,
+          DType::kBF16, /*merge_in_kernel=*/false);
 }
 
 // One variant kernel over the main cases of the tests above: causal and tree for every group
@@ -242,6 +284,8 @@ GLIMPSE_CUDA_TEST(PrefillFp32MatchesReference) {
   const AttentionMaskMode causal = AttentionMaskMode::kCausal;
   RunCase(causal, 64, 2, 2, 16, {{31, 31}, {33, 33}, {0, 40}, {5, 95}}, 1, mma, fp32);
   RunCase(causal, 32, 8, 1, 5, {{3, 1500}, {40, 41}, {1, 700}}, 132, mma, fp32);
+  RunCase(causal, 32, 8, 1, 5, {{3, 1500}, {40, 41}, {1, 700}}, 132, mma, fp32,
+          /*merge_in_kernel=*/false);
   RunCase(causal, 128, 1, 1, 16, {{300, 300}}, 1, mma, fp32);
 }
 
@@ -402,12 +446,11 @@ GLIMPSE_CUDA_TEST(PrefillPlanKeepsAPassesKvWithinL2) {
   GLIMPSE_EXPECT(small_l2.heads_per_pass == 1, "an L2 smaller than one head's KV: one per pass");
 }
 
-// A plan's tiles are its kernel's: launching another kernel with it is refused, not run over
-// the wrong rows.
-GLIMPSE_CUDA_TEST(PrefillRefusesAPlanMadeForAnotherKernel) {
-  const std::vector<int32_t> qo_indptr = {0, 100};
-  const std::vector<int32_t> kv_indptr = {0, 7};
-  const std::vector<int32_t> last_page_len = {4};
+// The plan input of the refusal tests below: one sequence, GQA 8/2, 16-key pages, the host
+// arrays those given (which must outlive it).
+PrefillPlanInput OneSequencePlanInput(const std::vector<int32_t>& qo_indptr,
+                                      const std::vector<int32_t>& kv_indptr,
+                                      const std::vector<int32_t>& last_page_len) {
   PrefillPlanInput in;
   in.qo_indptr = qo_indptr.data();
   in.kv_indptr = kv_indptr.data();
@@ -416,6 +459,47 @@ GLIMPSE_CUDA_TEST(PrefillRefusesAPlanMadeForAnotherKernel) {
   in.num_qo_heads = 8;
   in.num_kv_heads = 2;
   in.page_size = 16;
+  return in;
+}
+
+// A split launch merging in the kernel indexes a counter per packed row and kv head: fewer
+// than PrefillMergeCounters of them is refused, not overrun.
+GLIMPSE_CUDA_TEST(PrefillRefusesTooFewMergeCounters) {
+  const std::vector<int32_t> qo_indptr = {0, 4};
+  const std::vector<int32_t> kv_indptr = {0, 100};
+  const std::vector<int32_t> last_page_len = {16};
+  const PrefillPlanInput in = OneSequencePlanInput(qo_indptr, kv_indptr, last_page_len);
+  PrefillPlan plan;
+  GLIMPSE_ASSERT_CUDA(PlanPrefillAttention(in, &plan));
+  GLIMPSE_EXPECT(plan.num_chunks > 1, "4 query tokens over 1600 keys split on 132 SMs");
+  PrefillAttentionParams p;
+  p.kv.num_kv_heads = 2;
+  p.kv.head_dim = 64;
+  p.kv.page_size = 16;
+  p.num_qo_heads = 8;
+  const size_t ws_bytes = PrefillWorkspaceBytes(plan, 8, 64);
+  DeviceArray<float> workspace;
+  GLIMPSE_ASSERT_CUDA(workspace.Allocate(ws_bytes / sizeof(float)));
+  DeviceArray<int32_t> scratch;
+  GLIMPSE_ASSERT_CUDA(scratch.Allocate(64));
+  PointArraysAt(scratch.get(), &p);
+  ApplyPrefillPlan(plan, &p);
+  p.workspace = workspace.get();
+  p.workspace_bytes = ws_bytes;
+  p.merge_counters = scratch.get();
+  p.num_merge_counters = PrefillMergeCounters(4, 8) - 1;
+  GLIMPSE_EXPECT(LaunchPrefillAttention(p, nullptr) == cudaErrorInvalidValue,
+                 "a split launch with one merge counter too few must be refused");
+  (void)cudaGetLastError();
+}
+
+// A plan's tiles are its kernel's: launching another kernel with it is refused, not run over
+// the wrong rows.
+GLIMPSE_CUDA_TEST(PrefillRefusesAPlanMadeForAnotherKernel) {
+  const std::vector<int32_t> qo_indptr = {0, 100};
+  const std::vector<int32_t> kv_indptr = {0, 7};
+  const std::vector<int32_t> last_page_len = {4};
+  PrefillPlanInput in = OneSequencePlanInput(qo_indptr, kv_indptr, last_page_len);
   PrefillPlan narrow, wide;
   GLIMPSE_ASSERT_CUDA(PlanPrefillAttention(in, &narrow));
   in.kernel = PrefillKernel::kMmaSyncWide;

@@ -8,8 +8,10 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/attention_common.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/kv_layout.h"
+#include "kernels/cuda/merge_states.cuh"
 #include "kernels/cuda/prefill_attention.h"
 
 namespace glimpse::kernels::cuda::internal {
@@ -163,6 +165,84 @@ __device__ __forceinline__ float* SplitPartialO(const PrefillAttentionParams& p)
 __device__ __forceinline__ float* SplitPartialLse(const PrefillAttentionParams& p, int head_dim) {
   return SplitPartialO(p) +
          static_cast<int64_t>(p.num_chunks) * p.total_q * p.num_qo_heads * head_dim;
+}
+
+// Whether the block's rows go to the workspace as its chunk's partial state: with a split
+// plan, unless the launch merges in the kernel (merge_counters) and the sequence is one chunk,
+// whose block's rows are then the result (o and lse, no count, no merge).
+__device__ __forceinline__ bool StoresPartialState(const PrefillAttentionParams& p,
+                                                   const BlockWork& w) {
+  return p.num_chunks > 1 &&
+         (p.merge_counters == nullptr || NumKvChunks(w.prefix + w.qo_len, p.chunk_keys) > 1);
+}
+
+// Merges chunks 0 .. kv_chunks - 1 of packed rows row_base .. row_base + num_rows - 1 of
+// one (sequence, kv head) (MergeTileChunksIfLast), `tid` of `num_threads` threads. Out of
+// line, and taking scalars: inlined, its loop made the 128-row kernel at head_dim 128, at
+// 255 registers already, spill in its main loop (ptxas, sm_90a).
+template <typename Out, int kHeadDim>
+__device__ GLIMPSE_DEVICE_NOINLINE void MergeTileRows(
+    const float* partial_o, const float* partial_lse, int64_t chunk_stride, int32_t kv_chunks,
+    int64_t first_state, int32_t group, int32_t num_qo_heads, int32_t row_base, int32_t num_rows,
+    Out* o, float* lse, int tid, int num_threads) {
+  const int32_t elements = num_rows * kHeadDim;
+  for (int32_t idx = tid; idx < elements; idx += num_threads) {
+    const int32_t pr = row_base + idx / kHeadDim;
+    const int d = idx % kHeadDim;
+    const int32_t token = pr / group;
+    const int64_t state =
+        first_state + static_cast<int64_t>(token) * num_qo_heads + (pr - token * group);
+    const MergedElement merged = MergeChunkStates</*kFromL2=*/true>(
+        partial_o, partial_lse, chunk_stride, state, d, kHeadDim, kv_chunks);
+    o[state * kHeadDim + d] = FromFloat<Out>(merged.o);
+    if (d == 0 && lse != nullptr) lse[state] = merged.lse;
+  }
+}
+
+// With a split plan and PrefillAttentionParams::merge_counters: counts this block's chunk of
+// (sequence, query tile, kv head) as stored; the block that counts the last of the sequence's
+// NumKvChunks chunks merges them all into o and lse (as LaunchMergeAttentionStates would, one
+// launch later) and sets the counter back to 0 for the next launch. The tile's counter is
+// that of its first packed row across the launch's sequences, (qo_start * group + row_base) *
+// num_kv_heads + kv_head, below PrefillMergeCounters(total_q, num_qo_heads).
+//
+// Called by the `num_threads` threads of the block that stored its rows (`tid` 0 ..
+// num_threads - 1), once each has; `sync` is a barrier over exactly those threads (the
+// pipelined kernels' producer warp has left by then).
+template <typename Out, int kHeadDim, class Sync>
+__device__ __forceinline__ void MergeTileChunksIfLast(const PrefillAttentionParams& p,
+                                                      const BlockWork& w, int32_t block_rows,
+                                                      int tid, int num_threads, Sync sync) {
+  __shared__ int s_last;
+  const int32_t kv_chunks = NumKvChunks(w.prefix + w.qo_len, p.chunk_keys);
+  if (kv_chunks == 1) return;  // stored as the result (StoresPartialState)
+  // This thread's partial stores, visible device-wide before the block is counted.
+  __threadfence();
+  sync();
+  if (tid == 0) {
+    const int64_t tile = static_cast<int64_t>(w.qo_start) * w.group + w.row_base;
+    int* counter = p.merge_counters + tile * p.kv.num_kv_heads + w.kv_head;
+    const bool last = atomicAdd(counter, 1) == kv_chunks - 1;
+    // The other chunks' stores, visible to this block's reads below (published by the barrier).
+    __threadfence();
+    if (last) *counter = 0;  // no block of the tile is left to count
+    s_last = last;
+  }
+  sync();
+  if (!s_last) return;
+  // State of packed row 0 of the sequence: query token qo_start, qo head kv_head * group.
+  const int64_t first_state =
+      static_cast<int64_t>(w.qo_start) * p.num_qo_heads + w.kv_head * w.group;
+  MergeTileRows<Out, kHeadDim>(SplitPartialO(p), SplitPartialLse(p, kHeadDim),
+                               static_cast<int64_t>(p.total_q) * p.num_qo_heads, kv_chunks,
+                               first_state, w.group, p.num_qo_heads, w.row_base,
+                               min(block_rows, w.num_rows - w.row_base), static_cast<Out*>(p.o),
+                               p.lse, tid, num_threads);
+}
+
+// Whether a block of this launch merges its tile's chunks itself (MergeTileChunksIfLast).
+__device__ __forceinline__ bool MergesInKernel(const PrefillAttentionParams& p) {
+  return p.num_chunks > 1 && p.merge_counters != nullptr;
 }
 
 }  // namespace glimpse::kernels::cuda::internal

@@ -35,9 +35,10 @@ constexpr size_t kStagedCopyLimit = size_t{256} << 10;
 constexpr size_t kMaxUploadMemos = 16;
 // cuBLAS's recommended workspace on Hopper (4 MiB suffices before it).
 constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
-// Decode merge counters: (sequences x kv heads) of a decode launch; 256 KiB covers 8192
-// sequences of 8 kv heads. Larger launches merge in a second kernel.
-constexpr size_t kDecodeMergeCounters = size_t{1} << 16;
+// Split attention's merge counters: a decode launch's (sequences x kv heads), 8192 sequences
+// of 8 kv heads in 256 KiB; a split prefill's (query tokens x qo heads), below 2 x SMs x 128
+// (PrefillMergeCounters). Larger launches merge in a second kernel.
+constexpr size_t kMergeCounters = size_t{1} << 16;
 
 }  // namespace
 
@@ -75,11 +76,10 @@ absl::Status CudaBackend::Init() {
       CUBLAS_STATUS_SUCCESS) {
     return absl::InternalError("CUDA backend: cublasSetWorkspace failed");
   }
-  RETURN_IF_ERROR(CudaStatus(decode_merge_counters_.Allocate(kDecodeMergeCounters),
-                             "allocating the decode attention's merge counters"));
-  RETURN_IF_ERROR(CudaStatus(
-      cudaMemset(decode_merge_counters_.get(), 0, kDecodeMergeCounters * sizeof(int32_t)),
-      "zeroing the decode attention's merge counters"));
+  RETURN_IF_ERROR(CudaStatus(merge_counters_.Allocate(kMergeCounters),
+                             "allocating the split attention's merge counters"));
+  RETURN_IF_ERROR(CudaStatus(cudaMemset(merge_counters_.get(), 0, kMergeCounters * sizeof(int32_t)),
+                             "zeroing the split attention's merge counters"));
   RETURN_IF_ERROR(CudaStatus(cudaHostAlloc(reinterpret_cast<void**>(&staging_host_),
                                            kInitialStagingBytes, cudaHostAllocDefault),
                              "allocating pinned staging memory"));

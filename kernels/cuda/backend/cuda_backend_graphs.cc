@@ -389,7 +389,7 @@ bool CudaBackend::RecordPagedAttention(const PagedAttentionParams& p) {
   d.num_qo_heads = p.num_heads;
   d.sm_scale = p.scale;
   d.plan = plan;
-  d.merge_counters = DecodeMergeCounters(rows, d.kv.num_kv_heads);  // fixed from Init on
+  d.merge_counters = MergeCounters(rows * d.kv.num_kv_heads);  // fixed from Init on
   const size_t tables_offset = graph_step_.tables_offset;
   const size_t indices_offset = graph_step_.indices_offset;
   graphs_.Record(

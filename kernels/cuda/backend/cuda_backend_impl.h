@@ -292,12 +292,11 @@ class CudaBackend final : public Backend {
   // The GEMM alone: y = b Wᵀ with b = x as MatMul prepared it (fp32 x, or x rounded to bf16
   // for a bf16 W).
   cudaError_t EnqueueGemm(const void* b, int64_t num_rows, const CudaPackedMatrix& m, float* y);
-  // decode_merge_counters_ for a decode launch over `batch` sequences of `num_kv_heads`, or
-  // null (the chunks then merge in a second launch) past its capacity.
-  int32_t* DecodeMergeCounters(int64_t batch, int32_t num_kv_heads) const {
-    return batch * num_kv_heads <= static_cast<int64_t>(decode_merge_counters_.size())
-               ? decode_merge_counters_.get()
-               : nullptr;
+  // merge_counters_ for a split attention launch that indexes `count` counters (decode:
+  // sequences x kv heads; prefill: PrefillMergeCounters), or null (the chunks then merge in a
+  // second launch) past its capacity.
+  int32_t* MergeCounters(int64_t count) const {
+    return count <= static_cast<int64_t>(merge_counters_.size()) ? merge_counters_.get() : nullptr;
   }
   // RmsNorm's launches; out == x normalizes a copy in norm_scratch (which must hold it).
   // out_bf16: null, or where the norm also writes out rounded to bf16.
@@ -372,10 +371,10 @@ class CudaBackend final : public Backend {
   DeviceBuffer<uint8_t> graph_activations_bf16_;
   DeviceBuffer<uint8_t> graph_attention_workspace_;
   DeviceBuffer<uint8_t> graph_norm_input_;
-  // Split decode attention merges its chunks in the same launch (PagedDecodeParams::
-  // merge_counters): one int32 per (sequence, kv head), zeroed once at Init and left zero by
-  // every launch, eager or graphed (which is why it never moves). DecodeMergeCounters.
-  DeviceBuffer<int32_t> decode_merge_counters_;
+  // Split attention (decode, prefill) merges its chunks in the same launch (PagedDecodeParams::
+  // merge_counters, PrefillAttentionParams::merge_counters): zeroed once at Init and left zero
+  // by every launch, eager or graphed (which is why it never moves). MergeCounters.
+  DeviceBuffer<int32_t> merge_counters_;
   std::unordered_map<const void*, DeviceTable> tables_;  // key: MatrixView::data
   AttentionMemo attention_memo_;
   PrefillMemo prefill_memo_;

@@ -434,7 +434,7 @@ void CudaBackend::AttendPerToken(const PagedAttentionParams& params, int32_t num
     p.plan = launch.plan;
     p.workspace = attention_workspace_.get();
     p.workspace_bytes = attention_workspace_.size();
-    p.merge_counters = DecodeMergeCounters(p.batch, p.kv.num_kv_heads);
+    p.merge_counters = MergeCounters(static_cast<int64_t>(p.batch) * p.kv.num_kv_heads);
     GLIMPSE_CUDA_CHECK(LaunchPagedDecode(p, stream_));
   }
 }
@@ -552,6 +552,10 @@ bool CudaBackend::AttendPerSequence(const PagedAttentionParams& params, int32_t 
   p.work_items = memo.work_items;
   p.workspace = attention_workspace_.get();
   p.workspace_bytes = attention_workspace_.size();
+  if (memo.plan.num_chunks > 1) {
+    p.num_merge_counters = PrefillMergeCounters(p.total_q, p.num_qo_heads);
+    p.merge_counters = MergeCounters(p.num_merge_counters);
+  }
   GLIMPSE_CUDA_CHECK(LaunchPrefillAttention(p, stream_));
   if (fp32) {
     ++fp32_tiled_attention_calls_;

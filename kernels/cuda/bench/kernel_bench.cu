@@ -400,10 +400,12 @@ bool BenchDecode(Bench& b, const KvPool& pool, int32_t batch, int32_t ctx, doubl
 // on fp32 q, o and cache, against the fp32 GEMM ceiling. Returns the median time in *us.
 // head_major: launch the blocks kv head by kv head (heads_per_pass 1, the launch order before
 // the plan interleaved the heads), for a row "<name>_head_major" beside the plan's order.
+// A split plan's chunks merge in the kernel's last block per tile, as the backend runs it, or
+// with merge_launch in a second launch.
 bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32_t batch,
                      int32_t ctx, int32_t q_len, double* us_out,
                      PrefillKernel kernel = PrefillKernel::kMmaSync, DType dtype = DType::kBF16,
-                     bool head_major = false) {
+                     bool head_major = false, bool merge_launch = false) {
   const bool fp32 = dtype == DType::kF32;
   constexpr int kHq = 32;
   DeviceTable table;
@@ -436,7 +438,7 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
     }
   }
   void *q = nullptr, *o = nullptr, *ws = nullptr;
-  int32_t *d_qo = nullptr, *d_work = nullptr;
+  int32_t *d_qo = nullptr, *d_work = nullptr, *d_counters = nullptr;
   uint64_t* d_masks = nullptr;
   const size_t q_bytes = (fp32 ? size_t{4} : size_t{2}) * total_q * kHq * KvPool::kHeadDim;
   const size_t ws_bytes = PrefillWorkspaceBytes(plan, kHq, KvPool::kHeadDim);
@@ -446,6 +448,9 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
   BENCH_CHECK(cudaMalloc(&d_qo, qo_indptr.size() * 4));
   BENCH_CHECK(cudaMalloc(&d_work, plan.work_items.size() * 4));
   BENCH_CHECK(cudaMalloc(&d_masks, masks.size() * 8));
+  const int64_t num_counters = PrefillMergeCounters(total_q, kHq);
+  BENCH_CHECK(cudaMalloc(&d_counters, num_counters * 4));
+  BENCH_CHECK(cudaMemset(d_counters, 0, num_counters * 4));
   BENCH_CHECK(cudaMemcpy(d_qo, qo_indptr.data(), qo_indptr.size() * 4, cudaMemcpyHostToDevice));
   BENCH_CHECK(cudaMemcpy(d_work, plan.work_items.data(), plan.work_items.size() * 4,
                          cudaMemcpyHostToDevice));
@@ -468,6 +473,10 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
   p.work_items = d_work;
   p.workspace = ws;
   p.workspace_bytes = ws_bytes;
+  if (!merge_launch) {
+    p.merge_counters = d_counters;
+    p.num_merge_counters = num_counters;
+  }
   double us = 0;
   if (!b.Time([&] { return LaunchPrefillAttention(p, b.stream); }, &us)) return false;
   *us_out = us;
@@ -499,6 +508,7 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
   cudaFree(d_qo);
   cudaFree(d_work);
   cudaFree(d_masks);
+  cudaFree(d_counters);
   table.Free();
   return true;
 }
@@ -555,6 +565,18 @@ bool RunAll(Bench& b, const std::string& json_path) {
             return false;
           }
           b.rows.push_back({k.name, shape, us, us / decode_us, "x decode", 0.0, target});
+        }
+        // What merging split chunks in the kernel saves where the split is deepest (the
+        // fewest sequences): the same call with the merge as a second launch.
+        double merge_launch_us = 0;
+        if (b.base_rows && q_len > 1 && batch == b.scale.tree_batches.front()) {
+          if (!BenchTensorCore(b, pool, AttentionMaskMode::kTree, batch, ctx, q_len,
+                               &merge_launch_us, PrefillKernel::kMmaSync, DType::kBF16,
+                               /*head_major=*/false, /*merge_launch=*/true)) {
+            return false;
+          }
+          b.rows.push_back({"tree_verify_merge_launch", shape, merge_launch_us,
+                            merge_launch_us / decode_us, "x decode", 0.0, target});
         }
       }
     }
@@ -696,7 +718,8 @@ int main(int argc, char** argv) {
                                "prefill_attn_pipelined_128",
                                "prefill_attn_wide_head_major",
                                "prefill_attn_pipelined_head_major",
-                               "paged_decode_merge_launch"}) {
+                               "paged_decode_merge_launch",
+                               "tree_verify_merge_launch"}) {
       const bool present = std::any_of(b.rows.begin(), b.rows.end(),
                                        [&](const Row& r) { return r.kernel == kernel; });
       const std::string name = kernel;
