@@ -304,6 +304,12 @@ cudaError_t LaunchPagedDecode(const PagedDecodeParams& params, cudaStream_t stre
                                                             params.num_qo_heads, kv.head_dim));
   }
   GLIMPSE_CUDA_RETURN_IF_INVALID(!params.fp32_q_and_o || params.dtype == DType::kBF16);
+  if (params.o_bf16 != nullptr) {
+    GLIMPSE_CUDA_RETURN_IF_INVALID(
+        (params.dtype == DType::kF32 || params.fp32_q_and_o) &&
+        internal::IsAligned16(params.o_bf16) &&
+        (params.plan.num_chunks == 1 || params.merge_counters != nullptr));
+  }
   // The tensor-core kernel reads bf16 operands only.
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.kernel == DecodeKernel::kCudaCores ||
                                  params.dtype == DType::kBF16);

@@ -85,6 +85,12 @@ struct PagedDecodeParams {
   // kv head) to finish merges its chunks in the same launch (one launch per call instead of
   // two), leaving every counter 0 again for the next launch.
   int32_t* merge_counters = nullptr;
+  // Optional, with fp32 o (dtype kF32 or fp32_q_and_o): o rounded to bf16 (nearest even,
+  // bitwise what a cast of o gives), [batch][num_qo_heads][head_dim], written beside o for a
+  // bf16 GEMM that reads it next (the CUDA backend's decode graphs: the o projection's cast
+  // folded into the attention). cudaErrorInvalidValue with a split plan merged in a second
+  // launch (no merge_counters).
+  void* o_bf16 = nullptr;
 };
 
 cudaError_t LaunchPagedDecode(const PagedDecodeParams& params, cudaStream_t stream);

@@ -34,7 +34,8 @@ void CheckOutputs(const std::string& name, const DeviceActivations& d_o,
 // (PagedDecodeParams::merge_counters); launched twice over the same counters, which must be
 // all 0 again after each launch, the second time into a freshly poisoned o. A sequence of one
 // chunk then writes o directly: its partial-state slots in the workspace (poisoned, NaN) must
-// be left untouched.
+// be left untouched. With fp32 o and no merge launch, o's bf16 copy (PagedDecodeParams::o_bf16)
+// is asked for too and must be o rounded to bf16, bitwise.
 void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads, int32_t page_size,
              const std::vector<int32_t>& kv_lens, int32_t num_sms, bool fp32_q_and_o = false,
              DecodeKernel kernel = DecodeKernel::kCudaCores, bool fused_merge = false) {
@@ -95,13 +96,26 @@ void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
   DeviceArray<int32_t> d_counters;
   GLIMPSE_ASSERT_CUDA(d_counters.Upload(std::vector<int32_t>(num_counters, 0)));
   p.merge_counters = fused_merge ? d_counters.get() : nullptr;
+  const bool bf16_copy = qo_dtype == DType::kF32 && (plan.num_chunks == 1 || fused_merge);
+  DeviceArray<uint16_t> d_o_bf16;
   for (int launch = 0; launch < (fused_merge ? 2 : 1); ++launch) {
     if (launch > 0) {
       GLIMPSE_ASSERT_CUDA(d_o.AllocatePoisoned(q_n, qo_dtype));
       p.o = d_o.ptr;
     }
+    if (bf16_copy) {
+      GLIMPSE_ASSERT_CUDA(d_o_bf16.Allocate(q_n));  // poisoned
+      p.o_bf16 = d_o_bf16.get();
+    }
     GLIMPSE_ASSERT_CUDA(LaunchPagedDecode(p, nullptr));
     GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
+    if (bf16_copy) {
+      std::vector<float> o;
+      std::vector<uint16_t> copy;
+      GLIMPSE_ASSERT_CUDA(d_o.Download(&o, qo_dtype));
+      GLIMPSE_ASSERT_CUDA(d_o_bf16.Download(&copy));
+      GLIMPSE_EXPECT(copy == testing::ToBf16(o), name + ": o's bf16 copy is not o rounded");
+    }
     if (fused_merge) {
       std::vector<int32_t> counters;
       GLIMPSE_ASSERT_CUDA(d_counters.Download(&counters));
@@ -245,6 +259,43 @@ GLIMPSE_CUDA_TEST(PagedDecodeMmaRefusesFp32Cache) {
   p.plan = PlanPagedDecode(kv.indptr.data(), 1, 1, 16, 132);
   GLIMPSE_EXPECT(LaunchPagedDecode(p, nullptr) == cudaErrorInvalidValue,
                  "kMmaSync over an fp32 cache must be refused");
+  GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
+}
+
+// o's bf16 copy is written where o is final: refused with a bf16 o (it would be o itself) and
+// with a split merged by a second launch (which writes only o).
+GLIMPSE_CUDA_TEST(PagedDecodeRefusesABf16CopyItCannotWrite) {
+  testing::HostPagedKv kv = testing::MakeRandomPagedKv({5000}, 1, 16, 64, DType::kBF16);
+  testing::DevicePagedKv d_kv;
+  GLIMPSE_ASSERT_CUDA(d_kv.Upload(kv, DType::kBF16));
+  DeviceArray<float> d_q, d_o, d_ws;
+  DeviceArray<uint16_t> d_o_bf16;
+  GLIMPSE_ASSERT_CUDA(d_q.Allocate(4 * 64));
+  GLIMPSE_ASSERT_CUDA(d_o.Allocate(4 * 64));
+  GLIMPSE_ASSERT_CUDA(d_o_bf16.Allocate(4 * 64));
+  PagedDecodeParams p;
+  p.dtype = DType::kBF16;
+  p.fp32_q_and_o = true;
+  p.q = d_q.get();
+  p.o = d_o.get();
+  p.o_bf16 = d_o_bf16.get();
+  p.kv = d_kv.view;
+  p.batch = 1;
+  p.num_qo_heads = 4;
+  p.plan = PlanPagedDecode(kv.indptr.data(), 1, 1, 16, 132);
+  GLIMPSE_EXPECT(p.plan.num_chunks > 1, "5000 keys at batch 1 split on 132 SMs");
+  const size_t ws_bytes = PagedDecodeWorkspaceBytes(p.plan, 1, 4, 64);
+  GLIMPSE_ASSERT_CUDA(d_ws.Allocate(ws_bytes / sizeof(float)));
+  p.workspace = d_ws.get();
+  p.workspace_bytes = ws_bytes;
+  GLIMPSE_EXPECT(LaunchPagedDecode(p, nullptr) == cudaErrorInvalidValue,
+                 "a bf16 copy of o with the split merged by a second launch must be refused");
+  p.fp32_q_and_o = false;
+  p.q = d_o_bf16.get();
+  p.o = d_o_bf16.get();
+  p.plan = PlanPagedDecode(kv.indptr.data(), 1, 1, 16, 1);
+  GLIMPSE_EXPECT(LaunchPagedDecode(p, nullptr) == cudaErrorInvalidValue,
+                 "a bf16 copy of a bf16 o must be refused");
   GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
 }
 

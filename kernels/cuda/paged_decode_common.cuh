@@ -19,6 +19,12 @@ namespace glimpse::kernels::cuda::internal {
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeThreads = kDecodeWarps * 32;
 
+// Element `at` of o's bf16 copy (PagedDecodeParams::o_bf16), when asked for: `value` is what
+// the fp32 o holds there.
+__device__ __forceinline__ void StoreBf16Copy(const PagedDecodeParams& p, int64_t at, float value) {
+  if (p.o_bf16 != nullptr) static_cast<bf16*>(p.o_bf16)[at] = __float2bfloat16_rn(value);
+}
+
 // With a split plan and PagedDecodeParams::merge_counters: counts this block's chunk of (seq,
 // kv_head) as written; the block that counts the sequence's last of its num_seq_chunks
 // chunks merges them all into o and lse (as LaunchMergeAttentionStates would, one launch
@@ -52,6 +58,7 @@ __device__ __forceinline__ void MergeChunksIfLast(const PagedDecodeParams& p, in
     const MergedElement merged = MergeChunkStates</*kFromL2=*/true>(
         ws_o, ws_lse, chunk_stride, state, d, kHeadDim, num_seq_chunks);
     static_cast<Q*>(p.o)[state * kHeadDim + d] = FromFloat<Q>(merged.o);
+    StoreBf16Copy(p, state * kHeadDim + d, merged.o);
     if (d == 0 && p.lse != nullptr) p.lse[state] = merged.lse;
   }
 }
@@ -102,6 +109,7 @@ __device__ __forceinline__ void StoreDecodeStates(const PagedDecodeParams& p, in
       if (d == 0) ws_lse[cs] = lse;
     } else {
       static_cast<Q*>(p.o)[state * kHeadDim + d] = FromFloat<Q>(out);
+      StoreBf16Copy(p, state * kHeadDim + d, out);
       if (d == 0 && p.lse != nullptr) p.lse[state] = lse;
     }
   }

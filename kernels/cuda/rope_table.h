@@ -23,9 +23,24 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/cuda/dtype.h"
 #include "kernels/cuda/rope.h"
 
 namespace glimpse::kernels::cuda {
+
+// Optional part of a RoPE launch whose second tensor (RopeTableParams::x2) is the tokens'
+// keys: the same launch also writes the rotated keys and `v` into the paged KV cache (layout:
+// kv_layout.h), as LaunchKvAppend of fp32 k and v would after the RoPE (the CUDA backend's
+// decode graphs: one launch where there were two). x2 is still rotated in place.
+struct RopeKvAppend {
+  void* k_cache = nullptr;     // null: no append. [num_blocks][num_heads2][page_size][head_dim]
+  void* v_cache = nullptr;     // [num_blocks][num_heads2][page_size][head_dim]
+  DType dtype = DType::kBF16;  // the caches' (fp32 k and v round to the nearest bf16 into kBF16)
+  int32_t page_size = 0;
+  const float* v = nullptr;  // device, [num_tokens][num_heads2][head_dim] fp32
+  // Flat slot of token t: page * page_size + slot; negative = skip (a padding token).
+  const int32_t* slot_mapping = nullptr;  // device, [num_tokens]
+};
 
 struct RopeTableParams {
   float* x = nullptr;  // device, [num_tokens][num_heads][head_dim] fp32, rotated in place
@@ -40,9 +55,11 @@ struct RopeTableParams {
   // not overlapping x.
   float* x2 = nullptr;
   int32_t num_heads2 = 0;
+  RopeKvAppend kv_append;  // with x2 only
 };
 
-// One block per token, threads over (head, pair) of x, then of x2.
+// One block per token, threads over (head, pair) of x, then of x2; with kv_append, then over
+// (head, element) of v and of x2's unrotated dimensions.
 cudaError_t LaunchRopeWithTable(const RopeTableParams& params, cudaStream_t stream);
 
 // Host: fills table[num_tokens][rot_dim / 2][2] exactly as the CPU backend computes its angles

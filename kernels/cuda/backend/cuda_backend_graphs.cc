@@ -54,6 +54,7 @@ enum class GraphOp : uint32_t {
   kGemm,
   kWithBf16Copy,      // amends the launch before: it also writes its output's bf16 copy
   kRopeSecondTensor,  // amends the RoPE before: it also rotates a second tensor (k)
+  kStoreKvInRope,     // amends the RoPE of q and k before: it also appends k and v
 };
 
 }  // namespace
@@ -101,12 +102,16 @@ std::vector<BackendCounter> CudaBackend::Counters() const {
   counters.push_back({"cuda_attention_mma_decode_calls_total", mma_decode_attention_calls_,
                       "PagedAttention calls (layers x steps) run by the tensor-core paged decode "
                       "kernel (--cuda_decode_attention=mma_sync), graphed or not"});
-  counters.push_back({"cuda_graph_bf16_casts_folded_total", bf16_casts_folded_,
-                      "Casts to bf16 before a MatMul that recorded decode steps left out: the "
-                      "norm or SiluMul before it wrote the bf16 copy (3 per layer, 1 per step)"});
+  counters.push_back(
+      {"cuda_graph_bf16_casts_folded_total", bf16_casts_folded_,
+       "Casts to bf16 before a MatMul that recorded decode steps left out: the "
+       "norm, attention or SiluMul before it wrote the bf16 copy (4 per layer, 1 per step)"});
   counters.push_back({"cuda_graph_rope_pairs_fused_total", rope_pairs_fused_,
                       "RoPEs of k that recorded decode steps ran in the launch of q's (1 per "
                       "layer)"});
+  counters.push_back({"cuda_graph_kv_appends_fused_total", kv_appends_fused_,
+                      "KV appends that recorded decode steps ran in the launch of q's and k's "
+                      "RoPE (1 per layer)"});
   counters.push_back({"cuda_attention_fp32_tiled_calls_total", fp32_tiled_attention_calls_,
                       "PagedAttention calls (layers x steps) over an fp32 KV cache run by the "
                       "tiled fp32 attention kernel (steps with a multi-token sequence)"});
@@ -275,7 +280,7 @@ bool CudaBackend::RecordRope(const kernels::RopeParams& params) {
   auto span_end = [](const RopeTableParams& r) {
     return r.x + static_cast<int64_t>(r.num_tokens) * r.num_heads * r.head_dim;
   };
-  if (last.launch != 0 && last.launch == graphs_.num_launches() &&
+  if (last.launch != 0 && last.launch == graphs_.num_launches() && q.x2 == nullptr &&
       last.table_offset == table_offset && q.num_tokens == p.num_tokens &&
       q.head_dim == p.head_dim && q.rot_dim == p.rot_dim && q.style == p.style &&
       (span_end(p) <= q.x || span_end(q) <= p.x)) {
@@ -283,7 +288,7 @@ bool CudaBackend::RecordRope(const kernels::RopeParams& params) {
     both.x2 = p.x;
     both.num_heads2 = p.num_heads;
     graphs_.AmendLast(launch_rope(both), GraphOp::kRopeSecondTensor, p.x, p.num_heads);
-    last = {};
+    last.params = both;  // still the last launch: k's KV append may join it (RecordStoreKv)
     ++rope_pairs_fused_;
     return true;
   }
@@ -304,6 +309,33 @@ bool CudaBackend::RecordStoreKv(const KvStoreParams& params) {
       graphs_.ArenaPut(params.slots, params.num_tokens * sizeof(int32_t),
                        rows * sizeof(int32_t), 0xFF, /*copy_padding=*/true);
   const KvAppendParams p = KvAppendLaunchParams(params, static_cast<int32_t>(rows), kv_dtype_);
+  // The RoPE of q and k was the last launch (nothing recorded since read k): the same launch
+  // writes the rotated k and v into the cache (RopeKvAppend), as LaunchKvAppend would next.
+  GraphStepState::RopeLaunch& rope = graph_step_.last_rope;
+  const RopeTableParams& qk = rope.params;
+  if (rope.launch != 0 && rope.launch == graphs_.num_launches() && qk.x2 == p.k &&
+      qk.num_heads2 == p.num_kv_heads && qk.head_dim == p.head_dim && qk.num_tokens == rows &&
+      p.token_stride == static_cast<int64_t>(p.num_kv_heads) * p.head_dim &&
+      (p.dtype == DType::kF32 || p.fp32_input)) {
+    RopeTableParams with_append = qk;
+    with_append.kv_append.k_cache = p.k_cache;
+    with_append.kv_append.v_cache = p.v_cache;
+    with_append.kv_append.dtype = p.dtype;
+    with_append.kv_append.page_size = p.page_size;
+    with_append.kv_append.v = static_cast<const float*>(p.v);
+    const size_t table_offset = rope.table_offset;
+    graphs_.AmendLast(
+        [this, with_append, table_offset, slots_offset](cudaStream_t stream) {
+          RopeTableParams run = with_append;
+          run.cos_sin = graphs_.ArenaPtr<const float>(table_offset);
+          run.kv_append.slot_mapping = graphs_.ArenaPtr<const int32_t>(slots_offset);
+          return LaunchRopeWithTable(run, stream);
+        },
+        GraphOp::kStoreKvInRope, p.v, p.k_cache, p.v_cache, p.dtype, p.page_size, slots_offset);
+    rope = {};
+    ++kv_appends_fused_;
+    return true;
+  }
   graphs_.Record(
       [this, p, slots_offset](cudaStream_t stream) {
         KvAppendParams run = p;
@@ -392,19 +424,26 @@ bool CudaBackend::RecordPagedAttention(const PagedAttentionParams& p) {
   d.merge_counters = MergeCounters(rows * d.kv.num_kv_heads);  // fixed from Init on
   const size_t tables_offset = graph_step_.tables_offset;
   const size_t indices_offset = graph_step_.indices_offset;
-  graphs_.Record(
-      [this, d, rows, tables_offset, indices_offset](cudaStream_t stream) {
-        PagedDecodeParams run = d;
-        run.kv.kv_indptr = graphs_.ArenaPtr<const int32_t>(tables_offset);
-        run.kv.kv_last_page_len = graphs_.ArenaPtr<const int32_t>(tables_offset) + rows + 1;
-        run.kv.kv_indices = graphs_.ArenaPtr<const int32_t>(indices_offset);
-        run.workspace = graph_attention_workspace_.get();
-        run.workspace_bytes = graph_attention_workspace_.size();
-        return LaunchPagedDecode(run, stream);
-      },
-      GraphOp::kAttention, d.q, d.o, d.kv.k_cache, d.kv.v_cache, d.kv.num_kv_heads, block_size,
-      d.kv.head_dim, rows, d.num_qo_heads, d.sm_scale, plan.chunk_keys, plan.num_chunks,
-      tables_offset, indices_offset, d.merge_counters);
+  // The launch, writing o's bf16 copy to o_bf16 when not null.
+  auto launch = [this, d, rows, tables_offset, indices_offset](cudaStream_t stream, void* o_bf16) {
+    PagedDecodeParams run = d;
+    run.kv.kv_indptr = graphs_.ArenaPtr<const int32_t>(tables_offset);
+    run.kv.kv_last_page_len = graphs_.ArenaPtr<const int32_t>(tables_offset) + rows + 1;
+    run.kv.kv_indices = graphs_.ArenaPtr<const int32_t>(indices_offset);
+    run.workspace = graph_attention_workspace_.get();
+    run.workspace_bytes = graph_attention_workspace_.size();
+    run.o_bf16 = o_bf16;
+    return LaunchPagedDecode(run, stream);
+  };
+  graphs_.Record([launch](cudaStream_t stream) { return launch(stream, nullptr); },
+                 GraphOp::kAttention, d.q, d.o, d.kv.k_cache, d.kv.v_cache, d.kv.num_kv_heads,
+                 block_size, d.kv.head_dim, rows, d.num_qo_heads, d.sm_scale, plan.chunk_keys,
+                 plan.num_chunks, tables_offset, indices_offset, d.merge_counters);
+  // o is fp32 (the backend's activations) and final in this launch unless a second one merges
+  // the split: the o projection's cast may fold into it.
+  if (plan.num_chunks == 1 || d.merge_counters != nullptr) {
+    OfferBf16Copy(p.out, rows * p.num_heads * p.kv.head_dim, launch);
+  }
   if (decode_kernel_ == DecodeKernel::kMmaSync) ++mma_decode_attention_calls_;
   return true;
 }
@@ -460,10 +499,10 @@ bool CudaBackend::RecordAddRmsNorm(float* x, const float* y, const float* weight
 //
 // A bf16 MatMul rounds its fp32 input to bf16 (a cast kernel) before the GEMM. In a decode step
 // that input is, every time, the output of the op just before: the attention norm (then the
-// q/k/v GEMMs), the FFN norm (gate/up), SiluMul (down), the final norm (logits). Those kernels
-// can write the bf16 rounding beside their fp32 output at no extra pass, so the recorded step
-// drops the cast: 3 launches per layer and one per step. The copy is bit-identical to the
-// cast's (both round to nearest even).
+// q/k/v GEMMs), the decode attention (o), the FFN norm (gate/up), SiluMul (down), the final
+// norm (logits). Those kernels can write the bf16 rounding beside their fp32 output at no
+// extra pass, so the recorded step drops the cast: 4 launches per layer and one per step. The copy
+// is bit-identical to the cast's (both round to nearest even).
 
 void CudaBackend::OfferBf16Copy(const float* out, int64_t elements, LaunchWithBf16Copy with_copy) {
   graph_step_.bf16_producer = {graphs_.num_launches(), out, elements, std::move(with_copy)};

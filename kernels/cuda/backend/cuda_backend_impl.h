@@ -387,6 +387,7 @@ class CudaBackend final : public Backend {
   int64_t fp32_tiled_attention_calls_ = 0;   // AttendPerSequence launches over an fp32 cache
   int64_t bf16_casts_folded_ = 0;  // recorded MatMul casts folded into their input's producer
   int64_t rope_pairs_fused_ = 0;   // recorded RoPEs of k that joined q's launch
+  int64_t kv_appends_fused_ = 0;   // recorded KV appends that joined q's and k's RoPE launch
   RopeMemo rope_memo_;
   // Tensor parallelism: this backend is rank tp_rank_ of tp_group_ (shared by the group's
   // backends; a group of one for a lone GPU). Destroyed after the stream is drained.
@@ -421,8 +422,9 @@ class CudaBackend final : public Backend {
       int64_t elements = 0;
       LaunchWithBf16Copy with_copy;
     } bf16_producer;
-    // The last recorded launch when it is a RoPE of one tensor: a RoPE of another tensor of
-    // the same tokens and table recorded next (k after q) joins that launch (x2).
+    // The last recorded launch when it is a RoPE: of one tensor, a RoPE of another tensor of
+    // the same tokens and table recorded next (k after q) joins it (x2); of q and k, the KV
+    // append of k and v recorded next joins it (RopeKvAppend).
     struct RopeLaunch {
       size_t launch = 0;       // its index among the step's launches, plus one; 0 = none
       RopeTableParams params;  // cos_sin unset: the arena's address is resolved at run time

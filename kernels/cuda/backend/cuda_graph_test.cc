@@ -300,16 +300,21 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
     const int64_t warmups = Delta(after[0], before[0], "cuda_graph_eager_warmup_steps_total");
     const bool eligible = decode_only && members.size() <= 64 && no_logits.empty();
     // A recorded step folds the cast before each bf16 MatMul into the op that wrote its input:
-    // per layer the attention norm (q/k/v), the FFN norm (gate/up) and SiluMul (down), and the
-    // final norm (logits). Only recorded steps fold, and only over bf16 weights.
+    // per layer the attention norm (q/k/v), the attention (o), the FFN norm (gate/up) and
+    // SiluMul (down), and the final norm (logits). Only recorded steps fold, and only over
+    // bf16 weights.
     const bool bf16_weights = std::string(GetParam().model).find("f16") != std::string::npos;
     for (size_t e = 0; e < engines_.size(); ++e) {
       const bool recorded = eligible && e < 2;
       EXPECT_EQ(Delta(after[e], before[e], "cuda_graph_bf16_casts_folded_total"),
-                recorded && bf16_weights ? 3 * layers + 1 : 0)
+                recorded && bf16_weights ? 4 * layers + 1 : 0)
           << what << " on " << engines_[e].label;
-      // And k's RoPE joins q's launch, whatever the weights.
+      // And k's RoPE joins q's launch, and the KV append that launch, whatever the weights
+      // and the cache's dtype.
       EXPECT_EQ(Delta(after[e], before[e], "cuda_graph_rope_pairs_fused_total"),
+                recorded ? layers : 0)
+          << what << " on " << engines_[e].label;
+      EXPECT_EQ(Delta(after[e], before[e], "cuda_graph_kv_appends_fused_total"),
                 recorded ? layers : 0)
           << what << " on " << engines_[e].label;
     }
