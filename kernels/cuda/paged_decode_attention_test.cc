@@ -10,7 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cuda/attention_common.h"
 #include "kernels/cuda/testing/paged_kv_fixture.h"
 #include "kernels/cuda/testing/test_harness.h"
 
@@ -119,21 +118,16 @@ void RunCase(DType dtype, int32_t head_dim, int32_t group, int32_t num_kv_heads,
     if (fused_merge) {
       std::vector<int32_t> counters;
       GLIMPSE_ASSERT_CUDA(d_counters.Download(&counters));
-      int64_t left = 0;
-      for (const int32_t c : counters) left += c != 0;
+      const int64_t left = testing::NonZeroCounters(counters);
       GLIMPSE_EXPECT(left == 0, name + ": " + std::to_string(left) +
                                     " merge counters not back to 0 after launch " +
                                     std::to_string(launch));
       std::vector<float> ws;
       GLIMPSE_ASSERT_CUDA(d_ws.Download(&ws));
-      const size_t lse_begin = static_cast<size_t>(plan.num_chunks) * q_n;  // after partial o
-      int64_t written = 0;
-      for (int32_t b = 0; b < batch; ++b) {
-        if (plan.num_chunks == 1 || NumKvChunks(kv_lens[b], plan.chunk_keys) > 1) continue;
-        for (int32_t h = 0; h < num_qo_heads; ++h) {
-          written += !std::isnan(ws[lse_begin + static_cast<size_t>(b) * num_qo_heads + h]);
-        }
-      }
+      std::vector<int32_t> qo_indptr(batch + 1);  // one query row per sequence
+      for (int32_t b = 0; b <= batch; ++b) qo_indptr[b] = b;
+      const int64_t written = testing::PartialStatesOfOneChunkSequences(
+          ws, plan.num_chunks, plan.chunk_keys, qo_indptr, kv_lens, num_qo_heads, head_dim);
       GLIMPSE_EXPECT(written == 0, name + ": " + std::to_string(written) +
                                        " partial states written for one-chunk sequences");
     }

@@ -16,7 +16,6 @@
 #include <utility>
 #include <vector>
 
-#include "kernels/cuda/attention_common.h"
 #include "kernels/cuda/testing/paged_kv_fixture.h"
 #include "kernels/cuda/testing/test_harness.h"
 #include "kernels/cuda/tree_attention.h"
@@ -179,20 +178,13 @@ void RunCase(AttentionMaskMode mode, int32_t head_dim, int32_t group, int32_t nu
   if (merge_in_kernel) {
     std::vector<int32_t> counters;
     GLIMPSE_ASSERT_CUDA(d_counters.Download(&counters));
-    int64_t left = 0;
-    for (const int32_t c : counters) left += c != 0;
+    const int64_t left = testing::NonZeroCounters(counters);
     GLIMPSE_EXPECT(left == 0, name + ": " + std::to_string(left) +
                                   " merge counters not back to 0 after the launch");
     std::vector<float> ws;
     GLIMPSE_ASSERT_CUDA(d_ws.Download(&ws));
-    const size_t lse_begin = static_cast<size_t>(plan.num_chunks) * q_n;  // after partial o
-    int64_t written = 0;
-    for (int32_t s = 0; s < num_seqs && plan.num_chunks > 1; ++s) {
-      if (NumKvChunks(seqs[s].kv_len, plan.chunk_keys) > 1) continue;
-      for (int32_t i = qo_indptr[s] * num_qo_heads; i < qo_indptr[s + 1] * num_qo_heads; ++i) {
-        written += !std::isnan(ws[lse_begin + i]);
-      }
-    }
+    const int64_t written = testing::PartialStatesOfOneChunkSequences(
+        ws, plan.num_chunks, plan.chunk_keys, qo_indptr, kv_lens, num_qo_heads, head_dim);
     GLIMPSE_EXPECT(written == 0, name + ": " + std::to_string(written) +
                                      " partial states written for one-chunk sequences");
   }

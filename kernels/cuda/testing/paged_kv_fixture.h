@@ -11,6 +11,7 @@
 #include <numeric>
 #include <vector>
 
+#include "kernels/cuda/attention_common.h"
 #include "kernels/cuda/dtype.h"
 #include "kernels/cuda/kv_layout.h"
 #include "kernels/cuda/testing/test_harness.h"
@@ -183,6 +184,35 @@ struct DeviceActivations {
 inline std::vector<float> RandomActivations(size_t n, DType dtype, float stddev = 1.0f) {
   std::vector<float> x = RandomNormal(n, 0.0f, stddev);
   return dtype == DType::kBF16 ? RoundBf16(x) : x;
+}
+
+// After a split launch that merged in the kernel (decode or prefill), over sequences whose
+// query rows are qo_indptr[s] .. qo_indptr[s + 1] and whose KV holds kv_lens[s] keys: the
+// partial-state lse slots of chunk 0 (the workspace [num_chunks][rows][heads][head_dim] of o,
+// then of lse, poisoned with NaN) written for sequences of one chunk, which must write o
+// directly instead. 0 is the only right answer.
+inline int64_t PartialStatesOfOneChunkSequences(const std::vector<float>& workspace,
+                                                int32_t num_chunks, int32_t chunk_keys,
+                                                const std::vector<int32_t>& qo_indptr,
+                                                const std::vector<int32_t>& kv_lens,
+                                                int32_t num_qo_heads, int32_t head_dim) {
+  if (num_chunks == 1) return 0;
+  const size_t lse_begin =
+      static_cast<size_t>(num_chunks) * qo_indptr.back() * num_qo_heads * head_dim;
+  int64_t written = 0;
+  for (size_t s = 0; s < kv_lens.size(); ++s) {
+    if (NumKvChunks(kv_lens[s], chunk_keys) > 1) continue;
+    for (int64_t i = int64_t{qo_indptr[s]} * num_qo_heads;
+         i < int64_t{qo_indptr[s + 1]} * num_qo_heads; ++i) {
+      written += !std::isnan(workspace[lse_begin + i]);
+    }
+  }
+  return written;
+}
+
+// Merge counters not back at 0 after a launch (each launch must leave them all 0).
+inline int64_t NonZeroCounters(const std::vector<int32_t>& counters) {
+  return std::count_if(counters.begin(), counters.end(), [](int32_t c) { return c != 0; });
 }
 
 inline const char* DTypeName(DType dtype) { return dtype == DType::kF32 ? "f32" : "bf16"; }
