@@ -1,5 +1,6 @@
-// <cublas_v2.h> for emulated builds: a handle and cublasGemmEx (column-major, fp32
-// accumulation), run on the handle's stream like any other emulated work (../cublas.cc).
+// <cublas_v2.h> for emulated builds: a handle, cublasGemmEx and cublasGemmStridedBatchedEx
+// (column-major, fp32 accumulation), run on the handle's stream like any other emulated work
+// (../cublas.cc).
 #ifndef GLIMPSE_KERNELS_CUDA_EMULATION_INCLUDE_CUBLAS_V2_H_
 #define GLIMPSE_KERNELS_CUDA_EMULATION_INCLUDE_CUBLAS_V2_H_
 
@@ -51,5 +52,15 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
                             cudaDataType_t Btype, int ldb, const void* beta, void* C,
                             cudaDataType_t Ctype, int ldc, cublasComputeType_t computeType,
                             cublasGemmAlgo_t algo);
+// batchCount GEMMs as cublasGemmEx's, problem i on A + i * strideA, B + i * strideB and
+// C + i * strideC (strides in elements).
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation_t transa,
+                                          cublasOperation_t transb, int m, int n, int k,
+                                          const void* alpha, const void* A, cudaDataType_t Atype,
+                                          int lda, long long int strideA, const void* B,
+                                          cudaDataType_t Btype, int ldb, long long int strideB,
+                                          const void* beta, void* C, cudaDataType_t Ctype, int ldc,
+                                          long long int strideC, int batchCount,
+                                          cublasComputeType_t computeType, cublasGemmAlgo_t algo);
 
 #endif  // GLIMPSE_KERNELS_CUDA_EMULATION_INCLUDE_CUBLAS_V2_H_
