@@ -164,13 +164,30 @@ class Backend {
   // Repacks a weight matrix into this backend's layout. InvalidArgument for shapes the
   // layout cannot hold (e.g. Q8_0 columns not a multiple of 32).
   virtual absl::StatusOr<std::unique_ptr<PackedMatrix>> PackMatrix(const MatrixView& w) = 0;
+  // Packs matrices that are multiplied together (MatMuls: q, k and v; gate and up), results in
+  // the order of `ws`, each owned and freed on its own. A backend may place them so that
+  // MatMuls runs them as fewer products (the CUDA backend: one allocation, rows adjacent).
+  // Errors as PackMatrix's, for the first matrix that fails.
+  virtual absl::StatusOr<std::vector<std::unique_ptr<PackedMatrix>>> PackMatrices(
+      std::span<const MatrixView> ws) {
+    std::vector<std::unique_ptr<PackedMatrix>> packed;
+    packed.reserve(ws.size());
+    for (const MatrixView& w : ws) {
+      absl::StatusOr<std::unique_ptr<PackedMatrix>> one = PackMatrix(w);
+      if (!one.ok()) return one.status();
+      packed.push_back(std::move(*one));
+    }
+    return packed;
+  }
 
   // y[m][n] = sum_k x[m][k] * W[n][k] for m < num_rows. x: [num_rows][W.cols] fp32,
   // y: [num_rows][W.rows] fp32.
   virtual void MatMul(const float* x, int64_t num_rows, const PackedMatrix& w, float* y) = 0;
   // ys[j] = x ws[j]ᵀ for every j: one input, several matrices of its width (a Llama block's
-  // q, k and v; gate and up). Results as MatMul per matrix; a backend may prepare x once for
-  // all of them (the CUDA backend rounds it to bf16 once instead of once per matrix).
+  // q, k and v; gate and up). Results as MatMul per matrix (to the backend's rounding); a
+  // backend may prepare x once for all of them (the CUDA backend rounds it to bf16 once
+  // instead of once per matrix) and join their products (the CUDA backend: matrices packed
+  // together whose outputs are adjacent, and same-shape matrices, PlanProjectionGemms).
   virtual void MatMuls(const float* x, int64_t num_rows, std::span<const PackedMatrix* const> ws,
                        std::span<float* const> ys) {
     for (size_t j = 0; j < ws.size(); ++j) MatMul(x, num_rows, *ws[j], ys[j]);

@@ -3,10 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 
 namespace glimpse::model {
@@ -82,9 +85,10 @@ absl::StatusOr<kernels::MatrixView> SliceMatrix(const kernels::MatrixView& w,
 }
 
 // Scratch buffer slots.
-enum Buffer : size_t {
-  kX, kXn, kQ, kK, kV, kAttn, kProj, kGate, kUp, kLogitsIn, kLogitsOut, kNumBuffers
-};
+// kQkv holds q, k and v of a step one after the other ([rows][q], then [rows][kv] twice), and
+// kGateUp gate then up: outputs of one MatMuls, adjacent so that a backend can join the
+// products (Backend::MatMuls; the CUDA backend's one-row steps run one GEMM for each).
+enum Buffer : size_t { kX, kXn, kQkv, kAttn, kProj, kGateUp, kLogitsIn, kLogitsOut, kNumBuffers };
 
 // What the backend learns about a step before its ops (CUDA graphs, issue #5).
 kernels::ForwardShape StepShape(const StepBatch& batch) {
@@ -115,23 +119,46 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& fil
   LlamaWeights& w = model->weights_;
   const LlamaConfig& c = model->config_;
 
-  // Packs rows x cols of the [full_rows][full_cols] tensor `name`.
-  auto pack_shard = [&](const std::string& name, int64_t full_rows, int64_t full_cols,
-                        kernels::ShardRange rows, kernels::ShardRange cols)
-      -> absl::StatusOr<std::unique_ptr<kernels::PackedMatrix>> {
-    ASSIGN_OR_RETURN(kernels::MatrixView full, MatrixTensor(file, name, full_rows, full_cols));
-    std::vector<uint8_t> host_copy;  // A column shard, until the backend has packed it.
-    ASSIGN_OR_RETURN(kernels::MatrixView view,
-                     SliceMatrix(full, rows, cols,
-                                 absl::StrCat("model '", file.path(), "': tensor '", name, "'"),
-                                 host_copy));
-    auto packed = backend.PackMatrix(view);
-    if (!packed.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("model '", file.path(), "': tensor '", name,
-                                                     "': ", packed.status().message()));
+  // The rows x cols shard of the [full_rows][full_cols] tensor `name` (SliceMatrix).
+  struct Shard {
+    std::string name;
+    int64_t full_rows = 0;
+    int64_t full_cols = 0;
+    kernels::ShardRange rows;
+    kernels::ShardRange cols;
+  };
+  // Packs shards multiplied together (q/k/v, gate/up; or one alone) with one PackMatrices,
+  // which may place them for joined products (Backend::MatMuls).
+  auto pack_shards = [&](std::initializer_list<Shard> shards)
+      -> absl::StatusOr<std::vector<std::unique_ptr<kernels::PackedMatrix>>> {
+    std::vector<std::vector<uint8_t>> host_copies(shards.size());  // column shards, until packed
+    std::vector<kernels::MatrixView> views;
+    for (const Shard& shard : shards) {
+      ASSIGN_OR_RETURN(kernels::MatrixView full,
+                       MatrixTensor(file, shard.name, shard.full_rows, shard.full_cols));
+      ASSIGN_OR_RETURN(
+          kernels::MatrixView view,
+          SliceMatrix(full, shard.rows, shard.cols,
+                      absl::StrCat("model '", file.path(), "': tensor '", shard.name, "'"),
+                      host_copies[views.size()]));
+      views.push_back(view);
     }
-    model->weight_bytes_ += (*packed)->num_bytes();
+    auto packed = backend.PackMatrices(views);
+    if (!packed.ok()) {
+      std::vector<std::string> names;
+      for (const Shard& shard : shards) names.push_back(absl::StrCat("'", shard.name, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("model '", file.path(), "': tensor", names.size() > 1 ? "s " : " ",
+                       absl::StrJoin(names, ", "), ": ", packed.status().message()));
+    }
+    for (const auto& m : *packed) model->weight_bytes_ += m->num_bytes();
     return std::move(*packed);
+  };
+  auto pack_shard =
+      [&](const std::string& name, int64_t full_rows, int64_t full_cols, kernels::ShardRange rows,
+          kernels::ShardRange cols) -> absl::StatusOr<std::unique_ptr<kernels::PackedMatrix>> {
+    ASSIGN_OR_RETURN(auto packed, pack_shards({{name, full_rows, full_cols, rows, cols}}));
+    return std::move(packed[0]);
   };
   auto norm = [&](const std::string& name) -> absl::StatusOr<float*> {
     const GgufTensor* t = file.FindTensor(name);
@@ -164,12 +191,18 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const GgufFile& fil
     const std::string b = absl::StrCat("blk.", i, ".");
     ASSIGN_OR_RETURN(l.attn_norm, norm(b + "attn_norm.weight"));
     ASSIGN_OR_RETURN(l.ffn_norm, norm(b + "ffn_norm.weight"));
-    ASSIGN_OR_RETURN(l.wq, pack_shard(b + "attn_q.weight", c.dim, c.dim, q, dim));
-    ASSIGN_OR_RETURN(l.wk, pack_shard(b + "attn_k.weight", c.kv_dim(), c.dim, kv, dim));
-    ASSIGN_OR_RETURN(l.wv, pack_shard(b + "attn_v.weight", c.kv_dim(), c.dim, kv, dim));
+    ASSIGN_OR_RETURN(auto qkv, pack_shards({{b + "attn_q.weight", c.dim, c.dim, q, dim},
+                                            {b + "attn_k.weight", c.kv_dim(), c.dim, kv, dim},
+                                            {b + "attn_v.weight", c.kv_dim(), c.dim, kv, dim}}));
+    l.wq = std::move(qkv[0]);
+    l.wk = std::move(qkv[1]);
+    l.wv = std::move(qkv[2]);
     ASSIGN_OR_RETURN(l.wo, pack_shard(b + "attn_output.weight", c.dim, c.dim, dim, q));
-    ASSIGN_OR_RETURN(l.w_gate, pack_shard(b + "ffn_gate.weight", c.ffn_dim, c.dim, ffn, dim));
-    ASSIGN_OR_RETURN(l.w_up, pack_shard(b + "ffn_up.weight", c.ffn_dim, c.dim, ffn, dim));
+    ASSIGN_OR_RETURN(auto gate_up,
+                     pack_shards({{b + "ffn_gate.weight", c.ffn_dim, c.dim, ffn, dim},
+                                  {b + "ffn_up.weight", c.ffn_dim, c.dim, ffn, dim}}));
+    l.w_gate = std::move(gate_up[0]);
+    l.w_up = std::move(gate_up[1]);
     ASSIGN_OR_RETURN(l.w_down, pack_shard(b + "ffn_down.weight", c.dim, c.ffn_dim, dim, ffn));
   }
   return model;
@@ -193,15 +226,13 @@ void LlamaModel::ReserveActivations(int64_t max_tokens, int64_t max_logits_rows)
 
 int64_t LlamaModel::ScratchWidth(size_t index) const {
   switch (index) {
-    case kQ:
+    case kQkv:
+      return static_cast<int64_t>(shard_.num_heads() + 2 * shard_.num_kv_heads()) *
+             config_.head_dim;
     case kAttn:
       return static_cast<int64_t>(shard_.num_heads()) * config_.head_dim;
-    case kK:
-    case kV:
-      return static_cast<int64_t>(shard_.num_kv_heads()) * config_.head_dim;
-    case kGate:
-    case kUp:
-      return shard_.ffn_dim();
+    case kGateUp:
+      return 2 * shard_.ffn_dim();
     case kLogitsOut:
       return shard_.vocab.size();
     default:  // kX, kXn, kProj, kLogitsIn
@@ -255,13 +286,13 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
   const int64_t rows = std::max(T, step_scope.plan().padded_rows);
   float* x = Scratch(kX, rows);
   float* xn = Scratch(kXn, rows);
-  float* q = Scratch(kQ, rows);
-  float* k = Scratch(kK, rows);
-  float* v = Scratch(kV, rows);
+  float* q = Scratch(kQkv, rows);
+  float* k = q + rows * num_heads * c.head_dim;
+  float* v = k + rows * num_kv_heads * c.head_dim;
   float* attn = Scratch(kAttn, rows);
   float* proj = Scratch(kProj, rows);
-  float* gate = Scratch(kGate, rows);
-  float* up = Scratch(kUp, rows);
+  float* gate = Scratch(kGateUp, rows);
+  float* up = gate + rows * ffn_dim;
   if (step_scope.plan().padded_rows > 0) {
     Scratch(kLogitsIn, rows);
     Scratch(kLogitsOut, rows);

@@ -112,6 +112,11 @@ std::vector<BackendCounter> CudaBackend::Counters() const {
   counters.push_back({"cuda_graph_kv_appends_fused_total", kv_appends_fused_,
                       "KV appends that recorded decode steps ran in the launch of q's and k's "
                       "RoPE (1 per layer)"});
+  counters.push_back(
+      {"cuda_gemm_calls_joined_total", gemm_calls_joined_,
+       "cuBLAS calls that MatMuls saved, eager or recorded: q, k and v (gate and up) packed "
+       "together run as one GEMM in a one-row step; same-shape matrices (k and v, gate and up) "
+       "as one strided-batched GEMM otherwise"});
   counters.push_back({"cuda_attention_fp32_tiled_calls_total", fp32_tiled_attention_calls_,
                       "PagedAttention calls (layers x steps) over an fp32 KV cache run by the "
                       "tiled fp32 attention kernel (steps with a multi-token sequence)"});
@@ -224,24 +229,29 @@ bool CudaBackend::RecordMatMuls(const float* x, int64_t num_rows,
     FinishGraphStep(GraphEagerReason::kUnexpectedShape);
     return false;
   }
-  const int64_t elements = rows * ws[0]->cols();
-  graph_step_.bf16_bytes = std::max(graph_step_.bf16_bytes, static_cast<size_t>(elements) * 2);
-  if (!FoldCastIntoProducer(x, elements)) {
-    graphs_.Record(
-        [this, x, elements](cudaStream_t stream) {
-          return LaunchCastF32ToBf16(x, graph_activations_bf16_.get(), elements, stream);
-        },
-        GraphOp::kCastForMatMuls, x, elements);
+  const bool bf16 = AsCuda(*ws[0]).bf16();
+  if (bf16) {
+    const int64_t elements = rows * ws[0]->cols();
+    graph_step_.bf16_bytes = std::max(graph_step_.bf16_bytes, static_cast<size_t>(elements) * 2);
+    if (!FoldCastIntoProducer(x, elements)) {
+      graphs_.Record(
+          [this, x, elements](cudaStream_t stream) {
+            return LaunchCastF32ToBf16(x, graph_activations_bf16_.get(), elements, stream);
+          },
+          GraphOp::kCastForMatMuls, x, elements);
+    }
   }
-  for (size_t j = 0; j < ws.size(); ++j) {
-    const CudaPackedMatrix* m = &AsCuda(*ws[j]);  // the model's weights, alive for the step
-    float* y = ys[j];
+  // The model's weights, alive for the step (the launches only run within it).
+  const std::vector<ProjectionGemm> gemms = PlanProjectionGemms(ws, ys, rows);
+  for (const ProjectionGemm& g : gemms) {
     graphs_.Record(
-        [this, rows, m, y](cudaStream_t) {
-          return EnqueueGemm(graph_activations_bf16_.get(), rows, *m, y);
+        [this, x, bf16, rows, g](cudaStream_t) {
+          const void* input = bf16 ? static_cast<const void*>(graph_activations_bf16_.get()) : x;
+          return EnqueueProjectionGemm(input, rows, g);
         },
-        GraphOp::kGemm, m->data(), m->rows(), m->cols(), rows, y);
+        GraphOp::kGemm, g.w, g.n_out, g.k, g.bf16, rows, g.y, g.batch, g.w_stride, g.y_stride, x);
   }
+  gemm_calls_joined_ += static_cast<int64_t>(ws.size() - gemms.size());
   return true;
 }
 

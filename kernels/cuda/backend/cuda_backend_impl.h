@@ -110,35 +110,51 @@ KvAppendParams KvAppendLaunchParams(const KvStoreParams& params, int32_t num_tok
 // ---- Packed weights -------------------------------------------------------------------------
 // A weight matrix on the device, row-major W[rows][cols] exactly as in the file (no
 // re-tiling: cuBLAS reads it as the column-major K x N matrix Wᵀ; see MatMul), fp32 for F32
-// weights and bf16 for every other format. Owns its device allocation.
+// weights and bf16 for every other format. Shares its device allocation with the matrices
+// packed with it (PackMatrices: one allocation, rows adjacent); the last one freed frees it.
 class CudaPackedMatrix final : public PackedMatrix {
  public:
-  CudaPackedMatrix(int device, int64_t rows, int64_t cols, bool bf16, void* data)
-      : device_(device), rows_(rows), cols_(cols), bf16_(bf16), data_(data) {}
-  ~CudaPackedMatrix() override {
-    // cudaFree synchronizes the device, so no enqueued matmul still reads the weights.
-    if (cudaSetDevice(device_) != cudaSuccess || cudaFree(data_) != cudaSuccess) {
-      spdlog::error("CUDA backend: freeing a packed [{} x {}] matrix failed", rows_, cols_);
-    }
-  }
+  CudaPackedMatrix(std::shared_ptr<void> allocation, int64_t rows, int64_t cols, bool bf16,
+                   const void* data)
+      : allocation_(std::move(allocation)), rows_(rows), cols_(cols), bf16_(bf16), data_(data) {}
   CudaPackedMatrix(const CudaPackedMatrix&) = delete;
   CudaPackedMatrix& operator=(const CudaPackedMatrix&) = delete;
 
   int64_t rows() const override { return rows_; }
   int64_t cols() const override { return cols_; }
-  size_t num_bytes() const override {
-    return static_cast<size_t>(rows_) * cols_ * (bf16_ ? 2 : 4);
-  }
+  size_t element_bytes() const { return bf16_ ? 2 : 4; }
+  size_t num_bytes() const override { return static_cast<size_t>(rows_) * cols_ * element_bytes(); }
   bool bf16() const { return bf16_; }
   const void* data() const { return data_; }
 
  private:
-  int device_;
+  std::shared_ptr<void> allocation_;  // device; its deleter frees it (PackedAllocation)
   int64_t rows_;
   int64_t cols_;
   bool bf16_;
-  void* data_;  // device, [rows][cols], fp32 or bf16
+  const void* data_;  // within allocation_: [rows][cols], fp32 or bf16
 };
+
+// One cuBLAS call of a MatMuls (PlanProjectionGemms): y = x Wᵀ for `batch` problems of
+// n_out x k weights, problem i reading w + i * w_stride and writing y + i * y_stride
+// (elements; one GEMM when batch is 1). It computes `matrices` of the MatMuls' matrices: more
+// than one joined either as one matrix (adjacent rows and, for one input row, adjacent
+// outputs: n_out is their sum) or as a strided batch (same shape, evenly spaced).
+struct ProjectionGemm {
+  const void* w = nullptr;
+  int n_out = 0;
+  int k = 0;
+  bool bf16 = false;
+  float* y = nullptr;
+  int batch = 1;
+  int64_t w_stride = 0;
+  int64_t y_stride = 0;
+  int matrices = 1;
+};
+// The fewest such calls for ws[j] -> ys[j] over num_rows input rows, in order (a call joins a
+// matrix only with the one before it). Every matrix of one width and dtype.
+std::vector<ProjectionGemm> PlanProjectionGemms(std::span<const PackedMatrix* const> ws,
+                                                std::span<float* const> ys, int64_t num_rows);
 
 // ---- The backend ----------------------------------------------------------------------------
 // kernels::Backend on one CUDA device (cuda_backend.h, CreateCudaBackend). Owns its stream,
@@ -185,6 +201,10 @@ class CudaBackend final : public Backend {
   absl::Status CheckAttentionShape(int32_t head_dim, int32_t num_heads,
                                    int32_t num_kv_heads) const override;
   absl::StatusOr<std::unique_ptr<PackedMatrix>> PackMatrix(const MatrixView& w) override;
+  // One allocation, rows adjacent, when the views share a width and a packed dtype (so that
+  // MatMuls joins their GEMMs); otherwise one PackMatrix each.
+  absl::StatusOr<std::vector<std::unique_ptr<PackedMatrix>>> PackMatrices(
+      std::span<const MatrixView> ws) override;
   void MatMul(const float* x, int64_t num_rows, const PackedMatrix& w, float* y) override;
   void MatMuls(const float* x, int64_t num_rows, std::span<const PackedMatrix* const> ws,
                std::span<float* const> ys) override;
@@ -292,6 +312,11 @@ class CudaBackend final : public Backend {
   // The GEMM alone: y = b Wᵀ with b = x as MatMul prepared it (fp32 x, or x rounded to bf16
   // for a bf16 W).
   cudaError_t EnqueueGemm(const void* b, int64_t num_rows, const CudaPackedMatrix& m, float* y);
+  // One planned call of MatMuls (a GEMM or a strided-batched GEMM), b as for EnqueueGemm.
+  cudaError_t EnqueueProjectionGemm(const void* b, int64_t num_rows, const ProjectionGemm& g);
+  // Copies (F32, BF16) or converts (F16, Q8_0, on the device) `w` to `dst` as PackMatrix packs
+  // it; synchronizes before returning.
+  absl::Status PackInto(const MatrixView& w, void* dst);
   // merge_counters_ for a split attention launch that indexes `count` counters (decode:
   // sequences x kv heads; prefill: PrefillMergeCounters), or null (the chunks then merge in a
   // second launch) past its capacity.
@@ -311,8 +336,9 @@ class CudaBackend final : public Backend {
   bool RecordRmsNorm(const float* x, const float* weight, int64_t num_rows, int64_t dim,
                      float eps, float* out);
   bool RecordMatMul(const float* x, int64_t num_rows, const CudaPackedMatrix& m, float* y);
-  // MatMuls of bf16 matrices of one width (a bf16 MatMul too): one recorded cast, unless it
-  // folds into x's producer (FoldCastIntoProducer), then one GEMM per matrix.
+  // MatMuls of matrices of one width and dtype (a bf16 MatMul too): for bf16 ones, one
+  // recorded cast, unless it folds into x's producer (FoldCastIntoProducer); then the GEMMs as
+  // PlanProjectionGemms joins them.
   bool RecordMatMuls(const float* x, int64_t num_rows, std::span<const PackedMatrix* const> ws,
                      std::span<float* const> ys);
   bool RecordRope(const kernels::RopeParams& params);
@@ -388,6 +414,7 @@ class CudaBackend final : public Backend {
   int64_t bf16_casts_folded_ = 0;  // recorded MatMul casts folded into their input's producer
   int64_t rope_pairs_fused_ = 0;   // recorded RoPEs of k that joined q's launch
   int64_t kv_appends_fused_ = 0;   // recorded KV appends that joined q's and k's RoPE launch
+  int64_t gemm_calls_joined_ = 0;  // cuBLAS calls MatMuls saved (PlanProjectionGemms)
   RopeMemo rope_memo_;
   // Tensor parallelism: this backend is rank tp_rank_ of tp_group_ (shared by the group's
   // backends; a group of one for a lone GPU). Destroyed after the stream is drained.

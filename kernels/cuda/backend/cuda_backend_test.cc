@@ -448,41 +448,122 @@ TEST_F(CudaBackendTest, MatMulBf16WeightsMatchCpu) {
   }
 }
 
-// MatMuls (one input, several matrices: q/k/v, gate/up) gives what MatMul gives per matrix,
-// bitwise, whether it shares one bf16 rounding of x (bf16 matrices of one width) or falls back
-// to one MatMul each (fp32, or mixed widths).
-TEST_F(CudaBackendTest, MatMulsEqualsOneMatMulPerMatrix) {
+// MatMuls (one input, several matrices: q/k/v, gate/up) gives what MatMul gives per matrix
+// (to fp32 summation order: a joined GEMM may sum in another order than one per matrix),
+// however the matrices were packed and wherever the outputs are, and saves the cuBLAS calls it
+// can: matrices packed together (PackMatrices) run as one GEMM for one input row when their
+// outputs are adjacent; same-shape matrices evenly spaced as one strided batch.
+TEST_F(CudaBackendTest, MatMulsJoinsProductsAndEqualsOneMatMulPerMatrix) {
   struct Case {
     WeightType type;
     std::vector<int64_t> rows;  // the matrices' rows (outputs); all of width k
     int64_t k, m;
+    bool packed_together, adjacent_outputs;
+    int64_t joined;  // cuBLAS calls saved; -1: it depends on where separate allocations land
   };
-  for (const Case& c : {Case{WeightType::kF16, {192, 64, 64}, 192, 33},
-                        Case{WeightType::kQ8_0, {512, 512}, 192, 5},
-                        Case{WeightType::kF32, {37, 12}, 67, 3}}) {
+  for (const Case& c : {
+           Case{WeightType::kF16, {192, 64, 64}, 192, 1, true, true, 2},   // q|k|v: one GEMM
+           Case{WeightType::kF16, {192, 64, 64}, 192, 33, true, true, 1},  // q; k and v batched
+           Case{WeightType::kBF16, {96, 96, 96}, 96, 4, true, true, 2},    // one batch of three
+           Case{WeightType::kQ8_0, {512, 512}, 192, 1, true, true, 1},     // gate|up: one GEMM
+           Case{WeightType::kQ8_0, {512, 512}, 192, 5, true, true, 1},     // batched
+           Case{WeightType::kF32, {37, 12}, 67, 1, true, true, 1},         // fp32 joins too
+           Case{WeightType::kF32, {37, 12}, 67, 3, true, true, 0},         // two shapes, 3 rows
+           Case{WeightType::kF16, {192, 64, 64}, 192, 1, true, false, -1},
+           Case{WeightType::kF16, {192, 64, 64}, 192, 6, false, true, -1},
+           Case{WeightType::kQ8_0, {512, 512}, 192, 2, false, false, -1},
+       }) {
+    const std::string what = "type " + std::to_string(static_cast<int>(c.type)) + ", " +
+                             std::to_string(c.m) + " rows, packed " +
+                             (c.packed_together ? "together" : "apart") + ", outputs " +
+                             (c.adjacent_outputs ? "adjacent" : "apart");
     const std::vector<float> x = Normal(c.m * c.k);
     float* dx = Put(*cuda_, x);
     std::vector<HostMatrix> hosts;
+    std::vector<MatrixView> views;
+    for (const int64_t n : c.rows) hosts.push_back(MakeMatrix(c.type, n, c.k, Normal(n * c.k)));
+    for (const HostMatrix& h : hosts) views.push_back(h.view());
     std::vector<std::unique_ptr<PackedMatrix>> packed;
+    if (c.packed_together) {
+      auto together = cuda_->PackMatrices(views);
+      ASSERT_TRUE(together.ok()) << together.status();
+      packed = std::move(*together);
+    } else {
+      for (const MatrixView& v : views) {
+        auto w = cuda_->PackMatrix(v);
+        ASSERT_TRUE(w.ok()) << w.status();
+        packed.push_back(std::move(*w));
+      }
+    }
+    ASSERT_EQ(packed.size(), c.rows.size()) << what;
     std::vector<const PackedMatrix*> ws;
     std::vector<float*> ys, singles;
-    for (const int64_t n : c.rows) {
-      hosts.push_back(MakeMatrix(c.type, n, c.k, Normal(n * c.k)));
-      auto w = cuda_->PackMatrix(hosts.back().view());
-      ASSERT_TRUE(w.ok()) << w.status();
-      packed.push_back(std::move(*w));
-      ws.push_back(packed.back().get());
-      ys.push_back(Poisoned(*cuda_, c.m * n));
-      singles.push_back(Poisoned(*cuda_, c.m * n));
+    const int64_t total_rows = std::accumulate(c.rows.begin(), c.rows.end(), int64_t{0});
+    float* adjacent = Poisoned(*cuda_, c.m * total_rows);
+    for (size_t j = 0; j < packed.size(); ++j) {
+      ws.push_back(packed[j].get());
+      ys.push_back(c.adjacent_outputs ? (j == 0 ? adjacent : ys.back() + c.m * c.rows[j - 1])
+                                      : Poisoned(*cuda_, c.m * c.rows[j]));
+      singles.push_back(Poisoned(*cuda_, c.m * c.rows[j]));
     }
+    const int64_t joined_before = testing::CounterValue(*cuda_, "cuda_gemm_calls_joined_total");
     cuda_->MatMuls(dx, c.m, ws, ys);
+    const int64_t joined =
+        testing::CounterValue(*cuda_, "cuda_gemm_calls_joined_total") - joined_before;
+    if (c.joined >= 0) {
+      EXPECT_EQ(joined, c.joined) << what;
+    }
+    EXPECT_LT(joined, static_cast<int64_t>(ws.size())) << what;
     for (size_t j = 0; j < ws.size(); ++j) cuda_->MatMul(dx, c.m, *ws[j], singles[j]);
     for (size_t j = 0; j < ws.size(); ++j) {
       const size_t n = static_cast<size_t>(c.m * c.rows[j]);
       const std::vector<float> got = Get(*cuda_, ys[j], n);
-      EXPECT_EQ(got, Get(*cuda_, singles[j], n))
-          << "type " << static_cast<int>(c.type) << " matrix " << j;
-      EXPECT_EQ(std::count_if(got.begin(), got.end(), [](float v) { return std::isnan(v); }), 0);
+      EXPECT_EQ(std::count_if(got.begin(), got.end(), [](float v) { return std::isnan(v); }), 0)
+          << what << ", matrix " << j;
+      ExpectClose(what + ", matrix " + std::to_string(j), got, Get(*cuda_, singles[j], n),
+                  Tolerance::Fp32());
+    }
+  }
+}
+
+// Matrices packed together share one allocation, yet each is freed on its own: the others
+// keep multiplying as before once one (here the first, which starts the allocation) is gone.
+// Views of different dtypes or widths are packed apart and still come back in order.
+TEST_F(CudaBackendTest, PackMatricesOutliveEachOther) {
+  const int64_t k = 64, m = 3;
+  std::vector<HostMatrix> hosts;
+  for (const int64_t n : {48, 32, 32}) {
+    hosts.push_back(MakeMatrix(WeightType::kF16, n, k, Normal(n * k)));
+  }
+  hosts.push_back(MakeMatrix(WeightType::kF32, 16, k, Normal(16 * k)));        // another dtype
+  hosts.push_back(MakeMatrix(WeightType::kF16, 8, k / 2, Normal(8 * k / 2)));  // another width
+  std::vector<float*> inputs;
+  std::vector<std::vector<float>> expected;
+  for (const HostMatrix& h : hosts) {
+    inputs.push_back(Put(*cuda_, Normal(m * h.cols)));
+    auto alone = cuda_->PackMatrix(h.view());
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    float* y = Poisoned(*cuda_, m * h.rows);
+    cuda_->MatMul(inputs.back(), m, **alone, y);
+    expected.push_back(Get(*cuda_, y, m * h.rows));
+  }
+  for (const size_t last : {size_t{2}, size_t{3}, size_t{4}}) {
+    std::vector<size_t> order = {0, 1, 2};
+    if (last > 2) order.push_back(last);
+    std::vector<MatrixView> views;
+    for (const size_t h : order) views.push_back(hosts[h].view());
+    auto packed = cuda_->PackMatrices(views);
+    ASSERT_TRUE(packed.ok()) << packed.status();
+    ASSERT_EQ(packed->size(), views.size());
+    (*packed)[0].reset();
+    for (size_t j = 1; j < order.size(); ++j) {
+      const HostMatrix& h = hosts[order[j]];
+      ASSERT_EQ((*packed)[j]->rows(), h.rows) << j;
+      ASSERT_EQ((*packed)[j]->cols(), h.cols) << j;
+      float* y = Poisoned(*cuda_, m * h.rows);
+      cuda_->MatMul(inputs[order[j]], m, *(*packed)[j], y);
+      EXPECT_EQ(Get(*cuda_, y, m * h.rows), expected[order[j]])
+          << "matrix " << order[j] << " packed with 0..2 and " << last;
     }
   }
 }

@@ -317,6 +317,18 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
       EXPECT_EQ(Delta(after[e], before[e], "cuda_graph_kv_appends_fused_total"),
                 recorded ? layers : 0)
           << what << " on " << engines_[e].label;
+      // Every engine joins the projections (the model packs q/k/v and gate/up together and
+      // places their outputs side by side): a one-row step (padded or not) runs one GEMM for
+      // q|k|v and one for gate|up; more rows run q alone (k too unless it has q's shape), k
+      // and v as one batch, gate and up as one batch.
+      const int64_t rows =
+          recorded ? kernels::cuda::DecodeBucketFor(static_cast<int64_t>(members.size()))
+                   : batch.num_tokens();
+      const auto& config = engines_[e].model->config();
+      const int64_t qkv_joined = rows == 1 || config.num_heads == config.num_kv_heads ? 2 : 1;
+      EXPECT_EQ(Delta(after[e], before[e], "cuda_gemm_calls_joined_total"),
+                layers * (qkv_joined + 1))
+          << what << " on " << engines_[e].label;
     }
     if (!eligible) {
       EXPECT_EQ(captures + replays + warmups, 0) << what;
