@@ -34,6 +34,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/cuda/paged_decode_attention.h"
@@ -76,6 +77,12 @@ struct Scale {
   std::vector<int32_t> tree_contexts = {1024, 8192};
   std::vector<int32_t> tree_q_lens = {1, 4, 8, 16, 64};
   std::vector<int32_t> prefill_lengths = {1024, 4096, 16384};
+  // K5: one layer's q/k/v and gate/up projections (Llama-3.1-8B: dim 4096, GQA 32/8 at head
+  // dim 128, FFN 14336) at these input rows (decode batch sizes).
+  int proj_dim = 4096;
+  int proj_kv = 1024;
+  int proj_ffn = 14336;
+  std::vector<int32_t> proj_rows = {1, 8, 64};
 
   static Scale Smoke() {
     Scale s;
@@ -91,6 +98,10 @@ struct Scale {
     s.tree_contexts = {300};
     s.tree_q_lens = {1, 16, 64};
     s.prefill_lengths = {200};
+    s.proj_dim = 256;
+    s.proj_kv = 64;
+    s.proj_ffn = 512;
+    s.proj_rows = {1, 3};
     return s;
   }
 };
@@ -513,6 +524,114 @@ bool BenchTensorCore(Bench& b, const KvPool& pool, AttentionMaskMode mode, int32
   return true;
 }
 
+// K5: one layer's q/k/v and gate/up products (bf16 weights and inputs, fp32 outputs) at
+// `rows` input rows, timed two ways: one cublasGemmEx per matrix (five calls), and as the CUDA
+// backend joins them (PlanProjectionGemms, cuda_backend_matmul.cc; the model packs q|k|v and
+// gate|up together and places their outputs side by side): for one row one GEMM over q|k|v
+// and one over gate|up (two calls), for more rows q alone, then k and v and gate and up as
+// strided batches (three calls). Both stream the same weight bytes; the fraction is of the
+// measured bandwidth for them.
+bool BenchProjections(Bench& b, int32_t rows) {
+  const int dim = b.scale.proj_dim;
+  const int q = dim;
+  const int kv = b.scale.proj_kv;
+  const int ffn = b.scale.proj_ffn;
+  const size_t qkv_rows = static_cast<size_t>(q) + 2 * kv;
+  const size_t gu_rows = 2 * static_cast<size_t>(ffn);
+  __nv_bfloat16* qkv_w = nullptr;
+  __nv_bfloat16* gu_w = nullptr;
+  __nv_bfloat16* x = nullptr;
+  float* qkv_y = nullptr;
+  float* gu_y = nullptr;
+  BENCH_CHECK(cudaMalloc(&qkv_w, qkv_rows * dim * 2));
+  BENCH_CHECK(cudaMalloc(&gu_w, gu_rows * dim * 2));
+  BENCH_CHECK(cudaMalloc(&x, static_cast<size_t>(rows) * dim * 2));
+  BENCH_CHECK(cudaMalloc(&qkv_y, qkv_rows * rows * 4));
+  BENCH_CHECK(cudaMalloc(&gu_y, gu_rows * rows * 4));
+  FillRandomBf16<<<1024, 256, 0, b.stream>>>(qkv_w, qkv_rows * dim, 11);
+  FillRandomBf16<<<1024, 256, 0, b.stream>>>(gu_w, gu_rows * dim, 12);
+  FillRandomBf16<<<1024, 256, 0, b.stream>>>(x, static_cast<size_t>(rows) * dim, 13);
+  BENCH_CHECK(cudaGetLastError());
+  cublasHandle_t handle = nullptr;
+  BLAS_CHECK(cublasCreate(&handle));
+  BLAS_CHECK(cublasSetStream(handle, b.stream));
+  const float alpha = 1.0f;
+  const float beta = 0.0f;
+  // y[rows][n] = x W[n][dim]ᵀ (as EnqueueProjectionGemm calls it), `batch` problems apart by
+  // w_stride / y_stride elements.
+  auto gemm = [&](const __nv_bfloat16* w, int n, float* y, int batch, int64_t w_stride,
+                  int64_t y_stride) {
+    return batch == 1 ? cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, dim, &alpha, w,
+                                     CUDA_R_16BF, dim, x, CUDA_R_16BF, dim, &beta, y, CUDA_R_32F, n,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
+                      : cublasGemmStridedBatchedEx(
+                            handle, CUBLAS_OP_T, CUBLAS_OP_N, n, rows, dim, &alpha, w, CUDA_R_16BF,
+                            dim, w_stride, x, CUDA_R_16BF, dim, 0, &beta, y, CUDA_R_32F, n,
+                            y_stride, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  };
+  const __nv_bfloat16* k_w = qkv_w + static_cast<size_t>(q) * dim;
+  const __nv_bfloat16* v_w = k_w + static_cast<size_t>(kv) * dim;
+  const __nv_bfloat16* up_w = gu_w + static_cast<size_t>(ffn) * dim;
+  float* k_y = qkv_y + static_cast<size_t>(rows) * q;
+  float* v_y = k_y + static_cast<size_t>(rows) * kv;
+  float* up_y = gu_y + static_cast<size_t>(rows) * ffn;
+  cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
+  auto keep = [&](cublasStatus_t st) {
+    if (status == CUBLAS_STATUS_SUCCESS) status = st;
+  };
+  auto result = [&] { return status == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown; };
+  double separate_us = 0;
+  double joined_us = 0;
+  if (!b.Time(
+          [&] {
+            keep(gemm(qkv_w, q, qkv_y, 1, 0, 0));
+            keep(gemm(k_w, kv, k_y, 1, 0, 0));
+            keep(gemm(v_w, kv, v_y, 1, 0, 0));
+            keep(gemm(gu_w, ffn, gu_y, 1, 0, 0));
+            keep(gemm(up_w, ffn, up_y, 1, 0, 0));
+            return result();
+          },
+          &separate_us) ||
+      !b.Time(
+          [&] {
+            if (rows == 1) {
+              keep(gemm(qkv_w, static_cast<int>(qkv_rows), qkv_y, 1, 0, 0));
+              keep(gemm(gu_w, static_cast<int>(gu_rows), gu_y, 1, 0, 0));
+            } else {
+              keep(gemm(qkv_w, q, qkv_y, 1, 0, 0));
+              keep(gemm(k_w, kv, k_y, 2, static_cast<int64_t>(kv) * dim,
+                        static_cast<int64_t>(rows) * kv));
+              keep(gemm(gu_w, ffn, gu_y, 2, static_cast<int64_t>(ffn) * dim,
+                        static_cast<int64_t>(rows) * ffn));
+            }
+            return result();
+          },
+          &joined_us)) {
+    return false;
+  }
+  BLAS_CHECK(status);
+  const double bytes = static_cast<double>(qkv_rows + gu_rows) * dim * 2 +
+                       static_cast<double>(rows) * dim * 2 +
+                       static_cast<double>(qkv_rows + gu_rows) * rows * 4;
+  char shape[128];
+  std::snprintf(shape, sizeof(shape), "rows=%d dim=%d q=%d kv=%d ffn=%d", rows, dim, q, kv, ffn);
+  for (const auto& [name, us, note] :
+       {std::tuple<const char*, double, const char*>{"projections", separate_us,
+                                                     "5 cublasGemmEx (one per matrix)"},
+        {"projections_joined", joined_us,
+         rows == 1 ? "2 calls: q|k|v, gate|up" : "3 calls: q; k,v and gate,up strided-batched"}}) {
+    const double gbs = bytes / (us * 1e-6) / 1e9;
+    b.rows.push_back({name, shape, us, gbs, "GB/s", gbs / b.bw_gbs, note});
+  }
+  BLAS_CHECK(cublasDestroy(handle));
+  BENCH_CHECK(cudaFree(qkv_w));
+  BENCH_CHECK(cudaFree(gu_w));
+  BENCH_CHECK(cudaFree(x));
+  BENCH_CHECK(cudaFree(qkv_y));
+  BENCH_CHECK(cudaFree(gu_y));
+  return true;
+}
+
 bool RunAll(Bench& b, const std::string& json_path) {
   if (!MeasureCeilings(b)) return false;
   KvPool pool;
@@ -613,6 +732,10 @@ bool RunAll(Bench& b, const std::string& json_path) {
   }
   cudaFree(pool.k);
   cudaFree(pool.v);
+  // K5: the projections around the attention (end to end, not a target of their own).
+  for (const int32_t rows : b.scale.proj_rows) {
+    if (b.base_rows && !BenchProjections(b, rows)) return false;
+  }
 
   std::ostringstream json;
   json << "{\n  \"ceilings\": {\"d2d_bandwidth_gbs\": " << b.bw_gbs
@@ -719,7 +842,9 @@ int main(int argc, char** argv) {
                                "prefill_attn_wide_head_major",
                                "prefill_attn_pipelined_head_major",
                                "paged_decode_merge_launch",
-                               "tree_verify_merge_launch"}) {
+                               "tree_verify_merge_launch",
+                               "projections",
+                               "projections_joined"}) {
       const bool present = std::any_of(b.rows.begin(), b.rows.end(),
                                        [&](const Row& r) { return r.kernel == kernel; });
       const std::string name = kernel;
