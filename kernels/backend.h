@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -130,6 +131,13 @@ struct BackendCounter {
   std::string help;
 };
 
+// The memory a device backend allocates from (Backend::DeviceMemory), in bytes, as its driver
+// reports it now: other processes on the device count too.
+struct DeviceMemoryInfo {
+  size_t free_bytes = 0;
+  size_t total_bytes = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -244,6 +252,10 @@ class Backend {
   // (metrics scrapes read it while the engine thread runs steps); the list of names is fixed
   // for a backend's lifetime.
   virtual std::vector<BackendCounter> Counters() const { return {}; }
+  // The device memory that Allocate, PackMatrix and KV caches take from (a GPU's), or nullopt
+  // for a backend that allocates host memory (the CPU backend) or cannot tell. Called between
+  // steps (`glimpse serve` sizes the KV cache with it once the weights are loaded).
+  virtual std::optional<DeviceMemoryInfo> DeviceMemory() { return std::nullopt; }
 };
 
 // Calls backend.BeginForward on construction and EndForward on destruction, so that every

@@ -20,14 +20,16 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/status_macros.h"
 #include "scheduler/engine.h"
 #include "server/common_flags.h"
+#include "server/engine_metrics_observer.h"
+#include "server/gateway_command.h"
 #include "server/grpc_service.h"
 #include "server/health.h"
 #include "server/http_server.h"
+#include "server/kv_budget.h"
 #include "server/loaded_model.h"
-#include "server/engine_metrics_observer.h"
-#include "server/gateway_command.h"
 #include "server/metrics.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -51,8 +53,11 @@ ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{1} << 30,
           "host memory, N times this in all). Capped at what --max_num_seqs full-context "
           "sequences can use. Ignored when --kv_cache_fraction is set.");
 ABSL_FLAG(double, kv_cache_fraction, 0.0,
-          "serve: if > 0, size the KV cache pool as this fraction (0, 0.9] of physical memory "
-          "instead of --kv_cache_bytes (in all: with N CPU ranks each gets 1/N of it).");
+          "serve: if > 0, size the KV cache pool by this fraction (0, 0.9] instead of "
+          "--kv_cache_bytes: with --device=cuda, of the GPU memory free once the weights are "
+          "loaded (per device, the least free of the N; the rest stays for activations, CUDA "
+          "graphs and cuBLAS); with --device=cpu, of physical memory (in all: with N CPU ranks "
+          "each gets 1/N of it).");
 ABSL_FLAG(int32_t, max_num_seqs, 64, "serve: most sequences running in one engine step.");
 ABSL_FLAG(int32_t, max_num_batched_tokens, 512,
           "serve: token budget of one engine step (decode tokens plus prefill chunks).");
@@ -86,8 +91,8 @@ struct ServeConfig {
   int32_t port = 0;
   std::string served_model_name;
   scheduler::EngineOptions engine;
-  int64_t kv_budget_bytes = 0;   // Per device.
-  bool kv_budget_is_host_total = false;  // From --kv_cache_fraction: all ranks' in one memory.
+  int64_t kv_cache_bytes = 0;    // --kv_cache_bytes: per device.
+  double kv_cache_fraction = 0;  // --kv_cache_fraction (KvBudgetPerDevice); 0: unset.
   int64_t swap_bytes = 0;  // Host memory, all ranks together.
   absl::Duration drain_timeout;
   std::string preemption_mode;
@@ -134,13 +139,11 @@ absl::StatusOr<ServeConfig> ConfigFromFlags() {
   if (fraction < 0 || fraction > 0.9) {
     return absl::InvalidArgumentError("--kv_cache_fraction must be in [0, 0.9]");
   }
-  c.kv_budget_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
-  if (fraction > 0) {
-    c.kv_budget_bytes = static_cast<int64_t>(
-        fraction * static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE));
-    c.kv_budget_is_host_total = true;
+  c.kv_cache_fraction = fraction;
+  c.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
+  if (fraction == 0 && c.kv_cache_bytes < 1) {
+    return absl::InvalidArgumentError("--kv_cache_bytes must be > 0");
   }
-  if (c.kv_budget_bytes < 1) return absl::InvalidArgumentError("--kv_cache_bytes must be > 0");
   c.swap_bytes = absl::GetFlag(FLAGS_swap_space_bytes);
   if (c.swap_bytes < 0) return absl::InvalidArgumentError("--swap_space_bytes must be >= 0");
   const int32_t drain = absl::GetFlag(FLAGS_drain_timeout_seconds);
@@ -149,11 +152,12 @@ absl::StatusOr<ServeConfig> ConfigFromFlags() {
   return c;
 }
 
-// Sizes the KV pools from the byte budgets: never more blocks than max_num_seqs sequences of
-// the full context can use. A block id names a block on every rank, each rank holding its
-// share of the KV heads, so the device budget divides by a rank's bytes per block and the
-// (one, host) swap budget by all ranks' together.
-absl::Status SizeKvPools(const LoadedModel& loaded, ServeConfig& c) {
+// Sizes the KV pools from the byte budgets (KvBudgetPerDevice): never more blocks than
+// max_num_seqs sequences of the full context can use. A block id names a block on every rank,
+// each rank holding its share of the KV heads, so the device budget divides by a rank's bytes
+// per block and the (one, host) swap budget by all ranks' together. `rule` says how the
+// device budget was chosen.
+absl::Status SizeKvPools(const LoadedModel& loaded, ServeConfig& c, std::string& rule) {
   const model::LlamaConfig& model_config = loaded.config();
   const int64_t ranks = loaded.tensor_parallel_size();
   const int64_t bytes_per_block =
@@ -161,14 +165,18 @@ absl::Status SizeKvPools(const LoadedModel& loaded, ServeConfig& c) {
   const int64_t blocks_per_seq =
       (model_config.context_length + c.engine.block_size - 1) / c.engine.block_size;
   const int64_t useful = blocks_per_seq * c.engine.scheduler.max_running_sequences;
-  if (c.kv_budget_is_host_total && absl::GetFlag(FLAGS_device) == Device::kCpu) {
-    c.kv_budget_bytes /= ranks;  // CPU ranks share the physical memory the fraction is of.
-  }
-  const int64_t blocks = std::min(c.kv_budget_bytes / bytes_per_block, useful);
+  KvBudgetInputs inputs;
+  inputs.kv_cache_bytes = c.kv_cache_bytes;
+  inputs.kv_cache_fraction = c.kv_cache_fraction;
+  inputs.host_memory_bytes = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+  for (int r = 0; r < ranks; ++r) inputs.devices.push_back(loaded.rank_backend(r).DeviceMemory());
+  ASSIGN_OR_RETURN(const KvBudget budget, KvBudgetPerDevice(inputs));
+  rule = budget.rule;
+  const int64_t blocks = std::min(budget.bytes_per_device / bytes_per_block, useful);
   if (blocks < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the KV cache budget of ", c.kv_budget_bytes, " bytes is less than one block (",
-        bytes_per_block, " bytes)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the KV cache budget of ", budget.bytes_per_device, " bytes (", budget.rule,
+                     ") is less than one block (", bytes_per_block, " bytes)"));
   }
   c.engine.num_kv_blocks = static_cast<int32_t>(std::min<int64_t>(blocks, 1 << 30));
   if (c.engine.scheduler.preemption_mode == scheduler::PreemptionMode::kSwap) {
@@ -347,7 +355,8 @@ int RunServeCommand() {
     return 1;
   }
   const model::LlamaConfig& model_config = loaded->config();
-  if (absl::Status s = SizeKvPools(*loaded, *config); !s.ok()) {
+  std::string kv_budget_rule;
+  if (absl::Status s = SizeKvPools(*loaded, *config, kv_budget_rule); !s.ok()) {
     std::fprintf(stderr, "glimpse serve: %s\n", std::string(s.message()).c_str());
     return 2;
   }
@@ -373,14 +382,15 @@ int RunServeCommand() {
   const size_t kv_bytes_per_device =
       loaded->runner->KvBytesPerBlockPerDevice(config->engine.block_size) *
       static_cast<size_t>(config->engine.num_kv_blocks);
-  spdlog::info("model {} ('{}'): {} layers, context {}, vocab {}, tensor-parallel size {}; {} "
-               "KV cache {} blocks of {} tokens ({:.1f} MiB per device), host swap {} blocks",
-               config->model_path, config->served_model_name, model_config.num_layers,
-               model_config.context_length, model_config.vocab_size,
-               loaded->tensor_parallel_size(), loaded->kv_cache_dtype_name(),
-               config->engine.num_kv_blocks, config->engine.block_size,
-               static_cast<double>(kv_bytes_per_device) / (1 << 20),
-               config->engine.num_host_blocks);
+  spdlog::info(
+      "model {} ('{}'): {} layers, context {}, vocab {}, tensor-parallel size {}; {} "
+      "KV cache {} blocks of {} tokens ({:.1f} MiB per device, by {}), host swap {} "
+      "blocks",
+      config->model_path, config->served_model_name, model_config.num_layers,
+      model_config.context_length, model_config.vocab_size, loaded->tensor_parallel_size(),
+      loaded->kv_cache_dtype_name(), config->engine.num_kv_blocks, config->engine.block_size,
+      static_cast<double>(kv_bytes_per_device) / (1 << 20), kv_budget_rule,
+      config->engine.num_host_blocks);
   (*engine)->Start();
 
   if (absl::Status s = ServeMetrics(*config, **engine, **metrics); !s.ok()) {

@@ -190,6 +190,18 @@ void* CudaBackend::Allocate(size_t num_bytes) {
   return ptr;
 }
 
+std::optional<DeviceMemoryInfo> CudaBackend::DeviceMemory() {
+  Bind();
+  DeviceMemoryInfo info;
+  const cudaError_t err = cudaMemGetInfo(&info.free_bytes, &info.total_bytes);
+  if (err != cudaSuccess) {
+    spdlog::error("CUDA backend: cudaMemGetInfo on device {} failed: {}", device_,
+                  cudaGetErrorString(err));
+    return std::nullopt;
+  }
+  return info;
+}
+
 void CudaBackend::Free(void* ptr) {
   if (ptr == nullptr) return;
   Bind();

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -226,6 +227,8 @@ class CudaBackend final : public Backend {
   ForwardPlan BeginForward(const ForwardShape& shape) override;
   void EndForward() override;
   std::vector<BackendCounter> Counters() const override;
+  // cudaMemGetInfo on this backend's device; nullopt (logged) if it fails.
+  std::optional<DeviceMemoryInfo> DeviceMemory() override;
 
  private:
   // A device copy of an embedding table (MatrixView in host memory), in its stored format.

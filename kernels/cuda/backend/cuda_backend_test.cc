@@ -568,6 +568,26 @@ TEST_F(CudaBackendTest, PackMatricesOutliveEachOther) {
   }
 }
 
+// DeviceMemory is the device's (serve sizes the KV cache by it): free within total, and an
+// allocation of 64 MiB shows in it until freed. The CPU backend allocates host memory: none.
+TEST_F(CudaBackendTest, DeviceMemoryShowsAllocations) {
+  const std::optional<DeviceMemoryInfo> before = cuda_->DeviceMemory();
+  ASSERT_TRUE(before.has_value());
+  EXPECT_GT(before->total_bytes, 0u);
+  EXPECT_LE(before->free_bytes, before->total_bytes);
+  constexpr size_t kBytes = size_t{64} << 20;
+  void* p = cuda_->Allocate(kBytes);
+  const std::optional<DeviceMemoryInfo> during = cuda_->DeviceMemory();
+  ASSERT_TRUE(during.has_value());
+  EXPECT_EQ(during->total_bytes, before->total_bytes);
+  EXPECT_LE(during->free_bytes + kBytes, before->free_bytes);
+  cuda_->Free(p);
+  const std::optional<DeviceMemoryInfo> after = cuda_->DeviceMemory();
+  ASSERT_TRUE(after.has_value());
+  EXPECT_GE(after->free_bytes, during->free_bytes + kBytes);
+  EXPECT_FALSE(cpu::CpuBackend(1).DeviceMemory().has_value());
+}
+
 TEST_F(CudaBackendTest, PackMatrixRejectsQ8ColumnsNotMultipleOf32) {
   std::vector<uint8_t> bytes(34 * 4, 1);
   const MatrixView view{WeightType::kQ8_0, bytes.data(), 2, 48};
