@@ -110,9 +110,10 @@ ABSL_FLAG(glimpse::server::Device, device, glimpse::server::Device::kCpu,
           "accumulation; needs a binary built with `bazel build --config=cuda "
           "//server:glimpse`).");
 ABSL_FLAG(bool, cuda_graphs, true,
-          "With --device=cuda: run decode steps of up to 64 sequences as CUDA graphs (padded "
-          "to a batch bucket of 1, 2, 4, 8, 16, 24, 32, 48 or 64; captured after one eager "
-          "step per bucket and replayed after that). false runs every step eagerly.");
+          "With --device=cuda: run decode steps of up to 256 sequences as CUDA graphs (padded "
+          "to a batch bucket of 1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, "
+          "224 or 256; captured after one eager step per bucket and replayed after that). "
+          "false runs every step eagerly.");
 ABSL_FLAG(glimpse::server::KvCacheDType, kv_cache_dtype, glimpse::server::KvCacheDType::kAuto,
           "Element type of the KV cache: 'fp32', 'f16' (--device=cpu only), 'bf16' or 'auto' "
           "(bf16 on CUDA unless the model's weights are F32; fp32 on the CPU). A 16-bit cache "

@@ -66,7 +66,7 @@ struct CudaBackendOptions {
   std::shared_ptr<TensorParallelGroup> tp_group;
   int tp_rank = 0;
 
-  // CUDA graphs (issue #5; see README.md, "Decode graphs"): decode steps of up to 64
+  // CUDA graphs (issue #5; see README.md, "Decode graphs"): decode steps of up to 256
   // sequences are padded to a batch bucket, captured once per bucket (after one eager warm-up
   // step) and replayed on later steps. `--cuda_graphs`.
   bool cuda_graphs = true;

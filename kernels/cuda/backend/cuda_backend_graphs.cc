@@ -23,7 +23,7 @@ namespace glimpse::kernels::cuda::internal {
 namespace {
 
 // ---- Decode graphs --------------------------------------------------------------------------
-// A decode step of <= 64 sequences (DecodeGraphRecorder::Ineligibility) is recorded between
+// A decode step of <= 256 sequences (DecodeGraphRecorder::Ineligibility) is recorded between
 // BeginForward and CopyToHost / EndForward instead of run: every op pads its rows to the
 // step's bucket, writes its host arrays into the graph arena (fixed offsets), and appends its
 // launch with the signature words of what the launch bakes in (decode_graphs.h). Padded rows
@@ -56,6 +56,25 @@ enum class GraphOp : uint32_t {
   kRopeSecondTensor,  // amends the RoPE before: it also rotates a second tensor (k)
   kStoreKvInRope,     // amends the RoPE of q and k before: it also appends k and v
 };
+
+// The split-KV workspace the decode attention of a recorded step needs at its largest over
+// every bucket of a tier of `capacity_pages` pages per sequence. Not proportional to the rows:
+// the plan splits until (sequences x kv heads x chunks) fills the device, so small buckets
+// split deepest; the minimum chunk length caps that at short tiers, which is why the largest
+// is searched rather than bounded.
+size_t LargestGraphDecodeWorkspace(int32_t capacity_pages, int32_t num_kv_heads, int32_t block_size,
+                                   int32_t num_heads, int32_t head_dim, int32_t num_sms) {
+  size_t largest = 0;
+  std::vector<int32_t> indptr;
+  for (const int32_t bucket : kDecodeBuckets) {
+    indptr.resize(bucket + 1);
+    for (int32_t s = 0; s <= bucket; ++s) indptr[s] = s * capacity_pages;
+    const PagedDecodePlan plan =
+        PlanPagedDecode(indptr.data(), bucket, num_kv_heads, block_size, num_sms);
+    largest = std::max(largest, PagedDecodeWorkspaceBytes(plan, bucket, num_heads, head_dim));
+  }
+  return largest;
+}
 
 }  // namespace
 
@@ -137,7 +156,11 @@ void CudaBackend::FinishGraphStep(GraphEagerReason eager_reason) {
   };
   reserve_for_largest(graph_activations_bf16_, graph_step_.bf16_bytes);
   reserve_for_largest(graph_norm_input_, graph_step_.norm_bytes);
-  reserve_for_largest(graph_attention_workspace_, graph_step_.workspace_bytes);
+  // Already the largest any bucket of the step's tier needs (LargestGraphDecodeWorkspace): the
+  // split's workspace does not grow with the rows.
+  if (graph_attention_workspace_.size() < graph_step_.workspace_bytes) {
+    Reserve(graph_attention_workspace_, graph_step_.workspace_bytes);
+  }
   const std::vector<uint64_t> extra = {
       DecodeGraphRecorder::ToWord(graph_activations_bf16_.get()),
       DecodeGraphRecorder::ToWord(graph_norm_input_.get()),
@@ -413,8 +436,8 @@ bool CudaBackend::RecordPagedAttention(const PagedAttentionParams& p) {
   const PagedDecodePlan plan = graph_step_.attention_plan;
   graph_step_.workspace_bytes =
       std::max(graph_step_.workspace_bytes,
-               PagedDecodeWorkspaceBytes(plan, static_cast<int32_t>(rows), p.num_heads,
-                                         p.kv.head_dim));
+               LargestGraphDecodeWorkspace(capacity_pages, p.kv.num_kv_heads, block_size,
+                                           p.num_heads, p.kv.head_dim, num_sms_));
   PagedDecodeParams d;
   d.kernel = decode_kernel_;
   d.dtype = kv_dtype_;

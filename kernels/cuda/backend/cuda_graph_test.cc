@@ -1,15 +1,15 @@
 // CUDA graphs of decode steps (issue #5) on the bundled model: three CUDA backends run the same
 // steps side by side —
-//   graphs   the default: decode steps of <= 64 sequences warm up, are captured, then replay;
+//   graphs   the default: decode steps of <= 256 sequences warm up, are captured, then replay;
 //   recorded CudaBackendOptions::graphs_run_eagerly_for_testing: the very same recorded
 //            launches (padding, arena, one attention plan per bucket) run eagerly;
 //   eager    cuda_graphs = false: every op enqueued as it comes, unpadded;
 // and every step's logits must be bitwise equal between graphs and recorded (same kernels in
 // the same order: a replay that reads a stale index array, a stale pointer or a wrong plan
 // differs), and close to eager (a different split-KV plan and GEMM row count change fp32
-// rounding only). The schedule grows the batch 1 -> 3 -> 17 -> 64 -> 65 (eager) and shrinks it
-// back, crosses block boundaries (page tables grow between replays), mixes prefill into some
-// steps (eager), and crosses a KV capacity tier. The counters must show, for consecutive
+// rounding only). The schedule grows the batch 1 -> 3 -> 17 -> 64 -> 65 (bucket 80) -> 257
+// (eager) and shrinks it back, crosses block boundaries (page tables grow between replays),
+// mixes prefill into some steps (eager), and crosses a KV capacity tier. The counters must show, for consecutive
 // decode steps of the same bucket and tier: a warm-up, then a capture, then replays.
 // Skips cleanly (GTEST_SKIP) without a CUDA device; the shape-policy tests at the top need none.
 #include <algorithm>
@@ -37,7 +37,7 @@ namespace glimpse {
 namespace {
 
 constexpr int32_t kBlockSize = 16;
-constexpr int32_t kNumBlocks = 640;
+constexpr int32_t kNumBlocks = 1024;
 
 using kernels::cuda::DecodeBucketFor;
 using kernels::cuda::DecodeGraphRecorder;
@@ -46,11 +46,11 @@ using kernels::cuda::KvCapacityFor;
 
 // ---- Shape policy (host only) ----------------------------------------------------------------
 
-TEST(DecodeGraphPolicyTest, BatchesPadToTheNextBucketUpTo64) {
-  const std::pair<int64_t, int32_t> cases[] = {{0, 0},   {1, 1},   {2, 2},   {3, 4},
-                                               {5, 8},   {9, 16},  {16, 16}, {17, 24},
-                                               {25, 32}, {33, 48}, {49, 64}, {64, 64},
-                                               {65, 0},  {4096, 0}};
+TEST(DecodeGraphPolicyTest, BatchesPadToTheNextBucketUpTo256) {
+  const std::pair<int64_t, int32_t> cases[] = {
+      {0, 0},     {1, 1},     {2, 2},     {3, 4},     {5, 8},     {9, 16},  {16, 16},  {17, 24},
+      {25, 32},   {33, 48},   {49, 64},   {64, 64},   {65, 80},   {81, 96}, {97, 112}, {113, 128},
+      {129, 160}, {161, 192}, {193, 224}, {225, 256}, {256, 256}, {257, 0}, {4096, 0}};
   for (const auto& [batch, bucket] : cases) EXPECT_EQ(DecodeBucketFor(batch), bucket) << batch;
 }
 
@@ -78,7 +78,7 @@ TEST(DecodeGraphPolicyTest, OnlyDecodeStepsWithOneLogitsRowPerSequenceQualify) {
   s.num_tokens = 40;
   EXPECT_EQ(recorder.Ineligibility(s), GraphEagerReason::kNotDecode);
   s = decode;
-  s.num_tokens = s.num_seqs = s.num_logits_rows = 65;
+  s.num_tokens = s.num_seqs = s.num_logits_rows = 257;
   EXPECT_EQ(recorder.Ineligibility(s), GraphEagerReason::kBatchTooLarge);
   s = decode;
   s.num_logits_rows = 16;
@@ -188,10 +188,10 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
       auto m = model::LlamaModel::Load(*file_, *e.backend);
       ASSERT_TRUE(m.ok()) << m.status();
       e.model = std::move(*m);
-      // Activations sized for the largest step below (a prefill of 48 prompts of <= 40
-      // tokens; 65 logits rows), as a server sizes them for its step budget: otherwise the
+      // Activations sized for the largest step below (a prefill of 192 prompts of <= 8
+      // tokens; 257 logits rows), as a server sizes them for its step budget: otherwise the
       // first larger step moves them and every graph captured before never replays again.
-      e.model->ReserveActivations(2048, 65);
+      e.model->ReserveActivations(2048, 257);
       e.kv = std::make_unique<model::KvCacheStorage>(*e.backend, e.model->config(), kNumBlocks,
                                                      kBlockSize);
       engines_.push_back(std::move(e));
@@ -298,7 +298,8 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
     const int64_t captures = Delta(after[0], before[0], "cuda_graph_captures_total");
     const int64_t replays = Delta(after[0], before[0], "cuda_graph_replays_total");
     const int64_t warmups = Delta(after[0], before[0], "cuda_graph_eager_warmup_steps_total");
-    const bool eligible = decode_only && members.size() <= 64 && no_logits.empty();
+    const bool eligible =
+        decode_only && members.size() <= kernels::cuda::kMaxGraphBatch && no_logits.empty();
     // A recorded step folds the cast before each bf16 MatMul into the op that wrote its input:
     // per layer the attention norm (q/k/v), the attention (o), the FFN norm (gate/up) and
     // SiluMul (down), and the final norm (logits). Only recorded steps fold, and only over
@@ -334,8 +335,9 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
       EXPECT_EQ(captures + replays + warmups, 0) << what;
       EXPECT_EQ(Delta(after[1], before[1], "cuda_graph_eager_testing_steps_total"), 0) << what;
       const char* reason = !decode_only ? "cuda_graph_eager_not_decode_steps_total"
-                           : members.size() > 64 ? "cuda_graph_eager_batch_too_large_steps_total"
-                                                 : "cuda_graph_eager_logits_rows_steps_total";
+                           : members.size() > kernels::cuda::kMaxGraphBatch
+                               ? "cuda_graph_eager_batch_too_large_steps_total"
+                               : "cuda_graph_eager_logits_rows_steps_total";
       EXPECT_EQ(Delta(after[0], before[0], reason), 1) << what << ": " << reason;
       return Outcome::kEager;
     }
@@ -414,7 +416,7 @@ TEST_P(CudaGraphTest, ReplaysEqualTheRecordedStepsRunEagerly) {
   batch17.insert(batch17.end(), joined.begin(), joined.end());
   num_replays += DecodeSteps(batch17, 4);
 
-  // Batch 64, then 65 (over the largest bucket: eager).
+  // Batch 64, then 65 (bucket 80), then 257 (over the largest bucket: eager).
   std::vector<int> more;
   for (int i = 0; i < 48; ++i) more.push_back(AddSequence(1 + 7 * i % 40));
   Step(std::vector<int>(more.begin(), more.end() - 1));
@@ -425,7 +427,14 @@ TEST_P(CudaGraphTest, ReplaysEqualTheRecordedStepsRunEagerly) {
   Step({more.back()});
   std::vector<int> batch65 = batch64;
   batch65.push_back(more.back());
-  DecodeSteps(batch65, 2);
+  num_replays += DecodeSteps(batch65, 3);
+  std::vector<int> many;
+  for (int i = 0; i < 192; ++i) many.push_back(AddSequence(1 + 3 * i % 8));
+  Step(many);
+  std::vector<int> batch257 = batch65;
+  batch257.insert(batch257.end(), many.begin(), many.end());
+  ASSERT_EQ(batch257.size(), 257u);
+  DecodeSteps(batch257, 2);
 
   // Sequences finish: back to 17 (bucket 24), then 3 (bucket 4), then 1.
   num_replays += DecodeSteps(batch17, 4);

@@ -43,7 +43,7 @@ const char* ReasonHelp(GraphEagerReason reason) {
     case GraphEagerReason::kNotDecode:
       return "a prefill or mixed prefill + decode step";
     case GraphEagerReason::kBatchTooLarge:
-      return "a decode step of more than 64 sequences";
+      return "a decode step of more than 256 sequences";
     case GraphEagerReason::kLogitsRows:
       return "a decode step whose logits rows are not one per sequence";
     case GraphEagerReason::kKvCapacity:

@@ -42,9 +42,11 @@
 
 namespace glimpse::kernels::cuda {
 
-// Decode batches are padded up to the next of these sizes; larger ones run eagerly.
-inline constexpr int32_t kDecodeBuckets[] = {1, 2, 4, 8, 16, 24, 32, 48, 64};
-inline constexpr int32_t kMaxGraphBatch = 64;
+// Decode batches are padded up to the next of these sizes (at most 1/4 padding above 16, as
+// peers capture up to --max_num_seqs' usual values); larger ones run eagerly.
+inline constexpr int32_t kDecodeBuckets[] = {1,  2,  4,   8,   16,  24,  32,  48, 64,
+                                             80, 96, 112, 128, 160, 192, 224, 256};
+inline constexpr int32_t kMaxGraphBatch = 256;
 // KV capacity tiers: powers of two from kMinGraphKvTokens; steps with a longer sequence run
 // eagerly. The cap bounds the padded page tables (bucket x capacity pages of int32).
 inline constexpr int32_t kMinGraphKvTokens = 256;
