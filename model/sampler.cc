@@ -100,15 +100,18 @@ double SumInIdOrder(std::span<const float> values) {
 
 }  // namespace
 
-Sampler::Sampler(const SamplingParams& params, int32_t vocab_size, uint64_t default_seed)
+Sampler::Sampler(const SamplingParams& params, int32_t vocab_size, uint64_t default_seed,
+                 bool report_logprobs)
     : params_(params),
       vocab_size_(vocab_size),
+      report_logprobs_(report_logprobs),
       is_greedy_(params.temperature < kGreedyTemperatureEpsilon),
       tracks_prompt_(params.repetition_penalty != 1.0f),
       tracks_output_(params.repetition_penalty != 1.0f || params.presence_penalty != 0.0f ||
                      params.frequency_penalty != 0.0f),
       rng_(params.seed.value_or(default_seed)) {
   CHECK(ValidateSamplingParams(params, vocab_size).ok());
+  CHECK(report_logprobs || params.num_logprobs == 0);
 }
 
 void Sampler::AddPromptTokens(std::span<const int32_t> tokens) {
@@ -366,11 +369,19 @@ Sampler::SampleResult Sampler::Sample(std::span<const float> logits) {
       token = ArgMax(z);
     }
     NextUniform();
-    return ResultForToken(logits, token);
+    return Result(logits, token);
   }
   std::vector<float>& probs = ThreadScratch().probs;
   ProcessedProbabilities(logits, &probs);
-  return ResultForToken(logits, SampleFromProbabilities(probs));
+  return Result(logits, SampleFromProbabilities(probs));
+}
+
+Sampler::SampleResult Sampler::Result(std::span<const float> logits, int32_t token) const {
+  if (report_logprobs_) return ResultForToken(logits, token);
+  SampleResult result;
+  result.token = token;
+  result.logprob = std::numeric_limits<float>::quiet_NaN();
+  return result;
 }
 
 }  // namespace glimpse::model

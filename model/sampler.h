@@ -30,7 +30,8 @@
 // and for top-k (one heap pass, then work on k tokens); top-p without top-k sorts incrementally,
 // only as far as the nucleus reaches (worst case a full sort). Measured at V = 128k on one
 // loaded x86 core: greedy ≈ 0.6 ms, top-k 50 + top-p ≈ 1 ms, plain ≈ 1.6 ms, a flat top-p 0.9
-// nucleus of ~15k tokens ≈ 2.4 ms. Scratch buffers are thread_local, so memory per Sampler is
+// nucleus of ~15k tokens ≈ 2.4 ms. Without logprobs (report_logprobs false) the raw row's
+// log-softmax is skipped: greedy ≈ 0.08 ms, top-k 50 + top-p ≈ 0.45 ms (//model:sampler_bench). Scratch buffers are thread_local, so memory per Sampler is
 // O(#distinct history tokens), not O(V).
 #ifndef GLIMPSE_MODEL_SAMPLER_H_
 #define GLIMPSE_MODEL_SAMPLER_H_
@@ -55,7 +56,8 @@ class Sampler {
  public:
   struct SampleResult {
     int32_t token = 0;
-    // log-softmax of the raw logits at `token`.
+    // log-softmax of the raw logits at `token` (NaN from Sample() of a sampler made with
+    // report_logprobs false).
     float logprob = 0.0f;
     // The params.num_logprobs most likely tokens under the raw logits, as (token id, logprob),
     // sorted by logprob descending, ties by lower id. Empty when num_logprobs == 0.
@@ -64,7 +66,12 @@ class Sampler {
 
   // `params` must pass ValidateSamplingParams(params, vocab_size) (CHECKed). The RNG is seeded with
   // params.seed if set, else with `default_seed` (the engine's per-request seed).
-  Sampler(const SamplingParams& params, int32_t vocab_size, uint64_t default_seed);
+  // report_logprobs false: Sample() returns the token alone (logprob NaN, no top_logprobs;
+  // params.num_logprobs must be 0, CHECKed) and skips the raw row's log-softmax, an expf per
+  // vocabulary entry: most of a greedy sample's cost (at V = 128k ~0.5 of ~0.6 ms). The tokens
+  // and the RNG's draws are the same either way.
+  Sampler(const SamplingParams& params, int32_t vocab_size, uint64_t default_seed,
+          bool report_logprobs = true);
 
   Sampler(const Sampler&) = delete;
   Sampler& operator=(const Sampler&) = delete;
@@ -111,6 +118,9 @@ class Sampler {
   int32_t vocab_size() const { return vocab_size_; }
 
  private:
+  // Sample()'s result for `token`: ResultForToken, or the token alone without logprobs.
+  SampleResult Result(std::span<const float> logits, int32_t token) const;
+
   // Steps 1–2: `processed` ([vocab_size], resized) = raw logits with NaN → -inf, biased and
   // penalised (with `pending_tokens` counted as generated).
   void ProcessedLogits(std::span<const float> logits, std::span<const int32_t> pending_tokens,
@@ -122,6 +132,7 @@ class Sampler {
 
   const SamplingParams params_;
   const int32_t vocab_size_;
+  const bool report_logprobs_;
   const bool is_greedy_;
   // Whether any history-dependent penalty is on; when not, no history is stored.
   const bool tracks_prompt_;  // repetition_penalty != 1.

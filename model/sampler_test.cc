@@ -570,6 +570,33 @@ TEST(SamplerTest, ResultForTokenReportsLogprobsOfAnyToken) {
 // ---------------------------------------------------------------------------------------------
 // Validation.
 
+// A sampler made without logprobs draws the same tokens with the same RNG draws as one with
+// them, greedy or not, penalties or not; it only leaves the logprob out (NaN, no top list).
+TEST(SamplerTest, WithoutLogprobsTheTokensAndDrawsAreTheSame) {
+  SamplingParams greedy_penalised = Greedy();
+  greedy_penalised.repetition_penalty = 1.3f;
+  SamplingParams nucleus;
+  nucleus.temperature = 0.8f;
+  nucleus.top_p = 0.9f;
+  nucleus.frequency_penalty = 0.2f;
+  for (const SamplingParams& params : {Greedy(), greedy_penalised, nucleus}) {
+    Sampler with(params, 5000, /*default_seed=*/11);
+    Sampler without(params, 5000, /*default_seed=*/11, /*report_logprobs=*/false);
+    for (int step = 0; step < 40; ++step) {
+      const std::vector<float> logits = RandomLogits(5000, 100 + step, 12.0f);
+      const Sampler::SampleResult a = with.Sample(logits);
+      const Sampler::SampleResult b = without.Sample(logits);
+      ASSERT_EQ(a.token, b.token) << "step " << step;
+      EXPECT_TRUE(std::isfinite(a.logprob));
+      EXPECT_TRUE(std::isnan(b.logprob));
+      EXPECT_TRUE(b.top_logprobs.empty());
+      with.Accept(a.token);
+      without.Accept(b.token);
+    }
+    EXPECT_EQ(with.NextUniform(), without.NextUniform());  // as many draws taken
+  }
+}
+
 TEST(ValidateSamplingParamsTest, AcceptsDefaultsAndBoundaries) {
   EXPECT_TRUE(ValidateSamplingParams(SamplingParams(), 10).ok());
   SamplingParams params;

@@ -393,7 +393,9 @@ void Engine::SampleAndUpdate(Sequence* seq, std::span<const float> logits, Clock
       model::SamplingParams params = spec.sampling;
       params.seed = base_seed + static_cast<uint64_t>(s->index);
       params.num_logprobs = std::max(0, spec.output.num_logprobs);
-      s->sampler = std::make_unique<model::Sampler>(params, runner_.config().vocab_size, base_seed);
+      // Without logprobs asked for, a greedy sample skips the log-softmax (most of its cost).
+      s->sampler = std::make_unique<model::Sampler>(params, runner_.config().vocab_size, base_seed,
+                                                    spec.output.num_logprobs >= 0);
       s->sampler->AddPromptTokens(std::span<const int32_t>(s->tokens).first(s->num_prompt_tokens));
       OutputTextOptions text_options;
       text_options.stop_strings = spec.stopping.stop_strings;

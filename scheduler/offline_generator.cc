@@ -73,12 +73,16 @@ absl::StatusOr<std::vector<GenerationResult>> OfflineGenerator::Run(
       }
     }
     RETURN_IF_ERROR(model::ValidateSamplingParams(r.sampling, config.vocab_size));
+    if (!r.report_logprobs && r.sampling.num_logprobs > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "request ", i, ": num_logprobs ", r.sampling.num_logprobs, " without report_logprobs"));
+    }
     Sequence& s = seqs[i];
     s.request = &r;
     s.tokens = r.prompt_tokens;
     s.num_prompt = static_cast<int32_t>(r.prompt_tokens.size());
-    s.sampler = std::make_unique<model::Sampler>(r.sampling, config.vocab_size,
-                                                 options_.seed + static_cast<uint64_t>(i));
+    s.sampler = std::make_unique<model::Sampler>(
+        r.sampling, config.vocab_size, options_.seed + static_cast<uint64_t>(i), r.report_logprobs);
     s.sampler->AddPromptTokens(r.prompt_tokens);
   }
   // Activations for this run's largest step now (every request may run at once, one logits

@@ -35,6 +35,9 @@ struct GenerationRequest {
   // Token ids that end generation (EOS); ignored when ignore_eos.
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;
+  // false: samples carry the token alone (logprob NaN; sampling.num_logprobs must be 0), and a
+  // greedy sample skips the raw row's log-softmax (Sampler's report_logprobs).
+  bool report_logprobs = true;
 };
 
 enum class FinishReason { kLength, kStopToken };

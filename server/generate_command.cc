@@ -42,6 +42,7 @@ int RunGenerateCommand() {
   request.max_tokens = absl::GetFlag(FLAGS_max_tokens);
   request.sampling = *sampling;
   request.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
+  request.report_logprobs = request.sampling.num_logprobs > 0;  // printed only then
   request.stop_token_ids = tokenizer.end_of_generation_ids();
 
   const int32_t block_size = absl::GetFlag(FLAGS_block_size);

@@ -88,6 +88,7 @@ absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32
     r.max_tokens = gen_len;
     r.sampling.temperature = 0.0f;
     r.ignore_eos = true;
+    r.report_logprobs = false;  // as a server request without logprobs: the token alone
   }
   scheduler::OfflineGeneratorOptions options;
   options.prefill_chunk_tokens = 512;

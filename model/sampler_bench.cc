@@ -1,0 +1,75 @@
+// Microseconds per Sampler::Sample call at a Llama-3 vocabulary (128256 entries), with and
+// without logprobs, for greedy and the usual stochastic settings: what the engine thread pays
+// per generated token on top of the forward pass. Prints one line per setting.
+//
+//   bazel run -c opt //model:sampler_bench [-- VOCAB [CALLS]]
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "model/sampler.h"
+#include "model/sampling_params.h"
+
+namespace {
+
+using glimpse::model::Sampler;
+using glimpse::model::SamplingParams;
+
+// Median microseconds per Sample over `calls` calls on rows of N(0, 3) logits.
+double MedianMicros(const SamplingParams& params, bool report_logprobs,
+                    const std::vector<std::vector<float>>& rows, int calls) {
+  Sampler sampler(params, static_cast<int32_t>(rows[0].size()), 1, report_logprobs);
+  std::vector<double> micros;
+  int32_t sink = 0;
+  for (int i = 0; i < calls; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    sink += sampler.Sample(rows[i % rows.size()]).token;
+    const auto end = std::chrono::steady_clock::now();
+    micros.push_back(std::chrono::duration<double, std::micro>(end - start).count());
+  }
+  std::sort(micros.begin(), micros.end());
+  if (sink == -1) std::printf(" ");
+  return micros[micros.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int32_t vocab = argc > 1 ? std::atoi(argv[1]) : 128256;
+  const int calls = argc > 2 ? std::atoi(argv[2]) : 200;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<std::vector<float>> rows(8, std::vector<float>(vocab));
+  for (auto& row : rows) {
+    for (float& x : row) x = normal(rng);
+  }
+  struct Setting {
+    const char* name;
+    SamplingParams params;
+  };
+  std::vector<Setting> settings;
+  SamplingParams p;
+  p.temperature = 0.0f;
+  settings.push_back({"greedy", p});
+  p = SamplingParams();
+  p.temperature = 0.8f;
+  p.top_k = 50;
+  p.top_p = 0.9f;
+  settings.push_back({"top-k 50, top-p 0.9", p});
+  p = SamplingParams();
+  p.temperature = 1.0f;
+  settings.push_back({"temperature 1", p});
+  std::printf("Sampler::Sample, vocabulary %d, median of %d calls (one thread)\n", vocab, calls);
+  std::printf("%-22s %16s %16s %8s\n", "setting", "with logprob us", "without us", "ratio");
+  for (const Setting& s : settings) {
+    const double with = MedianMicros(s.params, true, rows, calls);
+    const double without = MedianMicros(s.params, false, rows, calls);
+    std::printf("%-22s %16.1f %16.1f %8.2f\n", s.name, with, without, with / without);
+  }
+  return 0;
+}
