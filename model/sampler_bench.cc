@@ -1,6 +1,7 @@
 // Microseconds per Sampler::Sample call at a Llama-3 vocabulary (128256 entries), with and
 // without logprobs, for greedy and the usual stochastic settings: what the engine thread pays
-// per generated token on top of the forward pass. Prints one line per setting.
+// per generated token on top of the forward pass. Then a step's 64 rows sampled on one thread
+// and on a pool of every CPU (as the engine's sampling_threads does). Prints a table.
 //
 //   bazel run -c opt //model:sampler_bench [-- VOCAB [CALLS]]
 #include <algorithm>
@@ -8,10 +9,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/thread_pool.h"
 #include "model/sampler.h"
 #include "model/sampling_params.h"
 
@@ -70,6 +73,42 @@ int main(int argc, char** argv) {
     const double with = MedianMicros(s.params, true, rows, calls);
     const double without = MedianMicros(s.params, false, rows, calls);
     std::printf("%-22s %16.1f %16.1f %8.2f\n", s.name, with, without, with / without);
+  }
+
+  // One step of 64 rows, each its own sampler (as the engine's sequences), without logprobs.
+  constexpr int kRows = 64;
+  glimpse::kernels::cpu::ThreadPool pool(glimpse::kernels::cpu::DefaultNumThreads());
+  std::printf("\n%d rows per step, without logprobs, median of 9 steps: one thread vs %d\n", kRows,
+              pool.num_threads());
+  std::printf("%-22s %16s %16s %8s\n", "setting", "1 thread ms", "pool ms", "ratio");
+  for (const Setting& s : settings) {
+    double ms[2];
+    for (int parallel = 0; parallel < 2; ++parallel) {
+      std::vector<double> steps;
+      for (int step = 0; step < 9; ++step) {
+        std::vector<std::unique_ptr<Sampler>> samplers;
+        for (int r = 0; r < kRows; ++r) {
+          samplers.push_back(std::make_unique<Sampler>(s.params, vocab, r, false));
+        }
+        std::vector<int32_t> tokens(kRows);
+        auto draw = [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r) {
+            tokens[r] = samplers[r]->Sample(rows[r % rows.size()]).token;
+          }
+        };
+        const auto start = std::chrono::steady_clock::now();
+        if (parallel) {
+          pool.ParallelFor(kRows, draw);
+        } else {
+          draw(0, kRows);
+        }
+        const auto end = std::chrono::steady_clock::now();
+        steps.push_back(std::chrono::duration<double, std::milli>(end - start).count());
+      }
+      std::sort(steps.begin(), steps.end());
+      ms[parallel] = steps[steps.size() / 2];
+    }
+    std::printf("%-22s %16.2f %16.2f %8.2f\n", s.name, ms[0], ms[1], ms[0] / ms[1]);
   }
   return 0;
 }

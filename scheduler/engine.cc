@@ -28,6 +28,10 @@ absl::Status Engine::ValidateOptions(const EngineOptions& options) {
   if (options.scheduler.preemption_mode == PreemptionMode::kSwap && options.num_host_blocks < 1) {
     return absl::InvalidArgumentError("swap preemption needs host swap space (num_host_blocks > 0)");
   }
+  if (options.sampling_threads < 1 || options.sampling_threads > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling threads must be in 1..256 (got ", options.sampling_threads, ")"));
+  }
   return absl::OkStatus();
 }
 
@@ -65,6 +69,9 @@ Engine::Engine(std::unique_ptr<model::StepRunner> owned_runner, model::StepRunne
   kv_options.num_host_blocks = options.num_host_blocks;
   kv_manager_ = std::make_unique<kvcache::KvCacheManager>(kv_options);
   scheduler_ = std::make_unique<Scheduler>(*kv_manager_, options.scheduler);
+  if (options.sampling_threads > 1) {
+    sampling_pool_ = std::make_unique<kernels::cpu::ThreadPool>(options.sampling_threads);
+  }
   absl::MutexLock lock(&mu_);
   load_.kv_blocks_total = options.num_kv_blocks;
 }
@@ -353,12 +360,8 @@ void Engine::Step() {
   }
 
   std::vector<Request*> touched;
-  const Clock::time_point after = Clock::now();
-  for (size_t i = 0; i < logits_owner.size(); ++i) {
-    Sequence* seq = logits_owner[i];
-    SampleAndUpdate(seq, std::span<const float>(logits_.data() + i * vocab, vocab), after);
-    touched.push_back(seq->request);
-  }
+  SampleStep(logits_owner, Clock::now());
+  for (Sequence* seq : logits_owner) touched.push_back(seq->request);
   std::sort(touched.begin(), touched.end());
   touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
   EmitOutputs(touched);
@@ -380,7 +383,32 @@ Sequence* Engine::ForkChild(Request* request, int32_t index) {
   return raw;
 }
 
-void Engine::SampleAndUpdate(Sequence* seq, std::span<const float> logits, Clock::time_point now) {
+void Engine::SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_point now) {
+  const int32_t vocab = runner_.config().vocab_size;
+  std::vector<SampleJob> jobs;
+  jobs.reserve(logits_owner.size());
+  for (size_t i = 0; i < logits_owner.size(); ++i) {
+    PrepareSampling(logits_owner[i], logits_.data() + i * vocab, now, jobs);
+  }
+  std::vector<model::Sampler::SampleResult> samples(jobs.size());
+  auto draw = [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      samples[j] = jobs[j].seq->sampler->Sample(std::span<const float>(jobs[j].logits, vocab));
+    }
+  };
+  const int64_t n = static_cast<int64_t>(jobs.size());
+  if (sampling_pool_ != nullptr && n > 1 && n * vocab >= options_.parallel_sampling_min_elements) {
+    // Distinct samplers (each its own RNG and history; scratch is thread-local): no shared
+    // state, so the split cannot change a token.
+    sampling_pool_->ParallelFor(n, draw);
+  } else {
+    draw(0, n);
+  }
+  for (size_t j = 0; j < jobs.size(); ++j) AppendToken(jobs[j].seq, samples[j]);
+}
+
+void Engine::PrepareSampling(Sequence* seq, const float* logits, Clock::time_point now,
+                             std::vector<SampleJob>& jobs) {
   Request* request = seq->request;
   const EngineRequest& spec = request->spec;
   if (seq->sampler == nullptr) {
@@ -416,7 +444,7 @@ void Engine::SampleAndUpdate(Sequence* seq, std::span<const float> logits, Clock
     }
     for (Sequence* s : seqs) {
       s->last_token_time = now;
-      AppendToken(s, s->sampler->Sample(logits));
+      jobs.push_back({s, logits});
     }
     return;
   }
@@ -425,7 +453,7 @@ void Engine::SampleAndUpdate(Sequence* seq, std::span<const float> logits, Clock
         std::chrono::duration<double>(now - seq->last_token_time).count());
   }
   seq->last_token_time = now;
-  AppendToken(seq, seq->sampler->Sample(logits));
+  jobs.push_back({seq, logits});
 }
 
 void Engine::AppendToken(Sequence* seq, const model::Sampler::SampleResult& sample) {

@@ -21,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/status_macros.h"
+#include "kernels/cpu/thread_pool.h"
 #include "scheduler/engine.h"
 #include "server/common_flags.h"
 #include "server/engine_metrics_observer.h"
@@ -63,6 +64,11 @@ ABSL_FLAG(int32_t, max_num_batched_tokens, 512,
           "serve: token budget of one engine step (decode tokens plus prefill chunks).");
 ABSL_FLAG(int32_t, max_waiting_requests, 256,
           "serve: bound of the waiting queue; requests beyond it get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int32_t, sampling_threads, 0,
+          "serve: threads that sample a step's logits rows, the engine thread included; 0: "
+          "the CPUs this process may use, at most 8. Rows are sampled in parallel once rows x "
+          "vocabulary reach 2^20 (e.g. 8 rows of a 128k vocabulary); any count draws the same "
+          "tokens.");
 ABSL_FLAG(std::string, preemption_mode, "recompute",
           "serve: what happens to a preempted sequence's KV when blocks run out: 'recompute' "
           "(free it, recompute later) or 'swap' (copy it to host memory, see "
@@ -129,6 +135,12 @@ absl::StatusOr<ServeConfig> ConfigFromFlags() {
   if (c.engine.max_waiting_requests < 1) {
     return absl::InvalidArgumentError("--max_waiting_requests must be >= 1");
   }
+  const int32_t sampling_threads = absl::GetFlag(FLAGS_sampling_threads);
+  if (sampling_threads < 0 || sampling_threads > 256) {
+    return absl::InvalidArgumentError("--sampling_threads must be in 0..256 (0: automatic)");
+  }
+  c.engine.sampling_threads =
+      sampling_threads > 0 ? sampling_threads : std::min(8, kernels::cpu::DefaultNumThreads());
   c.preemption_mode = absl::GetFlag(FLAGS_preemption_mode);
   if (c.preemption_mode == "swap") {
     s.preemption_mode = scheduler::PreemptionMode::kSwap;

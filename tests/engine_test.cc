@@ -373,5 +373,49 @@ TEST_F(EngineTest, MultipleCompletionsShareThePromptAndStopStringsCut) {
   EXPECT_LT(cs.tokens[0].size(), refs[0].tokens.size());
 }
 
+// Sampling a step's rows on several threads draws exactly the tokens one thread draws: each
+// sequence has its own sampler and RNG (stochastic requests, forks of n = 2, logprobs on some;
+// the CPU backend's logits do not depend on how steps are batched).
+TEST_F(EngineTest, ParallelSamplingDrawsTheSameTokens) {
+  const std::vector<Reference> refs = LoadReferences();
+  auto run = [&](int32_t threads) {
+    EngineOptions options;
+    options.seed = 99;
+    options.sampling_threads = threads;
+    options.parallel_sampling_min_elements = 0;  // every step with two rows or more
+    auto engine = MakeEngine(options);
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (int i = 0; i < 12; ++i) {
+      EngineRequest r = Greedy("s" + std::to_string(i), refs[i].prompt, 24);
+      r.sampling.temperature = 0.9f;
+      r.sampling.top_p = 0.95f;
+      r.sampling.frequency_penalty = i % 3 == 0 ? 0.3f : 0.0f;
+      r.output.num_logprobs = i % 4 == 1 ? 2 : -1;
+      r.n = i % 5 == 2 ? 2 : 1;
+      auto stream = engine->Submit(r);
+      EXPECT_TRUE(stream.ok()) << stream.status();
+      streams.push_back(*stream);
+    }
+    std::vector<std::vector<std::vector<int32_t>>> tokens;
+    for (int i = 0; i < 12; ++i) {
+      Collected c = Drain(*streams[i], i % 5 == 2 ? 2 : 1);
+      EXPECT_TRUE(c.status.ok()) << c.status;
+      tokens.push_back(c.tokens);
+    }
+    return tokens;
+  };
+  const auto one = run(1);
+  const auto three = run(3);
+  ASSERT_EQ(one.size(), three.size());
+  for (size_t i = 0; i < one.size(); ++i) {
+    EXPECT_EQ(one[i], three[i]) << "request " << i;
+    for (const auto& t : one[i]) EXPECT_EQ(t.size(), 24u) << "request " << i;
+  }
+  EngineOptions bad;
+  bad.sampling_threads = 0;
+  EXPECT_EQ(Engine::Create(*model_, *tokenizer_, bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace glimpse::scheduler
