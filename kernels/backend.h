@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <span>
@@ -149,6 +150,30 @@ class Backend {
   // Copies between host and backend memory.
   virtual void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) = 0;
   virtual void CopyToHost(void* host_dst, const void* src, size_t num_bytes) = 0;
+  // Greedy decoding's reduction of a step's logits, by the host sampler's greedy rule: for
+  // each of num_rows rows of x ([num_rows][cols] fp32, backend memory) the column of its
+  // largest value into host_index[r] (NaN never chosen, ties to the lowest column, 0 when no
+  // value is above -inf) and that value into host_value[r] (-inf then). Host arrays, written
+  // when it returns (as CopyToHost). The default copies the rows over and reduces them here;
+  // the CUDA backend reduces on the device, so that 8 bytes a row cross instead of the row.
+  virtual void ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int32_t* host_index,
+                          float* host_value) {
+    std::vector<float> rows(static_cast<size_t>(num_rows * cols));
+    CopyToHost(rows.data(), x, rows.size() * sizeof(float));
+    for (int64_t r = 0; r < num_rows; ++r) {
+      const float* row = rows.data() + r * cols;
+      int32_t best = 0;
+      float best_value = -std::numeric_limits<float>::infinity();
+      for (int64_t c = 0; c < cols; ++c) {
+        if (row[c] > best_value) {  // false for NaN
+          best_value = row[c];
+          best = static_cast<int32_t>(c);
+        }
+      }
+      host_index[r] = best;
+      host_value[r] = best_value;
+    }
+  }
   // Copies between two non-overlapping ranges of backend memory, without a trip through the
   // host (KV block copies for copy-on-write prefix sharing).
   virtual void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) = 0;

@@ -14,6 +14,7 @@ KERNEL_SRCS = [
     "prefill_attention_f32",
     "tree_attention",
     "sampling",
+    "argmax_rows",
     "verify_accept",
     "score_export",
     # The Backend adapter's own ops (backend/): weights and activations to bf16, embedding
@@ -34,6 +35,7 @@ KERNEL_TESTS = [
     "prefill_attention_test",
     "score_export_test",
     "sampling_test",
+    "argmax_rows_test",
     "verify_accept_test",
     "weight_convert_test",
     "embedding_test",

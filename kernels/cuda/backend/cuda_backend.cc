@@ -80,6 +80,8 @@ absl::Status CudaBackend::Init() {
                              "allocating the split attention's merge counters"));
   RETURN_IF_ERROR(CudaStatus(cudaMemset(merge_counters_.get(), 0, kMergeCounters * sizeof(int32_t)),
                              "zeroing the split attention's merge counters"));
+  RETURN_IF_ERROR(CudaStatus(argmax_rows_.Allocate(size_t{8} * kMaxGraphBatch),
+                             "allocating the greedy reduction's output"));
   RETURN_IF_ERROR(CudaStatus(cudaHostAlloc(reinterpret_cast<void**>(&staging_host_),
                                            kInitialStagingBytes, cudaHostAllocDefault),
                              "allocating pinned staging memory"));
@@ -117,6 +119,7 @@ CudaBackend::~CudaBackend() {
   graph_activations_bf16_.Reset();
   graph_attention_workspace_.Reset();
   graph_norm_input_.Reset();
+  argmax_rows_.Reset();
   if (staging_host_ != nullptr) (void)cudaFreeHost(staging_host_);
   if (staging_device_ != nullptr) (void)cudaFree(staging_device_);
   if (cublas_ != nullptr) (void)cublasDestroy(cublas_);
@@ -252,6 +255,28 @@ void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t num_bytes) 
   // Synchronizes (the Backend contract: the data is on the host on return) and, with the
   // stream drained, recycles the staging buffers for the next step.
   RestartStaging(0);
+}
+
+void CudaBackend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int32_t* host_index,
+                             float* host_value) {
+  Bind();
+  if (graphs_.recording() && RecordArgMaxRows(x, num_rows, cols)) {
+    // The end of the recorded step, as CopyToHost: its graph (or launches) run now.
+    FinishGraphStep(GraphEagerReason::kNumReasons);
+  } else {
+    if (graphs_.recording()) FinishGraphStep(GraphEagerReason::kNumReasons);
+    if (num_rows == 0) return;
+    Reserve(argmax_rows_, static_cast<size_t>(num_rows) * 8);
+    GLIMPSE_CUDA_CHECK(LaunchArgMaxRows(ArgMaxOutput(x, num_rows, cols), stream_));
+  }
+  if (num_rows > 0) {
+    const ArgMaxRowsParams out = ArgMaxOutput(x, num_rows, cols);
+    GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_index, out.index, num_rows * sizeof(int32_t),
+                                       cudaMemcpyDeviceToHost, stream_));
+    GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_value, out.value, num_rows * sizeof(float),
+                                       cudaMemcpyDeviceToHost, stream_));
+  }
+  RestartStaging(0);  // synchronizes, as CopyToHost
 }
 
 }  // namespace internal

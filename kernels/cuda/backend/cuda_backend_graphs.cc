@@ -55,6 +55,7 @@ enum class GraphOp : uint32_t {
   kWithBf16Copy,      // amends the launch before: it also writes its output's bf16 copy
   kRopeSecondTensor,  // amends the RoPE before: it also rotates a second tensor (k)
   kStoreKvInRope,     // amends the RoPE of q and k before: it also appends k and v
+  kArgMaxRows,
 };
 
 // The split-KV workspace the decode attention of a recorded step needs at its largest over
@@ -275,6 +276,19 @@ bool CudaBackend::RecordMatMuls(const float* x, int64_t num_rows,
         GraphOp::kGemm, g.w, g.n_out, g.k, g.bf16, rows, g.y, g.batch, g.w_stride, g.y_stride, x);
   }
   gemm_calls_joined_ += static_cast<int64_t>(ws.size() - gemms.size());
+  return true;
+}
+
+bool CudaBackend::RecordArgMaxRows(const float* x, int64_t num_rows, int64_t cols) {
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(num_rows, &rows) || argmax_rows_.size() < static_cast<size_t>(rows) * 8) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  // Padded rows reduce logits row 0's copies: harmless, and never copied out.
+  const ArgMaxRowsParams p = ArgMaxOutput(x, rows, cols);
+  graphs_.Record([p](cudaStream_t stream) { return LaunchArgMaxRows(p, stream); },
+                 GraphOp::kArgMaxRows, x, rows, cols, p.index, p.value);
   return true;
 }
 

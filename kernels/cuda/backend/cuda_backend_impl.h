@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/argmax_rows.h"
 #include "kernels/cuda/backend/cuda_backend.h"
 #include "kernels/cuda/backend/decode_graphs.h"
 #include "kernels/cuda/device_buffer.h"
@@ -196,6 +197,10 @@ class CudaBackend final : public Backend {
   void Free(void* ptr) override;
   void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override;
+  // LaunchArgMaxRows on the device, then 8 bytes a row to the host; like CopyToHost, the end of
+  // a recorded step (the reduction is part of its graph).
+  void ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int32_t* host_index,
+                  float* host_value) override;
   void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) override;
   size_t KvElementBytes() const override { return DTypeSize(kv_dtype_); }
   // The attention kernels' shapes: head_dim 32, 64 or 128, 1 to 8 query heads per KV head.
@@ -354,6 +359,8 @@ class CudaBackend final : public Backend {
   bool RecordGatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
                         float* out);
   bool RecordAllReduceSum(float* x, int64_t n);
+  // ArgMaxRows' launch over the step's padded rows into argmax_rows_.
+  bool RecordArgMaxRows(const float* x, int64_t num_rows, int64_t cols);
   // Bf16 copies (GraphStepState::bf16_producer). A producer op (RmsNorm, AddRmsNorm, SiluMul)
   // records its launch, then offers `with_copy`: the same launch, also writing its fp32
   // output `out` ([elements]) rounded to bf16 at the pointer it is given.
@@ -404,6 +411,20 @@ class CudaBackend final : public Backend {
   // merge_counters, PrefillAttentionParams::merge_counters): zeroed once at Init and left zero
   // by every launch, eager or graphed (which is why it never moves). MergeCounters.
   DeviceBuffer<int32_t> merge_counters_;
+  // ArgMaxRows' device output: [capacity] int32 columns, then [capacity] fp32 values,
+  // capacity = size / 8 rows (ArgMaxOutput). Reserved at Init for the largest graph bucket, so
+  // that recorded steps keep its address; grown (eagerly only) for more rows.
+  DeviceBuffer<uint8_t> argmax_rows_;
+  ArgMaxRowsParams ArgMaxOutput(const float* x, int64_t rows, int64_t cols) const {
+    const size_t capacity = argmax_rows_.size() / 8;
+    ArgMaxRowsParams p;
+    p.x = x;
+    p.num_rows = rows;
+    p.cols = cols;
+    p.index = reinterpret_cast<int32_t*>(argmax_rows_.get());
+    p.value = reinterpret_cast<float*>(argmax_rows_.get() + capacity * 4);
+    return p;
+  }
   std::unordered_map<const void*, DeviceTable> tables_;  // key: MatrixView::data
   AttentionMemo attention_memo_;
   PrefillMemo prefill_memo_;

@@ -568,6 +568,34 @@ TEST_F(CudaBackendTest, PackMatricesOutliveEachOther) {
   }
 }
 
+// ArgMaxRows reduces on the device to what the host rule gives (Backend's default, which the
+// CPU backend runs): NaN never chosen, ties to the lowest column, column 0 for a row with
+// nothing above -inf; also past the 256 rows reserved for graphs (the output grows).
+TEST_F(CudaBackendTest, ArgMaxRowsMatchesTheHostRule) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  for (const int64_t rows : {int64_t{1}, int64_t{7}, int64_t{300}}) {
+    const int64_t cols = 1000 + rows;
+    std::vector<float> x = Normal(rows * cols, 4.0f);
+    x[0] = std::numeric_limits<float>::quiet_NaN();
+    if (rows > 1) {
+      for (int64_t c = 0; c < cols; ++c) x[cols + c] = -kInf;  // row 1: nothing above -inf
+      float* last = x.data() + (rows - 1) * cols;              // last row: a three-way tie
+      last[cols - 1] = last[cols / 2] = last[cols / 3] = 99.0f;
+    }
+    std::vector<int32_t> want_index(rows, -1), got_index(rows, -1);
+    std::vector<float> want_value(rows), got_value(rows);
+    cpu_.ArgMaxRows(Put(cpu_, x), rows, cols, want_index.data(), want_value.data());
+    cuda_->ArgMaxRows(Put(*cuda_, x), rows, cols, got_index.data(), got_value.data());
+    EXPECT_EQ(got_index, want_index) << rows << " rows";
+    EXPECT_EQ(got_value, want_value) << rows << " rows";
+    if (rows > 1) {
+      EXPECT_EQ(got_index[1], 0);
+      EXPECT_EQ(got_value[1], -kInf);
+      EXPECT_EQ(got_index[rows - 1], cols / 3);
+    }
+  }
+}
+
 // DeviceMemory is the device's (serve sizes the KV cache by it): free within total, and an
 // allocation of 64 MiB shows in it until freed. The CPU backend allocates host memory: none.
 TEST_F(CudaBackendTest, DeviceMemoryShowsAllocations) {
