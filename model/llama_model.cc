@@ -257,6 +257,15 @@ float* LlamaModel::Scratch(size_t index, int64_t rows) {
 }
 
 absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, float* logits) {
+  return Run(batch, kv, LogitsOutput{logits, nullptr, nullptr});
+}
+
+absl::Status LlamaModel::ForwardArgMax(const StepBatch& batch, KvCacheStorage& kv, int32_t* index,
+                                       float* value) {
+  return Run(batch, kv, LogitsOutput{nullptr, index, value});
+}
+
+absl::Status LlamaModel::Run(const StepBatch& batch, KvCacheStorage& kv, LogitsOutput out) {
   const LlamaConfig& c = config_;
   RETURN_IF_ERROR(ValidateStepBatch(batch, kv.block_size(), kv.num_blocks(), c.vocab_size));
   for (int32_t pos : batch.positions) {
@@ -385,7 +394,11 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
   be.GatherRows(x, c.dim, batch.logits_rows.data(), R, xn);
   be.RmsNorm(xn, weights_.output_norm, R, c.dim, c.rms_norm_eps, rows_in);
   be.MatMul(rows_in, R, *weights_.output, rows_out);
-  be.CopyToHost(logits, rows_out, R * shard_.vocab.size() * sizeof(float));
+  if (out.logits != nullptr) {
+    be.CopyToHost(out.logits, rows_out, R * shard_.vocab.size() * sizeof(float));
+  } else {
+    be.ArgMaxRows(rows_out, R, shard_.vocab.size(), out.argmax_index, out.argmax_value);
+  }
   return absl::OkStatus();
 }
 

@@ -75,6 +75,11 @@ class LlamaModel {
   // (ValidateStepBatch) and `kv` must hold this rank's KV heads (built with shard().tp);
   // InvalidArgument otherwise.
   absl::Status Forward(const StepBatch& batch, KvCacheStorage& kv, float* logits);
+  // Forward for greedy decoding: instead of the logits, each logits row's largest value and
+  // its column within this rank's vocabulary slice (Backend::ArgMaxRows: NaN never chosen,
+  // ties to the lowest column), into host index[i] and value[i] for batch.logits_rows[i].
+  absl::Status ForwardArgMax(const StepBatch& batch, KvCacheStorage& kv, int32_t* index,
+                             float* value);
 
   // Sizes the activation buffers for steps of up to max_tokens tokens and max_logits_rows
   // logits rows now, instead of growing them on the steps that first need more. A buffer that
@@ -88,6 +93,13 @@ class LlamaModel {
   // Activation buffer `index` (kX, kQ, ... in llama_model.cc) for at least `rows` rows of its
   // width on this rank, grown (and so moved) when too small.
   float* Scratch(size_t index, int64_t rows);
+  // Where a step's logits go: the rows (logits, host [R][V]), or their argmax only.
+  struct LogitsOutput {
+    float* logits = nullptr;
+    int32_t* argmax_index = nullptr;
+    float* argmax_value = nullptr;
+  };
+  absl::Status Run(const StepBatch& batch, KvCacheStorage& kv, LogitsOutput out);
   int64_t ScratchWidth(size_t index) const;
 
   LlamaConfig config_;

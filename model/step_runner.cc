@@ -1,5 +1,10 @@
 #include "model/step_runner.h"
 
+#include <limits>
+#include <vector>
+
+#include "common/status_macros.h"
+
 namespace glimpse::model {
 
 void ApplyKvBlockMoves(std::span<const KvBlockMove> moves, KvCacheStorage& kv) {
@@ -28,7 +33,25 @@ void LlamaStepRunner::AllocateKvCache(int32_t num_blocks, int32_t block_size,
   kv_ = owned_kv_.get();
 }
 
-absl::Status LlamaStepRunner::Forward(const StepBatch& batch, float* logits) {
+absl::Status StepRunner::ForwardGreedy(const StepBatch& batch, int32_t* tokens) {
+  const size_t vocab = static_cast<size_t>(config().vocab_size);
+  std::vector<float> logits(batch.logits_rows.size() * vocab);
+  RETURN_IF_ERROR(Forward(batch, logits.data()));
+  for (size_t i = 0; i < batch.logits_rows.size(); ++i) {
+    int32_t best = 0;
+    float best_value = -std::numeric_limits<float>::infinity();
+    for (size_t t = 0; t < vocab; ++t) {
+      if (logits[i * vocab + t] > best_value) {  // false for NaN
+        best_value = logits[i * vocab + t];
+        best = static_cast<int32_t>(t);
+      }
+    }
+    tokens[i] = best;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaStepRunner::CheckRunnable() const {
   if (kv_ == nullptr) return absl::FailedPreconditionError("Forward before AllocateKvCache");
   if (model_.shard().tp.size != 1) {
     // A rank's model computes only its slice of the logits (TensorParallelModel joins them).
@@ -36,6 +59,17 @@ absl::Status LlamaStepRunner::Forward(const StepBatch& batch, float* logits) {
         "LlamaStepRunner runs the unsplit model; a tensor-parallel rank needs "
         "TensorParallelModel");
   }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaStepRunner::ForwardGreedy(const StepBatch& batch, int32_t* tokens) {
+  RETURN_IF_ERROR(CheckRunnable());
+  std::vector<float> values(batch.logits_rows.size());
+  return model_.ForwardArgMax(batch, *kv_, tokens, values.data());
+}
+
+absl::Status LlamaStepRunner::Forward(const StepBatch& batch, float* logits) {
+  RETURN_IF_ERROR(CheckRunnable());
   return model_.Forward(batch, *kv_, logits);
 }
 

@@ -63,6 +63,12 @@ class StepRunner {
   // batch.logits_rows[i]. InvalidArgument for a batch that does not fit the cache;
   // FailedPrecondition before AllocateKvCache.
   virtual absl::Status Forward(const StepBatch& batch, float* logits) = 0;
+  // Forward for greedy decoding: tokens[i] (host) = the argmax of the logits of
+  // batch.logits_rows[i] over the whole vocabulary (the host sampler's greedy rule: NaN never
+  // chosen, ties to the lowest id, 0 when nothing is above -inf), without the logits leaving
+  // the device: LlamaModel::ForwardArgMax per rank. The default runs Forward and reduces on
+  // the host. Errors as Forward's.
+  virtual absl::Status ForwardGreedy(const StepBatch& batch, int32_t* tokens);
 
   // Applies the moves in order (on every rank). Block ids must be in range of the cache and
   // the host space.
@@ -105,9 +111,13 @@ class LlamaStepRunner final : public StepRunner {
   int32_t kv_block_size() const override { return kv_ == nullptr ? 0 : kv_->block_size(); }
   size_t kv_element_bytes() const override { return model_.backend().KvElementBytes(); }
   absl::Status Forward(const StepBatch& batch, float* logits) override;
+  absl::Status ForwardGreedy(const StepBatch& batch, int32_t* tokens) override;
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
 
  private:
+  // FailedPrecondition before AllocateKvCache, or for a tensor-parallel rank's model.
+  absl::Status CheckRunnable() const;
+
   LlamaModel& model_;
   std::unique_ptr<KvCacheStorage> owned_kv_;
   KvCacheStorage* kv_ = nullptr;  // owned_kv_ or the borrowed cache

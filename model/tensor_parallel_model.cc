@@ -4,10 +4,11 @@
 #include <thread>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/base/thread_annotations.h"
 #include "common/check.h"
+#include "common/status_macros.h"
 
 namespace glimpse::model {
 
@@ -129,6 +130,50 @@ void TensorParallelModel::MoveKvBlocks(std::span<const KvBlockMove> moves) {
   threads_->Run([&](int r) { ApplyKvBlockMoves(moves, *ranks_[r].kv); });
 }
 
+absl::Status TensorParallelModel::OnEveryRank(const std::function<absl::Status(Rank&)>& forward) {
+  // Either all ranks return an error before their first all-reduce, or none does (a rank that
+  // stopped early would leave its peers waiting in a collective forever).
+  std::vector<absl::Status> status(size());
+  threads_->Run([&](int r) { status[r] = forward(ranks_[r]); });
+  for (int r = 0; r < size(); ++r) {
+    if (!status[r].ok()) {
+      return size() == 1 ? status[r]
+                         : absl::Status(status[r].code(), absl::StrCat("tensor-parallel rank ", r,
+                                                                       ": ", status[r].message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TensorParallelModel::ForwardGreedy(const StepBatch& batch, int32_t* tokens) {
+  if (ranks_[0].kv == nullptr) {
+    return absl::FailedPreconditionError("Forward before AllocateKvCache");
+  }
+  const size_t num_rows = batch.logits_rows.size();
+  for (Rank& rank : ranks_) {
+    rank.argmax_index.resize(num_rows);
+    rank.argmax_value.resize(num_rows);
+  }
+  RETURN_IF_ERROR(OnEveryRank([&](Rank& rank) {
+    return rank.model->ForwardArgMax(batch, *rank.kv, rank.argmax_index.data(),
+                                     rank.argmax_value.data());
+  }));
+  for (size_t i = 0; i < num_rows; ++i) {
+    // A rank wins only by a strictly larger value: a lower rank keeps ties, and a row with
+    // nothing above -inf anywhere stays at rank 0's answer (id 0).
+    int32_t token = ranks_[0].model->shard().vocab.begin + ranks_[0].argmax_index[i];
+    float best = ranks_[0].argmax_value[i];
+    for (const Rank& rank : ranks_) {
+      if (rank.argmax_value[i] > best) {
+        best = rank.argmax_value[i];
+        token = rank.model->shard().vocab.begin + rank.argmax_index[i];
+      }
+    }
+    tokens[i] = token;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status TensorParallelModel::Forward(const StepBatch& batch, float* logits) {
   if (ranks_[0].kv == nullptr) {
     return absl::FailedPreconditionError("Forward before AllocateKvCache");
@@ -141,22 +186,9 @@ absl::Status TensorParallelModel::Forward(const StepBatch& batch, float* logits)
       rank.logits.resize(num_rows * static_cast<size_t>(rank.model->shard().vocab.size()));
     }
   }
-  // Every rank sees the same batch and same-shaped caches, so all validate alike: either all
-  // return an error before their first all-reduce, or none does (a rank that stopped early
-  // would leave its peers waiting in a collective forever).
-  std::vector<absl::Status> status(size());
-  threads_->Run([&](int r) {
-    Rank& rank = ranks_[r];
-    status[r] = rank.model->Forward(batch, *rank.kv, size() == 1 ? logits : rank.logits.data());
-  });
-  for (int r = 0; r < size(); ++r) {
-    if (!status[r].ok()) {
-      return size() == 1 ? status[r]
-                         : absl::Status(status[r].code(), absl::StrCat("tensor-parallel rank ",
-                                                                       r, ": ",
-                                                                       status[r].message()));
-    }
-  }
+  RETURN_IF_ERROR(OnEveryRank([&](Rank& rank) {
+    return rank.model->Forward(batch, *rank.kv, size() == 1 ? logits : rank.logits.data());
+  }));
   if (size() > 1) {
     const size_t vocab = static_cast<size_t>(config().vocab_size);
     for (const Rank& rank : ranks_) {

@@ -73,6 +73,10 @@ class TensorParallelModel final : public StepRunner {
   // LlamaModel::Forward on every rank, concurrently, against the rank's KV cache; `logits`
   // (host) receives rank 0's. FailedPrecondition before AllocateKvCache.
   absl::Status Forward(const StepBatch& batch, float* logits) override;
+  // LlamaModel::ForwardArgMax on every rank (its vocabulary slice's argmax and value per
+  // row), then per row the rank with the largest value, the lowest rank on ties (slices are in
+  // id order, so ties still go to the lowest id).
+  absl::Status ForwardGreedy(const StepBatch& batch, int32_t* tokens) override;
 
   // The moves on every rank's cache, the ranks concurrently (each on its own device).
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
@@ -84,7 +88,12 @@ class TensorParallelModel final : public StepRunner {
     std::unique_ptr<LlamaModel> model;
     std::unique_ptr<KvCacheStorage> kv;
     std::vector<float> logits;  // host, [rows][vocab slice]: this rank's logits of a step
+    std::vector<int32_t> argmax_index;  // host, [rows]: ForwardGreedy's, within the slice
+    std::vector<float> argmax_value;    // host, [rows]
   };
+  // Runs `forward` on every rank concurrently; the first rank's error, naming the rank when
+  // split. Every rank sees the same batch and same-shaped caches, so all validate alike.
+  absl::Status OnEveryRank(const std::function<absl::Status(Rank&)>& forward);
 
   TensorParallelModel() = default;
 

@@ -371,6 +371,55 @@ TEST(TensorParallelModelTest, TwoRanksReproduceLlamaCppGreedyExceptAtNearTies) {
               refs.size(), refs[0].tokens.size());
 }
 
+// ForwardGreedy (each rank's argmax of its vocabulary slice, combined) gives the argmax of the
+// whole row of Forward's logits, over 1, 2 and 4 ranks; so does the unsplit model's
+// ForwardArgMax, which also reports the largest logit itself.
+TEST(TensorParallelModelTest, GreedyTokensAreTheArgmaxOfTheLogits) {
+  auto file = Open(SyntheticModel("tp-greedy", GgmlType::kF32, 490));
+  ASSERT_NE(file, nullptr);
+  const auto prompts = Prompts(6);
+  StepBatch batch;
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    const std::vector<int32_t> blocks = BlocksOf(s);
+    const int32_t len = static_cast<int32_t>(prompts[s].size());
+    batch.AddSequence(prompts[s], 0,
+                      std::span<const int32_t>(blocks).first((len + kBlockSize - 1) / kBlockSize),
+                      kBlockSize, true);
+  }
+  auto argmax_of = [](const std::vector<float>& logits, int32_t vocab, size_t row) {
+    const float* r = logits.data() + row * vocab;
+    return static_cast<int32_t>(std::max_element(r, r + vocab) - r);
+  };
+  {
+    Unsplit with_logits(*file), reduced(*file);
+    ASSERT_NE(with_logits.model, nullptr);
+    ASSERT_NE(reduced.model, nullptr);
+    const int32_t vocab = with_logits.model->config().vocab_size;
+    std::vector<float> logits(prompts.size() * vocab);
+    ASSERT_TRUE(with_logits.model->Forward(batch, *with_logits.kv, logits.data()).ok());
+    std::vector<int32_t> index(prompts.size(), -1);
+    std::vector<float> value(prompts.size());
+    ASSERT_TRUE(reduced.model->ForwardArgMax(batch, *reduced.kv, index.data(), value.data()).ok());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_EQ(index[i], argmax_of(logits, vocab, i)) << "unsplit, row " << i;
+      EXPECT_EQ(value[i], logits[i * vocab + index[i]]) << "unsplit, row " << i;
+    }
+  }
+  for (int size : {1, 2, 4}) {
+    Split with_logits(*file, size), reduced(*file, size);
+    ASSERT_NE(with_logits.model, nullptr);
+    ASSERT_NE(reduced.model, nullptr);
+    const int32_t vocab = with_logits.model->config().vocab_size;
+    std::vector<float> logits(prompts.size() * vocab);
+    ASSERT_TRUE(with_logits.model->Forward(batch, logits.data()).ok());
+    std::vector<int32_t> tokens(prompts.size(), -1);
+    ASSERT_TRUE(reduced.model->ForwardGreedy(batch, tokens.data()).ok());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_EQ(tokens[i], argmax_of(logits, vocab, i)) << size << " ranks, row " << i;
+    }
+  }
+}
+
 TEST(TensorParallelModelTest, LoadRefusesSplitsThatBreakGqaGroupsOrQ8_0Blocks) {
   auto file = Open(kF16Path);
   ASSERT_NE(file, nullptr);

@@ -346,6 +346,54 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
     return replays == 1 ? Outcome::kReplay : captures == 1 ? Outcome::kCapture : Outcome::kWarmup;
   }
 
+  // `num_steps` greedy decode steps of `members` through ForwardArgMax (the logits reduced on
+  // the device, ArgMaxRows): the graphs engine's tokens and values equal the recorded one's
+  // bitwise, the eager one's values are close, and each sequence goes on with the graphs
+  // engine's token. Returns the graphs engine's replays.
+  int GreedyDecodeSteps(const std::vector<int>& members, int num_steps) {
+    int64_t replays = 0;
+    for (int step = 0; step < num_steps; ++step) {
+      model::StepBatch batch;
+      for (int id : members) {
+        Sequence& s = seqs_[id];
+        const int32_t kv_len = static_cast<int32_t>(s.tokens.size());
+        while (static_cast<int32_t>(s.blocks.size()) * kBlockSize < kv_len) {
+          s.blocks.push_back(free_blocks_.back());
+          free_blocks_.pop_back();
+        }
+        batch.AddSequence(std::span<const int32_t>(s.tokens).subspan(s.num_computed),
+                          s.num_computed, s.blocks, kBlockSize, /*wants_logits=*/true);
+      }
+      const std::string what = "greedy step " + std::to_string(step);
+      std::vector<std::vector<int32_t>> index(engines_.size(),
+                                              std::vector<int32_t>(members.size(), -1));
+      std::vector<std::vector<float>> value(engines_.size(), std::vector<float>(members.size()));
+      const std::map<std::string, int64_t> before = CountersOf(*engines_[0].backend);
+      for (size_t e = 0; e < engines_.size(); ++e) {
+        const absl::Status status = engines_[e].model->ForwardArgMax(
+            batch, *engines_[e].kv, index[e].data(), value[e].data());
+        if (!status.ok()) {
+          ADD_FAILURE() << engines_[e].label << ": " << status;
+          return static_cast<int>(replays);
+        }
+      }
+      replays += Delta(CountersOf(*engines_[0].backend), before, "cuda_graph_replays_total");
+      EXPECT_EQ(index[0], index[1]) << what;
+      EXPECT_EQ(std::memcmp(value[0].data(), value[1].data(), value[0].size() * sizeof(float)), 0)
+          << what;
+      for (size_t i = 0; i < members.size(); ++i) {
+        EXPECT_GE(index[0][i], 0) << what;
+        EXPECT_LT(index[0][i], vocab_) << what;
+        EXPECT_NEAR(value[0][i], value[2][i], 0.1 * (1.0 + std::fabs(value[2][i])))
+            << what << ", row " << i;
+        Sequence& s = seqs_[members[i]];
+        s.num_computed = static_cast<int32_t>(s.tokens.size());
+        s.tokens.push_back(index[0][i]);
+      }
+    }
+    return static_cast<int>(replays);
+  }
+
   // `num_steps` decode steps of `members`: consecutive steps of one bucket and KV tier must go
   // warm-up -> capture -> replay (a replayed signature may replay from the first step). A step
   // that crosses into the next tier starts over. Returns the number of replays.
@@ -441,6 +489,18 @@ TEST_P(CudaGraphTest, ReplaysEqualTheRecordedStepsRunEagerly) {
   num_replays += DecodeSteps({a, b, c}, 3);
   num_replays += DecodeSteps({c}, 3);
   EXPECT_GE(num_replays, 15);
+}
+
+// Greedy decoding's steps end in the device-side argmax instead of a logits copy: captured and
+// replayed like the others, equal to the recorded steps run eagerly.
+TEST_P(CudaGraphTest, GreedyStepsReduceTheLogitsInTheGraph) {
+  max_rel_l2_ = GetParam().max_rel_l2();
+  const int a = AddSequence(12);
+  const int b = AddSequence(30);
+  const int c = AddSequence(5);
+  Step({a, b, c});
+  EXPECT_GE(GreedyDecodeSteps({a, b, c}, 6), 3);
+  EXPECT_GE(GreedyDecodeSteps({b}, 5), 2);
 }
 
 TEST_P(CudaGraphTest, CrossingAKvCapacityTierCapturesAgain) {
