@@ -376,6 +376,22 @@ Sampler::SampleResult Sampler::Sample(std::span<const float> logits) {
   return Result(logits, SampleFromProbabilities(probs));
 }
 
+bool Sampler::IsPlainGreedy(const SamplingParams& params, bool report_logprobs) {
+  return params.temperature < kGreedyTemperatureEpsilon && params.logit_bias.empty() &&
+         params.repetition_penalty == 1.0f && params.presence_penalty == 0.0f &&
+         params.frequency_penalty == 0.0f && !report_logprobs;
+}
+
+Sampler::SampleResult Sampler::SampleArgMax(int32_t token) {
+  CHECK(IsPlainGreedy(params_, report_logprobs_));
+  CHECK(token >= 0 && token < vocab_size_);
+  NextUniform();  // as Sample(): one draw per call, also when greedy
+  SampleResult result;
+  result.token = token;
+  result.logprob = std::numeric_limits<float>::quiet_NaN();
+  return result;
+}
+
 Sampler::SampleResult Sampler::Result(std::span<const float> logits, int32_t token) const {
   if (report_logprobs_) return ResultForToken(logits, token);
   SampleResult result;

@@ -114,6 +114,13 @@ class Sampler {
   SampleResult ResultForToken(std::span<const float> logits, int32_t token) const;
 
   bool is_greedy() const { return is_greedy_; }
+  // Whether Sample() of these params is the raw row's argmax alone: greedy, no logit bias, no
+  // penalties, no logprobs. The engine then lets the device reduce the rows
+  // (StepRunner::ForwardGreedy) and hands the token to SampleArgMax.
+  static bool IsPlainGreedy(const SamplingParams& params, bool report_logprobs);
+  // Sample()'s result for a row whose argmax is `token`, without the row: the token, logprob
+  // NaN, and the same one RNG draw. Only for plain greedy samplers (CHECKed).
+  SampleResult SampleArgMax(int32_t token);
   const SamplingParams& params() const { return params_; }
   int32_t vocab_size() const { return vocab_size_; }
 

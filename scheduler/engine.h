@@ -57,6 +57,11 @@ struct EngineOptions {
   // few ms).
   int32_t sampling_threads = 1;
   int64_t parallel_sampling_min_elements = int64_t{1} << 20;
+  // Steps whose every logits row is plain greedy (Sampler::IsPlainGreedy) run
+  // StepRunner::ForwardGreedy: the argmax is taken where the logits are (on a GPU, 4 bytes a
+  // row come back instead of the row) and the host only draws the RNG. The same tokens; false
+  // copies every row back as other steps do (for comparison).
+  bool device_greedy = true;
 };
 
 // A consistent-enough snapshot of the engine's state and cumulative work counters.
@@ -132,16 +137,18 @@ class Engine {
   void CheckCancellations(Clock::time_point now);
   void Step();
   void ExecuteCopies(const std::vector<KvCopy>& copies);
-  // A sequence's token to draw from one logits row this step (SampleStep).
+  // A sequence's token to draw from logits row `row` of this step (SampleStep).
   struct SampleJob {
     Sequence* seq = nullptr;
-    const float* logits = nullptr;  // [vocab], in logits_
+    size_t row = 0;  // in logits_ ([row][vocab]), or argmax_ for a greedy step
   };
   // The step's sampling in three phases: set-up in order (first-token samplers and forks,
   // latency observations; `jobs` gets one entry per sequence to sample), the draws (in
-  // parallel on sampling_pool_ when worth it), then AppendToken in order.
-  void SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_point now);
-  void PrepareSampling(Sequence* seq, const float* logits, Clock::time_point now,
+  // parallel on sampling_pool_ when worth it; from argmax_ when `greedy_step`), then
+  // AppendToken in order.
+  void SampleStep(const std::vector<Sequence*>& logits_owner, bool greedy_step,
+                  Clock::time_point now);
+  void PrepareSampling(Sequence* seq, size_t row, Clock::time_point now,
                        std::vector<SampleJob>& jobs);
   Sequence* ForkChild(Request* request, int32_t index);
   void AppendToken(Sequence* seq, const model::Sampler::SampleResult& sample);
@@ -168,6 +175,8 @@ class Engine {
   int64_t next_arrival_ = 0;
   kvcache::RequestKey next_key_ = 1;
   std::vector<float> logits_;
+  // A greedy step's tokens (StepRunner::ForwardGreedy: the logits stay on the device).
+  std::vector<int32_t> argmax_;
   std::vector<model::KvBlockMove> kv_moves_;  // This step's, reused across steps.
   // options_.sampling_threads - 1 workers (null for one thread); used by the engine thread only.
   std::unique_ptr<kernels::cpu::ThreadPool> sampling_pool_;

@@ -100,6 +100,7 @@ absl::StatusOr<std::vector<GenerationResult>> OfflineGenerator::Run(
   };
 
   std::vector<float> logits;
+  std::vector<int32_t> argmax;
   while (true) {
     model::StepBatch batch;
     std::vector<size_t> logits_owner;  // Sequence index of each logits row.
@@ -139,9 +140,22 @@ absl::StatusOr<std::vector<GenerationResult>> OfflineGenerator::Run(
     }
     if (batch.num_tokens() == 0) break;
 
-    logits.resize(logits_owner.size() * static_cast<size_t>(config.vocab_size));
+    // Every row plain greedy: the argmax is taken where the logits are (as the engine does).
+    const bool greedy_step = !logits_owner.empty() &&
+                             std::all_of(logits_owner.begin(), logits_owner.end(), [&](size_t i) {
+                               return model::Sampler::IsPlainGreedy(
+                                   seqs[i].request->sampling, seqs[i].request->report_logprobs);
+                             });
     const auto start = std::chrono::steady_clock::now();
-    if (absl::Status st = runner_.Forward(batch, logits.data()); !st.ok()) return fail(st);
+    absl::Status step_status;
+    if (greedy_step) {
+      argmax.resize(logits_owner.size());
+      step_status = runner_.ForwardGreedy(batch, argmax.data());
+    } else {
+      logits.resize(logits_owner.size() * static_cast<size_t>(config.vocab_size));
+      step_status = runner_.Forward(batch, logits.data());
+    }
+    if (!step_status.ok()) return fail(step_status);
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     ++counters_.num_steps;
@@ -155,9 +169,13 @@ absl::StatusOr<std::vector<GenerationResult>> OfflineGenerator::Run(
     }
     for (size_t row = 0; row < logits_owner.size(); ++row) {
       Sequence& s = seqs[logits_owner[row]];
-      std::span<const float> row_logits(logits.data() + row * config.vocab_size,
-                                        config.vocab_size);
-      model::Sampler::SampleResult sample = s.sampler->Sample(row_logits);
+      model::Sampler::SampleResult sample;
+      if (greedy_step) {
+        sample = s.sampler->SampleArgMax(argmax[row]);
+      } else {
+        sample = s.sampler->Sample(
+            std::span<const float>(logits.data() + row * config.vocab_size, config.vocab_size));
+      }
       s.sampler->Accept(sample.token);
       s.tokens.push_back(sample.token);
       s.result.tokens.push_back(sample.token);

@@ -373,6 +373,52 @@ TEST_F(EngineTest, MultipleCompletionsShareThePromptAndStopStringsCut) {
   EXPECT_LT(cs.tokens[0].size(), refs[0].tokens.size());
 }
 
+// A step whose every logits row is plain greedy runs ForwardGreedy (only the tokens come
+// back); a row that wants logprobs makes its steps full-logits ones. The tokens are llama.cpp's
+// either way, and with device_greedy off no step reduces the logits.
+TEST_F(EngineTest, PlainGreedyStepsBringBackTokensOnly) {
+  const std::vector<Reference> refs = LoadReferences();
+  for (const bool device_greedy : {true, false}) {
+    testing::RecordingStepRunner runner(*loaded_.runner);
+    EngineOptions options;
+    options.device_greedy = device_greedy;
+    auto created = Engine::Create(runner, *tokenizer_, options);
+    ASSERT_TRUE(created.ok()) << created.status();
+    std::unique_ptr<Engine> engine = std::move(*created);
+    engine->Start();
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (int i = 0; i < 6; ++i) {
+      auto s = engine->Submit(Greedy("g" + std::to_string(i), refs[i].prompt,
+                                     static_cast<int32_t>(refs[i].tokens.size())));
+      ASSERT_TRUE(s.ok()) << s.status();
+      streams.push_back(*s);
+    }
+    for (int i = 0; i < 6; ++i) {
+      const Collected c = Drain(*streams[i], 1);
+      ASSERT_TRUE(c.status.ok()) << c.status;
+      EXPECT_EQ(c.tokens[0], refs[i].tokens)
+          << "request " << i << ", device_greedy " << device_greedy;
+    }
+    ASSERT_TRUE(engine->WaitIdle(absl::Seconds(10)));
+    const int64_t greedy_steps = runner.num_greedy_steps();
+    // Every generated token needs a step with logits rows: at least the longest request's.
+    if (device_greedy) {
+      EXPECT_GE(greedy_steps, static_cast<int64_t>(refs[0].tokens.size()));
+    } else {
+      EXPECT_EQ(greedy_steps, 0);
+    }
+    EngineRequest with_logprobs = Greedy("lp", refs[6].prompt, 8);
+    with_logprobs.output.num_logprobs = 0;
+    const Collected c = Drain(**engine->Submit(with_logprobs), 1);
+    ASSERT_TRUE(c.status.ok()) << c.status;
+    EXPECT_EQ(c.tokens[0],
+              std::vector<int32_t>(refs[6].tokens.begin(), refs[6].tokens.begin() + 8));
+    ASSERT_TRUE(engine->WaitIdle(absl::Seconds(10)));
+    EXPECT_EQ(runner.num_greedy_steps(), greedy_steps) << "a logprobs request's steps";
+    engine.reset();
+  }
+}
+
 // Sampling a step's rows on several threads draws exactly the tokens one thread draws: each
 // sequence has its own sampler and RNG (stochastic requests, forks of n = 2, logprobs on some;
 // the CPU backend's logits do not depend on how steps are batched).

@@ -27,6 +27,8 @@ class RecordingStepRunner final : public model::StepRunner {
   int32_t max_step_tokens_run() const { return max_tokens_; }
   int32_t max_logits_rows_run() const { return max_logits_rows_; }
   int64_t num_steps() const { return num_steps_; }
+  // Of those, the steps run through ForwardGreedy (the logits reduced where they are).
+  int64_t num_greedy_steps() const { return num_greedy_steps_; }
 
   const model::LlamaConfig& config() const override { return inner_.config(); }
   int tensor_parallel_size() const override { return inner_.tensor_parallel_size(); }
@@ -41,22 +43,31 @@ class RecordingStepRunner final : public model::StepRunner {
   int32_t kv_block_size() const override { return inner_.kv_block_size(); }
   size_t kv_element_bytes() const override { return inner_.kv_element_bytes(); }
   absl::Status Forward(const model::StepBatch& batch, float* logits) override {
-    ++num_steps_;
-    max_tokens_ = std::max(max_tokens_, batch.num_tokens());
-    max_logits_rows_ =
-        std::max(max_logits_rows_, static_cast<int32_t>(batch.logits_rows.size()));
+    Record(batch);
     return inner_.Forward(batch, logits);
+  }
+  absl::Status ForwardGreedy(const model::StepBatch& batch, int32_t* tokens) override {
+    Record(batch);
+    ++num_greedy_steps_;
+    return inner_.ForwardGreedy(batch, tokens);
   }
   void MoveKvBlocks(std::span<const model::KvBlockMove> moves) override {
     inner_.MoveKvBlocks(moves);
   }
 
  private:
+  void Record(const model::StepBatch& batch) {
+    ++num_steps_;
+    max_tokens_ = std::max(max_tokens_, batch.num_tokens());
+    max_logits_rows_ = std::max(max_logits_rows_, static_cast<int32_t>(batch.logits_rows.size()));
+  }
+
   model::StepRunner& inner_;
   std::vector<std::pair<int32_t, int32_t>> reservations_;
   int32_t max_tokens_ = 0;
   int32_t max_logits_rows_ = 0;
   int64_t num_steps_ = 0;
+  int64_t num_greedy_steps_ = 0;
 };
 
 }  // namespace glimpse::testing

@@ -13,8 +13,9 @@
 #      pass its bench.json as BENCH_JSON, or the floor is given in bytes only); then, unless
 #      SKIP_VARIANTS=1, the same bench with --cuda_prefill_attention=mma_sync_wide, =wgmma,
 #      =wgmma_pipelined and =wgmma_pipelined_128 (prefill tok/s of the five attention kernels
-#      side by side) and with
-#      --cuda_decode_attention=mma_sync (decode tok/s of the two decode kernels).
+#      side by side), with --cuda_decode_attention=mma_sync (decode tok/s of the two decode
+#      kernels) and with --bench_logprobs=true (every logits row back to the host and sampled
+#      there: what reducing greedy steps on the device saves).
 #
 #   kernels/cuda/gpu_e2e.sh [RESULT_DIR]          (from the repository root)
 # Writes RESULT_DIR/gpu_e2e.json and logs; prints a short table last. Exit status nonzero if a
@@ -62,22 +63,24 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
       --json_out="$RESULT_DIR/bench_8b.json" 2>&1 | tee "$RESULT_DIR/bench_8b.log"
   bench_rc=${PIPESTATUS[0]}
   if [ "${SKIP_VARIANTS:-0}" != 1 ]; then
-    # KIND:KERNEL -> --cuda_KIND_attention=KERNEL, results in bench_8b_NAME.json.
-    for variant in prefill:mma_sync_wide prefill:wgmma prefill:wgmma_pipelined \
-        prefill:wgmma_pipelined_128 decode:mma_sync; do
-      kind=${variant%%:*}
-      kernel=${variant#*:}
-      name=$kernel
-      [ "$kind" = decode ] && name=decode_$kernel
-      timeout "${VARIANT_TIMEOUT:-180}" "$RUN" glimpse_lean bench --device=cuda \
-          --cuda_${kind}_attention=$kernel \
+    # NAME:FLAG -> the bench with FLAG, results in bench_8b_NAME.json. host_logits: every
+    # logits row back to the host and sampled there, as before greedy steps reduced them on
+    # the device (the A/B of ArgMaxRows, and of the host sampler's cost).
+    for variant in mma_sync_wide:--cuda_prefill_attention=mma_sync_wide \
+        wgmma:--cuda_prefill_attention=wgmma \
+        wgmma_pipelined:--cuda_prefill_attention=wgmma_pipelined \
+        wgmma_pipelined_128:--cuda_prefill_attention=wgmma_pipelined_128 \
+        decode_mma_sync:--cuda_decode_attention=mma_sync host_logits:--bench_logprobs=true; do
+      name=${variant%%:*}
+      flag=${variant#*:}
+      timeout "${VARIANT_TIMEOUT:-180}" "$RUN" glimpse_lean bench --device=cuda "$flag" \
           --bench_model="$MODEL" --batch_sizes=1 --prompt_tokens="$PROMPT" --gen_tokens="$GEN" \
           --repetitions=2 --json_out="$RESULT_DIR/bench_8b_$name.json" 2>&1 \
           | tee "$RESULT_DIR/bench_8b_$name.log"
       [ "${PIPESTATUS[0]}" -eq 0 ] || bench_rc=1
     done
     for f in bench_8b bench_8b_mma_sync_wide bench_8b_wgmma bench_8b_wgmma_pipelined \
-        bench_8b_wgmma_pipelined_128 bench_8b_decode_mma_sync; do
+        bench_8b_wgmma_pipelined_128 bench_8b_decode_mma_sync bench_8b_host_logits; do
       [ -f "$RESULT_DIR/$f.json" ] || continue
       python3 - "$RESULT_DIR/$f.json" "$f" <<'PY'
 import json, sys

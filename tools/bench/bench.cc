@@ -30,6 +30,11 @@ ABSL_FLAG(int32_t, gen_tokens, 128, "bench: tokens generated per sequence after 
 ABSL_FLAG(std::string, batch_sizes, "1,8,32", "bench: comma-separated batch sizes to measure.");
 ABSL_FLAG(int32_t, repetitions, 2, "bench: runs per batch size (mean and spread reported).");
 ABSL_FLAG(std::string, json_out, "", "bench: also write the results as JSON to this file.");
+ABSL_FLAG(bool, bench_logprobs, false,
+          "bench: give every generated token its logprob, as a request with logprobs gets: the "
+          "logits rows come back to the host and are sampled there. Off (the default), greedy "
+          "decoding reduces each row to its token where the logits are (on a GPU only 4 bytes "
+          "a row come back).");
 
 namespace glimpse::tools {
 namespace {
@@ -88,7 +93,8 @@ absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32
     r.max_tokens = gen_len;
     r.sampling.temperature = 0.0f;
     r.ignore_eos = true;
-    r.report_logprobs = false;  // as a server request without logprobs: the token alone
+    // As a server request with or without logprobs: without, the token alone.
+    r.report_logprobs = absl::GetFlag(FLAGS_bench_logprobs);
   }
   scheduler::OfflineGeneratorOptions options;
   options.prefill_chunk_tokens = 512;
