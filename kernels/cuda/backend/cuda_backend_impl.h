@@ -152,6 +152,17 @@ struct ProjectionGemm {
   int64_t w_stride = 0;
   int64_t y_stride = 0;
   int matrices = 1;
+
+  // One matrix alone: y = x Wᵀ.
+  static ProjectionGemm Of(const CudaPackedMatrix& m, float* y) {
+    ProjectionGemm g;
+    g.w = m.data();
+    g.n_out = static_cast<int>(m.rows());
+    g.k = static_cast<int>(m.cols());
+    g.bf16 = m.bf16();
+    g.y = y;
+    return g;
+  }
 };
 // The fewest such calls for ws[j] -> ys[j] over num_rows input rows, in order (a call joins a
 // matrix only with the one before it). Every matrix of one width and dtype.

@@ -203,13 +203,7 @@ std::vector<ProjectionGemm> PlanProjectionGemms(std::span<const PackedMatrix* co
         }
       }
     }
-    ProjectionGemm g;
-    g.w = m.data();
-    g.n_out = static_cast<int>(m.rows());
-    g.k = static_cast<int>(m.cols());
-    g.bf16 = m.bf16();
-    g.y = y;
-    gemms.push_back(g);
+    gemms.push_back(ProjectionGemm::Of(m, y));
   }
   return gemms;
 }
@@ -227,13 +221,7 @@ cudaError_t CudaBackend::EnqueueMatMul(const float* x, int64_t num_rows,
 
 cudaError_t CudaBackend::EnqueueGemm(const void* b, int64_t num_rows, const CudaPackedMatrix& m,
                                      float* y) {
-  ProjectionGemm g;
-  g.w = m.data();
-  g.n_out = static_cast<int>(m.rows());
-  g.k = static_cast<int>(m.cols());
-  g.bf16 = m.bf16();
-  g.y = y;
-  return EnqueueProjectionGemm(b, num_rows, g);
+  return EnqueueProjectionGemm(b, num_rows, ProjectionGemm::Of(m, y));
 }
 
 cudaError_t CudaBackend::EnqueueProjectionGemm(const void* b, int64_t num_rows,
