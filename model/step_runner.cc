@@ -1,6 +1,5 @@
 #include "model/step_runner.h"
 
-#include <limits>
 #include <vector>
 
 #include "common/status_macros.h"
@@ -33,24 +32,6 @@ void LlamaStepRunner::AllocateKvCache(int32_t num_blocks, int32_t block_size,
   kv_ = owned_kv_.get();
 }
 
-absl::Status StepRunner::ForwardGreedy(const StepBatch& batch, int32_t* tokens) {
-  const size_t vocab = static_cast<size_t>(config().vocab_size);
-  std::vector<float> logits(batch.logits_rows.size() * vocab);
-  RETURN_IF_ERROR(Forward(batch, logits.data()));
-  for (size_t i = 0; i < batch.logits_rows.size(); ++i) {
-    int32_t best = 0;
-    float best_value = -std::numeric_limits<float>::infinity();
-    for (size_t t = 0; t < vocab; ++t) {
-      if (logits[i * vocab + t] > best_value) {  // false for NaN
-        best_value = logits[i * vocab + t];
-        best = static_cast<int32_t>(t);
-      }
-    }
-    tokens[i] = best;
-  }
-  return absl::OkStatus();
-}
-
 absl::Status LlamaStepRunner::CheckRunnable() const {
   if (kv_ == nullptr) return absl::FailedPreconditionError("Forward before AllocateKvCache");
   if (model_.shard().tp.size != 1) {
@@ -64,8 +45,8 @@ absl::Status LlamaStepRunner::CheckRunnable() const {
 
 absl::Status LlamaStepRunner::ForwardGreedy(const StepBatch& batch, int32_t* tokens) {
   RETURN_IF_ERROR(CheckRunnable());
-  std::vector<float> values(batch.logits_rows.size());
-  return model_.ForwardArgMax(batch, *kv_, tokens, values.data());
+  argmax_values_.resize(batch.logits_rows.size());
+  return model_.ForwardArgMax(batch, *kv_, tokens, argmax_values_.data());
 }
 
 absl::Status LlamaStepRunner::Forward(const StepBatch& batch, float* logits) {

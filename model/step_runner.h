@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "model/kv_cache_storage.h"
@@ -66,9 +67,8 @@ class StepRunner {
   // Forward for greedy decoding: tokens[i] (host) = the argmax of the logits of
   // batch.logits_rows[i] over the whole vocabulary (the host sampler's greedy rule: NaN never
   // chosen, ties to the lowest id, 0 when nothing is above -inf), without the logits leaving
-  // the device: LlamaModel::ForwardArgMax per rank. The default runs Forward and reduces on
-  // the host. Errors as Forward's.
-  virtual absl::Status ForwardGreedy(const StepBatch& batch, int32_t* tokens);
+  // the device: LlamaModel::ForwardArgMax per rank. Errors as Forward's.
+  virtual absl::Status ForwardGreedy(const StepBatch& batch, int32_t* tokens) = 0;
 
   // Applies the moves in order (on every rank). Block ids must be in range of the cache and
   // the host space.
@@ -121,6 +121,7 @@ class LlamaStepRunner final : public StepRunner {
   LlamaModel& model_;
   std::unique_ptr<KvCacheStorage> owned_kv_;
   KvCacheStorage* kv_ = nullptr;  // owned_kv_ or the borrowed cache
+  std::vector<float> argmax_values_;  // ForwardGreedy's largest logits, reused across steps
 };
 
 // Applies `moves` in order to one rank's cache (what both runners do per rank).
