@@ -445,13 +445,14 @@ bool CudaBackend::RecordPagedAttention(const PagedAttentionParams& p) {
     for (int64_t s = 0; s <= rows; ++s) full_indptr[s] = static_cast<int32_t>(s) * capacity_pages;
     graph_step_.attention_plan = PlanPagedDecode(full_indptr.data(), static_cast<int32_t>(rows),
                                                  p.kv.num_kv_heads, block_size, num_sms_);
+    // Planned with the tables, once per step (every layer shares them), not once per layer.
+    graph_step_.workspace_bytes =
+        std::max(graph_step_.workspace_bytes,
+                 LargestGraphDecodeWorkspace(capacity_pages, p.kv.num_kv_heads, block_size,
+                                             p.num_heads, p.kv.head_dim, num_sms_));
     graph_step_.attention_key = std::move(key);
   }
   const PagedDecodePlan plan = graph_step_.attention_plan;
-  graph_step_.workspace_bytes =
-      std::max(graph_step_.workspace_bytes,
-               LargestGraphDecodeWorkspace(capacity_pages, p.kv.num_kv_heads, block_size,
-                                           p.num_heads, p.kv.head_dim, num_sms_));
   PagedDecodeParams d;
   d.kernel = decode_kernel_;
   d.dtype = kv_dtype_;
