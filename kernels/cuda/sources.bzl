@@ -15,6 +15,7 @@ KERNEL_SRCS = [
     "tree_attention",
     "sampling",
     "argmax_rows",
+    "topk_rows",
     "verify_accept",
     "score_export",
     # The Backend adapter's own ops (backend/): weights and activations to bf16, embedding
@@ -36,6 +37,7 @@ KERNEL_TESTS = [
     "score_export_test",
     "sampling_test",
     "argmax_rows_test",
+    "topk_rows_test",
     "verify_accept_test",
     "weight_convert_test",
     "embedding_test",

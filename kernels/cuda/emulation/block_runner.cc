@@ -589,7 +589,7 @@ void WarpExchange(unsigned mask, const void* in, void* out, int bytes, int src_l
 unsigned WarpBallot(unsigned mask, bool predicate) {
   BlockRunner& runner = BlockRunner::ForThisThread();
   const int32_t mine = predicate ? 1 : 0;
-  const unsigned char* slots = runner.WarpCollective(mask, &mine, sizeof(mine), "__any_sync");
+  const unsigned char* slots = runner.WarpCollective(mask, &mine, sizeof(mine), "__ballot_sync");
   unsigned ballot = 0;
   for (int lane = 0; lane < 32; ++lane) {
     int32_t value = 0;

@@ -136,6 +136,10 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) { ::cuda_emu::SyncWarp(mask)
 inline int __any_sync(unsigned mask, int predicate) {
   return ::cuda_emu::WarpBallot(mask, predicate != 0) != 0;
 }
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  return ::cuda_emu::WarpBallot(mask, predicate != 0);
+}
+inline int __popc(unsigned x) { return std::popcount(x); }
 
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {

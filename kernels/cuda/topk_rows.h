@@ -1,0 +1,39 @@
+// Top-k sampling's reduction of a step's logits: each row's k most likely columns, so that k
+// (column, value) pairs per row cross to the host instead of the row (at a 128k vocabulary
+// and k = 50, 400 bytes instead of 513 KB), and the host samples from those alone.
+//
+// Order (the host Sampler's top-k, model/sampler.cc, exactly): value descending, then column
+// ascending; NaN and -inf are never chosen, +inf is a value like any other. Row r's output is
+// count[r] = min(k, number of values above -inf) entries, index[r * k + j] and
+// value[r * k + j] for j < count[r], in increasing column order (the order the host sums
+// in); entries past count[r] are left unwritten.
+//
+// Exact and deterministic: a radix select over the values' bits (no floating-point
+// arithmetic), then the chosen columns written in column order; nothing depends on the
+// launch's thread count or timing.
+#ifndef GLIMPSE_KERNELS_CUDA_TOPK_ROWS_H_
+#define GLIMPSE_KERNELS_CUDA_TOPK_ROWS_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace glimpse::kernels::cuda {
+
+struct TopKRowsParams {
+  const float* x = nullptr;  // device, [num_rows][cols] fp32
+  int64_t num_rows = 0;      // < 2^31
+  int64_t cols = 0;          // 1 .. 2^31 - 1
+  int32_t k = 0;             // >= 1 (may exceed cols: then every value above -inf)
+  int32_t* count = nullptr;  // device, [num_rows]
+  int32_t* index = nullptr;  // device, [num_rows][k]
+  float* value = nullptr;    // device, [num_rows][k]; may be null
+};
+
+// One 512-thread block per row; it reads the row four times (one 8-bit radix digit each) and
+// twice more to write the chosen columns in order.
+cudaError_t LaunchTopKRows(const TopKRowsParams& params, cudaStream_t stream);
+
+}  // namespace glimpse::kernels::cuda
+
+#endif  // GLIMPSE_KERNELS_CUDA_TOPK_ROWS_H_

@@ -1,0 +1,163 @@
+// LaunchTopKRows against a plain CPU sort with the host sampler's top-k order (value
+// descending, column ascending; NaN and -inf never chosen; +0 and -0 equal): fresh random rows
+// at widths that do and do not fill the block, rows quantized so that thousands of values tie
+// at the threshold, and rows planted with NaN, -inf, +inf, signed zeros and fewer values above
+// -inf than k. Entries past a row's count must stay as the poison left them.
+#include "kernels/cuda/topk_rows.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/cuda/testing/test_harness.h"
+
+namespace glimpse::kernels::cuda {
+namespace {
+
+using testing::DeviceArray;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNan = std::numeric_limits<float>::quiet_NaN();
+
+// The columns the host sampler would keep, in increasing column order.
+std::vector<int32_t> Reference(const float* row, int64_t cols, int32_t k) {
+  std::vector<std::pair<float, int32_t>> entries;
+  for (int64_t c = 0; c < cols; ++c) {
+    if (!std::isnan(row[c]) && row[c] != -kInf) entries.emplace_back(row[c], c);
+  }
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  });
+  entries.resize(std::min<size_t>(entries.size(), static_cast<size_t>(k)));
+  std::vector<int32_t> columns;
+  for (const auto& entry : entries) columns.push_back(entry.second);
+  std::sort(columns.begin(), columns.end());
+  return columns;
+}
+
+bool SameBits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
+
+void RunCase(int64_t cols, int32_t rows, int32_t k) {
+  std::vector<float> x = testing::RandomNormal(static_cast<size_t>(cols) * rows, 0.0f, 3.0f);
+  auto row = [&](int32_t r) { return x.data() + static_cast<size_t>(r) * cols; };
+  if (rows >= 8) {
+    // 1: quantized to halves: a handful of distinct values, so the threshold value is shared
+    //    by many columns and only the lowest of them are taken.
+    for (int64_t c = 0; c < cols; ++c) row(1)[c] = std::round(row(1)[c] * 2.0f) / 2.0f;
+    // 2: NaN everywhere but a few values (fewer than k when k > 3).
+    for (int64_t c = 0; c < cols; ++c) row(2)[c] = kNan;
+    row(2)[cols - 1] = -5.0f;
+    row(2)[cols / 2] = 1.0f;
+    row(2)[0] = 1.0f;
+    // 3: all -inf; 4: NaN and -inf mixed.
+    for (int64_t c = 0; c < cols; ++c) {
+      row(3)[c] = -kInf;
+      row(4)[c] = c % 2 == 0 ? kNan : -kInf;
+    }
+    // 5: +inf twice, and signed zeros around -inf: zeros of both signs tie.
+    for (int64_t c = 0; c < cols; ++c) row(5)[c] = c % 3 == 0 ? -kInf : (c % 3 == 1 ? 0.0f : -0.0f);
+    row(5)[cols - 1] = kInf;
+    row(5)[cols / 3] = kInf;
+    // 6: negative values only (the keys of negative floats run backwards).
+    for (int64_t c = 0; c < cols; ++c) row(6)[c] = -std::fabs(row(6)[c]) - 1.0f;
+    // 7: one value repeated everywhere.
+    for (int64_t c = 0; c < cols; ++c) row(7)[c] = 2.5f;
+  }
+  DeviceArray<float> d_x, d_value;
+  DeviceArray<int32_t> d_count, d_index;
+  const size_t slots = static_cast<size_t>(rows) * k;
+  GLIMPSE_ASSERT_CUDA(d_x.Upload(x));
+  GLIMPSE_ASSERT_CUDA(d_count.Allocate(rows));  // poisoned: -1 and NaN until written
+  GLIMPSE_ASSERT_CUDA(d_index.Allocate(slots));
+  GLIMPSE_ASSERT_CUDA(d_value.Allocate(slots));
+  TopKRowsParams p;
+  p.x = d_x.get();
+  p.num_rows = rows;
+  p.cols = cols;
+  p.k = k;
+  p.count = d_count.get();
+  p.index = d_index.get();
+  p.value = d_value.get();
+  GLIMPSE_ASSERT_CUDA(LaunchTopKRows(p, nullptr));
+  GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
+  std::vector<int32_t> count, index;
+  std::vector<float> value;
+  GLIMPSE_ASSERT_CUDA(d_count.Download(&count));
+  GLIMPSE_ASSERT_CUDA(d_index.Download(&index));
+  GLIMPSE_ASSERT_CUDA(d_value.Download(&value));
+  int mismatched_rows = 0;
+  for (int32_t r = 0; r < rows; ++r) {
+    const std::vector<int32_t> want = Reference(row(r), cols, k);
+    const std::string what = "cols " + std::to_string(cols) + " k " + std::to_string(k) +
+                             " row " + std::to_string(r);
+    GLIMPSE_EXPECT(count[r] == static_cast<int32_t>(want.size()),
+                   what + ": count " + std::to_string(count[r]) + ", want " +
+                       std::to_string(want.size()));
+    bool same = count[r] == static_cast<int32_t>(want.size());
+    for (size_t j = 0; same && j < want.size(); ++j) {
+      const size_t slot = static_cast<size_t>(r) * k + j;
+      same = index[slot] == want[j] && SameBits(value[slot], row(r)[want[j]]);
+    }
+    for (size_t j = want.size(); j < static_cast<size_t>(k); ++j) {
+      const size_t slot = static_cast<size_t>(r) * k + j;
+      same = same && index[slot] == -1 && std::isnan(value[slot]);  // left unwritten
+    }
+    if (!same) ++mismatched_rows;
+    GLIMPSE_EXPECT(same, what + ": columns, values or unwritten entries differ");
+  }
+  if (rows >= 8) {
+    GLIMPSE_EXPECT(count[3] == 0 && count[4] == 0, "rows without candidates");
+  }
+  // Without the value output only counts and columns are written.
+  p.value = nullptr;
+  GLIMPSE_ASSERT_CUDA(d_index.Poison());
+  GLIMPSE_ASSERT_CUDA(LaunchTopKRows(p, nullptr));
+  GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
+  std::vector<int32_t> index_only;
+  GLIMPSE_ASSERT_CUDA(d_index.Download(&index_only));
+  GLIMPSE_EXPECT(index_only == index, "cols " + std::to_string(cols) + ": index without value");
+}
+
+GLIMPSE_CUDA_TEST(TopKRowsMatchesTheSamplerOrder) {
+  RunCase(1, 3, 1);
+  RunCase(1, 8, 4);  // k beyond the width
+  RunCase(7, 9, 3);
+  RunCase(600, 8, 1);
+  RunCase(600, 8, 40);
+  RunCase(1000, 12, 1000);  // k = cols: every value above -inf
+  RunCase(50257, 9, 50);
+  RunCase(128256, 8, 1024);
+}
+
+GLIMPSE_CUDA_TEST(TopKRowsRefusesBadShapes) {
+  DeviceArray<float> d_x;
+  DeviceArray<int32_t> d_count, d_index;
+  GLIMPSE_ASSERT_CUDA(d_x.Allocate(16));
+  GLIMPSE_ASSERT_CUDA(d_count.Allocate(4));
+  GLIMPSE_ASSERT_CUDA(d_index.Allocate(16));
+  TopKRowsParams p;
+  p.x = d_x.get();
+  p.num_rows = 4;
+  p.cols = 4;
+  p.k = 0;
+  p.count = d_count.get();
+  p.index = d_index.get();
+  GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaErrorInvalidValue, "k 0 accepted");
+  p.k = 4;
+  p.cols = 0;
+  GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaErrorInvalidValue, "cols 0 accepted");
+  p.cols = 4;
+  p.count = nullptr;
+  GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaErrorInvalidValue, "null count accepted");
+  p.count = d_count.get();
+  p.num_rows = 0;
+  GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaSuccess, "zero rows refused");
+}
+
+}  // namespace
+}  // namespace glimpse::kernels::cuda
