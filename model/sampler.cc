@@ -29,7 +29,9 @@ struct Scratch {
   std::vector<float> logits;     // [vocab] fp32: processed logits (ProcessedProbabilities).
   std::vector<int32_t> ids;      // candidate token ids (ProcessedProbabilities, ResultForToken).
   std::vector<int32_t> pending;  // sorted copy of pending tokens (ApplyBiasAndPenalties).
-  std::vector<float> probs;      // [vocab] fp32: Sample()'s distribution.
+  std::vector<float> candidate_logits;  // [candidates]: their processed logits (Candidates).
+  std::vector<float> candidate_probs;   // [candidates]: CandidateProbabilities' output.
+  std::vector<int32_t> order;           // [candidates]: positions, most likely first (top-p).
   std::vector<std::pair<float, int32_t>> heap;  // (logit, id), at most top_k (SelectTopK).
 };
 
@@ -91,7 +93,8 @@ void SelectTopK(std::span<const float> values, size_t k,
   for (const auto& entry : *heap) ids->push_back(entry.second);
 }
 
-// Sums in token-id order so that the result does not depend on any algorithm's element order.
+// Sums in array order (candidates are kept in increasing id order, so this is id order) so that
+// the result does not depend on any algorithm's element order.
 double SumInIdOrder(std::span<const float> values) {
   double total = 0.0;
   for (float v : values) total += v;
@@ -201,59 +204,80 @@ void Sampler::ProcessedProbabilities(std::span<const float> logits,
                                      std::vector<float>* probs) const {
   CHECK(probs != nullptr);
   Scratch& scratch = ThreadScratch();
-  std::vector<float>& z = scratch.logits;
-  ProcessedLogits(logits, pending_tokens, &z);
-
   probs->assign(logits.size(), 0.0f);
   std::vector<float>& p = *probs;
   if (is_greedy_) {
+    std::vector<float>& z = scratch.logits;
+    ProcessedLogits(logits, pending_tokens, &z);
     p[ArgMax(z)] = 1.0f;
     return;
   }
-
-  // Step 4 first (it commutes with temperature, which is monotone): the candidates are the top_k
-  // tokens, or every token when top-k is off; never a token at -inf.
-  std::vector<int32_t>& ids = scratch.ids;
-  const size_t top_k = static_cast<size_t>(params_.top_k);
-  if (top_k > 0 && top_k < logits.size()) {
-    SelectTopK(z, top_k, &scratch.heap, &ids);
-  } else {
-    ids.clear();
-    for (int32_t i = 0; i < vocab_size_; ++i) {
-      if (z[i] != kNegInf) ids.push_back(i);
-    }
-  }
-  if (ids.empty()) {  // Everything banned: the documented degenerate one-hot.
+  Candidates(logits, pending_tokens, &scratch.ids, &scratch.candidate_logits);
+  if (scratch.ids.empty()) {  // Everything banned: the documented degenerate one-hot.
     p[0] = 1.0f;
     return;
   }
-  // A strict total order, most likely first: the sorts below give the same sequence on every
-  // standard library.
+  CandidateProbabilities(scratch.candidate_logits, &scratch.candidate_probs);
+  for (size_t i = 0; i < scratch.ids.size(); ++i) p[scratch.ids[i]] = scratch.candidate_probs[i];
+}
+
+void Sampler::Candidates(std::span<const float> logits, std::span<const int32_t> pending_tokens,
+                         std::vector<int32_t>* ids, std::vector<float>* candidate_logits) const {
+  Scratch& scratch = ThreadScratch();
+  std::vector<float>& z = scratch.logits;
+  ProcessedLogits(logits, pending_tokens, &z);
+  // Step 4 first (it commutes with temperature, which is monotone): the candidates are the top_k
+  // tokens, or every token when top-k is off; never a token at -inf.
+  const size_t top_k = static_cast<size_t>(params_.top_k);
+  if (top_k > 0 && top_k < logits.size()) {
+    SelectTopK(z, top_k, &scratch.heap, ids);
+    std::sort(ids->begin(), ids->end());
+  } else {
+    ids->clear();
+    for (int32_t i = 0; i < vocab_size_; ++i) {
+      if (z[i] != kNegInf) ids->push_back(i);
+    }
+  }
+  candidate_logits->resize(ids->size());
+  for (size_t i = 0; i < ids->size(); ++i) (*candidate_logits)[i] = z[(*ids)[i]];
+}
+
+void Sampler::CandidateProbabilities(std::span<const float> z, std::vector<float>* probs) const {
+  const size_t n = z.size();
+  CHECK(n > 0);
+  std::vector<float>& p = *probs;
+  p.resize(n);
+  // A strict total order on positions, most likely first (positions are in id order, so ties go
+  // to the lower id): the sorts below give the same sequence on every standard library.
   auto more_likely = [&z](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); };
 
   // Step 3: temperature, as unnormalised weights w = exp((z - z_max) / T) in (0, 1]; the most
   // likely token has weight exactly 1.
   float z_max = kNegInf;
-  for (int32_t id : ids) z_max = std::max(z_max, z[id]);
+  for (float x : z) z_max = std::max(z_max, x);
   const float temperature = params_.temperature;
-  for (int32_t id : ids) {
-    p[id] = z_max == kPosInf ? (z[id] == kPosInf ? 1.0f : 0.0f)
-                             : std::exp((z[id] - z_max) / temperature);
+  for (size_t i = 0; i < n; ++i) {
+    p[i] = z_max == kPosInf ? (z[i] == kPosInf ? 1.0f : 0.0f)
+                            : std::exp((z[i] - z_max) / temperature);
   }
 
   // Step 5: top-p. Sort the candidates most-likely-first only as far as the nucleus reaches:
   // select and sort a chunk, and double it until the cumulative mass reaches top_p.
   if (params_.top_p < 1.0f) {
     const double threshold = static_cast<double>(params_.top_p) * SumInIdOrder(p);
-    const size_t n = ids.size();
+    std::vector<int32_t>& order = ThreadScratch().order;
+    order.resize(n);
+    std::iota(order.begin(), order.end(), 0);
     size_t keep = n;
     double cumulative = 0.0;
     for (size_t begin = 0, end = std::min(n, kTopPFirstChunk); begin < n;
          begin = end, end = std::min(n, 2 * end)) {
-      if (end < n) std::nth_element(ids.begin() + begin, ids.begin() + end, ids.end(), more_likely);
-      std::sort(ids.begin() + begin, ids.begin() + end, more_likely);
+      if (end < n) {
+        std::nth_element(order.begin() + begin, order.begin() + end, order.end(), more_likely);
+      }
+      std::sort(order.begin() + begin, order.begin() + end, more_likely);
       for (size_t i = begin; i < end; ++i) {
-        cumulative += p[ids[i]];
+        cumulative += p[order[i]];
         if (cumulative >= threshold) {
           keep = i + 1;
           break;
@@ -261,20 +285,19 @@ void Sampler::ProcessedProbabilities(std::span<const float> logits,
       }
       if (keep < n) break;
     }
-    for (size_t i = keep; i < n; ++i) p[ids[i]] = 0.0f;
-    ids.resize(keep);
+    for (size_t i = keep; i < n; ++i) p[order[i]] = 0.0f;
   }
 
   // Step 6: min-p. p_i < min_p * p_max  ⇔  w_i < min_p, since w_max = 1 and both share the sum.
   if (params_.min_p > 0.0f) {
-    for (int32_t id : ids) {
-      if (p[id] < params_.min_p) p[id] = 0.0f;
+    for (float& w : p) {
+      if (w < params_.min_p) w = 0.0f;
     }
   }
 
   // Renormalise (the sum is >= 1: the most likely token always survives with weight 1).
   const double total = SumInIdOrder(p);
-  for (int32_t id : ids) p[id] = static_cast<float>(p[id] / total);
+  for (float& w : p) w = static_cast<float>(w / total);
 }
 
 double Sampler::NextUniform() {
@@ -285,9 +308,14 @@ double Sampler::NextUniform() {
 
 int32_t Sampler::SampleFromProbabilities(std::span<const float> probs) {
   CHECK(probs.size() == static_cast<size_t>(vocab_size_));
+  return DrawIndex(probs);
+}
+
+int32_t Sampler::DrawIndex(std::span<const float> probs) {
+  const int32_t n = static_cast<int32_t>(probs.size());
   double total = 0.0;
   int32_t last_positive = -1;
-  for (int32_t i = 0; i < vocab_size_; ++i) {
+  for (int32_t i = 0; i < n; ++i) {
     if (probs[i] > 0.0f) {  // False for NaN.
       total += probs[i];
       last_positive = i;
@@ -297,7 +325,7 @@ int32_t Sampler::SampleFromProbabilities(std::span<const float> probs) {
   // Inverse CDF over ids in increasing order; strict `<` never lands on a zero-mass token.
   const double target = NextUniform() * total;
   double cumulative = 0.0;
-  for (int32_t i = 0; i < vocab_size_; ++i) {
+  for (int32_t i = 0; i < n; ++i) {
     if (probs[i] > 0.0f) {
       cumulative += probs[i];
       if (target < cumulative) return i;
@@ -371,9 +399,73 @@ Sampler::SampleResult Sampler::Sample(std::span<const float> logits) {
     NextUniform();
     return Result(logits, token);
   }
-  std::vector<float>& probs = ThreadScratch().probs;
-  ProcessedProbabilities(logits, &probs);
-  return Result(logits, SampleFromProbabilities(probs));
+  // As drawing from ProcessedProbabilities(logits), over the candidates alone (the rest have
+  // probability 0 and the draw runs in id order either way).
+  Scratch& scratch = ThreadScratch();
+  Candidates(logits, /*pending_tokens=*/{}, &scratch.ids, &scratch.candidate_logits);
+  return Result(logits, DrawFromCandidates(scratch.ids, scratch.candidate_logits));
+}
+
+int32_t Sampler::DrawFromCandidates(std::span<const int32_t> ids, std::span<const float> z) {
+  if (ids.empty()) {  // Everything banned: the one-hot at token 0, drawn as any distribution.
+    NextUniform();
+    return 0;
+  }
+  std::vector<float>& probs = ThreadScratch().candidate_probs;
+  CandidateProbabilities(z, &probs);
+  return ids[DrawIndex(probs)];
+}
+
+int32_t Sampler::CandidatesNeeded(const SamplingParams& params, bool report_logprobs,
+                                  int32_t vocab_size) {
+  if (IsPlainGreedy(params, report_logprobs)) return 1;
+  const bool row_decides_alone = params.logit_bias.empty() && params.repetition_penalty == 1.0f &&
+                                 params.presence_penalty == 0.0f &&
+                                 params.frequency_penalty == 0.0f && !report_logprobs;
+  if (row_decides_alone && params.top_k > 0 && params.top_k < vocab_size) return params.top_k;
+  return 0;
+}
+
+Sampler::SampleResult Sampler::SampleFromCandidates(std::span<const int32_t> ids,
+                                                    std::span<const float> logits) {
+  const int32_t needed = CandidatesNeeded(params_, report_logprobs_, vocab_size_);
+  CHECK(needed > 0);
+  CHECK(ids.size() == logits.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    CHECK(ids[i] >= 0 && ids[i] < vocab_size_ && (i == 0 || ids[i - 1] < ids[i]));
+    CHECK(!std::isnan(logits[i]) && logits[i] != kNegInf);
+  }
+  SampleResult result;
+  result.logprob = std::numeric_limits<float>::quiet_NaN();
+  if (is_greedy_) {
+    // ArgMax over the candidates (the row's largest values; ids ascending, so the first of
+    // equal values is the lowest id), 0 when there are none; one draw, as Sample().
+    result.token = ids.empty() ? 0 : ids[ArgMax(logits)];
+    NextUniform();
+    return result;
+  }
+  // The top_k most likely of the candidates (the caller may pass more), back in id order.
+  Scratch& scratch = ThreadScratch();
+  std::vector<int32_t>& order = scratch.order;
+  order.resize(ids.size());
+  std::iota(order.begin(), order.end(), 0);
+  if (order.size() > static_cast<size_t>(needed)) {
+    std::nth_element(order.begin(), order.begin() + needed, order.end(), [&](int32_t a, int32_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    order.resize(needed);
+    std::sort(order.begin(), order.end());
+  }
+  std::vector<int32_t>& kept_ids = scratch.ids;
+  std::vector<float>& kept_logits = scratch.candidate_logits;
+  kept_ids.resize(order.size());
+  kept_logits.resize(order.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    kept_ids[i] = ids[order[i]];
+    kept_logits[i] = logits[order[i]];
+  }
+  result.token = DrawFromCandidates(kept_ids, kept_logits);
+  return result;
 }
 
 bool Sampler::IsPlainGreedy(const SamplingParams& params, bool report_logprobs) {

@@ -121,6 +121,21 @@ class Sampler {
   // Sample()'s result for a row whose argmax is `token`, without the row: the token, logprob
   // NaN, and the same one RNG draw. Only for plain greedy samplers (CHECKed).
   SampleResult SampleArgMax(int32_t token);
+
+  // How many of a row's most likely raw logits decide Sample()'s outcome by themselves: 1 for
+  // plain greedy (IsPlainGreedy), top_k for sampling with 0 < top_k < vocab_size and no logit
+  // bias, penalties or logprobs (temperature, top-p and min-p then act on the top_k survivors
+  // only); 0 when the sample needs the whole row. The engine then lets the device select the
+  // candidates (StepRunner::ForwardTopK) and hands them to SampleFromCandidates.
+  static int32_t CandidatesNeeded(const SamplingParams& params, bool report_logprobs,
+                                  int32_t vocab_size);
+  // Sample()'s token (logprob NaN, no top_logprobs) for a row known only by its most likely
+  // entries: `ids` (increasing) and their raw `logits`, which must include the row's
+  // CandidatesNeeded() most likely tokens by the top-k order (value descending, id ascending;
+  // all tokens above -inf when there are fewer) and nothing at NaN or -inf. Extra candidates
+  // are allowed. The same token and the same one RNG draw as Sample() on the whole row. Only
+  // when CandidatesNeeded() > 0 (CHECKed).
+  SampleResult SampleFromCandidates(std::span<const int32_t> ids, std::span<const float> logits);
   const SamplingParams& params() const { return params_; }
   int32_t vocab_size() const { return vocab_size_; }
 
@@ -136,6 +151,18 @@ class Sampler {
   // Steps 1–2 in place on `logits` ([vocab_size], NaN already mapped to -inf).
   void ApplyBiasAndPenalties(std::span<const int32_t> pending_tokens,
                              std::span<float> logits) const;
+
+  // Steps 1, 2 and 4 of a non-greedy sample: the tokens that can be drawn (the top_k, or every
+  // token above -inf), in increasing id order, and their processed logits.
+  void Candidates(std::span<const float> logits, std::span<const int32_t> pending_tokens,
+                  std::vector<int32_t>* ids, std::vector<float>* candidate_logits) const;
+  // Steps 3, 5 and 6, renormalised, over candidates in increasing id order (at least one):
+  // probs[i] for the candidate whose processed logit is z[i].
+  void CandidateProbabilities(std::span<const float> z, std::vector<float>* probs) const;
+  // A draw (one) from the candidates' distribution; token 0 when there are none.
+  int32_t DrawFromCandidates(std::span<const int32_t> ids, std::span<const float> z);
+  // Inverse CDF over the positive entries of `probs` in index order (one RNG draw).
+  int32_t DrawIndex(std::span<const float> probs);
 
   const SamplingParams params_;
   const int32_t vocab_size_;

@@ -1,7 +1,9 @@
 // Microseconds per Sampler::Sample call at a Llama-3 vocabulary (128256 entries), with and
 // without logprobs, for greedy and the usual stochastic settings: what the engine thread pays
 // per generated token on top of the forward pass. Then a step's 64 rows sampled on one thread
-// and on a pool of every CPU (as the engine's sampling_threads does). Prints a table.
+// and on a pool of every CPU (as the engine's sampling_threads does); and a top-k sample from
+// the row's candidates alone (SampleFromCandidates, what a device top-k step leaves). Prints a
+// table.
 //
 //   bazel run -c opt //model:sampler_bench [-- VOCAB [CALLS]]
 #include <algorithm>
@@ -73,6 +75,40 @@ int main(int argc, char** argv) {
     const double with = MedianMicros(s.params, true, rows, calls);
     const double without = MedianMicros(s.params, false, rows, calls);
     std::printf("%-22s %16.1f %16.1f %8.2f\n", s.name, with, without, with / without);
+  }
+
+  // The same top-k sample from the row's 50 most likely entries alone, as the engine samples
+  // when the device selected them (StepRunner::ForwardTopK): no pass over the vocabulary.
+  {
+    const SamplingParams& params = settings[1].params;
+    std::vector<std::vector<int32_t>> ids(rows.size());
+    std::vector<std::vector<float>> values(rows.size());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      std::vector<int32_t> order(rows[r].size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+      std::partial_sort(order.begin(), order.begin() + params.top_k, order.end(),
+                        [&](int32_t a, int32_t b) { return rows[r][a] > rows[r][b]; });
+      order.resize(params.top_k);
+      std::sort(order.begin(), order.end());
+      for (int32_t id : order) {
+        ids[r].push_back(id);
+        values[r].push_back(rows[r][id]);
+      }
+    }
+    Sampler sampler(params, vocab, 1, false);
+    std::vector<double> micros;
+    int32_t sink = 0;
+    for (int i = 0; i < calls; ++i) {
+      const size_t r = i % rows.size();
+      const auto start = std::chrono::steady_clock::now();
+      sink += sampler.SampleFromCandidates(ids[r], values[r]).token;
+      const auto end = std::chrono::steady_clock::now();
+      micros.push_back(std::chrono::duration<double, std::micro>(end - start).count());
+    }
+    std::sort(micros.begin(), micros.end());
+    std::printf("%-22s %16s %16.1f   (SampleFromCandidates, its %d candidates)\n",
+                settings[1].name, "", micros[micros.size() / 2] + (sink == -1 ? 1 : 0),
+                params.top_k);
   }
 
   // One step of 64 rows, each its own sampler (as the engine's sequences), without logprobs.

@@ -597,6 +597,116 @@ TEST(SamplerTest, WithoutLogprobsTheTokensAndDrawsAreTheSame) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Sampling from a row's most likely tokens alone (what the device hands over).
+
+// The row's `count` most likely tokens by the top-k order (value descending, id ascending; NaN
+// and -inf never), as (ids ascending, raw logits): an independent full sort.
+std::pair<std::vector<int32_t>, std::vector<float>> MostLikely(const std::vector<float>& row,
+                                                               size_t count) {
+  std::vector<int32_t> ids;
+  for (int32_t i = 0; i < static_cast<int32_t>(row.size()); ++i) {
+    if (!std::isnan(row[i]) && row[i] != -kInf) ids.push_back(i);
+  }
+  std::stable_sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+  ids.resize(std::min(ids.size(), count));
+  std::sort(ids.begin(), ids.end());
+  std::vector<float> values;
+  for (int32_t id : ids) values.push_back(row[id]);
+  return {ids, values};
+}
+
+TEST(SamplerTest, CandidatesNeededOnlyWhenTheTopTokensDecide) {
+  constexpr int32_t kVocab = 1000;
+  SamplingParams top_k;
+  top_k.top_k = 40;
+  top_k.top_p = 0.9f;
+  top_k.min_p = 0.05f;
+  EXPECT_EQ(Sampler::CandidatesNeeded(Greedy(), false, kVocab), 1);
+  EXPECT_EQ(Sampler::CandidatesNeeded(top_k, false, kVocab), 40);
+  EXPECT_EQ(Sampler::CandidatesNeeded(top_k, /*report_logprobs=*/true, kVocab), 0);
+  EXPECT_EQ(Sampler::CandidatesNeeded(Greedy(), /*report_logprobs=*/true, kVocab), 0);
+  SamplingParams no_top_k = top_k;
+  no_top_k.top_k = 0;
+  EXPECT_EQ(Sampler::CandidatesNeeded(no_top_k, false, kVocab), 0);
+  SamplingParams whole_vocab = top_k;
+  whole_vocab.top_k = kVocab;
+  EXPECT_EQ(Sampler::CandidatesNeeded(whole_vocab, false, kVocab), 0);
+  SamplingParams biased = top_k;
+  biased.logit_bias = {{3, 2.0f}};
+  EXPECT_EQ(Sampler::CandidatesNeeded(biased, false, kVocab), 0);
+  for (int which = 0; which < 3; ++which) {
+    SamplingParams penalised = top_k;
+    (which == 0   ? penalised.repetition_penalty
+     : which == 1 ? penalised.presence_penalty
+                  : penalised.frequency_penalty) = 1.5f;
+    EXPECT_EQ(Sampler::CandidatesNeeded(penalised, false, kVocab), 0) << which;
+  }
+}
+
+// SampleFromCandidates given the row's most likely tokens (exactly the needed count, or more)
+// draws what Sample() draws from the whole row, with as many RNG draws: over temperatures,
+// top-k, top-p and min-p, on rows with ties, NaN, -inf, fewer tokens above -inf than top_k,
+// and none at all.
+TEST(SamplerTest, SampleFromCandidatesEqualsSampleOnTheWholeRow) {
+  constexpr int32_t kVocab = 3000;
+  std::vector<SamplingParams> grid = {Greedy()};
+  for (int32_t k : {1, 7, 40, 2999}) {
+    for (float temperature : {0.4f, 1.0f, 1.8f}) {
+      for (float top_p : {1.0f, 0.9f, 0.3f}) {
+        for (float min_p : {0.0f, 0.1f}) {
+          SamplingParams params;
+          params.top_k = k;
+          params.temperature = temperature;
+          params.top_p = top_p;
+          params.min_p = min_p;
+          grid.push_back(params);
+        }
+      }
+    }
+  }
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  int differing_from_argmax = 0;
+  for (size_t g = 0; g < grid.size(); ++g) {
+    const SamplingParams& params = grid[g];
+    const int32_t needed = Sampler::CandidatesNeeded(params, false, kVocab);
+    ASSERT_GT(needed, 0);
+    for (int32_t extra : {0, 13}) {
+      Sampler whole(params, kVocab, /*default_seed=*/g, /*report_logprobs=*/false);
+      Sampler top(params, kVocab, /*default_seed=*/g, /*report_logprobs=*/false);
+      for (int step = 0; step < 24; ++step) {
+        std::vector<float> row(kVocab);
+        for (float& x : row) x = normal(rng);
+        if (step % 4 == 1) {
+          for (float& x : row) x = std::round(x);  // ties everywhere, also at the k-th value
+        } else if (step % 4 == 2) {
+          for (int32_t i = 0; i < kVocab; i += 3) row[i] = -kInf;
+          for (int32_t i = 1; i < kVocab; i += 5) row[i] = std::nanf("");
+        } else if (step == 3) {
+          for (float& x : row) x = -kInf;  // only 3 tokens above -inf
+          row[17] = 1.0f;
+          row[2000] = 1.0f;
+          row[2500] = 0.5f;
+        } else if (step == 7) {
+          for (float& x : row) x = -kInf;  // nothing above -inf
+        }
+        const auto [ids, values] = MostLikely(row, static_cast<size_t>(needed + extra));
+        const int32_t want = whole.Sample(row).token;
+        const Sampler::SampleResult got = top.SampleFromCandidates(ids, values);
+        ASSERT_EQ(got.token, want) << "params " << g << " extra " << extra << " step " << step;
+        EXPECT_TRUE(std::isnan(got.logprob));
+        if (!ids.empty() &&
+            want != ids[std::max_element(values.begin(), values.end()) - values.begin()]) {
+          ++differing_from_argmax;
+        }
+      }
+      EXPECT_EQ(whole.NextUniform(), top.NextUniform()) << "params " << g;  // as many draws
+    }
+  }
+  EXPECT_GT(differing_from_argmax, 100);  // the grid samples, not just takes the argmax
+}
+
 TEST(ValidateSamplingParamsTest, AcceptsDefaultsAndBoundaries) {
   EXPECT_TRUE(ValidateSamplingParams(SamplingParams(), 10).ok());
   SamplingParams params;

@@ -1,10 +1,9 @@
-#include "kernels/cuda/topk_rows.h"
-
 #include <climits>
 #include <cstdint>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/topk_rows.h"
 
 namespace glimpse::kernels::cuda {
 namespace {
@@ -20,7 +19,7 @@ constexpr int kScanWarps = kBins / 32;
 __device__ __forceinline__ uint32_t Key(float v) {
   uint32_t u = __float_as_uint(v);
   if ((u & 0x7fffffffu) > 0x7f800000u || u == 0xff800000u) return 0;  // NaN, -inf
-  if (u == 0x80000000u) u = 0;                                          // -0 → +0
+  if (u == 0x80000000u) u = 0;                                        // -0 → +0
   return (u & 0x80000000u) != 0 ? ~u : (u | 0x80000000u);
 }
 
@@ -126,8 +125,8 @@ __global__ void __launch_bounds__(kThreads)
     const uint32_t key = c < end ? Key(v) : 0;
     const bool is_equal = threshold != 0 && key == threshold;
     const uint32_t equal_mask = __ballot_sync(internal::kFullMask, is_equal);
-    const bool take =
-        key > threshold || (is_equal && equal_before + __popc(equal_mask & lanes_below) < take_equal);
+    const bool take = key > threshold ||
+                      (is_equal && equal_before + __popc(equal_mask & lanes_below) < take_equal);
     const uint32_t take_mask = __ballot_sync(internal::kFullMask, take);
     if (take) {
       const uint32_t slot = written + __popc(take_mask & lanes_below);

@@ -93,11 +93,11 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
   int mismatched_rows = 0;
   for (int32_t r = 0; r < rows; ++r) {
     const std::vector<int32_t> want = Reference(row(r), cols, k);
-    const std::string what = "cols " + std::to_string(cols) + " k " + std::to_string(k) +
-                             " row " + std::to_string(r);
-    GLIMPSE_EXPECT(count[r] == static_cast<int32_t>(want.size()),
-                   what + ": count " + std::to_string(count[r]) + ", want " +
-                       std::to_string(want.size()));
+    const std::string what =
+        "cols " + std::to_string(cols) + " k " + std::to_string(k) + " row " + std::to_string(r);
+    GLIMPSE_EXPECT(
+        count[r] == static_cast<int32_t>(want.size()),
+        what + ": count " + std::to_string(count[r]) + ", want " + std::to_string(want.size()));
     bool same = count[r] == static_cast<int32_t>(want.size());
     for (size_t j = 0; same && j < want.size(); ++j) {
       const size_t slot = static_cast<size_t>(r) * k + j;
