@@ -157,23 +157,17 @@ class Backend {
   // when it returns (as CopyToHost). The default copies the rows over and reduces them here;
   // the CUDA backend reduces on the device, so that 8 bytes a row cross instead of the row.
   virtual void ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int32_t* host_index,
-                          float* host_value) {
-    std::vector<float> rows(static_cast<size_t>(num_rows * cols));
-    CopyToHost(rows.data(), x, rows.size() * sizeof(float));
-    for (int64_t r = 0; r < num_rows; ++r) {
-      const float* row = rows.data() + r * cols;
-      int32_t best = 0;
-      float best_value = -std::numeric_limits<float>::infinity();
-      for (int64_t c = 0; c < cols; ++c) {
-        if (row[c] > best_value) {  // false for NaN
-          best_value = row[c];
-          best = static_cast<int32_t>(c);
-        }
-      }
-      host_index[r] = best;
-      host_value[r] = best_value;
-    }
-  }
+                          float* host_value);
+  // Top-k sampling's reduction of a step's logits (what Sampler::SampleFromCandidates takes):
+  // for each of num_rows rows of x ([num_rows][cols] fp32, backend memory), its most likely
+  // min(k, number of values above -inf) columns by the sampler's top-k order (value
+  // descending, column ascending; NaN and -inf never chosen): their number into
+  // host_count[r], the columns in increasing order into host_index[r * k + j] and their values
+  // into host_value[r * k + j], j < host_count[r]. k >= 1. Host arrays, written when it
+  // returns (as CopyToHost). The default copies the rows over and selects here; the CUDA
+  // backend selects on the device (kernels/cuda/topk_rows.h), so that k pairs a row cross.
+  virtual void TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
+                        int32_t* host_count, int32_t* host_index, float* host_value);
   // Copies between two non-overlapping ranges of backend memory, without a trip through the
   // host (KV block copies for copy-on-write prefix sharing).
   virtual void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) = 0;

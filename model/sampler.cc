@@ -257,8 +257,8 @@ void Sampler::CandidateProbabilities(std::span<const float> z, std::vector<float
   for (float x : z) z_max = std::max(z_max, x);
   const float temperature = params_.temperature;
   for (size_t i = 0; i < n; ++i) {
-    p[i] = z_max == kPosInf ? (z[i] == kPosInf ? 1.0f : 0.0f)
-                            : std::exp((z[i] - z_max) / temperature);
+    p[i] =
+        z_max == kPosInf ? (z[i] == kPosInf ? 1.0f : 0.0f) : std::exp((z[i] - z_max) / temperature);
   }
 
   // Step 5: top-p. Sort the candidates most-likely-first only as far as the nucleus reaches:

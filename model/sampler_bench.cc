@@ -106,9 +106,8 @@ int main(int argc, char** argv) {
       micros.push_back(std::chrono::duration<double, std::micro>(end - start).count());
     }
     std::sort(micros.begin(), micros.end());
-    std::printf("%-22s %16s %16.1f   (SampleFromCandidates, its %d candidates)\n",
-                settings[1].name, "", micros[micros.size() / 2] + (sink == -1 ? 1 : 0),
-                params.top_k);
+    std::printf("%-22s %16s %16.1f   (SampleFromCandidates, its %d candidates)\n", settings[1].name,
+                "", micros[micros.size() / 2] + (sink == -1 ? 1 : 0), params.top_k);
   }
 
   // One step of 64 rows, each its own sampler (as the engine's sequences), without logprobs.

@@ -82,6 +82,8 @@ absl::Status CudaBackend::Init() {
                              "zeroing the split attention's merge counters"));
   RETURN_IF_ERROR(CudaStatus(argmax_rows_.Allocate(size_t{8} * kMaxGraphBatch),
                              "allocating the greedy reduction's output"));
+  RETURN_IF_ERROR(CudaStatus(topk_rows_.Allocate(kMaxGraphBatch * TopKRowBytes(kMaxGraphTopK)),
+                             "allocating the top-k selection's output"));
   RETURN_IF_ERROR(CudaStatus(cudaHostAlloc(reinterpret_cast<void**>(&staging_host_),
                                            kInitialStagingBytes, cudaHostAllocDefault),
                              "allocating pinned staging memory"));
@@ -120,6 +122,7 @@ CudaBackend::~CudaBackend() {
   graph_attention_workspace_.Reset();
   graph_norm_input_.Reset();
   argmax_rows_.Reset();
+  topk_rows_.Reset();
   if (staging_host_ != nullptr) (void)cudaFreeHost(staging_host_);
   if (staging_device_ != nullptr) (void)cudaFree(staging_device_);
   if (cublas_ != nullptr) (void)cublasDestroy(cublas_);
@@ -274,6 +277,32 @@ void CudaBackend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int
     GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_index, out.index, num_rows * sizeof(int32_t),
                                        cudaMemcpyDeviceToHost, stream_));
     GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_value, out.value, num_rows * sizeof(float),
+                                       cudaMemcpyDeviceToHost, stream_));
+  }
+  RestartStaging(0);  // synchronizes, as CopyToHost
+}
+
+void CudaBackend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
+                           int32_t* host_count, int32_t* host_index, float* host_value) {
+  CHECK(k >= 1);
+  Bind();
+  if (graphs_.recording() && RecordTopKRows(x, num_rows, cols, k)) {
+    // The end of the recorded step, as CopyToHost: its graph (or launches) run now.
+    FinishGraphStep(GraphEagerReason::kNumReasons);
+  } else {
+    if (graphs_.recording()) FinishGraphStep(GraphEagerReason::kNumReasons);
+    if (num_rows == 0) return;
+    Reserve(topk_rows_, static_cast<size_t>(num_rows) * TopKRowBytes(k));
+    GLIMPSE_CUDA_CHECK(LaunchTopKRows(TopKOutput(x, num_rows, cols, k), stream_));
+  }
+  if (num_rows > 0) {
+    const TopKRowsParams out = TopKOutput(x, num_rows, cols, k);
+    const size_t pairs = static_cast<size_t>(num_rows) * static_cast<size_t>(k);
+    GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_count, out.count, num_rows * sizeof(int32_t),
+                                       cudaMemcpyDeviceToHost, stream_));
+    GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_index, out.index, pairs * sizeof(int32_t),
+                                       cudaMemcpyDeviceToHost, stream_));
+    GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_value, out.value, pairs * sizeof(float),
                                        cudaMemcpyDeviceToHost, stream_));
   }
   RestartStaging(0);  // synchronizes, as CopyToHost

@@ -56,6 +56,7 @@ enum class GraphOp : uint32_t {
   kRopeSecondTensor,  // amends the RoPE before: it also rotates a second tensor (k)
   kStoreKvInRope,     // amends the RoPE of q and k before: it also appends k and v
   kArgMaxRows,
+  kTopKRows,
 };
 
 // The split-KV workspace the decode attention of a recorded step needs at its largest over
@@ -289,6 +290,20 @@ bool CudaBackend::RecordArgMaxRows(const float* x, int64_t num_rows, int64_t col
   const ArgMaxRowsParams p = ArgMaxOutput(x, rows, cols);
   graphs_.Record([p](cudaStream_t stream) { return LaunchArgMaxRows(p, stream); },
                  GraphOp::kArgMaxRows, x, rows, cols, p.index, p.value);
+  return true;
+}
+
+bool CudaBackend::RecordTopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k) {
+  int64_t rows = 0;
+  if (!graphs_.PaddedRows(num_rows, &rows) || k > kMaxGraphTopK ||
+      topk_rows_.size() < static_cast<size_t>(rows) * TopKRowBytes(k)) {
+    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
+    return false;
+  }
+  // Padded rows select from logits row 0's copies: harmless, and never copied out.
+  const TopKRowsParams p = TopKOutput(x, rows, cols, k);
+  graphs_.Record([p](cudaStream_t stream) { return LaunchTopKRows(p, stream); },
+                 GraphOp::kTopKRows, x, rows, cols, k, p.count, p.index, p.value);
   return true;
 }
 

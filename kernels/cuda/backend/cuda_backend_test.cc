@@ -596,6 +596,41 @@ TEST_F(CudaBackendTest, ArgMaxRowsMatchesTheHostRule) {
   }
 }
 
+// TopKRows selects on the device what the host rule gives (Backend's default, which the CPU
+// backend runs): counts, columns in increasing order and their values, ties at the k-th value
+// to the lowest columns; also past the rows reserved for graphs and above kMaxGraphTopK.
+TEST_F(CudaBackendTest, TopKRowsMatchesTheHostRule) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  for (const auto& [rows, k] : {std::pair<int64_t, int32_t>{1, 1}, {7, 40}, {300, 8}, {3, 1500}}) {
+    const int64_t cols = 2000 + rows;
+    std::vector<float> x = Normal(rows * cols, 4.0f);
+    x[0] = std::numeric_limits<float>::quiet_NaN();
+    if (rows > 1) {
+      for (int64_t c = 0; c < cols; ++c) x[cols + c] = c % 100 == 0 ? 1.0f : -kInf;  // few
+      float* last = x.data() + (rows - 1) * cols;  // last row: ties everywhere
+      for (int64_t c = 0; c < cols; ++c) last[c] = std::round(last[c]);
+    }
+    const size_t pairs = static_cast<size_t>(rows) * k;
+    std::vector<int32_t> want_count(rows, -1), got_count(rows, -1);
+    std::vector<int32_t> want_index(pairs, -1), got_index(pairs, -1);
+    std::vector<float> want_value(pairs, -1.0f), got_value(pairs, -1.0f);
+    cpu_.TopKRows(Put(cpu_, x), rows, cols, k, want_count.data(), want_index.data(),
+                  want_value.data());
+    cuda_->TopKRows(Put(*cuda_, x), rows, cols, k, got_count.data(), got_index.data(),
+                    got_value.data());
+    ASSERT_EQ(got_count, want_count) << rows << " rows, k " << k;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int32_t j = 0; j < want_count[r]; ++j) {
+        ASSERT_EQ(got_index[r * k + j], want_index[r * k + j]) << "row " << r << " entry " << j;
+        ASSERT_EQ(got_value[r * k + j], want_value[r * k + j]) << "row " << r << " entry " << j;
+      }
+    }
+    if (rows > 1) {
+      EXPECT_EQ(got_count[1], std::min<int32_t>(k, (cols + 99) / 100));
+    }
+  }
+}
+
 // DeviceMemory is the device's (serve sizes the KV cache by it): free within total, and an
 // allocation of 64 MiB shows in it until freed. The CPU backend allocates host memory: none.
 TEST_F(CudaBackendTest, DeviceMemoryShowsAllocations) {
