@@ -41,10 +41,9 @@ void Backend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k
       }
     }
     if (columns.size() > static_cast<size_t>(k)) {
-      std::nth_element(columns.begin(), columns.begin() + k, columns.end(),
-                       [row](int32_t a, int32_t b) {
-                         return row[a] > row[b] || (row[a] == row[b] && a < b);
-                       });
+      std::nth_element(
+          columns.begin(), columns.begin() + k, columns.end(),
+          [row](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
       columns.resize(static_cast<size_t>(k));
     }
     std::sort(columns.begin(), columns.end());

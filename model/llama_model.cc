@@ -257,12 +257,19 @@ float* LlamaModel::Scratch(size_t index, int64_t rows) {
 }
 
 absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, float* logits) {
-  return Run(batch, kv, LogitsOutput{logits, nullptr, nullptr});
+  return Run(batch, kv, LogitsOutput{.logits = logits});
+}
+
+absl::Status LlamaModel::ForwardTopK(const StepBatch& batch, KvCacheStorage& kv, int32_t k,
+                                     int32_t* count, int32_t* index, float* value) {
+  if (k < 1) return absl::InvalidArgumentError(absl::StrCat("top-k of ", k, " tokens"));
+  return Run(batch, kv,
+             LogitsOutput{.top_k = k, .top_count = count, .top_index = index, .top_value = value});
 }
 
 absl::Status LlamaModel::ForwardArgMax(const StepBatch& batch, KvCacheStorage& kv, int32_t* index,
                                        float* value) {
-  return Run(batch, kv, LogitsOutput{nullptr, index, value});
+  return Run(batch, kv, LogitsOutput{.argmax_index = index, .argmax_value = value});
 }
 
 absl::Status LlamaModel::Run(const StepBatch& batch, KvCacheStorage& kv, LogitsOutput out) {
@@ -396,6 +403,9 @@ absl::Status LlamaModel::Run(const StepBatch& batch, KvCacheStorage& kv, LogitsO
   be.MatMul(rows_in, R, *weights_.output, rows_out);
   if (out.logits != nullptr) {
     be.CopyToHost(out.logits, rows_out, R * shard_.vocab.size() * sizeof(float));
+  } else if (out.top_k > 0) {
+    be.TopKRows(rows_out, R, shard_.vocab.size(), out.top_k, out.top_count, out.top_index,
+                out.top_value);
   } else {
     be.ArgMaxRows(rows_out, R, shard_.vocab.size(), out.argmax_index, out.argmax_value);
   }

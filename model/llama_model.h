@@ -80,6 +80,12 @@ class LlamaModel {
   // ties to the lowest column), into host index[i] and value[i] for batch.logits_rows[i].
   absl::Status ForwardArgMax(const StepBatch& batch, KvCacheStorage& kv, int32_t* index,
                              float* value);
+  // Forward for top-k sampling: instead of the logits, each logits row's k most likely columns
+  // within this rank's vocabulary slice (Backend::TopKRows: value descending, column
+  // ascending, NaN and -inf never chosen) as count[i] and, for j < count[i], index[i * k + j]
+  // (increasing) and value[i * k + j], host arrays, for batch.logits_rows[i]. k >= 1.
+  absl::Status ForwardTopK(const StepBatch& batch, KvCacheStorage& kv, int32_t k, int32_t* count,
+                           int32_t* index, float* value);
 
   // Sizes the activation buffers for steps of up to max_tokens tokens and max_logits_rows
   // logits rows now, instead of growing them on the steps that first need more. A buffer that
@@ -93,11 +99,16 @@ class LlamaModel {
   // Activation buffer `index` (kX, kQ, ... in llama_model.cc) for at least `rows` rows of its
   // width on this rank, grown (and so moved) when too small.
   float* Scratch(size_t index, int64_t rows);
-  // Where a step's logits go: the rows (logits, host [R][V]), or their argmax only.
+  // Where a step's logits go: the rows (logits, host [R][V]), their argmax only, or their
+  // top_k most likely entries only (top_k > 0).
   struct LogitsOutput {
     float* logits = nullptr;
     int32_t* argmax_index = nullptr;
     float* argmax_value = nullptr;
+    int32_t top_k = 0;
+    int32_t* top_count = nullptr;
+    int32_t* top_index = nullptr;
+    float* top_value = nullptr;
   };
   absl::Status Run(const StepBatch& batch, KvCacheStorage& kv, LogitsOutput out);
   int64_t ScratchWidth(size_t index) const;

@@ -2,6 +2,7 @@
 
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
 namespace glimpse::model {
@@ -47,6 +48,14 @@ absl::Status LlamaStepRunner::ForwardGreedy(const StepBatch& batch, int32_t* tok
   RETURN_IF_ERROR(CheckRunnable());
   argmax_values_.resize(batch.logits_rows.size());
   return model_.ForwardArgMax(batch, *kv_, tokens, argmax_values_.data());
+}
+
+absl::Status LlamaStepRunner::ForwardTopK(const StepBatch& batch, int32_t k, TopTokens* top) {
+  RETURN_IF_ERROR(CheckRunnable());
+  if (k < 1) return absl::InvalidArgumentError(absl::StrCat("top-k of ", k, " tokens"));
+  top->Resize(batch.logits_rows.size(), k);
+  return model_.ForwardTopK(batch, *kv_, k, top->count.data(), top->ids.data(),
+                            top->logits.data());
 }
 
 absl::Status LlamaStepRunner::Forward(const StepBatch& batch, float* logits) {

@@ -36,6 +36,29 @@ struct KvBlockMove {
   int32_t dst = 0;
 };
 
+// A step's logits rows reduced to each row's k most likely tokens (StepRunner::ForwardTopK),
+// what Sampler::SampleFromCandidates takes. Row r holds count[r] <= k entries: the ids in
+// increasing order with their raw logits.
+struct TopTokens {
+  int32_t k = 0;
+  std::vector<int32_t> count;  // [rows]
+  std::vector<int32_t> ids;    // [rows][k]; entries past count[r] unspecified
+  std::vector<float> logits;   // [rows][k]
+  // Sizes the arrays for `rows` rows of k entries.
+  void Resize(size_t rows, int32_t new_k) {
+    k = new_k;
+    count.resize(rows);
+    ids.resize(rows * static_cast<size_t>(k));
+    logits.resize(rows * static_cast<size_t>(k));
+  }
+  std::span<const int32_t> Ids(size_t row) const {
+    return std::span<const int32_t>(ids).subspan(row * static_cast<size_t>(k), count[row]);
+  }
+  std::span<const float> Logits(size_t row) const {
+    return std::span<const float>(logits).subspan(row * static_cast<size_t>(k), count[row]);
+  }
+};
+
 // Thread-safety: one driving thread at a time (the engine thread); implementations may use
 // threads of their own inside a call.
 class StepRunner {
@@ -69,6 +92,12 @@ class StepRunner {
   // chosen, ties to the lowest id, 0 when nothing is above -inf), without the logits leaving
   // the device: LlamaModel::ForwardArgMax per rank. Errors as Forward's.
   virtual absl::Status ForwardGreedy(const StepBatch& batch, int32_t* tokens) = 0;
+  // Forward for top-k sampling: for batch.logits_rows[i], row i of `top` (resized to k) gets
+  // the min(k, number above -inf) most likely tokens over the whole vocabulary by the
+  // sampler's top-k order (logit descending, id ascending; NaN and -inf never chosen), without
+  // the logits leaving the device: LlamaModel::ForwardTopK per rank. k >= 1 (InvalidArgument
+  // otherwise); other errors as Forward's.
+  virtual absl::Status ForwardTopK(const StepBatch& batch, int32_t k, TopTokens* top) = 0;
 
   // Applies the moves in order (on every rank). Block ids must be in range of the cache and
   // the host space.
@@ -112,6 +141,7 @@ class LlamaStepRunner final : public StepRunner {
   size_t kv_element_bytes() const override { return model_.backend().KvElementBytes(); }
   absl::Status Forward(const StepBatch& batch, float* logits) override;
   absl::Status ForwardGreedy(const StepBatch& batch, int32_t* tokens) override;
+  absl::Status ForwardTopK(const StepBatch& batch, int32_t k, TopTokens* top) override;
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
 
  private:

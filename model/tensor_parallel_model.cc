@@ -1,8 +1,11 @@
 #include "model/tensor_parallel_model.h"
 
+#include <algorithm>
 #include <cstring>
+#include <span>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
@@ -170,6 +173,47 @@ absl::Status TensorParallelModel::ForwardGreedy(const StepBatch& batch, int32_t*
       }
     }
     tokens[i] = token;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TensorParallelModel::ForwardTopK(const StepBatch& batch, int32_t k,
+                                              TopTokens* top) {
+  if (ranks_[0].kv == nullptr) {
+    return absl::FailedPreconditionError("Forward before AllocateKvCache");
+  }
+  if (k < 1) return absl::InvalidArgumentError(absl::StrCat("top-k of ", k, " tokens"));
+  const size_t num_rows = batch.logits_rows.size();
+  for (Rank& rank : ranks_) rank.top.Resize(num_rows, k);
+  RETURN_IF_ERROR(OnEveryRank([&](Rank& rank) {
+    return rank.model->ForwardTopK(batch, *rank.kv, k, rank.top.count.data(),
+                                   rank.top.ids.data(), rank.top.logits.data());
+  }));
+  top->Resize(num_rows, k);
+  std::vector<std::pair<float, int32_t>> merged;
+  for (size_t i = 0; i < num_rows; ++i) {
+    // Slices are in id order, so the ranks' candidates joined in rank order are in id order.
+    merged.clear();
+    for (const Rank& rank : ranks_) {
+      const int32_t begin = rank.model->shard().vocab.begin;
+      const std::span<const int32_t> ids = rank.top.Ids(i);
+      const std::span<const float> logits = rank.top.Logits(i);
+      for (size_t j = 0; j < ids.size(); ++j) merged.emplace_back(logits[j], begin + ids[j]);
+    }
+    if (merged.size() > static_cast<size_t>(k)) {
+      std::nth_element(merged.begin(), merged.begin() + k, merged.end(),
+                       [](const auto& a, const auto& b) {
+                         return a.first > b.first || (a.first == b.first && a.second < b.second);
+                       });
+      merged.resize(static_cast<size_t>(k));
+      std::sort(merged.begin(), merged.end(),
+                [](const auto& a, const auto& b) { return a.second < b.second; });
+    }
+    top->count[i] = static_cast<int32_t>(merged.size());
+    for (size_t j = 0; j < merged.size(); ++j) {
+      top->ids[i * k + j] = merged[j].second;
+      top->logits[i * k + j] = merged[j].first;
+    }
   }
   return absl::OkStatus();
 }

@@ -77,6 +77,10 @@ class TensorParallelModel final : public StepRunner {
   // row), then per row the rank with the largest value, the lowest rank on ties (slices are in
   // id order, so ties still go to the lowest id).
   absl::Status ForwardGreedy(const StepBatch& batch, int32_t* tokens) override;
+  // LlamaModel::ForwardTopK on every rank (its vocabulary slice's k most likely per row), then
+  // per row the k most likely of the ranks' candidates (the whole vocabulary's top k is among
+  // them), back in id order.
+  absl::Status ForwardTopK(const StepBatch& batch, int32_t k, TopTokens* top) override;
 
   // The moves on every rank's cache, the ranks concurrently (each on its own device).
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
@@ -90,6 +94,7 @@ class TensorParallelModel final : public StepRunner {
     std::vector<float> logits;  // host, [rows][vocab slice]: this rank's logits of a step
     std::vector<int32_t> argmax_index;  // host, [rows]: ForwardGreedy's, within the slice
     std::vector<float> argmax_value;    // host, [rows]
+    TopTokens top;                      // ForwardTopK's, ids within the slice
   };
   // Runs `forward` on every rank concurrently; the first rank's error, naming the rank when
   // split. Every rank sees the same batch and same-shaped caches, so all validate alike.

@@ -18,6 +18,7 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <numeric>
 #include <span>
 #include <string>
 #include <thread>
@@ -418,6 +419,81 @@ TEST(TensorParallelModelTest, GreedyTokensAreTheArgmaxOfTheLogits) {
       EXPECT_EQ(tokens[i], argmax_of(logits, vocab, i)) << size << " ranks, row " << i;
     }
   }
+}
+
+// ForwardTopK (each rank's k most likely of its vocabulary slice, merged) gives the k most
+// likely tokens of the whole row of Forward's logits, ids increasing, over 1, 2 and 4 ranks and
+// unsplit (LlamaModel::ForwardTopK), for k from 1 to beyond the vocabulary.
+TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
+  auto file = Open(SyntheticModel("tp-topk", GgmlType::kF32, 491));
+  ASSERT_NE(file, nullptr);
+  const auto prompts = Prompts(5);
+  StepBatch batch;
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    const std::vector<int32_t> blocks = BlocksOf(s);
+    const int32_t len = static_cast<int32_t>(prompts[s].size());
+    batch.AddSequence(prompts[s], 0,
+                      std::span<const int32_t>(blocks).first((len + kBlockSize - 1) / kBlockSize),
+                      kBlockSize, true);
+  }
+  // The k most likely ids of a row by (logit descending, id ascending), in increasing order.
+  auto most_likely = [](const std::vector<float>& logits, int32_t vocab, size_t row, int32_t k) {
+    std::vector<int32_t> ids(vocab);
+    std::iota(ids.begin(), ids.end(), 0);
+    const float* r = logits.data() + row * vocab;
+    std::stable_sort(ids.begin(), ids.end(), [r](int32_t a, int32_t b) { return r[a] > r[b]; });
+    ids.resize(std::min(vocab, k));
+    std::sort(ids.begin(), ids.end());
+    return ids;
+  };
+  // Each configuration against its own logits (a split sums in another order).
+  auto check = [&](const std::vector<float>& logits, int32_t vocab, int32_t k,
+                   const TopTokens& top, const std::string& what) {
+    ASSERT_EQ(top.count.size(), prompts.size()) << what;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const std::vector<int32_t> want = most_likely(logits, vocab, i, k);
+      const std::span<const int32_t> ids = top.Ids(i);
+      ASSERT_EQ(std::vector<int32_t>(ids.begin(), ids.end()), want) << what << ", row " << i;
+      for (size_t j = 0; j < want.size(); ++j) {
+        EXPECT_EQ(top.Logits(i)[j], logits[i * vocab + want[j]]) << what << ", row " << i;
+      }
+    }
+  };
+  {
+    Unsplit with_logits(*file);
+    ASSERT_NE(with_logits.model, nullptr);
+    const int32_t vocab = with_logits.model->config().vocab_size;
+    std::vector<float> logits(prompts.size() * vocab);
+    ASSERT_TRUE(with_logits.model->Forward(batch, *with_logits.kv, logits.data()).ok());
+    for (const int32_t k : {1, 7, 64, vocab + 3}) {
+      Unsplit reduced(*file);
+      ASSERT_NE(reduced.model, nullptr);
+      TopTokens top;
+      top.Resize(prompts.size(), k);
+      ASSERT_TRUE(reduced.model
+                      ->ForwardTopK(batch, *reduced.kv, k, top.count.data(), top.ids.data(),
+                                    top.logits.data())
+                      .ok());
+      check(logits, vocab, k, top, "unsplit, k " + std::to_string(k));
+    }
+  }
+  for (int size : {1, 2, 4}) {
+    Split with_logits(*file, size);
+    ASSERT_NE(with_logits.model, nullptr);
+    const int32_t vocab = with_logits.model->config().vocab_size;
+    std::vector<float> logits(prompts.size() * vocab);
+    ASSERT_TRUE(with_logits.model->Forward(batch, logits.data()).ok());
+    for (const int32_t k : {1, 7, 64, vocab + 3}) {
+      Split reduced(*file, size);
+      ASSERT_NE(reduced.model, nullptr);
+      TopTokens top;
+      ASSERT_TRUE(reduced.model->ForwardTopK(batch, k, &top).ok());
+      check(logits, vocab, k, top, std::to_string(size) + " ranks, k " + std::to_string(k));
+    }
+  }
+  Split reduced(*file, 2);
+  TopTokens top;
+  EXPECT_EQ(reduced.model->ForwardTopK(batch, 0, &top).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(TensorParallelModelTest, LoadRefusesSplitsThatBreakGqaGroupsOrQ8_0Blocks) {

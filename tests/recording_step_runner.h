@@ -29,6 +29,8 @@ class RecordingStepRunner final : public model::StepRunner {
   int64_t num_steps() const { return num_steps_; }
   // Of those, the steps run through ForwardGreedy (the logits reduced where they are).
   int64_t num_greedy_steps() const { return num_greedy_steps_; }
+  // And the steps run through ForwardTopK, with the k of each.
+  const std::vector<int32_t>& top_k_steps() const { return top_k_steps_; }
 
   const model::LlamaConfig& config() const override { return inner_.config(); }
   int tensor_parallel_size() const override { return inner_.tensor_parallel_size(); }
@@ -51,6 +53,12 @@ class RecordingStepRunner final : public model::StepRunner {
     ++num_greedy_steps_;
     return inner_.ForwardGreedy(batch, tokens);
   }
+  absl::Status ForwardTopK(const model::StepBatch& batch, int32_t k,
+                           model::TopTokens* top) override {
+    Record(batch);
+    top_k_steps_.push_back(k);
+    return inner_.ForwardTopK(batch, k, top);
+  }
   void MoveKvBlocks(std::span<const model::KvBlockMove> moves) override {
     inner_.MoveKvBlocks(moves);
   }
@@ -68,6 +76,7 @@ class RecordingStepRunner final : public model::StepRunner {
   int32_t max_logits_rows_ = 0;
   int64_t num_steps_ = 0;
   int64_t num_greedy_steps_ = 0;
+  std::vector<int32_t> top_k_steps_;
 };
 
 }  // namespace glimpse::testing

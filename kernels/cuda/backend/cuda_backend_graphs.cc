@@ -302,8 +302,8 @@ bool CudaBackend::RecordTopKRows(const float* x, int64_t num_rows, int64_t cols,
   }
   // Padded rows select from logits row 0's copies: harmless, and never copied out.
   const TopKRowsParams p = TopKOutput(x, rows, cols, k);
-  graphs_.Record([p](cudaStream_t stream) { return LaunchTopKRows(p, stream); },
-                 GraphOp::kTopKRows, x, rows, cols, k, p.count, p.index, p.value);
+  graphs_.Record([p](cudaStream_t stream) { return LaunchTopKRows(p, stream); }, GraphOp::kTopKRows,
+                 x, rows, cols, k, p.count, p.index, p.value);
   return true;
 }
 

@@ -24,7 +24,6 @@
 #include "common/check.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/argmax_rows.h"
-#include "kernels/cuda/topk_rows.h"
 #include "kernels/cuda/backend/cuda_backend.h"
 #include "kernels/cuda/backend/decode_graphs.h"
 #include "kernels/cuda/device_buffer.h"
@@ -34,6 +33,7 @@
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/rope_table.h"
+#include "kernels/cuda/topk_rows.h"
 #include "kernels/cuda/weight_format.h"
 #include "spdlog/spdlog.h"
 
