@@ -54,8 +54,7 @@ absl::Status LlamaStepRunner::ForwardTopK(const StepBatch& batch, int32_t k, Top
   RETURN_IF_ERROR(CheckRunnable());
   if (k < 1) return absl::InvalidArgumentError(absl::StrCat("top-k of ", k, " tokens"));
   top->Resize(batch.logits_rows.size(), k);
-  return model_.ForwardTopK(batch, *kv_, k, top->count.data(), top->ids.data(),
-                            top->logits.data());
+  return model_.ForwardTopK(batch, *kv_, k, top->count.data(), top->ids.data(), top->logits.data());
 }
 
 absl::Status LlamaStepRunner::Forward(const StepBatch& batch, float* logits) {

@@ -177,8 +177,7 @@ absl::Status TensorParallelModel::ForwardGreedy(const StepBatch& batch, int32_t*
   return absl::OkStatus();
 }
 
-absl::Status TensorParallelModel::ForwardTopK(const StepBatch& batch, int32_t k,
-                                              TopTokens* top) {
+absl::Status TensorParallelModel::ForwardTopK(const StepBatch& batch, int32_t k, TopTokens* top) {
   if (ranks_[0].kv == nullptr) {
     return absl::FailedPreconditionError("Forward before AllocateKvCache");
   }
@@ -186,8 +185,8 @@ absl::Status TensorParallelModel::ForwardTopK(const StepBatch& batch, int32_t k,
   const size_t num_rows = batch.logits_rows.size();
   for (Rank& rank : ranks_) rank.top.Resize(num_rows, k);
   RETURN_IF_ERROR(OnEveryRank([&](Rank& rank) {
-    return rank.model->ForwardTopK(batch, *rank.kv, k, rank.top.count.data(),
-                                   rank.top.ids.data(), rank.top.logits.data());
+    return rank.model->ForwardTopK(batch, *rank.kv, k, rank.top.count.data(), rank.top.ids.data(),
+                                   rank.top.logits.data());
   }));
   top->Resize(num_rows, k);
   std::vector<std::pair<float, int32_t>> merged;

@@ -7,7 +7,6 @@
 // errors are ~1e-7; a wrong shard, a missing or doubled all-reduce or a wrong KV head is O(1));
 // greedy tokens identical to llama.cpp's references except where our top two logits are within
 // 1e-4 (DESIGN.md, Numerics).
-#include "model/chunked_prompt_logits.h"
 #include "model/tensor_parallel_model.h"
 
 #include <algorithm>
@@ -27,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/in_process_tensor_parallel.h"
+#include "model/chunked_prompt_logits.h"
 #include "model/gguf.h"
 #include "model/kv_cache_storage.h"
 #include "model/llama_model.h"
@@ -447,8 +447,8 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
     return ids;
   };
   // Each configuration against its own logits (a split sums in another order).
-  auto check = [&](const std::vector<float>& logits, int32_t vocab, int32_t k,
-                   const TopTokens& top, const std::string& what) {
+  auto check = [&](const std::vector<float>& logits, int32_t vocab, int32_t k, const TopTokens& top,
+                   const std::string& what) {
     ASSERT_EQ(top.count.size(), prompts.size()) << what;
     for (size_t i = 0; i < prompts.size(); ++i) {
       const std::vector<int32_t> want = most_likely(logits, vocab, i, k);

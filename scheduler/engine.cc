@@ -32,6 +32,11 @@ absl::Status Engine::ValidateOptions(const EngineOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("sampling threads must be in 1..256 (got ", options.sampling_threads, ")"));
   }
+  if (options.step_logits.max_device_top_k < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the device top-k limit must be >= 0, 0 to turn it off (got ",
+                     options.step_logits.max_device_top_k, ")"));
+  }
   return absl::OkStatus();
 }
 
@@ -336,23 +341,15 @@ void Engine::Step() {
     if (s.wants_logits) logits_owner.push_back(seq);
   }
   const int32_t vocab = runner_.config().vocab_size;
-  // Every row plain greedy (no logprobs, penalties or bias): each row is reduced to its argmax
-  // where the logits are, and only that comes back (on a GPU at a 128k vocabulary 8 bytes a
-  // row instead of 513 KB, and no host pass over the row).
-  bool greedy_step = options_.device_greedy && !logits_owner.empty();
+  // Only what the rows' samples need comes back (StepLogits: the argmax, a few candidates or
+  // the rows).
+  step_logits_.Begin(options_.step_logits, vocab);
   for (const Sequence* seq : logits_owner) {
     const EngineRequest& spec = seq->request->spec;
-    greedy_step =
-        greedy_step && model::Sampler::IsPlainGreedy(spec.sampling, spec.output.num_logprobs >= 0);
+    step_logits_.AddRow(spec.sampling, spec.output.num_logprobs >= 0);
   }
-  absl::Status status;
-  if (greedy_step) {
-    argmax_.resize(logits_owner.size());
-    status = runner_.ForwardGreedy(batch, argmax_.data());
-  } else {
-    logits_.resize(logits_owner.size() * static_cast<size_t>(vocab));
-    status = runner_.Forward(batch, logits_.data());
-  }
+  step_logits_.Finish();
+  const absl::Status status = step_logits_.Forward(runner_, batch);
   CHECK(status.ok());  // The scheduler builds valid batches; anything else is a bug.
   scheduler_->OnStepComputed(plan);
   {
@@ -375,7 +372,7 @@ void Engine::Step() {
   }
 
   std::vector<Request*> touched;
-  SampleStep(logits_owner, greedy_step, Clock::now());
+  SampleStep(logits_owner, Clock::now());
   for (Sequence* seq : logits_owner) touched.push_back(seq->request);
   std::sort(touched.begin(), touched.end());
   touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
@@ -398,8 +395,7 @@ Sequence* Engine::ForkChild(Request* request, int32_t index) {
   return raw;
 }
 
-void Engine::SampleStep(const std::vector<Sequence*>& logits_owner, bool greedy_step,
-                        Clock::time_point now) {
+void Engine::SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_point now) {
   const int32_t vocab = runner_.config().vocab_size;
   std::vector<SampleJob> jobs;
   jobs.reserve(logits_owner.size());
@@ -407,14 +403,11 @@ void Engine::SampleStep(const std::vector<Sequence*>& logits_owner, bool greedy_
   std::vector<model::Sampler::SampleResult> samples(jobs.size());
   auto draw = [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      model::Sampler& sampler = *jobs[j].seq->sampler;
-      samples[j] = greedy_step ? sampler.SampleArgMax(argmax_[jobs[j].row])
-                               : sampler.Sample(std::span<const float>(
-                                     logits_.data() + jobs[j].row * vocab, vocab));
+      samples[j] = step_logits_.Sample(*jobs[j].seq->sampler, jobs[j].row);
     }
   };
   const int64_t n = static_cast<int64_t>(jobs.size());
-  if (!greedy_step && sampling_pool_ != nullptr && n > 1 &&
+  if (step_logits_.kind() == model::StepLogits::Kind::kRows && sampling_pool_ != nullptr && n > 1 &&
       n * vocab >= options_.parallel_sampling_min_elements) {
     // Distinct samplers (each its own RNG and history; scratch is thread-local): no shared
     // state, so the split cannot change a token.

@@ -31,6 +31,7 @@
 #include "kernels/cpu/thread_pool.h"
 #include "kvcache/kv_cache_manager.h"
 #include "model/llama_model.h"
+#include "model/step_logits.h"
 #include "model/step_runner.h"
 #include "model/tokenizer.h"
 #include "scheduler/engine_observer.h"
@@ -57,11 +58,11 @@ struct EngineOptions {
   // few ms).
   int32_t sampling_threads = 1;
   int64_t parallel_sampling_min_elements = int64_t{1} << 20;
-  // Steps whose every logits row is plain greedy (Sampler::IsPlainGreedy) run
-  // StepRunner::ForwardGreedy: the argmax is taken where the logits are (on a GPU, 4 bytes a
-  // row come back instead of the row) and the host only draws the RNG. The same tokens; false
-  // copies every row back as other steps do (for comparison).
-  bool device_greedy = true;
+  // What a step brings back of its logits rows (model/step_logits.h): each row's argmax when
+  // every row is plain greedy, each row's top-k candidates when every row's sample depends on
+  // them alone, else the rows. The same tokens either way; turning both off copies every row
+  // back (for comparison).
+  model::StepLogitsOptions step_logits;
 };
 
 // A consistent-enough snapshot of the engine's state and cumulative work counters.
@@ -140,14 +141,13 @@ class Engine {
   // A sequence's token to draw from logits row `row` of this step (SampleStep).
   struct SampleJob {
     Sequence* seq = nullptr;
-    size_t row = 0;  // in logits_ ([row][vocab]), or argmax_ for a greedy step
+    size_t row = 0;  // logits row of the step (step_logits_)
   };
   // The step's sampling in three phases: set-up in order (first-token samplers and forks,
   // latency observations; `jobs` gets one entry per sequence to sample), the draws (in
-  // parallel on sampling_pool_ when worth it; from argmax_ when `greedy_step`), then
+  // parallel on sampling_pool_ when worth it; from what step_logits_ brought back), then
   // AppendToken in order.
-  void SampleStep(const std::vector<Sequence*>& logits_owner, bool greedy_step,
-                  Clock::time_point now);
+  void SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_point now);
   void PrepareSampling(Sequence* seq, size_t row, Clock::time_point now,
                        std::vector<SampleJob>& jobs);
   Sequence* ForkChild(Request* request, int32_t index);
@@ -174,9 +174,8 @@ class Engine {
   absl::flat_hash_map<std::string, std::unique_ptr<Request>> requests_;
   int64_t next_arrival_ = 0;
   kvcache::RequestKey next_key_ = 1;
-  std::vector<float> logits_;
-  // A greedy step's tokens (StepRunner::ForwardGreedy: the logits stay on the device).
-  std::vector<int32_t> argmax_;
+  // This step's logits as brought back (the rows, their argmax or their candidates).
+  model::StepLogits step_logits_;
   std::vector<model::KvBlockMove> kv_moves_;  // This step's, reused across steps.
   // options_.sampling_threads - 1 workers (null for one thread); used by the engine thread only.
   std::unique_ptr<kernels::cpu::ThreadPool> sampling_pool_;

@@ -99,8 +99,7 @@ absl::StatusOr<std::vector<GenerationResult>> OfflineGenerator::Run(
     return status;
   };
 
-  std::vector<float> logits;
-  std::vector<int32_t> argmax;
+  model::StepLogits step_logits;
   while (true) {
     model::StepBatch batch;
     std::vector<size_t> logits_owner;  // Sequence index of each logits row.
@@ -140,21 +139,14 @@ absl::StatusOr<std::vector<GenerationResult>> OfflineGenerator::Run(
     }
     if (batch.num_tokens() == 0) break;
 
-    // Every row plain greedy: the argmax is taken where the logits are (as the engine does).
-    const bool greedy_step = !logits_owner.empty() &&
-                             std::all_of(logits_owner.begin(), logits_owner.end(), [&](size_t i) {
-                               return model::Sampler::IsPlainGreedy(
-                                   seqs[i].request->sampling, seqs[i].request->report_logprobs);
-                             });
-    const auto start = std::chrono::steady_clock::now();
-    absl::Status step_status;
-    if (greedy_step) {
-      argmax.resize(logits_owner.size());
-      step_status = runner_.ForwardGreedy(batch, argmax.data());
-    } else {
-      logits.resize(logits_owner.size() * static_cast<size_t>(config.vocab_size));
-      step_status = runner_.Forward(batch, logits.data());
+    // Only what the rows' samples need comes back (as the engine does).
+    step_logits.Begin(options_.step_logits, config.vocab_size);
+    for (size_t i : logits_owner) {
+      step_logits.AddRow(seqs[i].request->sampling, seqs[i].request->report_logprobs);
     }
+    step_logits.Finish();
+    const auto start = std::chrono::steady_clock::now();
+    const absl::Status step_status = step_logits.Forward(runner_, batch);
     if (!step_status.ok()) return fail(step_status);
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -169,13 +161,7 @@ absl::StatusOr<std::vector<GenerationResult>> OfflineGenerator::Run(
     }
     for (size_t row = 0; row < logits_owner.size(); ++row) {
       Sequence& s = seqs[logits_owner[row]];
-      model::Sampler::SampleResult sample;
-      if (greedy_step) {
-        sample = s.sampler->SampleArgMax(argmax[row]);
-      } else {
-        sample = s.sampler->Sample(
-            std::span<const float>(logits.data() + row * config.vocab_size, config.vocab_size));
-      }
+      model::Sampler::SampleResult sample = step_logits.Sample(*s.sampler, row);
       s.sampler->Accept(sample.token);
       s.tokens.push_back(sample.token);
       s.result.tokens.push_back(sample.token);

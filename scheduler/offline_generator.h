@@ -24,6 +24,7 @@
 #include "model/llama_model.h"
 #include "model/sampler.h"
 #include "model/sampling_params.h"
+#include "model/step_logits.h"
 #include "model/step_runner.h"
 
 namespace glimpse::scheduler {
@@ -52,6 +53,9 @@ struct OfflineGeneratorOptions {
   int32_t prefill_chunk_tokens = 512;  // Per sequence per step; >= 1.
   int32_t max_step_tokens = 2048;      // Per step, all sequences; >= 1.
   uint64_t seed = 0;                   // Default seed for requests without one.
+  // What a step brings back of its logits rows (the argmax, candidates or the rows; the same
+  // tokens every way), as the serving engine.
+  model::StepLogitsOptions step_logits;
 };
 
 // Work and time counters, cumulative over Run() calls.

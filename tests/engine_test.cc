@@ -374,14 +374,17 @@ TEST_F(EngineTest, MultipleCompletionsShareThePromptAndStopStringsCut) {
 }
 
 // A step whose every logits row is plain greedy runs ForwardGreedy (only the tokens come
-// back); a row that wants logprobs makes its steps full-logits ones. The tokens are llama.cpp's
-// either way, and with device_greedy off no step reduces the logits.
+// back); with device_greedy off it runs ForwardTopK with k = 1 (the one candidate is the
+// argmax), and with that off too, Forward. A row that wants logprobs makes its steps
+// full-logits ones. The tokens are llama.cpp's every way.
 TEST_F(EngineTest, PlainGreedyStepsBringBackTokensOnly) {
   const std::vector<Reference> refs = LoadReferences();
-  for (const bool device_greedy : {true, false}) {
+  enum Mode { kArgMax, kTopOne, kRows };
+  for (const Mode mode : {kArgMax, kTopOne, kRows}) {
     testing::RecordingStepRunner runner(*loaded_.runner);
     EngineOptions options;
-    options.device_greedy = device_greedy;
+    options.step_logits.device_greedy = mode == kArgMax;
+    options.step_logits.max_device_top_k = mode == kTopOne ? 1024 : 0;
     auto created = Engine::Create(runner, *tokenizer_, options);
     ASSERT_TRUE(created.ok()) << created.status();
     std::unique_ptr<Engine> engine = std::move(*created);
@@ -396,17 +399,18 @@ TEST_F(EngineTest, PlainGreedyStepsBringBackTokensOnly) {
     for (int i = 0; i < 6; ++i) {
       const Collected c = Drain(*streams[i], 1);
       ASSERT_TRUE(c.status.ok()) << c.status;
-      EXPECT_EQ(c.tokens[0], refs[i].tokens)
-          << "request " << i << ", device_greedy " << device_greedy;
+      EXPECT_EQ(c.tokens[0], refs[i].tokens) << "request " << i << ", mode " << mode;
     }
     ASSERT_TRUE(engine->WaitIdle(absl::Seconds(10)));
     const int64_t greedy_steps = runner.num_greedy_steps();
+    const size_t top_k_steps = runner.top_k_steps().size();
     // Every generated token needs a step with logits rows: at least the longest request's.
-    if (device_greedy) {
-      EXPECT_GE(greedy_steps, static_cast<int64_t>(refs[0].tokens.size()));
-    } else {
-      EXPECT_EQ(greedy_steps, 0);
-    }
+    const int64_t tokens = static_cast<int64_t>(refs[0].tokens.size());
+    EXPECT_EQ(greedy_steps >= tokens, mode == kArgMax) << greedy_steps;
+    EXPECT_EQ(greedy_steps == 0, mode != kArgMax) << greedy_steps;
+    EXPECT_EQ(static_cast<int64_t>(top_k_steps) >= tokens, mode == kTopOne) << top_k_steps;
+    EXPECT_EQ(top_k_steps == 0, mode != kTopOne) << top_k_steps;
+    for (int32_t k : runner.top_k_steps()) EXPECT_EQ(k, 1);
     EngineRequest with_logprobs = Greedy("lp", refs[6].prompt, 8);
     with_logprobs.output.num_logprobs = 0;
     const Collected c = Drain(**engine->Submit(with_logprobs), 1);
@@ -415,8 +419,84 @@ TEST_F(EngineTest, PlainGreedyStepsBringBackTokensOnly) {
               std::vector<int32_t>(refs[6].tokens.begin(), refs[6].tokens.begin() + 8));
     ASSERT_TRUE(engine->WaitIdle(absl::Seconds(10)));
     EXPECT_EQ(runner.num_greedy_steps(), greedy_steps) << "a logprobs request's steps";
+    EXPECT_EQ(runner.top_k_steps().size(), top_k_steps) << "a logprobs request's steps";
     engine.reset();
   }
+}
+
+// A step whose every row samples from its most likely tokens (top-k without bias, penalties or
+// logprobs, or greedy) runs ForwardTopK with the rows' largest top_k rounded up to a power of
+// two; a row that needs the whole row (top_k above the limit, a penalty) makes its steps
+// full-logits ones. The tokens are those drawn from the whole rows (max_device_top_k 0), seed
+// for seed, also for n = 2 forks.
+TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
+  const std::vector<Reference> refs = LoadReferences();
+  auto run = [&](int32_t max_device_top_k, std::vector<int32_t>* top_k_steps) {
+    testing::RecordingStepRunner runner(*loaded_.runner);
+    EngineOptions options;
+    options.seed = 7;
+    options.step_logits.max_device_top_k = max_device_top_k;
+    auto created = Engine::Create(runner, *tokenizer_, options);
+    EXPECT_TRUE(created.ok()) << created.status();
+    std::unique_ptr<Engine> engine = std::move(*created);
+    engine->Start();
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (int i = 0; i < 6; ++i) {
+      EngineRequest r = Greedy("k" + std::to_string(i), refs[i].prompt, 20);
+      if (i != 4) {  // one greedy row among them
+        r.sampling.temperature = 1.1f;
+        r.sampling.top_k = i % 2 == 0 ? 40 : 5;
+        r.sampling.top_p = i == 1 ? 0.8f : 1.0f;
+        r.sampling.min_p = i == 3 ? 0.05f : 0.0f;
+      }
+      r.n = i == 2 ? 2 : 1;
+      auto stream = engine->Submit(r);
+      EXPECT_TRUE(stream.ok()) << stream.status();
+      streams.push_back(*stream);
+    }
+    std::vector<std::vector<std::vector<int32_t>>> tokens;
+    for (int i = 0; i < 6; ++i) {
+      Collected c = Drain(*streams[i], i == 2 ? 2 : 1);
+      EXPECT_TRUE(c.status.ok()) << c.status;
+      tokens.push_back(c.tokens);
+    }
+    EXPECT_TRUE(engine->WaitIdle(absl::Seconds(10)));
+    const size_t top_k_steps_before = runner.top_k_steps().size();
+    // Rows that need the whole row: top_k above the limit, a penalty.
+    for (int i = 0; i < 2; ++i) {
+      EngineRequest r = Greedy("w" + std::to_string(i), refs[6 + i].prompt, 6);
+      r.sampling.temperature = 1.0f;
+      r.sampling.top_k = i == 0 ? 2000 : 40;
+      r.sampling.presence_penalty = i == 1 ? 0.5f : 0.0f;
+      Collected c = Drain(**engine->Submit(r), 1);
+      EXPECT_TRUE(c.status.ok()) << c.status;
+      tokens.push_back(c.tokens);
+    }
+    EXPECT_TRUE(engine->WaitIdle(absl::Seconds(10)));
+    EXPECT_EQ(runner.top_k_steps().size(), top_k_steps_before) << "whole-row requests' steps";
+    *top_k_steps = runner.top_k_steps();
+    engine.reset();
+    return tokens;
+  };
+  std::vector<int32_t> device_steps, host_steps;
+  const auto on_device = run(/*max_device_top_k=*/1024, &device_steps);
+  const auto from_rows = run(/*max_device_top_k=*/0, &host_steps);
+  ASSERT_EQ(on_device.size(), from_rows.size());
+  for (size_t i = 0; i < on_device.size(); ++i) {
+    EXPECT_EQ(on_device[i], from_rows[i]) << "request " << i;
+  }
+  // Every generated token of the first six needs a logits step: at least 20 of them, each with
+  // k = 64 (40 rounded up) or 8 (5, once the top_k 40 rows are done).
+  EXPECT_GE(device_steps.size(), 20u);
+  for (int32_t k : device_steps) EXPECT_TRUE(k == 64 || k == 8) << k;
+  EXPECT_TRUE(host_steps.empty());
+  // The tokens are drawn, not the argmax: the top_k 40 rows do not follow greedy decoding.
+  EXPECT_NE(on_device[0][0],
+            std::vector<int32_t>(refs[0].tokens.begin(), refs[0].tokens.begin() + 20));
+  EngineOptions bad;
+  bad.step_logits.max_device_top_k = -1;
+  EXPECT_EQ(Engine::Create(*model_, *tokenizer_, bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // Sampling a step's rows on several threads draws exactly the tokens one thread draws: each

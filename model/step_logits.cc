@@ -1,0 +1,68 @@
+#include "model/step_logits.h"
+
+#include <algorithm>
+#include <bit>
+#include <span>
+
+#include "common/check.h"
+
+namespace glimpse::model {
+
+void StepLogits::Begin(const StepLogitsOptions& options, int32_t vocab_size) {
+  options_ = options;
+  vocab_size_ = vocab_size;
+  num_rows_ = 0;
+  all_greedy_ = true;
+  candidates_ = 1;
+}
+
+void StepLogits::AddRow(const SamplingParams& params, bool report_logprobs) {
+  ++num_rows_;
+  all_greedy_ = all_greedy_ && Sampler::IsPlainGreedy(params, report_logprobs);
+  const int32_t needed = Sampler::CandidatesNeeded(params, report_logprobs, vocab_size_);
+  candidates_ = needed == 0 || candidates_ == 0 ? 0 : std::max(candidates_, needed);
+}
+
+void StepLogits::Finish() {
+  kind_ = Kind::kRows;
+  k_ = 0;
+  if (num_rows_ == 0) return;
+  if (options_.device_greedy && all_greedy_) {
+    kind_ = Kind::kArgMax;
+  } else if (candidates_ > 0 && candidates_ <= options_.max_device_top_k) {
+    kind_ = Kind::kTopK;
+    k_ = std::min(static_cast<int32_t>(std::bit_ceil(static_cast<uint32_t>(candidates_))),
+                  options_.max_device_top_k);
+  }
+}
+
+absl::Status StepLogits::Forward(StepRunner& runner, const StepBatch& batch) {
+  CHECK(batch.logits_rows.size() == num_rows_);
+  switch (kind_) {
+    case Kind::kArgMax:
+      argmax_.resize(num_rows_);
+      return runner.ForwardGreedy(batch, argmax_.data());
+    case Kind::kTopK:
+      return runner.ForwardTopK(batch, k_, &top_);
+    case Kind::kRows:
+      break;
+  }
+  logits_.resize(num_rows_ * static_cast<size_t>(vocab_size_));
+  return runner.Forward(batch, logits_.data());
+}
+
+Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) const {
+  CHECK(row < num_rows_);
+  switch (kind_) {
+    case Kind::kArgMax:
+      return sampler.SampleArgMax(argmax_[row]);
+    case Kind::kTopK:
+      return sampler.SampleFromCandidates(top_.Ids(row), top_.Logits(row));
+    case Kind::kRows:
+      break;
+  }
+  const size_t vocab = static_cast<size_t>(vocab_size_);
+  return sampler.Sample(std::span<const float>(logits_).subspan(row * vocab, vocab));
+}
+
+}  // namespace glimpse::model
