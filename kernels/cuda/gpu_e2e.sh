@@ -14,8 +14,10 @@
 #      SKIP_VARIANTS=1, the same bench with --cuda_prefill_attention=mma_sync_wide, =wgmma,
 #      =wgmma_pipelined and =wgmma_pipelined_128 (prefill tok/s of the five attention kernels
 #      side by side), with --cuda_decode_attention=mma_sync (decode tok/s of the two decode
-#      kernels) and with --bench_logprobs=true (every logits row back to the host and sampled
-#      there: what reducing greedy steps on the device saves).
+#      kernels), with --bench_logprobs=true (every logits row back to the host and sampled
+#      there: what reducing greedy steps on the device saves), and top-k 50 sampling with its
+#      candidates selected on the device and with every row sampled on the host
+#      (--bench_top_k=50, --bench_device_top_k=0: what the device top-k saves).
 #
 #   kernels/cuda/gpu_e2e.sh [RESULT_DIR]          (from the repository root)
 # Writes RESULT_DIR/gpu_e2e.json and logs; prints a short table last. Exit status nonzero if a
@@ -63,24 +65,27 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
       --json_out="$RESULT_DIR/bench_8b.json" 2>&1 | tee "$RESULT_DIR/bench_8b.log"
   bench_rc=${PIPESTATUS[0]}
   if [ "${SKIP_VARIANTS:-0}" != 1 ]; then
-    # NAME:FLAG -> the bench with FLAG, results in bench_8b_NAME.json. host_logits: every
-    # logits row back to the host and sampled there, as before greedy steps reduced them on
-    # the device (the A/B of ArgMaxRows, and of the host sampler's cost).
+    # NAME:FLAGS -> the bench with FLAGS (comma-separated), results in bench_8b_NAME.json.
+    # host_logits: every logits row back to the host and sampled there, as before greedy
+    # steps reduced them on the device (the A/B of ArgMaxRows, and of the host sampler's
+    # cost); top_k_50 / top_k_50_rows: the same A/B for top-k sampling (TopKRows).
     for variant in mma_sync_wide:--cuda_prefill_attention=mma_sync_wide \
         wgmma:--cuda_prefill_attention=wgmma \
         wgmma_pipelined:--cuda_prefill_attention=wgmma_pipelined \
         wgmma_pipelined_128:--cuda_prefill_attention=wgmma_pipelined_128 \
-        decode_mma_sync:--cuda_decode_attention=mma_sync host_logits:--bench_logprobs=true; do
+        decode_mma_sync:--cuda_decode_attention=mma_sync host_logits:--bench_logprobs=true \
+        top_k_50:--bench_top_k=50 top_k_50_rows:--bench_top_k=50,--bench_device_top_k=0; do
       name=${variant%%:*}
-      flag=${variant#*:}
-      timeout "${VARIANT_TIMEOUT:-180}" "$RUN" glimpse_lean bench --device=cuda "$flag" \
+      IFS=, read -ra flags <<<"${variant#*:}"
+      timeout "${VARIANT_TIMEOUT:-180}" "$RUN" glimpse_lean bench --device=cuda "${flags[@]}" \
           --bench_model="$MODEL" --batch_sizes=1 --prompt_tokens="$PROMPT" --gen_tokens="$GEN" \
           --repetitions=2 --json_out="$RESULT_DIR/bench_8b_$name.json" 2>&1 \
           | tee "$RESULT_DIR/bench_8b_$name.log"
       [ "${PIPESTATUS[0]}" -eq 0 ] || bench_rc=1
     done
     for f in bench_8b bench_8b_mma_sync_wide bench_8b_wgmma bench_8b_wgmma_pipelined \
-        bench_8b_wgmma_pipelined_128 bench_8b_decode_mma_sync bench_8b_host_logits; do
+        bench_8b_wgmma_pipelined_128 bench_8b_decode_mma_sync bench_8b_host_logits \
+        bench_8b_top_k_50 bench_8b_top_k_50_rows; do
       [ -f "$RESULT_DIR/$f.json" ] || continue
       python3 - "$RESULT_DIR/$f.json" "$f" <<'PY'
 import json, sys

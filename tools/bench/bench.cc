@@ -36,6 +36,14 @@ ABSL_FLAG(bool, bench_logprobs, false,
           "decoding reduces each row to its token where the logits are (on a GPU only 4 bytes "
           "a row come back).");
 
+ABSL_FLAG(int32_t, bench_top_k, 0,
+          "bench: 0 decodes greedily; N > 0 samples every token with temperature 0.8 and top-k "
+          "N (the tokens then differ from run to run of the seed only by the backend's logits).");
+ABSL_FLAG(int32_t, bench_device_top_k, 1024,
+          "bench: steps whose rows sample with top-k up to this select the candidates where the "
+          "logits are (on a GPU k pairs a row come back); 0 brings every row back to the host "
+          "and samples there (the A/B of the device top-k).");
+
 namespace glimpse::tools {
 namespace {
 
@@ -92,6 +100,10 @@ absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32
     for (int32_t& t : r.prompt_tokens) t = token(rng);
     r.max_tokens = gen_len;
     r.sampling.temperature = 0.0f;
+    if (absl::GetFlag(FLAGS_bench_top_k) > 0) {
+      r.sampling.temperature = 0.8f;
+      r.sampling.top_k = absl::GetFlag(FLAGS_bench_top_k);
+    }
     r.ignore_eos = true;
     // As a server request with or without logprobs: without, the token alone.
     r.report_logprobs = absl::GetFlag(FLAGS_bench_logprobs);
@@ -99,6 +111,7 @@ absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32
   scheduler::OfflineGeneratorOptions options;
   options.prefill_chunk_tokens = 512;
   options.max_step_tokens = 512;  // As llama-bench's default micro-batch.
+  options.step_logits.max_device_top_k = absl::GetFlag(FLAGS_bench_device_top_k);
   scheduler::OfflineGenerator generator(*loaded.runner, pool, options);
   auto results = generator.Run(requests);
   if (!results.ok()) return results.status();
@@ -141,6 +154,12 @@ int RunBenchCommand() {
     std::fprintf(stderr, "glimpse bench: need --prompt_tokens >= 1 and --gen_tokens >= 2\n");
     return 2;
   }
+  if (absl::GetFlag(FLAGS_bench_top_k) < 0 || absl::GetFlag(FLAGS_bench_device_top_k) < 0) {
+    std::fprintf(stderr,
+                 "glimpse bench: --bench_top_k and --bench_device_top_k must be >= 0 (0: greedy; "
+                 "0: every row to the host)\n");
+    return 2;
+  }
   auto loaded = server::LoadedModel::Load(path, absl::GetFlag(FLAGS_threads));
   if (!loaded.ok()) {
     std::fprintf(stderr, "glimpse bench: %s\n", std::string(loaded.status().message()).c_str());
@@ -170,6 +189,8 @@ int RunBenchCommand() {
   json["tensor_parallel_size"] = loaded->tensor_parallel_size();
   json["prompt_tokens"] = prompt_len;
   json["gen_tokens"] = gen_len;
+  json["top_k"] = absl::GetFlag(FLAGS_bench_top_k);
+  json["device_top_k"] = absl::GetFlag(FLAGS_bench_device_top_k);
   json["weight_bytes"] = loaded->weight_bytes();
   // K and V of one token in every layer, summed over the ranks' devices.
   constexpr int32_t kBlock = 16;
