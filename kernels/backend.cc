@@ -8,12 +8,10 @@
 
 namespace glimpse::kernels {
 
-void Backend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int32_t* host_index,
-                         float* host_value) {
-  std::vector<float> rows(static_cast<size_t>(num_rows * cols));
-  CopyToHost(rows.data(), x, rows.size() * sizeof(float));
+void ArgMaxRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t* index,
+                      float* value) {
   for (int64_t r = 0; r < num_rows; ++r) {
-    const float* row = rows.data() + r * cols;
+    const float* row = rows + r * cols;
     int32_t best = 0;
     float best_value = -std::numeric_limits<float>::infinity();
     for (int64_t c = 0; c < cols; ++c) {
@@ -22,18 +20,16 @@ void Backend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int32_t
         best = static_cast<int32_t>(c);
       }
     }
-    host_index[r] = best;
-    host_value[r] = best_value;
+    index[r] = best;
+    value[r] = best_value;
   }
 }
 
-void Backend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
-                       int32_t* host_count, int32_t* host_index, float* host_value) {
-  std::vector<float> rows(static_cast<size_t>(num_rows * cols));
-  CopyToHost(rows.data(), x, rows.size() * sizeof(float));
+void TopKRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t k, int32_t* count,
+                    int32_t* index, float* value) {
   std::vector<int32_t> columns;
   for (int64_t r = 0; r < num_rows; ++r) {
-    const float* row = rows.data() + r * cols;
+    const float* row = rows + r * cols;
     columns.clear();
     for (int64_t c = 0; c < cols; ++c) {
       if (!std::isnan(row[c]) && row[c] != -std::numeric_limits<float>::infinity()) {
@@ -47,12 +43,26 @@ void Backend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k
       columns.resize(static_cast<size_t>(k));
     }
     std::sort(columns.begin(), columns.end());
-    host_count[r] = static_cast<int32_t>(columns.size());
+    count[r] = static_cast<int32_t>(columns.size());
     for (size_t j = 0; j < columns.size(); ++j) {
-      host_index[r * k + static_cast<int64_t>(j)] = columns[j];
-      host_value[r * k + static_cast<int64_t>(j)] = row[columns[j]];
+      index[r * k + static_cast<int64_t>(j)] = columns[j];
+      value[r * k + static_cast<int64_t>(j)] = row[columns[j]];
     }
   }
+}
+
+void Backend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int32_t* host_index,
+                         float* host_value) {
+  std::vector<float> rows(static_cast<size_t>(num_rows * cols));
+  CopyToHost(rows.data(), x, rows.size() * sizeof(float));
+  ArgMaxRowsOnHost(rows.data(), num_rows, cols, host_index, host_value);
+}
+
+void Backend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
+                       int32_t* host_count, int32_t* host_index, float* host_value) {
+  std::vector<float> rows(static_cast<size_t>(num_rows * cols));
+  CopyToHost(rows.data(), x, rows.size() * sizeof(float));
+  TopKRowsOnHost(rows.data(), num_rows, cols, k, host_count, host_index, host_value);
 }
 
 }  // namespace glimpse::kernels

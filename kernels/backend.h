@@ -139,6 +139,14 @@ struct DeviceMemoryInfo {
   size_t total_bytes = 0;
 };
 
+// The host rules of Backend::ArgMaxRows and Backend::TopKRows over rows in host memory
+// ([num_rows][cols]; outputs as those take them): what their defaults run after copying the
+// rows over, and what a backend whose memory is the host's runs in place.
+void ArgMaxRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t* index,
+                      float* value);
+void TopKRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t k, int32_t* count,
+                    int32_t* index, float* value);
+
 class Backend {
  public:
   virtual ~Backend() = default;

@@ -40,6 +40,15 @@ class CpuBackend final : public Backend {
   void Free(void* ptr) override;
   void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override;
+  // The host rules in place: this backend's memory is the host's, so no copy of the rows.
+  void ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int32_t* host_index,
+                  float* host_value) override {
+    ArgMaxRowsOnHost(x, num_rows, cols, host_index, host_value);
+  }
+  void TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k, int32_t* host_count,
+                int32_t* host_index, float* host_value) override {
+    TopKRowsOnHost(x, num_rows, cols, k, host_count, host_index, host_value);
+  }
   void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) override;
   size_t KvElementBytes() const override { return KvElementSize(kv_type_); }
 
