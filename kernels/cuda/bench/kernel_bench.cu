@@ -37,8 +37,10 @@
 #include <tuple>
 #include <vector>
 
+#include "kernels/cuda/argmax_rows.h"
 #include "kernels/cuda/paged_decode_attention.h"
 #include "kernels/cuda/prefill_attention.h"
+#include "kernels/cuda/topk_rows.h"
 
 namespace glimpse::kernels::cuda {
 namespace {
@@ -83,6 +85,11 @@ struct Scale {
   int proj_kv = 1024;
   int proj_ffn = 14336;
   std::vector<int32_t> proj_rows = {1, 8, 64};
+  // K6: a step's logits rows (Llama-3's vocabulary) reduced on the device or copied out, at
+  // these rows (decode batch sizes), the top-k one keeping logits_top_k candidates a row.
+  int64_t vocab = 128256;
+  std::vector<int32_t> logits_rows = {1, 8, 64};
+  int32_t logits_top_k = 64;
 
   static Scale Smoke() {
     Scale s;
@@ -102,6 +109,8 @@ struct Scale {
     s.proj_kv = 64;
     s.proj_ffn = 512;
     s.proj_rows = {1, 3};
+    s.vocab = 1000;
+    s.logits_rows = {1, 3};
     return s;
   }
 };
@@ -125,6 +134,18 @@ __global__ void FillRandomBf16(__nv_bfloat16* x, size_t n, uint64_t seed) {
     h *= 0xBF58476D1CE4E5B9ull;
     h ^= h >> 29;
     x[i] = __float2bfloat16(static_cast<float>(h & 0xFFFFFF) / 8388608.0f - 1.0f);
+  }
+}
+
+// Uniform fp32 values in [-8, 8): logits-like rows without ties to speak of.
+__global__ void FillRandomFloat(float* x, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    uint64_t h = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+    h ^= h >> 31;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 29;
+    x[i] = static_cast<float>(h & 0xFFFFFF) / 1048576.0f - 8.0f;
   }
 }
 
@@ -632,6 +653,100 @@ bool BenchProjections(Bench& b, int32_t rows) {
   return true;
 }
 
+// K6: what a decode step brings back of its logits rows (`rows` x vocab fp32, on the device):
+// the rows themselves copied to pinned host memory (a step whose rows are sampled on the
+// host), each row's argmax (ArgMaxRows, greedy steps) or its k most likely entries (TopKRows,
+// top-k steps), each with its copy of the result to the host. GB/s of the rows' bytes read
+// once; the fraction is of the measured D2D bandwidth (for the host copy only a scale: it
+// crosses the host link).
+bool BenchLogitsReductions(Bench& b, int32_t rows) {
+  const int64_t vocab = b.scale.vocab;
+  const int32_t k = b.scale.logits_top_k;
+  const size_t elements = static_cast<size_t>(rows) * vocab;
+  float* x = nullptr;
+  int32_t* index = nullptr;
+  float* value = nullptr;
+  int32_t* count = nullptr;
+  void* host = nullptr;
+  BENCH_CHECK(cudaMalloc(&x, elements * 4));
+  BENCH_CHECK(cudaMalloc(&index, static_cast<size_t>(rows) * k * 4));
+  BENCH_CHECK(cudaMalloc(&value, static_cast<size_t>(rows) * k * 4));
+  BENCH_CHECK(cudaMalloc(&count, static_cast<size_t>(rows) * 4));
+  BENCH_CHECK(cudaHostAlloc(&host, elements * 4, cudaHostAllocDefault));
+  FillRandomFloat<<<1024, 256, 0, b.stream>>>(x, elements, 21);
+  BENCH_CHECK(cudaGetLastError());
+  ArgMaxRowsParams argmax;
+  argmax.x = x;
+  argmax.num_rows = rows;
+  argmax.cols = vocab;
+  argmax.index = index;
+  argmax.value = value;
+  TopKRowsParams top;
+  top.x = x;
+  top.num_rows = rows;
+  top.cols = vocab;
+  top.k = k;
+  top.count = count;
+  top.index = index;
+  top.value = value;
+  auto* host_bytes = static_cast<char*>(host);
+  const size_t pair_bytes = static_cast<size_t>(rows) * k * 4;
+  double copy_us = 0;
+  double argmax_us = 0;
+  double topk_us = 0;
+  if (!b.Time(
+          [&] { return cudaMemcpyAsync(host, x, elements * 4, cudaMemcpyDeviceToHost, b.stream); },
+          &copy_us) ||
+      !b.Time(
+          [&] {
+            cudaError_t err = LaunchArgMaxRows(argmax, b.stream);
+            if (err == cudaSuccess) {
+              err = cudaMemcpyAsync(host_bytes, index, static_cast<size_t>(rows) * 4,
+                                    cudaMemcpyDeviceToHost, b.stream);
+            }
+            return err;
+          },
+          &argmax_us) ||
+      !b.Time(
+          [&] {
+            cudaError_t err = LaunchTopKRows(top, b.stream);
+            if (err == cudaSuccess) {
+              err = cudaMemcpyAsync(host_bytes, count, static_cast<size_t>(rows) * 4,
+                                    cudaMemcpyDeviceToHost, b.stream);
+            }
+            if (err == cudaSuccess) {
+              err = cudaMemcpyAsync(host_bytes + rows * 4, index, pair_bytes,
+                                    cudaMemcpyDeviceToHost, b.stream);
+            }
+            if (err == cudaSuccess) {
+              err = cudaMemcpyAsync(host_bytes + rows * 4 + pair_bytes, value, pair_bytes,
+                                    cudaMemcpyDeviceToHost, b.stream);
+            }
+            return err;
+          },
+          &topk_us)) {
+    return false;
+  }
+  char shape[128];
+  std::snprintf(shape, sizeof(shape), "rows=%d vocab=%lld k=%d", rows,
+                static_cast<long long>(vocab), k);
+  const double bytes = static_cast<double>(elements) * 4;
+  for (const auto& [name, us, note] :
+       {std::tuple<const char*, double, const char*>{"logits_to_host", copy_us,
+                                                     "rows to pinned host memory"},
+        {"argmax_rows", argmax_us, "ArgMaxRows + 4 bytes a row to the host"},
+        {"topk_rows", topk_us, "TopKRows + count and k pairs a row to the host"}}) {
+    const double gbs = bytes / (us * 1e-6) / 1e9;
+    b.rows.push_back({name, shape, us, gbs, "GB/s", gbs / b.bw_gbs, note});
+  }
+  BENCH_CHECK(cudaFree(x));
+  BENCH_CHECK(cudaFree(index));
+  BENCH_CHECK(cudaFree(value));
+  BENCH_CHECK(cudaFree(count));
+  BENCH_CHECK(cudaFreeHost(host));
+  return true;
+}
+
 bool RunAll(Bench& b, const std::string& json_path) {
   if (!MeasureCeilings(b)) return false;
   KvPool pool;
@@ -735,6 +850,10 @@ bool RunAll(Bench& b, const std::string& json_path) {
   // K5: the projections around the attention (end to end, not a target of their own).
   for (const int32_t rows : b.scale.proj_rows) {
     if (b.base_rows && !BenchProjections(b, rows)) return false;
+  }
+  // K6: the logits rows' way back to the host (end to end, not a target of their own).
+  for (const int32_t rows : b.scale.logits_rows) {
+    if (b.base_rows && !BenchLogitsReductions(b, rows)) return false;
   }
 
   std::ostringstream json;
@@ -844,7 +963,10 @@ int main(int argc, char** argv) {
                                "paged_decode_merge_launch",
                                "tree_verify_merge_launch",
                                "projections",
-                               "projections_joined"}) {
+                               "projections_joined",
+                               "logits_to_host",
+                               "argmax_rows",
+                               "topk_rows"}) {
       const bool present = std::any_of(b.rows.begin(), b.rows.end(),
                                        [&](const Row& r) { return r.kernel == kernel; });
       const std::string name = kernel;
