@@ -31,8 +31,10 @@
 // only as far as the nucleus reaches (worst case a full sort). Measured at V = 128k on one
 // loaded x86 core: greedy ≈ 0.6 ms, top-k 50 + top-p ≈ 1 ms, plain ≈ 1.6 ms, a flat top-p 0.9
 // nucleus of ~15k tokens ≈ 2.4 ms. Without logprobs (report_logprobs false) the raw row's
-// log-softmax is skipped: greedy ≈ 0.08 ms, top-k 50 + top-p ≈ 0.45 ms (//model:sampler_bench). Scratch buffers are thread_local, so memory per Sampler is
-// O(#distinct history tokens), not O(V).
+// log-softmax is skipped: greedy ≈ 0.08 ms, top-k 50 + top-p ≈ 0.16–0.45 ms
+// (//model:sampler_bench); from the row's 50 candidates alone (SampleFromCandidates) ≈ 1 µs.
+// Scratch buffers are thread_local, so memory per Sampler is O(#distinct history tokens), not
+// O(V).
 #ifndef GLIMPSE_MODEL_SAMPLER_H_
 #define GLIMPSE_MODEL_SAMPLER_H_
 
