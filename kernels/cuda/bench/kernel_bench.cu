@@ -35,6 +35,7 @@
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/argmax_rows.h"
@@ -181,6 +182,14 @@ struct Bench {
   double gemm_tflops = 0;         // measured cuBLAS bf16 GEMM
   double sgemm_tflops = 0;        // measured cuBLAS fp32 GEMM (fp32 compute, no TF32)
   std::vector<Row> rows;
+
+  // A row whose work is `bytes` moved in `us`: GB/s, and its fraction of the D2D bandwidth.
+  void AddBandwidthRow(std::string kernel, std::string shape, double us, double bytes,
+                       std::string note) {
+    const double gbs = bytes / (us * 1e-6) / 1e9;
+    rows.push_back({std::move(kernel), std::move(shape), us, gbs, "GB/s", gbs / bw_gbs,
+                    std::move(note)});
+  }
 
   // Median microseconds of `fn` (a callable returning cudaError_t), L2 flushed before each.
   template <typename Fn>
@@ -403,7 +412,6 @@ bool BenchDecode(Bench& b, const KvPool& pool, int32_t batch, int32_t ctx, doubl
   const double kv_bytes = 2.0 * 2 * batch * static_cast<double>(ctx) * KvPool::kHkv *
                           KvPool::kHeadDim;
   const double bytes = kv_bytes + 2.0 * q_bytes;
-  const double gbs = bytes / (us * 1e-6) / 1e9;
   const double ideal_us = bytes / (b.bw_gbs * 1e9) * 1e6;
   char shape[128];
   std::snprintf(shape, sizeof(shape), "B=%d L=%d chunks=%d KV=%.0fMiB", batch, ctx,
@@ -413,10 +421,10 @@ bool BenchDecode(Bench& b, const KvPool& pool, int32_t batch, int32_t ctx, doubl
                                                            : "target t <= max(ideal/0.8, ideal+5us)";
   char note[160];
   std::snprintf(note, sizeof(note), "%s; ideal %.1f us", target, ideal_us);
-  b.rows.push_back(
-      {std::string(kernel == DecodeKernel::kMmaSync ? "paged_decode_mma" : "paged_decode") +
-           (merge_launch ? "_merge_launch" : ""),
-       shape, us, gbs, "GB/s", gbs / b.bw_gbs, note});
+  b.AddBandwidthRow(
+      std::string(kernel == DecodeKernel::kMmaSync ? "paged_decode_mma" : "paged_decode") +
+          (merge_launch ? "_merge_launch" : ""),
+      shape, us, bytes, note);
   *us_out = us;
   cudaFree(q);
   cudaFree(o);
@@ -641,8 +649,7 @@ bool BenchProjections(Bench& b, int32_t rows) {
                                                      "5 cublasGemmEx (one per matrix)"},
         {"projections_joined", joined_us,
          rows == 1 ? "2 calls: q|k|v, gate|up" : "3 calls: q; k,v and gate,up strided-batched"}}) {
-    const double gbs = bytes / (us * 1e-6) / 1e9;
-    b.rows.push_back({name, shape, us, gbs, "GB/s", gbs / b.bw_gbs, note});
+    b.AddBandwidthRow(name, shape, us, bytes, note);
   }
   BLAS_CHECK(cublasDestroy(handle));
   BENCH_CHECK(cudaFree(qkv_w));
@@ -736,8 +743,7 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
                                                      "rows to pinned host memory"},
         {"argmax_rows", argmax_us, "ArgMaxRows + 4 bytes a row to the host"},
         {"topk_rows", topk_us, "TopKRows + count and k pairs a row to the host"}}) {
-    const double gbs = bytes / (us * 1e-6) / 1e9;
-    b.rows.push_back({name, shape, us, gbs, "GB/s", gbs / b.bw_gbs, note});
+    b.AddBandwidthRow(name, shape, us, bytes, note);
   }
   BENCH_CHECK(cudaFree(x));
   BENCH_CHECK(cudaFree(index));
