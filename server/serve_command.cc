@@ -69,6 +69,11 @@ ABSL_FLAG(int32_t, sampling_threads, 0,
           "the CPUs this process may use, at most 8. Rows are sampled in parallel once rows x "
           "vocabulary reach 2^20 (e.g. 8 rows of a 128k vocabulary); any count draws the same "
           "tokens.");
+ABSL_FLAG(int32_t, device_top_k, 1024,
+          "serve: steps whose every row samples greedily or with top-k (no logit bias, "
+          "penalties or logprobs) and top_k up to this select each row's candidates where the "
+          "logits are (on a GPU k pairs a row come back instead of the row) and sample from "
+          "them alone: the same tokens. 0 brings every such row back whole.");
 ABSL_FLAG(std::string, preemption_mode, "recompute",
           "serve: what happens to a preempted sequence's KV when blocks run out: 'recompute' "
           "(free it, recompute later) or 'swap' (copy it to host memory, see "
@@ -141,6 +146,10 @@ absl::StatusOr<ServeConfig> ConfigFromFlags() {
   }
   c.engine.sampling_threads =
       sampling_threads > 0 ? sampling_threads : std::min(8, kernels::cpu::DefaultNumThreads());
+  c.engine.step_logits.max_device_top_k = absl::GetFlag(FLAGS_device_top_k);
+  if (c.engine.step_logits.max_device_top_k < 0 || c.engine.step_logits.max_device_top_k > 32768) {
+    return absl::InvalidArgumentError("--device_top_k must be in 0..32768 (0: off)");
+  }
   c.preemption_mode = absl::GetFlag(FLAGS_preemption_mode);
   if (c.preemption_mode == "swap") {
     s.preemption_mode = scheduler::PreemptionMode::kSwap;

@@ -187,8 +187,8 @@ struct Bench {
   void AddBandwidthRow(std::string kernel, std::string shape, double us, double bytes,
                        std::string note) {
     const double gbs = bytes / (us * 1e-6) / 1e9;
-    rows.push_back({std::move(kernel), std::move(shape), us, gbs, "GB/s", gbs / bw_gbs,
-                    std::move(note)});
+    rows.push_back(
+        {std::move(kernel), std::move(shape), us, gbs, "GB/s", gbs / bw_gbs, std::move(note)});
   }
 
   // Median microseconds of `fn` (a callable returning cudaError_t), L2 flushed before each.
