@@ -418,12 +418,9 @@ int32_t Sampler::DrawFromCandidates(std::span<const int32_t> ids, std::span<cons
 
 int32_t Sampler::CandidatesNeeded(const SamplingParams& params, bool report_logprobs,
                                   int32_t vocab_size) {
-  if (IsPlainGreedy(params, report_logprobs)) return 1;
-  const bool row_decides_alone = params.logit_bias.empty() && params.repetition_penalty == 1.0f &&
-                                 params.presence_penalty == 0.0f &&
-                                 params.frequency_penalty == 0.0f && !report_logprobs;
-  if (row_decides_alone && params.top_k > 0 && params.top_k < vocab_size) return params.top_k;
-  return 0;
+  if (!OnlyRawLogitsMatter(params, report_logprobs)) return 0;
+  if (params.temperature < kGreedyTemperatureEpsilon) return 1;
+  return params.top_k > 0 && params.top_k < vocab_size ? params.top_k : 0;
 }
 
 Sampler::SampleResult Sampler::SampleFromCandidates(std::span<const int32_t> ids,
@@ -444,17 +441,16 @@ Sampler::SampleResult Sampler::SampleFromCandidates(std::span<const int32_t> ids
     NextUniform();
     return result;
   }
-  // The top_k most likely of the candidates (the caller may pass more), back in id order.
+  // The top_k most likely of the candidates (the caller may pass more), back in id order: the
+  // step-4 selection over candidate positions (in id order, so its ties still go to lower ids).
   Scratch& scratch = ThreadScratch();
   std::vector<int32_t>& order = scratch.order;
-  order.resize(ids.size());
-  std::iota(order.begin(), order.end(), 0);
-  if (order.size() > static_cast<size_t>(needed)) {
-    std::nth_element(order.begin(), order.begin() + needed, order.end(), [&](int32_t a, int32_t b) {
-      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-    });
-    order.resize(needed);
+  if (ids.size() > static_cast<size_t>(needed)) {
+    SelectTopK(logits, static_cast<size_t>(needed), &scratch.heap, &order);
     std::sort(order.begin(), order.end());
+  } else {
+    order.resize(ids.size());
+    std::iota(order.begin(), order.end(), 0);
   }
   std::vector<int32_t>& kept_ids = scratch.ids;
   std::vector<float>& kept_logits = scratch.candidate_logits;
@@ -468,10 +464,14 @@ Sampler::SampleResult Sampler::SampleFromCandidates(std::span<const int32_t> ids
   return result;
 }
 
+bool Sampler::OnlyRawLogitsMatter(const SamplingParams& params, bool report_logprobs) {
+  return params.logit_bias.empty() && params.repetition_penalty == 1.0f &&
+         params.presence_penalty == 0.0f && params.frequency_penalty == 0.0f && !report_logprobs;
+}
+
 bool Sampler::IsPlainGreedy(const SamplingParams& params, bool report_logprobs) {
-  return params.temperature < kGreedyTemperatureEpsilon && params.logit_bias.empty() &&
-         params.repetition_penalty == 1.0f && params.presence_penalty == 0.0f &&
-         params.frequency_penalty == 0.0f && !report_logprobs;
+  return params.temperature < kGreedyTemperatureEpsilon &&
+         OnlyRawLogitsMatter(params, report_logprobs);
 }
 
 Sampler::SampleResult Sampler::SampleArgMax(int32_t token) {

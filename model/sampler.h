@@ -154,6 +154,9 @@ class Sampler {
   void ApplyBiasAndPenalties(std::span<const int32_t> pending_tokens,
                              std::span<float> logits) const;
 
+  // Whether the raw logits alone decide the sample: no logit bias, no penalties (which read
+  // the history), no logprobs (which need the whole row's log-softmax).
+  static bool OnlyRawLogitsMatter(const SamplingParams& params, bool report_logprobs);
   // Steps 1, 2 and 4 of a non-greedy sample: the tokens that can be drawn (the top_k, or every
   // token above -inf), in increasing id order, and their processed logits.
   void Candidates(std::span<const float> logits, std::span<const int32_t> pending_tokens,
