@@ -52,9 +52,6 @@ class StepLogits {
   void Finish();
 
   Kind kind() const { return kind_; }
-  // The candidates per row of a kTopK step.
-  int32_t k() const { return k_; }
-  size_t num_rows() const { return num_rows_; }
 
   // Runs the step's forward pass the planned way. Errors as StepRunner's.
   absl::Status Forward(StepRunner& runner, const StepBatch& batch);

@@ -2,7 +2,6 @@
 
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
 namespace glimpse::model {
@@ -52,7 +51,6 @@ absl::Status LlamaStepRunner::ForwardGreedy(const StepBatch& batch, int32_t* tok
 
 absl::Status LlamaStepRunner::ForwardTopK(const StepBatch& batch, int32_t k, TopTokens* top) {
   RETURN_IF_ERROR(CheckRunnable());
-  if (k < 1) return absl::InvalidArgumentError(absl::StrCat("top-k of ", k, " tokens"));
   top->Resize(batch.logits_rows.size(), k);
   return model_.ForwardTopK(batch, *kv_, k, top->count.data(), top->ids.data(), top->logits.data());
 }

@@ -181,9 +181,8 @@ absl::Status TensorParallelModel::ForwardTopK(const StepBatch& batch, int32_t k,
   if (ranks_[0].kv == nullptr) {
     return absl::FailedPreconditionError("Forward before AllocateKvCache");
   }
-  if (k < 1) return absl::InvalidArgumentError(absl::StrCat("top-k of ", k, " tokens"));
   const size_t num_rows = batch.logits_rows.size();
-  for (Rank& rank : ranks_) rank.top.Resize(num_rows, k);
+  for (Rank& rank : ranks_) rank.top.Resize(num_rows, k);  // k < 1: every rank's model refuses
   RETURN_IF_ERROR(OnEveryRank([&](Rank& rank) {
     return rank.model->ForwardTopK(batch, *rank.kv, k, rank.top.count.data(), rank.top.ids.data(),
                                    rank.top.logits.data());

@@ -372,13 +372,9 @@ TEST(TensorParallelModelTest, TwoRanksReproduceLlamaCppGreedyExceptAtNearTies) {
               refs.size(), refs[0].tokens.size());
 }
 
-// ForwardGreedy (each rank's argmax of its vocabulary slice, combined) gives the argmax of the
-// whole row of Forward's logits, over 1, 2 and 4 ranks; so does the unsplit model's
-// ForwardArgMax, which also reports the largest logit itself.
-TEST(TensorParallelModelTest, GreedyTokensAreTheArgmaxOfTheLogits) {
-  auto file = Open(SyntheticModel("tp-greedy", GgmlType::kF32, 490));
-  ASSERT_NE(file, nullptr);
-  const auto prompts = Prompts(6);
+// One step prefilling every prompt from position 0 (sequence s in BlocksOf(s)), a logits row
+// for each.
+StepBatch PrefillBatch(const std::vector<std::vector<int32_t>>& prompts) {
   StepBatch batch;
   for (size_t s = 0; s < prompts.size(); ++s) {
     const std::vector<int32_t> blocks = BlocksOf(s);
@@ -387,6 +383,17 @@ TEST(TensorParallelModelTest, GreedyTokensAreTheArgmaxOfTheLogits) {
                       std::span<const int32_t>(blocks).first((len + kBlockSize - 1) / kBlockSize),
                       kBlockSize, true);
   }
+  return batch;
+}
+
+// ForwardGreedy (each rank's argmax of its vocabulary slice, combined) gives the argmax of the
+// whole row of Forward's logits, over 1, 2 and 4 ranks; so does the unsplit model's
+// ForwardArgMax, which also reports the largest logit itself.
+TEST(TensorParallelModelTest, GreedyTokensAreTheArgmaxOfTheLogits) {
+  auto file = Open(SyntheticModel("tp-greedy", GgmlType::kF32, 490));
+  ASSERT_NE(file, nullptr);
+  const auto prompts = Prompts(6);
+  const StepBatch batch = PrefillBatch(prompts);
   auto argmax_of = [](const std::vector<float>& logits, int32_t vocab, size_t row) {
     const float* r = logits.data() + row * vocab;
     return static_cast<int32_t>(std::max_element(r, r + vocab) - r);
@@ -428,14 +435,7 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
   auto file = Open(SyntheticModel("tp-topk", GgmlType::kF32, 491));
   ASSERT_NE(file, nullptr);
   const auto prompts = Prompts(5);
-  StepBatch batch;
-  for (size_t s = 0; s < prompts.size(); ++s) {
-    const std::vector<int32_t> blocks = BlocksOf(s);
-    const int32_t len = static_cast<int32_t>(prompts[s].size());
-    batch.AddSequence(prompts[s], 0,
-                      std::span<const int32_t>(blocks).first((len + kBlockSize - 1) / kBlockSize),
-                      kBlockSize, true);
-  }
+  const StepBatch batch = PrefillBatch(prompts);
   // The k most likely ids of a row by (logit descending, id ascending), in increasing order.
   auto most_likely = [](const std::vector<float>& logits, int32_t vocab, size_t row, int32_t k) {
     std::vector<int32_t> ids(vocab);
