@@ -260,18 +260,26 @@ void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t num_bytes) 
   RestartStaging(0);
 }
 
+void CudaBackend::EndStepWithReduction(int64_t num_rows, const std::function<bool()>& record,
+                                       const std::function<void()>& launch) {
+  if (graphs_.recording() && record()) {
+    // The end of the recorded step, as CopyToHost: its graph (or launches) run now.
+    FinishGraphStep(GraphEagerReason::kNumReasons);
+    return;
+  }
+  if (graphs_.recording()) FinishGraphStep(GraphEagerReason::kNumReasons);
+  if (num_rows > 0) launch();
+}
+
 void CudaBackend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int32_t* host_index,
                              float* host_value) {
   Bind();
-  if (graphs_.recording() && RecordArgMaxRows(x, num_rows, cols)) {
-    // The end of the recorded step, as CopyToHost: its graph (or launches) run now.
-    FinishGraphStep(GraphEagerReason::kNumReasons);
-  } else {
-    if (graphs_.recording()) FinishGraphStep(GraphEagerReason::kNumReasons);
-    if (num_rows == 0) return;
-    Reserve(argmax_rows_, static_cast<size_t>(num_rows) * 8);
-    GLIMPSE_CUDA_CHECK(LaunchArgMaxRows(ArgMaxOutput(x, num_rows, cols), stream_));
-  }
+  EndStepWithReduction(
+      num_rows, [&] { return RecordArgMaxRows(x, num_rows, cols); },
+      [&] {
+        Reserve(argmax_rows_, static_cast<size_t>(num_rows) * 8);
+        GLIMPSE_CUDA_CHECK(LaunchArgMaxRows(ArgMaxOutput(x, num_rows, cols), stream_));
+      });
   if (num_rows > 0) {
     const ArgMaxRowsParams out = ArgMaxOutput(x, num_rows, cols);
     GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_index, out.index, num_rows * sizeof(int32_t),
@@ -286,15 +294,12 @@ void CudaBackend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32
                            int32_t* host_count, int32_t* host_index, float* host_value) {
   CHECK(k >= 1);
   Bind();
-  if (graphs_.recording() && RecordTopKRows(x, num_rows, cols, k)) {
-    // The end of the recorded step, as CopyToHost: its graph (or launches) run now.
-    FinishGraphStep(GraphEagerReason::kNumReasons);
-  } else {
-    if (graphs_.recording()) FinishGraphStep(GraphEagerReason::kNumReasons);
-    if (num_rows == 0) return;
-    Reserve(topk_rows_, static_cast<size_t>(num_rows) * TopKRowBytes(k));
-    GLIMPSE_CUDA_CHECK(LaunchTopKRows(TopKOutput(x, num_rows, cols, k), stream_));
-  }
+  EndStepWithReduction(
+      num_rows, [&] { return RecordTopKRows(x, num_rows, cols, k); },
+      [&] {
+        Reserve(topk_rows_, static_cast<size_t>(num_rows) * TopKRowBytes(k));
+        GLIMPSE_CUDA_CHECK(LaunchTopKRows(TopKOutput(x, num_rows, cols, k), stream_));
+      });
   if (num_rows > 0) {
     const TopKRowsParams out = TopKOutput(x, num_rows, cols, k);
     const size_t pairs = static_cast<size_t>(num_rows) * static_cast<size_t>(k);

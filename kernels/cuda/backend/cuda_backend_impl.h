@@ -375,6 +375,13 @@ class CudaBackend final : public Backend {
   bool RecordGatherRows(const float* x, int64_t dim, const int32_t* rows, int64_t num_rows,
                         float* out);
   bool RecordAllReduceSum(float* x, int64_t n);
+  // The end of a step whose logits rows a reduction kernel brings back (ArgMaxRows,
+  // TopKRows): in a recording step `record` adds its launch to the graph (false: the step
+  // cannot take it, which ends the recording) and the graph or the recorded launches run now,
+  // as at CopyToHost; otherwise `launch` runs it eagerly (not for zero rows). The caller then
+  // copies the results out and calls RestartStaging(0).
+  void EndStepWithReduction(int64_t num_rows, const std::function<bool()>& record,
+                            const std::function<void()>& launch);
   // ArgMaxRows' launch over the step's padded rows into argmax_rows_.
   bool RecordArgMaxRows(const float* x, int64_t num_rows, int64_t cols);
   // TopKRows' launch over the step's padded rows into topk_rows_.
