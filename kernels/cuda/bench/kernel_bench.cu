@@ -127,14 +127,19 @@ std::string Bytes(size_t bytes) {
   return text;
 }
 
+// A uniform value in [-1, 1) (steps of 2^-23) hashed from element index i and the seed.
+__device__ float HashedUniform(size_t i, uint64_t seed) {
+  uint64_t h = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+  h ^= h >> 31;
+  h *= 0xBF58476D1CE4E5B9ull;
+  h ^= h >> 29;
+  return static_cast<float>(h & 0xFFFFFF) / 8388608.0f - 1.0f;
+}
+
 __global__ void FillRandomBf16(__nv_bfloat16* x, size_t n, uint64_t seed) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    uint64_t h = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
-    h ^= h >> 31;
-    h *= 0xBF58476D1CE4E5B9ull;
-    h ^= h >> 29;
-    x[i] = __float2bfloat16(static_cast<float>(h & 0xFFFFFF) / 8388608.0f - 1.0f);
+    x[i] = __float2bfloat16(HashedUniform(i, seed));
   }
 }
 
@@ -142,11 +147,7 @@ __global__ void FillRandomBf16(__nv_bfloat16* x, size_t n, uint64_t seed) {
 __global__ void FillRandomFloat(float* x, size_t n, uint64_t seed) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    uint64_t h = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
-    h ^= h >> 31;
-    h *= 0xBF58476D1CE4E5B9ull;
-    h ^= h >> 29;
-    x[i] = static_cast<float>(h & 0xFFFFFF) / 1048576.0f - 8.0f;
+    x[i] = 8.0f * HashedUniform(i, seed);
   }
 }
 
