@@ -6,6 +6,8 @@
 #include <limits>
 #include <vector>
 
+#include "common/check.h"
+
 namespace glimpse::kernels {
 
 void ArgMaxRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t* index,
@@ -25,11 +27,37 @@ void ArgMaxRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t
   }
 }
 
+namespace {
+
+// The softmax normalizer of one row by the host sampler's rule (model/sampler.cc,
+// ResultForToken): fp32 expf of each difference, summed in double in column order.
+void RowNormalizerOnHost(const float* row, int64_t cols, float* max_out, double* exp_sum_out) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  float max = -kInf;
+  for (int64_t c = 0; c < cols; ++c) {
+    if (row[c] > max) max = row[c];  // false for NaN
+  }
+  double sum = 0.0;
+  if (max == kInf) {
+    for (int64_t c = 0; c < cols; ++c) sum += row[c] == kInf ? 1.0 : 0.0;
+  } else if (max != -kInf) {
+    for (int64_t c = 0; c < cols; ++c) {
+      if (row[c] > -kInf) sum += std::exp(row[c] - max);  // skips -inf and NaN
+    }
+  }
+  *max_out = max;
+  *exp_sum_out = sum;
+}
+
+}  // namespace
+
 void TopKRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t k, int32_t* count,
-                    int32_t* index, float* value) {
+                    int32_t* index, float* value, float* row_max, double* row_exp_sum) {
+  CHECK((row_max == nullptr) == (row_exp_sum == nullptr));
   std::vector<int32_t> columns;
   for (int64_t r = 0; r < num_rows; ++r) {
     const float* row = rows + r * cols;
+    if (row_max != nullptr) RowNormalizerOnHost(row, cols, &row_max[r], &row_exp_sum[r]);
     columns.clear();
     for (int64_t c = 0; c < cols; ++c) {
       if (!std::isnan(row[c]) && row[c] != -std::numeric_limits<float>::infinity()) {
@@ -59,10 +87,12 @@ void Backend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int32_t
 }
 
 void Backend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
-                       int32_t* host_count, int32_t* host_index, float* host_value) {
+                       int32_t* host_count, int32_t* host_index, float* host_value,
+                       float* host_row_max, double* host_row_exp_sum) {
   std::vector<float> rows(static_cast<size_t>(num_rows * cols));
   CopyToHost(rows.data(), x, rows.size() * sizeof(float));
-  TopKRowsOnHost(rows.data(), num_rows, cols, k, host_count, host_index, host_value);
+  TopKRowsOnHost(rows.data(), num_rows, cols, k, host_count, host_index, host_value, host_row_max,
+                 host_row_exp_sum);
 }
 
 }  // namespace glimpse::kernels

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/check.h"
 #include "common/status_macros.h"
 
 namespace glimpse::model {
@@ -261,10 +262,17 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
 }
 
 absl::Status LlamaModel::ForwardTopK(const StepBatch& batch, KvCacheStorage& kv, int32_t k,
-                                     int32_t* count, int32_t* index, float* value) {
+                                     int32_t* count, int32_t* index, float* value, float* row_max,
+                                     double* row_exp_sum) {
   if (k < 1) return absl::InvalidArgumentError(absl::StrCat("top-k of ", k, " tokens"));
+  CHECK((row_max == nullptr) == (row_exp_sum == nullptr));
   return Run(batch, kv,
-             LogitsOutput{.top_k = k, .top_count = count, .top_index = index, .top_value = value});
+             LogitsOutput{.top_k = k,
+                          .top_count = count,
+                          .top_index = index,
+                          .top_value = value,
+                          .top_row_max = row_max,
+                          .top_row_exp_sum = row_exp_sum});
 }
 
 absl::Status LlamaModel::ForwardArgMax(const StepBatch& batch, KvCacheStorage& kv, int32_t* index,
@@ -405,7 +413,7 @@ absl::Status LlamaModel::Run(const StepBatch& batch, KvCacheStorage& kv, LogitsO
     be.CopyToHost(out.logits, rows_out, R * shard_.vocab.size() * sizeof(float));
   } else if (out.top_k > 0) {
     be.TopKRows(rows_out, R, shard_.vocab.size(), out.top_k, out.top_count, out.top_index,
-                out.top_value);
+                out.top_value, out.top_row_max, out.top_row_exp_sum);
   } else {
     be.ArgMaxRows(rows_out, R, shard_.vocab.size(), out.argmax_index, out.argmax_value);
   }

@@ -83,9 +83,11 @@ class LlamaModel {
   // Forward for top-k sampling: instead of the logits, each logits row's k most likely columns
   // within this rank's vocabulary slice (Backend::TopKRows: value descending, column
   // ascending, NaN and -inf never chosen) as count[i] and, for j < count[i], index[i * k + j]
-  // (increasing) and value[i * k + j], host arrays, for batch.logits_rows[i]. k >= 1.
+  // (increasing) and value[i * k + j], host arrays, for batch.logits_rows[i]. k >= 1. With
+  // row_max and row_exp_sum (both or neither), also each row's softmax normalizer over this
+  // rank's slice (Backend::TopKRows), what logprobs need of the rest of the row.
   absl::Status ForwardTopK(const StepBatch& batch, KvCacheStorage& kv, int32_t k, int32_t* count,
-                           int32_t* index, float* value);
+                           int32_t* index, float* value, float* row_max, double* row_exp_sum);
 
   // Sizes the activation buffers for steps of up to max_tokens tokens and max_logits_rows
   // logits rows now, instead of growing them on the steps that first need more. A buffer that
@@ -109,6 +111,8 @@ class LlamaModel {
     int32_t* top_count = nullptr;
     int32_t* top_index = nullptr;
     float* top_value = nullptr;
+    float* top_row_max = nullptr;
+    double* top_row_exp_sum = nullptr;
   };
   absl::Status Run(const StepBatch& batch, KvCacheStorage& kv, LogitsOutput out);
   int64_t ScratchWidth(size_t index) const;

@@ -334,37 +334,40 @@ int32_t Sampler::DrawIndex(std::span<const float> probs) {
   return last_positive;  // Only if target * total rounded up to total.
 }
 
-Sampler::SampleResult Sampler::ResultForToken(std::span<const float> logits, int32_t token) const {
-  CHECK(logits.size() == static_cast<size_t>(vocab_size_));
-  CHECK(token >= 0 && token < vocab_size_);
-
+Sampler::RowNormalizer Sampler::NormalizerOf(std::span<const float> logits) {
   // log-softmax of the raw row (NaN as -inf), accumulated in double in id order.
-  const float max_logit = MaxIgnoringNan(logits);
-  double log_normalizer = 0.0;  // Meaningful for finite max_logit only.
-  int32_t num_pos_inf = 0;
-  if (max_logit == kPosInf) {
-    for (float x : logits) num_pos_inf += x == kPosInf ? 1 : 0;
-  } else if (max_logit != kNegInf) {
-    const float shift = max_logit;
-    double sum = 0.0;
+  RowNormalizer normalizer;
+  normalizer.max = MaxIgnoringNan(logits);
+  double sum = 0.0;
+  if (normalizer.max == kPosInf) {
+    for (float x : logits) sum += x == kPosInf ? 1.0 : 0.0;
+  } else if (normalizer.max != kNegInf) {
+    const float shift = normalizer.max;
     for (float x : logits) {
       if (x > kNegInf) sum += std::exp(x - shift);  // Skips -inf and NaN.
     }
-    log_normalizer = static_cast<double>(max_logit) + std::log(sum);
   }
-  auto logprob_of = [&](int32_t id) -> float {
-    const float x = NanToNegInf(logits[id]);
-    if (max_logit == kNegInf) return kNegInf;  // No distribution at all (model bug).
-    if (max_logit == kPosInf) {
-      return x == kPosInf ? static_cast<float>(-std::log(static_cast<double>(num_pos_inf)))
-                          : kNegInf;
-    }
-    return static_cast<float>(static_cast<double>(x) - log_normalizer);
-  };
+  normalizer.exp_sum = sum;
+  return normalizer;
+}
 
+float Sampler::LogprobOf(float logit, const RowNormalizer& normalizer) {
+  const float x = NanToNegInf(logit);
+  if (normalizer.max == kNegInf) return kNegInf;  // No distribution at all (model bug).
+  if (normalizer.max == kPosInf) {
+    return x == kPosInf ? static_cast<float>(-std::log(normalizer.exp_sum)) : kNegInf;
+  }
+  const double log_normalizer = static_cast<double>(normalizer.max) + std::log(normalizer.exp_sum);
+  return static_cast<float>(static_cast<double>(x) - log_normalizer);
+}
+
+Sampler::SampleResult Sampler::ResultForToken(std::span<const float> logits, int32_t token) const {
+  CHECK(logits.size() == static_cast<size_t>(vocab_size_));
+  CHECK(token >= 0 && token < vocab_size_);
+  const RowNormalizer normalizer = NormalizerOf(logits);
   SampleResult result;
   result.token = token;
-  result.logprob = logprob_of(token);
+  result.logprob = LogprobOf(logits[token], normalizer);
   const size_t num_top = std::min(static_cast<size_t>(params_.num_logprobs), logits.size());
   if (num_top > 0) {
     std::vector<int32_t>& ids = ThreadScratch().ids;
@@ -378,8 +381,46 @@ Sampler::SampleResult Sampler::ResultForToken(std::span<const float> logits, int
     std::partial_sort(ids.begin(), ids.begin() + num_top, ids.end(), more_likely);
     result.top_logprobs.reserve(num_top);
     for (size_t i = 0; i < num_top; ++i) {
-      result.top_logprobs.emplace_back(ids[i], logprob_of(ids[i]));
+      result.top_logprobs.emplace_back(ids[i], LogprobOf(logits[ids[i]], normalizer));
     }
+  }
+  return result;
+}
+
+Sampler::SampleResult Sampler::ResultFromCandidates(std::span<const int32_t> ids,
+                                                    std::span<const float> logits,
+                                                    const RowNormalizer& normalizer,
+                                                    int32_t token) const {
+  SampleResult result;
+  result.token = token;
+  // The token is a candidate (or token 0 of a row without any, whose logits are all -inf).
+  const auto at = std::lower_bound(ids.begin(), ids.end(), token);
+  const float token_logit = at != ids.end() && *at == token ? logits[at - ids.begin()] : kNegInf;
+  result.logprob = LogprobOf(token_logit, normalizer);
+  const size_t num_top =
+      std::min(static_cast<size_t>(params_.num_logprobs), static_cast<size_t>(vocab_size_));
+  if (num_top == 0) return result;
+  // The candidates hold the row's num_top most likely (CandidatesNeeded), or every token
+  // above -inf when there are fewer; the rest are -inf, most likely first by the id tie rule.
+  std::vector<int32_t>& order = ThreadScratch().order;
+  order.resize(ids.size());
+  std::iota(order.begin(), order.end(), 0);
+  const size_t from_candidates = std::min(num_top, ids.size());
+  std::partial_sort(order.begin(), order.begin() + from_candidates, order.end(),
+                    [&logits](int32_t a, int32_t b) {
+                      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+                    });
+  result.top_logprobs.reserve(num_top);
+  for (size_t i = 0; i < from_candidates; ++i) {
+    result.top_logprobs.emplace_back(ids[order[i]], LogprobOf(logits[order[i]], normalizer));
+  }
+  size_t next_candidate = 0;  // ids are increasing: walk them beside the id
+  for (int32_t id = 0; result.top_logprobs.size() < num_top; ++id) {
+    if (next_candidate < ids.size() && ids[next_candidate] == id) {
+      ++next_candidate;
+      continue;
+    }
+    result.top_logprobs.emplace_back(id, LogprobOf(kNegInf, normalizer));
   }
   return result;
 }
@@ -418,35 +459,54 @@ int32_t Sampler::DrawFromCandidates(std::span<const int32_t> ids, std::span<cons
 
 int32_t Sampler::CandidatesNeeded(const SamplingParams& params, bool report_logprobs,
                                   int32_t vocab_size) {
-  if (!OnlyRawLogitsMatter(params, report_logprobs)) return 0;
-  if (params.temperature < kGreedyTemperatureEpsilon) return 1;
-  return params.top_k > 0 && params.top_k < vocab_size ? params.top_k : 0;
+  if (!NoBiasOrPenalties(params)) return 0;
+  int32_t needed = 0;
+  if (params.temperature < kGreedyTemperatureEpsilon) {
+    needed = 1;
+  } else if (params.top_k > 0 && params.top_k < vocab_size) {
+    needed = params.top_k;
+  } else {
+    return 0;
+  }
+  // Logprobs: the top num_logprobs too, and the rest of the row only through its normalizer.
+  if (report_logprobs) needed = std::max(needed, std::min(params.num_logprobs, vocab_size));
+  return needed;
 }
 
 Sampler::SampleResult Sampler::SampleFromCandidates(std::span<const int32_t> ids,
-                                                    std::span<const float> logits) {
+                                                    std::span<const float> logits,
+                                                    const RowNormalizer* normalizer) {
   const int32_t needed = CandidatesNeeded(params_, report_logprobs_, vocab_size_);
   CHECK(needed > 0);
   CHECK(ids.size() == logits.size());
+  CHECK(!report_logprobs_ || normalizer != nullptr);
   for (size_t i = 0; i < ids.size(); ++i) {
     CHECK(ids[i] >= 0 && ids[i] < vocab_size_ && (i == 0 || ids[i - 1] < ids[i]));
     CHECK(!std::isnan(logits[i]) && logits[i] != kNegInf);
   }
-  SampleResult result;
-  result.logprob = std::numeric_limits<float>::quiet_NaN();
+  auto result_for = [&](int32_t token) {
+    if (report_logprobs_) return ResultFromCandidates(ids, logits, *normalizer, token);
+    SampleResult result;
+    result.token = token;
+    result.logprob = std::numeric_limits<float>::quiet_NaN();
+    return result;
+  };
   if (is_greedy_) {
     // ArgMax over the candidates (the row's largest values; ids ascending, so the first of
     // equal values is the lowest id), 0 when there are none; one draw, as Sample().
-    result.token = ids.empty() ? 0 : ids[ArgMax(logits)];
+    const int32_t token = ids.empty() ? 0 : ids[ArgMax(logits)];
     NextUniform();
-    return result;
+    return result_for(token);
   }
+  // Top-k sampling: as Sample() over the top_k (CandidatesNeeded may have asked for more, for
+  // the logprobs), logprobs over every candidate.
+  const int32_t top_k = params_.top_k;
   // The top_k most likely of the candidates (the caller may pass more), back in id order: the
   // step-4 selection over candidate positions (in id order, so its ties still go to lower ids).
   Scratch& scratch = ThreadScratch();
   std::vector<int32_t>& order = scratch.order;
-  if (ids.size() > static_cast<size_t>(needed)) {
-    SelectTopK(logits, static_cast<size_t>(needed), &scratch.heap, &order);
+  if (ids.size() > static_cast<size_t>(top_k)) {
+    SelectTopK(logits, static_cast<size_t>(top_k), &scratch.heap, &order);
     std::sort(order.begin(), order.end());
   } else {
     order.resize(ids.size());
@@ -460,18 +520,17 @@ Sampler::SampleResult Sampler::SampleFromCandidates(std::span<const int32_t> ids
     kept_ids[i] = ids[order[i]];
     kept_logits[i] = logits[order[i]];
   }
-  result.token = DrawFromCandidates(kept_ids, kept_logits);
-  return result;
+  return result_for(DrawFromCandidates(kept_ids, kept_logits));
 }
 
-bool Sampler::OnlyRawLogitsMatter(const SamplingParams& params, bool report_logprobs) {
+bool Sampler::NoBiasOrPenalties(const SamplingParams& params) {
   return params.logit_bias.empty() && params.repetition_penalty == 1.0f &&
-         params.presence_penalty == 0.0f && params.frequency_penalty == 0.0f && !report_logprobs;
+         params.presence_penalty == 0.0f && params.frequency_penalty == 0.0f;
 }
 
 bool Sampler::IsPlainGreedy(const SamplingParams& params, bool report_logprobs) {
-  return params.temperature < kGreedyTemperatureEpsilon &&
-         OnlyRawLogitsMatter(params, report_logprobs);
+  return params.temperature < kGreedyTemperatureEpsilon && NoBiasOrPenalties(params) &&
+         !report_logprobs;
 }
 
 Sampler::SampleResult Sampler::SampleArgMax(int32_t token) {

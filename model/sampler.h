@@ -124,20 +124,36 @@ class Sampler {
   // NaN, and the same one RNG draw. Only for plain greedy samplers (CHECKed).
   SampleResult SampleArgMax(int32_t token);
 
-  // How many of a row's most likely raw logits decide Sample()'s outcome by themselves: 1 for
-  // plain greedy (IsPlainGreedy), top_k for sampling with 0 < top_k < vocab_size and no logit
-  // bias, penalties or logprobs (temperature, top-p and min-p then act on the top_k survivors
-  // only); 0 when the sample needs the whole row. The engine then lets the device select the
-  // candidates (StepRunner::ForwardTopK) and hands them to SampleFromCandidates.
+  // What the raw logprobs of a row take of the whole row: its largest value `max` (NaN
+  // ignored; -inf when there is none) and `exp_sum`, the sum over values x above -inf of
+  // expf(x - max) (in double) when max is finite, the number of +inf values when it is +inf,
+  // 0 when it is -inf. A token of raw logit x has logprob x - (max + log(exp_sum)).
+  struct RowNormalizer {
+    float max = 0.0f;
+    double exp_sum = 0.0;
+  };
+  // The row's normalizer by this class's rule: the sum in id order.
+  static RowNormalizer NormalizerOf(std::span<const float> logits);
+
+  // How many of a row's most likely raw logits decide Sample()'s result by themselves, with
+  // the row's RowNormalizer when report_logprobs: 0 when the sample needs the whole row;
+  // else for greedy 1, for sampling with 0 < top_k < vocab_size top_k (temperature, top-p
+  // and min-p then act on the top_k survivors only), with logprobs at least
+  // params.num_logprobs — all only without logit bias or penalties. The engine then lets the
+  // device select the candidates (StepRunner::ForwardTopK) and hands them to
+  // SampleFromCandidates.
   static int32_t CandidatesNeeded(const SamplingParams& params, bool report_logprobs,
                                   int32_t vocab_size);
-  // Sample()'s token (logprob NaN, no top_logprobs) for a row known only by its most likely
-  // entries: `ids` (increasing) and their raw `logits`, which must include the row's
-  // CandidatesNeeded() most likely tokens by the top-k order (value descending, id ascending;
-  // all tokens above -inf when there are fewer) and nothing at NaN or -inf. Extra candidates
-  // are allowed. The same token and the same one RNG draw as Sample() on the whole row. Only
-  // when CandidatesNeeded() > 0 (CHECKed).
-  SampleResult SampleFromCandidates(std::span<const int32_t> ids, std::span<const float> logits);
+  // Sample()'s result for a row known only by its most likely entries: `ids` (increasing) and
+  // their raw `logits`, which must include the row's CandidatesNeeded() most likely tokens by
+  // the top-k order (value descending, id ascending; all tokens above -inf when there are
+  // fewer) and nothing at NaN or -inf, and, when this sampler reports logprobs, the row's
+  // `normalizer` (else ignored; may be null). Extra candidates are allowed. The same token,
+  // the same one RNG draw and the same top_logprobs ids as Sample() on the whole row; the
+  // logprob values too given NormalizerOf's normalizer (one summed in another order differs
+  // in the last bits). Only when CandidatesNeeded() > 0 (CHECKed).
+  SampleResult SampleFromCandidates(std::span<const int32_t> ids, std::span<const float> logits,
+                                    const RowNormalizer* normalizer);
   const SamplingParams& params() const { return params_; }
   int32_t vocab_size() const { return vocab_size_; }
 
@@ -155,8 +171,13 @@ class Sampler {
                              std::span<float> logits) const;
 
   // Whether the raw logits alone decide the sample: no logit bias, no penalties (which read
-  // the history), no logprobs (which need the whole row's log-softmax).
-  static bool OnlyRawLogitsMatter(const SamplingParams& params, bool report_logprobs);
+  // the history).
+  static bool NoBiasOrPenalties(const SamplingParams& params);
+  // The raw logprob of a token of raw logit `logit` (NaN as -inf) in a row of `normalizer`.
+  static float LogprobOf(float logit, const RowNormalizer& normalizer);
+  // ResultForToken from the candidates SampleFromCandidates takes.
+  SampleResult ResultFromCandidates(std::span<const int32_t> ids, std::span<const float> logits,
+                                    const RowNormalizer& normalizer, int32_t token) const;
   // Steps 1, 2 and 4 of a non-greedy sample: the tokens that can be drawn (the top_k, or every
   // token above -inf), in increasing id order, and their processed logits.
   void Candidates(std::span<const float> logits, std::span<const int32_t> pending_tokens,

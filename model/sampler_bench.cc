@@ -1,9 +1,9 @@
 // Microseconds per Sampler::Sample call at a Llama-3 vocabulary (128256 entries), with and
 // without logprobs, for greedy and the usual stochastic settings: what the engine thread pays
 // per generated token on top of the forward pass. Then a step's 64 rows sampled on one thread
-// and on a pool of every CPU (as the engine's sampling_threads does); and a top-k sample from
-// the row's candidates alone (SampleFromCandidates, what a device top-k step leaves). Prints a
-// table.
+// and on a pool of every CPU (as the engine's sampling_threads does); and samples from the
+// row's candidates alone (SampleFromCandidates, what a device top-k step leaves: top-k
+// sampling, and greedy with top logprobs given the row's normalizer). Prints tables.
 //
 //   bazel run -c opt //model:sampler_bench [-- VOCAB [CALLS]]
 #include <algorithm>
@@ -34,6 +34,43 @@ double MedianMicros(const SamplingParams& params, bool report_logprobs,
   for (int i = 0; i < calls; ++i) {
     const auto start = std::chrono::steady_clock::now();
     sink += sampler.Sample(rows[i % rows.size()]).token;
+    const auto end = std::chrono::steady_clock::now();
+    micros.push_back(std::chrono::duration<double, std::micro>(end - start).count());
+  }
+  std::sort(micros.begin(), micros.end());
+  if (sink == -1) std::printf(" ");
+  return micros[micros.size() / 2];
+}
+
+// Median microseconds per SampleFromCandidates over `calls` calls, each row known by its
+// CandidatesNeeded most likely entries (and its normalizer, with logprobs).
+double CandidatesMedianMicros(const SamplingParams& params, bool report_logprobs,
+                              const std::vector<std::vector<float>>& rows, int calls) {
+  const int32_t vocab = static_cast<int32_t>(rows[0].size());
+  const int32_t count = Sampler::CandidatesNeeded(params, report_logprobs, vocab);
+  std::vector<std::vector<int32_t>> ids(rows.size());
+  std::vector<std::vector<float>> values(rows.size());
+  std::vector<Sampler::RowNormalizer> normalizers(rows.size());
+  for (size_t r = 0; r < rows.size(); ++r) {
+    std::vector<int32_t> order(rows[r].size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+    std::partial_sort(order.begin(), order.begin() + count, order.end(),
+                      [&](int32_t a, int32_t b) { return rows[r][a] > rows[r][b]; });
+    order.resize(count);
+    std::sort(order.begin(), order.end());
+    for (int32_t id : order) {
+      ids[r].push_back(id);
+      values[r].push_back(rows[r][id]);
+    }
+    normalizers[r] = Sampler::NormalizerOf(rows[r]);
+  }
+  Sampler sampler(params, vocab, 1, report_logprobs);
+  std::vector<double> micros;
+  int32_t sink = 0;
+  for (int i = 0; i < calls; ++i) {
+    const size_t r = i % rows.size();
+    const auto start = std::chrono::steady_clock::now();
+    sink += sampler.SampleFromCandidates(ids[r], values[r], &normalizers[r]).token;
     const auto end = std::chrono::steady_clock::now();
     micros.push_back(std::chrono::duration<double, std::micro>(end - start).count());
   }
@@ -77,37 +114,28 @@ int main(int argc, char** argv) {
     std::printf("%-22s %16.1f %16.1f %8.2f\n", s.name, with, without, with / without);
   }
 
-  // The same top-k sample from the row's 50 most likely entries alone, as the engine samples
-  // when the device selected them (StepRunner::ForwardTopK): no pass over the vocabulary.
+  // The same samples from the rows' most likely entries alone, as the engine samples when the
+  // device selected them (StepRunner::ForwardTopK): no pass over the vocabulary. With logprobs
+  // the device also hands over each row's normalizer (computed here outside the timing).
   {
-    const SamplingParams& params = settings[1].params;
-    std::vector<std::vector<int32_t>> ids(rows.size());
-    std::vector<std::vector<float>> values(rows.size());
-    for (size_t r = 0; r < rows.size(); ++r) {
-      std::vector<int32_t> order(rows[r].size());
-      for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
-      std::partial_sort(order.begin(), order.begin() + params.top_k, order.end(),
-                        [&](int32_t a, int32_t b) { return rows[r][a] > rows[r][b]; });
-      order.resize(params.top_k);
-      std::sort(order.begin(), order.end());
-      for (int32_t id : order) {
-        ids[r].push_back(id);
-        values[r].push_back(rows[r][id]);
-      }
+    SamplingParams greedy_top5;
+    greedy_top5.temperature = 0.0f;
+    greedy_top5.num_logprobs = 5;
+    const struct {
+      const char* name;
+      SamplingParams params;
+      bool report_logprobs;
+    } from_candidates[] = {{settings[1].name, settings[1].params, false},
+                           {"greedy, 5 top logprobs", greedy_top5, true}};
+    std::printf("\nFrom the candidates (SampleFromCandidates) vs the whole row (Sample)\n");
+    std::printf("%-22s %10s %16s %16s %8s\n", "setting", "logprobs", "whole row us",
+                "candidates us", "ratio");
+    for (const auto& c : from_candidates) {
+      const double whole = MedianMicros(c.params, c.report_logprobs, rows, calls);
+      const double candidates = CandidatesMedianMicros(c.params, c.report_logprobs, rows, calls);
+      std::printf("%-22s %10s %16.1f %16.2f %8.0f\n", c.name, c.report_logprobs ? "yes" : "no",
+                  whole, candidates, whole / candidates);
     }
-    Sampler sampler(params, vocab, 1, false);
-    std::vector<double> micros;
-    int32_t sink = 0;
-    for (int i = 0; i < calls; ++i) {
-      const size_t r = i % rows.size();
-      const auto start = std::chrono::steady_clock::now();
-      sink += sampler.SampleFromCandidates(ids[r], values[r]).token;
-      const auto end = std::chrono::steady_clock::now();
-      micros.push_back(std::chrono::duration<double, std::micro>(end - start).count());
-    }
-    std::sort(micros.begin(), micros.end());
-    std::printf("%-22s %16s %16.1f   (SampleFromCandidates, its %d candidates)\n", settings[1].name,
-                "", micros[micros.size() / 2] + (sink == -1 ? 1 : 0), params.top_k);
   }
 
   // One step of 64 rows, each its own sampler (as the engine's sequences), without logprobs.

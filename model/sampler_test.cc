@@ -624,11 +624,21 @@ TEST(SamplerTest, CandidatesNeededOnlyWhenTheTopTokensDecide) {
   top_k.min_p = 0.05f;
   EXPECT_EQ(Sampler::CandidatesNeeded(Greedy(), false, kVocab), 1);
   EXPECT_EQ(Sampler::CandidatesNeeded(top_k, false, kVocab), 40);
-  EXPECT_EQ(Sampler::CandidatesNeeded(top_k, /*report_logprobs=*/true, kVocab), 0);
-  EXPECT_EQ(Sampler::CandidatesNeeded(Greedy(), /*report_logprobs=*/true, kVocab), 0);
+  // Logprobs: the top num_logprobs too (the rest of the row through its normalizer).
+  EXPECT_EQ(Sampler::CandidatesNeeded(top_k, /*report_logprobs=*/true, kVocab), 40);
+  EXPECT_EQ(Sampler::CandidatesNeeded(Greedy(), /*report_logprobs=*/true, kVocab), 1);
+  SamplingParams greedy_top = Greedy();
+  greedy_top.num_logprobs = 20;
+  EXPECT_EQ(Sampler::CandidatesNeeded(greedy_top, /*report_logprobs=*/true, kVocab), 20);
+  SamplingParams top_k_top = top_k;
+  top_k_top.num_logprobs = 20;
+  EXPECT_EQ(Sampler::CandidatesNeeded(top_k_top, /*report_logprobs=*/true, kVocab), 40);
+  top_k_top.num_logprobs = 50;
+  EXPECT_EQ(Sampler::CandidatesNeeded(top_k_top, /*report_logprobs=*/true, kVocab), 50);
   SamplingParams no_top_k = top_k;
   no_top_k.top_k = 0;
   EXPECT_EQ(Sampler::CandidatesNeeded(no_top_k, false, kVocab), 0);
+  EXPECT_EQ(Sampler::CandidatesNeeded(no_top_k, /*report_logprobs=*/true, kVocab), 0);
   SamplingParams whole_vocab = top_k;
   whole_vocab.top_k = kVocab;
   EXPECT_EQ(Sampler::CandidatesNeeded(whole_vocab, false, kVocab), 0);
@@ -646,8 +656,9 @@ TEST(SamplerTest, CandidatesNeededOnlyWhenTheTopTokensDecide) {
 
 // SampleFromCandidates given the row's most likely tokens (exactly the needed count, or more)
 // draws what Sample() draws from the whole row, with as many RNG draws: over temperatures,
-// top-k, top-p and min-p, on rows with ties, NaN, -inf, fewer tokens above -inf than top_k,
-// and none at all.
+// top-k, top-p and min-p, on rows with ties, NaN, -inf, fewer tokens above -inf than top_k
+// or than the logprobs asked for, and none at all. With logprobs (and the row's normalizer)
+// the result is Sample()'s whole: the token's logprob and the top logprobs, ids and values.
 TEST(SamplerTest, SampleFromCandidatesEqualsSampleOnTheWholeRow) {
   constexpr int32_t kVocab = 3000;
   std::vector<SamplingParams> grid = {Greedy()};
@@ -668,43 +679,63 @@ TEST(SamplerTest, SampleFromCandidatesEqualsSampleOnTheWholeRow) {
   std::mt19937_64 rng(5);
   std::normal_distribution<float> normal(0.0f, 3.0f);
   int differing_from_argmax = 0;
+  int top_logprobs_checked = 0;
   for (size_t g = 0; g < grid.size(); ++g) {
-    const SamplingParams& params = grid[g];
-    const int32_t needed = Sampler::CandidatesNeeded(params, false, kVocab);
-    ASSERT_GT(needed, 0);
-    for (int32_t extra : {0, 13}) {
-      Sampler whole(params, kVocab, /*default_seed=*/g, /*report_logprobs=*/false);
-      Sampler top(params, kVocab, /*default_seed=*/g, /*report_logprobs=*/false);
-      for (int step = 0; step < 24; ++step) {
-        std::vector<float> row(kVocab);
-        for (float& x : row) x = normal(rng);
-        if (step % 4 == 1) {
-          for (float& x : row) x = std::round(x);  // ties everywhere, also at the k-th value
-        } else if (step % 4 == 2) {
-          for (int32_t i = 0; i < kVocab; i += 3) row[i] = -kInf;
-          for (int32_t i = 1; i < kVocab; i += 5) row[i] = std::nanf("");
-        } else if (step == 3) {
-          for (float& x : row) x = -kInf;  // only 3 tokens above -inf
-          row[17] = 1.0f;
-          row[2000] = 1.0f;
-          row[2500] = 0.5f;
-        } else if (step == 7) {
-          for (float& x : row) x = -kInf;  // nothing above -inf
+    // -1: no logprobs; else the number of top logprobs (0: the token's alone).
+    for (int32_t num_logprobs : {-1, 0, 5, 20}) {
+      SamplingParams params = grid[g];
+      const bool logprobs = num_logprobs >= 0;
+      params.num_logprobs = std::max(num_logprobs, 0);
+      const int32_t needed = Sampler::CandidatesNeeded(params, logprobs, kVocab);
+      ASSERT_GT(needed, 0);
+      for (int32_t extra : {0, 13}) {
+        Sampler whole(params, kVocab, /*default_seed=*/g, logprobs);
+        Sampler top(params, kVocab, /*default_seed=*/g, logprobs);
+        for (int step = 0; step < 24; ++step) {
+          std::vector<float> row(kVocab);
+          for (float& x : row) x = normal(rng);
+          if (step % 4 == 1) {
+            for (float& x : row) x = std::round(x);  // ties everywhere, also at the k-th value
+          } else if (step % 4 == 2) {
+            for (int32_t i = 0; i < kVocab; i += 3) row[i] = -kInf;
+            for (int32_t i = 1; i < kVocab; i += 5) row[i] = std::nanf("");
+          } else if (step == 3) {
+            for (float& x : row) x = -kInf;  // only 3 tokens above -inf
+            row[17] = 1.0f;
+            row[2000] = 1.0f;
+            row[2500] = 0.5f;
+          } else if (step == 7) {
+            for (float& x : row) x = -kInf;  // nothing above -inf
+          }
+          const auto [ids, values] = MostLikely(row, static_cast<size_t>(needed + extra));
+          const Sampler::SampleResult want_result = whole.Sample(row);
+          const int32_t want = want_result.token;
+          // The normalizer only when logprobs are reported (otherwise it is not needed).
+          const Sampler::RowNormalizer normalizer = Sampler::NormalizerOf(row);
+          const Sampler::SampleResult got =
+              top.SampleFromCandidates(ids, values, logprobs ? &normalizer : nullptr);
+          const std::string what = "params " + std::to_string(g) + " logprobs " +
+                                   std::to_string(num_logprobs) + " extra " +
+                                   std::to_string(extra) + " step " + std::to_string(step);
+          ASSERT_EQ(got.token, want) << what;
+          if (logprobs) {
+            EXPECT_EQ(got.logprob, want_result.logprob) << what;
+            ASSERT_EQ(got.top_logprobs, want_result.top_logprobs) << what;
+            top_logprobs_checked += static_cast<int>(got.top_logprobs.size());
+          } else {
+            EXPECT_TRUE(std::isnan(got.logprob));
+          }
+          if (!ids.empty() &&
+              want != ids[std::max_element(values.begin(), values.end()) - values.begin()]) {
+            ++differing_from_argmax;
+          }
         }
-        const auto [ids, values] = MostLikely(row, static_cast<size_t>(needed + extra));
-        const int32_t want = whole.Sample(row).token;
-        const Sampler::SampleResult got = top.SampleFromCandidates(ids, values);
-        ASSERT_EQ(got.token, want) << "params " << g << " extra " << extra << " step " << step;
-        EXPECT_TRUE(std::isnan(got.logprob));
-        if (!ids.empty() &&
-            want != ids[std::max_element(values.begin(), values.end()) - values.begin()]) {
-          ++differing_from_argmax;
-        }
+        EXPECT_EQ(whole.NextUniform(), top.NextUniform()) << "params " << g;  // as many draws
       }
-      EXPECT_EQ(whole.NextUniform(), top.NextUniform()) << "params " << g;  // as many draws
     }
   }
   EXPECT_GT(differing_from_argmax, 100);  // the grid samples, not just takes the argmax
+  EXPECT_GT(top_logprobs_checked, 10000);
 }
 
 TEST(ValidateSamplingParamsTest, AcceptsDefaultsAndBoundaries) {

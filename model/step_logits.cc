@@ -14,6 +14,7 @@ void StepLogits::Begin(const StepLogitsOptions& options, int32_t vocab_size) {
   num_rows_ = 0;
   all_greedy_ = true;
   candidates_ = 1;
+  normalizers_ = false;
 }
 
 void StepLogits::AddRow(const SamplingParams& params, bool report_logprobs) {
@@ -21,6 +22,7 @@ void StepLogits::AddRow(const SamplingParams& params, bool report_logprobs) {
   all_greedy_ = all_greedy_ && Sampler::IsPlainGreedy(params, report_logprobs);
   const int32_t needed = Sampler::CandidatesNeeded(params, report_logprobs, vocab_size_);
   candidates_ = needed == 0 || candidates_ == 0 ? 0 : std::max(candidates_, needed);
+  normalizers_ = normalizers_ || report_logprobs;
 }
 
 void StepLogits::Finish() {
@@ -43,7 +45,7 @@ absl::Status StepLogits::Forward(StepRunner& runner, const StepBatch& batch) {
       argmax_.resize(num_rows_);
       return runner.ForwardGreedy(batch, argmax_.data());
     case Kind::kTopK:
-      return runner.ForwardTopK(batch, k_, &top_);
+      return runner.ForwardTopK(batch, k_, normalizers_, &top_);
     case Kind::kRows:
       break;
   }
@@ -56,8 +58,12 @@ Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) const {
   switch (kind_) {
     case Kind::kArgMax:
       return sampler.SampleArgMax(argmax_[row]);
-    case Kind::kTopK:
-      return sampler.SampleFromCandidates(top_.Ids(row), top_.Logits(row));
+    case Kind::kTopK: {
+      Sampler::RowNormalizer normalizer;
+      if (normalizers_) normalizer = {top_.row_max[row], top_.row_exp_sum[row]};
+      return sampler.SampleFromCandidates(top_.Ids(row), top_.Logits(row),
+                                          normalizers_ ? &normalizer : nullptr);
+    }
     case Kind::kRows:
       break;
   }

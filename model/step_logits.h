@@ -3,12 +3,14 @@
 // that serves all of its rows:
 //
 //   every row plain greedy          → each row's argmax       (StepRunner::ForwardGreedy)
-//   every row decided by its top k  → each row's k candidates (StepRunner::ForwardTopK)
+//   every row decided by its top k  → each row's k candidates (StepRunner::ForwardTopK),
+//                                     with its softmax normalizer when a row reports logprobs
 //   otherwise                       → the rows themselves     (StepRunner::Forward)
 //
-// On a GPU at a 128k vocabulary that is 8 bytes, k x 8 bytes or 513 KB a row, and a host pass
-// over the row only in the last case. The tokens are the same whichever way (the Sampler
-// guarantees it, seed for seed). The serving engine and the offline generator both plan their
+// On a GPU at a 128k vocabulary that is 8 bytes, k x 8 (+ 12) bytes or 513 KB a row, and a
+// host pass over the row only in the last case. The tokens are the same whichever way (the Sampler
+// guarantees it, seed for seed; logprob values from a device's normalizer may differ in the
+// last bits). The serving engine and the offline generator both plan their
 // steps with it.
 //
 // Thread-safety: Plan and Forward on the driving thread; Sample may then run concurrently for
@@ -66,6 +68,7 @@ class StepLogits {
   size_t num_rows_ = 0;
   bool all_greedy_ = true;
   int32_t candidates_ = 1;  // the rows' largest need; 0: some row needs the whole row
+  bool normalizers_ = false;  // some row reports logprobs: kTopK brings its normalizer too
   Kind kind_ = Kind::kRows;
   int32_t k_ = 0;
   // The step's outputs, reused across steps.

@@ -49,10 +49,12 @@ absl::Status LlamaStepRunner::ForwardGreedy(const StepBatch& batch, int32_t* tok
   return model_.ForwardArgMax(batch, *kv_, tokens, argmax_values_.data());
 }
 
-absl::Status LlamaStepRunner::ForwardTopK(const StepBatch& batch, int32_t k, TopTokens* top) {
+absl::Status LlamaStepRunner::ForwardTopK(const StepBatch& batch, int32_t k, bool normalizers,
+                                          TopTokens* top) {
   RETURN_IF_ERROR(CheckRunnable());
-  top->Resize(batch.logits_rows.size(), k);
-  return model_.ForwardTopK(batch, *kv_, k, top->count.data(), top->ids.data(), top->logits.data());
+  top->Resize(batch.logits_rows.size(), k, normalizers);
+  return model_.ForwardTopK(batch, *kv_, k, top->count.data(), top->ids.data(), top->logits.data(),
+                            top->row_max_data(), top->row_exp_sum_data());
 }
 
 absl::Status LlamaStepRunner::Forward(const StepBatch& batch, float* logits) {

@@ -38,19 +38,27 @@ struct KvBlockMove {
 
 // A step's logits rows reduced to each row's k most likely tokens (StepRunner::ForwardTopK),
 // what Sampler::SampleFromCandidates takes. Row r holds count[r] <= k entries: the ids in
-// increasing order with their raw logits.
+// increasing order with their raw logits; with normalizers, also the row's softmax
+// normalizer (Sampler::RowNormalizer), what logprobs need of the rest of the row.
 struct TopTokens {
   int32_t k = 0;
   std::vector<int32_t> count;  // [rows]
   std::vector<int32_t> ids;    // [rows][k]; entries past count[r] unspecified
   std::vector<float> logits;   // [rows][k]
-  // Sizes the arrays for `rows` rows of k entries.
-  void Resize(size_t rows, int32_t new_k) {
+  std::vector<float> row_max;  // [rows] with normalizers, else empty
+  std::vector<double> row_exp_sum;  // [rows] with normalizers, else empty
+  // Sizes the arrays for `rows` rows of k entries, with or without normalizers.
+  void Resize(size_t rows, int32_t new_k, bool normalizers) {
     k = new_k;
     count.resize(rows);
     ids.resize(rows * static_cast<size_t>(k));
     logits.resize(rows * static_cast<size_t>(k));
+    row_max.resize(normalizers ? rows : 0);
+    row_exp_sum.resize(normalizers ? rows : 0);
   }
+  // The normalizer arrays, null without normalizers (as LlamaModel::ForwardTopK takes them).
+  float* row_max_data() { return row_max.empty() ? nullptr : row_max.data(); }
+  double* row_exp_sum_data() { return row_exp_sum.empty() ? nullptr : row_exp_sum.data(); }
   std::span<const int32_t> Ids(size_t row) const {
     return std::span<const int32_t>(ids).subspan(row * static_cast<size_t>(k), count[row]);
   }
@@ -95,9 +103,11 @@ class StepRunner {
   // Forward for top-k sampling: for batch.logits_rows[i], row i of `top` (resized to k) gets
   // the min(k, number above -inf) most likely tokens over the whole vocabulary by the
   // sampler's top-k order (logit descending, id ascending; NaN and -inf never chosen), without
-  // the logits leaving the device: LlamaModel::ForwardTopK per rank. k >= 1 (InvalidArgument
+  // the logits leaving the device: LlamaModel::ForwardTopK per rank; with `normalizers`, also
+  // each row's softmax normalizer over the whole vocabulary. k >= 1 (InvalidArgument
   // otherwise); other errors as Forward's.
-  virtual absl::Status ForwardTopK(const StepBatch& batch, int32_t k, TopTokens* top) = 0;
+  virtual absl::Status ForwardTopK(const StepBatch& batch, int32_t k, bool normalizers,
+                                   TopTokens* top) = 0;
 
   // Applies the moves in order (on every rank). Block ids must be in range of the cache and
   // the host space.
@@ -141,7 +151,8 @@ class LlamaStepRunner final : public StepRunner {
   size_t kv_element_bytes() const override { return model_.backend().KvElementBytes(); }
   absl::Status Forward(const StepBatch& batch, float* logits) override;
   absl::Status ForwardGreedy(const StepBatch& batch, int32_t* tokens) override;
-  absl::Status ForwardTopK(const StepBatch& batch, int32_t k, TopTokens* top) override;
+  absl::Status ForwardTopK(const StepBatch& batch, int32_t k, bool normalizers,
+                           TopTokens* top) override;
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
 
  private:

@@ -1,7 +1,9 @@
 #include "model/tensor_parallel_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <thread>
 #include <utility>
@@ -177,17 +179,24 @@ absl::Status TensorParallelModel::ForwardGreedy(const StepBatch& batch, int32_t*
   return absl::OkStatus();
 }
 
-absl::Status TensorParallelModel::ForwardTopK(const StepBatch& batch, int32_t k, TopTokens* top) {
+absl::Status TensorParallelModel::ForwardTopK(const StepBatch& batch, int32_t k, bool normalizers,
+                                              TopTokens* top) {
   if (ranks_[0].kv == nullptr) {
     return absl::FailedPreconditionError("Forward before AllocateKvCache");
   }
   const size_t num_rows = batch.logits_rows.size();
-  for (Rank& rank : ranks_) rank.top.Resize(num_rows, k);  // k < 1: every rank's model refuses
+  for (Rank& rank : ranks_) {
+    rank.top.Resize(num_rows, k, normalizers);  // k < 1: every rank's model refuses
+  }
   RETURN_IF_ERROR(OnEveryRank([&](Rank& rank) {
     return rank.model->ForwardTopK(batch, *rank.kv, k, rank.top.count.data(), rank.top.ids.data(),
-                                   rank.top.logits.data());
+                                   rank.top.logits.data(), rank.top.row_max_data(),
+                                   rank.top.row_exp_sum_data());
   }));
-  top->Resize(num_rows, k);
+  top->Resize(num_rows, k, normalizers);
+  if (normalizers) {
+    for (size_t i = 0; i < num_rows; ++i) MergeRowNormalizers(i, top);
+  }
   std::vector<std::pair<float, int32_t>> merged;
   for (size_t i = 0; i < num_rows; ++i) {
     // Slices are in id order, so the ranks' candidates joined in rank order are in id order.
@@ -214,6 +223,24 @@ absl::Status TensorParallelModel::ForwardTopK(const StepBatch& batch, int32_t k,
     }
   }
   return absl::OkStatus();
+}
+
+void TensorParallelModel::MergeRowNormalizers(size_t row, TopTokens* top) const {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  float max = -kInf;
+  for (const Rank& rank : ranks_) max = std::max(max, rank.top.row_max[row]);  // never NaN
+  double sum = 0.0;
+  for (const Rank& rank : ranks_) {
+    const float rank_max = rank.top.row_max[row];
+    const double rank_sum = rank.top.row_exp_sum[row];
+    if (max == kInf) {
+      if (rank_max == kInf) sum += rank_sum;
+    } else if (rank_max != -kInf) {
+      sum += rank_sum * std::exp(static_cast<double>(rank_max) - static_cast<double>(max));
+    }
+  }
+  top->row_max[row] = max;
+  top->row_exp_sum[row] = sum;
 }
 
 absl::Status TensorParallelModel::Forward(const StepBatch& batch, float* logits) {

@@ -79,8 +79,9 @@ class TensorParallelModel final : public StepRunner {
   absl::Status ForwardGreedy(const StepBatch& batch, int32_t* tokens) override;
   // LlamaModel::ForwardTopK on every rank (its vocabulary slice's k most likely per row), then
   // per row the k most likely of the ranks' candidates (the whole vocabulary's top k is among
-  // them), back in id order.
-  absl::Status ForwardTopK(const StepBatch& batch, int32_t k, TopTokens* top) override;
+  // them), back in id order; the normalizers merged (MergeRowNormalizers).
+  absl::Status ForwardTopK(const StepBatch& batch, int32_t k, bool normalizers,
+                           TopTokens* top) override;
 
   // The moves on every rank's cache, the ranks concurrently (each on its own device).
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
@@ -99,6 +100,11 @@ class TensorParallelModel final : public StepRunner {
   // Runs `forward` on every rank concurrently; the first rank's error, naming the rank when
   // split. Every rank sees the same batch and same-shaped caches, so all validate alike.
   absl::Status OnEveryRank(const std::function<absl::Status(Rank&)>& forward);
+  // Row `row` of top's normalizer over the whole vocabulary from the ranks' over their slices:
+  // the largest maximum; with it +inf, the ranks' counts of +inf added; else each rank's sum
+  // rescaled to it by exp(max_r - max) in double and added in rank order (split, the terms
+  // were rounded around the rank's maximum rather than the row's: last-bit differences).
+  void MergeRowNormalizers(size_t row, TopTokens* top) const;
 
   TensorParallelModel() = default;
 

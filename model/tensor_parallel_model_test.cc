@@ -30,6 +30,7 @@
 #include "model/gguf.h"
 #include "model/kv_cache_storage.h"
 #include "model/llama_model.h"
+#include "model/sampler.h"
 #include "model/step_batch.h"
 #include "model/tensor_parallel.h"
 #include "tests/llama_cpp_refs.h"
@@ -448,7 +449,7 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
   };
   // Each configuration against its own logits (a split sums in another order).
   auto check = [&](const std::vector<float>& logits, int32_t vocab, int32_t k, const TopTokens& top,
-                   const std::string& what) {
+                   bool exact_sums, const std::string& what) {
     ASSERT_EQ(top.count.size(), prompts.size()) << what;
     for (size_t i = 0; i < prompts.size(); ++i) {
       const std::vector<int32_t> want = most_likely(logits, vocab, i, k);
@@ -457,6 +458,16 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
       for (size_t j = 0; j < want.size(); ++j) {
         EXPECT_EQ(top.Logits(i)[j], logits[i * vocab + want[j]]) << what << ", row " << i;
       }
+      // The normalizer over the whole vocabulary, as the sampler computes it from the row: the
+      // maximum exactly, the sum exactly unsplit (the same rule) and to the last bits split
+      // (each rank's terms rounded around its own maximum, then rescaled).
+      const Sampler::RowNormalizer normalizer = Sampler::NormalizerOf(
+          std::span<const float>(logits).subspan(i * vocab, static_cast<size_t>(vocab)));
+      ASSERT_EQ(top.row_max.size(), prompts.size()) << what;
+      EXPECT_EQ(top.row_max[i], normalizer.max) << what << ", row " << i;
+      EXPECT_NEAR(top.row_exp_sum[i], normalizer.exp_sum,
+                  exact_sums ? 0.0 : 1e-6 * normalizer.exp_sum)
+          << what << ", row " << i;
     }
   };
   {
@@ -469,12 +480,12 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
       Unsplit reduced(*file);
       ASSERT_NE(reduced.model, nullptr);
       TopTokens top;
-      top.Resize(prompts.size(), k);
+      top.Resize(prompts.size(), k, /*normalizers=*/true);
       ASSERT_TRUE(reduced.model
                       ->ForwardTopK(batch, *reduced.kv, k, top.count.data(), top.ids.data(),
-                                    top.logits.data())
+                                    top.logits.data(), top.row_max.data(), top.row_exp_sum.data())
                       .ok());
-      check(logits, vocab, k, top, "unsplit, k " + std::to_string(k));
+      check(logits, vocab, k, top, /*exact_sums=*/true, "unsplit, k " + std::to_string(k));
     }
   }
   for (int size : {1, 2, 4}) {
@@ -487,13 +498,18 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
       Split reduced(*file, size);
       ASSERT_NE(reduced.model, nullptr);
       TopTokens top;
-      ASSERT_TRUE(reduced.model->ForwardTopK(batch, k, &top).ok());
-      check(logits, vocab, k, top, std::to_string(size) + " ranks, k " + std::to_string(k));
+      ASSERT_TRUE(reduced.model->ForwardTopK(batch, k, /*normalizers=*/true, &top).ok());
+      check(logits, vocab, k, top, /*exact_sums=*/size == 1,
+            std::to_string(size) + " ranks, k " + std::to_string(k));
     }
   }
   Split reduced(*file, 2);
   TopTokens top;
-  EXPECT_EQ(reduced.model->ForwardTopK(batch, 0, &top).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(reduced.model->ForwardTopK(batch, 0, /*normalizers=*/false, &top).code(),
+            absl::StatusCode::kInvalidArgument);
+  // Without normalizers none come back.
+  ASSERT_TRUE(reduced.model->ForwardTopK(batch, 4, /*normalizers=*/false, &top).ok());
+  EXPECT_TRUE(top.row_max.empty() && top.row_exp_sum.empty());
 }
 
 TEST(TensorParallelModelTest, LoadRefusesSplitsThatBreakGqaGroupsOrQ8_0Blocks) {

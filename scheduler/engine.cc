@@ -146,6 +146,8 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest requ
       request.stopping.min_tokens > request.stopping.max_tokens) {
     return absl::InvalidArgumentError("min_tokens must be in 0..max_tokens");
   }
+  // The samplers' top logprobs are the output's (what the step's plan reads too).
+  request.sampling.num_logprobs = std::max(0, request.output.num_logprobs);
   if (absl::Status s = model::ValidateSamplingParams(request.sampling, config.vocab_size);
       !s.ok()) {
     return s;
@@ -345,6 +347,7 @@ void Engine::Step() {
   // the rows).
   step_logits_.Begin(options_.step_logits, vocab);
   for (const Sequence* seq : logits_owner) {
+    // spec.sampling.num_logprobs is the output's (Submit), as in the row's sampler.
     const EngineRequest& spec = seq->request->spec;
     step_logits_.AddRow(spec.sampling, spec.output.num_logprobs >= 0);
   }
@@ -431,7 +434,6 @@ void Engine::PrepareSampling(Sequence* seq, size_t row, Clock::time_point now,
     for (Sequence* s : seqs) {
       model::SamplingParams params = spec.sampling;
       params.seed = base_seed + static_cast<uint64_t>(s->index);
-      params.num_logprobs = std::max(0, spec.output.num_logprobs);
       // Without logprobs asked for, a greedy sample skips the log-softmax (most of its cost).
       s->sampler = std::make_unique<model::Sampler>(params, runner_.config().vocab_size, base_seed,
                                                     spec.output.num_logprobs >= 0);

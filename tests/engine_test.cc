@@ -30,6 +30,7 @@ std::vector<Reference> LoadReferences() { return glimpse::testing::LoadLlamaCppR
 // Everything a stream produced.
 struct Collected {
   std::vector<std::vector<int32_t>> tokens;  // per index
+  std::vector<std::vector<TokenLogprob>> logprobs;  // per index, when asked for
   std::vector<std::string> text;
   std::vector<FinishReason> finish;
   std::vector<Usage> usage;
@@ -40,6 +41,7 @@ struct Collected {
 Collected Drain(RequestStream& stream, int n) {
   Collected c;
   c.tokens.resize(n);
+  c.logprobs.resize(n);
   c.text.resize(n);
   c.finish.resize(n, FinishReason::kAbort);
   c.usage.resize(n);
@@ -48,6 +50,7 @@ Collected Drain(RequestStream& stream, int n) {
     ++c.num_messages;
     for (const SequenceDelta& d : out.deltas) {
       c.tokens[d.index].insert(c.tokens[d.index].end(), d.token_ids.begin(), d.token_ids.end());
+      c.logprobs[d.index].insert(c.logprobs[d.index].end(), d.logprobs.begin(), d.logprobs.end());
       c.text[d.index] += d.text;
       if (d.finished) {
         c.finish[d.index] = d.finish_reason;
@@ -376,10 +379,12 @@ TEST_F(EngineTest, MultipleCompletionsShareThePromptAndStopStringsCut) {
 // A step whose every logits row is plain greedy runs ForwardGreedy (only the tokens come
 // back); with device_greedy off it runs ForwardTopK with k = 1 (the one candidate is the
 // argmax), and with that off too, Forward. A row that wants logprobs makes its steps
-// full-logits ones. The tokens are llama.cpp's every way.
+// ForwardTopK ones with the rows' normalizers, or full-logits ones without device top-k. The
+// tokens are llama.cpp's every way, the logprobs the same every way.
 TEST_F(EngineTest, PlainGreedyStepsBringBackTokensOnly) {
   const std::vector<Reference> refs = LoadReferences();
   enum Mode { kArgMax, kTopOne, kRows };
+  std::vector<std::vector<TokenLogprob>> logprobs_by_mode;
   for (const Mode mode : {kArgMax, kTopOne, kRows}) {
     testing::RecordingStepRunner runner(*loaded_.runner);
     EngineOptions options;
@@ -412,26 +417,48 @@ TEST_F(EngineTest, PlainGreedyStepsBringBackTokensOnly) {
     EXPECT_EQ(top_k_steps == 0, mode != kTopOne) << top_k_steps;
     for (int32_t k : runner.top_k_steps()) EXPECT_EQ(k, 1);
     EngineRequest with_logprobs = Greedy("lp", refs[6].prompt, 8);
-    with_logprobs.output.num_logprobs = 0;
+    with_logprobs.output.num_logprobs = 3;
     const Collected c = Drain(**engine->Submit(with_logprobs), 1);
     ASSERT_TRUE(c.status.ok()) << c.status;
     EXPECT_EQ(c.tokens[0],
               std::vector<int32_t>(refs[6].tokens.begin(), refs[6].tokens.begin() + 8));
+    ASSERT_EQ(c.logprobs[0].size(), 8u);
+    logprobs_by_mode.push_back(c.logprobs[0]);
     ASSERT_TRUE(engine->WaitIdle(absl::Seconds(10)));
     EXPECT_EQ(runner.num_greedy_steps(), greedy_steps) << "a logprobs request's steps";
-    EXPECT_EQ(runner.top_k_steps().size(), top_k_steps) << "a logprobs request's steps";
+    // With device top-k, k = 4 (3 top logprobs, rounded up) and the normalizers: 8 steps.
+    EXPECT_EQ(runner.top_k_steps().size(), top_k_steps + (mode == kTopOne ? 8 : 0))
+        << "a logprobs request's steps";
+    EXPECT_EQ(runner.num_normalizer_steps(), mode == kTopOne ? 8 : 0);
+    for (size_t i = top_k_steps; i < runner.top_k_steps().size(); ++i) {
+      EXPECT_EQ(runner.top_k_steps()[i], 4);
+    }
     engine.reset();
+  }
+  // The CPU backend's normalizer is the sampler's rule: the same logprobs bit for bit.
+  for (size_t t = 0; t < logprobs_by_mode[0].size(); ++t) {
+    const TokenLogprob& rows = logprobs_by_mode[kRows][t];
+    const TokenLogprob& top = logprobs_by_mode[kTopOne][t];
+    EXPECT_EQ(top.token_id, rows.token_id) << "token " << t;
+    EXPECT_EQ(top.logprob, rows.logprob) << "token " << t;
+    EXPECT_EQ(top.top, rows.top) << "token " << t;
+    EXPECT_EQ(rows.top.size(), 3u);
+    EXPECT_LT(rows.logprob, 0.0f);
   }
 }
 
-// A step whose every row samples from its most likely tokens (top-k without bias, penalties or
-// logprobs, or greedy) runs ForwardTopK with the rows' largest top_k rounded up to a power of
-// two; a row that needs the whole row (top_k above the limit, a penalty) makes its steps
-// full-logits ones. The tokens are those drawn from the whole rows (max_device_top_k 0), seed
-// for seed, also for n = 2 forks.
+// A step whose every row samples from its most likely tokens (top-k without bias or
+// penalties, or greedy) runs ForwardTopK with the rows' largest need (top_k, or the logprobs
+// asked for if more) rounded up to a power of two, bringing back the rows' normalizers when
+// one reports logprobs; a row that needs the whole row (top_k above the limit, a penalty)
+// makes its steps full-logits ones. The tokens and logprobs are those drawn from the whole
+// rows (max_device_top_k 0), seed for seed, also for n = 2 forks.
 TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
   const std::vector<Reference> refs = LoadReferences();
+  std::vector<TokenLogprob> logprobs[2];  // request 3's: device top-k, then whole rows
+  int32_t normalizer_steps[2] = {0, 0};
   auto run = [&](int32_t max_device_top_k, std::vector<int32_t>* top_k_steps) {
+    const int on_rows = max_device_top_k == 0 ? 1 : 0;
     testing::RecordingStepRunner runner(*loaded_.runner);
     EngineOptions options;
     options.seed = 7;
@@ -448,6 +475,7 @@ TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
         r.sampling.top_k = i % 2 == 0 ? 40 : 5;
         r.sampling.top_p = i == 1 ? 0.8f : 1.0f;
         r.sampling.min_p = i == 3 ? 0.05f : 0.0f;
+        r.output.num_logprobs = i == 3 ? 12 : -1;  // more than its top_k 5
       }
       r.n = i == 2 ? 2 : 1;
       auto stream = engine->Submit(r);
@@ -459,6 +487,7 @@ TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
       Collected c = Drain(*streams[i], i == 2 ? 2 : 1);
       EXPECT_TRUE(c.status.ok()) << c.status;
       tokens.push_back(c.tokens);
+      if (i == 3) logprobs[on_rows] = c.logprobs[0];
     }
     EXPECT_TRUE(engine->WaitIdle(absl::Seconds(10)));
     const size_t top_k_steps_before = runner.top_k_steps().size();
@@ -475,6 +504,7 @@ TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
     EXPECT_TRUE(engine->WaitIdle(absl::Seconds(10)));
     EXPECT_EQ(runner.top_k_steps().size(), top_k_steps_before) << "whole-row requests' steps";
     *top_k_steps = runner.top_k_steps();
+    normalizer_steps[on_rows] = runner.num_normalizer_steps();
     engine.reset();
     return tokens;
   };
@@ -486,10 +516,22 @@ TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
     EXPECT_EQ(on_device[i], from_rows[i]) << "request " << i;
   }
   // Every generated token of the first six needs a logits step: at least 20 of them, each with
-  // k = 64 (40 rounded up) or 8 (5, once the top_k 40 rows are done).
+  // k = 64 (40 rounded up), 16 (request 3's 12 logprobs, once the top_k 40 rows are done) or
+  // 8 (5, once request 3 is done too); request 3's 20 steps with the normalizers.
   EXPECT_GE(device_steps.size(), 20u);
-  for (int32_t k : device_steps) EXPECT_TRUE(k == 64 || k == 8) << k;
+  for (int32_t k : device_steps) EXPECT_TRUE(k == 64 || k == 16 || k == 8) << k;
   EXPECT_TRUE(host_steps.empty());
+  EXPECT_GE(normalizer_steps[0], 20);
+  EXPECT_EQ(normalizer_steps[1], 0);
+  // The CPU backend's normalizer is the sampler's rule: the same logprobs bit for bit.
+  ASSERT_EQ(logprobs[0].size(), 20u);
+  ASSERT_EQ(logprobs[1].size(), 20u);
+  for (size_t t = 0; t < 20; ++t) {
+    EXPECT_EQ(logprobs[0][t].token_id, logprobs[1][t].token_id) << "token " << t;
+    EXPECT_EQ(logprobs[0][t].logprob, logprobs[1][t].logprob) << "token " << t;
+    EXPECT_EQ(logprobs[0][t].top, logprobs[1][t].top) << "token " << t;
+    EXPECT_EQ(logprobs[1][t].top.size(), 12u);
+  }
   // The tokens are drawn, not the argmax: the top_k 40 rows do not follow greedy decoding.
   EXPECT_NE(on_device[0][0],
             std::vector<int32_t>(refs[0].tokens.begin(), refs[0].tokens.begin() + 20));

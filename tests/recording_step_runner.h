@@ -31,6 +31,8 @@ class RecordingStepRunner final : public model::StepRunner {
   int64_t num_greedy_steps() const { return num_greedy_steps_; }
   // And the steps run through ForwardTopK, with the k of each.
   const std::vector<int32_t>& top_k_steps() const { return top_k_steps_; }
+  // ForwardTopK steps that also brought back the rows' softmax normalizers (for logprobs).
+  int32_t num_normalizer_steps() const { return num_normalizer_steps_; }
 
   const model::LlamaConfig& config() const override { return inner_.config(); }
   int tensor_parallel_size() const override { return inner_.tensor_parallel_size(); }
@@ -53,11 +55,12 @@ class RecordingStepRunner final : public model::StepRunner {
     ++num_greedy_steps_;
     return inner_.ForwardGreedy(batch, tokens);
   }
-  absl::Status ForwardTopK(const model::StepBatch& batch, int32_t k,
+  absl::Status ForwardTopK(const model::StepBatch& batch, int32_t k, bool normalizers,
                            model::TopTokens* top) override {
     Record(batch);
     top_k_steps_.push_back(k);
-    return inner_.ForwardTopK(batch, k, top);
+    num_normalizer_steps_ += normalizers ? 1 : 0;
+    return inner_.ForwardTopK(batch, k, normalizers, top);
   }
   void MoveKvBlocks(std::span<const model::KvBlockMove> moves) override {
     inner_.MoveKvBlocks(moves);
@@ -77,6 +80,7 @@ class RecordingStepRunner final : public model::StepRunner {
   int64_t num_steps_ = 0;
   int64_t num_greedy_steps_ = 0;
   std::vector<int32_t> top_k_steps_;
+  int32_t num_normalizer_steps_ = 0;
 };
 
 }  // namespace glimpse::testing

@@ -122,6 +122,12 @@ __device__ __forceinline__ float WarpSum(float x) {
   return x;
 }
 
+__device__ __forceinline__ double WarpSum(double x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(kFullMask, x, offset);
+  return x;
+}
+
 __device__ __forceinline__ float WarpMax(float x) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
@@ -142,6 +148,19 @@ __device__ __forceinline__ float BlockSum(float x, float* scratch) {
   if (lane == 0) scratch[warp] = x;
   __syncthreads();
   x = lane < num_warps ? scratch[lane] : 0.0f;
+  return WarpSum(x);
+}
+
+// As above in double (`scratch`: >= 32 doubles).
+__device__ __forceinline__ double BlockSum(double x, double* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int num_warps = blockDim.x >> 5;
+  x = WarpSum(x);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  x = lane < num_warps ? scratch[lane] : 0.0;
   return WarpSum(x);
 }
 

@@ -11,6 +11,15 @@
 // Exact and deterministic: a radix select over the values' bits (no floating-point
 // arithmetic), then the chosen columns written in column order; nothing depends on the
 // launch's thread count or timing.
+//
+// Optionally also each row's softmax normalizer, what the host sampler's log-softmax of the
+// raw row takes (Sampler::RowNormalizer, model/sampler.h), so that logprobs can be reported
+// from the k entries alone: row_max[r] = the largest value (NaN ignored; -inf when there is
+// none) and row_exp_sum[r] = the sum over values x above -inf of expf(x - row_max[r]) in
+// double when row_max[r] is finite, the number of +inf values when it is +inf, 0 when -inf.
+// Each term is exp of the fp32 difference rounded once to fp32 (as a correctly rounded expf
+// would); the sum runs in a fixed tree order, so it is deterministic, and differs from the
+// host's id-order sum only in double rounding.
 #ifndef GLIMPSE_KERNELS_CUDA_TOPK_ROWS_H_
 #define GLIMPSE_KERNELS_CUDA_TOPK_ROWS_H_
 
@@ -28,10 +37,13 @@ struct TopKRowsParams {
   int32_t* count = nullptr;  // device, [num_rows]
   int32_t* index = nullptr;  // device, [num_rows][k]
   float* value = nullptr;    // device, [num_rows][k]; may be null
+  // The rows' softmax normalizers (above): both or neither.
+  float* row_max = nullptr;       // device, [num_rows]
+  double* row_exp_sum = nullptr;  // device, [num_rows]
 };
 
 // One 512-thread block per row; it reads the row four times (one 8-bit radix digit each) and
-// twice more to write the chosen columns in order.
+// twice more to write the chosen columns in order, and twice more for the normalizers.
 cudaError_t LaunchTopKRows(const TopKRowsParams& params, cudaStream_t stream);
 
 }  // namespace glimpse::kernels::cuda

@@ -2,7 +2,8 @@
 // descending, column ascending; NaN and -inf never chosen; +0 and -0 equal): fresh random rows
 // at widths that do and do not fill the block, rows quantized so that thousands of values tie
 // at the threshold, and rows planted with NaN, -inf, +inf, signed zeros and fewer values above
-// -inf than k. Entries past a row's count must stay as the poison left them.
+// -inf than k. Entries past a row's count must stay as the poison left them. The rows' softmax
+// normalizers against the host sampler's sum.
 #include "kernels/cuda/topk_rows.h"
 
 #include <algorithm>
@@ -42,6 +43,23 @@ std::vector<int32_t> Reference(const float* row, int64_t cols, int32_t k) {
 
 bool SameBits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
 
+// The host sampler's log-softmax normalizer of a raw row (model/sampler.cc, ResultForToken):
+// the largest value ignoring NaN, and the id-order double sum of expf(x - max) over x above
+// -inf (the number of +inf values when the maximum is +inf; 0 when it is -inf).
+std::pair<float, double> ReferenceNormalizer(const float* row, int64_t cols) {
+  float max = -kInf;
+  for (int64_t c = 0; c < cols; ++c) max = row[c] > max ? row[c] : max;
+  double sum = 0.0;
+  for (int64_t c = 0; c < cols; ++c) {
+    if (max == kInf) {
+      sum += row[c] == kInf ? 1.0 : 0.0;
+    } else if (max != -kInf && row[c] > -kInf) {
+      sum += std::exp(row[c] - max);  // fp32 expf, as the sampler
+    }
+  }
+  return {max, sum};
+}
+
 void RunCase(int64_t cols, int32_t rows, int32_t k) {
   std::vector<float> x = testing::RandomNormal(static_cast<size_t>(cols) * rows, 0.0f, 3.0f);
   auto row = [&](int32_t r) { return x.data() + static_cast<size_t>(r) * cols; };
@@ -68,13 +86,16 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
     // 7: one value repeated everywhere.
     for (int64_t c = 0; c < cols; ++c) row(7)[c] = 2.5f;
   }
-  DeviceArray<float> d_x, d_value;
+  DeviceArray<float> d_x, d_value, d_row_max;
   DeviceArray<int32_t> d_count, d_index;
+  DeviceArray<double> d_row_exp_sum;
   const size_t slots = static_cast<size_t>(rows) * k;
   GLIMPSE_ASSERT_CUDA(d_x.Upload(x));
   GLIMPSE_ASSERT_CUDA(d_count.Allocate(rows));  // poisoned: -1 and NaN until written
   GLIMPSE_ASSERT_CUDA(d_index.Allocate(slots));
   GLIMPSE_ASSERT_CUDA(d_value.Allocate(slots));
+  GLIMPSE_ASSERT_CUDA(d_row_max.Allocate(rows));
+  GLIMPSE_ASSERT_CUDA(d_row_exp_sum.Allocate(rows));
   TopKRowsParams p;
   p.x = d_x.get();
   p.num_rows = rows;
@@ -83,13 +104,18 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
   p.count = d_count.get();
   p.index = d_index.get();
   p.value = d_value.get();
+  p.row_max = d_row_max.get();
+  p.row_exp_sum = d_row_exp_sum.get();
   GLIMPSE_ASSERT_CUDA(LaunchTopKRows(p, nullptr));
   GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
   std::vector<int32_t> count, index;
-  std::vector<float> value;
+  std::vector<float> value, row_max;
+  std::vector<double> row_exp_sum;
   GLIMPSE_ASSERT_CUDA(d_count.Download(&count));
   GLIMPSE_ASSERT_CUDA(d_index.Download(&index));
   GLIMPSE_ASSERT_CUDA(d_value.Download(&value));
+  GLIMPSE_ASSERT_CUDA(d_row_max.Download(&row_max));
+  GLIMPSE_ASSERT_CUDA(d_row_exp_sum.Download(&row_exp_sum));
   int mismatched_rows = 0;
   for (int32_t r = 0; r < rows; ++r) {
     const std::vector<int32_t> want = Reference(row(r), cols, k);
@@ -109,18 +135,41 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
     }
     if (!same) ++mismatched_rows;
     GLIMPSE_EXPECT(same, what + ": columns, values or unwritten entries differ");
+    // The normalizer: the maximum exactly (either zero's sign), the count of +inf exactly, and
+    // the sum up to the order of the double sums and expf's last-bit rounding (a term of
+    // weight 1e-6 of the sum missing or doubled would show).
+    const auto [want_max, want_sum] = ReferenceNormalizer(row(r), cols);
+    GLIMPSE_EXPECT(row_max[r] == want_max, what + ": row max " + std::to_string(row_max[r]) +
+                                               ", want " + std::to_string(want_max));
+    const bool exact_sum = std::isinf(want_max);
+    GLIMPSE_EXPECT(exact_sum ? row_exp_sum[r] == want_sum
+                             : std::fabs(row_exp_sum[r] - want_sum) <= 1e-6 * want_sum,
+                   what + ": row exp sum " + std::to_string(row_exp_sum[r]) + ", want " +
+                       std::to_string(want_sum));
+  }
+  if (rows >= 8 && cols >= 3) {  // row 5's two +inf in distinct columns
+    GLIMPSE_EXPECT(
+        row_max[3] == -kInf && row_exp_sum[3] == 0.0 && row_max[5] == kInf && row_exp_sum[5] == 2.0,
+        "normalizers of rows without a finite maximum");
   }
   if (rows >= 8) {
     GLIMPSE_EXPECT(count[3] == 0 && count[4] == 0, "rows without candidates");
   }
-  // Without the value output only counts and columns are written.
+  // Without the value output only counts and columns are written (and the normalizers only
+  // when asked for).
   p.value = nullptr;
+  p.row_max = nullptr;
+  p.row_exp_sum = nullptr;
+  GLIMPSE_ASSERT_CUDA(d_row_max.Poison());
   GLIMPSE_ASSERT_CUDA(d_index.Poison());
   GLIMPSE_ASSERT_CUDA(LaunchTopKRows(p, nullptr));
   GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
   std::vector<int32_t> index_only;
   GLIMPSE_ASSERT_CUDA(d_index.Download(&index_only));
   GLIMPSE_EXPECT(index_only == index, "cols " + std::to_string(cols) + ": index without value");
+  GLIMPSE_ASSERT_CUDA(d_row_max.Download(&row_max));
+  GLIMPSE_EXPECT(std::all_of(row_max.begin(), row_max.end(), [](float m) { return std::isnan(m); }),
+                 "cols " + std::to_string(cols) + ": normalizers written without being asked");
 }
 
 GLIMPSE_CUDA_TEST(TopKRowsMatchesTheSamplerOrder) {
@@ -155,6 +204,11 @@ GLIMPSE_CUDA_TEST(TopKRowsRefusesBadShapes) {
   p.count = nullptr;
   GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaErrorInvalidValue, "null count accepted");
   p.count = d_count.get();
+  DeviceArray<float> d_row_max;
+  GLIMPSE_ASSERT_CUDA(d_row_max.Allocate(4));
+  p.row_max = d_row_max.get();  // without row_exp_sum
+  GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaErrorInvalidValue, "half a normalizer accepted");
+  p.row_max = nullptr;
   p.num_rows = 0;
   GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaSuccess, "zero rows refused");
 }

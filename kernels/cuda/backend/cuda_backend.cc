@@ -291,17 +291,27 @@ void CudaBackend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int
 }
 
 void CudaBackend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
-                           int32_t* host_count, int32_t* host_index, float* host_value) {
+                           int32_t* host_count, int32_t* host_index, float* host_value,
+                           float* host_row_max, double* host_row_exp_sum) {
   CHECK(k >= 1);
+  CHECK((host_row_max == nullptr) == (host_row_exp_sum == nullptr));
+  const bool normalizers = host_row_max != nullptr;
   Bind();
   EndStepWithReduction(
-      num_rows, [&] { return RecordTopKRows(x, num_rows, cols, k); },
+      num_rows, [&] { return RecordTopKRows(x, num_rows, cols, k, normalizers); },
       [&] {
         Reserve(topk_rows_, static_cast<size_t>(num_rows) * TopKRowBytes(k));
-        GLIMPSE_CUDA_CHECK(LaunchTopKRows(TopKOutput(x, num_rows, cols, k), stream_));
+        GLIMPSE_CUDA_CHECK(LaunchTopKRows(TopKOutput(x, num_rows, cols, k, normalizers), stream_));
       });
   if (num_rows > 0) {
-    const TopKRowsParams out = TopKOutput(x, num_rows, cols, k);
+    const TopKRowsParams out = TopKOutput(x, num_rows, cols, k, normalizers);
+    if (normalizers) {
+      GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_row_max, out.row_max, num_rows * sizeof(float),
+                                         cudaMemcpyDeviceToHost, stream_));
+      GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_row_exp_sum, out.row_exp_sum,
+                                         num_rows * sizeof(double), cudaMemcpyDeviceToHost,
+                                         stream_));
+    }
     const size_t pairs = static_cast<size_t>(num_rows) * static_cast<size_t>(k);
     GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_count, out.count, num_rows * sizeof(int32_t),
                                        cudaMemcpyDeviceToHost, stream_));

@@ -293,7 +293,8 @@ bool CudaBackend::RecordArgMaxRows(const float* x, int64_t num_rows, int64_t col
   return true;
 }
 
-bool CudaBackend::RecordTopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k) {
+bool CudaBackend::RecordTopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
+                                 bool normalizers) {
   int64_t rows = 0;
   if (!graphs_.PaddedRows(num_rows, &rows) || k > kMaxGraphTopK ||
       topk_rows_.size() < static_cast<size_t>(rows) * TopKRowBytes(k)) {
@@ -301,9 +302,9 @@ bool CudaBackend::RecordTopKRows(const float* x, int64_t num_rows, int64_t cols,
     return false;
   }
   // Padded rows select from logits row 0's copies: harmless, and never copied out.
-  const TopKRowsParams p = TopKOutput(x, rows, cols, k);
+  const TopKRowsParams p = TopKOutput(x, rows, cols, k, normalizers);
   graphs_.Record([p](cudaStream_t stream) { return LaunchTopKRows(p, stream); }, GraphOp::kTopKRows,
-                 x, rows, cols, k, p.count, p.index, p.value);
+                 x, rows, cols, k, p.count, p.index, p.value, p.row_max, p.row_exp_sum);
   return true;
 }
 

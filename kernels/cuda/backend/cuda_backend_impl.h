@@ -216,7 +216,8 @@ class CudaBackend final : public Backend {
   // LaunchTopKRows on the device, then the counts and k (column, value) pairs a row to the
   // host; like ArgMaxRows, the end of a recorded step (k <= kMaxGraphTopK joins its graph).
   void TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k, int32_t* host_count,
-                int32_t* host_index, float* host_value) override;
+                int32_t* host_index, float* host_value, float* host_row_max,
+                double* host_row_exp_sum) override;
   void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) override;
   size_t KvElementBytes() const override { return DTypeSize(kv_dtype_); }
   // The attention kernels' shapes: head_dim 32, 64 or 128, 1 to 8 query heads per KV head.
@@ -385,7 +386,7 @@ class CudaBackend final : public Backend {
   // ArgMaxRows' launch over the step's padded rows into argmax_rows_.
   bool RecordArgMaxRows(const float* x, int64_t num_rows, int64_t cols);
   // TopKRows' launch over the step's padded rows into topk_rows_.
-  bool RecordTopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k);
+  bool RecordTopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k, bool normalizers);
   // Bf16 copies (GraphStepState::bf16_producer). A producer op (RmsNorm, AddRmsNorm, SiluMul)
   // records its launch, then offers `with_copy`: the same launch, also writing its fp32
   // output `out` ([elements]) rounded to bf16 at the pointer it is given.
@@ -451,13 +452,16 @@ class CudaBackend final : public Backend {
     return p;
   }
   // TopKRows' device output for k: [capacity] int32 counts, then [capacity][k] int32
-  // columns, then [capacity][k] fp32 values, capacity = size / (4 + 8k) rows (TopKOutput: the
-  // layout depends on k and the size only, so padded and actual rows agree). Reserved at Init
-  // for kMaxGraphBatch rows of kMaxGraphTopK, so that recorded steps keep its address; grown
-  // (eagerly only) beyond.
+  // columns, [capacity][k] fp32 values, [capacity] fp32 row maxima and [capacity] double
+  // exp sums (8-byte aligned: they start at capacity * 8 * (k + 1)), capacity =
+  // size / (16 + 8k) rows (TopKOutput: the layout depends on k and the size only, so padded
+  // and actual rows agree). Reserved at Init for kMaxGraphBatch rows of kMaxGraphTopK, so
+  // that recorded steps keep its address; grown (eagerly only) beyond.
   DeviceBuffer<uint8_t> topk_rows_;
-  static size_t TopKRowBytes(int32_t k) { return 4 + size_t{8} * static_cast<size_t>(k); }
-  TopKRowsParams TopKOutput(const float* x, int64_t rows, int64_t cols, int32_t k) const {
+  static size_t TopKRowBytes(int32_t k) { return 16 + size_t{8} * static_cast<size_t>(k); }
+  // `normalizers`: the launch also writes the rows' softmax normalizers.
+  TopKRowsParams TopKOutput(const float* x, int64_t rows, int64_t cols, int32_t k,
+                            bool normalizers) const {
     const size_t capacity = topk_rows_.size() / TopKRowBytes(k);
     TopKRowsParams p;
     p.x = x;
@@ -467,6 +471,10 @@ class CudaBackend final : public Backend {
     p.count = reinterpret_cast<int32_t*>(topk_rows_.get());
     p.index = p.count + capacity;
     p.value = reinterpret_cast<float*>(p.index + capacity * static_cast<size_t>(k));
+    if (normalizers) {
+      p.row_max = p.value + capacity * static_cast<size_t>(k);
+      p.row_exp_sum = reinterpret_cast<double*>(p.row_max + capacity);
+    }
     return p;
   }
   std::unordered_map<const void*, DeviceTable> tables_;  // key: MatrixView::data

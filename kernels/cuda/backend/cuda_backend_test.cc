@@ -614,11 +614,18 @@ TEST_F(CudaBackendTest, TopKRowsMatchesTheHostRule) {
     std::vector<int32_t> want_count(rows, -1), got_count(rows, -1);
     std::vector<int32_t> want_index(pairs, -1), got_index(pairs, -1);
     std::vector<float> want_value(pairs, -1.0f), got_value(pairs, -1.0f);
+    std::vector<float> want_max(rows, -1.0f), got_max(rows, -1.0f);
+    std::vector<double> want_sum(rows, -1.0), got_sum(rows, -1.0);
     cpu_.TopKRows(Put(cpu_, x), rows, cols, k, want_count.data(), want_index.data(),
-                  want_value.data());
+                  want_value.data(), want_max.data(), want_sum.data());
     cuda_->TopKRows(Put(*cuda_, x), rows, cols, k, got_count.data(), got_index.data(),
-                    got_value.data());
+                    got_value.data(), got_max.data(), got_sum.data());
     ASSERT_EQ(got_count, want_count) << rows << " rows, k " << k;
+    // The normalizers: the maximum exactly, the sum up to its order and expf's last bit.
+    EXPECT_EQ(got_max, want_max) << rows << " rows, k " << k;
+    for (int64_t r = 0; r < rows; ++r) {
+      EXPECT_NEAR(got_sum[r], want_sum[r], 1e-6 * want_sum[r]) << "row " << r;
+    }
     for (int64_t r = 0; r < rows; ++r) {
       for (int32_t j = 0; j < want_count[r]; ++j) {
         ASSERT_EQ(got_index[r * k + j], want_index[r * k + j]) << "row " << r << " entry " << j;

@@ -347,11 +347,13 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
   }
 
   // `num_steps` decode steps of `members` whose logits are reduced on the device: through
-  // ForwardArgMax (top_k 0: ArgMaxRows) or ForwardTopK (TopKRows). The graphs engine's output
-  // (tokens and values; counts, candidates and values) equals the recorded one's bitwise, the
+  // ForwardArgMax (top_k 0: ArgMaxRows) or ForwardTopK (TopKRows, with the rows' normalizers
+  // if asked). The graphs engine's output (tokens and values; counts, candidates, values and
+  // normalizers) equals the recorded one's bitwise, the
   // eager one's largest value is close, and each sequence goes on with the graphs engine's
   // most likely token. Returns the graphs engine's replays.
-  int ReducedDecodeSteps(const std::vector<int>& members, int num_steps, int32_t top_k = 0) {
+  int ReducedDecodeSteps(const std::vector<int>& members, int num_steps, int32_t top_k = 0,
+                         bool normalizers = false) {
     int64_t replays = 0;
     const size_t rows = members.size();
     const size_t width = top_k > 0 ? static_cast<size_t>(top_k) : 1;
@@ -372,14 +374,18 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
       std::vector<std::vector<int32_t>> index(engines_.size(),
                                               std::vector<int32_t>(rows * width, -1));
       std::vector<std::vector<float>> value(engines_.size(), std::vector<float>(rows * width));
+      std::vector<std::vector<float>> row_max(engines_.size(), std::vector<float>(rows, -1.0f));
+      std::vector<std::vector<double>> row_exp_sum(engines_.size(),
+                                                   std::vector<double>(rows, -1.0));
       const std::map<std::string, int64_t> before = CountersOf(*engines_[0].backend);
       for (size_t e = 0; e < engines_.size(); ++e) {
         const absl::Status status =
-            top_k > 0
-                ? engines_[e].model->ForwardTopK(batch, *engines_[e].kv, top_k, count[e].data(),
-                                                 index[e].data(), value[e].data())
-                : engines_[e].model->ForwardArgMax(batch, *engines_[e].kv, index[e].data(),
-                                                   value[e].data());
+            top_k > 0 ? engines_[e].model->ForwardTopK(
+                            batch, *engines_[e].kv, top_k, count[e].data(), index[e].data(),
+                            value[e].data(), normalizers ? row_max[e].data() : nullptr,
+                            normalizers ? row_exp_sum[e].data() : nullptr)
+                      : engines_[e].model->ForwardArgMax(batch, *engines_[e].kv, index[e].data(),
+                                                         value[e].data());
         if (!status.ok()) {
           ADD_FAILURE() << engines_[e].label << ": " << status;
           return static_cast<int>(replays);
@@ -390,6 +396,16 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
       EXPECT_EQ(index[0], index[1]) << what;
       EXPECT_EQ(std::memcmp(value[0].data(), value[1].data(), value[0].size() * sizeof(float)), 0)
           << what;
+      EXPECT_EQ(row_max[0], row_max[1]) << what;
+      EXPECT_EQ(row_exp_sum[0], row_exp_sum[1]) << what;
+      for (size_t i = 0; normalizers && i < rows; ++i) {
+        // The row's largest logit (its largest candidate's), and a sum of vocab_ terms in
+        // [0, 1] of which that one's is 1.
+        const float* v = value[0].data() + i * width;
+        EXPECT_EQ(row_max[0][i], *std::max_element(v, v + count[0][i])) << what;
+        EXPECT_GE(row_exp_sum[0][i], 1.0) << what;
+        EXPECT_LE(row_exp_sum[0][i], vocab_) << what;
+      }
       for (size_t i = 0; i < rows; ++i) {
         // The row's most likely token and its value (the first largest of the candidates).
         auto best = [&](size_t e) {
@@ -521,8 +537,8 @@ TEST_P(CudaGraphTest, ReplaysEqualTheRecordedStepsRunEagerly) {
 }
 
 // Greedy decoding's steps end in the device-side argmax instead of a logits copy, and top-k
-// sampling's in the device-side candidate selection: captured and replayed like the others,
-// equal to the recorded steps run eagerly.
+// sampling's in the device-side candidate selection (with the rows' normalizers for logprobs):
+// captured and replayed like the others, equal to the recorded steps run eagerly.
 TEST_P(CudaGraphTest, GreedyAndTopKStepsReduceTheLogitsInTheGraph) {
   max_rel_l2_ = GetParam().max_rel_l2();
   const int a = AddSequence(12);
@@ -532,6 +548,8 @@ TEST_P(CudaGraphTest, GreedyAndTopKStepsReduceTheLogitsInTheGraph) {
   EXPECT_GE(ReducedDecodeSteps({a, b, c}, 6), 3);
   EXPECT_GE(ReducedDecodeSteps({b}, 5), 2);
   EXPECT_GE(ReducedDecodeSteps({a, b, c}, 5, /*top_k=*/64), 2);  // 3 rows pad to 4
+  // The same k with the normalizers: another graph (a replay of the last would not write them).
+  EXPECT_GE(ReducedDecodeSteps({a, b, c}, 4, /*top_k=*/64, /*normalizers=*/true), 1);
 }
 
 TEST_P(CudaGraphTest, CrossingAKvCapacityTierCapturesAgain) {
