@@ -32,7 +32,9 @@
 // loaded x86 core: greedy ≈ 0.6 ms, top-k 50 + top-p ≈ 1 ms, plain ≈ 1.6 ms, a flat top-p 0.9
 // nucleus of ~15k tokens ≈ 2.4 ms. Without logprobs (report_logprobs false) the raw row's
 // log-softmax is skipped: greedy ≈ 0.08 ms, top-k 50 + top-p ≈ 0.16–0.45 ms
-// (//model:sampler_bench); from the row's 50 candidates alone (SampleFromCandidates) ≈ 1 µs.
+// (//model:sampler_bench); from the row's 50 candidates alone (SampleFromCandidates) ≈ 1 µs,
+// greedy with 5 top logprobs from 5 candidates and the row's normalizer ≈ 0.1 µs (≈ 1 ms
+// from the whole row).
 // Scratch buffers are thread_local, so memory per Sampler is O(#distinct history tokens), not
 // O(V).
 #ifndef GLIMPSE_MODEL_SAMPLER_H_
