@@ -31,10 +31,11 @@ ABSL_FLAG(std::string, batch_sizes, "1,8,32", "bench: comma-separated batch size
 ABSL_FLAG(int32_t, repetitions, 2, "bench: runs per batch size (mean and spread reported).");
 ABSL_FLAG(std::string, json_out, "", "bench: also write the results as JSON to this file.");
 ABSL_FLAG(bool, bench_logprobs, false,
-          "bench: give every generated token its logprob, as a request with logprobs gets: the "
-          "logits rows come back to the host and are sampled there. Off (the default), greedy "
-          "decoding reduces each row to its token where the logits are (on a GPU only 4 bytes "
-          "a row come back).");
+          "bench: give every generated token its logprob, as a request with logprobs gets: "
+          "each step also brings back its rows' softmax normalizers with the candidates "
+          "(--bench_device_top_k above 0), or the whole rows, sampled on the host "
+          "(--bench_device_top_k=0). Off (the default), greedy decoding reduces each row to its "
+          "token where the logits are (on a GPU only 4 bytes a row come back).");
 
 ABSL_FLAG(int32_t, bench_top_k, 0,
           "bench: 0 decodes greedily; N > 0 samples every token with temperature 0.8 and top-k "
