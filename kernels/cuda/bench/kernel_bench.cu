@@ -664,7 +664,8 @@ bool BenchProjections(Bench& b, int32_t rows) {
 // K6: what a decode step brings back of its logits rows (`rows` x vocab fp32, on the device):
 // the rows themselves copied to pinned host memory (a step whose rows are sampled on the
 // host), each row's argmax (ArgMaxRows, greedy steps) or its k most likely entries (TopKRows,
-// top-k steps), each with its copy of the result to the host. GB/s of the rows' bytes read
+// top-k steps; also with the rows' softmax normalizers, as for logprobs), each with its copy
+// of the result to the host. GB/s of the rows' bytes read
 // once; the fraction is of the measured D2D bandwidth (for the host copy only a scale: it
 // crosses the host link).
 bool BenchLogitsReductions(Bench& b, int32_t rows) {
@@ -675,8 +676,12 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
   int32_t* index = nullptr;
   float* value = nullptr;
   int32_t* count = nullptr;
+  float* row_max = nullptr;
+  double* row_exp_sum = nullptr;
   void* host = nullptr;
   BENCH_CHECK(cudaMalloc(&x, elements * 4));
+  BENCH_CHECK(cudaMalloc(&row_max, static_cast<size_t>(rows) * 4));
+  BENCH_CHECK(cudaMalloc(&row_exp_sum, static_cast<size_t>(rows) * 8));
   BENCH_CHECK(cudaMalloc(&index, static_cast<size_t>(rows) * k * 4));
   BENCH_CHECK(cudaMalloc(&value, static_cast<size_t>(rows) * k * 4));
   BENCH_CHECK(cudaMalloc(&count, static_cast<size_t>(rows) * 4));
@@ -702,6 +707,37 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
   double copy_us = 0;
   double argmax_us = 0;
   double topk_us = 0;
+  double topk_normalizers_us = 0;
+  // TopKRows and its copies to the host; with the normalizers when `normalizers`.
+  auto topk_step = [&](bool normalizers) {
+    TopKRowsParams p = top;
+    if (normalizers) {
+      p.row_max = row_max;
+      p.row_exp_sum = row_exp_sum;
+    }
+    cudaError_t err = LaunchTopKRows(p, b.stream);
+    if (err == cudaSuccess) {
+      err = cudaMemcpyAsync(host_bytes, count, static_cast<size_t>(rows) * 4,
+                            cudaMemcpyDeviceToHost, b.stream);
+    }
+    if (err == cudaSuccess) {
+      err = cudaMemcpyAsync(host_bytes + rows * 4, index, pair_bytes, cudaMemcpyDeviceToHost,
+                            b.stream);
+    }
+    if (err == cudaSuccess) {
+      err = cudaMemcpyAsync(host_bytes + rows * 4 + pair_bytes, value, pair_bytes,
+                            cudaMemcpyDeviceToHost, b.stream);
+    }
+    if (err == cudaSuccess && normalizers) {
+      err = cudaMemcpyAsync(host_bytes + rows * 4 + 2 * pair_bytes, row_exp_sum,
+                            static_cast<size_t>(rows) * 8, cudaMemcpyDeviceToHost, b.stream);
+    }
+    if (err == cudaSuccess && normalizers) {
+      err = cudaMemcpyAsync(host_bytes + rows * 12 + 2 * pair_bytes, row_max,
+                            static_cast<size_t>(rows) * 4, cudaMemcpyDeviceToHost, b.stream);
+    }
+    return err;
+  };
   if (!b.Time(
           [&] { return cudaMemcpyAsync(host, x, elements * 4, cudaMemcpyDeviceToHost, b.stream); },
           &copy_us) ||
@@ -715,24 +751,8 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
             return err;
           },
           &argmax_us) ||
-      !b.Time(
-          [&] {
-            cudaError_t err = LaunchTopKRows(top, b.stream);
-            if (err == cudaSuccess) {
-              err = cudaMemcpyAsync(host_bytes, count, static_cast<size_t>(rows) * 4,
-                                    cudaMemcpyDeviceToHost, b.stream);
-            }
-            if (err == cudaSuccess) {
-              err = cudaMemcpyAsync(host_bytes + rows * 4, index, pair_bytes,
-                                    cudaMemcpyDeviceToHost, b.stream);
-            }
-            if (err == cudaSuccess) {
-              err = cudaMemcpyAsync(host_bytes + rows * 4 + pair_bytes, value, pair_bytes,
-                                    cudaMemcpyDeviceToHost, b.stream);
-            }
-            return err;
-          },
-          &topk_us)) {
+      !b.Time([&] { return topk_step(false); }, &topk_us) ||
+      !b.Time([&] { return topk_step(true); }, &topk_normalizers_us)) {
     return false;
   }
   char shape[128];
@@ -743,13 +763,17 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
        {std::tuple<const char*, double, const char*>{"logits_to_host", copy_us,
                                                      "rows to pinned host memory"},
         {"argmax_rows", argmax_us, "ArgMaxRows + 4 bytes a row to the host"},
-        {"topk_rows", topk_us, "TopKRows + count and k pairs a row to the host"}}) {
+        {"topk_rows", topk_us, "TopKRows + count and k pairs a row to the host"},
+        {"topk_normalizers", topk_normalizers_us,
+         "as topk_rows, with each row's softmax normalizer (logprobs)"}}) {
     b.AddBandwidthRow(name, shape, us, bytes, note);
   }
   BENCH_CHECK(cudaFree(x));
   BENCH_CHECK(cudaFree(index));
   BENCH_CHECK(cudaFree(value));
   BENCH_CHECK(cudaFree(count));
+  BENCH_CHECK(cudaFree(row_max));
+  BENCH_CHECK(cudaFree(row_exp_sum));
   BENCH_CHECK(cudaFreeHost(host));
   return true;
 }
