@@ -279,6 +279,11 @@ class Backend {
     return {};
   }
   virtual void EndForward() {}
+  // The most rows BeginForward may pad a step of at most `rows` token rows (or logits rows)
+  // to (ForwardPlan::padded_rows; at least `rows`): what activations reserved for `rows`
+  // must hold so that no such step grows them (LlamaModel::ReserveActivations). No padding by
+  // default.
+  virtual int64_t MaxPaddedRows(int64_t rows) const { return rows; }
   // The backend's own counters (none by default). Unlike the ops, callable from any thread
   // (metrics scrapes read it while the engine thread runs steps); the list of names is fixed
   // for a backend's lifetime.

@@ -221,8 +221,11 @@ LlamaModel::~LlamaModel() {
 }
 
 void LlamaModel::ReserveActivations(int64_t max_tokens, int64_t max_logits_rows) {
-  for (size_t b = kX; b < kLogitsIn; ++b) Scratch(b, std::max<int64_t>(max_tokens, 1));
-  for (size_t b : {kLogitsIn, kLogitsOut}) Scratch(b, std::max<int64_t>(max_logits_rows, 1));
+  // As many rows as the backend may pad such steps to (a CUDA decode step to its bucket).
+  const int64_t token_rows = backend_.MaxPaddedRows(std::max<int64_t>(max_tokens, 1));
+  const int64_t logits_rows = backend_.MaxPaddedRows(std::max<int64_t>(max_logits_rows, 1));
+  for (size_t b = kX; b < kLogitsIn; ++b) Scratch(b, token_rows);
+  for (size_t b : {kLogitsIn, kLogitsOut}) Scratch(b, logits_rows);
 }
 
 int64_t LlamaModel::ScratchWidth(size_t index) const {
@@ -248,7 +251,10 @@ float* LlamaModel::Scratch(size_t index, int64_t rows) {
     scratch_floats_.resize(index + 1, 0);
   }
   if (scratch_floats_[index] < num_floats) {
-    if (scratch_[index] != nullptr) backend_.Free(scratch_[index]);
+    if (scratch_[index] != nullptr) {
+      backend_.Free(scratch_[index]);
+      ++activation_moves_;
+    }
     // Grow geometrically so a slowly rising batch size does not reallocate every step.
     const size_t size = std::max(num_floats, scratch_floats_[index] * 3 / 2);
     scratch_[index] = static_cast<float*>(backend_.Allocate(size * sizeof(float)));

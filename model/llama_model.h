@@ -92,8 +92,13 @@ class LlamaModel {
   // Sizes the activation buffers for steps of up to max_tokens tokens and max_logits_rows
   // logits rows now, instead of growing them on the steps that first need more. A buffer that
   // grows moves, and every CUDA graph captured before with its address never replays again;
-  // a server that reserves its step budget up front keeps its graphs.
+  // a server that reserves its step budget up front keeps its graphs. Reserves as many rows
+  // as the backend may pad such steps to (Backend::MaxPaddedRows).
   void ReserveActivations(int64_t max_tokens, int64_t max_logits_rows);
+  // How many times an activation buffer grew, and so moved, after it was first allocated (by
+  // a step or a later ReserveActivations): 0 for a model whose steps stay within its
+  // reservation.
+  int64_t activation_moves() const { return activation_moves_; }
 
  private:
   LlamaModel(const LlamaConfig& config, const LlamaShard& shard, kernels::Backend& backend)
@@ -125,6 +130,7 @@ class LlamaModel {
   // Activation buffers in backend memory, grown on demand and reused across steps.
   std::vector<float*> scratch_;
   std::vector<size_t> scratch_floats_;
+  int64_t activation_moves_ = 0;  // activation_moves()
 };
 
 }  // namespace glimpse::model

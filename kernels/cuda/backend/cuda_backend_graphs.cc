@@ -96,6 +96,11 @@ ForwardPlan CudaBackend::BeginForward(const ForwardShape& shape) {
   return plan;
 }
 
+int64_t CudaBackend::MaxPaddedRows(int64_t rows) const {
+  // Buckets grow with the rows: a step of fewer rows pads to this bucket or a smaller one.
+  return std::max<int64_t>(rows, DecodeBucketFor(rows));
+}
+
 void CudaBackend::EndForward() {
   Bind();
   if (graphs_.recording()) FinishGraphStep(GraphEagerReason::kNumReasons);

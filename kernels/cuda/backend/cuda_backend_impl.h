@@ -247,6 +247,8 @@ class CudaBackend final : public Backend {
   void AllReduceSum(float* x, int64_t n) override;
   // CUDA graphs of decode steps ("Decode graphs" in cuda_backend_graphs.cc, decode_graphs.h).
   ForwardPlan BeginForward(const ForwardShape& shape) override;
+  // A decode step of up to kMaxGraphBatch rows is padded to its bucket (DecodeBucketFor).
+  int64_t MaxPaddedRows(int64_t rows) const override;
   void EndForward() override;
   std::vector<BackendCounter> Counters() const override;
   // cudaMemGetInfo on this backend's device; nullopt (logged) if it fails.

@@ -561,6 +561,50 @@ TEST_P(CudaGraphTest, CrossingAKvCapacityTierCapturesAgain) {
   EXPECT_GE(DecodeSteps({a, b}, 13), 8);
 }
 
+// Activations reserved for a step budget that is not a bucket (3 rows) hold the decode steps
+// padded to the next bucket (4): the CUDA backend says how far it pads (MaxPaddedRows), so no
+// step moves them (a move orphans every graph captured before), and the steps replay.
+TEST(CudaGraphReservationTest, ReservedActivationsHoldDecodeStepsPaddedToTheirBucket) {
+  auto backend = kernels::cuda::CreateCudaBackend(kernels::cuda::CudaBackendOptions{});
+  if (!backend.ok()) GLIMPSE_SKIP_WITHOUT_CUDA(backend.status().message());
+  EXPECT_EQ((*backend)->MaxPaddedRows(3), 4);
+  EXPECT_EQ((*backend)->MaxPaddedRows(65), 80);
+  EXPECT_EQ((*backend)->MaxPaddedRows(256), 256);
+  EXPECT_EQ((*backend)->MaxPaddedRows(300), 300);  // beyond the buckets: eager, unpadded
+  auto file = model::GgufFile::Open("models/tinycode-4m-f16.gguf");
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto loaded = model::LlamaModel::Load(**file, **backend);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  model::LlamaModel& m = **loaded;
+  m.ReserveActivations(/*max_tokens=*/3, /*max_logits_rows=*/3);
+  model::KvCacheStorage kv(**backend, m.config(), /*num_blocks=*/8, kBlockSize);
+  const int32_t vocab = m.config().vocab_size;
+  std::vector<std::vector<int32_t>> tokens = {{5, 6, 7}, {8, 9}, {10, 11, 12}};
+  std::vector<int32_t> computed(tokens.size(), 0);
+  std::vector<float> logits(3 * static_cast<size_t>(vocab));
+  auto step = [&](const std::vector<size_t>& members) {
+    model::StepBatch batch;
+    for (size_t i : members) {
+      const std::vector<int32_t> blocks = {static_cast<int32_t>(2 * i),
+                                           static_cast<int32_t>(2 * i + 1)};
+      batch.AddSequence(std::span<const int32_t>(tokens[i]).subspan(computed[i]), computed[i],
+                        blocks, kBlockSize, /*wants_logits=*/true);
+    }
+    const absl::Status status = m.Forward(batch, kv, logits.data());
+    ASSERT_TRUE(status.ok()) << status;
+    for (size_t i : members) {
+      computed[i] = static_cast<int32_t>(tokens[i].size());
+      tokens[i].push_back(static_cast<int32_t>(13 + i));
+    }
+  };
+  for (size_t i = 0; i < tokens.size(); ++i) step({i});  // prefills of up to 3 tokens
+  const std::map<std::string, int64_t> before = CountersOf(**backend);
+  for (int i = 0; i < 5; ++i) step({0, 1, 2});  // 3 rows, padded to 4
+  const std::map<std::string, int64_t> after = CountersOf(**backend);
+  EXPECT_EQ(m.activation_moves(), 0);
+  EXPECT_GE(Delta(after, before, "cuda_graph_replays_total"), 2);
+}
+
 // The bf16 cache: decode steps (graphed or not) read it through the decode kernel with fp32
 // queries (or, last, the tensor-core decode kernel); the prefill steps between them run the
 // tensor-core prefill kernel in all three engines.
