@@ -480,10 +480,7 @@ Sampler::SampleResult Sampler::SampleFromCandidates(std::span<const int32_t> ids
   CHECK(needed > 0);
   CHECK(ids.size() == logits.size());
   CHECK(!report_logprobs_ || normalizer != nullptr);
-  for (size_t i = 0; i < ids.size(); ++i) {
-    CHECK(ids[i] >= 0 && ids[i] < vocab_size_ && (i == 0 || ids[i - 1] < ids[i]));
-    CHECK(!std::isnan(logits[i]) && logits[i] != kNegInf);
-  }
+  CheckCandidates(ids, logits);
   auto result_for = [&](int32_t token) {
     if (report_logprobs_) return ResultFromCandidates(ids, logits, *normalizer, token);
     SampleResult result;
@@ -521,6 +518,91 @@ Sampler::SampleResult Sampler::SampleFromCandidates(std::span<const int32_t> ids
     kept_logits[i] = logits[order[i]];
   }
   return result_for(DrawFromCandidates(kept_ids, kept_logits));
+}
+
+void Sampler::CheckCandidates(std::span<const int32_t> ids, std::span<const float> logits) const {
+  CHECK(ids.size() == logits.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    CHECK(ids[i] >= 0 && ids[i] < vocab_size_ && (i == 0 || ids[i - 1] < ids[i]));
+    CHECK(!std::isnan(logits[i]) && logits[i] != kNegInf);
+  }
+}
+
+bool Sampler::SamplesNucleus(const SamplingParams& params, bool report_logprobs,
+                             int32_t vocab_size) {
+  return NoBiasOrPenalties(params) && !report_logprobs &&
+         params.temperature >= kGreedyTemperatureEpsilon &&
+         !(params.top_k > 0 && params.top_k < vocab_size) &&
+         (params.top_p < 1.0f || params.min_p > 0.0f);
+}
+
+std::optional<Sampler::SampleResult> Sampler::TrySampleNucleus(std::span<const int32_t> ids,
+                                                               std::span<const float> logits,
+                                                               int32_t requested,
+                                                               double weight_sum) {
+  CHECK(SamplesNucleus(params_, report_logprobs_, vocab_size_));
+  CHECK(requested >= 1 && ids.size() <= static_cast<size_t>(requested));
+  CheckCandidates(ids, logits);
+  SampleResult result;
+  result.logprob = std::numeric_limits<float>::quiet_NaN();
+  if (ids.size() < static_cast<size_t>(requested)) {
+    // Every token above -inf: Sample()'s candidates themselves.
+    result.token = DrawFromCandidates(ids, logits);
+    return result;
+  }
+  // The candidates' weights as CandidateProbabilities computes them (step 3), most likely first.
+  const size_t n = ids.size();
+  Scratch& scratch = ThreadScratch();
+  std::vector<float>& w = scratch.candidate_probs;
+  w.resize(n);
+  const float z_max = *std::max_element(logits.begin(), logits.end());
+  for (size_t i = 0; i < n; ++i) {
+    w[i] = z_max == kPosInf ? (logits[i] == kPosInf ? 1.0f : 0.0f)
+                            : std::exp((logits[i] - z_max) / params_.temperature);
+  }
+  std::vector<int32_t>& order = scratch.order;
+  order.resize(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&logits](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  size_t keep = n;  // the nucleus: the `keep` most likely
+  if (params_.top_p < 1.0f) {
+    // The whole row's threshold, top_p times its weight sum, lies in [low, high]; the nucleus
+    // is decided when one prefix reaches high and the one before it stays below low.
+    const double low =
+        static_cast<double>(params_.top_p) * weight_sum * (1.0 - kNucleusSumTolerance);
+    const double high =
+        static_cast<double>(params_.top_p) * weight_sum * (1.0 + kNucleusSumTolerance);
+    double cumulative = 0.0;
+    size_t reaches_low = n;
+    size_t reaches_high = n;
+    for (size_t i = 0; i < n; ++i) {
+      cumulative += w[order[i]];  // in Sample()'s order and arithmetic
+      if (reaches_low == n && cumulative >= low) reaches_low = i;
+      if (cumulative >= high) {
+        reaches_high = i;
+        break;
+      }
+    }
+    if (reaches_high == n || reaches_low != reaches_high) return std::nullopt;
+    keep = reaches_high + 1;
+    for (size_t i = keep; i < n; ++i) w[order[i]] = 0.0f;
+  } else if (w[order[n - 1]] >= params_.min_p) {
+    // No nucleus cut: min-p's survivors may go on past the least likely candidate.
+    return std::nullopt;
+  }
+  // Step 6 and the renormalisation over the survivors, all among the candidates: the sums in
+  // id order are Sample()'s (the tokens it zeroes add nothing).
+  if (params_.min_p > 0.0f) {
+    for (float& x : w) {
+      if (x < params_.min_p) x = 0.0f;
+    }
+  }
+  const double total = SumInIdOrder(w);
+  for (float& x : w) x = static_cast<float>(x / total);
+  result.token = ids[DrawIndex(w)];
+  return result;
 }
 
 bool Sampler::NoBiasOrPenalties(const SamplingParams& params) {

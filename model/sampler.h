@@ -41,6 +41,7 @@
 #define GLIMPSE_MODEL_SAMPLER_H_
 
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <span>
 #include <utility>
@@ -156,6 +157,28 @@ class Sampler {
   // in the last bits). Only when CandidatesNeeded() > 0 (CHECKed).
   SampleResult SampleFromCandidates(std::span<const int32_t> ids, std::span<const float> logits,
                                     const RowNormalizer* normalizer);
+  // Whether Sample() of these params draws from a nucleus over the whole vocabulary: sampling
+  // without top-k but with top-p < 1 or min-p > 0, and no logit bias, penalties or logprobs.
+  // The engine may then hand such a row over as its most likely entries and the row's sum of
+  // weights (TrySampleNucleus), falling back to the whole row when those do not decide.
+  static bool SamplesNucleus(const SamplingParams& params, bool report_logprobs,
+                             int32_t vocab_size);
+  // The relative error TrySampleNucleus allows in the weight sum it is given, against this
+  // class's own (the id-order double sum of expf((x - max) / T)): one computed elsewhere with
+  // an exp within 2 ulp of this libm's and in another order is well inside it.
+  static constexpr double kNucleusSumTolerance = 1e-6;
+  // Sample()'s token (logprob NaN, no top_logprobs) for a nucleus row (SamplesNucleus) known
+  // by its most likely entries — `ids` (increasing) and their raw `logits` as
+  // SampleFromCandidates takes them, the row's top `requested` by the top-k order (every
+  // token above -inf when there are fewer) — and `weight_sum`, the row's sum over values x
+  // above -inf of exp((x - max) / temperature) (the number of +inf values when max is +inf)
+  // within kNucleusSumTolerance. When they decide Sample()'s draw — every token above -inf is
+  // there, or the nucleus (top-p) and min-p's survivors close among them, farther from their
+  // threshold than the sum's tolerance could move it — the same token and the same one RNG
+  // draw; otherwise nullopt without drawing (the caller samples the whole row).
+  std::optional<SampleResult> TrySampleNucleus(std::span<const int32_t> ids,
+                                               std::span<const float> logits, int32_t requested,
+                                               double weight_sum);
   const SamplingParams& params() const { return params_; }
   int32_t vocab_size() const { return vocab_size_; }
 
@@ -177,6 +200,8 @@ class Sampler {
   static bool NoBiasOrPenalties(const SamplingParams& params);
   // The raw logprob of a token of raw logit `logit` (NaN as -inf) in a row of `normalizer`.
   static float LogprobOf(float logit, const RowNormalizer& normalizer);
+  // CHECKs that `ids` and `logits` are candidates as SampleFromCandidates takes them.
+  void CheckCandidates(std::span<const int32_t> ids, std::span<const float> logits) const;
   // ResultForToken from the candidates SampleFromCandidates takes.
   SampleResult ResultFromCandidates(std::span<const int32_t> ids, std::span<const float> logits,
                                     const RowNormalizer& normalizer, int32_t token) const;

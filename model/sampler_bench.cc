@@ -8,6 +8,7 @@
 //   bazel run -c opt //model:sampler_bench [-- VOCAB [CALLS]]
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -79,6 +80,44 @@ double CandidatesMedianMicros(const SamplingParams& params, bool report_logprobs
   return micros[micros.size() / 2];
 }
 
+// Median microseconds per TrySampleNucleus over `calls` calls, each row known by its
+// `count` most likely entries and its weight sum; `decided` gets the fraction it decided.
+double NucleusMedianMicros(const SamplingParams& params,
+                           const std::vector<std::vector<float>>& rows, int32_t count, int calls,
+                           double* decided) {
+  const int32_t vocab = static_cast<int32_t>(rows[0].size());
+  std::vector<std::vector<int32_t>> ids(rows.size());
+  std::vector<std::vector<float>> values(rows.size());
+  std::vector<double> sums(rows.size());
+  for (size_t r = 0; r < rows.size(); ++r) {
+    std::vector<int32_t> order(rows[r].size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+    std::partial_sort(order.begin(), order.begin() + count, order.end(),
+                      [&](int32_t a, int32_t b) { return rows[r][a] > rows[r][b]; });
+    order.resize(count);
+    std::sort(order.begin(), order.end());
+    for (int32_t id : order) {
+      ids[r].push_back(id);
+      values[r].push_back(rows[r][id]);
+    }
+    const float max = *std::max_element(rows[r].begin(), rows[r].end());
+    for (float x : rows[r]) sums[r] += std::exp((x - max) / params.temperature);
+  }
+  Sampler sampler(params, vocab, 1, false);
+  std::vector<double> micros;
+  int hits = 0;
+  for (int i = 0; i < calls; ++i) {
+    const size_t r = i % rows.size();
+    const auto start = std::chrono::steady_clock::now();
+    hits += sampler.TrySampleNucleus(ids[r], values[r], count, sums[r]).has_value() ? 1 : 0;
+    const auto end = std::chrono::steady_clock::now();
+    micros.push_back(std::chrono::duration<double, std::micro>(end - start).count());
+  }
+  std::sort(micros.begin(), micros.end());
+  *decided = static_cast<double>(hits) / calls;
+  return micros[micros.size() / 2];
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -135,6 +174,22 @@ int main(int argc, char** argv) {
       const double candidates = CandidatesMedianMicros(c.params, c.report_logprobs, rows, calls);
       std::printf("%-22s %10s %16.1f %16.2f %8.0f\n", c.name, c.report_logprobs ? "yes" : "no",
                   whole, candidates, whole / candidates);
+    }
+    // Top-p without top-k from 256 candidates and the row's weight sum (TrySampleNucleus).
+    SamplingParams top_p;
+    top_p.temperature = 0.8f;
+    top_p.top_p = 0.9f;
+    for (const float scale : {1.0f, 4.0f}) {  // the rows as they are (flat), and peaked
+      std::vector<std::vector<float>> scaled = rows;
+      for (auto& row : scaled) {
+        for (float& x : row) x *= scale;
+      }
+      double decided = 0;
+      const double whole = MedianMicros(top_p, false, scaled, calls);
+      const double nucleus = NucleusMedianMicros(top_p, scaled, 256, calls, &decided);
+      std::printf("%-22s %10s %16.1f %16.2f %8.0f   (logits x%.0f: %.0f%% decided)\n",
+                  "top-p 0.9 (256 cand.)", "no", whole, nucleus, whole / nucleus, scale,
+                  100.0 * decided);
     }
   }
 

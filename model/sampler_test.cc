@@ -6,6 +6,7 @@
 #include <functional>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -736,6 +737,139 @@ TEST(SamplerTest, SampleFromCandidatesEqualsSampleOnTheWholeRow) {
   }
   EXPECT_GT(differing_from_argmax, 100);  // the grid samples, not just takes the argmax
   EXPECT_GT(top_logprobs_checked, 10000);
+}
+
+// The id-order sum of the temperature weights over the whole row, as the sampler computes it.
+double WeightSum(const std::vector<float>& row, float temperature) {
+  float max = -kInf;
+  for (float x : row) max = x > max ? x : max;
+  double sum = 0.0;
+  for (float x : row) {
+    if (max == kInf) {
+      sum += x == kInf ? 1.0 : 0.0;
+    } else if (max != -kInf && x > -kInf) {
+      sum += std::exp((x - max) / temperature);
+    }
+  }
+  return sum;
+}
+
+TEST(SamplerTest, SamplesNucleusOnlyForTopPOrMinPWithoutTopK) {
+  constexpr int32_t kVocab = 1000;
+  SamplingParams top_p;
+  top_p.temperature = 0.7f;
+  top_p.top_p = 0.9f;
+  EXPECT_TRUE(Sampler::SamplesNucleus(top_p, false, kVocab));
+  EXPECT_FALSE(Sampler::SamplesNucleus(top_p, /*report_logprobs=*/true, kVocab));
+  SamplingParams min_p = top_p;
+  min_p.top_p = 1.0f;
+  min_p.min_p = 0.1f;
+  EXPECT_TRUE(Sampler::SamplesNucleus(min_p, false, kVocab));
+  SamplingParams plain = min_p;
+  plain.min_p = 0.0f;
+  EXPECT_FALSE(Sampler::SamplesNucleus(plain, false, kVocab));  // the whole row decides
+  SamplingParams with_top_k = top_p;
+  with_top_k.top_k = 40;
+  EXPECT_FALSE(Sampler::SamplesNucleus(with_top_k, false, kVocab));  // CandidatesNeeded's
+  with_top_k.top_k = kVocab;                                         // top-k off
+  EXPECT_TRUE(Sampler::SamplesNucleus(with_top_k, false, kVocab));
+  EXPECT_FALSE(Sampler::SamplesNucleus(Greedy(), false, kVocab));
+  SamplingParams biased = top_p;
+  biased.logit_bias = {{3, 1.0f}};
+  EXPECT_FALSE(Sampler::SamplesNucleus(biased, false, kVocab));
+  SamplingParams penalised = top_p;
+  penalised.frequency_penalty = 0.5f;
+  EXPECT_FALSE(Sampler::SamplesNucleus(penalised, false, kVocab));
+}
+
+// TrySampleNucleus, given a row's most likely tokens and its weight sum (exact, or off by up to
+// 0.9 of the tolerance), either draws exactly what Sample() draws from the whole row with one
+// RNG draw, or declines without drawing (and the whole row then draws the same): over
+// temperatures, top-p and min-p, candidate counts, rows with ties, NaN, -inf, +inf, fewer
+// tokens than asked for, and rows whose threshold falls exactly on a prefix (must decline).
+TEST(SamplerTest, TrySampleNucleusDrawsAsTheWholeRowOrDeclines) {
+  constexpr int32_t kVocab = 3000;
+  std::vector<SamplingParams> grid;
+  for (float temperature : {0.4f, 1.0f, 1.8f}) {
+    for (const auto& [top_p, min_p] : {std::pair<float, float>{0.9f, 0.0f},
+                                       {0.5f, 0.0f},
+                                       {0.95f, 0.05f},
+                                       {1.0f, 0.05f},
+                                       {1.0f, 0.3f}}) {
+      SamplingParams params;
+      params.temperature = temperature;
+      params.top_p = top_p;
+      params.min_p = min_p;
+      grid.push_back(params);
+    }
+  }
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  int decided = 0;
+  int declined = 0;
+  int declined_on_exact_threshold = 0;
+  for (size_t g = 0; g < grid.size(); ++g) {
+    const SamplingParams& params = grid[g];
+    ASSERT_TRUE(Sampler::SamplesNucleus(params, false, kVocab));
+    for (int32_t requested : {16, 256}) {
+      Sampler whole(params, kVocab, /*default_seed=*/g, /*report_logprobs=*/false);
+      Sampler top(params, kVocab, /*default_seed=*/g, /*report_logprobs=*/false);
+      for (int step = 0; step < 40; ++step) {
+        std::vector<float> row(kVocab);
+        for (float& x : row) x = normal(rng);
+        const int kind = step % 8;
+        if (kind == 1) {
+          for (float& x : row) x = std::round(x);  // ties everywhere
+        } else if (kind == 2) {
+          for (int32_t i = 0; i < kVocab; i += 3) row[i] = -kInf;
+          for (int32_t i = 1; i < kVocab; i += 5) row[i] = std::nanf("");
+        } else if (kind == 3) {
+          for (float& x : row) x = -kInf;  // only 3 tokens above -inf: complete
+          row[17] = 1.0f;
+          row[2000] = 1.0f;
+          row[2500] = 0.5f;
+        } else if (kind == 4) {
+          // Ten tokens of weight 1 and the rest ~0: top-p 0.5 (or 0.9) ends exactly on a prefix
+          // (5 of 10), where a sum off in the last bits could end it one token later.
+          for (float& x : row) x = -100.0f;
+          for (int32_t i = 0; i < 10; ++i) row[100 + 37 * i] = 0.0f;
+        } else if (kind == 5) {
+          for (float& x : row) x *= 4.0f;  // peaked: small nuclei
+        } else if (kind == 6 && step == 6) {
+          row[5] = kInf;  // +inf: a one-hot
+          row[9] = kInf;
+        } else if (kind == 7 && step == 7) {
+          for (float& x : row) x = -kInf;  // nothing above -inf
+        }
+        const auto [ids, values] = MostLikely(row, static_cast<size_t>(requested));
+        double sum = WeightSum(row, params.temperature);
+        sum *= 1.0 + 0.9 * Sampler::kNucleusSumTolerance *
+                         std::uniform_real_distribution<double>(-1.0, 1.0)(rng);
+        const int32_t want = whole.Sample(row).token;
+        const std::optional<Sampler::SampleResult> got =
+            top.TrySampleNucleus(ids, values, requested, sum);
+        const std::string what = "params " + std::to_string(g) + " requested " +
+                                 std::to_string(requested) + " step " + std::to_string(step);
+        // top_p 0.5 and 0.9 (0.9f * 10 is just below 9) end exactly on a prefix of the
+        // threshold rows; 0.95 does not.
+        const bool on_threshold = kind == 4 && (params.top_p == 0.5f || params.top_p == 0.9f);
+        if (got.has_value()) {
+          ++decided;
+          ASSERT_EQ(got->token, want) << what;
+          EXPECT_TRUE(std::isnan(got->logprob));
+          EXPECT_FALSE(on_threshold) << what << ": decided on a threshold-exact row";
+        } else {
+          ++declined;
+          declined_on_exact_threshold += on_threshold ? 1 : 0;
+          ASSERT_EQ(top.Sample(row).token, want) << what << " (fallback)";
+        }
+      }
+      EXPECT_EQ(whole.NextUniform(), top.NextUniform()) << "params " << g;  // as many draws
+    }
+  }
+  EXPECT_GT(decided, 600);
+  EXPECT_GT(declined, 50);
+  EXPECT_GT(declined_on_exact_threshold, 10);
 }
 
 TEST(ValidateSamplingParamsTest, AcceptsDefaultsAndBoundaries) {
