@@ -29,9 +29,11 @@ void ArgMaxRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t
 
 namespace {
 
-// The softmax normalizer of one row by the host sampler's rule (model/sampler.cc,
-// ResultForToken): fp32 expf of each difference, summed in double in column order.
-void RowNormalizerOnHost(const float* row, int64_t cols, float* max_out, double* exp_sum_out) {
+// The softmax normalizer of one row at `temperature` by the host sampler's rule
+// (model/sampler.cc: ResultForToken at 1, CandidateProbabilities): fp32 expf of each
+// difference over the temperature, summed in double in column order.
+void RowNormalizerOnHost(const float* row, int64_t cols, float temperature, float* max_out,
+                         double* exp_sum_out) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   float max = -kInf;
   for (int64_t c = 0; c < cols; ++c) {
@@ -42,7 +44,7 @@ void RowNormalizerOnHost(const float* row, int64_t cols, float* max_out, double*
     for (int64_t c = 0; c < cols; ++c) sum += row[c] == kInf ? 1.0 : 0.0;
   } else if (max != -kInf) {
     for (int64_t c = 0; c < cols; ++c) {
-      if (row[c] > -kInf) sum += std::exp(row[c] - max);  // skips -inf and NaN
+      if (row[c] > -kInf) sum += std::exp((row[c] - max) / temperature);  // skips -inf, NaN
     }
   }
   *max_out = max;
@@ -52,12 +54,17 @@ void RowNormalizerOnHost(const float* row, int64_t cols, float* max_out, double*
 }  // namespace
 
 void TopKRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t k, int32_t* count,
-                    int32_t* index, float* value, float* row_max, double* row_exp_sum) {
+                    int32_t* index, float* value, float* row_max, double* row_exp_sum,
+                    const float* temperature) {
   CHECK((row_max == nullptr) == (row_exp_sum == nullptr));
+  CHECK(temperature == nullptr || row_max != nullptr);
   std::vector<int32_t> columns;
   for (int64_t r = 0; r < num_rows; ++r) {
     const float* row = rows + r * cols;
-    if (row_max != nullptr) RowNormalizerOnHost(row, cols, &row_max[r], &row_exp_sum[r]);
+    if (row_max != nullptr) {
+      RowNormalizerOnHost(row, cols, temperature == nullptr ? 1.0f : temperature[r], &row_max[r],
+                          &row_exp_sum[r]);
+    }
     columns.clear();
     for (int64_t c = 0; c < cols; ++c) {
       if (!std::isnan(row[c]) && row[c] != -std::numeric_limits<float>::infinity()) {
@@ -88,11 +95,12 @@ void Backend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int32_t
 
 void Backend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
                        int32_t* host_count, int32_t* host_index, float* host_value,
-                       float* host_row_max, double* host_row_exp_sum) {
+                       float* host_row_max, double* host_row_exp_sum,
+                       const float* host_temperature) {
   std::vector<float> rows(static_cast<size_t>(num_rows * cols));
   CopyToHost(rows.data(), x, rows.size() * sizeof(float));
   TopKRowsOnHost(rows.data(), num_rows, cols, k, host_count, host_index, host_value, host_row_max,
-                 host_row_exp_sum);
+                 host_row_exp_sum, host_temperature);
 }
 
 }  // namespace glimpse::kernels

@@ -145,7 +145,8 @@ struct DeviceMemoryInfo {
 void ArgMaxRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t* index,
                       float* value);
 void TopKRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t k, int32_t* count,
-                    int32_t* index, float* value, float* row_max, double* row_exp_sum);
+                    int32_t* index, float* value, float* row_max, double* row_exp_sum,
+                    const float* temperature);
 
 class Backend {
  public:
@@ -172,14 +173,16 @@ class Backend {
   // descending, column ascending; NaN and -inf never chosen): their number into
   // host_count[r], the columns in increasing order into host_index[r * k + j] and their values
   // into host_value[r * k + j], j < host_count[r]. k >= 1. With host_row_max and
-  // host_row_exp_sum (both or neither), also each row's softmax normalizer, what logprobs
-  // need of the rest of the row (kernels/cuda/topk_rows.h says what they hold; the host rule
-  // sums in column order, the CUDA kernel in a tree). Host arrays, written when it returns
-  // (as CopyToHost). The default copies the rows over and selects here; the CUDA backend
-  // selects on the device (kernels/cuda/topk_rows.h), so that k pairs a row cross.
+  // host_row_exp_sum (both or neither), also each row's softmax normalizer at temperature
+  // host_temperature[r] (null: 1), what logprobs or a nucleus need of the rest of the row
+  // (kernels/cuda/topk_rows.h says what they hold; the host rule sums in column order, the
+  // CUDA kernel in a tree). Host arrays, written (read) when it returns (as CopyToHost). The
+  // default copies the rows over and selects here; the CUDA backend selects on the device
+  // (kernels/cuda/topk_rows.h), so that k pairs a row cross.
   virtual void TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
                         int32_t* host_count, int32_t* host_index, float* host_value,
-                        float* host_row_max, double* host_row_exp_sum);
+                        float* host_row_max, double* host_row_exp_sum,
+                        const float* host_temperature);
   // Copies between two non-overlapping ranges of backend memory, without a trip through the
   // host (KV block copies for copy-on-write prefix sharing).
   virtual void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) = 0;

@@ -269,16 +269,28 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
 
 absl::Status LlamaModel::ForwardTopK(const StepBatch& batch, KvCacheStorage& kv, int32_t k,
                                      int32_t* count, int32_t* index, float* value, float* row_max,
-                                     double* row_exp_sum) {
+                                     double* row_exp_sum, const float* temperature) {
   if (k < 1) return absl::InvalidArgumentError(absl::StrCat("top-k of ", k, " tokens"));
   CHECK((row_max == nullptr) == (row_exp_sum == nullptr));
+  CHECK(temperature == nullptr || row_max != nullptr);
   return Run(batch, kv,
              LogitsOutput{.top_k = k,
                           .top_count = count,
                           .top_index = index,
                           .top_value = value,
                           .top_row_max = row_max,
-                          .top_row_exp_sum = row_exp_sum});
+                          .top_row_exp_sum = row_exp_sum,
+                          .top_temperature = temperature});
+}
+
+absl::Status LlamaModel::CopyStepLogitsRow(int64_t row, float* logits) {
+  if (row < 0 || row >= step_logits_rows_) {
+    return absl::OutOfRangeError(absl::StrCat("logits row ", row, " of a step that had ",
+                                              step_logits_rows_, " (none after a failed step)"));
+  }
+  const int64_t width = shard_.vocab.size();
+  backend_.CopyToHost(logits, scratch_[kLogitsOut] + row * width, width * sizeof(float));
+  return absl::OkStatus();
 }
 
 absl::Status LlamaModel::ForwardArgMax(const StepBatch& batch, KvCacheStorage& kv, int32_t* index,
@@ -288,6 +300,7 @@ absl::Status LlamaModel::ForwardArgMax(const StepBatch& batch, KvCacheStorage& k
 
 absl::Status LlamaModel::Run(const StepBatch& batch, KvCacheStorage& kv, LogitsOutput out) {
   const LlamaConfig& c = config_;
+  step_logits_rows_ = 0;
   RETURN_IF_ERROR(ValidateStepBatch(batch, kv.block_size(), kv.num_blocks(), c.vocab_size));
   for (int32_t pos : batch.positions) {
     if (pos >= c.context_length) {
@@ -415,11 +428,12 @@ absl::Status LlamaModel::Run(const StepBatch& batch, KvCacheStorage& kv, LogitsO
   be.GatherRows(x, c.dim, batch.logits_rows.data(), R, xn);
   be.RmsNorm(xn, weights_.output_norm, R, c.dim, c.rms_norm_eps, rows_in);
   be.MatMul(rows_in, R, *weights_.output, rows_out);
+  step_logits_rows_ = R;
   if (out.logits != nullptr) {
     be.CopyToHost(out.logits, rows_out, R * shard_.vocab.size() * sizeof(float));
   } else if (out.top_k > 0) {
     be.TopKRows(rows_out, R, shard_.vocab.size(), out.top_k, out.top_count, out.top_index,
-                out.top_value, out.top_row_max, out.top_row_exp_sum);
+                out.top_value, out.top_row_max, out.top_row_exp_sum, out.top_temperature);
   } else {
     be.ArgMaxRows(rows_out, R, shard_.vocab.size(), out.argmax_index, out.argmax_value);
   }

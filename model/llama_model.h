@@ -85,9 +85,17 @@ class LlamaModel {
   // ascending, NaN and -inf never chosen) as count[i] and, for j < count[i], index[i * k + j]
   // (increasing) and value[i * k + j], host arrays, for batch.logits_rows[i]. k >= 1. With
   // row_max and row_exp_sum (both or neither), also each row's softmax normalizer over this
-  // rank's slice (Backend::TopKRows), what logprobs need of the rest of the row.
+  // rank's slice at temperature[i] (null: 1) (Backend::TopKRows), what logprobs or a nucleus
+  // need of the rest of the row.
   absl::Status ForwardTopK(const StepBatch& batch, KvCacheStorage& kv, int32_t k, int32_t* count,
-                           int32_t* index, float* value, float* row_max, double* row_exp_sum);
+                           int32_t* index, float* value, float* row_max, double* row_exp_sum,
+                           const float* temperature);
+
+  // Logits row `row` (this rank's vocabulary slice, fp32) of the last step, into host `logits`:
+  // the rows a ForwardArgMax or ForwardTopK step left on the device, until the next step —
+  // what a sample its reduction did not decide falls back to. OutOfRange past the step's rows
+  // (or after a failed step).
+  absl::Status CopyStepLogitsRow(int64_t row, float* logits);
 
   // Sizes the activation buffers for steps of up to max_tokens tokens and max_logits_rows
   // logits rows now, instead of growing them on the steps that first need more. A buffer that
@@ -118,6 +126,7 @@ class LlamaModel {
     float* top_value = nullptr;
     float* top_row_max = nullptr;
     double* top_row_exp_sum = nullptr;
+    const float* top_temperature = nullptr;
   };
   absl::Status Run(const StepBatch& batch, KvCacheStorage& kv, LogitsOutput out);
   int64_t ScratchWidth(size_t index) const;
@@ -131,6 +140,7 @@ class LlamaModel {
   std::vector<float*> scratch_;
   std::vector<size_t> scratch_floats_;
   int64_t activation_moves_ = 0;  // activation_moves()
+  int64_t step_logits_rows_ = 0;  // logits rows of the last step (CopyStepLogitsRow)
 };
 
 }  // namespace glimpse::model

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <bit>
+#include <optional>
 #include <span>
+#include <utility>
 
 #include "common/check.h"
 
@@ -15,14 +17,22 @@ void StepLogits::Begin(const StepLogitsOptions& options, int32_t vocab_size) {
   all_greedy_ = true;
   candidates_ = 1;
   normalizers_ = false;
+  normalizer_temperatures_.clear();
+  nucleus_.clear();
 }
 
 void StepLogits::AddRow(const SamplingParams& params, bool report_logprobs) {
   ++num_rows_;
   all_greedy_ = all_greedy_ && Sampler::IsPlainGreedy(params, report_logprobs);
-  const int32_t needed = Sampler::CandidatesNeeded(params, report_logprobs, vocab_size_);
+  int32_t needed = Sampler::CandidatesNeeded(params, report_logprobs, vocab_size_);
+  const bool nucleus = needed == 0 && options_.nucleus_candidates > 0 &&
+                       options_.max_device_top_k > 0 &&
+                       Sampler::SamplesNucleus(params, report_logprobs, vocab_size_);
+  if (nucleus) needed = std::min(options_.nucleus_candidates, options_.max_device_top_k);
   candidates_ = needed == 0 || candidates_ == 0 ? 0 : std::max(candidates_, needed);
-  normalizers_ = normalizers_ || report_logprobs;
+  normalizers_ = normalizers_ || report_logprobs || nucleus;
+  normalizer_temperatures_.push_back(nucleus ? params.temperature : 1.0f);
+  nucleus_.push_back(nucleus ? 1 : 0);
 }
 
 void StepLogits::Finish() {
@@ -40,12 +50,16 @@ void StepLogits::Finish() {
 
 absl::Status StepLogits::Forward(StepRunner& runner, const StepBatch& batch) {
   CHECK(batch.logits_rows.size() == num_rows_);
+  runner_ = &runner;
   switch (kind_) {
     case Kind::kArgMax:
       argmax_.resize(num_rows_);
       return runner.ForwardGreedy(batch, argmax_.data());
     case Kind::kTopK:
-      return runner.ForwardTopK(batch, k_, normalizers_, &top_);
+      return runner.ForwardTopK(batch, k_,
+                                normalizers_ ? std::span<const float>(normalizer_temperatures_)
+                                             : std::span<const float>(),
+                                &top_);
     case Kind::kRows:
       break;
   }
@@ -53,12 +67,26 @@ absl::Status StepLogits::Forward(StepRunner& runner, const StepBatch& batch) {
   return runner.Forward(batch, logits_.data());
 }
 
-Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) const {
+Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) {
   CHECK(row < num_rows_);
   switch (kind_) {
     case Kind::kArgMax:
       return sampler.SampleArgMax(argmax_[row]);
     case Kind::kTopK: {
+      if (nucleus_[row]) {
+        std::optional<Sampler::SampleResult> result =
+            sampler.TrySampleNucleus(top_.Ids(row), top_.Logits(row), k_, top_.row_exp_sum[row]);
+        if (result.has_value()) {
+          ++nucleus_decided_;
+          return *std::move(result);
+        }
+        // Not decided by the candidates: the row itself, still on the device.
+        ++rows_fetched_;
+        fetched_row_.resize(static_cast<size_t>(vocab_size_));
+        const absl::Status status = runner_->CopyStepLogitsRow(row, fetched_row_.data());
+        CHECK(status.ok());
+        return sampler.Sample(fetched_row_);
+      }
       Sampler::RowNormalizer normalizer;
       if (normalizers_) normalizer = {top_.row_max[row], top_.row_exp_sum[row]};
       return sampler.SampleFromCandidates(top_.Ids(row), top_.Logits(row),

@@ -3,18 +3,23 @@
 // that serves all of its rows:
 //
 //   every row plain greedy          → each row's argmax       (StepRunner::ForwardGreedy)
-//   every row decided by its top k  → each row's k candidates (StepRunner::ForwardTopK),
-//                                     with its softmax normalizer when a row reports logprobs
+//   every row decided by its top k, → each row's k candidates (StepRunner::ForwardTopK),
+//   or a nucleus row                  with its softmax normalizer when a row reports logprobs
+//                                     or samples a nucleus
 //   otherwise                       → the rows themselves     (StepRunner::Forward)
 //
 // On a GPU at a 128k vocabulary that is 8 bytes, k x 8 (+ 12) bytes or 513 KB a row, and a
-// host pass over the row only in the last case. The tokens are the same whichever way (the Sampler
-// guarantees it, seed for seed; logprob values from a device's normalizer may differ in the
-// last bits). The serving engine and the offline generator both plan their
-// steps with it.
+// host pass over the row only in the last case. A nucleus row (top-p or min-p without top-k,
+// Sampler::SamplesNucleus) is usually decided by its candidates and weight sum; when not
+// (the nucleus reaches past them, or its threshold is too close to call), its row is fetched
+// after the step (StepRunner::CopyStepLogitsRow) and sampled whole. The tokens are the same
+// whichever way (the Sampler guarantees it, seed for seed; logprob values from a device's
+// normalizer may differ in the last bits). The serving engine and the offline generator both plan
+// their steps with it.
 //
 // Thread-safety: Plan and Forward on the driving thread; Sample may then run concurrently for
-// distinct rows (it only reads this object; each row's Sampler is its own).
+// distinct rows of a kRows step (it only reads this object; each row's Sampler is its own);
+// of other steps on the driving thread only (a nucleus row may fetch its row).
 #ifndef GLIMPSE_MODEL_STEP_LOGITS_H_
 #define GLIMPSE_MODEL_STEP_LOGITS_H_
 
@@ -37,6 +42,10 @@ struct StepLogitsOptions {
   // the k asked for is the rows' largest need rounded up to a power of two (so that recorded
   // CUDA steps see few shapes), at most this. 0: never.
   int32_t max_device_top_k = 1024;
+  // A nucleus row (Sampler::SamplesNucleus) needs this many candidates (at most
+  // max_device_top_k): more decide more nuclei but cost more to bring back and sort. 0: such
+  // rows need the whole row.
+  int32_t nucleus_candidates = 256;
 };
 
 class StepLogits {
@@ -59,8 +68,12 @@ class StepLogits {
   absl::Status Forward(StepRunner& runner, const StepBatch& batch);
   // Sampler::Sample's result for logits row `row` of the step Forward ran: from the row
   // (with logprobs if the sampler reports them), its argmax (SampleArgMax) or its candidates
-  // (SampleFromCandidates).
-  Sampler::SampleResult Sample(Sampler& sampler, size_t row) const;
+  // (SampleFromCandidates, TrySampleNucleus; the row fetched when those do not decide).
+  Sampler::SampleResult Sample(Sampler& sampler, size_t row);
+  // Nucleus rows sampled from their candidates, and those whose row had to be fetched, since
+  // this object was made.
+  int64_t num_nucleus_rows_decided() const { return nucleus_decided_; }
+  int64_t num_rows_fetched() const { return rows_fetched_; }
 
  private:
   StepLogitsOptions options_;
@@ -68,9 +81,17 @@ class StepLogits {
   size_t num_rows_ = 0;
   bool all_greedy_ = true;
   int32_t candidates_ = 1;  // the rows' largest need; 0: some row needs the whole row
-  bool normalizers_ = false;  // some row reports logprobs: kTopK brings its normalizer too
+  // Per row: the temperature of its softmax normalizer (1 for logprobs, the sampling
+  // temperature for a nucleus row) and whether it is a nucleus row.
+  std::vector<float> normalizer_temperatures_;
+  std::vector<uint8_t> nucleus_;
+  bool normalizers_ = false;  // some row reports logprobs or samples a nucleus
   Kind kind_ = Kind::kRows;
   int32_t k_ = 0;
+  StepRunner* runner_ = nullptr;    // of the last Forward (nucleus rows' fallback)
+  std::vector<float> fetched_row_;  // [vocab]: a nucleus row fetched after the step
+  int64_t nucleus_decided_ = 0;
+  int64_t rows_fetched_ = 0;
   // The step's outputs, reused across steps.
   std::vector<float> logits_;    // kRows: [rows][vocab]
   std::vector<int32_t> argmax_;  // kArgMax: [rows]

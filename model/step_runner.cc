@@ -2,6 +2,7 @@
 
 #include <vector>
 
+#include "common/check.h"
 #include "common/status_macros.h"
 
 namespace glimpse::model {
@@ -49,12 +50,20 @@ absl::Status LlamaStepRunner::ForwardGreedy(const StepBatch& batch, int32_t* tok
   return model_.ForwardArgMax(batch, *kv_, tokens, argmax_values_.data());
 }
 
-absl::Status LlamaStepRunner::ForwardTopK(const StepBatch& batch, int32_t k, bool normalizers,
+absl::Status LlamaStepRunner::ForwardTopK(const StepBatch& batch, int32_t k,
+                                          std::span<const float> normalizer_temperatures,
                                           TopTokens* top) {
   RETURN_IF_ERROR(CheckRunnable());
+  const bool normalizers = !normalizer_temperatures.empty();
+  CHECK(!normalizers || normalizer_temperatures.size() == batch.logits_rows.size());
   top->Resize(batch.logits_rows.size(), k, normalizers);
   return model_.ForwardTopK(batch, *kv_, k, top->count.data(), top->ids.data(), top->logits.data(),
-                            top->row_max_data(), top->row_exp_sum_data());
+                            top->row_max_data(), top->row_exp_sum_data(),
+                            normalizers ? normalizer_temperatures.data() : nullptr);
+}
+
+absl::Status LlamaStepRunner::CopyStepLogitsRow(size_t row, float* logits) {
+  return model_.CopyStepLogitsRow(static_cast<int64_t>(row), logits);
 }
 
 absl::Status LlamaStepRunner::Forward(const StepBatch& batch, float* logits) {

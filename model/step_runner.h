@@ -103,11 +103,19 @@ class StepRunner {
   // Forward for top-k sampling: for batch.logits_rows[i], row i of `top` (resized to k) gets
   // the min(k, number above -inf) most likely tokens over the whole vocabulary by the
   // sampler's top-k order (logit descending, id ascending; NaN and -inf never chosen), without
-  // the logits leaving the device: LlamaModel::ForwardTopK per rank; with `normalizers`, also
-  // each row's softmax normalizer over the whole vocabulary. k >= 1 (InvalidArgument
-  // otherwise); other errors as Forward's.
-  virtual absl::Status ForwardTopK(const StepBatch& batch, int32_t k, bool normalizers,
+  // the logits leaving the device: LlamaModel::ForwardTopK per rank; with
+  // normalizer_temperatures (one per logits row; empty: none), also each row's softmax
+  // normalizer over the whole vocabulary at its temperature (1 for logprobs, the sampling
+  // temperature for a nucleus). k >= 1 (InvalidArgument otherwise); other errors as
+  // Forward's.
+  virtual absl::Status ForwardTopK(const StepBatch& batch, int32_t k,
+                                   std::span<const float> normalizer_temperatures,
                                    TopTokens* top) = 0;
+  // After a ForwardGreedy or ForwardTopK step and before the next step: logits row `row` of
+  // that step (an index into its batch.logits_rows), the whole vocabulary, into host `logits`
+  // ([vocab] fp32). What a sample the reduction did not decide falls back to. OutOfRange past
+  // the step's rows.
+  virtual absl::Status CopyStepLogitsRow(size_t row, float* logits) = 0;
 
   // Applies the moves in order (on every rank). Block ids must be in range of the cache and
   // the host space.
@@ -151,8 +159,9 @@ class LlamaStepRunner final : public StepRunner {
   size_t kv_element_bytes() const override { return model_.backend().KvElementBytes(); }
   absl::Status Forward(const StepBatch& batch, float* logits) override;
   absl::Status ForwardGreedy(const StepBatch& batch, int32_t* tokens) override;
-  absl::Status ForwardTopK(const StepBatch& batch, int32_t k, bool normalizers,
-                           TopTokens* top) override;
+  absl::Status ForwardTopK(const StepBatch& batch, int32_t k,
+                           std::span<const float> normalizer_temperatures, TopTokens* top) override;
+  absl::Status CopyStepLogitsRow(size_t row, float* logits) override;
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
 
  private:

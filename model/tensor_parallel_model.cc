@@ -179,23 +179,29 @@ absl::Status TensorParallelModel::ForwardGreedy(const StepBatch& batch, int32_t*
   return absl::OkStatus();
 }
 
-absl::Status TensorParallelModel::ForwardTopK(const StepBatch& batch, int32_t k, bool normalizers,
+absl::Status TensorParallelModel::ForwardTopK(const StepBatch& batch, int32_t k,
+                                              std::span<const float> normalizer_temperatures,
                                               TopTokens* top) {
   if (ranks_[0].kv == nullptr) {
     return absl::FailedPreconditionError("Forward before AllocateKvCache");
   }
   const size_t num_rows = batch.logits_rows.size();
+  const bool normalizers = !normalizer_temperatures.empty();
+  CHECK(!normalizers || normalizer_temperatures.size() == num_rows);
   for (Rank& rank : ranks_) {
     rank.top.Resize(num_rows, k, normalizers);  // k < 1: every rank's model refuses
   }
   RETURN_IF_ERROR(OnEveryRank([&](Rank& rank) {
     return rank.model->ForwardTopK(batch, *rank.kv, k, rank.top.count.data(), rank.top.ids.data(),
                                    rank.top.logits.data(), rank.top.row_max_data(),
-                                   rank.top.row_exp_sum_data());
+                                   rank.top.row_exp_sum_data(),
+                                   normalizers ? normalizer_temperatures.data() : nullptr);
   }));
   top->Resize(num_rows, k, normalizers);
   if (normalizers) {
-    for (size_t i = 0; i < num_rows; ++i) MergeRowNormalizers(i, top);
+    for (size_t i = 0; i < num_rows; ++i) {
+      MergeRowNormalizers(i, normalizer_temperatures[i], top);
+    }
   }
   std::vector<std::pair<float, int32_t>> merged;
   for (size_t i = 0; i < num_rows; ++i) {
@@ -225,7 +231,15 @@ absl::Status TensorParallelModel::ForwardTopK(const StepBatch& batch, int32_t k,
   return absl::OkStatus();
 }
 
-void TensorParallelModel::MergeRowNormalizers(size_t row, TopTokens* top) const {
+absl::Status TensorParallelModel::CopyStepLogitsRow(size_t row, float* logits) {
+  // Each rank on its own thread (its device's), into its own part of the row.
+  return OnEveryRank([&](Rank& rank) {
+    return rank.model->CopyStepLogitsRow(static_cast<int64_t>(row),
+                                         logits + rank.model->shard().vocab.begin);
+  });
+}
+
+void TensorParallelModel::MergeRowNormalizers(size_t row, float temperature, TopTokens* top) const {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   float max = -kInf;
   for (const Rank& rank : ranks_) max = std::max(max, rank.top.row_max[row]);  // never NaN
@@ -236,7 +250,8 @@ void TensorParallelModel::MergeRowNormalizers(size_t row, TopTokens* top) const 
     if (max == kInf) {
       if (rank_max == kInf) sum += rank_sum;
     } else if (rank_max != -kInf) {
-      sum += rank_sum * std::exp(static_cast<double>(rank_max) - static_cast<double>(max));
+      sum += rank_sum * std::exp((static_cast<double>(rank_max) - static_cast<double>(max)) /
+                                 static_cast<double>(temperature));
     }
   }
   top->row_max[row] = max;

@@ -80,8 +80,10 @@ class TensorParallelModel final : public StepRunner {
   // LlamaModel::ForwardTopK on every rank (its vocabulary slice's k most likely per row), then
   // per row the k most likely of the ranks' candidates (the whole vocabulary's top k is among
   // them), back in id order; the normalizers merged (MergeRowNormalizers).
-  absl::Status ForwardTopK(const StepBatch& batch, int32_t k, bool normalizers,
-                           TopTokens* top) override;
+  absl::Status ForwardTopK(const StepBatch& batch, int32_t k,
+                           std::span<const float> normalizer_temperatures, TopTokens* top) override;
+  // Every rank's slice of the row (LlamaModel::CopyStepLogitsRow), side by side.
+  absl::Status CopyStepLogitsRow(size_t row, float* logits) override;
 
   // The moves on every rank's cache, the ranks concurrently (each on its own device).
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
@@ -102,9 +104,10 @@ class TensorParallelModel final : public StepRunner {
   absl::Status OnEveryRank(const std::function<absl::Status(Rank&)>& forward);
   // Row `row` of top's normalizer over the whole vocabulary from the ranks' over their slices:
   // the largest maximum; with it +inf, the ranks' counts of +inf added; else each rank's sum
-  // rescaled to it by exp(max_r - max) in double and added in rank order (split, the terms
-  // were rounded around the rank's maximum rather than the row's: last-bit differences).
-  void MergeRowNormalizers(size_t row, TopTokens* top) const;
+  // rescaled to it by exp((max_r - max) / temperature) in double and added in rank order
+  // (split, the terms were rounded around the rank's maximum rather than the row's: last-bit
+  // differences).
+  void MergeRowNormalizers(size_t row, float temperature, TopTokens* top) const;
 
   TensorParallelModel() = default;
 

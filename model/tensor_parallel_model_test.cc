@@ -447,6 +447,9 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
     std::sort(ids.begin(), ids.end());
     return ids;
   };
+  // The normalizers' temperatures: 1 (logprobs) and a nucleus's 0.7, alternately.
+  std::vector<float> temperatures(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) temperatures[i] = i % 2 == 0 ? 1.0f : 0.7f;
   // Each configuration against its own logits (a split sums in another order).
   auto check = [&](const std::vector<float>& logits, int32_t vocab, int32_t k, const TopTokens& top,
                    bool exact_sums, const std::string& what) {
@@ -458,15 +461,21 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
       for (size_t j = 0; j < want.size(); ++j) {
         EXPECT_EQ(top.Logits(i)[j], logits[i * vocab + want[j]]) << what << ", row " << i;
       }
-      // The normalizer over the whole vocabulary, as the sampler computes it from the row: the
-      // maximum exactly, the sum exactly unsplit (the same rule) and to the last bits split
-      // (each rank's terms rounded around its own maximum, then rescaled).
-      const Sampler::RowNormalizer normalizer = Sampler::NormalizerOf(
-          std::span<const float>(logits).subspan(i * vocab, static_cast<size_t>(vocab)));
+      // The normalizer over the whole vocabulary at the row's temperature, as the sampler
+      // computes it from the row (NormalizerOf at 1): the maximum exactly, the sum exactly
+      // unsplit (the same rule) and to the last bits split (each rank's terms rounded around
+      // its own maximum, then rescaled).
+      const std::span<const float> row =
+          std::span<const float>(logits).subspan(i * vocab, static_cast<size_t>(vocab));
+      const Sampler::RowNormalizer normalizer = Sampler::NormalizerOf(row);
+      double want_sum = 0.0;
+      for (float x : row) want_sum += std::exp((x - normalizer.max) / temperatures[i]);
+      if (temperatures[i] == 1.0f) {
+        EXPECT_EQ(want_sum, normalizer.exp_sum);  // the model's logits are finite
+      }
       ASSERT_EQ(top.row_max.size(), prompts.size()) << what;
       EXPECT_EQ(top.row_max[i], normalizer.max) << what << ", row " << i;
-      EXPECT_NEAR(top.row_exp_sum[i], normalizer.exp_sum,
-                  exact_sums ? 0.0 : 1e-6 * normalizer.exp_sum)
+      EXPECT_NEAR(top.row_exp_sum[i], want_sum, exact_sums ? 0.0 : 1e-6 * want_sum)
           << what << ", row " << i;
     }
   };
@@ -483,7 +492,8 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
       top.Resize(prompts.size(), k, /*normalizers=*/true);
       ASSERT_TRUE(reduced.model
                       ->ForwardTopK(batch, *reduced.kv, k, top.count.data(), top.ids.data(),
-                                    top.logits.data(), top.row_max.data(), top.row_exp_sum.data())
+                                    top.logits.data(), top.row_max.data(), top.row_exp_sum.data(),
+                                    temperatures.data())
                       .ok());
       check(logits, vocab, k, top, /*exact_sums=*/true, "unsplit, k " + std::to_string(k));
     }
@@ -498,18 +508,33 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
       Split reduced(*file, size);
       ASSERT_NE(reduced.model, nullptr);
       TopTokens top;
-      ASSERT_TRUE(reduced.model->ForwardTopK(batch, k, /*normalizers=*/true, &top).ok());
+      ASSERT_TRUE(reduced.model->ForwardTopK(batch, k, temperatures, &top).ok());
       check(logits, vocab, k, top, /*exact_sums=*/size == 1,
             std::to_string(size) + " ranks, k " + std::to_string(k));
     }
   }
   Split reduced(*file, 2);
   TopTokens top;
-  EXPECT_EQ(reduced.model->ForwardTopK(batch, 0, /*normalizers=*/false, &top).code(),
+  EXPECT_EQ(reduced.model->ForwardTopK(batch, 0, {}, &top).code(),
             absl::StatusCode::kInvalidArgument);
   // Without normalizers none come back.
-  ASSERT_TRUE(reduced.model->ForwardTopK(batch, 4, /*normalizers=*/false, &top).ok());
+  ASSERT_TRUE(reduced.model->ForwardTopK(batch, 4, {}, &top).ok());
   EXPECT_TRUE(top.row_max.empty() && top.row_exp_sum.empty());
+  // The step's rows stay readable until the next step, every rank's slice in place.
+  std::vector<float> logits(prompts.size() * reduced.model->config().vocab_size);
+  {
+    Split with_logits(*file, 2);
+    ASSERT_TRUE(with_logits.model->Forward(batch, logits.data()).ok());
+  }
+  const size_t vocab = static_cast<size_t>(reduced.model->config().vocab_size);
+  std::vector<float> row(vocab, std::nanf(""));
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(reduced.model->CopyStepLogitsRow(i, row.data()).ok());
+    EXPECT_EQ(row, std::vector<float>(logits.begin() + i * vocab, logits.begin() + (i + 1) * vocab))
+        << "row " << i;
+  }
+  EXPECT_EQ(reduced.model->CopyStepLogitsRow(prompts.size(), row.data()).code(),
+            absl::StatusCode::kOutOfRange);
 }
 
 TEST(TensorParallelModelTest, LoadRefusesSplitsThatBreakGqaGroupsOrQ8_0Blocks) {

@@ -37,6 +37,11 @@ absl::Status Engine::ValidateOptions(const EngineOptions& options) {
         absl::StrCat("the device top-k limit must be >= 0, 0 to turn it off (got ",
                      options.step_logits.max_device_top_k, ")"));
   }
+  if (options.step_logits.nucleus_candidates < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the nucleus candidates must be >= 0, 0 to turn them off (got ",
+                     options.step_logits.nucleus_candidates, ")"));
+  }
   return absl::OkStatus();
 }
 

@@ -179,6 +179,8 @@ absl::StatusOr<std::vector<GenerationResult>> OfflineGenerator::Run(
     }
   }
 
+  counters_.num_nucleus_rows_decided += step_logits.num_nucleus_rows_decided();
+  counters_.num_rows_fetched += step_logits.num_rows_fetched();
   std::vector<GenerationResult> results;
   results.reserve(seqs.size());
   for (Sequence& s : seqs) results.push_back(std::move(s.result));

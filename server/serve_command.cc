@@ -70,10 +70,17 @@ ABSL_FLAG(int32_t, sampling_threads, 0,
           "vocabulary reach 2^20 (e.g. 8 rows of a 128k vocabulary); any count draws the same "
           "tokens.");
 ABSL_FLAG(int32_t, device_top_k, 1024,
-          "serve: steps whose every row samples greedily or with top-k (no logit bias, "
-          "penalties or logprobs) and top_k up to this select each row's candidates where the "
-          "logits are (on a GPU k pairs a row come back instead of the row) and sample from "
-          "them alone: the same tokens. 0 brings every such row back whole.");
+          "serve: steps whose every row samples greedily or with top-k (no logit bias or "
+          "penalties; logprobs come with the row's normalizer) and top_k up to this select "
+          "each row's candidates where the logits are (on a GPU k pairs a row come back "
+          "instead of the row) and sample from them alone: the same tokens. 0 brings every "
+          "row back whole.");
+ABSL_FLAG(int32_t, nucleus_candidates, 256,
+          "serve: rows sampling with top-p or min-p but no top-k (no logit bias, penalties or "
+          "logprobs) bring back this many candidates and their weight sum (at most "
+          "--device_top_k) and sample from those when they decide the nucleus, else from "
+          "their row fetched after the step: the same tokens. More decide more rows but cost "
+          "more to bring back and sort. 0 brings such rows back whole.");
 ABSL_FLAG(std::string, preemption_mode, "recompute",
           "serve: what happens to a preempted sequence's KV when blocks run out: 'recompute' "
           "(free it, recompute later) or 'swap' (copy it to host memory, see "
@@ -149,6 +156,11 @@ absl::StatusOr<ServeConfig> ConfigFromFlags() {
   c.engine.step_logits.max_device_top_k = absl::GetFlag(FLAGS_device_top_k);
   if (c.engine.step_logits.max_device_top_k < 0 || c.engine.step_logits.max_device_top_k > 32768) {
     return absl::InvalidArgumentError("--device_top_k must be in 0..32768 (0: off)");
+  }
+  c.engine.step_logits.nucleus_candidates = absl::GetFlag(FLAGS_nucleus_candidates);
+  if (c.engine.step_logits.nucleus_candidates < 0 ||
+      c.engine.step_logits.nucleus_candidates > 32768) {
+    return absl::InvalidArgumentError("--nucleus_candidates must be in 0..32768 (0: off)");
   }
   c.preemption_mode = absl::GetFlag(FLAGS_preemption_mode);
   if (c.preemption_mode == "swap") {

@@ -539,6 +539,74 @@ TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
   bad.step_logits.max_device_top_k = -1;
   EXPECT_EQ(Engine::Create(*model_, *tokenizer_, bad).status().code(),
             absl::StatusCode::kInvalidArgument);
+  bad.step_logits.max_device_top_k = 1024;
+  bad.step_logits.nucleus_candidates = -1;
+  EXPECT_EQ(Engine::Create(*model_, *tokenizer_, bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// Rows that sample a nucleus over the whole vocabulary (top-p or min-p, no top-k) run
+// ForwardTopK steps with their temperature normalizers and draw from the candidates when those
+// decide, else from their row fetched after the step: the tokens are those drawn from the
+// whole rows, seed for seed, with many candidates (mostly decided) and with 2 (mostly fetched).
+TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
+  const std::vector<Reference> refs = LoadReferences();
+  struct Run {
+    std::vector<std::vector<int32_t>> tokens;
+    int32_t normalizer_steps = 0;
+    int32_t rows_fetched = 0;
+  };
+  auto run = [&](int32_t nucleus_candidates) {
+    testing::RecordingStepRunner runner(*loaded_.runner);
+    EngineOptions options;
+    options.seed = 3;
+    options.step_logits.nucleus_candidates = nucleus_candidates;
+    auto created = Engine::Create(runner, *tokenizer_, options);
+    EXPECT_TRUE(created.ok()) << created.status();
+    std::unique_ptr<Engine> engine = std::move(*created);
+    engine->Start();
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (int i = 0; i < 6; ++i) {
+      EngineRequest r = Greedy("p" + std::to_string(i), refs[i].prompt, 16);
+      r.sampling.temperature = i % 3 == 0 ? 0.7f : 1.2f;
+      r.sampling.top_p = i % 2 == 0 ? 0.9f : 1.0f;
+      r.sampling.min_p = i % 2 == 0 ? 0.0f : 0.05f;
+      r.n = i == 1 ? 2 : 1;
+      auto stream = engine->Submit(r);
+      EXPECT_TRUE(stream.ok()) << stream.status();
+      streams.push_back(*stream);
+    }
+    Run result;
+    for (int i = 0; i < 6; ++i) {
+      Collected c = Drain(*streams[i], i == 1 ? 2 : 1);
+      EXPECT_TRUE(c.status.ok()) << c.status;
+      for (auto& t : c.tokens) result.tokens.push_back(t);
+    }
+    EXPECT_TRUE(engine->WaitIdle(absl::Seconds(10)));
+    result.normalizer_steps = runner.num_normalizer_steps();
+    result.rows_fetched = runner.num_logits_rows_copied();
+    engine.reset();
+    return result;
+  };
+  const Run whole = run(/*nucleus_candidates=*/0);
+  const Run many = run(/*nucleus_candidates=*/64);
+  const Run two = run(/*nucleus_candidates=*/2);
+  EXPECT_EQ(whole.normalizer_steps, 0);
+  EXPECT_GE(many.normalizer_steps, 16);
+  EXPECT_GE(two.normalizer_steps, 16);
+  ASSERT_EQ(many.tokens.size(), whole.tokens.size());
+  ASSERT_EQ(two.tokens.size(), whole.tokens.size());
+  for (size_t i = 0; i < whole.tokens.size(); ++i) {
+    EXPECT_EQ(whole.tokens[i].size(), 16u) << "sequence " << i;
+    EXPECT_EQ(many.tokens[i], whole.tokens[i]) << "sequence " << i;
+    EXPECT_EQ(two.tokens[i], whole.tokens[i]) << "sequence " << i;
+  }
+  // 7 sequences x 16 tokens: most decided by 64 candidates, most fetched with 2.
+  EXPECT_LT(many.rows_fetched, 7 * 16 / 2);
+  EXPECT_GT(two.rows_fetched, 7 * 16 / 2);
+  // The tokens are drawn, not the argmax.
+  EXPECT_NE(whole.tokens[0],
+            std::vector<int32_t>(refs[0].tokens.begin(), refs[0].tokens.begin() + 16));
 }
 
 // Sampling a step's rows on several threads draws exactly the tokens one thread draws: each

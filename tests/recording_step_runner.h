@@ -33,6 +33,8 @@ class RecordingStepRunner final : public model::StepRunner {
   const std::vector<int32_t>& top_k_steps() const { return top_k_steps_; }
   // ForwardTopK steps that also brought back the rows' softmax normalizers (for logprobs).
   int32_t num_normalizer_steps() const { return num_normalizer_steps_; }
+  // Rows fetched after a reduced step (CopyStepLogitsRow: samples the reduction left open).
+  int32_t num_logits_rows_copied() const { return num_logits_rows_copied_; }
 
   const model::LlamaConfig& config() const override { return inner_.config(); }
   int tensor_parallel_size() const override { return inner_.tensor_parallel_size(); }
@@ -55,12 +57,17 @@ class RecordingStepRunner final : public model::StepRunner {
     ++num_greedy_steps_;
     return inner_.ForwardGreedy(batch, tokens);
   }
-  absl::Status ForwardTopK(const model::StepBatch& batch, int32_t k, bool normalizers,
+  absl::Status ForwardTopK(const model::StepBatch& batch, int32_t k,
+                           std::span<const float> normalizer_temperatures,
                            model::TopTokens* top) override {
     Record(batch);
     top_k_steps_.push_back(k);
-    num_normalizer_steps_ += normalizers ? 1 : 0;
-    return inner_.ForwardTopK(batch, k, normalizers, top);
+    num_normalizer_steps_ += normalizer_temperatures.empty() ? 0 : 1;
+    return inner_.ForwardTopK(batch, k, normalizer_temperatures, top);
+  }
+  absl::Status CopyStepLogitsRow(size_t row, float* logits) override {
+    ++num_logits_rows_copied_;
+    return inner_.CopyStepLogitsRow(row, logits);
   }
   void MoveKvBlocks(std::span<const model::KvBlockMove> moves) override {
     inner_.MoveKvBlocks(moves);
@@ -81,6 +88,7 @@ class RecordingStepRunner final : public model::StepRunner {
   int64_t num_greedy_steps_ = 0;
   std::vector<int32_t> top_k_steps_;
   int32_t num_normalizer_steps_ = 0;
+  int32_t num_logits_rows_copied_ = 0;
 };
 
 }  // namespace glimpse::testing

@@ -17,7 +17,9 @@
 #      kernels), with --bench_logprobs=true (greedy with logprobs: the argmax and the row's
 #      softmax normalizer from the device) and with --bench_device_top_k=0 as well (every
 #      logits row back to the host and sampled there: what reducing greedy steps, logprobs
-#      or not, on the device saves), and top-k 50 sampling with its
+#      or not, on the device saves), top-p 0.9 sampling with its nucleus decided from the
+#      device's candidates and weight sums and with every row sampled on the host
+#      (--bench_top_p=0.9, --bench_nucleus_candidates=0), and top-k 50 sampling with its
 #      candidates selected on the device and with every row sampled on the host
 #      (--bench_top_k=50, --bench_device_top_k=0: what the device top-k saves).
 #
@@ -71,15 +73,18 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
     # host_logits: every logits row back to the host and sampled there (with logprobs), as
     # before greedy steps reduced them on the device (the A/B of ArgMaxRows, and of the host
     # sampler's cost); logprobs: the same requests with the device's candidate and softmax
-    # normalizer (TopKRows, k = 1); top_k_50 / top_k_50_rows: the A/B for top-k sampling.
+    # normalizer (TopKRows, k = 1); top_k_50 / top_k_50_rows: the A/B for top-k sampling;
+    # top_p_09 / top_p_09_rows: for top-p sampling. VARIANTS="name ..." runs only those.
     for variant in mma_sync_wide:--cuda_prefill_attention=mma_sync_wide \
         wgmma:--cuda_prefill_attention=wgmma \
         wgmma_pipelined:--cuda_prefill_attention=wgmma_pipelined \
         wgmma_pipelined_128:--cuda_prefill_attention=wgmma_pipelined_128 \
         decode_mma_sync:--cuda_decode_attention=mma_sync \
         host_logits:--bench_logprobs=true,--bench_device_top_k=0 logprobs:--bench_logprobs=true \
-        top_k_50:--bench_top_k=50 top_k_50_rows:--bench_top_k=50,--bench_device_top_k=0; do
+        top_k_50:--bench_top_k=50 top_k_50_rows:--bench_top_k=50,--bench_device_top_k=0 \
+        top_p_09:--bench_top_p=0.9 top_p_09_rows:--bench_top_p=0.9,--bench_nucleus_candidates=0; do
       name=${variant%%:*}
+      if [ -n "${VARIANTS:-}" ] && [[ " $VARIANTS " != *" $name "* ]]; then continue; fi
       IFS=, read -ra flags <<<"${variant#*:}"
       timeout "${VARIANT_TIMEOUT:-180}" "$RUN" glimpse_lean bench --device=cuda "${flags[@]}" \
           --bench_model="$MODEL" --batch_sizes=1 --prompt_tokens="$PROMPT" --gen_tokens="$GEN" \
@@ -89,7 +94,8 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
     done
     for f in bench_8b bench_8b_mma_sync_wide bench_8b_wgmma bench_8b_wgmma_pipelined \
         bench_8b_wgmma_pipelined_128 bench_8b_decode_mma_sync bench_8b_host_logits \
-        bench_8b_logprobs bench_8b_top_k_50 bench_8b_top_k_50_rows; do
+        bench_8b_logprobs bench_8b_top_k_50 bench_8b_top_k_50_rows bench_8b_top_p_09 \
+        bench_8b_top_p_09_rows; do
       [ -f "$RESULT_DIR/$f.json" ] || continue
       python3 - "$RESULT_DIR/$f.json" "$f" <<'PY'
 import json, sys

@@ -24,7 +24,7 @@ __device__ __forceinline__ uint32_t Key(float v) {
 }
 
 // The row's softmax normalizer (topk_rows.h), written by thread 0. Every thread calls it.
-__device__ void WriteRowNormalizer(const float* __restrict__ row, int64_t cols,
+__device__ void WriteRowNormalizer(const float* __restrict__ row, int64_t cols, float temperature,
                                    float* __restrict__ row_max, double* __restrict__ row_exp_sum) {
   __shared__ float max_scratch[32];
   __shared__ double sum_scratch[32];
@@ -38,7 +38,9 @@ __device__ void WriteRowNormalizer(const float* __restrict__ row, int64_t cols,
     for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
       const float v = row[c];
       // exp in double, rounded to fp32 once: the fp32 exp the host sums, correctly rounded.
-      if (v > -INFINITY) sum += static_cast<float>(exp(static_cast<double>(v - max)));
+      if (v > -INFINITY) {
+        sum += static_cast<float>(exp(static_cast<double>((v - max) / temperature)));
+      }
     }
   }
   sum = internal::BlockSum(sum, sum_scratch);
@@ -53,7 +55,7 @@ __global__ void __launch_bounds__(kThreads)
     TopKRowsKernel(const float* __restrict__ x, int64_t cols, int32_t k,
                    int32_t* __restrict__ count, int32_t* __restrict__ index,
                    float* __restrict__ value, float* __restrict__ row_max,
-                   double* __restrict__ row_exp_sum) {
+                   double* __restrict__ row_exp_sum, const float* __restrict__ temperature) {
   __shared__ uint32_t histogram[kBins];
   __shared__ uint32_t scan_totals[kScanWarps];
   __shared__ uint32_t chosen_digit, chosen_rank, num_candidates;
@@ -62,7 +64,10 @@ __global__ void __launch_bounds__(kThreads)
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   const uint32_t wanted = static_cast<uint32_t>(k);
-  if (row_max != nullptr) WriteRowNormalizer(row, cols, row_max, row_exp_sum);
+  if (row_max != nullptr) {
+    WriteRowNormalizer(row, cols, temperature == nullptr ? 1.0f : temperature[blockIdx.x], row_max,
+                       row_exp_sum);
+  }
 
   // 1. Radix select, most significant digit first: the k-th largest key (`threshold`) and how
   //    many of the keys equal to it are taken (`take_equal`, the lowest columns among them).
@@ -176,10 +181,11 @@ cudaError_t LaunchTopKRows(const TopKRowsParams& params, cudaStream_t stream) {
   if (params.num_rows == 0) return cudaSuccess;
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.x != nullptr && params.count != nullptr &&
                                  params.index != nullptr &&
-                                 (params.row_max == nullptr) == (params.row_exp_sum == nullptr));
+                                 (params.row_max == nullptr) == (params.row_exp_sum == nullptr) &&
+                                 (params.temperature == nullptr || params.row_max != nullptr));
   TopKRowsKernel<<<static_cast<unsigned>(params.num_rows), kThreads, 0, stream>>>(
       params.x, params.cols, params.k, params.count, params.index, params.value, params.row_max,
-      params.row_exp_sum);
+      params.row_exp_sum, params.temperature);
   return cudaGetLastError();
 }
 

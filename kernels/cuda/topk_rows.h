@@ -12,14 +12,16 @@
 // arithmetic), then the chosen columns written in column order; nothing depends on the
 // launch's thread count or timing.
 //
-// Optionally also each row's softmax normalizer, what the host sampler's log-softmax of the
-// raw row takes (Sampler::RowNormalizer, model/sampler.h), so that logprobs can be reported
-// from the k entries alone: row_max[r] = the largest value (NaN ignored; -inf when there is
-// none) and row_exp_sum[r] = the sum over values x above -inf of expf(x - row_max[r]) in
-// double when row_max[r] is finite, the number of +inf values when it is +inf, 0 when -inf.
-// Each term is exp of the fp32 difference rounded once to fp32 (as a correctly rounded expf
-// would); the sum runs in a fixed tree order, so it is deterministic, and differs from the
-// host's id-order sum only in double rounding.
+// Optionally also each row's softmax normalizer at a temperature T_r (1 unless given), what
+// the host sampler takes from the rest of the row (model/sampler.h): at T = 1 the raw row's
+// log-softmax (Sampler::RowNormalizer, for logprobs), at the sampling temperature the weight
+// sum of a nucleus (Sampler::TrySampleNucleus). row_max[r] = the largest value (NaN ignored;
+// -inf when there is none) and row_exp_sum[r] = the sum over values x above -inf of
+// expf((x - row_max[r]) / T_r) in double when row_max[r] is finite, the number of +inf
+// values when it is +inf, 0 when -inf. The difference and the division are fp32 as on the
+// host; each term is exp in double rounded once to fp32 (as a correctly rounded expf would);
+// the sum runs in a fixed tree order, so it is deterministic, and differs from the host's
+// id-order sum only in double rounding.
 #ifndef GLIMPSE_KERNELS_CUDA_TOPK_ROWS_H_
 #define GLIMPSE_KERNELS_CUDA_TOPK_ROWS_H_
 
@@ -37,9 +39,11 @@ struct TopKRowsParams {
   int32_t* count = nullptr;  // device, [num_rows]
   int32_t* index = nullptr;  // device, [num_rows][k]
   float* value = nullptr;    // device, [num_rows][k]; may be null
-  // The rows' softmax normalizers (above): both or neither.
-  float* row_max = nullptr;       // device, [num_rows]
-  double* row_exp_sum = nullptr;  // device, [num_rows]
+  // The rows' softmax normalizers (above): both or neither; their temperatures (> 0) only
+  // with them, null for 1.
+  float* row_max = nullptr;            // device, [num_rows]
+  double* row_exp_sum = nullptr;       // device, [num_rows]
+  const float* temperature = nullptr;  // device, [num_rows]
 };
 
 // One 512-thread block per row; it reads the row four times (one 8-bit radix digit each) and

@@ -3,7 +3,7 @@
 // at widths that do and do not fill the block, rows quantized so that thousands of values tie
 // at the threshold, and rows planted with NaN, -inf, +inf, signed zeros and fewer values above
 // -inf than k. Entries past a row's count must stay as the poison left them. The rows' softmax
-// normalizers against the host sampler's sum.
+// normalizers, at per-row temperatures, against the host sampler's sum.
 #include "kernels/cuda/topk_rows.h"
 
 #include <algorithm>
@@ -43,10 +43,11 @@ std::vector<int32_t> Reference(const float* row, int64_t cols, int32_t k) {
 
 bool SameBits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
 
-// The host sampler's log-softmax normalizer of a raw row (model/sampler.cc, ResultForToken):
-// the largest value ignoring NaN, and the id-order double sum of expf(x - max) over x above
-// -inf (the number of +inf values when the maximum is +inf; 0 when it is -inf).
-std::pair<float, double> ReferenceNormalizer(const float* row, int64_t cols) {
+// The host sampler's normalizer of a raw row at temperature t (model/sampler.cc: at 1 the
+// log-softmax's, else the nucleus weights'): the largest value ignoring NaN, and the id-order
+// double sum of expf((x - max) / t) over x above -inf (the number of +inf values when the
+// maximum is +inf; 0 when it is -inf).
+std::pair<float, double> ReferenceNormalizer(const float* row, int64_t cols, float t) {
   float max = -kInf;
   for (int64_t c = 0; c < cols; ++c) max = row[c] > max ? row[c] : max;
   double sum = 0.0;
@@ -54,7 +55,7 @@ std::pair<float, double> ReferenceNormalizer(const float* row, int64_t cols) {
     if (max == kInf) {
       sum += row[c] == kInf ? 1.0 : 0.0;
     } else if (max != -kInf && row[c] > -kInf) {
-      sum += std::exp(row[c] - max);  // fp32 expf, as the sampler
+      sum += std::exp((row[c] - max) / t);  // fp32 expf, as the sampler
     }
   }
   return {max, sum};
@@ -86,7 +87,7 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
     // 7: one value repeated everywhere.
     for (int64_t c = 0; c < cols; ++c) row(7)[c] = 2.5f;
   }
-  DeviceArray<float> d_x, d_value, d_row_max;
+  DeviceArray<float> d_x, d_value, d_row_max, d_temperature;
   DeviceArray<int32_t> d_count, d_index;
   DeviceArray<double> d_row_exp_sum;
   const size_t slots = static_cast<size_t>(rows) * k;
@@ -96,6 +97,9 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
   GLIMPSE_ASSERT_CUDA(d_value.Allocate(slots));
   GLIMPSE_ASSERT_CUDA(d_row_max.Allocate(rows));
   GLIMPSE_ASSERT_CUDA(d_row_exp_sum.Allocate(rows));
+  std::vector<float> temperature(rows);  // 1 (the logprobs' normalizer) every fourth row
+  for (int32_t r = 0; r < rows; ++r) temperature[r] = 0.5f + 0.25f * static_cast<float>(r % 4);
+  GLIMPSE_ASSERT_CUDA(d_temperature.Upload(temperature));
   TopKRowsParams p;
   p.x = d_x.get();
   p.num_rows = rows;
@@ -106,6 +110,7 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
   p.value = d_value.get();
   p.row_max = d_row_max.get();
   p.row_exp_sum = d_row_exp_sum.get();
+  p.temperature = d_temperature.get();
   GLIMPSE_ASSERT_CUDA(LaunchTopKRows(p, nullptr));
   GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
   std::vector<int32_t> count, index;
@@ -138,7 +143,7 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
     // The normalizer: the maximum exactly (either zero's sign), the count of +inf exactly, and
     // the sum up to the order of the double sums and expf's last-bit rounding (a term of
     // weight 1e-6 of the sum missing or doubled would show).
-    const auto [want_max, want_sum] = ReferenceNormalizer(row(r), cols);
+    const auto [want_max, want_sum] = ReferenceNormalizer(row(r), cols, temperature[r]);
     GLIMPSE_EXPECT(row_max[r] == want_max, what + ": row max " + std::to_string(row_max[r]) +
                                                ", want " + std::to_string(want_max));
     const bool exact_sum = std::isinf(want_max);
@@ -160,6 +165,7 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
   p.value = nullptr;
   p.row_max = nullptr;
   p.row_exp_sum = nullptr;
+  p.temperature = nullptr;
   GLIMPSE_ASSERT_CUDA(d_row_max.Poison());
   GLIMPSE_ASSERT_CUDA(d_index.Poison());
   GLIMPSE_ASSERT_CUDA(LaunchTopKRows(p, nullptr));
@@ -209,6 +215,12 @@ GLIMPSE_CUDA_TEST(TopKRowsRefusesBadShapes) {
   p.row_max = d_row_max.get();  // without row_exp_sum
   GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaErrorInvalidValue, "half a normalizer accepted");
   p.row_max = nullptr;
+  DeviceArray<float> d_temperature;
+  GLIMPSE_ASSERT_CUDA(d_temperature.Allocate(4));
+  p.temperature = d_temperature.get();  // without the normalizers
+  GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaErrorInvalidValue,
+                 "temperatures without normalizers accepted");
+  p.temperature = nullptr;
   p.num_rows = 0;
   GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaSuccess, "zero rows refused");
 }

@@ -40,6 +40,13 @@ ABSL_FLAG(bool, bench_logprobs, false,
 ABSL_FLAG(int32_t, bench_top_k, 0,
           "bench: 0 decodes greedily; N > 0 samples every token with temperature 0.8 and top-k "
           "N (the tokens then differ from run to run of the seed only by the backend's logits).");
+ABSL_FLAG(float, bench_top_p, 1.0f,
+          "bench: below 1, samples every token with temperature 0.8 and this top-p (with "
+          "--bench_top_k if set): without top-k, the rows' candidates and weight sums decide "
+          "the nucleus where they can (--bench_nucleus_candidates).");
+ABSL_FLAG(int32_t, bench_nucleus_candidates, 256,
+          "bench: candidates a top-p row without top-k brings back with its weight sum; 0 "
+          "brings such rows back whole (the A/B of the device nucleus).");
 ABSL_FLAG(int32_t, bench_device_top_k, 1024,
           "bench: steps whose rows sample with top-k up to this select the candidates where the "
           "logits are (on a GPU k pairs a row come back); 0 brings every row back to the host "
@@ -54,6 +61,8 @@ struct Sample {
   int64_t steps = 0;
   int64_t prefill_tokens = 0;
   int64_t decode_tokens = 0;
+  int64_t nucleus_rows_decided = 0;  // top-p rows sampled from their candidates
+  int64_t rows_fetched = 0;          // rows fetched after their step instead
 };
 
 struct Stats {
@@ -101,9 +110,10 @@ absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32
     for (int32_t& t : r.prompt_tokens) t = token(rng);
     r.max_tokens = gen_len;
     r.sampling.temperature = 0.0f;
-    if (absl::GetFlag(FLAGS_bench_top_k) > 0) {
+    if (absl::GetFlag(FLAGS_bench_top_k) > 0 || absl::GetFlag(FLAGS_bench_top_p) < 1.0f) {
       r.sampling.temperature = 0.8f;
       r.sampling.top_k = absl::GetFlag(FLAGS_bench_top_k);
+      r.sampling.top_p = absl::GetFlag(FLAGS_bench_top_p);
     }
     r.ignore_eos = true;
     // As a server request with or without logprobs: without, the token alone.
@@ -113,6 +123,7 @@ absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32
   options.prefill_chunk_tokens = 512;
   options.max_step_tokens = 512;  // As llama-bench's default micro-batch.
   options.step_logits.max_device_top_k = absl::GetFlag(FLAGS_bench_device_top_k);
+  options.step_logits.nucleus_candidates = absl::GetFlag(FLAGS_bench_nucleus_candidates);
   scheduler::OfflineGenerator generator(*loaded.runner, pool, options);
   auto results = generator.Run(requests);
   if (!results.ok()) return results.status();
@@ -123,6 +134,8 @@ absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32
   s.steps = c.num_steps;
   s.prefill_tokens = c.num_prefill_tokens;
   s.decode_tokens = c.num_decode_tokens;
+  s.nucleus_rows_decided = c.num_nucleus_rows_decided;
+  s.rows_fetched = c.num_rows_fetched;
   return s;
 }
 
@@ -153,6 +166,13 @@ int RunBenchCommand() {
   const int32_t reps = std::max(1, absl::GetFlag(FLAGS_repetitions));
   if (prompt_len < 1 || gen_len < 2) {
     std::fprintf(stderr, "glimpse bench: need --prompt_tokens >= 1 and --gen_tokens >= 2\n");
+    return 2;
+  }
+  const float top_p = absl::GetFlag(FLAGS_bench_top_p);
+  if (!(top_p > 0.0f && top_p <= 1.0f) || absl::GetFlag(FLAGS_bench_nucleus_candidates) < 0) {
+    std::fprintf(stderr,
+                 "glimpse bench: --bench_top_p must be in (0, 1] and --bench_nucleus_candidates "
+                 ">= 0\n");
     return 2;
   }
   if (absl::GetFlag(FLAGS_bench_top_k) < 0 || absl::GetFlag(FLAGS_bench_device_top_k) < 0) {
@@ -192,6 +212,8 @@ int RunBenchCommand() {
   json["gen_tokens"] = gen_len;
   json["top_k"] = absl::GetFlag(FLAGS_bench_top_k);
   json["device_top_k"] = absl::GetFlag(FLAGS_bench_device_top_k);
+  json["top_p"] = top_p;
+  json["nucleus_candidates"] = absl::GetFlag(FLAGS_bench_nucleus_candidates);
   json["weight_bytes"] = loaded->weight_bytes();
   // K and V of one token in every layer, summed over the ranks' devices.
   constexpr int32_t kBlock = 16;
@@ -204,6 +226,7 @@ int RunBenchCommand() {
       "| decode GB/s of weights + KV |\n",
       prompt_len, gen_len);
   std::printf("|---:|---:|---:|---:|---:|---:|\n");
+  std::string nucleus_notes;  // printed after the table
   for (int32_t batch : batch_sizes) {
     std::vector<double> pp, tg;
     Sample last;
@@ -228,6 +251,11 @@ int RunBenchCommand() {
     std::printf("| %d | %.1f ± %.1f | %.1f ± %.1f | %lld | %.1f | %.1f |\n", batch, p.mean, p.stdev,
                 t.mean, t.stdev, static_cast<long long>(last.steps), gbps, gbps_with_kv);
     std::fflush(stdout);
+    if (last.nucleus_rows_decided + last.rows_fetched > 0) {
+      nucleus_notes += absl::StrCat("  batch ", batch, ": ", last.nucleus_rows_decided,
+                                    " top-p rows sampled from their candidates, ",
+                                    last.rows_fetched, " fetched whole after their step\n");
+    }
     json["results"].push_back({{"batch", batch},
                                {"prefill_tok_s", p.mean},
                                {"prefill_tok_s_stdev", p.stdev},
@@ -236,7 +264,12 @@ int RunBenchCommand() {
                                {"steps", last.steps},
                                {"prefill_tokens", last.prefill_tokens},
                                {"decode_tokens", last.decode_tokens},
+                               {"nucleus_rows_decided", last.nucleus_rows_decided},
+                               {"rows_fetched", last.rows_fetched},
                                {"repetitions", reps}});
+  }
+  if (!nucleus_notes.empty()) {
+    std::printf("\nnucleus rows (last run of each batch size):\n%s", nucleus_notes.c_str());
   }
   // The backend's own counters over every run above, the warm-up included (with
   // --device=cuda: CUDA graph captures, replays and eagerly run steps by reason). Rank 0's:

@@ -292,16 +292,23 @@ void CudaBackend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int
 
 void CudaBackend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
                            int32_t* host_count, int32_t* host_index, float* host_value,
-                           float* host_row_max, double* host_row_exp_sum) {
+                           float* host_row_max, double* host_row_exp_sum,
+                           const float* host_temperature) {
   CHECK(k >= 1);
   CHECK((host_row_max == nullptr) == (host_row_exp_sum == nullptr));
   const bool normalizers = host_row_max != nullptr;
+  CHECK(host_temperature == nullptr || normalizers);
   Bind();
   EndStepWithReduction(
-      num_rows, [&] { return RecordTopKRows(x, num_rows, cols, k, normalizers); },
+      num_rows, [&] { return RecordTopKRows(x, num_rows, cols, k, normalizers, host_temperature); },
       [&] {
         Reserve(topk_rows_, static_cast<size_t>(num_rows) * TopKRowBytes(k));
-        GLIMPSE_CUDA_CHECK(LaunchTopKRows(TopKOutput(x, num_rows, cols, k, normalizers), stream_));
+        TopKRowsParams p = TopKOutput(x, num_rows, cols, k, normalizers);
+        if (host_temperature != nullptr) {
+          p.temperature =
+              static_cast<const float*>(Upload(host_temperature, num_rows * sizeof(float)));
+        }
+        GLIMPSE_CUDA_CHECK(LaunchTopKRows(p, stream_));
       });
   if (num_rows > 0) {
     const TopKRowsParams out = TopKOutput(x, num_rows, cols, k, normalizers);

@@ -377,13 +377,17 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
       std::vector<std::vector<float>> row_max(engines_.size(), std::vector<float>(rows, -1.0f));
       std::vector<std::vector<double>> row_exp_sum(engines_.size(),
                                                    std::vector<double>(rows, -1.0));
+      // The normalizers at a temperature per row (1, as for logprobs, and a nucleus's).
+      std::vector<float> temperature(rows);
+      for (size_t i = 0; i < rows; ++i) temperature[i] = i % 2 == 0 ? 1.0f : 0.8f;
       const std::map<std::string, int64_t> before = CountersOf(*engines_[0].backend);
       for (size_t e = 0; e < engines_.size(); ++e) {
         const absl::Status status =
             top_k > 0 ? engines_[e].model->ForwardTopK(
                             batch, *engines_[e].kv, top_k, count[e].data(), index[e].data(),
                             value[e].data(), normalizers ? row_max[e].data() : nullptr,
-                            normalizers ? row_exp_sum[e].data() : nullptr)
+                            normalizers ? row_exp_sum[e].data() : nullptr,
+                            normalizers ? temperature.data() : nullptr)
                       : engines_[e].model->ForwardArgMax(batch, *engines_[e].kv, index[e].data(),
                                                          value[e].data());
         if (!status.ok()) {
@@ -398,6 +402,31 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
           << what;
       EXPECT_EQ(row_max[0], row_max[1]) << what;
       EXPECT_EQ(row_exp_sum[0], row_exp_sum[1]) << what;
+      // The step's rows stay on the device until the next step (a nucleus's fallback): the
+      // graphs engine's equal the recorded one's, and hold the candidates' values.
+      std::vector<std::vector<float>> fetched(2, std::vector<float>(vocab_));
+      for (size_t i = 0; i < rows; ++i) {
+        for (size_t e = 0; e < 2; ++e) {
+          const absl::Status copied = engines_[e].model->CopyStepLogitsRow(i, fetched[e].data());
+          if (!copied.ok()) {
+            ADD_FAILURE() << engines_[e].label << ": " << copied;
+            return static_cast<int>(replays);
+          }
+        }
+        EXPECT_EQ(fetched[0], fetched[1]) << what << ", row " << i;
+        const size_t n = top_k > 0 ? static_cast<size_t>(count[0][i]) : 1;
+        for (size_t j = 0; j < n; ++j) {
+          EXPECT_EQ(fetched[0][index[0][i * width + j]], value[0][i * width + j]) << what;
+        }
+        if (normalizers) {
+          // The normalizer of the row at its temperature, as the host sampler sums it.
+          const float max = *std::max_element(fetched[0].begin(), fetched[0].end());
+          double sum = 0.0;
+          for (float x : fetched[0]) sum += std::exp((x - max) / temperature[i]);
+          EXPECT_EQ(row_max[0][i], max) << what << ", row " << i;
+          EXPECT_NEAR(row_exp_sum[0][i], sum, 1e-6 * sum) << what << ", row " << i;
+        }
+      }
       for (size_t i = 0; normalizers && i < rows; ++i) {
         // The row's largest logit (its largest candidate's), and a sum of vocab_ terms in
         // [0, 1] of which that one's is 1.
