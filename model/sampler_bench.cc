@@ -26,21 +26,49 @@ namespace {
 using glimpse::model::Sampler;
 using glimpse::model::SamplingParams;
 
-// Median microseconds per Sample over `calls` calls on rows of N(0, 3) logits.
-double MedianMicros(const SamplingParams& params, bool report_logprobs,
-                    const std::vector<std::vector<float>>& rows, int calls) {
-  Sampler sampler(params, static_cast<int32_t>(rows[0].size()), 1, report_logprobs);
+// Median microseconds of `calls` calls of call(i).
+template <typename Call>
+double MedianMicros(int calls, const Call& call) {
   std::vector<double> micros;
-  int32_t sink = 0;
   for (int i = 0; i < calls; ++i) {
     const auto start = std::chrono::steady_clock::now();
-    sink += sampler.Sample(rows[i % rows.size()]).token;
+    call(i);
     const auto end = std::chrono::steady_clock::now();
     micros.push_back(std::chrono::duration<double, std::micro>(end - start).count());
   }
   std::sort(micros.begin(), micros.end());
-  if (sink == -1) std::printf(" ");
   return micros[micros.size() / 2];
+}
+
+// Median microseconds per Sample over `calls` calls on `rows`.
+double SampleMedianMicros(const SamplingParams& params, bool report_logprobs,
+                          const std::vector<std::vector<float>>& rows, int calls) {
+  Sampler sampler(params, static_cast<int32_t>(rows[0].size()), 1, report_logprobs);
+  int32_t sink = 0;
+  const double micros =
+      MedianMicros(calls, [&](int i) { sink += sampler.Sample(rows[i % rows.size()]).token; });
+  if (sink == -1) std::printf(" ");
+  return micros;
+}
+
+// A row as a device top-k step hands it over: its `count` most likely entries, ids ascending.
+struct Candidates {
+  std::vector<int32_t> ids;
+  std::vector<float> values;
+};
+Candidates MostLikely(const std::vector<float>& row, int32_t count) {
+  std::vector<int32_t> order(row.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+  std::partial_sort(order.begin(), order.begin() + count, order.end(),
+                    [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+  order.resize(count);
+  std::sort(order.begin(), order.end());
+  Candidates c;
+  for (int32_t id : order) {
+    c.ids.push_back(id);
+    c.values.push_back(row[id]);
+  }
+  return c;
 }
 
 // Median microseconds per SampleFromCandidates over `calls` calls, each row known by its
@@ -49,35 +77,21 @@ double CandidatesMedianMicros(const SamplingParams& params, bool report_logprobs
                               const std::vector<std::vector<float>>& rows, int calls) {
   const int32_t vocab = static_cast<int32_t>(rows[0].size());
   const int32_t count = Sampler::CandidatesNeeded(params, report_logprobs, vocab);
-  std::vector<std::vector<int32_t>> ids(rows.size());
-  std::vector<std::vector<float>> values(rows.size());
-  std::vector<Sampler::RowNormalizer> normalizers(rows.size());
-  for (size_t r = 0; r < rows.size(); ++r) {
-    std::vector<int32_t> order(rows[r].size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
-    std::partial_sort(order.begin(), order.begin() + count, order.end(),
-                      [&](int32_t a, int32_t b) { return rows[r][a] > rows[r][b]; });
-    order.resize(count);
-    std::sort(order.begin(), order.end());
-    for (int32_t id : order) {
-      ids[r].push_back(id);
-      values[r].push_back(rows[r][id]);
-    }
-    normalizers[r] = Sampler::NormalizerOf(rows[r]);
+  std::vector<Candidates> candidates;
+  std::vector<Sampler::RowNormalizer> normalizers;
+  for (const auto& row : rows) {
+    candidates.push_back(MostLikely(row, count));
+    normalizers.push_back(Sampler::NormalizerOf(row));
   }
   Sampler sampler(params, vocab, 1, report_logprobs);
-  std::vector<double> micros;
   int32_t sink = 0;
-  for (int i = 0; i < calls; ++i) {
+  const double micros = MedianMicros(calls, [&](int i) {
     const size_t r = i % rows.size();
-    const auto start = std::chrono::steady_clock::now();
-    sink += sampler.SampleFromCandidates(ids[r], values[r], &normalizers[r]).token;
-    const auto end = std::chrono::steady_clock::now();
-    micros.push_back(std::chrono::duration<double, std::micro>(end - start).count());
-  }
-  std::sort(micros.begin(), micros.end());
+    sink += sampler.SampleFromCandidates(candidates[r].ids, candidates[r].values, &normalizers[r])
+                .token;
+  });
   if (sink == -1) std::printf(" ");
-  return micros[micros.size() / 2];
+  return micros;
 }
 
 // Median microseconds per TrySampleNucleus over `calls` calls, each row known by its
@@ -85,37 +99,24 @@ double CandidatesMedianMicros(const SamplingParams& params, bool report_logprobs
 double NucleusMedianMicros(const SamplingParams& params,
                            const std::vector<std::vector<float>>& rows, int32_t count, int calls,
                            double* decided) {
-  const int32_t vocab = static_cast<int32_t>(rows[0].size());
-  std::vector<std::vector<int32_t>> ids(rows.size());
-  std::vector<std::vector<float>> values(rows.size());
+  std::vector<Candidates> candidates;
   std::vector<double> sums(rows.size());
   for (size_t r = 0; r < rows.size(); ++r) {
-    std::vector<int32_t> order(rows[r].size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
-    std::partial_sort(order.begin(), order.begin() + count, order.end(),
-                      [&](int32_t a, int32_t b) { return rows[r][a] > rows[r][b]; });
-    order.resize(count);
-    std::sort(order.begin(), order.end());
-    for (int32_t id : order) {
-      ids[r].push_back(id);
-      values[r].push_back(rows[r][id]);
-    }
+    candidates.push_back(MostLikely(rows[r], count));
     const float max = *std::max_element(rows[r].begin(), rows[r].end());
     for (float x : rows[r]) sums[r] += std::exp((x - max) / params.temperature);
   }
-  Sampler sampler(params, vocab, 1, false);
-  std::vector<double> micros;
+  Sampler sampler(params, static_cast<int32_t>(rows[0].size()), 1, false);
   int hits = 0;
-  for (int i = 0; i < calls; ++i) {
+  const double micros = MedianMicros(calls, [&](int i) {
     const size_t r = i % rows.size();
-    const auto start = std::chrono::steady_clock::now();
-    hits += sampler.TrySampleNucleus(ids[r], values[r], count, sums[r]).has_value() ? 1 : 0;
-    const auto end = std::chrono::steady_clock::now();
-    micros.push_back(std::chrono::duration<double, std::micro>(end - start).count());
-  }
-  std::sort(micros.begin(), micros.end());
+    hits += sampler.TrySampleNucleus(candidates[r].ids, candidates[r].values, count, sums[r])
+                    .has_value()
+                ? 1
+                : 0;
+  });
   *decided = static_cast<double>(hits) / calls;
-  return micros[micros.size() / 2];
+  return micros;
 }
 
 }  // namespace
@@ -148,8 +149,8 @@ int main(int argc, char** argv) {
   std::printf("Sampler::Sample, vocabulary %d, median of %d calls (one thread)\n", vocab, calls);
   std::printf("%-22s %16s %16s %8s\n", "setting", "with logprob us", "without us", "ratio");
   for (const Setting& s : settings) {
-    const double with = MedianMicros(s.params, true, rows, calls);
-    const double without = MedianMicros(s.params, false, rows, calls);
+    const double with = SampleMedianMicros(s.params, true, rows, calls);
+    const double without = SampleMedianMicros(s.params, false, rows, calls);
     std::printf("%-22s %16.1f %16.1f %8.2f\n", s.name, with, without, with / without);
   }
 
@@ -170,7 +171,7 @@ int main(int argc, char** argv) {
     std::printf("%-22s %10s %16s %16s %8s\n", "setting", "logprobs", "whole row us",
                 "candidates us", "ratio");
     for (const auto& c : from_candidates) {
-      const double whole = MedianMicros(c.params, c.report_logprobs, rows, calls);
+      const double whole = SampleMedianMicros(c.params, c.report_logprobs, rows, calls);
       const double candidates = CandidatesMedianMicros(c.params, c.report_logprobs, rows, calls);
       std::printf("%-22s %10s %16.1f %16.2f %8.0f\n", c.name, c.report_logprobs ? "yes" : "no",
                   whole, candidates, whole / candidates);
@@ -185,7 +186,7 @@ int main(int argc, char** argv) {
         for (float& x : row) x *= scale;
       }
       double decided = 0;
-      const double whole = MedianMicros(top_p, false, scaled, calls);
+      const double whole = SampleMedianMicros(top_p, false, scaled, calls);
       const double nucleus = NucleusMedianMicros(top_p, scaled, 256, calls, &decided);
       std::printf("%-22s %10s %16.1f %16.2f %8.0f   (logits x%.0f: %.0f%% decided)\n",
                   "top-p 0.9 (256 cand.)", "no", whole, nucleus, whole / nucleus, scale,

@@ -78,8 +78,10 @@ class EngineTest : public ::testing::Test {
     tokenizer_ = loaded_.tokenizer.get();
   }
 
-  std::unique_ptr<Engine> MakeEngine(EngineOptions options) {
-    auto engine = Engine::Create(*model_, *tokenizer_, options);
+  // A started engine on `runner` (the bundled model's when null).
+  std::unique_ptr<Engine> MakeEngine(EngineOptions options, model::StepRunner* runner = nullptr) {
+    auto engine = runner != nullptr ? Engine::Create(*runner, *tokenizer_, options)
+                                    : Engine::Create(*model_, *tokenizer_, options);
     EXPECT_TRUE(engine.ok()) << engine.status();
     (*engine)->Start();
     return std::move(*engine);
@@ -463,10 +465,7 @@ TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
     EngineOptions options;
     options.seed = 7;
     options.step_logits.max_device_top_k = max_device_top_k;
-    auto created = Engine::Create(runner, *tokenizer_, options);
-    EXPECT_TRUE(created.ok()) << created.status();
-    std::unique_ptr<Engine> engine = std::move(*created);
-    engine->Start();
+    std::unique_ptr<Engine> engine = MakeEngine(options, &runner);
     std::vector<std::shared_ptr<RequestStream>> streams;
     for (int i = 0; i < 6; ++i) {
       EngineRequest r = Greedy("k" + std::to_string(i), refs[i].prompt, 20);
@@ -561,10 +560,7 @@ TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
     EngineOptions options;
     options.seed = 3;
     options.step_logits.nucleus_candidates = nucleus_candidates;
-    auto created = Engine::Create(runner, *tokenizer_, options);
-    EXPECT_TRUE(created.ok()) << created.status();
-    std::unique_ptr<Engine> engine = std::move(*created);
-    engine->Start();
+    std::unique_ptr<Engine> engine = MakeEngine(options, &runner);
     std::vector<std::shared_ptr<RequestStream>> streams;
     for (int i = 0; i < 6; ++i) {
       EngineRequest r = Greedy("p" + std::to_string(i), refs[i].prompt, 16);
