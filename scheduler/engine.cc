@@ -423,6 +423,11 @@ void Engine::SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_
   } else {
     draw(0, n);
   }
+  {
+    absl::MutexLock lock(&mu_);
+    load_.num_nucleus_rows_decided = step_logits_.num_nucleus_rows_decided();
+    load_.num_sampled_rows_fetched = step_logits_.num_rows_fetched();
+  }
   for (size_t j = 0; j < jobs.size(); ++j) AppendToken(jobs[j].seq, samples[j]);
 }
 

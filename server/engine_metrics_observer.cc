@@ -46,6 +46,14 @@ void EngineMetricsObserver::RefreshFromLoad(const scheduler::EngineLoad& load) {
     metrics_.prefix_cache_hits->Add(load.prefix_cache_hit_tokens - reported_hits_);
     reported_hits_ = load.prefix_cache_hit_tokens;
   }
+  if (load.num_nucleus_rows_decided > reported_nucleus_decided_) {
+    metrics_.nucleus_rows_decided->Add(load.num_nucleus_rows_decided - reported_nucleus_decided_);
+    reported_nucleus_decided_ = load.num_nucleus_rows_decided;
+  }
+  if (load.num_sampled_rows_fetched > reported_rows_fetched_) {
+    metrics_.sampled_rows_fetched->Add(load.num_sampled_rows_fetched - reported_rows_fetched_);
+    reported_rows_fetched_ = load.num_sampled_rows_fetched;
+  }
 }
 
 }  // namespace glimpse::server

@@ -26,6 +26,8 @@ TEST(EngineMetricsObserverTest, EventsLandInTheNamedMetrics) {
   load.kv_blocks_total = 100;
   load.prefix_cache_queried_tokens = 500;
   load.prefix_cache_hit_tokens = 320;
+  load.num_nucleus_rows_decided = 90;
+  load.num_sampled_rows_fetched = 7;
   observer.RefreshFromLoad(load);
   observer.RefreshFromLoad(load);  // Same totals: nothing more.
   EXPECT_EQ(metrics->time_to_first_token_seconds->Count(), 1u);
@@ -45,6 +47,8 @@ TEST(EngineMetricsObserverTest, EventsLandInTheNamedMetrics) {
   EXPECT_DOUBLE_EQ(metrics->kv_cache_usage_ratio->Value(), 0.25);
   EXPECT_EQ(metrics->prefix_cache_queries->Value(), 500);
   EXPECT_EQ(metrics->prefix_cache_hits->Value(), 320);
+  EXPECT_EQ(metrics->nucleus_rows_decided->Value(), 90);
+  EXPECT_EQ(metrics->sampled_rows_fetched->Value(), 7);
   const std::string text = registry.RenderText();
   EXPECT_NE(text.find("glimpse_prefix_cache_hits_total 320"), std::string::npos) << text;
   EXPECT_NE(text.find("glimpse_time_to_first_token_seconds_count 1"), std::string::npos);

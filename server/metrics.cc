@@ -489,6 +489,17 @@ absl::StatusOr<EngineMetrics> CreateEngineMetrics(MetricsRegistry& registry,
   ASSIGN_OR_RETURN(m.prefix_cache_hits,
                    registry.AddCounter("glimpse_prefix_cache_hits_total",
                                        "Prompt tokens found in the prefix cache.", labels));
+  ASSIGN_OR_RETURN(m.nucleus_rows_decided,
+                   registry.AddCounter("glimpse_nucleus_rows_decided_total",
+                                       "Top-p or min-p rows sampled from the device's candidates "
+                                       "and weight sum alone.",
+                                       labels));
+  ASSIGN_OR_RETURN(m.sampled_rows_fetched,
+                   registry.AddCounter("glimpse_sampled_rows_fetched_total",
+                                       "Logits rows fetched whole after their step because the "
+                                       "device's candidates did not decide the sample (raise "
+                                       "--nucleus_candidates if this is a large share).",
+                                       labels));
   ASSIGN_OR_RETURN(m.num_preemptions,
                    registry.AddCounter("glimpse_num_preemptions_total",
                                        "Requests preempted to free KV cache blocks.", labels));

@@ -338,11 +338,13 @@ TEST(EngineMetricsTest, RegistersDesignNamesWithTypesAndLabels) {
                            "glimpse_decode_batch_size_max"}) {
     EXPECT_TRUE(has_type(name, "gauge")) << name;
   }
-  for (const char* name : {"glimpse_prompt_tokens_total", "glimpse_generation_tokens_total",
-                           "glimpse_prefix_cache_queries_total", "glimpse_prefix_cache_hits_total",
-                           "glimpse_num_preemptions_total", "glimpse_forward_tokens_total",
-                           "glimpse_engine_steps_total", "glimpse_spec_draft_tokens_total",
-                           "glimpse_spec_accepted_tokens_total"}) {
+  for (const char* name :
+       {"glimpse_prompt_tokens_total", "glimpse_generation_tokens_total",
+        "glimpse_prefix_cache_queries_total", "glimpse_prefix_cache_hits_total",
+        "glimpse_num_preemptions_total", "glimpse_forward_tokens_total",
+        "glimpse_engine_steps_total", "glimpse_spec_draft_tokens_total",
+        "glimpse_spec_accepted_tokens_total", "glimpse_nucleus_rows_decided_total",
+        "glimpse_sampled_rows_fetched_total"}) {
     EXPECT_TRUE(has_type(name, "counter")) << name;
   }
   EXPECT_THAT(text, HasSubstr("\nglimpse_prompt_tokens_total{model_name=\"m\"} 7\n"));

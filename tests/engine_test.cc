@@ -581,6 +581,11 @@ TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
     EXPECT_TRUE(engine->WaitIdle(absl::Seconds(10)));
     result.normalizer_steps = runner.num_normalizer_steps();
     result.rows_fetched = runner.num_logits_rows_copied();
+    // The engine's load counts them too (what the metrics export).
+    const EngineLoad load = engine->GetLoad();
+    EXPECT_EQ(load.num_sampled_rows_fetched, result.rows_fetched);
+    EXPECT_EQ(load.num_nucleus_rows_decided + load.num_sampled_rows_fetched,
+              nucleus_candidates > 0 ? 7 * 16 : 0);
     engine.reset();
     return result;
   };
