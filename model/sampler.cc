@@ -95,6 +95,12 @@ void SelectTopK(std::span<const float> values, size_t k,
 
 // Sums in array order (candidates are kept in increasing id order, so this is id order) so that
 // the result does not depend on any algorithm's element order.
+// A strict total order on positions into `z` (in id order), most likely first, ties to the
+// lower position: the sorts that use it give the same sequence on every standard library.
+auto MoreLikelyOrder(std::span<const float> z) {
+  return [z](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); };
+}
+
 double SumInIdOrder(std::span<const float> values) {
   double total = 0.0;
   for (float v : values) total += v;
@@ -246,20 +252,8 @@ void Sampler::CandidateProbabilities(std::span<const float> z, std::vector<float
   const size_t n = z.size();
   CHECK(n > 0);
   std::vector<float>& p = *probs;
-  p.resize(n);
-  // A strict total order on positions, most likely first (positions are in id order, so ties go
-  // to the lower id): the sorts below give the same sequence on every standard library.
-  auto more_likely = [&z](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); };
-
-  // Step 3: temperature, as unnormalised weights w = exp((z - z_max) / T) in (0, 1]; the most
-  // likely token has weight exactly 1.
-  float z_max = kNegInf;
-  for (float x : z) z_max = std::max(z_max, x);
-  const float temperature = params_.temperature;
-  for (size_t i = 0; i < n; ++i) {
-    p[i] =
-        z_max == kPosInf ? (z[i] == kPosInf ? 1.0f : 0.0f) : std::exp((z[i] - z_max) / temperature);
-  }
+  const auto more_likely = MoreLikelyOrder(z);
+  TemperatureWeights(z, &p);  // step 3
 
   // Step 5: top-p. Sort the candidates most-likely-first only as far as the nucleus reaches:
   // select and sort a chunk, and double it until the cumulative mass reaches top_p.
@@ -287,17 +281,33 @@ void Sampler::CandidateProbabilities(std::span<const float> z, std::vector<float
     }
     for (size_t i = keep; i < n; ++i) p[order[i]] = 0.0f;
   }
+  MinPAndRenormalise(p);  // step 6
+}
 
-  // Step 6: min-p. p_i < min_p * p_max  ⇔  w_i < min_p, since w_max = 1 and both share the sum.
+void Sampler::TemperatureWeights(std::span<const float> z, std::vector<float>* weights) const {
+  // Unnormalised weights w = exp((z - z_max) / T) in (0, 1]; the most likely token has weight
+  // exactly 1 (with +inf logits, the +inf ones share weight 1 each).
+  std::vector<float>& w = *weights;
+  w.resize(z.size());
+  float z_max = kNegInf;
+  for (float x : z) z_max = std::max(z_max, x);
+  const float temperature = params_.temperature;
+  for (size_t i = 0; i < z.size(); ++i) {
+    w[i] =
+        z_max == kPosInf ? (z[i] == kPosInf ? 1.0f : 0.0f) : std::exp((z[i] - z_max) / temperature);
+  }
+}
+
+void Sampler::MinPAndRenormalise(std::span<float> w) const {
+  // Min-p: p_i < min_p * p_max  ⇔  w_i < min_p, since w_max = 1 and both share the sum.
   if (params_.min_p > 0.0f) {
-    for (float& w : p) {
-      if (w < params_.min_p) w = 0.0f;
+    for (float& x : w) {
+      if (x < params_.min_p) x = 0.0f;
     }
   }
-
-  // Renormalise (the sum is >= 1: the most likely token always survives with weight 1).
-  const double total = SumInIdOrder(p);
-  for (float& w : p) w = static_cast<float>(w / total);
+  // Renormalise in id order (the sum is >= 1: the most likely token survives with weight 1).
+  const double total = SumInIdOrder(w);
+  for (float& x : w) x = static_cast<float>(x / total);
 }
 
 double Sampler::NextUniform() {
@@ -407,9 +417,7 @@ Sampler::SampleResult Sampler::ResultFromCandidates(std::span<const int32_t> ids
   std::iota(order.begin(), order.end(), 0);
   const size_t from_candidates = std::min(num_top, ids.size());
   std::partial_sort(order.begin(), order.begin() + from_candidates, order.end(),
-                    [&logits](int32_t a, int32_t b) {
-                      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-                    });
+                    MoreLikelyOrder(logits));
   result.top_logprobs.reserve(num_top);
   for (size_t i = 0; i < from_candidates; ++i) {
     result.top_logprobs.emplace_back(ids[order[i]], LogprobOf(logits[order[i]], normalizer));
@@ -554,18 +562,11 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleNucleus(std::span<const i
   const size_t n = ids.size();
   Scratch& scratch = ThreadScratch();
   std::vector<float>& w = scratch.candidate_probs;
-  w.resize(n);
-  const float z_max = *std::max_element(logits.begin(), logits.end());
-  for (size_t i = 0; i < n; ++i) {
-    w[i] = z_max == kPosInf ? (logits[i] == kPosInf ? 1.0f : 0.0f)
-                            : std::exp((logits[i] - z_max) / params_.temperature);
-  }
+  TemperatureWeights(logits, &w);
   std::vector<int32_t>& order = scratch.order;
   order.resize(n);
   std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&logits](int32_t a, int32_t b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-  });
+  std::sort(order.begin(), order.end(), MoreLikelyOrder(logits));
   size_t keep = n;  // the nucleus: the `keep` most likely
   if (params_.top_p < 1.0f) {
     // The whole row's threshold, top_p times its weight sum, lies in [low, high]; the nucleus
@@ -594,13 +595,7 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleNucleus(std::span<const i
   }
   // Step 6 and the renormalisation over the survivors, all among the candidates: the sums in
   // id order are Sample()'s (the tokens it zeroes add nothing).
-  if (params_.min_p > 0.0f) {
-    for (float& x : w) {
-      if (x < params_.min_p) x = 0.0f;
-    }
-  }
-  const double total = SumInIdOrder(w);
-  for (float& x : w) x = static_cast<float>(x / total);
+  MinPAndRenormalise(w);
   result.token = ids[DrawIndex(w)];
   return result;
 }

@@ -212,6 +212,10 @@ class Sampler {
   // Steps 3, 5 and 6, renormalised, over candidates in increasing id order (at least one):
   // probs[i] for the candidate whose processed logit is z[i].
   void CandidateProbabilities(std::span<const float> z, std::vector<float>* probs) const;
+  // Step 3: `weights` (resized) = exp((z - max z) / T) per candidate, the largest exactly 1.
+  void TemperatureWeights(std::span<const float> z, std::vector<float>* weights) const;
+  // Step 6 over weights w (those outside the nucleus already 0), then renormalised in id order.
+  void MinPAndRenormalise(std::span<float> w) const;
   // A draw (one) from the candidates' distribution; token 0 when there are none.
   int32_t DrawFromCandidates(std::span<const int32_t> ids, std::span<const float> z);
   // Inverse CDF over the positive entries of `probs` in index order (one RNG draw).
