@@ -37,23 +37,17 @@ void EngineMetricsObserver::RefreshFromLoad(const scheduler::EngineLoad& load) {
                                : 0.0);
   // Counters only move forward: add what the load gained since the last refresh (an older
   // snapshot arriving late adds nothing).
+  auto catch_up = [](Counter* counter, int64_t total, int64_t& reported) {
+    if (total > reported) {
+      counter->Add(total - reported);
+      reported = total;
+    }
+  };
   absl::MutexLock lock(&mu_);
-  if (load.prefix_cache_queried_tokens > reported_queries_) {
-    metrics_.prefix_cache_queries->Add(load.prefix_cache_queried_tokens - reported_queries_);
-    reported_queries_ = load.prefix_cache_queried_tokens;
-  }
-  if (load.prefix_cache_hit_tokens > reported_hits_) {
-    metrics_.prefix_cache_hits->Add(load.prefix_cache_hit_tokens - reported_hits_);
-    reported_hits_ = load.prefix_cache_hit_tokens;
-  }
-  if (load.num_nucleus_rows_decided > reported_nucleus_decided_) {
-    metrics_.nucleus_rows_decided->Add(load.num_nucleus_rows_decided - reported_nucleus_decided_);
-    reported_nucleus_decided_ = load.num_nucleus_rows_decided;
-  }
-  if (load.num_sampled_rows_fetched > reported_rows_fetched_) {
-    metrics_.sampled_rows_fetched->Add(load.num_sampled_rows_fetched - reported_rows_fetched_);
-    reported_rows_fetched_ = load.num_sampled_rows_fetched;
-  }
+  catch_up(metrics_.prefix_cache_queries, load.prefix_cache_queried_tokens, reported_queries_);
+  catch_up(metrics_.prefix_cache_hits, load.prefix_cache_hit_tokens, reported_hits_);
+  catch_up(metrics_.nucleus_rows_decided, load.num_nucleus_rows_decided, reported_nucleus_decided_);
+  catch_up(metrics_.sampled_rows_fetched, load.num_sampled_rows_fetched, reported_rows_fetched_);
 }
 
 }  // namespace glimpse::server

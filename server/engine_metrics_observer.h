@@ -31,12 +31,13 @@ class EngineMetricsObserver final : public scheduler::EngineObserver {
                          int32_t generated_tokens) override;
   void OnStep(int32_t num_tokens, int32_t num_decoding, int32_t num_preemptions) override;
 
-  // Sets the state gauges and catches the prefix-cache counters up with `load`.
+  // Sets the state gauges and catches the running-total counters (prefix cache, nucleus rows)
+  // up with `load`.
   void RefreshFromLoad(const scheduler::EngineLoad& load);
 
  private:
   const EngineMetrics& metrics_;
-  // Prefix-cache totals already added to the counters (the load holds running totals).
+  // Totals already added to the counters (the load holds running totals).
   absl::Mutex mu_;
   int64_t reported_queries_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t reported_hits_ ABSL_GUARDED_BY(mu_) = 0;
