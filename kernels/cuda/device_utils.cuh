@@ -116,13 +116,9 @@ __device__ __forceinline__ void StoreVec(T* ptr, const float (&in)[kVecSize<T>])
   *reinterpret_cast<uint4*>(ptr) = raw;
 }
 
-__device__ __forceinline__ float WarpSum(float x) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(kFullMask, x, offset);
-  return x;
-}
-
-__device__ __forceinline__ double WarpSum(double x) {
+// Sum over the warp (float or double), returned to every lane.
+template <typename T>
+__device__ __forceinline__ T WarpSum(T x) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(kFullMask, x, offset);
   return x;
@@ -136,10 +132,12 @@ __device__ __forceinline__ float WarpMax(float x) {
   return x;
 }
 
-// Sum over the whole block, returned to every thread. `scratch` holds >= 32 floats of shared
-// memory. Deterministic: a fixed tree order that does not depend on timing. Must be called by
-// all threads of the block (it contains __syncthreads); blockDim.x is a multiple of 32.
-__device__ __forceinline__ float BlockSum(float x, float* scratch) {
+// Sum over the whole block (float or double), returned to every thread. `scratch` holds >= 32
+// values of shared memory. Deterministic: a fixed tree order that does not depend on timing.
+// Must be called by all threads of the block (it contains __syncthreads); blockDim.x is a
+// multiple of 32.
+template <typename T>
+__device__ __forceinline__ T BlockSum(T x, T* scratch) {
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int num_warps = blockDim.x >> 5;
@@ -147,20 +145,7 @@ __device__ __forceinline__ float BlockSum(float x, float* scratch) {
   __syncthreads();  // scratch may still be read by a previous BlockSum/BlockMax
   if (lane == 0) scratch[warp] = x;
   __syncthreads();
-  x = lane < num_warps ? scratch[lane] : 0.0f;
-  return WarpSum(x);
-}
-
-// As above in double (`scratch`: >= 32 doubles).
-__device__ __forceinline__ double BlockSum(double x, double* scratch) {
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int num_warps = blockDim.x >> 5;
-  x = WarpSum(x);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  x = lane < num_warps ? scratch[lane] : 0.0;
+  x = lane < num_warps ? scratch[lane] : T(0);
   return WarpSum(x);
 }
 

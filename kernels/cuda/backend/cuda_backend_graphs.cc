@@ -308,19 +308,20 @@ bool CudaBackend::RecordTopKRows(const float* x, int64_t num_rows, int64_t cols,
   }
   // Padded rows select from logits row 0's copies: harmless, and never copied out.
   const TopKRowsParams p = TopKOutput(x, rows, cols, k, normalizers);
-  if (host_temperature == nullptr) {
-    graphs_.Record([p](cudaStream_t stream) { return LaunchTopKRows(p, stream); },
-                   GraphOp::kTopKRows, x, rows, cols, k, p.count, p.index, p.value, p.row_max,
-                   p.row_exp_sum);
-    return true;
-  }
-  // The temperatures in the arena; padded rows' are 0 (their normalizers are never read).
-  const size_t temperature_offset = graphs_.ArenaPut(
-      host_temperature, num_rows * sizeof(float), rows * sizeof(float), 0, /*copy_padding=*/true);
+  // The normalizers' temperatures in the arena (padded rows' are 0: their normalizers are
+  // never read); none: 1 for every row.
+  constexpr size_t kNoTemperatures = ~size_t{0};
+  const size_t temperature_offset =
+      host_temperature == nullptr
+          ? kNoTemperatures
+          : graphs_.ArenaPut(host_temperature, num_rows * sizeof(float), rows * sizeof(float), 0,
+                             /*copy_padding=*/true);
   graphs_.Record(
       [this, p, temperature_offset](cudaStream_t stream) {
         TopKRowsParams run = p;
-        run.temperature = graphs_.ArenaPtr<const float>(temperature_offset);
+        if (temperature_offset != kNoTemperatures) {
+          run.temperature = graphs_.ArenaPtr<const float>(temperature_offset);
+        }
         return LaunchTopKRows(run, stream);
       },
       GraphOp::kTopKRows, x, rows, cols, k, p.count, p.index, p.value, p.row_max, p.row_exp_sum,
