@@ -1,6 +1,8 @@
 #include "model/sampler.h"
 
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -93,18 +95,76 @@ void SelectTopK(std::span<const float> values, size_t k,
   for (const auto& entry : *heap) ids->push_back(entry.second);
 }
 
-// Sums in array order (candidates are kept in increasing id order, so this is id order) so that
-// the result does not depend on any algorithm's element order.
 // A strict total order on positions into `z` (in id order), most likely first, ties to the
 // lower position: the sorts that use it give the same sequence on every standard library.
 auto MoreLikelyOrder(std::span<const float> z) {
   return [z](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); };
 }
 
+// Sums in array order (candidates are kept in increasing id order, so this is id order) so that
+// the result does not depend on any algorithm's element order.
 double SumInIdOrder(std::span<const float> values) {
   double total = 0.0;
   for (float v : values) total += v;
   return total;
+}
+
+// Without a top-p or min-p cut a draw walks the weights by binade, heaviest first: binade b
+// holds the weights in [2^-b, 2^(1-b)) (b = 0: weight 1; 127: the subnormal ones and 0), the
+// tokens of one binade in increasing id order. Ordering by binade takes one pass, not a sort,
+// and a row's most likely tokens fill its heaviest binades, so they usually decide the draw.
+constexpr int kNumBinades = 128;
+
+int BinadeOf(float weight) {  // weight in [0, 1]: its biased float exponent, counted down
+  return 127 - static_cast<int>(std::bit_cast<uint32_t>(weight) >> 23);
+}
+
+// The step of that walk over weights `w` (in id order) that holds every target in
+// [low, high], when the binades below `complete` hold every weight of the row in them: its
+// position, or nullopt when the range meets a step's end or goes past those binades. The step
+// of weight w[i] ends at base + prefix, in double: base the sum of the heavier binades' sums
+// (each summed in id order, added heaviest first), prefix the id-order sum of its own
+// binade's weights up to w[i]. Weights of 0 are never a step.
+std::optional<size_t> BinadeStepHolding(std::span<const float> w, int complete, double low,
+                                        double high) {
+  std::array<double, kNumBinades> sums{};
+  for (float x : w) {
+    if (x > 0.0f) sums[BinadeOf(x)] += x;
+  }
+  double base = 0.0;
+  for (int b = 0; b < complete; ++b) {
+    const double end = base + sums[b];
+    if (high < end) {
+      // Where the range begins, from this binade's start (below 0: in a heavier binade).
+      const double from = low - base;
+      const double to = high - base;
+      double prefix = 0.0;
+      for (size_t i = 0; i < w.size(); ++i) {
+        if (w[i] > 0.0f && BinadeOf(w[i]) == b) {
+          const double before = prefix;
+          prefix += w[i];
+          if (to < prefix) return from < before ? std::nullopt : std::optional<size_t>(i);
+        }
+      }
+      return std::nullopt;  // the binade's own steps rounded below its sum
+    }
+    base = end;
+  }
+  return std::nullopt;
+}
+
+// The last step of that walk over weights `w` (at least one positive): the last token, in id
+// order, of the lightest binade with a positive weight.
+size_t LastBinadeStep(std::span<const float> w) {
+  int lightest = 0;
+  for (float x : w) {
+    if (x > 0.0f) lightest = std::max(lightest, BinadeOf(x));
+  }
+  size_t last = 0;
+  for (size_t i = 0; i < w.size(); ++i) {
+    if (w[i] > 0.0f && BinadeOf(w[i]) == lightest) last = i;
+  }
+  return last;
 }
 
 }  // namespace
@@ -310,11 +370,13 @@ void Sampler::MinPAndRenormalise(std::span<float> w) const {
   for (float& x : w) x = static_cast<float>(x / total);
 }
 
-double Sampler::NextUniform() {
+double Sampler::UniformFrom(uint64_t bits) {
   // 53 random bits → a double in [0, 1) with uniform spacing 2^-53; portable, unlike
   // std::uniform_real_distribution whose algorithm is implementation-defined.
-  return static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+  return static_cast<double>(bits >> 11) * 0x1.0p-53;
 }
+
+double Sampler::NextUniform() { return UniformFrom(rng_()); }
 
 int32_t Sampler::SampleFromProbabilities(std::span<const float> probs) {
   CHECK(probs.size() == static_cast<size_t>(vocab_size_));
@@ -460,9 +522,29 @@ int32_t Sampler::DrawFromCandidates(std::span<const int32_t> ids, std::span<cons
     NextUniform();
     return 0;
   }
+  if (DrawsByBinade()) return ids[DrawByBinade(z)];
   std::vector<float>& probs = ThreadScratch().candidate_probs;
   CandidateProbabilities(z, &probs);
   return ids[DrawIndex(probs)];
+}
+
+bool Sampler::DrawsByBinade() const { return params_.top_p == 1.0f && params_.min_p == 0.0f; }
+
+size_t Sampler::DrawByBinade(std::span<const float> z) {
+  // Step 3's weights; with no top-p or min-p cut the distribution is w / sum(w). The target is
+  // u times the id-order sum, found in the binade walk over the same weights: the same
+  // distribution as DrawIndex over CandidateProbabilities, in another order.
+  std::vector<float>& w = ThreadScratch().candidate_probs;
+  TemperatureWeights(z, &w);
+  const double target = NextUniform() * SumInIdOrder(w);
+  const std::optional<size_t> drawn = BinadeStepHolding(w, kNumBinades, target, target);
+  // nullopt only when the walk's sums rounded below the target: its last step.
+  return drawn.has_value() ? *drawn : LastBinadeStep(w);
+}
+
+double Sampler::PeekUniform() const {
+  std::mt19937_64 copy = rng_;
+  return UniformFrom(copy());
 }
 
 int32_t Sampler::CandidatesNeeded(const SamplingParams& params, bool report_logprobs,
@@ -540,8 +622,7 @@ bool Sampler::SamplesNucleus(const SamplingParams& params, bool report_logprobs,
                              int32_t vocab_size) {
   return NoBiasOrPenalties(params) && !report_logprobs &&
          params.temperature >= kGreedyTemperatureEpsilon &&
-         !(params.top_k > 0 && params.top_k < vocab_size) &&
-         (params.top_p < 1.0f || params.min_p > 0.0f);
+         !(params.top_k > 0 && params.top_k < vocab_size);
 }
 
 std::optional<Sampler::SampleResult> Sampler::TrySampleNucleus(std::span<const int32_t> ids,
@@ -558,11 +639,26 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleNucleus(std::span<const i
     result.token = DrawFromCandidates(ids, logits);
     return result;
   }
-  // The candidates' weights as CandidateProbabilities computes them (step 3), most likely first.
+  // The candidates' weights as CandidateProbabilities computes them (step 3).
   const size_t n = ids.size();
   Scratch& scratch = ThreadScratch();
   std::vector<float>& w = scratch.candidate_probs;
   TemperatureWeights(logits, &w);
+  if (DrawsByBinade()) {
+    // No cut: Sample() finds u times the row's weight sum, a target in [low, high], in the
+    // binade walk. The binades heavier than the least likely candidate's are complete here.
+    int complete = 0;
+    for (float x : w) complete = std::max(complete, BinadeOf(x));
+    const double u = PeekUniform();
+    const std::optional<size_t> drawn =
+        BinadeStepHolding(w, complete, u * weight_sum * (1.0 - kNucleusSumTolerance),
+                          u * weight_sum * (1.0 + kNucleusSumTolerance));
+    if (!drawn.has_value()) return std::nullopt;
+    NextUniform();
+    result.token = ids[*drawn];
+    return result;
+  }
+  // Top-p or min-p: most likely first.
   std::vector<int32_t>& order = scratch.order;
   order.resize(n);
   std::iota(order.begin(), order.end(), 0);

@@ -13,7 +13,12 @@
 //     5. top-p               keep the smallest prefix of the survivors, most likely first, whose
 //                            cumulative probability >= top_p (at least one token)
 //     6. min-p               drop tokens with p < min_p * p_max
-//     7. renormalise, draw   inverse CDF over token ids in increasing order
+//     7. renormalise, draw   inverse CDF: over token ids in increasing order after a top-p or
+//                            min-p cut; when neither cuts, over the weights w = exp((l - max)/T)
+//                            by binade, heaviest first (binade b: w in [2^-b, 2^(1-b))), ids
+//                            increasing within one — a row's few most likely tokens then
+//                            usually decide a plain-temperature draw (TrySampleNucleus), and
+//                            the order costs one pass, not a sort
 //
 // NaN logits are treated as -inf. If every token ends up at -inf (e.g. all banned), the
 // distribution degenerates to a one-hot at token 0 (the greedy tie rule on an all -inf row).
@@ -28,13 +33,15 @@
 //
 // Cost per call at vocabulary V: O(V) for greedy (two passes plus one expf pass for the logprob)
 // and for top-k (one heap pass, then work on k tokens); top-p without top-k sorts incrementally,
-// only as far as the nucleus reaches (worst case a full sort). Measured at V = 128k on one
-// loaded x86 core: greedy ≈ 0.6 ms, top-k 50 + top-p ≈ 1 ms, plain ≈ 1.6 ms, a flat top-p 0.9
-// nucleus of ~15k tokens ≈ 2.4 ms. Without logprobs (report_logprobs false) the raw row's
-// log-softmax is skipped: greedy ≈ 0.08 ms, top-k 50 + top-p ≈ 0.16–0.45 ms
-// (//model:sampler_bench); from the row's 50 candidates alone (SampleFromCandidates) ≈ 1 µs,
-// greedy with 5 top logprobs from 5 candidates and the row's normalizer ≈ 0.1 µs (≈ 1 ms
-// from the whole row).
+// only as far as the nucleus reaches (worst case a full sort); plain temperature is O(V) (the
+// binade walk, step 7, needs no sort). Measured at V = 128k on one loaded x86 core: greedy
+// ≈ 0.6 ms, top-k 50 + top-p ≈ 1 ms, plain ≈ 1.4 ms, a flat top-p 0.9 nucleus of ~15k tokens
+// ≈ 2.4 ms. Without logprobs (report_logprobs false) the raw row's log-softmax is skipped:
+// greedy ≈ 0.08 ms, top-k 50 + top-p ≈ 0.16–0.45 ms, plain ≈ 0.9 ms (//model:sampler_bench);
+// from the row's 50 candidates alone (SampleFromCandidates) ≈ 1 µs, greedy with 5 top
+// logprobs from 5 candidates and the row's normalizer ≈ 0.1 µs (≈ 1 ms from the whole row),
+// plain temperature or top-p from 256 candidates and the row's weight sum (TrySampleNucleus)
+// ≈ 2–3 µs.
 // Scratch buffers are thread_local, so memory per Sampler is O(#distinct history tokens), not
 // O(V).
 #ifndef GLIMPSE_MODEL_SAMPLER_H_
@@ -89,9 +96,11 @@ class Sampler {
   void Accept(int32_t token);
 
   // Draws the next token from ProcessedProbabilities(logits) with this sampler's RNG and returns
-  // it with its raw logprobs. Does NOT call Accept(). Exactly equivalent to
-  // ResultForToken(logits, SampleFromProbabilities(ProcessedProbabilities(logits))), including
-  // the RNG consumption (one draw per call, also when greedy).
+  // it with its raw logprobs. Does NOT call Accept(). One RNG draw per call, also when greedy.
+  // With a top-p or min-p cut (or greedy) exactly equivalent to
+  // ResultForToken(logits, SampleFromProbabilities(ProcessedProbabilities(logits))); without
+  // one the same distribution, drawn in binade order (step 7), so the token a given draw
+  // picks differs.
   // `logits`: fp32, [vocab_size], one row of the model output.
   SampleResult Sample(std::span<const float> logits);
 
@@ -158,9 +167,11 @@ class Sampler {
   SampleResult SampleFromCandidates(std::span<const int32_t> ids, std::span<const float> logits,
                                     const RowNormalizer* normalizer);
   // Whether Sample() of these params draws from a nucleus over the whole vocabulary: sampling
-  // without top-k but with top-p < 1 or min-p > 0, and no logit bias, penalties or logprobs.
-  // The engine may then hand such a row over as its most likely entries and the row's sum of
-  // weights (TrySampleNucleus), falling back to the whole row when those do not decide.
+  // without top-k, logit bias, penalties or logprobs — with top-p < 1 or min-p > 0, or neither
+  // (plain temperature: the nucleus is the whole row, but the draw walks it heaviest binade
+  // first and usually stops within its head). The engine may then hand such a row over as its most
+  // likely entries and the row's sum of weights (TrySampleNucleus), falling back to the whole
+  // row when those do not decide.
   static bool SamplesNucleus(const SamplingParams& params, bool report_logprobs,
                              int32_t vocab_size);
   // The relative error TrySampleNucleus allows in the weight sum it is given, against this
@@ -174,8 +185,10 @@ class Sampler {
   // above -inf of exp((x - max) / temperature) (the number of +inf values when max is +inf)
   // within kNucleusSumTolerance. When they decide Sample()'s draw — every token above -inf is
   // there, or the nucleus (top-p) and min-p's survivors close among them, farther from their
-  // threshold than the sum's tolerance could move it — the same token and the same one RNG
-  // draw; otherwise nullopt without drawing (the caller samples the whole row).
+  // threshold than the sum's tolerance could move it, or (neither cut) the draw's target lands
+  // within the candidates' weight, farther from the steps between them than that tolerance —
+  // the same token and the same one RNG draw; otherwise nullopt without drawing (the caller
+  // samples the whole row).
   std::optional<SampleResult> TrySampleNucleus(std::span<const int32_t> ids,
                                                std::span<const float> logits, int32_t requested,
                                                double weight_sum);
@@ -218,8 +231,17 @@ class Sampler {
   void MinPAndRenormalise(std::span<float> w) const;
   // A draw (one) from the candidates' distribution; token 0 when there are none.
   int32_t DrawFromCandidates(std::span<const int32_t> ids, std::span<const float> z);
+  // Whether a draw walks the weights by binade (step 7): no top-p and no min-p cut.
+  bool DrawsByBinade() const;
+  // Steps 3 and 7 without a cut over candidates in increasing id order (at least one): the
+  // position drawn in the binade walk (one RNG draw).
+  size_t DrawByBinade(std::span<const float> z);
   // Inverse CDF over the positive entries of `probs` in index order (one RNG draw).
   int32_t DrawIndex(std::span<const float> probs);
+  // The uniform the next NextUniform() will return, without drawing it.
+  double PeekUniform() const;
+  // The uniform double in [0, 1) that 64 random bits give.
+  static double UniformFrom(uint64_t bits);
 
   const SamplingParams params_;
   const int32_t vocab_size_;

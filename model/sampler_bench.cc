@@ -3,7 +3,8 @@
 // per generated token on top of the forward pass. Then a step's 64 rows sampled on one thread
 // and on a pool of every CPU (as the engine's sampling_threads does); and samples from the
 // row's candidates alone (SampleFromCandidates, what a device top-k step leaves: top-k
-// sampling, and greedy with top logprobs given the row's normalizer). Prints tables.
+// sampling, and greedy with top logprobs given the row's normalizer; TrySampleNucleus for top-p
+// and plain temperature without top-k, given the row's weight sum). Prints tables.
 //
 //   bazel run -c opt //model:sampler_bench [-- VOCAB [CALLS]]
 #include <algorithm>
@@ -176,21 +177,28 @@ int main(int argc, char** argv) {
       std::printf("%-22s %10s %16.1f %16.2f %8.0f\n", c.name, c.report_logprobs ? "yes" : "no",
                   whole, candidates, whole / candidates);
     }
-    // Top-p without top-k from 256 candidates and the row's weight sum (TrySampleNucleus).
+    // Without top-k (top-p 0.9, and plain temperature 1) from 256 candidates and the row's
+    // weight sum (TrySampleNucleus).
     SamplingParams top_p;
     top_p.temperature = 0.8f;
     top_p.top_p = 0.9f;
-    for (const float scale : {1.0f, 4.0f}) {  // the rows as they are (flat), and peaked
-      std::vector<std::vector<float>> scaled = rows;
-      for (auto& row : scaled) {
-        for (float& x : row) x *= scale;
+    const struct {
+      const char* name;
+      SamplingParams params;
+    } nucleus_settings[] = {{"top-p 0.9 (256 cand.)", top_p},
+                            {"temp. 1 (256 cand.)", settings[2].params}};
+    for (const auto& n : nucleus_settings) {
+      for (const float scale : {1.0f, 4.0f}) {  // the rows as they are (flat), and peaked
+        std::vector<std::vector<float>> scaled = rows;
+        for (auto& row : scaled) {
+          for (float& x : row) x *= scale;
+        }
+        double decided = 0;
+        const double whole = SampleMedianMicros(n.params, false, scaled, calls);
+        const double nucleus = NucleusMedianMicros(n.params, scaled, 256, calls, &decided);
+        std::printf("%-22s %10s %16.1f %16.2f %8.0f   (logits x%.0f: %.0f%% decided)\n", n.name,
+                    "no", whole, nucleus, whole / nucleus, scale, 100.0 * decided);
       }
-      double decided = 0;
-      const double whole = SampleMedianMicros(top_p, false, scaled, calls);
-      const double nucleus = NucleusMedianMicros(top_p, scaled, 256, calls, &decided);
-      std::printf("%-22s %10s %16.1f %16.2f %8.0f   (logits x%.0f: %.0f%% decided)\n",
-                  "top-p 0.9 (256 cand.)", "no", whole, nucleus, whole / nucleus, scale,
-                  100.0 * decided);
     }
   }
 

@@ -438,6 +438,59 @@ TEST(SamplerTest, SeededDrawsArePinned) {
   EXPECT_THAT(tokens, ElementsAre(1, 3, 3, 0, 2, 1, 0, 2, 2, 1, 2, 1, 2, 2, 3, 2));
 }
 
+// Without a top-p or min-p cut the draw walks the weights w = exp((l - max) / T) by binade,
+// heaviest first, ids increasing within one (step 7): checked against that rule computed here
+// (binades by std::ilogb) from the seed's first mt19937_64 output, on a row where it differs
+// both from id order and from likelihood order (tokens 1 and 3 share a binade, 3 the more
+// likely), for plain temperature and for top-k 3 (whose draw has no cut either).
+TEST(SamplerTest, DrawWithoutACutWalksTheWeightsByBinade) {
+  const std::vector<float> logits = {0.1f, 1.5f, -1.0f, 2.0f, 0.7f, 3.0f};
+  constexpr float kTemperature = 1.3f;
+  for (int32_t top_k : {0, 3}) {
+    SamplingParams params;
+    params.temperature = kTemperature;
+    params.top_k = top_k;
+    std::vector<int32_t> ids = {0, 1, 2, 3, 4, 5};
+    if (top_k > 0) ids = {1, 3, 5};
+    // Weights and binades, the walk order sorted by (binade, id); and two other orders.
+    std::vector<float> w(logits.size(), 0.0f);
+    for (int32_t id : ids) w[id] = std::exp((logits[id] - 3.0f) / kTemperature);
+    auto binade = [&](int32_t id) { return -std::ilogb(w[id]); };
+    std::vector<int32_t> walk = ids;
+    std::sort(walk.begin(), walk.end(), [&](int32_t a, int32_t b) {
+      return binade(a) < binade(b) || (binade(a) == binade(b) && a < b);
+    });
+    std::vector<int32_t> by_likelihood = ids;
+    std::sort(by_likelihood.begin(), by_likelihood.end(),
+              [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+    ASSERT_EQ(binade(1), binade(3));
+    auto draw = [&](const std::vector<int32_t>& order, double target) {
+      double cumulative = 0.0;
+      for (int32_t id : order) {
+        cumulative += w[id];
+        if (target < cumulative) return id;
+      }
+      return order.back();
+    };
+    int differs_from_id_order = 0;
+    int differs_from_likelihood_order = 0;
+    for (uint64_t seed = 0; seed < 400; ++seed) {
+      double total = 0.0;
+      for (int32_t id : ids) total += w[id];
+      std::mt19937_64 rng(seed);
+      const double target = static_cast<double>(rng() >> 11) * 0x1.0p-53 * total;
+      const int32_t want = draw(walk, target);
+      differs_from_id_order += draw(ids, target) != want ? 1 : 0;
+      differs_from_likelihood_order += draw(by_likelihood, target) != want ? 1 : 0;
+      Sampler sampler(params, static_cast<int32_t>(logits.size()), seed,
+                      /*report_logprobs=*/false);
+      ASSERT_EQ(sampler.Sample(logits).token, want) << "top_k " << top_k << " seed " << seed;
+    }
+    EXPECT_GT(differs_from_id_order, 40) << top_k;
+    EXPECT_GT(differs_from_likelihood_order, 40) << top_k;
+  }
+}
+
 TEST(SamplerTest, EmpiricalFrequenciesMatchProcessedProbabilities) {
   SamplingParams params;
   params.temperature = 0.8f;
@@ -754,7 +807,7 @@ double WeightSum(const std::vector<float>& row, float temperature) {
   return sum;
 }
 
-TEST(SamplerTest, SamplesNucleusOnlyForTopPOrMinPWithoutTopK) {
+TEST(SamplerTest, SamplesNucleusForSamplingWithoutTopK) {
   constexpr int32_t kVocab = 1000;
   SamplingParams top_p;
   top_p.temperature = 0.7f;
@@ -767,7 +820,7 @@ TEST(SamplerTest, SamplesNucleusOnlyForTopPOrMinPWithoutTopK) {
   EXPECT_TRUE(Sampler::SamplesNucleus(min_p, false, kVocab));
   SamplingParams plain = min_p;
   plain.min_p = 0.0f;
-  EXPECT_FALSE(Sampler::SamplesNucleus(plain, false, kVocab));  // the whole row decides
+  EXPECT_TRUE(Sampler::SamplesNucleus(plain, false, kVocab));  // the nucleus is the row
   SamplingParams with_top_k = top_p;
   with_top_k.top_k = 40;
   EXPECT_FALSE(Sampler::SamplesNucleus(with_top_k, false, kVocab));  // CandidatesNeeded's
@@ -785,8 +838,9 @@ TEST(SamplerTest, SamplesNucleusOnlyForTopPOrMinPWithoutTopK) {
 // TrySampleNucleus, given a row's most likely tokens and its weight sum (exact, or off by up to
 // 0.9 of the tolerance), either draws exactly what Sample() draws from the whole row with one
 // RNG draw, or declines without drawing (and the whole row then draws the same): over
-// temperatures, top-p and min-p, candidate counts, rows with ties, NaN, -inf, +inf, fewer
-// tokens than asked for, and rows whose threshold falls exactly on a prefix (must decline).
+// temperatures, top-p and min-p (and neither: plain temperature), candidate counts, rows with
+// ties, NaN, -inf, +inf, fewer tokens than asked for, and rows whose threshold falls exactly on
+// a prefix (must decline).
 TEST(SamplerTest, TrySampleNucleusDrawsAsTheWholeRowOrDeclines) {
   constexpr int32_t kVocab = 3000;
   std::vector<SamplingParams> grid;
@@ -795,7 +849,8 @@ TEST(SamplerTest, TrySampleNucleusDrawsAsTheWholeRowOrDeclines) {
                                        {0.5f, 0.0f},
                                        {0.95f, 0.05f},
                                        {1.0f, 0.05f},
-                                       {1.0f, 0.3f}}) {
+                                       {1.0f, 0.3f},
+                                       {1.0f, 0.0f}}) {
       SamplingParams params;
       params.temperature = temperature;
       params.top_p = top_p;
@@ -867,9 +922,64 @@ TEST(SamplerTest, TrySampleNucleusDrawsAsTheWholeRowOrDeclines) {
       EXPECT_EQ(whole.NextUniform(), top.NextUniform()) << "params " << g;  // as many draws
     }
   }
-  EXPECT_GT(decided, 600);
+  EXPECT_GT(decided, 700);
   EXPECT_GT(declined, 50);
   EXPECT_GT(declined_on_exact_threshold, 10);
+}
+
+// A plain-temperature draw whose target lies on the step between two candidates (within the
+// weight sum's tolerance of it) is not decided by them; the whole row then decides. The
+// weights are built from the seed's uniform u so that the target u * (sum of weights) ends a
+// step: at a binade's end (1 and a, a = 1/u - 1 < 1 in a lighter binade: u * (1 + a) = 1) and
+// inside a binade (1, then 0.75 and y both in [0.5, 1), 0.75 first by id:
+// u * (1.75 + y) = 1.75). Moved off the step, the same draws are decided. (A candidate of
+// weight 0 tells that every token of positive weight is a candidate.)
+TEST(SamplerTest, TrySampleNucleusDeclinesAPlainDrawOnAStep) {
+  constexpr int32_t kVocab = 50;
+  SamplingParams params;  // temperature 1, no cut
+  ASSERT_TRUE(Sampler::SamplesNucleus(params, false, kVocab));
+  // Weights by token id for uniform u, or an empty map when u cannot put a step there.
+  const std::vector<std::function<std::vector<std::pair<int32_t, double>>(double)>> cases = {
+      [](double u) -> std::vector<std::pair<int32_t, double>> {
+        if (u < 0.6) return {};
+        return {{30, 1.0}, {7, 1.0 / u - 1.0}};
+      },
+      [](double u) -> std::vector<std::pair<int32_t, double>> {
+        const double y = 1.75 / u - 1.75;
+        if (y < 0.52 || y > 0.98) return {};
+        return {{30, 1.0}, {5, 0.75}, {9, y}};
+      }};
+  for (size_t c = 0; c < cases.size(); ++c) {
+    int on_step = 0;
+    for (uint64_t seed = 0; seed < 200; ++seed) {
+      std::mt19937_64 rng(seed);
+      const std::vector<std::pair<int32_t, double>> weights =
+          cases[c](static_cast<double>(rng() >> 11) * 0x1.0p-53);
+      if (weights.empty()) continue;
+      ++on_step;
+      for (const float shift : {0.0f, 0.01f}) {   // on the step, then off it
+        std::vector<float> row(kVocab, -200.0f);  // weights e^-200: 0, but candidates
+        for (const auto& [id, w] : weights) row[id] = static_cast<float>(std::log(w));
+        row[weights.back().first] += shift;
+        const int32_t requested = static_cast<int32_t>(weights.size()) + 1;
+        const auto [ids, values] = MostLikely(row, static_cast<size_t>(requested));
+        Sampler whole(params, kVocab, seed, /*report_logprobs=*/false);
+        Sampler top(params, kVocab, seed, /*report_logprobs=*/false);
+        const int32_t want = whole.Sample(row).token;
+        const std::optional<Sampler::SampleResult> got =
+            top.TrySampleNucleus(ids, values, requested, WeightSum(row, 1.0f));
+        const std::string what = "case " + std::to_string(c) + " seed " + std::to_string(seed);
+        if (shift == 0.0f) {
+          EXPECT_FALSE(got.has_value()) << what;
+          EXPECT_EQ(top.Sample(row).token, want) << what;  // not drawn by the declined call
+        } else {
+          ASSERT_TRUE(got.has_value()) << what;
+          EXPECT_EQ(got->token, want) << what;
+        }
+      }
+    }
+    EXPECT_GT(on_step, 10) << c;
+  }
 }
 
 TEST(ValidateSamplingParamsTest, AcceptsDefaultsAndBoundaries) {

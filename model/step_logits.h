@@ -9,9 +9,10 @@
 //   otherwise                       → the rows themselves     (StepRunner::Forward)
 //
 // On a GPU at a 128k vocabulary that is 8 bytes, k x 8 (+ 12) bytes or 513 KB a row, and a
-// host pass over the row only in the last case. A nucleus row (top-p or min-p without top-k,
-// Sampler::SamplesNucleus) is usually decided by its candidates and weight sum; when not
-// (the nucleus reaches past them, or its threshold is too close to call), its row is fetched
+// host pass over the row only in the last case. A nucleus row (sampling without top-k: top-p,
+// min-p or plain temperature; Sampler::SamplesNucleus) is usually decided by its candidates
+// and weight sum; when not (the nucleus or the draw reaches past them, or a threshold is too
+// close to call), its row is fetched
 // after the step (StepRunner::CopyStepLogitsRow) and sampled whole. The tokens are the same
 // whichever way (the Sampler guarantees it, seed for seed; logprob values from a device's
 // normalizer may differ in the last bits). The serving engine and the offline generator both plan

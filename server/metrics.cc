@@ -491,8 +491,9 @@ absl::StatusOr<EngineMetrics> CreateEngineMetrics(MetricsRegistry& registry,
                                        "Prompt tokens found in the prefix cache.", labels));
   ASSIGN_OR_RETURN(m.nucleus_rows_decided,
                    registry.AddCounter("glimpse_nucleus_rows_decided_total",
-                                       "Top-p or min-p rows sampled from the device's candidates "
-                                       "and weight sum alone.",
+                                       "Rows sampled without top-k (top-p, min-p or plain "
+                                       "temperature) from the device's candidates and weight "
+                                       "sum alone.",
                                        labels));
   ASSIGN_OR_RETURN(m.sampled_rows_fetched,
                    registry.AddCounter("glimpse_sampled_rows_fetched_total",

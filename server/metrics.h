@@ -188,7 +188,7 @@ struct EngineMetrics {
   Counter* generation_tokens = nullptr;
   Counter* prefix_cache_queries = nullptr;  // prompt tokens looked up in the prefix cache
   Counter* prefix_cache_hits = nullptr;     // of those, tokens found
-  Counter* nucleus_rows_decided = nullptr;  // top-p rows sampled from device candidates
+  Counter* nucleus_rows_decided = nullptr;  // rows without top-k sampled from candidates
   Counter* sampled_rows_fetched = nullptr;  // rows fetched whole after a reduced step
   Counter* num_preemptions = nullptr;
   Counter* forward_tokens = nullptr;  // tokens through the model forward, all requests

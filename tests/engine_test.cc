@@ -544,10 +544,11 @@ TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
             absl::StatusCode::kInvalidArgument);
 }
 
-// Rows that sample a nucleus over the whole vocabulary (top-p or min-p, no top-k) run
-// ForwardTopK steps with their temperature normalizers and draw from the candidates when those
-// decide, else from their row fetched after the step: the tokens are those drawn from the
-// whole rows, seed for seed, with many candidates (mostly decided) and with 2 (mostly fetched).
+// Rows that sample a nucleus over the whole vocabulary (top-p, min-p or plain temperature, no
+// top-k) run ForwardTopK steps with their temperature normalizers and draw from the candidates
+// when those decide, else from their row fetched after the step: the tokens are those drawn
+// from the whole rows, seed for seed, with many candidates (mostly decided) and with 2 (mostly
+// fetched).
 TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
   const std::vector<Reference> refs = LoadReferences();
   struct Run {
@@ -564,9 +565,9 @@ TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
     std::vector<std::shared_ptr<RequestStream>> streams;
     for (int i = 0; i < 6; ++i) {
       EngineRequest r = Greedy("p" + std::to_string(i), refs[i].prompt, 16);
-      r.sampling.temperature = i % 3 == 0 ? 0.7f : 1.2f;
-      r.sampling.top_p = i % 2 == 0 ? 0.9f : 1.0f;
-      r.sampling.min_p = i % 2 == 0 ? 0.0f : 0.05f;
+      r.sampling.temperature = i % 2 == 0 ? 0.7f : 1.2f;
+      r.sampling.top_p = i % 3 == 0 ? 0.9f : 1.0f;
+      r.sampling.min_p = i % 3 == 1 ? 0.05f : 0.0f;  // and i % 3 == 2: plain temperature
       r.n = i == 1 ? 2 : 1;
       auto stream = engine->Submit(r);
       EXPECT_TRUE(stream.ok()) << stream.status();
