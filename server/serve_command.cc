@@ -69,18 +69,20 @@ ABSL_FLAG(int32_t, sampling_threads, 0,
           "the CPUs this process may use, at most 8. Rows are sampled in parallel once rows x "
           "vocabulary reach 2^20 (e.g. 8 rows of a 128k vocabulary); any count draws the same "
           "tokens.");
-ABSL_FLAG(int32_t, device_top_k, 1024,
+ABSL_FLAG(int32_t, device_top_k, glimpse::server::kAutoCandidates,
           "serve: steps whose every row samples greedily or with top-k (no logit bias or "
           "penalties; logprobs come with the row's normalizer) and top_k up to this select "
           "each row's candidates where the logits are (on a GPU k pairs a row come back "
           "instead of the row) and sample from them alone: the same tokens. 0 brings every "
-          "row back whole.");
-ABSL_FLAG(int32_t, nucleus_candidates, 256,
-          "serve: rows sampling with top-p or min-p but no top-k (no logit bias, penalties or "
-          "logprobs) bring back this many candidates and their weight sum (at most "
-          "--device_top_k) and sample from those when they decide the nucleus, else from "
-          "their row fetched after the step: the same tokens. More decide more rows but cost "
-          "more to bring back and sort. 0 brings such rows back whole.");
+          "row back whole. -1 (default): 1024 with --device=cuda, 0 with --device=cpu (the "
+          "rows are in host memory already; selecting there costs more than it saves).");
+ABSL_FLAG(int32_t, nucleus_candidates, glimpse::server::kAutoCandidates,
+          "serve: rows sampling without top-k — with top-p, min-p or plain temperature (no "
+          "logit bias, penalties or logprobs) — bring back this many candidates and their "
+          "weight sum (at most --device_top_k) and sample from those when they decide the "
+          "draw, else from their row fetched after the step: the same tokens. More decide "
+          "more rows but cost more to bring back and sort. 0 brings such rows back whole. -1 "
+          "(default): 256 with --device=cuda, 0 with --device=cpu.");
 ABSL_FLAG(std::string, preemption_mode, "recompute",
           "serve: what happens to a preempted sequence's KV when blocks run out: 'recompute' "
           "(free it, recompute later) or 'swap' (copy it to host memory, see "
@@ -153,14 +155,22 @@ absl::StatusOr<ServeConfig> ConfigFromFlags() {
   }
   c.engine.sampling_threads =
       sampling_threads > 0 ? sampling_threads : std::min(8, kernels::cpu::DefaultNumThreads());
+  const Device device = absl::GetFlag(FLAGS_device);
   c.engine.step_logits.max_device_top_k = absl::GetFlag(FLAGS_device_top_k);
+  if (c.engine.step_logits.max_device_top_k == kAutoCandidates) {
+    c.engine.step_logits.max_device_top_k = AutoDeviceTopK(device);
+  }
   if (c.engine.step_logits.max_device_top_k < 0 || c.engine.step_logits.max_device_top_k > 32768) {
-    return absl::InvalidArgumentError("--device_top_k must be in 0..32768 (0: off)");
+    return absl::InvalidArgumentError("--device_top_k must be in 0..32768 (0: off; -1: auto)");
   }
   c.engine.step_logits.nucleus_candidates = absl::GetFlag(FLAGS_nucleus_candidates);
+  if (c.engine.step_logits.nucleus_candidates == kAutoCandidates) {
+    c.engine.step_logits.nucleus_candidates = AutoNucleusCandidates(device);
+  }
   if (c.engine.step_logits.nucleus_candidates < 0 ||
       c.engine.step_logits.nucleus_candidates > 32768) {
-    return absl::InvalidArgumentError("--nucleus_candidates must be in 0..32768 (0: off)");
+    return absl::InvalidArgumentError(
+        "--nucleus_candidates must be in 0..32768 (0: off; -1: auto)");
   }
   c.preemption_mode = absl::GetFlag(FLAGS_preemption_mode);
   if (c.preemption_mode == "swap") {

@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "kernels/backend.h"
 #include "kvcache/block_pool.h"
+#include "model/sampling_params.h"
 #include "nlohmann/json.hpp"
 #include "scheduler/offline_generator.h"
 #include "server/common_flags.h"
@@ -44,16 +45,34 @@ ABSL_FLAG(float, bench_top_p, 1.0f,
           "bench: below 1, samples every token with temperature 0.8 and this top-p (with "
           "--bench_top_k if set): without top-k, the rows' candidates and weight sums decide "
           "the nucleus where they can (--bench_nucleus_candidates).");
-ABSL_FLAG(int32_t, bench_nucleus_candidates, 256,
-          "bench: candidates a top-p row without top-k brings back with its weight sum; 0 "
-          "brings such rows back whole (the A/B of the device nucleus).");
-ABSL_FLAG(int32_t, bench_device_top_k, 1024,
+ABSL_FLAG(float, bench_temperature, 0.0f,
+          "bench: above 0, samples every token at this temperature, with --bench_top_k and "
+          "--bench_top_p if set; without them plain temperature sampling, whose draw the rows' "
+          "candidates and weight sums decide where they can (--bench_nucleus_candidates). 0: "
+          "greedy, unless --bench_top_k or --bench_top_p asks for sampling (then at 0.8).");
+ABSL_FLAG(int32_t, bench_nucleus_candidates, glimpse::server::kAutoCandidates,
+          "bench: candidates a row sampled without top-k (top-p, or plain temperature) brings "
+          "back with its weight sum; 0 brings such rows back whole (the A/B of the device "
+          "nucleus). -1 (default): as serve's --nucleus_candidates, 256 on CUDA, 0 on the CPU.");
+ABSL_FLAG(int32_t, bench_device_top_k, glimpse::server::kAutoCandidates,
           "bench: steps whose rows sample with top-k up to this select the candidates where the "
           "logits are (on a GPU k pairs a row come back); 0 brings every row back to the host "
-          "and samples there (the A/B of the device top-k).");
+          "and samples there (the A/B of the device top-k). -1 (default): as serve's "
+          "--device_top_k, 1024 on CUDA, 0 on the CPU.");
 
 namespace glimpse::tools {
 namespace {
+
+// --bench_device_top_k and --bench_nucleus_candidates, -1 (auto) resolved for --device.
+int32_t BenchDeviceTopK() {
+  const int32_t k = absl::GetFlag(FLAGS_bench_device_top_k);
+  return k == server::kAutoCandidates ? server::AutoDeviceTopK(absl::GetFlag(FLAGS_device)) : k;
+}
+int32_t BenchNucleusCandidates() {
+  const int32_t n = absl::GetFlag(FLAGS_bench_nucleus_candidates);
+  return n == server::kAutoCandidates ? server::AutoNucleusCandidates(absl::GetFlag(FLAGS_device))
+                                      : n;
+}
 
 struct Sample {
   double prefill_tok_s = 0;
@@ -61,7 +80,7 @@ struct Sample {
   int64_t steps = 0;
   int64_t prefill_tokens = 0;
   int64_t decode_tokens = 0;
-  int64_t nucleus_rows_decided = 0;  // top-p rows sampled from their candidates
+  int64_t nucleus_rows_decided = 0;  // rows without top-k sampled from their candidates
   int64_t rows_fetched = 0;          // rows fetched after their step instead
 };
 
@@ -109,9 +128,9 @@ absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32
     r.prompt_tokens.resize(prompt_len);
     for (int32_t& t : r.prompt_tokens) t = token(rng);
     r.max_tokens = gen_len;
-    r.sampling.temperature = 0.0f;
+    r.sampling.temperature = absl::GetFlag(FLAGS_bench_temperature);
     if (absl::GetFlag(FLAGS_bench_top_k) > 0 || absl::GetFlag(FLAGS_bench_top_p) < 1.0f) {
-      r.sampling.temperature = 0.8f;
+      if (r.sampling.temperature == 0.0f) r.sampling.temperature = 0.8f;
       r.sampling.top_k = absl::GetFlag(FLAGS_bench_top_k);
       r.sampling.top_p = absl::GetFlag(FLAGS_bench_top_p);
     }
@@ -122,8 +141,8 @@ absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32
   scheduler::OfflineGeneratorOptions options;
   options.prefill_chunk_tokens = 512;
   options.max_step_tokens = 512;  // As llama-bench's default micro-batch.
-  options.step_logits.max_device_top_k = absl::GetFlag(FLAGS_bench_device_top_k);
-  options.step_logits.nucleus_candidates = absl::GetFlag(FLAGS_bench_nucleus_candidates);
+  options.step_logits.max_device_top_k = BenchDeviceTopK();
+  options.step_logits.nucleus_candidates = BenchNucleusCandidates();
   scheduler::OfflineGenerator generator(*loaded.runner, pool, options);
   auto results = generator.Run(requests);
   if (!results.ok()) return results.status();
@@ -169,16 +188,22 @@ int RunBenchCommand() {
     return 2;
   }
   const float top_p = absl::GetFlag(FLAGS_bench_top_p);
-  if (!(top_p > 0.0f && top_p <= 1.0f) || absl::GetFlag(FLAGS_bench_nucleus_candidates) < 0) {
+  if (!(top_p > 0.0f && top_p <= 1.0f) || BenchNucleusCandidates() < 0) {
     std::fprintf(stderr,
                  "glimpse bench: --bench_top_p must be in (0, 1] and --bench_nucleus_candidates "
-                 ">= 0\n");
+                 ">= 0 (or -1: auto)\n");
     return 2;
   }
-  if (absl::GetFlag(FLAGS_bench_top_k) < 0 || absl::GetFlag(FLAGS_bench_device_top_k) < 0) {
+  const float temperature = absl::GetFlag(FLAGS_bench_temperature);
+  if (!(temperature >= 0.0f && temperature <= model::kMaxTemperature)) {
+    std::fprintf(stderr, "glimpse bench: --bench_temperature must be in [0, %g] (0: greedy)\n",
+                 model::kMaxTemperature);
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_bench_top_k) < 0 || BenchDeviceTopK() < 0) {
     std::fprintf(stderr,
                  "glimpse bench: --bench_top_k and --bench_device_top_k must be >= 0 (0: greedy; "
-                 "0: every row to the host)\n");
+                 "0: every row to the host; -1: auto)\n");
     return 2;
   }
   auto loaded = server::LoadedModel::Load(path, absl::GetFlag(FLAGS_threads));
@@ -211,9 +236,10 @@ int RunBenchCommand() {
   json["prompt_tokens"] = prompt_len;
   json["gen_tokens"] = gen_len;
   json["top_k"] = absl::GetFlag(FLAGS_bench_top_k);
-  json["device_top_k"] = absl::GetFlag(FLAGS_bench_device_top_k);
+  json["device_top_k"] = BenchDeviceTopK();
   json["top_p"] = top_p;
-  json["nucleus_candidates"] = absl::GetFlag(FLAGS_bench_nucleus_candidates);
+  json["temperature"] = absl::GetFlag(FLAGS_bench_temperature);
+  json["nucleus_candidates"] = BenchNucleusCandidates();
   json["weight_bytes"] = loaded->weight_bytes();
   // K and V of one token in every layer, summed over the ranks' devices.
   constexpr int32_t kBlock = 16;
@@ -253,7 +279,7 @@ int RunBenchCommand() {
     std::fflush(stdout);
     if (last.nucleus_rows_decided + last.rows_fetched > 0) {
       nucleus_notes += absl::StrCat("  batch ", batch, ": ", last.nucleus_rows_decided,
-                                    " top-p rows sampled from their candidates, ",
+                                    " rows without top-k sampled from their candidates, ",
                                     last.rows_fetched, " fetched whole after their step\n");
     }
     json["results"].push_back({{"batch", batch},
