@@ -19,7 +19,8 @@
 #      logits row back to the host and sampled there: what reducing greedy steps, logprobs
 #      or not, on the device saves), top-p 0.9 sampling with its nucleus decided from the
 #      device's candidates and weight sums and with every row sampled on the host
-#      (--bench_top_p=0.9, --bench_nucleus_candidates=0), and top-k 50 sampling with its
+#      (--bench_top_p=0.9, --bench_nucleus_candidates=0), the same for plain temperature 1
+#      sampling (--bench_temperature=1), and top-k 50 sampling with its
 #      candidates selected on the device and with every row sampled on the host
 #      (--bench_top_k=50, --bench_device_top_k=0: what the device top-k saves).
 #
@@ -74,7 +75,8 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
     # before greedy steps reduced them on the device (the A/B of ArgMaxRows, and of the host
     # sampler's cost); logprobs: the same requests with the device's candidate and softmax
     # normalizer (TopKRows, k = 1); top_k_50 / top_k_50_rows: the A/B for top-k sampling;
-    # top_p_09 / top_p_09_rows: for top-p sampling. VARIANTS="name ..." runs only those.
+    # top_p_09 / top_p_09_rows: for top-p sampling; temperature_1 / temperature_1_rows: for
+    # plain temperature sampling. VARIANTS="name ..." runs only those.
     for variant in mma_sync_wide:--cuda_prefill_attention=mma_sync_wide \
         wgmma:--cuda_prefill_attention=wgmma \
         wgmma_pipelined:--cuda_prefill_attention=wgmma_pipelined \
@@ -82,7 +84,9 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
         decode_mma_sync:--cuda_decode_attention=mma_sync \
         host_logits:--bench_logprobs=true,--bench_device_top_k=0 logprobs:--bench_logprobs=true \
         top_k_50:--bench_top_k=50 top_k_50_rows:--bench_top_k=50,--bench_device_top_k=0 \
-        top_p_09:--bench_top_p=0.9 top_p_09_rows:--bench_top_p=0.9,--bench_nucleus_candidates=0; do
+        top_p_09:--bench_top_p=0.9 top_p_09_rows:--bench_top_p=0.9,--bench_nucleus_candidates=0 \
+        temperature_1:--bench_temperature=1 \
+        temperature_1_rows:--bench_temperature=1,--bench_nucleus_candidates=0; do
       name=${variant%%:*}
       if [ -n "${VARIANTS:-}" ] && [[ " $VARIANTS " != *" $name "* ]]; then continue; fi
       IFS=, read -ra flags <<<"${variant#*:}"
@@ -95,7 +99,7 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
     for f in bench_8b bench_8b_mma_sync_wide bench_8b_wgmma bench_8b_wgmma_pipelined \
         bench_8b_wgmma_pipelined_128 bench_8b_decode_mma_sync bench_8b_host_logits \
         bench_8b_logprobs bench_8b_top_k_50 bench_8b_top_k_50_rows bench_8b_top_p_09 \
-        bench_8b_top_p_09_rows; do
+        bench_8b_top_p_09_rows bench_8b_temperature_1 bench_8b_temperature_1_rows; do
       [ -f "$RESULT_DIR/$f.json" ] || continue
       python3 - "$RESULT_DIR/$f.json" "$f" <<'PY'
 import json, sys
