@@ -461,10 +461,15 @@ Sampler::SampleResult Sampler::ResultForToken(std::span<const float> logits, int
 
 Sampler::SampleResult Sampler::ResultFromCandidates(std::span<const int32_t> ids,
                                                     std::span<const float> logits,
-                                                    const RowNormalizer& normalizer,
+                                                    const RowNormalizer* normalizer_or_null,
                                                     int32_t token) const {
   SampleResult result;
   result.token = token;
+  if (!report_logprobs_) {
+    result.logprob = std::numeric_limits<float>::quiet_NaN();
+    return result;
+  }
+  const RowNormalizer& normalizer = *normalizer_or_null;
   // The token is a candidate (or token 0 of a row without any, whose logits are all -inf).
   const auto at = std::lower_bound(ids.begin(), ids.end(), token);
   const float token_logit = at != ids.end() && *at == token ? logits[at - ids.begin()] : kNegInf;
@@ -572,11 +577,7 @@ Sampler::SampleResult Sampler::SampleFromCandidates(std::span<const int32_t> ids
   CHECK(!report_logprobs_ || normalizer != nullptr);
   CheckCandidates(ids, logits);
   auto result_for = [&](int32_t token) {
-    if (report_logprobs_) return ResultFromCandidates(ids, logits, *normalizer, token);
-    SampleResult result;
-    result.token = token;
-    result.logprob = std::numeric_limits<float>::quiet_NaN();
-    return result;
+    return ResultFromCandidates(ids, logits, normalizer, token);
   };
   if (is_greedy_) {
     // ArgMax over the candidates (the row's largest values; ids ascending, so the first of
@@ -620,24 +621,31 @@ void Sampler::CheckCandidates(std::span<const int32_t> ids, std::span<const floa
 
 bool Sampler::SamplesNucleus(const SamplingParams& params, bool report_logprobs,
                              int32_t vocab_size) {
-  return NoBiasOrPenalties(params) && !report_logprobs &&
+  // With logprobs only at temperature 1, where the weight sum is the logprobs' normalizer.
+  return NoBiasOrPenalties(params) && (!report_logprobs || params.temperature == 1.0f) &&
          params.temperature >= kGreedyTemperatureEpsilon &&
          !(params.top_k > 0 && params.top_k < vocab_size);
 }
 
 std::optional<Sampler::SampleResult> Sampler::TrySampleNucleus(std::span<const int32_t> ids,
                                                                std::span<const float> logits,
-                                                               int32_t requested,
-                                                               double weight_sum) {
+                                                               int32_t requested, double weight_sum,
+                                                               const RowNormalizer* normalizer) {
   CHECK(SamplesNucleus(params_, report_logprobs_, vocab_size_));
   CHECK(requested >= 1 && ids.size() <= static_cast<size_t>(requested));
+  CHECK(!report_logprobs_ || (normalizer != nullptr && requested >= params_.num_logprobs));
   CheckCandidates(ids, logits);
-  SampleResult result;
-  result.logprob = std::numeric_limits<float>::quiet_NaN();
+  const std::optional<int32_t> token = TryDrawNucleus(ids, logits, requested, weight_sum);
+  if (!token.has_value()) return std::nullopt;
+  return ResultFromCandidates(ids, logits, normalizer, *token);
+}
+
+std::optional<int32_t> Sampler::TryDrawNucleus(std::span<const int32_t> ids,
+                                               std::span<const float> logits, int32_t requested,
+                                               double weight_sum) {
   if (ids.size() < static_cast<size_t>(requested)) {
     // Every token above -inf: Sample()'s candidates themselves.
-    result.token = DrawFromCandidates(ids, logits);
-    return result;
+    return DrawFromCandidates(ids, logits);
   }
   // The candidates' weights as CandidateProbabilities computes them (step 3).
   const size_t n = ids.size();
@@ -655,8 +663,7 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleNucleus(std::span<const i
                           u * weight_sum * (1.0 + kNucleusSumTolerance));
     if (!drawn.has_value()) return std::nullopt;
     NextUniform();
-    result.token = ids[*drawn];
-    return result;
+    return ids[*drawn];
   }
   // Top-p or min-p: most likely first.
   std::vector<int32_t>& order = scratch.order;
@@ -692,8 +699,7 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleNucleus(std::span<const i
   // Step 6 and the renormalisation over the survivors, all among the candidates: the sums in
   // id order are Sample()'s (the tokens it zeroes add nothing).
   MinPAndRenormalise(w);
-  result.token = ids[DrawIndex(w)];
-  return result;
+  return ids[DrawIndex(w)];
 }
 
 bool Sampler::NoBiasOrPenalties(const SamplingParams& params) {

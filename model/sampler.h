@@ -167,7 +167,8 @@ class Sampler {
   SampleResult SampleFromCandidates(std::span<const int32_t> ids, std::span<const float> logits,
                                     const RowNormalizer* normalizer);
   // Whether Sample() of these params draws from a nucleus over the whole vocabulary: sampling
-  // without top-k, logit bias, penalties or logprobs — with top-p < 1 or min-p > 0, or neither
+  // without top-k, logit bias or penalties, and without logprobs unless at temperature 1
+  // (where the weight sum is the logprobs' normalizer) — with top-p < 1 or min-p > 0, or neither
   // (plain temperature: the nucleus is the whole row, but the draw walks it heaviest binade
   // first and usually stops within its head). The engine may then hand such a row over as its most
   // likely entries and the row's sum of weights (TrySampleNucleus), falling back to the whole
@@ -178,20 +179,22 @@ class Sampler {
   // class's own (the id-order double sum of expf((x - max) / T)): one computed elsewhere with
   // an exp within 2 ulp of this libm's and in another order is well inside it.
   static constexpr double kNucleusSumTolerance = 1e-6;
-  // Sample()'s token (logprob NaN, no top_logprobs) for a nucleus row (SamplesNucleus) known
-  // by its most likely entries — `ids` (increasing) and their raw `logits` as
-  // SampleFromCandidates takes them, the row's top `requested` by the top-k order (every
-  // token above -inf when there are fewer) — and `weight_sum`, the row's sum over values x
-  // above -inf of exp((x - max) / temperature) (the number of +inf values when max is +inf)
-  // within kNucleusSumTolerance. When they decide Sample()'s draw — every token above -inf is
-  // there, or the nucleus (top-p) and min-p's survivors close among them, farther from their
-  // threshold than the sum's tolerance could move it, or (neither cut) the draw's target lands
-  // within the candidates' weight, farther from the steps between them than that tolerance —
-  // the same token and the same one RNG draw; otherwise nullopt without drawing (the caller
-  // samples the whole row).
+  // Sample()'s result for a nucleus row (SamplesNucleus) known by its most likely entries —
+  // `ids` (increasing) and their raw `logits` as SampleFromCandidates takes them, the row's top
+  // `requested` by the top-k order (every token above -inf when there are fewer) — and
+  // `weight_sum`, the row's sum over values x above -inf of exp((x - max) / temperature) (the
+  // number of +inf values when max is +inf) within kNucleusSumTolerance; with logprobs also
+  // the row's `normalizer` (as SampleFromCandidates takes it; requested >= num_logprobs),
+  // else ignored (may be null).
+  // When they decide Sample()'s draw — every token above -inf is there, or the nucleus (top-p)
+  // and min-p's survivors close among them, farther from their threshold than the sum's
+  // tolerance could move it, or (neither cut) the draw's target lands within the candidates'
+  // complete binades, farther from the steps between them than that tolerance — the same
+  // token (logprobs as SampleFromCandidates, or NaN without) and the same one RNG draw;
+  // otherwise nullopt without drawing (the caller samples the whole row).
   std::optional<SampleResult> TrySampleNucleus(std::span<const int32_t> ids,
                                                std::span<const float> logits, int32_t requested,
-                                               double weight_sum);
+                                               double weight_sum, const RowNormalizer* normalizer);
   const SamplingParams& params() const { return params_; }
   int32_t vocab_size() const { return vocab_size_; }
 
@@ -215,9 +218,14 @@ class Sampler {
   static float LogprobOf(float logit, const RowNormalizer& normalizer);
   // CHECKs that `ids` and `logits` are candidates as SampleFromCandidates takes them.
   void CheckCandidates(std::span<const int32_t> ids, std::span<const float> logits) const;
-  // ResultForToken from the candidates SampleFromCandidates takes.
+  // Sample()'s result for `token` from the candidates SampleFromCandidates takes: with logprobs
+  // ResultForToken's given the row's `normalizer`, else the token alone (normalizer ignored).
   SampleResult ResultFromCandidates(std::span<const int32_t> ids, std::span<const float> logits,
-                                    const RowNormalizer& normalizer, int32_t token) const;
+                                    const RowNormalizer* normalizer, int32_t token) const;
+  // TrySampleNucleus's token: the draw (one) when the candidates decide it, else nullopt
+  // without drawing.
+  std::optional<int32_t> TryDrawNucleus(std::span<const int32_t> ids, std::span<const float> logits,
+                                        int32_t requested, double weight_sum);
   // Steps 1, 2 and 4 of a non-greedy sample: the tokens that can be drawn (the top_k, or every
   // token above -inf), in increasing id order, and their processed logits.
   void Candidates(std::span<const float> logits, std::span<const int32_t> pending_tokens,

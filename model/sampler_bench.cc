@@ -111,10 +111,11 @@ double NucleusMedianMicros(const SamplingParams& params,
   int hits = 0;
   const double micros = MedianMicros(calls, [&](int i) {
     const size_t r = i % rows.size();
-    hits += sampler.TrySampleNucleus(candidates[r].ids, candidates[r].values, count, sums[r])
-                    .has_value()
-                ? 1
-                : 0;
+    hits +=
+        sampler.TrySampleNucleus(candidates[r].ids, candidates[r].values, count, sums[r], nullptr)
+                .has_value()
+            ? 1
+            : 0;
   });
   *decided = static_cast<double>(hits) / calls;
   return micros;

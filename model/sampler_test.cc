@@ -821,6 +821,12 @@ TEST(SamplerTest, SamplesNucleusForSamplingWithoutTopK) {
   SamplingParams plain = min_p;
   plain.min_p = 0.0f;
   EXPECT_TRUE(Sampler::SamplesNucleus(plain, false, kVocab));  // the nucleus is the row
+  EXPECT_FALSE(Sampler::SamplesNucleus(plain, /*report_logprobs=*/true, kVocab));
+  plain.temperature = 1.0f;  // the weight sum is then the logprobs' normalizer
+  EXPECT_TRUE(Sampler::SamplesNucleus(plain, /*report_logprobs=*/true, kVocab));
+  SamplingParams top_p_at_1 = top_p;
+  top_p_at_1.temperature = 1.0f;
+  EXPECT_TRUE(Sampler::SamplesNucleus(top_p_at_1, /*report_logprobs=*/true, kVocab));
   SamplingParams with_top_k = top_p;
   with_top_k.top_k = 40;
   EXPECT_FALSE(Sampler::SamplesNucleus(with_top_k, false, kVocab));  // CandidatesNeeded's
@@ -902,7 +908,7 @@ TEST(SamplerTest, TrySampleNucleusDrawsAsTheWholeRowOrDeclines) {
                          std::uniform_real_distribution<double>(-1.0, 1.0)(rng);
         const int32_t want = whole.Sample(row).token;
         const std::optional<Sampler::SampleResult> got =
-            top.TrySampleNucleus(ids, values, requested, sum);
+            top.TrySampleNucleus(ids, values, requested, sum, nullptr);
         const std::string what = "params " + std::to_string(g) + " requested " +
                                  std::to_string(requested) + " step " + std::to_string(step);
         // top_p 0.5 and 0.9 (0.9f * 10 is just below 9) end exactly on a prefix of the
@@ -925,6 +931,48 @@ TEST(SamplerTest, TrySampleNucleusDrawsAsTheWholeRowOrDeclines) {
   EXPECT_GT(decided, 700);
   EXPECT_GT(declined, 50);
   EXPECT_GT(declined_on_exact_threshold, 10);
+}
+
+// At temperature 1 a nucleus row may report logprobs: given the row's normalizer (the host
+// rule's), TrySampleNucleus returns Sample()'s token, logprob and top logprobs bitwise, or
+// declines without drawing; plain, top-p and min-p rows, 0, 5 and 20 top logprobs.
+TEST(SamplerTest, TrySampleNucleusWithLogprobsAtTemperatureOne) {
+  constexpr int32_t kVocab = 3000;
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  int decided = 0;
+  for (const auto& [top_p, min_p] :
+       {std::pair<float, float>{1.0f, 0.0f}, {0.9f, 0.0f}, {1.0f, 0.05f}}) {
+    for (int32_t num_logprobs : {0, 5, 20}) {
+      SamplingParams params;
+      params.top_p = top_p;
+      params.min_p = min_p;
+      params.num_logprobs = num_logprobs;
+      ASSERT_TRUE(Sampler::SamplesNucleus(params, true, kVocab));
+      Sampler whole(params, kVocab, /*default_seed=*/num_logprobs, /*report_logprobs=*/true);
+      Sampler top(params, kVocab, /*default_seed=*/num_logprobs, /*report_logprobs=*/true);
+      for (int step = 0; step < 30; ++step) {
+        std::vector<float> row(kVocab);
+        for (float& x : row) x = normal(rng) * (step % 2 == 0 ? 4.0f : 1.0f);
+        const auto [ids, values] = MostLikely(row, 64);
+        const Sampler::RowNormalizer normalizer = Sampler::NormalizerOf(row);
+        const Sampler::SampleResult want = whole.Sample(row);
+        const std::optional<Sampler::SampleResult> got =
+            top.TrySampleNucleus(ids, values, 64, normalizer.exp_sum, &normalizer);
+        if (!got.has_value()) {
+          ASSERT_EQ(top.Sample(row).token, want.token);
+          continue;
+        }
+        ++decided;
+        ASSERT_EQ(got->token, want.token) << step;
+        EXPECT_EQ(got->logprob, want.logprob) << step;
+        EXPECT_EQ(got->top_logprobs, want.top_logprobs) << step;
+        EXPECT_EQ(got->top_logprobs.size(), static_cast<size_t>(num_logprobs));
+      }
+      EXPECT_EQ(whole.NextUniform(), top.NextUniform());
+    }
+  }
+  EXPECT_GT(decided, 100);
 }
 
 // A plain-temperature draw whose target lies on the step between two candidates (within the
@@ -967,7 +1015,7 @@ TEST(SamplerTest, TrySampleNucleusDeclinesAPlainDrawOnAStep) {
         Sampler top(params, kVocab, seed, /*report_logprobs=*/false);
         const int32_t want = whole.Sample(row).token;
         const std::optional<Sampler::SampleResult> got =
-            top.TrySampleNucleus(ids, values, requested, WeightSum(row, 1.0f));
+            top.TrySampleNucleus(ids, values, requested, WeightSum(row, 1.0f), nullptr);
         const std::string what = "case " + std::to_string(c) + " seed " + std::to_string(seed);
         if (shift == 0.0f) {
           EXPECT_FALSE(got.has_value()) << what;

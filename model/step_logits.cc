@@ -28,7 +28,11 @@ void StepLogits::AddRow(const SamplingParams& params, bool report_logprobs) {
   const bool nucleus = needed == 0 && options_.nucleus_candidates > 0 &&
                        options_.max_device_top_k > 0 &&
                        Sampler::SamplesNucleus(params, report_logprobs, vocab_size_);
-  if (nucleus) needed = std::min(options_.nucleus_candidates, options_.max_device_top_k);
+  if (nucleus) {
+    // At least the top logprobs too, when it reports them (temperature 1).
+    needed = std::min(options_.nucleus_candidates, options_.max_device_top_k);
+    if (report_logprobs) needed = std::max(needed, std::min(params.num_logprobs, vocab_size_));
+  }
   candidates_ = needed == 0 || candidates_ == 0 ? 0 : std::max(candidates_, needed);
   normalizers_ = normalizers_ || report_logprobs || nucleus;
   normalizer_temperatures_.push_back(nucleus ? params.temperature : 1.0f);
@@ -74,8 +78,9 @@ Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) {
       return sampler.SampleArgMax(argmax_[row]);
     case Kind::kTopK: {
       if (nucleus_[row]) {
-        std::optional<Sampler::SampleResult> result =
-            sampler.TrySampleNucleus(top_.Ids(row), top_.Logits(row), k_, top_.row_exp_sum[row]);
+        const Sampler::RowNormalizer normalizer = {top_.row_max[row], top_.row_exp_sum[row]};
+        std::optional<Sampler::SampleResult> result = sampler.TrySampleNucleus(
+            top_.Ids(row), top_.Logits(row), k_, top_.row_exp_sum[row], &normalizer);
         if (result.has_value()) {
           ++nucleus_decided_;
           return *std::move(result);

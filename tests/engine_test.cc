@@ -548,11 +548,16 @@ TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
 // top-k) run ForwardTopK steps with their temperature normalizers and draw from the candidates
 // when those decide, else from their row fetched after the step: the tokens are those drawn
 // from the whole rows, seed for seed, with many candidates (mostly decided) and with 2 (mostly
-// fetched).
+// fetched). A plain temperature-1 request with 3 top logprobs is a nucleus row too (its weight
+// sum is its logprobs' normalizer): the same logprobs, bitwise (the CPU backend's normalizer
+// is the sampler's own sum).
 TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
   const std::vector<Reference> refs = LoadReferences();
+  constexpr int kRequests = 7;
+  constexpr int kSequences = kRequests + 1;  // request 1 forks n = 2
   struct Run {
     std::vector<std::vector<int32_t>> tokens;
+    std::vector<TokenLogprob> logprobs;  // request 6's
     int32_t normalizer_steps = 0;
     int32_t rows_fetched = 0;
   };
@@ -563,21 +568,27 @@ TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
     options.step_logits.nucleus_candidates = nucleus_candidates;
     std::unique_ptr<Engine> engine = MakeEngine(options, &runner);
     std::vector<std::shared_ptr<RequestStream>> streams;
-    for (int i = 0; i < 6; ++i) {
+    for (int i = 0; i < kRequests; ++i) {
       EngineRequest r = Greedy("p" + std::to_string(i), refs[i].prompt, 16);
       r.sampling.temperature = i % 2 == 0 ? 0.7f : 1.2f;
       r.sampling.top_p = i % 3 == 0 ? 0.9f : 1.0f;
       r.sampling.min_p = i % 3 == 1 ? 0.05f : 0.0f;  // and i % 3 == 2: plain temperature
+      if (i == 6) {
+        r.sampling.temperature = 1.0f;
+        r.sampling.top_p = 1.0f;
+        r.output.num_logprobs = 3;
+      }
       r.n = i == 1 ? 2 : 1;
       auto stream = engine->Submit(r);
       EXPECT_TRUE(stream.ok()) << stream.status();
       streams.push_back(*stream);
     }
     Run result;
-    for (int i = 0; i < 6; ++i) {
+    for (int i = 0; i < kRequests; ++i) {
       Collected c = Drain(*streams[i], i == 1 ? 2 : 1);
       EXPECT_TRUE(c.status.ok()) << c.status;
       for (auto& t : c.tokens) result.tokens.push_back(t);
+      if (i == 6) result.logprobs = c.logprobs[0];
     }
     EXPECT_TRUE(engine->WaitIdle(absl::Seconds(10)));
     result.normalizer_steps = runner.num_normalizer_steps();
@@ -586,7 +597,7 @@ TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
     const EngineLoad load = engine->GetLoad();
     EXPECT_EQ(load.num_sampled_rows_fetched, result.rows_fetched);
     EXPECT_EQ(load.num_nucleus_rows_decided + load.num_sampled_rows_fetched,
-              nucleus_candidates > 0 ? 7 * 16 : 0);
+              nucleus_candidates > 0 ? kSequences * 16 : 0);
     engine.reset();
     return result;
   };
@@ -603,9 +614,19 @@ TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
     EXPECT_EQ(many.tokens[i], whole.tokens[i]) << "sequence " << i;
     EXPECT_EQ(two.tokens[i], whole.tokens[i]) << "sequence " << i;
   }
-  // 7 sequences x 16 tokens: most decided by 64 candidates, most fetched with 2.
-  EXPECT_LT(many.rows_fetched, 7 * 16 / 2);
-  EXPECT_GT(two.rows_fetched, 7 * 16 / 2);
+  ASSERT_EQ(whole.logprobs.size(), 16u);
+  for (const Run* run : {&many, &two}) {
+    ASSERT_EQ(run->logprobs.size(), 16u);
+    for (size_t t = 0; t < 16; ++t) {
+      EXPECT_EQ(run->logprobs[t].token_id, whole.logprobs[t].token_id) << "token " << t;
+      EXPECT_EQ(run->logprobs[t].logprob, whole.logprobs[t].logprob) << "token " << t;
+      EXPECT_EQ(run->logprobs[t].top, whole.logprobs[t].top) << "token " << t;
+      EXPECT_EQ(run->logprobs[t].top.size(), 3u) << "token " << t;
+    }
+  }
+  // 8 sequences x 16 tokens: most decided by 64 candidates, most fetched with 2.
+  EXPECT_LT(many.rows_fetched, kSequences * 16 / 2);
+  EXPECT_GT(two.rows_fetched, kSequences * 16 / 2);
   // The tokens are drawn, not the argmax.
   EXPECT_NE(whole.tokens[0],
             std::vector<int32_t>(refs[0].tokens.begin(), refs[0].tokens.begin() + 16));
