@@ -27,8 +27,8 @@
 // so they describe the model, not the sampling knobs.
 //
 // Reproducibility: the RNG is std::mt19937_64 (bit-exact by the C++ standard) with our own
-// conversion to a double in [0, 1); every sum runs in a fixed order over token ids, and every
-// selection uses a total order (value, then id). The same seed and the same logits sequence give
+// conversion to a double in [0, 1); every sum runs in a fixed order (token ids; binades, then
+// ids, in step 7's walk), and every selection uses a total order (value, then id). The same seed and the same logits sequence give
 // the same tokens with any standard library (libm's expf/log are the only outside arithmetic).
 //
 // Cost per call at vocabulary V: O(V) for greedy (two passes plus one expf pass for the logprob)
