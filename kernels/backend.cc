@@ -55,15 +55,19 @@ void RowNormalizerOnHost(const float* row, int64_t cols, float temperature, floa
 
 void TopKRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t k, int32_t* count,
                     int32_t* index, float* value, float* row_max, double* row_exp_sum,
-                    const float* temperature) {
+                    const float* temperature, double* row_exp_sum_t1) {
   CHECK((row_max == nullptr) == (row_exp_sum == nullptr));
   CHECK(temperature == nullptr || row_max != nullptr);
+  CHECK(row_exp_sum_t1 == nullptr || row_max != nullptr);
   std::vector<int32_t> columns;
   for (int64_t r = 0; r < num_rows; ++r) {
     const float* row = rows + r * cols;
     if (row_max != nullptr) {
       RowNormalizerOnHost(row, cols, temperature == nullptr ? 1.0f : temperature[r], &row_max[r],
                           &row_exp_sum[r]);
+      if (row_exp_sum_t1 != nullptr) {
+        RowNormalizerOnHost(row, cols, 1.0f, &row_max[r], &row_exp_sum_t1[r]);
+      }
     }
     columns.clear();
     for (int64_t c = 0; c < cols; ++c) {
@@ -95,12 +99,12 @@ void Backend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int32_t
 
 void Backend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
                        int32_t* host_count, int32_t* host_index, float* host_value,
-                       float* host_row_max, double* host_row_exp_sum,
-                       const float* host_temperature) {
+                       float* host_row_max, double* host_row_exp_sum, const float* host_temperature,
+                       double* host_row_exp_sum_t1) {
   std::vector<float> rows(static_cast<size_t>(num_rows * cols));
   CopyToHost(rows.data(), x, rows.size() * sizeof(float));
   TopKRowsOnHost(rows.data(), num_rows, cols, k, host_count, host_index, host_value, host_row_max,
-                 host_row_exp_sum, host_temperature);
+                 host_row_exp_sum, host_temperature, host_row_exp_sum_t1);
 }
 
 }  // namespace glimpse::kernels

@@ -146,7 +146,7 @@ void ArgMaxRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t
                       float* value);
 void TopKRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t k, int32_t* count,
                     int32_t* index, float* value, float* row_max, double* row_exp_sum,
-                    const float* temperature);
+                    const float* temperature, double* row_exp_sum_t1);
 
 class Backend {
  public:
@@ -176,13 +176,14 @@ class Backend {
   // host_row_exp_sum (both or neither), also each row's softmax normalizer at temperature
   // host_temperature[r] (null: 1), what logprobs or a nucleus need of the rest of the row
   // (kernels/cuda/topk_rows.h says what they hold; the host rule sums in column order, the
-  // CUDA kernel in a tree). Host arrays, written (read) when it returns (as CopyToHost). The
-  // default copies the rows over and selects here; the CUDA backend selects on the device
-  // (kernels/cuda/topk_rows.h), so that k pairs a row cross.
+  // CUDA kernel in a tree), and with host_row_exp_sum_t1 (only with them) the exp sums at
+  // temperature 1 besides (a nucleus row's logprobs at another temperature). Host arrays, written
+  // (read) when it returns (as CopyToHost). The default copies the rows over and selects here; the
+  // CUDA backend selects on the device (kernels/cuda/topk_rows.h), so that k pairs a row cross.
   virtual void TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
                         int32_t* host_count, int32_t* host_index, float* host_value,
                         float* host_row_max, double* host_row_exp_sum,
-                        const float* host_temperature);
+                        const float* host_temperature, double* host_row_exp_sum_t1);
   // Copies between two non-overlapping ranges of backend memory, without a trip through the
   // host (KV block copies for copy-on-write prefix sharing).
   virtual void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) = 0;

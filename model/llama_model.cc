@@ -269,10 +269,12 @@ absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, flo
 
 absl::Status LlamaModel::ForwardTopK(const StepBatch& batch, KvCacheStorage& kv, int32_t k,
                                      int32_t* count, int32_t* index, float* value, float* row_max,
-                                     double* row_exp_sum, const float* temperature) {
+                                     double* row_exp_sum, const float* temperature,
+                                     double* row_exp_sum_t1) {
   if (k < 1) return absl::InvalidArgumentError(absl::StrCat("top-k of ", k, " tokens"));
   CHECK((row_max == nullptr) == (row_exp_sum == nullptr));
   CHECK(temperature == nullptr || row_max != nullptr);
+  CHECK(row_exp_sum_t1 == nullptr || row_max != nullptr);
   return Run(batch, kv,
              LogitsOutput{.top_k = k,
                           .top_count = count,
@@ -280,7 +282,8 @@ absl::Status LlamaModel::ForwardTopK(const StepBatch& batch, KvCacheStorage& kv,
                           .top_value = value,
                           .top_row_max = row_max,
                           .top_row_exp_sum = row_exp_sum,
-                          .top_temperature = temperature});
+                          .top_temperature = temperature,
+                          .top_row_exp_sum_t1 = row_exp_sum_t1});
 }
 
 absl::Status LlamaModel::CopyStepLogitsRow(int64_t row, float* logits) {
@@ -433,7 +436,8 @@ absl::Status LlamaModel::Run(const StepBatch& batch, KvCacheStorage& kv, LogitsO
     be.CopyToHost(out.logits, rows_out, R * shard_.vocab.size() * sizeof(float));
   } else if (out.top_k > 0) {
     be.TopKRows(rows_out, R, shard_.vocab.size(), out.top_k, out.top_count, out.top_index,
-                out.top_value, out.top_row_max, out.top_row_exp_sum, out.top_temperature);
+                out.top_value, out.top_row_max, out.top_row_exp_sum, out.top_temperature,
+                out.top_row_exp_sum_t1);
   } else {
     be.ArgMaxRows(rows_out, R, shard_.vocab.size(), out.argmax_index, out.argmax_value);
   }

@@ -86,10 +86,11 @@ class LlamaModel {
   // (increasing) and value[i * k + j], host arrays, for batch.logits_rows[i]. k >= 1. With
   // row_max and row_exp_sum (both or neither), also each row's softmax normalizer over this
   // rank's slice at temperature[i] (null: 1) (Backend::TopKRows), what logprobs or a nucleus
-  // need of the rest of the row.
+  // need of the rest of the row, and with row_exp_sum_t1 (only with them) the exp sums at
+  // temperature 1 besides.
   absl::Status ForwardTopK(const StepBatch& batch, KvCacheStorage& kv, int32_t k, int32_t* count,
                            int32_t* index, float* value, float* row_max, double* row_exp_sum,
-                           const float* temperature);
+                           const float* temperature, double* row_exp_sum_t1);
 
   // Logits row `row` (this rank's vocabulary slice, fp32) of the last step, into host `logits`:
   // the rows a ForwardArgMax or ForwardTopK step left on the device, until the next step —
@@ -127,6 +128,7 @@ class LlamaModel {
     float* top_row_max = nullptr;
     double* top_row_exp_sum = nullptr;
     const float* top_temperature = nullptr;
+    double* top_row_exp_sum_t1 = nullptr;
   };
   absl::Status Run(const StepBatch& batch, KvCacheStorage& kv, LogitsOutput out);
   int64_t ScratchWidth(size_t index) const;

@@ -619,11 +619,8 @@ void Sampler::CheckCandidates(std::span<const int32_t> ids, std::span<const floa
   }
 }
 
-bool Sampler::SamplesNucleus(const SamplingParams& params, bool report_logprobs,
-                             int32_t vocab_size) {
-  // With logprobs only at temperature 1, where the weight sum is the logprobs' normalizer.
-  return NoBiasOrPenalties(params) && (!report_logprobs || params.temperature == 1.0f) &&
-         params.temperature >= kGreedyTemperatureEpsilon &&
+bool Sampler::SamplesNucleus(const SamplingParams& params, int32_t vocab_size) {
+  return NoBiasOrPenalties(params) && params.temperature >= kGreedyTemperatureEpsilon &&
          !(params.top_k > 0 && params.top_k < vocab_size);
 }
 
@@ -631,7 +628,7 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleNucleus(std::span<const i
                                                                std::span<const float> logits,
                                                                int32_t requested, double weight_sum,
                                                                const RowNormalizer* normalizer) {
-  CHECK(SamplesNucleus(params_, report_logprobs_, vocab_size_));
+  CHECK(SamplesNucleus(params_, vocab_size_));
   CHECK(requested >= 1 && ids.size() <= static_cast<size_t>(requested));
   CHECK(!report_logprobs_ || (normalizer != nullptr && requested >= params_.num_logprobs));
   CheckCandidates(ids, logits);

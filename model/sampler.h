@@ -167,14 +167,13 @@ class Sampler {
   SampleResult SampleFromCandidates(std::span<const int32_t> ids, std::span<const float> logits,
                                     const RowNormalizer* normalizer);
   // Whether Sample() of these params draws from a nucleus over the whole vocabulary: sampling
-  // without top-k, logit bias or penalties, and without logprobs unless at temperature 1
-  // (where the weight sum is the logprobs' normalizer) — with top-p < 1 or min-p > 0, or neither
-  // (plain temperature: the nucleus is the whole row, but the draw walks it heaviest binade
-  // first and usually stops within its head). The engine may then hand such a row over as its most
-  // likely entries and the row's sum of weights (TrySampleNucleus), falling back to the whole
-  // row when those do not decide.
-  static bool SamplesNucleus(const SamplingParams& params, bool report_logprobs,
-                             int32_t vocab_size);
+  // without top-k, logit bias or penalties — with top-p < 1 or min-p > 0, or neither (plain
+  // temperature: the nucleus is the whole row, but the draw walks it heaviest binade first and
+  // usually stops within its head). The engine may then hand such a row over as its most
+  // likely entries and the row's sum of weights (TrySampleNucleus; with logprobs also the
+  // row's normalizer at temperature 1), falling back to the whole row when those do not
+  // decide.
+  static bool SamplesNucleus(const SamplingParams& params, int32_t vocab_size);
   // The relative error TrySampleNucleus allows in the weight sum it is given, against this
   // class's own (the id-order double sum of expf((x - max) / T)): one computed elsewhere with
   // an exp within 2 ulp of this libm's and in another order is well inside it.

@@ -812,33 +812,26 @@ TEST(SamplerTest, SamplesNucleusForSamplingWithoutTopK) {
   SamplingParams top_p;
   top_p.temperature = 0.7f;
   top_p.top_p = 0.9f;
-  EXPECT_TRUE(Sampler::SamplesNucleus(top_p, false, kVocab));
-  EXPECT_FALSE(Sampler::SamplesNucleus(top_p, /*report_logprobs=*/true, kVocab));
+  EXPECT_TRUE(Sampler::SamplesNucleus(top_p, kVocab));
   SamplingParams min_p = top_p;
   min_p.top_p = 1.0f;
   min_p.min_p = 0.1f;
-  EXPECT_TRUE(Sampler::SamplesNucleus(min_p, false, kVocab));
+  EXPECT_TRUE(Sampler::SamplesNucleus(min_p, kVocab));
   SamplingParams plain = min_p;
   plain.min_p = 0.0f;
-  EXPECT_TRUE(Sampler::SamplesNucleus(plain, false, kVocab));  // the nucleus is the row
-  EXPECT_FALSE(Sampler::SamplesNucleus(plain, /*report_logprobs=*/true, kVocab));
-  plain.temperature = 1.0f;  // the weight sum is then the logprobs' normalizer
-  EXPECT_TRUE(Sampler::SamplesNucleus(plain, /*report_logprobs=*/true, kVocab));
-  SamplingParams top_p_at_1 = top_p;
-  top_p_at_1.temperature = 1.0f;
-  EXPECT_TRUE(Sampler::SamplesNucleus(top_p_at_1, /*report_logprobs=*/true, kVocab));
+  EXPECT_TRUE(Sampler::SamplesNucleus(plain, kVocab));  // the nucleus is the row
   SamplingParams with_top_k = top_p;
   with_top_k.top_k = 40;
-  EXPECT_FALSE(Sampler::SamplesNucleus(with_top_k, false, kVocab));  // CandidatesNeeded's
-  with_top_k.top_k = kVocab;                                         // top-k off
-  EXPECT_TRUE(Sampler::SamplesNucleus(with_top_k, false, kVocab));
-  EXPECT_FALSE(Sampler::SamplesNucleus(Greedy(), false, kVocab));
+  EXPECT_FALSE(Sampler::SamplesNucleus(with_top_k, kVocab));  // CandidatesNeeded's
+  with_top_k.top_k = kVocab;                                  // top-k off
+  EXPECT_TRUE(Sampler::SamplesNucleus(with_top_k, kVocab));
+  EXPECT_FALSE(Sampler::SamplesNucleus(Greedy(), kVocab));
   SamplingParams biased = top_p;
   biased.logit_bias = {{3, 1.0f}};
-  EXPECT_FALSE(Sampler::SamplesNucleus(biased, false, kVocab));
+  EXPECT_FALSE(Sampler::SamplesNucleus(biased, kVocab));
   SamplingParams penalised = top_p;
   penalised.frequency_penalty = 0.5f;
-  EXPECT_FALSE(Sampler::SamplesNucleus(penalised, false, kVocab));
+  EXPECT_FALSE(Sampler::SamplesNucleus(penalised, kVocab));
 }
 
 // TrySampleNucleus, given a row's most likely tokens and its weight sum (exact, or off by up to
@@ -871,7 +864,7 @@ TEST(SamplerTest, TrySampleNucleusDrawsAsTheWholeRowOrDeclines) {
   int declined_on_exact_threshold = 0;
   for (size_t g = 0; g < grid.size(); ++g) {
     const SamplingParams& params = grid[g];
-    ASSERT_TRUE(Sampler::SamplesNucleus(params, false, kVocab));
+    ASSERT_TRUE(Sampler::SamplesNucleus(params, kVocab));
     for (int32_t requested : {16, 256}) {
       Sampler whole(params, kVocab, /*default_seed=*/g, /*report_logprobs=*/false);
       Sampler top(params, kVocab, /*default_seed=*/g, /*report_logprobs=*/false);
@@ -933,46 +926,52 @@ TEST(SamplerTest, TrySampleNucleusDrawsAsTheWholeRowOrDeclines) {
   EXPECT_GT(declined_on_exact_threshold, 10);
 }
 
-// At temperature 1 a nucleus row may report logprobs: given the row's normalizer (the host
-// rule's), TrySampleNucleus returns Sample()'s token, logprob and top logprobs bitwise, or
-// declines without drawing; plain, top-p and min-p rows, 0, 5 and 20 top logprobs.
-TEST(SamplerTest, TrySampleNucleusWithLogprobsAtTemperatureOne) {
+// A nucleus row may report logprobs: given the row's weight sum at its temperature and its
+// normalizer at temperature 1 (the host rule's), TrySampleNucleus returns Sample()'s token,
+// logprob and top logprobs bitwise, or declines without drawing; plain, top-p and min-p
+// rows at temperatures 1 (where the two sums are one) and 0.7, 0, 5 and 20 top logprobs.
+TEST(SamplerTest, TrySampleNucleusWithLogprobs) {
   constexpr int32_t kVocab = 3000;
   std::mt19937_64 rng(5);
   std::normal_distribution<float> normal(0.0f, 3.0f);
   int decided = 0;
-  for (const auto& [top_p, min_p] :
-       {std::pair<float, float>{1.0f, 0.0f}, {0.9f, 0.0f}, {1.0f, 0.05f}}) {
-    for (int32_t num_logprobs : {0, 5, 20}) {
-      SamplingParams params;
-      params.top_p = top_p;
-      params.min_p = min_p;
-      params.num_logprobs = num_logprobs;
-      ASSERT_TRUE(Sampler::SamplesNucleus(params, true, kVocab));
-      Sampler whole(params, kVocab, /*default_seed=*/num_logprobs, /*report_logprobs=*/true);
-      Sampler top(params, kVocab, /*default_seed=*/num_logprobs, /*report_logprobs=*/true);
-      for (int step = 0; step < 30; ++step) {
-        std::vector<float> row(kVocab);
-        for (float& x : row) x = normal(rng) * (step % 2 == 0 ? 4.0f : 1.0f);
-        const auto [ids, values] = MostLikely(row, 64);
-        const Sampler::RowNormalizer normalizer = Sampler::NormalizerOf(row);
-        const Sampler::SampleResult want = whole.Sample(row);
-        const std::optional<Sampler::SampleResult> got =
-            top.TrySampleNucleus(ids, values, 64, normalizer.exp_sum, &normalizer);
-        if (!got.has_value()) {
-          ASSERT_EQ(top.Sample(row).token, want.token);
-          continue;
+  for (const float temperature : {1.0f, 0.7f}) {
+    for (const auto& [top_p, min_p] :
+         {std::pair<float, float>{1.0f, 0.0f}, {0.9f, 0.0f}, {1.0f, 0.05f}}) {
+      for (int32_t num_logprobs : {0, 5, 20}) {
+        SamplingParams params;
+        params.temperature = temperature;
+        params.top_p = top_p;
+        params.min_p = min_p;
+        params.num_logprobs = num_logprobs;
+        ASSERT_TRUE(Sampler::SamplesNucleus(params, kVocab));
+        Sampler whole(params, kVocab, /*default_seed=*/num_logprobs, /*report_logprobs=*/true);
+        Sampler top(params, kVocab, /*default_seed=*/num_logprobs, /*report_logprobs=*/true);
+        for (int step = 0; step < 30; ++step) {
+          std::vector<float> row(kVocab);
+          for (float& x : row) x = normal(rng) * (step % 2 == 0 ? 4.0f : 1.0f);
+          const auto [ids, values] = MostLikely(row, 64);
+          const Sampler::RowNormalizer normalizer = Sampler::NormalizerOf(row);
+          const Sampler::SampleResult want = whole.Sample(row);
+          const std::optional<Sampler::SampleResult> got =
+              top.TrySampleNucleus(ids, values, 64, WeightSum(row, temperature), &normalizer);
+          const std::string what =
+              "T " + std::to_string(temperature) + " step " + std::to_string(step);
+          if (!got.has_value()) {
+            ASSERT_EQ(top.Sample(row).token, want.token) << what;
+            continue;
+          }
+          ++decided;
+          ASSERT_EQ(got->token, want.token) << what;
+          EXPECT_EQ(got->logprob, want.logprob) << what;
+          EXPECT_EQ(got->top_logprobs, want.top_logprobs) << what;
+          EXPECT_EQ(got->top_logprobs.size(), static_cast<size_t>(num_logprobs));
         }
-        ++decided;
-        ASSERT_EQ(got->token, want.token) << step;
-        EXPECT_EQ(got->logprob, want.logprob) << step;
-        EXPECT_EQ(got->top_logprobs, want.top_logprobs) << step;
-        EXPECT_EQ(got->top_logprobs.size(), static_cast<size_t>(num_logprobs));
+        EXPECT_EQ(whole.NextUniform(), top.NextUniform());
       }
-      EXPECT_EQ(whole.NextUniform(), top.NextUniform());
     }
   }
-  EXPECT_GT(decided, 100);
+  EXPECT_GT(decided, 200);
 }
 
 // A plain-temperature draw whose target lies on the step between two candidates (within the
@@ -985,7 +984,7 @@ TEST(SamplerTest, TrySampleNucleusWithLogprobsAtTemperatureOne) {
 TEST(SamplerTest, TrySampleNucleusDeclinesAPlainDrawOnAStep) {
   constexpr int32_t kVocab = 50;
   SamplingParams params;  // temperature 1, no cut
-  ASSERT_TRUE(Sampler::SamplesNucleus(params, false, kVocab));
+  ASSERT_TRUE(Sampler::SamplesNucleus(params, kVocab));
   // Weights by token id for uniform u, or an empty map when u cannot put a step there.
   const std::vector<std::function<std::vector<std::pair<int32_t, double>>(double)>> cases = {
       [](double u) -> std::vector<std::pair<int32_t, double>> {

@@ -17,6 +17,7 @@ void StepLogits::Begin(const StepLogitsOptions& options, int32_t vocab_size) {
   all_greedy_ = true;
   candidates_ = 1;
   normalizers_ = false;
+  sums_t1_ = false;
   normalizer_temperatures_.clear();
   nucleus_.clear();
 }
@@ -27,11 +28,12 @@ void StepLogits::AddRow(const SamplingParams& params, bool report_logprobs) {
   int32_t needed = Sampler::CandidatesNeeded(params, report_logprobs, vocab_size_);
   const bool nucleus = needed == 0 && options_.nucleus_candidates > 0 &&
                        options_.max_device_top_k > 0 &&
-                       Sampler::SamplesNucleus(params, report_logprobs, vocab_size_);
+                       Sampler::SamplesNucleus(params, vocab_size_);
   if (nucleus) {
-    // At least the top logprobs too, when it reports them (temperature 1).
+    // At least the top logprobs too, when it reports them.
     needed = std::min(options_.nucleus_candidates, options_.max_device_top_k);
     if (report_logprobs) needed = std::max(needed, std::min(params.num_logprobs, vocab_size_));
+    sums_t1_ = sums_t1_ || (report_logprobs && params.temperature != 1.0f);
   }
   candidates_ = needed == 0 || candidates_ == 0 ? 0 : std::max(candidates_, needed);
   normalizers_ = normalizers_ || report_logprobs || nucleus;
@@ -63,7 +65,7 @@ absl::Status StepLogits::Forward(StepRunner& runner, const StepBatch& batch) {
       return runner.ForwardTopK(batch, k_,
                                 normalizers_ ? std::span<const float>(normalizer_temperatures_)
                                              : std::span<const float>(),
-                                &top_);
+                                sums_t1_, &top_);
     case Kind::kRows:
       break;
   }
@@ -78,7 +80,11 @@ Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) {
       return sampler.SampleArgMax(argmax_[row]);
     case Kind::kTopK: {
       if (nucleus_[row]) {
-        const Sampler::RowNormalizer normalizer = {top_.row_max[row], top_.row_exp_sum[row]};
+        // The logprobs' normalizer: the weight sum itself at temperature 1, else the sum at 1
+        // the step brought besides.
+        const Sampler::RowNormalizer normalizer = {
+            top_.row_max[row],
+            top_.row_exp_sum_t1.empty() ? top_.row_exp_sum[row] : top_.row_exp_sum_t1[row]};
         std::optional<Sampler::SampleResult> result = sampler.TrySampleNucleus(
             top_.Ids(row), top_.Logits(row), k_, top_.row_exp_sum[row], &normalizer);
         if (result.has_value()) {

@@ -87,6 +87,9 @@ class StepLogits {
   std::vector<float> normalizer_temperatures_;
   std::vector<uint8_t> nucleus_;
   bool normalizers_ = false;  // some row reports logprobs or samples a nucleus
+  // Some nucleus row reports logprobs at a temperature other than 1: its logprobs need the exp
+  // sum at 1 besides its weight sum.
+  bool sums_t1_ = false;
   Kind kind_ = Kind::kRows;
   int32_t k_ = 0;
   StepRunner* runner_ = nullptr;    // of the last Forward (nucleus rows' fallback)

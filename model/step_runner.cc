@@ -52,14 +52,16 @@ absl::Status LlamaStepRunner::ForwardGreedy(const StepBatch& batch, int32_t* tok
 
 absl::Status LlamaStepRunner::ForwardTopK(const StepBatch& batch, int32_t k,
                                           std::span<const float> normalizer_temperatures,
-                                          TopTokens* top) {
+                                          bool sums_t1, TopTokens* top) {
   RETURN_IF_ERROR(CheckRunnable());
   const bool normalizers = !normalizer_temperatures.empty();
   CHECK(!normalizers || normalizer_temperatures.size() == batch.logits_rows.size());
-  top->Resize(batch.logits_rows.size(), k, normalizers);
+  CHECK(!sums_t1 || normalizers);
+  top->Resize(batch.logits_rows.size(), k, normalizers, sums_t1);
   return model_.ForwardTopK(batch, *kv_, k, top->count.data(), top->ids.data(), top->logits.data(),
                             top->row_max_data(), top->row_exp_sum_data(),
-                            normalizers ? normalizer_temperatures.data() : nullptr);
+                            normalizers ? normalizer_temperatures.data() : nullptr,
+                            top->row_exp_sum_t1_data());
 }
 
 absl::Status LlamaStepRunner::CopyStepLogitsRow(size_t row, float* logits) {

@@ -47,18 +47,23 @@ struct TopTokens {
   std::vector<float> logits;   // [rows][k]
   std::vector<float> row_max;  // [rows] with normalizers, else empty
   std::vector<double> row_exp_sum;  // [rows] with normalizers, else empty
-  // Sizes the arrays for `rows` rows of k entries, with or without normalizers.
-  void Resize(size_t rows, int32_t new_k, bool normalizers) {
+  // [rows]: the exp sums at temperature 1 besides, when asked for (sums_t1), else empty.
+  std::vector<double> row_exp_sum_t1;
+  // Sizes the arrays for `rows` rows of k entries, with or without normalizers (and their
+  // sums at temperature 1, only with them).
+  void Resize(size_t rows, int32_t new_k, bool normalizers, bool sums_t1 = false) {
     k = new_k;
     count.resize(rows);
     ids.resize(rows * static_cast<size_t>(k));
     logits.resize(rows * static_cast<size_t>(k));
     row_max.resize(normalizers ? rows : 0);
     row_exp_sum.resize(normalizers ? rows : 0);
+    row_exp_sum_t1.resize(normalizers && sums_t1 ? rows : 0);
   }
   // The normalizer arrays, null without normalizers (as LlamaModel::ForwardTopK takes them).
   float* row_max_data() { return row_max.empty() ? nullptr : row_max.data(); }
   double* row_exp_sum_data() { return row_exp_sum.empty() ? nullptr : row_exp_sum.data(); }
+  double* row_exp_sum_t1_data() { return row_exp_sum_t1.empty() ? nullptr : row_exp_sum_t1.data(); }
   std::span<const int32_t> Ids(size_t row) const {
     return std::span<const int32_t>(ids).subspan(row * static_cast<size_t>(k), count[row]);
   }
@@ -106,10 +111,11 @@ class StepRunner {
   // the logits leaving the device: LlamaModel::ForwardTopK per rank; with
   // normalizer_temperatures (one per logits row; empty: none), also each row's softmax
   // normalizer over the whole vocabulary at its temperature (1 for logprobs, the sampling
-  // temperature for a nucleus). k >= 1 (InvalidArgument otherwise); other errors as
-  // Forward's.
+  // temperature for a nucleus), and with sums_t1 (only with them) its exp sum at temperature
+  // 1 besides (a nucleus row's logprobs at another temperature). k >= 1 (InvalidArgument
+  // otherwise); other errors as Forward's.
   virtual absl::Status ForwardTopK(const StepBatch& batch, int32_t k,
-                                   std::span<const float> normalizer_temperatures,
+                                   std::span<const float> normalizer_temperatures, bool sums_t1,
                                    TopTokens* top) = 0;
   // After a ForwardGreedy or ForwardTopK step and before the next step: logits row `row` of
   // that step (an index into its batch.logits_rows), the whole vocabulary, into host `logits`
@@ -160,7 +166,8 @@ class LlamaStepRunner final : public StepRunner {
   absl::Status Forward(const StepBatch& batch, float* logits) override;
   absl::Status ForwardGreedy(const StepBatch& batch, int32_t* tokens) override;
   absl::Status ForwardTopK(const StepBatch& batch, int32_t k,
-                           std::span<const float> normalizer_temperatures, TopTokens* top) override;
+                           std::span<const float> normalizer_temperatures, bool sums_t1,
+                           TopTokens* top) override;
   absl::Status CopyStepLogitsRow(size_t row, float* logits) override;
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
 

@@ -181,23 +181,24 @@ absl::Status TensorParallelModel::ForwardGreedy(const StepBatch& batch, int32_t*
 
 absl::Status TensorParallelModel::ForwardTopK(const StepBatch& batch, int32_t k,
                                               std::span<const float> normalizer_temperatures,
-                                              TopTokens* top) {
+                                              bool sums_t1, TopTokens* top) {
   if (ranks_[0].kv == nullptr) {
     return absl::FailedPreconditionError("Forward before AllocateKvCache");
   }
   const size_t num_rows = batch.logits_rows.size();
   const bool normalizers = !normalizer_temperatures.empty();
   CHECK(!normalizers || normalizer_temperatures.size() == num_rows);
+  CHECK(!sums_t1 || normalizers);
   for (Rank& rank : ranks_) {
-    rank.top.Resize(num_rows, k, normalizers);  // k < 1: every rank's model refuses
+    rank.top.Resize(num_rows, k, normalizers, sums_t1);  // k < 1: every rank's model refuses
   }
   RETURN_IF_ERROR(OnEveryRank([&](Rank& rank) {
-    return rank.model->ForwardTopK(batch, *rank.kv, k, rank.top.count.data(), rank.top.ids.data(),
-                                   rank.top.logits.data(), rank.top.row_max_data(),
-                                   rank.top.row_exp_sum_data(),
-                                   normalizers ? normalizer_temperatures.data() : nullptr);
+    return rank.model->ForwardTopK(
+        batch, *rank.kv, k, rank.top.count.data(), rank.top.ids.data(), rank.top.logits.data(),
+        rank.top.row_max_data(), rank.top.row_exp_sum_data(),
+        normalizers ? normalizer_temperatures.data() : nullptr, rank.top.row_exp_sum_t1_data());
   }));
-  top->Resize(num_rows, k, normalizers);
+  top->Resize(num_rows, k, normalizers, sums_t1);
   if (normalizers) {
     for (size_t i = 0; i < num_rows; ++i) {
       MergeRowNormalizers(i, normalizer_temperatures[i], top);
@@ -243,19 +244,26 @@ void TensorParallelModel::MergeRowNormalizers(size_t row, float temperature, Top
   constexpr float kInf = std::numeric_limits<float>::infinity();
   float max = -kInf;
   for (const Rank& rank : ranks_) max = std::max(max, rank.top.row_max[row]);  // never NaN
-  double sum = 0.0;
-  for (const Rank& rank : ranks_) {
-    const float rank_max = rank.top.row_max[row];
-    const double rank_sum = rank.top.row_exp_sum[row];
-    if (max == kInf) {
-      if (rank_max == kInf) sum += rank_sum;
-    } else if (rank_max != -kInf) {
-      sum += rank_sum * std::exp((static_cast<double>(rank_max) - static_cast<double>(max)) /
-                                 static_cast<double>(temperature));
+  // The ranks' sums (`sums` of their TopTokens) at temperature t merged.
+  auto merged = [&](std::vector<double> TopTokens::*sums, float t) {
+    double sum = 0.0;
+    for (const Rank& rank : ranks_) {
+      const float rank_max = rank.top.row_max[row];
+      const double rank_sum = (rank.top.*sums)[row];
+      if (max == kInf) {
+        if (rank_max == kInf) sum += rank_sum;
+      } else if (rank_max != -kInf) {
+        sum += rank_sum * std::exp((static_cast<double>(rank_max) - static_cast<double>(max)) /
+                                   static_cast<double>(t));
+      }
     }
-  }
+    return sum;
+  };
   top->row_max[row] = max;
-  top->row_exp_sum[row] = sum;
+  top->row_exp_sum[row] = merged(&TopTokens::row_exp_sum, temperature);
+  if (!top->row_exp_sum_t1.empty()) {
+    top->row_exp_sum_t1[row] = merged(&TopTokens::row_exp_sum_t1, 1.0f);
+  }
 }
 
 absl::Status TensorParallelModel::Forward(const StepBatch& batch, float* logits) {

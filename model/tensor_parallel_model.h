@@ -81,7 +81,8 @@ class TensorParallelModel final : public StepRunner {
   // per row the k most likely of the ranks' candidates (the whole vocabulary's top k is among
   // them), back in id order; the normalizers merged (MergeRowNormalizers).
   absl::Status ForwardTopK(const StepBatch& batch, int32_t k,
-                           std::span<const float> normalizer_temperatures, TopTokens* top) override;
+                           std::span<const float> normalizer_temperatures, bool sums_t1,
+                           TopTokens* top) override;
   // Every rank's slice of the row (LlamaModel::CopyStepLogitsRow), side by side.
   absl::Status CopyStepLogitsRow(size_t row, float* logits) override;
 
@@ -106,7 +107,7 @@ class TensorParallelModel final : public StepRunner {
   // the largest maximum; with it +inf, the ranks' counts of +inf added; else each rank's sum
   // rescaled to it by exp((max_r - max) / temperature) in double and added in rank order
   // (split, the terms were rounded around the rank's maximum rather than the row's: last-bit
-  // differences).
+  // differences); the sums at temperature 1 alike, when top has them.
   void MergeRowNormalizers(size_t row, float temperature, TopTokens* top) const;
 
   TensorParallelModel() = default;

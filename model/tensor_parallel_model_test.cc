@@ -477,6 +477,11 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
       EXPECT_EQ(top.row_max[i], normalizer.max) << what << ", row " << i;
       EXPECT_NEAR(top.row_exp_sum[i], want_sum, exact_sums ? 0.0 : 1e-6 * want_sum)
           << what << ", row " << i;
+      // And the sum at temperature 1 besides: the logprobs' normalizer.
+      ASSERT_EQ(top.row_exp_sum_t1.size(), prompts.size()) << what;
+      EXPECT_NEAR(top.row_exp_sum_t1[i], normalizer.exp_sum,
+                  exact_sums ? 0.0 : 1e-6 * normalizer.exp_sum)
+          << what << ", row " << i;
     }
   };
   {
@@ -489,11 +494,11 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
       Unsplit reduced(*file);
       ASSERT_NE(reduced.model, nullptr);
       TopTokens top;
-      top.Resize(prompts.size(), k, /*normalizers=*/true);
+      top.Resize(prompts.size(), k, /*normalizers=*/true, /*sums_t1=*/true);
       ASSERT_TRUE(reduced.model
                       ->ForwardTopK(batch, *reduced.kv, k, top.count.data(), top.ids.data(),
                                     top.logits.data(), top.row_max.data(), top.row_exp_sum.data(),
-                                    temperatures.data())
+                                    temperatures.data(), top.row_exp_sum_t1.data())
                       .ok());
       check(logits, vocab, k, top, /*exact_sums=*/true, "unsplit, k " + std::to_string(k));
     }
@@ -508,18 +513,20 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
       Split reduced(*file, size);
       ASSERT_NE(reduced.model, nullptr);
       TopTokens top;
-      ASSERT_TRUE(reduced.model->ForwardTopK(batch, k, temperatures, &top).ok());
+      ASSERT_TRUE(reduced.model->ForwardTopK(batch, k, temperatures, /*sums_t1=*/true, &top).ok());
       check(logits, vocab, k, top, /*exact_sums=*/size == 1,
             std::to_string(size) + " ranks, k " + std::to_string(k));
     }
   }
   Split reduced(*file, 2);
   TopTokens top;
-  EXPECT_EQ(reduced.model->ForwardTopK(batch, 0, {}, &top).code(),
+  EXPECT_EQ(reduced.model->ForwardTopK(batch, 0, {}, false, &top).code(),
             absl::StatusCode::kInvalidArgument);
-  // Without normalizers none come back.
-  ASSERT_TRUE(reduced.model->ForwardTopK(batch, 4, {}, &top).ok());
-  EXPECT_TRUE(top.row_max.empty() && top.row_exp_sum.empty());
+  // Without normalizers none come back; with them but without sums_t1, no sums at 1.
+  ASSERT_TRUE(reduced.model->ForwardTopK(batch, 4, {}, false, &top).ok());
+  EXPECT_TRUE(top.row_max.empty() && top.row_exp_sum.empty() && top.row_exp_sum_t1.empty());
+  ASSERT_TRUE(reduced.model->ForwardTopK(batch, 4, temperatures, false, &top).ok());
+  EXPECT_TRUE(!top.row_exp_sum.empty() && top.row_exp_sum_t1.empty());
   // The step's rows stay readable until the next step, every rank's slice in place.
   std::vector<float> logits(prompts.size() * reduced.model->config().vocab_size);
   {

@@ -78,10 +78,10 @@ ABSL_FLAG(int32_t, device_top_k, glimpse::server::kAutoCandidates,
           "rows are in host memory already; selecting there costs more than it saves).");
 ABSL_FLAG(int32_t, nucleus_candidates, glimpse::server::kAutoCandidates,
           "serve: rows sampling without top-k — with top-p, min-p or plain temperature (no "
-          "logit bias or penalties; logprobs only at temperature 1) — bring back this many "
-          "candidates and their weight sum (at most --device_top_k) and sample from those "
-          "when they decide the draw, else from their row fetched after the step: the same "
-          "tokens. More decide more rows but cost more to bring back and sort. 0 brings such "
+          "logit bias or penalties; logprobs come with the row's normalizer) — bring back "
+          "this many candidates and their weight sum (at most --device_top_k) and sample from "
+          "those when they decide the draw, else from their row fetched after the step: the "
+          "same tokens. More decide more rows but cost more to bring back and sort. 0 brings such "
           "rows back whole. -1 (default): 256 with --device=cuda, 0 with --device=cpu.");
 ABSL_FLAG(std::string, preemption_mode, "recompute",
           "serve: what happens to a preempted sequence's KV when blocks run out: 'recompute' "

@@ -548,17 +548,19 @@ TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
 // top-k) run ForwardTopK steps with their temperature normalizers and draw from the candidates
 // when those decide, else from their row fetched after the step: the tokens are those drawn
 // from the whole rows, seed for seed, with many candidates (mostly decided) and with 2 (mostly
-// fetched). A plain temperature-1 request with 3 top logprobs is a nucleus row too (its weight
-// sum is its logprobs' normalizer): the same logprobs, bitwise (the CPU backend's normalizer
-// is the sampler's own sum).
+// fetched). Rows with logprobs are nucleus rows too: a plain temperature-1 request with 3 top
+// logprobs (its weight sum is its logprobs' normalizer) and a top-p 0.9 one at temperature
+// 0.7 with 2 (its steps bring the sums at temperature 1 besides): the same logprobs, bitwise
+// (the CPU backend's normalizer is the sampler's own sum).
 TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
   const std::vector<Reference> refs = LoadReferences();
-  constexpr int kRequests = 7;
+  constexpr int kRequests = 8;
   constexpr int kSequences = kRequests + 1;  // request 1 forks n = 2
   struct Run {
     std::vector<std::vector<int32_t>> tokens;
-    std::vector<TokenLogprob> logprobs;  // request 6's
+    std::vector<TokenLogprob> logprobs[2];  // requests 6's and 7's
     int32_t normalizer_steps = 0;
+    int32_t sums_t1_steps = 0;
     int32_t rows_fetched = 0;
   };
   auto run = [&](int32_t nucleus_candidates) {
@@ -577,6 +579,10 @@ TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
         r.sampling.temperature = 1.0f;
         r.sampling.top_p = 1.0f;
         r.output.num_logprobs = 3;
+      } else if (i == 7) {
+        r.sampling.temperature = 0.7f;
+        r.sampling.top_p = 0.9f;
+        r.output.num_logprobs = 2;
       }
       r.n = i == 1 ? 2 : 1;
       auto stream = engine->Submit(r);
@@ -588,10 +594,11 @@ TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
       Collected c = Drain(*streams[i], i == 1 ? 2 : 1);
       EXPECT_TRUE(c.status.ok()) << c.status;
       for (auto& t : c.tokens) result.tokens.push_back(t);
-      if (i == 6) result.logprobs = c.logprobs[0];
+      if (i >= 6) result.logprobs[i - 6] = c.logprobs[0];
     }
     EXPECT_TRUE(engine->WaitIdle(absl::Seconds(10)));
     result.normalizer_steps = runner.num_normalizer_steps();
+    result.sums_t1_steps = runner.num_sums_t1_steps();
     result.rows_fetched = runner.num_logits_rows_copied();
     // The engine's load counts them too (what the metrics export).
     const EngineLoad load = engine->GetLoad();
@@ -614,17 +621,23 @@ TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
     EXPECT_EQ(many.tokens[i], whole.tokens[i]) << "sequence " << i;
     EXPECT_EQ(two.tokens[i], whole.tokens[i]) << "sequence " << i;
   }
-  ASSERT_EQ(whole.logprobs.size(), 16u);
-  for (const Run* run : {&many, &two}) {
-    ASSERT_EQ(run->logprobs.size(), 16u);
-    for (size_t t = 0; t < 16; ++t) {
-      EXPECT_EQ(run->logprobs[t].token_id, whole.logprobs[t].token_id) << "token " << t;
-      EXPECT_EQ(run->logprobs[t].logprob, whole.logprobs[t].logprob) << "token " << t;
-      EXPECT_EQ(run->logprobs[t].top, whole.logprobs[t].top) << "token " << t;
-      EXPECT_EQ(run->logprobs[t].top.size(), 3u) << "token " << t;
+  EXPECT_EQ(whole.sums_t1_steps, 0);
+  EXPECT_GE(many.sums_t1_steps, 16);
+  EXPECT_GE(two.sums_t1_steps, 16);
+  for (int l = 0; l < 2; ++l) {
+    ASSERT_EQ(whole.logprobs[l].size(), 16u);
+    for (const Run* run : {&many, &two}) {
+      ASSERT_EQ(run->logprobs[l].size(), 16u);
+      for (size_t t = 0; t < 16; ++t) {
+        const std::string what = "request " + std::to_string(6 + l) + " token " + std::to_string(t);
+        EXPECT_EQ(run->logprobs[l][t].token_id, whole.logprobs[l][t].token_id) << what;
+        EXPECT_EQ(run->logprobs[l][t].logprob, whole.logprobs[l][t].logprob) << what;
+        EXPECT_EQ(run->logprobs[l][t].top, whole.logprobs[l][t].top) << what;
+        EXPECT_EQ(run->logprobs[l][t].top.size(), l == 0 ? 3u : 2u) << what;
+      }
     }
   }
-  // 8 sequences x 16 tokens: most decided by 64 candidates, most fetched with 2.
+  // 9 sequences x 16 tokens: most decided by 64 candidates, most fetched with 2.
   EXPECT_LT(many.rows_fetched, kSequences * 16 / 2);
   EXPECT_GT(two.rows_fetched, kSequences * 16 / 2);
   // The tokens are drawn, not the argmax.

@@ -33,6 +33,8 @@ class RecordingStepRunner final : public model::StepRunner {
   const std::vector<int32_t>& top_k_steps() const { return top_k_steps_; }
   // ForwardTopK steps that also brought back the rows' softmax normalizers (for logprobs).
   int32_t num_normalizer_steps() const { return num_normalizer_steps_; }
+  // Of those, the steps that also brought back the sums at temperature 1 (sums_t1).
+  int32_t num_sums_t1_steps() const { return num_sums_t1_steps_; }
   // Rows fetched after a reduced step (CopyStepLogitsRow: samples the reduction left open).
   int32_t num_logits_rows_copied() const { return num_logits_rows_copied_; }
 
@@ -58,12 +60,13 @@ class RecordingStepRunner final : public model::StepRunner {
     return inner_.ForwardGreedy(batch, tokens);
   }
   absl::Status ForwardTopK(const model::StepBatch& batch, int32_t k,
-                           std::span<const float> normalizer_temperatures,
+                           std::span<const float> normalizer_temperatures, bool sums_t1,
                            model::TopTokens* top) override {
     Record(batch);
     top_k_steps_.push_back(k);
     num_normalizer_steps_ += normalizer_temperatures.empty() ? 0 : 1;
-    return inner_.ForwardTopK(batch, k, normalizer_temperatures, top);
+    num_sums_t1_steps_ += sums_t1 ? 1 : 0;
+    return inner_.ForwardTopK(batch, k, normalizer_temperatures, sums_t1, top);
   }
   absl::Status CopyStepLogitsRow(size_t row, float* logits) override {
     ++num_logits_rows_copied_;
@@ -88,6 +91,7 @@ class RecordingStepRunner final : public model::StepRunner {
   int64_t num_greedy_steps_ = 0;
   std::vector<int32_t> top_k_steps_;
   int32_t num_normalizer_steps_ = 0;
+  int32_t num_sums_t1_steps_ = 0;
   int32_t num_logits_rows_copied_ = 0;
 };
 

@@ -47,9 +47,10 @@ class CpuBackend final : public Backend {
   }
   void TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k, int32_t* host_count,
                 int32_t* host_index, float* host_value, float* host_row_max,
-                double* host_row_exp_sum, const float* host_temperature) override {
+                double* host_row_exp_sum, const float* host_temperature,
+                double* host_row_exp_sum_t1) override {
     TopKRowsOnHost(x, num_rows, cols, k, host_count, host_index, host_value, host_row_max,
-                   host_row_exp_sum, host_temperature);
+                   host_row_exp_sum, host_temperature, host_row_exp_sum_t1);
   }
   void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) override;
   size_t KvElementBytes() const override { return KvElementSize(kv_type_); }

@@ -23,30 +23,43 @@ __device__ __forceinline__ uint32_t Key(float v) {
   return (u & 0x80000000u) != 0 ? ~u : (u | 0x80000000u);
 }
 
-// The row's softmax normalizer (topk_rows.h), written by thread 0. Every thread calls it.
+// exp((v - max) / temperature) in double, rounded to fp32 once: the fp32 exp the host sums,
+// correctly rounded. The difference and the division are fp32, as on the host.
+__device__ __forceinline__ double Weight(float v, float max, float temperature) {
+  return static_cast<float>(exp(static_cast<double>((v - max) / temperature)));
+}
+
+// The row's softmax normalizer (topk_rows.h), written by thread 0, and its sum at temperature
+// 1 when row_exp_sum_t1 is not null. Every thread calls it.
 __device__ void WriteRowNormalizer(const float* __restrict__ row, int64_t cols, float temperature,
-                                   float* __restrict__ row_max, double* __restrict__ row_exp_sum) {
+                                   float* __restrict__ row_max, double* __restrict__ row_exp_sum,
+                                   double* __restrict__ row_exp_sum_t1) {
   __shared__ float max_scratch[32];
   __shared__ double sum_scratch[32];
   float max = -INFINITY;
   for (int64_t c = threadIdx.x; c < cols; c += kThreads) max = fmaxf(max, row[c]);  // skips NaN
   max = internal::BlockMax(max, max_scratch);
+  const bool at_1 = row_exp_sum_t1 != nullptr;
   double sum = 0.0;
+  double sum_t1 = 0.0;
   if (max == INFINITY) {
     for (int64_t c = threadIdx.x; c < cols; c += kThreads) sum += row[c] == INFINITY ? 1.0 : 0.0;
+    sum_t1 = sum;
   } else if (max != -INFINITY) {
     for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
       const float v = row[c];
-      // exp in double, rounded to fp32 once: the fp32 exp the host sums, correctly rounded.
-      if (v > -INFINITY) {
-        sum += static_cast<float>(exp(static_cast<double>((v - max) / temperature)));
+      if (v > -INFINITY) {  // skips -inf and NaN
+        sum += Weight(v, max, temperature);
+        if (at_1) sum_t1 += Weight(v, max, 1.0f);
       }
     }
   }
   sum = internal::BlockSum(sum, sum_scratch);
+  if (at_1) sum_t1 = internal::BlockSum(sum_t1, sum_scratch);  // uniform branch
   if (threadIdx.x == 0) {
     row_max[blockIdx.x] = max;
     row_exp_sum[blockIdx.x] = sum;
+    if (at_1) row_exp_sum_t1[blockIdx.x] = sum_t1;
   }
 }
 
@@ -55,7 +68,8 @@ __global__ void __launch_bounds__(kThreads)
     TopKRowsKernel(const float* __restrict__ x, int64_t cols, int32_t k,
                    int32_t* __restrict__ count, int32_t* __restrict__ index,
                    float* __restrict__ value, float* __restrict__ row_max,
-                   double* __restrict__ row_exp_sum, const float* __restrict__ temperature) {
+                   double* __restrict__ row_exp_sum, const float* __restrict__ temperature,
+                   double* __restrict__ row_exp_sum_t1) {
   __shared__ uint32_t histogram[kBins];
   __shared__ uint32_t scan_totals[kScanWarps];
   __shared__ uint32_t chosen_digit, chosen_rank, num_candidates;
@@ -66,7 +80,7 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t wanted = static_cast<uint32_t>(k);
   if (row_max != nullptr) {
     WriteRowNormalizer(row, cols, temperature == nullptr ? 1.0f : temperature[blockIdx.x], row_max,
-                       row_exp_sum);
+                       row_exp_sum, row_exp_sum_t1);
   }
 
   // 1. Radix select, most significant digit first: the k-th largest key (`threshold`) and how
@@ -182,10 +196,11 @@ cudaError_t LaunchTopKRows(const TopKRowsParams& params, cudaStream_t stream) {
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.x != nullptr && params.count != nullptr &&
                                  params.index != nullptr &&
                                  (params.row_max == nullptr) == (params.row_exp_sum == nullptr) &&
-                                 (params.temperature == nullptr || params.row_max != nullptr));
+                                 (params.temperature == nullptr || params.row_max != nullptr) &&
+                                 (params.row_exp_sum_t1 == nullptr || params.row_max != nullptr));
   TopKRowsKernel<<<static_cast<unsigned>(params.num_rows), kThreads, 0, stream>>>(
       params.x, params.cols, params.k, params.count, params.index, params.value, params.row_max,
-      params.row_exp_sum, params.temperature);
+      params.row_exp_sum, params.temperature, params.row_exp_sum_t1);
   return cudaGetLastError();
 }
 

@@ -21,7 +21,9 @@
 // values when it is +inf, 0 when -inf. The difference and the division are fp32 as on the
 // host; each term is exp in double rounded once to fp32 (as a correctly rounded expf would);
 // the sum runs in a fixed tree order, so it is deterministic, and differs from the host's
-// id-order sum only in double rounding.
+// id-order sum only in double rounding. On request also row_exp_sum_t1[r], the same sum at
+// temperature 1 (the raw row's log-softmax normalizer, for a row that reports logprobs but
+// samples a nucleus at another temperature), from the same pass.
 #ifndef GLIMPSE_KERNELS_CUDA_TOPK_ROWS_H_
 #define GLIMPSE_KERNELS_CUDA_TOPK_ROWS_H_
 
@@ -44,6 +46,8 @@ struct TopKRowsParams {
   float* row_max = nullptr;            // device, [num_rows]
   double* row_exp_sum = nullptr;       // device, [num_rows]
   const float* temperature = nullptr;  // device, [num_rows]
+  // The sums at temperature 1 besides (only with the normalizers; null: not written).
+  double* row_exp_sum_t1 = nullptr;  // device, [num_rows]
 };
 
 // One 512-thread block per row; it reads the row four times (one 8-bit radix digit each) and

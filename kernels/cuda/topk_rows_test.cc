@@ -89,7 +89,7 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
   }
   DeviceArray<float> d_x, d_value, d_row_max, d_temperature;
   DeviceArray<int32_t> d_count, d_index;
-  DeviceArray<double> d_row_exp_sum;
+  DeviceArray<double> d_row_exp_sum, d_row_exp_sum_t1;
   const size_t slots = static_cast<size_t>(rows) * k;
   GLIMPSE_ASSERT_CUDA(d_x.Upload(x));
   GLIMPSE_ASSERT_CUDA(d_count.Allocate(rows));  // poisoned: -1 and NaN until written
@@ -97,6 +97,7 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
   GLIMPSE_ASSERT_CUDA(d_value.Allocate(slots));
   GLIMPSE_ASSERT_CUDA(d_row_max.Allocate(rows));
   GLIMPSE_ASSERT_CUDA(d_row_exp_sum.Allocate(rows));
+  GLIMPSE_ASSERT_CUDA(d_row_exp_sum_t1.Allocate(rows));
   std::vector<float> temperature(rows);  // 1 (the logprobs' normalizer) every fourth row
   for (int32_t r = 0; r < rows; ++r) temperature[r] = 0.5f + 0.25f * static_cast<float>(r % 4);
   GLIMPSE_ASSERT_CUDA(d_temperature.Upload(temperature));
@@ -111,16 +112,18 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
   p.row_max = d_row_max.get();
   p.row_exp_sum = d_row_exp_sum.get();
   p.temperature = d_temperature.get();
+  p.row_exp_sum_t1 = d_row_exp_sum_t1.get();
   GLIMPSE_ASSERT_CUDA(LaunchTopKRows(p, nullptr));
   GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
   std::vector<int32_t> count, index;
   std::vector<float> value, row_max;
-  std::vector<double> row_exp_sum;
+  std::vector<double> row_exp_sum, row_exp_sum_t1;
   GLIMPSE_ASSERT_CUDA(d_count.Download(&count));
   GLIMPSE_ASSERT_CUDA(d_index.Download(&index));
   GLIMPSE_ASSERT_CUDA(d_value.Download(&value));
   GLIMPSE_ASSERT_CUDA(d_row_max.Download(&row_max));
   GLIMPSE_ASSERT_CUDA(d_row_exp_sum.Download(&row_exp_sum));
+  GLIMPSE_ASSERT_CUDA(d_row_exp_sum_t1.Download(&row_exp_sum_t1));
   int mismatched_rows = 0;
   for (int32_t r = 0; r < rows; ++r) {
     const std::vector<int32_t> want = Reference(row(r), cols, k);
@@ -151,6 +154,12 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
                              : std::fabs(row_exp_sum[r] - want_sum) <= 1e-6 * want_sum,
                    what + ": row exp sum " + std::to_string(row_exp_sum[r]) + ", want " +
                        std::to_string(want_sum));
+    // The sum at temperature 1 besides, alike.
+    const double want_sum_t1 = ReferenceNormalizer(row(r), cols, 1.0f).second;
+    GLIMPSE_EXPECT(exact_sum ? row_exp_sum_t1[r] == want_sum_t1
+                             : std::fabs(row_exp_sum_t1[r] - want_sum_t1) <= 1e-6 * want_sum_t1,
+                   what + ": row exp sum at 1 " + std::to_string(row_exp_sum_t1[r]) + ", want " +
+                       std::to_string(want_sum_t1));
   }
   if (rows >= 8 && cols >= 3) {  // row 5's two +inf in distinct columns
     GLIMPSE_EXPECT(
@@ -166,6 +175,7 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
   p.row_max = nullptr;
   p.row_exp_sum = nullptr;
   p.temperature = nullptr;
+  p.row_exp_sum_t1 = nullptr;
   GLIMPSE_ASSERT_CUDA(d_row_max.Poison());
   GLIMPSE_ASSERT_CUDA(d_index.Poison());
   GLIMPSE_ASSERT_CUDA(LaunchTopKRows(p, nullptr));
@@ -221,6 +231,12 @@ GLIMPSE_CUDA_TEST(TopKRowsRefusesBadShapes) {
   GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaErrorInvalidValue,
                  "temperatures without normalizers accepted");
   p.temperature = nullptr;
+  DeviceArray<double> d_row_exp_sum_t1;
+  GLIMPSE_ASSERT_CUDA(d_row_exp_sum_t1.Allocate(4));
+  p.row_exp_sum_t1 = d_row_exp_sum_t1.get();  // the sums at 1 without the normalizers
+  GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaErrorInvalidValue,
+                 "sums at temperature 1 without normalizers accepted");
+  p.row_exp_sum_t1 = nullptr;
   p.num_rows = 0;
   GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaSuccess, "zero rows refused");
 }

@@ -293,17 +293,20 @@ void CudaBackend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int
 void CudaBackend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
                            int32_t* host_count, int32_t* host_index, float* host_value,
                            float* host_row_max, double* host_row_exp_sum,
-                           const float* host_temperature) {
+                           const float* host_temperature, double* host_row_exp_sum_t1) {
   CHECK(k >= 1);
   CHECK((host_row_max == nullptr) == (host_row_exp_sum == nullptr));
   const bool normalizers = host_row_max != nullptr;
   CHECK(host_temperature == nullptr || normalizers);
+  const bool sums_t1 = host_row_exp_sum_t1 != nullptr;
+  CHECK(!sums_t1 || normalizers);
   Bind();
   EndStepWithReduction(
-      num_rows, [&] { return RecordTopKRows(x, num_rows, cols, k, normalizers, host_temperature); },
+      num_rows,
+      [&] { return RecordTopKRows(x, num_rows, cols, k, normalizers, host_temperature, sums_t1); },
       [&] {
         Reserve(topk_rows_, static_cast<size_t>(num_rows) * TopKRowBytes(k));
-        TopKRowsParams p = TopKOutput(x, num_rows, cols, k, normalizers);
+        TopKRowsParams p = TopKOutput(x, num_rows, cols, k, normalizers, sums_t1);
         if (host_temperature != nullptr) {
           p.temperature =
               static_cast<const float*>(Upload(host_temperature, num_rows * sizeof(float)));
@@ -311,11 +314,16 @@ void CudaBackend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32
         GLIMPSE_CUDA_CHECK(LaunchTopKRows(p, stream_));
       });
   if (num_rows > 0) {
-    const TopKRowsParams out = TopKOutput(x, num_rows, cols, k, normalizers);
+    const TopKRowsParams out = TopKOutput(x, num_rows, cols, k, normalizers, sums_t1);
     if (normalizers) {
       GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_row_max, out.row_max, num_rows * sizeof(float),
                                          cudaMemcpyDeviceToHost, stream_));
       GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_row_exp_sum, out.row_exp_sum,
+                                         num_rows * sizeof(double), cudaMemcpyDeviceToHost,
+                                         stream_));
+    }
+    if (sums_t1) {
+      GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_row_exp_sum_t1, out.row_exp_sum_t1,
                                          num_rows * sizeof(double), cudaMemcpyDeviceToHost,
                                          stream_));
     }

@@ -299,7 +299,7 @@ bool CudaBackend::RecordArgMaxRows(const float* x, int64_t num_rows, int64_t col
 }
 
 bool CudaBackend::RecordTopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
-                                 bool normalizers, const float* host_temperature) {
+                                 bool normalizers, const float* host_temperature, bool sums_t1) {
   int64_t rows = 0;
   if (!graphs_.PaddedRows(num_rows, &rows) || k > kMaxGraphTopK ||
       topk_rows_.size() < static_cast<size_t>(rows) * TopKRowBytes(k)) {
@@ -307,7 +307,7 @@ bool CudaBackend::RecordTopKRows(const float* x, int64_t num_rows, int64_t cols,
     return false;
   }
   // Padded rows select from logits row 0's copies: harmless, and never copied out.
-  const TopKRowsParams p = TopKOutput(x, rows, cols, k, normalizers);
+  const TopKRowsParams p = TopKOutput(x, rows, cols, k, normalizers, sums_t1);
   // The normalizers' temperatures in the arena (padded rows' are 0: their normalizers are
   // never read); none: 1 for every row.
   constexpr size_t kNoTemperatures = ~size_t{0};
@@ -325,7 +325,7 @@ bool CudaBackend::RecordTopKRows(const float* x, int64_t num_rows, int64_t cols,
         return LaunchTopKRows(run, stream);
       },
       GraphOp::kTopKRows, x, rows, cols, k, p.count, p.index, p.value, p.row_max, p.row_exp_sum,
-      temperature_offset);
+      temperature_offset, p.row_exp_sum_t1);
   return true;
 }
 

@@ -217,7 +217,8 @@ class CudaBackend final : public Backend {
   // host; like ArgMaxRows, the end of a recorded step (k <= kMaxGraphTopK joins its graph).
   void TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k, int32_t* host_count,
                 int32_t* host_index, float* host_value, float* host_row_max,
-                double* host_row_exp_sum, const float* host_temperature) override;
+                double* host_row_exp_sum, const float* host_temperature,
+                double* host_row_exp_sum_t1) override;
   void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) override;
   size_t KvElementBytes() const override { return DTypeSize(kv_dtype_); }
   // The attention kernels' shapes: head_dim 32, 64 or 128, 1 to 8 query heads per KV head.
@@ -389,7 +390,7 @@ class CudaBackend final : public Backend {
   bool RecordArgMaxRows(const float* x, int64_t num_rows, int64_t cols);
   // TopKRows' launch over the step's padded rows into topk_rows_.
   bool RecordTopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k, bool normalizers,
-                      const float* host_temperature);
+                      const float* host_temperature, bool sums_t1);
   // Bf16 copies (GraphStepState::bf16_producer). A producer op (RmsNorm, AddRmsNorm, SiluMul)
   // records its launch, then offers `with_copy`: the same launch, also writing its fp32
   // output `out` ([elements]) rounded to bf16 at the pointer it is given.
@@ -455,17 +456,19 @@ class CudaBackend final : public Backend {
     return p;
   }
   // TopKRows' device output for k: [capacity] int32 counts, then [capacity][k] int32
-  // columns, [capacity][k] fp32 values, [capacity] fp32 row maxima and [capacity] double
-  // exp sums (8-byte aligned: they start at capacity * 8 * (k + 1)), capacity =
-  // size / (16 + 8k) rows (TopKOutput: the layout depends on k and the size only, so padded
-  // and actual rows agree). Reserved at Init for kMaxGraphBatch rows of kMaxGraphTopK, so
-  // that recorded steps keep its address; grown (eagerly only) beyond. The normalizers'
-  // temperatures are an input: staged (eager) or in the arena (recorded).
+  // columns, [capacity][k] fp32 values, [capacity] fp32 row maxima, [capacity] double
+  // exp sums (8-byte aligned: they start at capacity * 8 * (k + 1)) and [capacity] double
+  // exp sums at temperature 1, capacity = size / (24 + 8k) rows (TopKOutput: the layout
+  // depends on k and the size only, so padded and actual rows agree). Reserved at Init for
+  // kMaxGraphBatch rows of kMaxGraphTopK, so that recorded steps keep its address; grown (eagerly
+  // only) beyond. The normalizers' temperatures are an input: staged (eager) or in the arena
+  // (recorded).
   DeviceBuffer<uint8_t> topk_rows_;
-  static size_t TopKRowBytes(int32_t k) { return 16 + size_t{8} * static_cast<size_t>(k); }
-  // `normalizers`: the launch also writes the rows' softmax normalizers.
-  TopKRowsParams TopKOutput(const float* x, int64_t rows, int64_t cols, int32_t k,
-                            bool normalizers) const {
+  static size_t TopKRowBytes(int32_t k) { return 24 + size_t{8} * static_cast<size_t>(k); }
+  // `normalizers`: the launch also writes the rows' softmax normalizers; `sums_t1` (only with
+  // them) their exp sums at temperature 1 besides.
+  TopKRowsParams TopKOutput(const float* x, int64_t rows, int64_t cols, int32_t k, bool normalizers,
+                            bool sums_t1) const {
     const size_t capacity = topk_rows_.size() / TopKRowBytes(k);
     TopKRowsParams p;
     p.x = x;
@@ -478,6 +481,7 @@ class CudaBackend final : public Backend {
     if (normalizers) {
       p.row_max = p.value + capacity * static_cast<size_t>(k);
       p.row_exp_sum = reinterpret_cast<double*>(p.row_max + capacity);
+      if (sums_t1) p.row_exp_sum_t1 = p.row_exp_sum + capacity;
     }
     return p;
   }

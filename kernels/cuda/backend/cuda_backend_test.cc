@@ -616,17 +616,25 @@ TEST_F(CudaBackendTest, TopKRowsMatchesTheHostRule) {
     std::vector<float> want_value(pairs, -1.0f), got_value(pairs, -1.0f);
     std::vector<float> want_max(rows, -1.0f), got_max(rows, -1.0f);
     std::vector<double> want_sum(rows, -1.0), got_sum(rows, -1.0);
+    std::vector<double> want_sum_t1(rows, -1.0), got_sum_t1(rows, -1.0);
     std::vector<float> temperature(rows);  // the normalizers' (1 for logprobs)
     for (int64_t r = 0; r < rows; ++r) temperature[r] = 0.5f + 0.25f * static_cast<float>(r % 4);
     cpu_.TopKRows(Put(cpu_, x), rows, cols, k, want_count.data(), want_index.data(),
-                  want_value.data(), want_max.data(), want_sum.data(), temperature.data());
+                  want_value.data(), want_max.data(), want_sum.data(), temperature.data(),
+                  want_sum_t1.data());
     cuda_->TopKRows(Put(*cuda_, x), rows, cols, k, got_count.data(), got_index.data(),
-                    got_value.data(), got_max.data(), got_sum.data(), temperature.data());
+                    got_value.data(), got_max.data(), got_sum.data(), temperature.data(),
+                    got_sum_t1.data());
     ASSERT_EQ(got_count, want_count) << rows << " rows, k " << k;
-    // The normalizers: the maximum exactly, the sum up to its order and expf's last bit.
+    // The normalizers: the maximum exactly, the sums (at the row's temperature and at 1) up to
+    // their order and expf's last bit.
     EXPECT_EQ(got_max, want_max) << rows << " rows, k " << k;
     for (int64_t r = 0; r < rows; ++r) {
       EXPECT_NEAR(got_sum[r], want_sum[r], 1e-6 * want_sum[r]) << "row " << r;
+      EXPECT_NEAR(got_sum_t1[r], want_sum_t1[r], 1e-6 * want_sum_t1[r]) << "row " << r;
+      if (temperature[r] != 1.0f && r != 1) {  // row 1's values are all its maximum
+        EXPECT_NE(got_sum_t1[r], got_sum[r]) << "row " << r;
+      }
     }
     for (int64_t r = 0; r < rows; ++r) {
       for (int32_t j = 0; j < want_count[r]; ++j) {

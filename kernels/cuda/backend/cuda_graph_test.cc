@@ -377,6 +377,8 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
       std::vector<std::vector<float>> row_max(engines_.size(), std::vector<float>(rows, -1.0f));
       std::vector<std::vector<double>> row_exp_sum(engines_.size(),
                                                    std::vector<double>(rows, -1.0));
+      std::vector<std::vector<double>> row_exp_sum_t1(engines_.size(),
+                                                      std::vector<double>(rows, -1.0));
       // The normalizers at a temperature per row (1, as for logprobs, and a nucleus's).
       std::vector<float> temperature(rows);
       for (size_t i = 0; i < rows; ++i) temperature[i] = i % 2 == 0 ? 1.0f : 0.8f;
@@ -387,7 +389,8 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
                             batch, *engines_[e].kv, top_k, count[e].data(), index[e].data(),
                             value[e].data(), normalizers ? row_max[e].data() : nullptr,
                             normalizers ? row_exp_sum[e].data() : nullptr,
-                            normalizers ? temperature.data() : nullptr)
+                            normalizers ? temperature.data() : nullptr,
+                            normalizers ? row_exp_sum_t1[e].data() : nullptr)
                       : engines_[e].model->ForwardArgMax(batch, *engines_[e].kv, index[e].data(),
                                                          value[e].data());
         if (!status.ok()) {
@@ -402,6 +405,7 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
           << what;
       EXPECT_EQ(row_max[0], row_max[1]) << what;
       EXPECT_EQ(row_exp_sum[0], row_exp_sum[1]) << what;
+      EXPECT_EQ(row_exp_sum_t1[0], row_exp_sum_t1[1]) << what;
       // The step's rows stay on the device until the next step (a nucleus's fallback): the
       // graphs engine's equal the recorded one's, and hold the candidates' values.
       std::vector<std::vector<float>> fetched(2, std::vector<float>(vocab_));
@@ -419,12 +423,18 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
           EXPECT_EQ(fetched[0][index[0][i * width + j]], value[0][i * width + j]) << what;
         }
         if (normalizers) {
-          // The normalizer of the row at its temperature, as the host sampler sums it.
+          // The normalizer of the row at its temperature, as the host sampler sums it, and
+          // its sum at temperature 1 besides.
           const float max = *std::max_element(fetched[0].begin(), fetched[0].end());
           double sum = 0.0;
-          for (float x : fetched[0]) sum += std::exp((x - max) / temperature[i]);
+          double sum_t1 = 0.0;
+          for (float x : fetched[0]) {
+            sum += std::exp((x - max) / temperature[i]);
+            sum_t1 += std::exp(x - max);
+          }
           EXPECT_EQ(row_max[0][i], max) << what << ", row " << i;
           EXPECT_NEAR(row_exp_sum[0][i], sum, 1e-6 * sum) << what << ", row " << i;
+          EXPECT_NEAR(row_exp_sum_t1[0][i], sum_t1, 1e-6 * sum_t1) << what << ", row " << i;
         }
       }
       for (size_t i = 0; normalizers && i < rows; ++i) {
