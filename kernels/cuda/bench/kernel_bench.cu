@@ -664,8 +664,9 @@ bool BenchProjections(Bench& b, int32_t rows) {
 // K6: what a decode step brings back of its logits rows (`rows` x vocab fp32, on the device):
 // the rows themselves copied to pinned host memory (a step whose rows are sampled on the
 // host), each row's argmax (ArgMaxRows, greedy steps) or its k most likely entries (TopKRows,
-// top-k steps; also with the rows' softmax normalizers, as for logprobs), each with its copy
-// of the result to the host. GB/s of the rows' bytes read
+// top-k steps; also with the rows' softmax normalizers, as for logprobs; and at temperature
+// 0.8 with the sums at 1 besides, as for a top-p row with logprobs), each with its copy of
+// the result to the host. GB/s of the rows' bytes read
 // once; the fraction is of the measured D2D bandwidth (for the host copy only a scale: it
 // crosses the host link).
 bool BenchLogitsReductions(Bench& b, int32_t rows) {
@@ -678,10 +679,19 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
   int32_t* count = nullptr;
   float* row_max = nullptr;
   double* row_exp_sum = nullptr;
+  double* row_exp_sum_t1 = nullptr;
+  float* temperature = nullptr;
   void* host = nullptr;
   BENCH_CHECK(cudaMalloc(&x, elements * 4));
   BENCH_CHECK(cudaMalloc(&row_max, static_cast<size_t>(rows) * 4));
   BENCH_CHECK(cudaMalloc(&row_exp_sum, static_cast<size_t>(rows) * 8));
+  BENCH_CHECK(cudaMalloc(&row_exp_sum_t1, static_cast<size_t>(rows) * 8));
+  BENCH_CHECK(cudaMalloc(&temperature, static_cast<size_t>(rows) * 4));
+  {
+    const std::vector<float> temperatures(static_cast<size_t>(rows), 0.8f);
+    BENCH_CHECK(cudaMemcpy(temperature, temperatures.data(), temperatures.size() * 4,
+                           cudaMemcpyHostToDevice));
+  }
   BENCH_CHECK(cudaMalloc(&index, static_cast<size_t>(rows) * k * 4));
   BENCH_CHECK(cudaMalloc(&value, static_cast<size_t>(rows) * k * 4));
   BENCH_CHECK(cudaMalloc(&count, static_cast<size_t>(rows) * 4));
@@ -708,12 +718,18 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
   double argmax_us = 0;
   double topk_us = 0;
   double topk_normalizers_us = 0;
-  // TopKRows and its copies to the host; with the normalizers when `normalizers`.
-  auto topk_step = [&](bool normalizers) {
+  double topk_sums_t1_us = 0;
+  // TopKRows and its copies to the host; with the normalizers when `normalizers`, and with
+  // them at temperature 0.8 and the sums at 1 besides when `sums_t1`.
+  auto topk_step = [&](bool normalizers, bool sums_t1 = false) {
     TopKRowsParams p = top;
     if (normalizers) {
       p.row_max = row_max;
       p.row_exp_sum = row_exp_sum;
+    }
+    if (sums_t1) {
+      p.temperature = temperature;
+      p.row_exp_sum_t1 = row_exp_sum_t1;
     }
     cudaError_t err = LaunchTopKRows(p, b.stream);
     if (err == cudaSuccess) {
@@ -736,6 +752,10 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
       err = cudaMemcpyAsync(host_bytes + rows * 12 + 2 * pair_bytes, row_max,
                             static_cast<size_t>(rows) * 4, cudaMemcpyDeviceToHost, b.stream);
     }
+    if (err == cudaSuccess && sums_t1) {
+      err = cudaMemcpyAsync(host_bytes + rows * 16 + 2 * pair_bytes, row_exp_sum_t1,
+                            static_cast<size_t>(rows) * 8, cudaMemcpyDeviceToHost, b.stream);
+    }
     return err;
   };
   if (!b.Time(
@@ -752,7 +772,8 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
           },
           &argmax_us) ||
       !b.Time([&] { return topk_step(false); }, &topk_us) ||
-      !b.Time([&] { return topk_step(true); }, &topk_normalizers_us)) {
+      !b.Time([&] { return topk_step(true); }, &topk_normalizers_us) ||
+      !b.Time([&] { return topk_step(true, true); }, &topk_sums_t1_us)) {
     return false;
   }
   char shape[128];
@@ -765,7 +786,9 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
         {"argmax_rows", argmax_us, "ArgMaxRows + 4 bytes a row to the host"},
         {"topk_rows", topk_us, "TopKRows + count and k pairs a row to the host"},
         {"topk_normalizers", topk_normalizers_us,
-         "as topk_rows, with each row's softmax normalizer (logprobs)"}}) {
+         "as topk_rows, with each row's softmax normalizer (logprobs)"},
+        {"topk_sums_t1", topk_sums_t1_us,
+         "as topk_normalizers at temperature 0.8, with the sums at 1 (top-p + logprobs)"}}) {
     b.AddBandwidthRow(name, shape, us, bytes, note);
   }
   BENCH_CHECK(cudaFree(x));
@@ -774,6 +797,8 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
   BENCH_CHECK(cudaFree(count));
   BENCH_CHECK(cudaFree(row_max));
   BENCH_CHECK(cudaFree(row_exp_sum));
+  BENCH_CHECK(cudaFree(row_exp_sum_t1));
+  BENCH_CHECK(cudaFree(temperature));
   BENCH_CHECK(cudaFreeHost(host));
   return true;
 }
