@@ -73,9 +73,27 @@ RefVerify ReferenceWalk(const std::vector<testing::RefDist>& dists, const int32_
   }
 }
 
-// Adds the number of draft tokens the reference accepts in the checked sequences to
-// *accepted_in_test.
-void RunCase(int32_t vocab, int32_t num_seqs, bool greedy, int32_t* accepted_in_test) {
+// What a test's cases checked, over all of them: sequences run, sequences not ambiguous (so
+// checked against the reference), and draft tokens the reference accepts in those.
+struct Tally {
+  int32_t sequences = 0;
+  int32_t checked = 0;
+  int32_t accepted = 0;
+  // The test exercised the kernel: most sequences checked (one case alone may have many
+  // ambiguous ones: at vocab 32000 about one in four sampled sequences sits within the
+  // reference's tolerance of a CDF step or top-p mass, so "80 % of 6" failed about one run in
+  // five), and some draft accepted (with vocab 32000 and six sequences, a seed where every
+  // first draft is rejected is not rare).
+  void ExpectEnough() const {
+    GLIMPSE_EXPECT(checked * 3 >= sequences * 2,
+                   "too many ambiguous sequences: " + std::to_string(checked) + " of " +
+                       std::to_string(sequences) + " checked");
+    GLIMPSE_EXPECT(accepted > 0, "no draft accepted: the test exercises nothing");
+  }
+};
+
+// Adds the case's sequences, checked sequences and accepted draft tokens to *tally.
+void RunCase(int32_t vocab, int32_t num_seqs, bool greedy, Tally* tally) {
   std::vector<int32_t> node_indptr = {0}, parents, tokens;
   std::vector<float> temperature(num_seqs), top_p(num_seqs);
   std::vector<int32_t> top_k(num_seqs);
@@ -197,24 +215,24 @@ void RunCase(int32_t vocab, int32_t num_seqs, bool greedy, int32_t* accepted_in_
                 std::to_string(vocab) + ": " + std::to_string(checked) + "/" +
                 std::to_string(num_seqs) + " sequences checked, " +
                 std::to_string(total_accepted) + " draft tokens accepted in them");
-  GLIMPSE_EXPECT(checked >= num_seqs * 8 / 10, "too many ambiguous sequences");
-  *accepted_in_test += total_accepted;
+  tally->sequences += num_seqs;
+  tally->checked += checked;
+  tally->accepted += total_accepted;
 }
 
-// Across a test's cases (one case alone may accept nothing: with vocab 32000 and six
-// sequences, a seed where every first draft is rejected is not rare).
+// Enough checked across a test's cases (Tally::ExpectEnough), not in each.
 GLIMPSE_CUDA_TEST(VerifyGreedyMatchesReference) {
-  int32_t accepted = 0;
-  RunCase(1000, 16, true, &accepted);
-  RunCase(32000, 6, true, &accepted);
-  GLIMPSE_EXPECT(accepted > 0, "no draft accepted: the test exercises nothing");
+  Tally tally;
+  RunCase(1000, 16, true, &tally);
+  RunCase(32000, 6, true, &tally);
+  tally.ExpectEnough();
 }
 
 GLIMPSE_CUDA_TEST(VerifyStochasticMatchesReference) {
-  int32_t accepted = 0;
-  RunCase(1000, 24, false, &accepted);
-  RunCase(32000, 6, false, &accepted);
-  GLIMPSE_EXPECT(accepted > 0, "no draft accepted: the test exercises nothing");
+  Tally tally;
+  RunCase(1000, 24, false, &tally);
+  RunCase(32000, 6, false, &tally);
+  tally.ExpectEnough();
 }
 
 }  // namespace
