@@ -30,9 +30,15 @@ std::string AbslUnparseFlag(Device device) {
   return "cpu";
 }
 
-int32_t AutoDeviceTopK(Device device) { return device == Device::kCuda ? 1024 : 0; }
+int32_t DeviceTopKFor(int32_t flag, Device device) {
+  if (flag != kAutoCandidates) return flag;
+  return device == Device::kCuda ? 1024 : 0;
+}
 
-int32_t AutoNucleusCandidates(Device device) { return device == Device::kCuda ? 256 : 0; }
+int32_t NucleusCandidatesFor(int32_t flag, Device device) {
+  if (flag != kAutoCandidates) return flag;
+  return device == Device::kCuda ? 256 : 0;
+}
 
 bool AbslParseFlag(absl::string_view text, KvCacheDType* dtype, std::string* error) {
   if (text == "auto") {

@@ -35,8 +35,9 @@ std::string AbslUnparseFlag(KvCacheDType dtype);
 // thread before the samplers', which costs more than it saves (bundled model, batch 8 on 2
 // vCPUs: top-k 50 decode ~6.9k vs ~11.3k tok/s, top-p 0.9 ~5.2k vs ~8.8k).
 inline constexpr int32_t kAutoCandidates = -1;
-int32_t AutoDeviceTopK(Device device);
-int32_t AutoNucleusCandidates(Device device);
+// The flag's value, kAutoCandidates resolved for `device`.
+int32_t DeviceTopKFor(int32_t flag, Device device);
+int32_t NucleusCandidatesFor(int32_t flag, Device device);
 
 }  // namespace glimpse::server
 

@@ -156,17 +156,12 @@ absl::StatusOr<ServeConfig> ConfigFromFlags() {
   c.engine.sampling_threads =
       sampling_threads > 0 ? sampling_threads : std::min(8, kernels::cpu::DefaultNumThreads());
   const Device device = absl::GetFlag(FLAGS_device);
-  c.engine.step_logits.max_device_top_k = absl::GetFlag(FLAGS_device_top_k);
-  if (c.engine.step_logits.max_device_top_k == kAutoCandidates) {
-    c.engine.step_logits.max_device_top_k = AutoDeviceTopK(device);
-  }
+  c.engine.step_logits.max_device_top_k = DeviceTopKFor(absl::GetFlag(FLAGS_device_top_k), device);
   if (c.engine.step_logits.max_device_top_k < 0 || c.engine.step_logits.max_device_top_k > 32768) {
     return absl::InvalidArgumentError("--device_top_k must be in 0..32768 (0: off; -1: auto)");
   }
-  c.engine.step_logits.nucleus_candidates = absl::GetFlag(FLAGS_nucleus_candidates);
-  if (c.engine.step_logits.nucleus_candidates == kAutoCandidates) {
-    c.engine.step_logits.nucleus_candidates = AutoNucleusCandidates(device);
-  }
+  c.engine.step_logits.nucleus_candidates =
+      NucleusCandidatesFor(absl::GetFlag(FLAGS_nucleus_candidates), device);
   if (c.engine.step_logits.nucleus_candidates < 0 ||
       c.engine.step_logits.nucleus_candidates > 32768) {
     return absl::InvalidArgumentError(

@@ -65,13 +65,12 @@ namespace {
 
 // --bench_device_top_k and --bench_nucleus_candidates, -1 (auto) resolved for --device.
 int32_t BenchDeviceTopK() {
-  const int32_t k = absl::GetFlag(FLAGS_bench_device_top_k);
-  return k == server::kAutoCandidates ? server::AutoDeviceTopK(absl::GetFlag(FLAGS_device)) : k;
+  return server::DeviceTopKFor(absl::GetFlag(FLAGS_bench_device_top_k),
+                               absl::GetFlag(FLAGS_device));
 }
 int32_t BenchNucleusCandidates() {
-  const int32_t n = absl::GetFlag(FLAGS_bench_nucleus_candidates);
-  return n == server::kAutoCandidates ? server::AutoNucleusCandidates(absl::GetFlag(FLAGS_device))
-                                      : n;
+  return server::NucleusCandidatesFor(absl::GetFlag(FLAGS_bench_nucleus_candidates),
+                                      absl::GetFlag(FLAGS_device));
 }
 
 struct Sample {
