@@ -564,8 +564,12 @@ int32_t Sampler::CandidatesNeeded(const SamplingParams& params, bool report_logp
     return 0;
   }
   // Logprobs: the top num_logprobs too, and the rest of the row only through its normalizer.
-  if (report_logprobs) needed = std::max(needed, std::min(params.num_logprobs, vocab_size));
-  return needed;
+  return std::max(needed, LogprobCandidates(params, report_logprobs, vocab_size));
+}
+
+int32_t Sampler::LogprobCandidates(const SamplingParams& params, bool report_logprobs,
+                                   int32_t vocab_size) {
+  return report_logprobs ? std::min(params.num_logprobs, vocab_size) : 0;
 }
 
 Sampler::SampleResult Sampler::SampleFromCandidates(std::span<const int32_t> ids,

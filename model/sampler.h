@@ -156,6 +156,9 @@ class Sampler {
   // SampleFromCandidates.
   static int32_t CandidatesNeeded(const SamplingParams& params, bool report_logprobs,
                                   int32_t vocab_size);
+  // The candidates a row's top logprobs take (its num_logprobs most likely; 0 without).
+  static int32_t LogprobCandidates(const SamplingParams& params, bool report_logprobs,
+                                   int32_t vocab_size);
   // Sample()'s result for a row known only by its most likely entries: `ids` (increasing) and
   // their raw `logits`, which must include the row's CandidatesNeeded() most likely tokens by
   // the top-k order (value descending, id ascending; all tokens above -inf when there are

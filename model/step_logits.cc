@@ -31,8 +31,8 @@ void StepLogits::AddRow(const SamplingParams& params, bool report_logprobs) {
                        Sampler::SamplesNucleus(params, vocab_size_);
   if (nucleus) {
     // At least the top logprobs too, when it reports them.
-    needed = std::min(options_.nucleus_candidates, options_.max_device_top_k);
-    if (report_logprobs) needed = std::max(needed, std::min(params.num_logprobs, vocab_size_));
+    needed = std::max(std::min(options_.nucleus_candidates, options_.max_device_top_k),
+                      Sampler::LogprobCandidates(params, report_logprobs, vocab_size_));
     sums_t1_ = sums_t1_ || (report_logprobs && params.temperature != 1.0f);
   }
   candidates_ = needed == 0 || candidates_ == 0 ? 0 : std::max(candidates_, needed);
