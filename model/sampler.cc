@@ -178,9 +178,11 @@ Sampler::Sampler(const SamplingParams& params, int32_t vocab_size, uint64_t defa
       tracks_prompt_(params.repetition_penalty != 1.0f),
       tracks_output_(params.repetition_penalty != 1.0f || params.presence_penalty != 0.0f ||
                      params.frequency_penalty != 0.0f),
+      sorted_bias_(params.logit_bias),
       rng_(params.seed.value_or(default_seed)) {
   CHECK(ValidateSamplingParams(params, vocab_size).ok());
   CHECK(report_logprobs || params.num_logprobs == 0);
+  std::sort(sorted_bias_.begin(), sorted_bias_.end());
 }
 
 void Sampler::AddPromptTokens(std::span<const int32_t> tokens) {
@@ -203,20 +205,10 @@ void Sampler::ApplyBiasAndPenalties(std::span<const int32_t> pending_tokens,
   }
   if (!tracks_output_) return;
 
-  const float repetition = params_.repetition_penalty;
-  const float presence = params_.presence_penalty;
-  const float frequency = params_.frequency_penalty;
   // `count` = generated occurrences (accepted + pending). Each token is penalised exactly once,
   // so the iteration order of the hash containers below does not matter.
   auto penalize = [&](int32_t token, bool in_prompt, int32_t count) {
-    float& l = logits[token];
-    if (repetition != 1.0f && (in_prompt || count > 0)) {
-      l = l > 0.0f ? l / repetition : l * repetition;
-    }
-    if (count > 0) {
-      l -= frequency * static_cast<float>(count);
-      l -= presence;
-    }
+    logits[token] = Penalized(logits[token], in_prompt, count);
   };
 
   std::vector<int32_t>& pending = ThreadScratch().pending;
@@ -249,6 +241,55 @@ void Sampler::ApplyBiasAndPenalties(std::span<const int32_t> pending_tokens,
       penalize(token, /*in_prompt=*/true, /*count=*/0);
     }
   }
+}
+
+float Sampler::Penalized(float l, bool in_prompt, int32_t count) const {
+  const float repetition = params_.repetition_penalty;
+  if (repetition != 1.0f && (in_prompt || count > 0)) {
+    l = l > 0.0f ? l / repetition : l * repetition;
+  }
+  if (count > 0) {
+    l -= params_.frequency_penalty * static_cast<float>(count);
+    l -= params_.presence_penalty;
+  }
+  return l;
+}
+
+float Sampler::AdjustedLogit(int32_t token, float raw) const {
+  float l = raw;
+  const auto biased = std::lower_bound(sorted_bias_.begin(), sorted_bias_.end(),
+                                       std::pair<int32_t, float>(token, kNegInf));
+  if (biased != sorted_bias_.end() && biased->first == token) {
+    l = biased->second == kNegInf ? kNegInf : l + biased->second;  // as ApplyBiasAndPenalties
+  }
+  if (!tracks_output_) return l;
+  const auto counted = output_counts_.find(token);
+  return Penalized(l, prompt_tokens_.contains(token),
+                   counted == output_counts_.end() ? 0 : counted->second);
+}
+
+float Sampler::AdjustedBound(float raw_bound, std::span<const int32_t> ids) const {
+  // Each step is monotone in the logit (an added constant; a division or multiplication by a
+  // positive penalty by sign; float rounding keeps the order), so a token of raw logit at
+  // most raw_bound ends at most at AdjustedLogit(token, raw_bound). Untouched tokens end
+  // where they began.
+  float bound = raw_bound;
+  auto outside = [ids](int32_t token) {
+    return !std::binary_search(ids.begin(), ids.end(), token);
+  };
+  for (const auto& [token, bias] : sorted_bias_) {
+    if (outside(token)) bound = std::max(bound, AdjustedLogit(token, raw_bound));
+  }
+  if (!tracks_output_) return bound;
+  for (const auto& [token, count] : output_counts_) {
+    if (outside(token)) bound = std::max(bound, AdjustedLogit(token, raw_bound));
+  }
+  // Prompt tokens neither biased nor generated all take one rule: repetition alone (a bound
+  // also when every one of them is a candidate).
+  if (!prompt_tokens_.empty()) {
+    bound = std::max(bound, Penalized(raw_bound, /*in_prompt=*/true, /*count=*/0));
+  }
+  return bound;
 }
 
 void Sampler::ProcessedLogits(std::span<const float> logits,
@@ -701,6 +742,70 @@ std::optional<int32_t> Sampler::TryDrawNucleus(std::span<const int32_t> ids,
   // id order are Sample()'s (the tokens it zeroes add nothing).
   MinPAndRenormalise(w);
   return ids[DrawIndex(w)];
+}
+
+bool Sampler::SamplesAdjustedTopK(const SamplingParams& params, int32_t vocab_size) {
+  return !NoBiasOrPenalties(params) && (params.temperature < kGreedyTemperatureEpsilon ||
+                                        (params.top_k > 0 && params.top_k < vocab_size));
+}
+
+int32_t Sampler::AdjustedCandidatesNeeded(const SamplingParams& params, bool report_logprobs,
+                                          int32_t vocab_size) {
+  if (!SamplesAdjustedTopK(params, vocab_size)) return 0;
+  const int32_t k = params.temperature < kGreedyTemperatureEpsilon ? 1 : params.top_k;
+  return std::max(k, LogprobCandidates(params, report_logprobs, vocab_size));
+}
+
+std::optional<Sampler::SampleResult> Sampler::TrySampleAdjusted(std::span<const int32_t> ids,
+                                                                std::span<const float> logits,
+                                                                int32_t requested,
+                                                                const RowNormalizer* normalizer) {
+  CHECK(SamplesAdjustedTopK(params_, vocab_size_));
+  CHECK(requested >= AdjustedCandidatesNeeded(params_, report_logprobs_, vocab_size_) &&
+        ids.size() <= static_cast<size_t>(requested));
+  CHECK(!report_logprobs_ || normalizer != nullptr);
+  CheckCandidates(ids, logits);
+  const size_t n = ids.size();
+  // What the tokens outside the candidates can reach after steps 1–2: nothing above -inf when
+  // the candidates are every token above -inf; else the bound from the least likely
+  // candidate's raw logit, which no token outside exceeds.
+  float bound = kNegInf;
+  if (n == static_cast<size_t>(requested)) {
+    bound = AdjustedBound(*std::min_element(logits.begin(), logits.end()), ids);
+  }
+  Scratch& scratch = ThreadScratch();
+  std::vector<float>& z = scratch.logits;  // the candidates' processed logits, in id order
+  z.resize(n);
+  for (size_t i = 0; i < n; ++i) z[i] = AdjustedLogit(ids[i], logits[i]);
+  // Step 4 over the candidates (greedy: the argmax, as ArgMax's lowest-id tie rule): the
+  // whole row's when the least likely kept one ends above the bound — or when nothing outside
+  // is above -inf (fewer than k kept then, as Sample() keeps).
+  const size_t k = is_greedy_ ? 1 : static_cast<size_t>(params_.top_k);
+  std::vector<int32_t>& order = scratch.order;
+  SelectTopK(z, k, &scratch.heap, &order);
+  if (bound != kNegInf) {
+    if (order.size() < k) return std::nullopt;
+    for (int32_t position : order) {
+      if (!(z[position] > bound)) return std::nullopt;
+    }
+  }
+  std::sort(order.begin(), order.end());
+  std::vector<int32_t>& kept_ids = scratch.ids;
+  std::vector<float>& kept_logits = scratch.candidate_logits;
+  kept_ids.resize(order.size());
+  kept_logits.resize(order.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    kept_ids[i] = ids[order[i]];
+    kept_logits[i] = z[order[i]];
+  }
+  int32_t token;
+  if (is_greedy_) {
+    token = kept_ids.empty() ? 0 : kept_ids[0];  // nothing above -inf: ArgMax's token 0
+    NextUniform();                               // as Sample(): one draw, also when greedy
+  } else {
+    token = DrawFromCandidates(kept_ids, kept_logits);
+  }
+  return ResultFromCandidates(ids, logits, normalizer, token);
 }
 
 bool Sampler::NoBiasOrPenalties(const SamplingParams& params) {

@@ -28,8 +28,9 @@
 //
 // Reproducibility: the RNG is std::mt19937_64 (bit-exact by the C++ standard) with our own
 // conversion to a double in [0, 1); every sum runs in a fixed order (token ids; binades, then
-// ids, in step 7's walk), and every selection uses a total order (value, then id). The same seed and the same logits sequence give
-// the same tokens with any standard library (libm's expf/log are the only outside arithmetic).
+// ids, in step 7's walk), and every selection uses a total order (value, then id). The same seed
+// and the same logits sequence give the same tokens with any standard library (libm's expf/log are
+// the only outside arithmetic).
 //
 // Cost per call at vocabulary V: O(V) for greedy (two passes plus one expf pass for the logprob)
 // and for top-k (one heap pass, then work on k tokens); top-p without top-k sorts incrementally,
@@ -41,7 +42,8 @@
 // from the row's 50 candidates alone (SampleFromCandidates) ≈ 1 µs, greedy with 5 top
 // logprobs from 5 candidates and the row's normalizer ≈ 0.1 µs (≈ 1 ms from the whole row),
 // plain temperature or top-p from 256 candidates and the row's weight sum (TrySampleNucleus)
-// ≈ 2–3 µs.
+// ≈ 2–3 µs; greedy or top-k 50 with a repetition penalty over a 1100-token history ≈ 0.15–0.2 ms
+// from the whole row, ≈ 1–3 µs from 64 or 128 candidates (TrySampleAdjusted).
 // Scratch buffers are thread_local, so memory per Sampler is O(#distinct history tokens), not
 // O(V).
 #ifndef GLIMPSE_MODEL_SAMPLER_H_
@@ -197,6 +199,31 @@ class Sampler {
   std::optional<SampleResult> TrySampleNucleus(std::span<const int32_t> ids,
                                                std::span<const float> logits, int32_t requested,
                                                double weight_sum, const RowNormalizer* normalizer);
+  // Whether Sample() of these params keeps a row's k most likely tokens after a logit bias or
+  // penalties: greedy (k = 1) or top-k sampling (0 < top_k < vocab_size), with a logit bias or
+  // a penalty on. Those change a few tokens' logits (the biased ones and the history's), so
+  // the row's most likely raw entries usually still decide the sample (TrySampleAdjusted); the
+  // engine may hand such a row over as those, falling back to the whole row when they do not.
+  static bool SamplesAdjustedTopK(const SamplingParams& params, int32_t vocab_size);
+  // The fewest raw candidates TrySampleAdjusted can decide an adjusted top-k row from:
+  // max(k, the top logprobs' candidates). More decide more rows (the biased and penalised
+  // tokens among the row's most likely may drop out of its top k). 0 when not such a row.
+  static int32_t AdjustedCandidatesNeeded(const SamplingParams& params, bool report_logprobs,
+                                          int32_t vocab_size);
+  // Sample()'s result for an adjusted top-k row (SamplesAdjustedTopK) known by its most likely
+  // raw entries — `ids` (increasing) and their raw `logits` as SampleFromCandidates takes
+  // them, the row's top `requested` by the top-k order (every token above -inf when there are
+  // fewer), requested >= AdjustedCandidatesNeeded — and, with logprobs, the row's
+  // `normalizer` (else ignored; may be null). Steps 1–2 act on the candidates' logits; a token
+  // outside them has a raw logit no larger than theirs, so the bias or penalty it gets bounds
+  // what it can reach (each step is monotone). When k candidates end above every such bound
+  // (or no token lies outside), they are the processed row's top k: the same token, logprobs
+  // as SampleFromCandidates and one RNG draw as Sample(); otherwise nullopt without drawing
+  // (e.g. a token outside with a large positive bias could win; the caller samples the whole
+  // row).
+  std::optional<SampleResult> TrySampleAdjusted(std::span<const int32_t> ids,
+                                                std::span<const float> logits, int32_t requested,
+                                                const RowNormalizer* normalizer);
   const SamplingParams& params() const { return params_; }
   int32_t vocab_size() const { return vocab_size_; }
 
@@ -209,6 +236,14 @@ class Sampler {
   void ProcessedLogits(std::span<const float> logits, std::span<const int32_t> pending_tokens,
                        std::vector<float>* processed) const;
 
+  // Step 2 on one token's logit `l` (after step 1): repetition when the token is in the
+  // prompt or generated, then frequency and presence by its generated `count`.
+  float Penalized(float l, bool in_prompt, int32_t count) const;
+  // Steps 1–2 on one token of raw logit `raw` (not NaN), with the accepted history alone.
+  float AdjustedLogit(int32_t token, float raw) const;
+  // The largest logit steps 1–2 can give a token outside `ids` (increasing) whose raw logit
+  // is at most `raw_bound`.
+  float AdjustedBound(float raw_bound, std::span<const int32_t> ids) const;
   // Steps 1–2 in place on `logits` ([vocab_size], NaN already mapped to -inf).
   void ApplyBiasAndPenalties(std::span<const int32_t> pending_tokens,
                              std::span<float> logits) const;
@@ -260,6 +295,8 @@ class Sampler {
   // Whether any history-dependent penalty is on; when not, no history is stored.
   const bool tracks_prompt_;  // repetition_penalty != 1.
   const bool tracks_output_;  // any of the three penalties on.
+  // params_.logit_bias sorted by token id (AdjustedLogit's lookup).
+  std::vector<std::pair<int32_t, float>> sorted_bias_;
   std::mt19937_64 rng_;
   // Distinct prompt token ids (only if tracks_prompt_).
   absl::flat_hash_set<int32_t> prompt_tokens_;

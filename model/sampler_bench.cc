@@ -4,7 +4,8 @@
 // and on a pool of every CPU (as the engine's sampling_threads does); and samples from the
 // row's candidates alone (SampleFromCandidates, what a device top-k step leaves: top-k
 // sampling, and greedy with top logprobs given the row's normalizer; TrySampleNucleus for top-p
-// and plain temperature without top-k, given the row's weight sum). Prints tables.
+// and plain temperature without top-k, given the row's weight sum; TrySampleAdjusted for greedy
+// and top-k with a repetition penalty over a 1000-token history). Prints tables.
 //
 //   bazel run -c opt //model:sampler_bench [-- VOCAB [CALLS]]
 #include <algorithm>
@@ -121,6 +122,43 @@ double NucleusMedianMicros(const SamplingParams& params,
   return micros;
 }
 
+// A sampler with a repetition penalty's history: 1000 prompt tokens and 100 generated ones,
+// drawn at random from the vocabulary.
+std::unique_ptr<Sampler> WithHistory(const SamplingParams& params, int32_t vocab) {
+  auto sampler = std::make_unique<Sampler>(params, vocab, 1, false);
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int32_t> token(0, vocab - 1);
+  std::vector<int32_t> prompt(1000);
+  for (int32_t& t : prompt) t = token(rng);
+  sampler->AddPromptTokens(prompt);
+  for (int i = 0; i < 100; ++i) sampler->Accept(token(rng));
+  return sampler;
+}
+
+// Median microseconds per Sample (whole row) and per TrySampleAdjusted from `count`
+// candidates, with WithHistory's history; `decided` gets the fraction the candidates decided.
+void AdjustedMedianMicros(const SamplingParams& params, const std::vector<std::vector<float>>& rows,
+                          int32_t count, int calls, double* whole, double* adjusted,
+                          double* decided) {
+  const int32_t vocab = static_cast<int32_t>(rows[0].size());
+  std::vector<Candidates> candidates;
+  for (const auto& row : rows) candidates.push_back(MostLikely(row, count));
+  std::unique_ptr<Sampler> sampler = WithHistory(params, vocab);
+  int32_t sink = 0;
+  *whole =
+      MedianMicros(calls, [&](int i) { sink += sampler->Sample(rows[i % rows.size()]).token; });
+  int hits = 0;
+  *adjusted = MedianMicros(calls, [&](int i) {
+    const size_t r = i % rows.size();
+    hits += sampler->TrySampleAdjusted(candidates[r].ids, candidates[r].values, count, nullptr)
+                    .has_value()
+                ? 1
+                : 0;
+  });
+  if (sink == -1) std::printf(" ");
+  *decided = static_cast<double>(hits) / calls;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -200,6 +238,26 @@ int main(int argc, char** argv) {
         std::printf("%-22s %10s %16.1f %16.2f %8.0f   (logits x%.0f: %.0f%% decided)\n", n.name,
                     "no", whole, nucleus, whole / nucleus, scale, 100.0 * decided);
       }
+    }
+    // Greedy and top-k 50 with a repetition penalty of 1.2 over a 1100-token history, from
+    // their k + 32 candidates rounded up to a power of two (TrySampleAdjusted), as the engine
+    // asks for them.
+    SamplingParams greedy_penalised;
+    greedy_penalised.temperature = 0.0f;
+    greedy_penalised.repetition_penalty = 1.2f;
+    SamplingParams top_k_penalised = settings[1].params;
+    top_k_penalised.repetition_penalty = 1.2f;
+    const struct {
+      const char* name;
+      SamplingParams params;
+      int32_t count;
+    } adjusted_settings[] = {{"greedy rep 1.2 (64)", greedy_penalised, 64},
+                             {"top-k rep 1.2 (128)", top_k_penalised, 128}};
+    for (const auto& a : adjusted_settings) {
+      double whole = 0, adjusted = 0, decided = 0;
+      AdjustedMedianMicros(a.params, rows, a.count, calls, &whole, &adjusted, &decided);
+      std::printf("%-22s %10s %16.1f %16.2f %8.0f   (%.0f%% decided)\n", a.name, "no", whole,
+                  adjusted, whole / adjusted, 100.0 * decided);
     }
   }
 

@@ -10,6 +10,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -1027,6 +1028,196 @@ TEST(SamplerTest, TrySampleNucleusDeclinesAPlainDrawOnAStep) {
     }
     EXPECT_GT(on_step, 10) << c;
   }
+}
+
+TEST(SamplerTest, SamplesAdjustedTopKForGreedyAndTopKWithBiasOrPenalties) {
+  constexpr int32_t kVocab = 1000;
+  SamplingParams greedy_penalised = Greedy();
+  greedy_penalised.repetition_penalty = 1.2f;
+  SamplingParams top_k_biased;
+  top_k_biased.top_k = 40;
+  top_k_biased.logit_bias = {{3, 2.0f}};
+  top_k_biased.num_logprobs = 50;
+  SamplingParams top_p_penalised;
+  top_p_penalised.top_p = 0.9f;
+  top_p_penalised.presence_penalty = 0.5f;
+  EXPECT_TRUE(Sampler::SamplesAdjustedTopK(greedy_penalised, kVocab));
+  EXPECT_TRUE(Sampler::SamplesAdjustedTopK(top_k_biased, kVocab));
+  EXPECT_FALSE(Sampler::SamplesAdjustedTopK(top_p_penalised, kVocab));  // no top k
+  EXPECT_FALSE(Sampler::SamplesAdjustedTopK(Greedy(), kVocab));         // nothing adjusted
+  EXPECT_EQ(Sampler::AdjustedCandidatesNeeded(greedy_penalised, false, kVocab), 1);
+  EXPECT_EQ(Sampler::AdjustedCandidatesNeeded(top_k_biased, false, kVocab), 40);
+  EXPECT_EQ(Sampler::AdjustedCandidatesNeeded(top_k_biased, true, kVocab), 50);
+  EXPECT_EQ(Sampler::AdjustedCandidatesNeeded(top_p_penalised, false, kVocab), 0);
+  // Those rows are not CandidatesNeeded's (those decide always).
+  EXPECT_EQ(Sampler::CandidatesNeeded(greedy_penalised, false, kVocab), 0);
+  EXPECT_EQ(Sampler::CandidatesNeeded(top_k_biased, true, kVocab), 0);
+}
+
+// A greedy or top-k row with a logit bias or penalties, given its most likely raw entries:
+// TrySampleAdjusted returns Sample()'s token and logprobs bitwise (given the row's
+// normalizer by NormalizerOf), with as many RNG draws, or declines without drawing; the
+// histories (prompt and generated tokens) grow as the samples are accepted. Rows are random,
+// with ties, NaN and -inf, fewer tokens above -inf than asked for, and large biases on tokens
+// far down the row that make them win.
+TEST(SamplerTest, TrySampleAdjustedSamplesAsTheWholeRowOrDeclines) {
+  constexpr int32_t kVocab = 2000;
+  std::vector<SamplingParams> grid;
+  auto add = [&](float temperature, int32_t top_k, float repetition, float frequency,
+                 float presence, std::vector<std::pair<int32_t, float>> bias) {
+    SamplingParams params;
+    params.temperature = temperature;
+    params.top_k = top_k;
+    params.repetition_penalty = repetition;
+    params.frequency_penalty = frequency;
+    params.presence_penalty = presence;
+    params.logit_bias = std::move(bias);
+    grid.push_back(params);
+  };
+  const float kBan = -kInf;
+  // Greedy: repetition; a bias (+30 on a token far down the rows, a ban); encouraging repetition.
+  add(0.0f, 0, 1.3f, 0.0f, 0.0f, {});
+  add(0.0f, 0, 1.0f, 0.0f, 0.0f, {{11, 30.0f}, {1500, 4.0f}, {7, kBan}});
+  add(0.0f, 0, 1.0f, -1.5f, 0.0f, {});
+  // Top-k: OpenAI's penalties; repetition below 1 (boosting); everything at once.
+  add(0.8f, 5, 1.0f, 0.7f, 0.5f, {});
+  add(1.0f, 40, 0.8f, 0.0f, 0.0f, {});
+  add(1.3f, 20, 1.2f, 0.3f, -0.4f, {{100, 3.0f}, {1999, 60.0f}, {0, -5.0f}, {42, kBan}});
+  SamplingParams with_logprobs = grid[0];
+  with_logprobs.num_logprobs = 5;
+  grid.push_back(with_logprobs);
+  with_logprobs = grid[5];
+  with_logprobs.num_logprobs = 3;
+  grid.push_back(with_logprobs);
+
+  std::mt19937_64 rng(23);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::uniform_int_distribution<int32_t> any_token(0, kVocab - 1);
+  int decided = 0;
+  int declined = 0;
+  for (size_t g = 0; g < grid.size(); ++g) {
+    const SamplingParams& params = grid[g];
+    ASSERT_TRUE(Sampler::SamplesAdjustedTopK(params, kVocab));
+    const int32_t needed = Sampler::AdjustedCandidatesNeeded(params, true, kVocab);
+    for (int32_t requested : {needed, needed + 8, 256}) {
+      const bool logprobs = params.num_logprobs > 0;
+      Sampler whole(params, kVocab, /*default_seed=*/g, logprobs);
+      Sampler top(params, kVocab, /*default_seed=*/g, logprobs);
+      std::vector<int32_t> prompt(300);
+      for (int32_t& t : prompt) t = any_token(rng);
+      whole.AddPromptTokens(prompt);
+      top.AddPromptTokens(prompt);
+      for (int step = 0; step < 40; ++step) {
+        std::vector<float> row(kVocab);
+        for (float& x : row) x = normal(rng);
+        const int kind = step % 6;
+        if (kind == 1) {
+          for (float& x : row) x = std::round(x);  // ties everywhere
+        } else if (kind == 2) {
+          for (int32_t i = 0; i < kVocab; i += 3) row[i] = -kInf;
+          for (int32_t i = 1; i < kVocab; i += 5) row[i] = std::nanf("");
+        } else if (kind == 3) {
+          for (float& x : row) x = -kInf;  // fewer tokens above -inf than asked for
+          row[11] = -2.0f;
+          row[prompt[0]] = 1.0f;
+          row[1999] = 0.5f;
+          row[1500] = 2.0f;
+        } else if (kind == 4) {
+          for (float& x : row) x *= 4.0f;  // peaked
+          row[prompt[1]] = 40.0f;          // a repeated token on top
+        } else if (kind == 5) {
+          row[11] = -8.0f;  // biased tokens far down the row
+          row[1999] = -9.0f;
+          row[1500] = -7.0f;
+        }
+        const auto [ids, values] = MostLikely(row, static_cast<size_t>(requested));
+        const Sampler::RowNormalizer normalizer = Sampler::NormalizerOf(row);
+        const Sampler::SampleResult want = whole.Sample(row);
+        const std::optional<Sampler::SampleResult> got =
+            top.TrySampleAdjusted(ids, values, requested, &normalizer);
+        const std::string what = "params " + std::to_string(g) + " requested " +
+                                 std::to_string(requested) + " step " + std::to_string(step);
+        if (got.has_value()) {
+          ++decided;
+          ASSERT_EQ(got->token, want.token) << what;
+          if (logprobs) {
+            EXPECT_EQ(got->logprob, want.logprob) << what;
+            EXPECT_EQ(got->top_logprobs, want.top_logprobs) << what;
+          } else {
+            EXPECT_TRUE(std::isnan(got->logprob)) << what;
+          }
+        } else {
+          ++declined;
+          ASSERT_EQ(top.Sample(row).token, want.token) << what << " (fallback)";
+        }
+        whole.Accept(want.token);
+        top.Accept(want.token);
+      }
+      EXPECT_EQ(whole.NextUniform(), top.NextUniform()) << "params " << g;  // as many draws
+    }
+  }
+  // Most declines are rows whose large biases (+30, +60) make a token far down the row win.
+  EXPECT_GT(decided, 400);
+  EXPECT_GT(declined, 300);
+}
+
+// The two ways a token outside the candidates can win: a positive bias (greedy here), or a
+// repetition penalty below 1 lifting a prompt token. Either makes TrySampleAdjusted decline
+// (no draw); the same rows decide once that token's raw logit is among the candidates, or
+// when the candidates are every token above -inf.
+TEST(SamplerTest, TrySampleAdjustedDeclinesWhenATokenOutsideCouldWin) {
+  constexpr int32_t kVocab = 100;
+  std::vector<float> row(kVocab, -1.0f);
+  row[20] = 5.0f;
+  row[30] = 4.0f;
+  row[40] = 3.0f;
+  row[50] = 1.0f;
+  row[90] = 0.0f;  // fifth by the top-k order
+  SamplingParams biased = Greedy();
+  biased.logit_bias = {{90, 5.5f}};  // 0 + 5.5 beats 5
+  Sampler whole(biased, kVocab, 1, /*report_logprobs=*/false);
+  Sampler top(biased, kVocab, 1, /*report_logprobs=*/false);
+  ASSERT_EQ(whole.Sample(row).token, 90);
+  auto [ids, values] = MostLikely(row, 4);  // 20, 30, 40, 50: token 90 may reach 1 + 5.5
+  EXPECT_FALSE(top.TrySampleAdjusted(ids, values, 4, nullptr).has_value());
+  std::tie(ids, values) = MostLikely(row, 5);
+  const std::optional<Sampler::SampleResult> got = top.TrySampleAdjusted(ids, values, 5, nullptr);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->token, 90);
+  EXPECT_EQ(whole.NextUniform(), top.NextUniform());  // one draw each
+
+  // A bias too small to win lets 4 candidates decide: 90 may reach 1 + 3.5 < 5.
+  SamplingParams small_bias = Greedy();
+  small_bias.logit_bias = {{90, 3.5f}};
+  Sampler small(small_bias, kVocab, 1, false);
+  std::tie(ids, values) = MostLikely(row, 4);
+  const std::optional<Sampler::SampleResult> small_got =
+      small.TrySampleAdjusted(ids, values, 4, nullptr);
+  ASSERT_TRUE(small_got.has_value());
+  EXPECT_EQ(small_got->token, 20);
+
+  // Repetition 0.5 divides the prompt's positive logits by 0.5: prompt token 90 at 3, outside
+  // the 3 candidates (40 is 3 too, with the lower id), may reach 6 > 5, and does.
+  SamplingParams boosting = Greedy();
+  boosting.repetition_penalty = 0.5f;
+  row[90] = 3.0f;
+  Sampler boosted(boosting, kVocab, 1, false);
+  Sampler boosted_whole(boosting, kVocab, 1, false);
+  const std::vector<int32_t> prompt = {90};
+  boosted.AddPromptTokens(prompt);
+  boosted_whole.AddPromptTokens(prompt);
+  ASSERT_EQ(boosted_whole.Sample(row).token, 90);
+  std::tie(ids, values) = MostLikely(row, 3);  // 20, 30, 40
+  EXPECT_FALSE(boosted.TrySampleAdjusted(ids, values, 3, nullptr).has_value());
+  // Every token above -inf given (fewer than asked for): decided.
+  std::fill(row.begin(), row.end(), -kInf);
+  row[20] = 5.0f;
+  row[90] = 3.0f;
+  std::tie(ids, values) = MostLikely(row, 3);
+  const std::optional<Sampler::SampleResult> all =
+      boosted.TrySampleAdjusted(ids, values, 3, nullptr);
+  ASSERT_TRUE(all.has_value());
+  EXPECT_EQ(all->token, 90);
 }
 
 TEST(ValidateSamplingParamsTest, AcceptsDefaultsAndBoundaries) {
