@@ -19,7 +19,7 @@ void StepLogits::Begin(const StepLogitsOptions& options, int32_t vocab_size) {
   normalizers_ = false;
   sums_t1_ = false;
   normalizer_temperatures_.clear();
-  nucleus_.clear();
+  row_kinds_.clear();
 }
 
 void StepLogits::AddRow(const SamplingParams& params, bool report_logprobs) {
@@ -35,10 +35,19 @@ void StepLogits::AddRow(const SamplingParams& params, bool report_logprobs) {
                       Sampler::LogprobCandidates(params, report_logprobs, vocab_size_));
     sums_t1_ = sums_t1_ || (report_logprobs && params.temperature != 1.0f);
   }
+  const bool adjusted = needed == 0 && options_.adjusted_extra_candidates > 0 &&
+                        options_.max_device_top_k > 0 &&
+                        Sampler::SamplesAdjustedTopK(params, vocab_size_);
+  if (adjusted) {
+    // Above max_device_top_k: the whole rows (Finish).
+    needed = Sampler::AdjustedCandidatesNeeded(params, report_logprobs, vocab_size_) +
+             options_.adjusted_extra_candidates;
+  }
   candidates_ = needed == 0 || candidates_ == 0 ? 0 : std::max(candidates_, needed);
   normalizers_ = normalizers_ || report_logprobs || nucleus;
   normalizer_temperatures_.push_back(nucleus ? params.temperature : 1.0f);
-  nucleus_.push_back(nucleus ? 1 : 0);
+  row_kinds_.push_back(nucleus ? RowKind::kNucleus
+                               : (adjusted ? RowKind::kAdjusted : RowKind::kDecided));
 }
 
 void StepLogits::Finish() {
@@ -79,7 +88,7 @@ Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) {
     case Kind::kArgMax:
       return sampler.SampleArgMax(argmax_[row]);
     case Kind::kTopK: {
-      if (nucleus_[row]) {
+      if (row_kinds_[row] == RowKind::kNucleus) {
         // The logprobs' normalizer: the weight sum itself at temperature 1, else the sum at 1
         // the step brought besides.
         const Sampler::RowNormalizer normalizer = {
@@ -91,15 +100,19 @@ Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) {
           ++nucleus_decided_;
           return *std::move(result);
         }
-        // Not decided by the candidates: the row itself, still on the device.
-        ++rows_fetched_;
-        fetched_row_.resize(static_cast<size_t>(vocab_size_));
-        const absl::Status status = runner_->CopyStepLogitsRow(row, fetched_row_.data());
-        CHECK(status.ok());
-        return sampler.Sample(fetched_row_);
+        return FetchAndSample(sampler, row);
       }
       Sampler::RowNormalizer normalizer;
       if (normalizers_) normalizer = {top_.row_max[row], top_.row_exp_sum[row]};
+      if (row_kinds_[row] == RowKind::kAdjusted) {
+        std::optional<Sampler::SampleResult> result = sampler.TrySampleAdjusted(
+            top_.Ids(row), top_.Logits(row), k_, normalizers_ ? &normalizer : nullptr);
+        if (result.has_value()) {
+          ++adjusted_decided_;
+          return *std::move(result);
+        }
+        return FetchAndSample(sampler, row);
+      }
       return sampler.SampleFromCandidates(top_.Ids(row), top_.Logits(row),
                                           normalizers_ ? &normalizer : nullptr);
     }
@@ -108,6 +121,15 @@ Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) {
   }
   const size_t vocab = static_cast<size_t>(vocab_size_);
   return sampler.Sample(std::span<const float>(logits_).subspan(row * vocab, vocab));
+}
+
+Sampler::SampleResult StepLogits::FetchAndSample(Sampler& sampler, size_t row) {
+  // Not decided by the candidates: the row itself, still where the step left it.
+  ++rows_fetched_;
+  fetched_row_.resize(static_cast<size_t>(vocab_size_));
+  const absl::Status status = runner_->CopyStepLogitsRow(row, fetched_row_.data());
+  CHECK(status.ok());
+  return sampler.Sample(fetched_row_);
 }
 
 }  // namespace glimpse::model

@@ -4,15 +4,17 @@
 //
 //   every row plain greedy          → each row's argmax       (StepRunner::ForwardGreedy)
 //   every row decided by its top k, → each row's k candidates (StepRunner::ForwardTopK),
-//   or a nucleus row                  with its softmax normalizer when a row reports logprobs
+//   a nucleus or an adjusted row      with its softmax normalizer when a row reports logprobs
 //                                     or samples a nucleus
 //   otherwise                       → the rows themselves     (StepRunner::Forward)
 //
 // On a GPU at a 128k vocabulary that is 8 bytes, k x 8 (+ 12) bytes or 513 KB a row, and a
 // host pass over the row only in the last case. A nucleus row (sampling without top-k: top-p,
 // min-p or plain temperature; Sampler::SamplesNucleus) is usually decided by its candidates
-// and weight sum; when not (the nucleus or the draw reaches past them, or a threshold is too
-// close to call), its row is fetched
+// and weight sum; an adjusted row (greedy or top-k with a logit bias or penalties;
+// Sampler::SamplesAdjustedTopK) by its candidates once the bias and penalties are applied to
+// them. When not (the nucleus or the draw reaches past them, a threshold is too close to
+// call, a biased token outside them could win), its row is fetched
 // after the step (StepRunner::CopyStepLogitsRow) and sampled whole. The tokens are the same
 // whichever way (the Sampler guarantees it, seed for seed; logprob values from a device's
 // normalizer may differ in the last bits). The serving engine and the offline generator both plan
@@ -20,7 +22,7 @@
 //
 // Thread-safety: Plan and Forward on the driving thread; Sample may then run concurrently for
 // distinct rows of a kRows step (it only reads this object; each row's Sampler is its own);
-// of other steps on the driving thread only (a nucleus row may fetch its row).
+// of other steps on the driving thread only (a nucleus or adjusted row may fetch its row).
 #ifndef GLIMPSE_MODEL_STEP_LOGITS_H_
 #define GLIMPSE_MODEL_STEP_LOGITS_H_
 
@@ -47,6 +49,10 @@ struct StepLogitsOptions {
   // max_device_top_k): more decide more nuclei but cost more to bring back and sort. 0: such
   // rows need the whole row.
   int32_t nucleus_candidates = 256;
+  // A greedy or top-k row with a logit bias or penalties (Sampler::SamplesAdjustedTopK)
+  // needs this many candidates beyond its k (and top logprobs), for those of its most likely
+  // tokens that the bias or penalties push out of its top k. 0: such rows need the whole row.
+  int32_t adjusted_extra_candidates = 32;
 };
 
 class StepLogits {
@@ -69,23 +75,34 @@ class StepLogits {
   absl::Status Forward(StepRunner& runner, const StepBatch& batch);
   // Sampler::Sample's result for logits row `row` of the step Forward ran: from the row
   // (with logprobs if the sampler reports them), its argmax (SampleArgMax) or its candidates
-  // (SampleFromCandidates, TrySampleNucleus; the row fetched when those do not decide).
+  // (SampleFromCandidates, TrySampleNucleus, TrySampleAdjusted; the row fetched when those do
+  // not decide).
   Sampler::SampleResult Sample(Sampler& sampler, size_t row);
-  // Nucleus rows sampled from their candidates, and those whose row had to be fetched, since
-  // this object was made.
+  // Nucleus rows and adjusted top-k rows (Sampler::SamplesAdjustedTopK) sampled from their
+  // candidates, and those of either whose row had to be fetched, since this object was made.
   int64_t num_nucleus_rows_decided() const { return nucleus_decided_; }
+  int64_t num_adjusted_rows_decided() const { return adjusted_decided_; }
   int64_t num_rows_fetched() const { return rows_fetched_; }
 
  private:
+  // How a row of a kTopK step is sampled from its candidates.
+  enum class RowKind : uint8_t {
+    kDecided,   // always decided by them (SampleFromCandidates)
+    kNucleus,   // TrySampleNucleus, else the row is fetched
+    kAdjusted,  // TrySampleAdjusted, else the row is fetched
+  };
+  // Sampler::Sample on row `row` fetched from where the logits are.
+  Sampler::SampleResult FetchAndSample(Sampler& sampler, size_t row);
+
   StepLogitsOptions options_;
   int32_t vocab_size_ = 0;
   size_t num_rows_ = 0;
   bool all_greedy_ = true;
   int32_t candidates_ = 1;  // the rows' largest need; 0: some row needs the whole row
   // Per row: the temperature of its softmax normalizer (1 for logprobs, the sampling
-  // temperature for a nucleus row) and whether it is a nucleus row.
+  // temperature for a nucleus row) and how its candidates are sampled.
   std::vector<float> normalizer_temperatures_;
-  std::vector<uint8_t> nucleus_;
+  std::vector<RowKind> row_kinds_;
   bool normalizers_ = false;  // some row reports logprobs or samples a nucleus
   // Some nucleus row reports logprobs at a temperature other than 1: its logprobs need the exp
   // sum at 1 besides its weight sum.
@@ -93,8 +110,9 @@ class StepLogits {
   Kind kind_ = Kind::kRows;
   int32_t k_ = 0;
   StepRunner* runner_ = nullptr;    // of the last Forward (nucleus rows' fallback)
-  std::vector<float> fetched_row_;  // [vocab]: a nucleus row fetched after the step
+  std::vector<float> fetched_row_;  // [vocab]: a row fetched after the step
   int64_t nucleus_decided_ = 0;
+  int64_t adjusted_decided_ = 0;
   int64_t rows_fetched_ = 0;
   // The step's outputs, reused across steps.
   std::vector<float> logits_;    // kRows: [rows][vocab]

@@ -42,6 +42,11 @@ absl::Status Engine::ValidateOptions(const EngineOptions& options) {
         absl::StrCat("the nucleus candidates must be >= 0, 0 to turn them off (got ",
                      options.step_logits.nucleus_candidates, ")"));
   }
+  if (options.step_logits.adjusted_extra_candidates < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the extra candidates of biased or penalised rows must be >= 0, 0 to turn them off (got ",
+        options.step_logits.adjusted_extra_candidates, ")"));
+  }
   return absl::OkStatus();
 }
 
@@ -426,6 +431,7 @@ void Engine::SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_
   {
     absl::MutexLock lock(&mu_);
     load_.num_nucleus_rows_decided = step_logits_.num_nucleus_rows_decided();
+    load_.num_adjusted_rows_decided = step_logits_.num_adjusted_rows_decided();
     load_.num_sampled_rows_fetched = step_logits_.num_rows_fetched();
   }
   for (size_t j = 0; j < jobs.size(); ++j) AppendToken(jobs[j].seq, samples[j]);

@@ -180,6 +180,7 @@ absl::StatusOr<std::vector<GenerationResult>> OfflineGenerator::Run(
   }
 
   counters_.num_nucleus_rows_decided += step_logits.num_nucleus_rows_decided();
+  counters_.num_adjusted_rows_decided += step_logits.num_adjusted_rows_decided();
   counters_.num_rows_fetched += step_logits.num_rows_fetched();
   std::vector<GenerationResult> results;
   results.reserve(seqs.size());

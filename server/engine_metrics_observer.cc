@@ -47,6 +47,8 @@ void EngineMetricsObserver::RefreshFromLoad(const scheduler::EngineLoad& load) {
   catch_up(metrics_.prefix_cache_queries, load.prefix_cache_queried_tokens, reported_queries_);
   catch_up(metrics_.prefix_cache_hits, load.prefix_cache_hit_tokens, reported_hits_);
   catch_up(metrics_.nucleus_rows_decided, load.num_nucleus_rows_decided, reported_nucleus_decided_);
+  catch_up(metrics_.adjusted_rows_decided, load.num_adjusted_rows_decided,
+           reported_adjusted_decided_);
   catch_up(metrics_.sampled_rows_fetched, load.num_sampled_rows_fetched, reported_rows_fetched_);
 }
 

@@ -42,6 +42,7 @@ class EngineMetricsObserver final : public scheduler::EngineObserver {
   int64_t reported_queries_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t reported_hits_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t reported_nucleus_decided_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t reported_adjusted_decided_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t reported_rows_fetched_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

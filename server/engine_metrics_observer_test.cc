@@ -27,6 +27,7 @@ TEST(EngineMetricsObserverTest, EventsLandInTheNamedMetrics) {
   load.prefix_cache_queried_tokens = 500;
   load.prefix_cache_hit_tokens = 320;
   load.num_nucleus_rows_decided = 90;
+  load.num_adjusted_rows_decided = 40;
   load.num_sampled_rows_fetched = 7;
   observer.RefreshFromLoad(load);
   observer.RefreshFromLoad(load);  // Same totals: nothing more.
@@ -48,6 +49,7 @@ TEST(EngineMetricsObserverTest, EventsLandInTheNamedMetrics) {
   EXPECT_EQ(metrics->prefix_cache_queries->Value(), 500);
   EXPECT_EQ(metrics->prefix_cache_hits->Value(), 320);
   EXPECT_EQ(metrics->nucleus_rows_decided->Value(), 90);
+  EXPECT_EQ(metrics->adjusted_rows_decided->Value(), 40);
   EXPECT_EQ(metrics->sampled_rows_fetched->Value(), 7);
   const std::string text = registry.RenderText();
   EXPECT_NE(text.find("glimpse_prefix_cache_hits_total 320"), std::string::npos) << text;

@@ -495,6 +495,11 @@ absl::StatusOr<EngineMetrics> CreateEngineMetrics(MetricsRegistry& registry,
                                        "temperature) from the device's candidates and weight "
                                        "sum alone.",
                                        labels));
+  ASSIGN_OR_RETURN(m.adjusted_rows_decided,
+                   registry.AddCounter("glimpse_adjusted_rows_decided_total",
+                                       "Greedy or top-k rows with a logit bias or penalties "
+                                       "sampled from the device's candidates alone.",
+                                       labels));
   ASSIGN_OR_RETURN(m.sampled_rows_fetched,
                    registry.AddCounter("glimpse_sampled_rows_fetched_total",
                                        "Logits rows fetched whole after their step because the "

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
@@ -452,9 +453,9 @@ TEST_F(EngineTest, PlainGreedyStepsBringBackTokensOnly) {
 // A step whose every row samples from its most likely tokens (top-k without bias or
 // penalties, or greedy) runs ForwardTopK with the rows' largest need (top_k, or the logprobs
 // asked for if more) rounded up to a power of two, bringing back the rows' normalizers when
-// one reports logprobs; a row that needs the whole row (top_k above the limit, a penalty)
-// makes its steps full-logits ones. The tokens and logprobs are those drawn from the whole
-// rows (max_device_top_k 0), seed for seed, also for n = 2 forks.
+// one reports logprobs; a row that needs the whole row (top_k above the limit, a penalty
+// without top-k) makes its steps full-logits ones. The tokens and logprobs are those drawn from the
+// whole rows (max_device_top_k 0), seed for seed, also for n = 2 forks.
 TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
   const std::vector<Reference> refs = LoadReferences();
   std::vector<TokenLogprob> logprobs[2];  // request 3's: device top-k, then whole rows
@@ -490,11 +491,12 @@ TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
     }
     EXPECT_TRUE(engine->WaitIdle(absl::Seconds(10)));
     const size_t top_k_steps_before = runner.top_k_steps().size();
-    // Rows that need the whole row: top_k above the limit, a penalty.
+    // Rows that need the whole row: top_k above the limit, a penalty on a top-p row.
     for (int i = 0; i < 2; ++i) {
       EngineRequest r = Greedy("w" + std::to_string(i), refs[6 + i].prompt, 6);
       r.sampling.temperature = 1.0f;
-      r.sampling.top_k = i == 0 ? 2000 : 40;
+      r.sampling.top_k = i == 0 ? 2000 : 0;
+      r.sampling.top_p = i == 1 ? 0.9f : 1.0f;
       r.sampling.presence_penalty = i == 1 ? 0.5f : 0.0f;
       Collected c = Drain(**engine->Submit(r), 1);
       EXPECT_TRUE(c.status.ok()) << c.status;
@@ -643,6 +645,124 @@ TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
   // The tokens are drawn, not the argmax.
   EXPECT_NE(whole.tokens[0],
             std::vector<int32_t>(refs[0].tokens.begin(), refs[0].tokens.begin() + 16));
+}
+
+// Greedy and top-k rows with a logit bias or penalties run ForwardTopK steps with 32
+// candidates beyond their k and are sampled from those once the bias and penalties are
+// applied, or from their row fetched after the step when a token outside the candidates could
+// win (a +50 bias on a token far down the row): the tokens and logprobs are those drawn from
+// the whole rows (adjusted_extra_candidates 0), seed for seed, with 32 extra candidates
+// (mostly decided) and 1 (more fetched), also for an n = 2 fork.
+TEST_F(EngineTest, BiasedAndPenalisedRowsDrawTheWholeRowsTokens) {
+  const std::vector<Reference> refs = LoadReferences();
+  constexpr int kRequests = 6;
+  constexpr int kSequences = kRequests + 1;  // request 2 forks n = 2
+  constexpr int kTokens = 16;
+  struct Run {
+    std::vector<std::vector<int32_t>> tokens;
+    std::vector<TokenLogprob> logprobs;  // request 3's
+    std::vector<int32_t> top_k_steps;
+    int64_t decided = 0;
+    int64_t fetched = 0;
+  };
+  auto run = [&](int32_t extra) {
+    testing::RecordingStepRunner runner(*loaded_.runner);
+    EngineOptions options;
+    options.seed = 5;
+    options.step_logits.adjusted_extra_candidates = extra;
+    std::unique_ptr<Engine> engine = MakeEngine(options, &runner);
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (int i = 0; i < kRequests; ++i) {
+      EngineRequest r = Greedy("b" + std::to_string(i), refs[i].prompt, kTokens);
+      model::SamplingParams& s = r.sampling;
+      switch (i) {
+        case 0:  // greedy, repetition
+          s.repetition_penalty = 1.3f;
+          break;
+        case 1:  // greedy, one of greedy decoding's own tokens banned, a mild bias
+          s.logit_bias = {{refs[1].tokens[2], -std::numeric_limits<float>::infinity()},
+                          {refs[1].tokens[5], 1.5f}};
+          break;
+        case 2:  // top-k 40, OpenAI's penalties, two sequences
+          s.temperature = 1.0f;
+          s.top_k = 40;
+          s.frequency_penalty = 0.5f;
+          s.presence_penalty = 0.3f;
+          r.n = 2;
+          break;
+        case 3:  // top-k 20 + top-p, repetition, logprobs
+          s.temperature = 0.8f;
+          s.top_k = 20;
+          s.top_p = 0.9f;
+          s.repetition_penalty = 1.2f;
+          r.output.num_logprobs = 4;
+          break;
+        case 4:  // top-k 10 with a bias that makes a token far down the row win
+          s.temperature = 1.1f;
+          s.top_k = 10;
+          s.logit_bias = {{refs[4].tokens[0], 5.0f}, {1234, 50.0f}};
+          break;
+        default:  // greedy, encouraging repetition
+          s.presence_penalty = -1.0f;
+          break;
+      }
+      auto stream = engine->Submit(r);
+      EXPECT_TRUE(stream.ok()) << stream.status();
+      streams.push_back(*stream);
+    }
+    Run result;
+    for (int i = 0; i < kRequests; ++i) {
+      Collected c = Drain(*streams[i], i == 2 ? 2 : 1);
+      EXPECT_TRUE(c.status.ok()) << c.status;
+      for (auto& t : c.tokens) result.tokens.push_back(t);
+      if (i == 3) result.logprobs = c.logprobs[0];
+    }
+    EXPECT_TRUE(engine->WaitIdle(absl::Seconds(10)));
+    result.top_k_steps = runner.top_k_steps();
+    const EngineLoad load = engine->GetLoad();
+    EXPECT_EQ(load.num_sampled_rows_fetched, runner.num_logits_rows_copied());
+    EXPECT_EQ(load.num_nucleus_rows_decided, 0);
+    result.decided = load.num_adjusted_rows_decided;
+    result.fetched = load.num_sampled_rows_fetched;
+    engine.reset();
+    return result;
+  };
+  const Run whole = run(/*extra=*/0);
+  const Run many = run(/*extra=*/32);
+  const Run one = run(/*extra=*/1);
+  EXPECT_TRUE(whole.top_k_steps.empty());
+  EXPECT_EQ(whole.decided + whole.fetched, 0);
+  ASSERT_EQ(many.tokens.size(), static_cast<size_t>(kSequences));
+  for (const Run* r : {&many, &one}) {
+    ASSERT_EQ(r->tokens.size(), whole.tokens.size());
+    for (size_t i = 0; i < whole.tokens.size(); ++i) {
+      EXPECT_EQ(whole.tokens[i].size(), static_cast<size_t>(kTokens)) << "sequence " << i;
+      EXPECT_EQ(r->tokens[i], whole.tokens[i]) << "sequence " << i;
+    }
+    EXPECT_EQ(r->decided + r->fetched, kSequences * kTokens);
+    ASSERT_EQ(r->logprobs.size(), static_cast<size_t>(kTokens));
+    for (size_t t = 0; t < r->logprobs.size(); ++t) {
+      EXPECT_EQ(r->logprobs[t].token_id, whole.logprobs[t].token_id) << "token " << t;
+      EXPECT_EQ(r->logprobs[t].logprob, whole.logprobs[t].logprob) << "token " << t;
+      EXPECT_EQ(r->logprobs[t].top, whole.logprobs[t].top) << "token " << t;
+      EXPECT_EQ(r->logprobs[t].top.size(), 4u);
+    }
+  }
+  // k: greedy's 1 + 32 → 64, top-k 40 + 32 → 128 (20 + 32, 10 + 32 → 64).
+  EXPECT_GE(many.top_k_steps.size(), static_cast<size_t>(kTokens));
+  for (int32_t k : many.top_k_steps) EXPECT_TRUE(k == 64 || k == 128) << k;
+  // Request 4's row is fetched until its +50 token, repeated, is among the candidates; most
+  // others are decided by 32 extra candidates, fewer by 1.
+  EXPECT_GT(many.fetched, 0);
+  EXPECT_GT(many.decided, kSequences * kTokens * 2 / 3);
+  EXPECT_GT(one.fetched, many.fetched);
+  // The penalties act: request 0's greedy tokens are not plain greedy decoding's.
+  EXPECT_NE(whole.tokens[0],
+            std::vector<int32_t>(refs[0].tokens.begin(), refs[0].tokens.begin() + kTokens));
+  EngineOptions bad;
+  bad.step_logits.adjusted_extra_candidates = -1;
+  EXPECT_EQ(Engine::Create(*model_, *tokenizer_, bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // Sampling a step's rows on several threads draws exactly the tokens one thread draws: each
