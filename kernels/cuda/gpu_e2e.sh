@@ -20,9 +20,11 @@
 #      or not, on the device saves), top-p 0.9 sampling with its nucleus decided from the
 #      device's candidates and weight sums and with every row sampled on the host
 #      (--bench_top_p=0.9, --bench_nucleus_candidates=0), the same for plain temperature 1
-#      sampling (--bench_temperature=1), and top-k 50 sampling with its
+#      sampling (--bench_temperature=1), top-k 50 sampling with its
 #      candidates selected on the device and with every row sampled on the host
-#      (--bench_top_k=50, --bench_device_top_k=0: what the device top-k saves).
+#      (--bench_top_k=50, --bench_device_top_k=0: what the device top-k saves), and the same
+#      with a repetition penalty of 1.2 (--bench_repetition_penalty=1.2: the penalty applied to
+#      the device's candidates, the row fetched when they do not decide).
 #
 #   kernels/cuda/gpu_e2e.sh [RESULT_DIR]          (from the repository root)
 # Writes RESULT_DIR/gpu_e2e.json and logs; prints a short table last. Exit status nonzero if a
@@ -76,7 +78,8 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
     # sampler's cost); logprobs: the same requests with the device's candidate and softmax
     # normalizer (TopKRows, k = 1); top_k_50 / top_k_50_rows: the A/B for top-k sampling;
     # top_p_09 / top_p_09_rows: for top-p sampling; temperature_1 / temperature_1_rows: for
-    # plain temperature sampling. VARIANTS="name ..." runs only those.
+    # plain temperature sampling; top_k_50_penalty / top_k_50_penalty_rows: for top-k with a
+    # repetition penalty. VARIANTS="name ..." runs only those.
     for variant in mma_sync_wide:--cuda_prefill_attention=mma_sync_wide \
         wgmma:--cuda_prefill_attention=wgmma \
         wgmma_pipelined:--cuda_prefill_attention=wgmma_pipelined \
@@ -86,7 +89,9 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
         top_k_50:--bench_top_k=50 top_k_50_rows:--bench_top_k=50,--bench_device_top_k=0 \
         top_p_09:--bench_top_p=0.9 top_p_09_rows:--bench_top_p=0.9,--bench_nucleus_candidates=0 \
         temperature_1:--bench_temperature=1 \
-        temperature_1_rows:--bench_temperature=1,--bench_nucleus_candidates=0; do
+        temperature_1_rows:--bench_temperature=1,--bench_nucleus_candidates=0 \
+        top_k_50_penalty:--bench_top_k=50,--bench_repetition_penalty=1.2 \
+        top_k_50_penalty_rows:--bench_top_k=50,--bench_repetition_penalty=1.2,--bench_device_top_k=0; do
       name=${variant%%:*}
       if [ -n "${VARIANTS:-}" ] && [[ " $VARIANTS " != *" $name "* ]]; then continue; fi
       IFS=, read -ra flags <<<"${variant#*:}"
@@ -99,7 +104,8 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
     for f in bench_8b bench_8b_mma_sync_wide bench_8b_wgmma bench_8b_wgmma_pipelined \
         bench_8b_wgmma_pipelined_128 bench_8b_decode_mma_sync bench_8b_host_logits \
         bench_8b_logprobs bench_8b_top_k_50 bench_8b_top_k_50_rows bench_8b_top_p_09 \
-        bench_8b_top_p_09_rows bench_8b_temperature_1 bench_8b_temperature_1_rows; do
+        bench_8b_top_p_09_rows bench_8b_temperature_1 bench_8b_temperature_1_rows \
+        bench_8b_top_k_50_penalty bench_8b_top_k_50_penalty_rows; do
       [ -f "$RESULT_DIR/$f.json" ] || continue
       python3 - "$RESULT_DIR/$f.json" "$f" <<'PY'
 import json, sys
@@ -112,7 +118,9 @@ print(f"{sys.argv[2]}: prefill {r['prefill_tok_s']:.0f} tok/s, decode {r['decode
       f"wgmma {c.get('cuda_attention_wgmma_calls_total', 0)}, "
       f"pipelined {c.get('cuda_attention_wgmma_pipelined_calls_total', 0)}, "
       f"pipelined_128 {c.get('cuda_attention_wgmma_pipelined_128_calls_total', 0)}, "
-      f"mma decode {c.get('cuda_attention_mma_decode_calls_total', 0)}")
+      f"mma decode {c.get('cuda_attention_mma_decode_calls_total', 0)}, rows from candidates "
+      f"{r.get('nucleus_rows_decided', 0) + r.get('adjusted_rows_decided', 0)}, "
+      f"fetched {r.get('rows_fetched', 0)}")
 PY
     done
   fi

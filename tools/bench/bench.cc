@@ -50,6 +50,11 @@ ABSL_FLAG(float, bench_temperature, 0.0f,
           "--bench_top_p if set; without them plain temperature sampling, whose draw the rows' "
           "candidates and weight sums decide where they can (--bench_nucleus_candidates). 0: "
           "greedy, unless --bench_top_k or --bench_top_p asks for sampling (then at 0.8).");
+ABSL_FLAG(float, bench_repetition_penalty, 1.0f,
+          "bench: other than 1, every request's repetition penalty (over its random prompt and "
+          "its output): greedy or top-k rows then come back as candidates that the penalty "
+          "may reorder, fetched whole when those do not decide (with --bench_device_top_k "
+          "above 0), or whole (0).");
 ABSL_FLAG(int32_t, bench_nucleus_candidates, glimpse::server::kAutoCandidates,
           "bench: candidates a row sampled without top-k (top-p, or plain temperature) brings "
           "back with its weight sum; 0 brings such rows back whole (the A/B of the device "
@@ -79,8 +84,9 @@ struct Sample {
   int64_t steps = 0;
   int64_t prefill_tokens = 0;
   int64_t decode_tokens = 0;
-  int64_t nucleus_rows_decided = 0;  // rows without top-k sampled from their candidates
-  int64_t rows_fetched = 0;          // rows fetched after their step instead
+  int64_t nucleus_rows_decided = 0;   // rows without top-k sampled from their candidates
+  int64_t adjusted_rows_decided = 0;  // penalised greedy or top-k rows, from candidates
+  int64_t rows_fetched = 0;           // rows fetched after their step instead
 };
 
 struct Stats {
@@ -133,6 +139,7 @@ absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32
       r.sampling.top_k = absl::GetFlag(FLAGS_bench_top_k);
       r.sampling.top_p = absl::GetFlag(FLAGS_bench_top_p);
     }
+    r.sampling.repetition_penalty = absl::GetFlag(FLAGS_bench_repetition_penalty);
     r.ignore_eos = true;
     // As a server request with or without logprobs: without, the token alone.
     r.report_logprobs = absl::GetFlag(FLAGS_bench_logprobs);
@@ -153,6 +160,7 @@ absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32
   s.prefill_tokens = c.num_prefill_tokens;
   s.decode_tokens = c.num_decode_tokens;
   s.nucleus_rows_decided = c.num_nucleus_rows_decided;
+  s.adjusted_rows_decided = c.num_adjusted_rows_decided;
   s.rows_fetched = c.num_rows_fetched;
   return s;
 }
@@ -199,6 +207,12 @@ int RunBenchCommand() {
                  model::kMaxTemperature);
     return 2;
   }
+  const float repetition = absl::GetFlag(FLAGS_bench_repetition_penalty);
+  if (!(repetition > 0.0f && std::isfinite(repetition))) {
+    std::fprintf(stderr,
+                 "glimpse bench: --bench_repetition_penalty must be finite and > 0 (1: off)\n");
+    return 2;
+  }
   if (absl::GetFlag(FLAGS_bench_top_k) < 0 || BenchDeviceTopK() < 0) {
     std::fprintf(stderr,
                  "glimpse bench: --bench_top_k and --bench_device_top_k must be >= 0 (0: greedy; "
@@ -238,6 +252,7 @@ int RunBenchCommand() {
   json["device_top_k"] = BenchDeviceTopK();
   json["top_p"] = top_p;
   json["temperature"] = absl::GetFlag(FLAGS_bench_temperature);
+  json["repetition_penalty"] = repetition;
   json["nucleus_candidates"] = BenchNucleusCandidates();
   json["weight_bytes"] = loaded->weight_bytes();
   // K and V of one token in every layer, summed over the ranks' devices.
@@ -276,9 +291,10 @@ int RunBenchCommand() {
     std::printf("| %d | %.1f ± %.1f | %.1f ± %.1f | %lld | %.1f | %.1f |\n", batch, p.mean, p.stdev,
                 t.mean, t.stdev, static_cast<long long>(last.steps), gbps, gbps_with_kv);
     std::fflush(stdout);
-    if (last.nucleus_rows_decided + last.rows_fetched > 0) {
+    if (last.nucleus_rows_decided + last.adjusted_rows_decided + last.rows_fetched > 0) {
       nucleus_notes += absl::StrCat("  batch ", batch, ": ", last.nucleus_rows_decided,
-                                    " rows without top-k sampled from their candidates, ",
+                                    " rows without top-k and ", last.adjusted_rows_decided,
+                                    " penalised rows sampled from their candidates, ",
                                     last.rows_fetched, " fetched whole after their step\n");
     }
     json["results"].push_back({{"batch", batch},
@@ -290,11 +306,13 @@ int RunBenchCommand() {
                                {"prefill_tokens", last.prefill_tokens},
                                {"decode_tokens", last.decode_tokens},
                                {"nucleus_rows_decided", last.nucleus_rows_decided},
+                               {"adjusted_rows_decided", last.adjusted_rows_decided},
                                {"rows_fetched", last.rows_fetched},
                                {"repetitions", reps}});
   }
   if (!nucleus_notes.empty()) {
-    std::printf("\nnucleus rows (last run of each batch size):\n%s", nucleus_notes.c_str());
+    std::printf("\nrows that may need their whole row (last run of each batch size):\n%s",
+                nucleus_notes.c_str());
   }
   // The backend's own counters over every run above, the warm-up included (with
   // --device=cuda: CUDA graph captures, replays and eagerly run steps by reason). Rank 0's:
