@@ -4,7 +4,9 @@
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
+#include <limits>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -89,7 +91,19 @@ absl::StatusOr<kernels::MatrixView> SliceMatrix(const kernels::MatrixView& w,
 // kQkv holds q, k and v of a step one after the other ([rows][q], then [rows][kv] twice), and
 // kGateUp gate then up: outputs of one MatMuls, adjacent so that a backend can join the
 // products (Backend::MatMuls; the CUDA backend's one-row steps run one GEMM for each).
-enum Buffer : size_t { kX, kXn, kQkv, kAttn, kProj, kGateUp, kLogitsIn, kLogitsOut, kNumBuffers };
+// kGathered holds logits gathered from kLogitsOut after a step (GatherStepLogits), one float each.
+enum Buffer : size_t {
+  kX,
+  kXn,
+  kQkv,
+  kAttn,
+  kProj,
+  kGateUp,
+  kLogitsIn,
+  kLogitsOut,
+  kGathered,
+  kNumBuffers
+};
 
 // What the backend learns about a step before its ops (CUDA graphs, issue #5).
 kernels::ForwardShape StepShape(const StepBatch& batch) {
@@ -239,6 +253,8 @@ int64_t LlamaModel::ScratchWidth(size_t index) const {
       return 2 * shard_.ffn_dim();
     case kLogitsOut:
       return shard_.vocab.size();
+    case kGathered:
+      return 1;
     default:  // kX, kXn, kProj, kLogitsIn
       return config_.dim;
   }
@@ -253,7 +269,7 @@ float* LlamaModel::Scratch(size_t index, int64_t rows) {
   if (scratch_floats_[index] < num_floats) {
     if (scratch_[index] != nullptr) {
       backend_.Free(scratch_[index]);
-      ++activation_moves_;
+      if (index != kGathered) ++activation_moves_;  // no step's graph holds kGathered
     }
     // Grow geometrically so a slowly rising batch size does not reallocate every step.
     const size_t size = std::max(num_floats, scratch_floats_[index] * 3 / 2);
@@ -293,6 +309,38 @@ absl::Status LlamaModel::CopyStepLogitsRow(int64_t row, float* logits) {
   }
   const int64_t width = shard_.vocab.size();
   backend_.CopyToHost(logits, scratch_[kLogitsOut] + row * width, width * sizeof(float));
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::GatherStepLogits(int64_t row, std::span<const int32_t> ids,
+                                          float* logits) {
+  if (row < 0 || row >= step_logits_rows_) {
+    return absl::OutOfRangeError(absl::StrCat("logits row ", row, " of a step that had ",
+                                              step_logits_rows_, " (none after a failed step)"));
+  }
+  if (ids.empty()) return absl::OkStatus();
+  const int64_t width = shard_.vocab.size();
+  // Each id's element of the [rows][width] logits, as a row of width 1 for GatherRows.
+  std::vector<int32_t> elements(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= width) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token id ", ids[i], " to gather is outside the logits row [0, ", width, ")"));
+    }
+    const int64_t element = row * width + ids[i];
+    if (element > std::numeric_limits<int32_t>::max()) {
+      // Past GatherRows' int32 rows (a step of more than 2^31 logits): the row itself.
+      std::vector<float> whole(static_cast<size_t>(width));
+      RETURN_IF_ERROR(CopyStepLogitsRow(row, whole.data()));
+      for (size_t j = 0; j < ids.size(); ++j) logits[j] = whole[ids[j]];
+      return absl::OkStatus();
+    }
+    elements[i] = static_cast<int32_t>(element);
+  }
+  const int64_t n = static_cast<int64_t>(ids.size());
+  float* gathered = Scratch(kGathered, n);
+  backend_.GatherRows(scratch_[kLogitsOut], /*dim=*/1, elements.data(), n, gathered);
+  backend_.CopyToHost(logits, gathered, ids.size() * sizeof(float));
   return absl::OkStatus();
 }
 

@@ -1,7 +1,9 @@
 #include "model/step_runner.h"
 
+#include <span>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/status_macros.h"
 
@@ -64,8 +66,27 @@ absl::Status LlamaStepRunner::ForwardTopK(const StepBatch& batch, int32_t k,
                             top->row_exp_sum_t1_data());
 }
 
+absl::Status StepRunner::GatherStepLogits(size_t row, std::span<const int32_t> ids, float* logits) {
+  const int32_t vocab = config().vocab_size;
+  for (int32_t id : ids) {
+    if (id < 0 || id >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", id, " to gather is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  std::vector<float> whole(static_cast<size_t>(vocab));
+  RETURN_IF_ERROR(CopyStepLogitsRow(row, whole.data()));
+  for (size_t i = 0; i < ids.size(); ++i) logits[i] = whole[ids[i]];
+  return absl::OkStatus();
+}
+
 absl::Status LlamaStepRunner::CopyStepLogitsRow(size_t row, float* logits) {
   return model_.CopyStepLogitsRow(static_cast<int64_t>(row), logits);
+}
+
+absl::Status LlamaStepRunner::GatherStepLogits(size_t row, std::span<const int32_t> ids,
+                                               float* logits) {
+  return model_.GatherStepLogits(static_cast<int64_t>(row), ids, logits);
 }
 
 absl::Status LlamaStepRunner::Forward(const StepBatch& batch, float* logits) {

@@ -501,6 +501,21 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
                                     temperatures.data(), top.row_exp_sum_t1.data())
                       .ok());
       check(logits, vocab, k, top, /*exact_sums=*/true, "unsplit, k " + std::to_string(k));
+      // A few tokens' logits of each row, gathered where they are (LlamaModel's GatherRows).
+      const std::vector<int32_t> ids = {vocab - 1, 0, 17, 5, 17};
+      std::vector<float> gathered(ids.size());
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        std::fill(gathered.begin(), gathered.end(), std::nanf(""));
+        ASSERT_TRUE(reduced.model->GatherStepLogits(i, ids, gathered.data()).ok());
+        for (size_t j = 0; j < ids.size(); ++j) {
+          EXPECT_EQ(gathered[j], logits[i * vocab + ids[j]]) << "row " << i << ", id " << ids[j];
+        }
+      }
+      const std::vector<int32_t> outside = {3, vocab};
+      EXPECT_EQ(reduced.model->GatherStepLogits(0, outside, gathered.data()).code(),
+                absl::StatusCode::kInvalidArgument);
+      EXPECT_EQ(reduced.model->GatherStepLogits(prompts.size(), ids, gathered.data()).code(),
+                absl::StatusCode::kOutOfRange);
     }
   }
   for (int size : {1, 2, 4}) {
@@ -542,6 +557,18 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
   }
   EXPECT_EQ(reduced.model->CopyStepLogitsRow(prompts.size(), row.data()).code(),
             absl::StatusCode::kOutOfRange);
+  // A few tokens' logits of a row, from every rank's slice (StepRunner's default).
+  const std::vector<int32_t> ids = {static_cast<int32_t>(vocab) - 1, 0, 17};
+  std::vector<float> gathered(ids.size(), std::nanf(""));
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(reduced.model->GatherStepLogits(i, ids, gathered.data()).ok());
+    for (size_t j = 0; j < ids.size(); ++j) {
+      EXPECT_EQ(gathered[j], logits[i * vocab + ids[j]]) << "row " << i << ", id " << ids[j];
+    }
+  }
+  const std::vector<int32_t> outside = {-1};
+  EXPECT_EQ(reduced.model->GatherStepLogits(0, outside, gathered.data()).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(TensorParallelModelTest, LoadRefusesSplitsThatBreakGqaGroupsOrQ8_0Blocks) {

@@ -37,6 +37,8 @@ class RecordingStepRunner final : public model::StepRunner {
   int32_t num_sums_t1_steps() const { return num_sums_t1_steps_; }
   // Rows fetched after a reduced step (CopyStepLogitsRow: samples the reduction left open).
   int32_t num_logits_rows_copied() const { return num_logits_rows_copied_; }
+  // A few tokens' logits gathered after a reduced step (GatherStepLogits), calls.
+  int32_t num_logits_gathers() const { return num_logits_gathers_; }
 
   const model::LlamaConfig& config() const override { return inner_.config(); }
   int tensor_parallel_size() const override { return inner_.tensor_parallel_size(); }
@@ -72,6 +74,10 @@ class RecordingStepRunner final : public model::StepRunner {
     ++num_logits_rows_copied_;
     return inner_.CopyStepLogitsRow(row, logits);
   }
+  absl::Status GatherStepLogits(size_t row, std::span<const int32_t> ids, float* logits) override {
+    ++num_logits_gathers_;
+    return inner_.GatherStepLogits(row, ids, logits);
+  }
   void MoveKvBlocks(std::span<const model::KvBlockMove> moves) override {
     inner_.MoveKvBlocks(moves);
   }
@@ -93,6 +99,7 @@ class RecordingStepRunner final : public model::StepRunner {
   int32_t num_normalizer_steps_ = 0;
   int32_t num_sums_t1_steps_ = 0;
   int32_t num_logits_rows_copied_ = 0;
+  int32_t num_logits_gathers_ = 0;
 };
 
 }  // namespace glimpse::testing

@@ -418,6 +418,20 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
           }
         }
         EXPECT_EQ(fetched[0], fetched[1]) << what << ", row " << i;
+        // A few of its logits gathered on the device (a biased row's fallback) are the row's.
+        const std::vector<int32_t> ids = {vocab_ - 1, 3, static_cast<int32_t>(i), 3};
+        std::vector<float> gathered(ids.size(), std::nanf(""));
+        for (size_t e = 0; e < engines_.size(); ++e) {
+          const absl::Status status =
+              engines_[e].model->GatherStepLogits(static_cast<int64_t>(i), ids, gathered.data());
+          if (!status.ok()) {
+            ADD_FAILURE() << engines_[e].label << ": " << status;
+            return static_cast<int>(replays);
+          }
+          for (size_t j = 0; j < ids.size() && e < 2; ++j) {
+            EXPECT_EQ(gathered[j], fetched[0][ids[j]]) << what << ", row " << i;
+          }
+        }
         const size_t n = top_k > 0 ? static_cast<size_t>(count[0][i]) : 1;
         for (size_t j = 0; j < n; ++j) {
           EXPECT_EQ(fetched[0][index[0][i * width + j]], value[0][i * width + j]) << what;
