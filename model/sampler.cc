@@ -268,14 +268,16 @@ float Sampler::AdjustedLogit(int32_t token, float raw) const {
                    counted == output_counts_.end() ? 0 : counted->second);
 }
 
-float Sampler::AdjustedBound(float raw_bound, std::span<const int32_t> ids) const {
+float Sampler::AdjustedBound(float raw_bound, std::span<const int32_t> ids,
+                             std::span<const int32_t> gathered_ids) const {
   // Each step is monotone in the logit (an added constant; a division or multiplication by a
   // positive penalty by sign; float rounding keeps the order), so a token of raw logit at
   // most raw_bound ends at most at AdjustedLogit(token, raw_bound). Untouched tokens end
   // where they began.
   float bound = raw_bound;
-  auto outside = [ids](int32_t token) {
-    return !std::binary_search(ids.begin(), ids.end(), token);
+  auto outside = [ids, gathered_ids](int32_t token) {
+    return !std::binary_search(ids.begin(), ids.end(), token) &&
+           !std::binary_search(gathered_ids.begin(), gathered_ids.end(), token);
   };
   for (const auto& [token, bias] : sorted_bias_) {
     if (outside(token)) bound = std::max(bound, AdjustedLogit(token, raw_bound));
@@ -756,31 +758,58 @@ int32_t Sampler::AdjustedCandidatesNeeded(const SamplingParams& params, bool rep
   return std::max(k, LogprobCandidates(params, report_logprobs, vocab_size));
 }
 
-std::optional<Sampler::SampleResult> Sampler::TrySampleAdjusted(std::span<const int32_t> ids,
-                                                                std::span<const float> logits,
-                                                                int32_t requested,
-                                                                const RowNormalizer* normalizer) {
+size_t Sampler::AdjustedTopK() const { return is_greedy_ ? 1 : static_cast<size_t>(params_.top_k); }
+
+std::optional<Sampler::SampleResult> Sampler::TrySampleAdjusted(
+    std::span<const int32_t> ids, std::span<const float> logits, int32_t requested,
+    const RowNormalizer* normalizer, std::span<const int32_t> gathered_ids,
+    std::span<const float> gathered_logits) {
   CHECK(SamplesAdjustedTopK(params_, vocab_size_));
   CHECK(requested >= AdjustedCandidatesNeeded(params_, report_logprobs_, vocab_size_) &&
         ids.size() <= static_cast<size_t>(requested));
   CHECK(!report_logprobs_ || normalizer != nullptr);
+  CHECK(gathered_ids.size() == gathered_logits.size());
   CheckCandidates(ids, logits);
-  const size_t n = ids.size();
-  // What the tokens outside the candidates can reach after steps 1–2: nothing above -inf when
-  // the candidates are every token above -inf; else the bound from the least likely
-  // candidate's raw logit, which no token outside exceeds.
+  // What the tokens outside the candidates (and the gathered ones) can reach after steps 1–2:
+  // nothing above -inf when the candidates are every token above -inf; else the bound from
+  // the least likely candidate's raw logit, which no token outside exceeds.
   float bound = kNegInf;
-  if (n == static_cast<size_t>(requested)) {
-    bound = AdjustedBound(*std::min_element(logits.begin(), logits.end()), ids);
+  if (ids.size() == static_cast<size_t>(requested)) {
+    bound = AdjustedBound(*std::min_element(logits.begin(), logits.end()), ids, gathered_ids);
   }
+  // The tokens known by their raw logits: the candidates, and the gathered ones above -inf
+  // merged in id order (the rest of those end at -inf, below anything kept).
+  std::vector<int32_t> known_ids;
+  std::vector<float> known_logits;
+  if (!gathered_ids.empty()) {
+    size_t c = 0;
+    for (size_t g = 0; g <= gathered_ids.size(); ++g) {
+      const int32_t next = g < gathered_ids.size() ? gathered_ids[g] : vocab_size_;
+      CHECK(next >= 0 && next <= vocab_size_ && (g == 0 || gathered_ids[g - 1] < next));
+      for (; c < ids.size() && ids[c] < next; ++c) {
+        known_ids.push_back(ids[c]);
+        known_logits.push_back(logits[c]);
+      }
+      if (g == gathered_ids.size()) break;
+      CHECK(c == ids.size() || ids[c] != next);  // disjoint from the candidates
+      const float x = NanToNegInf(gathered_logits[g]);
+      if (x != kNegInf) {
+        known_ids.push_back(next);
+        known_logits.push_back(x);
+      }
+    }
+    ids = known_ids;
+    logits = known_logits;
+  }
+  const size_t n = ids.size();
   Scratch& scratch = ThreadScratch();
-  std::vector<float>& z = scratch.logits;  // the candidates' processed logits, in id order
+  std::vector<float>& z = scratch.logits;  // the known tokens' processed logits, in id order
   z.resize(n);
   for (size_t i = 0; i < n; ++i) z[i] = AdjustedLogit(ids[i], logits[i]);
-  // Step 4 over the candidates (greedy: the argmax, as ArgMax's lowest-id tie rule): the
-  // whole row's when the least likely kept one ends above the bound — or when nothing outside
-  // is above -inf (fewer than k kept then, as Sample() keeps).
-  const size_t k = is_greedy_ ? 1 : static_cast<size_t>(params_.top_k);
+  // Step 4 over them (greedy: the argmax, as ArgMax's lowest-id tie rule): the whole row's
+  // when the least likely kept one ends above the bound — or when nothing outside is above
+  // -inf (fewer than k kept then, as Sample() keeps).
+  const size_t k = AdjustedTopK();
   std::vector<int32_t>& order = scratch.order;
   SelectTopK(z, k, &scratch.heap, &order);
   if (bound != kNegInf) {
@@ -805,7 +834,51 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleAdjusted(std::span<const 
   } else {
     token = DrawFromCandidates(kept_ids, kept_logits);
   }
+  // The known tokens include the row's top `requested` by raw logit: the logprobs' too.
   return ResultFromCandidates(ids, logits, normalizer, token);
+}
+
+std::vector<int32_t> Sampler::AdjustedSuspects(std::span<const int32_t> ids,
+                                               std::span<const float> logits,
+                                               int32_t requested) const {
+  CHECK(SamplesAdjustedTopK(params_, vocab_size_));
+  CheckCandidates(ids, logits);
+  std::vector<int32_t> suspects;
+  if (ids.size() < static_cast<size_t>(requested)) return suspects;  // nothing outside
+  // The k-th largest of the candidates' processed logits (-inf when fewer are above -inf):
+  // what a token outside must reach to matter.
+  std::vector<float> z(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) z[i] = AdjustedLogit(ids[i], logits[i]);
+  const size_t k = AdjustedTopK();
+  std::vector<std::pair<float, int32_t>> heap;
+  std::vector<int32_t> order;
+  SelectTopK(z, k, &heap, &order);
+  float kth = kNegInf;
+  if (order.size() == k) {
+    kth = z[order[0]];
+    for (int32_t position : order) kth = std::min(kth, z[position]);
+  }
+  const float raw_bound = *std::min_element(logits.begin(), logits.end());
+  // Untouched tokens, and prompt tokens under one shared repetition rule, are too many to
+  // gather: when they could matter, only the whole row decides.
+  if (!(raw_bound < kth)) return suspects;
+  if (tracks_prompt_ && !prompt_tokens_.empty() &&
+      !(Penalized(raw_bound, /*in_prompt=*/true, /*count=*/0) < kth)) {
+    return suspects;
+  }
+  auto consider = [&](int32_t token) {
+    if (!std::binary_search(ids.begin(), ids.end(), token) &&
+        !(AdjustedLogit(token, raw_bound) < kth)) {
+      suspects.push_back(token);
+    }
+  };
+  for (const auto& [token, bias] : sorted_bias_) consider(token);
+  if (tracks_output_) {
+    for (const auto& [token, count] : output_counts_) consider(token);
+  }
+  std::sort(suspects.begin(), suspects.end());
+  suspects.erase(std::unique(suspects.begin(), suspects.end()), suspects.end());
+  return suspects;
 }
 
 bool Sampler::NoBiasOrPenalties(const SamplingParams& params) {

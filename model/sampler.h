@@ -219,11 +219,22 @@ class Sampler {
   // what it can reach (each step is monotone). When k candidates end above every such bound
   // (or no token lies outside), they are the processed row's top k: the same token, logprobs
   // as SampleFromCandidates and one RNG draw as Sample(); otherwise nullopt without drawing
-  // (e.g. a token outside with a large positive bias could win; the caller samples the whole
-  // row).
+  // (e.g. a token outside with a large positive bias could win). The caller may then gather
+  // the raw logits of AdjustedSuspects and try again with them as `gathered_ids` (increasing,
+  // none of `ids`) and `gathered_logits` (any values, NaN and -inf included): those tokens are
+  // then known exactly; else it samples the whole row.
   std::optional<SampleResult> TrySampleAdjusted(std::span<const int32_t> ids,
                                                 std::span<const float> logits, int32_t requested,
-                                                const RowNormalizer* normalizer);
+                                                const RowNormalizer* normalizer,
+                                                std::span<const int32_t> gathered_ids = {},
+                                                std::span<const float> gathered_logits = {});
+  // The tokens whose raw logits TrySampleAdjusted (given the same candidates) lacked to
+  // decide: those outside the candidates, biased or generated, whose bias or penalties could
+  // lift them into the top k; with their raw logits it decides. In increasing id order; empty
+  // when those would not be enough (an untouched token or a prompt token under a repetition
+  // penalty below 1 could reach the top k: only the whole row decides) or not needed.
+  std::vector<int32_t> AdjustedSuspects(std::span<const int32_t> ids, std::span<const float> logits,
+                                        int32_t requested) const;
   const SamplingParams& params() const { return params_; }
   int32_t vocab_size() const { return vocab_size_; }
 
@@ -241,9 +252,12 @@ class Sampler {
   float Penalized(float l, bool in_prompt, int32_t count) const;
   // Steps 1–2 on one token of raw logit `raw` (not NaN), with the accepted history alone.
   float AdjustedLogit(int32_t token, float raw) const;
-  // The largest logit steps 1–2 can give a token outside `ids` (increasing) whose raw logit
-  // is at most `raw_bound`.
-  float AdjustedBound(float raw_bound, std::span<const int32_t> ids) const;
+  // The largest logit steps 1–2 can give a token outside `ids` and `gathered_ids` (both
+  // increasing) whose raw logit is at most `raw_bound`.
+  float AdjustedBound(float raw_bound, std::span<const int32_t> ids,
+                      std::span<const int32_t> gathered_ids) const;
+  // The top k an adjusted row keeps (1 when greedy).
+  size_t AdjustedTopK() const;
   // Steps 1–2 in place on `logits` ([vocab_size], NaN already mapped to -inf).
   void ApplyBiasAndPenalties(std::span<const int32_t> pending_tokens,
                              std::span<float> logits) const;

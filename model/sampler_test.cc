@@ -1059,7 +1059,8 @@ TEST(SamplerTest, SamplesAdjustedTopKForGreedyAndTopKWithBiasOrPenalties) {
 // normalizer by NormalizerOf), with as many RNG draws, or declines without drawing; the
 // histories (prompt and generated tokens) grow as the samples are accepted. Rows are random,
 // with ties, NaN and -inf, fewer tokens above -inf than asked for, and large biases on tokens
-// far down the row that make them win.
+// far down the row that make them win. A declined row whose AdjustedSuspects are not empty is
+// always decided with their raw logits gathered.
 TEST(SamplerTest, TrySampleAdjustedSamplesAsTheWholeRowOrDeclines) {
   constexpr int32_t kVocab = 2000;
   std::vector<SamplingParams> grid;
@@ -1095,6 +1096,7 @@ TEST(SamplerTest, TrySampleAdjustedSamplesAsTheWholeRowOrDeclines) {
   std::uniform_int_distribution<int32_t> any_token(0, kVocab - 1);
   int decided = 0;
   int declined = 0;
+  int gathered_decided = 0;
   for (size_t g = 0; g < grid.size(); ++g) {
     const SamplingParams& params = grid[g];
     ASSERT_TRUE(Sampler::SamplesAdjustedTopK(params, kVocab));
@@ -1133,10 +1135,24 @@ TEST(SamplerTest, TrySampleAdjustedSamplesAsTheWholeRowOrDeclines) {
         const auto [ids, values] = MostLikely(row, static_cast<size_t>(requested));
         const Sampler::RowNormalizer normalizer = Sampler::NormalizerOf(row);
         const Sampler::SampleResult want = whole.Sample(row);
-        const std::optional<Sampler::SampleResult> got =
+        std::optional<Sampler::SampleResult> got =
             top.TrySampleAdjusted(ids, values, requested, &normalizer);
         const std::string what = "params " + std::to_string(g) + " requested " +
                                  std::to_string(requested) + " step " + std::to_string(step);
+        if (!got.has_value()) {
+          const std::vector<int32_t> suspects = top.AdjustedSuspects(ids, values, requested);
+          if (!suspects.empty()) {
+            ASSERT_TRUE(std::is_sorted(suspects.begin(), suspects.end())) << what;
+            std::vector<float> gathered;
+            for (int32_t t : suspects) {
+              ASSERT_FALSE(std::binary_search(ids.begin(), ids.end(), t)) << what;
+              gathered.push_back(row[t]);
+            }
+            got = top.TrySampleAdjusted(ids, values, requested, &normalizer, suspects, gathered);
+            ASSERT_TRUE(got.has_value()) << what << ": not decided with the suspects' logits";
+            ++gathered_decided;
+          }
+        }
         if (got.has_value()) {
           ++decided;
           ASSERT_EQ(got->token, want.token) << what;
@@ -1156,9 +1172,12 @@ TEST(SamplerTest, TrySampleAdjustedSamplesAsTheWholeRowOrDeclines) {
       EXPECT_EQ(whole.NextUniform(), top.NextUniform()) << "params " << g;  // as many draws
     }
   }
-  // Most declines are rows whose large biases (+30, +60) make a token far down the row win.
-  EXPECT_GT(decided, 400);
-  EXPECT_GT(declined, 300);
+  // Rows whose large biases (+30, +60) make a token far down the row win are decided by that
+  // token's gathered logit; the rest declined asked for only k candidates (the k-th may tie
+  // an untouched token) or boost the prompt's tokens (repetition 0.8).
+  EXPECT_GT(decided, 600);
+  EXPECT_GT(gathered_decided, 180);
+  EXPECT_GT(declined, 200);
 }
 
 // The two ways a token outside the candidates can win: a positive bias (greedy here), or a
@@ -1180,11 +1199,29 @@ TEST(SamplerTest, TrySampleAdjustedDeclinesWhenATokenOutsideCouldWin) {
   ASSERT_EQ(whole.Sample(row).token, 90);
   auto [ids, values] = MostLikely(row, 4);  // 20, 30, 40, 50: token 90 may reach 1 + 5.5
   EXPECT_FALSE(top.TrySampleAdjusted(ids, values, 4, nullptr).has_value());
+  // The suspect is token 90; with its raw logit the 4 candidates decide.
+  EXPECT_EQ(top.AdjustedSuspects(ids, values, 4), std::vector<int32_t>{90});
+  const std::vector<int32_t> suspects = {90};
+  const std::vector<float> gathered = {0.0f};
+  const std::optional<Sampler::SampleResult> got_gathered =
+      top.TrySampleAdjusted(ids, values, 4, nullptr, suspects, gathered);
+  ASSERT_TRUE(got_gathered.has_value());
+  EXPECT_EQ(got_gathered->token, 90);
+  EXPECT_EQ(whole.NextUniform(), top.NextUniform());  // one draw each
+  // A NaN there is -inf: token 20 wins, as from the whole row.
+  const std::vector<float> nan = {std::nanf("")};
+  const std::optional<Sampler::SampleResult> got_nan =
+      top.TrySampleAdjusted(ids, values, 4, nullptr, suspects, nan);
+  ASSERT_TRUE(got_nan.has_value());
+  std::vector<float> row_nan = row;
+  row_nan[90] = std::nanf("");
+  EXPECT_EQ(whole.Sample(row_nan).token, 20);
+  EXPECT_EQ(got_nan->token, 20);
   std::tie(ids, values) = MostLikely(row, 5);
   const std::optional<Sampler::SampleResult> got = top.TrySampleAdjusted(ids, values, 5, nullptr);
   ASSERT_TRUE(got.has_value());
   EXPECT_EQ(got->token, 90);
-  EXPECT_EQ(whole.NextUniform(), top.NextUniform());  // one draw each
+  EXPECT_TRUE(top.AdjustedSuspects(ids, values, 5).empty());  // none outside could win
 
   // A bias too small to win lets 4 candidates decide: 90 may reach 1 + 3.5 < 5.
   SamplingParams small_bias = Greedy();
@@ -1209,6 +1246,8 @@ TEST(SamplerTest, TrySampleAdjustedDeclinesWhenATokenOutsideCouldWin) {
   ASSERT_EQ(boosted_whole.Sample(row).token, 90);
   std::tie(ids, values) = MostLikely(row, 3);  // 20, 30, 40
   EXPECT_FALSE(boosted.TrySampleAdjusted(ids, values, 3, nullptr).has_value());
+  // Every prompt token could: too many to gather.
+  EXPECT_TRUE(boosted.AdjustedSuspects(ids, values, 3).empty());
   // Every token above -inf given (fewer than asked for): decided.
   std::fill(row.begin(), row.end(), -kInf);
   row[20] = 5.0f;

@@ -105,8 +105,23 @@ Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) {
       Sampler::RowNormalizer normalizer;
       if (normalizers_) normalizer = {top_.row_max[row], top_.row_exp_sum[row]};
       if (row_kinds_[row] == RowKind::kAdjusted) {
-        std::optional<Sampler::SampleResult> result = sampler.TrySampleAdjusted(
-            top_.Ids(row), top_.Logits(row), k_, normalizers_ ? &normalizer : nullptr);
+        const Sampler::RowNormalizer* row_normalizer = normalizers_ ? &normalizer : nullptr;
+        std::optional<Sampler::SampleResult> result =
+            sampler.TrySampleAdjusted(top_.Ids(row), top_.Logits(row), k_, row_normalizer);
+        if (!result.has_value()) {
+          // The biased or penalised tokens that could still win: their logits alone, when
+          // few, decide it.
+          const std::vector<int32_t> suspects =
+              sampler.AdjustedSuspects(top_.Ids(row), top_.Logits(row), k_);
+          if (!suspects.empty() && suspects.size() <= kMaxGatheredLogits) {
+            ++rows_gathered_;
+            gathered_.resize(suspects.size());
+            const absl::Status status = runner_->GatherStepLogits(row, suspects, gathered_.data());
+            CHECK(status.ok());
+            result = sampler.TrySampleAdjusted(top_.Ids(row), top_.Logits(row), k_, row_normalizer,
+                                               suspects, gathered_);
+          }
+        }
         if (result.has_value()) {
           ++adjusted_decided_;
           return *std::move(result);

@@ -13,8 +13,10 @@
 // min-p or plain temperature; Sampler::SamplesNucleus) is usually decided by its candidates
 // and weight sum; an adjusted row (greedy or top-k with a logit bias or penalties;
 // Sampler::SamplesAdjustedTopK) by its candidates once the bias and penalties are applied to
-// them. When not (the nucleus or the draw reaches past them, a threshold is too close to
-// call, a biased token outside them could win), its row is fetched
+// them, or else (a biased or penalised token outside them could win) by those tokens' logits
+// gathered after the step (StepRunner::GatherStepLogits). When not (the nucleus or the draw
+// reaches past them, a threshold is too close to call, too many tokens could win), its row
+// is fetched
 // after the step (StepRunner::CopyStepLogitsRow) and sampled whole. The tokens are the same
 // whichever way (the Sampler guarantees it, seed for seed; logprob values from a device's
 // normalizer may differ in the last bits). The serving engine and the offline generator both plan
@@ -83,6 +85,11 @@ class StepLogits {
   int64_t num_nucleus_rows_decided() const { return nucleus_decided_; }
   int64_t num_adjusted_rows_decided() const { return adjusted_decided_; }
   int64_t num_rows_fetched() const { return rows_fetched_; }
+  // Adjusted rows whose candidates did not decide that gathered a few tokens' logits
+  // (StepRunner::GatherStepLogits) to decide instead of fetching the row.
+  int64_t num_rows_gathered() const { return rows_gathered_; }
+  // At most this many tokens' logits are gathered for a row (else the row is fetched).
+  static constexpr size_t kMaxGatheredLogits = 4096;
 
  private:
   // How a row of a kTopK step is sampled from its candidates.
@@ -111,8 +118,10 @@ class StepLogits {
   int32_t k_ = 0;
   StepRunner* runner_ = nullptr;    // of the last Forward (nucleus rows' fallback)
   std::vector<float> fetched_row_;  // [vocab]: a row fetched after the step
+  std::vector<float> gathered_;     // a few tokens' logits of a row, gathered after the step
   int64_t nucleus_decided_ = 0;
   int64_t adjusted_decided_ = 0;
+  int64_t rows_gathered_ = 0;
   int64_t rows_fetched_ = 0;
   // The step's outputs, reused across steps.
   std::vector<float> logits_;    // kRows: [rows][vocab]

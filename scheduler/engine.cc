@@ -433,6 +433,7 @@ void Engine::SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_
     load_.num_nucleus_rows_decided = step_logits_.num_nucleus_rows_decided();
     load_.num_adjusted_rows_decided = step_logits_.num_adjusted_rows_decided();
     load_.num_sampled_rows_fetched = step_logits_.num_rows_fetched();
+    load_.num_sampled_rows_gathered = step_logits_.num_rows_gathered();
   }
   for (size_t j = 0; j < jobs.size(); ++j) AppendToken(jobs[j].seq, samples[j]);
 }

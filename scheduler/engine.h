@@ -93,6 +93,8 @@ struct EngineLoad {
   int64_t num_nucleus_rows_decided = 0;
   int64_t num_adjusted_rows_decided = 0;
   int64_t num_sampled_rows_fetched = 0;
+  // Of the adjusted rows, those that gathered a few tokens' logits after their step to decide.
+  int64_t num_sampled_rows_gathered = 0;
 };
 
 class Engine {

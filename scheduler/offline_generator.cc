@@ -182,6 +182,7 @@ absl::StatusOr<std::vector<GenerationResult>> OfflineGenerator::Run(
   counters_.num_nucleus_rows_decided += step_logits.num_nucleus_rows_decided();
   counters_.num_adjusted_rows_decided += step_logits.num_adjusted_rows_decided();
   counters_.num_rows_fetched += step_logits.num_rows_fetched();
+  counters_.num_rows_gathered += step_logits.num_rows_gathered();
   std::vector<GenerationResult> results;
   results.reserve(seqs.size());
   for (Sequence& s : seqs) results.push_back(std::move(s.result));

@@ -71,6 +71,7 @@ struct GenerationCounters {
   int64_t num_nucleus_rows_decided = 0;
   int64_t num_adjusted_rows_decided = 0;
   int64_t num_rows_fetched = 0;
+  int64_t num_rows_gathered = 0;  // adjusted rows decided by a few gathered logits
 };
 
 class OfflineGenerator {

@@ -49,6 +49,7 @@ void EngineMetricsObserver::RefreshFromLoad(const scheduler::EngineLoad& load) {
   catch_up(metrics_.nucleus_rows_decided, load.num_nucleus_rows_decided, reported_nucleus_decided_);
   catch_up(metrics_.adjusted_rows_decided, load.num_adjusted_rows_decided,
            reported_adjusted_decided_);
+  catch_up(metrics_.sampled_rows_gathered, load.num_sampled_rows_gathered, reported_rows_gathered_);
   catch_up(metrics_.sampled_rows_fetched, load.num_sampled_rows_fetched, reported_rows_fetched_);
 }
 

@@ -43,6 +43,7 @@ class EngineMetricsObserver final : public scheduler::EngineObserver {
   int64_t reported_hits_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t reported_nucleus_decided_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t reported_adjusted_decided_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t reported_rows_gathered_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t reported_rows_fetched_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

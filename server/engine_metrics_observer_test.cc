@@ -28,6 +28,7 @@ TEST(EngineMetricsObserverTest, EventsLandInTheNamedMetrics) {
   load.prefix_cache_hit_tokens = 320;
   load.num_nucleus_rows_decided = 90;
   load.num_adjusted_rows_decided = 40;
+  load.num_sampled_rows_gathered = 5;
   load.num_sampled_rows_fetched = 7;
   observer.RefreshFromLoad(load);
   observer.RefreshFromLoad(load);  // Same totals: nothing more.
@@ -50,6 +51,7 @@ TEST(EngineMetricsObserverTest, EventsLandInTheNamedMetrics) {
   EXPECT_EQ(metrics->prefix_cache_hits->Value(), 320);
   EXPECT_EQ(metrics->nucleus_rows_decided->Value(), 90);
   EXPECT_EQ(metrics->adjusted_rows_decided->Value(), 40);
+  EXPECT_EQ(metrics->sampled_rows_gathered->Value(), 5);
   EXPECT_EQ(metrics->sampled_rows_fetched->Value(), 7);
   const std::string text = registry.RenderText();
   EXPECT_NE(text.find("glimpse_prefix_cache_hits_total 320"), std::string::npos) << text;

@@ -500,6 +500,11 @@ absl::StatusOr<EngineMetrics> CreateEngineMetrics(MetricsRegistry& registry,
                                        "Greedy or top-k rows with a logit bias or penalties "
                                        "sampled from the device's candidates alone.",
                                        labels));
+  ASSIGN_OR_RETURN(m.sampled_rows_gathered,
+                   registry.AddCounter("glimpse_sampled_rows_gathered_total",
+                                       "Biased or penalised rows whose candidates did not decide "
+                                       "that fetched a few tokens' logits instead of the row.",
+                                       labels));
   ASSIGN_OR_RETURN(m.sampled_rows_fetched,
                    registry.AddCounter("glimpse_sampled_rows_fetched_total",
                                        "Logits rows fetched whole after their step because the "

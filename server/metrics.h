@@ -191,6 +191,7 @@ struct EngineMetrics {
   Counter* nucleus_rows_decided = nullptr;  // rows without top-k sampled from candidates
   Counter* adjusted_rows_decided = nullptr;  // biased or penalised top-k rows, from candidates
   Counter* sampled_rows_fetched = nullptr;  // rows fetched whole after a reduced step
+  Counter* sampled_rows_gathered = nullptr;  // a few of a row's logits fetched instead
   Counter* num_preemptions = nullptr;
   Counter* forward_tokens = nullptr;  // tokens through the model forward, all requests
   Counter* engine_steps = nullptr;

@@ -649,13 +649,14 @@ TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
 
 // Greedy and top-k rows with a logit bias or penalties run ForwardTopK steps with 32
 // candidates beyond their k and are sampled from those once the bias and penalties are
-// applied, or from their row fetched after the step when a token outside the candidates could
-// win (a +50 bias on a token far down the row): the tokens and logprobs are those drawn from
-// the whole rows (adjusted_extra_candidates 0), seed for seed, with 32 extra candidates
-// (mostly decided) and 1 (more fetched), also for an n = 2 fork.
+// applied; when a biased token outside them could win (a +50 bias on a token far down the
+// row), with its logit gathered after the step; when too many could (a repetition penalty
+// below 1 lifting the prompt's tokens), from the row fetched after the step. The tokens and
+// logprobs are those drawn from the whole rows (adjusted_extra_candidates 0), seed for seed,
+// with 32 extra candidates and with 1, also for an n = 2 fork.
 TEST_F(EngineTest, BiasedAndPenalisedRowsDrawTheWholeRowsTokens) {
   const std::vector<Reference> refs = LoadReferences();
-  constexpr int kRequests = 6;
+  constexpr int kRequests = 7;
   constexpr int kSequences = kRequests + 1;  // request 2 forks n = 2
   constexpr int kTokens = 16;
   struct Run {
@@ -664,6 +665,7 @@ TEST_F(EngineTest, BiasedAndPenalisedRowsDrawTheWholeRowsTokens) {
     std::vector<int32_t> top_k_steps;
     int64_t decided = 0;
     int64_t fetched = 0;
+    int64_t gathered = 0;
   };
   auto run = [&](int32_t extra) {
     testing::RecordingStepRunner runner(*loaded_.runner);
@@ -702,8 +704,13 @@ TEST_F(EngineTest, BiasedAndPenalisedRowsDrawTheWholeRowsTokens) {
           s.top_k = 10;
           s.logit_bias = {{refs[4].tokens[0], 5.0f}, {1234, 50.0f}};
           break;
-        default:  // greedy, encouraging repetition
+        case 5:  // greedy, encouraging repetition
           s.presence_penalty = -1.0f;
+          break;
+        default:  // top-k 5, repetition below 1: the prompt's tokens rise
+          s.temperature = 0.9f;
+          s.top_k = 5;
+          s.repetition_penalty = 0.5f;
           break;
       }
       auto stream = engine->Submit(r);
@@ -721,9 +728,11 @@ TEST_F(EngineTest, BiasedAndPenalisedRowsDrawTheWholeRowsTokens) {
     result.top_k_steps = runner.top_k_steps();
     const EngineLoad load = engine->GetLoad();
     EXPECT_EQ(load.num_sampled_rows_fetched, runner.num_logits_rows_copied());
+    EXPECT_EQ(load.num_sampled_rows_gathered, runner.num_logits_gathers());
     EXPECT_EQ(load.num_nucleus_rows_decided, 0);
     result.decided = load.num_adjusted_rows_decided;
     result.fetched = load.num_sampled_rows_fetched;
+    result.gathered = load.num_sampled_rows_gathered;
     engine.reset();
     return result;
   };
@@ -751,11 +760,13 @@ TEST_F(EngineTest, BiasedAndPenalisedRowsDrawTheWholeRowsTokens) {
   // k: greedy's 1 + 32 → 64, top-k 40 + 32 → 128 (20 + 32, 10 + 32 → 64).
   EXPECT_GE(many.top_k_steps.size(), static_cast<size_t>(kTokens));
   for (int32_t k : many.top_k_steps) EXPECT_TRUE(k == 64 || k == 128) << k;
-  // Request 4's row is fetched until its +50 token, repeated, is among the candidates; most
-  // others are decided by 32 extra candidates, fewer by 1.
-  EXPECT_GT(many.fetched, 0);
+  // Nearly all rows are decided; request 4's gathering its +50 token's logit until that
+  // token, repeated, is among the candidates; request 6's fetched now and then.
   EXPECT_GT(many.decided, kSequences * kTokens * 2 / 3);
-  EXPECT_GT(one.fetched, many.fetched);
+  EXPECT_GT(many.gathered, 0);
+  EXPECT_GT(one.gathered, 0);
+  EXPECT_GT(many.fetched + one.fetched, 0);
+  EXPECT_EQ(whole.gathered, 0);
   // The penalties act: request 0's greedy tokens are not plain greedy decoding's.
   EXPECT_NE(whole.tokens[0],
             std::vector<int32_t>(refs[0].tokens.begin(), refs[0].tokens.begin() + kTokens));

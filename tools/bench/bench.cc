@@ -87,6 +87,7 @@ struct Sample {
   int64_t nucleus_rows_decided = 0;   // rows without top-k sampled from their candidates
   int64_t adjusted_rows_decided = 0;  // penalised greedy or top-k rows, from candidates
   int64_t rows_fetched = 0;           // rows fetched after their step instead
+  int64_t rows_gathered = 0;          // penalised rows that gathered a few logits to decide
 };
 
 struct Stats {
@@ -162,6 +163,7 @@ absl::StatusOr<Sample> RunOnce(server::LoadedModel& loaded, int32_t batch, int32
   s.nucleus_rows_decided = c.num_nucleus_rows_decided;
   s.adjusted_rows_decided = c.num_adjusted_rows_decided;
   s.rows_fetched = c.num_rows_fetched;
+  s.rows_gathered = c.num_rows_gathered;
   return s;
 }
 
@@ -294,7 +296,8 @@ int RunBenchCommand() {
     if (last.nucleus_rows_decided + last.adjusted_rows_decided + last.rows_fetched > 0) {
       nucleus_notes += absl::StrCat("  batch ", batch, ": ", last.nucleus_rows_decided,
                                     " rows without top-k and ", last.adjusted_rows_decided,
-                                    " penalised rows sampled from their candidates, ",
+                                    " penalised rows sampled from their candidates (",
+                                    last.rows_gathered, " of those with a few gathered logits), ",
                                     last.rows_fetched, " fetched whole after their step\n");
     }
     json["results"].push_back({{"batch", batch},
@@ -308,6 +311,7 @@ int RunBenchCommand() {
                                {"nucleus_rows_decided", last.nucleus_rows_decided},
                                {"adjusted_rows_decided", last.adjusted_rows_decided},
                                {"rows_fetched", last.rows_fetched},
+                               {"rows_gathered", last.rows_gathered},
                                {"repetitions", reps}});
   }
   if (!nucleus_notes.empty()) {
