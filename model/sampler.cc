@@ -95,6 +95,19 @@ void SelectTopK(std::span<const float> values, size_t k,
   for (const auto& entry : *heap) ids->push_back(entry.second);
 }
 
+// The entries of `ids` and `values` at `positions` (increasing), into `kept_ids` and
+// `kept_values` (resized): a selection of candidates, still in id order.
+void KeepPositions(std::span<const int32_t> positions, std::span<const int32_t> ids,
+                   std::span<const float> values, std::vector<int32_t>* kept_ids,
+                   std::vector<float>* kept_values) {
+  kept_ids->resize(positions.size());
+  kept_values->resize(positions.size());
+  for (size_t i = 0; i < positions.size(); ++i) {
+    (*kept_ids)[i] = ids[positions[i]];
+    (*kept_values)[i] = values[positions[i]];
+  }
+}
+
 // A strict total order on positions into `z` (in id order), most likely first, ties to the
 // lower position: the sorts that use it give the same sequence on every standard library.
 auto MoreLikelyOrder(std::span<const float> z) {
@@ -649,12 +662,7 @@ Sampler::SampleResult Sampler::SampleFromCandidates(std::span<const int32_t> ids
   }
   std::vector<int32_t>& kept_ids = scratch.ids;
   std::vector<float>& kept_logits = scratch.candidate_logits;
-  kept_ids.resize(order.size());
-  kept_logits.resize(order.size());
-  for (size_t i = 0; i < order.size(); ++i) {
-    kept_ids[i] = ids[order[i]];
-    kept_logits[i] = logits[order[i]];
-  }
+  KeepPositions(order, ids, logits, &kept_ids, &kept_logits);
   return result_for(DrawFromCandidates(kept_ids, kept_logits));
 }
 
@@ -821,12 +829,7 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleAdjusted(
   std::sort(order.begin(), order.end());
   std::vector<int32_t>& kept_ids = scratch.ids;
   std::vector<float>& kept_logits = scratch.candidate_logits;
-  kept_ids.resize(order.size());
-  kept_logits.resize(order.size());
-  for (size_t i = 0; i < order.size(); ++i) {
-    kept_ids[i] = ids[order[i]];
-    kept_logits[i] = z[order[i]];
-  }
+  KeepPositions(order, ids, z, &kept_ids, &kept_logits);
   int32_t token;
   if (is_greedy_) {
     token = kept_ids.empty() ? 0 : kept_ids[0];  // nothing above -inf: ArgMax's token 0
