@@ -191,6 +191,8 @@ Sampler::Sampler(const SamplingParams& params, int32_t vocab_size, uint64_t defa
       tracks_prompt_(params.repetition_penalty != 1.0f),
       tracks_output_(params.repetition_penalty != 1.0f || params.presence_penalty != 0.0f ||
                      params.frequency_penalty != 0.0f),
+      penalties_can_raise_(params.repetition_penalty < 1.0f || params.presence_penalty < 0.0f ||
+                           params.frequency_penalty < 0.0f),
       sorted_bias_(params.logit_bias),
       rng_(params.seed.value_or(default_seed)) {
   CHECK(ValidateSamplingParams(params, vocab_size).ok());
@@ -296,8 +298,13 @@ float Sampler::AdjustedBound(float raw_bound, std::span<const int32_t> ids,
     if (outside(token)) bound = std::max(bound, AdjustedLogit(token, raw_bound));
   }
   if (!tracks_output_) return bound;
-  for (const auto& [token, count] : output_counts_) {
-    if (outside(token)) bound = std::max(bound, AdjustedLogit(token, raw_bound));
+  // Generated tokens without a bias end at most at raw_bound unless a penalty can raise
+  // them (x / r <= x and x * r <= x for r >= 1, in float too); then each its own. (The
+  // history grows with the output: the common case needs no walk over it.)
+  if (penalties_can_raise_) {
+    for (const auto& [token, count] : output_counts_) {
+      if (outside(token)) bound = std::max(bound, AdjustedLogit(token, raw_bound));
+    }
   }
   // Prompt tokens neither biased nor generated all take one rule: repetition alone (a bound
   // also when every one of them is a candidate).
@@ -876,7 +883,7 @@ std::vector<int32_t> Sampler::AdjustedSuspects(std::span<const int32_t> ids,
     }
   };
   for (const auto& [token, bias] : sorted_bias_) consider(token);
-  if (tracks_output_) {
+  if (penalties_can_raise_) {  // else no unbiased generated token ends above raw_bound
     for (const auto& [token, count] : output_counts_) consider(token);
   }
   std::sort(suspects.begin(), suspects.end());

@@ -309,6 +309,10 @@ class Sampler {
   // Whether any history-dependent penalty is on; when not, no history is stored.
   const bool tracks_prompt_;  // repetition_penalty != 1.
   const bool tracks_output_;  // any of the three penalties on.
+  // Whether a penalty can raise a logit (repetition below 1, a negative frequency or presence
+  // penalty): only then can a generated token outside a row's candidates beat its least
+  // likely one without a bias.
+  const bool penalties_can_raise_;
   // params_.logit_bias sorted by token id (AdjustedLogit's lookup).
   std::vector<std::pair<int32_t, float>> sorted_bias_;
   std::mt19937_64 rng_;
