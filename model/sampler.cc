@@ -694,69 +694,82 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleNucleus(std::span<const i
   CHECK(requested >= 1 && ids.size() <= static_cast<size_t>(requested));
   CHECK(!report_logprobs_ || (normalizer != nullptr && requested >= params_.num_logprobs));
   CheckCandidates(ids, logits);
-  const std::optional<int32_t> token = TryDrawNucleus(ids, logits, requested, weight_sum);
+  NucleusOutside outside;
+  outside.none = ids.size() < static_cast<size_t>(requested);
+  if (!outside.none) outside.max_z = *std::min_element(logits.begin(), logits.end());
+  const std::optional<int32_t> token =
+      TryDrawNucleus(ids, logits, outside, weight_sum, kNucleusSumTolerance);
   if (!token.has_value()) return std::nullopt;
   return ResultFromCandidates(ids, logits, normalizer, *token);
 }
 
 std::optional<int32_t> Sampler::TryDrawNucleus(std::span<const int32_t> ids,
-                                               std::span<const float> logits, int32_t requested,
-                                               double weight_sum) {
-  if (ids.size() < static_cast<size_t>(requested)) {
-    // Every token above -inf: Sample()'s candidates themselves.
-    return DrawFromCandidates(ids, logits);
-  }
-  // The candidates' weights as CandidateProbabilities computes them (step 3).
+                                               std::span<const float> z,
+                                               const NucleusOutside& outside, double weight_sum,
+                                               double sum_tolerance) {
+  // Every token above -inf: Sample()'s candidates themselves.
+  if (outside.none) return DrawFromCandidates(ids, z);
   const size_t n = ids.size();
+  if (n == 0) return std::nullopt;
+  // The row's largest processed logit must be a given one (it sets every weight).
+  const float z_max = *std::max_element(z.begin(), z.end());
+  if (!(z_max > outside.max_z || (outside.ties_rank_after && z_max == outside.max_z))) {
+    return std::nullopt;
+  }
+  // The given tokens' weights as CandidateProbabilities computes them (step 3), and the
+  // largest weight a token outside can have.
   Scratch& scratch = ThreadScratch();
   std::vector<float>& w = scratch.candidate_probs;
-  TemperatureWeights(logits, &w);
+  TemperatureWeights(z, &w);
+  const float outside_weight = z_max == kPosInf
+                                   ? (outside.max_z == kPosInf ? 1.0f : 0.0f)
+                                   : std::exp((outside.max_z - z_max) / params_.temperature);
   if (DrawsByBinade()) {
     // No cut: Sample() finds u times the row's weight sum, a target in [low, high], in the
-    // binade walk. The binades heavier than the least likely candidate's are complete here.
-    int complete = 0;
-    for (float x : w) complete = std::max(complete, BinadeOf(x));
+    // binade walk. The binades heavier than the heaviest weight outside are complete here.
     const double u = PeekUniform();
     const std::optional<size_t> drawn =
-        BinadeStepHolding(w, complete, u * weight_sum * (1.0 - kNucleusSumTolerance),
-                          u * weight_sum * (1.0 + kNucleusSumTolerance));
+        BinadeStepHolding(w, BinadeOf(outside_weight), u * weight_sum * (1.0 - sum_tolerance),
+                          u * weight_sum * (1.0 + sum_tolerance));
     if (!drawn.has_value()) return std::nullopt;
     NextUniform();
     return ids[*drawn];
   }
-  // Top-p or min-p: most likely first.
+  // Top-p or min-p: most likely first. The first `ranked` of that order rank before every
+  // token outside.
   std::vector<int32_t>& order = scratch.order;
   order.resize(n);
   std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), MoreLikelyOrder(logits));
-  size_t keep = n;  // the nucleus: the `keep` most likely
+  std::sort(order.begin(), order.end(), MoreLikelyOrder(z));
+  size_t ranked = 0;
+  while (ranked < n && (z[order[ranked]] > outside.max_z ||
+                        (outside.ties_rank_after && z[order[ranked]] == outside.max_z))) {
+    ++ranked;
+  }
   if (params_.top_p < 1.0f) {
     // The whole row's threshold, top_p times its weight sum, lies in [low, high]; the nucleus
     // is decided when one prefix reaches high and the one before it stays below low.
-    const double low =
-        static_cast<double>(params_.top_p) * weight_sum * (1.0 - kNucleusSumTolerance);
-    const double high =
-        static_cast<double>(params_.top_p) * weight_sum * (1.0 + kNucleusSumTolerance);
+    const double low = static_cast<double>(params_.top_p) * weight_sum * (1.0 - sum_tolerance);
+    const double high = static_cast<double>(params_.top_p) * weight_sum * (1.0 + sum_tolerance);
     double cumulative = 0.0;
-    size_t reaches_low = n;
-    size_t reaches_high = n;
-    for (size_t i = 0; i < n; ++i) {
+    size_t reaches_low = ranked;
+    size_t reaches_high = ranked;
+    for (size_t i = 0; i < ranked; ++i) {
       cumulative += w[order[i]];  // in Sample()'s order and arithmetic
-      if (reaches_low == n && cumulative >= low) reaches_low = i;
+      if (reaches_low == ranked && cumulative >= low) reaches_low = i;
       if (cumulative >= high) {
         reaches_high = i;
         break;
       }
     }
-    if (reaches_high == n || reaches_low != reaches_high) return std::nullopt;
-    keep = reaches_high + 1;
-    for (size_t i = keep; i < n; ++i) w[order[i]] = 0.0f;
-  } else if (w[order[n - 1]] >= params_.min_p) {
-    // No nucleus cut: min-p's survivors may go on past the least likely candidate.
+    if (reaches_high == ranked || reaches_low != reaches_high) return std::nullopt;
+    for (size_t i = reaches_high + 1; i < n; ++i) w[order[i]] = 0.0f;
+  } else if (outside_weight >= params_.min_p) {
+    // No nucleus cut: min-p's survivors may go on past the given tokens.
     return std::nullopt;
   }
-  // Step 6 and the renormalisation over the survivors, all among the candidates: the sums in
-  // id order are Sample()'s (the tokens it zeroes add nothing).
+  // Step 6 and the renormalisation over the survivors, all among the given tokens: the sums
+  // in id order are Sample()'s (the tokens it zeroes add nothing).
   MinPAndRenormalise(w);
   return ids[DrawIndex(w)];
 }
@@ -797,22 +810,7 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleAdjusted(
   std::vector<int32_t> known_ids;
   std::vector<float> known_logits;
   if (!gathered_ids.empty()) {
-    size_t c = 0;
-    for (size_t g = 0; g <= gathered_ids.size(); ++g) {
-      const int32_t next = g < gathered_ids.size() ? gathered_ids[g] : vocab_size_;
-      CHECK(next >= 0 && next <= vocab_size_ && (g == 0 || gathered_ids[g - 1] < next));
-      for (; c < ids.size() && ids[c] < next; ++c) {
-        known_ids.push_back(ids[c]);
-        known_logits.push_back(logits[c]);
-      }
-      if (g == gathered_ids.size()) break;
-      CHECK(c == ids.size() || ids[c] != next);  // disjoint from the candidates
-      const float x = NanToNegInf(gathered_logits[g]);
-      if (x != kNegInf) {
-        known_ids.push_back(next);
-        known_logits.push_back(x);
-      }
-    }
+    MergeKnown(ids, logits, gathered_ids, gathered_logits, &known_ids, &known_logits);
     ids = known_ids;
     logits = known_logits;
   }
@@ -846,6 +844,122 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleAdjusted(
   }
   // The known tokens include the row's top `requested` by raw logit: the logprobs' too.
   return ResultFromCandidates(ids, logits, normalizer, token);
+}
+
+void Sampler::MergeKnown(std::span<const int32_t> ids, std::span<const float> logits,
+                         std::span<const int32_t> gathered_ids,
+                         std::span<const float> gathered_logits, std::vector<int32_t>* known_ids,
+                         std::vector<float>* known_logits) const {
+  CHECK(gathered_ids.size() == gathered_logits.size());
+  known_ids->clear();
+  known_logits->clear();
+  size_t c = 0;
+  for (size_t g = 0; g <= gathered_ids.size(); ++g) {
+    const int32_t next = g < gathered_ids.size() ? gathered_ids[g] : vocab_size_;
+    CHECK(next >= 0 && next <= vocab_size_ && (g == 0 || gathered_ids[g - 1] < next));
+    for (; c < ids.size() && ids[c] < next; ++c) {
+      known_ids->push_back(ids[c]);
+      known_logits->push_back(logits[c]);
+    }
+    if (g == gathered_ids.size()) break;
+    CHECK(c == ids.size() || ids[c] != next);  // disjoint from the candidates
+    const float x = NanToNegInf(gathered_logits[g]);
+    if (x != kNegInf) {
+      known_ids->push_back(next);
+      known_logits->push_back(x);
+    }
+  }
+}
+
+bool Sampler::SamplesAdjustedNucleus(const SamplingParams& params, int32_t vocab_size) {
+  return !NoBiasOrPenalties(params) && params.temperature >= kGreedyTemperatureEpsilon &&
+         !(params.top_k > 0 && params.top_k < vocab_size);
+}
+
+std::vector<int32_t> Sampler::AdjustedNucleusGathers(std::span<const int32_t> ids,
+                                                     int32_t requested) const {
+  CHECK(SamplesAdjustedNucleus(params_, vocab_size_));
+  std::vector<int32_t> gathers;
+  if (ids.size() < static_cast<size_t>(requested)) return gathers;
+  auto add = [&](int32_t token) {
+    if (!std::binary_search(ids.begin(), ids.end(), token)) gathers.push_back(token);
+  };
+  for (const auto& [token, bias] : sorted_bias_) add(token);
+  for (const auto& [token, count] : output_counts_) add(token);
+  for (int32_t token : prompt_tokens_) add(token);
+  std::sort(gathers.begin(), gathers.end());
+  gathers.erase(std::unique(gathers.begin(), gathers.end()), gathers.end());
+  return gathers;
+}
+
+std::optional<Sampler::SampleResult> Sampler::TrySampleAdjustedNucleus(
+    std::span<const int32_t> ids, std::span<const float> logits, int32_t requested, float row_max,
+    double weight_sum, const RowNormalizer* normalizer, std::span<const int32_t> gathered_ids,
+    std::span<const float> gathered_logits) {
+  CHECK(SamplesAdjustedNucleus(params_, vocab_size_));
+  CHECK(requested >= 1 && ids.size() <= static_cast<size_t>(requested));
+  CHECK(!report_logprobs_ || (normalizer != nullptr && requested >= params_.num_logprobs));
+  CheckCandidates(ids, logits);
+  NucleusOutside outside;
+  outside.none = ids.size() < static_cast<size_t>(requested);
+  if (!outside.none) {
+    // Every token outside must be untouched (its raw logit at most the least likely
+    // candidate's, and its weight in the raw sum unchanged): the touched ones gathered.
+    const std::vector<int32_t> needed = AdjustedNucleusGathers(ids, requested);
+    for (int32_t token : needed) {
+      if (!std::binary_search(gathered_ids.begin(), gathered_ids.end(), token)) {
+        return std::nullopt;
+      }
+    }
+    outside.max_z = *std::min_element(logits.begin(), logits.end());
+    outside.ties_rank_after = false;  // a touched known token may tie an untouched one
+  }
+  // The known tokens: raw logits, then processed (steps 1–2), those above -inf drawn from.
+  std::vector<int32_t> known_ids;
+  std::vector<float> known_logits;
+  MergeKnown(ids, logits, gathered_ids, gathered_logits, &known_ids, &known_logits);
+  std::vector<int32_t> drawn_ids;
+  std::vector<float> z;
+  for (size_t i = 0; i < known_ids.size(); ++i) {
+    const float processed = AdjustedLogit(known_ids[i], known_logits[i]);
+    if (processed == kNegInf) continue;
+    drawn_ids.push_back(known_ids[i]);
+    z.push_back(processed);
+  }
+  double processed_sum = 0.0;
+  double tolerance = kNucleusSumTolerance;
+  if (!outside.none) {
+    // The processed row's weight sum at its own maximum z_max: the untouched rest's raw sum
+    // (the raw sum less the known tokens' raw weights) rescaled by exp((row_max - z_max) / T),
+    // plus the known tokens' processed weights. The rest's error grows with what was taken
+    // out (the raw sum's tolerance, absolute) and by the exponent's rounding at the other
+    // maximum (each weight within ~1e-7 of |exponent| relative; 1e-5 of the rest covers
+    // exponents to ~100).
+    if (z.empty() || !std::isfinite(row_max)) return std::nullopt;
+    const float z_max = *std::max_element(z.begin(), z.end());
+    if (!std::isfinite(z_max)) return std::nullopt;
+    const double temperature = params_.temperature;
+    double known_raw = 0.0;
+    for (float x : known_logits) {
+      known_raw += static_cast<double>(std::exp((x - row_max) / params_.temperature));
+    }
+    const double rest = std::max(0.0, weight_sum - known_raw);
+    const double scale = std::exp((static_cast<double>(row_max) - z_max) / temperature);
+    std::vector<float> w;
+    TemperatureWeights(z, &w);
+    const double known_processed = SumInIdOrder(w);
+    processed_sum = scale * rest + known_processed;
+    const double error = scale * (kNucleusSumTolerance * weight_sum + 1e-5 * rest);
+    if (!std::isfinite(processed_sum) || !std::isfinite(error) || processed_sum <= 0.0) {
+      return std::nullopt;
+    }
+    tolerance = error / processed_sum + 1e-12;
+    if (tolerance > 1e-3) return std::nullopt;  // too loose to decide anything
+  }
+  const std::optional<int32_t> token =
+      TryDrawNucleus(drawn_ids, z, outside, processed_sum, tolerance);
+  if (!token.has_value()) return std::nullopt;
+  return ResultFromCandidates(known_ids, known_logits, normalizer, *token);
 }
 
 std::vector<int32_t> Sampler::AdjustedSuspects(std::span<const int32_t> ids,

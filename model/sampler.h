@@ -42,8 +42,11 @@
 // from the row's 50 candidates alone (SampleFromCandidates) ≈ 1 µs, greedy with 5 top
 // logprobs from 5 candidates and the row's normalizer ≈ 0.1 µs (≈ 1 ms from the whole row),
 // plain temperature or top-p from 256 candidates and the row's weight sum (TrySampleNucleus)
-// ≈ 2–3 µs; greedy or top-k 50 with a repetition penalty over a 1100-token history ≈ 0.15–0.2 ms
-// from the whole row, ≈ 1–3 µs from 64 or 128 candidates (TrySampleAdjusted).
+// ≈ 2–3 µs; greedy or top-k 50 with a repetition penalty over a 1100-token history
+// ≈ 0.15–0.2 ms from the whole row, ≈ 0.5–3 µs from 64 or 128 candidates (TrySampleAdjusted);
+// top-p 0.9 or plain temperature with that penalty ≈ 0.85–4.4 ms from the whole row,
+// ≈ 0.14–0.25 ms from 256 candidates and the ~1100 penalised tokens' gathered logits
+// (TrySampleAdjustedNucleus).
 // Scratch buffers are thread_local, so memory per Sampler is O(#distinct history tokens), not
 // O(V).
 #ifndef GLIMPSE_MODEL_SAMPLER_H_
@@ -235,6 +238,32 @@ class Sampler {
   // penalty below 1 could reach the top k: only the whole row decides) or not needed.
   std::vector<int32_t> AdjustedSuspects(std::span<const int32_t> ids, std::span<const float> logits,
                                         int32_t requested) const;
+  // Whether Sample() of these params draws from a nucleus over the whole vocabulary (no
+  // top-k; top-p, min-p or plain temperature) after a logit bias or penalties. Such a row is
+  // decided by its most likely raw entries, the row's raw weight sum and the raw logits of
+  // every biased or penalised token among the rest (TrySampleAdjustedNucleus).
+  static bool SamplesAdjustedNucleus(const SamplingParams& params, int32_t vocab_size);
+  // The tokens an adjusted nucleus row needs the raw logits of besides its candidates `ids`
+  // (increasing; `requested` asked for): every biased, generated or (under a repetition
+  // penalty) prompt token outside them, in increasing id order; none when the candidates are
+  // every token above -inf.
+  std::vector<int32_t> AdjustedNucleusGathers(std::span<const int32_t> ids,
+                                              int32_t requested) const;
+  // Sample()'s result for an adjusted nucleus row (SamplesAdjustedNucleus) known by its most
+  // likely raw entries (`ids`, `logits`, `requested` as TrySampleNucleus takes them), the
+  // row's largest raw logit `row_max` and `weight_sum`, its sum over raw values x above -inf
+  // of exp((x - row_max) / temperature) within kNucleusSumTolerance, with logprobs its
+  // `normalizer`, and the raw logits of its AdjustedNucleusGathers (`gathered_ids`,
+  // `gathered_logits`: any values). Bias and penalties act on those known tokens; every
+  // other token is untouched, so the processed row's weight sum is the raw one with the known
+  // tokens' raw weights taken out and their processed weights put in (to a tolerance that
+  // grows as they take more of the raw sum). When that decides the draw as TrySampleNucleus
+  // would, the same token, logprobs and one RNG draw as Sample(); otherwise nullopt without
+  // drawing.
+  std::optional<SampleResult> TrySampleAdjustedNucleus(
+      std::span<const int32_t> ids, std::span<const float> logits, int32_t requested, float row_max,
+      double weight_sum, const RowNormalizer* normalizer, std::span<const int32_t> gathered_ids,
+      std::span<const float> gathered_logits);
   const SamplingParams& params() const { return params_; }
   int32_t vocab_size() const { return vocab_size_; }
 
@@ -258,6 +287,11 @@ class Sampler {
                       std::span<const int32_t> gathered_ids) const;
   // The top k an adjusted row keeps (1 when greedy).
   size_t AdjustedTopK() const;
+  // The candidates `ids`/`logits` and the gathered tokens above -inf (NaN as -inf; ids
+  // increasing, none of `ids`; CHECKed), merged in id order into `known_ids`/`known_logits`.
+  void MergeKnown(std::span<const int32_t> ids, std::span<const float> logits,
+                  std::span<const int32_t> gathered_ids, std::span<const float> gathered_logits,
+                  std::vector<int32_t>* known_ids, std::vector<float>* known_logits) const;
   // Steps 1–2 in place on `logits` ([vocab_size], NaN already mapped to -inf).
   void ApplyBiasAndPenalties(std::span<const int32_t> pending_tokens,
                              std::span<float> logits) const;
@@ -273,10 +307,22 @@ class Sampler {
   // ResultForToken's given the row's `normalizer`, else the token alone (normalizer ignored).
   SampleResult ResultFromCandidates(std::span<const int32_t> ids, std::span<const float> logits,
                                     const RowNormalizer* normalizer, int32_t token) const;
-  // TrySampleNucleus's token: the draw (one) when the candidates decide it, else nullopt
-  // without drawing.
-  std::optional<int32_t> TryDrawNucleus(std::span<const int32_t> ids, std::span<const float> logits,
-                                        int32_t requested, double weight_sum);
+  // What TryDrawNucleus knows of the tokens it is not given.
+  struct NucleusOutside {
+    // No token outside is above -inf: the given ones are Sample()'s candidates themselves.
+    bool none = false;
+    // Else every one of them has a processed logit at most `max_z`; `ties_rank_after`: one
+    // equal to a given token's ranks after it (a raw row's top-k order), else may rank before.
+    float max_z = 0.0f;
+    bool ties_rank_after = true;
+  };
+  // A nucleus draw decided by known tokens: `ids` (increasing) and their processed logits `z`
+  // (above -inf), the row's sum of weights exp((z - max z) / T) `weight_sum` within relative
+  // `sum_tolerance`, and `outside`. The draw (one) when they decide it, else nullopt without
+  // drawing.
+  std::optional<int32_t> TryDrawNucleus(std::span<const int32_t> ids, std::span<const float> z,
+                                        const NucleusOutside& outside, double weight_sum,
+                                        double sum_tolerance);
   // Steps 1, 2 and 4 of a non-greedy sample: the tokens that can be drawn (the top_k, or every
   // token above -inf), in increasing id order, and their processed logits.
   void Candidates(std::span<const float> logits, std::span<const int32_t> pending_tokens,

@@ -5,7 +5,8 @@
 // row's candidates alone (SampleFromCandidates, what a device top-k step leaves: top-k
 // sampling, and greedy with top logprobs given the row's normalizer; TrySampleNucleus for top-p
 // and plain temperature without top-k, given the row's weight sum; TrySampleAdjusted for greedy
-// and top-k with a repetition penalty over a 1000-token history). Prints tables.
+// and top-k with a repetition penalty over a 1100-token history; TrySampleAdjustedNucleus for
+// top-p and plain temperature with one). Prints tables.
 //
 //   bazel run -c opt //model:sampler_bench [-- VOCAB [CALLS]]
 #include <algorithm>
@@ -159,6 +160,49 @@ void AdjustedMedianMicros(const SamplingParams& params, const std::vector<std::v
   *decided = static_cast<double>(hits) / calls;
 }
 
+// Median microseconds per Sample (whole row) and per TrySampleAdjustedNucleus from `count`
+// candidates, the row's weight sum and its gathered logits (gathered outside the timing), with
+// WithHistory's history; `decided` gets the fraction decided, `gathers` the mean gathered.
+void AdjustedNucleusMedianMicros(const SamplingParams& params,
+                                 const std::vector<std::vector<float>>& rows, int32_t count,
+                                 int calls, double* whole, double* adjusted, double* decided,
+                                 double* gathers) {
+  const int32_t vocab = static_cast<int32_t>(rows[0].size());
+  std::unique_ptr<Sampler> sampler = WithHistory(params, vocab);
+  std::vector<Candidates> candidates;
+  std::vector<std::vector<int32_t>> gather_ids;
+  std::vector<std::vector<float>> gathered;
+  std::vector<float> maxes;
+  std::vector<double> sums;
+  *gathers = 0;
+  for (const auto& row : rows) {
+    candidates.push_back(MostLikely(row, count));
+    gather_ids.push_back(sampler->AdjustedNucleusGathers(candidates.back().ids, count));
+    gathered.emplace_back();
+    for (int32_t t : gather_ids.back()) gathered.back().push_back(row[t]);
+    *gathers += static_cast<double>(gather_ids.back().size()) / rows.size();
+    maxes.push_back(*std::max_element(row.begin(), row.end()));
+    double sum = 0;
+    for (float x : row) sum += std::exp((x - maxes.back()) / params.temperature);
+    sums.push_back(sum);
+  }
+  int32_t sink = 0;
+  *whole =
+      MedianMicros(calls, [&](int i) { sink += sampler->Sample(rows[i % rows.size()]).token; });
+  int hits = 0;
+  *adjusted = MedianMicros(calls, [&](int i) {
+    const size_t r = i % rows.size();
+    hits +=
+        sampler->TrySampleAdjustedNucleus(candidates[r].ids, candidates[r].values, count, maxes[r],
+                                          sums[r], nullptr, gather_ids[r], gathered[r])
+                .has_value()
+            ? 1
+            : 0;
+  });
+  if (sink == -1) std::printf(" ");
+  *decided = static_cast<double>(hits) / calls;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -258,6 +302,33 @@ int main(int argc, char** argv) {
       AdjustedMedianMicros(a.params, rows, a.count, calls, &whole, &adjusted, &decided);
       std::printf("%-22s %10s %16.1f %16.2f %8.0f   (%.0f%% decided)\n", a.name, "no", whole,
                   adjusted, whole / adjusted, 100.0 * decided);
+    }
+    // Top-p 0.9 and plain temperature 1 with a repetition penalty of 1.2 over that history,
+    // from 256 candidates, the weight sum and the raw logits of the ~1100 prompt and output
+    // tokens among the rest (TrySampleAdjustedNucleus).
+    SamplingParams top_p_penalised = top_p;
+    top_p_penalised.repetition_penalty = 1.2f;
+    SamplingParams plain_penalised = settings[2].params;
+    plain_penalised.repetition_penalty = 1.2f;
+    const struct {
+      const char* name;
+      SamplingParams params;
+    } adjusted_nucleus_settings[] = {{"top-p rep 1.2 (256)", top_p_penalised},
+                                     {"temp. 1 rep 1.2 (256)", plain_penalised}};
+    for (const auto& a : adjusted_nucleus_settings) {
+      for (const float scale : {1.0f, 4.0f}) {
+        std::vector<std::vector<float>> scaled = rows;
+        for (auto& row : scaled) {
+          for (float& x : row) x *= scale;
+        }
+        double whole = 0, adjusted = 0, decided = 0, gathers = 0;
+        AdjustedNucleusMedianMicros(a.params, scaled, 256, calls, &whole, &adjusted, &decided,
+                                    &gathers);
+        std::printf(
+            "%-22s %10s %16.1f %16.2f %8.0f   (logits x%.0f: %.0f%% decided, %.0f "
+            "gathered)\n",
+            a.name, "no", whole, adjusted, whole / adjusted, scale, 100.0 * decided, gathers);
+      }
     }
   }
 

@@ -9,6 +9,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <span>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -1257,6 +1258,120 @@ TEST(SamplerTest, TrySampleAdjustedDeclinesWhenATokenOutsideCouldWin) {
       boosted.TrySampleAdjusted(ids, values, 3, nullptr);
   ASSERT_TRUE(all.has_value());
   EXPECT_EQ(all->token, 90);
+}
+
+// A nucleus row (top-p, min-p or plain temperature) with a logit bias or penalties, given
+// its 256 most likely raw entries, its raw row maximum and weight sum (perturbed within the
+// sum's tolerance) and the raw logits of AdjustedNucleusGathers: TrySampleAdjustedNucleus
+// returns Sample()'s token and logprobs bitwise (given NormalizerOf's normalizer) with as many
+// RNG draws, or declines without drawing. Flat and peaked rows, NaN and -inf, fewer tokens
+// above -inf than asked for, a ban and a +30 bias, histories growing as samples are
+// accepted.
+TEST(SamplerTest, TrySampleAdjustedNucleusSamplesAsTheWholeRowOrDeclines) {
+  constexpr int32_t kVocab = 3000;
+  constexpr int32_t kRequested = 256;
+  std::vector<SamplingParams> grid;
+  for (const float temperature : {0.7f, 1.0f, 1.3f}) {
+    for (const auto& [top_p, min_p] :
+         {std::pair<float, float>{0.9f, 0.0f}, {1.0f, 0.05f}, {1.0f, 0.0f}}) {
+      for (int adjustment = 0; adjustment < 4; ++adjustment) {
+        SamplingParams params;
+        params.temperature = temperature;
+        params.top_p = top_p;
+        params.min_p = min_p;
+        switch (adjustment) {
+          case 0:
+            params.repetition_penalty = 1.2f;
+            break;
+          case 1:
+            params.frequency_penalty = 0.5f;
+            params.presence_penalty = 0.3f;
+            break;
+          case 2:
+            params.logit_bias = {{11, 5.0f}, {7, -kInf}, {50, -3.0f}};
+            break;
+          default:
+            params.logit_bias = {{2999, 30.0f}};
+            params.frequency_penalty = -0.5f;
+            params.num_logprobs = 3;
+            break;
+        }
+        grid.push_back(params);
+      }
+    }
+  }
+  std::mt19937_64 rng(31);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::uniform_int_distribution<int32_t> any_token(0, kVocab - 1);
+  int decided = 0;
+  int declined = 0;
+  for (size_t g = 0; g < grid.size(); ++g) {
+    const SamplingParams& params = grid[g];
+    ASSERT_TRUE(Sampler::SamplesAdjustedNucleus(params, kVocab));
+    ASSERT_FALSE(Sampler::SamplesNucleus(params, kVocab));
+    const bool logprobs = params.num_logprobs > 0;
+    Sampler whole(params, kVocab, /*default_seed=*/g, logprobs);
+    Sampler top(params, kVocab, /*default_seed=*/g, logprobs);
+    std::vector<int32_t> prompt(200);
+    for (int32_t& t : prompt) t = any_token(rng);
+    whole.AddPromptTokens(prompt);
+    top.AddPromptTokens(prompt);
+    for (int step = 0; step < 24; ++step) {
+      std::vector<float> row(kVocab);
+      for (float& x : row) x = normal(rng) * (step % 2 == 0 ? 4.0f : 1.0f);
+      const int kind = step % 6;
+      if (kind == 1) {
+        for (int32_t i = 0; i < kVocab; i += 3) row[i] = -kInf;
+        for (int32_t i = 1; i < kVocab; i += 5) row[i] = std::nanf("");
+      } else if (kind == 3) {
+        for (float& x : row) x = -kInf;  // fewer tokens above -inf than asked for
+        row[11] = 2.0f;
+        row[prompt[0]] = 1.0f;
+        row[2999] = -1.0f;
+      } else if (kind == 4) {
+        row[prompt[1]] = 40.0f;  // a repeated token far on top
+      }
+      const auto [ids, values] = MostLikely(row, kRequested);
+      const std::vector<int32_t> gathers = top.AdjustedNucleusGathers(ids, kRequested);
+      std::vector<float> gathered;
+      for (int32_t t : gathers) gathered.push_back(row[t]);
+      float row_max = -kInf;
+      for (float x : row) row_max = x > row_max ? x : row_max;
+      double sum = WeightSum(row, params.temperature);
+      sum *= 1.0 + 0.9 * Sampler::kNucleusSumTolerance *
+                       std::uniform_real_distribution<double>(-1.0, 1.0)(rng);
+      const Sampler::RowNormalizer normalizer = Sampler::NormalizerOf(row);
+      const Sampler::SampleResult want = whole.Sample(row);
+      const std::string what = "params " + std::to_string(g) + " step " + std::to_string(step);
+      if (!gathers.empty()) {
+        // Without one of the gathered logits nothing is decided (and nothing drawn).
+        EXPECT_FALSE(top.TrySampleAdjustedNucleus(ids, values, kRequested, row_max, sum,
+                                                  &normalizer,
+                                                  std::span<const int32_t>(gathers).subspan(1),
+                                                  std::span<const float>(gathered).subspan(1))
+                         .has_value())
+            << what;
+      }
+      const std::optional<Sampler::SampleResult> got = top.TrySampleAdjustedNucleus(
+          ids, values, kRequested, row_max, sum, &normalizer, gathers, gathered);
+      if (got.has_value()) {
+        ++decided;
+        ASSERT_EQ(got->token, want.token) << what;
+        if (logprobs) {
+          EXPECT_EQ(got->logprob, want.logprob) << what;
+          EXPECT_EQ(got->top_logprobs, want.top_logprobs) << what;
+        }
+      } else {
+        ++declined;
+        ASSERT_EQ(top.Sample(row).token, want.token) << what << " (fallback)";
+      }
+      whole.Accept(want.token);
+      top.Accept(want.token);
+    }
+    EXPECT_EQ(whole.NextUniform(), top.NextUniform()) << "params " << g;
+  }
+  EXPECT_GT(decided, 700);
+  EXPECT_GT(declined, 10);
 }
 
 TEST(ValidateSamplingParamsTest, AcceptsDefaultsAndBoundaries) {
