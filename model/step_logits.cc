@@ -26,10 +26,13 @@ void StepLogits::AddRow(const SamplingParams& params, bool report_logprobs) {
   ++num_rows_;
   all_greedy_ = all_greedy_ && Sampler::IsPlainGreedy(params, report_logprobs);
   int32_t needed = Sampler::CandidatesNeeded(params, report_logprobs, vocab_size_);
-  const bool nucleus = needed == 0 && options_.nucleus_candidates > 0 &&
-                       options_.max_device_top_k > 0 &&
-                       Sampler::SamplesNucleus(params, vocab_size_);
-  if (nucleus) {
+  const bool nucleus_candidates =
+      needed == 0 && options_.nucleus_candidates > 0 && options_.max_device_top_k > 0;
+  const bool nucleus = nucleus_candidates && Sampler::SamplesNucleus(params, vocab_size_);
+  // With a logit bias or penalties: also the raw logits of the tokens those touch, gathered.
+  const bool adjusted_nucleus =
+      nucleus_candidates && Sampler::SamplesAdjustedNucleus(params, vocab_size_);
+  if (nucleus || adjusted_nucleus) {
     // At least the top logprobs too, when it reports them.
     needed = std::max(std::min(options_.nucleus_candidates, options_.max_device_top_k),
                       Sampler::LogprobCandidates(params, report_logprobs, vocab_size_));
@@ -44,10 +47,12 @@ void StepLogits::AddRow(const SamplingParams& params, bool report_logprobs) {
              options_.adjusted_extra_candidates;
   }
   candidates_ = needed == 0 || candidates_ == 0 ? 0 : std::max(candidates_, needed);
-  normalizers_ = normalizers_ || report_logprobs || nucleus;
-  normalizer_temperatures_.push_back(nucleus ? params.temperature : 1.0f);
-  row_kinds_.push_back(nucleus ? RowKind::kNucleus
-                               : (adjusted ? RowKind::kAdjusted : RowKind::kDecided));
+  normalizers_ = normalizers_ || report_logprobs || nucleus || adjusted_nucleus;
+  normalizer_temperatures_.push_back(nucleus || adjusted_nucleus ? params.temperature : 1.0f);
+  row_kinds_.push_back(nucleus            ? RowKind::kNucleus
+                       : adjusted_nucleus ? RowKind::kAdjustedNucleus
+                       : adjusted         ? RowKind::kAdjusted
+                                          : RowKind::kDecided);
 }
 
 void StepLogits::Finish() {
@@ -88,6 +93,7 @@ Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) {
     case Kind::kArgMax:
       return sampler.SampleArgMax(argmax_[row]);
     case Kind::kTopK: {
+      if (row_kinds_[row] == RowKind::kAdjustedNucleus) return SampleAdjustedNucleus(sampler, row);
       if (row_kinds_[row] == RowKind::kNucleus) {
         // The logprobs' normalizer: the weight sum itself at temperature 1, else the sum at 1
         // the step brought besides.
@@ -136,6 +142,27 @@ Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) {
   }
   const size_t vocab = static_cast<size_t>(vocab_size_);
   return sampler.Sample(std::span<const float>(logits_).subspan(row * vocab, vocab));
+}
+
+Sampler::SampleResult StepLogits::SampleAdjustedNucleus(Sampler& sampler, size_t row) {
+  const Sampler::RowNormalizer normalizer = {top_.row_max[row], top_.row_exp_sum_t1.empty()
+                                                                    ? top_.row_exp_sum[row]
+                                                                    : top_.row_exp_sum_t1[row]};
+  // The raw logits of every biased or penalised token outside the candidates, gathered.
+  const std::vector<int32_t> gathers = sampler.AdjustedNucleusGathers(top_.Ids(row), k_);
+  if (gathers.size() > kMaxGatheredLogits) return FetchAndSample(sampler, row);
+  gathered_.resize(gathers.size());
+  if (!gathers.empty()) {
+    ++rows_gathered_;
+    const absl::Status status = runner_->GatherStepLogits(row, gathers, gathered_.data());
+    CHECK(status.ok());
+  }
+  std::optional<Sampler::SampleResult> result =
+      sampler.TrySampleAdjustedNucleus(top_.Ids(row), top_.Logits(row), k_, top_.row_max[row],
+                                       top_.row_exp_sum[row], &normalizer, gathers, gathered_);
+  if (!result.has_value()) return FetchAndSample(sampler, row);
+  ++adjusted_decided_;
+  return *std::move(result);
 }
 
 Sampler::SampleResult StepLogits::FetchAndSample(Sampler& sampler, size_t row) {

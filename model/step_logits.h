@@ -14,7 +14,9 @@
 // and weight sum; an adjusted row (greedy or top-k with a logit bias or penalties;
 // Sampler::SamplesAdjustedTopK) by its candidates once the bias and penalties are applied to
 // them, or else (a biased or penalised token outside them could win) by those tokens' logits
-// gathered after the step (StepRunner::GatherStepLogits). When not (the nucleus or the draw
+// gathered after the step (StepRunner::GatherStepLogits); a nucleus row with a bias or
+// penalties (Sampler::SamplesAdjustedNucleus) by its candidates, weight sum and the gathered
+// logits of every token the bias or penalties touch. When not (the nucleus or the draw
 // reaches past them, a threshold is too close to call, too many tokens could win), its row
 // is fetched
 // after the step (StepRunner::CopyStepLogitsRow) and sampled whole. The tokens are the same
@@ -80,13 +82,15 @@ class StepLogits {
   // (SampleFromCandidates, TrySampleNucleus, TrySampleAdjusted; the row fetched when those do
   // not decide).
   Sampler::SampleResult Sample(Sampler& sampler, size_t row);
-  // Nucleus rows and adjusted top-k rows (Sampler::SamplesAdjustedTopK) sampled from their
-  // candidates, and those of either whose row had to be fetched, since this object was made.
+  // Nucleus rows, and rows with a logit bias or penalties (Sampler::SamplesAdjustedTopK,
+  // SamplesAdjustedNucleus), sampled from their candidates, and those whose row had to be
+  // fetched, since this object was made.
   int64_t num_nucleus_rows_decided() const { return nucleus_decided_; }
   int64_t num_adjusted_rows_decided() const { return adjusted_decided_; }
   int64_t num_rows_fetched() const { return rows_fetched_; }
-  // Adjusted rows whose candidates did not decide that gathered a few tokens' logits
-  // (StepRunner::GatherStepLogits) to decide instead of fetching the row.
+  // Adjusted rows that gathered a few tokens' logits (StepRunner::GatherStepLogits) to decide
+  // instead of fetching the row: top-k ones whose candidates did not decide, nucleus ones
+  // with any touched token outside their candidates.
   int64_t num_rows_gathered() const { return rows_gathered_; }
   // At most this many tokens' logits are gathered for a row (else the row is fetched).
   static constexpr size_t kMaxGatheredLogits = 4096;
@@ -94,10 +98,13 @@ class StepLogits {
  private:
   // How a row of a kTopK step is sampled from its candidates.
   enum class RowKind : uint8_t {
-    kDecided,   // always decided by them (SampleFromCandidates)
-    kNucleus,   // TrySampleNucleus, else the row is fetched
-    kAdjusted,  // TrySampleAdjusted, else the row is fetched
+    kDecided,          // always decided by them (SampleFromCandidates)
+    kNucleus,          // TrySampleNucleus, else the row is fetched
+    kAdjusted,         // TrySampleAdjusted, else the row is fetched
+    kAdjustedNucleus,  // TrySampleAdjustedNucleus with gathered logits, else the row is fetched
   };
+  // A kAdjustedNucleus row's sample.
+  Sampler::SampleResult SampleAdjustedNucleus(Sampler& sampler, size_t row);
   // Sampler::Sample on row `row` fetched from where the logits are.
   Sampler::SampleResult FetchAndSample(Sampler& sampler, size_t row);
 

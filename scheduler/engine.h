@@ -87,13 +87,13 @@ struct EngineLoad {
   int64_t num_decode_steps = 0;        // Steps that decoded at least one sequence.
   int64_t sum_decode_batch = 0;        // Sequences decoding, summed over those steps.
   int32_t max_decode_batch = 0;
-  // Nucleus rows (no top-k: top-p, min-p or plain temperature) and greedy or top-k rows with
-  // a logit bias or penalties sampled from their device candidates, and rows of either fetched
-  // whole after their step because the candidates did not decide (model::StepLogits).
+  // Nucleus rows (no top-k: top-p, min-p or plain temperature) and rows with a logit bias or
+  // penalties sampled from their device candidates, and rows of either fetched whole after
+  // their step because the candidates did not decide (model::StepLogits).
   int64_t num_nucleus_rows_decided = 0;
   int64_t num_adjusted_rows_decided = 0;
   int64_t num_sampled_rows_fetched = 0;
-  // Of the adjusted rows, those that gathered a few tokens' logits after their step to decide.
+  // Of the biased or penalised rows, those that gathered a few tokens' logits after their step.
   int64_t num_sampled_rows_gathered = 0;
 };
 

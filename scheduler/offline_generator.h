@@ -65,13 +65,13 @@ struct GenerationCounters {
   int64_t num_decode_tokens = 0;   // Generated tokens run through the model.
   double prefill_seconds = 0;      // Steps that ran prompt tokens.
   double decode_seconds = 0;       // Steps that ran only decode tokens.
-  // Nucleus rows (no top-k: top-p, min-p or plain temperature) and greedy or top-k rows with
-  // a logit bias or penalties sampled from their candidates, and rows of either fetched after
-  // their step because the candidates did not decide (model::StepLogits).
+  // Nucleus rows (no top-k: top-p, min-p or plain temperature) and rows with a logit bias or
+  // penalties sampled from their candidates, and rows of either fetched after their step
+  // because the candidates did not decide (model::StepLogits).
   int64_t num_nucleus_rows_decided = 0;
   int64_t num_adjusted_rows_decided = 0;
   int64_t num_rows_fetched = 0;
-  int64_t num_rows_gathered = 0;  // adjusted rows decided by a few gathered logits
+  int64_t num_rows_gathered = 0;  // biased or penalised rows that gathered a few logits
 };
 
 class OfflineGenerator {

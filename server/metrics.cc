@@ -497,13 +497,14 @@ absl::StatusOr<EngineMetrics> CreateEngineMetrics(MetricsRegistry& registry,
                                        labels));
   ASSIGN_OR_RETURN(m.adjusted_rows_decided,
                    registry.AddCounter("glimpse_adjusted_rows_decided_total",
-                                       "Greedy or top-k rows with a logit bias or penalties "
-                                       "sampled from the device's candidates alone.",
+                                       "Rows with a logit bias or penalties (greedy, top-k or "
+                                       "nucleus) sampled from the device's candidates, with a "
+                                       "few gathered logits where needed.",
                                        labels));
   ASSIGN_OR_RETURN(m.sampled_rows_gathered,
                    registry.AddCounter("glimpse_sampled_rows_gathered_total",
-                                       "Biased or penalised rows whose candidates did not decide "
-                                       "that fetched a few tokens' logits instead of the row.",
+                                       "Biased or penalised rows that fetched a few tokens' "
+                                       "logits besides their candidates instead of the row.",
                                        labels));
   ASSIGN_OR_RETURN(m.sampled_rows_fetched,
                    registry.AddCounter("glimpse_sampled_rows_fetched_total",

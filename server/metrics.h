@@ -189,7 +189,7 @@ struct EngineMetrics {
   Counter* prefix_cache_queries = nullptr;  // prompt tokens looked up in the prefix cache
   Counter* prefix_cache_hits = nullptr;     // of those, tokens found
   Counter* nucleus_rows_decided = nullptr;  // rows without top-k sampled from candidates
-  Counter* adjusted_rows_decided = nullptr;  // biased or penalised top-k rows, from candidates
+  Counter* adjusted_rows_decided = nullptr;  // biased or penalised rows, from candidates
   Counter* sampled_rows_fetched = nullptr;  // rows fetched whole after a reduced step
   Counter* sampled_rows_gathered = nullptr;  // a few of a row's logits fetched instead
   Counter* num_preemptions = nullptr;

@@ -453,9 +453,9 @@ TEST_F(EngineTest, PlainGreedyStepsBringBackTokensOnly) {
 // A step whose every row samples from its most likely tokens (top-k without bias or
 // penalties, or greedy) runs ForwardTopK with the rows' largest need (top_k, or the logprobs
 // asked for if more) rounded up to a power of two, bringing back the rows' normalizers when
-// one reports logprobs; a row that needs the whole row (top_k above the limit, a penalty
-// without top-k) makes its steps full-logits ones. The tokens and logprobs are those drawn from the
-// whole rows (max_device_top_k 0), seed for seed, also for n = 2 forks.
+// one reports logprobs; a row that needs the whole row (top_k above the limit, alone or with
+// a penalty's extra candidates) makes its steps full-logits ones. The tokens and logprobs are those
+// drawn from the whole rows (max_device_top_k 0), seed for seed, also for n = 2 forks.
 TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
   const std::vector<Reference> refs = LoadReferences();
   std::vector<TokenLogprob> logprobs[2];  // request 3's: device top-k, then whole rows
@@ -491,12 +491,11 @@ TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
     }
     EXPECT_TRUE(engine->WaitIdle(absl::Seconds(10)));
     const size_t top_k_steps_before = runner.top_k_steps().size();
-    // Rows that need the whole row: top_k above the limit, a penalty on a top-p row.
+    // Rows that need the whole row: top_k above the limit, with a penalty too.
     for (int i = 0; i < 2; ++i) {
       EngineRequest r = Greedy("w" + std::to_string(i), refs[6 + i].prompt, 6);
       r.sampling.temperature = 1.0f;
-      r.sampling.top_k = i == 0 ? 2000 : 0;
-      r.sampling.top_p = i == 1 ? 0.9f : 1.0f;
+      r.sampling.top_k = i == 0 ? 2000 : 1000;  // 1000 + 32 extra candidates > 1024
       r.sampling.presence_penalty = i == 1 ? 0.5f : 0.0f;
       Collected c = Drain(**engine->Submit(r), 1);
       EXPECT_TRUE(c.status.ok()) << c.status;
@@ -651,12 +650,14 @@ TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
 // candidates beyond their k and are sampled from those once the bias and penalties are
 // applied; when a biased token outside them could win (a +50 bias on a token far down the
 // row), with its logit gathered after the step; when too many could (a repetition penalty
-// below 1 lifting the prompt's tokens), from the row fetched after the step. The tokens and
-// logprobs are those drawn from the whole rows (adjusted_extra_candidates 0), seed for seed,
+// below 1 lifting the prompt's tokens), from the row fetched after the step. Top-p and plain
+// temperature rows with penalties come back as 256 candidates with their weight sums and the
+// gathered logits of the tokens the penalties touch. The tokens and logprobs are those drawn
+// from the whole rows (adjusted_extra_candidates and nucleus_candidates 0), seed for seed,
 // with 32 extra candidates and with 1, also for an n = 2 fork.
 TEST_F(EngineTest, BiasedAndPenalisedRowsDrawTheWholeRowsTokens) {
   const std::vector<Reference> refs = LoadReferences();
-  constexpr int kRequests = 7;
+  constexpr int kRequests = 9;
   constexpr int kSequences = kRequests + 1;  // request 2 forks n = 2
   constexpr int kTokens = 16;
   struct Run {
@@ -672,6 +673,7 @@ TEST_F(EngineTest, BiasedAndPenalisedRowsDrawTheWholeRowsTokens) {
     EngineOptions options;
     options.seed = 5;
     options.step_logits.adjusted_extra_candidates = extra;
+    options.step_logits.nucleus_candidates = extra == 0 ? 0 : 256;
     std::unique_ptr<Engine> engine = MakeEngine(options, &runner);
     std::vector<std::shared_ptr<RequestStream>> streams;
     for (int i = 0; i < kRequests; ++i) {
@@ -707,10 +709,21 @@ TEST_F(EngineTest, BiasedAndPenalisedRowsDrawTheWholeRowsTokens) {
         case 5:  // greedy, encouraging repetition
           s.presence_penalty = -1.0f;
           break;
-        default:  // top-k 5, repetition below 1: the prompt's tokens rise
+        case 6:  // top-k 5, repetition below 1: the prompt's tokens rise
           s.temperature = 0.9f;
           s.top_k = 5;
           s.repetition_penalty = 0.5f;
+          break;
+        case 7:  // top-p, OpenAI's penalties and a ban (no top-k: a nucleus)
+          s.temperature = 0.8f;
+          s.top_p = 0.9f;
+          s.frequency_penalty = 0.5f;
+          s.presence_penalty = 0.3f;
+          s.logit_bias = {{refs[7].tokens[0], -std::numeric_limits<float>::infinity()}};
+          break;
+        default:  // plain temperature, repetition
+          s.temperature = 1.0f;
+          s.repetition_penalty = 1.2f;
           break;
       }
       auto stream = engine->Submit(r);
@@ -757,12 +770,14 @@ TEST_F(EngineTest, BiasedAndPenalisedRowsDrawTheWholeRowsTokens) {
       EXPECT_EQ(r->logprobs[t].top.size(), 4u);
     }
   }
-  // k: greedy's 1 + 32 → 64, top-k 40 + 32 → 128 (20 + 32, 10 + 32 → 64).
+  // k: the nucleus rows' 256 while they run; greedy's 1 + 32 → 64, top-k 40 + 32 → 128
+  // (20 + 32, 10 + 32 → 64).
   EXPECT_GE(many.top_k_steps.size(), static_cast<size_t>(kTokens));
-  for (int32_t k : many.top_k_steps) EXPECT_TRUE(k == 64 || k == 128) << k;
-  // Nearly all rows are decided; request 4's gathering its +50 token's logit until that
-  // token, repeated, is among the candidates; request 6's fetched now and then.
-  EXPECT_GT(many.decided, kSequences * kTokens * 2 / 3);
+  for (int32_t k : many.top_k_steps) EXPECT_TRUE(k == 64 || k == 128 || k == 256) << k;
+  // Nearly all rows are decided (the nucleus rows' too, with their penalised tokens'
+  // logits gathered); request 4's gathering its +50 token's logit until that token, repeated,
+  // is among the candidates; request 6's fetched now and then.
+  EXPECT_GT(many.decided, kSequences * kTokens * 9 / 10);
   EXPECT_GT(many.gathered, 0);
   EXPECT_GT(one.gathered, 0);
   EXPECT_GT(many.fetched + one.fetched, 0);

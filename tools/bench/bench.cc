@@ -52,9 +52,9 @@ ABSL_FLAG(float, bench_temperature, 0.0f,
           "greedy, unless --bench_top_k or --bench_top_p asks for sampling (then at 0.8).");
 ABSL_FLAG(float, bench_repetition_penalty, 1.0f,
           "bench: other than 1, every request's repetition penalty (over its random prompt and "
-          "its output): greedy or top-k rows then come back as candidates that the penalty "
-          "may reorder, fetched whole when those do not decide (with --bench_device_top_k "
-          "above 0), or whole (0).");
+          "its output): the rows then come back as candidates that the penalty may reorder "
+          "(a nucleus row with the gathered logits of its prompt and output tokens), fetched "
+          "whole when those do not decide (with --bench_device_top_k above 0), or whole (0).");
 ABSL_FLAG(int32_t, bench_nucleus_candidates, glimpse::server::kAutoCandidates,
           "bench: candidates a row sampled without top-k (top-p, or plain temperature) brings "
           "back with its weight sum; 0 brings such rows back whole (the A/B of the device "
@@ -87,7 +87,7 @@ struct Sample {
   int64_t nucleus_rows_decided = 0;   // rows without top-k sampled from their candidates
   int64_t adjusted_rows_decided = 0;  // penalised greedy or top-k rows, from candidates
   int64_t rows_fetched = 0;           // rows fetched after their step instead
-  int64_t rows_gathered = 0;          // penalised rows that gathered a few logits to decide
+  int64_t rows_gathered = 0;          // penalised rows that gathered a few logits
 };
 
 struct Stats {
