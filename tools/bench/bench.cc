@@ -296,8 +296,8 @@ int RunBenchCommand() {
     if (last.nucleus_rows_decided + last.adjusted_rows_decided + last.rows_fetched > 0) {
       nucleus_notes += absl::StrCat("  batch ", batch, ": ", last.nucleus_rows_decided,
                                     " rows without top-k and ", last.adjusted_rows_decided,
-                                    " penalised rows sampled from their candidates (",
-                                    last.rows_gathered, " of those with a few gathered logits), ",
+                                    " penalised rows sampled from their candidates, ",
+                                    last.rows_gathered, " rows gathered a few logits, ",
                                     last.rows_fetched, " fetched whole after their step\n");
     }
     json["results"].push_back({{"batch", batch},
