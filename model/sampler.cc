@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <limits>
 #include <numeric>
 #include <span>
@@ -198,18 +199,32 @@ Sampler::Sampler(const SamplingParams& params, int32_t vocab_size, uint64_t defa
   CHECK(ValidateSamplingParams(params, vocab_size).ok());
   CHECK(report_logprobs || params.num_logprobs == 0);
   std::sort(sorted_bias_.begin(), sorted_bias_.end());
+  for (const auto& [token, bias] : sorted_bias_) touched_.push_back(token);
 }
 
 void Sampler::AddPromptTokens(std::span<const int32_t> tokens) {
   for (int32_t token : tokens) CHECK(token >= 0 && token < vocab_size_);
   if (!tracks_prompt_) return;
-  prompt_tokens_.insert(tokens.begin(), tokens.end());
+  // The tokens new to the history join touched_ in one merge.
+  std::vector<int32_t> fresh;
+  for (int32_t token : tokens) {
+    if (prompt_tokens_.insert(token).second) fresh.push_back(token);
+  }
+  std::sort(fresh.begin(), fresh.end());
+  std::vector<int32_t> merged;
+  merged.reserve(touched_.size() + fresh.size());
+  std::set_union(touched_.begin(), touched_.end(), fresh.begin(), fresh.end(),
+                 std::back_inserter(merged));
+  touched_ = std::move(merged);
 }
 
 void Sampler::Accept(int32_t token) {
   CHECK(token >= 0 && token < vocab_size_);
   if (!tracks_output_) return;
-  ++output_counts_[token];
+  if (++output_counts_[token] == 1) {
+    const auto at = std::lower_bound(touched_.begin(), touched_.end(), token);
+    if (at == touched_.end() || *at != token) touched_.insert(at, token);
+  }
 }
 
 void Sampler::ApplyBiasAndPenalties(std::span<const int32_t> pending_tokens,
@@ -740,12 +755,14 @@ std::optional<int32_t> Sampler::TryDrawNucleus(std::span<const int32_t> ids,
   std::vector<int32_t>& order = scratch.order;
   order.resize(n);
   std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), MoreLikelyOrder(z));
-  size_t ranked = 0;
-  while (ranked < n && (z[order[ranked]] > outside.max_z ||
-                        (outside.ties_rank_after && z[order[ranked]] == outside.max_z))) {
-    ++ranked;
-  }
+  // Only those need an order (given tokens below them, e.g. penalised ones gathered, are
+  // many): partition them to the front, then sort them.
+  const auto ranks_first = [&](int32_t i) {
+    return z[i] > outside.max_z || (outside.ties_rank_after && z[i] == outside.max_z);
+  };
+  const size_t ranked =
+      static_cast<size_t>(std::partition(order.begin(), order.end(), ranks_first) - order.begin());
+  std::sort(order.begin(), order.begin() + ranked, MoreLikelyOrder(z));
   if (params_.top_p < 1.0f) {
     // The whole row's threshold, top_p times its weight sum, lies in [low, high]; the nucleus
     // is decided when one prefix reaches high and the one before it stays below low.
@@ -881,14 +898,8 @@ std::vector<int32_t> Sampler::AdjustedNucleusGathers(std::span<const int32_t> id
   CHECK(SamplesAdjustedNucleus(params_, vocab_size_));
   std::vector<int32_t> gathers;
   if (ids.size() < static_cast<size_t>(requested)) return gathers;
-  auto add = [&](int32_t token) {
-    if (!std::binary_search(ids.begin(), ids.end(), token)) gathers.push_back(token);
-  };
-  for (const auto& [token, bias] : sorted_bias_) add(token);
-  for (const auto& [token, count] : output_counts_) add(token);
-  for (int32_t token : prompt_tokens_) add(token);
-  std::sort(gathers.begin(), gathers.end());
-  gathers.erase(std::unique(gathers.begin(), gathers.end()), gathers.end());
+  std::set_difference(touched_.begin(), touched_.end(), ids.begin(), ids.end(),
+                      std::back_inserter(gathers));
   return gathers;
 }
 
@@ -904,12 +915,15 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleAdjustedNucleus(
   outside.none = ids.size() < static_cast<size_t>(requested);
   if (!outside.none) {
     // Every token outside must be untouched (its raw logit at most the least likely
-    // candidate's, and its weight in the raw sum unchanged): the touched ones gathered.
-    const std::vector<int32_t> needed = AdjustedNucleusGathers(ids, requested);
-    for (int32_t token : needed) {
-      if (!std::binary_search(gathered_ids.begin(), gathered_ids.end(), token)) {
-        return std::nullopt;
-      }
+    // candidate's, and its weight in the raw sum unchanged): the touched ones gathered. One
+    // walk over the three increasing lists.
+    size_t c = 0;
+    size_t g = 0;
+    for (int32_t token : touched_) {
+      while (c < ids.size() && ids[c] < token) ++c;
+      if (c < ids.size() && ids[c] == token) continue;  // a candidate
+      while (g < gathered_ids.size() && gathered_ids[g] < token) ++g;
+      if (g == gathered_ids.size() || gathered_ids[g] != token) return std::nullopt;
     }
     outside.max_z = *std::min_element(logits.begin(), logits.end());
     outside.ties_rank_after = false;  // a touched known token may tie an untouched one
