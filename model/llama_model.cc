@@ -312,30 +312,38 @@ absl::Status LlamaModel::CopyStepLogitsRow(int64_t row, float* logits) {
   return absl::OkStatus();
 }
 
-absl::Status LlamaModel::GatherStepLogits(int64_t row, std::span<const int32_t> ids,
-                                          float* logits) {
-  if (row < 0 || row >= step_logits_rows_) {
-    return absl::OutOfRangeError(absl::StrCat("logits row ", row, " of a step that had ",
-                                              step_logits_rows_, " (none after a failed step)"));
+absl::Status LlamaModel::GatherStepLogits(std::span<const int32_t> rows,
+                                          std::span<const int32_t> ids, float* logits) {
+  if (rows.size() != ids.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("logits to gather: ", rows.size(), " rows for ", ids.size(), " token ids"));
   }
   if (ids.empty()) return absl::OkStatus();
   const int64_t width = shard_.vocab.size();
   // Each id's element of the [rows][width] logits, as a row of width 1 for GatherRows.
   std::vector<int32_t> elements(ids.size());
+  bool fits = true;
   for (size_t i = 0; i < ids.size(); ++i) {
+    if (rows[i] < 0 || rows[i] >= step_logits_rows_) {
+      return absl::OutOfRangeError(absl::StrCat("logits row ", rows[i], " of a step that had ",
+                                                step_logits_rows_, " (none after a failed step)"));
+    }
     if (ids[i] < 0 || ids[i] >= width) {
       return absl::InvalidArgumentError(absl::StrCat(
           "token id ", ids[i], " to gather is outside the logits row [0, ", width, ")"));
     }
-    const int64_t element = row * width + ids[i];
-    if (element > std::numeric_limits<int32_t>::max()) {
-      // Past GatherRows' int32 rows (a step of more than 2^31 logits): the row itself.
-      std::vector<float> whole(static_cast<size_t>(width));
-      RETURN_IF_ERROR(CopyStepLogitsRow(row, whole.data()));
-      for (size_t j = 0; j < ids.size(); ++j) logits[j] = whole[ids[j]];
-      return absl::OkStatus();
-    }
+    const int64_t element = int64_t{rows[i]} * width + ids[i];
+    fits = fits && element <= std::numeric_limits<int32_t>::max();
     elements[i] = static_cast<int32_t>(element);
+  }
+  if (!fits) {
+    // Past GatherRows' int32 rows (a step of more than 2^31 logits): the rows themselves.
+    std::vector<float> whole(static_cast<size_t>(width));
+    for (size_t i = 0; i < ids.size(); ++i) {
+      RETURN_IF_ERROR(CopyStepLogitsRow(rows[i], whole.data()));
+      logits[i] = whole[ids[i]];
+    }
+    return absl::OkStatus();
   }
   const int64_t n = static_cast<int64_t>(ids.size());
   float* gathered = Scratch(kGathered, n);

@@ -97,11 +97,12 @@ class LlamaModel {
   // what a sample its reduction did not decide falls back to. OutOfRange past the step's rows
   // (or after a failed step).
   absl::Status CopyStepLogitsRow(int64_t row, float* logits);
-  // The logits of `ids` (each in this rank's vocabulary slice, as offsets into it) of that
-  // row, into host `logits` ([ids.size()]): gathered where they are (Backend::GatherRows), so
-  // only ids.size() floats come back. Errors as CopyStepLogitsRow's, InvalidArgument for an id
-  // out of range.
-  absl::Status GatherStepLogits(int64_t row, std::span<const int32_t> ids, float* logits);
+  // The logits of tokens `ids[i]` (each in this rank's vocabulary slice, as offsets into it)
+  // of rows `rows[i]`, into host `logits` ([ids.size()]): gathered where they are in one
+  // Backend::GatherRows, so only ids.size() floats come back. Errors as CopyStepLogitsRow's,
+  // InvalidArgument for an id out of range or rows and ids of different sizes.
+  absl::Status GatherStepLogits(std::span<const int32_t> rows, std::span<const int32_t> ids,
+                                float* logits);
 
   // Sizes the activation buffers for steps of up to max_tokens tokens and max_logits_rows
   // logits rows now, instead of growing them on the steps that first need more. A buffer that

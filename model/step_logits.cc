@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <iterator>
 #include <optional>
 #include <span>
 #include <utility>
@@ -71,6 +72,7 @@ void StepLogits::Finish() {
 absl::Status StepLogits::Forward(StepRunner& runner, const StepBatch& batch) {
   CHECK(batch.logits_rows.size() == num_rows_);
   runner_ = &runner;
+  gathers_.assign(num_rows_, RowGathers{});
   switch (kind_) {
     case Kind::kArgMax:
       argmax_.resize(num_rows_);
@@ -87,91 +89,134 @@ absl::Status StepLogits::Forward(StepRunner& runner, const StepBatch& batch) {
   return runner.Forward(batch, logits_.data());
 }
 
-Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) {
+Sampler::RowNormalizer StepLogits::NormalizerOf(size_t row) const {
+  if (!normalizers_) return {};
+  // A nucleus row's logprobs: the weight sum itself at temperature 1, else the sum at 1 the
+  // step brought besides; other rows' normalizers are at 1.
+  const bool at_t1 = !top_.row_exp_sum_t1.empty() && (row_kinds_[row] == RowKind::kNucleus ||
+                                                      row_kinds_[row] == RowKind::kAdjustedNucleus);
+  return {top_.row_max[row], at_t1 ? top_.row_exp_sum_t1[row] : top_.row_exp_sum[row]};
+}
+
+std::vector<int32_t> StepLogits::GathersOf(const Sampler& sampler, size_t row) const {
+  std::vector<int32_t> ids;
+  if (kind_ != Kind::kTopK) return ids;
+  if (row_kinds_[row] == RowKind::kAdjusted) {
+    // The biased or penalised tokens that could still win; none when the candidates decide.
+    ids = sampler.AdjustedSuspects(top_.Ids(row), top_.Logits(row), k_);
+  } else if (row_kinds_[row] == RowKind::kAdjustedNucleus) {
+    // Every touched token outside the candidates.
+    ids = sampler.AdjustedNucleusGathers(top_.Ids(row), k_);
+  }
+  return ids;
+}
+
+void StepLogits::Gather(std::span<const size_t> rows, std::span<Sampler* const> samplers) {
+  CHECK(rows.size() == samplers.size());
+  if (kind_ != Kind::kTopK) return;
+  // Per row asked for, the union of its samplers' needs (the n > 1 sequences of a request
+  // sample one prompt row each): the row's raw logits serve every sampler of it.
+  std::vector<size_t> asked;
+  std::vector<std::vector<int32_t>> needs(num_rows_);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const size_t row = rows[i];
+    CHECK(row < num_rows_);
+    if (gathers_[row].state != GatherState::kNotAsked) continue;  // gathered before
+    if (std::find(asked.begin(), asked.end(), row) == asked.end()) asked.push_back(row);
+    const std::vector<int32_t> ids = GathersOf(*samplers[i], row);
+    std::vector<int32_t> merged;
+    std::set_union(needs[row].begin(), needs[row].end(), ids.begin(), ids.end(),
+                   std::back_inserter(merged));
+    needs[row] = std::move(merged);
+  }
+  std::vector<int32_t> gather_rows;
+  std::vector<int32_t> gather_ids;
+  for (size_t row : asked) {
+    if (needs[row].size() > kMaxGatheredLogits) {
+      gathers_[row].state = GatherState::kTooMany;
+      continue;
+    }
+    gathers_[row].state = GatherState::kGathered;
+    if (needs[row].empty()) continue;
+    ++rows_gathered_;
+    gather_rows.insert(gather_rows.end(), needs[row].size(), static_cast<int32_t>(row));
+    gather_ids.insert(gather_ids.end(), needs[row].begin(), needs[row].end());
+  }
+  if (gather_ids.empty()) return;
+  std::vector<float> values(gather_ids.size());
+  const absl::Status status = runner_->GatherStepLogits(gather_rows, gather_ids, values.data());
+  CHECK(status.ok());
+  size_t offset = 0;
+  for (size_t row : asked) {
+    if (gathers_[row].state != GatherState::kGathered || needs[row].empty()) continue;
+    gathers_[row].ids = std::move(needs[row]);
+    const size_t count = gathers_[row].ids.size();
+    gathers_[row].values.assign(values.begin() + offset, values.begin() + offset + count);
+    offset += count;
+  }
+}
+
+std::optional<Sampler::SampleResult> StepLogits::TrySample(Sampler& sampler, size_t row) {
   CHECK(row < num_rows_);
   switch (kind_) {
     case Kind::kArgMax:
       return sampler.SampleArgMax(argmax_[row]);
-    case Kind::kTopK: {
-      if (row_kinds_[row] == RowKind::kAdjustedNucleus) return SampleAdjustedNucleus(sampler, row);
-      if (row_kinds_[row] == RowKind::kNucleus) {
-        // The logprobs' normalizer: the weight sum itself at temperature 1, else the sum at 1
-        // the step brought besides.
-        const Sampler::RowNormalizer normalizer = {
-            top_.row_max[row],
-            top_.row_exp_sum_t1.empty() ? top_.row_exp_sum[row] : top_.row_exp_sum_t1[row]};
-        std::optional<Sampler::SampleResult> result = sampler.TrySampleNucleus(
-            top_.Ids(row), top_.Logits(row), k_, top_.row_exp_sum[row], &normalizer);
-        if (result.has_value()) {
-          ++nucleus_decided_;
-          return *std::move(result);
-        }
-        return FetchAndSample(sampler, row);
-      }
-      Sampler::RowNormalizer normalizer;
-      if (normalizers_) normalizer = {top_.row_max[row], top_.row_exp_sum[row]};
-      if (row_kinds_[row] == RowKind::kAdjusted) {
-        const Sampler::RowNormalizer* row_normalizer = normalizers_ ? &normalizer : nullptr;
-        std::optional<Sampler::SampleResult> result =
-            sampler.TrySampleAdjusted(top_.Ids(row), top_.Logits(row), k_, row_normalizer);
-        if (!result.has_value()) {
-          // The biased or penalised tokens that could still win: their logits alone, when
-          // few, decide it.
-          const std::vector<int32_t> suspects =
-              sampler.AdjustedSuspects(top_.Ids(row), top_.Logits(row), k_);
-          if (!suspects.empty() && suspects.size() <= kMaxGatheredLogits) {
-            ++rows_gathered_;
-            gathered_.resize(suspects.size());
-            const absl::Status status = runner_->GatherStepLogits(row, suspects, gathered_.data());
-            CHECK(status.ok());
-            result = sampler.TrySampleAdjusted(top_.Ids(row), top_.Logits(row), k_, row_normalizer,
-                                               suspects, gathered_);
-          }
-        }
-        if (result.has_value()) {
-          ++adjusted_decided_;
-          return *std::move(result);
-        }
-        return FetchAndSample(sampler, row);
-      }
-      return sampler.SampleFromCandidates(top_.Ids(row), top_.Logits(row),
-                                          normalizers_ ? &normalizer : nullptr);
+    case Kind::kRows: {
+      const size_t vocab = static_cast<size_t>(vocab_size_);
+      return sampler.Sample(std::span<const float>(logits_).subspan(row * vocab, vocab));
     }
-    case Kind::kRows:
+    case Kind::kTopK:
       break;
   }
-  const size_t vocab = static_cast<size_t>(vocab_size_);
-  return sampler.Sample(std::span<const float>(logits_).subspan(row * vocab, vocab));
-}
-
-Sampler::SampleResult StepLogits::SampleAdjustedNucleus(Sampler& sampler, size_t row) {
-  const Sampler::RowNormalizer normalizer = {top_.row_max[row], top_.row_exp_sum_t1.empty()
-                                                                    ? top_.row_exp_sum[row]
-                                                                    : top_.row_exp_sum_t1[row]};
-  // The raw logits of every biased or penalised token outside the candidates, gathered.
-  const std::vector<int32_t> gathers = sampler.AdjustedNucleusGathers(top_.Ids(row), k_);
-  if (gathers.size() > kMaxGatheredLogits) return FetchAndSample(sampler, row);
-  gathered_.resize(gathers.size());
-  if (!gathers.empty()) {
-    ++rows_gathered_;
-    const absl::Status status = runner_->GatherStepLogits(row, gathers, gathered_.data());
-    CHECK(status.ok());
+  const Sampler::RowNormalizer normalizer = NormalizerOf(row);
+  const Sampler::RowNormalizer* row_normalizer = normalizers_ ? &normalizer : nullptr;
+  const RowGathers& gathered = gathers_[row];
+  std::optional<Sampler::SampleResult> result;
+  switch (row_kinds_[row]) {
+    case RowKind::kDecided:
+      return sampler.SampleFromCandidates(top_.Ids(row), top_.Logits(row), row_normalizer);
+    case RowKind::kNucleus:
+      result = sampler.TrySampleNucleus(top_.Ids(row), top_.Logits(row), k_, top_.row_exp_sum[row],
+                                        &normalizer);
+      if (result.has_value()) ++nucleus_decided_;
+      return result;
+    case RowKind::kAdjusted:
+      // Declines without the suspects' logits when it needs them (it never draws then).
+      if (gathered.state == GatherState::kTooMany) return std::nullopt;
+      result = sampler.TrySampleAdjusted(top_.Ids(row), top_.Logits(row), k_, row_normalizer,
+                                         gathered.ids, gathered.values);
+      break;
+    case RowKind::kAdjustedNucleus:
+      if (gathered.state == GatherState::kTooMany) return std::nullopt;
+      result = sampler.TrySampleAdjustedNucleus(top_.Ids(row), top_.Logits(row), k_,
+                                                top_.row_max[row], top_.row_exp_sum[row],
+                                                &normalizer, gathered.ids, gathered.values);
+      break;
   }
-  std::optional<Sampler::SampleResult> result =
-      sampler.TrySampleAdjustedNucleus(top_.Ids(row), top_.Logits(row), k_, top_.row_max[row],
-                                       top_.row_exp_sum[row], &normalizer, gathers, gathered_);
-  if (!result.has_value()) return FetchAndSample(sampler, row);
-  ++adjusted_decided_;
-  return *std::move(result);
+  if (result.has_value()) ++adjusted_decided_;
+  return result;
 }
 
-Sampler::SampleResult StepLogits::FetchAndSample(Sampler& sampler, size_t row) {
+Sampler::SampleResult StepLogits::SampleFetched(Sampler& sampler, size_t row) {
+  CHECK(kind_ == Kind::kTopK && row < num_rows_);
   // Not decided by the candidates: the row itself, still where the step left it.
   ++rows_fetched_;
   fetched_row_.resize(static_cast<size_t>(vocab_size_));
   const absl::Status status = runner_->CopyStepLogitsRow(row, fetched_row_.data());
   CHECK(status.ok());
   return sampler.Sample(fetched_row_);
+}
+
+Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) {
+  CHECK(row < num_rows_);
+  if (kind_ == Kind::kTopK && gathers_[row].state == GatherState::kNotAsked) {
+    Sampler* const samplers[] = {&sampler};
+    const size_t rows[] = {row};
+    Gather(rows, samplers);
+  }
+  std::optional<Sampler::SampleResult> result = TrySample(sampler, row);
+  if (result.has_value()) return *std::move(result);
+  return SampleFetched(sampler, row);
 }
 
 }  // namespace glimpse::model

@@ -24,14 +24,18 @@
 // normalizer may differ in the last bits). The serving engine and the offline generator both plan
 // their steps with it.
 //
-// Thread-safety: Plan and Forward on the driving thread; Sample may then run concurrently for
-// distinct rows of a kRows step (it only reads this object; each row's Sampler is its own);
-// of other steps on the driving thread only (a nucleus or adjusted row may fetch its row).
+// Thread-safety: Plan, Forward, Gather, SampleFetched and Sample on the driving thread;
+// TrySample may run concurrently for distinct rows (it only reads this object but for atomic
+// counters; each row's Sampler is its own).
 #ifndef GLIMPSE_MODEL_STEP_LOGITS_H_
 #define GLIMPSE_MODEL_STEP_LOGITS_H_
 
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <span>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -79,9 +83,29 @@ class StepLogits {
   absl::Status Forward(StepRunner& runner, const StepBatch& batch);
   // Sampler::Sample's result for logits row `row` of the step Forward ran: from the row
   // (with logprobs if the sampler reports them), its argmax (SampleArgMax) or its candidates
-  // (SampleFromCandidates, TrySampleNucleus, TrySampleAdjusted; the row fetched when those do
-  // not decide).
+  // (SampleFromCandidates, TrySampleNucleus, TrySampleAdjusted, TrySampleAdjustedNucleus,
+  // with the logits Gather brought or, when it did not run for the row, the row's own
+  // gathers; the row fetched when those do not decide). Driving thread only.
   Sampler::SampleResult Sample(Sampler& sampler, size_t row);
+
+  // Sample in three parts, for a driver that samples rows on several threads:
+  //   1. Gather (driving thread): of a kTopK step's biased or penalised rows `rows` (their
+  //      samplers beside them), the few tokens' logits they need besides their candidates,
+  //      all in one StepRunner::GatherStepLogits. Once per row per step.
+  //   2. TrySample (any thread, distinct rows concurrently; each sampler its own): Sample's
+  //      result when it needs nothing more from where the logits are, else nullopt without
+  //      drawing.
+  //   3. SampleFetched (driving thread) for the rows TrySample left: from the row fetched.
+  void Gather(std::span<const size_t> rows, std::span<Sampler* const> samplers);
+  std::optional<Sampler::SampleResult> TrySample(Sampler& sampler, size_t row);
+  Sampler::SampleResult SampleFetched(Sampler& sampler, size_t row);
+  // Rows of the planned step whose candidates are sampled with a bias or penalties over a
+  // nucleus (the costliest on the host, ~50 µs at a 128k vocabulary): what makes sampling
+  // them on several threads worth it.
+  size_t num_adjusted_nucleus_rows() const {
+    return static_cast<size_t>(
+        std::count(row_kinds_.begin(), row_kinds_.end(), RowKind::kAdjustedNucleus));
+  }
   // Nucleus rows, and rows with a logit bias or penalties (Sampler::SamplesAdjustedTopK,
   // SamplesAdjustedNucleus), sampled from their candidates, and those whose row had to be
   // fetched, since this object was made.
@@ -103,10 +127,18 @@ class StepLogits {
     kAdjusted,         // TrySampleAdjusted, else the row is fetched
     kAdjustedNucleus,  // TrySampleAdjustedNucleus with gathered logits, else the row is fetched
   };
-  // A kAdjustedNucleus row's sample.
-  Sampler::SampleResult SampleAdjustedNucleus(Sampler& sampler, size_t row);
-  // Sampler::Sample on row `row` fetched from where the logits are.
-  Sampler::SampleResult FetchAndSample(Sampler& sampler, size_t row);
+  enum class GatherState : uint8_t { kNotAsked, kGathered, kTooMany };
+  // What Gather brought for a row: the tokens and their logits (none needed: empty).
+  struct RowGathers {
+    GatherState state = GatherState::kNotAsked;
+    std::vector<int32_t> ids;
+    std::vector<float> values;
+  };
+  // The softmax normalizer a row's logprobs take (a nucleus row's at temperature 1).
+  Sampler::RowNormalizer NormalizerOf(size_t row) const;
+  // The tokens whose logits a kTopK row needs besides its candidates (Sampler's
+  // AdjustedSuspects or AdjustedNucleusGathers); empty for the other rows.
+  std::vector<int32_t> GathersOf(const Sampler& sampler, size_t row) const;
 
   StepLogitsOptions options_;
   int32_t vocab_size_ = 0;
@@ -125,9 +157,10 @@ class StepLogits {
   int32_t k_ = 0;
   StepRunner* runner_ = nullptr;    // of the last Forward (nucleus rows' fallback)
   std::vector<float> fetched_row_;  // [vocab]: a row fetched after the step
-  std::vector<float> gathered_;     // a few tokens' logits of a row, gathered after the step
-  int64_t nucleus_decided_ = 0;
-  int64_t adjusted_decided_ = 0;
+  std::vector<RowGathers> gathers_;  // [rows] of the last Forward
+  // Counted by TrySample, which may run on several threads at once.
+  std::atomic<int64_t> nucleus_decided_ = 0;
+  std::atomic<int64_t> adjusted_decided_ = 0;
   int64_t rows_gathered_ = 0;
   int64_t rows_fetched_ = 0;
   // The step's outputs, reused across steps.

@@ -66,8 +66,13 @@ absl::Status LlamaStepRunner::ForwardTopK(const StepBatch& batch, int32_t k,
                             top->row_exp_sum_t1_data());
 }
 
-absl::Status StepRunner::GatherStepLogits(size_t row, std::span<const int32_t> ids, float* logits) {
+absl::Status StepRunner::GatherStepLogits(std::span<const int32_t> rows,
+                                          std::span<const int32_t> ids, float* logits) {
   const int32_t vocab = config().vocab_size;
+  if (rows.size() != ids.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("logits to gather: ", rows.size(), " rows for ", ids.size(), " token ids"));
+  }
   for (int32_t id : ids) {
     if (id < 0 || id >= vocab) {
       return absl::InvalidArgumentError(
@@ -75,8 +80,15 @@ absl::Status StepRunner::GatherStepLogits(size_t row, std::span<const int32_t> i
     }
   }
   std::vector<float> whole(static_cast<size_t>(vocab));
-  RETURN_IF_ERROR(CopyStepLogitsRow(row, whole.data()));
-  for (size_t i = 0; i < ids.size(); ++i) logits[i] = whole[ids[i]];
+  int64_t copied = -1;  // the row in `whole`
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (rows[i] < 0) return absl::OutOfRangeError(absl::StrCat("logits row ", rows[i]));
+    if (rows[i] != copied) {
+      RETURN_IF_ERROR(CopyStepLogitsRow(static_cast<size_t>(rows[i]), whole.data()));
+      copied = rows[i];
+    }
+    logits[i] = whole[ids[i]];
+  }
   return absl::OkStatus();
 }
 
@@ -84,9 +96,9 @@ absl::Status LlamaStepRunner::CopyStepLogitsRow(size_t row, float* logits) {
   return model_.CopyStepLogitsRow(static_cast<int64_t>(row), logits);
 }
 
-absl::Status LlamaStepRunner::GatherStepLogits(size_t row, std::span<const int32_t> ids,
-                                               float* logits) {
-  return model_.GatherStepLogits(static_cast<int64_t>(row), ids, logits);
+absl::Status LlamaStepRunner::GatherStepLogits(std::span<const int32_t> rows,
+                                               std::span<const int32_t> ids, float* logits) {
+  return model_.GatherStepLogits(rows, ids, logits);
 }
 
 absl::Status LlamaStepRunner::Forward(const StepBatch& batch, float* logits) {

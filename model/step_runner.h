@@ -122,11 +122,13 @@ class StepRunner {
   // ([vocab] fp32). What a sample the reduction did not decide falls back to. OutOfRange past
   // the step's rows.
   virtual absl::Status CopyStepLogitsRow(size_t row, float* logits) = 0;
-  // As CopyStepLogitsRow, but only the logits of `ids` (each in [0, vocab)) of that row, into
-  // host `logits` ([ids.size()]): a few tokens' raw logits that a sample its candidates did
-  // not decide needs (a biased token's, say), without the row. OutOfRange past the step's
-  // rows, InvalidArgument for an id out of range. This default copies the whole row.
-  virtual absl::Status GatherStepLogits(size_t row, std::span<const int32_t> ids, float* logits);
+  // As CopyStepLogitsRow, but only the logits of tokens `ids[i]` (each in [0, vocab)) of
+  // rows `rows[i]` of that step, into host `logits` ([ids.size()]), for every row at once: a
+  // few tokens' raw logits that samples their candidates do not decide need (a biased
+  // token's, say), without the rows. OutOfRange past the step's rows, InvalidArgument for an
+  // id out of range or rows and ids of different sizes. This default copies each row whole.
+  virtual absl::Status GatherStepLogits(std::span<const int32_t> rows, std::span<const int32_t> ids,
+                                        float* logits);
 
   // Applies the moves in order (on every rank). Block ids must be in range of the cache and
   // the host space.
@@ -174,7 +176,8 @@ class LlamaStepRunner final : public StepRunner {
                            std::span<const float> normalizer_temperatures, bool sums_t1,
                            TopTokens* top) override;
   absl::Status CopyStepLogitsRow(size_t row, float* logits) override;
-  absl::Status GatherStepLogits(size_t row, std::span<const int32_t> ids, float* logits) override;
+  absl::Status GatherStepLogits(std::span<const int32_t> rows, std::span<const int32_t> ids,
+                                float* logits) override;
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
 
  private:

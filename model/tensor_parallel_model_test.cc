@@ -501,21 +501,32 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
                                     temperatures.data(), top.row_exp_sum_t1.data())
                       .ok());
       check(logits, vocab, k, top, /*exact_sums=*/true, "unsplit, k " + std::to_string(k));
-      // A few tokens' logits of each row, gathered where they are (LlamaModel's GatherRows).
-      const std::vector<int32_t> ids = {vocab - 1, 0, 17, 5, 17};
-      std::vector<float> gathered(ids.size());
-      for (size_t i = 0; i < prompts.size(); ++i) {
-        std::fill(gathered.begin(), gathered.end(), std::nanf(""));
-        ASSERT_TRUE(reduced.model->GatherStepLogits(i, ids, gathered.data()).ok());
-        for (size_t j = 0; j < ids.size(); ++j) {
-          EXPECT_EQ(gathered[j], logits[i * vocab + ids[j]]) << "row " << i << ", id " << ids[j];
+      // A few tokens' logits of every row, in one gather where they are (GatherRows), rows
+      // in any order and repeated.
+      std::vector<int32_t> rows;
+      std::vector<int32_t> ids;
+      for (int32_t i = static_cast<int32_t>(prompts.size()) - 1; i >= 0; --i) {
+        for (int32_t id : {vocab - 1, 0, 17, 5 + i, 17}) {
+          rows.push_back(i);
+          ids.push_back(id);
         }
       }
+      std::vector<float> gathered(ids.size(), std::nanf(""));
+      ASSERT_TRUE(reduced.model->GatherStepLogits(rows, ids, gathered.data()).ok());
+      for (size_t j = 0; j < ids.size(); ++j) {
+        EXPECT_EQ(gathered[j], logits[rows[j] * vocab + ids[j]])
+            << "row " << rows[j] << ", id " << ids[j];
+      }
+      const std::vector<int32_t> row0 = {0, 0};
       const std::vector<int32_t> outside = {3, vocab};
-      EXPECT_EQ(reduced.model->GatherStepLogits(0, outside, gathered.data()).code(),
+      EXPECT_EQ(reduced.model->GatherStepLogits(row0, outside, gathered.data()).code(),
                 absl::StatusCode::kInvalidArgument);
-      EXPECT_EQ(reduced.model->GatherStepLogits(prompts.size(), ids, gathered.data()).code(),
+      const std::vector<int32_t> past = {0, static_cast<int32_t>(prompts.size())};
+      const std::vector<int32_t> two = {3, 4};
+      EXPECT_EQ(reduced.model->GatherStepLogits(past, two, gathered.data()).code(),
                 absl::StatusCode::kOutOfRange);
+      EXPECT_EQ(reduced.model->GatherStepLogits(row0, ids, gathered.data()).code(),
+                absl::StatusCode::kInvalidArgument);  // sizes differ
     }
   }
   for (int size : {1, 2, 4}) {
@@ -557,17 +568,24 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
   }
   EXPECT_EQ(reduced.model->CopyStepLogitsRow(prompts.size(), row.data()).code(),
             absl::StatusCode::kOutOfRange);
-  // A few tokens' logits of a row, from every rank's slice (StepRunner's default).
-  const std::vector<int32_t> ids = {static_cast<int32_t>(vocab) - 1, 0, 17};
-  std::vector<float> gathered(ids.size(), std::nanf(""));
+  // A few tokens' logits of the rows, from every rank's slice (StepRunner's default).
+  std::vector<int32_t> rows;
+  std::vector<int32_t> ids;
   for (size_t i = 0; i < prompts.size(); ++i) {
-    ASSERT_TRUE(reduced.model->GatherStepLogits(i, ids, gathered.data()).ok());
-    for (size_t j = 0; j < ids.size(); ++j) {
-      EXPECT_EQ(gathered[j], logits[i * vocab + ids[j]]) << "row " << i << ", id " << ids[j];
+    for (int32_t id : {static_cast<int32_t>(vocab) - 1, 0, 17}) {
+      rows.push_back(static_cast<int32_t>(i));
+      ids.push_back(id);
     }
   }
+  std::vector<float> gathered(ids.size(), std::nanf(""));
+  ASSERT_TRUE(reduced.model->GatherStepLogits(rows, ids, gathered.data()).ok());
+  for (size_t j = 0; j < ids.size(); ++j) {
+    EXPECT_EQ(gathered[j], logits[rows[j] * vocab + ids[j]])
+        << "row " << rows[j] << ", id " << ids[j];
+  }
+  const std::vector<int32_t> row0 = {0};
   const std::vector<int32_t> outside = {-1};
-  EXPECT_EQ(reduced.model->GatherStepLogits(0, outside, gathered.data()).code(),
+  EXPECT_EQ(reduced.model->GatherStepLogits(row0, outside, gathered.data()).code(),
             absl::StatusCode::kInvalidArgument);
 }
 

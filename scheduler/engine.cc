@@ -414,19 +414,43 @@ void Engine::SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_
   jobs.reserve(logits_owner.size());
   for (size_t i = 0; i < logits_owner.size(); ++i) PrepareSampling(logits_owner[i], i, now, jobs);
   std::vector<model::Sampler::SampleResult> samples(jobs.size());
+  const int64_t n = static_cast<int64_t>(jobs.size());
+  const bool reduced = step_logits_.kind() == model::StepLogits::Kind::kTopK;
+  if (reduced) {
+    // The few logits biased or penalised rows need besides their candidates, in one go.
+    std::vector<size_t> rows(jobs.size());
+    std::vector<model::Sampler*> samplers(jobs.size());
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      rows[j] = jobs[j].row;
+      samplers[j] = jobs[j].seq->sampler.get();
+    }
+    step_logits_.Gather(rows, samplers);
+  }
+  std::vector<uint8_t> drawn(jobs.size(), 0);
   auto draw = [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      samples[j] = step_logits_.Sample(*jobs[j].seq->sampler, jobs[j].row);
+      std::optional<model::Sampler::SampleResult> sample =
+          step_logits_.TrySample(*jobs[j].seq->sampler, jobs[j].row);
+      if (!sample.has_value()) continue;  // nothing drawn: fetched below
+      samples[j] = *std::move(sample);
+      drawn[j] = 1;
     }
   };
-  const int64_t n = static_cast<int64_t>(jobs.size());
-  if (step_logits_.kind() == model::StepLogits::Kind::kRows && sampling_pool_ != nullptr && n > 1 &&
-      n * vocab >= options_.parallel_sampling_min_elements) {
+  // Whole rows past the size where a pool pays, or candidate steps with enough rows whose
+  // bias or penalties act over a nucleus (~50 us each at a 128k vocabulary).
+  const bool parallel =
+      sampling_pool_ != nullptr && n > 1 &&
+      (reduced ? step_logits_.num_adjusted_nucleus_rows() >= kParallelAdjustedNucleusRows
+               : n * vocab >= options_.parallel_sampling_min_elements);
+  if (parallel) {
     // Distinct samplers (each its own RNG and history; scratch is thread-local): no shared
     // state, so the split cannot change a token.
     sampling_pool_->ParallelFor(n, draw);
   } else {
     draw(0, n);
+  }
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    if (!drawn[j]) samples[j] = step_logits_.SampleFetched(*jobs[j].seq->sampler, jobs[j].row);
   }
   {
     absl::MutexLock lock(&mu_);

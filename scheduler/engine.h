@@ -146,15 +146,19 @@ class Engine {
   void CheckCancellations(Clock::time_point now);
   void Step();
   void ExecuteCopies(const std::vector<KvCopy>& copies);
+  // Candidate steps sample on sampling_pool_ from this many rows with a bias or penalties
+  // over a nucleus (model::StepLogits::num_adjusted_nucleus_rows).
+  static constexpr size_t kParallelAdjustedNucleusRows = 4;
   // A sequence's token to draw from logits row `row` of this step (SampleStep).
   struct SampleJob {
     Sequence* seq = nullptr;
     size_t row = 0;  // logits row of the step (step_logits_)
   };
   // The step's sampling in three phases: set-up in order (first-token samplers and forks,
-  // latency observations; `jobs` gets one entry per sequence to sample), the draws (in
-  // parallel on sampling_pool_ when worth it; from what step_logits_ brought back), then
-  // AppendToken in order.
+  // latency observations; `jobs` gets one entry per sequence to sample), the draws (the few
+  // logits biased or penalised rows need gathered first; then in parallel on sampling_pool_
+  // when worth it, from what step_logits_ brought back; last, rows those did not decide,
+  // fetched), then AppendToken in order.
   void SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_point now);
   void PrepareSampling(Sequence* seq, size_t row, Clock::time_point now,
                        std::vector<SampleJob>& jobs);

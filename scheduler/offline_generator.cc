@@ -159,6 +159,16 @@ absl::StatusOr<std::vector<GenerationResult>> OfflineGenerator::Run(
                                      : counters_.num_decode_tokens) += n;
       s.num_computed += n;
     }
+    {
+      // The few logits biased or penalised rows need besides their candidates, in one go.
+      std::vector<size_t> rows(logits_owner.size());
+      std::vector<model::Sampler*> samplers(logits_owner.size());
+      for (size_t row = 0; row < logits_owner.size(); ++row) {
+        rows[row] = row;
+        samplers[row] = seqs[logits_owner[row]].sampler.get();
+      }
+      step_logits.Gather(rows, samplers);
+    }
     for (size_t row = 0; row < logits_owner.size(); ++row) {
       Sequence& s = seqs[logits_owner[row]];
       model::Sampler::SampleResult sample = step_logits.Sample(*s.sampler, row);

@@ -74,9 +74,10 @@ class RecordingStepRunner final : public model::StepRunner {
     ++num_logits_rows_copied_;
     return inner_.CopyStepLogitsRow(row, logits);
   }
-  absl::Status GatherStepLogits(size_t row, std::span<const int32_t> ids, float* logits) override {
+  absl::Status GatherStepLogits(std::span<const int32_t> rows, std::span<const int32_t> ids,
+                                float* logits) override {
     ++num_logits_gathers_;
-    return inner_.GatherStepLogits(row, ids, logits);
+    return inner_.GatherStepLogits(rows, ids, logits);
   }
   void MoveKvBlocks(std::span<const model::KvBlockMove> moves) override {
     inner_.MoveKvBlocks(moves);

@@ -17,6 +17,7 @@ SANITIZED=(
   //model:tokenizer_test
   //model:detokenizer_test
   //model:sampler_test
+  //model:step_logits_test
   //kernels/cpu:all
   //scheduler:scheduler_test
   //scheduler:request_stream_test

@@ -420,10 +420,11 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
         EXPECT_EQ(fetched[0], fetched[1]) << what << ", row " << i;
         // A few of its logits gathered on the device (a biased row's fallback) are the row's.
         const std::vector<int32_t> ids = {vocab_ - 1, 3, static_cast<int32_t>(i), 3};
+        const std::vector<int32_t> of_row(ids.size(), static_cast<int32_t>(i));
         std::vector<float> gathered(ids.size(), std::nanf(""));
         for (size_t e = 0; e < engines_.size(); ++e) {
           const absl::Status status =
-              engines_[e].model->GatherStepLogits(static_cast<int64_t>(i), ids, gathered.data());
+              engines_[e].model->GatherStepLogits(of_row, ids, gathered.data());
           if (!status.ok()) {
             ADD_FAILURE() << engines_[e].label << ": " << status;
             return static_cast<int>(replays);

@@ -1,0 +1,235 @@
+// StepLogits over a runner whose logits rows are known (FixedRowsRunner): what each kind of
+// row brings back and how its sample is decided, against Sampler::Sample on the whole row.
+#include "model/step_logits.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+#include "model/llama_config.h"
+#include "model/sampler.h"
+#include "model/sampling_params.h"
+#include "model/step_batch.h"
+#include "model/step_runner.h"
+
+namespace glimpse::model {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// A StepRunner whose every step's logits are `rows` (one per logits row), reduced on the host
+// by the rules StepRunner states: what a device step would hand StepLogits. It counts the
+// gathers and fetches after a step. GatherStepLogits is StepRunner's default (rows copied).
+class FixedRowsRunner final : public StepRunner {
+ public:
+  explicit FixedRowsRunner(std::vector<std::vector<float>> rows) : rows_(std::move(rows)) {
+    config_.vocab_size = static_cast<int32_t>(rows_[0].size());
+  }
+
+  const LlamaConfig& config() const override { return config_; }
+  int tensor_parallel_size() const override { return 1; }
+  void AllocateKvCache(int32_t, int32_t, int32_t) override {}
+  void ReserveActivations(int32_t, int32_t) override {}
+  int32_t kv_num_blocks() const override { return 0; }
+  int32_t kv_block_size() const override { return 0; }
+  size_t kv_element_bytes() const override { return 4; }
+  void MoveKvBlocks(std::span<const KvBlockMove>) override {}
+
+  absl::Status Forward(const StepBatch& batch, float* logits) override {
+    for (size_t r = 0; r < batch.logits_rows.size(); ++r) {
+      std::copy(rows_[r].begin(), rows_[r].end(), logits + r * rows_[r].size());
+    }
+    return absl::OkStatus();
+  }
+  absl::Status ForwardGreedy(const StepBatch& batch, int32_t* tokens) override {
+    for (size_t r = 0; r < batch.logits_rows.size(); ++r) {
+      tokens[r] = static_cast<int32_t>(std::max_element(rows_[r].begin(), rows_[r].end()) -
+                                       rows_[r].begin());
+    }
+    return absl::OkStatus();
+  }
+  absl::Status ForwardTopK(const StepBatch& batch, int32_t k,
+                           std::span<const float> normalizer_temperatures, bool sums_t1,
+                           TopTokens* top) override {
+    const size_t n = batch.logits_rows.size();
+    const bool normalizers = !normalizer_temperatures.empty();
+    top->Resize(n, k, normalizers, sums_t1);
+    for (size_t r = 0; r < n; ++r) {
+      const std::vector<float>& row = rows_[r];
+      std::vector<int32_t> ids;
+      for (int32_t i = 0; i < static_cast<int32_t>(row.size()); ++i) {
+        if (!std::isnan(row[i]) && row[i] != -kInf) ids.push_back(i);
+      }
+      std::stable_sort(ids.begin(), ids.end(),
+                       [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+      ids.resize(std::min(ids.size(), static_cast<size_t>(k)));
+      std::sort(ids.begin(), ids.end());
+      top->count[r] = static_cast<int32_t>(ids.size());
+      for (size_t j = 0; j < ids.size(); ++j) {
+        top->ids[r * k + j] = ids[j];
+        top->logits[r * k + j] = row[ids[j]];
+      }
+      if (!normalizers) continue;
+      const Sampler::RowNormalizer at_t1 = Sampler::NormalizerOf(row);
+      top->row_max[r] = at_t1.max;
+      double sum = 0.0;
+      for (float x : row) {
+        if (x > -kInf) sum += std::exp((x - at_t1.max) / normalizer_temperatures[r]);
+      }
+      top->row_exp_sum[r] = sum;
+      if (sums_t1) top->row_exp_sum_t1[r] = at_t1.exp_sum;
+    }
+    return absl::OkStatus();
+  }
+  absl::Status CopyStepLogitsRow(size_t row, float* logits) override {
+    ++rows_copied_;
+    std::copy(rows_[row].begin(), rows_[row].end(), logits);
+    return absl::OkStatus();
+  }
+  absl::Status GatherStepLogits(std::span<const int32_t> rows, std::span<const int32_t> ids,
+                                float* logits) override {
+    ++gathers_;
+    gathered_logits_ += static_cast<int64_t>(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) logits[i] = rows_[rows[i]][ids[i]];
+    return absl::OkStatus();
+  }
+
+  int rows_copied() const { return rows_copied_; }
+  int gathers() const { return gathers_; }
+  int64_t gathered_logits() const { return gathered_logits_; }
+
+ private:
+  LlamaConfig config_;
+  std::vector<std::vector<float>> rows_;
+  int rows_copied_ = 0;
+  int gathers_ = 0;
+  int64_t gathered_logits_ = 0;
+};
+
+// Rows whose sample hinges on one gathered logit each: a biased token far down the row lifted
+// to just above (or below) the row's best, and penalised nucleus rows. Gathered for all rows
+// in one call, each row's values must be its own: every token equals Sampler::Sample's on the
+// whole row, by a twin sampler with the same seed and history.
+TEST(StepLogitsTest, GatheredLogitsDecideEachRowAsItsWholeRow) {
+  constexpr int32_t kVocab = 2000;
+  constexpr size_t kRows = 8;
+  std::mt19937_64 rng(17);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<std::vector<float>> rows(kRows, std::vector<float>(kVocab));
+  for (size_t r = 0; r < kRows; ++r) {
+    for (float& x : rows[r]) x = normal(rng) * (r < 4 ? 1.0f : 3.0f);  // nuclei: peaked
+  }
+  std::vector<SamplingParams> params(kRows);
+  for (size_t r = 0; r < kRows; ++r) {
+    // Token 100 + r, set far down the row, biased to land 0.01 above or below the row's best:
+    // from another row's logit it would land elsewhere.
+    const int32_t lifted = static_cast<int32_t>(100 + r);
+    rows[r][lifted] = -6.0f - static_cast<float>(r);
+    const float best = *std::max_element(rows[r].begin(), rows[r].end());
+    const float margin = r % 2 == 0 ? 0.01f : -0.01f;
+    params[r].logit_bias = {{lifted, best - rows[r][lifted] + margin}};
+    if (r < 4) {
+      params[r].temperature = 0.0f;  // greedy: the lifted token or the best
+    } else {
+      params[r].temperature = 0.7f;  // a nucleus with a penalty too
+      params[r].top_p = r % 3 == 0 ? 0.9f : 1.0f;
+      params[r].frequency_penalty = 0.4f;
+    }
+  }
+  StepLogitsOptions options;
+  StepLogits step;
+  step.Begin(options, kVocab);
+  for (const SamplingParams& p : params) step.AddRow(p, /*report_logprobs=*/false);
+  step.Finish();
+  ASSERT_EQ(step.kind(), StepLogits::Kind::kTopK);
+  FixedRowsRunner runner(rows);
+  StepBatch batch;
+  batch.logits_rows.resize(kRows);
+  ASSERT_TRUE(step.Forward(runner, batch).ok());
+
+  std::vector<std::unique_ptr<Sampler>> samplers;
+  std::vector<std::unique_ptr<Sampler>> twins;
+  std::vector<Sampler*> sampler_ptrs;
+  std::vector<size_t> row_ids;
+  for (size_t r = 0; r < kRows; ++r) {
+    samplers.push_back(std::make_unique<Sampler>(params[r], kVocab, r, false));
+    twins.push_back(std::make_unique<Sampler>(params[r], kVocab, r, false));
+    for (int32_t t : {3, 200 + static_cast<int32_t>(r), 3}) {  // a history for the penalty
+      samplers.back()->Accept(t);
+      twins.back()->Accept(t);
+    }
+    sampler_ptrs.push_back(samplers.back().get());
+    row_ids.push_back(r);
+  }
+  step.Gather(row_ids, sampler_ptrs);
+  EXPECT_EQ(runner.gathers(), 1);  // every row's in one call
+  EXPECT_GE(runner.gathered_logits(), static_cast<int64_t>(kRows));
+  for (size_t r = 0; r < kRows; ++r) {
+    const int32_t want = twins[r]->Sample(rows[r]).token;
+    std::optional<Sampler::SampleResult> got = step.TrySample(*samplers[r], r);
+    const std::string what = "row " + std::to_string(r);
+    ASSERT_TRUE(got.has_value()) << what << ": not decided by its candidates and gathers";
+    EXPECT_EQ(got->token, want) << what;
+    if (r < 4 && r % 2 == 0) {
+      EXPECT_EQ(want, 100 + static_cast<int32_t>(r)) << what;  // lifted above the best
+    } else if (r < 4) {
+      EXPECT_NE(want, 100 + static_cast<int32_t>(r)) << what;  // and just below it
+    }
+  }
+  EXPECT_EQ(runner.rows_copied(), 0);
+  EXPECT_EQ(step.num_rows_gathered(), static_cast<int64_t>(kRows));
+  EXPECT_EQ(step.num_adjusted_rows_decided(), static_cast<int64_t>(kRows));
+}
+
+// Sample() without Gather gathers for its own row; a row past the gather limit, or one whose
+// candidates and gathers cannot decide, is fetched whole (SampleFetched): the same tokens.
+TEST(StepLogitsTest, SampleGathersForItsRowAndFetchesWhatCannotBeDecided) {
+  constexpr int32_t kVocab = 6000;
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<std::vector<float>> rows(3, std::vector<float>(kVocab));
+  for (auto& row : rows) {
+    for (float& x : row) x = normal(rng);
+  }
+  // Row 2: the 5000 prompt tokens (ids below 5000) all at 5, the rest N(0, 3): doubled by
+  // repetition 0.5, any prompt token may reach 10, above nearly every candidate.
+  for (int32_t i = 0; i < 5000; ++i) rows[2][i] = 5.0f;
+  std::vector<SamplingParams> params(3);
+  params[0].temperature = 0.0f;
+  params[0].logit_bias = {{4321, 50.0f}};  // gathered by Sample itself
+  params[1].temperature = 1.0f;
+  params[1].repetition_penalty = 1.1f;  // a prompt of 5000 distinct tokens: too many
+  params[2].temperature = 0.9f;
+  params[2].top_k = 5;
+  params[2].repetition_penalty = 0.5f;  // prompt tokens rise past any bound: fetched
+  StepLogits step;
+  step.Begin(StepLogitsOptions{}, kVocab);
+  for (const SamplingParams& p : params) step.AddRow(p, false);
+  step.Finish();
+  FixedRowsRunner runner(rows);
+  StepBatch batch;
+  batch.logits_rows.resize(3);
+  ASSERT_TRUE(step.Forward(runner, batch).ok());
+  std::vector<int32_t> prompt(5000);
+  for (int32_t i = 0; i < 5000; ++i) prompt[i] = i;
+  for (size_t r = 0; r < 3; ++r) {
+    Sampler sampler(params[r], kVocab, r, false);
+    Sampler twin(params[r], kVocab, r, false);
+    sampler.AddPromptTokens(prompt);
+    twin.AddPromptTokens(prompt);
+    EXPECT_EQ(step.Sample(sampler, r).token, twin.Sample(rows[r]).token) << "row " << r;
+  }
+  EXPECT_EQ(runner.gathers(), 1);      // row 0's own
+  EXPECT_EQ(runner.rows_copied(), 2);  // rows 1 and 2
+  EXPECT_EQ(step.num_rows_fetched(), 2);
+}
+
+}  // namespace
+}  // namespace glimpse::model
