@@ -240,6 +240,39 @@ absl::Status TensorParallelModel::CopyStepLogitsRow(size_t row, float* logits) {
   });
 }
 
+absl::Status TensorParallelModel::GatherStepLogits(std::span<const int32_t> rows,
+                                                   std::span<const int32_t> ids, float* logits) {
+  if (rows.size() != ids.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("logits to gather: ", rows.size(), " rows for ", ids.size(), " token ids"));
+  }
+  const int32_t vocab = config().vocab_size;
+  for (int32_t id : ids) {
+    if (id < 0 || id >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", id, " to gather is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  return OnEveryRank([&](Rank& rank) {
+    // This rank's share: the ids in its slice, as offsets into it, and where they go.
+    const auto& slice = rank.model->shard().vocab;
+    std::vector<int32_t> own_rows;
+    std::vector<int32_t> own_ids;
+    std::vector<size_t> at;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] >= slice.begin && ids[i] < slice.begin + slice.size()) {
+        own_rows.push_back(rows[i]);
+        own_ids.push_back(static_cast<int32_t>(ids[i] - slice.begin));
+        at.push_back(i);
+      }
+    }
+    std::vector<float> values(own_ids.size());
+    RETURN_IF_ERROR(rank.model->GatherStepLogits(own_rows, own_ids, values.data()));
+    for (size_t j = 0; j < at.size(); ++j) logits[at[j]] = values[j];
+    return absl::OkStatus();
+  });
+}
+
 void TensorParallelModel::MergeRowNormalizers(size_t row, float temperature, TopTokens* top) const {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   float max = -kInf;

@@ -85,6 +85,10 @@ class TensorParallelModel final : public StepRunner {
                            TopTokens* top) override;
   // Every rank's slice of the row (LlamaModel::CopyStepLogitsRow), side by side.
   absl::Status CopyStepLogitsRow(size_t row, float* logits) override;
+  // Each id from the rank whose vocabulary slice holds it (LlamaModel::GatherStepLogits), the
+  // ranks concurrently.
+  absl::Status GatherStepLogits(std::span<const int32_t> rows, std::span<const int32_t> ids,
+                                float* logits) override;
 
   // The moves on every rank's cache, the ranks concurrently (each on its own device).
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;

@@ -568,7 +568,7 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
   }
   EXPECT_EQ(reduced.model->CopyStepLogitsRow(prompts.size(), row.data()).code(),
             absl::StatusCode::kOutOfRange);
-  // A few tokens' logits of the rows, from every rank's slice (StepRunner's default).
+  // A few tokens' logits of the rows, each from the rank whose slice holds it.
   std::vector<int32_t> rows;
   std::vector<int32_t> ids;
   for (size_t i = 0; i < prompts.size(); ++i) {
