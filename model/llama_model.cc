@@ -91,7 +91,8 @@ absl::StatusOr<kernels::MatrixView> SliceMatrix(const kernels::MatrixView& w,
 // kQkv holds q, k and v of a step one after the other ([rows][q], then [rows][kv] twice), and
 // kGateUp gate then up: outputs of one MatMuls, adjacent so that a backend can join the
 // products (Backend::MatMuls; the CUDA backend's one-row steps run one GEMM for each).
-// kGathered holds logits gathered from kLogitsOut after a step (GatherStepLogits), one float each.
+// kGathered holds logits gathered from kLogitsOut after a step (GatherStepLogits), one float
+// each; kFetched whole rows of it side by side (CopyStepLogitsRows).
 enum Buffer : size_t {
   kX,
   kXn,
@@ -102,6 +103,7 @@ enum Buffer : size_t {
   kLogitsIn,
   kLogitsOut,
   kGathered,
+  kFetched,
   kNumBuffers
 };
 
@@ -252,6 +254,7 @@ int64_t LlamaModel::ScratchWidth(size_t index) const {
     case kGateUp:
       return 2 * shard_.ffn_dim();
     case kLogitsOut:
+    case kFetched:
       return shard_.vocab.size();
     case kGathered:
       return 1;
@@ -269,7 +272,8 @@ float* LlamaModel::Scratch(size_t index, int64_t rows) {
   if (scratch_floats_[index] < num_floats) {
     if (scratch_[index] != nullptr) {
       backend_.Free(scratch_[index]);
-      if (index != kGathered) ++activation_moves_;  // no step's graph holds kGathered
+      // No step's graph holds kGathered or kFetched.
+      if (index != kGathered && index != kFetched) ++activation_moves_;
     }
     // Grow geometrically so a slowly rising batch size does not reallocate every step.
     const size_t size = std::max(num_floats, scratch_floats_[index] * 3 / 2);
@@ -309,6 +313,22 @@ absl::Status LlamaModel::CopyStepLogitsRow(int64_t row, float* logits) {
   }
   const int64_t width = shard_.vocab.size();
   backend_.CopyToHost(logits, scratch_[kLogitsOut] + row * width, width * sizeof(float));
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::CopyStepLogitsRows(std::span<const int32_t> rows, float* logits) {
+  for (int32_t row : rows) {
+    if (row < 0 || row >= step_logits_rows_) {
+      return absl::OutOfRangeError(absl::StrCat("logits row ", row, " of a step that had ",
+                                                step_logits_rows_, " (none after a failed step)"));
+    }
+  }
+  if (rows.size() <= 1) return rows.empty() ? absl::OkStatus() : CopyStepLogitsRow(rows[0], logits);
+  const int64_t width = shard_.vocab.size();
+  const int64_t n = static_cast<int64_t>(rows.size());
+  float* fetched = Scratch(kFetched, n);
+  backend_.GatherRows(scratch_[kLogitsOut], width, rows.data(), n, fetched);
+  backend_.CopyToHost(logits, fetched, static_cast<size_t>(n * width) * sizeof(float));
   return absl::OkStatus();
 }
 

@@ -97,6 +97,10 @@ class LlamaModel {
   // what a sample its reduction did not decide falls back to. OutOfRange past the step's rows
   // (or after a failed step).
   absl::Status CopyStepLogitsRow(int64_t row, float* logits);
+  // Those rows, into host `logits` ([rows.size()][vocab slice]): gathered side by side where
+  // they are (one Backend::GatherRows) and copied back in one copy. Errors as
+  // CopyStepLogitsRow's.
+  absl::Status CopyStepLogitsRows(std::span<const int32_t> rows, float* logits);
   // The logits of tokens `ids[i]` (each in this rank's vocabulary slice, as offsets into it)
   // of rows `rows[i]`, into host `logits` ([ids.size()]): gathered where they are in one
   // Backend::GatherRows, so only ids.size() floats come back. Errors as CopyStepLogitsRow's,

@@ -73,6 +73,8 @@ absl::Status StepLogits::Forward(StepRunner& runner, const StepBatch& batch) {
   CHECK(batch.logits_rows.size() == num_rows_);
   runner_ = &runner;
   gathers_.assign(num_rows_, RowGathers{});
+  fetched_at_.assign(num_rows_, -1);
+  fetched_rows_.clear();
   switch (kind_) {
     case Kind::kArgMax:
       argmax_.resize(num_rows_);
@@ -197,14 +199,36 @@ std::optional<Sampler::SampleResult> StepLogits::TrySample(Sampler& sampler, siz
   return result;
 }
 
+void StepLogits::Fetch(std::span<const size_t> rows) {
+  if (kind_ != Kind::kTopK) return;
+  std::vector<int32_t> wanted;
+  for (size_t row : rows) {
+    CHECK(row < num_rows_);
+    if (fetched_at_[row] >= 0) continue;
+    fetched_at_[row] = static_cast<int64_t>(wanted.size());  // within this call, then shifted
+    wanted.push_back(static_cast<int32_t>(row));
+  }
+  if (wanted.empty()) return;
+  const size_t vocab = static_cast<size_t>(vocab_size_);
+  const size_t before = fetched_rows_.size() / vocab;
+  for (int32_t row : wanted) fetched_at_[row] += static_cast<int64_t>(before);
+  fetched_rows_.resize((before + wanted.size()) * vocab);
+  const absl::Status status =
+      runner_->CopyStepLogitsRows(wanted, fetched_rows_.data() + before * vocab);
+  CHECK(status.ok());
+  rows_fetched_ += static_cast<int64_t>(wanted.size());
+}
+
 Sampler::SampleResult StepLogits::SampleFetched(Sampler& sampler, size_t row) {
   CHECK(kind_ == Kind::kTopK && row < num_rows_);
   // Not decided by the candidates: the row itself, still where the step left it.
-  ++rows_fetched_;
-  fetched_row_.resize(static_cast<size_t>(vocab_size_));
-  const absl::Status status = runner_->CopyStepLogitsRow(row, fetched_row_.data());
-  CHECK(status.ok());
-  return sampler.Sample(fetched_row_);
+  if (fetched_at_[row] < 0) {
+    const size_t rows[] = {row};
+    Fetch(rows);
+  }
+  const size_t vocab = static_cast<size_t>(vocab_size_);
+  return sampler.Sample(std::span<const float>(fetched_rows_)
+                            .subspan(static_cast<size_t>(fetched_at_[row]) * vocab, vocab));
 }
 
 Sampler::SampleResult StepLogits::Sample(Sampler& sampler, size_t row) {

@@ -88,16 +88,19 @@ class StepLogits {
   // gathers; the row fetched when those do not decide). Driving thread only.
   Sampler::SampleResult Sample(Sampler& sampler, size_t row);
 
-  // Sample in three parts, for a driver that samples rows on several threads:
+  // Sample in parts, for a driver that samples rows on several threads:
   //   1. Gather (driving thread): of a kTopK step's biased or penalised rows `rows` (their
   //      samplers beside them), the few tokens' logits they need besides their candidates,
   //      all in one StepRunner::GatherStepLogits. Once per row per step.
   //   2. TrySample (any thread, distinct rows concurrently; each sampler its own): Sample's
   //      result when it needs nothing more from where the logits are, else nullopt without
   //      drawing.
-  //   3. SampleFetched (driving thread) for the rows TrySample left: from the row fetched.
+  //   3. Fetch (driving thread): the rows TrySample left, in one StepRunner::CopyStepLogitsRows.
+  //   4. SampleFetched for those rows: from the row fetched — any thread for rows Fetch
+  //      brought (distinct rows concurrently), else the driving thread (it fetches the row).
   void Gather(std::span<const size_t> rows, std::span<Sampler* const> samplers);
   std::optional<Sampler::SampleResult> TrySample(Sampler& sampler, size_t row);
+  void Fetch(std::span<const size_t> rows);
   Sampler::SampleResult SampleFetched(Sampler& sampler, size_t row);
   // Rows of the planned step whose candidates are sampled with a bias or penalties over a
   // nucleus (the costliest on the host, ~50 µs at a 128k vocabulary): what makes sampling
@@ -155,14 +158,16 @@ class StepLogits {
   bool sums_t1_ = false;
   Kind kind_ = Kind::kRows;
   int32_t k_ = 0;
-  StepRunner* runner_ = nullptr;    // of the last Forward (nucleus rows' fallback)
-  std::vector<float> fetched_row_;  // [vocab]: a row fetched after the step
+  StepRunner* runner_ = nullptr;     // of the last Forward (nucleus rows' fallback)
   std::vector<RowGathers> gathers_;  // [rows] of the last Forward
-  // Counted by TrySample, which may run on several threads at once.
+  // Rows Fetch brought: fetched_at_[row] is the row's index in fetched_rows_, or -1.
+  std::vector<int64_t> fetched_at_;
+  std::vector<float> fetched_rows_;  // [fetched][vocab]
+  // Counted by TrySample and SampleFetched, which may run on several threads at once.
   std::atomic<int64_t> nucleus_decided_ = 0;
   std::atomic<int64_t> adjusted_decided_ = 0;
   int64_t rows_gathered_ = 0;
-  int64_t rows_fetched_ = 0;
+  std::atomic<int64_t> rows_fetched_ = 0;
   // The step's outputs, reused across steps.
   std::vector<float> logits_;    // kRows: [rows][vocab]
   std::vector<int32_t> argmax_;  // kArgMax: [rows]

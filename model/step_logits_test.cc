@@ -93,6 +93,17 @@ class FixedRowsRunner final : public StepRunner {
     std::copy(rows_[row].begin(), rows_[row].end(), logits);
     return absl::OkStatus();
   }
+  absl::Status CopyStepLogitsRows(std::span<const int32_t> rows, float* logits) override {
+    ++row_copies_;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (rows[i] < 0 || static_cast<size_t>(rows[i]) >= rows_.size()) {
+        return absl::OutOfRangeError("row");
+      }
+      rows_copied_ += 1;
+      std::copy(rows_[rows[i]].begin(), rows_[rows[i]].end(), logits + i * rows_[0].size());
+    }
+    return absl::OkStatus();
+  }
   absl::Status GatherStepLogits(std::span<const int32_t> rows, std::span<const int32_t> ids,
                                 float* logits) override {
     ++gathers_;
@@ -102,6 +113,7 @@ class FixedRowsRunner final : public StepRunner {
   }
 
   int rows_copied() const { return rows_copied_; }
+  int row_copies() const { return row_copies_; }  // CopyStepLogitsRows calls
   int gathers() const { return gathers_; }
   int64_t gathered_logits() const { return gathered_logits_; }
 
@@ -109,6 +121,7 @@ class FixedRowsRunner final : public StepRunner {
   LlamaConfig config_;
   std::vector<std::vector<float>> rows_;
   int rows_copied_ = 0;
+  int row_copies_ = 0;
   int gathers_ = 0;
   int64_t gathered_logits_ = 0;
 };
@@ -227,8 +240,69 @@ TEST(StepLogitsTest, SampleGathersForItsRowAndFetchesWhatCannotBeDecided) {
     EXPECT_EQ(step.Sample(sampler, r).token, twin.Sample(rows[r]).token) << "row " << r;
   }
   EXPECT_EQ(runner.gathers(), 1);      // row 0's own
-  EXPECT_EQ(runner.rows_copied(), 2);  // rows 1 and 2
+  EXPECT_EQ(runner.rows_copied(), 2);  // rows 1 and 2, each by itself
   EXPECT_EQ(step.num_rows_fetched(), 2);
+}
+
+// The parts a multi-threaded driver calls: Gather, TrySample on every row, then Fetch of the
+// rows left in one copy and SampleFetched on them — the same tokens as Sample() of the whole
+// rows, with one gather and one row copy for the step.
+TEST(StepLogitsTest, RowsLeftOpenAreFetchedInOneCopy) {
+  constexpr int32_t kVocab = 3000;
+  constexpr size_t kRows = 4;
+  std::mt19937_64 rng(9);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<std::vector<float>> rows(kRows, std::vector<float>(kVocab));
+  for (auto& row : rows) {
+    for (float& x : row) x = normal(rng);  // flat: top-p nuclei wider than the candidates
+  }
+  std::vector<SamplingParams> params(kRows);
+  for (size_t r = 0; r < kRows; ++r) {
+    params[r].temperature = 1.5f;
+    params[r].top_p = 0.95f;
+    if (r % 2 == 1) params[r].presence_penalty = 0.5f;  // adjusted nucleus rows
+  }
+  StepLogits step;
+  step.Begin(StepLogitsOptions{}, kVocab);
+  for (const SamplingParams& p : params) step.AddRow(p, false);
+  step.Finish();
+  FixedRowsRunner runner(rows);
+  StepBatch batch;
+  batch.logits_rows.resize(kRows);
+  ASSERT_TRUE(step.Forward(runner, batch).ok());
+  std::vector<std::unique_ptr<Sampler>> samplers;
+  std::vector<Sampler*> sampler_ptrs;
+  std::vector<size_t> row_ids;
+  for (size_t r = 0; r < kRows; ++r) {
+    samplers.push_back(std::make_unique<Sampler>(params[r], kVocab, r, false));
+    samplers.back()->Accept(7);
+    sampler_ptrs.push_back(samplers.back().get());
+    row_ids.push_back(r);
+  }
+  step.Gather(row_ids, sampler_ptrs);
+  std::vector<size_t> left;
+  std::vector<int32_t> tokens(kRows, -1);
+  for (size_t r = 0; r < kRows; ++r) {
+    std::optional<Sampler::SampleResult> got = step.TrySample(*samplers[r], r);
+    if (got.has_value()) {
+      tokens[r] = got->token;
+    } else {
+      left.push_back(r);
+    }
+  }
+  ASSERT_EQ(left.size(), kRows) << "flat rows: every nucleus wider than 256 candidates";
+  EXPECT_EQ(runner.rows_copied(), 0);
+  step.Fetch(left);
+  EXPECT_EQ(runner.row_copies(), 1);
+  EXPECT_EQ(runner.rows_copied(), static_cast<int>(kRows));
+  for (size_t r : left) tokens[r] = step.SampleFetched(*samplers[r], r).token;
+  EXPECT_EQ(runner.row_copies(), 1);  // nothing fetched twice
+  EXPECT_EQ(step.num_rows_fetched(), static_cast<int64_t>(kRows));
+  for (size_t r = 0; r < kRows; ++r) {
+    Sampler twin(params[r], kVocab, r, false);
+    twin.Accept(7);
+    EXPECT_EQ(tokens[r], twin.Sample(rows[r]).token) << "row " << r;
+  }
 }
 
 }  // namespace

@@ -66,6 +66,15 @@ absl::Status LlamaStepRunner::ForwardTopK(const StepBatch& batch, int32_t k,
                             top->row_exp_sum_t1_data());
 }
 
+absl::Status StepRunner::CopyStepLogitsRows(std::span<const int32_t> rows, float* logits) {
+  const size_t vocab = static_cast<size_t>(config().vocab_size);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (rows[i] < 0) return absl::OutOfRangeError(absl::StrCat("logits row ", rows[i]));
+    RETURN_IF_ERROR(CopyStepLogitsRow(static_cast<size_t>(rows[i]), logits + i * vocab));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status StepRunner::GatherStepLogits(std::span<const int32_t> rows,
                                           std::span<const int32_t> ids, float* logits) {
   const int32_t vocab = config().vocab_size;
@@ -94,6 +103,10 @@ absl::Status StepRunner::GatherStepLogits(std::span<const int32_t> rows,
 
 absl::Status LlamaStepRunner::CopyStepLogitsRow(size_t row, float* logits) {
   return model_.CopyStepLogitsRow(static_cast<int64_t>(row), logits);
+}
+
+absl::Status LlamaStepRunner::CopyStepLogitsRows(std::span<const int32_t> rows, float* logits) {
+  return model_.CopyStepLogitsRows(rows, logits);
 }
 
 absl::Status LlamaStepRunner::GatherStepLogits(std::span<const int32_t> rows,

@@ -122,6 +122,9 @@ class StepRunner {
   // ([vocab] fp32). What a sample the reduction did not decide falls back to. OutOfRange past
   // the step's rows.
   virtual absl::Status CopyStepLogitsRow(size_t row, float* logits) = 0;
+  // CopyStepLogitsRow for each of `rows`, into host `logits` ([rows.size()][vocab]), at once.
+  // This default copies them one by one.
+  virtual absl::Status CopyStepLogitsRows(std::span<const int32_t> rows, float* logits);
   // As CopyStepLogitsRow, but only the logits of tokens `ids[i]` (each in [0, vocab)) of
   // rows `rows[i]` of that step, into host `logits` ([ids.size()]), for every row at once: a
   // few tokens' raw logits that samples their candidates do not decide need (a biased
@@ -176,6 +179,7 @@ class LlamaStepRunner final : public StepRunner {
                            std::span<const float> normalizer_temperatures, bool sums_t1,
                            TopTokens* top) override;
   absl::Status CopyStepLogitsRow(size_t row, float* logits) override;
+  absl::Status CopyStepLogitsRows(std::span<const int32_t> rows, float* logits) override;
   absl::Status GatherStepLogits(std::span<const int32_t> rows, std::span<const int32_t> ids,
                                 float* logits) override;
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;

@@ -527,6 +527,17 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
                 absl::StatusCode::kOutOfRange);
       EXPECT_EQ(reduced.model->GatherStepLogits(row0, ids, gathered.data()).code(),
                 absl::StatusCode::kInvalidArgument);  // sizes differ
+      // Whole rows side by side in one copy, in any order.
+      std::vector<int32_t> some_rows = {static_cast<int32_t>(prompts.size()) - 1, 0};
+      std::vector<float> fetched(some_rows.size() * vocab, std::nanf(""));
+      ASSERT_TRUE(reduced.model->CopyStepLogitsRows(some_rows, fetched.data()).ok());
+      for (size_t j = 0; j < some_rows.size(); ++j) {
+        EXPECT_TRUE(std::equal(fetched.begin() + j * vocab, fetched.begin() + (j + 1) * vocab,
+                               logits.begin() + some_rows[j] * vocab))
+            << "row " << some_rows[j];
+      }
+      EXPECT_EQ(reduced.model->CopyStepLogitsRows(past, fetched.data()).code(),
+                absl::StatusCode::kOutOfRange);
     }
   }
   for (int size : {1, 2, 4}) {

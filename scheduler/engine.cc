@@ -449,8 +449,30 @@ void Engine::SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_
   } else {
     draw(0, n);
   }
+  // The rows those did not decide, fetched in one copy and sampled whole (on the pool when
+  // they are many, as whole-row steps are).
+  std::vector<size_t> left;
+  std::vector<size_t> left_rows;
   for (size_t j = 0; j < jobs.size(); ++j) {
-    if (!drawn[j]) samples[j] = step_logits_.SampleFetched(*jobs[j].seq->sampler, jobs[j].row);
+    if (drawn[j]) continue;
+    left.push_back(j);
+    left_rows.push_back(jobs[j].row);
+  }
+  if (!left.empty()) {
+    step_logits_.Fetch(left_rows);
+    auto draw_fetched = [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const size_t j = left[i];
+        samples[j] = step_logits_.SampleFetched(*jobs[j].seq->sampler, jobs[j].row);
+      }
+    };
+    const int64_t num_left = static_cast<int64_t>(left.size());
+    if (sampling_pool_ != nullptr && num_left > 1 &&
+        num_left * vocab >= options_.parallel_sampling_min_elements) {
+      sampling_pool_->ParallelFor(num_left, draw_fetched);
+    } else {
+      draw_fetched(0, num_left);
+    }
   }
   {
     absl::MutexLock lock(&mu_);

@@ -158,7 +158,7 @@ class Engine {
   // latency observations; `jobs` gets one entry per sequence to sample), the draws (the few
   // logits biased or penalised rows need gathered first; then in parallel on sampling_pool_
   // when worth it, from what step_logits_ brought back; last, rows those did not decide,
-  // fetched), then AppendToken in order.
+  // fetched in one copy and sampled, in parallel when worth it), then AppendToken in order.
   void SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_point now);
   void PrepareSampling(Sequence* seq, size_t row, Clock::time_point now,
                        std::vector<SampleJob>& jobs);

@@ -35,7 +35,8 @@ class RecordingStepRunner final : public model::StepRunner {
   int32_t num_normalizer_steps() const { return num_normalizer_steps_; }
   // Of those, the steps that also brought back the sums at temperature 1 (sums_t1).
   int32_t num_sums_t1_steps() const { return num_sums_t1_steps_; }
-  // Rows fetched after a reduced step (CopyStepLogitsRow: samples the reduction left open).
+  // Rows fetched after a reduced step (CopyStepLogitsRow, CopyStepLogitsRows: samples the
+  // reduction left open).
   int32_t num_logits_rows_copied() const { return num_logits_rows_copied_; }
   // A few tokens' logits gathered after a reduced step (GatherStepLogits), calls.
   int32_t num_logits_gathers() const { return num_logits_gathers_; }
@@ -73,6 +74,10 @@ class RecordingStepRunner final : public model::StepRunner {
   absl::Status CopyStepLogitsRow(size_t row, float* logits) override {
     ++num_logits_rows_copied_;
     return inner_.CopyStepLogitsRow(row, logits);
+  }
+  absl::Status CopyStepLogitsRows(std::span<const int32_t> rows, float* logits) override {
+    num_logits_rows_copied_ += static_cast<int32_t>(rows.size());
+    return inner_.CopyStepLogitsRows(rows, logits);
   }
   absl::Status GatherStepLogits(std::span<const int32_t> rows, std::span<const int32_t> ids,
                                 float* logits) override {

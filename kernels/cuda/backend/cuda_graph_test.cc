@@ -433,6 +433,18 @@ class CudaGraphTest : public ::testing::TestWithParam<GraphCase> {
             EXPECT_EQ(gathered[j], fetched[0][ids[j]]) << what << ", row " << i;
           }
         }
+        // And the row again, side by side with row 0, in one copy.
+        const std::vector<int32_t> two_rows = {static_cast<int32_t>(i), 0};
+        std::vector<float> both(2 * static_cast<size_t>(vocab_), std::nanf(""));
+        for (size_t e = 0; e < 2; ++e) {
+          const absl::Status status = engines_[e].model->CopyStepLogitsRows(two_rows, both.data());
+          if (!status.ok()) {
+            ADD_FAILURE() << engines_[e].label << ": " << status;
+            return static_cast<int>(replays);
+          }
+          EXPECT_TRUE(std::equal(both.begin(), both.begin() + vocab_, fetched[0].begin()))
+              << what << ", row " << i;
+        }
         const size_t n = top_k > 0 ? static_cast<size_t>(count[0][i]) : 1;
         for (size_t j = 0; j < n; ++j) {
           EXPECT_EQ(fetched[0][index[0][i * width + j]], value[0][i * width + j]) << what;
