@@ -126,6 +126,17 @@ class FixedRowsRunner final : public StepRunner {
   int64_t gathered_logits_ = 0;
 };
 
+// Plans a step of rows sampled with `params` (no logprobs) at `vocab` and runs it on `runner`.
+void PlanAndForward(const std::vector<SamplingParams>& params, int32_t vocab,
+                    const StepLogitsOptions& options, FixedRowsRunner& runner, StepLogits* step) {
+  step->Begin(options, vocab);
+  for (const SamplingParams& p : params) step->AddRow(p, /*report_logprobs=*/false);
+  step->Finish();
+  StepBatch batch;
+  batch.logits_rows.resize(params.size());
+  ASSERT_TRUE(step->Forward(runner, batch).ok());
+}
+
 // Rows whose sample hinges on one gathered logit each: a biased token far down the row lifted
 // to just above (or below) the row's best, and penalised nucleus rows. Gathered for all rows
 // in one call, each row's values must be its own: every token equals Sampler::Sample's on the
@@ -158,14 +169,9 @@ TEST(StepLogitsTest, GatheredLogitsDecideEachRowAsItsWholeRow) {
   }
   StepLogitsOptions options;
   StepLogits step;
-  step.Begin(options, kVocab);
-  for (const SamplingParams& p : params) step.AddRow(p, /*report_logprobs=*/false);
-  step.Finish();
-  ASSERT_EQ(step.kind(), StepLogits::Kind::kTopK);
   FixedRowsRunner runner(rows);
-  StepBatch batch;
-  batch.logits_rows.resize(kRows);
-  ASSERT_TRUE(step.Forward(runner, batch).ok());
+  ASSERT_NO_FATAL_FAILURE(PlanAndForward(params, kVocab, options, runner, &step));
+  ASSERT_EQ(step.kind(), StepLogits::Kind::kTopK);
 
   std::vector<std::unique_ptr<Sampler>> samplers;
   std::vector<std::unique_ptr<Sampler>> twins;
@@ -223,13 +229,8 @@ TEST(StepLogitsTest, SampleGathersForItsRowAndFetchesWhatCannotBeDecided) {
   params[2].top_k = 5;
   params[2].repetition_penalty = 0.5f;  // prompt tokens rise past any bound: fetched
   StepLogits step;
-  step.Begin(StepLogitsOptions{}, kVocab);
-  for (const SamplingParams& p : params) step.AddRow(p, false);
-  step.Finish();
   FixedRowsRunner runner(rows);
-  StepBatch batch;
-  batch.logits_rows.resize(3);
-  ASSERT_TRUE(step.Forward(runner, batch).ok());
+  ASSERT_NO_FATAL_FAILURE(PlanAndForward(params, kVocab, StepLogitsOptions{}, runner, &step));
   std::vector<int32_t> prompt(5000);
   for (int32_t i = 0; i < 5000; ++i) prompt[i] = i;
   for (size_t r = 0; r < 3; ++r) {
@@ -263,13 +264,8 @@ TEST(StepLogitsTest, RowsLeftOpenAreFetchedInOneCopy) {
     if (r % 2 == 1) params[r].presence_penalty = 0.5f;  // adjusted nucleus rows
   }
   StepLogits step;
-  step.Begin(StepLogitsOptions{}, kVocab);
-  for (const SamplingParams& p : params) step.AddRow(p, false);
-  step.Finish();
   FixedRowsRunner runner(rows);
-  StepBatch batch;
-  batch.logits_rows.resize(kRows);
-  ASSERT_TRUE(step.Forward(runner, batch).ok());
+  ASSERT_NO_FATAL_FAILURE(PlanAndForward(params, kVocab, StepLogitsOptions{}, runner, &step));
   std::vector<std::unique_ptr<Sampler>> samplers;
   std::vector<Sampler*> sampler_ptrs;
   std::vector<size_t> row_ids;

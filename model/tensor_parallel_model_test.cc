@@ -165,6 +165,20 @@ std::vector<std::vector<int32_t>> Prompts(size_t count) {
   return prompts;
 }
 
+// model.GatherStepLogits of the tokens ids[j] of rows rows[j] equals those entries of
+// `logits` ([rows][vocab]), the step's rows as Forward returned them.
+template <typename Model>
+void ExpectGatheredAsInRows(Model& model, const std::vector<int32_t>& rows,
+                            const std::vector<int32_t>& ids, const std::vector<float>& logits,
+                            size_t vocab) {
+  std::vector<float> gathered(ids.size(), std::nanf(""));
+  ASSERT_TRUE(model.GatherStepLogits(rows, ids, gathered.data()).ok());
+  for (size_t j = 0; j < ids.size(); ++j) {
+    EXPECT_EQ(gathered[j], logits[rows[j] * vocab + ids[j]])
+        << "row " << rows[j] << ", id " << ids[j];
+  }
+}
+
 TEST(LlamaShardTest, HeadsSplitInWholeGqaGroupsAndFfnByShardOf) {
   LlamaConfig c;
   c.name = "m";
@@ -511,12 +525,8 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
           ids.push_back(id);
         }
       }
-      std::vector<float> gathered(ids.size(), std::nanf(""));
-      ASSERT_TRUE(reduced.model->GatherStepLogits(rows, ids, gathered.data()).ok());
-      for (size_t j = 0; j < ids.size(); ++j) {
-        EXPECT_EQ(gathered[j], logits[rows[j] * vocab + ids[j]])
-            << "row " << rows[j] << ", id " << ids[j];
-      }
+      ExpectGatheredAsInRows(*reduced.model, rows, ids, logits, vocab);
+      std::vector<float> gathered(ids.size());
       const std::vector<int32_t> row0 = {0, 0};
       const std::vector<int32_t> outside = {3, vocab};
       EXPECT_EQ(reduced.model->GatherStepLogits(row0, outside, gathered.data()).code(),
@@ -588,12 +598,8 @@ TEST(TensorParallelModelTest, TopKTokensAreTheMostLikelyOfTheLogits) {
       ids.push_back(id);
     }
   }
-  std::vector<float> gathered(ids.size(), std::nanf(""));
-  ASSERT_TRUE(reduced.model->GatherStepLogits(rows, ids, gathered.data()).ok());
-  for (size_t j = 0; j < ids.size(); ++j) {
-    EXPECT_EQ(gathered[j], logits[rows[j] * vocab + ids[j]])
-        << "row " << rows[j] << ", id " << ids[j];
-  }
+  ExpectGatheredAsInRows(*reduced.model, rows, ids, logits, vocab);
+  std::vector<float> gathered(ids.size());
   const std::vector<int32_t> row0 = {0};
   const std::vector<int32_t> outside = {-1};
   EXPECT_EQ(reduced.model->GatherStepLogits(row0, outside, gathered.data()).code(),
