@@ -80,10 +80,6 @@ absl::Status CudaBackend::Init() {
                              "allocating the split attention's merge counters"));
   RETURN_IF_ERROR(CudaStatus(cudaMemset(merge_counters_.get(), 0, kMergeCounters * sizeof(int32_t)),
                              "zeroing the split attention's merge counters"));
-  RETURN_IF_ERROR(CudaStatus(argmax_rows_.Allocate(size_t{8} * kMaxGraphBatch),
-                             "allocating the greedy reduction's output"));
-  RETURN_IF_ERROR(CudaStatus(topk_rows_.Allocate(kMaxGraphBatch * TopKRowBytes(kMaxGraphTopK)),
-                             "allocating the top-k selection's output"));
   RETURN_IF_ERROR(CudaStatus(cudaHostAlloc(reinterpret_cast<void**>(&staging_host_),
                                            kInitialStagingBytes, cudaHostAllocDefault),
                              "allocating pinned staging memory"));
@@ -260,27 +256,19 @@ void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t num_bytes) 
   RestartStaging(0);
 }
 
-void CudaBackend::EndStepWithReduction(int64_t num_rows, const std::function<bool()>& record,
-                                       const std::function<void()>& launch) {
-  if (graphs_.recording() && record()) {
-    // The end of the recorded step, as CopyToHost: its graph (or launches) run now.
-    FinishGraphStep(GraphEagerReason::kNumReasons);
-    return;
-  }
+void CudaBackend::EndStepForReduction() {
+  // The forward pass's graph (or recorded launches) run now, as at CopyToHost; the reduction
+  // is launched after it, outside the graph (see the header).
   if (graphs_.recording()) FinishGraphStep(GraphEagerReason::kNumReasons);
-  if (num_rows > 0) launch();
 }
 
 void CudaBackend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int32_t* host_index,
                              float* host_value) {
   Bind();
-  EndStepWithReduction(
-      num_rows, [&] { return RecordArgMaxRows(x, num_rows, cols); },
-      [&] {
-        Reserve(argmax_rows_, static_cast<size_t>(num_rows) * 8);
-        GLIMPSE_CUDA_CHECK(LaunchArgMaxRows(ArgMaxOutput(x, num_rows, cols), stream_));
-      });
+  EndStepForReduction();
   if (num_rows > 0) {
+    Reserve(argmax_rows_, static_cast<size_t>(num_rows) * 8);
+    GLIMPSE_CUDA_CHECK(LaunchArgMaxRows(ArgMaxOutput(x, num_rows, cols), stream_));
     const ArgMaxRowsParams out = ArgMaxOutput(x, num_rows, cols);
     GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_index, out.index, num_rows * sizeof(int32_t),
                                        cudaMemcpyDeviceToHost, stream_));
@@ -301,20 +289,15 @@ void CudaBackend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32
   const bool sums_t1 = host_row_exp_sum_t1 != nullptr;
   CHECK(!sums_t1 || normalizers);
   Bind();
-  EndStepWithReduction(
-      num_rows,
-      [&] { return RecordTopKRows(x, num_rows, cols, k, normalizers, host_temperature, sums_t1); },
-      [&] {
-        Reserve(topk_rows_, static_cast<size_t>(num_rows) * TopKRowBytes(k));
-        TopKRowsParams p = TopKOutput(x, num_rows, cols, k, normalizers, sums_t1);
-        if (host_temperature != nullptr) {
-          p.temperature =
-              static_cast<const float*>(Upload(host_temperature, num_rows * sizeof(float)));
-        }
-        GLIMPSE_CUDA_CHECK(LaunchTopKRows(p, stream_));
-      });
+  EndStepForReduction();
   if (num_rows > 0) {
-    const TopKRowsParams out = TopKOutput(x, num_rows, cols, k, normalizers, sums_t1);
+    Reserve(topk_rows_, static_cast<size_t>(num_rows) * TopKRowBytes(k));
+    TopKRowsParams out = TopKOutput(x, num_rows, cols, k, normalizers, sums_t1);
+    if (host_temperature != nullptr) {
+      out.temperature =
+          static_cast<const float*>(Upload(host_temperature, num_rows * sizeof(float)));
+    }
+    GLIMPSE_CUDA_CHECK(LaunchTopKRows(out, stream_));
     if (normalizers) {
       GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_row_max, out.row_max, num_rows * sizeof(float),
                                          cudaMemcpyDeviceToHost, stream_));

@@ -55,8 +55,6 @@ enum class GraphOp : uint32_t {
   kWithBf16Copy,      // amends the launch before: it also writes its output's bf16 copy
   kRopeSecondTensor,  // amends the RoPE before: it also rotates a second tensor (k)
   kStoreKvInRope,     // amends the RoPE of q and k before: it also appends k and v
-  kArgMaxRows,
-  kTopKRows,
 };
 
 // The split-KV workspace the decode attention of a recorded step needs at its largest over
@@ -282,50 +280,6 @@ bool CudaBackend::RecordMatMuls(const float* x, int64_t num_rows,
         GraphOp::kGemm, g.w, g.n_out, g.k, g.bf16, rows, g.y, g.batch, g.w_stride, g.y_stride, x);
   }
   gemm_calls_joined_ += static_cast<int64_t>(ws.size() - gemms.size());
-  return true;
-}
-
-bool CudaBackend::RecordArgMaxRows(const float* x, int64_t num_rows, int64_t cols) {
-  int64_t rows = 0;
-  if (!graphs_.PaddedRows(num_rows, &rows) || argmax_rows_.size() < static_cast<size_t>(rows) * 8) {
-    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
-    return false;
-  }
-  // Padded rows reduce logits row 0's copies: harmless, and never copied out.
-  const ArgMaxRowsParams p = ArgMaxOutput(x, rows, cols);
-  graphs_.Record([p](cudaStream_t stream) { return LaunchArgMaxRows(p, stream); },
-                 GraphOp::kArgMaxRows, x, rows, cols, p.index, p.value);
-  return true;
-}
-
-bool CudaBackend::RecordTopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
-                                 bool normalizers, const float* host_temperature, bool sums_t1) {
-  int64_t rows = 0;
-  if (!graphs_.PaddedRows(num_rows, &rows) || k > kMaxGraphTopK ||
-      topk_rows_.size() < static_cast<size_t>(rows) * TopKRowBytes(k)) {
-    FinishGraphStep(GraphEagerReason::kUnexpectedShape);
-    return false;
-  }
-  // Padded rows select from logits row 0's copies: harmless, and never copied out.
-  const TopKRowsParams p = TopKOutput(x, rows, cols, k, normalizers, sums_t1);
-  // The normalizers' temperatures in the arena (padded rows' are 0: their normalizers are
-  // never read); none: 1 for every row.
-  constexpr size_t kNoTemperatures = ~size_t{0};
-  const size_t temperature_offset =
-      host_temperature == nullptr
-          ? kNoTemperatures
-          : graphs_.ArenaPut(host_temperature, num_rows * sizeof(float), rows * sizeof(float), 0,
-                             /*copy_padding=*/true);
-  graphs_.Record(
-      [this, p, temperature_offset](cudaStream_t stream) {
-        TopKRowsParams run = p;
-        if (temperature_offset != kNoTemperatures) {
-          run.temperature = graphs_.ArenaPtr<const float>(temperature_offset);
-        }
-        return LaunchTopKRows(run, stream);
-      },
-      GraphOp::kTopKRows, x, rows, cols, k, p.count, p.index, p.value, p.row_max, p.row_exp_sum,
-      temperature_offset, p.row_exp_sum_t1);
   return true;
 }
 

@@ -210,11 +210,11 @@ class CudaBackend final : public Backend {
   void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override;
   // LaunchArgMaxRows on the device, then 8 bytes a row to the host; like CopyToHost, the end of
-  // a recorded step (the reduction is part of its graph).
+  // a recorded step (EndStepForReduction: the reduction runs after its graph, not in it).
   void ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int32_t* host_index,
                   float* host_value) override;
   // LaunchTopKRows on the device, then the counts and k (column, value) pairs a row to the
-  // host; like ArgMaxRows, the end of a recorded step (k <= kMaxGraphTopK joins its graph).
+  // host; like ArgMaxRows, the end of a recorded step, the selection launched after its graph.
   void TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k, int32_t* host_count,
                 int32_t* host_index, float* host_value, float* host_row_max,
                 double* host_row_exp_sum, const float* host_temperature,
@@ -380,17 +380,15 @@ class CudaBackend final : public Backend {
                         float* out);
   bool RecordAllReduceSum(float* x, int64_t n);
   // The end of a step whose logits rows a reduction kernel brings back (ArgMaxRows,
-  // TopKRows): in a recording step `record` adds its launch to the graph (false: the step
-  // cannot take it, which ends the recording) and the graph or the recorded launches run now,
-  // as at CopyToHost; otherwise `launch` runs it eagerly (not for zero rows). The caller then
-  // copies the results out and calls RestartStaging(0).
-  void EndStepWithReduction(int64_t num_rows, const std::function<bool()>& record,
-                            const std::function<void()>& launch);
-  // ArgMaxRows' launch over the step's padded rows into argmax_rows_.
-  bool RecordArgMaxRows(const float* x, int64_t num_rows, int64_t cols);
-  // TopKRows' launch over the step's padded rows into topk_rows_.
-  bool RecordTopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k, bool normalizers,
-                      const float* host_temperature, bool sums_t1);
+  // TopKRows): a recording step's graph (or its recorded launches) runs now, as at
+  // CopyToHost, and the caller launches the reduction after it, eagerly. Not in the graph: a
+  // decode step's forward pass is the same whatever its rows ask of the logits (argmax; k,
+  // normalizers and their temperatures), so one graph per (bucket, KV tier) serves every mix
+  // of greedy, top-k, nucleus and logprob requests. Recorded into the graph, each mix was a
+  // signature of its own and the cache (128 graphs) held several copies of every forward
+  // pass, each captured after a warm-up step of its own. The cost is one eager launch a
+  // step, queued behind the graph while it runs.
+  void EndStepForReduction();
   // Bf16 copies (GraphStepState::bf16_producer). A producer op (RmsNorm, AddRmsNorm, SiluMul)
   // records its launch, then offers `with_copy`: the same launch, also writing its fp32
   // output `out` ([elements]) rounded to bf16 at the pointer it is given.
@@ -442,8 +440,7 @@ class CudaBackend final : public Backend {
   // by every launch, eager or graphed (which is why it never moves). MergeCounters.
   DeviceBuffer<int32_t> merge_counters_;
   // ArgMaxRows' device output: [capacity] int32 columns, then [capacity] fp32 values,
-  // capacity = size / 8 rows (ArgMaxOutput). Reserved at Init for the largest graph bucket, so
-  // that recorded steps keep its address; grown (eagerly only) for more rows.
+  // capacity = size / 8 rows (ArgMaxOutput). Grown on demand.
   DeviceBuffer<uint8_t> argmax_rows_;
   ArgMaxRowsParams ArgMaxOutput(const float* x, int64_t rows, int64_t cols) const {
     const size_t capacity = argmax_rows_.size() / 8;
@@ -459,10 +456,8 @@ class CudaBackend final : public Backend {
   // columns, [capacity][k] fp32 values, [capacity] fp32 row maxima, [capacity] double
   // exp sums (8-byte aligned: they start at capacity * 8 * (k + 1)) and [capacity] double
   // exp sums at temperature 1, capacity = size / (24 + 8k) rows (TopKOutput: the layout
-  // depends on k and the size only, so padded and actual rows agree). Reserved at Init for
-  // kMaxGraphBatch rows of kMaxGraphTopK, so that recorded steps keep its address; grown (eagerly
-  // only) beyond. The normalizers' temperatures are an input: staged (eager) or in the arena
-  // (recorded).
+  // depends on k and the size only). Grown on demand; the normalizers' temperatures are
+  // an input, staged.
   DeviceBuffer<uint8_t> topk_rows_;
   static size_t TopKRowBytes(int32_t k) { return 24 + size_t{8} * static_cast<size_t>(k); }
   // `normalizers`: the launch also writes the rows' softmax normalizers; `sums_t1` (only with

@@ -598,7 +598,7 @@ TEST_F(CudaBackendTest, ArgMaxRowsMatchesTheHostRule) {
 
 // TopKRows selects on the device what the host rule gives (Backend's default, which the CPU
 // backend runs): counts, columns in increasing order and their values, ties at the k-th value
-// to the lowest columns; also past the rows reserved for graphs and above kMaxGraphTopK.
+// to the lowest columns; also past 256 rows and for k above 1024.
 TEST_F(CudaBackendTest, TopKRowsMatchesTheHostRule) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   for (const auto& [rows, k] : {std::pair<int64_t, int32_t>{1, 1}, {7, 40}, {300, 8}, {3, 1500}}) {

@@ -603,19 +603,28 @@ TEST_P(CudaGraphTest, ReplaysEqualTheRecordedStepsRunEagerly) {
 }
 
 // Greedy decoding's steps end in the device-side argmax instead of a logits copy, and top-k
-// sampling's in the device-side candidate selection (with the rows' normalizers for logprobs):
-// captured and replayed like the others, equal to the recorded steps run eagerly.
-TEST_P(CudaGraphTest, GreedyAndTopKStepsReduceTheLogitsInTheGraph) {
+// sampling's in the device-side candidate selection (with the rows' normalizers for logprobs),
+// launched after the step's graph: equal to the recorded steps run eagerly, and one graph per
+// bucket and KV tier whatever the rows ask of the logits, so that a server mixing greedy,
+// top-k and logprob requests does not capture (and cache) the forward pass once per mix.
+TEST_P(CudaGraphTest, GreedyAndTopKStepsShareTheDecodeStepsGraph) {
   max_rel_l2_ = GetParam().max_rel_l2();
   const int a = AddSequence(12);
   const int b = AddSequence(30);
   const int c = AddSequence(5);
   Step({a, b, c});
-  EXPECT_GE(ReducedDecodeSteps({a, b, c}, 6), 3);
-  EXPECT_GE(ReducedDecodeSteps({b}, 5), 2);
-  EXPECT_GE(ReducedDecodeSteps({a, b, c}, 5, /*top_k=*/64), 2);  // 3 rows pad to 4
-  // The same k with the normalizers: another graph (a replay of the last would not write them).
-  EXPECT_GE(ReducedDecodeSteps({a, b, c}, 4, /*top_k=*/64, /*normalizers=*/true), 1);
+  // 3 rows pad to bucket 4: a warm-up, a capture, then replays.
+  EXPECT_EQ(ReducedDecodeSteps({a, b, c}, 6), 4);
+  EXPECT_EQ(ReducedDecodeSteps({b}, 5), 3);  // bucket 1: its own graph
+  // Back in bucket 4 (KV still in the 256-key tier): the greedy steps' graph, from the first
+  // step, whatever k and whether the normalizers (and their temperatures) are asked for.
+  EXPECT_EQ(ReducedDecodeSteps({a, b, c}, 5, /*top_k=*/64), 5);
+  EXPECT_EQ(ReducedDecodeSteps({a, b, c}, 4, /*top_k=*/64, /*normalizers=*/true), 4);
+  EXPECT_EQ(ReducedDecodeSteps({a, b, c}, 3, /*top_k=*/8, /*normalizers=*/true), 3);
+  EXPECT_EQ(ReducedDecodeSteps({a, b, c}, 2), 2);
+  const std::map<std::string, int64_t> counters = CountersOf(*engines_[0].backend);
+  EXPECT_EQ(counters.at("cuda_graph_captures_total"), 2);
+  EXPECT_EQ(counters.at("cuda_graphs_cached"), 2);
 }
 
 TEST_P(CudaGraphTest, CrossingAKvCapacityTierCapturesAgain) {

@@ -47,9 +47,6 @@ namespace glimpse::kernels::cuda {
 inline constexpr int32_t kDecodeBuckets[] = {1,  2,  4,   8,   16,  24,  32,  48, 64,
                                              80, 96, 112, 128, 160, 192, 224, 256};
 inline constexpr int32_t kMaxGraphBatch = 256;
-// The largest k of a top-k selection (Backend::TopKRows) that joins a recorded step's graph;
-// its output is reserved for kMaxGraphBatch rows of it.
-inline constexpr int32_t kMaxGraphTopK = 1024;
 // KV capacity tiers: powers of two from kMinGraphKvTokens; steps with a longer sequence run
 // eagerly. The cap bounds the padded page tables (bucket x capacity pages of int32).
 inline constexpr int32_t kMinGraphKvTokens = 256;
