@@ -48,10 +48,33 @@ struct TopKRowsParams {
   const float* temperature = nullptr;  // device, [num_rows]
   // The sums at temperature 1 besides (only with the normalizers; null: not written).
   double* row_exp_sum_t1 = nullptr;  // device, [num_rows]
+  // How many blocks share a row (TopKRowsSplits; 1 .. kMaxTopKSplits): above 1, each selects
+  // the top k of its chunk of the row into `workspace`, and one block per row selects the top
+  // k of those (the same entries: each of a row's top k is among its chunk's top k), so that
+  // a few rows keep many SMs busy instead of one SM reading each row eight times. The outputs
+  // are the same bit for bit but for the exp sums' double rounding (their terms are the
+  // same; they are summed per chunk, then over the chunks in order).
+  int32_t splits = 1;
+  void* workspace = nullptr;  // device, TopKRowsWorkspaceBytes(num_rows, splits, k) bytes
+  size_t workspace_bytes = 0;
 };
 
-// One 512-thread block per row; it reads the row four times (one 8-bit radix digit each) and
-// twice more to write the chosen columns in order, and twice more for the normalizers.
+inline constexpr int32_t kMaxTopKSplits = 64;
+
+// The blocks per row a step of `num_rows` rows of `cols` logits wants for top k on a GPU with
+// `num_sms` multiprocessors: about sqrt(cols / k) chunks (a chunk of cols / s values and the
+// merged s x k candidates then cost a block about as much), no more than keep two blocks per
+// SM busy over all rows, at most kMaxTopKSplits; 1 (no split) when that is below 2. E.g. a
+// 128256-word vocabulary, k 64, 132 SMs: 44 at batch 1, 4 at batch 64, 1 from batch 133.
+int32_t TopKRowsSplits(int64_t num_rows, int64_t cols, int32_t k, int32_t num_sms);
+// The workspace a split launch needs: num_rows x splits x (8k + 20) bytes; 0 for splits 1.
+size_t TopKRowsWorkspaceBytes(int64_t num_rows, int32_t splits, int32_t k);
+
+// splits 1: one 512-thread block per row; it reads the row four times (one 8-bit radix digit
+// each) and twice more to write the chosen columns in order, and twice more for the
+// normalizers. splits s > 1: s blocks a row do that over their chunks (the normalizers' sums
+// in a second launch, once the row's maximum is known), then one block a row over the s x k
+// candidates.
 cudaError_t LaunchTopKRows(const TopKRowsParams& params, cudaStream_t stream);
 
 }  // namespace glimpse::kernels::cuda

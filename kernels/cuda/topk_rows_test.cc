@@ -3,7 +3,9 @@
 // at widths that do and do not fill the block, rows quantized so that thousands of values tie
 // at the threshold, and rows planted with NaN, -inf, +inf, signed zeros and fewer values above
 // -inf than k. Entries past a row's count must stay as the poison left them. The rows' softmax
-// normalizers, at per-row temperatures, against the host sampler's sum.
+// normalizers, at per-row temperatures, against the host sampler's sum. All of it with each
+// row split over several blocks too (chunks that tie at the threshold, hold no candidate, or
+// are empty), and the split policy.
 #include "kernels/cuda/topk_rows.h"
 
 #include <algorithm>
@@ -61,7 +63,7 @@ std::pair<float, double> ReferenceNormalizer(const float* row, int64_t cols, flo
   return {max, sum};
 }
 
-void RunCase(int64_t cols, int32_t rows, int32_t k) {
+void RunCase(int64_t cols, int32_t rows, int32_t k, int32_t splits = 1) {
   std::vector<float> x = testing::RandomNormal(static_cast<size_t>(cols) * rows, 0.0f, 3.0f);
   auto row = [&](int32_t r) { return x.data() + static_cast<size_t>(r) * cols; };
   if (rows >= 8) {
@@ -113,6 +115,16 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
   p.row_exp_sum = d_row_exp_sum.get();
   p.temperature = d_temperature.get();
   p.row_exp_sum_t1 = d_row_exp_sum_t1.get();
+  // A split launch's workspace, filled with the largest finite float: a chunk's unwritten
+  // candidate slot would be chosen.
+  DeviceArray<float> d_workspace;
+  p.splits = splits;
+  p.workspace_bytes = TopKRowsWorkspaceBytes(rows, splits, k);
+  if (splits > 1) {
+    GLIMPSE_ASSERT_CUDA(d_workspace.Upload(
+        std::vector<float>(p.workspace_bytes / sizeof(float), std::numeric_limits<float>::max())));
+    p.workspace = d_workspace.get();
+  }
   GLIMPSE_ASSERT_CUDA(LaunchTopKRows(p, nullptr));
   GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
   std::vector<int32_t> count, index;
@@ -127,8 +139,8 @@ void RunCase(int64_t cols, int32_t rows, int32_t k) {
   int mismatched_rows = 0;
   for (int32_t r = 0; r < rows; ++r) {
     const std::vector<int32_t> want = Reference(row(r), cols, k);
-    const std::string what =
-        "cols " + std::to_string(cols) + " k " + std::to_string(k) + " row " + std::to_string(r);
+    const std::string what = "cols " + std::to_string(cols) + " k " + std::to_string(k) +
+                             " splits " + std::to_string(splits) + " row " + std::to_string(r);
     GLIMPSE_EXPECT(
         count[r] == static_cast<int32_t>(want.size()),
         what + ": count " + std::to_string(count[r]) + ", want " + std::to_string(want.size()));
@@ -199,6 +211,30 @@ GLIMPSE_CUDA_TEST(TopKRowsMatchesTheSamplerOrder) {
   RunCase(128256, 8, 1024);
 }
 
+GLIMPSE_CUDA_TEST(TopKRowsSplitOverBlocksMatchesTheSamplerOrder) {
+  RunCase(1, 8, 4, 2);     // the second chunk empty
+  RunCase(7, 9, 3, 3);     // chunks of 3, 3 and 1 columns
+  RunCase(7, 9, 3, 5);     // chunks of 2, the last one empty
+  RunCase(600, 8, 40, 7);  // row 1's ties at the threshold span chunks
+  RunCase(600, 8, 1, 64);
+  RunCase(1000, 12, 1000, 4);  // a chunk holds fewer columns than k
+  RunCase(50257, 9, 50, 31);
+  RunCase(128256, 2, 64, TopKRowsSplits(2, 128256, 64, 132));
+}
+
+GLIMPSE_CUDA_TEST(TopKRowsSplitsKeepSMsBusyWithoutOutgrowingTheMerge) {
+  // About sqrt(cols / k), capped by two blocks per SM over the rows and by kMaxTopKSplits.
+  GLIMPSE_EXPECT(TopKRowsSplits(1, 128256, 64, 132) == 44, "batch 1, k 64");
+  GLIMPSE_EXPECT(TopKRowsSplits(1, 128256, 256, 132) == 22, "batch 1, k 256");
+  GLIMPSE_EXPECT(TopKRowsSplits(1, 128256, 1, 132) == kMaxTopKSplits, "batch 1, k 1");
+  GLIMPSE_EXPECT(TopKRowsSplits(64, 128256, 64, 132) == 4, "batch 64");
+  GLIMPSE_EXPECT(TopKRowsSplits(133, 128256, 64, 132) == 1, "batch 133: a block a row is enough");
+  GLIMPSE_EXPECT(TopKRowsSplits(1, 1000, 512, 132) == 1, "k near the width: no split");
+  GLIMPSE_EXPECT(TopKRowsSplits(1, 128256, 64, 0) == 1, "unknown SM count");
+  GLIMPSE_EXPECT(TopKRowsWorkspaceBytes(3, 1, 64) == 0, "no workspace unsplit");
+  GLIMPSE_EXPECT(TopKRowsWorkspaceBytes(3, 4, 64) == 3u * 4u * (20u + 8u * 64u), "workspace");
+}
+
 GLIMPSE_CUDA_TEST(TopKRowsRefusesBadShapes) {
   DeviceArray<float> d_x;
   DeviceArray<int32_t> d_count, d_index;
@@ -237,6 +273,23 @@ GLIMPSE_CUDA_TEST(TopKRowsRefusesBadShapes) {
   GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaErrorInvalidValue,
                  "sums at temperature 1 without normalizers accepted");
   p.row_exp_sum_t1 = nullptr;
+  p.splits = 0;
+  GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaErrorInvalidValue, "splits 0 accepted");
+  p.splits = kMaxTopKSplits + 1;
+  GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaErrorInvalidValue, "too many splits accepted");
+  p.splits = 2;
+  GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaErrorInvalidValue,
+                 "a split without a workspace accepted");
+  DeviceArray<float> d_workspace;
+  GLIMPSE_ASSERT_CUDA(d_workspace.Allocate(TopKRowsWorkspaceBytes(4, 2, 4) / sizeof(float)));
+  p.workspace = d_workspace.get();
+  p.workspace_bytes = TopKRowsWorkspaceBytes(4, 2, 4) - 1;
+  GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaErrorInvalidValue,
+                 "a split with too small a workspace accepted");
+  p.workspace_bytes += 1;
+  GLIMPSE_ASSERT_CUDA(LaunchTopKRows(p, nullptr));
+  GLIMPSE_ASSERT_CUDA(testing::SyncAndCheck());
+  p.splits = 1;
   p.num_rows = 0;
   GLIMPSE_EXPECT(LaunchTopKRows(p, nullptr) == cudaSuccess, "zero rows refused");
 }

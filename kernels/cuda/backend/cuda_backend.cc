@@ -297,6 +297,13 @@ void CudaBackend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32
       out.temperature =
           static_cast<const float*>(Upload(host_temperature, num_rows * sizeof(float)));
     }
+    // A few rows: several blocks a row (TopKRowsSplits), not one SM per row.
+    out.splits = TopKRowsSplits(num_rows, cols, k, num_sms_);
+    out.workspace_bytes = TopKRowsWorkspaceBytes(num_rows, out.splits, k);
+    if (out.workspace_bytes > 0) {
+      Reserve(topk_workspace_, out.workspace_bytes);
+      out.workspace = topk_workspace_.get();
+    }
     GLIMPSE_CUDA_CHECK(LaunchTopKRows(out, stream_));
     if (normalizers) {
       GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_row_max, out.row_max, num_rows * sizeof(float),

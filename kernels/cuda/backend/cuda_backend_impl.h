@@ -459,6 +459,8 @@ class CudaBackend final : public Backend {
   // depends on k and the size only). Grown on demand; the normalizers' temperatures are
   // an input, staged.
   DeviceBuffer<uint8_t> topk_rows_;
+  // A split TopKRows' chunk candidates and partial normalizers (TopKRowsWorkspaceBytes).
+  DeviceBuffer<uint8_t> topk_workspace_;
   static size_t TopKRowBytes(int32_t k) { return 24 + size_t{8} * static_cast<size_t>(k); }
   // `normalizers`: the launch also writes the rows' softmax normalizers; `sums_t1` (only with
   // them) their exp sums at temperature 1 besides.

@@ -712,6 +712,12 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
   top.count = count;
   top.index = index;
   top.value = value;
+  // Split over several blocks a row when the rows are few (TopKRowsSplits, as the backend).
+  top.splits = TopKRowsSplits(rows, vocab, k, b.num_sms);
+  top.workspace_bytes = TopKRowsWorkspaceBytes(rows, top.splits, k);
+  void* workspace = nullptr;
+  if (top.workspace_bytes > 0) BENCH_CHECK(cudaMalloc(&workspace, top.workspace_bytes));
+  top.workspace = workspace;
   auto* host_bytes = static_cast<char*>(host);
   const size_t pair_bytes = static_cast<size_t>(rows) * k * 4;
   double copy_us = 0;
@@ -719,10 +725,14 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
   double topk_us = 0;
   double topk_normalizers_us = 0;
   double topk_sums_t1_us = 0;
+  double topk_unsplit_us = 0;
+  double topk_sums_t1_unsplit_us = 0;
   // TopKRows and its copies to the host; with the normalizers when `normalizers`, and with
-  // them at temperature 0.8 and the sums at 1 besides when `sums_t1`.
-  auto topk_step = [&](bool normalizers, bool sums_t1 = false) {
+  // them at temperature 0.8 and the sums at 1 besides when `sums_t1`; one block a row when
+  // `unsplit`.
+  auto topk_step = [&](bool normalizers, bool sums_t1 = false, bool unsplit = false) {
     TopKRowsParams p = top;
+    if (unsplit) p.splits = 1;
     if (normalizers) {
       p.row_max = row_max;
       p.row_exp_sum = row_exp_sum;
@@ -773,22 +783,30 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
           &argmax_us) ||
       !b.Time([&] { return topk_step(false); }, &topk_us) ||
       !b.Time([&] { return topk_step(true); }, &topk_normalizers_us) ||
-      !b.Time([&] { return topk_step(true, true); }, &topk_sums_t1_us)) {
+      !b.Time([&] { return topk_step(true, true); }, &topk_sums_t1_us) ||
+      !b.Time([&] { return topk_step(false, false, true); }, &topk_unsplit_us) ||
+      !b.Time([&] { return topk_step(true, true, true); }, &topk_sums_t1_unsplit_us)) {
     return false;
   }
   char shape[128];
   std::snprintf(shape, sizeof(shape), "rows=%d vocab=%lld k=%d", rows,
                 static_cast<long long>(vocab), k);
+  const std::string topk_note = "TopKRows (" + std::to_string(top.splits) +
+                                " blocks a row: TopKRowsSplits) + count and k pairs a row to "
+                                "the host";
   const double bytes = static_cast<double>(elements) * 4;
   for (const auto& [name, us, note] :
        {std::tuple<const char*, double, const char*>{"logits_to_host", copy_us,
                                                      "rows to pinned host memory"},
         {"argmax_rows", argmax_us, "ArgMaxRows + 4 bytes a row to the host"},
-        {"topk_rows", topk_us, "TopKRows + count and k pairs a row to the host"},
+        {"topk_rows", topk_us, topk_note.c_str()},
         {"topk_normalizers", topk_normalizers_us,
          "as topk_rows, with each row's softmax normalizer (logprobs)"},
         {"topk_sums_t1", topk_sums_t1_us,
-         "as topk_normalizers at temperature 0.8, with the sums at 1 (top-p + logprobs)"}}) {
+         "as topk_normalizers at temperature 0.8, with the sums at 1 (top-p + logprobs)"},
+        {"topk_rows_unsplit", topk_unsplit_us, "as topk_rows, one block a row (splits=1)"},
+        {"topk_sums_t1_unsplit", topk_sums_t1_unsplit_us,
+         "as topk_sums_t1, one block a row (splits=1)"}}) {
     b.AddBandwidthRow(name, shape, us, bytes, note);
   }
   BENCH_CHECK(cudaFree(x));
@@ -798,6 +816,7 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
   BENCH_CHECK(cudaFree(row_max));
   BENCH_CHECK(cudaFree(row_exp_sum));
   BENCH_CHECK(cudaFree(row_exp_sum_t1));
+  if (workspace != nullptr) BENCH_CHECK(cudaFree(workspace));
   BENCH_CHECK(cudaFree(temperature));
   BENCH_CHECK(cudaFreeHost(host));
   return true;
