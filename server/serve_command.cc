@@ -70,15 +70,25 @@ ABSL_FLAG(int32_t, sampling_threads, 0,
           "vocabulary reach 2^20 (e.g. 8 rows of a 128k vocabulary); any count draws the same "
           "tokens.");
 ABSL_FLAG(int32_t, device_top_k, glimpse::server::kAutoCandidates,
-          "serve: steps whose every row samples greedily or with top-k (no logit bias or "
-          "penalties; logprobs come with the row's normalizer) and top_k up to this select "
-          "each row's candidates where the logits are (on a GPU k pairs a row come back "
-          "instead of the row) and sample from them alone: the same tokens. 0 brings every "
-          "row back whole. -1 (default): 1024 with --device=cuda, 0 with --device=cpu (the "
-          "rows are in host memory already; selecting there costs more than it saves).");
+          "serve: steps whose every row samples greedily or with top-k (logprobs come with "
+          "the row's normalizer; a logit bias or penalties with --adjusted_extra_candidates "
+          "more) and top_k up to this select each row's candidates where the logits are (on "
+          "a GPU k pairs a row come back instead of the row) and sample from them alone: the "
+          "same tokens. 0 brings every row back whole. -1 (default): 1024 with "
+          "--device=cuda, 0 with --device=cpu (the rows are in host memory already; "
+          "selecting there costs more than it saves).");
+ABSL_FLAG(int32_t, adjusted_extra_candidates, 32,
+          "serve: a greedy or top-k row with a logit bias or repetition, frequency or "
+          "presence penalties brings back this many candidates beyond its top_k (and top "
+          "logprobs), for the tokens the bias or penalties push out of its top k; when those "
+          "do not decide, the few biased or generated tokens that could still win are "
+          "gathered, and only then the row: the same tokens either way. More decide more "
+          "rows at once but cost more to bring back. 0 brings such rows back whole. Used "
+          "only with --device_top_k > 0.");
 ABSL_FLAG(int32_t, nucleus_candidates, glimpse::server::kAutoCandidates,
-          "serve: rows sampling without top-k — with top-p, min-p or plain temperature (no "
-          "logit bias or penalties; logprobs come with the row's normalizer) — bring back "
+          "serve: rows sampling without top-k — with top-p, min-p or plain temperature "
+          "(logprobs come with the row's normalizer; the raw logits of the tokens a logit bias "
+          "or penalties touch are gathered besides) — bring back "
           "this many candidates and their weight sum (at most --device_top_k) and sample from "
           "those when they decide the draw, else from their row fetched after the step: the "
           "same tokens. More decide more rows but cost more to bring back and sort. 0 brings such "
@@ -166,6 +176,11 @@ absl::StatusOr<ServeConfig> ConfigFromFlags() {
       c.engine.step_logits.nucleus_candidates > 32768) {
     return absl::InvalidArgumentError(
         "--nucleus_candidates must be in 0..32768 (0: off; -1: auto)");
+  }
+  c.engine.step_logits.adjusted_extra_candidates = absl::GetFlag(FLAGS_adjusted_extra_candidates);
+  if (c.engine.step_logits.adjusted_extra_candidates < 0 ||
+      c.engine.step_logits.adjusted_extra_candidates > 32768) {
+    return absl::InvalidArgumentError("--adjusted_extra_candidates must be in 0..32768 (0: off)");
   }
   c.preemption_mode = absl::GetFlag(FLAGS_preemption_mode);
   if (c.preemption_mode == "swap") {

@@ -104,6 +104,10 @@ err=$("$GLIMPSE" generate --temperature=-1 --max_tokens=2 2>&1)
 [[ $? -ne 0 && "$err" == *"temperature"* ]]
 check "bad sampling flag names the field" $?
 
+err=$("$GLIMPSE" serve --adjusted_extra_candidates=-1 2>&1)
+[[ $? -eq 2 && "$err" == *"--adjusted_extra_candidates must be in 0..32768"* ]]
+check "bad serve flag names the flag and its range" $?
+
 "$GLIMPSE" --help >/dev/null 2>&1
 [[ $? -le 1 ]]
 check "--help works" $?
