@@ -721,7 +721,8 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleNucleus(std::span<const i
 std::optional<int32_t> Sampler::TryDrawNucleus(std::span<const int32_t> ids,
                                                std::span<const float> z,
                                                const NucleusOutside& outside, double weight_sum,
-                                               double sum_tolerance) {
+                                               double sum_tolerance,
+                                               std::span<const float> weights) {
   // Every token above -inf: Sample()'s candidates themselves.
   if (outside.none) return DrawFromCandidates(ids, z);
   const size_t n = ids.size();
@@ -735,7 +736,12 @@ std::optional<int32_t> Sampler::TryDrawNucleus(std::span<const int32_t> ids,
   // largest weight a token outside can have.
   Scratch& scratch = ThreadScratch();
   std::vector<float>& w = scratch.candidate_probs;
-  TemperatureWeights(z, &w);
+  if (weights.empty()) {
+    TemperatureWeights(z, &w);
+  } else {
+    CHECK(weights.size() == n);
+    w.assign(weights.begin(), weights.end());
+  }
   const float outside_weight = z_max == kPosInf
                                    ? (outside.max_z == kPosInf ? 1.0f : 0.0f)
                                    : std::exp((outside.max_z - z_max) / params_.temperature);
@@ -942,6 +948,7 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleAdjustedNucleus(
   }
   double processed_sum = 0.0;
   double tolerance = kNucleusSumTolerance;
+  std::vector<float> weights;  // z's, when the sum needs them
   if (!outside.none) {
     // The processed row's weight sum at its own maximum z_max: the untouched rest's raw sum
     // (the raw sum less the known tokens' raw weights) rescaled by exp((row_max - z_max) / T),
@@ -959,9 +966,8 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleAdjustedNucleus(
     }
     const double rest = std::max(0.0, weight_sum - known_raw);
     const double scale = std::exp((static_cast<double>(row_max) - z_max) / temperature);
-    std::vector<float> w;
-    TemperatureWeights(z, &w);
-    const double known_processed = SumInIdOrder(w);
+    TemperatureWeights(z, &weights);  // TryDrawNucleus draws with them too
+    const double known_processed = SumInIdOrder(weights);
     processed_sum = scale * rest + known_processed;
     const double error = scale * (kNucleusSumTolerance * weight_sum + 1e-5 * rest);
     if (!std::isfinite(processed_sum) || !std::isfinite(error) || processed_sum <= 0.0) {
@@ -971,7 +977,7 @@ std::optional<Sampler::SampleResult> Sampler::TrySampleAdjustedNucleus(
     if (tolerance > 1e-3) return std::nullopt;  // too loose to decide anything
   }
   const std::optional<int32_t> token =
-      TryDrawNucleus(drawn_ids, z, outside, processed_sum, tolerance);
+      TryDrawNucleus(drawn_ids, z, outside, processed_sum, tolerance, weights);
   if (!token.has_value()) return std::nullopt;
   return ResultFromCandidates(known_ids, known_logits, normalizer, *token);
 }

@@ -319,10 +319,11 @@ class Sampler {
   // A nucleus draw decided by known tokens: `ids` (increasing) and their processed logits `z`
   // (above -inf), the row's sum of weights exp((z - max z) / T) `weight_sum` within relative
   // `sum_tolerance`, and `outside`. The draw (one) when they decide it, else nullopt without
-  // drawing.
+  // drawing. `weights`: z's weights as TemperatureWeights computes them, when the caller has
+  // them already (empty: computed here).
   std::optional<int32_t> TryDrawNucleus(std::span<const int32_t> ids, std::span<const float> z,
                                         const NucleusOutside& outside, double weight_sum,
-                                        double sum_tolerance);
+                                        double sum_tolerance, std::span<const float> weights = {});
   // Steps 1, 2 and 4 of a non-greedy sample: the tokens that can be drawn (the top_k, or every
   // token above -inf), in increasing id order, and their processed logits.
   void Candidates(std::span<const float> logits, std::span<const int32_t> pending_tokens,
