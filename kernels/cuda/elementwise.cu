@@ -49,6 +49,19 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t c = threadIdx.x; c < dim; c += kThreads) dst[c] = src[c];
 }
 
+// Narrow rows (dim < kThreads / 8, e.g. the single logits a biased row's tokens gather):
+// one thread per output element instead of a block per row, most of whose threads would idle.
+// Grid: NumBlocks(num_rows * dim), grid-stride.
+__global__ void __launch_bounds__(kThreads)
+    GatherNarrowRowsKernel(const float* __restrict__ x, int64_t dim,
+                           const int32_t* __restrict__ rows, int64_t n, float* __restrict__ out) {
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t i = e / dim;
+    out[e] = x[static_cast<int64_t>(rows[i]) * dim + (e - i * dim)];
+  }
+}
+
 }  // namespace
 
 cudaError_t LaunchAddInPlace(float* x, const float* y, int64_t n, cudaStream_t stream) {
@@ -75,6 +88,12 @@ cudaError_t LaunchGatherRows(const GatherRowsParams& params, cudaStream_t stream
   if (params.num_rows == 0) return cudaSuccess;
   GLIMPSE_CUDA_RETURN_IF_INVALID(params.x != nullptr && params.rows != nullptr &&
                                  params.out != nullptr);
+  if (params.dim < kThreads / 8) {
+    const int64_t n = params.num_rows * params.dim;
+    GatherNarrowRowsKernel<<<NumBlocks(n), kThreads, 0, stream>>>(params.x, params.dim, params.rows,
+                                                                  n, params.out);
+    return cudaGetLastError();
+  }
   GatherRowsKernel<<<static_cast<unsigned>(params.num_rows), kThreads, 0, stream>>>(
       params.x, params.dim, params.rows, params.out);
   return cudaGetLastError();

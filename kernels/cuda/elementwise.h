@@ -7,7 +7,8 @@
 //                      __restrict__ row kernel does not allow; and, when out_bf16 is not
 //                      null, out_bf16[i] = out[i] rounded to bf16 (nearest even, as
 //                      LaunchCastF32ToBf16), for the bf16 matmul that reads it
-//   LaunchGatherRows:  out[i][:] = x[rows[i]][:]                  i < num_rows
+//   LaunchGatherRows:  out[i][:] = x[rows[i]][:]                  i < num_rows (a block a
+//                      row; a thread an element for rows narrower than 32 floats)
 //
 // silu(g) = g / (1 + exp(-g)), evaluated as (g / (1 + expf(-g))) * up, the CPU backend's order.
 // All pointers are device memory; n and row counts may exceed 2^31.

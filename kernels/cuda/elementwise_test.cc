@@ -134,6 +134,11 @@ GLIMPSE_CUDA_TEST(GatherRowsCopiesChosenRows) {
   RunGatherCase(37, 192, 5);
   RunGatherCase(100, 4099, 64);
   RunGatherCase(9, 33, 300);  // more output rows than source rows: repeats
+  // Narrow rows, one thread per element: single logits out of a step's [rows x vocab] (a
+  // biased row's gathered tokens), and a few floats a row.
+  RunGatherCase(64 * 1000, 1, 4096);
+  RunGatherCase(500, 3, 1000);
+  RunGatherCase(40, 31, 70000);  // the widest narrow rows, many of them
 }
 
 }  // namespace
