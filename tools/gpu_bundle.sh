@@ -9,8 +9,8 @@
 #
 # The binaries and libraries travel as one gzip'd tar (DIR/payload.tar.gz, unpacked by run.sh
 # on first use): each test binary carries its own copy of every kernel's sm_90a + sm_80 code,
-# ~6 MiB apiece, 43 MiB unpacked, ~14 MiB packed, and the working tree that travels with it
-# is ~31 MiB of the 64 a device call may carry.
+# ~6 MiB apiece, ~60 MiB unpacked, ~18 MiB packed (2026-12-01), and the working tree that
+# travels with it is ~31 MiB: ~49 of the 64 MiB a device call may carry.
 #
 #   tools/gpu_bundle.sh [DIR]        (default: gpu_bundle/, which git ignores)
 # then, on the GPU machine, from the repository root (the device tool's `carry` names DIR):
