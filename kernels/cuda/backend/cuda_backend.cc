@@ -266,16 +266,24 @@ void CudaBackend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int
                              float* host_value) {
   Bind();
   EndStepForReduction();
-  if (num_rows > 0) {
-    Reserve(argmax_rows_, static_cast<size_t>(num_rows) * 8);
-    GLIMPSE_CUDA_CHECK(LaunchArgMaxRows(ArgMaxOutput(x, num_rows, cols), stream_));
-    const ArgMaxRowsParams out = ArgMaxOutput(x, num_rows, cols);
-    GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_index, out.index, num_rows * sizeof(int32_t),
-                                       cudaMemcpyDeviceToHost, stream_));
-    GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_value, out.value, num_rows * sizeof(float),
-                                       cudaMemcpyDeviceToHost, stream_));
+  if (num_rows == 0) {
+    RestartStaging(0);  // synchronizes, as CopyToHost
+    return;
   }
-  RestartStaging(0);  // synchronizes, as CopyToHost
+  const size_t rows = static_cast<size_t>(num_rows);
+  Reserve(argmax_rows_, rows * 8);
+  GLIMPSE_CUDA_CHECK(LaunchArgMaxRows(ArgMaxOutput(x, num_rows, cols), stream_));
+  const uint8_t* out = ReadBack(argmax_rows_.get(), rows * 8);
+  std::memcpy(host_index, out, rows * sizeof(int32_t));
+  std::memcpy(host_value, out + rows * 4, rows * sizeof(float));
+}
+
+const uint8_t* CudaBackend::ReadBack(const void* src, size_t num_bytes) {
+  const size_t offset = ReserveStaging(num_bytes);
+  GLIMPSE_CUDA_CHECK(
+      cudaMemcpyAsync(staging_host_ + offset, src, num_bytes, cudaMemcpyDeviceToHost, stream_));
+  RestartStaging(0);  // synchronizes, as CopyToHost; keeps the buffer where it is
+  return staging_host_ + offset;
 }
 
 void CudaBackend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
@@ -305,25 +313,24 @@ void CudaBackend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32
       out.workspace = topk_workspace_.get();
     }
     GLIMPSE_CUDA_CHECK(LaunchTopKRows(out, stream_));
+    // One copy of what was asked for (TopKOutput's layout), then spread on the host.
+    const size_t rows = static_cast<size_t>(num_rows);
+    const size_t pairs = rows * static_cast<size_t>(k);
+    const size_t bytes =
+        rows * 4 + pairs * 8 + (normalizers ? rows * 12 : 0) + (sums_t1 ? rows * 8 : 0);
+    const uint8_t* h = ReadBack(topk_rows_.get(), bytes);
+    const auto at = [&](const void* device) {
+      return h + (static_cast<const uint8_t*>(device) - topk_rows_.get());
+    };
+    std::memcpy(host_count, at(out.count), rows * sizeof(int32_t));
+    std::memcpy(host_index, at(out.index), pairs * sizeof(int32_t));
+    std::memcpy(host_value, at(out.value), pairs * sizeof(float));
     if (normalizers) {
-      GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_row_max, out.row_max, num_rows * sizeof(float),
-                                         cudaMemcpyDeviceToHost, stream_));
-      GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_row_exp_sum, out.row_exp_sum,
-                                         num_rows * sizeof(double), cudaMemcpyDeviceToHost,
-                                         stream_));
+      std::memcpy(host_row_max, at(out.row_max), rows * sizeof(float));
+      std::memcpy(host_row_exp_sum, at(out.row_exp_sum), rows * sizeof(double));
     }
-    if (sums_t1) {
-      GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_row_exp_sum_t1, out.row_exp_sum_t1,
-                                         num_rows * sizeof(double), cudaMemcpyDeviceToHost,
-                                         stream_));
-    }
-    const size_t pairs = static_cast<size_t>(num_rows) * static_cast<size_t>(k);
-    GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_count, out.count, num_rows * sizeof(int32_t),
-                                       cudaMemcpyDeviceToHost, stream_));
-    GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_index, out.index, pairs * sizeof(int32_t),
-                                       cudaMemcpyDeviceToHost, stream_));
-    GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_value, out.value, pairs * sizeof(float),
-                                       cudaMemcpyDeviceToHost, stream_));
+    if (sums_t1) std::memcpy(host_row_exp_sum_t1, at(out.row_exp_sum_t1), rows * sizeof(double));
+    return;
   }
   RestartStaging(0);  // synchronizes, as CopyToHost
 }

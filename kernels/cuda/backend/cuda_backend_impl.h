@@ -321,6 +321,11 @@ class CudaBackend final : public Backend {
   // identical upload (same host pointer, size and bytes) in the same generation is reused:
   // the forward pass hands every layer the same per-step arrays.
   const void* Upload(const void* host, size_t num_bytes);
+  // Copies num_bytes of device memory at src to the host in one copy through the pinned
+  // staging buffer, and synchronizes (it ends the staging generation, as CopyToHost): the
+  // bytes, valid until the next staging use. Several small copies to pageable memory would
+  // each wait for the stream in turn.
+  const uint8_t* ReadBack(const void* src, size_t num_bytes);
   // Grows `buffer` to at least `num_bytes` (after draining the stream, which may still use it).
   void Reserve(DeviceBuffer<uint8_t>& buffer, size_t num_bytes);
 
@@ -439,11 +444,11 @@ class CudaBackend final : public Backend {
   // merge_counters, PrefillAttentionParams::merge_counters): zeroed once at Init and left zero
   // by every launch, eager or graphed (which is why it never moves). MergeCounters.
   DeviceBuffer<int32_t> merge_counters_;
-  // ArgMaxRows' device output: [capacity] int32 columns, then [capacity] fp32 values,
-  // capacity = size / 8 rows (ArgMaxOutput). Grown on demand.
+  // ArgMaxRows' device output: [rows] int32 columns, then [rows] fp32 values (ArgMaxOutput),
+  // read back in one copy. Grown on demand.
   DeviceBuffer<uint8_t> argmax_rows_;
   ArgMaxRowsParams ArgMaxOutput(const float* x, int64_t rows, int64_t cols) const {
-    const size_t capacity = argmax_rows_.size() / 8;
+    const size_t capacity = static_cast<size_t>(rows);
     ArgMaxRowsParams p;
     p.x = x;
     p.num_rows = rows;
@@ -452,12 +457,11 @@ class CudaBackend final : public Backend {
     p.value = reinterpret_cast<float*>(argmax_rows_.get() + capacity * 4);
     return p;
   }
-  // TopKRows' device output for k: [capacity] int32 counts, then [capacity][k] int32
-  // columns, [capacity][k] fp32 values, [capacity] fp32 row maxima, [capacity] double
-  // exp sums (8-byte aligned: they start at capacity * 8 * (k + 1)) and [capacity] double
-  // exp sums at temperature 1, capacity = size / (24 + 8k) rows (TopKOutput: the layout
-  // depends on k and the size only). Grown on demand; the normalizers' temperatures are
-  // an input, staged.
+  // TopKRows' device output for k (TopKOutput): [rows] int32 counts, then [rows][k] int32
+  // columns, [rows][k] fp32 values, [rows] fp32 row maxima, [rows] double exp sums (8-byte
+  // aligned: they start at rows * 8 * (k + 1)) and [rows] double exp sums at temperature 1:
+  // what a step asks for is one prefix, read back in one copy. Grown on demand; the
+  // normalizers' temperatures are an input, staged.
   DeviceBuffer<uint8_t> topk_rows_;
   // A split TopKRows' chunk candidates and partial normalizers (TopKRowsWorkspaceBytes).
   DeviceBuffer<uint8_t> topk_workspace_;
@@ -466,7 +470,7 @@ class CudaBackend final : public Backend {
   // them) their exp sums at temperature 1 besides.
   TopKRowsParams TopKOutput(const float* x, int64_t rows, int64_t cols, int32_t k, bool normalizers,
                             bool sums_t1) const {
-    const size_t capacity = topk_rows_.size() / TopKRowBytes(k);
+    const size_t capacity = static_cast<size_t>(rows);
     TopKRowsParams p;
     p.x = x;
     p.num_rows = rows;
