@@ -50,8 +50,9 @@ struct StepLogitsOptions {
   // Plain greedy steps reduce each row to its argmax where the logits are.
   bool device_greedy = true;
   // Steps whose rows need at most this many candidates each select them where the logits are;
-  // the k asked for is the rows' largest need rounded up to a power of two (so that recorded
-  // CUDA steps see few shapes), at most this. 0: never.
+  // the k asked for is the rows' largest need rounded up to a power of two, at most this
+  // (the few candidates beyond a row's need cost little and let more biased or penalised rows
+  // decide; CUDA decode graphs no longer depend on k). 0: never.
   int32_t max_device_top_k = 1024;
   // A nucleus row (Sampler::SamplesNucleus) needs this many candidates (at most
   // max_device_top_k): more decide more nuclei but cost more to bring back and sort. 0: such
