@@ -102,11 +102,56 @@ TEST(DecodeGraphPolicyTest, CountersNameCapturesReplaysAndEveryEagerReason) {
   EXPECT_EQ(counters.at("cuda_graph_eager_not_decode_steps_total"), 1);
   EXPECT_EQ(counters.at("cuda_graph_eager_warmup_steps_total"), 0);
   EXPECT_EQ(counters.at("cuda_graphs_cached"), 0);
-  EXPECT_EQ(counters.size(), 3u + static_cast<size_t>(GraphEagerReason::kNumReasons));
+  EXPECT_EQ(counters.at("cuda_graph_evictions_total"), 0);
+  EXPECT_EQ(counters.size(), 4u + static_cast<size_t>(GraphEagerReason::kNumReasons));
   EXPECT_EQ(recorder.Summary(), "0 captures, 0 replays, eager steps: not_decode 1");
 }
 
 // ---- Graphs on the device ---------------------------------------------------------------------
+
+// A full cache drops its least recently used graph for a new capture, and counts it: a
+// signature seen once runs eagerly, the second time it is captured, then replayed.
+TEST(DecodeGraphCacheTest, AFullCacheDropsTheLeastRecentlyUsedGraph) {
+  cudaStream_t stream = nullptr;
+  if (const cudaError_t err = cudaStreamCreate(&stream); err != cudaSuccess) {
+    (void)cudaGetLastError();
+    GLIMPSE_SKIP_WITHOUT_CUDA(cudaGetErrorString(err));
+  }
+  using Outcome = kernels::cuda::DecodeGraphCache::Outcome;
+  kernels::cuda::DecodeGraphCache cache(/*max_graphs=*/2);
+  int runs = 0;
+  const std::vector<kernels::cuda::RecordedLaunch> launches = {[&runs](cudaStream_t) {
+    ++runs;  // on the host: counts captures, not replays
+    return cudaSuccess;
+  }};
+  auto run = [&](uint64_t signature) {
+    std::string error;
+    cudaError_t launch_error = cudaSuccess;
+    const Outcome outcome = cache.Run({signature}, launches, stream, &error, &launch_error);
+    EXPECT_EQ(launch_error, cudaSuccess) << error;
+    return outcome;
+  };
+  EXPECT_EQ(run(1), Outcome::kFirstSeen);
+  EXPECT_EQ(run(1), Outcome::kCaptured);
+  EXPECT_EQ(run(2), Outcome::kFirstSeen);
+  EXPECT_EQ(run(2), Outcome::kCaptured);
+  EXPECT_EQ(run(1), Outcome::kReplayed);  // 1 now used more recently than 2
+  EXPECT_EQ(cache.num_evicted(), 0);
+  EXPECT_EQ(run(3), Outcome::kFirstSeen);
+  EXPECT_EQ(run(3), Outcome::kCaptured);  // drops 2
+  EXPECT_EQ(cache.size(), 2u);
+  EXPECT_EQ(cache.num_evicted(), 1);
+  EXPECT_EQ(run(1), Outcome::kReplayed);
+  EXPECT_EQ(run(2), Outcome::kCaptured);  // seen before: captured again at once; drops 3
+  EXPECT_EQ(cache.num_evicted(), 2);
+  EXPECT_EQ(run(1), Outcome::kReplayed);
+  EXPECT_EQ(run(2), Outcome::kReplayed);
+  EXPECT_EQ(runs, 4);  // the four captures
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  cache.Clear();
+  EXPECT_EQ(cache.size(), 0u);
+  (void)cudaStreamDestroy(stream);
+}
 
 std::map<std::string, int64_t> CountersOf(const kernels::Backend& backend) {
   std::map<std::string, int64_t> out;

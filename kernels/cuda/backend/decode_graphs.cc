@@ -169,13 +169,14 @@ DecodeGraphCache::Outcome DecodeGraphCache::Run(const std::vector<uint64_t>& sig
     *error = Describe("cudaGraphInstantiate", err);
     return Outcome::kFailed;
   }
-  if (entries_.size() >= kMaxGraphs) {
+  if (!entries_.empty() && entries_.size() >= max_graphs_) {
     auto lru = std::min_element(entries_.begin(), entries_.end(),
                                 [](const Entry& a, const Entry& b) {
                                   return a.last_use < b.last_use;
                                 });
     (void)cudaGraphExecDestroy(lru->exec);
     entries_.erase(lru);
+    ++num_evicted_;
   }
   entries_.push_back(Entry{hash, signature, exec, clock_});
   *launch_error = cudaGraphLaunch(exec, stream);
@@ -353,6 +354,7 @@ cudaError_t DecodeGraphRecorder::Finish(cudaStream_t stream,
     case DecodeGraphCache::Outcome::kCaptured:
       num_captures_.fetch_add(1, std::memory_order_relaxed);
       num_cached_.store(static_cast<int64_t>(cache_.size()), std::memory_order_relaxed);
+      num_evicted_.store(cache_.num_evicted(), std::memory_order_relaxed);
       spdlog::debug("CUDA graphs: captured decode bucket {} (KV capacity {} keys, {} launches); "
                     "{} graphs cached", bucket_, kv_capacity_, launches_.size(), cache_.size());
       break;
@@ -389,6 +391,12 @@ std::vector<BackendCounter> DecodeGraphRecorder::Counters() const {
   }
   counters.push_back({"cuda_graphs_cached", num_cached_.load(std::memory_order_relaxed),
                       "Instantiated CUDA graphs held (a gauge, not monotonic)."});
+  counters.push_back({"cuda_graph_evictions_total", num_evicted_.load(std::memory_order_relaxed),
+                      absl::StrCat("Captured graphs dropped, least recently used first, to make "
+                                   "room in the full cache (",
+                                   DecodeGraphCache::kMaxGraphs,
+                                   "): a steady rise means decode steps of more shapes (batch "
+                                   "bucket x KV tier) than that, each captured again and again.")});
   return counters;
 }
 

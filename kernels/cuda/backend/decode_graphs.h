@@ -80,7 +80,8 @@ enum class GraphEagerReason {
 // snake_case name used in counter names, e.g. "not_decode".
 const char* GraphEagerReasonName(GraphEagerReason reason);
 
-// Instantiated graphs by signature, at most kMaxGraphs (the least recently used is dropped).
+// Instantiated graphs by signature, at most max_graphs (>= 1; kMaxGraphs unless a test asks
+// for fewer; the least recently used is dropped).
 // Owns its cudaGraphExec_t objects. Not thread-safe: used by the thread driving the backend,
 // with the backend's device current.
 class DecodeGraphCache {
@@ -95,7 +96,7 @@ class DecodeGraphCache {
     kFailed,     // capture or instantiation failed (see *error); nothing of `launches` ran
   };
 
-  DecodeGraphCache() = default;
+  explicit DecodeGraphCache(size_t max_graphs = kMaxGraphs) : max_graphs_(max_graphs) {}
   ~DecodeGraphCache() { Clear(); }
   DecodeGraphCache(const DecodeGraphCache&) = delete;
   DecodeGraphCache& operator=(const DecodeGraphCache&) = delete;
@@ -109,6 +110,8 @@ class DecodeGraphCache {
               cudaStream_t stream, std::string* error, cudaError_t* launch_error);
 
   size_t size() const { return entries_.size(); }
+  // Graphs dropped (least recently used) to make room for a capture, since construction.
+  int64_t num_evicted() const { return num_evicted_; }
   // Destroys every graph (in-flight launches complete first: CUDA frees them on completion).
   void Clear();
 
@@ -120,9 +123,11 @@ class DecodeGraphCache {
     uint64_t last_use = 0;
   };
 
+  size_t max_graphs_;
   std::vector<Entry> entries_;
   std::vector<uint64_t> seen_;  // hashes of signatures run once (warm-up), bounded
   uint64_t clock_ = 0;
+  int64_t num_evicted_ = 0;
 };
 
 // Records the launches of one decode step at a time, holds their index data in the graph
@@ -262,7 +267,8 @@ class DecodeGraphRecorder {
   std::atomic<int64_t> num_replays_{0};
   std::array<std::atomic<int64_t>, static_cast<size_t>(GraphEagerReason::kNumReasons)>
       num_eager_{};
-  std::atomic<int64_t> num_cached_{0};  // cache_.size() after the last step.
+  std::atomic<int64_t> num_cached_{0};   // cache_.size() after the last step.
+  std::atomic<int64_t> num_evicted_{0};  // cache_.num_evicted() after the last step.
 };
 
 }  // namespace glimpse::kernels::cuda
