@@ -108,6 +108,11 @@ err=$("$GLIMPSE" serve --adjusted_extra_candidates=-1 2>&1)
 [[ $? -eq 2 && "$err" == *"--adjusted_extra_candidates must be in 0..32768"* ]]
 check "bad serve flag names the flag and its range" $?
 
+# The engine's outputs are allocated on its thread and freed on the front end's: glimpse
+# allocates with tcmalloc (tools/bench/README.md), not glibc's malloc.
+ldd "$GLIMPSE" | grep -q 'libtcmalloc_minimal'
+check "glimpse links tcmalloc" $?
+
 "$GLIMPSE" --help >/dev/null 2>&1
 [[ $? -le 1 ]]
 check "--help works" $?

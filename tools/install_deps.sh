@@ -29,6 +29,8 @@ PACKAGES=(
   libboost-dev
   libprotobuf-dev
   libgrpc++-dev
+  # tcmalloc, the glimpse binaries' allocator (//third_party/system:tcmalloc).
+  libgoogle-perftools-dev
   # Code generators used by //third_party/proto:cc_grpc.bzl.
   protobuf-compiler
   protobuf-compiler-grpc
