@@ -298,41 +298,40 @@ void CudaBackend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32
   CHECK(!sums_t1 || normalizers);
   Bind();
   EndStepForReduction();
-  if (num_rows > 0) {
-    Reserve(topk_rows_, static_cast<size_t>(num_rows) * TopKRowBytes(k));
-    TopKRowsParams out = TopKOutput(x, num_rows, cols, k, normalizers, sums_t1);
-    if (host_temperature != nullptr) {
-      out.temperature =
-          static_cast<const float*>(Upload(host_temperature, num_rows * sizeof(float)));
-    }
-    // A few rows: several blocks a row (TopKRowsSplits), not one SM per row.
-    out.splits = TopKRowsSplits(num_rows, cols, k, num_sms_);
-    out.workspace_bytes = TopKRowsWorkspaceBytes(num_rows, out.splits, k);
-    if (out.workspace_bytes > 0) {
-      Reserve(topk_workspace_, out.workspace_bytes);
-      out.workspace = topk_workspace_.get();
-    }
-    GLIMPSE_CUDA_CHECK(LaunchTopKRows(out, stream_));
-    // One copy of what was asked for (TopKOutput's layout), then spread on the host.
-    const size_t rows = static_cast<size_t>(num_rows);
-    const size_t pairs = rows * static_cast<size_t>(k);
-    const size_t bytes =
-        rows * 4 + pairs * 8 + (normalizers ? rows * 12 : 0) + (sums_t1 ? rows * 8 : 0);
-    const uint8_t* h = ReadBack(topk_rows_.get(), bytes);
-    const auto at = [&](const void* device) {
-      return h + (static_cast<const uint8_t*>(device) - topk_rows_.get());
-    };
-    std::memcpy(host_count, at(out.count), rows * sizeof(int32_t));
-    std::memcpy(host_index, at(out.index), pairs * sizeof(int32_t));
-    std::memcpy(host_value, at(out.value), pairs * sizeof(float));
-    if (normalizers) {
-      std::memcpy(host_row_max, at(out.row_max), rows * sizeof(float));
-      std::memcpy(host_row_exp_sum, at(out.row_exp_sum), rows * sizeof(double));
-    }
-    if (sums_t1) std::memcpy(host_row_exp_sum_t1, at(out.row_exp_sum_t1), rows * sizeof(double));
+  if (num_rows == 0) {
+    RestartStaging(0);  // synchronizes, as CopyToHost
     return;
   }
-  RestartStaging(0);  // synchronizes, as CopyToHost
+  Reserve(topk_rows_, static_cast<size_t>(num_rows) * TopKRowBytes(k));
+  TopKRowsParams out = TopKOutput(x, num_rows, cols, k, normalizers, sums_t1);
+  if (host_temperature != nullptr) {
+    out.temperature = static_cast<const float*>(Upload(host_temperature, num_rows * sizeof(float)));
+  }
+  // A few rows: several blocks a row (TopKRowsSplits), not one SM per row.
+  out.splits = TopKRowsSplits(num_rows, cols, k, num_sms_);
+  out.workspace_bytes = TopKRowsWorkspaceBytes(num_rows, out.splits, k);
+  if (out.workspace_bytes > 0) {
+    Reserve(topk_workspace_, out.workspace_bytes);
+    out.workspace = topk_workspace_.get();
+  }
+  GLIMPSE_CUDA_CHECK(LaunchTopKRows(out, stream_));
+  // One copy of what was asked for (TopKOutput's layout), then spread on the host.
+  const size_t rows = static_cast<size_t>(num_rows);
+  const size_t pairs = rows * static_cast<size_t>(k);
+  const size_t bytes =
+      rows * 4 + pairs * 8 + (normalizers ? rows * 12 : 0) + (sums_t1 ? rows * 8 : 0);
+  const uint8_t* h = ReadBack(topk_rows_.get(), bytes);
+  const auto at = [&](const void* device) {
+    return h + (static_cast<const uint8_t*>(device) - topk_rows_.get());
+  };
+  std::memcpy(host_count, at(out.count), rows * sizeof(int32_t));
+  std::memcpy(host_index, at(out.index), pairs * sizeof(int32_t));
+  std::memcpy(host_value, at(out.value), pairs * sizeof(float));
+  if (normalizers) {
+    std::memcpy(host_row_max, at(out.row_max), rows * sizeof(float));
+    std::memcpy(host_row_exp_sum, at(out.row_exp_sum), rows * sizeof(double));
+  }
+  if (sums_t1) std::memcpy(host_row_exp_sum_t1, at(out.row_exp_sum_t1), rows * sizeof(double));
 }
 
 }  // namespace internal
