@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packs what a bare GPU machine needs to check the CUDA backend end to end, built here with
 # --config=cuda: the lean engine (//server:glimpse_lean: generate, tokenize, make-model, bench;
-# no gRPC/HTTP) and the Backend-level GPU tests, with the shared libraries they load and this
+# no gRPC/HTTP), the engine's host-overhead bench (its figure on the GPU machine's CPU) and the
+# Backend-level GPU tests, with the shared libraries they load and this
 # machine's dynamic loader, so they run whatever the GPU machine's own system libraries are.
 # The NVIDIA driver (libcuda) and cuBLAS are NOT carried (cuBLAS alone is over the 64 MiB a
 # device call may carry): gpu_bundle/run.sh finds them on the GPU machine (the CUDA toolkit's
@@ -9,8 +10,8 @@
 #
 # The binaries and libraries travel as one gzip'd tar (DIR/payload.tar.gz, unpacked by run.sh
 # on first use): each test binary carries its own copy of every kernel's sm_90a + sm_80 code,
-# ~6 MiB apiece, ~60 MiB unpacked, ~18 MiB packed (2026-12-01), and the working tree that
-# travels with it is ~31 MiB: ~49 of the 64 MiB a device call may carry.
+# ~6 MiB apiece, ~68 MiB unpacked, ~21 MiB packed (2026-12-01), and the working tree that
+# travels with it is ~31 MiB: ~52 of the 64 MiB a device call may carry.
 #
 #   tools/gpu_bundle.sh [DIR]        (default: gpu_bundle/, which git ignores)
 # then, on the GPU machine, from the repository root (the device tool's `carry` names DIR):
@@ -19,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR="${1:-gpu_bundle}"
 TESTS=(cuda_backend_test cuda_greedy_test cuda_graph_test cuda_tensor_parallel_test cuda_engine_test)
-TARGETS=(//server:glimpse_lean)
+TARGETS=(//server:glimpse_lean //tools/bench:engine_overhead_bench)
 for t in "${TESTS[@]}"; do TARGETS+=("//kernels/cuda/backend:$t"); done
 bazel build --config=cuda "${TARGETS[@]}" >&2
 BIN="$(bazel info --config=cuda bazel-bin 2>/dev/null)"
@@ -27,7 +28,7 @@ rm -rf "$DIR"
 STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$DIR" "$STAGE/bin" "$STAGE/lib"
-cp "$BIN/server/glimpse_lean" "$STAGE/bin/"
+cp "$BIN/server/glimpse_lean" "$BIN/tools/bench/engine_overhead_bench" "$STAGE/bin/"
 for t in "${TESTS[@]}"; do cp "$BIN/kernels/cuda/backend/$t" "$STAGE/bin/"; done
 # The shared-library closure, minus what must come from the GPU machine: the driver
 # (libcuda, libnvidia-*), cuBLAS and NCCL (too large; found there at run time).

@@ -7,6 +7,8 @@
 #      bitwise what eager recording computes (cuda_graph_test); tensor parallelism, one rank
 #      and, with 2+ GPUs, two (cuda_tensor_parallel_test); the engine's preemption and
 #      copy-on-write on the device (cuda_engine_test);
+#   2b. the engine's own time per decode step on this machine's CPU (engine_overhead_bench,
+#      with the system allocator and with tcmalloc, which glimpse links: tools/bench/README.md);
 #   3. unless SKIP_8B=1: a synthetic Llama-3.1-8B-shaped bf16 model made there (16 GB cannot
 #      travel), batch-1 decode timed by `glimpse_lean bench`, against the bandwidth floor
 #      (weight bytes + KV bytes read per step, over the D2D bandwidth gpu_check.sh measured —
@@ -54,6 +56,15 @@ run_test cuda_engine_test; engine_rc=$?
 echo "exit: cuda_backend_test $backend_rc, cuda_greedy_test $greedy_rc, cuda_graph_test $graph_rc," \
      "cuda_tensor_parallel_test $tp_rc, cuda_engine_test $engine_rc"
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |divergen|graph" "$RESULT_DIR"/cuda_*_test.log | head -60
+
+# The engine's host time per decode step on this CPU (a second or two): glibc's malloc, then
+# tcmalloc as glimpse links it (the bundle's copy, where run.sh unpacked it).
+timeout 120 "$RUN" engine_overhead_bench --steps=200 >"$RESULT_DIR/engine_overhead_glibc.txt" 2>&1
+overhead_rc=$?
+UNPACKED="${GLIMPSE_BUNDLE_UNPACK:-${TMPDIR:-/tmp}/glimpse_gpu_bundle}"
+LD_PRELOAD="$UNPACKED/lib/libtcmalloc_minimal.so.4" timeout 120 "$RUN" engine_overhead_bench \
+    --steps=200 >"$RESULT_DIR/engine_overhead_tcmalloc.txt" 2>&1 || overhead_rc=$?
+tail -n 13 "$RESULT_DIR/engine_overhead_tcmalloc.txt"
 
 bench_rc=0
 decode_tok_s="null"; weight_bytes="null"; floor_ms="null"; ratio="null"
@@ -155,7 +166,7 @@ fi
 cat >"$RESULT_DIR/gpu_e2e.json" <<JSON
 {"cuda_backend_test_exit": $backend_rc, "cuda_greedy_test_exit": $greedy_rc,
  "cuda_graph_test_exit": $graph_rc, "cuda_tensor_parallel_test_exit": $tp_rc,
- "cuda_engine_test_exit": $engine_rc,
+ "cuda_engine_test_exit": $engine_rc, "engine_overhead_bench_exit": $overhead_rc,
  "bench_8b_exit": $bench_rc, "decode_batch1_tok_s": $decode_tok_s, "weight_bytes": $weight_bytes,
  "bandwidth_floor_ms_per_token": $floor_ms, "step_over_floor": $ratio}
 JSON
