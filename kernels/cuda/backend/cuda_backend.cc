@@ -272,18 +272,21 @@ void CudaBackend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int
   }
   const size_t rows = static_cast<size_t>(num_rows);
   Reserve(argmax_rows_, rows * 8);
-  GLIMPSE_CUDA_CHECK(LaunchArgMaxRows(ArgMaxOutput(x, num_rows, cols), stream_));
-  const uint8_t* out = ReadBack(argmax_rows_.get(), rows * 8);
-  std::memcpy(host_index, out, rows * sizeof(int32_t));
-  std::memcpy(host_value, out + rows * 4, rows * sizeof(float));
+  const ArgMaxRowsParams out = ArgMaxOutput(x, num_rows, cols);
+  GLIMPSE_CUDA_CHECK(LaunchArgMaxRows(out, stream_));
+  const HostCopy h = ReadBack(out.index, out.value + rows);
+  std::memcpy(host_index, h.Of(out.index), rows * sizeof(int32_t));
+  std::memcpy(host_value, h.Of(out.value), rows * sizeof(float));
 }
 
-const uint8_t* CudaBackend::ReadBack(const void* src, size_t num_bytes) {
+CudaBackend::HostCopy CudaBackend::ReadBack(const void* first, const void* end) {
+  const auto* device = static_cast<const uint8_t*>(first);
+  const size_t num_bytes = static_cast<size_t>(static_cast<const uint8_t*>(end) - device);
   const size_t offset = ReserveStaging(num_bytes);
   GLIMPSE_CUDA_CHECK(
-      cudaMemcpyAsync(staging_host_ + offset, src, num_bytes, cudaMemcpyDeviceToHost, stream_));
+      cudaMemcpyAsync(staging_host_ + offset, device, num_bytes, cudaMemcpyDeviceToHost, stream_));
   RestartStaging(0);  // synchronizes, as CopyToHost; keeps the buffer where it is
-  return staging_host_ + offset;
+  return HostCopy{staging_host_ + offset, device};
 }
 
 void CudaBackend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32_t k,
@@ -315,23 +318,21 @@ void CudaBackend::TopKRows(const float* x, int64_t num_rows, int64_t cols, int32
     out.workspace = topk_workspace_.get();
   }
   GLIMPSE_CUDA_CHECK(LaunchTopKRows(out, stream_));
-  // One copy of what was asked for (TopKOutput's layout), then spread on the host.
+  // One copy of what was asked for (a prefix of TopKOutput's layout), then spread on the host.
   const size_t rows = static_cast<size_t>(num_rows);
   const size_t pairs = rows * static_cast<size_t>(k);
-  const size_t bytes =
-      rows * 4 + pairs * 8 + (normalizers ? rows * 12 : 0) + (sums_t1 ? rows * 8 : 0);
-  const uint8_t* h = ReadBack(topk_rows_.get(), bytes);
-  const auto at = [&](const void* device) {
-    return h + (static_cast<const uint8_t*>(device) - topk_rows_.get());
-  };
-  std::memcpy(host_count, at(out.count), rows * sizeof(int32_t));
-  std::memcpy(host_index, at(out.index), pairs * sizeof(int32_t));
-  std::memcpy(host_value, at(out.value), pairs * sizeof(float));
+  const void* end = sums_t1       ? static_cast<const void*>(out.row_exp_sum_t1 + rows)
+                    : normalizers ? static_cast<const void*>(out.row_exp_sum + rows)
+                                  : static_cast<const void*>(out.value + pairs);
+  const HostCopy h = ReadBack(out.count, end);
+  std::memcpy(host_count, h.Of(out.count), rows * sizeof(int32_t));
+  std::memcpy(host_index, h.Of(out.index), pairs * sizeof(int32_t));
+  std::memcpy(host_value, h.Of(out.value), pairs * sizeof(float));
   if (normalizers) {
-    std::memcpy(host_row_max, at(out.row_max), rows * sizeof(float));
-    std::memcpy(host_row_exp_sum, at(out.row_exp_sum), rows * sizeof(double));
+    std::memcpy(host_row_max, h.Of(out.row_max), rows * sizeof(float));
+    std::memcpy(host_row_exp_sum, h.Of(out.row_exp_sum), rows * sizeof(double));
   }
-  if (sums_t1) std::memcpy(host_row_exp_sum_t1, at(out.row_exp_sum_t1), rows * sizeof(double));
+  if (sums_t1) std::memcpy(host_row_exp_sum_t1, h.Of(out.row_exp_sum_t1), rows * sizeof(double));
 }
 
 }  // namespace internal

@@ -321,11 +321,20 @@ class CudaBackend final : public Backend {
   // identical upload (same host pointer, size and bytes) in the same generation is reused:
   // the forward pass hands every layer the same per-step arrays.
   const void* Upload(const void* host, size_t num_bytes);
-  // Copies num_bytes of device memory at src to the host in one copy through the pinned
-  // staging buffer, and synchronizes (it ends the staging generation, as CopyToHost): the
-  // bytes, valid until the next staging use. Several small copies to pageable memory would
-  // each wait for the stream in turn.
-  const uint8_t* ReadBack(const void* src, size_t num_bytes);
+  // A host copy of device bytes [device, ...): Of(p) is where device pointer p into them
+  // lies in it. Valid until the next staging use.
+  struct HostCopy {
+    const uint8_t* host;
+    const uint8_t* device;
+    template <typename T>
+    const T* Of(const T* p) const {
+      return reinterpret_cast<const T*>(host + (reinterpret_cast<const uint8_t*>(p) - device));
+    }
+  };
+  // Copies device bytes [first, end) to the host in one copy through the pinned staging
+  // buffer, and synchronizes (it ends the staging generation, as CopyToHost). Several small
+  // copies to pageable memory would each wait for the stream in turn.
+  HostCopy ReadBack(const void* first, const void* end);
   // Grows `buffer` to at least `num_bytes` (after draining the stream, which may still use it).
   void Reserve(DeviceBuffer<uint8_t>& buffer, size_t num_bytes);
 
@@ -448,13 +457,12 @@ class CudaBackend final : public Backend {
   // read back in one copy. Grown on demand.
   DeviceBuffer<uint8_t> argmax_rows_;
   ArgMaxRowsParams ArgMaxOutput(const float* x, int64_t rows, int64_t cols) const {
-    const size_t capacity = static_cast<size_t>(rows);
     ArgMaxRowsParams p;
     p.x = x;
     p.num_rows = rows;
     p.cols = cols;
     p.index = reinterpret_cast<int32_t*>(argmax_rows_.get());
-    p.value = reinterpret_cast<float*>(argmax_rows_.get() + capacity * 4);
+    p.value = reinterpret_cast<float*>(p.index + rows);
     return p;
   }
   // TopKRows' device output for k (TopKOutput): [rows] int32 counts, then [rows][k] int32
@@ -470,19 +478,19 @@ class CudaBackend final : public Backend {
   // them) their exp sums at temperature 1 besides.
   TopKRowsParams TopKOutput(const float* x, int64_t rows, int64_t cols, int32_t k, bool normalizers,
                             bool sums_t1) const {
-    const size_t capacity = static_cast<size_t>(rows);
+    const size_t pairs = static_cast<size_t>(rows) * static_cast<size_t>(k);
     TopKRowsParams p;
     p.x = x;
     p.num_rows = rows;
     p.cols = cols;
     p.k = k;
     p.count = reinterpret_cast<int32_t*>(topk_rows_.get());
-    p.index = p.count + capacity;
-    p.value = reinterpret_cast<float*>(p.index + capacity * static_cast<size_t>(k));
+    p.index = p.count + rows;
+    p.value = reinterpret_cast<float*>(p.index + pairs);
     if (normalizers) {
-      p.row_max = p.value + capacity * static_cast<size_t>(k);
-      p.row_exp_sum = reinterpret_cast<double*>(p.row_max + capacity);
-      if (sums_t1) p.row_exp_sum_t1 = p.row_exp_sum + capacity;
+      p.row_max = p.value + pairs;
+      p.row_exp_sum = reinterpret_cast<double*>(p.row_max + rows);
+      if (sums_t1) p.row_exp_sum_t1 = p.row_exp_sum + rows;
     }
     return p;
   }
