@@ -34,7 +34,6 @@
 #include "absl/flags/parse.h"
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
-#include "absl/synchronization/mutex.h"
 #include "model/step_runner.h"
 #include "scheduler/engine.h"
 #include "server/loaded_model.h"
@@ -42,9 +41,6 @@
 ABSL_FLAG(int32_t, steps, 200, "decode steps per request (each request's max_tokens)");
 ABSL_FLAG(std::vector<std::string>, batch_sizes, std::vector<std::string>({"1", "16", "64", "256"}),
           "decode batch sizes (requests run together)");
-ABSL_FLAG(bool, mutex_deadlock_detection, false,
-          "keep absl::Mutex's deadlock detection on (Debian's Abseil is built with it on; the "
-          "glimpse binaries turn it off)");
 ABSL_FLAG(std::vector<std::string>, modes,
           std::vector<std::string>({"greedy", "top_k", "logprobs"}),
           "sampling modes: greedy, top_k (top-k 50 at T 0.8), logprobs (greedy + 5 logprobs)");
@@ -249,9 +245,6 @@ double Percentile(std::vector<double> v, double p) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  if (!absl::GetFlag(FLAGS_mutex_deadlock_detection)) {
-    absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  }
   using namespace glimpse;
   auto loaded = server::LoadedModel::Load(absl::GetFlag(FLAGS_overhead_model), /*num_threads=*/1,
                                           server::Device::kCpu, 1, server::KvCacheDType::kAuto);
