@@ -2,6 +2,8 @@
 # Runs a binary of this bundle (made by tools/gpu_bundle.sh) with the bundle's own dynamic
 # loader and libraries, plus the GPU machine's driver, cuBLAS and NCCL:
 #   gpu_bundle/run.sh glimpse_lean bench --device=cuda ...
+# GLIMPSE_BUNDLE_PRELOAD=LIB (a library of the bundle, e.g. libtcmalloc_minimal.so.4) loads it
+# first, as LD_PRELOAD would.
 set -euo pipefail
 BUNDLE="$(cd "$(dirname "$0")" && pwd)"
 # The binaries and libraries come packed (payload.tar.gz); unpack them once per payload.
@@ -26,4 +28,6 @@ for d in /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu /usr/lib64 /lib/x86_6
   [[ -e "$d/libcuda.so.1" ]] && paths="$paths:$d"
 done
 [[ -n "${LD_LIBRARY_PATH:-}" ]] && paths="$paths:$LD_LIBRARY_PATH"
-exec "$HERE/lib/ld-linux-x86-64.so.2" --library-path "$paths" "$HERE/bin/$name" "$@"
+preload=()
+[[ -n "${GLIMPSE_BUNDLE_PRELOAD:-}" ]] && preload=(--preload "$HERE/lib/$GLIMPSE_BUNDLE_PRELOAD")
+exec "$HERE/lib/ld-linux-x86-64.so.2" --library-path "$paths" "${preload[@]}" "$HERE/bin/$name" "$@"

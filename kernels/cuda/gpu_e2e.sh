@@ -58,11 +58,10 @@ echo "exit: cuda_backend_test $backend_rc, cuda_greedy_test $greedy_rc, cuda_gra
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |divergen|graph" "$RESULT_DIR"/cuda_*_test.log | head -60
 
 # The engine's host time per decode step on this CPU (a second or two): glibc's malloc, then
-# tcmalloc as glimpse links it (the bundle's copy, where run.sh unpacked it).
+# tcmalloc as glimpse links it (the bundle's copy, preloaded by run.sh).
 timeout 120 "$RUN" engine_overhead_bench --steps=200 >"$RESULT_DIR/engine_overhead_glibc.txt" 2>&1
 overhead_rc=$?
-UNPACKED="${GLIMPSE_BUNDLE_UNPACK:-${TMPDIR:-/tmp}/glimpse_gpu_bundle}"
-LD_PRELOAD="$UNPACKED/lib/libtcmalloc_minimal.so.4" timeout 120 "$RUN" engine_overhead_bench \
+GLIMPSE_BUNDLE_PRELOAD=libtcmalloc_minimal.so.4 timeout 120 "$RUN" engine_overhead_bench \
     --steps=200 >"$RESULT_DIR/engine_overhead_tcmalloc.txt" 2>&1 || overhead_rc=$?
 tail -n 13 "$RESULT_DIR/engine_overhead_tcmalloc.txt"
 
