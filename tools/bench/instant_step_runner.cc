@@ -1,0 +1,93 @@
+#include "tools/bench/instant_step_runner.h"
+
+#include <time.h>
+
+#include <algorithm>
+#include <thread>
+
+namespace glimpse::bench {
+namespace {
+
+double ThreadCpuMicros() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) * 1e-3;
+}
+
+}  // namespace
+
+absl::Status InstantStepRunner::Forward(const model::StepBatch& batch, float* logits) {
+  Record(batch);
+  const size_t vocab = static_cast<size_t>(config_.vocab_size);
+  for (size_t r = 0; r < batch.logits_rows.size(); ++r) {
+    std::fill(logits + r * vocab, logits + (r + 1) * vocab, -20.0f);
+    logits[r * vocab + Token(r)] = 5.0f;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status InstantStepRunner::ForwardGreedy(const model::StepBatch& batch, int32_t* tokens) {
+  Record(batch);
+  for (size_t r = 0; r < batch.logits_rows.size(); ++r) tokens[r] = Token(r);
+  return absl::OkStatus();
+}
+
+absl::Status InstantStepRunner::ForwardTopK(const model::StepBatch& batch, int32_t k,
+                                            std::span<const float> normalizer_temperatures,
+                                            bool sums_t1, model::TopTokens* top) {
+  Record(batch);
+  const size_t rows = batch.logits_rows.size();
+  top->Resize(rows, k, !normalizer_temperatures.empty(), sums_t1);
+  const int32_t count = std::min(k, kTextTokens);
+  for (size_t r = 0; r < rows; ++r) {
+    top->count[r] = count;
+    for (int32_t j = 0; j < count; ++j) {
+      // Increasing ids, values in a made-up order; the row's own token the likeliest.
+      const size_t at = r * static_cast<size_t>(k) + static_cast<size_t>(j);
+      top->ids[at] = kFirstTextToken + (Token(r) - kFirstTextToken + j) % kTextTokens;
+      top->logits[at] = j == 0 ? 5.0f : -0.05f * static_cast<float>((j * 37) % count);
+    }
+    std::sort(top->ids.begin() + r * k, top->ids.begin() + r * k + count);
+    if (!top->row_max.empty()) {
+      top->row_max[r] = 5.0f;
+      top->row_exp_sum[r] = 1.5;
+      if (!top->row_exp_sum_t1.empty()) top->row_exp_sum_t1[r] = 1.5;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status InstantStepRunner::CopyStepLogitsRow(size_t row, float* logits) {
+  std::fill(logits, logits + config_.vocab_size, -20.0f);
+  logits[Token(row)] = 5.0f;
+  return absl::OkStatus();
+}
+
+StepIntervals InstantStepRunner::Intervals(size_t rows) const {
+  StepIntervals out;
+  for (size_t i = 1; i < calls_.size(); ++i) {
+    if (calls_[i].rows != rows || calls_[i - 1].rows != rows) continue;
+    out.wall_us.push_back(
+        std::chrono::duration<double, std::micro>(calls_[i].start - calls_[i - 1].start).count());
+    out.engine_cpu_us.push_back(calls_[i].thread_cpu_us - calls_[i - 1].thread_cpu_us);
+  }
+  return out;
+}
+
+void InstantStepRunner::Record(const model::StepBatch& batch) {
+  calls_.push_back({std::chrono::steady_clock::now(), ThreadCpuMicros(), batch.logits_rows.size()});
+  ++step_;
+  if (forward_time_.count() > 0) std::this_thread::sleep_for(forward_time_);
+}
+
+int32_t InstantStepRunner::Token(size_t row) const {
+  return kFirstTextToken + static_cast<int32_t>((row * 131 + step_ * 17) % kTextTokens);
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
+}
+
+}  // namespace glimpse::bench

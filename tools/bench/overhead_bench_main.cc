@@ -1,0 +1,98 @@
+#include "tools/bench/overhead_bench_main.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+
+ABSL_FLAG(int32_t, steps, 200, "decode steps per request (each request's max_tokens)");
+ABSL_FLAG(std::vector<std::string>, batch_sizes, std::vector<std::string>({"1", "16", "64", "256"}),
+          "decode batch sizes (requests run together)");
+ABSL_FLAG(std::vector<std::string>, modes,
+          std::vector<std::string>({"greedy", "top_k", "logprobs"}),
+          "sampling modes: greedy, top_k (top-k 50 at T 0.8), logprobs (greedy + 5 logprobs)");
+ABSL_FLAG(int32_t, forward_us, 0,
+          "how long each forward pass takes, sleeping (0: none). Set a GPU step's time "
+          "(e.g. 5000) to see the work that waits for a step to end, such as starting the "
+          "gRPC writes of its outputs");
+ABSL_FLAG(std::string, overhead_model, "models/tinycode-4m-f16.gguf",
+          "model whose tokenizer and config the engine uses (its weights are not run)");
+
+namespace glimpse::bench {
+
+scheduler::EngineOptions OverheadEngineOptions(int32_t batch, int32_t steps) {
+  scheduler::EngineOptions options;
+  options.scheduler.max_running_sequences = batch;
+  options.scheduler.max_step_tokens = std::max(512, batch);
+  options.num_kv_blocks = batch * ((16 + steps) / 16 + 2);
+  options.max_waiting_requests = batch;
+  options.seed = 1;
+  return options;
+}
+
+int OverheadBenchMain(int argc, char** argv, const char* program, const char* title,
+                      const OverheadRun& run) {
+  absl::SetProgramUsageMessage(title);
+  absl::ParseCommandLine(argc, argv);
+  const int32_t steps = absl::GetFlag(FLAGS_steps);
+  if (steps < 2) {
+    std::fprintf(stderr, "%s: --steps wants at least 2 (intervals between steps), not %d\n",
+                 program, steps);
+    return 2;
+  }
+  const int32_t forward_us = absl::GetFlag(FLAGS_forward_us);
+  if (forward_us < 0 || forward_us > 1000000) {
+    std::fprintf(stderr, "%s: --forward_us wants 0..1000000, not %d\n", program, forward_us);
+    return 2;
+  }
+  const OverheadMode modes[] = {{"greedy", "greedy", 0.0f, 0, -1},
+                                {"top_k", "top-k 50, T 0.8", 0.8f, 50, -1},
+                                {"logprobs", "greedy + 5 logprobs", 0.0f, 0, 5}};
+  std::vector<int32_t> batches;
+  for (const std::string& b : absl::GetFlag(FLAGS_batch_sizes)) {
+    int32_t v = 0;
+    if (!absl::SimpleAtoi(b, &v) || v < 1 || v > 4096) {
+      std::fprintf(stderr, "%s: --batch_sizes wants numbers in 1..4096, not '%s'\n", program,
+                   b.c_str());
+      return 2;
+    }
+    batches.push_back(v);
+  }
+  const std::vector<std::string> wanted = absl::GetFlag(FLAGS_modes);
+  for (const std::string& m : wanted) {
+    if (std::none_of(std::begin(modes), std::end(modes),
+                     [&](const OverheadMode& mode) { return m == mode.flag; })) {
+      std::fprintf(stderr, "%s: unknown mode '%s' (greedy, top_k, logprobs)\n", program, m.c_str());
+      return 2;
+    }
+  }
+  auto loaded = server::LoadedModel::Load(absl::GetFlag(FLAGS_overhead_model), /*num_threads=*/1,
+                                          server::Device::kCpu, 1, server::KvCacheDType::kAuto);
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "%s: %s\n", program, loaded.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("%s (forward pass of %d us, %d steps a request)\n", title, forward_us, steps);
+  std::printf("%-22s %6s %12s %12s %14s %16s\n", "mode", "batch", "median us", "p90 us",
+              "us / sequence", "engine cpu us");
+  for (const OverheadMode& mode : modes) {
+    if (std::find(wanted.begin(), wanted.end(), mode.flag) == wanted.end()) continue;
+    for (const int32_t batch : batches) {
+      const StepIntervals intervals =
+          run({&*loaded, mode, batch, steps, std::chrono::microseconds(forward_us)});
+      const double median = Percentile(intervals.wall_us, 0.5);
+      std::printf("%-22s %6d %12.1f %12.1f %14.2f %16.1f\n", mode.name, batch, median,
+                  Percentile(intervals.wall_us, 0.9), median / batch,
+                  Percentile(intervals.engine_cpu_us, 0.5));
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
+
+}  // namespace glimpse::bench
