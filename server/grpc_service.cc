@@ -1,6 +1,7 @@
 #include "server/grpc_service.h"
 
 #include <algorithm>
+#include <atomic>
 #include <deque>
 #include <limits>
 #include <memory>
@@ -68,10 +69,14 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     notifier_->reactor = this;
   }
 
-  // Registers the listener; outputs already waiting are written right away.
+  // Registers the listener; outputs already waiting are written right away. The listener runs
+  // on the engine thread and only signals a Notify on the service's WriteDispatcher (a
+  // CoalescedTask: one pending at a time, each draining whatever the stream holds by then).
   void Begin() {
     std::shared_ptr<Notifier> notifier = notifier_;
-    stream_->SetListener([notifier] { Notifier::Notify(*notifier); });
+    std::shared_ptr<CoalescedTask> notify = CoalescedTask::Create(
+        service_.write_dispatcher_, [notifier] { Notifier::Notify(*notifier); });
+    stream_->SetListener([notify] { notify->Signal(); });
   }
 
   void OnWriteDone(bool ok) override {
@@ -204,6 +209,8 @@ EngineService::EngineService(scheduler::Engine& engine, const model::Tokenizer& 
       tokenizer_(tokenizer),
       lifecycle_(lifecycle),
       options_(std::move(options)),
+      write_dispatcher_(WriteDispatcher::Start(options_.write_threads > 0 ? options_.write_threads
+                                                                          : DefaultWriteThreads())),
       start_time_(std::chrono::system_clock::now()) {
   served_.served_model_name = options_.served_model_name;
   served_.tokenizer = &tokenizer_;
@@ -213,6 +220,8 @@ EngineService::EngineService(scheduler::Engine& engine, const model::Tokenizer& 
       static_cast<int64_t>(engine_.options().num_kv_blocks) * engine_.options().block_size;
   throughput_time_ = std::chrono::steady_clock::now();
 }
+
+EngineService::~EngineService() { write_dispatcher_->Stop(); }
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* EngineService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {

@@ -2,24 +2,29 @@
 // on gRPC's callback API.
 //
 // Generate is a ServerWriteReactor fed by the request's RequestStream: the stream's listener
-// runs on the engine thread and only schedules the next write (it never blocks on the network);
-// one write is in flight at a time and outputs that pile up meanwhile are sent as consecutive
-// writes. A cancelled call (client gone, deadline passed) cancels the request, and the engine
-// frees its KV blocks within one step. The other RPCs are unary and answer at once.
+// runs on the engine thread and only posts the call's write scheduling to the service's
+// WriteDispatcher, whose threads build the responses and start the writes (the engine thread
+// never does that work, nor blocks on the network); one write is in flight at a time and
+// outputs that pile up meanwhile are sent as consecutive writes. A cancelled call (client gone,
+// deadline passed) cancels the request, and the engine frees its KV blocks within one step. The
+// other RPCs are unary and answer at once.
 //
 // Ownership: borrows the engine, the tokenizer and the lifecycle (not owned; all must outlive
-// the grpc::Server that serves this service). Owns the set of in-flight request ids.
+// the grpc::Server that serves this service). Owns the set of in-flight request ids and the
+// write dispatcher (its threads stop with the service; a listener that runs later, as
+// Engine::Stop's final outputs may, does its work inline).
 // Thread-safety: every RPC method may run on any gRPC thread at once; shared state is the
 // mutex-guarded id set and the engine's own thread-safe API.
 #ifndef GLIMPSE_SERVER_GRPC_SERVICE_H_
 #define GLIMPSE_SERVER_GRPC_SERVICE_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
@@ -31,6 +36,7 @@
 #include "scheduler/engine.h"
 #include "server/health.h"
 #include "server/request_conversion.h"
+#include "server/write_dispatcher.h"
 
 namespace glimpse::server {
 
@@ -47,6 +53,9 @@ struct EngineServiceOptions {
   uint64_t kv_cache_bytes = 0;  // Over all tensor-parallel ranks' devices.
   std::string kv_cache_dtype = "fp32";  // "fp32", "f16" or "bf16"
   int32_t tensor_parallel_size = 1;
+  // Threads that build and send the Generate responses (WriteDispatcher); 0: the default,
+  // DefaultWriteThreads().
+  int32_t write_threads = 0;
 };
 
 // Reported as GetServerInfoResponse.version and GetLoadsResponse.version.
@@ -59,6 +68,7 @@ class EngineService final : public glimpse::v1::Engine::CallbackService {
  public:
   EngineService(scheduler::Engine& engine, const model::Tokenizer& tokenizer,
                 ServerLifecycle& lifecycle, EngineServiceOptions options);
+  ~EngineService() override;
 
   grpc::ServerWriteReactor<glimpse::v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context, const glimpse::v1::GenerateRequest* request) override;
@@ -108,6 +118,8 @@ class EngineService final : public glimpse::v1::Engine::CallbackService {
   const model::Tokenizer& tokenizer_;
   ServerLifecycle& lifecycle_;
   const EngineServiceOptions options_;
+  // Runs the Generate reactors' Pump for their listeners; shared with the listeners.
+  const std::shared_ptr<WriteDispatcher> write_dispatcher_;
   ServedModelInfo served_;
   const std::chrono::system_clock::time_point start_time_;
 

@@ -69,6 +69,10 @@ ABSL_FLAG(int32_t, sampling_threads, 0,
           "the CPUs this process may use, at most 8. Rows are sampled in parallel once rows x "
           "vocabulary reach 2^20 (e.g. 8 rows of a 128k vocabulary); any count draws the same "
           "tokens.");
+ABSL_FLAG(int32_t, write_threads, 0,
+          "serve: threads that build the Generate responses and start their gRPC writes, so "
+          "that the engine thread, which must get on with the next step, does not; 0: one per "
+          "8 CPUs, 1 to 4.");
 ABSL_FLAG(int32_t, device_top_k, glimpse::server::kAutoCandidates,
           "serve: steps whose every row samples greedily or with top-k (logprobs come with "
           "the row's normalizer; a logit bias or penalties with --adjusted_extra_candidates "
@@ -126,6 +130,7 @@ struct ServeConfig {
   int64_t swap_bytes = 0;  // Host memory, all ranks together.
   absl::Duration drain_timeout;
   std::string preemption_mode;
+  int32_t write_threads = 0;  // --write_threads; 0: automatic.
 };
 
 absl::StatusOr<ServeConfig> ConfigFromFlags() {
@@ -165,6 +170,10 @@ absl::StatusOr<ServeConfig> ConfigFromFlags() {
   }
   c.engine.sampling_threads =
       sampling_threads > 0 ? sampling_threads : std::min(8, kernels::cpu::DefaultNumThreads());
+  c.write_threads = absl::GetFlag(FLAGS_write_threads);
+  if (c.write_threads < 0 || c.write_threads > 64) {
+    return absl::InvalidArgumentError("--write_threads must be in 0..64 (0: automatic)");
+  }
   const Device device = absl::GetFlag(FLAGS_device);
   c.engine.step_logits.max_device_top_k = DeviceTopKFor(absl::GetFlag(FLAGS_device_top_k), device);
   if (c.engine.step_logits.max_device_top_k < 0 || c.engine.step_logits.max_device_top_k > 32768) {
@@ -288,6 +297,7 @@ EngineServiceOptions ServiceOptions(const ServeConfig& c, const LoadedModel& loa
   o.kv_cache_bytes = kv_bytes;
   o.kv_cache_dtype = loaded.kv_cache_dtype_name();
   o.tensor_parallel_size = loaded.tensor_parallel_size();
+  o.write_threads = c.write_threads;
   return o;
 }
 

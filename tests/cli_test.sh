@@ -108,6 +108,10 @@ err=$("$GLIMPSE" serve --adjusted_extra_candidates=-1 2>&1)
 [[ $? -eq 2 && "$err" == *"--adjusted_extra_candidates must be in 0..32768"* ]]
 check "bad serve flag names the flag and its range" $?
 
+err=$("$GLIMPSE" serve --write_threads=65 2>&1)
+[[ $? -eq 2 && "$err" == *"--write_threads must be in 0..64"* ]]
+check "serve refuses too many write threads" $?
+
 # The engine's outputs are allocated on its thread and freed on the front end's: glimpse
 # allocates with tcmalloc (tools/bench/README.md), not glibc's malloc.
 # (ldd's output taken whole: `ldd | grep -q` under pipefail fails whenever grep's early exit

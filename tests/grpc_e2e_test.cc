@@ -378,11 +378,13 @@ TEST_F(GrpcE2eTest, ServerReflectionListsTheEngineAndHealthServices) {
   EXPECT_NE(body.find("grpc.health.v1.Health"), std::string::npos);
 }
 
-// A fresh server, so that the decode-batch figures cover only these 32 streams.
+// A fresh server, so that the decode-batch figures cover only these 32 streams; three write
+// threads, so that the streams' responses are built and sent by several at once.
 TEST(GrpcE2eConcurrencyTest, ThirtyTwoConcurrentStreamsMatchAloneAndBatch) {
   ServerProcess server;
   const int metrics_port = FreePort();
-  ASSERT_TRUE(server.Start({"--metrics_port=" + std::to_string(metrics_port)}));
+  ASSERT_TRUE(
+      server.Start({"--metrics_port=" + std::to_string(metrics_port), "--write_threads=3"}));
   const std::vector<Reference>& refs = References();
   ASSERT_GE(refs.size(), 32u);
   std::vector<StreamResult> results(32);
