@@ -38,29 +38,23 @@ namespace glimpse::bench {
 namespace {
 
 StepIntervals Run(const OverheadRunSpec& spec) {
-  const server::LoadedModel& loaded = *spec.loaded;
   const OverheadMode& mode = spec.mode;
   const int32_t batch = spec.batch;
   const int32_t steps = spec.steps;
-  InstantStepRunner runner(loaded.model->config(), spec.forward_time);
-  auto engine =
-      scheduler::Engine::Create(runner, *loaded.tokenizer, OverheadEngineOptions(batch, steps));
-  if (!engine.ok()) {
-    std::fprintf(stderr, "engine_overhead_bench: %s\n", engine.status().ToString().c_str());
-    std::exit(1);
-  }
-  (*engine)->Start();
+  InstantStepRunner runner(spec.loaded->model->config(), spec.forward_time);
+  std::unique_ptr<scheduler::Engine> engine =
+      StartOverheadEngine(runner, spec, "engine_overhead_bench");
   std::vector<std::shared_ptr<scheduler::RequestStream>> streams;
   for (int32_t i = 0; i < batch; ++i) {
     scheduler::EngineRequest r;
     r.request_id = "r" + std::to_string(i);
-    for (int32_t t = 0; t < 16; ++t) r.prompt_tokens.push_back(400 + (i * 7 + t) % 1000);
+    r.prompt_tokens = OverheadPrompt(i);
     r.sampling.temperature = mode.temperature;
     r.sampling.top_k = mode.top_k;
     r.output.num_logprobs = mode.num_logprobs;
     r.stopping.max_tokens = steps;
     r.stopping.ignore_eos = true;
-    auto s = (*engine)->Submit(std::move(r));
+    auto s = engine->Submit(std::move(r));
     if (!s.ok()) {
       std::fprintf(stderr, "engine_overhead_bench: %s\n", s.status().ToString().c_str());
       std::exit(1);
@@ -104,7 +98,7 @@ StepIntervals Run(const OverheadRunSpec& spec) {
     });
   }
   for (std::thread& t : clients) t.join();
-  (*engine)->Stop();
+  engine->Stop();
   return runner.Intervals(static_cast<size_t>(batch));
 }
 

@@ -72,22 +72,16 @@ class GenerateReader final : public grpc::ClientReadReactor<v1::GenerateResponse
 };
 
 StepIntervals Run(const OverheadRunSpec& spec) {
-  const server::LoadedModel& loaded = *spec.loaded;
   const OverheadMode& mode = spec.mode;
   const int32_t batch = spec.batch;
   const int32_t steps = spec.steps;
-  InstantStepRunner runner(loaded.model->config(), spec.forward_time);
-  auto engine =
-      scheduler::Engine::Create(runner, *loaded.tokenizer, OverheadEngineOptions(batch, steps));
-  if (!engine.ok()) {
-    std::fprintf(stderr, "grpc_overhead_bench: %s\n", engine.status().ToString().c_str());
-    std::exit(1);
-  }
-  (*engine)->Start();
+  InstantStepRunner runner(spec.loaded->model->config(), spec.forward_time);
+  std::unique_ptr<scheduler::Engine> engine =
+      StartOverheadEngine(runner, spec, "grpc_overhead_bench");
   server::ServerLifecycle lifecycle;
   server::EngineServiceOptions options;
   options.served_model_name = "bench";
-  server::EngineService service(**engine, *loaded.tokenizer, lifecycle, options);
+  server::EngineService service(*engine, *spec.loaded->tokenizer, lifecycle, options);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -108,8 +102,8 @@ StepIntervals Run(const OverheadRunSpec& spec) {
   for (int32_t i = 0; i < batch; ++i) {
     v1::GenerateRequest request;
     request.set_request_id(absl::StrCat("r", i));
-    for (int32_t t = 0; t < 16; ++t) {
-      request.mutable_token_ids()->add_ids(static_cast<uint32_t>(400 + (i * 7 + t) % 1000));
+    for (const int32_t id : OverheadPrompt(i)) {
+      request.mutable_token_ids()->add_ids(static_cast<uint32_t>(id));
     }
     request.mutable_sampling()->set_temperature(mode.temperature);
     request.mutable_sampling()->set_top_k(mode.top_k);
@@ -126,7 +120,7 @@ StepIntervals Run(const OverheadRunSpec& spec) {
     if (calls.failed > 0) std::exit(1);
   }
   server->Shutdown();
-  (*engine)->Stop();
+  engine->Stop();
   return runner.Intervals(static_cast<size_t>(batch));
 }
 

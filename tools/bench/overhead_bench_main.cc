@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -25,14 +27,28 @@ ABSL_FLAG(std::string, overhead_model, "models/tinycode-4m-f16.gguf",
 
 namespace glimpse::bench {
 
-scheduler::EngineOptions OverheadEngineOptions(int32_t batch, int32_t steps) {
+std::unique_ptr<scheduler::Engine> StartOverheadEngine(InstantStepRunner& runner,
+                                                       const OverheadRunSpec& spec,
+                                                       const char* program) {
   scheduler::EngineOptions options;
-  options.scheduler.max_running_sequences = batch;
-  options.scheduler.max_step_tokens = std::max(512, batch);
-  options.num_kv_blocks = batch * ((16 + steps) / 16 + 2);
-  options.max_waiting_requests = batch;
+  options.scheduler.max_running_sequences = spec.batch;
+  options.scheduler.max_step_tokens = std::max(512, spec.batch);
+  options.num_kv_blocks = spec.batch * ((16 + spec.steps) / 16 + 2);
+  options.max_waiting_requests = spec.batch;
   options.seed = 1;
-  return options;
+  auto engine = scheduler::Engine::Create(runner, *spec.loaded->tokenizer, options);
+  if (!engine.ok()) {
+    std::fprintf(stderr, "%s: %s\n", program, engine.status().ToString().c_str());
+    std::exit(1);
+  }
+  (*engine)->Start();
+  return *std::move(engine);
+}
+
+std::vector<int32_t> OverheadPrompt(int32_t i) {
+  std::vector<int32_t> prompt;
+  for (int32_t t = 0; t < 16; ++t) prompt.push_back(400 + (i * 7 + t) % 1000);
+  return prompt;
 }
 
 int OverheadBenchMain(int argc, char** argv, const char* program, const char* title,

@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <vector>
 
 #include "scheduler/engine.h"
 #include "server/loaded_model.h"
@@ -37,9 +39,15 @@ struct OverheadRunSpec {
 // Runs `spec.batch` requests to the end; returns the runner's full-batch intervals.
 using OverheadRun = std::function<StepIntervals(const OverheadRunSpec& spec)>;
 
-// Engine options for a run: room for `batch` sequences of a 16-token prompt and `steps`
-// tokens, all running together.
-scheduler::EngineOptions OverheadEngineOptions(int32_t batch, int32_t steps);
+// Creates and starts the engine of a run over `runner`: room for `spec.batch` sequences of a
+// 16-token prompt and `spec.steps` tokens, all running together. Exits the process with a
+// message naming `program` if it cannot.
+std::unique_ptr<scheduler::Engine> StartOverheadEngine(InstantStepRunner& runner,
+                                                       const OverheadRunSpec& spec,
+                                                       const char* program);
+
+// The 16-token prompt of a run's `i`th request.
+std::vector<int32_t> OverheadPrompt(int32_t i);
 
 // Parses the flags, loads --overhead_model and prints the table (`title` heads it); returns
 // main's exit status.
