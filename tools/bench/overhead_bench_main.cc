@@ -11,6 +11,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
+#include "kernels/cpu/thread_pool.h"
 
 ABSL_FLAG(int32_t, steps, 200, "decode steps per request (each request's max_tokens)");
 ABSL_FLAG(std::vector<std::string>, batch_sizes, std::vector<std::string>({"1", "16", "64", "256"}),
@@ -22,6 +23,9 @@ ABSL_FLAG(int32_t, forward_us, 0,
           "how long each forward pass takes, sleeping (0: none). Set a GPU step's time "
           "(e.g. 5000) to see the work that waits for a step to end, such as starting the "
           "gRPC writes of its outputs");
+ABSL_FLAG(int32_t, sampling_threads, 0,
+          "threads that sample a step's rows, the engine thread included, as glimpse serve's "
+          "flag; 0: as serve's default, the CPUs this process may use, at most 8");
 ABSL_FLAG(std::string, overhead_model, "models/tinycode-4m-f16.gguf",
           "model whose tokenizer and config the engine uses (its weights are not run)");
 
@@ -36,6 +40,9 @@ std::unique_ptr<scheduler::Engine> StartOverheadEngine(InstantStepRunner& runner
   options.num_kv_blocks = spec.batch * ((16 + spec.steps) / 16 + 2);
   options.max_waiting_requests = spec.batch;
   options.seed = 1;
+  const int32_t sampling_threads = absl::GetFlag(FLAGS_sampling_threads);
+  options.sampling_threads =
+      sampling_threads > 0 ? sampling_threads : std::min(8, kernels::cpu::DefaultNumThreads());
   auto engine = scheduler::Engine::Create(runner, *spec.loaded->tokenizer, options);
   if (!engine.ok()) {
     std::fprintf(stderr, "%s: %s\n", program, engine.status().ToString().c_str());
@@ -64,6 +71,10 @@ int OverheadBenchMain(int argc, char** argv, const char* program, const char* ti
   const int32_t forward_us = absl::GetFlag(FLAGS_forward_us);
   if (forward_us < 0 || forward_us > 1000000) {
     std::fprintf(stderr, "%s: --forward_us wants 0..1000000, not %d\n", program, forward_us);
+    return 2;
+  }
+  if (const int32_t t = absl::GetFlag(FLAGS_sampling_threads); t < 0 || t > 256) {
+    std::fprintf(stderr, "%s: --sampling_threads wants 0..256, not %d\n", program, t);
     return 2;
   }
   const OverheadMode modes[] = {{"greedy", "greedy", 0.0f, 0, -1},

@@ -2,7 +2,8 @@
 // grpc_overhead_bench): each runs an engine over an InstantStepRunner for every sampling mode
 // and batch size asked for, and this prints the engine's time per full-batch decode step.
 //
-// Flags (defined here): --steps, --batch_sizes, --modes, --forward_us, --overhead_model.
+// Flags (defined here): --steps, --batch_sizes, --modes, --forward_us, --sampling_threads,
+// --overhead_model.
 #ifndef GLIMPSE_TOOLS_BENCH_OVERHEAD_BENCH_MAIN_H_
 #define GLIMPSE_TOOLS_BENCH_OVERHEAD_BENCH_MAIN_H_
 
