@@ -437,11 +437,22 @@ void Engine::SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_
     }
   };
   // Whole rows past the size where a pool pays, or candidate steps with enough rows whose
-  // bias or penalties act over a nucleus (~50 us each at a 128k vocabulary).
-  const bool parallel =
-      sampling_pool_ != nullptr && n > 1 &&
-      (reduced ? step_logits_.num_adjusted_nucleus_rows() >= kParallelAdjustedNucleusRows
-               : n * vocab >= options_.parallel_sampling_min_elements);
+  // bias or penalties act over a nucleus (~50 us each at a 128k vocabulary). Never argmax
+  // steps: a row's draw there is the token it brought back, far less work than waking the
+  // pool (whose workers then spin, taking CPUs from the engine thread).
+  bool parallel = false;
+  if (sampling_pool_ != nullptr && n > 1) {
+    switch (step_logits_.kind()) {
+      case model::StepLogits::Kind::kRows:
+        parallel = n * vocab >= options_.parallel_sampling_min_elements;
+        break;
+      case model::StepLogits::Kind::kTopK:
+        parallel = step_logits_.num_adjusted_nucleus_rows() >= kParallelAdjustedNucleusRows;
+        break;
+      case model::StepLogits::Kind::kArgMax:
+        break;
+    }
+  }
   if (parallel) {
     // Distinct samplers (each its own RNG and history; scratch is thread-local): no shared
     // state, so the split cannot change a token.
@@ -451,6 +462,7 @@ void Engine::SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_
   }
   // The rows those did not decide, fetched in one copy and sampled whole (on the pool when
   // they are many, as whole-row steps are).
+  bool fetched_parallel = false;
   std::vector<size_t> left;
   std::vector<size_t> left_rows;
   for (size_t j = 0; j < jobs.size(); ++j) {
@@ -470,6 +482,7 @@ void Engine::SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_
     if (sampling_pool_ != nullptr && num_left > 1 &&
         num_left * vocab >= options_.parallel_sampling_min_elements) {
       sampling_pool_->ParallelFor(num_left, draw_fetched);
+      fetched_parallel = true;
     } else {
       draw_fetched(0, num_left);
     }
@@ -480,6 +493,7 @@ void Engine::SampleStep(const std::vector<Sequence*>& logits_owner, Clock::time_
     load_.num_adjusted_rows_decided = step_logits_.num_adjusted_rows_decided();
     load_.num_sampled_rows_fetched = step_logits_.num_rows_fetched();
     load_.num_sampled_rows_gathered = step_logits_.num_rows_gathered();
+    if (parallel || fetched_parallel) ++load_.num_parallel_sampled_steps;
   }
   for (size_t j = 0; j < jobs.size(); ++j) AppendToken(jobs[j].seq, samples[j]);
 }

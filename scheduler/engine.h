@@ -53,9 +53,10 @@ struct EngineOptions {
   EngineObserver* observer = nullptr;
   // Threads that sample a step's rows, the engine thread included (>= 1). Each sequence has
   // its own sampler and RNG, so any count gives the same tokens; more pay off once rows x
-  // vocabulary reach parallel_sampling_min_elements (a 128k-vocabulary greedy row is ~0.1 ms
-  // of the engine thread's time, ~1 ms with top-p or logprobs; a GPU step at batch 64 is a
-  // few ms).
+  // vocabulary of a step that brings whole rows back reach parallel_sampling_min_elements (a
+  // 128k-vocabulary greedy row is ~0.1 ms of the engine thread's time, ~1 ms with top-p or
+  // logprobs; a GPU step at batch 64 is a few ms). Steps that bring back argmaxes always
+  // sample on the engine thread, and candidate steps only their costliest rows in parallel.
   int32_t sampling_threads = 1;
   int64_t parallel_sampling_min_elements = int64_t{1} << 20;
   // What a step brings back of its logits rows (model/step_logits.h): each row's argmax when
@@ -95,6 +96,8 @@ struct EngineLoad {
   int64_t num_sampled_rows_fetched = 0;
   // Of the biased or penalised rows, those that gathered a few tokens' logits after their step.
   int64_t num_sampled_rows_gathered = 0;
+  // Steps whose rows were sampled on several threads (EngineOptions::sampling_threads).
+  int64_t num_parallel_sampled_steps = 0;
 };
 
 class Engine {

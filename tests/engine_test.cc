@@ -841,5 +841,45 @@ TEST_F(EngineTest, ParallelSamplingDrawsTheSameTokens) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Greedy steps that bring back each row's argmax never wake the sampling pool, however many
+// rows they have: drawing a row's token is reading it. The same requests over whole rows do
+// (a row's argmax is then a scan of the vocabulary), with the same tokens.
+TEST_F(EngineTest, ArgMaxStepsSampleOnTheEngineThreadAlone) {
+  const std::vector<Reference> refs = LoadReferences();
+  auto run = [&](bool device_greedy) {
+    EngineOptions options;
+    options.sampling_threads = 3;
+    options.parallel_sampling_min_elements = 0;  // any step of two rows or more, by size
+    options.step_logits.device_greedy = device_greedy;
+    if (!device_greedy) options.step_logits.max_device_top_k = 0;  // not candidates either
+    auto engine = MakeEngine(options);
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (int i = 0; i < 8; ++i) {
+      auto stream = engine->Submit(Greedy("g" + std::to_string(i), refs[i].prompt, 12));
+      EXPECT_TRUE(stream.ok()) << stream.status();
+      streams.push_back(*stream);
+    }
+    std::vector<std::vector<std::vector<int32_t>>> tokens;
+    for (auto& stream : streams) {
+      Collected c = Drain(*stream, 1);
+      EXPECT_TRUE(c.status.ok()) << c.status;
+      tokens.push_back(c.tokens);
+    }
+    const EngineLoad load = engine->GetLoad();
+    EXPECT_GT(load.num_decode_steps, 0);
+    return std::make_pair(tokens, load.num_parallel_sampled_steps);
+  };
+  const auto [argmax_tokens, argmax_parallel] = run(true);
+  const auto [rows_tokens, rows_parallel] = run(false);
+  EXPECT_EQ(argmax_parallel, 0);
+  EXPECT_GT(rows_parallel, 0);
+  EXPECT_EQ(argmax_tokens, rows_tokens);
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(argmax_tokens[i][0],
+              std::vector<int32_t>(refs[i].tokens.begin(), refs[i].tokens.begin() + 12))
+        << "request " << i;
+  }
+}
+
 }  // namespace
 }  // namespace glimpse::scheduler
