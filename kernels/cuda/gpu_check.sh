@@ -5,9 +5,11 @@
 #   kernels/cuda/gpu_check.sh [RESULT_JSON]      (from the repository root)
 #
 # Writes RESULT_JSON (default: $OUT/gpu_check.json, or ./gpu_check.json without $OUT) holding
-# the test report and the benchmark results, plus tests[_experimental].json,
-# bench[_experimental].json and build.log beside it, and prints a short table last. Exit
-# status: nonzero if the build or any test fails (benchmarks never fail on time).
+# the test report and the benchmark results, and beside it gpu_check_logs.tar.gz with every
+# log and partial result (build.log, tests[_experimental].{json,log}, bench[_experimental].
+# {json,log}, tp_tests.*, gpu_state.csv) — two files, as the device tool brings back at most
+# eight from $OUT — and prints a short table last. Exit status: nonzero if the build or any
+# test fails (benchmarks never fail on time).
 #
 # Environment: NVCC (default: nvcc on PATH, else /usr/local/cuda/bin/nvcc), CUDA_HOME
 # (default /usr/local/cuda), JOBS (parallel compiles, default nproc), SKIP_BENCH=1.
@@ -22,7 +24,12 @@ CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 NVCC=${NVCC:-$(command -v nvcc || echo "$CUDA_HOME/bin/nvcc")}
 JOBS=${JOBS:-$(nproc)}
 BUILD=$(mktemp -d /tmp/glimpse_gpu_check.XXXXXX)
-LOG="$RESULT_DIR/build.log"
+# Logs and partial results go to WORK, packed into RESULT_DIR on any exit (a timeout too).
+WORK=$(mktemp -d /tmp/glimpse_gpu_check_out.XXXXXX)
+LOG="$WORK/build.log"
+pack_logs() { tar -czf "$RESULT_DIR/gpu_check_logs.tar.gz" -C "$WORK" . 2>/dev/null; }
+trap pack_logs EXIT
+trap "exit 143" TERM INT  # so that EXIT packs on a timeout's TERM too
 
 # Hopper's wgmma needs sm_90a, spelled as -gencode (nvcc 13.0's -arch=sm_90a shorthand also
 # runs a plain sm_90 pass that rejects it); sm_80 keeps Ampere working.
@@ -72,7 +79,7 @@ fi
 echo "build: ${build_s}s"
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw,temperature.gpu \
-    --format=csv 2>/dev/null | tee "$RESULT_DIR/gpu_state.csv"
+    --format=csv 2>/dev/null | tee "$WORK/gpu_state.csv"
 
 export LD_LIBRARY_PATH="$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
 # The experimental kernels (wgmma attention, tensor-core decode) have never run on a GPU:
@@ -81,11 +88,11 @@ export LD_LIBRARY_PATH="$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
 # take the other results with it. (The wgmma kernels' mbarrier waits also give up after 2^26
 # polls on the device.)
 EXPERIMENTAL_TESTS=Wgmma,DecodeMma  # test-name substrings
-"$BUILD/kernel_tests" --filter="-${EXPERIMENTAL_TESTS//,/,-}" --json="$RESULT_DIR/tests.json" \
-    2>&1 | tee "$RESULT_DIR/tests.log"
+"$BUILD/kernel_tests" --filter="-${EXPERIMENTAL_TESTS//,/,-}" --json="$WORK/tests.json" \
+    2>&1 | tee "$WORK/tests.log"
 test_rc=${PIPESTATUS[0]}
 timeout "${EXPERIMENTAL_TEST_TIMEOUT:-240}" "$BUILD/kernel_tests" --filter="$EXPERIMENTAL_TESTS" \
-    --json="$RESULT_DIR/tests_experimental.json" 2>&1 | tee "$RESULT_DIR/tests_experimental.log"
+    --json="$WORK/tests_experimental.json" 2>&1 | tee "$WORK/tests_experimental.log"
 experimental_test_rc=${PIPESTATUS[0]}
 [ "$experimental_test_rc" -eq 124 ] &&
   echo "experimental tests: TIMED OUT (killed after ${EXPERIMENTAL_TEST_TIMEOUT:-240} s)"
@@ -108,7 +115,7 @@ if [ -n "$NCCL_DIR" ] && [ -f "$NCCL_DIR/include/nccl.h" ]; then
         kernels/cuda/tensor_parallel.cc kernels/cuda/tensor_parallel_test.cc \
         "$BUILD/test_harness.o" "$BUILD/test_main.o" -L"$BUILD" -lnccl \
         -Xlinker -rpath -Xlinker "$NCCL_LIB" >>"$LOG" 2>&1; then
-    "$BUILD/tp_tests" --json="$RESULT_DIR/tp_tests.json" 2>&1 | tee "$RESULT_DIR/tp_tests.log"
+    "$BUILD/tp_tests" --json="$WORK/tp_tests.json" 2>&1 | tee "$WORK/tp_tests.log"
     tp_rc=${PIPESTATUS[0]}
   else
     echo "tensor-parallel test: BUILD FAILED (see $LOG)"; tp_rc=1
@@ -120,10 +127,10 @@ fi
 
 bench_rc=0
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-  "$BUILD/kernel_bench" --kernels=base "$RESULT_DIR/bench.json" 2>&1 | tee "$RESULT_DIR/bench.log"
+  "$BUILD/kernel_bench" --kernels=base "$WORK/bench.json" 2>&1 | tee "$WORK/bench.log"
   bench_rc=${PIPESTATUS[0]}
   timeout "${EXPERIMENTAL_BENCH_TIMEOUT:-180}" "$BUILD/kernel_bench" --kernels=experimental \
-      "$RESULT_DIR/bench_experimental.json" 2>&1 | tee "$RESULT_DIR/bench_experimental.log"
+      "$WORK/bench_experimental.json" 2>&1 | tee "$WORK/bench_experimental.log"
   experimental_bench_rc=${PIPESTATUS[0]}
   [ "$experimental_bench_rc" -eq 124 ] && echo "experimental benchmarks: TIMED OUT"
   [ "$experimental_bench_rc" -ne 0 ] && bench_rc=1
@@ -133,25 +140,25 @@ fi
   printf '{\n"build_ok": true, "build_seconds": %d, "tests_exit": %d, "bench_exit": %d,\n' \
       "$build_s" "$test_rc" "$bench_rc"
   printf '"tests": '
-  cat "$RESULT_DIR/tests.json" 2>/dev/null || printf 'null\n'
+  cat "$WORK/tests.json" 2>/dev/null || printf 'null\n'
   printf ', "tests_experimental": '
-  cat "$RESULT_DIR/tests_experimental.json" 2>/dev/null || printf 'null\n'
+  cat "$WORK/tests_experimental.json" 2>/dev/null || printf 'null\n'
   printf ', "bench": '
-  cat "$RESULT_DIR/bench.json" 2>/dev/null || printf 'null\n'
+  cat "$WORK/bench.json" 2>/dev/null || printf 'null\n'
   printf ', "bench_experimental": '
-  cat "$RESULT_DIR/bench_experimental.json" 2>/dev/null || printf 'null\n'
+  cat "$WORK/bench_experimental.json" 2>/dev/null || printf 'null\n'
   printf '}\n'
 } >"$RESULT"
 
 echo
 echo "==== summary ===="
-grep -hE '^\[ (FAIL| OK )' "$RESULT_DIR/tests.log" "$RESULT_DIR/tests_experimental.log" |
+grep -hE '^\[ (FAIL| OK )' "$WORK/tests.log" "$WORK/tests_experimental.log" |
   sed 's/^/test /'
-grep -hE '^[0-9]+ tests' "$RESULT_DIR/tests.log" "$RESULT_DIR/tests_experimental.log"
-[ -f "$RESULT_DIR/tp_tests.log" ] && grep -E '^\[ (FAIL| OK )|^[0-9]+ tests' "$RESULT_DIR/tp_tests.log" | sed 's/^/tp /'
-[ -f "$RESULT_DIR/bench.log" ] && sed -n '/^kernel /,$p' "$RESULT_DIR/bench.log"
-[ -f "$RESULT_DIR/bench_experimental.log" ] &&
-  sed -n '/^kernel /,$p' "$RESULT_DIR/bench_experimental.log"
-echo "result: $RESULT (tests exit $test_rc, bench exit $bench_rc)"
+grep -hE '^[0-9]+ tests' "$WORK/tests.log" "$WORK/tests_experimental.log"
+[ -f "$WORK/tp_tests.log" ] && grep -E '^\[ (FAIL| OK )|^[0-9]+ tests' "$WORK/tp_tests.log" | sed 's/^/tp /'
+[ -f "$WORK/bench.log" ] && sed -n '/^kernel /,$p' "$WORK/bench.log"
+[ -f "$WORK/bench_experimental.log" ] &&
+  sed -n '/^kernel /,$p' "$WORK/bench_experimental.log"
+echo "result: $RESULT and gpu_check_logs.tar.gz beside it (tests exit $test_rc, bench exit $bench_rc)"
 rm -rf "$BUILD"
 [ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ]

@@ -12,7 +12,7 @@
 #   3. unless SKIP_8B=1: a synthetic Llama-3.1-8B-shaped bf16 model made there (16 GB cannot
 #      travel), batch-1 decode timed by `glimpse_lean bench`, against the bandwidth floor
 #      (weight bytes + KV bytes read per step, over the D2D bandwidth gpu_check.sh measured —
-#      pass its bench.json as BENCH_JSON, or the floor is given in bytes only); then, unless
+#      pass its gpu_check.json as BENCH_JSON, or the floor is given in bytes only); then, unless
 #      SKIP_VARIANTS=1, the same bench with --cuda_prefill_attention=mma_sync_wide, =wgmma,
 #      =wgmma_pipelined and =wgmma_pipelined_128 (prefill tok/s of the five attention kernels
 #      side by side), with --cuda_decode_attention=mma_sync (decode tok/s of the two decode
@@ -29,12 +29,24 @@
 #      the device's candidates, the row fetched when they do not decide).
 #
 #   kernels/cuda/gpu_e2e.sh [RESULT_DIR]          (from the repository root)
-# Writes RESULT_DIR/gpu_e2e.json and logs; prints a short table last. Exit status nonzero if a
-# test fails (benchmarks never fail on time).
+# Writes RESULT_DIR/gpu_e2e.json and RESULT_DIR/gpu_e2e_logs.tar.gz (every log and bench JSON;
+# packed on any exit, a timeout too) — two files, as the device tool brings back at most
+# eight from $OUT — and prints a short table last. Exit status nonzero if a test fails
+# (benchmarks never fail on time).
+#
+# Time: the tests and the overhead benches take a minute or two, making the 8B model about
+# one, each 8B bench run 20-40 s. E2E_BUDGET_S (default 480) bounds the whole script: the
+# variant benches, most telling first, stop being started once it is spent, so that a call
+# of 10 minutes (and a lease of 15) holds it with its results.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
+SCRIPT_START=$(date +%s)
 RESULT_DIR=${1:-${OUT:-.}/gpu_e2e}
 mkdir -p "$RESULT_DIR"
+WORK=$(mktemp -d /tmp/glimpse_gpu_e2e.XXXXXX)
+pack_logs() { tar -czf "$RESULT_DIR/gpu_e2e_logs.tar.gz" -C "$WORK" . 2>/dev/null; }
+trap pack_logs EXIT
+trap "exit 143" TERM INT  # so that EXIT packs on a timeout's TERM too
 BUNDLE=${BUNDLE:-gpu_bundle}
 if [ ! -x "$BUNDLE/run.sh" ]; then
   echo "gpu_e2e: no bundle at $BUNDLE; make it on the build machine with tools/gpu_bundle.sh" >&2
@@ -42,11 +54,11 @@ if [ ! -x "$BUNDLE/run.sh" ]; then
 fi
 RUN="$BUNDLE/run.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
-  | tee "$RESULT_DIR/gpu.txt"
+  | tee "$WORK/gpu.txt"
 
-run_test() {  # NAME -> exit status (124: timed out); log and gtest JSON in RESULT_DIR
-  timeout "${TEST_TIMEOUT:-300}" "$RUN" "$1" --gtest_output=json:"$RESULT_DIR/$1.json" \
-      >"$RESULT_DIR/$1.log" 2>&1
+run_test() {  # NAME -> exit status (124: timed out); log and gtest JSON in WORK
+  timeout "${TEST_TIMEOUT:-300}" "$RUN" "$1" --gtest_output=json:"$WORK/$1.json" \
+      >"$WORK/$1.log" 2>&1
 }
 run_test cuda_backend_test; backend_rc=$?
 run_test cuda_greedy_test; greedy_rc=$?
@@ -55,15 +67,20 @@ run_test cuda_tensor_parallel_test; tp_rc=$?
 run_test cuda_engine_test; engine_rc=$?
 echo "exit: cuda_backend_test $backend_rc, cuda_greedy_test $greedy_rc, cuda_graph_test $graph_rc," \
      "cuda_tensor_parallel_test $tp_rc, cuda_engine_test $engine_rc"
-grep -E "^\[  (FAILED|PASSED|SKIPPED) |divergen|graph" "$RESULT_DIR"/cuda_*_test.log | head -60
+grep -E "^\[  (FAILED|PASSED|SKIPPED) |divergen|graph" "$WORK"/cuda_*_test.log | head -60
 
 # The engine's host time per decode step on this CPU (a second or two): glibc's malloc, then
 # tcmalloc as glimpse links it (the bundle's copy, preloaded by run.sh).
-timeout 120 "$RUN" engine_overhead_bench --steps=200 >"$RESULT_DIR/engine_overhead_glibc.txt" 2>&1
+timeout 120 "$RUN" engine_overhead_bench --steps=200 >"$WORK/engine_overhead_glibc.txt" 2>&1
 overhead_rc=$?
 GLIMPSE_BUNDLE_PRELOAD=libtcmalloc_minimal.so.4 timeout 120 "$RUN" engine_overhead_bench \
-    --steps=200 >"$RESULT_DIR/engine_overhead_tcmalloc.txt" 2>&1 || overhead_rc=$?
-tail -n 13 "$RESULT_DIR/engine_overhead_tcmalloc.txt"
+    --steps=200 >"$WORK/engine_overhead_tcmalloc.txt" 2>&1 || overhead_rc=$?
+tail -n 13 "$WORK/engine_overhead_tcmalloc.txt"
+# ... and with forward passes of 5 ms (an 8B decode step), the engine thread's CPU time per
+# step with serve's sampling threads (last column: what this host adds to each step).
+GLIMPSE_BUNDLE_PRELOAD=libtcmalloc_minimal.so.4 timeout 120 "$RUN" engine_overhead_bench     --steps=100 --forward_us=5000 --batch_sizes=64,256     >"$WORK/engine_overhead_step5ms.txt" 2>&1 || overhead_rc=$?
+tail -n 7 "$WORK/engine_overhead_step5ms.txt"
+pack_logs
 
 bench_rc=0
 decode_tok_s="null"; weight_bytes="null"; floor_ms="null"; ratio="null"
@@ -72,15 +89,16 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
   if [ ! -f "$MODEL" ]; then
     start=$(date +%s)
     "$RUN" glimpse_lean make-model --shape=llama-3.1-8b --type=bf16 --out="$MODEL" \
-      >"$RESULT_DIR/make_model.log" 2>&1 || { echo "make-model failed"; tail "$RESULT_DIR/make_model.log"; }
+      >"$WORK/make_model.log" 2>&1 || { echo "make-model failed"; tail "$WORK/make_model.log"; }
     echo "make-model llama-3.1-8b bf16: $(( $(date +%s) - start )) s"
   fi
   PROMPT=${PROMPT_TOKENS:-512}
   GEN=${GEN_TOKENS:-64}
   "$RUN" glimpse_lean bench --device=cuda --bench_model="$MODEL" --batch_sizes=1 \
       --prompt_tokens="$PROMPT" --gen_tokens="$GEN" --repetitions=2 \
-      --json_out="$RESULT_DIR/bench_8b.json" 2>&1 | tee "$RESULT_DIR/bench_8b.log"
+      --json_out="$WORK/bench_8b.json" 2>&1 | tee "$WORK/bench_8b.log"
   bench_rc=${PIPESTATUS[0]}
+  pack_logs
   if [ "${SKIP_VARIANTS:-0}" != 1 ]; then
     # NAME:FLAGS -> the bench with FLAGS (comma-separated), results in bench_8b_NAME.json.
     # host_logits: every logits row back to the host and sampled there (with logprobs), as
@@ -90,11 +108,11 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
     # top_p_09 / top_p_09_rows: for top-p sampling; temperature_1 / temperature_1_rows: for
     # plain temperature sampling; top_k_50_penalty / top_k_50_penalty_rows: for top-k with a
     # repetition penalty. VARIANTS="name ..." runs only those.
-    for variant in mma_sync_wide:--cuda_prefill_attention=mma_sync_wide \
+    for variant in decode_mma_sync:--cuda_decode_attention=mma_sync \
+        mma_sync_wide:--cuda_prefill_attention=mma_sync_wide \
         wgmma:--cuda_prefill_attention=wgmma \
         wgmma_pipelined:--cuda_prefill_attention=wgmma_pipelined \
         wgmma_pipelined_128:--cuda_prefill_attention=wgmma_pipelined_128 \
-        decode_mma_sync:--cuda_decode_attention=mma_sync \
         host_logits:--bench_logprobs=true,--bench_device_top_k=0 logprobs:--bench_logprobs=true \
         top_k_50:--bench_top_k=50 top_k_50_rows:--bench_top_k=50,--bench_device_top_k=0 \
         top_p_09:--bench_top_p=0.9 top_p_09_rows:--bench_top_p=0.9,--bench_nucleus_candidates=0 \
@@ -104,11 +122,18 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
         top_k_50_penalty_rows:--bench_top_k=50,--bench_repetition_penalty=1.2,--bench_device_top_k=0; do
       name=${variant%%:*}
       if [ -n "${VARIANTS:-}" ] && [[ " $VARIANTS " != *" $name "* ]]; then continue; fi
+      left=$(( ${E2E_BUDGET_S:-480} - ($(date +%s) - SCRIPT_START) ))
+      if [ "$left" -lt 30 ]; then
+        echo "variant $name: skipped, E2E_BUDGET_S spent"
+        continue
+      fi
       IFS=, read -ra flags <<<"${variant#*:}"
-      timeout "${VARIANT_TIMEOUT:-180}" "$RUN" glimpse_lean bench --device=cuda "${flags[@]}" \
+      limit=${VARIANT_TIMEOUT:-180}
+      [ "$left" -lt "$limit" ] && limit=$left
+      timeout "$limit" "$RUN" glimpse_lean bench --device=cuda "${flags[@]}" \
           --bench_model="$MODEL" --batch_sizes=1 --prompt_tokens="$PROMPT" --gen_tokens="$GEN" \
-          --repetitions=2 --json_out="$RESULT_DIR/bench_8b_$name.json" 2>&1 \
-          | tee "$RESULT_DIR/bench_8b_$name.log"
+          --repetitions=2 --json_out="$WORK/bench_8b_$name.json" 2>&1 \
+          | tee "$WORK/bench_8b_$name.log"
       [ "${PIPESTATUS[0]}" -eq 0 ] || bench_rc=1
     done
     for f in bench_8b bench_8b_mma_sync_wide bench_8b_wgmma bench_8b_wgmma_pipelined \
@@ -116,8 +141,8 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
         bench_8b_logprobs bench_8b_top_k_50 bench_8b_top_k_50_rows bench_8b_top_p_09 \
         bench_8b_top_p_09_rows bench_8b_temperature_1 bench_8b_temperature_1_rows \
         bench_8b_top_k_50_penalty bench_8b_top_k_50_penalty_rows; do
-      [ -f "$RESULT_DIR/$f.json" ] || continue
-      python3 - "$RESULT_DIR/$f.json" "$f" <<'PY'
+      [ -f "$WORK/$f.json" ] || continue
+      python3 - "$WORK/$f.json" "$f" <<'PY'
 import json, sys
 bench = json.load(open(sys.argv[1]))
 r = bench["results"][0]
@@ -134,8 +159,8 @@ print(f"{sys.argv[2]}: prefill {r['prefill_tok_s']:.0f} tok/s, decode {r['decode
 PY
     done
   fi
-  if [ -f "$RESULT_DIR/bench_8b.json" ]; then
-    read -r decode_tok_s weight_bytes floor_ms ratio < <(python3 - "$RESULT_DIR/bench_8b.json" \
+  if [ -f "$WORK/bench_8b.json" ]; then
+    read -r decode_tok_s weight_bytes floor_ms ratio < <(python3 - "$WORK/bench_8b.json" \
         "${BENCH_JSON:-}" "$PROMPT" "$GEN" <<'PY'
 import json, sys
 bench = json.load(open(sys.argv[1]))
@@ -149,7 +174,9 @@ kv = bench["kv_bytes_per_token"] * (prompt + gen / 2)
 bw = None
 if sys.argv[2]:
     try:
-        bw = json.load(open(sys.argv[2]))["ceilings"]["d2d_bandwidth_gbs"] * 1e9
+        b = json.load(open(sys.argv[2]))
+        b = b if "ceilings" in b else b["bench"]  # gpu_check.json embeds bench.json
+        bw = b["ceilings"]["d2d_bandwidth_gbs"] * 1e9
     except Exception:
         bw = None
 floor_ms = (w + kv) / bw * 1e3 if bw else None
@@ -174,6 +201,6 @@ echo "==== gpu_e2e ===="
 echo "backend ops vs CPU: exit $backend_rc | greedy CUDA vs CPU: exit $greedy_rc |" \
      "graph replay: exit $graph_rc | tensor parallel: exit $tp_rc | engine: exit $engine_rc"
 echo "8B bf16 batch-1 decode: ${decode_tok_s} tok/s; floor ${floor_ms} ms/token; step/floor ${ratio} (target <= 1.25)"
-echo "result: $RESULT_DIR/gpu_e2e.json"
+echo "result: $RESULT_DIR/gpu_e2e.json, logs in gpu_e2e_logs.tar.gz beside it"
 [ $backend_rc -eq 0 ] && [ $greedy_rc -eq 0 ] && [ $graph_rc -eq 0 ] && [ $tp_rc -eq 0 ] &&
   [ $engine_rc -eq 0 ]
