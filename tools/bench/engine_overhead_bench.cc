@@ -31,19 +31,15 @@
 
 #include "scheduler/engine.h"
 #include "server/loaded_model.h"
-#include "tools/bench/instant_step_runner.h"
 #include "tools/bench/overhead_bench_main.h"
 
 namespace glimpse::bench {
 namespace {
 
-StepIntervals Run(const OverheadRunSpec& spec) {
+void Run(const OverheadRunSpec& spec, scheduler::Engine& engine) {
   const OverheadMode& mode = spec.mode;
   const int32_t batch = spec.batch;
   const int32_t steps = spec.steps;
-  InstantStepRunner runner(spec.loaded->model->config(), spec.forward_time);
-  std::unique_ptr<scheduler::Engine> engine =
-      StartOverheadEngine(runner, spec, "engine_overhead_bench");
   std::vector<std::shared_ptr<scheduler::RequestStream>> streams;
   for (int32_t i = 0; i < batch; ++i) {
     scheduler::EngineRequest r;
@@ -54,7 +50,7 @@ StepIntervals Run(const OverheadRunSpec& spec) {
     r.output.num_logprobs = mode.num_logprobs;
     r.stopping.max_tokens = steps;
     r.stopping.ignore_eos = true;
-    auto s = engine->Submit(std::move(r));
+    auto s = engine.Submit(std::move(r));
     if (!s.ok()) {
       std::fprintf(stderr, "engine_overhead_bench: %s\n", s.status().ToString().c_str());
       std::exit(1);
@@ -98,8 +94,6 @@ StepIntervals Run(const OverheadRunSpec& spec) {
     });
   }
   for (std::thread& t : clients) t.join();
-  engine->Stop();
-  return runner.Intervals(static_cast<size_t>(batch));
 }
 
 }  // namespace

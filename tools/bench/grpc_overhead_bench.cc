@@ -26,7 +26,6 @@
 #include "server/grpc_service.h"
 #include "server/health.h"
 #include "server/loaded_model.h"
-#include "tools/bench/instant_step_runner.h"
 #include "tools/bench/overhead_bench_main.h"
 
 namespace glimpse::bench {
@@ -71,17 +70,14 @@ class GenerateReader final : public grpc::ClientReadReactor<v1::GenerateResponse
   CallsEnded& calls_;
 };
 
-StepIntervals Run(const OverheadRunSpec& spec) {
+void Run(const OverheadRunSpec& spec, scheduler::Engine& engine) {
   const OverheadMode& mode = spec.mode;
   const int32_t batch = spec.batch;
   const int32_t steps = spec.steps;
-  InstantStepRunner runner(spec.loaded->model->config(), spec.forward_time);
-  std::unique_ptr<scheduler::Engine> engine =
-      StartOverheadEngine(runner, spec, "grpc_overhead_bench");
   server::ServerLifecycle lifecycle;
   server::EngineServiceOptions options;
   options.served_model_name = "bench";
-  server::EngineService service(*engine, *spec.loaded->tokenizer, lifecycle, options);
+  server::EngineService service(engine, *spec.loaded->tokenizer, lifecycle, options);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -120,8 +116,6 @@ StepIntervals Run(const OverheadRunSpec& spec) {
     if (calls.failed > 0) std::exit(1);
   }
   server->Shutdown();
-  engine->Stop();
-  return runner.Intervals(static_cast<size_t>(batch));
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "kernels/cpu/thread_pool.h"
+#include "tools/bench/instant_step_runner.h"
 
 ABSL_FLAG(int32_t, steps, 200, "decode steps per request (each request's max_tokens)");
 ABSL_FLAG(std::vector<std::string>, batch_sizes, std::vector<std::string>({"1", "16", "64", "256"}),
@@ -30,7 +31,11 @@ ABSL_FLAG(std::string, overhead_model, "models/tinycode-4m-f16.gguf",
           "model whose tokenizer and config the engine uses (its weights are not run)");
 
 namespace glimpse::bench {
+namespace {
 
+// Creates and starts the engine of a run over `runner`: room for `spec.batch` sequences of a
+// 16-token prompt and `spec.steps` tokens, all running together. Exits the process with a
+// message naming `program` if it cannot.
 std::unique_ptr<scheduler::Engine> StartOverheadEngine(InstantStepRunner& runner,
                                                        const OverheadRunSpec& spec,
                                                        const char* program) {
@@ -51,6 +56,17 @@ std::unique_ptr<scheduler::Engine> StartOverheadEngine(InstantStepRunner& runner
   (*engine)->Start();
   return *std::move(engine);
 }
+
+// One run: a fresh runner and engine, `run`'s requests to their end, the full-batch intervals.
+StepIntervals RunOnce(const OverheadRunSpec& spec, const OverheadRun& run, const char* program) {
+  InstantStepRunner runner(spec.loaded->model->config(), spec.forward_time);
+  std::unique_ptr<scheduler::Engine> engine = StartOverheadEngine(runner, spec, program);
+  run(spec, *engine);
+  engine->Stop();
+  return runner.Intervals(static_cast<size_t>(spec.batch));
+}
+
+}  // namespace
 
 std::vector<int32_t> OverheadPrompt(int32_t i) {
   std::vector<int32_t> prompt;
@@ -110,8 +126,8 @@ int OverheadBenchMain(int argc, char** argv, const char* program, const char* ti
   for (const OverheadMode& mode : modes) {
     if (std::find(wanted.begin(), wanted.end(), mode.flag) == wanted.end()) continue;
     for (const int32_t batch : batches) {
-      const StepIntervals intervals =
-          run({&*loaded, mode, batch, steps, std::chrono::microseconds(forward_us)});
+      const StepIntervals intervals = RunOnce(
+          {&*loaded, mode, batch, steps, std::chrono::microseconds(forward_us)}, run, program);
       const double median = Percentile(intervals.wall_us, 0.5);
       std::printf("%-22s %6d %12.1f %12.1f %14.2f %16.1f\n", mode.name, batch, median,
                   Percentile(intervals.wall_us, 0.9), median / batch,

@@ -15,7 +15,6 @@
 
 #include "scheduler/engine.h"
 #include "server/loaded_model.h"
-#include "tools/bench/instant_step_runner.h"
 
 namespace glimpse::bench {
 
@@ -37,15 +36,10 @@ struct OverheadRunSpec {
   std::chrono::microseconds forward_time;  // the InstantStepRunner's
 };
 
-// Runs `spec.batch` requests to the end; returns the runner's full-batch intervals.
-using OverheadRun = std::function<StepIntervals(const OverheadRunSpec& spec)>;
-
-// Creates and starts the engine of a run over `runner`: room for `spec.batch` sequences of a
-// 16-token prompt and `spec.steps` tokens, all running together. Exits the process with a
-// message naming `program` if it cannot.
-std::unique_ptr<scheduler::Engine> StartOverheadEngine(InstantStepRunner& runner,
-                                                       const OverheadRunSpec& spec,
-                                                       const char* program);
+// Submits `spec.batch` requests to the running `engine` (each `spec.steps` tokens in
+// `spec.mode`, prompts OverheadPrompt(i)) and returns once all of them ended. The bench's
+// main made the engine over an InstantStepRunner and stops it afterwards.
+using OverheadRun = std::function<void(const OverheadRunSpec& spec, scheduler::Engine& engine)>;
 
 // The 16-token prompt of a run's `i`th request.
 std::vector<int32_t> OverheadPrompt(int32_t i);
