@@ -1,7 +1,6 @@
 #include "server/grpc_service.h"
 
 #include <algorithm>
-#include <atomic>
 #include <deque>
 #include <limits>
 #include <memory>

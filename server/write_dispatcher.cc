@@ -64,15 +64,15 @@ void WriteDispatcher::Work() {
       --idle_;
       continue;
     }
-    // Take an even share of what is queued (all of it with one thread); leave the rest to
-    // the others, waking one if it sleeps.
+    // Take an even share of what is queued, oldest first (all of it with one thread); leave
+    // the rest to the others, waking one if it sleeps.
     const size_t share =
         std::max<size_t>(16, (queue_.size() + static_cast<size_t>(num_threads_) - 1) /
                                  static_cast<size_t>(num_threads_));
     const size_t take = std::min(queue_.size(), share);
-    batch.assign(std::make_move_iterator(queue_.end() - static_cast<std::ptrdiff_t>(take)),
-                 std::make_move_iterator(queue_.end()));
-    queue_.resize(queue_.size() - take);
+    const auto end = queue_.begin() + static_cast<std::ptrdiff_t>(take);
+    batch.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(end));
+    queue_.erase(queue_.begin(), end);
     const bool wake_other = !queue_.empty() && idle_ > 0;
     lock.unlock();
     if (wake_other) wake_.notify_one();

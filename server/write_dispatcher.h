@@ -8,7 +8,7 @@
 // threads run it while the engine goes on with its next step.
 //
 // Posting is cheap for the caller (a mutex, a vector append, and a wake-up only when a thread
-// sleeps). Tasks run in no particular order across calls; a task's own caller orders its
+// sleeps). Tasks start oldest first, on whichever thread is free; a task's own caller orders its
 // effects (GenerateReactor::Pump is safe on any thread and drains what its stream holds).
 //
 // Ownership: shared (std::shared_ptr) by its owner and whoever may still Post after the
@@ -22,6 +22,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -55,7 +56,7 @@ class WriteDispatcher {
   const int num_threads_;
   mutable std::mutex mu_;
   std::condition_variable wake_;
-  std::vector<std::function<void()>> queue_;  // guarded by mu_
+  std::deque<std::function<void()>> queue_;   // oldest first; guarded by mu_
   int idle_ = 0;                              // threads waiting on wake_; guarded by mu_
   bool stopping_ = false;                     // guarded by mu_
   uint64_t run_ = 0;                          // guarded by mu_
