@@ -28,7 +28,7 @@ BUILD=$(mktemp -d /tmp/glimpse_gpu_check.XXXXXX)
 WORK=$(mktemp -d /tmp/glimpse_gpu_check_out.XXXXXX)
 LOG="$WORK/build.log"
 pack_logs() { tar -czf "$RESULT_DIR/gpu_check_logs.tar.gz" -C "$WORK" . 2>/dev/null; }
-trap pack_logs EXIT
+trap 'pack_logs; rm -rf "$WORK" "$BUILD"' EXIT
 trap "exit 143" TERM INT  # so that EXIT packs on a timeout's TERM too
 
 # Hopper's wgmma needs sm_90a, spelled as -gencode (nvcc 13.0's -arch=sm_90a shorthand also
@@ -160,5 +160,4 @@ grep -hE '^[0-9]+ tests' "$WORK/tests.log" "$WORK/tests_experimental.log"
 [ -f "$WORK/bench_experimental.log" ] &&
   sed -n '/^kernel /,$p' "$WORK/bench_experimental.log"
 echo "result: $RESULT and gpu_check_logs.tar.gz beside it (tests exit $test_rc, bench exit $bench_rc)"
-rm -rf "$BUILD"
 [ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ]

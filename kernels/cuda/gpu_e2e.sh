@@ -45,7 +45,7 @@ RESULT_DIR=${1:-${OUT:-.}/gpu_e2e}
 mkdir -p "$RESULT_DIR"
 WORK=$(mktemp -d /tmp/glimpse_gpu_e2e.XXXXXX)
 pack_logs() { tar -czf "$RESULT_DIR/gpu_e2e_logs.tar.gz" -C "$WORK" . 2>/dev/null; }
-trap pack_logs EXIT
+trap 'pack_logs; rm -rf "$WORK"' EXIT
 trap "exit 143" TERM INT  # so that EXIT packs on a timeout's TERM too
 BUNDLE=${BUNDLE:-gpu_bundle}
 if [ ! -x "$BUNDLE/run.sh" ]; then
@@ -108,18 +108,24 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
     # top_p_09 / top_p_09_rows: for top-p sampling; temperature_1 / temperature_1_rows: for
     # plain temperature sampling; top_k_50_penalty / top_k_50_penalty_rows: for top-k with a
     # repetition penalty. VARIANTS="name ..." runs only those.
-    for variant in decode_mma_sync:--cuda_decode_attention=mma_sync \
-        mma_sync_wide:--cuda_prefill_attention=mma_sync_wide \
-        wgmma:--cuda_prefill_attention=wgmma \
-        wgmma_pipelined:--cuda_prefill_attention=wgmma_pipelined \
-        wgmma_pipelined_128:--cuda_prefill_attention=wgmma_pipelined_128 \
-        host_logits:--bench_logprobs=true,--bench_device_top_k=0 logprobs:--bench_logprobs=true \
-        top_k_50:--bench_top_k=50 top_k_50_rows:--bench_top_k=50,--bench_device_top_k=0 \
-        top_p_09:--bench_top_p=0.9 top_p_09_rows:--bench_top_p=0.9,--bench_nucleus_candidates=0 \
-        temperature_1:--bench_temperature=1 \
-        temperature_1_rows:--bench_temperature=1,--bench_nucleus_candidates=0 \
-        top_k_50_penalty:--bench_top_k=50,--bench_repetition_penalty=1.2 \
-        top_k_50_penalty_rows:--bench_top_k=50,--bench_repetition_penalty=1.2,--bench_device_top_k=0; do
+    variants=(
+      decode_mma_sync:--cuda_decode_attention=mma_sync
+      mma_sync_wide:--cuda_prefill_attention=mma_sync_wide
+      wgmma:--cuda_prefill_attention=wgmma
+      wgmma_pipelined:--cuda_prefill_attention=wgmma_pipelined
+      wgmma_pipelined_128:--cuda_prefill_attention=wgmma_pipelined_128
+      host_logits:--bench_logprobs=true,--bench_device_top_k=0
+      logprobs:--bench_logprobs=true
+      top_k_50:--bench_top_k=50
+      top_k_50_rows:--bench_top_k=50,--bench_device_top_k=0
+      top_p_09:--bench_top_p=0.9
+      top_p_09_rows:--bench_top_p=0.9,--bench_nucleus_candidates=0
+      temperature_1:--bench_temperature=1
+      temperature_1_rows:--bench_temperature=1,--bench_nucleus_candidates=0
+      top_k_50_penalty:--bench_top_k=50,--bench_repetition_penalty=1.2
+      top_k_50_penalty_rows:--bench_top_k=50,--bench_repetition_penalty=1.2,--bench_device_top_k=0
+    )
+    for variant in "${variants[@]}"; do
       name=${variant%%:*}
       if [ -n "${VARIANTS:-}" ] && [[ " $VARIANTS " != *" $name "* ]]; then continue; fi
       left=$(( ${E2E_BUDGET_S:-480} - ($(date +%s) - SCRIPT_START) ))
@@ -136,11 +142,9 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
           | tee "$WORK/bench_8b_$name.log"
       [ "${PIPESTATUS[0]}" -eq 0 ] || bench_rc=1
     done
-    for f in bench_8b bench_8b_mma_sync_wide bench_8b_wgmma bench_8b_wgmma_pipelined \
-        bench_8b_wgmma_pipelined_128 bench_8b_decode_mma_sync bench_8b_host_logits \
-        bench_8b_logprobs bench_8b_top_k_50 bench_8b_top_k_50_rows bench_8b_top_p_09 \
-        bench_8b_top_p_09_rows bench_8b_temperature_1 bench_8b_temperature_1_rows \
-        bench_8b_top_k_50_penalty bench_8b_top_k_50_penalty_rows; do
+    # The summary: the main bench, then the variants in the order they ran.
+    names=("${variants[@]%%:*}")
+    for f in bench_8b "${names[@]/#/bench_8b_}"; do
       [ -f "$WORK/$f.json" ] || continue
       python3 - "$WORK/$f.json" "$f" <<'PY'
 import json, sys
