@@ -91,8 +91,11 @@ EXPERIMENTAL_TESTS=Wgmma,DecodeMma  # test-name substrings
 "$BUILD/kernel_tests" --filter="-${EXPERIMENTAL_TESTS//,/,-}" --json="$WORK/tests.json" \
     2>&1 | tee "$WORK/tests.log"
 test_rc=${PIPESTATUS[0]}
-timeout "${EXPERIMENTAL_TEST_TIMEOUT:-240}" "$BUILD/kernel_tests" --filter="$EXPERIMENTAL_TESTS" \
-    --json="$WORK/tests_experimental.json" 2>&1 | tee "$WORK/tests_experimental.log"
+# (--foreground: in this script's process group, so the TERM of a limit on the whole script
+# reaches it too; see gpu_e2e.sh.)
+timeout --foreground "${EXPERIMENTAL_TEST_TIMEOUT:-240}" "$BUILD/kernel_tests" \
+    --filter="$EXPERIMENTAL_TESTS" --json="$WORK/tests_experimental.json" 2>&1 \
+    | tee "$WORK/tests_experimental.log"
 experimental_test_rc=${PIPESTATUS[0]}
 [ "$experimental_test_rc" -eq 124 ] &&
   echo "experimental tests: TIMED OUT (killed after ${EXPERIMENTAL_TEST_TIMEOUT:-240} s)"
@@ -129,8 +132,9 @@ bench_rc=0
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   "$BUILD/kernel_bench" --kernels=base "$WORK/bench.json" 2>&1 | tee "$WORK/bench.log"
   bench_rc=${PIPESTATUS[0]}
-  timeout "${EXPERIMENTAL_BENCH_TIMEOUT:-180}" "$BUILD/kernel_bench" --kernels=experimental \
-      "$WORK/bench_experimental.json" 2>&1 | tee "$WORK/bench_experimental.log"
+  timeout --foreground "${EXPERIMENTAL_BENCH_TIMEOUT:-180}" "$BUILD/kernel_bench" \
+      --kernels=experimental "$WORK/bench_experimental.json" 2>&1 \
+      | tee "$WORK/bench_experimental.log"
   experimental_bench_rc=${PIPESTATUS[0]}
   [ "$experimental_bench_rc" -eq 124 ] && echo "experimental benchmarks: TIMED OUT"
   [ "$experimental_bench_rc" -ne 0 ] && bench_rc=1

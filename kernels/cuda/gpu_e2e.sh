@@ -56,8 +56,12 @@ RUN="$BUNDLE/run.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
   | tee "$WORK/gpu.txt"
 
+# Every inner time limit is `timeout --foreground`: a plain timeout puts its command in a
+# process group of its own, which the TERM of the limit on this whole script (sent to the
+# script's group) would miss, and the script would wait for that command to end before
+# packing its logs. (run.sh execs the binary, so there are no grandchildren to miss.)
 run_test() {  # NAME -> exit status (124: timed out); log and gtest JSON in WORK
-  timeout "${TEST_TIMEOUT:-300}" "$RUN" "$1" --gtest_output=json:"$WORK/$1.json" \
+  timeout --foreground "${TEST_TIMEOUT:-300}" "$RUN" "$1" --gtest_output=json:"$WORK/$1.json" \
       >"$WORK/$1.log" 2>&1
 }
 run_test cuda_backend_test; backend_rc=$?
@@ -71,14 +75,17 @@ grep -E "^\[  (FAILED|PASSED|SKIPPED) |divergen|graph" "$WORK"/cuda_*_test.log |
 
 # The engine's host time per decode step on this CPU (a second or two): glibc's malloc, then
 # tcmalloc as glimpse links it (the bundle's copy, preloaded by run.sh).
-timeout 120 "$RUN" engine_overhead_bench --steps=200 >"$WORK/engine_overhead_glibc.txt" 2>&1
+timeout --foreground 120 "$RUN" engine_overhead_bench --steps=200 \
+    >"$WORK/engine_overhead_glibc.txt" 2>&1
 overhead_rc=$?
-GLIMPSE_BUNDLE_PRELOAD=libtcmalloc_minimal.so.4 timeout 120 "$RUN" engine_overhead_bench \
-    --steps=200 >"$WORK/engine_overhead_tcmalloc.txt" 2>&1 || overhead_rc=$?
+GLIMPSE_BUNDLE_PRELOAD=libtcmalloc_minimal.so.4 timeout --foreground 120 "$RUN" \
+    engine_overhead_bench --steps=200 >"$WORK/engine_overhead_tcmalloc.txt" 2>&1 || overhead_rc=$?
 tail -n 13 "$WORK/engine_overhead_tcmalloc.txt"
 # ... and with forward passes of 5 ms (an 8B decode step), the engine thread's CPU time per
 # step with serve's sampling threads (last column: what this host adds to each step).
-GLIMPSE_BUNDLE_PRELOAD=libtcmalloc_minimal.so.4 timeout 120 "$RUN" engine_overhead_bench     --steps=100 --forward_us=5000 --batch_sizes=64,256     >"$WORK/engine_overhead_step5ms.txt" 2>&1 || overhead_rc=$?
+GLIMPSE_BUNDLE_PRELOAD=libtcmalloc_minimal.so.4 timeout --foreground 120 "$RUN" \
+    engine_overhead_bench --steps=100 --forward_us=5000 --batch_sizes=64,256 \
+    >"$WORK/engine_overhead_step5ms.txt" 2>&1 || overhead_rc=$?
 tail -n 7 "$WORK/engine_overhead_step5ms.txt"
 pack_logs
 
@@ -136,7 +143,7 @@ if [ "${SKIP_8B:-0}" != 1 ]; then
       IFS=, read -ra flags <<<"${variant#*:}"
       limit=${VARIANT_TIMEOUT:-180}
       [ "$left" -lt "$limit" ] && limit=$left
-      timeout "$limit" "$RUN" glimpse_lean bench --device=cuda "${flags[@]}" \
+      timeout --foreground "$limit" "$RUN" glimpse_lean bench --device=cuda "${flags[@]}" \
           --bench_model="$MODEL" --batch_sizes=1 --prompt_tokens="$PROMPT" --gen_tokens="$GEN" \
           --repetitions=2 --json_out="$WORK/bench_8b_$name.json" 2>&1 \
           | tee "$WORK/bench_8b_$name.log"

@@ -26,7 +26,18 @@ case "$prog" in
       [[ $sub == make-model && $a == --out=* ]] && touch "${a#--out=}"
     done
     if [[ $sub == bench ]]; then
-      sleep "$STANDIN_BENCH_S"
+      seconds=$STANDIN_BENCH_S
+      for a in "$@"; do  # a variant bench started: the main bench has written its JSON
+        if [[ $a == --json_out=*bench_8b_*.json ]]; then
+          seconds=${STANDIN_VARIANT_S:-$STANDIN_BENCH_S}
+          [[ -n ${STANDIN_VARIANT_MARK:-} ]] && touch "$STANDIN_VARIANT_MARK"
+        fi
+      done
+      # Dies on TERM with its sleep, as the one-process bench would (an orphaned sleep would
+      # hold the pipe to the script's tee open until it ended).
+      trap 'kill $! 2>/dev/null; exit 143' TERM
+      sleep "$seconds" &
+      wait $!
       for a in "$@"; do
         [[ $a == --json_out=* ]] && echo '{"results": [{"prefill_tok_s": 1000, "decode_tok_s": 250}],
           "weight_bytes": 16000000000, "kv_bytes_per_token": 131072, "backend_counters": {}}' \
@@ -39,8 +50,10 @@ chmod +x "$tmp/bundle/run.sh"
 echo '{"bench": {"ceilings": {"d2d_bandwidth_gbs": 4000}}}' >"$tmp/gpu_check.json"
 export BUNDLE="$tmp/bundle" MODEL_8B="$tmp/model.gguf" BENCH_JSON="$tmp/gpu_check.json"
 
-# 1. A budget that holds the main bench and a few variants.
-STANDIN_BENCH_S=1 E2E_BUDGET_S=36 "$script" "$tmp/out1" >"$tmp/log1" 2>&1 ||
+# 1. A budget that holds the main bench and a few variants (variants start while 30 s of it
+# are left: a 15 s window, of which the tests and the main bench take 2-3 s, more on a loaded
+# machine, and each variant 2 s).
+STANDIN_BENCH_S=2 E2E_BUDGET_S=45 "$script" "$tmp/out1" >"$tmp/log1" 2>&1 ||
   { cat "$tmp/log1"; fail "exit status $?"; }
 files=$(ls "$tmp/out1" | sort | tr '\n' ' ')
 [[ $files == "gpu_e2e.json gpu_e2e_logs.tar.gz " ]] || fail "out1 holds: $files"
@@ -63,8 +76,24 @@ grep -q "variant top_k_50_penalty_rows: skipped, E2E_BUDGET_S spent" "$tmp/log1"
 ran=$(grep -c '^bench_8b_[a-z0-9_]*: prefill' "$tmp/log1")
 [[ $ran -ge 1 && $ran -lt 16 ]] || fail "$ran variants ran"
 
-# 2. Killed by a timeout mid-way: the logs are packed all the same.
-STANDIN_BENCH_S=2 E2E_BUDGET_S=400 timeout 6 "$script" "$tmp/out2" >"$tmp/log2" 2>&1
+# 2. Killed by a timeout mid-way, during the first variant bench: the logs are packed all the
+# same, that variant's log with them. TERM to `timeout` is what its expiry does (the signal to
+# the whole process group), sent once a variant has started rather than after a fixed time,
+# so that a loaded machine cannot race it.
+mark="$tmp/variant_started"
+STANDIN_VARIANT_MARK="$mark" STANDIN_BENCH_S=1 STANDIN_VARIANT_S=120 E2E_BUDGET_S=400 \
+  timeout 300 "$script" "$tmp/out2" >"$tmp/log2" 2>&1 &
+pid=$!
+for _ in $(seq 600); do [[ -f $mark ]] && break; sleep 0.1; done
+[[ -f $mark ]] || { kill "$pid"; cat "$tmp/log2"; fail "no variant bench started in 60 s"; }
+kill -TERM "$pid"
+wait "$pid"
+rc=$?
+[[ $rc -ne 0 ]] || fail "the script exited 0 after TERM"
 [[ -f "$tmp/out2/gpu_e2e_logs.tar.gz" ]] || { cat "$tmp/log2"; fail "no logs after a timeout"; }
-tar -tzf "$tmp/out2/gpu_e2e_logs.tar.gz" | grep -q bench_8b.json || fail "the packed logs lack bench_8b.json"
+listing=$(tar -tzf "$tmp/out2/gpu_e2e_logs.tar.gz")
+grep -q 'bench_8b\.json' <<<"$listing" || fail "the packed logs lack bench_8b.json"
+grep -q bench_8b_decode_mma_sync.log <<<"$listing" ||
+  fail "the packed logs lack the log of the variant the timeout cut short"
+! grep -q bench_8b_decode_mma_sync.json <<<"$listing" || fail "the variant was not cut short"
 echo PASS
