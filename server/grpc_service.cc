@@ -11,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "model/chat_template.h"
+#include "server/chunk_merge.h"
 #include "spdlog/spdlog.h"
 
 namespace glimpse::server {
@@ -173,6 +174,11 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
         if (!queue_.empty()) {
           writing_ = std::move(queue_.front());
           queue_.pop_front();
+          // What queued behind the write that just ended goes out in one message.
+          const int merged = MergeQueuedChunks(writing_, queue_);
+          if (merged > 0 && service_.options_.stream_chunks_merged != nullptr) {
+            service_.options_.stream_chunks_merged->Add(merged);
+          }
           write_in_flight_ = true;
           action = Action::kWrite;
         } else if (stream_done_) {

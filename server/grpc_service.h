@@ -35,6 +35,7 @@
 #include "proto/glimpse/v1/engine.pb.h"
 #include "scheduler/engine.h"
 #include "server/health.h"
+#include "server/metrics.h"
 #include "server/request_conversion.h"
 #include "server/write_dispatcher.h"
 
@@ -56,6 +57,9 @@ struct EngineServiceOptions {
   // Threads that build and send the Generate responses (WriteDispatcher); 0: the default,
   // DefaultWriteThreads().
   int32_t write_threads = 0;
+  // Counts Chunk messages merged into an earlier one of their completion because its write
+  // was still in flight (chunk_merge.h); may be null. Must outlive the service.
+  Counter* stream_chunks_merged = nullptr;
 };
 
 // Reported as GetServerInfoResponse.version and GetLoadsResponse.version.

@@ -537,6 +537,12 @@ absl::StatusOr<EngineMetrics> CreateEngineMetrics(MetricsRegistry& registry,
   ASSIGN_OR_RETURN(m.spec_accepted_tokens,
                    registry.AddCounter("glimpse_spec_accepted_tokens_total",
                                        "Draft tokens accepted by the target model.", labels));
+  ASSIGN_OR_RETURN(m.stream_chunks_merged,
+                   registry.AddCounter("glimpse_stream_chunks_merged_total",
+                                       "Streamed chunks sent inside an earlier message of their "
+                                       "completion because that message's write was still in "
+                                       "flight (a slow client or a busy server).",
+                                       labels));
   return m;
 }
 

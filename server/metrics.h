@@ -197,6 +197,9 @@ struct EngineMetrics {
   Counter* engine_steps = nullptr;
   Counter* spec_draft_tokens = nullptr;
   Counter* spec_accepted_tokens = nullptr;
+  // Generate stream messages merged into an earlier one while its write was in flight
+  // (EngineServiceOptions::stream_chunks_merged).
+  Counter* stream_chunks_merged = nullptr;
   // Sequences per decode step: a histogram, and since-start mean and maximum gauges.
   Histogram* decode_batch_size = nullptr;
   Gauge* decode_batch_size_mean = nullptr;

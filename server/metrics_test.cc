@@ -345,7 +345,7 @@ TEST(EngineMetricsTest, RegistersDesignNamesWithTypesAndLabels) {
         "glimpse_engine_steps_total", "glimpse_spec_draft_tokens_total",
         "glimpse_spec_accepted_tokens_total", "glimpse_nucleus_rows_decided_total",
         "glimpse_adjusted_rows_decided_total", "glimpse_sampled_rows_gathered_total",
-        "glimpse_sampled_rows_fetched_total"}) {
+        "glimpse_sampled_rows_fetched_total", "glimpse_stream_chunks_merged_total"}) {
     EXPECT_TRUE(has_type(name, "counter")) << name;
   }
   EXPECT_THAT(text, HasSubstr("\nglimpse_prompt_tokens_total{model_name=\"m\"} 7\n"));

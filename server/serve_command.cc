@@ -462,6 +462,7 @@ int RunServeCommand() {
   }
   EngineServiceOptions service_options = ServiceOptions(
       *config, *loaded, kv_bytes_per_device * static_cast<size_t>(loaded->tensor_parallel_size()));
+  service_options.stream_chunks_merged = (*metrics)->metrics.stream_chunks_merged;
   EngineService service(**engine, *loaded->tokenizer, lifecycle, std::move(service_options));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -91,6 +91,7 @@ struct StreamResult {
   std::optional<v1::GenerateResponse::PromptInfo> prompt;
   std::vector<v1::GenerateResponse::Complete> completes;
   int num_chunks = 0;
+  int first_chunk_tokens = 0;
   grpc::Status status;
 };
 
@@ -110,6 +111,7 @@ StreamResult Generate(v1::Engine::Stub& stub, const v1::GenerateRequest& request
     if (m.has_prompt()) r.prompt = m.prompt();
     if (m.has_chunk() && m.chunk().index() == 0) {
       ++r.num_chunks;
+      if (r.num_chunks == 1) r.first_chunk_tokens = m.chunk().token_ids_size();
       r.tokens.insert(r.tokens.end(), m.chunk().token_ids().begin(), m.chunk().token_ids().end());
       r.text += m.chunk().text();
     }
@@ -211,7 +213,10 @@ TEST_F(GrpcE2eTest, GreedyTokenIdsStreamTheReferenceTokens) {
   StreamResult r = Generate(stub(), Greedy(ref.prompt_tokens, ref.tokens.size()));
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_EQ(r.tokens, ref.tokens);
-  EXPECT_GT(r.num_chunks, 10) << "tokens must stream";
+  // Tokens stream: the first message holds the first few tokens, not the output. (How the
+  // output is split varies: what queues behind a write in flight goes out in one message.)
+  EXPECT_GE(r.num_chunks, 2) << "tokens must stream";
+  EXPECT_LT(r.first_chunk_tokens, static_cast<int>(ref.tokens.size()) / 2) << "tokens must stream";
   EXPECT_EQ(r.text, "") << "token-id input is not detokenized by default";
   EXPECT_FALSE(r.prompt.has_value());
   ASSERT_EQ(r.completes.size(), 1u);
