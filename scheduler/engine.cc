@@ -85,7 +85,11 @@ Engine::Engine(std::unique_ptr<model::StepRunner> owned_runner, model::StepRunne
   kv_manager_ = std::make_unique<kvcache::KvCacheManager>(kv_options);
   scheduler_ = std::make_unique<Scheduler>(*kv_manager_, options.scheduler);
   if (options.sampling_threads > 1) {
-    sampling_pool_ = std::make_unique<kernels::cpu::ThreadPool>(options.sampling_threads);
+    // A job per sampled step at most two (the draws, then the fetched rows' draws), steps
+    // milliseconds apart on a GPU: a spin long enough to bridge the two, not the step.
+    constexpr std::chrono::microseconds kSamplingPoolSpin{50};
+    sampling_pool_ =
+        std::make_unique<kernels::cpu::ThreadPool>(options.sampling_threads, kSamplingPoolSpin);
   }
   absl::MutexLock lock(&mu_);
   load_.kv_blocks_total = options.num_kv_blocks;

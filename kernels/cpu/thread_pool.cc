@@ -7,11 +7,27 @@
 
 namespace glimpse::kernels::cpu {
 namespace {
-// About 50-100 microseconds of spinning before a worker sleeps.
-constexpr int kSpinIterations = 20000;
+// Pauses between two reads of the clock while spinning (a pause takes 10-40 ns).
+constexpr int kPausesPerClockRead = 64;
+
+// Spins until done() holds or `spin` has passed; returns done().
+template <typename Done>
+bool SpinUntil(std::chrono::nanoseconds spin, Done&& done) {
+  if (done()) return true;
+  if (spin.count() <= 0) return false;
+  const auto deadline = std::chrono::steady_clock::now() + spin;
+  while (true) {
+    for (int i = 0; i < kPausesPerClockRead; ++i) {
+      _mm_pause();
+      if (done()) return true;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return done();
+  }
+}
 }  // namespace
 
-ThreadPool::ThreadPool(int num_threads) : num_threads_(num_threads < 1 ? 1 : num_threads) {
+ThreadPool::ThreadPool(int num_threads, std::chrono::microseconds spin)
+    : num_threads_(num_threads < 1 ? 1 : num_threads), spin_(spin) {
   workers_.reserve(num_threads_ - 1);
   for (int i = 1; i < num_threads_; ++i) {
     workers_.emplace_back([this, i] { WorkerLoop(i); });
@@ -37,23 +53,19 @@ void ThreadPool::Run(const std::function<void(int)>& fn) {
   fn(0);
   // Workers may have been descheduled (a shared machine, or tests running side by side):
   // after a short spin, give the core away rather than burn it.
-  for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
-    if (i < kSpinIterations) {
-      _mm_pause();
-    } else {
-      sched_yield();
-    }
-  }
+  auto all_done = [this] { return pending_.load(std::memory_order_acquire) == 0; };
+  if (SpinUntil(spin_, all_done)) return;
+  while (!all_done()) sched_yield();
 }
 
 void ThreadPool::WorkerLoop(int index) {
   uint64_t seen = 0;
   while (true) {
-    uint64_t current = generation_.load(std::memory_order_acquire);
-    for (int i = 0; i < kSpinIterations && current == seen; ++i) {
-      _mm_pause();
+    uint64_t current = seen;
+    SpinUntil(spin_, [&] {
       current = generation_.load(std::memory_order_acquire);
-    }
+      return current != seen;
+    });
     while (current == seen) {
       generation_.wait(seen, std::memory_order_acquire);
       current = generation_.load(std::memory_order_acquire);

@@ -8,9 +8,9 @@
 namespace glimpse::bench {
 namespace {
 
-double ThreadCpuMicros() {
+double CpuMicros(clockid_t clock) {
   timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  clock_gettime(clock, &ts);
   return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) * 1e-3;
 }
 
@@ -70,12 +70,14 @@ StepIntervals InstantStepRunner::Intervals(size_t rows) const {
     out.wall_us.push_back(
         std::chrono::duration<double, std::micro>(calls_[i].start - calls_[i - 1].start).count());
     out.engine_cpu_us.push_back(calls_[i].thread_cpu_us - calls_[i - 1].thread_cpu_us);
+    out.process_cpu_us.push_back(calls_[i].process_cpu_us - calls_[i - 1].process_cpu_us);
   }
   return out;
 }
 
 void InstantStepRunner::Record(const model::StepBatch& batch) {
-  calls_.push_back({std::chrono::steady_clock::now(), ThreadCpuMicros(), batch.logits_rows.size()});
+  calls_.push_back({std::chrono::steady_clock::now(), CpuMicros(CLOCK_THREAD_CPUTIME_ID),
+                    CpuMicros(CLOCK_PROCESS_CPUTIME_ID), batch.logits_rows.size()});
   ++step_;
   if (forward_time_.count() > 0) std::this_thread::sleep_for(forward_time_);
 }

@@ -6,10 +6,10 @@
 // tokenizer. A forward call returns at once, or after sleeping `forward_time` (a GPU step's
 // duration, during which the engine thread waits without using a CPU, as it does on a
 // stream synchronization). Each forward call records when it began, on the wall clock and on the
-// calling thread's CPU clock, and how many logits rows it had: the interval between two calls is
-// the engine's time per step (the runner's being ~0), and the CPU interval the part of it the
-// engine thread spent running rather than waiting for a CPU (what other threads on a busy
-// machine cannot inflate).
+// calling thread's and the process's CPU clocks, and how many logits rows it had: the interval
+// between two calls is the engine's time per step (the runner's being ~0), and the CPU interval the
+// part of it the engine thread spent running rather than waiting for a CPU (what other threads on a
+// busy machine cannot inflate).
 //
 // Thread-safety: the engine thread only; Intervals() after the engine stopped.
 #ifndef GLIMPSE_TOOLS_BENCH_INSTANT_STEP_RUNNER_H_
@@ -30,6 +30,9 @@ namespace glimpse::bench {
 struct StepIntervals {
   std::vector<double> wall_us;
   std::vector<double> engine_cpu_us;  // the engine thread's CPU time over the same intervals
+  // The whole process's CPU time over them: every thread's (sampling pool, clients, gRPC),
+  // spinning included.
+  std::vector<double> process_cpu_us;
 };
 
 class InstantStepRunner final : public model::StepRunner {
@@ -68,6 +71,7 @@ class InstantStepRunner final : public model::StepRunner {
   struct Call {
     std::chrono::steady_clock::time_point start;
     double thread_cpu_us = 0;
+    double process_cpu_us = 0;
     size_t rows = 0;
   };
   // Records the call, then sleeps the forward time.

@@ -18,8 +18,10 @@ ABSL_FLAG(int32_t, steps, 200, "decode steps per request (each request's max_tok
 ABSL_FLAG(std::vector<std::string>, batch_sizes, std::vector<std::string>({"1", "16", "64", "256"}),
           "decode batch sizes (requests run together)");
 ABSL_FLAG(std::vector<std::string>, modes,
-          std::vector<std::string>({"greedy", "top_k", "logprobs"}),
-          "sampling modes: greedy, top_k (top-k 50 at T 0.8), logprobs (greedy + 5 logprobs)");
+          std::vector<std::string>({"greedy", "top_k", "logprobs", "top_k_rows"}),
+          "sampling modes: greedy, top_k (top-k 50 at T 0.8), logprobs (greedy + 5 logprobs), "
+          "top_k_rows (top_k with every logits row sampled whole on the host, on the sampling "
+          "threads from 256 rows of the bundled model's vocabulary)");
 ABSL_FLAG(int32_t, forward_us, 0,
           "how long each forward pass takes, sleeping (0: none). Set a GPU step's time "
           "(e.g. 5000) to see the work that waits for a step to end, such as starting the "
@@ -45,6 +47,9 @@ std::unique_ptr<scheduler::Engine> StartOverheadEngine(InstantStepRunner& runner
   options.num_kv_blocks = spec.batch * ((16 + spec.steps) / 16 + 2);
   options.max_waiting_requests = spec.batch;
   options.seed = 1;
+  if (spec.mode.max_device_top_k >= 0) {
+    options.step_logits.max_device_top_k = spec.mode.max_device_top_k;
+  }
   const int32_t sampling_threads = absl::GetFlag(FLAGS_sampling_threads);
   options.sampling_threads =
       sampling_threads > 0 ? sampling_threads : std::min(8, kernels::cpu::DefaultNumThreads());
@@ -95,7 +100,8 @@ int OverheadBenchMain(int argc, char** argv, const char* program, const char* ti
   }
   const OverheadMode modes[] = {{"greedy", "greedy", 0.0f, 0, -1},
                                 {"top_k", "top-k 50, T 0.8", 0.8f, 50, -1},
-                                {"logprobs", "greedy + 5 logprobs", 0.0f, 0, 5}};
+                                {"logprobs", "greedy + 5 logprobs", 0.0f, 0, 5},
+                                {"top_k_rows", "top-k 50, whole rows", 0.8f, 50, -1, 0}};
   std::vector<int32_t> batches;
   for (const std::string& b : absl::GetFlag(FLAGS_batch_sizes)) {
     int32_t v = 0;
@@ -110,7 +116,8 @@ int OverheadBenchMain(int argc, char** argv, const char* program, const char* ti
   for (const std::string& m : wanted) {
     if (std::none_of(std::begin(modes), std::end(modes),
                      [&](const OverheadMode& mode) { return m == mode.flag; })) {
-      std::fprintf(stderr, "%s: unknown mode '%s' (greedy, top_k, logprobs)\n", program, m.c_str());
+      std::fprintf(stderr, "%s: unknown mode '%s' (greedy, top_k, logprobs, top_k_rows)\n", program,
+                   m.c_str());
       return 2;
     }
   }
@@ -121,17 +128,18 @@ int OverheadBenchMain(int argc, char** argv, const char* program, const char* ti
     return 1;
   }
   std::printf("%s (forward pass of %d us, %d steps a request)\n", title, forward_us, steps);
-  std::printf("%-22s %6s %12s %12s %14s %16s\n", "mode", "batch", "median us", "p90 us",
-              "us / sequence", "engine cpu us");
+  std::printf("%-22s %6s %12s %12s %14s %16s %16s\n", "mode", "batch", "median us", "p90 us",
+              "us / sequence", "engine cpu us", "process cpu us");
   for (const OverheadMode& mode : modes) {
     if (std::find(wanted.begin(), wanted.end(), mode.flag) == wanted.end()) continue;
     for (const int32_t batch : batches) {
       const StepIntervals intervals = RunOnce(
           {&*loaded, mode, batch, steps, std::chrono::microseconds(forward_us)}, run, program);
       const double median = Percentile(intervals.wall_us, 0.5);
-      std::printf("%-22s %6d %12.1f %12.1f %14.2f %16.1f\n", mode.name, batch, median,
+      std::printf("%-22s %6d %12.1f %12.1f %14.2f %16.1f %16.1f\n", mode.name, batch, median,
                   Percentile(intervals.wall_us, 0.9), median / batch,
-                  Percentile(intervals.engine_cpu_us, 0.5));
+                  Percentile(intervals.engine_cpu_us, 0.5),
+                  Percentile(intervals.process_cpu_us, 0.5));
       std::fflush(stdout);
     }
   }

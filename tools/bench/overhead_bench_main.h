@@ -25,6 +25,10 @@ struct OverheadMode {
   float temperature;
   int32_t top_k;
   int32_t num_logprobs;  // -1: none
+  // The engine's step_logits.max_device_top_k; -1: its default. 0: every logits row comes
+  // back whole and is sampled on the host, on the sampling pool once rows x vocabulary
+  // reach EngineOptions::parallel_sampling_min_elements.
+  int32_t max_device_top_k = -1;
 };
 
 // What one run of a bench does.
