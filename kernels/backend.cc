@@ -4,11 +4,20 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <new>
 #include <vector>
 
 #include "common/check.h"
 
 namespace glimpse::kernels {
+
+void* Backend::AllocateHost(size_t num_bytes) {
+  return ::operator new (std::max<size_t>(num_bytes, 1), std::align_val_t{64});
+}
+
+void Backend::FreeHost(void* ptr) {
+  if (ptr != nullptr) ::operator delete (ptr, std::align_val_t{64});
+}
 
 void ArgMaxRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t* index,
                       float* value) {

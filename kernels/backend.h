@@ -156,6 +156,13 @@ class Backend {
   // Memory of this backend, 64-byte aligned. Free with Free().
   virtual void* Allocate(size_t num_bytes) = 0;
   virtual void Free(void* ptr) = 0;
+  // Host memory for what this backend's copies move often and in bulk (a step's logits
+  // rows): page-locked on a GPU, so that its copy engines reach it directly at full link
+  // speed instead of through the driver's bounce buffer, plain memory elsewhere (this
+  // default). 64-byte aligned, any thread; free with FreeHost() of the same backend. Usable by
+  // every backend of the process (a tensor-parallel group's copies too).
+  virtual void* AllocateHost(size_t num_bytes);
+  virtual void FreeHost(void* ptr);
   // Copies between host and backend memory.
   virtual void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) = 0;
   virtual void CopyToHost(void* host_dst, const void* src, size_t num_bytes) = 0;

@@ -74,7 +74,10 @@ absl::Status StepLogits::Forward(StepRunner& runner, const StepBatch& batch) {
   runner_ = &runner;
   gathers_.assign(num_rows_, RowGathers{});
   fetched_at_.assign(num_rows_, -1);
-  fetched_rows_.clear();
+  // Where the device's copies of whole rows land fastest (no-ops while the runner is the same).
+  logits_.SetBackend(runner.host_memory_backend());
+  fetched_rows_.SetBackend(runner.host_memory_backend());
+  fetched_rows_.Clear();
   switch (kind_) {
     case Kind::kArgMax:
       argmax_.resize(num_rows_);
@@ -87,7 +90,7 @@ absl::Status StepLogits::Forward(StepRunner& runner, const StepBatch& batch) {
     case Kind::kRows:
       break;
   }
-  logits_.resize(num_rows_ * static_cast<size_t>(vocab_size_));
+  logits_.Resize(num_rows_ * static_cast<size_t>(vocab_size_));
   return runner.Forward(batch, logits_.data());
 }
 
@@ -165,7 +168,7 @@ std::optional<Sampler::SampleResult> StepLogits::TrySample(Sampler& sampler, siz
       return sampler.SampleArgMax(argmax_[row]);
     case Kind::kRows: {
       const size_t vocab = static_cast<size_t>(vocab_size_);
-      return sampler.Sample(std::span<const float>(logits_).subspan(row * vocab, vocab));
+      return sampler.Sample(logits_.span().subspan(row * vocab, vocab));
     }
     case Kind::kTopK:
       break;
@@ -212,7 +215,7 @@ void StepLogits::Fetch(std::span<const size_t> rows) {
   const size_t vocab = static_cast<size_t>(vocab_size_);
   const size_t before = fetched_rows_.size() / vocab;
   for (int32_t row : wanted) fetched_at_[row] += static_cast<int64_t>(before);
-  fetched_rows_.resize((before + wanted.size()) * vocab);
+  fetched_rows_.Resize((before + wanted.size()) * vocab);
   const absl::Status status =
       runner_->CopyStepLogitsRows(wanted, fetched_rows_.data() + before * vocab);
   CHECK(status.ok());
@@ -227,7 +230,8 @@ Sampler::SampleResult StepLogits::SampleFetched(Sampler& sampler, size_t row) {
     Fetch(rows);
   }
   const size_t vocab = static_cast<size_t>(vocab_size_);
-  return sampler.Sample(std::span<const float>(fetched_rows_)
+  return sampler.Sample(std::as_const(fetched_rows_)
+                            .span()
                             .subspan(static_cast<size_t>(fetched_at_[row]) * vocab, vocab));
 }
 

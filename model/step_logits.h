@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kernels/host_buffer.h"
 #include "model/sampler.h"
 #include "model/sampling_params.h"
 #include "model/step_batch.h"
@@ -163,14 +164,16 @@ class StepLogits {
   std::vector<RowGathers> gathers_;  // [rows] of the last Forward
   // Rows Fetch brought: fetched_at_[row] is the row's index in fetched_rows_, or -1.
   std::vector<int64_t> fetched_at_;
-  std::vector<float> fetched_rows_;  // [fetched][vocab]
+  // [fetched][vocab], in the runner's host memory (page-locked on a GPU), as logits_.
+  kernels::HostBuffer<float> fetched_rows_;
   // Counted by TrySample and SampleFetched, which may run on several threads at once.
   std::atomic<int64_t> nucleus_decided_ = 0;
   std::atomic<int64_t> adjusted_decided_ = 0;
   int64_t rows_gathered_ = 0;
   std::atomic<int64_t> rows_fetched_ = 0;
   // The step's outputs, reused across steps.
-  std::vector<float> logits_;    // kRows: [rows][vocab]
+  // kRows: [rows][vocab], in StepRunner::host_memory_backend()'s host memory.
+  kernels::HostBuffer<float> logits_;
   std::vector<int32_t> argmax_;  // kArgMax: [rows]
   TopTokens top_;                // kTopK
 };

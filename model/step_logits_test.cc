@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <optional>
 #include <random>
 #include <span>
@@ -13,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/testing/counting_host_backend.h"
 #include "model/llama_config.h"
 #include "model/sampler.h"
 #include "model/sampling_params.h"
@@ -43,6 +45,7 @@ class FixedRowsRunner final : public StepRunner {
   void MoveKvBlocks(std::span<const KvBlockMove>) override {}
 
   absl::Status Forward(const StepBatch& batch, float* logits) override {
+    last_forward_logits_ = logits;
     for (size_t r = 0; r < batch.logits_rows.size(); ++r) {
       std::copy(rows_[r].begin(), rows_[r].end(), logits + r * rows_[r].size());
     }
@@ -95,6 +98,7 @@ class FixedRowsRunner final : public StepRunner {
   }
   absl::Status CopyStepLogitsRows(std::span<const int32_t> rows, float* logits) override {
     ++row_copies_;
+    last_rows_logits_ = logits;
     for (size_t i = 0; i < rows.size(); ++i) {
       if (rows[i] < 0 || static_cast<size_t>(rows[i]) >= rows_.size()) {
         return absl::OutOfRangeError("row");
@@ -112,6 +116,12 @@ class FixedRowsRunner final : public StepRunner {
     return absl::OkStatus();
   }
 
+  kernels::Backend* host_memory_backend() override { return host_backend_; }
+  void set_host_memory_backend(kernels::Backend* backend) { host_backend_ = backend; }
+  // Where the last Forward wrote its logits, and the last CopyStepLogitsRows its rows.
+  const float* last_forward_logits() const { return last_forward_logits_; }
+  const float* last_rows_logits() const { return last_rows_logits_; }
+
   int rows_copied() const { return rows_copied_; }
   int row_copies() const { return row_copies_; }  // CopyStepLogitsRows calls
   int gathers() const { return gathers_; }
@@ -124,6 +134,9 @@ class FixedRowsRunner final : public StepRunner {
   int row_copies_ = 0;
   int gathers_ = 0;
   int64_t gathered_logits_ = 0;
+  kernels::Backend* host_backend_ = nullptr;
+  const float* last_forward_logits_ = nullptr;
+  const float* last_rows_logits_ = nullptr;
 };
 
 // Plans a step of rows sampled with `params` (no logprobs) at `vocab` and runs it on `runner`.
@@ -298,6 +311,53 @@ TEST(StepLogitsTest, RowsLeftOpenAreFetchedInOneCopy) {
     Sampler twin(params[r], kVocab, r, false);
     twin.Accept(7);
     EXPECT_EQ(tokens[r], twin.Sample(rows[r]).token) << "row " << r;
+  }
+}
+
+// Whole rows (a step that brings them back, and rows fetched after a reduced step) land in
+// host memory from the runner's backend (page-locked on a GPU), reused from step to step, and
+// the samples are the whole rows' own.
+TEST(StepLogitsTest, WholeRowsLandInTheRunnersHostMemory) {
+  constexpr int32_t kVocab = 2000;
+  constexpr size_t kRows = 3;
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<std::vector<float>> rows(kRows, std::vector<float>(kVocab));
+  for (auto& row : rows) {
+    for (float& x : row) x = normal(rng);
+  }
+  std::vector<SamplingParams> params(kRows);
+  for (SamplingParams& p : params) {
+    p.temperature = 1.5f;
+    p.top_p = 0.95f;  // flat rows: no nucleus fits in the candidates, every row is fetched
+  }
+  kernels::cpu::CountingHostBackend backend;
+  FixedRowsRunner runner(rows);
+  runner.set_host_memory_backend(&backend);
+  StepLogits step;
+  StepLogitsOptions whole_rows;
+  whole_rows.max_device_top_k = 0;
+  for (int s = 0; s < 2; ++s) {
+    ASSERT_NO_FATAL_FAILURE(PlanAndForward(params, kVocab, whole_rows, runner, &step));
+    EXPECT_TRUE(backend.Holds(runner.last_forward_logits(), kRows * kVocab * sizeof(float)));
+    for (size_t r = 0; r < kRows; ++r) {
+      Sampler sampler(params[r], kVocab, r, false);
+      Sampler twin(params[r], kVocab, r, false);
+      EXPECT_EQ(step.Sample(sampler, r).token, twin.Sample(rows[r]).token) << "row " << r;
+    }
+  }
+  EXPECT_EQ(backend.num_allocations(), 1) << "the second step reuses the first's memory";
+
+  ASSERT_NO_FATAL_FAILURE(PlanAndForward(params, kVocab, StepLogitsOptions{}, runner, &step));
+  std::vector<size_t> all(kRows);
+  std::iota(all.begin(), all.end(), 0);
+  step.Fetch(all);
+  EXPECT_EQ(runner.row_copies(), 1);
+  EXPECT_TRUE(backend.Holds(runner.last_rows_logits(), kRows * kVocab * sizeof(float)));
+  for (size_t r = 0; r < kRows; ++r) {
+    Sampler sampler(params[r], kVocab, r, false);
+    Sampler twin(params[r], kVocab, r, false);
+    EXPECT_EQ(step.SampleFetched(sampler, r).token, twin.Sample(rows[r]).token) << "row " << r;
   }
 }
 

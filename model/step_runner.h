@@ -137,6 +137,11 @@ class StepRunner {
   // the host space.
   virtual void MoveKvBlocks(std::span<const KvBlockMove> moves) = 0;
 
+  // The backend whose AllocateHost gives the host memory Forward's logits and
+  // CopyStepLogitsRows' rows arrive in fastest (page-locked on a GPU): where the engine keeps
+  // them (model::StepLogits). Null (this default): plain host memory will do.
+  virtual kernels::Backend* host_memory_backend() { return nullptr; }
+
   // Bytes one KV block of block_size slots takes on each device: a rank's share of the KV
   // heads. What a per-device memory budget divides by.
   size_t KvBytesPerBlockPerDevice(int32_t block_size) const {
@@ -183,6 +188,7 @@ class LlamaStepRunner final : public StepRunner {
   absl::Status GatherStepLogits(std::span<const int32_t> rows, std::span<const int32_t> ids,
                                 float* logits) override;
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
+  kernels::Backend* host_memory_backend() override { return &model_.backend(); }
 
  private:
   // FailedPrecondition before AllocateKvCache, or for a tensor-parallel rank's model.

@@ -18,7 +18,8 @@
 
 namespace glimpse::kernels::cpu {
 
-class CpuBackend final : public Backend {
+// Not final: tests derive from it to observe what it is asked for (host allocations).
+class CpuBackend : public Backend {
  public:
   // In-place sum of x[0..n) over the tensor-parallel group a backend is a rank of, called on
   // the rank's own thread; every rank must end with the same values. Lets several CpuBackends

@@ -192,6 +192,28 @@ void* CudaBackend::Allocate(size_t num_bytes) {
   return ptr;
 }
 
+void* CudaBackend::AllocateHost(size_t num_bytes) {
+  Bind();
+  void* ptr = nullptr;
+  // cudaHostAlloc memory is page-aligned.
+  const cudaError_t err =
+      cudaHostAlloc(&ptr, std::max<size_t>(num_bytes, 1), cudaHostAllocPortable);
+  if (err != cudaSuccess) {
+    Fail(absl::StrCat("allocating ", num_bytes, " bytes of page-locked host memory failed: ",
+                      cudaGetErrorString(err), " (the host is short of memory it can page-lock)"));
+  }
+  return ptr;
+}
+
+void CudaBackend::FreeHost(void* ptr) {
+  if (ptr == nullptr) return;
+  Bind();
+  // As Free: recorded launches first, then whatever copy enqueued before may still use it.
+  if (graphs_.recording() && !graphs_.empty()) FinishGraphStep(GraphEagerReason::kMidStepSync);
+  GLIMPSE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  GLIMPSE_CUDA_CHECK(cudaFreeHost(ptr));
+}
+
 std::optional<DeviceMemoryInfo> CudaBackend::DeviceMemory() {
   Bind();
   DeviceMemoryInfo info;

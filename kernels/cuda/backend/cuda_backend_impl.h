@@ -207,6 +207,9 @@ class CudaBackend final : public Backend {
   std::string name() const override { return name_; }
   void* Allocate(size_t num_bytes) override;
   void Free(void* ptr) override;
+  // Page-locked (cudaHostAlloc, portable: every device's copies reach it directly).
+  void* AllocateHost(size_t num_bytes) override;
+  void FreeHost(void* ptr) override;
   void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override;
   // LaunchArgMaxRows on the device, then 8 bytes a row to the host; like CopyToHost, the end of

@@ -11,6 +11,8 @@
 // the same bf16-rounded operands, which isolates the GEMM from the operand rounding.
 #include "kernels/cuda/backend/cuda_backend.h"
 
+#include <cuda_runtime_api.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -261,6 +263,33 @@ TEST_F(CudaBackendTest, CopiesRoundTripAtAnySizeAndOffset) {
     EXPECT_EQ(back, host) << n << " bytes";
     cuda_->Free(dev);
   }
+}
+
+// AllocateHost's memory is page-locked (what the copy engines reach directly) and takes a
+// copy either way, at sizes below and above the staged-copy limit.
+TEST_F(CudaBackendTest, HostMemoryIsPageLockedAndTakesCopies) {
+  for (const size_t n : {size_t{1000}, size_t{3000001}}) {
+    auto* host = static_cast<uint8_t*>(cuda_->AllocateHost(n));
+    ASSERT_NE(host, nullptr);
+    cudaPointerAttributes attributes{};
+    ASSERT_EQ(cudaPointerGetAttributes(&attributes, host), cudaSuccess);
+    EXPECT_EQ(attributes.type, cudaMemoryTypeHost) << n << " bytes";
+    std::vector<uint8_t> bytes(n);
+    for (uint8_t& b : bytes) b = static_cast<uint8_t>(Int(1, 255));
+    std::copy(bytes.begin(), bytes.end(), host);
+    auto* dev = static_cast<uint8_t*>(cuda_->Allocate(n));
+    cuda_->CopyToBackend(dev, host, n);
+    std::fill_n(host, n, uint8_t{0});
+    cuda_->CopyToHost(host, dev, n);
+    EXPECT_TRUE(std::equal(bytes.begin(), bytes.end(), host)) << n << " bytes";
+    cuda_->Free(dev);
+    cuda_->FreeHost(host);
+  }
+  // Ordinary memory is not.
+  std::vector<uint8_t> plain(64);
+  cudaPointerAttributes attributes{};
+  ASSERT_EQ(cudaPointerGetAttributes(&attributes, plain.data()), cudaSuccess);
+  EXPECT_EQ(attributes.type, cudaMemoryTypeUnregistered);
 }
 
 TEST_F(CudaBackendTest, CopyWithinBackendMovesExactlyTheRange) {

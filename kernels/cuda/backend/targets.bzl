@@ -88,7 +88,7 @@ def cuda_backend_targets(
             "//model:kv_cache_storage",
             "//model:llama_config",
             "//third_party/system:gtest_main",
-        ],
+        ] + cudart,
     )
 
     # Decode steps as CUDA graphs: replays bitwise equal to the same recorded steps run

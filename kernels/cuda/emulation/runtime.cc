@@ -500,6 +500,26 @@ cudaError_t cudaFreeHost(void* ptr) {
   return Release(ptr, cuda_emu::MemoryKind::kPinnedHost, "cudaFreeHost");
 }
 
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void* ptr) {
+  if (attributes == nullptr) return Misuse(cudaErrorInvalidValue, "cudaPointerGetAttributes: null");
+  cuda_emu::RuntimeState& s = cuda_emu::State();
+  std::lock_guard<std::mutex> lock(s.mu);
+  const cuda_emu::Allocation* a = cuda_emu::FindAllocation(ptr, 0, nullptr);
+  // As CUDA 11+: ordinary host memory is "unregistered", not an error.
+  *attributes = {cudaMemoryTypeUnregistered, -1, nullptr, nullptr};
+  if (a == nullptr) return cudaSuccess;
+  attributes->device = 0;
+  if (a->kind == cuda_emu::MemoryKind::kDevice) {
+    attributes->type = cudaMemoryTypeDevice;
+    attributes->devicePointer = const_cast<void*>(ptr);
+  } else {
+    attributes->type = cudaMemoryTypeHost;
+    attributes->devicePointer = const_cast<void*>(ptr);  // mapped, as with unified addressing
+    attributes->hostPointer = const_cast<void*>(ptr);
+  }
+  return cudaSuccess;
+}
+
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   if (cuda_emu::ProhibitedDuringCapture("cudaMemcpy")) return cudaErrorStreamCaptureUnsupported;
   const cudaError_t err = CheckCopy(dst, src, bytes, kind, "cudaMemcpy");
