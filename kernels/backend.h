@@ -157,15 +157,26 @@ class Backend {
   virtual void* Allocate(size_t num_bytes) = 0;
   virtual void Free(void* ptr) = 0;
   // Host memory for what this backend's copies move often and in bulk (a step's logits
-  // rows): page-locked on a GPU, so that its copy engines reach it directly at full link
-  // speed instead of through the driver's bounce buffer, plain memory elsewhere (this
-  // default). 64-byte aligned, any thread; free with FreeHost() of the same backend. Usable by
-  // every backend of the process (a tensor-parallel group's copies too).
+  // rows, swapped-out KV blocks): page-locked on a GPU, so that its copy engines reach it
+  // directly at full link speed instead of through the driver's bounce buffer, plain memory
+  // elsewhere (this default). 64-byte aligned, any thread; free with FreeHost() of the same
+  // backend. Usable by every backend of the process (a tensor-parallel group's copies too).
+  // Null when the backend cannot (page-locked memory is limited): use plain memory then
+  // (kernels::HostBuffer does).
   virtual void* AllocateHost(size_t num_bytes);
   virtual void FreeHost(void* ptr);
-  // Copies between host and backend memory.
+  // Copies between host and backend memory. CopyToHost returns with the bytes on the host.
   virtual void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) = 0;
   virtual void CopyToHost(void* host_dst, const void* src, size_t num_bytes) = 0;
+  // CopyToHost that may still be under way on return: the bytes are on the host after the
+  // next WaitForCopiesToHost() or CopyToHost(); until then host_dst must stay allocated and
+  // unread, and src unwritten by the host (backend work enqueued after it is ordered after
+  // it). Many of them with one wait cost one round trip instead of one each (a preempted
+  // sequence's KV blocks, layer by layer). This default copies at once.
+  virtual void CopyToHostAsync(void* host_dst, const void* src, size_t num_bytes) {
+    CopyToHost(host_dst, src, num_bytes);
+  }
+  virtual void WaitForCopiesToHost() {}
   // Greedy decoding's reduction of a step's logits, by the host sampler's greedy rule: for
   // each of num_rows rows of x ([num_rows][cols] fp32, backend memory) the column of its
   // largest value into host_index[r] (NaN never chosen, ties to the lowest column, 0 when no

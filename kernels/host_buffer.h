@@ -5,7 +5,8 @@
 // step allocates (and, on a GPU, page-locks) only while it grows.
 //
 // Ownership: owns its memory; the backend that allocated it must outlive it. Without a
-// backend (null) the memory is plain aligned host memory. Thread-safety: none.
+// backend (null), or when the backend cannot allocate (AllocateHost returns null), the memory
+// is plain aligned host memory. Thread-safety: none.
 #ifndef GLIMPSE_KERNELS_HOST_BUFFER_H_
 #define GLIMPSE_KERNELS_HOST_BUFFER_H_
 
@@ -36,6 +37,7 @@ class HostBuffer {
       Release();
       backend_ = std::exchange(other.backend_, nullptr);
       data_ = std::exchange(other.data_, nullptr);
+      plain_ = std::exchange(other.plain_, true);
       size_ = std::exchange(other.size_, 0);
       capacity_ = std::exchange(other.capacity_, 0);
     }
@@ -50,15 +52,19 @@ class HostBuffer {
     backend_ = backend;
   }
   Backend* backend() const { return backend_; }
+  // True while the memory is the backend's (false without one, or when it could not give it).
+  bool from_backend() const { return data_ != nullptr && !plain_; }
 
   // n elements: the first min(n, size()) kept, the rest uninitialized.
   void Resize(size_t n) {
     if (n > capacity_) {
       const size_t capacity = std::max(n, capacity_ + capacity_ / 2);
-      T* grown = static_cast<T*>(Allocate(capacity * sizeof(T)));
+      bool plain = true;
+      T* grown = static_cast<T*>(Allocate(capacity * sizeof(T), plain));
       if (size_ > 0) std::memcpy(grown, data_, size_ * sizeof(T));
-      Free(data_);
+      Free(data_, plain_);
       data_ = grown;
+      plain_ = plain;
       capacity_ = capacity;
     }
     size_ = n;
@@ -73,28 +79,32 @@ class HostBuffer {
   std::span<const T> span() const { return {data_, size_}; }
 
  private:
-  void* Allocate(size_t num_bytes) {
-    return backend_ != nullptr
-               ? backend_->AllocateHost(num_bytes)
-               : ::operator new (std::max<size_t>(num_bytes, 1), std::align_val_t{64});
+  // The new memory's kind goes to `plain` (the buffer's one allocation is freed its way).
+  void* Allocate(size_t num_bytes, bool& plain) {
+    void* p = backend_ != nullptr ? backend_->AllocateHost(num_bytes) : nullptr;
+    plain = p == nullptr;
+    if (!plain) return p;
+    return ::operator new (std::max<size_t>(num_bytes, 1), std::align_val_t{64});
   }
-  void Free(void* ptr) {
+  void Free(void* ptr, bool plain) {
     if (ptr == nullptr) return;
-    if (backend_ != nullptr) {
-      backend_->FreeHost(ptr);
-    } else {
+    if (plain) {
       ::operator delete (ptr, std::align_val_t{64});
+    } else {
+      backend_->FreeHost(ptr);
     }
   }
   void Release() {
-    Free(data_);
+    Free(data_, plain_);
     data_ = nullptr;
+    plain_ = true;
     size_ = 0;
     capacity_ = 0;
   }
 
   Backend* backend_ = nullptr;
   T* data_ = nullptr;
+  bool plain_ = true;  // data_ is plain memory, not the backend's
   size_t size_ = 0;
   size_t capacity_ = 0;
 };

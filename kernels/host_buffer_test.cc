@@ -4,12 +4,12 @@
 #include <numeric>
 
 #include "gtest/gtest.h"
-#include "kernels/cpu/testing/counting_host_backend.h"
+#include "kernels/cpu/testing/instrumented_cpu_backend.h"
 
 namespace glimpse::kernels {
 namespace {
 
-using CountingBackend = cpu::CountingHostBackend;
+using CountingBackend = cpu::InstrumentedCpuBackend;
 
 TEST(HostBufferTest, MemoryComesFromTheBackendAndGoesBack) {
   CountingBackend backend;
@@ -62,6 +62,28 @@ TEST(HostBufferTest, ChangingTheBackendFreesThroughTheOldOne) {
   buffer.Resize(7);
   EXPECT_NE(buffer.data(), nullptr);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(buffer.data()) % 64, 0u);
+}
+
+// A backend that cannot page-lock more (AllocateHost null): plain memory, freed as such (the
+// backend aborts on a FreeHost of memory it did not give).
+TEST(HostBufferTest, FallsBackToPlainMemoryWhenTheBackendRefuses) {
+  CountingBackend backend;
+  backend.set_refuse_host_allocations(true);
+  HostBuffer<float> buffer;
+  buffer.SetBackend(&backend);
+  buffer.Resize(100);
+  ASSERT_NE(buffer.data(), nullptr);
+  EXPECT_FALSE(buffer.from_backend());
+  buffer.data()[99] = 1.5f;
+  backend.set_refuse_host_allocations(false);
+  buffer.Resize(1000);  // grows into the backend's memory, the plain block freed as plain
+  EXPECT_TRUE(buffer.from_backend());
+  EXPECT_EQ(buffer.data()[99], 1.5f);
+  backend.set_refuse_host_allocations(true);
+  buffer.Resize(10000);  // and back
+  EXPECT_FALSE(buffer.from_backend());
+  EXPECT_EQ(backend.num_live(), 0u);
+  EXPECT_EQ(buffer.data()[99], 1.5f);
 }
 
 TEST(HostBufferTest, MovingHandsTheMemoryOver) {

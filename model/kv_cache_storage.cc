@@ -46,6 +46,7 @@ KvCacheStorage::KvCacheStorage(kernels::Backend& backend, const LlamaConfig& con
 }
 
 KvCacheStorage::~KvCacheStorage() {
+  WaitForSwapOuts();  // before host_ goes
   for (const kernels::KvLayerView& view : layers_) {
     backend_.Free(view.k);
     backend_.Free(view.v);
@@ -71,18 +72,31 @@ void KvCacheStorage::CopyBlock(int32_t src, int32_t dst) {
 }
 
 void KvCacheStorage::SwapOutBlock(int32_t device_block, int32_t host_block) {
+  CHECK(host_block >= 0 && host_block < num_host_blocks_);
   const size_t per_block = layers_.size() * 2 * block_bytes_;
-  if (host_.empty()) host_.resize(static_cast<size_t>(num_host_blocks_) * per_block);
+  if (host_.size() == 0) {
+    host_.SetBackend(&backend_);
+    host_.Resize(static_cast<size_t>(num_host_blocks_) * per_block);
+  }
   uint8_t* dst = host_.data() + host_block * per_block;
   for (const kernels::KvLayerView& view : layers_) {
     for (void* tensor : {view.k, view.v}) {
-      backend_.CopyToHost(dst, BlockAt(tensor, device_block, block_bytes_), block_bytes_);
+      backend_.CopyToHostAsync(dst, BlockAt(tensor, device_block, block_bytes_), block_bytes_);
       dst += block_bytes_;
     }
   }
+  swap_outs_pending_ = true;
+}
+
+void KvCacheStorage::WaitForSwapOuts() {
+  if (!swap_outs_pending_) return;
+  backend_.WaitForCopiesToHost();
+  swap_outs_pending_ = false;
 }
 
 void KvCacheStorage::SwapInBlock(int32_t host_block, int32_t device_block) {
+  CHECK(host_block >= 0 && host_block < num_host_blocks_ && host_.size() > 0);
+  WaitForSwapOuts();  // the host reads what they write (staged copies memcpy it first)
   const size_t per_block = layers_.size() * 2 * block_bytes_;
   const uint8_t* src = host_.data() + host_block * per_block;
   for (const kernels::KvLayerView& view : layers_) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/host_buffer.h"
 #include "model/llama_config.h"
 #include "model/tensor_parallel.h"
 
@@ -46,11 +47,17 @@ class KvCacheStorage {
   // backend memory.
   void CopyBlock(int32_t src, int32_t dst);
 
-  // Host swap space: `num_host_blocks` blocks in host memory (allocated on first use). Blocks
-  // move whole, every layer; ids index the host space. Used for swap preemption.
+  // Host swap space: `num_host_blocks` blocks in host memory (allocated on first use, from
+  // Backend::AllocateHost: page-locked on a GPU). Blocks move whole, every layer; ids index
+  // the host space. Used for swap preemption.
   void SetNumHostBlocks(int32_t num_host_blocks) { num_host_blocks_ = num_host_blocks; }
+  // Starts the block's copies to the host (Backend::CopyToHostAsync, a layer's k and v at a
+  // time); they are complete after WaitForSwapOuts(), which SwapInBlock and the destructor
+  // call first. Backend work enqueued after may overwrite the device block.
   void SwapOutBlock(int32_t device_block, int32_t host_block);
   void SwapInBlock(int32_t host_block, int32_t device_block);
+  // Waits for the swap-outs started so far (one wait for a whole step's).
+  void WaitForSwapOuts();
 
  private:
   kernels::Backend& backend_;
@@ -61,7 +68,8 @@ class KvCacheStorage {
   size_t block_bytes_ = 0;  // Bytes of one block in one layer's k (or v) tensor.
   int32_t num_host_blocks_ = 0;
   // Host swap space: [num_host_blocks][num_layers][k then v][block_bytes].
-  std::vector<uint8_t> host_;
+  kernels::HostBuffer<uint8_t> host_;
+  bool swap_outs_pending_ = false;  // copies into host_ not yet waited for
 };
 
 }  // namespace glimpse::model

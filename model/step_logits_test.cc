@@ -14,7 +14,7 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
-#include "kernels/cpu/testing/counting_host_backend.h"
+#include "kernels/cpu/testing/instrumented_cpu_backend.h"
 #include "model/llama_config.h"
 #include "model/sampler.h"
 #include "model/sampling_params.h"
@@ -331,7 +331,7 @@ TEST(StepLogitsTest, WholeRowsLandInTheRunnersHostMemory) {
     p.temperature = 1.5f;
     p.top_p = 0.95f;  // flat rows: no nucleus fits in the candidates, every row is fetched
   }
-  kernels::cpu::CountingHostBackend backend;
+  kernels::cpu::InstrumentedCpuBackend backend;
   FixedRowsRunner runner(rows);
   runner.set_host_memory_backend(&backend);
   StepLogits step;

@@ -12,6 +12,8 @@ tools/install_deps.sh || exit 1
 SANITIZED=(
   //common:all
   //kvcache:all
+  //kernels:host_buffer_test
+  //model:kv_cache_storage_test
   //model:gguf_test
   //model:gguf_writer_test
   //model:tokenizer_test

@@ -199,8 +199,12 @@ void* CudaBackend::AllocateHost(size_t num_bytes) {
   const cudaError_t err =
       cudaHostAlloc(&ptr, std::max<size_t>(num_bytes, 1), cudaHostAllocPortable);
   if (err != cudaSuccess) {
-    Fail(absl::StrCat("allocating ", num_bytes, " bytes of page-locked host memory failed: ",
-                      cudaGetErrorString(err), " (the host is short of memory it can page-lock)"));
+    (void)cudaGetLastError();  // not sticky: clear it, the caller goes on with plain memory
+    spdlog::warn(
+        "CUDA backend: cannot page-lock {} MiB of host memory ({}); using pageable memory, "
+        "whose copies are slower",
+        num_bytes >> 20, cudaGetErrorString(err));
+    return nullptr;
   }
   return ptr;
 }
@@ -276,6 +280,19 @@ void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t num_bytes) 
   // Synchronizes (the Backend contract: the data is on the host on return) and, with the
   // stream drained, recycles the staging buffers for the next step.
   RestartStaging(0);
+}
+
+void CudaBackend::CopyToHostAsync(void* host_dst, const void* src, size_t num_bytes) {
+  Bind();
+  // Ordered after the recorded launches, which therefore run now (the rest of the step too).
+  if (graphs_.recording() && !graphs_.empty()) FinishGraphStep(GraphEagerReason::kMidStepSync);
+  if (num_bytes == 0) return;
+  GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, num_bytes, cudaMemcpyDeviceToHost, stream_));
+}
+
+void CudaBackend::WaitForCopiesToHost() {
+  Bind();
+  RestartStaging(0);  // synchronizes the stream, as CopyToHost
 }
 
 void CudaBackend::EndStepForReduction() {

@@ -207,9 +207,14 @@ class CudaBackend final : public Backend {
   std::string name() const override { return name_; }
   void* Allocate(size_t num_bytes) override;
   void Free(void* ptr) override;
-  // Page-locked (cudaHostAlloc, portable: every device's copies reach it directly).
+  // Page-locked (cudaHostAlloc, portable: every device's copies reach it directly); null,
+  // with a warning, when the host cannot page-lock that much.
   void* AllocateHost(size_t num_bytes) override;
   void FreeHost(void* ptr) override;
+  // cudaMemcpyAsync on the stream; WaitForCopiesToHost synchronizes it (and recycles the
+  // staging buffers, as CopyToHost).
+  void CopyToHostAsync(void* host_dst, const void* src, size_t num_bytes) override;
+  void WaitForCopiesToHost() override;
   void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override;
   // LaunchArgMaxRows on the device, then 8 bytes a row to the host; like CopyToHost, the end of

@@ -1245,19 +1245,28 @@ TEST_F(CudaBackendTest, KvCacheStorageCopiesAndSwapsBlocksOnTheDevice) {
         EXPECT_EQ(get(tensors[i]), expect) << what << ": CopyBlock, layer " << l;
       }
     }
-    kv.SetNumHostBlocks(2);
+    // Two swap-outs under way at once (their copies are asynchronous), the device blocks
+    // overwritten right after: the host space must still get what they held.
+    kv.SetNumHostBlocks(3);
     kv.SwapOutBlock(1, 1);
+    kv.SwapOutBlock(2, 0);
     const std::vector<uint8_t> junk(block_bytes, 7);
     for (int32_t l = 0; l < config.num_layers; ++l) {
       for (void* tensor : {kv.layer(l).k, kv.layer(l).v}) {
-        backend->CopyToBackend(static_cast<uint8_t*>(tensor) + block_bytes, junk.data(),
-                               block_bytes);
+        for (int32_t b : {1, 2}) {
+          backend->CopyToBackend(static_cast<uint8_t*>(tensor) + b * block_bytes, junk.data(),
+                                 block_bytes);
+        }
       }
     }
     kv.SwapInBlock(1, 6);  // to a different block
+    kv.SwapInBlock(0, 4);
+    kv.WaitForSwapOuts();  // none pending: a no-op
     for (int32_t l = 0; l < config.num_layers; ++l) {
       EXPECT_EQ(block(get(kv.layer(l).k), 6), block(host[l * 2], 1)) << what;
       EXPECT_EQ(block(get(kv.layer(l).v), 6), block(host[l * 2 + 1], 1)) << what;
+      EXPECT_EQ(block(get(kv.layer(l).k), 4), block(host[l * 2], 2)) << what;
+      EXPECT_EQ(block(get(kv.layer(l).v), 4), block(host[l * 2 + 1], 2)) << what;
     }
   }
 }

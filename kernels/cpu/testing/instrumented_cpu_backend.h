@@ -1,0 +1,91 @@
+// For tests: a CPU backend that shows what a GPU backend's host-side contracts hide on a CPU.
+//   - It records the host memory its AllocateHost hands out and FreeHost takes back (and can
+//     refuse, as a GPU host short of page-lockable memory does), so that a test can tell
+//     where a buffer came from and that it goes back the right way.
+//   - CopyToHostAsync reads the source at the call (as a stream-ordered copy does, before
+//     later work) but writes the host only at the next WaitForCopiesToHost or CopyToHost (as
+//     a GPU's copy lands later): a caller that reads too early reads stale bytes.
+//
+// Thread-safety: none (one test thread).
+#ifndef GLIMPSE_KERNELS_CPU_TESTING_INSTRUMENTED_CPU_BACKEND_H_
+#define GLIMPSE_KERNELS_CPU_TESTING_INSTRUMENTED_CPU_BACKEND_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "kernels/cpu/cpu_backend.h"
+
+namespace glimpse::kernels::cpu {
+
+class InstrumentedCpuBackend final : public CpuBackend {
+ public:
+  InstrumentedCpuBackend() : CpuBackend(1) {}
+
+  void* AllocateHost(size_t num_bytes) override {
+    if (refuse_host_allocations_) return nullptr;
+    void* p = CpuBackend::AllocateHost(num_bytes);
+    live_[p] = num_bytes;
+    ++allocations_;
+    return p;
+  }
+  void FreeHost(void* ptr) override {
+    if (ptr == nullptr) return;
+    if (live_.erase(ptr) != 1) {
+      std::fprintf(stderr, "InstrumentedCpuBackend: FreeHost of memory it did not allocate\n");
+      std::abort();
+    }
+    CpuBackend::FreeHost(ptr);
+  }
+  void CopyToHostAsync(void* host_dst, const void* src, size_t num_bytes) override {
+    const auto* bytes = static_cast<const uint8_t*>(src);
+    pending_.push_back({host_dst, std::vector<uint8_t>(bytes, bytes + num_bytes)});
+  }
+  void WaitForCopiesToHost() override {
+    ++waits_;
+    Deliver();
+  }
+  void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override {
+    Deliver();
+    CpuBackend::CopyToHost(host_dst, src, num_bytes);
+  }
+
+  void set_refuse_host_allocations(bool refuse) { refuse_host_allocations_ = refuse; }
+  // True if [p, p + num_bytes) lies in one allocation not yet freed.
+  bool Holds(const void* p, size_t num_bytes) const {
+    const auto q = reinterpret_cast<uintptr_t>(p);
+    for (const auto& [base, size] : live_) {
+      const auto b = reinterpret_cast<uintptr_t>(base);
+      if (q >= b && q + num_bytes <= b + size) return true;
+    }
+    return false;
+  }
+  size_t num_live() const { return live_.size(); }
+  int num_allocations() const { return allocations_; }
+  int num_waits() const { return waits_; }
+  size_t num_copies_pending() const { return pending_.size(); }
+
+ private:
+  struct PendingCopy {
+    void* host_dst;
+    std::vector<uint8_t> bytes;
+  };
+  void Deliver() {
+    for (const PendingCopy& c : pending_) std::memcpy(c.host_dst, c.bytes.data(), c.bytes.size());
+    pending_.clear();
+  }
+
+  std::map<void*, size_t> live_;
+  int allocations_ = 0;
+  int waits_ = 0;
+  bool refuse_host_allocations_ = false;
+  std::vector<PendingCopy> pending_;
+};
+
+}  // namespace glimpse::kernels::cpu
+
+#endif  // GLIMPSE_KERNELS_CPU_TESTING_INSTRUMENTED_CPU_BACKEND_H_

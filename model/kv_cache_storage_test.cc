@@ -1,0 +1,102 @@
+// KvCacheStorage's swap space over a backend whose copies to the host land late
+// (InstrumentedCpuBackend: read at the call, written at the wait), as a GPU's do: swap-outs
+// are waited for once per batch of moves, and never read before they have landed.
+#include "model/kv_cache_storage.h"
+
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/testing/instrumented_cpu_backend.h"
+#include "model/llama_config.h"
+#include "model/step_runner.h"
+
+namespace glimpse::model {
+namespace {
+
+class KvCacheStorageTest : public ::testing::Test {
+ protected:
+  KvCacheStorageTest() {
+    config_.num_layers = 3;
+    config_.num_kv_heads = 2;
+    config_.head_dim = 8;
+    kv_ = std::make_unique<KvCacheStorage>(backend_, config_, kBlocks, kBlockSize);
+    block_bytes_ = static_cast<size_t>(kBlockSize) * config_.kv_dim() * backend_.KvElementBytes();
+    std::mt19937 rng(3);
+    for (int32_t l = 0; l < config_.num_layers; ++l) {
+      for (void* tensor : {kv_->layer(l).k, kv_->layer(l).v}) {
+        std::vector<uint8_t> bytes(kBlocks * block_bytes_);
+        for (uint8_t& b : bytes) b = static_cast<uint8_t>(rng());
+        backend_.CopyToBackend(tensor, bytes.data(), bytes.size());
+        contents_.push_back(bytes);
+      }
+    }
+  }
+
+  // Block `b` of tensor `t` (layer * 2 + (k: 0, v: 1)) as the device holds it now.
+  std::vector<uint8_t> DeviceBlock(int t, int32_t b) {
+    const kernels::KvLayerView view = kv_->layer(t / 2);
+    const auto* tensor = static_cast<const uint8_t*>(t % 2 == 0 ? view.k : view.v);
+    std::vector<uint8_t> bytes(block_bytes_);
+    backend_.CopyToHost(bytes.data(), tensor + b * block_bytes_, block_bytes_);
+    return bytes;
+  }
+  // What block `b` of tensor `t` held at the start.
+  std::vector<uint8_t> Initial(int t, int32_t b) const {
+    return {contents_[t].begin() + b * block_bytes_, contents_[t].begin() + (b + 1) * block_bytes_};
+  }
+  void Overwrite(int32_t b, uint8_t value) {
+    const std::vector<uint8_t> junk(block_bytes_, value);
+    for (int32_t l = 0; l < config_.num_layers; ++l) {
+      for (void* tensor : {kv_->layer(l).k, kv_->layer(l).v}) {
+        backend_.CopyToBackend(static_cast<uint8_t*>(tensor) + b * block_bytes_, junk.data(),
+                               block_bytes_);
+      }
+    }
+  }
+
+  static constexpr int32_t kBlocks = 6;
+  static constexpr int32_t kBlockSize = 4;
+  kernels::cpu::InstrumentedCpuBackend backend_;
+  LlamaConfig config_;
+  std::unique_ptr<KvCacheStorage> kv_;
+  size_t block_bytes_ = 0;
+  std::vector<std::vector<uint8_t>> contents_;  // [layer * 2 + (k|v)]
+};
+
+TEST_F(KvCacheStorageTest, AStepsSwapOutsAreWaitedForOnce) {
+  kv_->SetNumHostBlocks(4);
+  const KvBlockMove moves[] = {{KvBlockMove::Kind::kSwapOut, 1, 3},
+                               {KvBlockMove::Kind::kSwapOut, 2, 0},
+                               {KvBlockMove::Kind::kCopy, 4, 1}};  // reuses swapped-out block 1
+  ApplyKvBlockMoves(moves, *kv_);
+  EXPECT_EQ(backend_.num_waits(), 1) << "one wait for the step's 2 blocks x 3 layers x (k, v)";
+  EXPECT_EQ(backend_.num_copies_pending(), 0u) << "the moves end with the swap space written";
+  Overwrite(2, 0xab);
+  const KvBlockMove back[] = {{KvBlockMove::Kind::kSwapIn, 3, 5},
+                              {KvBlockMove::Kind::kSwapIn, 0, 2}};
+  ApplyKvBlockMoves(back, *kv_);
+  for (int t = 0; t < 2 * config_.num_layers; ++t) {
+    EXPECT_EQ(DeviceBlock(t, 5), Initial(t, 1)) << "tensor " << t;
+    EXPECT_EQ(DeviceBlock(t, 2), Initial(t, 2)) << "tensor " << t;
+    EXPECT_EQ(DeviceBlock(t, 1), Initial(t, 4)) << "tensor " << t;
+  }
+}
+
+// A swap-in right after a swap-out of the same host block, no wait between: it must read what
+// the swap-out wrote, not the swap space's stale bytes.
+TEST_F(KvCacheStorageTest, ASwapInWaitsForTheSwapOutsBeforeIt) {
+  kv_->SetNumHostBlocks(2);
+  kv_->SwapOutBlock(3, 1);
+  Overwrite(3, 0x5a);
+  kv_->SwapInBlock(1, 0);
+  for (int t = 0; t < 2 * config_.num_layers; ++t) {
+    EXPECT_EQ(DeviceBlock(t, 0), Initial(t, 3)) << "tensor " << t;
+  }
+  EXPECT_EQ(backend_.num_allocations(), 1) << "the swap space is the backend's host memory";
+}
+
+}  // namespace
+}  // namespace glimpse::model
