@@ -308,7 +308,8 @@ absl::Status TensorParallelModel::Forward(const StepBatch& batch, float* logits)
   const size_t num_rows = batch.logits_rows.size();
   if (size() > 1) {
     for (Rank& rank : ranks_) {
-      rank.logits.resize(num_rows * static_cast<size_t>(rank.model->shard().vocab.size()));
+      rank.logits.SetBackend(rank.backend.get());  // a no-op after the first step
+      rank.logits.Resize(num_rows * static_cast<size_t>(rank.model->shard().vocab.size()));
     }
   }
   RETURN_IF_ERROR(OnEveryRank([&](Rank& rank) {

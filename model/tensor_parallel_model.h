@@ -24,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "kernels/host_buffer.h"
 #include "model/gguf.h"
 #include "model/kv_cache_storage.h"
 #include "model/llama_config.h"
@@ -92,6 +93,9 @@ class TensorParallelModel final : public StepRunner {
 
   // The moves on every rank's cache, the ranks concurrently (each on its own device).
   void MoveKvBlocks(std::span<const KvBlockMove> moves) override;
+  // Rank 0's: every rank's copies reach its memory (page-locked memory is the process's),
+  // CopyStepLogitsRow(s) fill it from each rank, and one rank's Forward too.
+  kernels::Backend* host_memory_backend() override { return ranks_[0].backend.get(); }
 
  private:
   class RankThreads;
@@ -99,7 +103,8 @@ class TensorParallelModel final : public StepRunner {
     std::unique_ptr<kernels::Backend> backend;
     std::unique_ptr<LlamaModel> model;
     std::unique_ptr<KvCacheStorage> kv;
-    std::vector<float> logits;  // host, [rows][vocab slice]: this rank's logits of a step
+    // Host, [rows][vocab slice]: this rank's logits of a step, in its backend's host memory.
+    kernels::HostBuffer<float> logits;
     std::vector<int32_t> argmax_index;  // host, [rows]: ForwardGreedy's, within the slice
     std::vector<float> argmax_value;    // host, [rows]
     TopTokens top;                      // ForwardTopK's, ids within the slice
