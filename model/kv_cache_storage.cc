@@ -71,13 +71,17 @@ void KvCacheStorage::CopyBlock(int32_t src, int32_t dst) {
   }
 }
 
+void KvCacheStorage::SetNumHostBlocks(int32_t num_host_blocks) {
+  CHECK(num_host_blocks >= 0);
+  WaitForSwapOuts();  // before the space may move
+  num_host_blocks_ = num_host_blocks;
+  host_.SetBackend(&backend_);
+  host_.Resize(static_cast<size_t>(num_host_blocks) * layers_.size() * 2 * block_bytes_);
+}
+
 void KvCacheStorage::SwapOutBlock(int32_t device_block, int32_t host_block) {
   CHECK(host_block >= 0 && host_block < num_host_blocks_);
   const size_t per_block = layers_.size() * 2 * block_bytes_;
-  if (host_.size() == 0) {
-    host_.SetBackend(&backend_);
-    host_.Resize(static_cast<size_t>(num_host_blocks_) * per_block);
-  }
   uint8_t* dst = host_.data() + host_block * per_block;
   for (const kernels::KvLayerView& view : layers_) {
     for (void* tensor : {view.k, view.v}) {
@@ -95,7 +99,7 @@ void KvCacheStorage::WaitForSwapOuts() {
 }
 
 void KvCacheStorage::SwapInBlock(int32_t host_block, int32_t device_block) {
-  CHECK(host_block >= 0 && host_block < num_host_blocks_ && host_.size() > 0);
+  CHECK(host_block >= 0 && host_block < num_host_blocks_);
   WaitForSwapOuts();  // the host reads what they write (staged copies memcpy it first)
   const size_t per_block = layers_.size() * 2 * block_bytes_;
   const uint8_t* src = host_.data() + host_block * per_block;

@@ -47,10 +47,11 @@ class KvCacheStorage {
   // backend memory.
   void CopyBlock(int32_t src, int32_t dst);
 
-  // Host swap space: `num_host_blocks` blocks in host memory (allocated on first use, from
-  // Backend::AllocateHost: page-locked on a GPU). Blocks move whole, every layer; ids index
+  // Host swap space: `num_host_blocks` blocks in host memory, allocated here (from
+  // Backend::AllocateHost: page-locked on a GPU, which takes the driver a while per GiB: at
+  // start-up rather than at the first preemption). Blocks move whole, every layer; ids index
   // the host space. Used for swap preemption.
-  void SetNumHostBlocks(int32_t num_host_blocks) { num_host_blocks_ = num_host_blocks; }
+  void SetNumHostBlocks(int32_t num_host_blocks);
   // Starts the block's copies to the host (Backend::CopyToHostAsync, a layer's k and v at a
   // time); they are complete after WaitForSwapOuts(), which SwapInBlock and the destructor
   // call first. Backend work enqueued after may overwrite the device block.

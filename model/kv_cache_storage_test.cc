@@ -68,6 +68,7 @@ class KvCacheStorageTest : public ::testing::Test {
 
 TEST_F(KvCacheStorageTest, AStepsSwapOutsAreWaitedForOnce) {
   kv_->SetNumHostBlocks(4);
+  EXPECT_EQ(backend_.num_allocations(), 1) << "the swap space is allocated up front";
   const KvBlockMove moves[] = {{KvBlockMove::Kind::kSwapOut, 1, 3},
                                {KvBlockMove::Kind::kSwapOut, 2, 0},
                                {KvBlockMove::Kind::kCopy, 4, 1}};  // reuses swapped-out block 1
