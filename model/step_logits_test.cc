@@ -139,6 +139,18 @@ class FixedRowsRunner final : public StepRunner {
   const float* last_rows_logits_ = nullptr;
 };
 
+// `num_rows` rows of `vocab` logits drawn from N(0, 3²) with `seed`: flat enough that top-p
+// nuclei are wider than the candidates a step brings back.
+std::vector<std::vector<float>> FlatRows(size_t num_rows, int32_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<std::vector<float>> rows(num_rows, std::vector<float>(vocab));
+  for (auto& row : rows) {
+    for (float& x : row) x = normal(rng);
+  }
+  return rows;
+}
+
 // Plans a step of rows sampled with `params` (no logprobs) at `vocab` and runs it on `runner`.
 void PlanAndForward(const std::vector<SamplingParams>& params, int32_t vocab,
                     const StepLogitsOptions& options, FixedRowsRunner& runner, StepLogits* step) {
@@ -264,12 +276,7 @@ TEST(StepLogitsTest, SampleGathersForItsRowAndFetchesWhatCannotBeDecided) {
 TEST(StepLogitsTest, RowsLeftOpenAreFetchedInOneCopy) {
   constexpr int32_t kVocab = 3000;
   constexpr size_t kRows = 4;
-  std::mt19937_64 rng(9);
-  std::normal_distribution<float> normal(0.0f, 3.0f);
-  std::vector<std::vector<float>> rows(kRows, std::vector<float>(kVocab));
-  for (auto& row : rows) {
-    for (float& x : row) x = normal(rng);  // flat: top-p nuclei wider than the candidates
-  }
+  const std::vector<std::vector<float>> rows = FlatRows(kRows, kVocab, 9);
   std::vector<SamplingParams> params(kRows);
   for (size_t r = 0; r < kRows; ++r) {
     params[r].temperature = 1.5f;
@@ -320,12 +327,7 @@ TEST(StepLogitsTest, RowsLeftOpenAreFetchedInOneCopy) {
 TEST(StepLogitsTest, WholeRowsLandInTheRunnersHostMemory) {
   constexpr int32_t kVocab = 2000;
   constexpr size_t kRows = 3;
-  std::mt19937_64 rng(5);
-  std::normal_distribution<float> normal(0.0f, 3.0f);
-  std::vector<std::vector<float>> rows(kRows, std::vector<float>(kVocab));
-  for (auto& row : rows) {
-    for (float& x : row) x = normal(rng);
-  }
+  const std::vector<std::vector<float>> rows = FlatRows(kRows, kVocab, 5);
   std::vector<SamplingParams> params(kRows);
   for (SamplingParams& p : params) {
     p.temperature = 1.5f;
