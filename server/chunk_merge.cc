@@ -24,14 +24,16 @@ int MergeQueuedChunks(v1::GenerateResponse& next, std::deque<v1::GenerateRespons
   if (!next.has_chunk() || queue.empty()) return 0;
   const uint32_t index = next.chunk().index();
   // An upper bound of the merged message's size: each merged message's request id and index
-  // are counted although they are not repeated.
-  size_t bytes = next.ByteSizeLong();
+  // are counted although they are not repeated. Computed at the first match only (Pump calls
+  // this whenever anything is queued, most often with nothing to merge).
+  size_t bytes = 0;
   int merged = 0;
   // Compacts the queue in place: messages kept move down over the merged ones.
   auto keep = queue.begin();
   auto it = queue.begin();
   for (; it != queue.end() && it->has_chunk(); ++it) {
     if (it->chunk().index() == index) {
+      if (bytes == 0) bytes = next.ByteSizeLong();
       const size_t add = it->ByteSizeLong();
       if (bytes + add > max_bytes) break;  // this one and what follows wait for the next write
       AppendChunk(*it->mutable_chunk(), *next.mutable_chunk());
