@@ -177,6 +177,18 @@ class Backend {
     CopyToHost(host_dst, src, num_bytes);
   }
   virtual void WaitForCopiesToHost() {}
+  // CopyToBackend from host memory this backend's AllocateHost gave, which may still be under
+  // way on return (on a GPU the copy engine reads the page-locked bytes when the stream gets
+  // there: no staging copy on the host, no wait). Ordered after the copies and work enqueued
+  // before it (host_src may be the destination of a CopyToHostAsync not yet waited for) and
+  // before the work enqueued after it (which sees dst written); host_src must stay allocated
+  // and unwritten by the host until the next WaitForCopiesToHost() or CopyToHost(). For
+  // plain host memory use CopyToBackend. This default waits for the copies to the host, then
+  // copies at once.
+  virtual void CopyToBackendAsync(void* dst, const void* host_src, size_t num_bytes) {
+    WaitForCopiesToHost();
+    CopyToBackend(dst, host_src, num_bytes);
+  }
   // Greedy decoding's reduction of a step's logits, by the host sampler's greedy rule: for
   // each of num_rows rows of x ([num_rows][cols] fp32, backend memory) the column of its
   // largest value into host_index[r] (NaN never chosen, ties to the lowest column, 0 when no

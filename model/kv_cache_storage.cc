@@ -46,7 +46,7 @@ KvCacheStorage::KvCacheStorage(kernels::Backend& backend, const LlamaConfig& con
 }
 
 KvCacheStorage::~KvCacheStorage() {
-  WaitForSwapOuts();  // before host_ goes
+  WaitForSwaps();  // before host_ goes
   for (const kernels::KvLayerView& view : layers_) {
     backend_.Free(view.k);
     backend_.Free(view.v);
@@ -73,7 +73,7 @@ void KvCacheStorage::CopyBlock(int32_t src, int32_t dst) {
 
 void KvCacheStorage::SetNumHostBlocks(int32_t num_host_blocks) {
   CHECK(num_host_blocks >= 0);
-  WaitForSwapOuts();  // before the space may move
+  WaitForSwaps();  // before the space may move
   num_host_blocks_ = num_host_blocks;
   host_.SetBackend(&backend_);
   host_.Resize(static_cast<size_t>(num_host_blocks) * layers_.size() * 2 * block_bytes_);
@@ -89,23 +89,36 @@ void KvCacheStorage::SwapOutBlock(int32_t device_block, int32_t host_block) {
       dst += block_bytes_;
     }
   }
-  swap_outs_pending_ = true;
+  swaps_pending_ = true;
 }
 
-void KvCacheStorage::WaitForSwapOuts() {
-  if (!swap_outs_pending_) return;
+void KvCacheStorage::WaitForSwaps() {
+  if (!swaps_pending_) return;
   backend_.WaitForCopiesToHost();
-  swap_outs_pending_ = false;
+  swaps_pending_ = false;
 }
 
 void KvCacheStorage::SwapInBlock(int32_t host_block, int32_t device_block) {
   CHECK(host_block >= 0 && host_block < num_host_blocks_);
-  WaitForSwapOuts();  // the host reads what they write (staged copies memcpy it first)
   const size_t per_block = layers_.size() * 2 * block_bytes_;
   const uint8_t* src = host_.data() + host_block * per_block;
+  // From the backend's (page-locked) memory the copies go straight from it, ordered after the
+  // swap-outs before them by the backend; from plain memory (the backend could not give it)
+  // CopyToBackend reads the host now, so the swap-outs must have landed first.
+  const bool async = host_.from_backend();
+  if (async) {
+    swaps_pending_ = true;  // host_ must outlive the copies
+  } else {
+    WaitForSwaps();
+  }
   for (const kernels::KvLayerView& view : layers_) {
     for (void* tensor : {view.k, view.v}) {
-      backend_.CopyToBackend(BlockAt(tensor, device_block, block_bytes_), src, block_bytes_);
+      void* dst = BlockAt(tensor, device_block, block_bytes_);
+      if (async) {
+        backend_.CopyToBackendAsync(dst, src, block_bytes_);
+      } else {
+        backend_.CopyToBackend(dst, src, block_bytes_);
+      }
       src += block_bytes_;
     }
   }

@@ -53,12 +53,17 @@ class KvCacheStorage {
   // the host space. Used for swap preemption.
   void SetNumHostBlocks(int32_t num_host_blocks);
   // Starts the block's copies to the host (Backend::CopyToHostAsync, a layer's k and v at a
-  // time); they are complete after WaitForSwapOuts(), which SwapInBlock and the destructor
-  // call first. Backend work enqueued after may overwrite the device block.
+  // time); they are complete after WaitForSwaps(). Backend work enqueued after may overwrite
+  // the device block.
   void SwapOutBlock(int32_t device_block, int32_t host_block);
+  // Starts the block's copies back (Backend::CopyToBackendAsync from the page-locked space:
+  // no staging, no wait; CopyToBackend after a wait when the space is plain memory). The
+  // host block may be one a swap-out not yet waited for writes: the copies read what it
+  // wrote. Backend work enqueued after sees the device block.
   void SwapInBlock(int32_t host_block, int32_t device_block);
-  // Waits for the swap-outs started so far (one wait for a whole step's).
-  void WaitForSwapOuts();
+  // Waits for the swaps started so far (one wait for a whole step's); the destructor and
+  // SetNumHostBlocks do so first.
+  void WaitForSwaps();
 
  private:
   kernels::Backend& backend_;
@@ -70,7 +75,7 @@ class KvCacheStorage {
   int32_t num_host_blocks_ = 0;
   // Host swap space: [num_host_blocks][num_layers][k then v][block_bytes].
   kernels::HostBuffer<uint8_t> host_;
-  bool swap_outs_pending_ = false;  // copies into host_ not yet waited for
+  bool swaps_pending_ = false;  // copies into or out of host_ not yet waited for
 };
 
 }  // namespace glimpse::model

@@ -1,6 +1,8 @@
 // KvCacheStorage's swap space over a backend whose copies to the host land late
-// (InstrumentedCpuBackend: read at the call, written at the wait), as a GPU's do: swap-outs
-// are waited for once per batch of moves, and never read before they have landed.
+// (InstrumentedCpuBackend: read at the call, written at the wait), as a GPU's do: swaps are
+// waited for once per batch of moves, swap-ins copy straight from the page-locked space
+// (ordered after the swap-outs by the backend), and a swap space in plain memory is never
+// read before the swap-outs into it have landed.
 #include "model/kv_cache_storage.h"
 
 #include <cstdint>
@@ -88,15 +90,43 @@ TEST_F(KvCacheStorageTest, AStepsSwapOutsAreWaitedForOnce) {
 
 // A swap-in right after a swap-out of the same host block, no wait between: it must read what
 // the swap-out wrote, not the swap space's stale bytes.
-TEST_F(KvCacheStorageTest, ASwapInWaitsForTheSwapOutsBeforeIt) {
+TEST_F(KvCacheStorageTest, ASwapInReadsWhatTheSwapOutsBeforeItWrote) {
   kv_->SetNumHostBlocks(2);
   kv_->SwapOutBlock(3, 1);
   Overwrite(3, 0x5a);
+  const int copies_before = backend_.num_copies_to_backend();
   kv_->SwapInBlock(1, 0);
+  EXPECT_EQ(backend_.num_async_copies_to_backend(), 2 * config_.num_layers)
+      << "straight from the page-locked space, a layer's k and v at a time";
+  EXPECT_EQ(backend_.num_copies_to_backend(), copies_before) << "no staged copies";
+  EXPECT_EQ(backend_.num_waits(), 0) << "the backend orders the swap-in after the swap-out";
   for (int t = 0; t < 2 * config_.num_layers; ++t) {
     EXPECT_EQ(DeviceBlock(t, 0), Initial(t, 3)) << "tensor " << t;
   }
   EXPECT_EQ(backend_.num_allocations(), 1) << "the swap space is the backend's host memory";
+  kv_->WaitForSwaps();
+  kv_->SwapInBlock(1, 4);  // nothing else under way
+  kv_.reset();
+  EXPECT_EQ(backend_.num_waits(), 2) << "the space outlives the last swap-in's copies";
+  EXPECT_EQ(backend_.num_live(), 0u);
+}
+
+// The backend cannot page-lock the swap space: it is plain memory, which swap-ins copy from
+// with CopyToBackend (reading the host at once), so the swap-outs into it must land first.
+TEST_F(KvCacheStorageTest, ASwapSpaceInPlainMemoryIsReadOnlyOnceWritten) {
+  backend_.set_refuse_host_allocations(true);
+  kv_->SetNumHostBlocks(2);
+  kv_->SwapOutBlock(3, 1);
+  kv_->SwapOutBlock(2, 0);
+  Overwrite(3, 0x5a);
+  Overwrite(2, 0xa5);
+  kv_->SwapInBlock(1, 2);
+  kv_->SwapInBlock(0, 3);
+  EXPECT_EQ(backend_.num_async_copies_to_backend(), 0);
+  for (int t = 0; t < 2 * config_.num_layers; ++t) {
+    EXPECT_EQ(DeviceBlock(t, 2), Initial(t, 3)) << "tensor " << t;
+    EXPECT_EQ(DeviceBlock(t, 3), Initial(t, 2)) << "tensor " << t;
+  }
 }
 
 }  // namespace

@@ -23,8 +23,8 @@ void ApplyKvBlockMoves(std::span<const KvBlockMove> moves, KvCacheStorage& kv) {
         break;
     }
   }
-  // The step's swap-outs, started one after another, waited for once.
-  kv.WaitForSwapOuts();
+  // The step's swaps, started one after another, waited for once.
+  kv.WaitForSwaps();
 }
 
 void LlamaStepRunner::AllocateKvCache(int32_t num_blocks, int32_t block_size,

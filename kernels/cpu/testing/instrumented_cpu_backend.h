@@ -5,6 +5,9 @@
 //   - CopyToHostAsync reads the source at the call (as a stream-ordered copy does, before
 //     later work) but writes the host only at the next WaitForCopiesToHost or CopyToHost (as
 //     a GPU's copy lands later): a caller that reads too early reads stale bytes.
+//   - CopyToBackendAsync lands those first (it is ordered after them) and refuses host
+//     memory it did not allocate, as the contract asks; copies each way are counted, so that
+//     a test can tell which way a caller went.
 //
 // Thread-safety: none (one test thread).
 #ifndef GLIMPSE_KERNELS_CPU_TESTING_INSTRUMENTED_CPU_BACKEND_H_
@@ -49,6 +52,20 @@ class InstrumentedCpuBackend final : public CpuBackend {
     ++waits_;
     Deliver();
   }
+  void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) override {
+    ++copies_to_backend_;
+    CpuBackend::CopyToBackend(dst, host_src, num_bytes);
+  }
+  void CopyToBackendAsync(void* dst, const void* host_src, size_t num_bytes) override {
+    if (!Holds(host_src, num_bytes)) {
+      std::fprintf(stderr,
+                   "InstrumentedCpuBackend: CopyToBackendAsync from memory it did not allocate\n");
+      std::abort();
+    }
+    ++async_copies_to_backend_;
+    Deliver();
+    CpuBackend::CopyToBackend(dst, host_src, num_bytes);
+  }
   void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override {
     Deliver();
     CpuBackend::CopyToHost(host_dst, src, num_bytes);
@@ -67,6 +84,8 @@ class InstrumentedCpuBackend final : public CpuBackend {
   size_t num_live() const { return live_.size(); }
   int num_allocations() const { return allocations_; }
   int num_waits() const { return waits_; }
+  int num_copies_to_backend() const { return copies_to_backend_; }
+  int num_async_copies_to_backend() const { return async_copies_to_backend_; }
   size_t num_copies_pending() const { return pending_.size(); }
 
  private:
@@ -82,6 +101,8 @@ class InstrumentedCpuBackend final : public CpuBackend {
   std::map<void*, size_t> live_;
   int allocations_ = 0;
   int waits_ = 0;
+  int copies_to_backend_ = 0;
+  int async_copies_to_backend_ = 0;
   bool refuse_host_allocations_ = false;
   std::vector<PendingCopy> pending_;
 };

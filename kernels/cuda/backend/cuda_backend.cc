@@ -261,6 +261,17 @@ void CudaBackend::CopyToBackend(void* dst, const void* host_src, size_t num_byte
   GLIMPSE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
+void CudaBackend::CopyToBackendAsync(void* dst, const void* host_src, size_t num_bytes) {
+  if (num_bytes == 0) return;
+  Bind();
+  // Ordered after the recorded launches, which therefore run now (the rest of the step too).
+  if (graphs_.recording() && !graphs_.empty()) FinishGraphStep(GraphEagerReason::kMidStepSync);
+  // Stream order puts it after the copies to the host before it and before the work after
+  // it. (Were host_src pageable after all, the driver would stage it before returning: still
+  // correct, only slower.)
+  GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, num_bytes, cudaMemcpyHostToDevice, stream_));
+}
+
 void CudaBackend::CopyWithinBackend(void* dst, const void* src, size_t num_bytes) {
   if (num_bytes == 0) return;
   Bind();

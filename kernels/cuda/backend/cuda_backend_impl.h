@@ -216,6 +216,10 @@ class CudaBackend final : public Backend {
   void CopyToHostAsync(void* host_dst, const void* src, size_t num_bytes) override;
   void WaitForCopiesToHost() override;
   void CopyToBackend(void* dst, const void* host_src, size_t num_bytes) override;
+  // cudaMemcpyAsync on the stream straight from host_src, whatever its size: no staging
+  // memcpy, no wait (staged copies of a few KiB each would also fill the staging buffer and
+  // synchronize the stream every time it wraps).
+  void CopyToBackendAsync(void* dst, const void* host_src, size_t num_bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t num_bytes) override;
   // LaunchArgMaxRows on the device, then 8 bytes a row to the host; like CopyToHost, the end of
   // a recorded step (EndStepForReduction: the reduction runs after its graph, not in it).

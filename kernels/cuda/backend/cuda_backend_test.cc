@@ -282,6 +282,20 @@ TEST_F(CudaBackendTest, HostMemoryIsPageLockedAndTakesCopies) {
     std::fill_n(host, n, uint8_t{0});
     cuda_->CopyToHost(host, dev, n);
     EXPECT_TRUE(std::equal(bytes.begin(), bytes.end(), host)) << n << " bytes";
+    // Back and forth without waits: into page-locked memory, then from it to another device
+    // buffer, ordered after the copy that writes it.
+    auto* other = static_cast<uint8_t*>(cuda_->AllocateHost(n));
+    ASSERT_NE(other, nullptr);
+    std::fill_n(other, n, uint8_t{0});
+    auto* dev2 = static_cast<uint8_t*>(cuda_->Allocate(n));
+    cuda_->CopyToHostAsync(other, dev, n);
+    cuda_->CopyToBackendAsync(dev2, other, n);
+    cuda_->WaitForCopiesToHost();
+    std::fill_n(host, n, uint8_t{0});
+    cuda_->CopyToHost(host, dev2, n);
+    EXPECT_TRUE(std::equal(bytes.begin(), bytes.end(), host)) << n << " bytes, async";
+    cuda_->Free(dev2);
+    cuda_->FreeHost(other);
     cuda_->Free(dev);
     cuda_->FreeHost(host);
   }
@@ -1261,7 +1275,7 @@ TEST_F(CudaBackendTest, KvCacheStorageCopiesAndSwapsBlocksOnTheDevice) {
     }
     kv.SwapInBlock(1, 6);  // to a different block
     kv.SwapInBlock(0, 4);
-    kv.WaitForSwapOuts();  // none pending: a no-op
+    kv.WaitForSwaps();  // the swap-ins' copies (from page-locked memory: asynchronous)
     for (int32_t l = 0; l < config.num_layers; ++l) {
       EXPECT_EQ(block(get(kv.layer(l).k), 6), block(host[l * 2], 1)) << what;
       EXPECT_EQ(block(get(kv.layer(l).v), 6), block(host[l * 2 + 1], 1)) << what;
