@@ -6,7 +6,7 @@
 //
 // The arguments are converted to the kernel's parameter types once (as the CUDA runtime copies
 // them), then every thread of every block calls the kernel with its own copy. The launch runs
-// to completion before Launcher returns, or is recorded when its stream is being captured.
+// in its stream's order (RunOnStream), or is recorded when its stream is being captured.
 #ifndef GLIMPSE_KERNELS_CUDA_EMULATION_LAUNCH_H_
 #define GLIMPSE_KERNELS_CUDA_EMULATION_LAUNCH_H_
 
@@ -36,10 +36,17 @@ void LaunchKernel(const char* name, const void* kernel, const LaunchShape& shape
                   cudaStream_t stream, std::shared_ptr<const std::function<void()>> thread_body,
                   const std::vector<const void*>& pointer_args);
 
-// Runs `work` now, or appends it to the graph being captured on `stream` (cuBLAS and NCCL
-// stand-ins use this too). Returns the error a capture rule violation gives (e.g. the legacy
-// stream while this thread captures).
+// Runs `work` in `stream`'s order: queued until the host synchronizes with a created stream
+// (runtime.cc's stream order), at once on the legacy stream or with
+// GLIMPSE_CUDA_EMULATION_STREAMS=eager, or appended to the graph being captured on `stream`
+// (cuBLAS and NCCL stand-ins use this too). Returns the error a capture rule violation gives
+// (e.g. the legacy stream while this thread captures).
 cudaError_t RunOnStream(cudaStream_t stream, std::function<void()> work, const char* what);
+
+// As RunOnStream, but outside a capture the stream's queued work and then `work` run before
+// this returns: for NCCL collectives, whose ranks must meet (one rank's stream cannot wait in
+// a queue that only its own host thread will run while the others wait for it).
+cudaError_t RunOnStreamNow(cudaStream_t stream, std::function<void()> work, const char* what);
 
 // Whether [ptr, ptr + bytes) lies in one device allocation (for emulated instructions that
 // read device memory themselves, such as the bulk tensor copies of bulk_copy.cc).

@@ -126,14 +126,12 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count,
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   cudaStreamIsCapturing(stream, &capture);
   if (t_group_depth > 0 && capture == cudaStreamCaptureStatusNone) {
-    t_group_calls.push_back([call, stream] {
-      cuda_emu::RunOnStream(stream, call, "ncclAllReduce");
-    });
+    t_group_calls.push_back(
+        [call, stream] { cuda_emu::RunOnStreamNow(stream, call, "ncclAllReduce"); });
     return ncclSuccess;
   }
-  return cuda_emu::RunOnStream(stream, call, "ncclAllReduce") == cudaSuccess
-             ? ncclSuccess
-             : ncclInvalidUsage;
+  return cuda_emu::RunOnStreamNow(stream, call, "ncclAllReduce") == cudaSuccess ? ncclSuccess
+                                                                                : ncclInvalidUsage;
 }
 
 ncclResult_t ncclGroupStart() {

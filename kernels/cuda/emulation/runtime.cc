@@ -1,8 +1,24 @@
 // The CUDA runtime API of include/cuda_runtime_api.h, on the CPU (see README.md).
 //
-// Thread-safety: the device-memory table, graphs and streams are guarded by one mutex; the
-// last error is per host thread, as in CUDA; launches run their blocks on a small pool of OS
-// threads and return when every block has finished.
+// Thread-safety: the device-memory table, graphs and the set of live streams are guarded by
+// one mutex; each stream's queue of deferred work by its own (a stream is driven by one host
+// thread at a time, as glimpse's are); the last error is per host thread, as in CUDA; a grid
+// runs its blocks on a small pool of OS threads, and returns when every block has finished.
+//
+// Stream order. A GPU runs a stream's work some time after the host enqueued it, in order;
+// the host sees results only after a synchronization. By default
+// (GLIMPSE_CUDA_EMULATION_STREAMS=deferred) work on a created stream is queued and runs at the
+// last moment the host could still be owed it: when the host synchronizes with that stream
+// (cudaStreamSynchronize, cudaEventSynchronize of an event recorded on it, cudaDeviceSynchronize,
+// and the calls that synchronize implicitly: cudaFree, cudaFreeHost, cudaStreamDestroy, and
+// legacy-stream work for streams not created cudaStreamNonBlocking). So a host that reads a
+// copy's page-locked destination before synchronizing reads what was there before, and one
+// that rewrites a page-locked source before the copy has run changes what is copied — on a GPU
+// both are races that usually go unnoticed. Copies between the device and pageable memory
+// behave as CUDA documents: from pageable memory the bytes are taken at the call, into
+// pageable memory the call waits for the stream. Legacy-stream work (the kernel tests') and
+// NCCL collectives (their ranks meet at once; see RunOnStreamNow) still run at the call.
+// GLIMPSE_CUDA_EMULATION_STREAMS=eager runs everything at the call, as before.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -10,8 +26,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,17 +43,32 @@ struct CUgraph_st {
   std::vector<std::function<void()>> nodes;
 };
 struct CUgraphExec_st {
-  std::vector<std::function<void()>> nodes;
+  // Shared with launches still queued, so that destroying the exec cannot pull them away.
+  std::shared_ptr<const std::vector<std::function<void()>>> nodes;
 };
 struct CUstream_st {
   bool capturing = false;
   bool invalidated = false;
   std::thread::id capture_thread;
   CUgraph_st* graph = nullptr;
+  bool blocking = true;  // not cudaStreamNonBlocking: legacy-stream work waits for it
+
+  // Deferred work (see the top of the file): queued in order; `enqueued` counts every item
+  // ever queued, `ran` those run. queue_mu guards the three; run_mu is held by the thread
+  // running the queue, so that two synchronizing threads cannot run items out of order.
+  std::mutex queue_mu;
+  std::deque<std::function<void()>> pending;
+  uint64_t enqueued = 0;
+  uint64_t ran = 0;
+  std::mutex run_mu;
 };
 struct CUevent_st {
   std::chrono::steady_clock::time_point time;
   bool recorded = false;
+  // Deferred streams: the stream of the last record and its place in that stream's queue
+  // (cudaEventSynchronize runs the stream up to it).
+  CUstream_st* stream = nullptr;
+  uint64_t position = 0;
 };
 
 namespace cuda_emu {
@@ -57,6 +91,7 @@ struct RuntimeState {
   std::map<const void*, size_t> dynamic_smem_limits;  // cudaFuncSetAttribute
   int captures_in_progress = 0;
   cudaError_t sticky = cudaSuccess;
+  std::set<CUstream_st*> streams;  // live created streams
 };
 
 RuntimeState& State() {
@@ -87,6 +122,21 @@ size_t DeviceMemoryBytes() {
 int NumDevices() {
   static const int n = static_cast<int>(EnvSize("GLIMPSE_CUDA_EMULATION_DEVICES", 2));
   return n;
+}
+
+// Whether created streams defer their work (the default) or run it at the call.
+bool DeferredStreams() {
+  static const bool deferred = [] {
+    const char* v = std::getenv("GLIMPSE_CUDA_EMULATION_STREAMS");
+    if (v == nullptr || *v == '\0' || std::strcmp(v, "deferred") == 0) return true;
+    if (std::strcmp(v, "eager") == 0) return false;
+    std::fprintf(stderr,
+                 "CUDA emulation: GLIMPSE_CUDA_EMULATION_STREAMS=%s is not one of deferred, "
+                 "eager\n",
+                 v);
+    std::exit(2);
+  }();
+  return deferred;
 }
 
 cudaError_t SetError(cudaError_t err) {
@@ -133,6 +183,51 @@ bool IsDeviceMemory(const void* ptr, size_t bytes) {
   std::lock_guard<std::mutex> lock(State().mu);
   const Allocation* a = FindAllocation(ptr, bytes, nullptr);
   return a != nullptr && a->kind == MemoryKind::kDevice;
+}
+
+// Host memory CUDA did not allocate (neither device memory nor cudaHostAlloc's).
+bool IsPageableHostMemory(const void* ptr) {
+  std::lock_guard<std::mutex> lock(State().mu);
+  return FindAllocation(ptr, 0, nullptr) == nullptr;
+}
+
+// ---- Deferred stream work ----
+// Appends work to s's queue (its position: s->enqueued after the call).
+void Enqueue(CUstream_st* s, std::function<void()> work) {
+  std::lock_guard<std::mutex> lock(s->queue_mu);
+  s->pending.push_back(std::move(work));
+  ++s->enqueued;
+}
+
+// Runs s's queued work in order until `position` items have run (all of it by default). The
+// work runs outside queue_mu: a collective inside it may wait for another thread.
+void RunQueued(CUstream_st* s, uint64_t position = UINT64_MAX) {
+  std::lock_guard<std::mutex> running(s->run_mu);
+  for (;;) {
+    std::function<void()> work;
+    {
+      std::lock_guard<std::mutex> lock(s->queue_mu);
+      if (s->pending.empty() || s->ran >= position) return;
+      work = std::move(s->pending.front());
+      s->pending.pop_front();
+    }
+    work();
+    std::lock_guard<std::mutex> lock(s->queue_mu);
+    ++s->ran;
+  }
+}
+
+// Runs the queued work of every live stream (only of the blocking ones: what legacy-stream
+// work waits for).
+void RunAllQueued(bool blocking_only) {
+  std::vector<CUstream_st*> streams;
+  {
+    std::lock_guard<std::mutex> lock(State().mu);
+    for (CUstream_st* s : State().streams) {
+      if (!blocking_only || s->blocking) streams.push_back(s);
+    }
+  }
+  for (CUstream_st* s : streams) RunQueued(s);
 }
 
 // ---- Block execution on a pool of OS threads ----
@@ -249,6 +344,23 @@ cudaError_t RunOnStream(cudaStream_t stream, std::function<void()> work, const c
                   std::string(what) +
                       " on the legacy default stream while this thread captures a stream");
   }
+  if (DeferredStreams()) {
+    if (s != nullptr) {
+      Enqueue(s, std::move(work));
+      return cudaSuccess;
+    }
+    if (IsLegacyStream(stream)) RunAllQueued(/*blocking_only=*/true);
+  }
+  work();
+  return cudaSuccess;
+}
+
+cudaError_t RunOnStreamNow(cudaStream_t stream, std::function<void()> work, const char* what) {
+  CUstream_st* s = RealStream(stream);
+  if (s == nullptr || s->capturing || !DeferredStreams()) {
+    return RunOnStream(stream, std::move(work), what);
+  }
+  RunQueued(s);  // what the stream owes first
   work();
   return cudaSuccess;
 }
@@ -394,6 +506,7 @@ cudaError_t cudaDeviceSynchronize() {
   if (cuda_emu::ProhibitedDuringCapture("cudaDeviceSynchronize")) {
     return cudaErrorStreamCaptureUnsupported;
   }
+  cuda_emu::RunAllQueued(/*blocking_only=*/false);
   return State().sticky;
 }
 cudaError_t cudaRuntimeGetVersion(int* version) {
@@ -491,12 +604,14 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
 }
 cudaError_t cudaFree(void* ptr) {
   if (cuda_emu::ProhibitedDuringCapture("cudaFree")) return cudaErrorStreamCaptureUnsupported;
+  cuda_emu::RunAllQueued(/*blocking_only=*/false);  // cudaFree synchronizes the device
   return Release(ptr, cuda_emu::MemoryKind::kDevice, "cudaFree");
 }
 cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned /*flags*/) {
   return Allocate(ptr, bytes, cuda_emu::MemoryKind::kPinnedHost);
 }
 cudaError_t cudaFreeHost(void* ptr) {
+  cuda_emu::RunAllQueued(/*blocking_only=*/false);  // as cudaFree
   return Release(ptr, cuda_emu::MemoryKind::kPinnedHost, "cudaFreeHost");
 }
 
@@ -524,6 +639,8 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
   if (cuda_emu::ProhibitedDuringCapture("cudaMemcpy")) return cudaErrorStreamCaptureUnsupported;
   const cudaError_t err = CheckCopy(dst, src, bytes, kind, "cudaMemcpy");
   if (err != cudaSuccess) return err;
+  // The legacy stream: after the work of blocking streams, not of cudaStreamNonBlocking ones.
+  if (cuda_emu::DeferredStreams()) cuda_emu::RunAllQueued(/*blocking_only=*/true);
   if (bytes > 0) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
@@ -531,6 +648,23 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
                             cudaStream_t stream) {
   const cudaError_t err = CheckCopy(dst, src, bytes, kind, "cudaMemcpyAsync");
   if (err != cudaSuccess) return err;
+  CUstream_st* s = cuda_emu::RealStream(stream);
+  if (bytes > 0 && s != nullptr && !s->capturing && cuda_emu::DeferredStreams()) {
+    // Pageable host memory, as CUDA documents it: a destination is written before the call
+    // returns (it waits for the stream); a source is read at the call (staged by the driver).
+    if (cuda_emu::IsPageableHostMemory(dst)) {
+      cuda_emu::RunQueued(s);
+      std::memmove(dst, src, bytes);
+      return cudaSuccess;
+    }
+    if (cuda_emu::IsPageableHostMemory(src)) {
+      const auto* from = static_cast<const unsigned char*>(src);
+      auto staged = std::make_shared<const std::vector<unsigned char>>(from, from + bytes);
+      return SetError(cuda_emu::RunOnStream(
+          stream, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); },
+          "cudaMemcpyAsync"));
+    }
+  }
   return SetError(cuda_emu::RunOnStream(
       stream, [dst, src, bytes] { if (bytes > 0) std::memmove(dst, src, bytes); },
       "cudaMemcpyAsync"));
@@ -541,6 +675,7 @@ cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
     return Misuse(cudaErrorInvalidValue, "cudaMemset of " + std::to_string(bytes) +
                                              " bytes outside one device allocation");
   }
+  if (cuda_emu::DeferredStreams()) cuda_emu::RunAllQueued(/*blocking_only=*/true);
   std::memset(dst, value, bytes);
   return cudaSuccess;
 }
@@ -554,19 +689,26 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t str
 }
 
 // ---- Streams, graphs, events ------------------------------------------------------------------
-cudaError_t cudaStreamCreate(cudaStream_t* stream) {
-  *stream = new CUstream_st();
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
+  auto* s = new CUstream_st();
+  s->blocking = (flags & cudaStreamNonBlocking) == 0;
+  std::lock_guard<std::mutex> lock(State().mu);
+  State().streams.insert(s);
+  *stream = s;
   return cudaSuccess;
 }
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned /*flags*/) {
-  return cudaStreamCreate(stream);
-}
+cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, 0); }
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   CUstream_st* s = cuda_emu::RealStream(stream);
   if (s == nullptr) return SetError(cudaErrorInvalidResourceHandle);
   if (s->capturing) {
     delete s->graph;
     if (cuda_emu::t_capturing_stream == s) cuda_emu::t_capturing_stream = nullptr;
+  }
+  cuda_emu::RunQueued(s);  // a GPU finishes a destroyed stream's work
+  {
+    std::lock_guard<std::mutex> lock(State().mu);
+    State().streams.erase(s);
   }
   delete s;
   return cudaSuccess;
@@ -577,6 +719,11 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
       (cuda_emu::IsLegacyStream(stream) && cuda_emu::t_capturing_stream != nullptr)) {
     cuda_emu::ProhibitedDuringCapture("cudaStreamSynchronize");
     return cudaErrorStreamCaptureUnsupported;
+  }
+  if (s != nullptr) {
+    cuda_emu::RunQueued(s);
+  } else if (cuda_emu::IsLegacyStream(stream) && cuda_emu::DeferredStreams()) {
+    cuda_emu::RunAllQueued(/*blocking_only=*/true);
   }
   return State().sticky;
 }
@@ -622,14 +769,19 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* 
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
                                  unsigned long long /*flags*/) {
   if (graph == nullptr) return SetError(cudaErrorInvalidValue);
-  *exec = new CUgraphExec_st{graph->nodes};
+  *exec =
+      new CUgraphExec_st{std::make_shared<const std::vector<std::function<void()>>>(graph->nodes)};
   return cudaSuccess;
 }
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   if (exec == nullptr) return SetError(cudaErrorInvalidValue);
-  CUgraphExec_st* e = exec;
+  std::shared_ptr<const std::vector<std::function<void()>>> nodes = exec->nodes;
   return SetError(cuda_emu::RunOnStream(
-      stream, [e] { for (const auto& node : e->nodes) node(); }, "cudaGraphLaunch"));
+      stream,
+      [nodes] {
+        for (const auto& node : *nodes) node();
+      },
+      "cudaGraphLaunch"));
 }
 cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
   delete graph;
@@ -647,25 +799,49 @@ cudaError_t cudaEventCreate(cudaEvent_t* event) {
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned /*flags*/) {
   return cudaEventCreate(event);
 }
+namespace {
+// Deferred streams: runs the stream an event was last recorded on up to that record.
+void RunUpToEvent(cudaEvent_t event) {
+  CUstream_st* s = event->stream;
+  if (s == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(State().mu);
+    if (State().streams.count(s) == 0) return;  // destroyed: its work has run
+  }
+  cuda_emu::RunQueued(s, event->position);
+}
+}  // namespace
+
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  if (event != nullptr) RunUpToEvent(event);  // its queued record refers to it
   delete event;
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (event == nullptr) return SetError(cudaErrorInvalidResourceHandle);
-  return SetError(cuda_emu::RunOnStream(
+  const cudaError_t err = SetError(cuda_emu::RunOnStream(
       stream,
       [event] {
         event->time = std::chrono::steady_clock::now();
         event->recorded = true;
       },
       "cudaEventRecord"));
+  CUstream_st* s = cuda_emu::RealStream(stream);
+  event->stream = nullptr;
+  if (err == cudaSuccess && s != nullptr && !s->capturing && cuda_emu::DeferredStreams()) {
+    std::lock_guard<std::mutex> lock(s->queue_mu);
+    event->stream = s;
+    event->position = s->enqueued;  // the record just queued
+  }
+  return err;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   if (cuda_emu::ProhibitedDuringCapture("cudaEventSynchronize")) {
     return cudaErrorStreamCaptureUnsupported;
   }
-  return event == nullptr ? SetError(cudaErrorInvalidResourceHandle) : cudaSuccess;
+  if (event == nullptr) return SetError(cudaErrorInvalidResourceHandle);
+  RunUpToEvent(event);
+  return cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   if (start == nullptr || end == nullptr || !start->recorded || !end->recorded) {
