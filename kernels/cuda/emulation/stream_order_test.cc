@@ -57,6 +57,14 @@ struct Fixture {
     cudaFree(device);
     cudaFree(device2);
   }
+  // Puts `bytes` on the device, then queues their copy back into `pinned`.
+  cudaError_t QueueCopyToPinned(const std::vector<uint8_t>& bytes) {
+    if (cudaError_t e = cudaMemcpy(device, bytes.data(), kBytes, cudaMemcpyHostToDevice);
+        e != cudaSuccess) {
+      return e;
+    }
+    return cudaMemcpyAsync(pinned, device, kBytes, cudaMemcpyDeviceToHost, stream);
+  }
   // Device bytes, read by a synchronous copy after the stream has run.
   std::vector<uint8_t> ReadDevice(const void* from) {
     std::vector<uint8_t> out(kBytes);
@@ -72,9 +80,7 @@ GLIMPSE_CUDA_TEST(APageLockedDestinationIsWrittenWhenTheHostSynchronizes) {
   Fixture f;
   GLIMPSE_ASSERT_CUDA(f.Init());
   const std::vector<uint8_t> a = Pattern(1);
-  GLIMPSE_ASSERT_CUDA(cudaMemcpy(f.device, a.data(), kBytes, cudaMemcpyHostToDevice));
-  GLIMPSE_ASSERT_CUDA(
-      cudaMemcpyAsync(f.pinned, f.device, kBytes, cudaMemcpyDeviceToHost, f.stream));
+  GLIMPSE_ASSERT_CUDA(f.QueueCopyToPinned(a));
   GLIMPSE_EXPECT(!Holds(f.pinned, a), "the copy landed before any synchronization");
   GLIMPSE_ASSERT_CUDA(cudaStreamSynchronize(f.stream));
   GLIMPSE_EXPECT(Holds(f.pinned, a), "cudaStreamSynchronize did not run the copy");
@@ -156,9 +162,7 @@ GLIMPSE_CUDA_TEST(FreeDeviceSynchronizeAndStreamDestroyRunQueuedWork) {
   {
     Fixture f;
     GLIMPSE_ASSERT_CUDA(f.Init());
-    GLIMPSE_ASSERT_CUDA(cudaMemcpy(f.device, a.data(), kBytes, cudaMemcpyHostToDevice));
-    GLIMPSE_ASSERT_CUDA(
-        cudaMemcpyAsync(f.pinned, f.device, kBytes, cudaMemcpyDeviceToHost, f.stream));
+    GLIMPSE_ASSERT_CUDA(f.QueueCopyToPinned(a));
     GLIMPSE_ASSERT_CUDA(cudaFree(f.device2));  // synchronizes the device
     f.device2 = nullptr;
     GLIMPSE_EXPECT(Holds(f.pinned, a), "cudaFree did not run the queued copy");
@@ -166,18 +170,14 @@ GLIMPSE_CUDA_TEST(FreeDeviceSynchronizeAndStreamDestroyRunQueuedWork) {
   {
     Fixture f;
     GLIMPSE_ASSERT_CUDA(f.Init());
-    GLIMPSE_ASSERT_CUDA(cudaMemcpy(f.device, a.data(), kBytes, cudaMemcpyHostToDevice));
-    GLIMPSE_ASSERT_CUDA(
-        cudaMemcpyAsync(f.pinned, f.device, kBytes, cudaMemcpyDeviceToHost, f.stream));
+    GLIMPSE_ASSERT_CUDA(f.QueueCopyToPinned(a));
     GLIMPSE_ASSERT_CUDA(cudaDeviceSynchronize());
     GLIMPSE_EXPECT(Holds(f.pinned, a), "cudaDeviceSynchronize did not run the queued copy");
   }
   {
     Fixture f;
     GLIMPSE_ASSERT_CUDA(f.Init());
-    GLIMPSE_ASSERT_CUDA(cudaMemcpy(f.device, a.data(), kBytes, cudaMemcpyHostToDevice));
-    GLIMPSE_ASSERT_CUDA(
-        cudaMemcpyAsync(f.pinned, f.device, kBytes, cudaMemcpyDeviceToHost, f.stream));
+    GLIMPSE_ASSERT_CUDA(f.QueueCopyToPinned(a));
     GLIMPSE_ASSERT_CUDA(cudaStreamDestroy(f.stream));
     f.stream = nullptr;
     GLIMPSE_EXPECT(Holds(f.pinned, a), "the destroyed stream's copy never ran");
