@@ -1,9 +1,10 @@
 // The CUDA runtime API of include/cuda_runtime_api.h, on the CPU (see README.md).
 //
-// Thread-safety: the device-memory table, graphs and the set of live streams are guarded by
-// one mutex; each stream's queue of deferred work by its own (a stream is driven by one host
-// thread at a time, as glimpse's are); the last error is per host thread, as in CUDA; a grid
-// runs its blocks on a small pool of OS threads, and returns when every block has finished.
+// Thread-safety: the device-memory table and graphs are guarded by one mutex, the set of live
+// streams by another (RuntimeState::streams_mu), each stream's queue of deferred work by its
+// own (a stream is driven by one host thread at a time, as glimpse's are); the last error is
+// per host thread, as in CUDA; a grid runs its blocks on a small pool of OS threads, and
+// returns when every block has finished.
 //
 // Stream order. A GPU runs a stream's work some time after the host enqueued it, in order;
 // the host sees results only after a synchronization. By default
@@ -91,7 +92,12 @@ struct RuntimeState {
   std::map<const void*, size_t> dynamic_smem_limits;  // cudaFuncSetAttribute
   int captures_in_progress = 0;
   cudaError_t sticky = cudaSuccess;
-  std::set<CUstream_st*> streams;  // live created streams
+  // Live created streams. streams_mu guards the set and is held while RunAllQueued or
+  // RunUpToEvent runs a stream's queue, so that no thread destroys the stream meanwhile (a
+  // tensor-parallel rank may free memory while another destroys its stream). Queued work
+  // never waits for another thread, so holding it while the work runs cannot deadlock.
+  std::mutex streams_mu;
+  std::set<CUstream_st*> streams;
 };
 
 RuntimeState& State() {
@@ -220,14 +226,10 @@ void RunQueued(CUstream_st* s, uint64_t position = UINT64_MAX) {
 // Runs the queued work of every live stream (only of the blocking ones: what legacy-stream
 // work waits for).
 void RunAllQueued(bool blocking_only) {
-  std::vector<CUstream_st*> streams;
-  {
-    std::lock_guard<std::mutex> lock(State().mu);
-    for (CUstream_st* s : State().streams) {
-      if (!blocking_only || s->blocking) streams.push_back(s);
-    }
+  std::lock_guard<std::mutex> lock(State().streams_mu);
+  for (CUstream_st* s : State().streams) {
+    if (!blocking_only || s->blocking) RunQueued(s);
   }
-  for (CUstream_st* s : streams) RunQueued(s);
 }
 
 // ---- Block execution on a pool of OS threads ----
@@ -692,7 +694,7 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t str
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
   auto* s = new CUstream_st();
   s->blocking = (flags & cudaStreamNonBlocking) == 0;
-  std::lock_guard<std::mutex> lock(State().mu);
+  std::lock_guard<std::mutex> lock(State().streams_mu);
   State().streams.insert(s);
   *stream = s;
   return cudaSuccess;
@@ -705,9 +707,9 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     delete s->graph;
     if (cuda_emu::t_capturing_stream == s) cuda_emu::t_capturing_stream = nullptr;
   }
-  cuda_emu::RunQueued(s);  // a GPU finishes a destroyed stream's work
   {
-    std::lock_guard<std::mutex> lock(State().mu);
+    std::lock_guard<std::mutex> lock(State().streams_mu);
+    cuda_emu::RunQueued(s);  // a GPU finishes a destroyed stream's work
     State().streams.erase(s);
   }
   delete s;
@@ -804,10 +806,8 @@ namespace {
 void RunUpToEvent(cudaEvent_t event) {
   CUstream_st* s = event->stream;
   if (s == nullptr) return;
-  {
-    std::lock_guard<std::mutex> lock(State().mu);
-    if (State().streams.count(s) == 0) return;  // destroyed: its work has run
-  }
+  std::lock_guard<std::mutex> lock(State().streams_mu);
+  if (State().streams.count(s) == 0) return;  // destroyed: its work has run
   cuda_emu::RunQueued(s, event->position);
 }
 }  // namespace
