@@ -55,12 +55,12 @@ struct CUstream_st {
   bool blocking = true;  // not cudaStreamNonBlocking: legacy-stream work waits for it
 
   // Deferred work (see the top of the file): queued in order; `enqueued` counts every item
-  // ever queued, `ran` those run. queue_mu guards the three; run_mu is held by the thread
-  // running the queue, so that two synchronizing threads cannot run items out of order.
+  // ever queued (those no longer pending have run). queue_mu guards both; run_mu is held by
+  // the thread running the queue, so that two synchronizing threads cannot run items out of
+  // order.
   std::mutex queue_mu;
   std::deque<std::function<void()>> pending;
   uint64_t enqueued = 0;
-  uint64_t ran = 0;
   std::mutex run_mu;
 };
 struct CUevent_st {
@@ -213,18 +213,18 @@ void RunQueued(CUstream_st* s, uint64_t position = UINT64_MAX) {
     std::function<void()> work;
     {
       std::lock_guard<std::mutex> lock(s->queue_mu);
-      if (s->pending.empty() || s->ran >= position) return;
+      const uint64_t ran = s->enqueued - s->pending.size();
+      if (s->pending.empty() || ran >= position) return;
       work = std::move(s->pending.front());
-      s->pending.pop_front();
     }
-    work();
+    work();  // still in `pending` while it runs: counted as run only once it has
     std::lock_guard<std::mutex> lock(s->queue_mu);
-    ++s->ran;
+    s->pending.pop_front();
   }
 }
 
 // Runs the queued work of every live stream (only of the blocking ones: what legacy-stream
-// work waits for).
+// work waits for). Nothing to run with GLIMPSE_CUDA_EMULATION_STREAMS=eager.
 void RunAllQueued(bool blocking_only) {
   std::lock_guard<std::mutex> lock(State().streams_mu);
   for (CUstream_st* s : State().streams) {
@@ -346,13 +346,11 @@ cudaError_t RunOnStream(cudaStream_t stream, std::function<void()> work, const c
                   std::string(what) +
                       " on the legacy default stream while this thread captures a stream");
   }
-  if (DeferredStreams()) {
-    if (s != nullptr) {
-      Enqueue(s, std::move(work));
-      return cudaSuccess;
-    }
-    if (IsLegacyStream(stream)) RunAllQueued(/*blocking_only=*/true);
+  if (s != nullptr && DeferredStreams()) {
+    Enqueue(s, std::move(work));
+    return cudaSuccess;
   }
+  if (IsLegacyStream(stream)) RunAllQueued(/*blocking_only=*/true);
   work();
   return cudaSuccess;
 }
@@ -642,7 +640,7 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
   const cudaError_t err = CheckCopy(dst, src, bytes, kind, "cudaMemcpy");
   if (err != cudaSuccess) return err;
   // The legacy stream: after the work of blocking streams, not of cudaStreamNonBlocking ones.
-  if (cuda_emu::DeferredStreams()) cuda_emu::RunAllQueued(/*blocking_only=*/true);
+  cuda_emu::RunAllQueued(/*blocking_only=*/true);
   if (bytes > 0) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
@@ -677,7 +675,7 @@ cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
     return Misuse(cudaErrorInvalidValue, "cudaMemset of " + std::to_string(bytes) +
                                              " bytes outside one device allocation");
   }
-  if (cuda_emu::DeferredStreams()) cuda_emu::RunAllQueued(/*blocking_only=*/true);
+  cuda_emu::RunAllQueued(/*blocking_only=*/true);  // the legacy stream, as cudaMemcpy
   std::memset(dst, value, bytes);
   return cudaSuccess;
 }
@@ -724,7 +722,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   }
   if (s != nullptr) {
     cuda_emu::RunQueued(s);
-  } else if (cuda_emu::IsLegacyStream(stream) && cuda_emu::DeferredStreams()) {
+  } else if (cuda_emu::IsLegacyStream(stream)) {
     cuda_emu::RunAllQueued(/*blocking_only=*/true);
   }
   return State().sticky;

@@ -122,11 +122,9 @@ GLIMPSE_CUDA_TEST(AnEventSynchronizationRunsTheStreamUpToTheRecordOnly) {
   Fixture f;
   GLIMPSE_ASSERT_CUDA(f.Init());
   const std::vector<uint8_t> a = Pattern(4);
-  GLIMPSE_ASSERT_CUDA(cudaMemcpy(f.device, a.data(), kBytes, cudaMemcpyHostToDevice));
   cudaEvent_t event = nullptr;
   GLIMPSE_ASSERT_CUDA(cudaEventCreate(&event));
-  GLIMPSE_ASSERT_CUDA(
-      cudaMemcpyAsync(f.pinned, f.device, kBytes, cudaMemcpyDeviceToHost, f.stream));
+  GLIMPSE_ASSERT_CUDA(f.QueueCopyToPinned(a));
   GLIMPSE_ASSERT_CUDA(cudaEventRecord(event, f.stream));
   GLIMPSE_ASSERT_CUDA(
       cudaMemcpyAsync(f.pinned2, f.device, kBytes, cudaMemcpyDeviceToHost, f.stream));
