@@ -11,6 +11,12 @@ out=$1
 src=$2
 shift 2
 NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
-exec "$NVCC" -O3 -std=c++20 -I. \
+# nvcc names its intermediate files in $TMPDIR (default /tmp) after its process id. Bazel's
+# sandboxes share /tmp but give each action its own PID namespace, so two nvcc running at once
+# both get the same small PID and overwrite each other's files ("cannot open module id file
+# .../tmpxft_00000002_..." failed a CI run). Each compile gets a private directory instead.
+nvcc_tmp=$(mktemp -d "${TMPDIR:-/tmp}/glimpse_nvcc.XXXXXX")
+trap 'rm -rf "$nvcc_tmp"' EXIT
+TMPDIR=$nvcc_tmp "$NVCC" -O3 -std=c++20 -I. \
   -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 \
   -Xcompiler=-fPIC,-Wall,-Wextra,-Werror --Werror all-warnings "$@" -c "$src" -o "$out"
