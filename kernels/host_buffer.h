@@ -57,17 +57,13 @@ class HostBuffer {
 
   // n elements: the first min(n, size()) kept, the rest uninitialized.
   void Resize(size_t n) {
-    if (n > capacity_) {
-      const size_t capacity = std::max(n, capacity_ + capacity_ / 2);
-      bool plain = true;
-      T* grown = static_cast<T*>(Allocate(capacity * sizeof(T), plain));
-      if (size_ > 0) std::memcpy(grown, data_, size_ * sizeof(T));
-      Free(data_, plain_);
-      data_ = grown;
-      plain_ = plain;
-      capacity_ = capacity;
-    }
+    if (n > capacity_) Grow(std::max(n, capacity_ + capacity_ / 2));
     size_ = n;
+  }
+  // Room for n elements without allocating again (contents and size kept): what a buffer
+  // needs at most, allocated at start-up rather than by the first step that needs it.
+  void Reserve(size_t n) {
+    if (n > capacity_) Grow(n);
   }
   void Clear() { size_ = 0; }
 
@@ -79,6 +75,15 @@ class HostBuffer {
   std::span<const T> span() const { return {data_, size_}; }
 
  private:
+  void Grow(size_t capacity) {
+    bool plain = true;
+    T* grown = static_cast<T*>(Allocate(capacity * sizeof(T), plain));
+    if (size_ > 0) std::memcpy(grown, data_, size_ * sizeof(T));
+    Free(data_, plain_);
+    data_ = grown;
+    plain_ = plain;
+    capacity_ = capacity;
+  }
   // The new memory's kind goes to `plain` (the buffer's one allocation is freed its way).
   void* Allocate(size_t num_bytes, bool& plain) {
     void* p = backend_ != nullptr ? backend_->AllocateHost(num_bytes) : nullptr;

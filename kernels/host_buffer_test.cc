@@ -44,6 +44,26 @@ TEST(HostBufferTest, ResizeKeepsTheContentsAndGrowsGeometrically) {
   EXPECT_EQ(buffer.data()[9], 9) << "shrinking keeps what stays";
 }
 
+TEST(HostBufferTest, ReserveAllocatesOnceForEverySizeUpToIt) {
+  CountingBackend backend;
+  HostBuffer<int32_t> buffer;
+  buffer.SetBackend(&backend);
+  buffer.Resize(3);
+  std::iota(buffer.data(), buffer.data() + 3, 7);
+  buffer.Reserve(1000);
+  EXPECT_EQ(buffer.size(), 3u) << "reserving keeps the size";
+  EXPECT_EQ(buffer.capacity(), 1000u);
+  EXPECT_EQ(backend.num_live(), 1u);
+  for (int32_t i = 0; i < 3; ++i) ASSERT_EQ(buffer.data()[i], 7 + i) << "and the contents";
+  const int after_reserve = backend.num_allocations();
+  for (size_t n : {10u, 999u, 1000u, 500u}) buffer.Resize(n);
+  EXPECT_EQ(backend.num_allocations(), after_reserve) << "no size up to the reserve allocates";
+  buffer.Reserve(10);  // below the capacity: nothing
+  EXPECT_EQ(buffer.capacity(), 1000u);
+  EXPECT_EQ(backend.num_allocations(), after_reserve);
+  EXPECT_TRUE(backend.Holds(buffer.data(), 1000 * sizeof(int32_t)));
+}
+
 TEST(HostBufferTest, ChangingTheBackendFreesThroughTheOldOne) {
   CountingBackend a;
   CountingBackend b;

@@ -74,10 +74,10 @@ absl::Status StepLogits::Forward(StepRunner& runner, const StepBatch& batch) {
   runner_ = &runner;
   gathers_.assign(num_rows_, RowGathers{});
   fetched_at_.assign(num_rows_, -1);
-  // Where the device's copies of whole rows land fastest (no-ops while the runner is the same).
-  logits_.SetBackend(runner.host_memory_backend());
-  fetched_rows_.SetBackend(runner.host_memory_backend());
-  fetched_rows_.Clear();
+  // Where the device's copies of whole rows land fastest (a no-op while the runner is the
+  // same).
+  whole_rows_.SetBackend(runner.host_memory_backend());
+  whole_rows_.Clear();
   switch (kind_) {
     case Kind::kArgMax:
       argmax_.resize(num_rows_);
@@ -90,8 +90,13 @@ absl::Status StepLogits::Forward(StepRunner& runner, const StepBatch& batch) {
     case Kind::kRows:
       break;
   }
-  logits_.Resize(num_rows_ * static_cast<size_t>(vocab_size_));
-  return runner.Forward(batch, logits_.data());
+  whole_rows_.Resize(num_rows_ * static_cast<size_t>(vocab_size_));
+  return runner.Forward(batch, whole_rows_.data());
+}
+
+void StepLogits::Reserve(StepRunner& runner, size_t max_rows, int32_t vocab_size) {
+  whole_rows_.SetBackend(runner.host_memory_backend());
+  whole_rows_.Reserve(max_rows * static_cast<size_t>(vocab_size));
 }
 
 Sampler::RowNormalizer StepLogits::NormalizerOf(size_t row) const {
@@ -168,7 +173,7 @@ std::optional<Sampler::SampleResult> StepLogits::TrySample(Sampler& sampler, siz
       return sampler.SampleArgMax(argmax_[row]);
     case Kind::kRows: {
       const size_t vocab = static_cast<size_t>(vocab_size_);
-      return sampler.Sample(logits_.span().subspan(row * vocab, vocab));
+      return sampler.Sample(whole_rows_.span().subspan(row * vocab, vocab));
     }
     case Kind::kTopK:
       break;
@@ -213,11 +218,11 @@ void StepLogits::Fetch(std::span<const size_t> rows) {
   }
   if (wanted.empty()) return;
   const size_t vocab = static_cast<size_t>(vocab_size_);
-  const size_t before = fetched_rows_.size() / vocab;
+  const size_t before = whole_rows_.size() / vocab;
   for (int32_t row : wanted) fetched_at_[row] += static_cast<int64_t>(before);
-  fetched_rows_.Resize((before + wanted.size()) * vocab);
+  whole_rows_.Resize((before + wanted.size()) * vocab);
   const absl::Status status =
-      runner_->CopyStepLogitsRows(wanted, fetched_rows_.data() + before * vocab);
+      runner_->CopyStepLogitsRows(wanted, whole_rows_.data() + before * vocab);
   CHECK(status.ok());
   rows_fetched_ += static_cast<int64_t>(wanted.size());
 }
@@ -230,7 +235,7 @@ Sampler::SampleResult StepLogits::SampleFetched(Sampler& sampler, size_t row) {
     Fetch(rows);
   }
   const size_t vocab = static_cast<size_t>(vocab_size_);
-  return sampler.Sample(std::as_const(fetched_rows_)
+  return sampler.Sample(std::as_const(whole_rows_)
                             .span()
                             .subspan(static_cast<size_t>(fetched_at_[row]) * vocab, vocab));
 }

@@ -81,6 +81,13 @@ class StepLogits {
 
   Kind kind() const { return kind_; }
 
+  // Host memory for `max_rows` whole rows of `vocab_size` logits now, from the runner's
+  // host_memory_backend() as every step's (page-locked on a GPU, which takes the driver tens
+  // of milliseconds per 100 MiB): steps that bring back or fetch whole rows, up to that many,
+  // then never stall to allocate it. The serving engine reserves a row per running sequence
+  // at start-up; without it the memory grows with the steps.
+  void Reserve(StepRunner& runner, size_t max_rows, int32_t vocab_size);
+
   // Runs the step's forward pass the planned way. Errors as StepRunner's.
   absl::Status Forward(StepRunner& runner, const StepBatch& batch);
   // Sampler::Sample's result for logits row `row` of the step Forward ran: from the row
@@ -162,18 +169,18 @@ class StepLogits {
   int32_t k_ = 0;
   StepRunner* runner_ = nullptr;     // of the last Forward (nucleus rows' fallback)
   std::vector<RowGathers> gathers_;  // [rows] of the last Forward
-  // Rows Fetch brought: fetched_at_[row] is the row's index in fetched_rows_, or -1.
+  // Rows Fetch brought: fetched_at_[row] is the row's index in whole_rows_, or -1.
   std::vector<int64_t> fetched_at_;
-  // [fetched][vocab], in the runner's host memory (page-locked on a GPU), as logits_.
-  kernels::HostBuffer<float> fetched_rows_;
   // Counted by TrySample and SampleFetched, which may run on several threads at once.
   std::atomic<int64_t> nucleus_decided_ = 0;
   std::atomic<int64_t> adjusted_decided_ = 0;
   int64_t rows_gathered_ = 0;
   std::atomic<int64_t> rows_fetched_ = 0;
   // The step's outputs, reused across steps.
-  // kRows: [rows][vocab], in StepRunner::host_memory_backend()'s host memory.
-  kernels::HostBuffer<float> logits_;
+  // Whole rows, [rows][vocab] in StepRunner::host_memory_backend()'s host memory: a kRows
+  // step's every row, or the rows a kTopK step fetched, in fetch order (one buffer serves
+  // both: a step is of one kind).
+  kernels::HostBuffer<float> whole_rows_;
   std::vector<int32_t> argmax_;  // kArgMax: [rows]
   TopTokens top_;                // kTopK
 };

@@ -363,5 +363,45 @@ TEST(StepLogitsTest, WholeRowsLandInTheRunnersHostMemory) {
   }
 }
 
+// Reserve allocates the whole rows' host memory once, up front: whole-row steps and fetches
+// of up to that many rows then allocate nothing (a GPU would stall pinning it mid-step), and
+// both kinds of step share it.
+TEST(StepLogitsTest, ReservedRowsServeWholeRowStepsAndFetchesWithoutAllocating) {
+  constexpr int32_t kVocab = 2000;
+  constexpr size_t kRows = 4;
+  const std::vector<std::vector<float>> rows = FlatRows(kRows, kVocab, 9);
+  std::vector<SamplingParams> params(kRows);
+  for (SamplingParams& p : params) {
+    p.temperature = 1.5f;
+    p.top_p = 0.95f;  // flat rows: every nucleus reaches past the candidates
+  }
+  kernels::cpu::InstrumentedCpuBackend backend;
+  FixedRowsRunner runner(rows);
+  runner.set_host_memory_backend(&backend);
+  StepLogits step;
+  step.Reserve(runner, kRows, kVocab);
+  ASSERT_EQ(backend.num_allocations(), 1);
+  StepLogitsOptions whole_rows;
+  whole_rows.max_device_top_k = 0;
+  for (const StepLogitsOptions& options : {whole_rows, StepLogitsOptions{}, whole_rows}) {
+    ASSERT_NO_FATAL_FAILURE(PlanAndForward(params, kVocab, options, runner, &step));
+    std::vector<Sampler::SampleResult> got;
+    for (size_t r = 0; r < kRows; ++r) {
+      Sampler sampler(params[r], kVocab, r, false);
+      got.push_back(step.Sample(sampler, r));  // fetches row by row after a reduced step
+    }
+    const float* landed = step.kind() == StepLogits::Kind::kRows ? runner.last_forward_logits()
+                                                                 : runner.last_rows_logits();
+    EXPECT_TRUE(backend.Holds(landed, kVocab * sizeof(float)));
+    for (size_t r = 0; r < kRows; ++r) {
+      Sampler twin(params[r], kVocab, r, false);
+      EXPECT_EQ(got[r].token, twin.Sample(rows[r]).token) << "row " << r;
+    }
+  }
+  EXPECT_EQ(step.num_rows_fetched(), static_cast<int64_t>(kRows));
+  EXPECT_EQ(backend.num_allocations(), 1) << "no step allocated";
+  EXPECT_EQ(backend.num_live(), 1u);
+}
+
 }  // namespace
 }  // namespace glimpse::model

@@ -78,6 +78,10 @@ Engine::Engine(std::unique_ptr<model::StepRunner> owned_runner, model::StepRunne
   // step asking for more, e.g. for prompt logprobs, grows them then).
   runner_.ReserveActivations(options.scheduler.max_step_tokens,
                              options.scheduler.max_running_sequences);
+  // And the host memory whole rows land in (page-locked on a GPU: pinning it mid-serving would
+  // stall the first step that brings back or fetches whole rows).
+  step_logits_.Reserve(runner_, static_cast<size_t>(options.scheduler.max_running_sequences),
+                       runner_.config().vocab_size);
   kvcache::KvCacheManagerOptions kv_options;
   kv_options.num_blocks = options.num_kv_blocks;
   kv_options.block_size = options.block_size;

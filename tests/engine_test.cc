@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/testing/instrumented_cpu_backend.h"
 #include "model/llama_model.h"
 #include "model/tokenizer.h"
 #include "server/loaded_model.h"
@@ -553,6 +554,54 @@ TEST_F(EngineTest, TopKStepsBringBackCandidatesOnly) {
 // logprobs (its weight sum is its logprobs' normalizer) and a top-p 0.9 one at temperature
 // 0.7 with 2 (its steps bring the sums at temperature 1 besides): the same logprobs, bitwise
 // (the CPU backend's normalizer is the sampler's own sum).
+// The host memory whole logits rows land in (page-locked on a GPU, which stalls while the
+// driver pins it) is allocated once, when the engine is made, for a row per running sequence:
+// steps that bring back every row whole, and steps whose nucleus rows are fetched after their
+// candidates, then allocate nothing, and the rows land in that memory.
+TEST_F(EngineTest, WholeRowsLandInHostMemoryReservedAtStartUp) {
+  const std::vector<Reference> refs = LoadReferences();
+  constexpr int kRequests = 6;
+  for (int32_t nucleus_candidates : {0, 2}) {  // every row whole; most rows fetched
+    SCOPED_TRACE("nucleus_candidates " + std::to_string(nucleus_candidates));
+    kernels::cpu::InstrumentedCpuBackend host;
+    testing::RecordingStepRunner runner(*loaded_.runner);
+    runner.set_host_memory_backend(&host);
+    EngineOptions options;
+    options.seed = 5;
+    options.scheduler.max_running_sequences = kRequests;
+    options.step_logits.nucleus_candidates = nucleus_candidates;
+    auto created = Engine::Create(runner, *tokenizer_, options);
+    ASSERT_TRUE(created.ok()) << created.status();
+    std::unique_ptr<Engine> engine = std::move(*created);
+    ASSERT_EQ(host.num_allocations(), 1) << "reserved when the engine is made";
+    engine->Start();
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (int i = 0; i < kRequests; ++i) {
+      EngineRequest r = Greedy("n" + std::to_string(i), refs[i].prompt, 12);
+      r.sampling.temperature = 1.3f;
+      r.sampling.top_p = 0.95f;
+      auto stream = engine->Submit(r);
+      ASSERT_TRUE(stream.ok()) << stream.status();
+      streams.push_back(*stream);
+    }
+    for (auto& s : streams) ASSERT_TRUE(Drain(*s, 1).status.ok());
+    ASSERT_TRUE(engine->WaitIdle(absl::Seconds(10)));
+    EXPECT_EQ(runner.max_logits_rows_run(), kRequests);
+    if (nucleus_candidates == 0) {
+      EXPECT_TRUE(runner.top_k_steps().empty()) << "every step brought its rows back whole";
+    } else {
+      EXPECT_GT(runner.num_logits_rows_copied(), kRequests * 12 / 2);
+    }
+    EXPECT_EQ(host.num_allocations(), 1) << "no step allocated host memory";
+    ASSERT_GT(runner.last_num_whole_rows(), 0u);
+    EXPECT_TRUE(
+        host.Holds(runner.last_whole_rows(),
+                   runner.last_num_whole_rows() * model_->config().vocab_size * sizeof(float)));
+    engine.reset();
+    EXPECT_EQ(host.num_live(), 0u) << "freed with the engine";
+  }
+}
+
 TEST_F(EngineTest, NucleusRowsDrawTheWholeRowsTokens) {
   const std::vector<Reference> refs = LoadReferences();
   constexpr int kRequests = 8;

@@ -38,10 +38,20 @@ class RecordingStepRunner final : public model::StepRunner {
   // Rows fetched after a reduced step (CopyStepLogitsRow, CopyStepLogitsRows: samples the
   // reduction left open).
   int32_t num_logits_rows_copied() const { return num_logits_rows_copied_; }
+  // Where the last whole rows went (Forward's logits, CopyStepLogitsRows'), and how many.
+  const float* last_whole_rows() const { return last_whole_rows_; }
+  size_t last_num_whole_rows() const { return last_num_whole_rows_; }
   // A few tokens' logits gathered after a reduced step (GatherStepLogits), calls.
   int32_t num_logits_gathers() const { return num_logits_gathers_; }
 
+  // Host memory from `backend` instead of the inner runner's (e.g. an instrumented one that
+  // counts its allocations).
+  void set_host_memory_backend(kernels::Backend* backend) { host_memory_backend_ = backend; }
+
   const model::LlamaConfig& config() const override { return inner_.config(); }
+  kernels::Backend* host_memory_backend() override {
+    return host_memory_backend_ != nullptr ? host_memory_backend_ : inner_.host_memory_backend();
+  }
   int tensor_parallel_size() const override { return inner_.tensor_parallel_size(); }
   void AllocateKvCache(int32_t num_blocks, int32_t block_size, int32_t num_host_blocks) override {
     inner_.AllocateKvCache(num_blocks, block_size, num_host_blocks);
@@ -55,6 +65,8 @@ class RecordingStepRunner final : public model::StepRunner {
   size_t kv_element_bytes() const override { return inner_.kv_element_bytes(); }
   absl::Status Forward(const model::StepBatch& batch, float* logits) override {
     Record(batch);
+    last_whole_rows_ = logits;
+    last_num_whole_rows_ = batch.logits_rows.size();
     return inner_.Forward(batch, logits);
   }
   absl::Status ForwardGreedy(const model::StepBatch& batch, int32_t* tokens) override {
@@ -77,6 +89,8 @@ class RecordingStepRunner final : public model::StepRunner {
   }
   absl::Status CopyStepLogitsRows(std::span<const int32_t> rows, float* logits) override {
     num_logits_rows_copied_ += static_cast<int32_t>(rows.size());
+    last_whole_rows_ = logits;
+    last_num_whole_rows_ = rows.size();
     return inner_.CopyStepLogitsRows(rows, logits);
   }
   absl::Status GatherStepLogits(std::span<const int32_t> rows, std::span<const int32_t> ids,
@@ -96,6 +110,7 @@ class RecordingStepRunner final : public model::StepRunner {
   }
 
   model::StepRunner& inner_;
+  kernels::Backend* host_memory_backend_ = nullptr;
   std::vector<std::pair<int32_t, int32_t>> reservations_;
   int32_t max_tokens_ = 0;
   int32_t max_logits_rows_ = 0;
@@ -106,6 +121,8 @@ class RecordingStepRunner final : public model::StepRunner {
   int32_t num_sums_t1_steps_ = 0;
   int32_t num_logits_rows_copied_ = 0;
   int32_t num_logits_gathers_ = 0;
+  const float* last_whole_rows_ = nullptr;
+  size_t last_num_whole_rows_ = 0;
 };
 
 }  // namespace glimpse::testing
