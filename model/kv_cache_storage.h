@@ -61,8 +61,10 @@ class KvCacheStorage {
   // host block may be one a swap-out not yet waited for writes: the copies read what it
   // wrote. Backend work enqueued after sees the device block.
   void SwapInBlock(int32_t host_block, int32_t device_block);
-  // Waits for the swaps started so far (one wait for a whole step's); the destructor and
-  // SetNumHostBlocks do so first.
+  // Waits for the swaps started so far; the destructor and SetNumHostBlocks do so first. A
+  // serving step need not: the host never reads the swap space itself, the swap-ins from it
+  // are ordered after the swap-outs by the backend, and the swap-outs' device blocks may be
+  // overwritten by the work enqueued after them.
   void WaitForSwaps();
 
  private:

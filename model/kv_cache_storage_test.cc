@@ -1,8 +1,8 @@
 // KvCacheStorage's swap space over a backend whose copies to the host land late
-// (InstrumentedCpuBackend: read at the call, written at the wait), as a GPU's do: swaps are
-// waited for once per batch of moves, swap-ins copy straight from the page-locked space
-// (ordered after the swap-outs by the backend), and a swap space in plain memory is never
-// read before the swap-outs into it have landed.
+// (InstrumentedCpuBackend: read at the call, written at the wait), as a GPU's do: a step's
+// swaps are not waited for, swap-ins copy straight from the page-locked space (ordered after
+// the swap-outs by the backend), and a swap space in plain memory is never read before the
+// swap-outs into it have landed.
 #include "model/kv_cache_storage.h"
 
 #include <cstdint>
@@ -68,24 +68,28 @@ class KvCacheStorageTest : public ::testing::Test {
   std::vector<std::vector<uint8_t>> contents_;  // [layer * 2 + (k|v)]
 };
 
-TEST_F(KvCacheStorageTest, AStepsSwapOutsAreWaitedForOnce) {
+TEST_F(KvCacheStorageTest, AStepsSwapsAreLeftToTheBackendsOrder) {
   kv_->SetNumHostBlocks(4);
   EXPECT_EQ(backend_.num_allocations(), 1) << "the swap space is allocated up front";
   const KvBlockMove moves[] = {{KvBlockMove::Kind::kSwapOut, 1, 3},
                                {KvBlockMove::Kind::kSwapOut, 2, 0},
                                {KvBlockMove::Kind::kCopy, 4, 1}};  // reuses swapped-out block 1
   ApplyKvBlockMoves(moves, *kv_);
-  EXPECT_EQ(backend_.num_waits(), 1) << "one wait for the step's 2 blocks x 3 layers x (k, v)";
-  EXPECT_EQ(backend_.num_copies_pending(), 0u) << "the moves end with the swap space written";
-  Overwrite(2, 0xab);
+  EXPECT_EQ(backend_.num_waits(), 0) << "the host does not wait for the swaps";
+  EXPECT_EQ(backend_.num_copies_pending(), 2u * 2 * config_.num_layers)
+      << "2 blocks x 3 layers x (k, v) still under way";
+  Overwrite(2, 0xab);  // the next step reuses swapped-out block 2
   const KvBlockMove back[] = {{KvBlockMove::Kind::kSwapIn, 3, 5},
                               {KvBlockMove::Kind::kSwapIn, 0, 2}};
   ApplyKvBlockMoves(back, *kv_);
+  EXPECT_EQ(backend_.num_waits(), 0);
   for (int t = 0; t < 2 * config_.num_layers; ++t) {
     EXPECT_EQ(DeviceBlock(t, 5), Initial(t, 1)) << "tensor " << t;
     EXPECT_EQ(DeviceBlock(t, 2), Initial(t, 2)) << "tensor " << t;
     EXPECT_EQ(DeviceBlock(t, 1), Initial(t, 4)) << "tensor " << t;
   }
+  kv_.reset();
+  EXPECT_EQ(backend_.num_waits(), 1) << "the swap space outlives the copies";
 }
 
 // A swap-in right after a swap-out of the same host block, no wait between: it must read what

@@ -23,8 +23,9 @@ void ApplyKvBlockMoves(std::span<const KvBlockMove> moves, KvCacheStorage& kv) {
         break;
     }
   }
-  // The step's swaps, started one after another, waited for once.
-  kv.WaitForSwaps();
+  // The swaps are not waited for (KvCacheStorage::WaitForSwaps says why none is needed): the
+  // host goes on to launch the step's forward pass, which the backend runs after them, while
+  // their copies are under way.
 }
 
 void LlamaStepRunner::AllocateKvCache(int32_t num_blocks, int32_t block_size,

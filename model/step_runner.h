@@ -200,7 +200,9 @@ class LlamaStepRunner final : public StepRunner {
   std::vector<float> argmax_values_;  // ForwardGreedy's largest logits, reused across steps
 };
 
-// Applies `moves` in order to one rank's cache (what both runners do per rank).
+// Applies `moves` in order to one rank's cache (what both runners do per rank). Swaps may
+// still be under way on return (KvCacheStorage::SwapOutBlock): ordered before the backend
+// work enqueued after them, complete after KvCacheStorage::WaitForSwaps.
 void ApplyKvBlockMoves(std::span<const KvBlockMove> moves, KvCacheStorage& kv);
 
 }  // namespace glimpse::model
