@@ -19,6 +19,18 @@ void Backend::FreeHost(void* ptr) {
   if (ptr != nullptr) ::operator delete (ptr, std::align_val_t{64});
 }
 
+void Backend::BatchCopyToHostAsync(std::span<const CopyOp> copies) {
+  for (const CopyOp& c : copies) CopyToHostAsync(c.dst, c.src, c.num_bytes);
+}
+
+void Backend::BatchCopyToBackendAsync(std::span<const CopyOp> copies) {
+  for (const CopyOp& c : copies) CopyToBackendAsync(c.dst, c.src, c.num_bytes);
+}
+
+void Backend::BatchCopyWithinBackend(std::span<const CopyOp> copies) {
+  for (const CopyOp& c : copies) CopyWithinBackend(c.dst, c.src, c.num_bytes);
+}
+
 void ArgMaxRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t* index,
                       float* value) {
   for (int64_t r = 0; r < num_rows; ++r) {

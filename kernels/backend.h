@@ -148,6 +148,13 @@ void TopKRowsOnHost(const float* rows, int64_t num_rows, int64_t cols, int32_t k
                     int32_t* index, float* value, float* row_max, double* row_exp_sum,
                     const float* temperature, double* row_exp_sum_t1);
 
+// One copy of a batch (Backend::BatchCopyToHostAsync and the like): num_bytes from src to dst.
+struct CopyOp {
+  void* dst = nullptr;
+  const void* src = nullptr;
+  size_t num_bytes = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -217,6 +224,17 @@ class Backend {
   // Copies between two non-overlapping ranges of backend memory, without a trip through the
   // host (KV block copies for copy-on-write prefix sharing).
   virtual void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) = 0;
+  // Batches of the copies above, for many small ones at once (a swapped or copied KV block
+  // moves a layer's keys and values at a time: 64 copies a block for Llama-3 8B): on a GPU
+  // one call and one submission for the lot instead of one each. Each copy is as the single
+  // copy of the same name, with its contract; the batch is ordered as a whole as one of them
+  // would be, but its copies run in any order: none may write where another of the batch
+  // reads or writes. The host sides of the first two must be memory from AllocateHost (on a
+  // GPU the batch is a cudaMemcpyBatchAsync, whose pageable-memory handling this does not
+  // rely on). These defaults make the copies one at a time.
+  virtual void BatchCopyToHostAsync(std::span<const CopyOp> copies);
+  virtual void BatchCopyToBackendAsync(std::span<const CopyOp> copies);
+  virtual void BatchCopyWithinBackend(std::span<const CopyOp> copies);
 
   // Bytes of one element of this backend's KV tensors (KvLayerView): how KvCacheStorage sizes
   // blocks and what a memory budget divides by.

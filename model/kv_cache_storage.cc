@@ -1,5 +1,7 @@
 #include "model/kv_cache_storage.h"
 
+#include <span>
+#include <unordered_set>
 #include <vector>
 
 #include "common/check.h"
@@ -53,21 +55,97 @@ KvCacheStorage::~KvCacheStorage() {
   }
 }
 
-namespace {
-
-// Byte address of block `block` of a layer tensor whose blocks are `block_bytes` long.
-uint8_t* BlockAt(void* tensor, int64_t block, size_t block_bytes) {
-  return static_cast<uint8_t*>(tensor) + block * block_bytes;
+uint8_t* KvCacheStorage::DeviceBlock(size_t layer, bool v, int32_t block) const {
+  void* tensor = v ? layers_[layer].v : layers_[layer].k;
+  return static_cast<uint8_t*>(tensor) + static_cast<size_t>(block) * block_bytes_;
 }
 
-}  // namespace
+uint8_t* KvCacheStorage::HostBlock(size_t layer, bool v, int32_t block) {
+  CHECK(block >= 0 && block < num_host_blocks_);
+  // [num_host_blocks][num_layers][k then v][block_bytes]
+  return host_.data() +
+         ((static_cast<size_t>(block) * layers_.size() + layer) * 2 + v) * block_bytes_;
+}
 
 void KvCacheStorage::CopyBlock(int32_t src, int32_t dst) {
-  for (const kernels::KvLayerView& view : layers_) {
-    for (void* tensor : {view.k, view.v}) {
-      backend_.CopyWithinBackend(BlockAt(tensor, dst, block_bytes_),
-                                 BlockAt(tensor, src, block_bytes_), block_bytes_);
+  const KvBlockMove move{KvBlockMove::Kind::kCopy, src, dst};
+  ApplyMoves({&move, 1});
+}
+
+void KvCacheStorage::SwapOutBlock(int32_t device_block, int32_t host_block) {
+  const KvBlockMove move{KvBlockMove::Kind::kSwapOut, device_block, host_block};
+  ApplyMoves({&move, 1});
+}
+
+void KvCacheStorage::SwapInBlock(int32_t host_block, int32_t device_block) {
+  const KvBlockMove move{KvBlockMove::Kind::kSwapIn, host_block, device_block};
+  ApplyMoves({&move, 1});
+}
+
+void KvCacheStorage::ApplyMoves(std::span<const KvBlockMove> moves) {
+  // Blocks the current run writes, and (copies) reads: the block ids of its destinations
+  // (and sources). A copy's both ends are device blocks; a swap's are of different spaces,
+  // and two swaps reading one block do not conflict.
+  std::unordered_set<int32_t> written;
+  std::unordered_set<int32_t> read;
+  size_t begin = 0;
+  for (size_t i = 0; i < moves.size(); ++i) {
+    const KvBlockMove& m = moves[i];
+    const bool copy = m.kind == KvBlockMove::Kind::kCopy;
+    const bool conflicts = i > begin && (m.kind != moves[begin].kind || written.count(m.dst) ||
+                                         (copy && (read.count(m.dst) || written.count(m.src))));
+    if (conflicts) {
+      RunBatch(moves.subspan(begin, i - begin));
+      begin = i;
+      written.clear();
+      read.clear();
     }
+    written.insert(m.dst);
+    if (copy) read.insert(m.src);
+  }
+  if (begin < moves.size()) RunBatch(moves.subspan(begin));
+}
+
+void KvCacheStorage::RunBatch(std::span<const KvBlockMove> run) {
+  const KvBlockMove::Kind kind = run.front().kind;
+  copies_.clear();
+  for (const KvBlockMove& m : run) {
+    // Device block ids checked here, host ones by HostBlock.
+    const bool device_src = kind != KvBlockMove::Kind::kSwapIn;
+    const bool device_dst = kind != KvBlockMove::Kind::kSwapOut;
+    CHECK(!device_src || (m.src >= 0 && m.src < num_blocks_));
+    CHECK(!device_dst || (m.dst >= 0 && m.dst < num_blocks_));
+    for (size_t layer = 0; layer < layers_.size(); ++layer) {
+      for (const bool v : {false, true}) {
+        uint8_t* dst = device_dst ? DeviceBlock(layer, v, m.dst) : HostBlock(layer, v, m.dst);
+        const uint8_t* src = device_src ? DeviceBlock(layer, v, m.src) : HostBlock(layer, v, m.src);
+        copies_.push_back({dst, src, block_bytes_});
+      }
+    }
+  }
+  if (kind == KvBlockMove::Kind::kCopy) {
+    backend_.BatchCopyWithinBackend(copies_);
+    return;
+  }
+  if (host_.from_backend()) {
+    // Page-locked swap space: the copies go straight to or from it, the swap-ins ordered
+    // after the swap-outs before them by the backend; host_ must outlive them.
+    if (kind == KvBlockMove::Kind::kSwapOut) {
+      backend_.BatchCopyToHostAsync(copies_);
+    } else {
+      backend_.BatchCopyToBackendAsync(copies_);
+    }
+    swaps_pending_ = true;
+    return;
+  }
+  // Plain memory (the backend could not give it; the batches take the backend's only): a
+  // copy at a time. CopyToBackend reads the host at once, so the swap-outs must land first.
+  if (kind == KvBlockMove::Kind::kSwapOut) {
+    for (const kernels::CopyOp& c : copies_) backend_.CopyToHostAsync(c.dst, c.src, c.num_bytes);
+    swaps_pending_ = true;
+  } else {
+    WaitForSwaps();
+    for (const kernels::CopyOp& c : copies_) backend_.CopyToBackend(c.dst, c.src, c.num_bytes);
   }
 }
 
@@ -79,49 +157,10 @@ void KvCacheStorage::SetNumHostBlocks(int32_t num_host_blocks) {
   host_.Resize(static_cast<size_t>(num_host_blocks) * layers_.size() * 2 * block_bytes_);
 }
 
-void KvCacheStorage::SwapOutBlock(int32_t device_block, int32_t host_block) {
-  CHECK(host_block >= 0 && host_block < num_host_blocks_);
-  const size_t per_block = layers_.size() * 2 * block_bytes_;
-  uint8_t* dst = host_.data() + host_block * per_block;
-  for (const kernels::KvLayerView& view : layers_) {
-    for (void* tensor : {view.k, view.v}) {
-      backend_.CopyToHostAsync(dst, BlockAt(tensor, device_block, block_bytes_), block_bytes_);
-      dst += block_bytes_;
-    }
-  }
-  swaps_pending_ = true;
-}
-
 void KvCacheStorage::WaitForSwaps() {
   if (!swaps_pending_) return;
   backend_.WaitForCopiesToHost();
   swaps_pending_ = false;
-}
-
-void KvCacheStorage::SwapInBlock(int32_t host_block, int32_t device_block) {
-  CHECK(host_block >= 0 && host_block < num_host_blocks_);
-  const size_t per_block = layers_.size() * 2 * block_bytes_;
-  const uint8_t* src = host_.data() + host_block * per_block;
-  // From the backend's (page-locked) memory the copies go straight from it, ordered after the
-  // swap-outs before them by the backend; from plain memory (the backend could not give it)
-  // CopyToBackend reads the host now, so the swap-outs must have landed first.
-  const bool async = host_.from_backend();
-  if (async) {
-    swaps_pending_ = true;  // host_ must outlive the copies
-  } else {
-    WaitForSwaps();
-  }
-  for (const kernels::KvLayerView& view : layers_) {
-    for (void* tensor : {view.k, view.v}) {
-      void* dst = BlockAt(tensor, device_block, block_bytes_);
-      if (async) {
-        backend_.CopyToBackendAsync(dst, src, block_bytes_);
-      } else {
-        backend_.CopyToBackend(dst, src, block_bytes_);
-      }
-      src += block_bytes_;
-    }
-  }
 }
 
 }  // namespace glimpse::model

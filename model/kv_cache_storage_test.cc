@@ -74,14 +74,18 @@ TEST_F(KvCacheStorageTest, AStepsSwapsAreLeftToTheBackendsOrder) {
   const KvBlockMove moves[] = {{KvBlockMove::Kind::kSwapOut, 1, 3},
                                {KvBlockMove::Kind::kSwapOut, 2, 0},
                                {KvBlockMove::Kind::kCopy, 4, 1}};  // reuses swapped-out block 1
-  ApplyKvBlockMoves(moves, *kv_);
+  kv_->ApplyMoves(moves);
+  EXPECT_EQ(backend_.num_batches_to_host(), 1) << "both swap-outs, every layer, one batch";
+  EXPECT_EQ(backend_.num_batches_within(), 1);
   EXPECT_EQ(backend_.num_waits(), 0) << "the host does not wait for the swaps";
   EXPECT_EQ(backend_.num_copies_pending(), 2u * 2 * config_.num_layers)
       << "2 blocks x 3 layers x (k, v) still under way";
   Overwrite(2, 0xab);  // the next step reuses swapped-out block 2
   const KvBlockMove back[] = {{KvBlockMove::Kind::kSwapIn, 3, 5},
                               {KvBlockMove::Kind::kSwapIn, 0, 2}};
-  ApplyKvBlockMoves(back, *kv_);
+  kv_->ApplyMoves(back);
+  EXPECT_EQ(backend_.num_batches_to_backend(), 1);
+  EXPECT_EQ(backend_.num_async_copies_to_backend(), 2 * 2 * config_.num_layers);
   EXPECT_EQ(backend_.num_waits(), 0);
   for (int t = 0; t < 2 * config_.num_layers; ++t) {
     EXPECT_EQ(DeviceBlock(t, 5), Initial(t, 1)) << "tensor " << t;
@@ -90,6 +94,46 @@ TEST_F(KvCacheStorageTest, AStepsSwapsAreLeftToTheBackendsOrder) {
   }
   kv_.reset();
   EXPECT_EQ(backend_.num_waits(), 1) << "the swap space outlives the copies";
+}
+
+// A batch's copies run in any order, so a move that touches a block an earlier move of its
+// run writes (or a copy reads) starts a new batch (InstrumentedCpuBackend aborts on a batch
+// whose copies overlap where one writes); the moves' result is theirs in order.
+TEST_F(KvCacheStorageTest, MovesThatDependOnEachOtherGoInSeparateBatches) {
+  kv_->SetNumHostBlocks(3);
+  const KvBlockMove moves[] = {
+      {KvBlockMove::Kind::kCopy, 0, 1},
+      {KvBlockMove::Kind::kCopy, 2, 3},     // independent: same batch
+      {KvBlockMove::Kind::kCopy, 1, 4},     // reads block 1, which the batch writes
+      {KvBlockMove::Kind::kCopy, 5, 2},     // writes block 2, which the first batch read
+      {KvBlockMove::Kind::kSwapOut, 4, 0},  // another kind
+      {KvBlockMove::Kind::kSwapOut, 3, 1},
+      {KvBlockMove::Kind::kSwapOut, 4, 2},  // reads block 4 again: no conflict
+      {KvBlockMove::Kind::kSwapOut, 2, 0},  // writes host block 0 again
+      {KvBlockMove::Kind::kSwapIn, 1, 5},
+      {KvBlockMove::Kind::kSwapIn, 0, 5},  // writes device block 5 again
+  };
+  kv_->ApplyMoves(moves);
+  EXPECT_EQ(backend_.num_batches_within(), 2) << "copies {0->1, 2->3}, {1->4, 5->2}";
+  EXPECT_EQ(backend_.num_batches_to_host(), 2) << "swap-outs {4, 3, 4}, {2}";
+  EXPECT_EQ(backend_.num_batches_to_backend(), 2) << "swap-ins {1}, {0}";
+  // Device blocks after: 1 = 0, 3 = 2, 4 = 0, 2 = 5; host 0 = device 2 (= 5), host 1 = 3
+  // (= 2); device 5 = host 0 = 5, written last.
+  for (int t = 0; t < 2 * config_.num_layers; ++t) {
+    EXPECT_EQ(DeviceBlock(t, 1), Initial(t, 0)) << "tensor " << t;
+    EXPECT_EQ(DeviceBlock(t, 3), Initial(t, 2)) << "tensor " << t;
+    EXPECT_EQ(DeviceBlock(t, 4), Initial(t, 0)) << "tensor " << t;
+    EXPECT_EQ(DeviceBlock(t, 2), Initial(t, 5)) << "tensor " << t;
+    EXPECT_EQ(DeviceBlock(t, 5), Initial(t, 5)) << "tensor " << t;
+  }
+  const KvBlockMove back[] = {{KvBlockMove::Kind::kSwapIn, 1, 0},
+                              {KvBlockMove::Kind::kSwapIn, 2, 1}};
+  kv_->ApplyMoves(back);
+  EXPECT_EQ(backend_.num_batches_to_backend(), 3);
+  for (int t = 0; t < 2 * config_.num_layers; ++t) {
+    EXPECT_EQ(DeviceBlock(t, 0), Initial(t, 2)) << "tensor " << t;
+    EXPECT_EQ(DeviceBlock(t, 1), Initial(t, 0)) << "tensor " << t;
+  }
 }
 
 // A swap-in right after a swap-out of the same host block, no wait between: it must read what

@@ -9,25 +9,6 @@
 
 namespace glimpse::model {
 
-void ApplyKvBlockMoves(std::span<const KvBlockMove> moves, KvCacheStorage& kv) {
-  for (const KvBlockMove& m : moves) {
-    switch (m.kind) {
-      case KvBlockMove::Kind::kCopy:
-        kv.CopyBlock(m.src, m.dst);
-        break;
-      case KvBlockMove::Kind::kSwapOut:
-        kv.SwapOutBlock(m.src, m.dst);
-        break;
-      case KvBlockMove::Kind::kSwapIn:
-        kv.SwapInBlock(m.src, m.dst);
-        break;
-    }
-  }
-  // The swaps are not waited for (KvCacheStorage::WaitForSwaps says why none is needed): the
-  // host goes on to launch the step's forward pass, which the backend runs after them, while
-  // their copies are under way.
-}
-
 void LlamaStepRunner::AllocateKvCache(int32_t num_blocks, int32_t block_size,
                                       int32_t num_host_blocks) {
   kv_ = nullptr;
@@ -123,7 +104,7 @@ absl::Status LlamaStepRunner::Forward(const StepBatch& batch, float* logits) {
 }
 
 void LlamaStepRunner::MoveKvBlocks(std::span<const KvBlockMove> moves) {
-  if (!moves.empty()) ApplyKvBlockMoves(moves, *kv_);
+  if (!moves.empty()) kv_->ApplyMoves(moves);
 }
 
 }  // namespace glimpse::model

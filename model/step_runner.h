@@ -24,18 +24,6 @@
 
 namespace glimpse::model {
 
-// One whole-block KV operation, every layer, keys and values.
-struct KvBlockMove {
-  enum class Kind {
-    kCopy,     // device block src -> device block dst (copy-on-write of a shared block)
-    kSwapOut,  // device block src -> host block dst
-    kSwapIn,   // host block src -> device block dst
-  };
-  Kind kind = Kind::kCopy;
-  int32_t src = 0;
-  int32_t dst = 0;
-};
-
 // A step's logits rows reduced to each row's k most likely tokens (StepRunner::ForwardTopK),
 // what Sampler::SampleFromCandidates takes. Row r holds count[r] <= k entries: the ids in
 // increasing order with their raw logits; with normalizers, also the row's softmax
@@ -133,8 +121,9 @@ class StepRunner {
   virtual absl::Status GatherStepLogits(std::span<const int32_t> rows, std::span<const int32_t> ids,
                                         float* logits);
 
-  // Applies the moves in order (on every rank). Block ids must be in range of the cache and
-  // the host space.
+  // Applies the moves in order (on every rank: KvCacheStorage::ApplyMoves). Block ids must be
+  // in range of the cache and the host space. Swaps may still be under way on return, ordered
+  // before the backend work enqueued after them.
   virtual void MoveKvBlocks(std::span<const KvBlockMove> moves) = 0;
 
   // The backend whose AllocateHost gives the host memory Forward's logits and
@@ -199,11 +188,6 @@ class LlamaStepRunner final : public StepRunner {
   KvCacheStorage* kv_ = nullptr;  // owned_kv_ or the borrowed cache
   std::vector<float> argmax_values_;  // ForwardGreedy's largest logits, reused across steps
 };
-
-// Applies `moves` in order to one rank's cache (what both runners do per rank). Swaps may
-// still be under way on return (KvCacheStorage::SwapOutBlock): ordered before the backend
-// work enqueued after them, complete after KvCacheStorage::WaitForSwaps.
-void ApplyKvBlockMoves(std::span<const KvBlockMove> moves, KvCacheStorage& kv);
 
 }  // namespace glimpse::model
 

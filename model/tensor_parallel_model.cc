@@ -132,7 +132,7 @@ void TensorParallelModel::ReserveActivations(int32_t max_step_tokens, int32_t ma
 void TensorParallelModel::MoveKvBlocks(std::span<const KvBlockMove> moves) {
   if (moves.empty()) return;  // Most steps: no wake-up of the rank threads.
   CHECK(ranks_[0].kv != nullptr);
-  threads_->Run([&](int r) { ApplyKvBlockMoves(moves, *ranks_[r].kv); });
+  threads_->Run([&](int r) { ranks_[r].kv->ApplyMoves(moves); });
 }
 
 absl::Status TensorParallelModel::OnEveryRank(const std::function<absl::Status(Rank&)>& forward) {

@@ -8,6 +8,9 @@
 //   - CopyToBackendAsync lands those first (it is ordered after them) and refuses host
 //     memory it did not allocate, as the contract asks; copies each way are counted, so that
 //     a test can tell which way a caller went.
+//   - Batches of copies (BatchCopyToHostAsync and the like) are counted, and refused (abort)
+//     when a copy of one writes where another of it reads or writes: a GPU runs them in any
+//     order.
 //
 // Thread-safety: none (one test thread).
 #ifndef GLIMPSE_KERNELS_CPU_TESTING_INSTRUMENTED_CPU_BACKEND_H_
@@ -19,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <span>
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -71,6 +75,22 @@ class InstrumentedCpuBackend final : public CpuBackend {
     CpuBackend::CopyToHost(host_dst, src, num_bytes);
   }
 
+  void BatchCopyToHostAsync(std::span<const CopyOp> copies) override {
+    CheckBatch(copies);
+    ++batches_to_host_;
+    CpuBackend::BatchCopyToHostAsync(copies);
+  }
+  void BatchCopyToBackendAsync(std::span<const CopyOp> copies) override {
+    CheckBatch(copies);
+    ++batches_to_backend_;
+    CpuBackend::BatchCopyToBackendAsync(copies);
+  }
+  void BatchCopyWithinBackend(std::span<const CopyOp> copies) override {
+    CheckBatch(copies);
+    ++batches_within_;
+    CpuBackend::BatchCopyWithinBackend(copies);
+  }
+
   void set_refuse_host_allocations(bool refuse) { refuse_host_allocations_ = refuse; }
   // True if [p, p + num_bytes) lies in one allocation not yet freed.
   bool Holds(const void* p, size_t num_bytes) const {
@@ -87,8 +107,36 @@ class InstrumentedCpuBackend final : public CpuBackend {
   int num_copies_to_backend() const { return copies_to_backend_; }
   int num_async_copies_to_backend() const { return async_copies_to_backend_; }
   size_t num_copies_pending() const { return pending_.size(); }
+  int num_batches_to_host() const { return batches_to_host_; }
+  int num_batches_to_backend() const { return batches_to_backend_; }
+  int num_batches_within() const { return batches_within_; }
 
  private:
+  // Whether [a, a + n) and [b, b + m) share a byte.
+  static bool Overlap(const void* a, size_t n, const void* b, size_t m) {
+    const auto x = reinterpret_cast<uintptr_t>(a);
+    const auto y = reinterpret_cast<uintptr_t>(b);
+    return n > 0 && m > 0 && x < y + m && y < x + n;
+  }
+  // Aborts when a copy of the batch writes where another reads or writes.
+  static void CheckBatch(std::span<const CopyOp> copies) {
+    for (size_t i = 0; i < copies.size(); ++i) {
+      for (size_t j = 0; j < copies.size(); ++j) {
+        if (i == j) continue;
+        const CopyOp& a = copies[i];
+        const CopyOp& b = copies[j];
+        if (Overlap(a.dst, a.num_bytes, b.dst, b.num_bytes) ||
+            Overlap(a.dst, a.num_bytes, b.src, b.num_bytes)) {
+          std::fprintf(stderr,
+                       "InstrumentedCpuBackend: copies %zu and %zu of one batch overlap where "
+                       "one writes\n",
+                       i, j);
+          std::abort();
+        }
+      }
+    }
+  }
+
   struct PendingCopy {
     void* host_dst;
     std::vector<uint8_t> bytes;
@@ -103,6 +151,9 @@ class InstrumentedCpuBackend final : public CpuBackend {
   int waits_ = 0;
   int copies_to_backend_ = 0;
   int async_copies_to_backend_ = 0;
+  int batches_to_host_ = 0;
+  int batches_to_backend_ = 0;
+  int batches_within_ = 0;
   bool refuse_host_allocations_ = false;
   std::vector<PendingCopy> pending_;
 };

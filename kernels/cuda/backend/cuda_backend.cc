@@ -280,6 +280,37 @@ void CudaBackend::CopyWithinBackend(void* dst, const void* src, size_t num_bytes
   GLIMPSE_CUDA_CHECK(cudaMemcpyAsync(dst, src, num_bytes, cudaMemcpyDeviceToDevice, stream_));
 }
 
+void CudaBackend::BatchCopy(std::span<const CopyOp> copies) {
+  Bind();
+  // Ordered after the recorded launches, which therefore run now (the rest of the step too).
+  if (graphs_.recording() && !graphs_.empty()) FinishGraphStep(GraphEagerReason::kMidStepSync);
+  batch_dsts_.clear();
+  batch_srcs_.clear();
+  batch_sizes_.clear();
+  for (const CopyOp& c : copies) {
+    if (c.num_bytes == 0) continue;
+    batch_dsts_.push_back(c.dst);
+    batch_srcs_.push_back(c.src);
+    batch_sizes_.push_back(c.num_bytes);
+  }
+  if (batch_dsts_.empty()) return;
+  // One attribute for every copy: sources read in stream order, as cudaMemcpyAsync's are
+  // (a swap-in's host block may be what a swap-out before it writes).
+  cudaMemcpyAttributes attributes = {};
+  attributes.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+  attributes.flags = cudaMemcpyFlagDefault;
+  size_t first_copy = 0;
+  GLIMPSE_CUDA_CHECK(cudaMemcpyBatchAsync(batch_dsts_.data(), batch_srcs_.data(),
+                                          batch_sizes_.data(), batch_dsts_.size(), &attributes,
+                                          &first_copy, 1, stream_));
+}
+
+void CudaBackend::BatchCopyToHostAsync(std::span<const CopyOp> copies) { BatchCopy(copies); }
+
+void CudaBackend::BatchCopyToBackendAsync(std::span<const CopyOp> copies) { BatchCopy(copies); }
+
+void CudaBackend::BatchCopyWithinBackend(std::span<const CopyOp> copies) { BatchCopy(copies); }
+
 void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t num_bytes) {
   Bind();
   // The end of a recorded step: its graph (or launches) run before the copy.

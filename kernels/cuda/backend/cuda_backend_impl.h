@@ -232,6 +232,11 @@ class CudaBackend final : public Backend {
                 double* host_row_exp_sum, const float* host_temperature,
                 double* host_row_exp_sum_t1) override;
   void CopyWithinBackend(void* dst, const void* src, size_t num_bytes) override;
+  // Each batch one cudaMemcpyBatchAsync on the stream (sources read in stream order), after
+  // the recorded launches as the single copies are.
+  void BatchCopyToHostAsync(std::span<const CopyOp> copies) override;
+  void BatchCopyToBackendAsync(std::span<const CopyOp> copies) override;
+  void BatchCopyWithinBackend(std::span<const CopyOp> copies) override;
   size_t KvElementBytes() const override { return DTypeSize(kv_dtype_); }
   // The attention kernels' shapes: head_dim 32, 64 or 128, 1 to 8 query heads per KV head.
   absl::Status CheckAttentionShape(int32_t head_dim, int32_t num_heads,
@@ -333,6 +338,8 @@ class CudaBackend final : public Backend {
   // identical upload (same host pointer, size and bytes) in the same generation is reused:
   // the forward pass hands every layer the same per-step arrays.
   const void* Upload(const void* host, size_t num_bytes);
+  // The Batch* copies: one cudaMemcpyBatchAsync of the copies' non-empty ones.
+  void BatchCopy(std::span<const CopyOp> copies);
   // A host copy of device bytes [device, ...): Of(p) is where device pointer p into them
   // lies in it. Valid until the next staging use.
   struct HostCopy {
@@ -451,6 +458,10 @@ class CudaBackend final : public Backend {
   size_t staging_used_ = 0;
   uint64_t generation_ = 0;
   std::vector<UploadMemo> upload_memos_;
+  // BatchCopy's arrays, reused across calls.
+  std::vector<void*> batch_dsts_;
+  std::vector<const void*> batch_srcs_;
+  std::vector<size_t> batch_sizes_;
 
   DeviceBuffer<uint8_t> activations_bf16_;  // MatMul: x rounded to bf16, [num_rows][cols]
   DeviceBuffer<uint8_t> attention_workspace_;  // split-KV partial states (paged decode)

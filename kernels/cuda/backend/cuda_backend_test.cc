@@ -1259,11 +1259,12 @@ TEST_F(CudaBackendTest, KvCacheStorageCopiesAndSwapsBlocksOnTheDevice) {
         EXPECT_EQ(get(tensors[i]), expect) << what << ": CopyBlock, layer " << l;
       }
     }
-    // Two swap-outs under way at once (their copies are asynchronous), the device blocks
+    // Two swap-outs under way at once (one batch of asynchronous copies), the device blocks
     // overwritten right after: the host space must still get what they held.
     kv.SetNumHostBlocks(3);
-    kv.SwapOutBlock(1, 1);
-    kv.SwapOutBlock(2, 0);
+    const model::KvBlockMove swap_outs[] = {{model::KvBlockMove::Kind::kSwapOut, 1, 1},
+                                            {model::KvBlockMove::Kind::kSwapOut, 2, 0}};
+    kv.ApplyMoves(swap_outs);
     const std::vector<uint8_t> junk(block_bytes, 7);
     for (int32_t l = 0; l < config.num_layers; ++l) {
       for (void* tensor : {kv.layer(l).k, kv.layer(l).v}) {
@@ -1273,8 +1274,10 @@ TEST_F(CudaBackendTest, KvCacheStorageCopiesAndSwapsBlocksOnTheDevice) {
         }
       }
     }
-    kv.SwapInBlock(1, 6);  // to a different block
-    kv.SwapInBlock(0, 4);
+    const model::KvBlockMove swap_ins[] = {
+        {model::KvBlockMove::Kind::kSwapIn, 1, 6},  // to a different block
+        {model::KvBlockMove::Kind::kSwapIn, 0, 4}};
+    kv.ApplyMoves(swap_ins);
     kv.WaitForSwaps();  // the swap-ins' copies (from page-locked memory: asynchronous)
     for (int32_t l = 0; l < config.num_layers; ++l) {
       EXPECT_EQ(block(get(kv.layer(l).k), 6), block(host[l * 2], 1)) << what;

@@ -669,6 +669,103 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
       stream, [dst, src, bytes] { if (bytes > 0) std::memmove(dst, src, bytes); },
       "cudaMemcpyAsync"));
 }
+cudaError_t cudaMemcpyBatchAsync(void* const* dsts, const void* const* srcs, const size_t* sizes,
+                                 size_t count, cudaMemcpyAttributes* attrs, size_t* attrsIdxs,
+                                 size_t numAttrs, cudaStream_t stream) {
+  constexpr const char* kCall = "cudaMemcpyBatchAsync";
+  if (cuda_emu::IsLegacyStream(stream)) {
+    return Misuse(cudaErrorInvalidValue, std::string(kCall) + " on the legacy default stream");
+  }
+  if (count == 0 || dsts == nullptr || srcs == nullptr || sizes == nullptr || attrs == nullptr ||
+      attrsIdxs == nullptr || numAttrs == 0 || numAttrs > count) {
+    return Misuse(cudaErrorInvalidValue, std::string(kCall) + ": empty or missing arrays, or " +
+                                             std::to_string(numAttrs) + " attributes for " +
+                                             std::to_string(count) + " copies");
+  }
+  for (size_t k = 0; k < numAttrs; ++k) {
+    const bool in_order = k == 0 ? attrsIdxs[0] == 0 : attrsIdxs[k] > attrsIdxs[k - 1];
+    if (!in_order || attrsIdxs[k] >= count) {
+      return Misuse(cudaErrorInvalidValue,
+                    std::string(kCall) + ": attrsIdxs must start at 0 and increase below count");
+    }
+    const cudaMemcpySrcAccessOrder order = attrs[k].srcAccessOrder;
+    if (order != cudaMemcpySrcAccessOrderStream && order != cudaMemcpySrcAccessOrderDuringApiCall &&
+        order != cudaMemcpySrcAccessOrderAny) {
+      return Misuse(cudaErrorInvalidValue, std::string(kCall) + ": attribute " + std::to_string(k) +
+                                               " has no valid srcAccessOrder");
+    }
+  }
+  // The copies of a batch run in no set order: one that writes where another reads or writes
+  // is undefined. Ranges sorted by start; each must begin after every earlier range it
+  // conflicts with has ended.
+  struct Range {
+    uintptr_t begin, end;
+    bool writes;
+    size_t copy;
+  };
+  std::vector<Range> ranges;
+  for (size_t i = 0; i < count; ++i) {
+    const cudaError_t err = CheckCopy(dsts[i], srcs[i], sizes[i], cudaMemcpyDefault, kCall);
+    if (err != cudaSuccess) return err;
+    if (sizes[i] == 0) continue;
+    const auto d = reinterpret_cast<uintptr_t>(dsts[i]);
+    const auto r = reinterpret_cast<uintptr_t>(srcs[i]);
+    ranges.push_back({d, d + sizes[i], true, i});
+    ranges.push_back({r, r + sizes[i], false, i});
+  }
+  std::sort(ranges.begin(), ranges.end(),
+            [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  uintptr_t end_any = 0, end_write = 0;
+  size_t copy_any = 0, copy_write = 0;
+  for (const Range& r : ranges) {
+    const bool conflict = r.writes ? r.begin < end_any : r.begin < end_write;
+    if (conflict) {
+      const size_t other = r.writes && r.begin < end_any ? copy_any : copy_write;
+      return Misuse(cudaErrorInvalidValue,
+                    std::string(kCall) + ": copies " + std::to_string(other) + " and " +
+                        std::to_string(r.copy) +
+                        " of one batch overlap where one writes (their order is undefined)");
+    }
+    if (r.end > end_any) end_any = r.end, copy_any = r.copy;
+    if (r.writes && r.end > end_write) end_write = r.end, copy_write = r.copy;
+  }
+  // One stream operation. Sources read at the call (staged) where the attribute says so or
+  // the memory is pageable, as cudaMemcpyAsync's; pageable destinations: the whole batch now,
+  // once the stream's earlier work has run.
+  struct Copy {
+    void* dst;
+    const void* src;
+    size_t bytes;
+  };
+  auto copies = std::make_shared<std::vector<Copy>>();
+  auto staged = std::make_shared<std::vector<std::vector<unsigned char>>>();
+  staged->reserve(count);
+  bool pageable_dst = false;
+  size_t attr = 0;
+  for (size_t i = 0; i < count; ++i) {
+    while (attr + 1 < numAttrs && attrsIdxs[attr + 1] <= i) ++attr;
+    if (sizes[i] == 0) continue;
+    const void* src = srcs[i];
+    if (attrs[attr].srcAccessOrder == cudaMemcpySrcAccessOrderDuringApiCall ||
+        cuda_emu::IsPageableHostMemory(src)) {
+      const auto* from = static_cast<const unsigned char*>(src);
+      staged->emplace_back(from, from + sizes[i]);
+      src = staged->back().data();
+    }
+    pageable_dst = pageable_dst || cuda_emu::IsPageableHostMemory(dsts[i]);
+    copies->push_back({dsts[i], src, sizes[i]});
+  }
+  auto run = [copies, staged] {
+    for (const Copy& c : *copies) std::memcpy(c.dst, c.src, c.bytes);
+  };
+  CUstream_st* s = cuda_emu::RealStream(stream);
+  if (pageable_dst && s != nullptr && !s->capturing && cuda_emu::DeferredStreams()) {
+    cuda_emu::RunQueued(s);
+    run();
+    return cudaSuccess;
+  }
+  return SetError(cuda_emu::RunOnStream(stream, std::move(run), kCall));
+}
 cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
   if (cuda_emu::ProhibitedDuringCapture("cudaMemset")) return cudaErrorStreamCaptureUnsupported;
   if (!cuda_emu::IsDeviceMemory(dst, bytes)) {

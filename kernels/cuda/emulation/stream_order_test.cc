@@ -203,5 +203,72 @@ GLIMPSE_CUDA_TEST(AGraphLaunchRunsInStreamOrderAndOutlivesItsExec) {
   GLIMPSE_EXPECT(Holds(f.pinned, a), "the graph's copy never ran");
 }
 
+// cudaMemcpyBatchAsync with a stream-ordered source (KvCacheStorage's swaps): the whole batch
+// runs in the stream's order, after what was queued before it, its page-locked sources read
+// when it runs.
+GLIMPSE_CUDA_TEST(ABatchOfCopiesRunsInStreamOrderReadingItsSourcesThen) {
+  Fixture f;
+  GLIMPSE_ASSERT_CUDA(f.Init());
+  const std::vector<uint8_t> a = Pattern(8);
+  GLIMPSE_ASSERT_CUDA(f.QueueCopyToPinned(a));  // queued: pinned = a
+  std::memcpy(f.pinned2, a.data(), kBytes);
+  void* dsts[] = {f.device2, f.pinned2};
+  const void* srcs[] = {f.pinned, f.device};
+  size_t sizes[] = {kBytes, kBytes};
+  cudaMemcpyAttributes attributes = {};
+  attributes.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+  size_t first = 0;
+  GLIMPSE_ASSERT_CUDA(cudaMemcpyBatchAsync(dsts, srcs, sizes, 2, &attributes, &first, 1, f.stream));
+  std::memset(f.pinned2, 0, kBytes);
+  GLIMPSE_EXPECT(!Holds(f.pinned2, a), "the batch ran at the call");
+  GLIMPSE_EXPECT(Holds(f.ReadDevice(f.device2).data(), a),
+                 "the batch did not read what the copy queued before it wrote");
+  GLIMPSE_EXPECT(Holds(f.pinned2, a), "the batch's copy to the host did not run at the sync");
+}
+
+// What CUDA refuses (cudaErrorInvalidValue), and what it leaves undefined (copies of a batch
+// that overlap where one writes), refused here.
+GLIMPSE_CUDA_TEST(ABatchOfCopiesIsRefusedWhereCudaRefusesItOrLeavesItUndefined) {
+  Fixture f;
+  GLIMPSE_ASSERT_CUDA(f.Init());
+  uint8_t* device = static_cast<uint8_t*>(f.device);
+  cudaMemcpyAttributes attributes = {};
+  attributes.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+  size_t first = 0;
+  auto batch = [&](void* d0, const void* s0, void* d1, const void* s1, cudaStream_t stream,
+                   cudaMemcpyAttributes* attrs) {
+    void* dsts[] = {d0, d1};
+    const void* srcs[] = {s0, s1};
+    size_t sizes[] = {kBytes / 2, kBytes / 2};
+    const cudaError_t err = cudaMemcpyBatchAsync(dsts, srcs, sizes, 2, attrs, &first, 1, stream);
+    cudaGetLastError();  // the emulator's misuse also sets the last error
+    return err;
+  };
+  // Two halves of one allocation, each from the host: fine.
+  GLIMPSE_EXPECT(
+      batch(device, f.pinned, device + kBytes / 2, f.pinned2, f.stream, &attributes) == cudaSuccess,
+      "disjoint copies refused");
+  GLIMPSE_EXPECT(batch(device, f.pinned, device + kBytes / 4, f.pinned2, f.stream, &attributes) ==
+                     cudaErrorInvalidValue,
+                 "overlapping destinations accepted");
+  GLIMPSE_EXPECT(
+      batch(f.device2, device, device, f.pinned, f.stream, &attributes) == cudaErrorInvalidValue,
+      "a copy writing another's source accepted");
+  GLIMPSE_EXPECT(batch(f.pinned, device, f.pinned2, device, f.stream, &attributes) == cudaSuccess,
+                 "two copies reading one source refused");
+  GLIMPSE_EXPECT(batch(device, f.pinned, device + kBytes / 2, f.pinned2, nullptr, &attributes) ==
+                     cudaErrorInvalidValue,
+                 "the legacy stream accepted");
+  cudaMemcpyAttributes unset = {};
+  GLIMPSE_EXPECT(batch(device, f.pinned, device + kBytes / 2, f.pinned2, f.stream, &unset) ==
+                     cudaErrorInvalidValue,
+                 "an attribute without a source access order accepted");
+  first = 1;
+  GLIMPSE_EXPECT(batch(device, f.pinned, device + kBytes / 2, f.pinned2, f.stream, &attributes) ==
+                     cudaErrorInvalidValue,
+                 "attributes not starting at copy 0 accepted");
+  GLIMPSE_ASSERT_CUDA(cudaStreamSynchronize(f.stream));
+}
+
 }  // namespace
 }  // namespace glimpse::kernels::cuda::testing
