@@ -151,6 +151,17 @@ std::vector<std::vector<float>> FlatRows(size_t num_rows, int32_t vocab, uint64_
   return rows;
 }
 
+// Sampling at temperature 1.5 with top-p 0.95 for `num_rows` rows: on FlatRows no nucleus fits
+// in the candidates a step brings back, so every row is fetched.
+std::vector<SamplingParams> WideNucleusParams(size_t num_rows) {
+  std::vector<SamplingParams> params(num_rows);
+  for (SamplingParams& p : params) {
+    p.temperature = 1.5f;
+    p.top_p = 0.95f;
+  }
+  return params;
+}
+
 // Plans a step of rows sampled with `params` (no logprobs) at `vocab` and runs it on `runner`.
 void PlanAndForward(const std::vector<SamplingParams>& params, int32_t vocab,
                     const StepLogitsOptions& options, FixedRowsRunner& runner, StepLogits* step) {
@@ -277,12 +288,8 @@ TEST(StepLogitsTest, RowsLeftOpenAreFetchedInOneCopy) {
   constexpr int32_t kVocab = 3000;
   constexpr size_t kRows = 4;
   const std::vector<std::vector<float>> rows = FlatRows(kRows, kVocab, 9);
-  std::vector<SamplingParams> params(kRows);
-  for (size_t r = 0; r < kRows; ++r) {
-    params[r].temperature = 1.5f;
-    params[r].top_p = 0.95f;
-    if (r % 2 == 1) params[r].presence_penalty = 0.5f;  // adjusted nucleus rows
-  }
+  std::vector<SamplingParams> params = WideNucleusParams(kRows);
+  for (size_t r = 1; r < kRows; r += 2) params[r].presence_penalty = 0.5f;  // adjusted nucleus
   StepLogits step;
   FixedRowsRunner runner(rows);
   ASSERT_NO_FATAL_FAILURE(PlanAndForward(params, kVocab, StepLogitsOptions{}, runner, &step));
@@ -328,11 +335,7 @@ TEST(StepLogitsTest, WholeRowsLandInTheRunnersHostMemory) {
   constexpr int32_t kVocab = 2000;
   constexpr size_t kRows = 3;
   const std::vector<std::vector<float>> rows = FlatRows(kRows, kVocab, 5);
-  std::vector<SamplingParams> params(kRows);
-  for (SamplingParams& p : params) {
-    p.temperature = 1.5f;
-    p.top_p = 0.95f;  // flat rows: no nucleus fits in the candidates, every row is fetched
-  }
+  const std::vector<SamplingParams> params = WideNucleusParams(kRows);
   kernels::cpu::InstrumentedCpuBackend backend;
   FixedRowsRunner runner(rows);
   runner.set_host_memory_backend(&backend);
@@ -370,11 +373,7 @@ TEST(StepLogitsTest, ReservedRowsServeWholeRowStepsAndFetchesWithoutAllocating) 
   constexpr int32_t kVocab = 2000;
   constexpr size_t kRows = 4;
   const std::vector<std::vector<float>> rows = FlatRows(kRows, kVocab, 9);
-  std::vector<SamplingParams> params(kRows);
-  for (SamplingParams& p : params) {
-    p.temperature = 1.5f;
-    p.top_p = 0.95f;  // flat rows: every nucleus reaches past the candidates
-  }
+  const std::vector<SamplingParams> params = WideNucleusParams(kRows);
   kernels::cpu::InstrumentedCpuBackend backend;
   FixedRowsRunner runner(rows);
   runner.set_host_memory_backend(&backend);
