@@ -108,11 +108,11 @@ void KvCacheStorage::ApplyMoves(std::span<const KvBlockMove> moves) {
 
 void KvCacheStorage::RunBatch(std::span<const KvBlockMove> run) {
   const KvBlockMove::Kind kind = run.front().kind;
+  const bool device_src = kind != KvBlockMove::Kind::kSwapIn;
+  const bool device_dst = kind != KvBlockMove::Kind::kSwapOut;
   copies_.clear();
   for (const KvBlockMove& m : run) {
     // Device block ids checked here, host ones by HostBlock.
-    const bool device_src = kind != KvBlockMove::Kind::kSwapIn;
-    const bool device_dst = kind != KvBlockMove::Kind::kSwapOut;
     CHECK(!device_src || (m.src >= 0 && m.src < num_blocks_));
     CHECK(!device_dst || (m.dst >= 0 && m.dst < num_blocks_));
     for (size_t layer = 0; layer < layers_.size(); ++layer) {
