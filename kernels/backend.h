@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/host_work.h"
 
 namespace glimpse::kernels {
 
@@ -331,6 +332,15 @@ class Backend {
     return {};
   }
   virtual void EndForward() {}
+  // Host work for the current step (between BeginForward and EndForward) to do while its
+  // device work runs (HostWork); null: none. The backend runs it at most once and forgets it
+  // by EndForward; what it leaves, the caller runs. This default runs it at once: ops that run
+  // on the host leave nothing to overlap, and the work's results (a step's outputs) are out
+  // soonest. A GPU backend runs it once the step's launches are enqueued, before the host
+  // first waits for the device.
+  virtual void OverlapHostWork(HostWork* work) {
+    if (work != nullptr) work->Run();
+  }
   // The most rows BeginForward may pad a step of at most `rows` token rows (or logits rows)
   // to (ForwardPlan::padded_rows; at least `rows`): what activations reserved for `rows`
   // must hold so that no such step grows them (LlamaModel::ReserveActivations). No padding by
@@ -350,8 +360,11 @@ class Backend {
 // return path of a forward pass ends its step. Borrows the backend (must outlive the scope).
 class ForwardScope {
  public:
-  ForwardScope(Backend& backend, const ForwardShape& shape)
-      : backend_(backend), plan_(backend.BeginForward(shape)) {}
+  // `host_work` (may be null): Backend::OverlapHostWork's, for this step.
+  ForwardScope(Backend& backend, const ForwardShape& shape, HostWork* host_work = nullptr)
+      : backend_(backend), plan_(backend.BeginForward(shape)) {
+    backend.OverlapHostWork(host_work);
+  }
   ~ForwardScope() { backend_.EndForward(); }
   ForwardScope(const ForwardScope&) = delete;
   ForwardScope& operator=(const ForwardScope&) = delete;

@@ -8,6 +8,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -284,13 +285,14 @@ float* LlamaModel::Scratch(size_t index, int64_t rows) {
 }
 
 absl::Status LlamaModel::Forward(const StepBatch& batch, KvCacheStorage& kv, float* logits) {
-  return Run(batch, kv, LogitsOutput{.logits = logits});
+  return Run(batch, kv, LogitsOutput{.logits = logits}, std::exchange(overlap_work_, nullptr));
 }
 
 absl::Status LlamaModel::ForwardTopK(const StepBatch& batch, KvCacheStorage& kv, int32_t k,
                                      int32_t* count, int32_t* index, float* value, float* row_max,
                                      double* row_exp_sum, const float* temperature,
                                      double* row_exp_sum_t1) {
+  kernels::HostWork* const host_work = std::exchange(overlap_work_, nullptr);
   if (k < 1) return absl::InvalidArgumentError(absl::StrCat("top-k of ", k, " tokens"));
   CHECK((row_max == nullptr) == (row_exp_sum == nullptr));
   CHECK(temperature == nullptr || row_max != nullptr);
@@ -303,7 +305,8 @@ absl::Status LlamaModel::ForwardTopK(const StepBatch& batch, KvCacheStorage& kv,
                           .top_row_max = row_max,
                           .top_row_exp_sum = row_exp_sum,
                           .top_temperature = temperature,
-                          .top_row_exp_sum_t1 = row_exp_sum_t1});
+                          .top_row_exp_sum_t1 = row_exp_sum_t1},
+             host_work);
 }
 
 absl::Status LlamaModel::CopyStepLogitsRow(int64_t row, float* logits) {
@@ -374,10 +377,12 @@ absl::Status LlamaModel::GatherStepLogits(std::span<const int32_t> rows,
 
 absl::Status LlamaModel::ForwardArgMax(const StepBatch& batch, KvCacheStorage& kv, int32_t* index,
                                        float* value) {
-  return Run(batch, kv, LogitsOutput{.argmax_index = index, .argmax_value = value});
+  return Run(batch, kv, LogitsOutput{.argmax_index = index, .argmax_value = value},
+             std::exchange(overlap_work_, nullptr));
 }
 
-absl::Status LlamaModel::Run(const StepBatch& batch, KvCacheStorage& kv, LogitsOutput out) {
+absl::Status LlamaModel::Run(const StepBatch& batch, KvCacheStorage& kv, LogitsOutput out,
+                             kernels::HostWork* host_work) {
   const LlamaConfig& c = config_;
   step_logits_rows_ = 0;
   RETURN_IF_ERROR(ValidateStepBatch(batch, kv.block_size(), kv.num_blocks(), c.vocab_size));
@@ -404,7 +409,7 @@ absl::Status LlamaModel::Run(const StepBatch& batch, KvCacheStorage& kv, LogitsO
   // CUDA graphs (issue #5): the backend may run this step padded to `rows` rows (a graph
   // bucket). Every activation, the logits rows included, is sized for that before the first
   // op, so that nothing reallocates mid-step; the scope ends the step on every return path.
-  const kernels::ForwardScope step_scope(be, StepShape(batch));
+  const kernels::ForwardScope step_scope(be, StepShape(batch), host_work);
   const int64_t rows = std::max(T, step_scope.plan().padded_rows);
   float* x = Scratch(kX, rows);
   float* xn = Scratch(kXn, rows);

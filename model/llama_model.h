@@ -92,6 +92,12 @@ class LlamaModel {
                            int32_t* index, float* value, float* row_max, double* row_exp_sum,
                            const float* temperature, double* row_exp_sum_t1);
 
+  // Host work for the next Forward, ForwardArgMax or ForwardTopK to hand its backend
+  // (Backend::OverlapHostWork): run while the step's device work computes. That call takes it
+  // (a later one sees none); one that fails before its step begins leaves it unrun, for the
+  // caller to run. Borrowed until that call returns; null: none.
+  void OverlapNextForward(kernels::HostWork* work) { overlap_work_ = work; }
+
   // Logits row `row` (this rank's vocabulary slice, fp32) of the last step, into host `logits`:
   // the rows a ForwardArgMax or ForwardTopK step left on the device, until the next step —
   // what a sample its reduction did not decide falls back to. OutOfRange past the step's rows
@@ -140,7 +146,9 @@ class LlamaModel {
     const float* top_temperature = nullptr;
     double* top_row_exp_sum_t1 = nullptr;
   };
-  absl::Status Run(const StepBatch& batch, KvCacheStorage& kv, LogitsOutput out);
+  // The step, handing `host_work` (may be null) to the backend for it (OverlapNextForward).
+  absl::Status Run(const StepBatch& batch, KvCacheStorage& kv, LogitsOutput out,
+                   kernels::HostWork* host_work);
   int64_t ScratchWidth(size_t index) const;
 
   LlamaConfig config_;
@@ -153,6 +161,7 @@ class LlamaModel {
   std::vector<size_t> scratch_floats_;
   int64_t activation_moves_ = 0;  // activation_moves()
   int64_t step_logits_rows_ = 0;  // logits rows of the last step (CopyStepLogitsRow)
+  kernels::HostWork* overlap_work_ = nullptr;  // OverlapNextForward's, until a step takes it
 };
 
 }  // namespace glimpse::model

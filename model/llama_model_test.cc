@@ -157,6 +157,49 @@ TEST_F(LlamaModelTest, ForwardRejectsInconsistentBatch) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Host work handed to the next forward pass (OverlapNextForward) runs once, in that pass: on
+// the CPU backend when the step begins (its results not yet written); a pass that fails
+// before its step begins leaves it to the caller, and no later pass runs it.
+TEST_F(LlamaModelTest, OverlapWorkRunsOnceInTheNextStepOrIsLeftToTheCaller) {
+  KvCacheStorage kv(*backend_, model_->config(), 4, 16);
+  StepBatch batch;
+  const std::vector<int32_t> tokens = {1, 2, 3};
+  const std::vector<int32_t> blocks = {0};
+  batch.AddSequence(tokens, 0, blocks, 16, true);
+  int32_t index = -7;  // poison: the pass writes the argmax's column here
+  float value = 0.0f;
+  int runs = 0;
+  int32_t index_seen_by_work = 0;
+  kernels::HostWork work([&] {
+    ++runs;
+    index_seen_by_work = index;
+  });
+  model_->OverlapNextForward(&work);
+  ASSERT_TRUE(model_->ForwardArgMax(batch, kv, &index, &value).ok());
+  EXPECT_EQ(runs, 1);
+  EXPECT_FALSE(work.pending());
+  EXPECT_EQ(index_seen_by_work, -7) << "the CPU backend runs the work as the step begins";
+  EXPECT_GE(index, 0);
+  ASSERT_TRUE(model_->ForwardArgMax(batch, kv, &index, &value).ok());
+  EXPECT_EQ(runs, 1) << "a later pass ran the work again";
+
+  // Refused before its step begins (k < 1): the work is left, and forgotten.
+  work.Reset([&] { ++runs; });
+  model_->OverlapNextForward(&work);
+  int32_t count = 0;
+  EXPECT_EQ(
+      model_->ForwardTopK(batch, kv, 0, &count, &index, &value, nullptr, nullptr, nullptr, nullptr)
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(work.pending());
+  ASSERT_TRUE(model_->ForwardArgMax(batch, kv, &index, &value).ok());
+  EXPECT_EQ(runs, 1) << "a later pass ran work it was not handed";
+  work.Run();
+  EXPECT_EQ(runs, 2);
+  work.Run();
+  EXPECT_EQ(runs, 2) << "HostWork runs at most once";
+}
+
 TEST_F(LlamaModelTest, LoadRejectsModelWithMissingTensor) {
   // Rename one layer's tensor in the tensor table: the loader must name what is missing.
   std::ifstream in(kModelPath, std::ios::binary);

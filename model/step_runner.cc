@@ -31,7 +31,9 @@ absl::Status LlamaStepRunner::CheckRunnable() const {
 }
 
 absl::Status LlamaStepRunner::ForwardGreedy(const StepBatch& batch, int32_t* tokens) {
+  kernels::HostWork* const overlap = TakeOverlapWork();
   RETURN_IF_ERROR(CheckRunnable());
+  model_.OverlapNextForward(overlap);
   argmax_values_.resize(batch.logits_rows.size());
   return model_.ForwardArgMax(batch, *kv_, tokens, argmax_values_.data());
 }
@@ -39,11 +41,13 @@ absl::Status LlamaStepRunner::ForwardGreedy(const StepBatch& batch, int32_t* tok
 absl::Status LlamaStepRunner::ForwardTopK(const StepBatch& batch, int32_t k,
                                           std::span<const float> normalizer_temperatures,
                                           bool sums_t1, TopTokens* top) {
+  kernels::HostWork* const overlap = TakeOverlapWork();
   RETURN_IF_ERROR(CheckRunnable());
   const bool normalizers = !normalizer_temperatures.empty();
   CHECK(!normalizers || normalizer_temperatures.size() == batch.logits_rows.size());
   CHECK(!sums_t1 || normalizers);
   top->Resize(batch.logits_rows.size(), k, normalizers, sums_t1);
+  model_.OverlapNextForward(overlap);
   return model_.ForwardTopK(batch, *kv_, k, top->count.data(), top->ids.data(), top->logits.data(),
                             top->row_max_data(), top->row_exp_sum_data(),
                             normalizers ? normalizer_temperatures.data() : nullptr,
@@ -99,7 +103,9 @@ absl::Status LlamaStepRunner::GatherStepLogits(std::span<const int32_t> rows,
 }
 
 absl::Status LlamaStepRunner::Forward(const StepBatch& batch, float* logits) {
+  kernels::HostWork* const overlap = TakeOverlapWork();
   RETURN_IF_ERROR(CheckRunnable());
+  model_.OverlapNextForward(overlap);
   return model_.Forward(batch, *kv_, logits);
 }
 

@@ -14,9 +14,11 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kernels/host_work.h"
 #include "model/kv_cache_storage.h"
 #include "model/llama_config.h"
 #include "model/llama_model.h"
@@ -105,6 +107,14 @@ class StepRunner {
   virtual absl::Status ForwardTopK(const StepBatch& batch, int32_t k,
                                    std::span<const float> normalizer_temperatures, bool sums_t1,
                                    TopTokens* top) = 0;
+  // Host work for the next Forward, ForwardGreedy or ForwardTopK call to do while its device
+  // work runs (kernels::HostWork; the engine emits the previous step's outputs there): that
+  // call may run it, on the calling thread, where the host would otherwise only wait for the
+  // device (a single model hands it to its backend: LlamaModel::OverlapNextForward); the
+  // caller runs what it left once the call returns. Borrowed until then; null: none. A runner
+  // that never runs it (the default) is correct, only without the overlap.
+  void OverlapNextForward(kernels::HostWork* work) { overlap_work_ = work; }
+
   // After a ForwardGreedy or ForwardTopK step and before the next step: logits row `row` of
   // that step (an index into its batch.logits_rows), the whole vocabulary, into host `logits`
   // ([vocab] fp32). What a sample the reduction did not decide falls back to. OutOfRange past
@@ -140,6 +150,14 @@ class StepRunner {
   }
   // Bytes of one KV element on this runner's devices (Backend::KvElementBytes()).
   virtual size_t kv_element_bytes() const = 0;
+
+ protected:
+  // OverlapNextForward's work, for the forward call now running to take (null if none, or
+  // taken): later calls see none.
+  kernels::HostWork* TakeOverlapWork() { return std::exchange(overlap_work_, nullptr); }
+
+ private:
+  kernels::HostWork* overlap_work_ = nullptr;
 };
 
 // A StepRunner over one LlamaModel and one KvCacheStorage on the model's backend: the

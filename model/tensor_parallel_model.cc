@@ -151,6 +151,7 @@ absl::Status TensorParallelModel::OnEveryRank(const std::function<absl::Status(R
 }
 
 absl::Status TensorParallelModel::ForwardGreedy(const StepBatch& batch, int32_t* tokens) {
+  kernels::HostWork* const overlap = TakeOverlapWork();
   if (ranks_[0].kv == nullptr) {
     return absl::FailedPreconditionError("Forward before AllocateKvCache");
   }
@@ -159,6 +160,8 @@ absl::Status TensorParallelModel::ForwardGreedy(const StepBatch& batch, int32_t*
     rank.argmax_index.resize(num_rows);
     rank.argmax_value.resize(num_rows);
   }
+  // Rank 0 runs on this thread: the work overlaps every rank's step there.
+  ranks_[0].model->OverlapNextForward(overlap);
   RETURN_IF_ERROR(OnEveryRank([&](Rank& rank) {
     return rank.model->ForwardArgMax(batch, *rank.kv, rank.argmax_index.data(),
                                      rank.argmax_value.data());
@@ -182,6 +185,7 @@ absl::Status TensorParallelModel::ForwardGreedy(const StepBatch& batch, int32_t*
 absl::Status TensorParallelModel::ForwardTopK(const StepBatch& batch, int32_t k,
                                               std::span<const float> normalizer_temperatures,
                                               bool sums_t1, TopTokens* top) {
+  kernels::HostWork* const overlap = TakeOverlapWork();
   if (ranks_[0].kv == nullptr) {
     return absl::FailedPreconditionError("Forward before AllocateKvCache");
   }
@@ -192,6 +196,7 @@ absl::Status TensorParallelModel::ForwardTopK(const StepBatch& batch, int32_t k,
   for (Rank& rank : ranks_) {
     rank.top.Resize(num_rows, k, normalizers, sums_t1);  // k < 1: every rank's model refuses
   }
+  ranks_[0].model->OverlapNextForward(overlap);
   RETURN_IF_ERROR(OnEveryRank([&](Rank& rank) {
     return rank.model->ForwardTopK(
         batch, *rank.kv, k, rank.top.count.data(), rank.top.ids.data(), rank.top.logits.data(),
@@ -300,6 +305,7 @@ void TensorParallelModel::MergeRowNormalizers(size_t row, float temperature, Top
 }
 
 absl::Status TensorParallelModel::Forward(const StepBatch& batch, float* logits) {
+  kernels::HostWork* const overlap = TakeOverlapWork();
   if (ranks_[0].kv == nullptr) {
     return absl::FailedPreconditionError("Forward before AllocateKvCache");
   }
@@ -312,6 +318,7 @@ absl::Status TensorParallelModel::Forward(const StepBatch& batch, float* logits)
       rank.logits.Resize(num_rows * static_cast<size_t>(rank.model->shard().vocab.size()));
     }
   }
+  ranks_[0].model->OverlapNextForward(overlap);
   RETURN_IF_ERROR(OnEveryRank([&](Rank& rank) {
     return rank.model->Forward(batch, *rank.kv, size() == 1 ? logits : rank.logits.data());
   }));

@@ -231,7 +231,7 @@ void Engine::Loop() {
             },
             this));
       }
-      if (stop_) return;
+      if (stop_) break;
       requests.swap(inbox_);
       streams.swap(inbox_streams_);
       aborts.swap(abort_inbox_);
@@ -243,6 +243,8 @@ void Engine::Loop() {
     ReleaseFinished();
     PublishLoad();
   }
+  // Stopping: what the last step sampled still reaches its clients, before Stop fails them.
+  EmitDeferredOutputs();
 }
 
 void Engine::AdmitInbox(std::vector<EngineRequest>& requests,
@@ -319,6 +321,7 @@ void Engine::Step() {
   const Clock::time_point now = Clock::now();
   SchedulerOutput plan = scheduler_->Schedule(now);
   if (plan.scheduled.empty()) {
+    EmitDeferredOutputs();  // no forward pass to do it during
     // Nothing could run: a sequence has outgrown the whole KV pool (the last one preempted,
     // or, with nothing running, any waiting one too long for the pool). End it rather than
     // spin; the client gets its partial output with finish reason "length".
@@ -370,7 +373,15 @@ void Engine::Step() {
     step_logits_.AddRow(spec.sampling, spec.output.num_logprobs >= 0);
   }
   step_logits_.Finish();
+  // The last step's outputs are emitted while this one computes, and in any case before its
+  // tokens are sampled (so a request's outputs stay in order).
+  if (!deferred_outputs_.empty()) {
+    emit_work_.Reset([this] { EmitDeferredOutputs(); });
+    runner_.OverlapNextForward(&emit_work_);
+  }
   const absl::Status status = step_logits_.Forward(runner_, batch);
+  runner_.OverlapNextForward(nullptr);
+  emit_work_.Run();    // if the runner did not
   CHECK(status.ok());  // The scheduler builds valid batches; anything else is a bug.
   scheduler_->OnStepComputed(plan);
   {
@@ -397,8 +408,17 @@ void Engine::Step() {
   for (Sequence* seq : logits_owner) touched.push_back(seq->request);
   std::sort(touched.begin(), touched.end());
   touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+  if (!options_.overlap_outputs) {
+    EmitOutputs(touched);
+    return;
+  }
+  // Finished requests' outputs now (they are released after this step); the rest during the
+  // next step's forward pass.
+  auto unfinished = std::partition(touched.begin(), touched.end(),
+                                   [](const Request* r) { return r->finished(); });
+  deferred_outputs_.assign(unfinished, touched.end());
+  touched.erase(unfinished, touched.end());
   EmitOutputs(touched);
-
 }
 
 Sequence* Engine::ForkChild(Request* request, int32_t index) {
@@ -676,6 +696,16 @@ void Engine::EmitOutputs(const std::vector<Request*>& touched) {
   }
 }
 
+void Engine::EmitDeferredOutputs() {
+  if (deferred_outputs_.empty()) return;
+  emitting_.swap(deferred_outputs_);
+  deferred_outputs_.clear();
+  // Requests finished since (aborted, cancelled, past their deadline) were emitted whole then.
+  std::erase_if(emitting_, [](const Request* r) { return r->finished(); });
+  EmitOutputs(emitting_);
+  emitting_.clear();
+}
+
 void Engine::PushOutput(Request* request, RequestOutput output) {
   if (output.done) {
     // Before the client can see the end: the id is free again and the load snapshot shows
@@ -688,9 +718,16 @@ void Engine::PushOutput(Request* request, RequestOutput output) {
 }
 
 void Engine::ReleaseFinished() {
+  bool purged = false;
   for (auto it = requests_.begin(); it != requests_.end();) {
     auto current = it++;
-    if (current->second->finished()) requests_.erase(current);
+    if (!current->second->finished()) continue;
+    if (!purged) {
+      // A deferred request that finished since was emitted then; it must not outlive this.
+      std::erase_if(deferred_outputs_, [](const Request* r) { return r->finished(); });
+      purged = true;
+    }
+    requests_.erase(current);
   }
 }
 

@@ -64,6 +64,12 @@ struct EngineOptions {
   // them alone, else the rows. The same tokens either way; turning both off copies every row
   // back (for comparison).
   model::StepLogitsOptions step_logits;
+  // Emit a step's outputs of requests it did not finish during the next step's forward pass
+  // (StepRunner::OverlapNextForward): on a GPU the host builds and pushes them while the
+  // device computes, instead of the device waiting for them. A request's tokens still reach
+  // its stream in order, and outputs that finish a request go out at once. Off: every output
+  // is pushed before the next step is scheduled (for comparison).
+  bool overlap_outputs = true;
 };
 
 // A consistent-enough snapshot of the engine's state and cumulative work counters.
@@ -171,6 +177,8 @@ class Engine {
   void FinishRequest(Request* request, FinishReason reason, const std::string& message,
                      absl::Status status);
   void EmitOutputs(const std::vector<Request*>& touched);
+  // The outputs deferred_outputs_ left for later (EngineOptions::overlap_outputs), now.
+  void EmitDeferredOutputs();
   void PushOutput(Request* request, RequestOutput output);
   void ReleaseFinished();
   void PublishLoad();
@@ -192,6 +200,13 @@ class Engine {
   // This step's logits as brought back (the rows, their argmax or their candidates).
   model::StepLogits step_logits_;
   std::vector<model::KvBlockMove> kv_moves_;  // This step's, reused across steps.
+  // Requests whose last step's outputs wait to be emitted (EngineOptions::overlap_outputs):
+  // during the next forward pass (emit_work_), or before anything else could push to their
+  // streams. None finished: a request that finishes (whatever ends it) has its outputs
+  // emitted then, and leaves this list before it is released.
+  std::vector<Request*> deferred_outputs_;
+  std::vector<Request*> emitting_;  // EmitDeferredOutputs' copy, reused across steps
+  kernels::HostWork emit_work_;     // EmitDeferredOutputs, handed to the step's forward pass
   // options_.sampling_threads - 1 workers (null for one thread); used by the engine thread only.
   std::unique_ptr<kernels::cpu::ThreadPool> sampling_pool_;
 

@@ -69,6 +69,11 @@ ABSL_FLAG(int32_t, sampling_threads, 0,
           "the CPUs this process may use, at most 8. Rows are sampled in parallel once rows x "
           "vocabulary reach 2^20 (e.g. 8 rows of a 128k vocabulary); any count draws the same "
           "tokens.");
+ABSL_FLAG(bool, overlap_outputs, true,
+          "serve: emit a step's outputs while the next step computes (on a GPU the host "
+          "builds and pushes them during the forward pass instead of the device waiting for "
+          "them); false: before the next step is scheduled. Tokens reach each stream in order "
+          "either way.");
 ABSL_FLAG(int32_t, write_threads, 0,
           "serve: threads that build the Generate responses and start their gRPC writes, so "
           "that the engine thread, which must get on with the next step, does not; 0: one per "
@@ -170,6 +175,7 @@ absl::StatusOr<ServeConfig> ConfigFromFlags() {
   }
   c.engine.sampling_threads =
       sampling_threads > 0 ? sampling_threads : std::min(8, kernels::cpu::DefaultNumThreads());
+  c.engine.overlap_outputs = absl::GetFlag(FLAGS_overlap_outputs);
   c.write_threads = absl::GetFlag(FLAGS_write_threads);
   if (c.write_threads < 0 || c.write_threads > 64) {
     return absl::InvalidArgumentError("--write_threads must be in 0..64 (0: automatic)");

@@ -6,8 +6,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <limits>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -927,6 +930,203 @@ TEST_F(EngineTest, ArgMaxStepsSampleOnTheEngineThreadAlone) {
     EXPECT_EQ(argmax_tokens[i][0],
               std::vector<int32_t>(refs[i].tokens.begin(), refs[i].tokens.begin() + 12))
         << "request " << i;
+  }
+}
+
+// A StepRunner over another that, in each greedy forward pass, runs the host work the
+// engine handed it (as a GPU backend does while the step computes) and counts the tokens the
+// watched streams had delivered just before and just after that work.
+class OverlapProbeRunner final : public model::StepRunner {
+ public:
+  struct Call {
+    bool had_work = false;
+    std::vector<size_t> tokens_before;  // per watched stream
+    std::vector<size_t> tokens_after;
+  };
+
+  explicit OverlapProbeRunner(model::StepRunner& inner) : inner_(inner) {}
+
+  // Before the engine starts.
+  void Watch(std::vector<std::shared_ptr<RequestStream>> streams) {
+    streams_ = std::move(streams);
+    tokens_.resize(streams_.size());
+    done_.resize(streams_.size());
+  }
+  // Run on the engine thread after each call's counts (e.g. to abort a request then).
+  void set_after_call(std::function<void(size_t call)> fn) { after_call_ = std::move(fn); }
+  const std::vector<Call>& calls() const { return calls_; }
+  // What stream i delivered, once the engine is idle or stopped.
+  const std::vector<int32_t>& tokens(size_t i) {
+    Read();
+    return tokens_[i];
+  }
+  int num_done(size_t i) {
+    Read();
+    return done_[i];
+  }
+  // The finished delta of stream i's done output (null if it has none).
+  const SequenceDelta* final_delta(size_t i) const { return final_[i] ? &*final_[i] : nullptr; }
+
+  const model::LlamaConfig& config() const override { return inner_.config(); }
+  int tensor_parallel_size() const override { return inner_.tensor_parallel_size(); }
+  void AllocateKvCache(int32_t num_blocks, int32_t block_size, int32_t num_host_blocks) override {
+    inner_.AllocateKvCache(num_blocks, block_size, num_host_blocks);
+  }
+  void ReserveActivations(int32_t max_step_tokens, int32_t max_logits_rows) override {
+    inner_.ReserveActivations(max_step_tokens, max_logits_rows);
+  }
+  int32_t kv_num_blocks() const override { return inner_.kv_num_blocks(); }
+  int32_t kv_block_size() const override { return inner_.kv_block_size(); }
+  size_t kv_element_bytes() const override { return inner_.kv_element_bytes(); }
+  absl::Status Forward(const model::StepBatch& batch, float* logits) override {
+    return inner_.Forward(batch, logits);
+  }
+  absl::Status ForwardTopK(const model::StepBatch& batch, int32_t k,
+                           std::span<const float> normalizer_temperatures, bool sums_t1,
+                           model::TopTokens* top) override {
+    return inner_.ForwardTopK(batch, k, normalizer_temperatures, sums_t1, top);
+  }
+  absl::Status CopyStepLogitsRow(size_t row, float* logits) override {
+    return inner_.CopyStepLogitsRow(row, logits);
+  }
+  void MoveKvBlocks(std::span<const model::KvBlockMove> moves) override {
+    inner_.MoveKvBlocks(moves);
+  }
+  absl::Status ForwardGreedy(const model::StepBatch& batch, int32_t* tokens) override {
+    Call call;
+    kernels::HostWork* work = TakeOverlapWork();
+    call.had_work = work != nullptr;
+    call.tokens_before = Read();
+    if (work != nullptr) work->Run();
+    call.tokens_after = Read();
+    calls_.push_back(std::move(call));
+    if (after_call_) after_call_(calls_.size() - 1);
+    return inner_.ForwardGreedy(batch, tokens);
+  }
+
+ private:
+  // Takes what the streams have delivered so far; returns each one's token count.
+  std::vector<size_t> Read() {
+    final_.resize(streams_.size());
+    std::vector<size_t> counts;
+    for (size_t i = 0; i < streams_.size(); ++i) {
+      // Past its done output a stream repeats it forever: stop there.
+      while (done_[i] == 0) {
+        std::optional<RequestOutput> out = streams_[i]->TryNext();
+        if (!out.has_value()) break;
+        for (const SequenceDelta& d : out->deltas) {
+          tokens_[i].insert(tokens_[i].end(), d.token_ids.begin(), d.token_ids.end());
+          if (d.finished) final_[i] = d;
+        }
+        done_[i] += out->done ? 1 : 0;
+      }
+      counts.push_back(tokens_[i].size());
+    }
+    return counts;
+  }
+
+  model::StepRunner& inner_;
+  std::vector<std::shared_ptr<RequestStream>> streams_;
+  std::function<void(size_t)> after_call_;
+  std::vector<Call> calls_;
+  std::vector<std::vector<int32_t>> tokens_;
+  std::vector<int> done_;
+  std::vector<std::optional<SequenceDelta>> final_;
+};
+
+// With overlap_outputs (the default), the outputs of a step's unfinished requests reach their
+// streams during the next step's forward pass: none before it, all by the end of the host
+// work the engine hands that pass; an output that finishes a request goes out at once. Off,
+// every output is out before the next step. Either way each stream gets llama.cpp's tokens
+// in order, and one done output.
+TEST_F(EngineTest, AStepsOutputsAreEmittedDuringTheNextForwardPass) {
+  const std::vector<Reference> refs = LoadReferences();
+  const size_t lengths[] = {6, 10};  // request 0 finishes first; 1 goes on alone
+  for (const bool overlap : {true, false}) {
+    SCOPED_TRACE(overlap ? "overlapped" : "not overlapped");
+    OverlapProbeRunner probe(*loaded_.runner);
+    EngineOptions options;
+    options.overlap_outputs = overlap;
+    auto created = Engine::Create(probe, *tokenizer_, options);
+    ASSERT_TRUE(created.ok()) << created.status();
+    std::unique_ptr<Engine> engine = std::move(*created);
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (int i = 0; i < 2; ++i) {
+      auto s = engine->Submit(
+          Greedy("o" + std::to_string(i), refs[i].prompt, static_cast<int32_t>(lengths[i])));
+      ASSERT_TRUE(s.ok()) << s.status();
+      streams.push_back(*s);
+    }
+    probe.Watch(streams);  // before the first step
+    engine->Start();
+    ASSERT_TRUE(engine->WaitIdle(absl::Seconds(20)));
+    engine->Stop();
+
+    // One step a token: the first prefills both prompts and samples their first tokens.
+    const std::vector<OverlapProbeRunner::Call>& calls = probe.calls();
+    ASSERT_EQ(calls.size(), lengths[1]);
+    for (size_t k = 0; k < calls.size(); ++k) {
+      SCOPED_TRACE("forward pass " + std::to_string(k));
+      // Overlapped, the work comes with every pass that follows a step with an unfinished
+      // request, and only those.
+      EXPECT_EQ(calls[k].had_work, overlap && k > 0);
+      for (size_t i = 0; i < 2; ++i) {
+        // Tokens sampled before this pass (steps 0..k-1), as many as the request asked for.
+        const size_t sampled = std::min(k, lengths[i]);
+        // The last step's unfinished outputs wait for this pass's work.
+        const bool waits = overlap && k > 0 && k - 1 < lengths[i] - 1;
+        EXPECT_EQ(calls[k].tokens_before[i], waits ? sampled - 1 : sampled) << "request " << i;
+        EXPECT_EQ(calls[k].tokens_after[i], sampled) << "request " << i;
+      }
+    }
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_EQ(probe.tokens(i),
+                std::vector<int32_t>(refs[i].tokens.begin(), refs[i].tokens.begin() + lengths[i]))
+          << "request " << i;
+      EXPECT_EQ(probe.num_done(i), 1) << "request " << i;
+    }
+  }
+}
+
+// A request aborted while its last step's outputs wait (overlapped) gets them, in order,
+// with its abort and one done output; the request beside it goes on undisturbed.
+TEST_F(EngineTest, ARequestAbortedWhileItsOutputsWaitGetsThemAll) {
+  const std::vector<Reference> refs = LoadReferences();
+  OverlapProbeRunner probe(*loaded_.runner);
+  EngineOptions options;  // overlap_outputs by default
+  auto created = Engine::Create(probe, *tokenizer_, options);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<Engine> engine = std::move(*created);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 2; ++i) {
+    auto s = engine->Submit(Greedy("a" + std::to_string(i), refs[i].prompt, 12));
+    ASSERT_TRUE(s.ok()) << s.status();
+    streams.push_back(*s);
+  }
+  probe.Watch(streams);
+  // During pass 4 (its 4th token, of step 3, just emitted): the abort lands before the next
+  // step, while step 4's output waits.
+  probe.set_after_call([&](size_t call) {
+    if (call == 4) {
+      EXPECT_TRUE(engine->Abort("a0", "enough"));
+    }
+  });
+  engine->Start();
+  ASSERT_TRUE(engine->WaitIdle(absl::Seconds(20)));
+  engine->Stop();
+  EXPECT_EQ(probe.tokens(0),
+            std::vector<int32_t>(refs[0].tokens.begin(), refs[0].tokens.begin() + 5));
+  EXPECT_EQ(probe.num_done(0), 1);
+  ASSERT_NE(probe.final_delta(0), nullptr);
+  EXPECT_EQ(probe.final_delta(0)->finish_reason, FinishReason::kAbort);
+  EXPECT_EQ(probe.final_delta(0)->message, "enough");
+  EXPECT_EQ(probe.tokens(1),
+            std::vector<int32_t>(refs[1].tokens.begin(), refs[1].tokens.begin() + 12));
+  EXPECT_EQ(probe.num_done(1), 1);
+  // After the abort, no pass saw request 0's stream change.
+  for (size_t k = 5; k < probe.calls().size(); ++k) {
+    EXPECT_EQ(probe.calls()[k].tokens_before[0], 5u) << "pass " << k;
+    EXPECT_EQ(probe.calls()[k].tokens_after[0], 5u) << "pass " << k;
   }
 }
 

@@ -79,7 +79,11 @@ void InstantStepRunner::Record(const model::StepBatch& batch) {
   calls_.push_back({std::chrono::steady_clock::now(), CpuMicros(CLOCK_THREAD_CPUTIME_ID),
                     CpuMicros(CLOCK_PROCESS_CPUTIME_ID), batch.logits_rows.size()});
   ++step_;
-  if (forward_time_.count() > 0) std::this_thread::sleep_for(forward_time_);
+  // As on a GPU: the host work handed to this step (the engine's last outputs) runs while the
+  // "device" computes, and the step ends forward_time after it began, or when that work is
+  // done if it takes longer.
+  if (kernels::HostWork* work = TakeOverlapWork(); work != nullptr) work->Run();
+  if (forward_time_.count() > 0) std::this_thread::sleep_until(calls_.back().start + forward_time_);
 }
 
 int32_t InstantStepRunner::Token(size_t row) const {

@@ -5,11 +5,12 @@
 // brings them back — every row's different and all of them plain text tokens of the bundled
 // tokenizer. A forward call returns at once, or after sleeping `forward_time` (a GPU step's
 // duration, during which the engine thread waits without using a CPU, as it does on a
-// stream synchronization). Each forward call records when it began, on the wall clock and on the
-// calling thread's and the process's CPU clocks, and how many logits rows it had: the interval
-// between two calls is the engine's time per step (the runner's being ~0), and the CPU interval the
-// part of it the engine thread spent running rather than waiting for a CPU (what other threads on a
-// busy machine cannot inflate).
+// stream synchronization); host work handed to it (StepRunner::OverlapNextForward) runs
+// during that time, as a GPU backend runs it while the step computes. Each forward call records
+// when it began, on the wall clock and on the calling thread's and the process's CPU clocks, and
+// how many logits rows it had: the interval between two calls is the engine's time per step (the
+// runner's being ~0), and the CPU interval the part of it the engine thread spent running rather
+// than waiting for a CPU (what other threads on a busy machine cannot inflate).
 //
 // Thread-safety: the engine thread only; Intervals() after the engine stopped.
 #ifndef GLIMPSE_TOOLS_BENCH_INSTANT_STEP_RUNNER_H_
@@ -74,7 +75,7 @@ class InstantStepRunner final : public model::StepRunner {
     double process_cpu_us = 0;
     size_t rows = 0;
   };
-  // Records the call, then sleeps the forward time.
+  // Records the call, runs its overlap work, then sleeps out the forward time.
   void Record(const model::StepBatch& batch);
   int32_t Token(size_t row) const;
 

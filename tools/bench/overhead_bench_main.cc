@@ -29,6 +29,9 @@ ABSL_FLAG(int32_t, forward_us, 0,
 ABSL_FLAG(int32_t, sampling_threads, 0,
           "threads that sample a step's rows, the engine thread included, as glimpse serve's "
           "flag; 0: as serve's default, the CPUs this process may use, at most 8");
+ABSL_FLAG(bool, overlap_outputs, true,
+          "emit a step's outputs while the next step computes, as glimpse serve does "
+          "(EngineOptions::overlap_outputs); false: before it is scheduled (for comparison)");
 ABSL_FLAG(std::string, overhead_model, "models/tinycode-4m-f16.gguf",
           "model whose tokenizer and config the engine uses (its weights are not run)");
 
@@ -47,6 +50,7 @@ std::unique_ptr<scheduler::Engine> StartOverheadEngine(InstantStepRunner& runner
   options.num_kv_blocks = spec.batch * ((16 + spec.steps) / 16 + 2);
   options.max_waiting_requests = spec.batch;
   options.seed = 1;
+  options.overlap_outputs = absl::GetFlag(FLAGS_overlap_outputs);
   if (spec.mode.max_device_top_k >= 0) {
     options.step_logits.max_device_top_k = spec.mode.max_device_top_k;
   }
@@ -127,7 +131,10 @@ int OverheadBenchMain(int argc, char** argv, const char* program, const char* ti
     std::fprintf(stderr, "%s: %s\n", program, loaded.status().ToString().c_str());
     return 1;
   }
-  std::printf("%s (forward pass of %d us, %d steps a request)\n", title, forward_us, steps);
+  std::printf("%s (forward pass of %d us, %d steps a request, outputs %s)\n", title, forward_us,
+              steps,
+              absl::GetFlag(FLAGS_overlap_outputs) ? "overlapped with the next step"
+                                                   : "before the next step");
   std::printf("%-22s %6s %12s %12s %14s %16s %16s\n", "mode", "batch", "median us", "p90 us",
               "us / sequence", "engine cpu us", "process cpu us");
   for (const OverheadMode& mode : modes) {

@@ -3,7 +3,7 @@
 // and batch size asked for, and this prints the engine's time per full-batch decode step.
 //
 // Flags (defined here): --steps, --batch_sizes, --modes, --forward_us, --sampling_threads,
-// --overhead_model.
+// --overlap_outputs, --overhead_model.
 #ifndef GLIMPSE_TOOLS_BENCH_OVERHEAD_BENCH_MAIN_H_
 #define GLIMPSE_TOOLS_BENCH_OVERHEAD_BENCH_MAIN_H_
 

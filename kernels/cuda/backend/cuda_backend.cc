@@ -128,6 +128,9 @@ CudaBackend::~CudaBackend() {
 // ---- Staging --------------------------------------------------------------------------------
 
 void CudaBackend::RestartStaging(size_t min_capacity) {
+  // The host is about to wait for the device: the step's overlapped host work runs first,
+  // while what is enqueued computes.
+  if (HostWork* work = std::exchange(host_work_, nullptr); work != nullptr) work->Run();
   GLIMPSE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   staging_used_ = 0;
   ++generation_;

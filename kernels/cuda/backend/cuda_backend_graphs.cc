@@ -102,7 +102,14 @@ int64_t CudaBackend::MaxPaddedRows(int64_t rows) const {
 void CudaBackend::EndForward() {
   Bind();
   if (graphs_.recording()) FinishGraphStep(GraphEagerReason::kNumReasons);
+  // A step that never waited (no logits rows): its work runs now, behind the launches.
+  if (HostWork* work = std::exchange(host_work_, nullptr); work != nullptr) work->Run();
   in_step_ = false;
+}
+
+void CudaBackend::OverlapHostWork(HostWork* work) {
+  if (!in_step_) Fail("OverlapHostWork outside a step (ForwardScope hands it over)");
+  host_work_ = work;
 }
 
 std::vector<BackendCounter> CudaBackend::Counters() const {

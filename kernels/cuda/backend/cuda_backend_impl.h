@@ -268,6 +268,9 @@ class CudaBackend final : public Backend {
   // A decode step of up to kMaxGraphBatch rows is padded to its bucket (DecodeBucketFor).
   int64_t MaxPaddedRows(int64_t rows) const override;
   void EndForward() override;
+  // Kept for the step's first host wait (RestartStaging), once its launches (its graph) are
+  // enqueued; run at EndForward at the latest.
+  void OverlapHostWork(HostWork* work) override;
   std::vector<BackendCounter> Counters() const override;
   // cudaMemGetInfo on this backend's device; nullopt (logged) if it fails.
   std::optional<DeviceMemoryInfo> DeviceMemory() override;
@@ -540,6 +543,7 @@ class CudaBackend final : public Backend {
   // CUDA graphs of decode steps.
   DecodeGraphRecorder graphs_;
   bool in_step_ = false;  // between BeginForward and EndForward
+  HostWork* host_work_ = nullptr;  // OverlapHostWork's, until run or EndForward
   // cuBLAS's workspace, set explicitly: a captured GEMM must use memory that stays put, and
   // eager and captured GEMMs then choose their algorithms under the same workspace.
   DeviceBuffer<uint8_t> cublas_workspace_;

@@ -8,6 +8,7 @@
 // fp32 rounding (cuda_greedy_test: no divergence over the references), so its greedy tokens
 // must equal llama.cpp's whatever the batches and preemptions. Skips cleanly without a device.
 // Also: a model the attention kernels cannot run is refused at load.
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -98,6 +99,73 @@ TEST_F(CudaEngineTest, CompletionsSharingAPromptCopyItsLastBlockOnTheDevice) {
   while (partial < refs_.size() && refs_[partial].prompt.size() % 16 == 0) ++partial;
   ASSERT_LT(partial, refs_.size());
   ExpectGreedyReferences(*engine, refs_, {partial}, 3, absl::Seconds(30));
+}
+
+// The steps the backend has begun: each is counted once, when it begins (eager) or when its
+// graph is launched, before the host first waits for it.
+int64_t StepsBegun(const kernels::Backend& backend) {
+  int64_t steps = 0;
+  for (const kernels::BackendCounter& c : backend.Counters()) {
+    if (c.name == "cuda_graph_captures_total" || c.name == "cuda_graph_replays_total" ||
+        c.name.starts_with("cuda_graph_eager_")) {
+      steps += c.value;
+    }
+  }
+  return steps;
+}
+
+// Overlapped (EngineOptions::overlap_outputs, the default), a step's outputs go out while the
+// next step computes: the backend hands the engine's work the host's first wait for that
+// step, so each output of step j reaches its stream once step j + 1 has begun on the device
+// (its graph launched), and the last one (which finishes the request) at once. Not overlapped,
+// before step j + 1 begins. A request aborted while its outputs wait gets them all.
+TEST_F(CudaEngineTest, OutputsGoOutWhileTheNextStepComputes) {
+  if (backend_ == nullptr) return;
+  for (const bool overlap : {true, false}) {
+    SCOPED_TRACE(overlap ? "overlapped" : "not overlapped");
+    EngineOptions options;
+    options.overlap_outputs = overlap;
+    auto created = Engine::Create(*model_, *tokenizer_, options);
+    ASSERT_TRUE(created.ok()) << created.status();
+    std::unique_ptr<Engine> engine = std::move(*created);
+    const int32_t length = 24;
+    scheduler::EngineRequest watched = glimpse::testing::GreedyRequest("watched", refs_[0]);
+    watched.stopping.max_tokens = length;
+    auto stream = engine->Submit(watched);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    auto to_abort = engine->Submit(glimpse::testing::GreedyRequest("aborted", refs_[1]));
+    ASSERT_TRUE(to_abort.ok()) << to_abort.status();
+    // Steps begun at each of the watched stream's outputs (the listener runs on the engine
+    // thread, inside the push).
+    std::vector<int64_t> steps_at_push;
+    const int64_t steps_before = StepsBegun(*backend_);
+    (*stream)->SetListener([&] { steps_at_push.push_back(StepsBegun(*backend_) - steps_before); });
+    engine->Start();
+    // Aborted after its first output, while (overlapped) its second waits.
+    const RequestOutput first = (*to_abort)->Next();
+    EXPECT_TRUE(engine->Abort("aborted"));
+    auto aborted_tokens = glimpse::testing::DrainTokens(**to_abort, 1);
+    ASSERT_TRUE(aborted_tokens.ok()) << aborted_tokens.status();
+    ASSERT_EQ(first.deltas.size(), 1u);
+    std::vector<int32_t> got = first.deltas[0].token_ids;
+    got.insert(got.end(), (*aborted_tokens)[0].begin(), (*aborted_tokens)[0].end());
+    ASSERT_LE(got.size(), refs_[1].tokens.size());
+    EXPECT_EQ(got, std::vector<int32_t>(refs_[1].tokens.begin(),
+                                        refs_[1].tokens.begin() + static_cast<long>(got.size())));
+    auto tokens = glimpse::testing::DrainTokens(**stream, 1);
+    ASSERT_TRUE(tokens.ok()) << tokens.status();
+    EXPECT_EQ((*tokens)[0],
+              std::vector<int32_t>(refs_[0].tokens.begin(), refs_[0].tokens.begin() + length));
+    ASSERT_TRUE(engine->WaitIdle(absl::Seconds(30)));
+    engine->Stop();
+    // One output a step, each with its token: step j's is push j.
+    ASSERT_EQ(steps_at_push.size(), static_cast<size_t>(length));
+    for (size_t j = 0; j < steps_at_push.size(); ++j) {
+      const bool last = j + 1 == steps_at_push.size();
+      EXPECT_EQ(steps_at_push[j], static_cast<int64_t>(j) + (overlap && !last ? 2 : 1))
+          << "output of step " << j;
+    }
+  }
 }
 
 // A model whose attention the kernels cannot run is refused when it loads, saying why and
