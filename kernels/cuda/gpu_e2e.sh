@@ -8,7 +8,8 @@
 #      and, with 2+ GPUs, two (cuda_tensor_parallel_test); the engine's preemption and
 #      copy-on-write on the device (cuda_engine_test);
 #   2b. the engine's own time per decode step on this machine's CPU (engine_overhead_bench,
-#      with the system allocator and with tcmalloc, which glimpse links: tools/bench/README.md);
+#      with the system allocator and with tcmalloc, which glimpse links: tools/bench/README.md;
+#      and at 5 ms steps with the outputs emitted during the next step and before it);
 #   3. unless SKIP_8B=1: a synthetic Llama-3.1-8B-shaped bf16 model made there (16 GB cannot
 #      travel), batch-1 decode timed by `glimpse_lean bench`, against the bandwidth floor
 #      (weight bytes + KV bytes read per step, over the D2D bandwidth gpu_check.sh measured —
@@ -87,6 +88,13 @@ GLIMPSE_BUNDLE_PRELOAD=libtcmalloc_minimal.so.4 timeout --foreground 120 "$RUN" 
     engine_overhead_bench --steps=100 --forward_us=5000 --batch_sizes=64,256 \
     >"$WORK/engine_overhead_step5ms.txt" 2>&1 || overhead_rc=$?
 tail -n 7 "$WORK/engine_overhead_step5ms.txt"
+# ... and with each step's outputs emitted before the next step instead of during it (serve's
+# --overlap_outputs=false): what the overlap hides on this host.
+GLIMPSE_BUNDLE_PRELOAD=libtcmalloc_minimal.so.4 timeout --foreground 120 "$RUN" \
+    engine_overhead_bench --steps=100 --forward_us=5000 --batch_sizes=64,256 \
+    --overlap_outputs=false >"$WORK/engine_overhead_step5ms_no_overlap.txt" 2>&1 \
+    || overhead_rc=$?
+tail -n 7 "$WORK/engine_overhead_step5ms_no_overlap.txt"
 pack_logs
 
 bench_rc=0

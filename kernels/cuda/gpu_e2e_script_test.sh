@@ -68,7 +68,8 @@ assert abs(d["step_over_floor"] - 4.0 / floor_ms) < 1e-3, d
 assert d["cuda_backend_test_exit"] == 0 and d["bench_8b_exit"] == 0, d
 PY
 listing=$(tar -tzf "$tmp/out1/gpu_e2e_logs.tar.gz")
-for f in cuda_backend_test.log engine_overhead_step5ms.txt bench_8b.json bench_8b_decode_mma_sync.json; do
+for f in cuda_backend_test.log engine_overhead_step5ms.txt engine_overhead_step5ms_no_overlap.txt \
+  bench_8b.json bench_8b_decode_mma_sync.json; do
   grep -q "$f" <<<"$listing" || fail "the logs lack $f"
 done
 grep -q "variant top_k_50_penalty_rows: skipped, E2E_BUDGET_S spent" "$tmp/log1" ||
