@@ -139,12 +139,19 @@ TEST_F(LlamaModelTest, LogitsAreBitwiseIdenticalAcrossBlockSizesChunkingAndBatch
   }
 }
 
-TEST_F(LlamaModelTest, ForwardRejectsInconsistentBatch) {
-  KvCacheStorage kv(*backend_, model_->config(), 4, 16);
+// One sequence's first three tokens (ids 1, 2, 3) in block 0 of 16 slots, its last row's
+// logits wanted.
+StepBatch ThreeTokenBatch() {
   StepBatch batch;
   const std::vector<int32_t> tokens = {1, 2, 3};
   const std::vector<int32_t> blocks = {0};
   batch.AddSequence(tokens, 0, blocks, 16, true);
+  return batch;
+}
+
+TEST_F(LlamaModelTest, ForwardRejectsInconsistentBatch) {
+  KvCacheStorage kv(*backend_, model_->config(), 4, 16);
+  StepBatch batch = ThreeTokenBatch();
   batch.positions[1] = 7;  // Not consecutive.
   std::vector<float> logits(model_->config().vocab_size);
   absl::Status st = model_->Forward(batch, kv, logits.data());
@@ -152,6 +159,7 @@ TEST_F(LlamaModelTest, ForwardRejectsInconsistentBatch) {
 
   StepBatch out_of_vocab;
   const std::vector<int32_t> bad = {1, 999999};
+  const std::vector<int32_t> blocks = {0};
   out_of_vocab.AddSequence(bad, 0, blocks, 16, true);
   EXPECT_EQ(model_->Forward(out_of_vocab, kv, logits.data()).code(),
             absl::StatusCode::kInvalidArgument);
@@ -162,10 +170,7 @@ TEST_F(LlamaModelTest, ForwardRejectsInconsistentBatch) {
 // before its step begins leaves it to the caller, and no later pass runs it.
 TEST_F(LlamaModelTest, OverlapWorkRunsOnceInTheNextStepOrIsLeftToTheCaller) {
   KvCacheStorage kv(*backend_, model_->config(), 4, 16);
-  StepBatch batch;
-  const std::vector<int32_t> tokens = {1, 2, 3};
-  const std::vector<int32_t> blocks = {0};
-  batch.AddSequence(tokens, 0, blocks, 16, true);
+  const StepBatch batch = ThreeTokenBatch();
   int32_t index = -7;  // poison: the pass writes the argmax's column here
   float value = 0.0f;
   int runs = 0;
