@@ -1,8 +1,10 @@
 // The serving engine: one thread runs Schedule → Execute → Update over a continuously
 // changing batch, and front-end threads reach it through Submit/Abort (a locked inbox) and
-// per-request RequestStreams. Owns the KV block bookkeeping, the scheduler and every
-// in-flight request; the KV tensors live in the model::StepRunner it runs on (one model, or
-// one split over tensor-parallel ranks), whose cache it allocates at creation.
+// per-request RequestStreams (a step's outputs are pushed to them while the next step's
+// forward pass computes: EngineOptions::overlap_outputs). Owns the KV block bookkeeping, the
+// scheduler and every in-flight request; the KV tensors live in the model::StepRunner it runs
+// on (one model, or one split over tensor-parallel ranks), whose cache it allocates at
+// creation.
 //
 // Status codes of Submit follow DESIGN.md: INVALID_ARGUMENT for bad requests (including a
 // prompt longer than the context or than the whole KV pool), ALREADY_EXISTS for a duplicate
@@ -202,8 +204,9 @@ class Engine {
   std::vector<model::KvBlockMove> kv_moves_;  // This step's, reused across steps.
   // Requests whose last step's outputs wait to be emitted (EngineOptions::overlap_outputs):
   // during the next forward pass (emit_work_), or before anything else could push to their
-  // streams. None finished: a request that finishes (whatever ends it) has its outputs
-  // emitted then, and leaves this list before it is released.
+  // streams. Unfinished when listed; one that finishes meanwhile (an abort, a cancel, a
+  // deadline) has all its outputs emitted then, is skipped here, and leaves this list before
+  // it is released (ReleaseFinished).
   std::vector<Request*> deferred_outputs_;
   std::vector<Request*> emitting_;  // EmitDeferredOutputs' copy, reused across steps
   kernels::HostWork emit_work_;     // EmitDeferredOutputs, handed to the step's forward pass
