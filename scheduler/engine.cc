@@ -697,13 +697,10 @@ void Engine::EmitOutputs(const std::vector<Request*>& touched) {
 }
 
 void Engine::EmitDeferredOutputs() {
-  if (deferred_outputs_.empty()) return;
-  emitting_.swap(deferred_outputs_);
+  // None finished: ReleaseFinished dropped those (their FinishRequest emitted them whole), and
+  // EmitOutputs reaches only the streams, never this list.
+  EmitOutputs(deferred_outputs_);
   deferred_outputs_.clear();
-  // Requests finished since (aborted, cancelled, past their deadline) were emitted whole then.
-  std::erase_if(emitting_, [](const Request* r) { return r->finished(); });
-  EmitOutputs(emitting_);
-  emitting_.clear();
 }
 
 void Engine::PushOutput(Request* request, RequestOutput output) {

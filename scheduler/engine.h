@@ -205,11 +205,10 @@ class Engine {
   // Requests whose last step's outputs wait to be emitted (EngineOptions::overlap_outputs):
   // during the next forward pass (emit_work_), or before anything else could push to their
   // streams. Unfinished when listed; one that finishes meanwhile (an abort, a cancel, a
-  // deadline) has all its outputs emitted then, is skipped here, and leaves this list before
-  // it is released (ReleaseFinished).
+  // deadline) has all its outputs emitted then, and leaves this list before it is released
+  // (ReleaseFinished), which the loop does before every step.
   std::vector<Request*> deferred_outputs_;
-  std::vector<Request*> emitting_;  // EmitDeferredOutputs' copy, reused across steps
-  kernels::HostWork emit_work_;     // EmitDeferredOutputs, handed to the step's forward pass
+  kernels::HostWork emit_work_;  // EmitDeferredOutputs, handed to the step's forward pass
   // options_.sampling_threads - 1 workers (null for one thread); used by the engine thread only.
   std::unique_ptr<kernels::cpu::ThreadPool> sampling_pool_;
 

@@ -933,10 +933,11 @@ TEST_F(EngineTest, ArgMaxStepsSampleOnTheEngineThreadAlone) {
   }
 }
 
-// A StepRunner over another that, in each greedy forward pass, runs the host work the
-// engine handed it (as a GPU backend does while the step computes) and counts the tokens the
-// watched streams had delivered just before and just after that work.
-class OverlapProbeRunner final : public model::StepRunner {
+// Watches streams from inside the forward passes of a RecordingStepRunner (its overlap
+// hook): in each pass it runs the host work the engine handed it (as a GPU backend does while
+// the step computes) and counts the tokens the watched streams had delivered just before and
+// just after that work.
+class OverlapProbe {
  public:
   struct Call {
     bool had_work = false;
@@ -944,7 +945,10 @@ class OverlapProbeRunner final : public model::StepRunner {
     std::vector<size_t> tokens_after;
   };
 
-  explicit OverlapProbeRunner(model::StepRunner& inner) : inner_(inner) {}
+  // Hooks into `runner`, which must outlive this.
+  explicit OverlapProbe(testing::RecordingStepRunner& runner) {
+    runner.set_overlap_hook([this](kernels::HostWork* work) { OnForward(work); });
+  }
 
   // Before the engine starts.
   void Watch(std::vector<std::shared_ptr<RequestStream>> streams) {
@@ -967,44 +971,17 @@ class OverlapProbeRunner final : public model::StepRunner {
   // The finished delta of stream i's done output (null if it has none).
   const SequenceDelta* final_delta(size_t i) const { return final_[i] ? &*final_[i] : nullptr; }
 
-  const model::LlamaConfig& config() const override { return inner_.config(); }
-  int tensor_parallel_size() const override { return inner_.tensor_parallel_size(); }
-  void AllocateKvCache(int32_t num_blocks, int32_t block_size, int32_t num_host_blocks) override {
-    inner_.AllocateKvCache(num_blocks, block_size, num_host_blocks);
-  }
-  void ReserveActivations(int32_t max_step_tokens, int32_t max_logits_rows) override {
-    inner_.ReserveActivations(max_step_tokens, max_logits_rows);
-  }
-  int32_t kv_num_blocks() const override { return inner_.kv_num_blocks(); }
-  int32_t kv_block_size() const override { return inner_.kv_block_size(); }
-  size_t kv_element_bytes() const override { return inner_.kv_element_bytes(); }
-  absl::Status Forward(const model::StepBatch& batch, float* logits) override {
-    return inner_.Forward(batch, logits);
-  }
-  absl::Status ForwardTopK(const model::StepBatch& batch, int32_t k,
-                           std::span<const float> normalizer_temperatures, bool sums_t1,
-                           model::TopTokens* top) override {
-    return inner_.ForwardTopK(batch, k, normalizer_temperatures, sums_t1, top);
-  }
-  absl::Status CopyStepLogitsRow(size_t row, float* logits) override {
-    return inner_.CopyStepLogitsRow(row, logits);
-  }
-  void MoveKvBlocks(std::span<const model::KvBlockMove> moves) override {
-    inner_.MoveKvBlocks(moves);
-  }
-  absl::Status ForwardGreedy(const model::StepBatch& batch, int32_t* tokens) override {
+ private:
+  void OnForward(kernels::HostWork* work) {
     Call call;
-    kernels::HostWork* work = TakeOverlapWork();
     call.had_work = work != nullptr;
     call.tokens_before = Read();
     if (work != nullptr) work->Run();
     call.tokens_after = Read();
     calls_.push_back(std::move(call));
     if (after_call_) after_call_(calls_.size() - 1);
-    return inner_.ForwardGreedy(batch, tokens);
   }
 
- private:
   // Takes what the streams have delivered so far; returns each one's token count.
   std::vector<size_t> Read() {
     final_.resize(streams_.size());
@@ -1025,7 +1002,6 @@ class OverlapProbeRunner final : public model::StepRunner {
     return counts;
   }
 
-  model::StepRunner& inner_;
   std::vector<std::shared_ptr<RequestStream>> streams_;
   std::function<void(size_t)> after_call_;
   std::vector<Call> calls_;
@@ -1044,10 +1020,11 @@ TEST_F(EngineTest, AStepsOutputsAreEmittedDuringTheNextForwardPass) {
   const size_t lengths[] = {6, 10};  // request 0 finishes first; 1 goes on alone
   for (const bool overlap : {true, false}) {
     SCOPED_TRACE(overlap ? "overlapped" : "not overlapped");
-    OverlapProbeRunner probe(*loaded_.runner);
+    testing::RecordingStepRunner runner(*loaded_.runner);
+    OverlapProbe probe(runner);
     EngineOptions options;
     options.overlap_outputs = overlap;
-    auto created = Engine::Create(probe, *tokenizer_, options);
+    auto created = Engine::Create(runner, *tokenizer_, options);
     ASSERT_TRUE(created.ok()) << created.status();
     std::unique_ptr<Engine> engine = std::move(*created);
     std::vector<std::shared_ptr<RequestStream>> streams;
@@ -1063,7 +1040,7 @@ TEST_F(EngineTest, AStepsOutputsAreEmittedDuringTheNextForwardPass) {
     engine->Stop();
 
     // One step a token: the first prefills both prompts and samples their first tokens.
-    const std::vector<OverlapProbeRunner::Call>& calls = probe.calls();
+    const std::vector<OverlapProbe::Call>& calls = probe.calls();
     ASSERT_EQ(calls.size(), lengths[1]);
     for (size_t k = 0; k < calls.size(); ++k) {
       SCOPED_TRACE("forward pass " + std::to_string(k));
@@ -1092,9 +1069,10 @@ TEST_F(EngineTest, AStepsOutputsAreEmittedDuringTheNextForwardPass) {
 // with its abort and one done output; the request beside it goes on undisturbed.
 TEST_F(EngineTest, ARequestAbortedWhileItsOutputsWaitGetsThemAll) {
   const std::vector<Reference> refs = LoadReferences();
-  OverlapProbeRunner probe(*loaded_.runner);
+  testing::RecordingStepRunner runner(*loaded_.runner);
+  OverlapProbe probe(runner);
   EngineOptions options;  // overlap_outputs by default
-  auto created = Engine::Create(probe, *tokenizer_, options);
+  auto created = Engine::Create(runner, *tokenizer_, options);
   ASSERT_TRUE(created.ok()) << created.status();
   std::unique_ptr<Engine> engine = std::move(*created);
   std::vector<std::shared_ptr<RequestStream>> streams;

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <utility>
 #include <vector>
@@ -43,9 +44,12 @@ class RecordingStepRunner final : public model::StepRunner {
   size_t last_num_whole_rows() const { return last_num_whole_rows_; }
   // A few tokens' logits gathered after a reduced step (GatherStepLogits), calls.
   int32_t num_logits_gathers() const { return num_logits_gathers_; }
-  // Forward calls handed host work to overlap (OverlapNextForward), which this runner hands
-  // on to the inner one.
-  int64_t num_steps_with_overlap_work() const { return num_steps_with_overlap_work_; }
+  // Called in each forward call, on the driving thread, with the host work handed to it
+  // (OverlapNextForward; null: none) before the inner runner runs; what the hook leaves unrun
+  // goes on to the inner runner (which, over a model, gives it to its backend).
+  void set_overlap_hook(std::function<void(kernels::HostWork*)> hook) {
+    overlap_hook_ = std::move(hook);
+  }
 
   // Host memory from `backend` instead of the inner runner's (e.g. an instrumented one that
   // counts its allocations).
@@ -108,7 +112,7 @@ class RecordingStepRunner final : public model::StepRunner {
  private:
   void Record(const model::StepBatch& batch) {
     kernels::HostWork* const work = TakeOverlapWork();
-    if (work != nullptr) ++num_steps_with_overlap_work_;
+    if (overlap_hook_) overlap_hook_(work);
     inner_.OverlapNextForward(work);
     ++num_steps_;
     max_tokens_ = std::max(max_tokens_, batch.num_tokens());
@@ -122,7 +126,7 @@ class RecordingStepRunner final : public model::StepRunner {
   int32_t max_logits_rows_ = 0;
   int64_t num_steps_ = 0;
   int64_t num_greedy_steps_ = 0;
-  int64_t num_steps_with_overlap_work_ = 0;
+  std::function<void(kernels::HostWork*)> overlap_hook_;
   std::vector<int32_t> top_k_steps_;
   int32_t num_normalizer_steps_ = 0;
   int32_t num_sums_t1_steps_ = 0;
