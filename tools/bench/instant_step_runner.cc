@@ -17,25 +17,27 @@ double CpuMicros(clockid_t clock) {
 }  // namespace
 
 absl::Status InstantStepRunner::Forward(const model::StepBatch& batch, float* logits) {
-  Record(batch);
+  BeginCall(batch);
   const size_t vocab = static_cast<size_t>(config_.vocab_size);
   for (size_t r = 0; r < batch.logits_rows.size(); ++r) {
     std::fill(logits + r * vocab, logits + (r + 1) * vocab, -20.0f);
     logits[r * vocab + Token(r)] = 5.0f;
   }
+  EndCall();
   return absl::OkStatus();
 }
 
 absl::Status InstantStepRunner::ForwardGreedy(const model::StepBatch& batch, int32_t* tokens) {
-  Record(batch);
+  BeginCall(batch);
   for (size_t r = 0; r < batch.logits_rows.size(); ++r) tokens[r] = Token(r);
+  EndCall();
   return absl::OkStatus();
 }
 
 absl::Status InstantStepRunner::ForwardTopK(const model::StepBatch& batch, int32_t k,
                                             std::span<const float> normalizer_temperatures,
                                             bool sums_t1, model::TopTokens* top) {
-  Record(batch);
+  BeginCall(batch);
   const size_t rows = batch.logits_rows.size();
   top->Resize(rows, k, !normalizer_temperatures.empty(), sums_t1);
   const int32_t count = std::min(k, kTextTokens);
@@ -54,6 +56,7 @@ absl::Status InstantStepRunner::ForwardTopK(const model::StepBatch& batch, int32
       if (!top->row_exp_sum_t1.empty()) top->row_exp_sum_t1[r] = 1.5;
     }
   }
+  EndCall();
   return absl::OkStatus();
 }
 
@@ -71,19 +74,31 @@ StepIntervals InstantStepRunner::Intervals(size_t rows) const {
         std::chrono::duration<double, std::micro>(calls_[i].start - calls_[i - 1].start).count());
     out.engine_cpu_us.push_back(calls_[i].thread_cpu_us - calls_[i - 1].thread_cpu_us);
     out.process_cpu_us.push_back(calls_[i].process_cpu_us - calls_[i - 1].process_cpu_us);
+    out.gap_us.push_back(
+        std::chrono::duration<double, std::micro>(calls_[i].start - calls_[i - 1].end).count());
+    out.gap_cpu_us.push_back(calls_[i].thread_cpu_us - calls_[i - 1].end_thread_cpu_us);
   }
   return out;
 }
 
-void InstantStepRunner::Record(const model::StepBatch& batch) {
-  calls_.push_back({std::chrono::steady_clock::now(), CpuMicros(CLOCK_THREAD_CPUTIME_ID),
-                    CpuMicros(CLOCK_PROCESS_CPUTIME_ID), batch.logits_rows.size()});
+void InstantStepRunner::BeginCall(const model::StepBatch& batch) {
+  Call call;
+  call.start = std::chrono::steady_clock::now();
+  call.thread_cpu_us = CpuMicros(CLOCK_THREAD_CPUTIME_ID);
+  call.process_cpu_us = CpuMicros(CLOCK_PROCESS_CPUTIME_ID);
+  call.rows = batch.logits_rows.size();
+  calls_.push_back(call);
   ++step_;
   // As on a GPU: the host work handed to this step (the engine's last outputs) runs while the
   // "device" computes, and the step ends forward_time after it began, or when that work is
   // done if it takes longer.
   if (kernels::HostWork* work = TakeOverlapWork(); work != nullptr) work->Run();
+}
+
+void InstantStepRunner::EndCall() {
   if (forward_time_.count() > 0) std::this_thread::sleep_until(calls_.back().start + forward_time_);
+  calls_.back().end = std::chrono::steady_clock::now();
+  calls_.back().end_thread_cpu_us = CpuMicros(CLOCK_THREAD_CPUTIME_ID);
 }
 
 int32_t InstantStepRunner::Token(size_t row) const {

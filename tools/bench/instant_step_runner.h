@@ -10,7 +10,9 @@
 // when it began, on the wall clock and on the calling thread's and the process's CPU clocks, and
 // how many logits rows it had: the interval between two calls is the engine's time per step (the
 // runner's being ~0), and the CPU interval the part of it the engine thread spent running rather
-// than waiting for a CPU (what other threads on a busy machine cannot inflate).
+// than waiting for a CPU (what other threads on a busy machine cannot inflate). Each call also
+// records when it returned: from there to the next call is the host gap, the engine's work
+// between two forward passes that nothing overlaps (on a GPU, the time the device idles).
 //
 // Thread-safety: the engine thread only; Intervals() after the engine stopped.
 #ifndef GLIMPSE_TOOLS_BENCH_INSTANT_STEP_RUNNER_H_
@@ -34,6 +36,10 @@ struct StepIntervals {
   // The whole process's CPU time over them: every thread's (sampling pool, clients, gRPC),
   // spinning included.
   std::vector<double> process_cpu_us;
+  // From the end of the first call of each interval to the start of the second: the host gap,
+  // and the engine thread's CPU time in it.
+  std::vector<double> gap_us;
+  std::vector<double> gap_cpu_us;
 };
 
 class InstantStepRunner final : public model::StepRunner {
@@ -74,9 +80,14 @@ class InstantStepRunner final : public model::StepRunner {
     double thread_cpu_us = 0;
     double process_cpu_us = 0;
     size_t rows = 0;
+    std::chrono::steady_clock::time_point end;  // when the call returned
+    double end_thread_cpu_us = 0;
   };
-  // Records the call, runs its overlap work, then sleeps out the forward time.
-  void Record(const model::StepBatch& batch);
+  // A forward call: BeginCall records it and runs its overlap work; the call makes up its
+  // results; EndCall sleeps out the forward time and records the end. Making up the results
+  // is the "device's" work, as a GPU step's copy back is.
+  void BeginCall(const model::StepBatch& batch);
+  void EndCall();
   int32_t Token(size_t row) const;
 
   model::LlamaConfig config_;

@@ -135,18 +135,19 @@ int OverheadBenchMain(int argc, char** argv, const char* program, const char* ti
               steps,
               absl::GetFlag(FLAGS_overlap_outputs) ? "overlapped with the next step"
                                                    : "before the next step");
-  std::printf("%-22s %6s %12s %12s %14s %16s %16s\n", "mode", "batch", "median us", "p90 us",
-              "us / sequence", "engine cpu us", "process cpu us");
+  std::printf("%-22s %6s %12s %12s %14s %16s %16s %12s %12s\n", "mode", "batch", "median us",
+              "p90 us", "us / sequence", "engine cpu us", "process cpu us", "gap us", "gap cpu us");
   for (const OverheadMode& mode : modes) {
     if (std::find(wanted.begin(), wanted.end(), mode.flag) == wanted.end()) continue;
     for (const int32_t batch : batches) {
       const StepIntervals intervals = RunOnce(
           {&*loaded, mode, batch, steps, std::chrono::microseconds(forward_us)}, run, program);
       const double median = Percentile(intervals.wall_us, 0.5);
-      std::printf("%-22s %6d %12.1f %12.1f %14.2f %16.1f %16.1f\n", mode.name, batch, median,
-                  Percentile(intervals.wall_us, 0.9), median / batch,
+      std::printf("%-22s %6d %12.1f %12.1f %14.2f %16.1f %16.1f %12.1f %12.1f\n", mode.name, batch,
+                  median, Percentile(intervals.wall_us, 0.9), median / batch,
                   Percentile(intervals.engine_cpu_us, 0.5),
-                  Percentile(intervals.process_cpu_us, 0.5));
+                  Percentile(intervals.process_cpu_us, 0.5), Percentile(intervals.gap_us, 0.5),
+                  Percentile(intervals.gap_cpu_us, 0.5));
       std::fflush(stdout);
     }
   }
