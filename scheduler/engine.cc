@@ -585,18 +585,29 @@ void Engine::AppendToken(Sequence* seq, const model::Sampler::SampleResult& samp
   if (seq->request->spec.output.num_logprobs >= 0) {
     delta.logprobs.push_back({sample.token, sample.logprob, sample.top_logprobs});
   }
-  AppendResult text = seq->output_text->Append(sample.token);
-  if (seq->request->spec.output.detokenize) delta.text += text.text;
-  if (text.stop.stopped()) {
+  OutputText& output_text = *seq->output_text;
+  const StopDecision* stop = nullptr;
+  AppendResult appended;
+  if (output_text.has_stop_strings()) {
+    // The text decides: render it now.
+    appended = output_text.Append(sample.token);
+    if (seq->request->spec.output.detokenize) delta.text += appended.text;
+    stop = &appended.stop;
+  } else {
+    // The token's id decides; its text is rendered as the output goes out (EmitOutputs), off
+    // the path between two forward passes when outputs overlap the next one.
+    stop = &output_text.AppendDeferred(sample.token);
+  }
+  if (stop->stopped()) {
     StopMatch& m = delta.matched_stop;
-    switch (text.stop.kind) {
+    switch (stop->kind) {
       case StopDecision::Kind::kNone: break;
       case StopDecision::Kind::kEos: m.kind = StopMatch::Kind::kEosToken; break;
       case StopDecision::Kind::kStopToken: m.kind = StopMatch::Kind::kStopToken; break;
       case StopDecision::Kind::kStopString: m.kind = StopMatch::Kind::kStopString; break;
     }
-    m.token_id = text.stop.token;
-    m.stop_string = text.stop.stop_string;
+    m.token_id = stop->token;
+    m.stop_string = stop->stop_string;
     FinishSequence(seq, FinishReason::kStop, "");
   } else if (seq->num_generated() >= seq->request->spec.stopping.max_tokens) {
     FinishSequence(seq, FinishReason::kLength, "");
@@ -682,6 +693,10 @@ void Engine::EmitOutputs(const std::vector<Request*>& touched) {
     }
     for (auto& seq : request->sequences) {
       SequenceDelta& d = seq->pending;
+      if (seq->output_text != nullptr && seq->output_text->has_kept_tokens()) {
+        std::string text = seq->output_text->TakeText();  // AppendToken left it
+        if (o.detokenize) d.text += text;
+      }
       const bool has_news = !d.token_ids.empty() || !d.text.empty() || d.finished;
       if (seq->completion_sent || !has_news || (o.final_only && !d.finished)) continue;
       seq->completion_sent = d.finished;

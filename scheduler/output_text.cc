@@ -103,21 +103,58 @@ bool OutputText::IsStopToken(int32_t token) const {
   return std::binary_search(stop_ids_.begin(), stop_ids_.end(), token);
 }
 
+StopDecision::Kind OutputText::IdStop(int32_t token) const {
+  if (num_tokens_ < options_.min_tokens) return StopDecision::Kind::kNone;
+  if (!options_.ignore_eos && IsEos(token)) return StopDecision::Kind::kEos;
+  if (IsStopToken(token)) return StopDecision::Kind::kStopToken;
+  return StopDecision::Kind::kNone;
+}
+
+const StopDecision& OutputText::AppendDeferred(int32_t token) {
+  CHECK(!finished_);
+  CHECK(!has_stop_strings() && "stop strings decide on the text: call Append");
+  ++num_tokens_;
+  kept_.push_back(token);
+  const StopDecision::Kind token_stop = IdStop(token);
+  if (token_stop != StopDecision::Kind::kNone) {
+    finished_ = true;
+    stop_.kind = token_stop;
+    stop_.token = token;
+  }
+  return stop_;
+}
+
+std::string OutputText::TakeText() {
+  std::string text;
+  for (size_t i = 0; i < kept_.size(); ++i) {
+    // Only the last kept token can have stopped the sequence (AppendDeferred takes no more).
+    const bool stopping = stop_.stopped() && i + 1 == kept_.size();
+    if (!stopping) {
+      text.append(detokenizer_.Push(kept_[i]));
+      continue;
+    }
+    // As Append's token-id stop (held_ is empty: no stop strings).
+    if (options_.include_stop_in_output) text.append(detokenizer_.Push(kept_[i]));
+    text.append(detokenizer_.Flush());
+  }
+  kept_.clear();
+  return text;
+}
+
 AppendResult OutputText::Append(int32_t token) {
   CHECK(!finished_);
+  AppendResult result;
+  // Tokens AppendDeferred kept come first: none of them stopped the sequence, and there are
+  // none with stop strings (so no held-back text to put them after).
+  std::string kept_text = TakeText();
   ++num_tokens_;
   const bool honoured = num_tokens_ >= options_.min_tokens;
-  AppendResult result;
 
   // Token-id stops come first (as vLLM): the sequence ends whatever the token's text.
-  StopDecision::Kind token_stop = StopDecision::Kind::kNone;
-  if (honoured && !options_.ignore_eos && IsEos(token)) {
-    token_stop = StopDecision::Kind::kEos;
-  } else if (honoured && IsStopToken(token)) {
-    token_stop = StopDecision::Kind::kStopToken;
-  }
+  const StopDecision::Kind token_stop = IdStop(token);
   if (token_stop != StopDecision::Kind::kNone) {
-    std::string delta = std::move(held_);
+    std::string delta = std::move(kept_text);
+    delta.append(held_);
     held_.clear();
     if (options_.include_stop_in_output) delta.append(detokenizer_.Push(token));
     delta.append(detokenizer_.Flush());
@@ -152,11 +189,12 @@ AppendResult OutputText::Append(int32_t token) {
     result.stop = stop_;
     return result;
   }
+  result.text = std::move(kept_text);
   if (piece.empty()) return result;
   held_.append(piece);
   const size_t hold = static_cast<size_t>(nodes_[state_].hold_depth);
   CHECK(hold <= held_.size());
-  result.text = held_.substr(0, held_.size() - hold);
+  result.text.append(held_, 0, held_.size() - hold);
   held_.erase(0, held_.size() - hold);
   return result;
 }
@@ -164,7 +202,8 @@ AppendResult OutputText::Append(int32_t token) {
 std::string OutputText::Finish() {
   if (finished_) return "";
   finished_ = true;
-  std::string delta = std::move(held_);
+  std::string delta = TakeText();  // none of them stopped; nothing of theirs is held back
+  delta.append(held_);
   held_.clear();
   delta.append(detokenizer_.Flush());
   return delta;

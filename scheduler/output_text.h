@@ -32,8 +32,14 @@
 //   the concatenation of Tokenizer::TokenToPiece(id, !skip_special_tokens); with it on, it is
 //   Tokenizer::Decode(ids, skip_special_tokens) (see StreamingDetokenizer).
 //
-// Cost: per Append, O(bytes of the token's text + longest stop string) amortized; memory
-// O(sum of stop string lengths). The caller accumulates the deltas it needs.
+// Without stop strings a token's stop depends on its id alone, so the text can wait:
+// AppendDeferred decides at once and keeps the token; TakeText renders what it kept (the engine
+// does so while the next step computes). The text is the same as Append's, however the calls
+// are interleaved.
+//
+// Cost: per Append, O(bytes of the token's text + longest stop string) amortized; per
+// AppendDeferred O(log(stop and EOS ids)); memory O(sum of stop string lengths + tokens kept).
+// The caller accumulates the deltas it needs.
 //
 // Ownership: borrows the Tokenizer (not owned; must outlive); owns its options, automaton and
 // held-back text. Thread-safety: none; one OutputText per sequence, used from the engine thread.
@@ -99,12 +105,24 @@ class OutputText {
   OutputText(const OutputText&) = delete;
   OutputText& operator=(const OutputText&) = delete;
 
-  // Takes the next generated token. Must not be called once finished() (a CHECK).
+  // Takes the next generated token. Must not be called once finished() (a CHECK). The text
+  // starts with that of tokens AppendDeferred kept.
   AppendResult Append(int32_t token);
 
+  // Takes the next generated token of a sequence without stop strings (a CHECK; see
+  // has_stop_strings) and decides as Append would whether it stops the sequence, but keeps its
+  // text for TakeText. Must not be called once finished(). The reference is valid until the
+  // next call.
+  const StopDecision& AppendDeferred(int32_t token);
+
+  // The text of the tokens AppendDeferred kept (a stopping one rendered as Append would), as
+  // Append would have delivered it; "" when none. Also after a stop.
+  std::string TakeText();
+
   // Ends a sequence that did not stop by itself (length limit, abort, deadline): returns the
-  // held-back text (no stop string can complete anymore) with an incomplete trailing UTF-8
-  // sequence as U+FFFD. Returns "" if the sequence already stopped or finished.
+  // text of the tokens AppendDeferred kept and the held-back text (no stop string can complete
+  // anymore) with an incomplete trailing UTF-8 sequence as U+FFFD. Returns "" if the sequence
+  // already stopped or finished.
   std::string Finish();
 
   // Tokens appended so far, including a stopping token.
@@ -115,6 +133,10 @@ class OutputText {
   const StopDecision& stop() const { return stop_; }
   // Text held back as a possible stop-string start: less than the longest stop string.
   size_t num_held_bytes() const { return held_.size(); }
+  // Stop strings need the text to decide a stop: AppendDeferred is for sequences without.
+  bool has_stop_strings() const { return nodes_.size() > 1; }
+  // AppendDeferred kept tokens whose text TakeText has not rendered yet.
+  bool has_kept_tokens() const { return !kept_.empty(); }
 
  private:
   // One trie node of the Aho-Corasick automaton over the stop strings' bytes.
@@ -132,6 +154,9 @@ class OutputText {
   int32_t Step(int32_t node, uint8_t byte) const;
   bool IsEos(int32_t token) const;
   bool IsStopToken(int32_t token) const;
+  // The stop a token makes by its id alone (EOS, stop token ids), given it is the
+  // num_tokens_-th.
+  StopDecision::Kind IdStop(int32_t token) const;
 
   const model::Tokenizer& tokenizer_;
   OutputTextOptions options_;
@@ -141,6 +166,7 @@ class OutputText {
   std::vector<Node> nodes_;  // nodes_[0] is the root (empty prefix).
   int32_t state_ = 0;        // Automaton state after all text so far.
   std::string held_;         // Text not yet emitted; its length is nodes_[state_].hold_depth.
+  std::vector<int32_t> kept_;  // AppendDeferred's tokens not rendered yet; a stopping one last.
   int32_t num_tokens_ = 0;
   bool finished_ = false;
   StopDecision stop_;

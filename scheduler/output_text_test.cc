@@ -692,5 +692,106 @@ TEST_F(OutputTextTest, RandomStreamsMatchTheReference) {
   EXPECT_GT(num_unstopped, 200);
 }
 
+// Without stop strings the text can wait: AppendDeferred decides each stop at once and
+// TakeText / Finish render later, here at random points and with Append mixed in. Whatever
+// the split, the decisions and the text are the reference's.
+TEST_F(OutputTextTest, DeferredTextMatchesTheReferenceHoweverItIsTaken) {
+  std::vector<int32_t> pool = CharTokens(std::string("ab  ") + kEAcute + kGrinning);
+  for (int32_t id : Encode("abc abcab bca def")) pool.push_back(id);
+  pool.push_back(tok().eos_id());
+  pool.push_back(tok().bos_id());
+  std::mt19937 rng(4321);
+  int num_token_stops = 0, num_unstopped = 0, num_mixed = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    SCOPED_TRACE(::testing::Message() << "trial " << trial);
+    std::vector<int32_t> ids(std::uniform_int_distribution<int>(0, 30)(rng));
+    for (int32_t& id : ids) {
+      id = pool[std::uniform_int_distribution<size_t>(0, pool.size() - 1)(rng)];
+    }
+    OutputTextOptions options;
+    options.include_stop_in_output = rng() % 2;
+    options.skip_special_tokens = rng() % 3 != 0;
+    options.ignore_eos = rng() % 2;
+    options.strip_leading_space = rng() % 2;
+    options.min_tokens =
+        rng() % 2 ? 0 : std::uniform_int_distribution<int32_t>(0, ids.size() + 1)(rng);
+    if (rng() % 3 == 0) options.stop_token_ids = {pool[rng() % pool.size()]};
+
+    const Reference ref = ComputeReference(tok(), options, ids);
+    // Empty stop strings are ignored (the reference does not know that): still none.
+    if (rng() % 4 == 0) options.stop_strings = {""};
+    OutputText output(tok(), options);
+    ASSERT_FALSE(output.has_stop_strings());
+    std::string emitted;
+    int32_t appended = 0;
+    for (int32_t id : ids) {
+      ++appended;
+      StopDecision stop;
+      if (rng() % 5 == 0) {
+        const AppendResult r = output.Append(id);  // renders what was kept, then this token
+        ASSERT_TRUE(IsValidUtf8(r.text));
+        emitted += r.text;
+        stop = r.stop;
+        ++num_mixed;
+      } else {
+        stop = output.AppendDeferred(id);
+        EXPECT_TRUE(output.has_kept_tokens());
+        if (rng() % 3 == 0 || stop.stopped()) {
+          const std::string text = output.TakeText();
+          ASSERT_TRUE(IsValidUtf8(text));
+          emitted += text;
+          EXPECT_FALSE(output.has_kept_tokens());
+          EXPECT_EQ(output.TakeText(), "");
+        }
+      }
+      if (stop.stopped()) {
+        EXPECT_EQ(stop.kind, ref.kind);
+        EXPECT_EQ(stop.token, id);
+        EXPECT_TRUE(output.finished());
+        break;
+      }
+      if (!output.has_kept_tokens()) {
+        ASSERT_LT(static_cast<size_t>(appended - 1), ref.emitted_after.size());
+        ASSERT_EQ(emitted, ref.emitted_after[appended - 1]) << "after token " << appended;
+      }
+    }
+    const std::string tail = output.Finish();  // also the text of tokens still kept
+    ASSERT_TRUE(IsValidUtf8(tail));
+    emitted += tail;
+    EXPECT_FALSE(output.has_kept_tokens());
+    EXPECT_EQ(output.stop().kind, ref.kind);
+    EXPECT_EQ(appended, ref.kind == Kind::kNone ? static_cast<int32_t>(ids.size()) : ref.stop_at);
+    ASSERT_EQ(emitted, ref.text);
+    ref.kind == Kind::kNone ? ++num_unstopped : ++num_token_stops;
+  }
+  EXPECT_GT(num_token_stops, 300);
+  EXPECT_GT(num_unstopped, 300);
+  EXPECT_GT(num_mixed, 1000);
+}
+
+TEST_F(OutputTextTest, AStopTokensTextIsRenderedWhenTakenOnlyIfIncluded) {
+  const std::vector<int32_t> ids = CharTokens("ab");
+  for (bool include : {false, true}) {
+    OutputTextOptions options;
+    options.stop_token_ids = {ids[1]};
+    options.include_stop_in_output = include;
+    OutputText output(tok(), options);
+    EXPECT_FALSE(output.AppendDeferred(ids[0]).stopped());
+    const StopDecision& stop = output.AppendDeferred(ids[1]);
+    EXPECT_EQ(stop.kind, Kind::kStopToken);
+    EXPECT_EQ(stop.token, ids[1]);
+    EXPECT_EQ(output.Finish(), "");  // stopped: Finish adds nothing, the text waits
+    EXPECT_EQ(output.TakeText(), include ? "ab" : "a");
+  }
+}
+
+TEST_F(OutputTextTest, DeferringTheTextOfASequenceWithStopStringsIsABug) {
+  OutputTextOptions options;
+  options.stop_strings = {"ab"};
+  OutputText output(tok(), options);
+  EXPECT_TRUE(output.has_stop_strings());
+  EXPECT_DEATH(output.AppendDeferred(CharTokens("a")[0]), "stop strings decide on the text");
+}
+
 }  // namespace
 }  // namespace glimpse::scheduler

@@ -4,6 +4,7 @@
 // against llama.cpp's references, an independent implementation.
 #include "scheduler/engine.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -126,6 +127,8 @@ TEST_F(EngineTest, ConcurrentGreedyStreamsMatchLlamaCppAndBatchDecodes) {
     Collected c = Drain(*streams[i], 1);
     ASSERT_TRUE(c.status.ok()) << c.status;
     EXPECT_EQ(c.tokens[0], refs[i].tokens) << "request " << i;
+    // The text too, rendered as the outputs go out (while the next step computes).
+    EXPECT_EQ(c.text[0], refs[i].text) << "request " << i;
     EXPECT_EQ(c.finish[0], FinishReason::kLength);
     EXPECT_EQ(c.usage[0].completion_tokens, static_cast<int32_t>(refs[i].tokens.size()));
     EXPECT_GT(c.num_messages, 10) << "tokens must stream, not arrive at the end";
@@ -370,7 +373,16 @@ TEST_F(EngineTest, MultipleCompletionsShareThePromptAndStopStringsCut) {
   r.n = 3;
   Collected c = Drain(**engine->Submit(r), 3);
   ASSERT_TRUE(c.status.ok());
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(c.tokens[i], refs[4].tokens) << "index " << i;
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(c.tokens[i], refs[4].tokens) << "index " << i;
+    EXPECT_EQ(c.text[i], refs[4].text) << "index " << i;
+  }
+  // Only the finished result: the text of every step, once.
+  r.request_id = "n3-final";
+  r.output.final_only = true;
+  Collected f = Drain(**engine->Submit(r), 3);
+  ASSERT_TRUE(f.status.ok());
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(f.text[i], refs[4].text) << "index " << i;
 
   // A stop string taken from the middle of the reference text ends generation there.
   const std::string full = tokenizer_->Decode(refs[0].tokens, true);
@@ -381,6 +393,38 @@ TEST_F(EngineTest, MultipleCompletionsShareThePromptAndStopStringsCut) {
   EXPECT_EQ(cs.finish[0], FinishReason::kStop);
   EXPECT_EQ(cs.text[0].find(stop), std::string::npos);
   EXPECT_LT(cs.tokens[0].size(), refs[0].tokens.size());
+}
+
+// A stop token id (decided by the id alone, its text rendered as the output goes out) ends the
+// sequence on that token; its text is in the output only with include_stop_in_output.
+TEST_F(EngineTest, AStopTokenEndsTheTextThereWithItsOwnTextOnlyWhenIncluded) {
+  const std::vector<Reference> refs = LoadReferences();
+  const Reference& ref = refs[1];
+  // The first token from the 10th on that does not occur before it.
+  size_t at = 10;
+  while (at < ref.tokens.size() && std::find(ref.tokens.begin(), ref.tokens.begin() + at,
+                                             ref.tokens[at]) != ref.tokens.begin() + at) {
+    ++at;
+  }
+  ASSERT_LT(at, ref.tokens.size());
+  auto engine = MakeEngine(EngineOptions());
+  for (bool include : {false, true}) {
+    SCOPED_TRACE(include ? "included" : "not included");
+    EngineRequest r =
+        Greedy(include ? "with" : "without", ref.prompt, static_cast<int32_t>(ref.tokens.size()));
+    r.stopping.stop_token_ids = {ref.tokens[at]};
+    r.stopping.include_stop_in_output = include;
+    Collected c = Drain(**engine->Submit(r), 1);
+    ASSERT_TRUE(c.status.ok()) << c.status;
+    EXPECT_EQ(c.finish[0], FinishReason::kStop);
+    EXPECT_EQ(c.tokens[0], std::vector<int32_t>(ref.tokens.begin(), ref.tokens.begin() + at + 1));
+    std::string want;
+    for (size_t j = 0; j < at + (include ? 1 : 0); ++j) {
+      want += tokenizer_->TokenToPiece(ref.tokens[j], /*render_special=*/false);
+    }
+    EXPECT_EQ(c.text[0], want);
+    EXPECT_TRUE(ref.text.starts_with(want)) << "llama.cpp's text begins the same way";
+  }
 }
 
 // A step whose every logits row is plain greedy runs ForwardGreedy (only the tokens come

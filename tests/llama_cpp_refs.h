@@ -16,6 +16,7 @@ struct LlamaCppReference {
   std::string id;
   std::vector<int32_t> prompt;  // prompt_tokens
   std::vector<int32_t> tokens;  // llama.cpp's greedy continuation
+  std::string text;             // its text as llama.cpp's server returned it ("" if absent)
 };
 
 // The 40 short references (48 tokens each), as a runfiles path.
