@@ -36,6 +36,7 @@ struct Scratch {
   std::vector<float> candidate_probs;   // [candidates]: CandidateProbabilities' output.
   std::vector<int32_t> order;           // [candidates]: positions, most likely first (top-p).
   std::vector<std::pair<float, int32_t>> heap;  // (logit, id), at most top_k (SelectTopK).
+  std::vector<int32_t> positions;               // [candidates]: TopPositionsInOrder's selection.
 };
 
 Scratch& ThreadScratch() {
@@ -113,6 +114,33 @@ void KeepPositions(std::span<const int32_t> positions, std::span<const int32_t> 
 // lower position: the sorts that use it give the same sequence on every standard library.
 auto MoreLikelyOrder(std::span<const float> z) {
   return [z](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); };
+}
+
+// Writes to `positions` (increasing) the positions of the `k` most likely of `values` under
+// MoreLikelyOrder (ties to the lower position): SelectTopK's choice, in id order, for a few
+// candidates with none at -inf. One selection of the k-th most likely (O(n)) and a pass
+// keeping it and what ranks before it, instead of a heap of k and a sort: a top-k step's rows
+// are sampled one after another between two forward passes.
+void TopPositionsInOrder(std::span<const float> values, size_t k, std::vector<int32_t>* scratch,
+                         std::vector<int32_t>* positions) {
+  const size_t n = values.size();
+  positions->resize(std::min(k, n));
+  if (k >= n) {
+    std::iota(positions->begin(), positions->end(), 0);
+    return;
+  }
+  if (k == 0) return;
+  const auto more_likely = MoreLikelyOrder(values);
+  scratch->resize(n);
+  std::iota(scratch->begin(), scratch->end(), 0);
+  std::nth_element(scratch->begin(), scratch->begin() + static_cast<std::ptrdiff_t>(k - 1),
+                   scratch->end(), more_likely);
+  const int32_t kth = (*scratch)[k - 1];
+  size_t kept = 0;
+  for (int32_t i = 0; i < static_cast<int32_t>(n); ++i) {
+    // A strict total order: exactly k positions are kth or rank before it.
+    if (i == kth || more_likely(i, kth)) (*positions)[kept++] = i;
+  }
 }
 
 // Sums in array order (candidates are kept in increasing id order, so this is id order) so that
@@ -675,13 +703,7 @@ Sampler::SampleResult Sampler::SampleFromCandidates(std::span<const int32_t> ids
   // step-4 selection over candidate positions (in id order, so its ties still go to lower ids).
   Scratch& scratch = ThreadScratch();
   std::vector<int32_t>& order = scratch.order;
-  if (ids.size() > static_cast<size_t>(top_k)) {
-    SelectTopK(logits, static_cast<size_t>(top_k), &scratch.heap, &order);
-    std::sort(order.begin(), order.end());
-  } else {
-    order.resize(ids.size());
-    std::iota(order.begin(), order.end(), 0);
-  }
+  TopPositionsInOrder(logits, static_cast<size_t>(top_k), &scratch.positions, &order);
   std::vector<int32_t>& kept_ids = scratch.ids;
   std::vector<float>& kept_logits = scratch.candidate_logits;
   KeepPositions(order, ids, logits, &kept_ids, &kept_logits);

@@ -10,6 +10,7 @@
 //
 //   bazel run -c opt //model:sampler_bench [-- VOCAB [CALLS]]
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -75,11 +76,14 @@ Candidates MostLikely(const std::vector<float>& row, int32_t count) {
 }
 
 // Median microseconds per SampleFromCandidates over `calls` calls, each row known by its
-// CandidatesNeeded most likely entries (and its normalizer, with logprobs).
+// CandidatesNeeded most likely entries rounded up to a power of two, as a step brings them
+// back (StepLogits), and its normalizer, with logprobs.
 double CandidatesMedianMicros(const SamplingParams& params, bool report_logprobs,
                               const std::vector<std::vector<float>>& rows, int calls) {
   const int32_t vocab = static_cast<int32_t>(rows[0].size());
-  const int32_t count = Sampler::CandidatesNeeded(params, report_logprobs, vocab);
+  const int32_t count =
+      std::min(vocab, static_cast<int32_t>(std::bit_ceil(static_cast<uint32_t>(
+                          Sampler::CandidatesNeeded(params, report_logprobs, vocab)))));
   std::vector<Candidates> candidates;
   std::vector<Sampler::RowNormalizer> normalizers;
   for (const auto& row : rows) {
@@ -245,11 +249,15 @@ int main(int argc, char** argv) {
     SamplingParams greedy_top5;
     greedy_top5.temperature = 0.0f;
     greedy_top5.num_logprobs = 5;
+    SamplingParams top_k;
+    top_k.temperature = 0.8f;
+    top_k.top_k = 50;
     const struct {
       const char* name;
       SamplingParams params;
       bool report_logprobs;
     } from_candidates[] = {{settings[1].name, settings[1].params, false},
+                           {"top-k 50, T 0.8", top_k, false},
                            {"greedy, 5 top logprobs", greedy_top5, true}};
     std::printf("\nFrom the candidates (SampleFromCandidates) vs the whole row (Sample)\n");
     std::printf("%-22s %10s %16s %16s %8s\n", "setting", "logprobs", "whole row us",
