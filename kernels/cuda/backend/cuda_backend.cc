@@ -118,6 +118,7 @@ CudaBackend::~CudaBackend() {
   graph_attention_workspace_.Reset();
   graph_norm_input_.Reset();
   argmax_rows_.Reset();
+  argmax_split_.Reset();
   topk_rows_.Reset();
   if (staging_host_ != nullptr) (void)cudaFreeHost(staging_host_);
   if (staging_device_ != nullptr) (void)cudaFree(staging_device_);
@@ -175,6 +176,12 @@ void CudaBackend::Reserve(DeviceBuffer<uint8_t>& buffer, size_t num_bytes) {
   if (buffer.size() >= num_bytes) return;
   GLIMPSE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   GLIMPSE_CUDA_CHECK(buffer.Allocate(std::max(num_bytes, buffer.size() * 3 / 2)));
+}
+
+void CudaBackend::ReserveZeroed(DeviceBuffer<uint8_t>& buffer, size_t num_bytes) {
+  if (buffer.size() >= num_bytes) return;
+  Reserve(buffer, num_bytes);
+  GLIMPSE_CUDA_CHECK(cudaMemsetAsync(buffer.get(), 0, buffer.size(), stream_));
 }
 
 // ---- Memory ---------------------------------------------------------------------------------
@@ -356,7 +363,14 @@ void CudaBackend::ArgMaxRows(const float* x, int64_t num_rows, int64_t cols, int
   }
   const size_t rows = static_cast<size_t>(num_rows);
   Reserve(argmax_rows_, rows * 8);
-  const ArgMaxRowsParams out = ArgMaxOutput(x, num_rows, cols);
+  ArgMaxRowsParams out = ArgMaxOutput(x, num_rows, cols);
+  // A few rows: several blocks a row (ArgMaxRowsSplits), not one SM streaming each row.
+  out.splits = ArgMaxRowsSplits(num_rows, cols, num_sms_);
+  if (out.splits > 1) {
+    ReserveZeroed(argmax_split_, rows * (sizeof(unsigned long long) + sizeof(unsigned int)));
+    out.partial = reinterpret_cast<unsigned long long*>(argmax_split_.get());
+    out.counters = reinterpret_cast<unsigned int*>(out.partial + rows);
+  }
   GLIMPSE_CUDA_CHECK(LaunchArgMaxRows(out, stream_));
   const HostCopy h = ReadBack(out.index, out.value + rows);
   std::memcpy(host_index, h.Of(out.index), rows * sizeof(int32_t));

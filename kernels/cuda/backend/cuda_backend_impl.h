@@ -359,6 +359,8 @@ class CudaBackend final : public Backend {
   HostCopy ReadBack(const void* first, const void* end);
   // Grows `buffer` to at least `num_bytes` (after draining the stream, which may still use it).
   void Reserve(DeviceBuffer<uint8_t>& buffer, size_t num_bytes);
+  // Reserve for a buffer kept all zero between launches: zeroed (on the stream) when it grows.
+  void ReserveZeroed(DeviceBuffer<uint8_t>& buffer, size_t num_bytes);
 
   const DeviceTable& TableFor(const MatrixView& table);
   const float* RopeTable(const kernels::RopeParams& p);
@@ -482,6 +484,9 @@ class CudaBackend final : public Backend {
   // ArgMaxRows' device output: [rows] int32 columns, then [rows] fp32 values (ArgMaxOutput),
   // read back in one copy. Grown on demand.
   DeviceBuffer<uint8_t> argmax_rows_;
+  // A split ArgMaxRows' partial maxima ([rows] uint64) and counters ([rows] uint32), all zero
+  // between launches (each leaves them so). Grown on demand (ReserveZeroed).
+  DeviceBuffer<uint8_t> argmax_split_;
   ArgMaxRowsParams ArgMaxOutput(const float* x, int64_t rows, int64_t cols) const {
     ArgMaxRowsParams p;
     p.x = x;

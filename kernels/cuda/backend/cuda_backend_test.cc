@@ -35,6 +35,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/argmax_rows.h"
 #include "kernels/cuda/backend/counter_value.h"
 #include "kernels/cuda/backend/device_skip.h"
 #include "model/kv_cache_storage.h"
@@ -613,11 +614,24 @@ TEST_F(CudaBackendTest, PackMatricesOutliveEachOther) {
 
 // ArgMaxRows reduces on the device to what the host rule gives (Backend's default, which the
 // CPU backend runs): NaN never chosen, ties to the lowest column, column 0 for a row with
-// nothing above -inf; also past the 256 rows reserved for graphs (the output grows).
+// nothing above -inf; also past the 256 rows reserved for graphs (the output grows), and over
+// rows long enough for several blocks a row (ArgMaxRowsSplits), twice each: the split's
+// partial maxima and counters must be left zero for the next call.
 TEST_F(CudaBackendTest, ArgMaxRowsMatchesTheHostRule) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
-  for (const int64_t rows : {int64_t{1}, int64_t{7}, int64_t{300}}) {
-    const int64_t cols = 1000 + rows;
+  for (const auto& [rows, cols_beyond_rows, repeat] :
+       {std::tuple{int64_t{1}, int64_t{1000}, 0}, std::tuple{int64_t{7}, int64_t{1000}, 0},
+        std::tuple{int64_t{300}, int64_t{1000}, 0}, std::tuple{int64_t{1}, int64_t{50000}, 0},
+        std::tuple{int64_t{1}, int64_t{50000}, 1}, std::tuple{int64_t{7}, int64_t{30000}, 0},
+        std::tuple{int64_t{7}, int64_t{30000}, 1}}) {
+    const int64_t cols = cols_beyond_rows + rows;
+    SCOPED_TRACE(::testing::Message() << rows << " rows of " << cols << ", call " << repeat);
+    if (cols_beyond_rows > 1000) {
+      cudaDeviceProp prop{};
+      ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+      ASSERT_GT(kernels::cuda::ArgMaxRowsSplits(rows, cols, prop.multiProcessorCount), 1)
+          << "a split case";
+    }
     std::vector<float> x = Normal(rows * cols, 4.0f);
     x[0] = std::numeric_limits<float>::quiet_NaN();
     if (rows > 1) {

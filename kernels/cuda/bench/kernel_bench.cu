@@ -704,6 +704,17 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
   argmax.cols = vocab;
   argmax.index = index;
   argmax.value = value;
+  // Split over several blocks a row when the rows are few (ArgMaxRowsSplits, as the backend);
+  // the partial maxima and counters start zero and every launch leaves them so.
+  argmax.splits = ArgMaxRowsSplits(rows, vocab, b.num_sms);
+  unsigned long long* argmax_partial = nullptr;
+  unsigned int* argmax_counters = nullptr;
+  BENCH_CHECK(cudaMalloc(&argmax_partial, static_cast<size_t>(rows) * 8));
+  BENCH_CHECK(cudaMalloc(&argmax_counters, static_cast<size_t>(rows) * 4));
+  BENCH_CHECK(cudaMemset(argmax_partial, 0, static_cast<size_t>(rows) * 8));
+  BENCH_CHECK(cudaMemset(argmax_counters, 0, static_cast<size_t>(rows) * 4));
+  argmax.partial = argmax_partial;
+  argmax.counters = argmax_counters;
   TopKRowsParams top;
   top.x = x;
   top.num_rows = rows;
@@ -722,6 +733,7 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
   const size_t pair_bytes = static_cast<size_t>(rows) * k * 4;
   double copy_us = 0;
   double argmax_us = 0;
+  double argmax_unsplit_us = 0;
   double topk_us = 0;
   double topk_normalizers_us = 0;
   double topk_sums_t1_us = 0;
@@ -768,19 +780,22 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
     }
     return err;
   };
+  // ArgMaxRows and its copy to the host; one block a row when `unsplit`.
+  auto argmax_step = [&](bool unsplit) {
+    ArgMaxRowsParams p = argmax;
+    if (unsplit) p.splits = 1;
+    cudaError_t err = LaunchArgMaxRows(p, b.stream);
+    if (err == cudaSuccess) {
+      err = cudaMemcpyAsync(host_bytes, index, static_cast<size_t>(rows) * 4,
+                            cudaMemcpyDeviceToHost, b.stream);
+    }
+    return err;
+  };
   if (!b.Time(
           [&] { return cudaMemcpyAsync(host, x, elements * 4, cudaMemcpyDeviceToHost, b.stream); },
           &copy_us) ||
-      !b.Time(
-          [&] {
-            cudaError_t err = LaunchArgMaxRows(argmax, b.stream);
-            if (err == cudaSuccess) {
-              err = cudaMemcpyAsync(host_bytes, index, static_cast<size_t>(rows) * 4,
-                                    cudaMemcpyDeviceToHost, b.stream);
-            }
-            return err;
-          },
-          &argmax_us) ||
+      !b.Time([&] { return argmax_step(false); }, &argmax_us) ||
+      !b.Time([&] { return argmax_step(true); }, &argmax_unsplit_us) ||
       !b.Time([&] { return topk_step(false); }, &topk_us) ||
       !b.Time([&] { return topk_step(true); }, &topk_normalizers_us) ||
       !b.Time([&] { return topk_step(true, true); }, &topk_sums_t1_us) ||
@@ -794,11 +809,15 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
   const std::string topk_note = "TopKRows (" + std::to_string(top.splits) +
                                 " blocks a row: TopKRowsSplits) + count and k pairs a row to "
                                 "the host";
+  const std::string argmax_note = "ArgMaxRows (" + std::to_string(argmax.splits) +
+                                  " blocks a row: ArgMaxRowsSplits) + 4 bytes a row to the host";
   const double bytes = static_cast<double>(elements) * 4;
   for (const auto& [name, us, note] :
        {std::tuple<const char*, double, const char*>{"logits_to_host", copy_us,
                                                      "rows to pinned host memory"},
-        {"argmax_rows", argmax_us, "ArgMaxRows + 4 bytes a row to the host"},
+        {"argmax_rows", argmax_us, argmax_note.c_str()},
+        {"argmax_rows_unsplit", argmax_unsplit_us,
+         "as argmax_rows, one block a row (splits=1; the kernel before 2026-12-02)"},
         {"topk_rows", topk_us, topk_note.c_str()},
         {"topk_normalizers", topk_normalizers_us,
          "as topk_rows, with each row's softmax normalizer (logprobs)"},
@@ -813,6 +832,8 @@ bool BenchLogitsReductions(Bench& b, int32_t rows) {
   BENCH_CHECK(cudaFree(index));
   BENCH_CHECK(cudaFree(value));
   BENCH_CHECK(cudaFree(count));
+  BENCH_CHECK(cudaFree(argmax_partial));
+  BENCH_CHECK(cudaFree(argmax_counters));
   BENCH_CHECK(cudaFree(row_max));
   BENCH_CHECK(cudaFree(row_exp_sum));
   BENCH_CHECK(cudaFree(row_exp_sum_t1));

@@ -171,6 +171,10 @@ T __ldcg(const T* address) {
   return *address;
 }
 template <typename T>
+T atomicExch(T* address, T value) {
+  return std::atomic_ref<T>(*address).exchange(value);
+}
+template <typename T>
 T atomicMax(T* address, T value) {
   std::atomic_ref<T> ref(*address);
   T old = ref.load();
