@@ -612,6 +612,29 @@ std::string RandomSubstring(std::string_view text, int max_chars, std::mt19937& 
   return std::string(text.substr(starts[first], starts[first + len] - starts[first]));
 }
 
+// 0..max_tokens ids drawn from `pool`.
+std::vector<int32_t> RandomIds(std::mt19937& rng, const std::vector<int32_t>& pool,
+                               int max_tokens) {
+  std::vector<int32_t> ids(std::uniform_int_distribution<int>(0, max_tokens)(rng));
+  for (int32_t& id : ids) id = pool[std::uniform_int_distribution<size_t>(0, pool.size() - 1)(rng)];
+  return ids;
+}
+
+// Random rendering, EOS, min_tokens and (one time in four) stop token id options for a stream
+// of `num_ids` tokens from `pool`; no stop strings.
+OutputTextOptions RandomOptionsWithoutStopStrings(std::mt19937& rng,
+                                                  const std::vector<int32_t>& pool,
+                                                  size_t num_ids) {
+  OutputTextOptions options;
+  options.include_stop_in_output = rng() % 2;
+  options.skip_special_tokens = rng() % 3 != 0;
+  options.ignore_eos = rng() % 2;
+  options.strip_leading_space = rng() % 2;
+  options.min_tokens = rng() % 2 ? 0 : std::uniform_int_distribution<int32_t>(0, num_ids + 1)(rng);
+  if (rng() % 4 == 0) options.stop_token_ids = {pool[rng() % pool.size()]};
+  return options;
+}
+
 TEST_F(OutputTextTest, RandomStreamsMatchTheReference) {
   // A small alphabet so that stop candidates overlap and repeat; byte tokens of multi-byte
   // characters on their own (so random order also makes invalid UTF-8); multi-character
@@ -629,18 +652,8 @@ TEST_F(OutputTextTest, RandomStreamsMatchTheReference) {
   int num_string_stops = 0, num_token_stops = 0, num_unstopped = 0;
   for (int trial = 0; trial < 3000; ++trial) {
     SCOPED_TRACE(::testing::Message() << "trial " << trial);
-    std::vector<int32_t> ids(std::uniform_int_distribution<int>(0, 40)(rng));
-    for (int32_t& id : ids) {
-      id = pool[std::uniform_int_distribution<size_t>(0, pool.size() - 1)(rng)];
-    }
-    OutputTextOptions options;
-    options.include_stop_in_output = rng() % 2;
-    options.skip_special_tokens = rng() % 3 != 0;
-    options.ignore_eos = rng() % 2;
-    options.strip_leading_space = rng() % 2;
-    options.min_tokens =
-        rng() % 2 ? 0 : std::uniform_int_distribution<int32_t>(0, ids.size() + 1)(rng);
-    if (rng() % 4 == 0) options.stop_token_ids = {pool[rng() % pool.size()]};
+    const std::vector<int32_t> ids = RandomIds(rng, pool, 40);
+    OutputTextOptions options = RandomOptionsWithoutStopStrings(rng, pool, ids.size());
     // Stop strings drawn from the text itself, plus the odd one from the alphabet.
     model::StreamingDetokenizerOptions detok_options;
     detok_options.strip_leading_space = options.strip_leading_space;
@@ -704,18 +717,8 @@ TEST_F(OutputTextTest, DeferredTextMatchesTheReferenceHoweverItIsTaken) {
   int num_token_stops = 0, num_unstopped = 0, num_mixed = 0;
   for (int trial = 0; trial < 2000; ++trial) {
     SCOPED_TRACE(::testing::Message() << "trial " << trial);
-    std::vector<int32_t> ids(std::uniform_int_distribution<int>(0, 30)(rng));
-    for (int32_t& id : ids) {
-      id = pool[std::uniform_int_distribution<size_t>(0, pool.size() - 1)(rng)];
-    }
-    OutputTextOptions options;
-    options.include_stop_in_output = rng() % 2;
-    options.skip_special_tokens = rng() % 3 != 0;
-    options.ignore_eos = rng() % 2;
-    options.strip_leading_space = rng() % 2;
-    options.min_tokens =
-        rng() % 2 ? 0 : std::uniform_int_distribution<int32_t>(0, ids.size() + 1)(rng);
-    if (rng() % 3 == 0) options.stop_token_ids = {pool[rng() % pool.size()]};
+    const std::vector<int32_t> ids = RandomIds(rng, pool, 30);
+    OutputTextOptions options = RandomOptionsWithoutStopStrings(rng, pool, ids.size());
 
     const Reference ref = ComputeReference(tok(), options, ids);
     // Empty stop strings are ignored (the reference does not know that): still none.
