@@ -174,10 +174,14 @@ class Engine {
   void PrepareSampling(Sequence* seq, size_t row, Clock::time_point now,
                        std::vector<SampleJob>& jobs);
   Sequence* ForkChild(Request* request, int32_t index);
+  // Adds the token to the sequence and its pending output, and ends the sequence if the token
+  // stops it (or reaches max_tokens). Its text waits for EmitOutputs unless stop strings need
+  // it now (OutputText::AppendDeferred).
   void AppendToken(Sequence* seq, const model::Sampler::SampleResult& sample);
   void FinishSequence(Sequence* seq, FinishReason reason, std::string message);
   void FinishRequest(Request* request, FinishReason reason, const std::string& message,
                      absl::Status status);
+  // Renders the text AppendToken left, then pushes each request's news to its stream.
   void EmitOutputs(const std::vector<Request*>& touched);
   // The outputs deferred_outputs_ left for later (EngineOptions::overlap_outputs), now.
   void EmitDeferredOutputs();
