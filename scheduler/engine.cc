@@ -550,6 +550,7 @@ void Engine::PrepareSampling(Sequence* seq, size_t row, Clock::time_point now,
       text_options.include_stop_in_output = spec.stopping.include_stop_in_output;
       text_options.skip_special_tokens = spec.output.skip_special_tokens;
       text_options.min_tokens = spec.stopping.min_tokens;
+      text_options.render_text = spec.output.detokenize;
       s->output_text = std::make_unique<OutputText>(tokenizer_, std::move(text_options));
     }
     if (!request->got_first_token) {

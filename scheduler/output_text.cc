@@ -114,7 +114,7 @@ const StopDecision& OutputText::AppendDeferred(int32_t token) {
   CHECK(!finished_);
   CHECK(!has_stop_strings() && "stop strings decide on the text: call Append");
   ++num_tokens_;
-  kept_.push_back(token);
+  if (options_.render_text) kept_.push_back(token);
   const StopDecision::Kind token_stop = IdStop(token);
   if (token_stop != StopDecision::Kind::kNone) {
     finished_ = true;

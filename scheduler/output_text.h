@@ -76,6 +76,10 @@ struct OutputTextOptions {
   // Drop one leading space of the first token's text (Tokenizer::Decode's rule). Off: stream
   // pieces as they are, so that prompt text + output text reads right.
   bool strip_leading_space = false;
+  // Off: nobody reads the text (a request that did not ask to detokenize). Without stop
+  // strings AppendDeferred then keeps no token and TakeText and Finish return ""; stop strings
+  // still read the text (Append), whatever this says.
+  bool render_text = true;
 };
 
 // Why a token ended the sequence, if it did.
@@ -111,8 +115,8 @@ class OutputText {
 
   // Takes the next generated token of a sequence without stop strings (a CHECK; see
   // has_stop_strings) and decides as Append would whether it stops the sequence, but keeps its
-  // text for TakeText. Must not be called once finished(). The reference is valid until the
-  // next call.
+  // text for TakeText (unless render_text is off). Must not be called once finished(). The
+  // reference is valid until the next call.
   const StopDecision& AppendDeferred(int32_t token);
 
   // The text of the tokens AppendDeferred kept (a stopping one rendered as Append would), as

@@ -772,6 +772,38 @@ TEST_F(OutputTextTest, DeferredTextMatchesTheReferenceHoweverItIsTaken) {
   EXPECT_GT(num_mixed, 1000);
 }
 
+// A request that does not want text (render_text off): the same stops at the same tokens, and
+// no token kept, no text rendered.
+TEST_F(OutputTextTest, WithoutRenderingTheStopsAreTheSameAndNoTokenIsKept) {
+  std::vector<int32_t> pool = CharTokens("ab ");
+  pool.push_back(tok().eos_id());
+  std::mt19937 rng(99);
+  int num_stops = 0;
+  for (int trial = 0; trial < 500; ++trial) {
+    SCOPED_TRACE(::testing::Message() << "trial " << trial);
+    const std::vector<int32_t> ids = RandomIds(rng, pool, 20);
+    OutputTextOptions options = RandomOptionsWithoutStopStrings(rng, pool, ids.size());
+    OutputText rendered(tok(), options);
+    options.render_text = false;
+    OutputText silent(tok(), options);
+    for (int32_t id : ids) {
+      const StopDecision want = rendered.AppendDeferred(id);
+      const StopDecision got = silent.AppendDeferred(id);
+      EXPECT_EQ(got.kind, want.kind);
+      EXPECT_EQ(got.token, want.token);
+      EXPECT_FALSE(silent.has_kept_tokens());
+      EXPECT_EQ(silent.TakeText(), "");
+      if (want.stopped()) {
+        ++num_stops;
+        break;
+      }
+    }
+    EXPECT_EQ(silent.num_tokens(), rendered.num_tokens());
+    EXPECT_EQ(silent.Finish(), "");
+  }
+  EXPECT_GT(num_stops, 100);
+}
+
 TEST_F(OutputTextTest, AStopTokensTextIsRenderedWhenTakenOnlyIfIncluded) {
   const std::vector<int32_t> ids = CharTokens("ab");
   for (bool include : {false, true}) {

@@ -425,6 +425,15 @@ TEST_F(EngineTest, AStopTokenEndsTheTextThereWithItsOwnTextOnlyWhenIncluded) {
     EXPECT_EQ(c.text[0], want);
     EXPECT_TRUE(ref.text.starts_with(want)) << "llama.cpp's text begins the same way";
   }
+  // Without text asked for: the same stop, no text.
+  EngineRequest r = Greedy("no text", ref.prompt, static_cast<int32_t>(ref.tokens.size()));
+  r.stopping.stop_token_ids = {ref.tokens[at]};
+  r.output.detokenize = false;
+  Collected c = Drain(**engine->Submit(r), 1);
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(c.finish[0], FinishReason::kStop);
+  EXPECT_EQ(c.tokens[0].size(), at + 1);
+  EXPECT_EQ(c.text[0], "");
 }
 
 // A step whose every logits row is plain greedy runs ForwardGreedy (only the tokens come
