@@ -694,10 +694,8 @@ void Engine::EmitOutputs(const std::vector<Request*>& touched) {
     }
     for (auto& seq : request->sequences) {
       SequenceDelta& d = seq->pending;
-      if (seq->output_text != nullptr && seq->output_text->has_kept_tokens()) {
-        std::string text = seq->output_text->TakeText();  // AppendToken left it
-        if (o.detokenize) d.text += text;
-      }
+      // The text AppendToken left (none kept unless the request detokenizes: render_text).
+      if (seq->output_text != nullptr) d.text += seq->output_text->TakeText();
       const bool has_news = !d.token_ids.empty() || !d.text.empty() || d.finished;
       if (seq->completion_sent || !has_news || (o.final_only && !d.finished)) continue;
       seq->completion_sent = d.finished;
